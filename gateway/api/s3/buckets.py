@@ -1,0 +1,155 @@
+"""Bucket handlers: list/create/head/delete buckets, listings, DeleteObjects."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from urllib.parse import quote
+
+from ... import errors
+from ...checksums import ALGORITHMS, checksum_b64
+from .request import S3Request, check_key, iso8601
+from .responses import send_response, send_xml
+from .xml import child_text, document, element, parse
+
+OWNER = "<Owner><ID>cv-gateway</ID><DisplayName>cv-gateway</DisplayName></Owner>"
+MAX_KEYS = 1000
+
+
+async def list_buckets(app, req: S3Request, send) -> None:
+    entries = "".join(
+        f"<Bucket>{element('Name', b.name)}{element('CreationDate', iso8601(b.created))}</Bucket>"
+        for b in await app.service.list_buckets()
+    )
+    await send_xml(send, 200, document("ListAllMyBucketsResult", OWNER, f"<Buckets>{entries}</Buckets>"),
+                   req.request_id)
+
+
+async def create_bucket(app, req: S3Request, send) -> None:
+    body = await req.read_body(64 * 1024)
+    if body.strip():
+        parse(body)  # CreateBucketConfiguration (LocationConstraint): accepted, any region
+    await app.service.backend_for(req.bucket).create_bucket(req.bucket)
+    await send_response(send, 200, [(b"location", f"/{req.bucket}".encode()),
+                                    (b"x-amz-request-id", req.request_id.encode())])
+
+
+async def head_bucket(app, req: S3Request, send) -> None:
+    await app.service.backend_for(req.bucket).head_bucket(req.bucket)
+    await send_response(send, 200, [(b"x-amz-request-id", req.request_id.encode()),
+                                    (b"x-amz-bucket-region", app.settings.region.encode())])
+
+
+async def delete_bucket(app, req: S3Request, send) -> None:
+    await app.service.backend_for(req.bucket).delete_bucket(req.bucket)
+    await send_response(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
+
+
+async def bucket_location(app, req: S3Request, send) -> None:
+    await app.service.backend_for(req.bucket).head_bucket(req.bucket)
+    region = "" if app.settings.region == "us-east-1" else app.settings.region
+    await send_xml(send, 200, document("LocationConstraint", region.replace("&", "&amp;")), req.request_id)
+
+
+async def bucket_versioning(app, req: S3Request, send) -> None:
+    await app.service.backend_for(req.bucket).head_bucket(req.bucket)
+    await send_xml(send, 200, document("VersioningConfiguration"), req.request_id)
+
+
+def _max_keys(req: S3Request, name: str = "max-keys") -> int:
+    value = req.query.get(name, str(MAX_KEYS))
+    if not value.lstrip("-").isdigit() or int(value) < 0:
+        raise errors.InvalidArgument(f"{name} must be a non-negative integer.", ArgumentName=name,
+                                     ArgumentValue=value)
+    return min(int(value), MAX_KEYS)
+
+
+async def list_objects(app, req: S3Request, send) -> None:
+    """ListObjects (v1) and ListObjectsV2, which differ only in how they page."""
+    query = req.query
+    v2 = query.get("list-type") == "2"
+    encoding = query.get("encoding-type")
+    if encoding not in (None, "url"):
+        raise errors.InvalidArgument("encoding-type must be url.", ArgumentName="encoding-type")
+    enc = (lambda s: quote(s, safe="/")) if encoding else (lambda s: s)
+    prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
+    max_keys = _max_keys(req)
+    if v2:
+        token = query.get("continuation-token")
+        start_after = query.get("start-after", "")
+        marker = start_after
+        if token is not None:
+            try:
+                marker = base64.urlsafe_b64decode(token.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise errors.InvalidArgument("The continuation token provided is incorrect.",
+                                             ArgumentName="continuation-token") from None
+    else:
+        marker = query.get("marker", "")
+    page = await app.service.backend_for(req.bucket).list(req.bucket, prefix, delimiter, marker, max_keys)
+    owner = OWNER if (not v2 or query.get("fetch-owner") == "true") else ""
+    contents = "".join(
+        f"<Contents>{element('Key', enc(o.key))}{element('LastModified', iso8601(o.last_modified))}"
+        f"{element('ETag', chr(34) + o.etag + chr(34))}{element('Size', o.size)}"
+        f"{owner}<StorageClass>STANDARD</StorageClass></Contents>"
+        for o in page.objects
+    )
+    prefixes = "".join(f"<CommonPrefixes>{element('Prefix', enc(p))}</CommonPrefixes>" for p in page.common_prefixes)
+    parts = [element("Name", req.bucket), element("Prefix", enc(prefix))]
+    if v2:
+        parts.append(element("KeyCount", len(page.objects) + len(page.common_prefixes)))
+        if "continuation-token" in query:
+            parts.append(element("ContinuationToken", query["continuation-token"]))
+        if "start-after" in query:
+            parts.append(element("StartAfter", enc(query["start-after"])))
+        if page.is_truncated:
+            token = base64.urlsafe_b64encode(page.next_marker.encode()).decode()
+            parts.append(element("NextContinuationToken", token))
+    else:
+        parts.append(element("Marker", enc(marker)))
+        if page.is_truncated and delimiter:
+            parts.append(element("NextMarker", enc(page.next_marker)))
+    parts.append(element("MaxKeys", max_keys))
+    if delimiter:
+        parts.append(element("Delimiter", enc(delimiter)))
+    if encoding:
+        parts.append(element("EncodingType", "url"))
+    parts.append(element("IsTruncated", "true" if page.is_truncated else "false"))
+    await send_xml(send, 200, document("ListBucketResult", *parts, contents, prefixes), req.request_id)
+
+
+async def delete_objects(app, req: S3Request, send) -> None:
+    body = await req.read_body()
+    _check_body_digest(req, body)
+    root = parse(body)
+    if root.tag != "Delete":
+        raise errors.MalformedXML("The document root must be <Delete>.")
+    quiet = (child_text(root, "Quiet", required=False) or "").strip().lower() == "true"
+    keys = [child_text(node, "Key") for node in root.findall("Object")]
+    if not keys or len(keys) > 1000:
+        raise errors.MalformedXML("A Delete request names 1 to 1000 objects.")
+    backend = app.service.backend_for(req.bucket)
+    await backend.head_bucket(req.bucket)
+    results = []
+    for key in keys:
+        try:
+            check_key(key)
+            await backend.delete(req.bucket, key)
+            app.service.object_deleted(req.bucket, key)
+            if not quiet:
+                results.append(f"<Deleted>{element('Key', key)}</Deleted>")
+        except errors.GatewayError as exc:
+            results.append(f"<Error>{element('Key', key)}{element('Code', exc.code)}"
+                           f"{element('Message', exc.message)}</Error>")
+    await send_xml(send, 200, document("DeleteResult", *results), req.request_id)
+
+
+def _check_body_digest(req: S3Request, body: bytes) -> None:
+    """Content-MD5 or an x-amz-checksum-* header, when sent, must match the body."""
+    md5 = req.headers.get("content-md5")
+    if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
+        raise errors.BadDigest("The Content-MD5 you specified did not match what we received.")
+    for algorithm in ALGORITHMS:
+        value = req.headers.get(f"x-amz-checksum-{algorithm.lower()}")
+        if value is not None and checksum_b64(algorithm, body) != value:
+            raise errors.BadDigest(f"The {algorithm} you specified did not match what we received.")

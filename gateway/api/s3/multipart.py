@@ -1,0 +1,150 @@
+"""Multipart upload handlers; the storage work is in Backend's multipart methods."""
+
+from __future__ import annotations
+
+from ... import errors
+from ...backend import MAX_PARTS
+from ...checksums import ALGORITHMS
+from ...payload import Payload
+from .body import payload_from_request
+from .objects import check_preconditions, meta_from_headers, parse_copy_source
+from .request import S3Request, check_key, iso8601, parse_range
+from .responses import send_response, send_xml
+from .xml import child_text, document, element, parse
+
+
+def _part_number(req: S3Request) -> int:
+    value = req.query.get("partNumber", "")
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PARTS:
+        raise errors.InvalidArgument(f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive.",
+                                     ArgumentName="partNumber", ArgumentValue=value)
+    return int(value)
+
+
+async def create_upload(app, req: S3Request, send) -> None:
+    check_key(req.key)
+    algorithm = req.headers.get("x-amz-checksum-algorithm")
+    if algorithm is not None and algorithm.upper() not in ALGORITHMS:
+        raise errors.InvalidRequest(f"Checksum algorithm {algorithm!r} is not supported.")
+    backend = app.service.backend_for(req.bucket)
+    upload = await backend.create_multipart(req.bucket, req.key, meta_from_headers(req),
+                                            algorithm.upper() if algorithm else None)
+    extra = [(b"x-amz-checksum-algorithm", upload.checksum_algorithm.encode())] if upload.checksum_algorithm else []
+    body = document("InitiateMultipartUploadResult", element("Bucket", req.bucket), element("Key", req.key),
+                    element("UploadId", upload.upload_id))
+    await send_xml(send, 200, body, req.request_id, extra)
+
+
+async def upload_part(app, req: S3Request, send) -> None:
+    number = _part_number(req)
+    upload_id = req.query["uploadId"]
+    backend = app.service.backend_for(req.bucket)
+    if "x-amz-copy-source" in req.headers:
+        return await _upload_part_copy(app, req, send, number, upload_id)
+    upload = await backend.get_upload(req.bucket, upload_id, req.key)
+    extra = (upload.checksum_algorithm,) if upload.checksum_algorithm else ()
+    part = await backend.upload_part(req.bucket, req.key, upload_id, number, payload_from_request(req, extra))
+    headers = [(b"etag", f'"{part.etag}"'.encode()), (b"x-amz-request-id", req.request_id.encode())]
+    for algorithm, value in part.checksums.items():
+        headers.append((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode()))
+    await send_response(send, 200, headers)
+
+
+async def _upload_part_copy(app, req: S3Request, send, number: int, upload_id: str) -> None:
+    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
+    source_backend = app.service.backend_for(src_bucket)
+    target = app.service.backend_for(req.bucket)
+    await target.get_upload(req.bucket, upload_id, req.key)
+    source_range = req.headers.get("x-amz-copy-source-range")
+    byte_range = parse_range(source_range)
+    if source_range and byte_range is None:
+        raise errors.InvalidArgument("x-amz-copy-source-range must be bytes=first-last.",
+                                     ArgumentName="x-amz-copy-source-range")
+    reader = await source_backend.get(src_bucket, src_key, byte_range)
+    try:
+        check_preconditions(req, reader.info, prefix="x-amz-copy-source-if-")
+        payload = Payload(reader.chunks(), expected_size=reader.length)
+        part = await target.upload_part(req.bucket, req.key, upload_id, number, payload)
+    finally:
+        reader.close()
+    body = document("CopyPartResult", element("LastModified", iso8601(part.last_modified)),
+                    element("ETag", f'"{part.etag}"'))
+    await send_xml(send, 200, body, req.request_id)
+
+
+async def complete_upload(app, req: S3Request, send) -> None:
+    root = parse(await req.read_body())
+    if root.tag != "CompleteMultipartUpload":
+        raise errors.MalformedXML("The document root must be <CompleteMultipartUpload>.")
+    parts = []
+    for node in root.findall("Part"):
+        number = child_text(node, "PartNumber")
+        if not number.strip().isdigit():
+            raise errors.MalformedXML("PartNumber must be an integer.")
+        parts.append((int(number), child_text(node, "ETag").strip()))
+    backend = app.service.backend_for(req.bucket)
+    info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
+    app.service.object_written(req.bucket, req.key, info)
+    body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
+                    element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'))
+    await send_xml(send, 200, body, req.request_id)
+
+
+async def abort_upload(app, req: S3Request, send) -> None:
+    await app.service.backend_for(req.bucket).abort_multipart(req.bucket, req.key, req.query["uploadId"])
+    await send_response(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
+
+
+def _int_param(req: S3Request, name: str, default: int, limit: int) -> int:
+    value = req.query.get(name, str(default))
+    if not value.isdigit():
+        raise errors.InvalidArgument(f"{name} must be a non-negative integer.", ArgumentName=name,
+                                     ArgumentValue=value)
+    return min(int(value), limit)
+
+
+async def list_parts(app, req: S3Request, send) -> None:
+    upload_id = req.query["uploadId"]
+    max_parts = _int_param(req, "max-parts", 1000, 1000)
+    marker = _int_param(req, "part-number-marker", 0, MAX_PARTS)
+    parts = [p for p in await app.service.backend_for(req.bucket).list_parts(req.bucket, req.key, upload_id)
+             if p.part_number > marker]
+    page, truncated = parts[:max_parts], len(parts) > max_parts
+    entries = "".join(
+        f"<Part>{element('PartNumber', p.part_number)}{element('LastModified', iso8601(p.last_modified))}"
+        f"{element('ETag', chr(34) + p.etag + chr(34))}{element('Size', p.size)}"
+        + "".join(element(f"Checksum{a}", v) for a, v in p.checksums.items()) + "</Part>"
+        for p in page
+    )
+    body = document(
+        "ListPartsResult", element("Bucket", req.bucket), element("Key", req.key), element("UploadId", upload_id),
+        element("PartNumberMarker", marker),
+        element("NextPartNumberMarker", page[-1].part_number if page else marker),
+        element("MaxParts", max_parts), element("IsTruncated", "true" if truncated else "false"),
+        "<StorageClass>STANDARD</StorageClass>", entries,
+    )
+    await send_xml(send, 200, body, req.request_id)
+
+
+async def list_uploads(app, req: S3Request, send) -> None:
+    max_uploads = _int_param(req, "max-uploads", 1000, 1000)
+    prefix = req.query.get("prefix", "")
+    key_marker = req.query.get("key-marker", "")
+    uploads = [u for u in await app.service.backend_for(req.bucket).list_uploads(req.bucket, prefix)
+               if u.key.encode() > key_marker.encode()]
+    page, truncated = uploads[:max_uploads], len(uploads) > max_uploads
+    entries = "".join(
+        f"<Upload>{element('Key', u.key)}{element('UploadId', u.upload_id)}"
+        f"{element('Initiated', iso8601(u.initiated))}<StorageClass>STANDARD</StorageClass></Upload>"
+        for u in page
+    )
+    next_parts = []
+    if truncated:
+        next_parts = [element("NextKeyMarker", page[-1].key), element("NextUploadIdMarker", page[-1].upload_id)]
+    body = document(
+        "ListMultipartUploadsResult", element("Bucket", req.bucket), element("KeyMarker", key_marker),
+        element("UploadIdMarker", req.query.get("upload-id-marker", "")), element("Prefix", prefix),
+        *next_parts, element("MaxUploads", max_uploads),
+        element("IsTruncated", "true" if truncated else "false"), entries,
+    )
+    await send_xml(send, 200, body, req.request_id)

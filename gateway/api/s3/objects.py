@@ -1,0 +1,170 @@
+"""Object handlers: GET, HEAD, PUT, DELETE and CopyObject."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from ... import errors
+from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta
+from .body import payload_from_request
+from .request import S3Request, check_bucket_name, check_key, iso8601, parse_http_date, parse_range
+from .responses import object_headers, send_response, send_stream, send_xml
+from .xml import document, element
+
+
+def check_preconditions(req: S3Request, info: ObjectInfo, prefix: str = "if-") -> None:
+    """Evaluate If-Match & co. the way S3 does; raise PreconditionFailed or NotModified."""
+    headers = req.headers
+    etag = info.etag
+    if_match = headers.get(prefix + "match")
+    if if_match is not None:
+        if not _etag_matches(if_match, etag):
+            raise errors.PreconditionFailed(Condition="If-Match")
+    else:
+        since = headers.get(prefix + "unmodified-since")
+        stamp = parse_http_date(since) if since else None
+        if stamp is not None and int(info.last_modified) > stamp:
+            raise errors.PreconditionFailed(Condition="If-Unmodified-Since")
+    if_none = headers.get(prefix + "none-match")
+    copy = prefix != "if-"
+    failure = errors.PreconditionFailed if copy else errors.NotModified
+    if if_none is not None:
+        if _etag_matches(if_none, etag):
+            raise failure(Condition="If-None-Match") if copy else failure()
+    else:
+        since = headers.get(prefix + "modified-since")
+        stamp = parse_http_date(since) if since else None
+        if stamp is not None and int(info.last_modified) <= stamp:
+            raise failure(Condition="If-Modified-Since") if copy else failure()
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    return any(tag.strip().strip('"') in ("*", etag) for tag in header.split(","))
+
+
+async def get_object(app, req: S3Request, send, head: bool = False) -> None:
+    backend = app.service.backend_for(req.bucket)
+    byte_range = parse_range(req.headers.get("range"))
+    if head:
+        info = await backend.head(req.bucket, req.key)
+        reader = None
+    else:
+        reader = await backend.get(req.bucket, req.key, byte_range)
+        info = reader.info
+    try:
+        check_preconditions(req, info)
+        with_checksums = req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and byte_range is None
+        headers = object_headers(info, req.request_id, with_checksums)
+        _override_response_headers(req, headers)
+        status = 200
+        if reader is not None:
+            start, stop = reader.start, reader.stop
+        else:
+            start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
+        if byte_range is not None:
+            status = 206
+            headers.append((b"content-range", f"bytes {start}-{stop - 1}/{info.size}".encode()))
+        if head:
+            headers.append((b"content-length", str(stop - start).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+        elif reader.data is not None:
+            await send_response(send, status, headers, reader.data)
+        else:
+            await send_stream(send, status, headers, stop - start, reader.chunks())
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+_OVERRIDES = {
+    "response-content-type": b"content-type", "response-content-language": b"content-language",
+    "response-expires": b"expires", "response-cache-control": b"cache-control",
+    "response-content-disposition": b"content-disposition", "response-content-encoding": b"content-encoding",
+}
+
+
+def _override_response_headers(req: S3Request, headers: list) -> None:
+    for param, name in _OVERRIDES.items():
+        if param in req.query:
+            headers[:] = [h for h in headers if h[0] != name]
+            headers.append((name, req.query[param].encode("latin-1", "replace")))
+
+
+def meta_from_headers(req: S3Request) -> ObjectMeta:
+    metadata = {}
+    stored = {}
+    for name, value in req.headers.items():
+        if name.startswith("x-amz-meta-"):
+            metadata[name[11:]] = value
+        elif name in STORED_HEADERS:
+            if name == "content-encoding":
+                # aws-chunked is transport framing, not a property of the object.
+                value = ",".join(v for v in value.split(",") if v.strip() and v.strip() != "aws-chunked")
+                if not value:
+                    continue
+            stored[name] = value
+    if sum(len(k) + len(v) for k, v in metadata.items()) > 2048:
+        raise errors.MetadataTooLarge()
+    return ObjectMeta(req.headers.get("content-type") or DEFAULT_CONTENT_TYPE, metadata, stored)
+
+
+async def put_object(app, req: S3Request, send) -> None:
+    check_key(req.key)
+    if "x-amz-copy-source" in req.headers:
+        return await copy_object(app, req, send)
+    backend = app.service.backend_for(req.bucket)
+    meta = meta_from_headers(req)
+    if req.headers.get("if-none-match") == "*" or "if-match" in req.headers:
+        try:
+            current = await backend.head(req.bucket, req.key)
+        except errors.NoSuchKey:
+            current = None
+        if req.headers.get("if-none-match") == "*" and current is not None:
+            raise errors.PreconditionFailed(Condition="If-None-Match")
+        if "if-match" in req.headers and (current is None or not _etag_matches(req.headers["if-match"], current.etag)):
+            raise errors.PreconditionFailed(Condition="If-Match") if current else errors.NoSuchKey(Key=req.key)
+    payload = payload_from_request(req)
+    info = await backend.put(req.bucket, req.key, payload, meta)
+    app.service.object_written(req.bucket, req.key, info)
+    headers = [(b"etag", f'"{info.etag}"'.encode()), (b"x-amz-request-id", req.request_id.encode())]
+    for algorithm, value in info.checksums.items():
+        headers.append((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode()))
+    await send_response(send, 200, headers)
+
+
+async def delete_object(app, req: S3Request, send) -> None:
+    backend = app.service.backend_for(req.bucket)
+    await backend.delete(req.bucket, req.key)
+    app.service.object_deleted(req.bucket, req.key)
+    await send_response(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    source = unquote(value.split("?versionId=", 1)[0]).lstrip("/")
+    bucket, _, key = source.partition("/")
+    if not bucket or not key:
+        raise errors.InvalidArgument("x-amz-copy-source must be bucket/key.", ArgumentName="x-amz-copy-source")
+    check_bucket_name(bucket)
+    check_key(key)
+    return bucket, key
+
+
+async def copy_object(app, req: S3Request, send) -> None:
+    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
+    directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise errors.InvalidArgument("x-amz-metadata-directive must be COPY or REPLACE.",
+                                     ArgumentName="x-amz-metadata-directive")
+    if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
+        raise errors.InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself without changing "
+            "the object's metadata, storage class, website redirect location or encryption attributes."
+        )
+    source = await app.service.backend_for(src_bucket).head(src_bucket, src_key)
+    check_preconditions(req, source, prefix="x-amz-copy-source-if-")
+    meta = meta_from_headers(req) if directive == "REPLACE" else None
+    info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta)
+    body = document("CopyObjectResult", element("LastModified", iso8601(info.last_modified)),
+                    element("ETag", f'"{info.etag}"'))
+    await send_xml(send, 200, body, req.request_id)

@@ -1,0 +1,138 @@
+"""The S3 request as the handlers see it, parsed from an ASGI scope once."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from urllib.parse import parse_qsl
+
+from ... import errors
+from ...backend import ByteRange
+
+MAX_KEY_BYTES = 1024
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+
+@dataclass
+class S3Request:
+    method: str
+    raw_path: str  # as sent (percent-encoded), for signatures
+    query_string: str
+    headers: dict[str, str]
+    bucket: str
+    key: str
+    query: dict[str, str]
+    receive: object = None
+    request_id: str = ""
+    access_key: str = ""
+    auth: object = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_scope(cls, scope, receive, request_id: str) -> "S3Request":
+        raw = scope.get("raw_path")
+        raw_path = raw.decode("latin-1") if raw else scope["path"]
+        path, _, _ = raw_path.partition("?")
+        # Path-style: /bucket/key; the server already percent-decoded scope["path"] as UTF-8.
+        bucket, _, key = scope["path"][1:].partition("/")
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            name_s = name.decode("latin-1")
+            value_s = value.decode("latin-1")
+            headers[name_s] = f"{headers[name_s]},{value_s}" if name_s in headers else value_s
+        qs = scope["query_string"].decode("latin-1")
+        query = dict(parse_qsl(qs, keep_blank_values=True)) if qs else {}
+        return cls(scope["method"], path, qs, headers, bucket, key, query, receive, request_id)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+    async def body_chunks(self) -> AsyncIterator[bytes]:
+        """The raw request body from the socket, chunk by chunk."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise errors.IncompleteBody("The client closed the connection before the body was complete.")
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def read_body(self, limit: int = 2 * 1024 * 1024) -> bytes:
+        """The whole body of a small request (XML documents); refuse more than ``limit`` bytes."""
+        parts, size = [], 0
+        async for chunk in self.body_chunks():
+            size += len(chunk)
+            if size > limit:
+                raise errors.MalformedXML(f"The request body is larger than {limit} bytes.")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise errors.InvalidArgument("Content-Length is not a number.", ArgumentName="Content-Length")
+        return int(value)
+
+
+def check_bucket_name(name: str) -> None:
+    if not _BUCKET_RE.match(name) or ".." in name or ".-" in name or "-." in name or _IP_RE.match(name):
+        raise errors.InvalidBucketName(
+            "Bucket names are 3-63 characters of lower-case letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit.",
+            BucketName=name,
+        )
+
+
+def check_key(key: str) -> None:
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise errors.KeyTooLongError(f"Keys are at most {MAX_KEY_BYTES} bytes of UTF-8.", Key=key[:64] + "...")
+
+
+def parse_range(value: str | None) -> ByteRange | None:
+    """Parse one byte range; anything S3 would ignore (several ranges, other units) returns None."""
+    if not value:
+        return None
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            return ByteRange(None, int(last)) if last.isdigit() else None
+        if not first.isdigit() or (last and not last.isdigit()):
+            return None
+        start, end = int(first), (int(last) if last else None)
+    except ValueError:
+        return None
+    if end is not None and end < start:
+        return None  # S3 ignores an inverted range and returns the whole object
+    return ByteRange(start, end)
+
+
+@lru_cache(maxsize=4096)
+def http_date(timestamp: int) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def parse_http_date(value: str) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.timestamp() if parsed else None
+
+
+def iso8601(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

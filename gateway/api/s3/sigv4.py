@@ -1,0 +1,341 @@
+"""AWS Signature Version 4 verification for incoming S3 requests.
+
+Two ways to sign, one canonical request:
+
+* header auth: ``Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``
+  with the payload hash in ``x-amz-content-sha256``;
+* presigned URLs: the same fields as ``X-Amz-*`` query parameters, payload ``UNSIGNED-PAYLOAD``.
+
+The canonical request is built the way S3 builds it, which differs from the
+generic SigV4 rules: the path is taken exactly as it was sent (S3 neither
+normalizes ``.``/``..`` nor double-encodes; botocore signs the already-quoted
+path), and only the query string is decoded and re-encoded.
+
+Every request passes through here, so the common path does no regex work and
+caches the derived signing key (four HMACs) per secret, day and region.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, unquote_to_bytes
+
+from ... import errors
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+_NAMED_PAYLOADS = frozenset({UNSIGNED_PAYLOAD, STREAMING_UNSIGNED_TRAILER, STREAMING_SIGNED, STREAMING_SIGNED_TRAILER})
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_EXPIRES = 7 * 24 * 3600  # S3's limit for presigned URLs: one week
+_HEX = frozenset("0123456789abcdefABCDEF")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+_KEY_CACHE_LIMIT = 256
+# The presigned-URL parameters; all but X-Amz-Signature are part of the canonical query.
+_QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
+                      "X-Amz-SignedHeaders", "X-Amz-Signature")
+_USE_SIGV4 = "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    access_key: str  # "" when anonymous
+    # The x-amz-content-sha256 value the signature covers: a hex sha256, UNSIGNED-PAYLOAD or
+    # one of the STREAMING-* values (the body is then aws-chunked; see chunked.py).
+    payload: str
+    signature: str = ""  # seed signature: the first chunk signature chains from it
+    signing_key: bytes = b""
+    amz_date: str = ""  # YYYYMMDDTHHMMSSZ as it appeared in the string to sign
+    scope: str = ""  # date/region/service/aws4_request
+
+
+def hmac_sha256(key: bytes, message: str | bytes) -> bytes:
+    if isinstance(message, str):
+        message = message.encode()
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def derive_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = hmac_sha256(("AWS4" + secret).encode(), date)
+    key = hmac_sha256(key, region)
+    key = hmac_sha256(key, service)
+    return hmac_sha256(key, "aws4_request")
+
+
+def parse_amz_date(value: str) -> float | None:
+    """Seconds since the epoch for ``YYYYMMDDTHHMMSSZ``, or None if it is not that."""
+    if len(value) != 16 or value[8] != "T" or value[15] != "Z" or not (value[:8] + value[9:15]).isdigit():
+        return None
+    try:
+        moment = datetime.datetime(int(value[:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]),
+                                   int(value[11:13]), int(value[13:15]), tzinfo=datetime.timezone.utc)
+    except ValueError:  # month 13, hour 25, ...
+        return None
+    return moment.timestamp()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _split_query(query_string: str) -> list[tuple[str, str]]:
+    """Raw (still percent-encoded) name/value pairs; ``?uploads`` is ("uploads", "")."""
+    pairs = []
+    for part in query_string.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((name, value))
+    return pairs
+
+
+def _decode(raw: str) -> str:
+    # Like the request parser (parse_qsl), '+' in a query means a space. Working on bytes keeps
+    # invalid UTF-8 intact so re-encoding reproduces exactly what the client had.
+    return unquote_to_bytes(raw.replace("+", " ")).decode("latin-1")
+
+
+def _aws_encode(raw: str) -> str:
+    """AWS URI-encoding of a raw query name or value: only A-Z a-z 0-9 - _ . ~ stay as they are."""
+    if _UNRESERVED.issuperset(raw):
+        return raw  # fast path: most names and many values need no work
+    return quote(unquote_to_bytes(raw.replace("+", " ")), safe="")
+
+
+def canonical_query(pairs: list[tuple[str, str]], skip: str = "") -> str:
+    encoded = sorted((_aws_encode(name), _aws_encode(value)) for name, value in pairs if name != skip)
+    return "&".join(f"{name}={value}" for name, value in encoded)
+
+
+def _reencoded_path(raw_path: str) -> str:
+    # Decode then encode every byte but the unreserved ones and '/': what a client that sends
+    # some characters raw (e.g. '!' or '$') but signs them encoded would have signed.
+    return quote(unquote_to_bytes(raw_path.encode("latin-1")), safe="/")
+
+
+class Authenticator:
+    """Checks SigV4 signatures against a fixed table of access key -> secret key."""
+
+    def __init__(self, credentials: Mapping[str, str], *, allow_anonymous: bool = False,
+                 max_skew_seconds: int = 900, clock: Callable[[], float] = time.time):
+        self._credentials = credentials
+        self._allow_anonymous = allow_anonymous
+        self._max_skew = max_skew_seconds
+        self._clock = clock
+        self._keys: dict[tuple[str, str, str, str], bytes] = {}
+
+    def authenticate(self, method: str, raw_path: str, query_string: str, headers: Mapping[str, str]) -> AuthResult:
+        """raw_path is the path exactly as sent on the wire (percent-encoded, ASGI scope['raw_path']
+        decoded as latin-1); query_string is the raw query string; headers are lower-case
+        name -> value (multiple values joined with ',')."""
+        pairs = _split_query(query_string) if query_string else []
+        names = {name for name, _ in pairs}
+        query_auth = "X-Amz-Algorithm" in names or "X-Amz-Credential" in names or "X-Amz-Signature" in names
+        sigv2_query = "AWSAccessKeyId" in names and "Signature" in names
+        authorization = headers.get("authorization")
+        if authorization:
+            if query_auth or sigv2_query:
+                raise errors.InvalidArgument(
+                    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature "
+                    "query string parameter or the Authorization header should be specified",
+                    ArgumentName="Authorization", ArgumentValue=authorization)
+            return self._header_auth(method, raw_path, pairs, headers, authorization)
+        if query_auth:
+            return self._query_auth(method, raw_path, pairs, headers)
+        if sigv2_query:
+            raise errors.InvalidRequest(_USE_SIGV4)
+        if not self._allow_anonymous:
+            raise errors.AccessDenied()
+        return AuthResult(access_key="", payload=headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD)
+
+    # -- the two ways to sign ----------------------------------------------------------------
+
+    def _header_auth(self, method, raw_path, pairs, headers, authorization: str) -> AuthResult:
+        malformed = errors.AuthorizationHeaderMalformed
+        algorithm, _, rest = authorization.strip().partition(" ")
+        if algorithm != ALGORITHM:
+            if algorithm == "AWS":  # SigV2, "AWS AKID:signature"
+                raise errors.InvalidRequest(_USE_SIGV4)
+            raise malformed(f"The authorization header is malformed; unsupported algorithm {algorithm!r}; "
+                            f"use {ALGORITHM}.")
+        fields = {}
+        for part in rest.split(","):
+            name, sep, value = part.strip().partition("=")
+            if sep:
+                fields[name] = value.strip()
+        credential, signed, signature = fields.get("Credential"), fields.get("SignedHeaders"), fields.get("Signature")
+        if not credential or not signed or not signature:
+            raise malformed("The authorization header is malformed; it must contain Credential, SignedHeaders "
+                            "and Signature.")
+        access_key, scope = _parse_credential(credential, malformed)
+
+        amz_date = headers.get("x-amz-date")
+        if amz_date:
+            timestamp = parse_amz_date(amz_date)
+        else:  # SigV4 also allows the HTTP Date header; the string to sign then uses its ISO form
+            timestamp = _parse_http_date(headers.get("date", ""))
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(timestamp)) if timestamp is not None else ""
+        if timestamp is None:
+            raise errors.AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
+        if scope[:8] != amz_date[:8]:
+            raise malformed("The authorization header is malformed; Invalid credential date. "
+                            "Date is not the same as X-Amz-Date.")
+        secret = self._secret(access_key)
+        now = self._clock()
+        if abs(now - timestamp) > self._max_skew:
+            raise errors.RequestTimeTooSkewed(RequestTime=amz_date, ServerTime=_iso(now),
+                                              MaxAllowedSkewMilliseconds=str(self._max_skew * 1000))
+
+        payload = headers.get("x-amz-content-sha256")
+        if not payload:
+            raise errors.InvalidRequest("Missing required header for this request: x-amz-content-sha256")
+        _check_payload(payload)
+        signed_names = _signed_names(signed, headers, malformed)
+        key = self._signing_key(secret, scope)
+        self._verify(method, raw_path, pairs, "", headers, signed, signed_names, payload, amz_date, scope,
+                     key, signature)
+        return AuthResult(access_key, payload, signature, key, amz_date, scope)
+
+    def _query_auth(self, method, raw_path, pairs, headers) -> AuthResult:
+        bad = errors.AuthorizationQueryParametersError
+        params = {}
+        for name, value in pairs:
+            if name.startswith("X-Amz-") and name not in params:
+                params[name] = _decode(value)
+        if any(not params.get(name) for name in _QUERY_AUTH_PARAMS):
+            raise bad("Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
+                      "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.")
+        if params["X-Amz-Algorithm"] != ALGORITHM:
+            raise bad(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
+        access_key, scope = _parse_credential(params["X-Amz-Credential"], bad)
+        amz_date = params["X-Amz-Date"]
+        timestamp = parse_amz_date(amz_date)
+        if timestamp is None:
+            raise bad("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
+        expires_text = params["X-Amz-Expires"]
+        if not expires_text.isdigit() or not 1 <= int(expires_text) <= MAX_EXPIRES:
+            raise bad(f"X-Amz-Expires must be between 1 and {MAX_EXPIRES} seconds (one week).")
+        if scope[:8] != amz_date[:8]:
+            raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
+        secret = self._secret(access_key)
+        now = self._clock()
+        if timestamp - now > self._max_skew:
+            raise errors.AccessDenied("Request is not yet valid", ServerTime=_iso(now))
+        if now > timestamp + int(expires_text):
+            raise errors.AccessDenied("Request has expired", Expires=_iso(timestamp + int(expires_text)),
+                                      ServerTime=_iso(now))
+
+        signed = params["X-Amz-SignedHeaders"]
+        signed_names = _signed_names(signed, headers, bad)
+        # Presigned URLs sign no payload, unless the signer put a hash in the query or signed the header.
+        payload = params.get("X-Amz-Content-Sha256") or params.get("X-Amz-Content-SHA256")
+        if not payload:
+            header = headers.get("x-amz-content-sha256")
+            payload = header if header and "x-amz-content-sha256" in signed_names else UNSIGNED_PAYLOAD
+        _check_payload(payload)
+        key = self._signing_key(secret, scope)
+        signature = params["X-Amz-Signature"]
+        self._verify(method, raw_path, pairs, "X-Amz-Signature", headers, signed, signed_names, payload,
+                     amz_date, scope, key, signature)
+        return AuthResult(access_key, payload, signature, key, amz_date, scope)
+
+    # -- shared pieces ----------------------------------------------------------------------
+
+    def _secret(self, access_key: str) -> str:
+        secret = self._credentials.get(access_key)
+        if secret is None:
+            raise errors.InvalidAccessKeyId(AWSAccessKeyId=access_key)
+        return secret
+
+    def _signing_key(self, secret: str, scope: str) -> bytes:
+        date, region, service, _ = scope.split("/")
+        cache_key = (secret, date, region, service)
+        key = self._keys.get(cache_key)
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE_LIMIT:
+                self._keys.clear()  # a handful of live entries; refilling costs four HMACs each
+            key = self._keys[cache_key] = derive_signing_key(secret, date, region, service)
+        return key
+
+    def _verify(self, method, raw_path, pairs, skip, headers, signed, signed_names, payload, amz_date, scope,
+                key, signature) -> None:
+        header_block = "".join(f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_names)
+        expected = signature.encode("latin-1", "replace")
+        for uri, query in _canonical_forms(raw_path or "/", pairs, skip):
+            canonical = f"{method}\n{uri}\n{query}\n{header_block}\n{signed}\n{payload}"
+            try:  # headers and raw_path are latin-1 decoded wire bytes: hash those same bytes
+                data = canonical.encode("latin-1")
+            except UnicodeEncodeError:
+                data = canonical.encode("utf-8")
+            string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(data).hexdigest()}"
+            computed = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest().encode()
+            if hmac.compare_digest(computed, expected):
+                return
+        raise errors.SignatureDoesNotMatch()
+
+
+def _canonical_forms(raw_path: str, pairs, skip: str) -> Iterator[tuple[str, str]]:
+    """The path as sent first (what S3 and every AWS SDK use); the decoded-and-re-encoded path is
+    tried only after a mismatch, so the common case computes one canonical request."""
+    query = canonical_query(pairs, skip)
+    yield raw_path, query
+    reencoded = _reencoded_path(raw_path)
+    if reencoded != raw_path:
+        yield reencoded, query
+
+
+def _parse_credential(credential: str, error: type) -> tuple[str, str]:
+    """``AKID/YYYYMMDD/region/s3/aws4_request`` -> (access key, scope). Any region is accepted."""
+    parts = credential.rsplit("/", 4)
+    if len(parts) != 5 or not parts[0] or len(parts[1]) != 8 or not parts[1].isdigit() or not parts[2]:
+        raise error('Error parsing the X-Amz-Credential parameter; the Credential is mal-formed; expecting '
+                    '"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".')
+    if parts[3] != "s3":
+        raise error(f'Error parsing the X-Amz-Credential parameter; incorrect service "{parts[3]}". '
+                    'This endpoint belongs to "s3".')
+    if parts[4] != "aws4_request":
+        raise error(f'Error parsing the X-Amz-Credential parameter; incorrect terminal "{parts[4]}". '
+                    'This endpoint uses "aws4_request".')
+    return parts[0], "/".join(parts[1:])
+
+
+def _signed_names(signed: str, headers: Mapping[str, str], error: type) -> list[str]:
+    names = signed.split(";")
+    if "host" not in names:
+        raise error("SignedHeaders must include host.")
+    # Like S3: every x-amz-* header must be signed, or a replayed request could carry extra ones
+    # (x-amz-copy-source, x-amz-acl, ...). x-amz-content-sha256 is exempt, as on S3.
+    unsigned = [name for name in headers if name.startswith("x-amz-") and name != "x-amz-content-sha256"
+                and name not in names]
+    if unsigned:
+        raise errors.AccessDenied("There were headers present in the request which were not signed",
+                                  HeadersNotSigned=", ".join(sorted(unsigned)))
+    return names
+
+
+def _check_payload(payload: str) -> None:
+    if payload in _NAMED_PAYLOADS or (len(payload) == 64 and _HEX.issuperset(payload)):
+        return
+    raise errors.InvalidArgument(
+        "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, "
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, "
+        "or a valid sha256 value.", ArgumentName="x-amz-content-sha256", ArgumentValue=payload)
+
+
+def _parse_http_date(value: str) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.timestamp()

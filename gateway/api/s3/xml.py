@@ -1,0 +1,56 @@
+"""S3 XML documents: building responses and parsing the few request bodies.
+
+Request bodies are parsed with the standard library's expat parser, which
+(expat >= 2.4) refuses entity-expansion bombs; bodies are size-limited before
+they get here, and DTDs are refused outright.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
+
+from ... import errors
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+def element(tag: str, value) -> str:
+    return f"<{tag}>{escape(str(value))}</{tag}>"
+
+
+def document(root: str, *parts: str, namespace: bool = True) -> bytes:
+    ns = f' xmlns="{NS}"' if namespace else ""
+    return DECLARATION + f"<{root}{ns}>{''.join(parts)}</{root}>".encode()
+
+
+def error_document(exc: errors.GatewayError, resource: str, request_id: str) -> bytes:
+    fields = "".join(element(name, value) for name, value in exc.fields.items())
+    return DECLARATION + (
+        f"<Error>{element('Code', exc.code)}{element('Message', exc.message)}{fields}"
+        f"{element('Resource', resource)}{element('RequestId', request_id)}</Error>"
+    ).encode()
+
+
+def parse(body: bytes) -> ET.Element:
+    """Parse a request document; strip the S3 namespace from tags. Raise MalformedXML."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise errors.MalformedXML("Document type declarations are not allowed.")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise errors.MalformedXML(f"The XML you provided was not well-formed: {exc}") from None
+    for node in root.iter():
+        if isinstance(node.tag, str) and node.tag.startswith("{"):
+            node.tag = node.tag.split("}", 1)[1]
+    return root
+
+
+def child_text(node: ET.Element, tag: str, required: bool = True) -> str | None:
+    found = node.find(tag)
+    if found is None:
+        if required:
+            raise errors.MalformedXML(f"<{node.tag}> is missing <{tag}>.")
+        return None
+    return found.text or ""

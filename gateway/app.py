@@ -1,0 +1,61 @@
+"""create_app(settings): the whole gateway as one ASGI app.
+
+Health and admin paths go to a small FastAPI app; everything else is the S3
+API. Nothing is module-level, so tests can run several gateways in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from .api import admin
+from .api.s3.app import S3App
+from .config import Settings
+from .services.objects import ObjectService
+
+log = logging.getLogger(__name__)
+ADMIN_PATHS = ("/healthz", "/readyz", "/_admin/")
+
+
+class GatewayApp:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.service = ObjectService.from_settings(settings)
+        self.s3 = S3App(self.service, settings)
+        self.admin = FastAPI(title="cv-gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+        self.admin.include_router(admin.router)
+        self.admin.state.service = self.service
+        self.admin.state.settings = settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path.startswith(ADMIN_PATHS) or path in ("/healthz", "/readyz"):
+                await self.admin(scope, receive, send)
+            else:
+                await self.s3(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.service.start()
+                except Exception as exc:  # reported by the server, which then exits
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.service.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    return GatewayApp(settings)

@@ -1,0 +1,458 @@
+"""The storage contract every backend plugin implements.
+
+Only the bucket operations and get/put/head/delete/list are abstract.
+Copy, exists and multipart uploads are built on them here, so a new backend
+is small; a backend may override any of them when it can do better (for
+example a native multipart API).
+
+Every method raises :mod:`gateway.errors` classes, never a library's own
+exceptions: translate at the plugin edge.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from . import errors
+from .payload import Payload
+
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+# Standard headers stored with an object and returned on GET/HEAD.
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
+# Internal bucket where the generic multipart implementation keeps parts.
+# Bucket names cannot start with "." in S3, so it never meets a real bucket.
+MULTIPART_BUCKET = ".multipart"
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What a client says about an object when it writes it."""
+
+    content_type: str = DEFAULT_CONTENT_TYPE
+    metadata: Mapping[str, str] = field(default_factory=dict)  # x-amz-meta-* without the prefix
+    headers: Mapping[str, str] = field(default_factory=dict)  # STORED_HEADERS, lower case
+
+    def to_json(self) -> dict:
+        return {"content_type": self.content_type, "metadata": dict(self.metadata), "headers": dict(self.headers)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "ObjectMeta":
+        return cls(data.get("content_type", DEFAULT_CONTENT_TYPE), data.get("metadata", {}), data.get("headers", {}))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a backend describes it."""
+
+    key: str
+    size: int
+    etag: str  # hex, without quotes; "<hex>-N" for multipart objects
+    last_modified: float  # seconds since the epoch
+    meta: ObjectMeta = field(default_factory=ObjectMeta)
+    checksums: Mapping[str, str] = field(default_factory=dict)  # algorithm -> base64
+
+    @property
+    def content_type(self) -> str:
+        return self.meta.content_type
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self.meta.metadata
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    name: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional powers of a backend (shown in docs/backends.md and ``gateway plugins list``)."""
+
+    range_reads: bool = True  # get() honours byte ranges without reading the prefix
+    server_side_copy: bool = False  # copy() does not stream the bytes through the gateway
+    native_multipart: bool = False  # multipart uploads use the store's own API
+    atomic_put: bool = True  # a reader never sees a partial object
+    shared: bool = False  # several gateways may use the same storage at once
+    listing: str = "walk"  # how listing costs: walk (per directory), index, remote
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A parsed Range header: bytes=first-last, bytes=first-, or bytes=-suffix."""
+
+    first: int | None
+    last: int | None = None
+
+    def resolve(self, size: int) -> tuple[int, int]:
+        """Return [start, stop) for an object of ``size`` bytes; raise InvalidRange."""
+        if self.first is None:  # suffix
+            length = self.last or 0
+            if length <= 0 or size == 0:
+                raise errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=f"bytes=-{self.last}")
+            return max(0, size - length), size
+        if self.first >= size:
+            raise errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=f"bytes={self.first}-")
+        stop = size if self.last is None else min(self.last + 1, size)
+        return self.first, stop
+
+
+@dataclass
+class ObjectReader:
+    """An open object: its info, the byte span being read, and the bytes.
+
+    ``data`` holds the whole span when the backend already has it in memory
+    (the small-object fast path); otherwise iterate ``chunks()``.
+    Call ``close()`` (or ``async with``) when done.
+    """
+
+    info: ObjectInfo
+    start: int
+    stop: int
+    data: bytes | None = None
+    _chunks: AsyncIterator[bytes] | None = None
+    _close: object = None
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.data is not None:
+            if self.data:
+                yield self.data
+            return
+        if self._chunks is not None:
+            async for chunk in self._chunks:
+                yield chunk
+
+    async def read_all(self) -> bytes:
+        return b"".join([c async for c in self.chunks()])
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    async def __aenter__(self) -> "ObjectReader":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class ListPage:
+    objects: list[ObjectInfo]
+    common_prefixes: list[str]
+    is_truncated: bool = False
+    next_marker: str = ""  # the last key or common prefix returned, when truncated
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    part_number: int
+    size: int
+    etag: str
+    last_modified: float
+    checksums: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    bucket: str
+    key: str
+    upload_id: str
+    initiated: float
+    meta: ObjectMeta = field(default_factory=ObjectMeta)
+    checksum_algorithm: str | None = None
+
+
+def paginate(
+    objects: Iterable[ObjectInfo | str], prefix: str, delimiter: str, start_after: str, max_keys: int
+) -> ListPage:
+    """Build a ListPage from ``objects`` sorted by key (as UTF-8 bytes).
+
+    Backends that can iterate their keys in order call this instead of
+    writing the delimiter and pagination rules again.
+    """
+    page = ListPage([], [])
+    if max_keys <= 0:
+        return page
+    for info in objects:
+        # A backend may yield a common prefix it rolled up itself (a directory) as a str.
+        key = info if isinstance(info, str) else info.key
+        if not key.startswith(prefix) or (start_after and key.encode() <= start_after.encode()):
+            continue
+        entry: str | ObjectInfo = info
+        if delimiter and not isinstance(info, str):
+            cut = key.find(delimiter, len(prefix))
+            if cut >= 0:
+                common = key[: cut + len(delimiter)]
+                if start_after and common.encode() <= start_after.encode():
+                    continue  # returned on an earlier page
+                if page.common_prefixes and page.common_prefixes[-1] == common:
+                    continue
+                entry = common
+        if len(page.objects) + len(page.common_prefixes) >= max_keys:
+            page.is_truncated = True
+            break
+        if isinstance(entry, str):
+            page.common_prefixes.append(entry)
+            page.next_marker = entry
+        else:
+            page.objects.append(entry)
+            page.next_marker = key
+    if not page.is_truncated:
+        page.next_marker = ""
+    return page
+
+
+class Backend(abc.ABC):
+    """Where objects are kept. One instance serves one or more buckets.
+
+    :param name: the instance name from the configuration (``[backends.NAME]``).
+    :param options: the rest of that configuration section.
+    """
+
+    capabilities = Capabilities()
+    min_part_size = MIN_PART_SIZE
+
+    def __init__(self, name: str = "", **options):
+        self.name = name
+        self.options = options
+
+    # Life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and check the configuration; raise ValueError naming the bad setting."""
+
+    async def close(self) -> None:
+        """Release connections and files."""
+
+    async def check_writable(self) -> None:
+        """Raise if the storage cannot take writes now (used by /readyz)."""
+
+    # Buckets ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket``; raise BucketAlreadyOwnedByYou if it exists."""
+
+    @abc.abstractmethod
+    async def delete_bucket(self, bucket: str) -> None:
+        """Delete an empty bucket; raise NoSuchBucket or BucketNotEmpty."""
+
+    @abc.abstractmethod
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        """Return the bucket's info; raise NoSuchBucket."""
+
+    @abc.abstractmethod
+    async def list_buckets(self) -> list[BucketInfo]:
+        """All buckets, sorted by name (internal ones starting with "." may be included)."""
+
+    # Objects ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        """Open an object for reading; raise NoSuchBucket, NoSuchKey or InvalidRange."""
+
+    @abc.abstractmethod
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        """Store the payload under ``key``, replacing any older version atomically.
+
+        Iterate ``payload`` to the end before committing: it raises when the
+        body does not match what the client declared, and then nothing may
+        be stored. Raise NoSuchBucket.
+        """
+
+    @abc.abstractmethod
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        """Return an object's info; raise NoSuchBucket or NoSuchKey."""
+
+    @abc.abstractmethod
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete an object; deleting a missing key is not an error. Raise NoSuchBucket."""
+
+    @abc.abstractmethod
+    async def list(
+        self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "", max_keys: int = 1000
+    ) -> ListPage:
+        """Keys greater than ``start_after``, in UTF-8 byte order (see :func:`paginate`). Raise NoSuchBucket."""
+
+    # Built on the above -------------------------------------------------------
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        try:
+            await self.head(bucket, key)
+        except errors.NoSuchKey:
+            return False
+        return True
+
+    async def copy(
+        self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, meta: ObjectMeta | None = None
+    ) -> ObjectInfo:
+        """Copy an object; ``meta`` None keeps the source's metadata. Raise NoSuchKey, NoSuchBucket."""
+        await self.head_bucket(dst_bucket)
+        reader = await self.get(src_bucket, src_key)
+        try:
+            payload = Payload(
+                reader.chunks(),
+                expected_size=reader.info.size,
+                checksum_algorithms=tuple(reader.info.checksums),
+                etag=reader.info.etag if "-" in reader.info.etag else None,
+            )
+            return await self.put(dst_bucket, dst_key, payload, meta or reader.info.meta)
+        finally:
+            reader.close()
+
+    # Multipart uploads, kept as objects in MULTIPART_BUCKET ----------------------
+
+    async def _multipart_store(self) -> None:
+        try:
+            await self.create_bucket(MULTIPART_BUCKET)
+        except errors.BucketAlreadyOwnedByYou:
+            pass
+
+    @staticmethod
+    def _upload_prefix(bucket: str, upload_id: str) -> str:
+        return f"{bucket}/{upload_id}/"
+
+    async def create_multipart(
+        self, bucket: str, key: str, meta: ObjectMeta, checksum_algorithm: str | None = None
+    ) -> UploadInfo:
+        await self.head_bucket(bucket)
+        await self._multipart_store()
+        upload_id = os.urandom(16).hex()
+        info = UploadInfo(bucket, key, upload_id, time.time(), meta, checksum_algorithm)
+        record = json.dumps(
+            {"key": key, "initiated": info.initiated, "meta": meta.to_json(), "checksum_algorithm": checksum_algorithm}
+        ).encode()
+        await self.put(
+            MULTIPART_BUCKET, self._upload_prefix(bucket, upload_id) + "upload", Payload.from_bytes(record), ObjectMeta()
+        )
+        return info
+
+    async def get_upload(self, bucket: str, upload_id: str, key: str | None = None) -> UploadInfo:
+        """Return an upload; raise NoSuchUpload (also when it belongs to another key)."""
+        if not upload_id or not all(c in "0123456789abcdef" for c in upload_id):
+            raise errors.NoSuchUpload(UploadId=upload_id)
+        try:
+            reader = await self.get(MULTIPART_BUCKET, self._upload_prefix(bucket, upload_id) + "upload")
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            raise errors.NoSuchUpload(UploadId=upload_id) from None
+        async with reader:
+            record = json.loads(await reader.read_all())
+        if key is not None and record["key"] != key:
+            raise errors.NoSuchUpload(UploadId=upload_id)
+        return UploadInfo(
+            bucket, record["key"], upload_id, record["initiated"],
+            ObjectMeta.from_json(record["meta"]), record.get("checksum_algorithm"),
+        )
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, part_number: int, payload: Payload
+    ) -> PartInfo:
+        await self.get_upload(bucket, upload_id, key)
+        part_key = self._upload_prefix(bucket, upload_id) + f"part/{part_number:05d}"
+        info = await self.put(MULTIPART_BUCKET, part_key, payload, ObjectMeta())
+        return PartInfo(part_number, info.size, info.etag, info.last_modified, info.checksums)
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        await self.get_upload(bucket, upload_id, key)
+        prefix = self._upload_prefix(bucket, upload_id) + "part/"
+        parts, marker = [], ""
+        while True:
+            page = await self.list(MULTIPART_BUCKET, prefix, "", marker, 1000)
+            for obj in page.objects:
+                number = int(obj.key[len(prefix):])
+                parts.append(PartInfo(number, obj.size, obj.etag, obj.last_modified, obj.checksums))
+            if not page.is_truncated:
+                return parts
+            marker = page.next_marker
+
+    async def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
+        await self.head_bucket(bucket)
+        try:
+            page = await self.list(MULTIPART_BUCKET, f"{bucket}/", "/", "", MAX_PARTS)
+        except errors.NoSuchBucket:
+            return []
+        uploads = []
+        for common in page.common_prefixes:
+            upload_id = common[len(bucket) + 1 : -1]
+            try:
+                upload = await self.get_upload(bucket, upload_id)
+            except errors.NoSuchUpload:
+                continue  # completed or aborted meanwhile
+            if upload.key.startswith(prefix):
+                uploads.append(upload)
+        return sorted(uploads, key=lambda u: (u.key.encode(), u.initiated))
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        await self.get_upload(bucket, upload_id, key)
+        await self._delete_upload(bucket, upload_id)
+
+    async def _delete_upload(self, bucket: str, upload_id: str) -> None:
+        prefix = self._upload_prefix(bucket, upload_id)
+        page = await self.list(MULTIPART_BUCKET, prefix, "", "", MAX_PARTS + 10)
+        # The upload record goes first, so a half-finished cleanup is already invisible.
+        await self.delete(MULTIPART_BUCKET, prefix + "upload")
+        for obj in page.objects:
+            await self.delete(MULTIPART_BUCKET, obj.key)
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> ObjectInfo:
+        """Assemble ``parts`` ([(part number, etag)], ascending) into the object.
+
+        Raise InvalidPartOrder, InvalidPart, EntityTooSmall or NoSuchUpload.
+        """
+        upload = await self.get_upload(bucket, upload_id, key)
+        if not parts:
+            raise errors.MalformedXML("You must specify at least one part.")
+        numbers = [n for n, _ in parts]
+        if numbers != sorted(set(numbers)):
+            raise errors.InvalidPartOrder()
+        stored = {p.part_number: p for p in await self.list_parts(bucket, key, upload_id)}
+        chosen = []
+        for number, etag in parts:
+            part = stored.get(number)
+            if part is None or part.etag != etag.strip('"'):
+                raise errors.InvalidPart(PartNumber=str(number), ETag=etag)
+            chosen.append(part)
+        for part in chosen[:-1]:
+            if part.size < self.min_part_size:
+                raise errors.EntityTooSmall(
+                    f"Part {part.part_number} is {part.size} bytes; every part but the last must be "
+                    f"at least {self.min_part_size} bytes.",
+                    ProposedSize=str(part.size), MinSizeAllowed=str(self.min_part_size),
+                )
+        digest = hashlib.md5(b"".join(bytes.fromhex(p.etag) for p in chosen)).hexdigest()
+        etag = f"{digest}-{len(chosen)}"
+        prefix = self._upload_prefix(bucket, upload_id) + "part/"
+
+        async def assembled():
+            for part in chosen:
+                reader = await self.get(MULTIPART_BUCKET, f"{prefix}{part.part_number:05d}")
+                try:
+                    async for chunk in reader.chunks():
+                        yield chunk
+                finally:
+                    reader.close()
+
+        algorithms = (upload.checksum_algorithm,) if upload.checksum_algorithm else ()
+        payload = Payload(
+            assembled(), expected_size=sum(p.size for p in chosen), etag=etag, checksum_algorithms=algorithms
+        )
+        info = await self.put(bucket, key, payload, upload.meta)
+        await self._delete_upload(bucket, upload_id)
+        return info

@@ -1,0 +1,126 @@
+"""Settings: one typed model, from four sources.
+
+Precedence: command-line flags > ``GATEWAY_*`` environment variables > the
+TOML file given with ``--config`` (or ``GATEWAY_CONFIG``) > defaults.
+A bad value fails at start-up with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+SECRET_FIELDS = ("secret_key",)
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it and says what is expected."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8086, ge=1, le=65535, description="port to listen on")
+    data_dir: Path = Field(Path("./cv-storage"), description="the cv-storage directory of the default local backend")
+    access_key: str | None = Field(None, description="access key of the main credential pair")
+    secret_key: str | None = Field(None, description="secret key of the main credential pair")
+    credentials: dict[str, str] = Field(default_factory=dict, description="more access key -> secret key pairs")
+    allow_anonymous: bool = Field(False, description="accept unsigned requests (never in production)")
+    region: str = Field("us-east-1", description="region reported to clients")
+    max_clock_skew: int = Field(900, ge=1, description="seconds a signed request's time may differ from ours")
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='backend instances: name -> {"type": ..., options}; default: one local'
+    )
+    buckets: dict[str, str] = Field(default_factory=dict, description="bucket name -> backend instance name")
+    default_backend: str = Field("local", description="backend instance for buckets not named in [buckets]")
+    min_part_size: int = Field(5 * 1024 * 1024, ge=1, description="smallest multipart part but the last, in bytes")
+    access_log: bool = Field(False, description="log every request (costs about 20% on small GETs)")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Settings":
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("access_key and secret_key must be set together")
+        if not self.all_credentials() and not self.allow_anonymous:
+            raise ValueError(
+                "no credentials: set --access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), "
+                "or allow_anonymous for a test setup"
+            )
+        if self.default_backend not in self.backend_configs():
+            raise ValueError(f"default_backend {self.default_backend!r} is not a configured backend")
+        for bucket, backend in self.buckets.items():
+            if backend not in self.backend_configs():
+                raise ValueError(f"buckets.{bucket} names backend {backend!r}, which is not configured")
+        return self
+
+    def all_credentials(self) -> dict[str, str]:
+        found = dict(self.credentials)
+        if self.access_key:
+            found[self.access_key] = self.secret_key or ""
+        return found
+
+    def backend_configs(self) -> dict[str, dict[str, Any]]:
+        """Backend instances; without any configured, one local backend on data_dir."""
+        if self.backends:
+            return self.backends
+        return {"local": {"type": "local", "root": str(self.data_dir)}}
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with secrets replaced by ****."""
+        data = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            if data.get(name):
+                data[name] = "****"
+        data["credentials"] = {k: "****" for k in data["credentials"]}
+        data["backends"] = {
+            name: {k: ("****" if "password" in k or "secret" in k else v) for k, v in cfg.items()}
+            for name, cfg in self.backend_configs().items()
+        }
+        return data
+
+
+def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) -> Settings:
+    """Build the settings; ``flags`` are the command-line values actually given (None means not given)."""
+    config_file = config_file or os.environ.get("GATEWAY_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    given = {k: v for k, v in flags.items() if v is not None}
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        return _Sourced(**given)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"config file {config_file}: {exc}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        env = f" (GATEWAY_{where.upper()})" if where != "settings" and "." not in where else ""
+        lines.append(f"invalid setting {where}{env}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Errors every layer raises; the S3 API turns each into its XML error body.
+
+Each class carries the S3 error code and HTTP status, so there is exactly one
+table from failure to response (the classes themselves).
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class: ``code`` and ``status`` are what an S3 client sees."""
+
+    code = "InternalError"
+    status = 500
+    default_message = "We encountered an internal error. Please try again."
+
+    def __init__(self, message: str | None = None, **fields: str):
+        self.message = message or self.default_message
+        # Extra elements for the XML body (BucketName, Key, UploadId, ...).
+        self.fields = fields
+        # Extra response headers (Retry-After, ...).
+        self.headers: dict[str, str] = {}
+        super().__init__(self.message)
+
+
+def _error(name: str, status: int, message: str, base: type = GatewayError) -> type:
+    return type(name, (base,), {"code": name, "status": status, "default_message": message})
+
+
+# Not found
+NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist.")
+NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
+NoSuchUpload = _error(
+    "NoSuchUpload", 404,
+    "The specified multipart upload does not exist. The upload ID might be invalid, "
+    "or the multipart upload might have been aborted or completed.",
+)
+
+# Conflicts
+BucketAlreadyOwnedByYou = _error(
+    "BucketAlreadyOwnedByYou", 409, "Your previous request to create the named bucket succeeded and you already own it."
+)
+BucketNotEmpty = _error("BucketNotEmpty", 409, "The bucket you tried to delete is not empty.")
+
+# Bad requests
+InvalidBucketName = _error("InvalidBucketName", 400, "The specified bucket is not valid.")
+KeyTooLongError = _error("KeyTooLongError", 400, "Your key is too long.")
+InvalidArgument = _error("InvalidArgument", 400, "Invalid Argument.")
+InvalidRequest = _error("InvalidRequest", 400, "Invalid Request.")
+MalformedXML = _error(
+    "MalformedXML", 400, "The XML you provided was not well-formed or did not validate against our published schema."
+)
+InvalidPart = _error(
+    "InvalidPart", 400,
+    "One or more of the specified parts could not be found. The part might not have been uploaded, "
+    "or the specified entity tag might not have matched the part's entity tag.",
+)
+InvalidPartOrder = _error(
+    "InvalidPartOrder", 400, "The list of parts was not in ascending order. Parts must be ordered by part number."
+)
+EntityTooSmall = _error("EntityTooSmall", 400, "Your proposed upload is smaller than the minimum allowed object size.")
+EntityTooLarge = _error("EntityTooLarge", 400, "Your proposed upload exceeds the maximum allowed object size.")
+BadDigest = _error("BadDigest", 400, "The Content-MD5 or checksum you specified did not match what we received.")
+InvalidDigest = _error("InvalidDigest", 400, "The Content-MD5 you specified is not valid.")
+IncompleteBody = _error("IncompleteBody", 400, "You did not provide the number of bytes specified by the Content-Length HTTP header.")
+MissingContentLength = _error("MissingContentLength", 411, "You must provide the Content-Length HTTP header.")
+XAmzContentSHA256Mismatch = _error(
+    "XAmzContentSHA256Mismatch", 400, "The provided 'x-amz-content-sha256' header does not match what was computed."
+)
+MetadataTooLarge = _error("MetadataTooLarge", 400, "Your metadata headers exceed the maximum allowed metadata size (2 KB).")
+InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
+MethodNotAllowed = _error("MethodNotAllowed", 405, "The specified method is not allowed against this resource.")
+NotImplementedError_ = _error("NotImplemented", 501, "A header or query you provided implies functionality that is not implemented.")
+
+# Conditional requests
+PreconditionFailed = _error("PreconditionFailed", 412, "At least one of the preconditions you specified did not hold.")
+
+
+class NotModified(GatewayError):
+    """304: not an error for the client, but it ends the request the same way."""
+
+    code = "NotModified"
+    status = 304
+    default_message = "Not Modified"
+
+
+# Authentication
+AccessDenied = _error("AccessDenied", 403, "Access Denied")
+InvalidAccessKeyId = _error(
+    "InvalidAccessKeyId", 403, "The AWS Access Key Id you provided does not exist in our records."
+)
+SignatureDoesNotMatch = _error(
+    "SignatureDoesNotMatch", 403,
+    "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+)
+RequestTimeTooSkewed = _error(
+    "RequestTimeTooSkewed", 403, "The difference between the request time and the server's time is too large."
+)
+AuthorizationHeaderMalformed = _error(
+    "AuthorizationHeaderMalformed", 400, "The authorization header you provided is invalid."
+)
+AuthorizationQueryParametersError = _error(
+    "AuthorizationQueryParametersError", 400, "Error parsing the X-Amz-Credential parameter."
+)
+
+# Server side
+InternalError = _error("InternalError", 500, GatewayError.default_message)
+ServiceUnavailable = _error("ServiceUnavailable", 503, "The storage behind this gateway is unavailable. Please retry.")
+SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
+
+
+class BackendUnavailable(ServiceUnavailable):
+    """A backend could not be reached (server down, timeout); always a 503, never a hang."""

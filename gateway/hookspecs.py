@@ -1,0 +1,42 @@
+"""The hooks a gateway plugin can implement.
+
+A plugin is a module (or object) with functions decorated by ``hookimpl``,
+found through the ``gateway.backends`` entry-point group. Built-in backends
+register through exactly the same path.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("gateway")
+hookimpl = pluggy.HookimplMarker("gateway")
+
+
+@hookspec
+def register_backends(register):
+    """Register backend classes.
+
+    :param register: call ``register(name, cls)`` for each
+        :class:`gateway.backend.Backend` subclass; ``name`` is what a config's
+        ``[backends.X] type = "name"`` refers to.
+    """
+
+
+@hookspec
+def on_object_written(bucket, key, info):
+    """Called after an object was stored (PUT, copy, multipart complete).
+
+    :param bucket: the bucket name.
+    :param key: the object key.
+    :param info: the new :class:`gateway.backend.ObjectInfo`.
+    """
+
+
+@hookspec
+def on_object_deleted(bucket, key):
+    """Called after an object was deleted.
+
+    :param bucket: the bucket name.
+    :param key: the object key.
+    """

@@ -1,0 +1,121 @@
+"""Object bodies on their way in: an async stream that hashes and checks itself.
+
+A backend writes ``async for chunk in payload`` to a temporary place and
+commits only after the loop ends. The checks (length, Content-MD5, flexible
+checksums) run when the stream is exhausted, *before* the backend commits, so
+a body that does not match what the client declared raises and leaves
+nothing stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+
+from . import errors
+from .checksums import b64, new_hasher
+
+
+class Payload:
+    """A verified, hashed stream of bytes.
+
+    :param chunks: the raw body (already de-chunked when aws-chunked).
+    :param expected_size: Content-Length (or x-amz-decoded-content-length), if known.
+    :param content_md5: the Content-MD5 header (base64), if sent.
+    :param checksum_algorithms: algorithms to compute (upper case).
+    :param expected_checksums: algorithm -> base64 value the client declared. It may
+        be filled while streaming (aws-chunked trailers), so it is read at the end.
+    :param etag: use this ETag instead of the MD5 of the bytes (multipart objects).
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        expected_size: int | None = None,
+        content_md5: str | None = None,
+        checksum_algorithms: tuple[str, ...] = (),
+        expected_checksums: Mapping[str, str] | None = None,
+        etag: str | None = None,
+        sha256_hex: str | None = None,
+    ):
+        self._chunks = chunks
+        self.expected_size = expected_size
+        self._content_md5 = content_md5
+        self._expected = expected_checksums if expected_checksums is not None else {}
+        self._algorithms = tuple(dict.fromkeys((*checksum_algorithms, *self._expected)))
+        self._etag_override = etag
+        self._sha256_hex = sha256_hex
+        self._md5 = hashlib.md5() if etag is None else None
+        self._sha256 = hashlib.sha256() if sha256_hex else None
+        self._hashers = {alg: new_hasher(alg) for alg in self._algorithms}
+        self.size = 0
+        self._done = False
+        if content_md5 is not None:
+            try:
+                raw = base64.b64decode(content_md5, validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 16:
+                raise errors.InvalidDigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **kwargs) -> "Payload":
+        async def one():
+            yield data
+
+        return cls(one(), expected_size=len(data), **kwargs)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._done:
+            raise RuntimeError("a Payload can be read only once")
+        limit = self.expected_size
+        async for chunk in self._chunks:
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            if limit is not None and self.size > limit:
+                raise errors.IncompleteBody(
+                    f"The body is longer than the declared length of {limit} bytes."
+                )
+            if self._md5 is not None:
+                self._md5.update(chunk)
+            if self._sha256 is not None:
+                self._sha256.update(chunk)
+            for hasher in self._hashers.values():
+                hasher.update(chunk)
+            yield chunk
+        self._verify()
+        self._done = True
+
+    def _verify(self) -> None:
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise errors.IncompleteBody(
+                f"You sent {self.size} bytes but declared {self.expected_size} (Content-Length)."
+            )
+        if self._content_md5 is not None:
+            if base64.b64encode(self._md5.digest()).decode() != self._content_md5:
+                raise errors.BadDigest("The Content-MD5 you specified did not match what we received.")
+        if self._sha256 is not None and self._sha256.hexdigest() != self._sha256_hex.lower():
+            raise errors.XAmzContentSHA256Mismatch()
+        for alg, value in self._expected.items():
+            actual = b64(self._hashers[alg].digest())
+            if actual != value:
+                raise errors.BadDigest(
+                    f"The {alg} you specified did not match the calculated checksum.",
+                )
+
+    @property
+    def etag(self) -> str:
+        """The object's ETag (hex MD5 of the bytes, unless given); valid once the stream ended."""
+        if not self._done:
+            raise RuntimeError("etag is known only after the payload was read to the end")
+        return self._etag_override or self._md5.hexdigest()
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """algorithm -> base64 checksum of what was received; valid once the stream ended."""
+        if not self._done:
+            raise RuntimeError("checksums are known only after the payload was read to the end")
+        return {alg: b64(h.digest()) for alg, h in self._hashers.items()}

@@ -1,0 +1,104 @@
+"""ObjectService: what this node does with an object request.
+
+Routes buckets to backend instances and fires the on_* plugin events. The
+cluster issue adds roles here (relay, proxy, load balancing), so the S3
+handlers never need to know which node they run on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import errors
+from ..backend import Backend, BucketInfo, ObjectInfo, ObjectMeta
+from ..plugins import backend_classes, get_plugin_manager
+
+log = logging.getLogger(__name__)
+
+
+class ObjectService:
+    def __init__(self, backends: dict[str, Backend], bucket_routes: dict[str, str], default_backend: str):
+        self.backends = backends
+        self.bucket_routes = bucket_routes
+        self.default = backends[default_backend]
+        self._hooks = get_plugin_manager().hook
+
+    @classmethod
+    def from_settings(cls, settings) -> "ObjectService":
+        """Create every configured backend now, so a bad backend config fails at start-up."""
+        classes = backend_classes()
+        backends = {}
+        for name, config in settings.backend_configs().items():
+            options = dict(config)
+            kind = options.pop("type", None)
+            if kind not in classes:
+                known = ", ".join(sorted(classes)) or "none"
+                raise ValueError(f"backends.{name}.type: unknown backend type {kind!r} (installed: {known})")
+            try:
+                backend = classes[kind](name=name, **options)
+            except TypeError as exc:
+                raise ValueError(f"backends.{name}: {exc}") from None
+            backend.min_part_size = settings.min_part_size
+            backends[name] = backend
+        return cls(backends, dict(settings.buckets), settings.default_backend)
+
+    async def start(self) -> None:
+        for backend in self.backends.values():
+            await backend.start()
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            try:
+                await backend.close()
+            except Exception:  # closing must not hide the others
+                log.exception("closing backend %s failed", backend.name)
+
+    def backend_for(self, bucket: str) -> Backend:
+        name = self.bucket_routes.get(bucket)
+        return self.backends[name] if name else self.default
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        seen: dict[str, BucketInfo] = {}
+        for backend in self.backends.values():
+            for info in await backend.list_buckets():
+                if not info.name.startswith("."):
+                    seen.setdefault(info.name, info)
+        return [seen[name] for name in sorted(seen)]
+
+    def object_written(self, bucket: str, key: str, info: ObjectInfo) -> None:
+        self._hooks.on_object_written(bucket=bucket, key=key, info=info)
+
+    def object_deleted(self, bucket: str, key: str) -> None:
+        self._hooks.on_object_deleted(bucket=bucket, key=key)
+
+    async def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                   meta: ObjectMeta | None) -> ObjectInfo:
+        source, target = self.backend_for(src_bucket), self.backend_for(dst_bucket)
+        if source is target:
+            info = await target.copy(src_bucket, src_key, dst_bucket, dst_key, meta)
+        else:
+            await target.head_bucket(dst_bucket)
+            from ..payload import Payload
+
+            reader = await source.get(src_bucket, src_key)
+            try:
+                payload = Payload(reader.chunks(), expected_size=reader.info.size,
+                                  checksum_algorithms=tuple(reader.info.checksums))
+                info = await target.put(dst_bucket, dst_key, payload, meta or reader.info.meta)
+            finally:
+                reader.close()
+        self.object_written(dst_bucket, dst_key, info)
+        return info
+
+    async def readiness(self) -> dict[str, str]:
+        """backend name -> "ok" or the reason it cannot take writes."""
+        status = {}
+        for name, backend in self.backends.items():
+            try:
+                await backend.check_writable()
+                status[name] = "ok"
+            except errors.GatewayError as exc:
+                status[name] = exc.message
+            except OSError as exc:
+                status[name] = f"{exc.strerror or exc}"
+        return status

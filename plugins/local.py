@@ -1,0 +1,435 @@
+"""The local backend: objects as files under cv-storage (see fslayout.py).
+
+The files are the truth: a second gateway started on the same directory sees
+every object, with nothing to rebuild. Writes go to a temp file under
+``.gateway/tmp/<host>/`` on the same filesystem, are fsynced and renamed into
+place, so a reader never sees a partial object.
+
+Small objects are read inside the event loop: for page-cache hits a direct
+os.read costs microseconds, less than handing it to a worker thread (see
+../shared/CALIBRATION.md). fsync of large files runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+
+from gateway import errors
+from gateway.backend import (
+    MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta,
+    ObjectReader, paginate,
+)
+from gateway.hookspecs import hookimpl
+from gateway.payload import Payload
+
+from . import fslayout
+from .fslayout import BUCKET_FILE, NAME_FILE, OBJ_SUFFIX
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 1024 * 1024
+# Payloads up to this size are gathered in memory and written with one write().
+BUFFER_LIMIT = 1024 * 1024
+HEADER_SLACK = 1024  # room reserved for etag, size and checksums in streamed writes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalBackend(Backend):
+    """Options: ``root`` (the cv-storage directory), ``fsync`` (default true),
+    ``fsync_dirs`` (also fsync the directory after a rename; default false)."""
+
+    capabilities = Capabilities(range_reads=True, atomic_put=True, shared=False, listing="walk")
+
+    def __init__(self, name: str = "local", root: str = "./cv-storage", fsync: bool = True,
+                 fsync_dirs: bool = False, **options):
+        super().__init__(name, **options)
+        self.root = os.path.abspath(os.fspath(root))
+        self.fsync = fsync
+        self.fsync_dirs = fsync_dirs
+        self.host = socket.gethostname() or "localhost"
+        self.tmp_dir = os.path.join(self.root, ".gateway", "tmp", self.host)
+        self._counter = itertools.count()
+
+    # Life cycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            os.makedirs(self.tmp_dir, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"backend {self.name!r}: root {self.root!r} is not usable: {exc.strerror}") from None
+        self.clean_temp_files()
+
+    def clean_temp_files(self) -> int:
+        """Remove temp files that this host's dead processes left behind; return how many."""
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                continue  # another live gateway on this host is writing it
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            log.info("removed %d stale temp files from %s", removed, self.tmp_dir)
+        return removed
+
+    async def check_writable(self) -> None:
+        probe = os.path.join(self.tmp_dir, f"{os.getpid()}-ready")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.unlink(probe)
+
+    # Paths ------------------------------------------------------------------
+
+    def _bucket_dir(self, bucket: str) -> str:
+        if not bucket or "/" in bucket or "\x00" in bucket or bucket in (".", "..") or (
+            bucket.startswith(".") and bucket != MULTIPART_BUCKET
+        ):
+            raise errors.InvalidBucketName(BucketName=bucket)
+        return os.path.join(self.root, bucket)
+
+    def _object_path(self, bucket: str, key: str) -> str:
+        return os.path.join(self._bucket_dir(bucket), fslayout.key_to_relpath(key))
+
+    def _missing(self, bucket: str, key: str) -> errors.GatewayError:
+        if not os.path.isdir(self._bucket_dir(bucket)):
+            return errors.NoSuchBucket(BucketName=bucket)
+        return errors.NoSuchKey(Key=key)
+
+    # Buckets ----------------------------------------------------------------
+
+    async def create_bucket(self, bucket: str) -> None:
+        path = self._bucket_dir(bucket)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise errors.BucketAlreadyOwnedByYou(BucketName=bucket) from None
+        with open(os.path.join(path, BUCKET_FILE), "w") as f:
+            json.dump({"name": bucket, "created": time.time()}, f)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        path = self._bucket_dir(bucket)
+        if not os.path.isdir(path):
+            raise errors.NoSuchBucket(BucketName=bucket)
+        if self._has_objects(path):
+            raise errors.BucketNotEmpty(BucketName=bucket)
+        shutil.rmtree(path, ignore_errors=True)
+
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        path = self._bucket_dir(bucket)
+        try:
+            with open(os.path.join(path, BUCKET_FILE)) as f:
+                return BucketInfo(bucket, json.load(f)["created"])
+        except (OSError, ValueError, KeyError):
+            # A bucket directory made by hand (or copied without the marker) is still a bucket.
+            try:
+                return BucketInfo(bucket, os.stat(path).st_mtime)
+            except FileNotFoundError:
+                raise errors.NoSuchBucket(BucketName=bucket) from None
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        buckets = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.is_dir() and not entry.name.startswith("."):
+                buckets.append(await self.head_bucket(entry.name))
+        return buckets
+
+    # Reading ----------------------------------------------------------------
+
+    def _info(self, header: dict) -> ObjectInfo:
+        return ObjectInfo(
+            header["key"], header["size"], header["etag"], header["time"],
+            ObjectMeta.from_json(header["meta"]), header.get("checksums", {}),
+        )
+
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        path = self._object_path(bucket, key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(bucket, key) from None
+        try:
+            header, offset, first = fslayout.read_header(fd)
+            info = self._info(header)
+            start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
+            if offset + stop <= len(first):
+                os.close(fd)
+                return ObjectReader(info, start, stop, data=first[offset + start: offset + stop])
+        except BaseException:
+            os.close(fd)
+            raise
+        return ObjectReader(info, start, stop, _chunks=self._read_span(fd, offset + start, offset + stop),
+                            _close=lambda: _close_quietly(fd))
+
+    async def _read_span(self, fd: int, position: int, end: int):
+        while position < end:
+            chunk = os.pread(fd, min(READ_CHUNK, end - position), position)
+            if not chunk:
+                raise errors.InternalError("object file is shorter than its header says")
+            position += len(chunk)
+            yield chunk
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            fd = os.open(self._object_path(bucket, key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(bucket, key) from None
+        try:
+            return self._info(fslayout.read_header(fd)[0])
+        finally:
+            os.close(fd)
+
+    # Writing ----------------------------------------------------------------
+
+    def _temp_path(self) -> str:
+        return os.path.join(self.tmp_dir, f"{os.getpid()}-{next(self._counter)}-{os.urandom(4).hex()}")
+
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        final = self._object_path(bucket, key)
+        bucket_dir = self._bucket_dir(bucket)
+        if not os.path.isdir(bucket_dir):
+            raise errors.NoSuchBucket(BucketName=bucket)
+        meta_json = meta.to_json()
+        tmp = self._temp_path()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            buffered: list[bytes] | None = []
+            buffered_size = 0
+            reserved = 0
+            position = 0
+            async for chunk in payload:
+                if buffered is not None:
+                    buffered.append(chunk)
+                    buffered_size += len(chunk)
+                    if buffered_size <= BUFFER_LIMIT:
+                        continue
+                    # Too big to gather: reserve room for the header and stream the rest.
+                    probe = fslayout.encode_header(key, 0, "", 0.0, meta_json, {})
+                    reserved = len(probe) - fslayout.PREFIX.size + HEADER_SLACK
+                    position = fslayout.PREFIX.size + reserved
+                    chunk, buffered = b"".join(buffered), None
+                position += _write_all(fd, chunk, position)
+            info = ObjectInfo(key, payload.size, payload.etag, time.time(), meta, payload.checksums)
+            header = fslayout.encode_header(key, info.size, info.etag, info.last_modified, meta_json,
+                                            dict(info.checksums), pad_to=reserved)
+            if buffered is not None:
+                _write_all(fd, header + b"".join(buffered), 0)
+            else:
+                _write_all(fd, header, 0)
+            if self.fsync:
+                if payload.size > BUFFER_LIMIT:
+                    await asyncio.to_thread(os.fsync, fd)
+                else:
+                    os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            self._publish(tmp, final, bucket_dir, key)
+            return info
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+
+    def _publish(self, tmp: str, final: str, bucket_dir: str, key: str) -> None:
+        parent = os.path.dirname(final)
+        for attempt in range(5):
+            try:
+                os.replace(tmp, final)
+                break
+            except FileNotFoundError:
+                # The directory is missing, or a concurrent DELETE removed it after we made it.
+                if not os.path.isdir(bucket_dir):
+                    raise errors.NoSuchBucket(BucketName=os.path.basename(bucket_dir)) from None
+                self._make_parents(bucket_dir, key)
+            except (NotADirectoryError, IsADirectoryError) as exc:
+                raise errors.InvalidArgument(f"key conflicts with the storage layout: {exc.strerror}") from None
+        else:
+            raise errors.InternalError("could not create the object's directory")
+        if self.fsync_dirs:
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _make_parents(self, bucket_dir: str, key: str) -> None:
+        path = bucket_dir
+        for segment in key.split("/")[:-1]:
+            name = fslayout.escape_segment(segment)
+            path = os.path.join(path, name)
+            os.makedirs(path, exist_ok=True)
+            if "%h" in name and not os.path.exists(os.path.join(path, NAME_FILE)):
+                # A hashed (long) directory name remembers its full segment for listings.
+                tmp = self._temp_path()
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(segment)
+                os.replace(tmp, os.path.join(path, NAME_FILE))
+
+    # Deleting ---------------------------------------------------------------
+
+    async def delete(self, bucket: str, key: str) -> None:
+        path = self._object_path(bucket, key)
+        bucket_dir = self._bucket_dir(bucket)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.isdir(bucket_dir):
+                raise errors.NoSuchBucket(BucketName=bucket) from None
+            return
+        # Remove directories the delete left empty, up to the bucket.
+        parent = os.path.dirname(path)
+        while parent != bucket_dir and parent.startswith(bucket_dir):
+            try:
+                names = os.listdir(parent)
+                if names == [NAME_FILE]:
+                    os.unlink(os.path.join(parent, NAME_FILE))
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
+
+    # Listing ----------------------------------------------------------------
+
+    async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
+        bucket_dir = self._bucket_dir(bucket)
+        if not os.path.isdir(bucket_dir):
+            raise errors.NoSuchBucket(BucketName=bucket)
+        entries = self._walk(bucket_dir, "", prefix, start_after, delimiter == "/")
+        return paginate(entries, prefix, delimiter, start_after, max_keys)
+
+    def _entries(self, directory: str) -> list[tuple[bytes, str, str, bool]]:
+        """A directory's objects and subdirectories, as (sort key, segment, path, is_dir), in key order."""
+        found = []
+        try:
+            scanned = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for entry in scanned:
+            name = entry.name
+            if name.endswith(OBJ_SUFFIX) and not entry.is_dir():
+                segment = fslayout.unescape_segment(name[: -len(OBJ_SUFFIX)])
+                if segment is None:
+                    segment = self._header_key_segment(entry.path)
+                    if segment is None:
+                        continue
+                found.append((segment.encode(), segment, entry.path, False))
+            elif entry.is_dir():
+                segment = fslayout.unescape_segment(name)
+                if segment is None:
+                    segment = _read_name_file(entry.path)
+                    if segment is None:
+                        continue
+                found.append(((segment + "/").encode(), segment, entry.path, True))
+        found.sort()
+        return found
+
+    def _header_key_segment(self, path: str) -> str | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return fslayout.read_header(fd)[0]["key"].rsplit("/", 1)[-1]
+        except (OSError, fslayout.CorruptObject, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
+    def _walk(self, directory: str, key_prefix: str, prefix: str, start_after: str,
+              dirs_as_prefixes: bool) -> Iterator[ObjectInfo | str]:
+        start_bytes = start_after.encode()
+        prefix_bytes = prefix.encode()
+        for sort_key, segment, path, is_dir in self._entries(directory):
+            full = (key_prefix + segment + ("/" if is_dir else "")).encode()
+            # Skip what cannot match the prefix: neither side is a prefix of the other.
+            if not (full.startswith(prefix_bytes) or (is_dir and prefix_bytes.startswith(full))):
+                continue
+            if is_dir:
+                if full < start_bytes and not start_bytes.startswith(full):
+                    continue  # the whole subtree sorts before start_after
+                if dirs_as_prefixes and full.startswith(prefix_bytes) and len(full) > len(prefix_bytes) \
+                        and full.rfind(b"/", len(prefix_bytes), len(full) - 1) < 0:
+                    if self._has_objects(path):
+                        yield full.decode()
+                    continue
+                yield from self._walk(path, full.decode(), prefix, start_after, dirs_as_prefixes)
+            else:
+                if full <= start_bytes:
+                    continue
+                info = self._read_info(path)
+                if info is not None:
+                    yield info
+
+    def _read_info(self, path: str) -> ObjectInfo | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # deleted while we listed
+        try:
+            return self._info(fslayout.read_header(fd)[0])
+        except (fslayout.CorruptObject, ValueError, KeyError):
+            log.warning("skipping %s: not a valid object file", path)
+            return None
+        finally:
+            os.close(fd)
+
+    def _has_objects(self, directory: str) -> bool:
+        for _, _, path, is_dir in self._entries(directory):
+            if not is_dir or self._has_objects(path):
+                return True
+        return False
+
+
+def _read_name_file(path: str) -> str | None:
+    try:
+        with open(os.path.join(path, NAME_FILE), encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _write_all(fd: int, data: bytes, position: int) -> int:
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], position + written)
+    return written
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+@hookimpl
+def register_backends(register):
+    register("local", LocalBackend)
