@@ -1,0 +1,107 @@
+"""Settings precedence (flags > env > TOML > defaults) and clear start-up errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_DATA_DIR", "GATEWAY_ACCESS_KEY", "GATEWAY_SECRET_KEY",
+                 "GATEWAY_CONFIG", "GATEWAY_ALLOW_ANONYMOUS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_credentials():
+    with pytest.raises(ConfigError, match="no credentials"):
+        load_settings()
+
+
+def test_precedence_flags_env_file_defaults(tmp_path, monkeypatch):
+    config = write(tmp_path, 'port = 9001\nhost = "127.0.0.2"\naccess_key = "file"\nsecret_key = "file-secret"\n'
+                             'region = "eu-west-1"\n')
+    monkeypatch.setenv("GATEWAY_PORT", "9002")
+    monkeypatch.setenv("GATEWAY_ACCESS_KEY", "env")
+    settings = load_settings(config, access_key="flag")
+    assert settings.access_key == "flag"  # flag beats env and file
+    assert settings.port == 9002  # env beats file
+    assert settings.host == "127.0.0.2"  # file beats default
+    assert settings.region == "eu-west-1"
+    assert settings.secret_key == "file-secret"
+    assert settings.max_clock_skew == 900  # default
+
+
+def test_bad_setting_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEWAY_PORT", "eighty")
+    with pytest.raises(ConfigError, match="port.*GATEWAY_PORT"):
+        load_settings(access_key="a", secret_key="b")
+
+
+def test_unknown_setting_in_file_is_refused(tmp_path):
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\nportt = 1\n')
+    with pytest.raises(ConfigError, match="portt"):
+        load_settings(config)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_bucket_route_to_unknown_backend(tmp_path):
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\n[buckets]\nfaces = "nas"\n')
+    with pytest.raises(ConfigError, match="buckets.faces.*nas"):
+        load_settings(config)
+
+
+def test_extra_credentials_from_file(tmp_path):
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\n[credentials]\nsecond = "second-secret"\n')
+    assert load_settings(config).all_credentials() == {"a": "b", "second": "second-secret"}
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def test_print_config_masks_secrets(tmp_path):
+    result = run_cli("serve", "--access-key", "AK", "--secret-key", "very-secret", "--data-dir", str(tmp_path),
+                     "--print-config")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["access_key"] == "AK"
+    assert shown["secret_key"] == "****"
+    assert "very-secret" not in result.stdout
+    assert shown["backends"]["local"]["root"] == str(tmp_path)
+
+
+def test_serve_fails_early_with_a_named_setting():
+    result = run_cli("serve", "--access-key", "AK", "--secret-key", "s", "--port", "70000")
+    assert result.returncode == 2
+    assert "port" in result.stderr and "GATEWAY_PORT" in result.stderr
+
+
+def test_serve_rejects_unknown_backend_type(tmp_path):
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\n[backends.local]\ntype = "floppy"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "backends.local.type" in result.stderr and "floppy" in result.stderr
+
+
+def test_version_and_help():
+    from gateway import __version__
+
+    assert __version__ in run_cli("--version").stdout
+    for command in (["--help"], ["serve", "--help"], ["plugins", "list", "--help"]):
+        result = run_cli(*command)
+        assert result.returncode == 0 and "Usage" in result.stdout
