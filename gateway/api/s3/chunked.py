@@ -136,7 +136,9 @@ def _chunk_header(line: bytes, signed: bool) -> tuple[int, str]:
     return int(size_field, 16), signature
 
 
-async def decode_aws_chunked(chunks: AsyncIterable[bytes], auth: AuthResult, trailers: dict[str, str]) -> AsyncIterator[bytes]:
+async def decode_aws_chunked(
+    chunks: AsyncIterable[bytes], auth: AuthResult, trailers: dict[str, str]
+) -> AsyncIterator[bytes]:
     """Yield the decoded body of an aws-chunked request, checking chunk and trailer signatures
     when ``auth.payload`` says the body is signed. Trailing headers (lower-case name -> value,
     without x-amz-trailer-signature) are stored in ``trailers`` before the iterator ends."""

@@ -97,8 +97,7 @@ def _split_query(query_string: str) -> list[tuple[str, str]]:
 
 
 def _decode(raw: str) -> str:
-    # Like the request parser (parse_qsl), '+' in a query means a space. Working on bytes keeps
-    # invalid UTF-8 intact so re-encoding reproduces exactly what the client had.
+    # Like the request parser (parse_qsl), '+' in a query means a space.
     return unquote_to_bytes(raw.replace("+", " ")).decode("latin-1")
 
 
@@ -106,6 +105,8 @@ def _aws_encode(raw: str) -> str:
     """AWS URI-encoding of a raw query name or value: only A-Z a-z 0-9 - _ . ~ stay as they are."""
     if _UNRESERVED.issuperset(raw):
         return raw  # fast path: most names and many values need no work
+    # '+' is a space, as for the request parser (parse_qsl), so what is verified is what runs.
+    # Working on bytes keeps invalid UTF-8 intact: re-encoding gives back what the client signed.
     return quote(unquote_to_bytes(raw.replace("+", " ")), safe="")
 
 
@@ -145,7 +146,7 @@ class Authenticator:
                 raise errors.InvalidArgument(
                     "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature "
                     "query string parameter or the Authorization header should be specified",
-                    ArgumentName="Authorization", ArgumentValue=authorization)
+                    ArgumentName="Authorization")
             return self._header_auth(method, raw_path, pairs, headers, authorization)
         if query_auth:
             return self._query_auth(method, raw_path, pairs, headers)
