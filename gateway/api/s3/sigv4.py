@@ -27,6 +27,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote_to_bytes
 
 from ... import errors
+from . import sigv2
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -42,7 +43,11 @@ _KEY_CACHE_LIMIT = 256
 # The presigned-URL parameters; all but X-Amz-Signature are part of the canonical query.
 _QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                       "X-Amz-SignedHeaders", "X-Amz-Signature")
-_USE_SIGV4 = "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+
+
+def _v2_payload(headers: Mapping[str, str]) -> str:
+    """SigV2 does not sign the body; a declared SHA-256 is still checked by the body reader."""
+    return headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,8 @@ class Authenticator:
         if query_auth:
             return self._query_auth(method, raw_path, pairs, headers)
         if sigv2_query:
-            raise errors.InvalidRequest(_USE_SIGV4)
+            access_key = sigv2.verify_query(method, raw_path, pairs, headers, self._secret, self._clock())
+            return AuthResult(access_key=access_key, payload=_v2_payload(headers))
         if not self._allow_anonymous:
             raise errors.AccessDenied()
         return AuthResult(access_key="", payload=headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD)
@@ -163,7 +169,9 @@ class Authenticator:
         algorithm, _, rest = authorization.strip().partition(" ")
         if algorithm != ALGORITHM:
             if algorithm == "AWS":  # SigV2, "AWS AKID:signature"
-                raise errors.InvalidRequest(_USE_SIGV4)
+                access_key = sigv2.verify_header(authorization, method, raw_path, pairs, headers, self._secret,
+                                                 self._clock(), self._max_skew)
+                return AuthResult(access_key=access_key, payload=_v2_payload(headers))
             raise malformed(f"The authorization header is malformed; unsupported algorithm {algorithm!r}; "
                             f"use {ALGORITHM}.")
         fields = {}

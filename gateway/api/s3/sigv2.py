@@ -1,0 +1,95 @@
+"""AWS Signature Version 2 (HMAC-SHA1), header and query-string forms.
+
+Still what boto3's ``generate_presigned_url`` produces for a custom endpoint
+unless the client sets ``signature_version="s3v4"``, and what older tools
+send, so "boto3 just works" needs it. The string to sign follows the S3
+REST authentication guide (and botocore's HmacV1Auth).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote
+
+from ... import errors
+
+# Query parameters that are part of the signed resource.
+SUB_RESOURCES = frozenset({
+    "accelerate", "acl", "cors", "defaultObjectAcl", "location", "logging", "partNumber", "policy",
+    "requestPayment", "torrent", "versioning", "versionId", "versions", "website", "uploads", "uploadId",
+    "response-content-type", "response-content-language", "response-expires", "response-cache-control",
+    "response-content-disposition", "response-content-encoding", "delete", "lifecycle", "tagging", "restore",
+    "storageClass", "notification", "replication", "analytics", "metrics", "inventory", "select",
+    "select-type", "object-lock",
+})
+
+
+def _resource(raw_path: str, pairs: list[tuple[str, str]]) -> str:
+    interesting = sorted((name, value) for name, value in pairs if name in SUB_RESOURCES)
+    if not interesting:
+        return raw_path
+    return raw_path + "?" + "&".join(f"{n}={unquote(v)}" if v != "" or "=" in v else n for n, v in interesting)
+
+
+def string_to_sign(method: str, raw_path: str, pairs, headers: Mapping[str, str], date: str) -> str:
+    amz = sorted((name, value) for name, value in headers.items() if name.startswith("x-amz-"))
+    lines = [method, headers.get("content-md5", ""), headers.get("content-type", ""), date]
+    lines += [f"{name}:{value.strip()}" for name, value in amz]
+    return "\n".join(lines) + "\n" + _resource(raw_path, pairs)
+
+
+def sign(secret: str, text: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), text.encode("utf-8"), hashlib.sha1).digest()).decode()
+
+
+def verify_header(authorization: str, method: str, raw_path: str, pairs, headers: Mapping[str, str],
+                  secret_for: Callable[[str], str], now: float, max_skew: int) -> str:
+    """Check ``Authorization: AWS AKID:signature``; return the access key."""
+    access_key, sep, signature = authorization.strip()[4:].partition(":")
+    if not sep or not access_key or not signature:
+        raise errors.AuthorizationHeaderMalformed("A SigV2 authorization header is 'AWS access-key:signature'.")
+    secret = secret_for(access_key)
+    # x-amz-date, when present, replaces Date in the string to sign (as an x-amz header).
+    date = "" if "x-amz-date" in headers else headers.get("date", "")
+    when = headers.get("x-amz-date") or headers.get("date")
+    try:
+        stamp = parsedate_to_datetime(when).timestamp() if when else None
+    except (TypeError, ValueError):
+        stamp = None
+    if stamp is None:
+        raise errors.AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
+    if abs(stamp - now) > max_skew:
+        raise errors.RequestTimeTooSkewed()
+    expected = sign(secret, string_to_sign(method, raw_path, pairs, headers, date))
+    if not hmac.compare_digest(expected, signature):
+        raise errors.SignatureDoesNotMatch()
+    return access_key
+
+
+def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
+                 secret_for: Callable[[str], str], now: float) -> str:
+    """Check a presigned SigV2 URL (AWSAccessKeyId, Signature, Expires); return the access key."""
+    params = {name: unquote(value) for name, value in pairs}
+    access_key, signature, expires = params.get("AWSAccessKeyId", ""), params.get("Signature", ""), params.get(
+        "Expires", "")
+    if not expires.isdigit():
+        raise errors.AccessDenied("Query-string authentication requires the Signature, Expires and "
+                                  "AWSAccessKeyId parameters")
+    secret = secret_for(access_key)
+    if now > int(expires):
+        raise errors.AccessDenied("Request has expired")
+    signed_headers = dict(headers)
+    for name in ("content-type", "content-md5"):
+        if name in params:
+            signed_headers[name] = params[name]
+    for name, value in params.items():
+        if name.startswith("x-amz-"):
+            signed_headers[name] = value
+    expected = sign(secret, string_to_sign(method, raw_path, pairs, signed_headers, expires))
+    if not hmac.compare_digest(expected, signature):
+        raise errors.SignatureDoesNotMatch()
+    return access_key
