@@ -306,9 +306,10 @@ def test_unsigned_amz_header_is_refused():
     assert auth_at().authenticate(method, path, query, dict(headers, **{"x-forwarded-for": "1.2.3.4"}))
 
 
-def test_missing_content_sha256_is_refused():
+def test_missing_content_sha256_is_refused_when_there_is_a_body():
     method, path, query, headers = signed_put()
     del headers["x-amz-content-sha256"]
+    headers["content-length"] = "4"
     with pytest.raises(errors.InvalidRequest, match="x-amz-content-sha256"):
         auth_at().authenticate(method, path, query, headers)
 

@@ -204,7 +204,14 @@ class Authenticator:
 
         payload = headers.get("x-amz-content-sha256")
         if not payload:
-            raise errors.InvalidRequest("Missing required header for this request: x-amz-content-sha256")
+            # Generic SigV4 signers (curl --aws-sigv4, many HTTP libraries) sign the body's hash without
+            # sending this header. Without a body that hash is known: accept it, as MinIO does.
+            if headers.get("content-length", "0") in ("", "0") and "transfer-encoding" not in headers:
+                payload = EMPTY_SHA256
+            else:
+                raise errors.InvalidRequest(
+                    "Missing required header for this request: x-amz-content-sha256 (with curl --aws-sigv4 "
+                    "add -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD')")
         _check_payload(payload)
         signed_names = _signed_names(signed, headers, malformed)
         key = self._signing_key(secret, scope)
