@@ -50,8 +50,9 @@ apt-test-deps:
 	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.test-installed: $(BIN)/python pyproject.toml
+$(VENV)/.test-installed: $(BIN)/python pyproject.toml docs/example-plugin/pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e docs/example-plugin
 	@touch $(VENV)/.installed $@
 
 test-deps: apt-test-deps $(VENV)/.test-installed

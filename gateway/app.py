@@ -11,6 +11,7 @@ import logging
 from fastapi import FastAPI
 
 from .api import admin
+from .api.peer import PeerApp, admin_router as cluster_admin_router
 from .api.s3.app import S3App
 from .config import Settings
 from .services.objects import ObjectService
@@ -26,6 +27,8 @@ class GatewayApp:
         self.s3 = S3App(self.service, settings)
         self.admin = FastAPI(title="cv-gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
         self.admin.include_router(admin.router)
+        self.admin.include_router(cluster_admin_router)
+        self.peer = PeerApp(self.service)  # /_cluster/v1: internal routes between cluster nodes
         self.admin.state.service = self.service
         self.admin.state.settings = settings
 
@@ -35,6 +38,8 @@ class GatewayApp:
             path = scope["path"]
             if path.startswith(ADMIN_PATHS) or path in ("/healthz", "/readyz"):
                 await self.admin(scope, receive, send)
+            elif path.startswith("/_cluster/"):
+                await self.peer(scope, receive, send)
             else:
                 await self.s3(scope, receive, send)
         elif kind == "lifespan":

@@ -100,7 +100,8 @@ class ByteRange:
             if length <= 0 or size == 0:
                 raise errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=f"bytes=-{self.last}")
             return max(0, size - length), size
-        if self.first >= size:
+        if self.first >= size or (self.last is not None and self.last < self.first):
+            # (An inverted range never gets here from HTTP: the parser ignores it, as S3 does.)
             raise errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=f"bytes={self.first}-")
         stop = size if self.last is None else min(self.last + 1, size)
         return self.first, stop
@@ -237,7 +238,7 @@ class Backend(abc.ABC):
         """Connect and check the configuration; raise ValueError naming the bad setting."""
 
     async def close(self) -> None:
-        """Release connections and files."""
+        """Release connections and files. A second call does nothing."""
 
     async def check_writable(self) -> None:
         """Raise if the storage cannot take writes now (used by /readyz)."""

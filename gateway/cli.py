@@ -38,6 +38,17 @@ def settings_options(func):
         click.option("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL)."),
         click.option("--access-log/--no-access-log", default=None,
                      help="Log every request (GATEWAY_ACCESS_LOG; costs about 20%% on small GETs)."),
+        # Cluster options (docs/cluster.md).
+        click.option("--role", type=click.Choice(["primary", "redundant", "proxy"]),
+                     help="Cluster role (GATEWAY_ROLE); none: a stand-alone node."),
+        click.option("--registry", help="Cluster registry URL: sqlite:///path.db or etcd://host:port,... "
+                     "(GATEWAY_REGISTRY)."),
+        click.option("--advertise", help="URL peers reach this node at (GATEWAY_ADVERTISE)."),
+        click.option("--insecure-peers", is_flag=True, default=None,
+                     help="Allow plain HTTP between nodes (GATEWAY_INSECURE_PEERS); tests only."),
+        click.option("--tls-cert", help="TLS certificate, PEM (GATEWAY_TLS_CERT); serves HTTPS."),
+        click.option("--tls-key", help="TLS private key, PEM (GATEWAY_TLS_KEY)."),
+        click.option("--tls-ca", help="Cluster CA certificate, PEM (GATEWAY_TLS_CA)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -73,6 +84,7 @@ def serve(config_file, print_config, **flags) -> None:
         app, host=settings.host, port=settings.port, lifespan="on", access_log=settings.access_log,
         log_level=settings.log_level, loop=_best_loop(), http=_best_http(), server_header=False,
         date_header=True, timeout_keep_alive=30,
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -118,3 +130,12 @@ def plugins_list(as_json: bool) -> None:
     click.echo(f"{'NAME':<16} {'VERSION':<10} {'BACKENDS':<16} MODULE")
     for row in rows:
         click.echo(f"{row['name']:<16} {row['version'] or '-':<10} {','.join(row['backends']) or '-':<16} {row['module']}")
+
+
+from .cli_cluster import cluster  # noqa: E402  (the `gateway cluster` commands)
+
+main.add_command(cluster)
+
+from .cli_mount import mount  # noqa: E402  (the `gateway mount` command)
+
+main.add_command(mount)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-SECRET_FIELDS = ("secret_key",)
+SECRET_FIELDS = ("secret_key", "cluster_secret")
 
 
 class ConfigError(Exception):
@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     min_part_size: int = Field(5 * 1024 * 1024, ge=1, description="smallest multipart part but the last, in bytes")
     access_log: bool = Field(False, description="log every request (costs about 20% on small GETs)")
     log_level: str = Field("info", description="debug, info, warning or error")
+    # Cluster (docs/cluster.md). No role: a stand-alone node, none of these apply.
+    role: Literal["primary", "redundant", "proxy"] | None = Field(
+        None, description="cluster role: primary, redundant or proxy (none: stand-alone)")
+    registry: str | None = Field(
+        None, description="cluster registry URL: sqlite:///path/registry.db or etcd://host:port,host:port")
+    advertise: str | None = Field(None, description="URL other nodes reach this one at (default: from host/port)")
+    node_id: str | None = Field(None, description="this node's name in the cluster (default: from advertise)")
+    cluster_secret: str | None = Field(None, description="shared secret that signs peer requests (HMAC)")
+    insecure_peers: bool = Field(False, description="allow plain HTTP between nodes (tests, development)")
+    peer_timeout: float = Field(2.0, gt=0, description="seconds a peer may take to answer before it is de-prioritized")
+    registry_reload_interval: float = Field(60.0, gt=0, description="seconds between re-reads of the node list")
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between this node's registry heartbeats")
+    tls_cert: Path | None = Field(None, description="this node's TLS certificate (PEM); serves HTTPS")
+    tls_key: Path | None = Field(None, description="the private key of tls_cert (PEM)")
+    tls_ca: Path | None = Field(None, description="the cluster CA (PEM) that peer certificates are checked against")
 
     @field_validator("log_level")
     @classmethod
@@ -63,6 +78,10 @@ class Settings(BaseSettings):
         for bucket, backend in self.buckets.items():
             if backend not in self.backend_configs():
                 raise ValueError(f"buckets.{bucket} names backend {backend!r}, which is not configured")
+        if self.role is not None or self.registry is not None:
+            from .cluster.settings_check import check_cluster_settings
+
+            check_cluster_settings(self)
         return self
 
     def all_credentials(self) -> dict[str, str]:

@@ -24,6 +24,16 @@ def register_backends(register):
 
 
 @hookspec
+def register_registries(register):
+    """Register cluster registry classes.
+
+    :param register: call ``register(scheme, cls)`` for each
+        :class:`gateway.cluster.registry.Registry` subclass; ``scheme`` is the
+        URL scheme of ``--registry`` (``sqlite``, ``etcd``).
+    """
+
+
+@hookspec
 def on_object_written(bucket, key, info):
     """Called after an object was stored (PUT, copy, multipart complete).
 

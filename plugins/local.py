@@ -31,7 +31,7 @@ from gateway.backend import (
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
-from . import fslayout
+from . import fslayout, readcache
 from .fslayout import BUCKET_FILE, NAME_FILE, OBJ_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_start(pid: int) -> str:
+    """When the process started (clock ticks since boot, Linux), or "" when unknown.
+
+    Temp file names carry it with the pid, so a pid reused by an unrelated
+    process (common after a container restart, where the gateway is pid 1
+    again) does not keep a dead writer's temp files alive.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and ")": count fields after the last ")".
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def _temp_owner_alive(name: str) -> bool:
+    """Whether the process that named a temp file ``<pid>.<start>-...`` (or ``<pid>-...``) still runs."""
+    owner = name.split("-", 1)[0]
+    pid, _, start = owner.partition(".")
+    if not pid.isdigit() or not _pid_alive(int(pid)):
+        return False
+    if not start:
+        return int(pid) != os.getpid()  # an older name without start time: ours are never that old
+    running = _process_start(int(pid))
+    return running in ("", start)
+
+
 class LocalBackend(Backend):
     """Options: ``root`` (the cv-storage directory), ``fsync`` (default true),
     ``fsync_dirs`` (also fsync the directory after a rename; default false)."""
@@ -66,6 +95,8 @@ class LocalBackend(Backend):
         self.host = socket.gethostname() or "localhost"
         self.tmp_dir = os.path.join(self.root, ".gateway", "tmp", self.host)
         self._counter = itertools.count()
+        # Who writes the temp files: the pid plus its start time (see _process_start).
+        self._temp_owner = f"{os.getpid()}.{_process_start(os.getpid()) or 0}"
 
     # Life cycle ---------------------------------------------------------------
 
@@ -77,12 +108,15 @@ class LocalBackend(Backend):
         self.clean_temp_files()
 
     def clean_temp_files(self) -> int:
-        """Remove temp files that this host's dead processes left behind; return how many."""
+        """Remove temp files that this host's dead processes left behind; return how many.
+
+        Files of live processes stay: another gateway on this host (or another
+        instance in this process) may be writing them right now.
+        """
         removed = 0
         for entry in os.scandir(self.tmp_dir):
-            pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                continue  # another live gateway on this host is writing it
+            if _temp_owner_alive(entry.name):
+                continue
             try:
                 os.unlink(entry.path)
                 removed += 1
@@ -93,7 +127,7 @@ class LocalBackend(Backend):
         return removed
 
     async def check_writable(self) -> None:
-        probe = os.path.join(self.tmp_dir, f"{os.getpid()}-ready")
+        probe = os.path.join(self.tmp_dir, f"{self._temp_owner}-ready-{next(self._counter)}")
         with open(probe, "wb") as f:
             f.write(b"ok")
         os.unlink(probe)
@@ -156,26 +190,58 @@ class LocalBackend(Backend):
     # Reading ----------------------------------------------------------------
 
     def _info(self, header: dict) -> ObjectInfo:
-        return ObjectInfo(
-            header["key"], header["size"], header["etag"], header["time"],
-            ObjectMeta.from_json(header["meta"]), header.get("checksums", {}),
-        )
-
-    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
-        path = self._object_path(bucket, key)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(bucket, key) from None
+            return ObjectInfo(
+                header["key"], header["size"], header["etag"], header["time"],
+                ObjectMeta.from_json(header["meta"]), header.get("checksums", {}),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise fslayout.CorruptObject(f"object header lacks a valid field: {exc}") from None
+
+    def _load(self, fd: int, path: str) -> tuple[ObjectInfo, int, bytes]:
+        """Read an open object file's header: (info, data offset, first bytes); a damaged file is an InternalError."""
         try:
             header, offset, first = fslayout.read_header(fd)
-            info = self._info(header)
+            return self._info(header), offset, first
+        except (fslayout.CorruptObject, ValueError) as exc:
+            log.error("%s is not a valid object file (%s); move it away or restore it from a backup", path, exc)
+            raise errors.InternalError(f"The stored object is damaged: {exc}.") from None
+
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        # The hot path of the whole gateway (docs/performance.md): one open, usually one read,
+        # and the header parsed only the first time these exact header bytes are seen.
+        path = readcache.object_path(self, bucket, key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except _ABSENT:
+            raise self._missing(bucket, key) from None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise self._missing(bucket, key) from None
+            raise
+        try:
+            first = os.read(fd, fslayout.FIRST_READ)
+            header = readcache.header_bytes(first)
+            cached = readcache.headers.get(header)
+            if cached is None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                info, offset, first = self._load(fd, path)
+                readcache.headers.put(header, (info, offset))
+            else:
+                info, offset = cached
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
             if offset + stop <= len(first):
                 os.close(fd)
                 return ObjectReader(info, start, stop, data=first[offset + start: offset + stop])
+            if stop - start <= READ_CHUNK:
+                # Up to 1 MiB: one pread into one bytes object, sent as one body message.
+                data = os.pread(fd, stop - start, offset + start)
+                if len(data) != stop - start:
+                    raise errors.InternalError("object file is shorter than its header says")
+                os.close(fd)
+                return ObjectReader(info, start, stop, data=data)
         except BaseException:
-            os.close(fd)
+            _close_quietly(fd)
             raise
         return ObjectReader(info, start, stop, _chunks=self._read_span(fd, offset + start, offset + stop),
                             _close=lambda: _close_quietly(fd))
@@ -189,19 +255,24 @@ class LocalBackend(Backend):
             yield chunk
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
+        path = self._object_path(bucket, key)
         try:
-            fd = os.open(self._object_path(bucket, key), os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = os.open(path, os.O_RDONLY)
+        except _ABSENT:
             raise self._missing(bucket, key) from None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise self._missing(bucket, key) from None
+            raise
         try:
-            return self._info(fslayout.read_header(fd)[0])
+            return self._load(fd, path)[0]
         finally:
             os.close(fd)
 
     # Writing ----------------------------------------------------------------
 
     def _temp_path(self) -> str:
-        return os.path.join(self.tmp_dir, f"{os.getpid()}-{next(self._counter)}-{os.urandom(4).hex()}")
+        return os.path.join(self.tmp_dir, f"{self._temp_owner}-{next(self._counter)}-{os.urandom(4).hex()}")
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         final = self._object_path(bucket, key)
@@ -263,8 +334,19 @@ class LocalBackend(Backend):
                 self._make_parents(bucket_dir, key)
             except (NotADirectoryError, IsADirectoryError) as exc:
                 raise errors.InvalidArgument(f"key conflicts with the storage layout: {exc.strerror}") from None
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    raise errors.KeyTooLongError(
+                        "The key's path under the storage root is longer than the filesystem allows; "
+                        "use a shorter key (or a shorter root directory)."
+                    ) from None
+                raise
         else:
             raise errors.InternalError("could not create the object's directory")
+        if "%h" in final[len(bucket_dir):].rpartition("/")[0]:
+            # Check again after the rename: a concurrent DELETE may have removed a %name file
+            # just before our object arrived in its directory.
+            self._make_parents(bucket_dir, key)
         if self.fsync_dirs:
             dir_fd = os.open(parent, os.O_RDONLY)
             try:
@@ -280,10 +362,7 @@ class LocalBackend(Backend):
             os.makedirs(path, exist_ok=True)
             if "%h" in name and not os.path.exists(os.path.join(path, NAME_FILE)):
                 # A hashed (long) directory name remembers its full segment for listings.
-                tmp = self._temp_path()
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(segment)
-                os.replace(tmp, os.path.join(path, NAME_FILE))
+                _write_name_file(self._temp_path(), path, segment)
 
     # Deleting ---------------------------------------------------------------
 
@@ -292,19 +371,30 @@ class LocalBackend(Backend):
         bucket_dir = self._bucket_dir(bucket)
         try:
             os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError as exc:
+            if not isinstance(exc, _ABSENT) and exc.errno != errno.ENAMETOOLONG:
+                raise
             if not os.path.isdir(bucket_dir):
                 raise errors.NoSuchBucket(BucketName=bucket) from None
             return
-        # Remove directories the delete left empty, up to the bucket.
+        # Remove directories the delete left empty, deepest first, up to the bucket.
+        segments = key.split("/")[:-1]
         parent = os.path.dirname(path)
-        while parent != bucket_dir and parent.startswith(bucket_dir):
+        for segment in reversed(segments):
+            named = False
             try:
-                names = os.listdir(parent)
-                if names == [NAME_FILE]:
+                if os.listdir(parent) == [NAME_FILE]:
                     os.unlink(os.path.join(parent, NAME_FILE))
+                    named = True
                 os.rmdir(parent)
             except OSError:
+                if named:
+                    # A concurrent PUT (maybe on another server) put an object here meanwhile:
+                    # the long directory name must stay readable for listings.
+                    try:
+                        _write_name_file(self._temp_path(), parent, segment)
+                    except OSError:
+                        pass  # the directory went away after all
                 break
             parent = os.path.dirname(parent)
 
@@ -336,12 +426,23 @@ class LocalBackend(Backend):
             elif entry.is_dir():
                 segment = fslayout.unescape_segment(name)
                 if segment is None:
-                    segment = _read_name_file(entry.path)
+                    segment = _read_name_file(entry.path) or self._segment_from_objects(entry.path)
                     if segment is None:
                         continue
                 found.append(((segment + "/").encode(), segment, entry.path, True))
         found.sort()
         return found
+
+    def _segment_from_objects(self, directory: str) -> str | None:
+        """A hashed directory's full name, from the key of any object below it (its %name file is missing)."""
+        for parent, _, names in os.walk(directory):
+            for name in names:
+                if name.endswith(OBJ_SUFFIX):
+                    info = self._read_info(os.path.join(parent, name))
+                    if info is not None:
+                        depth = os.path.relpath(parent, directory).count(os.sep) + (parent != directory)
+                        return info.key.split("/")[-(depth + 2)]
+        return None
 
     def _header_key_segment(self, path: str) -> str | None:
         try:
@@ -387,7 +488,7 @@ class LocalBackend(Backend):
             return None  # deleted while we listed
         try:
             return self._info(fslayout.read_header(fd)[0])
-        except (fslayout.CorruptObject, ValueError, KeyError):
+        except (fslayout.CorruptObject, ValueError):
             log.warning("skipping %s: not a valid object file", path)
             return None
         finally:
@@ -398,6 +499,20 @@ class LocalBackend(Backend):
             if not is_dir or self._has_objects(path):
                 return True
         return False
+
+
+def _write_name_file(tmp: str, directory: str, segment: str) -> None:
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(segment)
+        os.replace(tmp, os.path.join(directory, NAME_FILE))
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
+
+
+# How os.open/unlink say that an object is not there.
+_ABSENT = (FileNotFoundError, NotADirectoryError)
 
 
 def _read_name_file(path: str) -> str | None:

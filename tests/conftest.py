@@ -22,8 +22,11 @@ def s3(gateway):
 @pytest.fixture
 def bucket(s3, request):
     """A fresh bucket named after the test."""
+    import hashlib
     import re
 
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-b"
+    # Parametrized ids can share a long prefix: a hash of the full id keeps names unique.
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + digest
     s3.create_bucket(Bucket=name)
     return name

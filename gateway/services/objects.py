@@ -17,10 +17,21 @@ log = logging.getLogger(__name__)
 
 
 class ObjectService:
-    def __init__(self, backends: dict[str, Backend], bucket_routes: dict[str, str], default_backend: str):
+    """:param cluster: this node's gateway.cluster.membership.Cluster, or None on a stand-alone node.
+
+    ``backends`` are what the S3 API uses; on a cluster node they become
+    role-specific wrappers at start (services/cluster_nodes.py), while
+    ``local_backends`` stay this node's own storage, which the peer routes serve.
+    """
+
+    def __init__(self, backends: dict[str, Backend], bucket_routes: dict[str, str], default_backend: str,
+                 cluster=None):
         self.backends = backends
+        self.local_backends = dict(backends)
         self.bucket_routes = bucket_routes
+        self.default_name = default_backend
         self.default = backends[default_backend]
+        self.cluster = cluster
         self._hooks = get_plugin_manager().hook
 
     @classmethod
@@ -40,18 +51,45 @@ class ObjectService:
                 raise ValueError(f"backends.{name}: {exc}") from None
             backend.min_part_size = settings.min_part_size
             backends[name] = backend
-        return cls(backends, dict(settings.buckets), settings.default_backend)
+        cluster = None
+        if settings.role is not None or settings.registry is not None:
+            from ..cluster.membership import Cluster
+
+            roots = [b.root for b in backends.values() if isinstance(getattr(b, "root", None), str)]
+            cluster = Cluster(settings, storage_roots=roots)
+        return cls(backends, dict(settings.buckets), settings.default_backend, cluster)
+
+    @property
+    def role(self) -> str | None:
+        return self.cluster.role if self.cluster else None
 
     async def start(self) -> None:
-        for backend in self.backends.values():
+        if self.cluster is not None:
+            await self.cluster.start()  # decides the role when none was configured
+        if self.role == "proxy":
+            self.local_backends = {}  # a proxy keeps nothing of its own
+        for backend in self.local_backends.values():
             await backend.start()
+        if self.cluster is not None:
+            from .cluster_nodes import node_backend
+
+            self.backends = {name: node_backend(self.role, self.local_backends.get(name), self.cluster)
+                             for name in self.backends}
+            self.default = self.backends[self.default_name]
 
     async def close(self) -> None:
-        for backend in self.backends.values():
+        for backend in {*self.backends.values(), *self.local_backends.values()}:
             try:
                 await backend.close()
             except Exception:  # closing must not hide the others
                 log.exception("closing backend %s failed", backend.name)
+        if self.cluster is not None:
+            await self.cluster.close()
+
+    def local_backend_for(self, bucket: str) -> Backend | None:
+        """This node's own storage for ``bucket`` (what peer routes serve); None on a proxy."""
+        name = self.bucket_routes.get(bucket, self.default_name)
+        return self.local_backends.get(name)
 
     def backend_for(self, bucket: str) -> Backend:
         name = self.bucket_routes.get(bucket)

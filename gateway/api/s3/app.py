@@ -47,7 +47,7 @@ class S3App:
             raise errors.MethodNotAllowed()
         unsupported = UNSUPPORTED.intersection(query)
         if unsupported:
-            raise errors.NotImplementedError_(f"The ?{sorted(unsupported)[0]} sub-resource is not implemented.")
+            raise errors.NotImplementedError_(f"The ?{min(unsupported)} sub-resource is not implemented.")
         if not req.key:
             if method == "GET":
                 if "uploads" in query:
@@ -68,6 +68,12 @@ class S3App:
             if method == "POST" and "delete" in query:
                 return buckets.delete_objects
             raise errors.MethodNotAllowed()
+        if query.get("versionId", "null") != "null":
+            # Buckets are never versioned: "null" names the only version; any other id would get a wrong answer.
+            raise errors.NotImplementedError_("Object versions are not implemented; only versionId=null exists.")
+        if method in ("GET", "HEAD") and "partNumber" in query and "uploadId" not in query:
+            # Part boundaries are not kept once an upload is complete; a whole object would be a wrong answer.
+            raise errors.NotImplementedError_("GET and HEAD with ?partNumber are not implemented; use Range.")
         if method == "GET":
             return multipart.list_parts if "uploadId" in query else objects.get_object
         if method == "HEAD":
@@ -87,11 +93,27 @@ class S3App:
         request_id = f"{self._id_prefix}{next(self._ids):010X}"
         req = S3Request.from_scope(scope, receive, request_id)
         started = False
+        headers = req.headers
+        # Whether the request body has been read to the end. An answer given before that (an error,
+        # or a refusal after Expect: 100-continue, when the client never sends the body) must close
+        # the connection: left-over body bytes would otherwise be parsed as the next request.
+        body_pending = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if body_pending:
+            async def tracking_receive():
+                nonlocal body_pending
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    body_pending = False
+                return message
+
+            req.receive = tracking_receive
 
         async def tracking_send(message):
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if body_pending:
+                    message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
             await send(message)
 
         try:

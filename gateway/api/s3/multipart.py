@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from ... import errors
-from ...backend import MAX_PARTS
+from ...backend import MAX_PARTS, ByteRange
 from ...checksums import ALGORITHMS
 from ...payload import Payload
 from .body import payload_from_request
-from .objects import check_preconditions, meta_from_headers, parse_copy_source
-from .request import S3Request, check_key, iso8601, parse_range
+from .objects import check_preconditions, check_write_headers, meta_from_headers, parse_copy_source
+from .request import S3Request, check_key, iso8601
 from .responses import send_response, send_xml
 from .xml import child_text, document, element, parse
+
+_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 
 
 def _part_number(req: S3Request) -> int:
@@ -23,6 +27,7 @@ def _part_number(req: S3Request) -> int:
 
 async def create_upload(app, req: S3Request, send) -> None:
     check_key(req.key)
+    check_write_headers(req)
     algorithm = req.headers.get("x-amz-checksum-algorithm")
     if algorithm is not None and algorithm.upper() not in ALGORITHMS:
         raise errors.InvalidRequest(f"Checksum algorithm {algorithm!r} is not supported.")
@@ -55,14 +60,13 @@ async def _upload_part_copy(app, req: S3Request, send, number: int, upload_id: s
     source_backend = app.service.backend_for(src_bucket)
     target = app.service.backend_for(req.bucket)
     await target.get_upload(req.bucket, upload_id, req.key)
-    source_range = req.headers.get("x-amz-copy-source-range")
-    byte_range = parse_range(source_range)
-    if source_range and byte_range is None:
-        raise errors.InvalidArgument("x-amz-copy-source-range must be bytes=first-last.",
-                                     ArgumentName="x-amz-copy-source-range")
+    source = await source_backend.head(src_bucket, src_key)
+    check_preconditions(req, source, prefix="x-amz-copy-source-if-")
+    byte_range = _copy_source_range(req.headers.get("x-amz-copy-source-range"), source.size)
     reader = await source_backend.get(src_bucket, src_key, byte_range)
     try:
-        check_preconditions(req, reader.info, prefix="x-amz-copy-source-if-")
+        if reader.info.etag != source.etag:  # replaced between head and get: check the new version
+            check_preconditions(req, reader.info, prefix="x-amz-copy-source-if-")
         payload = Payload(reader.chunks(), expected_size=reader.length)
         part = await target.upload_part(req.bucket, req.key, upload_id, number, payload)
     finally:
@@ -70,6 +74,23 @@ async def _upload_part_copy(app, req: S3Request, send, number: int, upload_id: s
     body = document("CopyPartResult", element("LastModified", iso8601(part.last_modified)),
                     element("ETag", f'"{part.etag}"'))
     await send_xml(send, 200, body, req.request_id)
+
+
+def _copy_source_range(value: str | None, size: int) -> ByteRange | None:
+    """x-amz-copy-source-range: unlike Range, S3 takes only bytes=first-last, inside the source."""
+    if value is None:
+        return None
+    match = _COPY_RANGE.match(value.strip())
+    if match is None:
+        raise errors.InvalidArgument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are "
+            "the zero-based offsets of the first and last bytes to copy.",
+            ArgumentName="x-amz-copy-source-range", ArgumentValue=value)
+    first, last = int(match[1]), int(match[2])
+    if first > last or last >= size:
+        raise errors.InvalidArgument(f"Range specified is not valid for source object of size: {size}",
+                                     ArgumentName="x-amz-copy-source-range", ArgumentValue=value)
+    return ByteRange(first, last)
 
 
 async def complete_upload(app, req: S3Request, send) -> None:
@@ -130,8 +151,15 @@ async def list_uploads(app, req: S3Request, send) -> None:
     max_uploads = _int_param(req, "max-uploads", 1000, 1000)
     prefix = req.query.get("prefix", "")
     key_marker = req.query.get("key-marker", "")
-    uploads = [u for u in await app.service.backend_for(req.bucket).list_uploads(req.bucket, prefix)
-               if u.key.encode() > key_marker.encode()]
+    id_marker = req.query.get("upload-id-marker", "")
+    uploads = await app.service.backend_for(req.bucket).list_uploads(req.bucket, prefix)
+    # The uploads sort by key, then by initiation: with an upload-id-marker the next page starts right
+    # after that upload, so several uploads of one key may straddle pages without being skipped.
+    position = next((i for i, u in enumerate(uploads) if u.key == key_marker and u.upload_id == id_marker), None)
+    if id_marker and position is not None:
+        uploads = uploads[position + 1:]
+    elif key_marker:
+        uploads = [u for u in uploads if u.key.encode() > key_marker.encode()]
     page, truncated = uploads[:max_uploads], len(uploads) > max_uploads
     entries = "".join(
         f"<Upload>{element('Key', u.key)}{element('UploadId', u.upload_id)}"

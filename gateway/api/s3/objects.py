@@ -7,7 +7,7 @@ from urllib.parse import unquote
 from ... import errors
 from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta
 from .body import payload_from_request
-from .request import S3Request, check_bucket_name, check_key, iso8601, parse_http_date, parse_range
+from .request import S3Request, check_bucket_name, check_key, http_date, iso8601, parse_http_date, parse_range
 from .responses import object_headers, send_response, send_stream, send_xml
 from .xml import document, element
 
@@ -30,12 +30,19 @@ def check_preconditions(req: S3Request, info: ObjectInfo, prefix: str = "if-") -
     failure = errors.PreconditionFailed if copy else errors.NotModified
     if if_none is not None:
         if _etag_matches(if_none, etag):
-            raise failure(Condition="If-None-Match") if copy else failure()
+            raise failure(Condition="If-None-Match") if copy else _not_modified(info)
     else:
         since = headers.get(prefix + "modified-since")
         stamp = parse_http_date(since) if since else None
         if stamp is not None and int(info.last_modified) <= stamp:
-            raise failure(Condition="If-Modified-Since") if copy else failure()
+            raise failure(Condition="If-Modified-Since") if copy else _not_modified(info)
+
+
+def _not_modified(info: ObjectInfo) -> errors.NotModified:
+    # A 304 carries the validators a cache needs to refresh its copy (RFC 7232 section 4.1), as S3 does.
+    exc = errors.NotModified()
+    exc.headers.update({"ETag": f'"{info.etag}"', "Last-Modified": http_date(int(info.last_modified))})
+    return exc
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -109,18 +116,37 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
     return ObjectMeta(req.headers.get("content-type") or DEFAULT_CONTENT_TYPE, metadata, stored)
 
 
+_UNSUPPORTED_WRITE_HEADERS = ("x-amz-server-side-encryption", "x-amz-tagging", "x-amz-object-lock-")
+
+
+def check_write_headers(req: S3Request) -> None:
+    """Refuse what a write asks for and this gateway cannot do, rather than store the object without it.
+
+    Server-side encryption (SSE-S3, SSE-KMS, SSE-C), tags and retention would otherwise be silently
+    missing: a client that sent its own key would believe the object is encrypted with it.
+    """
+    for name in req.headers:
+        if name.startswith(_UNSUPPORTED_WRITE_HEADERS):
+            raise errors.NotImplementedError_(f"The {name} header asks for something not implemented here "
+                                              "(server-side encryption, tagging or object lock).")
+    if_none = req.headers.get("if-none-match")
+    if if_none is not None and if_none.strip() != "*":
+        raise errors.NotImplementedError_("A conditional write supports only If-None-Match: *.")
+
+
 async def put_object(app, req: S3Request, send) -> None:
     check_key(req.key)
+    check_write_headers(req)
     if "x-amz-copy-source" in req.headers:
         return await copy_object(app, req, send)
     backend = app.service.backend_for(req.bucket)
     meta = meta_from_headers(req)
-    if req.headers.get("if-none-match") == "*" or "if-match" in req.headers:
+    if "if-none-match" in req.headers or "if-match" in req.headers:
         try:
             current = await backend.head(req.bucket, req.key)
         except errors.NoSuchKey:
             current = None
-        if req.headers.get("if-none-match") == "*" and current is not None:
+        if "if-none-match" in req.headers and current is not None:
             raise errors.PreconditionFailed(Condition="If-None-Match")
         if "if-match" in req.headers and (current is None or not _etag_matches(req.headers["if-match"], current.etag)):
             raise errors.PreconditionFailed(Condition="If-Match") if current else errors.NoSuchKey(Key=req.key)

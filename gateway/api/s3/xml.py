@@ -7,6 +7,7 @@ they get here, and DTDs are refused outright.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
@@ -25,10 +26,24 @@ def document(root: str, *parts: str, namespace: bool = True) -> bytes:
     return DECLARATION + f"<{root}{ns}>{''.join(parts)}</{root}>".encode()
 
 
+# Characters XML 1.0 cannot carry at all, not even as character references.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def xml_safe(value) -> str:
+    """``value`` with the characters XML 1.0 forbids percent-encoded (%01): for error details only.
+
+    Listings keep keys exactly (clients ask for encoding-type=url to get such keys safely, as on
+    S3); an error body must stay parseable, or the client loses the error code.
+    """
+    text = str(value)
+    return _NOT_XML.sub(lambda m: f"%{ord(m.group()):02X}" if m.group() < "\x80" else "\ufffd", text)
+
+
 def error_document(exc: errors.GatewayError, resource: str, request_id: str) -> bytes:
-    fields = "".join(element(name, value) for name, value in exc.fields.items())
+    fields = "".join(element(name, xml_safe(value)) for name, value in exc.fields.items())
     return DECLARATION + (
-        f"<Error>{element('Code', exc.code)}{element('Message', exc.message)}{fields}"
+        f"<Error>{element('Code', exc.code)}{element('Message', xml_safe(exc.message))}{fields}"
         f"{element('Resource', resource)}{element('RequestId', request_id)}</Error>"
     ).encode()
 

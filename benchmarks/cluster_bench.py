@@ -1,0 +1,102 @@
+"""Relay benchmark: GET of a 32 KiB object relayed from a peer vs a local hit, and through a proxy node.
+
+Both storing nodes and the proxy share core 0, wrk runs on core 1 (2-core
+machine): a relayed GET costs two request handlings on one core, so 0.5 of
+the local-hit rate is the ideal and 0.4 the target (issue 5).
+
+Standalone: ``python -m benchmarks.cluster_bench``; ``benchmarks/__main__.py``
+calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.testing.server import GatewayProcess
+
+SIZE = 32 * 1024
+DURATION = int(os.environ.get("CLUSTER_BENCH_SECONDS", "5"))
+CONNECTIONS = 32
+SECRET = "cluster-bench-secret-0123456789abcdef"
+
+
+class PinnedGateway(GatewayProcess):
+    """A gateway pinned to one core (when taskset exists)."""
+
+    core = "0"
+
+    def command(self) -> list[str]:
+        pin = ["taskset", "-c", self.core] if shutil.which("taskset") else []
+        return pin + super().command()
+
+
+def _wrk(url: str) -> float:
+    """Requests per second wrk measured for ``url`` (on core 1)."""
+    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
+    out = subprocess.run(pin + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", url],
+                         capture_output=True, text=True, timeout=DURATION + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out.stdout}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
+
+
+def run(results: dict) -> dict:
+    """Measure and add ``results["cluster"]``; return ``results``."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: run `make test-deps` (Debian package wrk)")
+    base = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
+    registry = f"sqlite:///{base}/registry.db"
+    env = {"GATEWAY_CLUSTER_SECRET": SECRET, "GATEWAY_HEARTBEAT_INTERVAL": "1"}
+    nodes = {}
+    try:
+        # Two redundant nodes (no primary, so nothing re-places the objects) and a proxy.
+        for name, role in (("a", "redundant"), ("b", "redundant"), ("proxy", "proxy")):
+            nodes[name] = PinnedGateway(base / name, args=[
+                "--role", role, "--registry", registry, "--insecure-peers", "--allow-anonymous",
+                "--no-access-log", "--log-level", "warning"], env={**env, "GATEWAY_NODE_ID": name})
+            nodes[name].start()
+        time.sleep(1.5)  # every node re-reads the registry: all see each other
+        for node in nodes.values():
+            node.stop()
+            node.start()  # a restart loads the full node list at once
+        a, b = nodes["a"].client(), nodes["b"].client()
+        a.create_bucket(Bucket="bench")
+        body = os.urandom(SIZE)
+        a.put_object(Bucket="bench", Key="local.bin", Body=body)
+        b.put_object(Bucket="bench", Key="remote.bin", Body=body)
+        urls = {
+            "local_hit": f"{nodes['a'].endpoint}/bench/local.bin",
+            "relayed": f"{nodes['a'].endpoint}/bench/remote.bin",
+            "proxy": f"{nodes['proxy'].endpoint}/bench/local.bin",
+        }
+        for url in urls.values():  # warm the page cache and the location caches
+            subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
+        rates = {name: _wrk(url) for name, url in urls.items()}
+        results["cluster"] = {
+            "object_size": SIZE, "connections": CONNECTIONS, "seconds": DURATION,
+            "requests_per_second": rates,
+            "relayed_vs_local": round(rates["relayed"] / rates["local_hit"], 3),
+            "proxy_vs_local": round(rates["proxy"] / rates["local_hit"], 3),
+            "target_relayed_vs_local": 0.4,
+        }
+        return results
+    finally:
+        for node in nodes.values():
+            node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run({}), indent=2))
+    sys.exit(0)

@@ -1,0 +1,188 @@
+"""FUSE mount benchmark: the mount against a single-connection HTTP client, same gateway, same run.
+
+    python -m benchmarks.fuse_bench            # prints the results as JSON
+    run(results) -> results                    # called by ``python -m benchmarks`` (make bench)
+
+Measures (issue 6):
+- sequential read of a 256 MiB object (cold: a fresh mount each round, so no page cache);
+- open+read+close of 2,000 32 KiB objects (cold attribute cache: a fresh mount each round);
+- ``ls -l`` of a 10,000-entry directory: LIST, HEAD and GET requests counted by the mount's client
+  (its stats file) and by the gateway's access log.
+The HTTP reference is one pooled urllib3 connection with the same SigV4 signer, doing the same reads.
+Rounds are medians of ``rounds``; targets: sequential >= 0.7x, small files >= 0.5x of the HTTP figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gateway.fuse.client import ObjectClient
+from gateway.fuse.testing import MountProcess
+from gateway.testing.server import GatewayProcess
+
+MiB = 1024 * 1024
+BUCKET = "fuse-bench"
+
+
+class _Pattern:
+    """``size`` bytes made while read (a file-like body for one streamed PUT)."""
+
+    def __init__(self, size: int):
+        self.size, self.position = size, 0
+        self.block = os.urandom(MiB)
+
+    def read(self, amount: int = -1) -> bytes:
+        if self.position >= self.size:
+            return b""
+        data = self.block[: min(MiB, self.size - self.position)]
+        self.position += len(data)
+        return data
+
+
+def _prepare(gw: GatewayProcess, big: int, small: int, small_size: int, listing: int, listing_size: int) -> None:
+    client = ObjectClient(gw.endpoint, gw.access_key, gw.secret_key, pool_size=8, timeout=120)
+    client.create_bucket(BUCKET)
+    client.put(BUCKET, "big.bin", _Pattern(big), big)
+    body = os.urandom(small_size)
+    entry = os.urandom(listing_size)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: client.put(BUCKET, f"small/{n:05d}.jpg", body, small_size), range(small)))
+        list(pool.map(lambda n: client.put(BUCKET, f"ls/{n:05d}.jpg", entry, listing_size), range(listing)))
+    client.close()
+
+
+def _http_sequential(gw: GatewayProcess, size: int) -> float:
+    client = ObjectClient(gw.endpoint, gw.access_key, gw.secret_key, pool_size=1)
+    started = time.perf_counter()
+    response = client.request("GET", "GET", BUCKET, "big.bin", stream=True)
+    total = 0
+    while chunk := response.read(MiB):
+        total += len(chunk)
+    elapsed = time.perf_counter() - started
+    response.release_conn()
+    client.close()
+    assert total == size, f"HTTP read {total} of {size} bytes"
+    return size / elapsed / MiB
+
+
+def _http_small(gw: GatewayProcess, count: int) -> float:
+    client = ObjectClient(gw.endpoint, gw.access_key, gw.secret_key, pool_size=1)
+    started = time.perf_counter()
+    for n in range(count):
+        client.request("GET", "GET", BUCKET, f"small/{n:05d}.jpg").data
+    elapsed = time.perf_counter() - started
+    client.close()
+    return count / elapsed
+
+
+def _mount_sequential(mnt: MountProcess, size: int) -> float:
+    started = time.perf_counter()
+    total = 0
+    with open(mnt.path / BUCKET / "big.bin", "rb", buffering=0) as f:
+        while chunk := f.read(MiB):
+            total += len(chunk)
+    elapsed = time.perf_counter() - started
+    assert total == size, f"mount read {total} of {size} bytes"
+    return size / elapsed / MiB
+
+
+def _mount_small(mnt: MountProcess, count: int) -> float:
+    base = mnt.path / BUCKET / "small"
+    started = time.perf_counter()
+    for n in range(count):
+        with open(base / f"{n:05d}.jpg", "rb", buffering=0) as f:
+            f.read(1 << 20)
+    return count / (time.perf_counter() - started)
+
+
+def _stats(mnt: MountProcess) -> dict:
+    return json.loads((mnt.path / ".cv-gateway-stats").read_text())["requests"]
+
+
+def _access_log_requests(gw: GatewayProcess, since: int) -> dict:
+    counts = {"LIST": 0, "HEAD": 0, "GET": 0}
+    for line in gw.log().splitlines()[since:]:
+        match = re.search(r'"(GET|HEAD) (\S+) HTTP', line)
+        if match:
+            kind = "LIST" if "list-type=2" in match.group(2) else match.group(1)
+            counts[kind] += 1
+    return counts
+
+
+def _ls_l(mnt: MountProcess, gw: GatewayProcess, listing: int) -> dict:
+    # The directory itself is looked up first, so that only the listing and its entries are counted.
+    os.stat(mnt.path / BUCKET / "ls")
+    before, log_start = _stats(mnt), len(gw.log().splitlines())
+    started = time.perf_counter()
+    out = subprocess.run(["ls", "-l", str(mnt.path / BUCKET / "ls")], capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    elapsed = time.perf_counter() - started
+    after = _stats(mnt)
+    lines = [line for line in out.splitlines() if not line.startswith("total")]
+    assert len(lines) == listing, f"ls -l showed {len(lines)} of {listing} entries"
+    mount_counts = {k: after.get(k, 0) - before.get(k, 0) for k in ("LIST", "HEAD", "GET")}
+    return {"entries": listing, "seconds": round(elapsed, 3), "requests_by_mount": mount_counts,
+            "requests_in_access_log": _access_log_requests(gw, log_start)}
+
+
+def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_000, small_size: int = 32 * 1024,
+        listing: int = 10_000, listing_size: int = 8 * 1024, libfuse: str | None = None) -> dict:
+    """Run the FUSE benchmark with its own gateway; store and return ``results["fuse"]``.
+
+    ``libfuse``: "fuse" (libfuse 2) or "fuse3" to choose the library (default: what mfusepy finds).
+    """
+    env = {"FUSE_LIBRARY_NAME": libfuse} if libfuse else {}
+    with tempfile.TemporaryDirectory(prefix="fuse-bench-") as tmp:
+        data_dir = Path(tmp) / "cv-storage"
+        config = f'[backends.local]\ntype = "local"\nroot = "{data_dir}"\nfsync = false\n'
+        with GatewayProcess(data_dir, args=["--access-log"], config=config) as gw:
+            _prepare(gw, big, small, small_size, listing, listing_size)
+            _http_sequential(gw, big)  # warm the server's page cache for both sides
+            http_seq, http_small, mount_seq, mount_small = [], [], [], []
+            for n in range(rounds):
+                http_seq.append(_http_sequential(gw, big))
+                http_small.append(_http_small(gw, small))
+                with MountProcess(gw, Path(tmp) / f"m{n}", env=env) as mnt:  # fresh: cold caches
+                    mount_seq.append(_mount_sequential(mnt, big))
+                with MountProcess(gw, Path(tmp) / f"s{n}", env=env) as mnt:
+                    mount_small.append(_mount_small(mnt, small))
+            with MountProcess(gw, Path(tmp) / "ls", env=env) as mnt:
+                ls = _ls_l(mnt, gw, listing)
+    seq = {"http_mib_s": round(statistics.median(http_seq), 1), "mount_mib_s": round(statistics.median(mount_seq), 1)}
+    seq["ratio"] = round(seq["mount_mib_s"] / seq["http_mib_s"], 2)
+    seq["target"] = 0.7
+    files = {"http_files_s": round(statistics.median(http_small)), "mount_files_s": round(statistics.median(mount_small))}
+    files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
+    files["target"] = 0.5
+    results["fuse"] = {
+        "sequential_read": {"size_mib": big // MiB, **seq, "rounds": {"http": http_seq, "mount": mount_seq}},
+        "small_files": {"count": small, "size_kib": small_size // 1024, **files,
+                        "rounds": {"http": http_small, "mount": mount_small}},
+        "ls_l": ls,
+        "libfuse": libfuse or "default",
+        "load_average": os.getloadavg()[0],
+    }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller data set (a smoke run)")
+    parser.add_argument("--libfuse", choices=["fuse", "fuse3"], help="libfuse 2 (fuse) or 3 (fuse3)")
+    args = parser.parse_args()
+    sizes = dict(big=32 * MiB, small=200, listing=1_500) if args.quick else {}
+    print(json.dumps(run({}, rounds=args.rounds, libfuse=args.libfuse, **sizes)["fuse"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""An example cv-gateway backend plugin (see docs/plugins.md)."""

@@ -1,0 +1,182 @@
+"""Internal peer routes, /_cluster/v1/...: serve this node's own storage to other cluster nodes.
+
+They never relay: a request that arrives here is answered from local
+storage or not at all, so loops and request storms cannot happen by
+construction. Every request must carry a valid cluster signature
+(gateway/cluster/peer_auth.py); S3 credentials are not accepted here, and a
+peer signature is not accepted on the S3 routes.
+
+Raw ASGI, like the S3 app: the relayed GET is on the hot path.
+
+Also here: the ``/_admin/cluster`` router (this node's live view of its
+peers, de-prioritized ones and the placement counts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from .. import errors
+from ..backend import ObjectMeta
+from ..cluster import wire
+from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
+from ..payload import Payload
+from .s3.request import parse_range
+
+log = logging.getLogger("gateway.cluster.peer")
+
+
+class PeerApp:
+    """:param service: the node's ObjectService (uses ``local_backend_for`` and ``cluster``)."""
+
+    def __init__(self, service):
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self._handle(scope, receive, send)
+        except errors.GatewayError as exc:
+            await _send(send, exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode())],
+                        exc.message.encode())
+        except PeerAuthError as exc:
+            log.warning("refused a peer request from %s: %s", scope.get("client"), exc)
+            await _send(send, 403, [(wire.ERROR_HEADER.encode(), b"AccessDenied")], str(exc).encode())
+        except Exception:
+            log.exception("peer request %s %s failed", scope["method"], scope["path"])
+            await _send(send, 500, [(wire.ERROR_HEADER.encode(), b"InternalError")], b"internal error; see the log")
+
+    async def _handle(self, scope, receive, send) -> None:
+        cluster = self.service.cluster
+        if cluster is None:
+            raise errors.NoSuchKey("This node is not part of a cluster.")
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        target = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        cluster.signer.verify(method, target, headers.get(HEADER), headers.get(NODE_HEADER))
+        path = scope["path"][len(wire.PREFIX):]
+        if path.startswith("/objects/"):
+            bucket, _, key = path[len("/objects/"):].partition("/")
+            if not bucket or not key:
+                raise errors.InvalidRequest("peer object paths are /objects/<bucket>/<key>")
+            await self._object(method, bucket, key, headers, receive, send)
+        elif path.startswith("/list/"):
+            backend = self._local(path[len("/list/"):])
+            query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+            page = await backend.list(path[len("/list/"):], query.get("prefix", ""), query.get("delimiter", ""),
+                                      query.get("start-after", ""), int(query.get("max-keys", "1000")))
+            await _send_json(send, wire.page_to_json(page))
+        elif path.startswith("/buckets/"):
+            await self._bucket(method, path[len("/buckets/"):], send)
+        elif path == "/buckets" and method == "GET":
+            buckets = [b for b in await self._local("").list_buckets() if not b.name.startswith(".")]
+            await _send_json(send, wire.buckets_to_json(buckets))
+        elif path == "/ping":
+            await _send_json(send, {"node_id": cluster.node_id, "role": cluster.role})
+        else:
+            raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")
+
+    def _local(self, bucket: str):
+        backend = self.service.local_backend_for(bucket)
+        if backend is None:
+            raise errors.ServiceUnavailable("This node is a proxy and stores nothing; ask a storing node.")
+        return backend
+
+    async def _object(self, method: str, bucket: str, key: str, headers: dict, receive, send) -> None:
+        backend = self._local(bucket)
+        if method == "GET":
+            reader = await backend.get(bucket, key, parse_range(headers.get("range")))
+            try:
+                out = [(wire.INFO_HEADER.encode(), wire.info_header(reader.info)),
+                       (wire.SPAN_HEADER.encode(), f"{reader.start}-{reader.stop}".encode()),
+                       (b"content-length", str(reader.length).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": out})
+                if reader.data is not None:
+                    await send({"type": "http.response.body", "body": reader.data})
+                else:
+                    async for chunk in reader.chunks():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+            finally:
+                reader.close()
+        elif method == "HEAD":
+            info = await backend.head(bucket, key)
+            await _send(send, 200, [(wire.INFO_HEADER.encode(), wire.info_header(info))], b"")
+        elif method == "PUT":
+            if headers.get(wire.ENSURE_BUCKET_HEADER) == "1":
+                try:
+                    await backend.head_bucket(bucket)
+                except errors.NoSuchBucket:
+                    try:
+                        await backend.create_bucket(bucket)
+                    except errors.BucketAlreadyOwnedByYou:
+                        pass
+            size = headers.get(wire.SIZE_HEADER)
+            algorithms = tuple(a for a in headers.get(wire.ALGORITHMS_HEADER, "").split(",") if a)
+            payload = Payload(_body(receive), expected_size=int(size) if size else None,
+                              checksum_algorithms=algorithms, etag=headers.get(wire.ETAG_HEADER) or None)
+            meta = ObjectMeta.from_json(json.loads(headers.get(wire.META_HEADER, "{}")))
+            info = await backend.put(bucket, key, payload, meta)
+            self.service.cluster.locations.forget(bucket, key)
+            await _send_json(send, wire.info_to_json(info))
+        elif method == "DELETE":
+            existed = await backend.exists(bucket, key)
+            await backend.delete(bucket, key)
+            self.service.cluster.locations.forget(bucket, key)
+            await _send(send, 204, [(wire.EXISTED_HEADER.encode(), b"1" if existed else b"0")], b"")
+        else:
+            raise errors.MethodNotAllowed()
+
+    async def _bucket(self, method: str, bucket: str, send) -> None:
+        backend = self._local(bucket)
+        if method == "PUT":
+            await backend.create_bucket(bucket)
+        elif method == "DELETE":
+            await backend.delete_bucket(bucket)
+        elif method == "HEAD":
+            await backend.head_bucket(bucket)
+        else:
+            raise errors.MethodNotAllowed()
+        await _send(send, 204, [], b"")
+
+
+async def _body(receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise errors.IncompleteBody("the peer closed the connection before the whole body arrived")
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+async def _send(send, status: int, headers: list, body: bytes) -> None:
+    if status != 204:
+        headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body if status != 204 else b""})
+
+
+async def _send_json(send, data) -> None:
+    await _send(send, 200, [(b"content-type", b"application/json")], json.dumps(data).encode())
+
+
+admin_router = APIRouter()
+
+
+@admin_router.get("/_admin/cluster")
+async def cluster_view(request: Request) -> JSONResponse:
+    """This node's role, its node list, peer health (de-prioritized peers) and placement counts."""
+    cluster = request.app.state.service.cluster
+    if cluster is None:
+        return JSONResponse({"cluster": None, "detail": "stand-alone node (no --role/--registry)"})
+    return JSONResponse(cluster.status())

@@ -1,0 +1,164 @@
+"""`gateway cluster ...`: join, status, leave, tls init (see docs/cluster.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .cluster.registry import ROLES, NodeRecord, RegistryError, open_registry
+
+
+def _registry_option(func):
+    return click.option("--registry", envvar="GATEWAY_REGISTRY", required=True,
+                        help="Registry URL: sqlite:///path.db or etcd://host:port,... (GATEWAY_REGISTRY).")(func)
+
+
+def _run(coroutine_factory):
+    """Run registry work; registry errors become a clear message and exit code 1."""
+    try:
+        return asyncio.run(coroutine_factory())
+    except (RegistryError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+async def _with_registry(url: str, work):
+    registry = open_registry(url)
+    try:
+        return await work(registry)
+    finally:
+        await registry.close()
+
+
+@click.group()
+def cluster() -> None:
+    """Manage the cluster: nodes in the registry, status, certificates."""
+
+
+@cluster.command()
+@_registry_option
+@click.option("--advertise", envvar="GATEWAY_ADVERTISE", required=True, help="URL peers reach the node at.")
+@click.option("--role", type=click.Choice(ROLES), help="primary, redundant or proxy (default: primary for the "
+              "first node, redundant after).")
+@click.option("--node-id", envvar="GATEWAY_NODE_ID", help="Node name (default: host:port of --advertise).")
+def join(registry, advertise, role, node_id) -> None:
+    """Add a node to the registry (`gateway serve` with the same settings also joins by itself)."""
+    from urllib.parse import urlsplit
+
+    node_id = node_id or urlsplit(advertise).netloc
+
+    async def work(reg):
+        chosen = role
+        if chosen is None:
+            existing = await reg.get(node_id)
+            has_primary = any(n.role == "primary" for n in await reg.nodes())
+            chosen = existing.role if existing else ("redundant" if has_primary else "primary")
+        return await reg.register(node_id, chosen, advertise.rstrip("/"))
+
+    record = _run(lambda: _with_registry(registry, work))
+    click.echo(f"node {record.node_id} joined as {record.role} (install order {record.install_order}) "
+               f"at {record.address}")
+
+
+@cluster.command()
+@_registry_option
+@click.option("--node-id", envvar="GATEWAY_NODE_ID", required=True, help="The node to remove.")
+def leave(registry, node_id) -> None:
+    """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts)."""
+    removed = _run(lambda: _with_registry(registry, lambda reg: reg.remove(node_id)))
+    if not removed:
+        click.echo(f"error: node {node_id} is not in the registry", err=True)
+        raise SystemExit(1)
+    click.echo(f"node {node_id} left the cluster")
+
+
+def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]:
+    """One dict per node: what `cluster status --json` prints."""
+    now = time.time() if now is None else now
+    rows = []
+    for node in nodes:
+        fresh = node.heartbeat_fresh(now)
+        # Peers that currently try this node last (their own view, published with their heartbeat).
+        limited_by = sorted(
+            other.node_id for other in nodes
+            if other.node_id != node.node_id and other.heartbeat_fresh(now)
+            and not other.info.get("peers", {}).get(node.node_id, {}).get("healthy", True)
+        )
+        rows.append({
+            "node_id": node.node_id, "role": node.role, "address": node.address,
+            "install_order": node.install_order, "healthy": fresh and not limited_by,
+            "heartbeat_fresh": fresh, "deprioritized_by": limited_by,
+            "last_seen": node.last_seen, "last_seen_ago": round(node.age(now), 1) if node.last_seen else None,
+            "objects": node.info.get("objects"), "free_bytes": node.info.get("free_bytes"),
+            "balance": node.info.get("balance", {}),
+        })
+    return rows
+
+
+def _size(value) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+@cluster.command()
+@_registry_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def status(registry, as_json) -> None:
+    """Show every node: role, address, health, last heartbeat, objects, free space, request distribution."""
+    rows = status_rows(_run(lambda: _with_registry(registry, lambda reg: reg.nodes())))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'NODE':<24} {'ROLE':<10} {'ADDRESS':<30} {'HEALTH':<22} {'LAST SEEN':<10} {'OBJECTS':>8} "
+               f"{'FREE':>10}")
+    for row in rows:
+        if not row["heartbeat_fresh"]:
+            health = "down (no heartbeat)"
+        elif row["deprioritized_by"]:
+            health = "slow: " + ",".join(row["deprioritized_by"])
+        else:
+            health = "ok"
+        seen = f"{row['last_seen_ago']:.0f}s ago" if row["last_seen_ago"] is not None else "never"
+        objects = "-" if row["objects"] is None else str(row["objects"])
+        click.echo(f"{row['node_id']:<24} {row['role']:<10} {row['address']:<30} {health[:22]:<22} {seen:<10} "
+                   f"{objects:>8} {_size(row['free_bytes']):>10}")
+    for row in rows:
+        if row["role"] == "primary" and row["balance"]:
+            spread = ", ".join(f"{node}: {v['placed']}" for node, v in row["balance"].items())
+            click.echo(f"\nobjects placed by primary {row['node_id']}: {spread}")
+
+
+@cluster.group()
+def tls() -> None:
+    """Certificates for HTTPS between nodes."""
+
+
+@tls.command("init")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="Where to write ca.pem, ca-key.pem, <node>.pem, <node>-key.pem and cluster-secret.")
+@click.option("--node", "nodes", multiple=True, required=True,
+              help="NAME=HOST[,HOST...]: a node and the names/IPs it is reached at (repeat per node).")
+def tls_init_command(directory, nodes) -> None:
+    """Create the cluster CA (kept if present), a certificate per node and a cluster secret."""
+    from .cluster.tls import tls_init
+
+    parsed = {}
+    for spec in nodes:
+        name, sep, hosts = spec.partition("=")
+        if not sep or not name or not hosts:
+            raise click.BadParameter(f"{spec!r}: expected NAME=HOST[,HOST...], e.g. node1=10.0.0.1,node1.lan",
+                                     param_hint="--node")
+        parsed[name] = [h.strip() for h in hosts.split(",") if h.strip()]
+    written = tls_init(Path(directory), parsed)
+    click.echo(f"CA: {Path(directory) / 'ca.pem'}  cluster secret: {Path(directory) / 'cluster-secret'}")
+    for name, (cert, key) in written.items():
+        click.echo(f"{name}: --tls-cert {cert} --tls-key {key} --tls-ca {Path(directory) / 'ca.pem'}")

@@ -1,0 +1,91 @@
+"""The ``gateway mount ENDPOINT MOUNTPOINT`` command (see docs/fuse.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .config import ConfigError, load_settings
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """'8G' -> 8589934592; plain numbers are bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 8G)") from None
+
+
+def parse_umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an octal umask (example: 022)") from None
+    if not 0 <= value <= 0o777:
+        raise click.BadParameter("a umask is between 000 and 777")
+    return value
+
+
+@click.command()
+@click.argument("endpoint")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML config file with access_key/secret_key (GATEWAY_CONFIG), as for `gateway serve`.")
+@click.option("--access-key", help="Access key (GATEWAY_ACCESS_KEY).")
+@click.option("--secret-key", help="Secret key (GATEWAY_SECRET_KEY).")
+@click.option("--uid", type=int, help="Owner shown for objects that store none (default: you).")
+@click.option("--gid", type=int, help="Group shown for objects that store none (default: yours).")
+@click.option("--umask", default="022", show_default=True, help="Octal umask for objects that store no mode.")
+@click.option("--read-only", is_flag=True, help="Mount read-only.")
+@click.option("--allow-other", is_flag=True, help="Let other users use the mount (needs user_allow_other "
+                                                  "in /etc/fuse.conf unless root).")
+@click.option("--attr-ttl", type=float, default=5.0, show_default=True,
+              help="Seconds attributes (and missing names) are cached; 0 disables.")
+@click.option("--dir-ttl", type=float, default=5.0, show_default=True,
+              help="Seconds directory listings are cached; 0 disables.")
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds to wait for the gateway before an operation fails with EIO.")
+@click.option("--spool-dir", type=click.Path(file_okay=False),
+              help="Where files being written are spooled (default: the system temp dir).")
+@click.option("--spool-size", default="8G", show_default=True, help="Most bytes spooled at once (then ENOSPC).")
+@click.option("--read-ahead", default="16M", show_default=True, help="Most bytes read ahead of a sequential reader.")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: return once mounted).")
+@click.option("-d", "--debug", is_flag=True, help="Log every FUSE call and request (implies nothing else).")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log here (in the background, the only log).")
+def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, umask, read_only, allow_other,
+          attr_ttl, dir_ttl, timeout, spool_dir, spool_size, read_ahead, foreground, debug, log_file) -> None:
+    """Mount the gateway at ENDPOINT (http://host:port) on MOUNTPOINT: buckets are its top-level directories."""
+    from .fuse.files import FileOptions
+    from .fuse.fs import MountOptions
+    from .fuse.mount import MountConfig, main_exit
+
+    try:
+        settings = load_settings(config_file, access_key=access_key, secret_key=secret_key)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if not settings.access_key:
+        click.echo("error: the mount needs --access-key and --secret-key (GATEWAY_ACCESS_KEY, "
+                   "GATEWAY_SECRET_KEY, or access_key/secret_key in --config)", err=True)
+        sys.exit(2)
+    if attr_ttl < 0 or dir_ttl < 0 or timeout <= 0:
+        raise click.BadParameter("TTLs are >= 0 and --timeout > 0")
+    files = FileOptions(max_read_ahead=max(parse_size(read_ahead), 1024 * 1024))
+    options = MountOptions(
+        uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid,
+        umask=parse_umask(umask), read_only=read_only, attr_ttl=attr_ttl, dir_ttl=dir_ttl,
+        spool_dir=spool_dir, spool_size=parse_size(spool_size), files=files,
+    )
+    main_exit(MountConfig(
+        endpoint=endpoint, mountpoint=os.path.abspath(mountpoint), access_key=settings.access_key,
+        secret_key=settings.secret_key, region=settings.region, timeout=timeout, foreground=foreground,
+        debug=debug, allow_other=allow_other, log_file=os.path.abspath(log_file) if log_file else None,
+        fs=options,
+    ))

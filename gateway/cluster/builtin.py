@@ -1,0 +1,14 @@
+"""Registers the built-in cluster registries (sqlite, etcd) through the plugin hook."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_registries(register):
+    from .registry_etcd import EtcdRegistry
+    from .registry_sqlite import SqliteRegistry
+
+    register("sqlite", SqliteRegistry)
+    register("etcd", EtcdRegistry)

@@ -1,0 +1,57 @@
+"""A short-lived cache of where objects live, so repeated reads and misses do not fan out every time.
+
+Positive entries (bucket, key) -> node id live ``hit_ttl`` seconds; negative
+entries ("on no node") only ``miss_ttl``, because another node may store the
+object any moment. The cache is bounded (least recently used entries go
+first), and a PUT or DELETE through this node drops the entry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+NOWHERE = ""  # the negative entry
+
+
+class LocationCache:
+    def __init__(self, hit_ttl: float = 10.0, miss_ttl: float = 1.0, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.hit_ttl = hit_ttl
+        self.miss_ttl = miss_ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+
+    def get(self, bucket: str, key: str) -> str | None:
+        """The node id holding the object, NOWHERE for a recent miss, None when unknown."""
+        entry = self._entries.get((bucket, key))
+        if entry is None:
+            return None
+        node, expires = entry
+        if self.clock() >= expires:
+            del self._entries[(bucket, key)]
+            return None
+        self._entries.move_to_end((bucket, key))
+        return node
+
+    def found(self, bucket: str, key: str, node: str) -> None:
+        self._put(bucket, key, node, self.hit_ttl)
+
+    def missing(self, bucket: str, key: str) -> None:
+        self._put(bucket, key, NOWHERE, self.miss_ttl)
+
+    def forget(self, bucket: str, key: str) -> None:
+        self._entries.pop((bucket, key), None)
+
+    def _put(self, bucket: str, key: str, node: str, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._entries[(bucket, key)] = (node, self.clock() + ttl)
+        self._entries.move_to_end((bucket, key))
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,223 @@
+"""Cluster membership: this node's registration, heartbeat, and its snapshot of the node list.
+
+The snapshot is re-read every ``registry_reload_interval`` seconds (60 by
+default) and at once (at most once a second) after a peer call failed, in
+case the peer moved or left. Peers that failed are probed with a ping on
+every heartbeat, so a restarted node is back in front as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import ssl
+import time
+from typing import Any
+
+from .balancer import Balancer
+from .health import PeerHealth
+from .locations import LocationCache
+from .peer_auth import PeerSigner
+from .registry import NodeRecord, Registry, RegistryError, open_registry
+from .relay import PeerClient, PeerUnreachable
+from .settings_check import advertised_url, node_id_of
+
+log = logging.getLogger("gateway.cluster")
+# Walking storage to count objects is bounded (a status figure, not an inventory).
+COUNT_LIMIT = 1_000_000
+# ... and repeated at most this often (seconds): it reads every directory of the store.
+STATS_EVERY = 300.0
+RELOAD_AT_MOST_EVERY = 1.0
+
+
+def client_ssl_context(settings) -> ssl.SSLContext | None:
+    """Verify peers against the cluster CA; present this node's certificate (mutual TLS when asked)."""
+    if settings.tls_ca is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.tls_ca))
+    if settings.tls_cert and settings.tls_key:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+class Cluster:
+    """This node's part in the cluster: identity, role, peers and their health.
+
+    :param settings: the node's Settings (role, registry, advertise, secrets, timeouts).
+    :param storage_roots: directories of local storage, for the object count and free space in status.
+    """
+
+    def __init__(self, settings, storage_roots: list[str] | None = None, registry: Registry | None = None):
+        self.settings = settings
+        self.node_id = node_id_of(settings)
+        self.address = advertised_url(settings)
+        self.role: str | None = settings.role
+        self.registry = registry or open_registry(settings.registry)
+        self.health = PeerHealth()
+        self.balancer = Balancer()
+        self.locations = LocationCache()
+        self.signer = PeerSigner(settings.cluster_secret, self.node_id)
+        self.client = PeerClient(self.signer, self.health, settings.peer_timeout, client_ssl_context(settings),
+                                 on_failure=self.request_reload)
+        self.storage_roots = storage_roots or []
+        self.nodes: dict[str, NodeRecord] = {}
+        self._task: asyncio.Task | None = None
+        self._reload_wanted = asyncio.Event()
+        self._last_reload = 0.0
+        self._storage_stats: dict[str, Any] = {}
+        self._stats_at = 0.0
+        self.started = time.time()
+
+    # Life cycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register (choosing the role when none was given) and load the node list; raise ValueError."""
+        try:
+            if self.role is None:
+                self.role = await self._default_role()
+            if self.role == "proxy":
+                self.storage_roots = []  # a proxy stores nothing, whatever data_dir says
+            record = await self.registry.register(self.node_id, self.role, self.address)
+            await self.reload()
+            await self.registry.heartbeat(self.node_id, await self.info())
+        except RegistryError as exc:
+            raise ValueError(f"cannot join the cluster: {exc}") from None
+        log.info("node %s joined as %s (install order %d) at %s; %d nodes known", self.node_id, self.role,
+                 record.install_order, self.address, len(self.nodes))
+        self._task = asyncio.create_task(self._run(), name="cluster-membership")
+
+    async def _default_role(self) -> str:
+        """The role a node has in the registry, else primary for the first node and redundant after."""
+        existing = await self.registry.get(self.node_id)
+        if existing is not None:
+            return existing.role
+        others = [n for n in await self.registry.nodes() if n.role == "primary"]
+        return "redundant" if others else "primary"
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.client.close()
+        await self.registry.close()
+
+    # Node list ------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        nodes = await self.registry.nodes()
+        if not self.settings.insecure_peers:
+            plain = [n for n in nodes if n.address.startswith("http://") and n.node_id != self.node_id]
+            for node in plain:
+                log.warning("ignoring node %s: it advertises plain HTTP (%s) and --insecure-peers is not set",
+                            node.node_id, node.address)
+            nodes = [n for n in nodes if n not in plain]
+        self.nodes = {n.node_id: n for n in nodes}
+        self._last_reload = time.monotonic()
+        for peer in list(self.health.snapshot()):
+            if peer not in self.nodes:
+                self.health.forget(peer)
+
+    def request_reload(self, peer: str | None = None) -> None:
+        """Re-read the node list soon (a peer call failed: it may have moved or left)."""
+        self._reload_wanted.set()
+
+    def peers(self, storing: bool = True) -> dict[str, str]:
+        """Other nodes (only storing ones by default): node id -> address."""
+        return {n.node_id: n.address for n in self.nodes.values()
+                if n.node_id != self.node_id and (n.stores_objects or not storing)}
+
+    def redundant_peers(self) -> dict[str, str]:
+        return {n.node_id: n.address for n in self.nodes.values()
+                if n.node_id != self.node_id and n.role == "redundant"}
+
+    # Heartbeat loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        interval = self.settings.heartbeat_interval
+        reload_every = self.settings.registry_reload_interval
+        next_beat = time.monotonic() + interval
+        while True:
+            try:
+                await asyncio.wait_for(self._reload_wanted.wait(), timeout=max(0.0, next_beat - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+            try:
+                if self._reload_wanted.is_set():
+                    # A peer call failed. Reloading at most once a second keeps a dead
+                    # peer under load from turning into a registry storm.
+                    await asyncio.sleep(max(0.0, self._last_reload + RELOAD_AT_MOST_EVERY - time.monotonic()))
+                    self._reload_wanted.clear()
+                    await self.reload()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval
+                    await self.registry.heartbeat(self.node_id, await self.info())
+                    if time.monotonic() - self._last_reload >= reload_every:
+                        await self.reload()
+                    await self._probe_limited()
+            except RegistryError as exc:
+                log.warning("cluster registry: %s (retrying in %.0fs)", exc, interval)
+                await asyncio.sleep(min(interval, 1.0))
+            except Exception:  # the loop must survive anything; the next round retries
+                log.exception("cluster membership round failed")
+                await asyncio.sleep(min(interval, 1.0))
+
+    async def _probe_limited(self) -> None:
+        """Ping peers that failed, so one that is back is trusted again without waiting for traffic."""
+        peers = self.peers(storing=False)
+        limited = [p for p in peers if self.health.limited(p)]
+
+        async def probe(peer: str) -> None:
+            try:
+                await self.client.ping(peer, peers[peer])
+            except (PeerUnreachable, Exception):
+                pass
+
+        if limited:
+            await asyncio.gather(*(probe(p) for p in limited))
+
+    async def info(self) -> dict[str, Any]:
+        """What this node publishes with its heartbeat (shown by `gateway cluster status`)."""
+        if not self._stats_at or time.monotonic() - self._stats_at >= STATS_EVERY:
+            self._stats_at = time.monotonic()
+            self._storage_stats = await asyncio.to_thread(storage_stats, self.storage_roots)
+        return {
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "pid": os.getpid(),
+            "started": self.started,
+            **self._storage_stats,
+            "peers": self.health.snapshot(),
+            "balance": self.balancer.snapshot(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """This node's live view (for /_admin/cluster)."""
+        return {
+            "node_id": self.node_id, "role": self.role, "address": self.address,
+            "nodes": [n.to_json() for n in self.nodes.values()],
+            "peers": self.health.snapshot(), "balance": self.balancer.snapshot(),
+            "location_cache_entries": len(self.locations),
+        }
+
+
+def storage_stats(roots: list[str]) -> dict[str, Any]:
+    """Object count (bounded walk) and free bytes of the storage directories."""
+    if not roots:
+        return {"objects": None, "free_bytes": None}
+    count = 0
+    free = 0
+    for root in roots:
+        try:
+            free += shutil.disk_usage(root).free
+        except OSError:
+            continue
+        for directory, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # .gateway temp files, .multipart parts
+            count += sum(1 for f in files if f.endswith("%obj"))
+            if count >= COUNT_LIMIT:
+                return {"objects": count, "objects_capped": True, "free_bytes": free}
+    return {"objects": count, "free_bytes": free}

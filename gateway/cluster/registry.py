@@ -1,0 +1,123 @@
+"""The cluster registry: where the node list lives (interface, record type, lookup by URL scheme).
+
+Implementations are plugins, registered with the ``register_registries``
+hook exactly like backends: ``sqlite`` (embedded, one host) and ``etcd``
+(several hosts) are built in (gateway/cluster/builtin.py).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ROLES = ("primary", "redundant", "proxy")
+STORING_ROLES = ("primary", "redundant")
+
+
+@dataclass
+class NodeRecord:
+    """One node as the registry knows it.
+
+    ``install_order`` is given by the registry on first registration and kept
+    on re-registration (the first installed node is the primary).
+    ``info`` is what the node publishes with each heartbeat: object count,
+    free space, its view of peer health, its request distribution.
+    """
+
+    node_id: str
+    role: str
+    address: str
+    install_order: int = 0
+    last_seen: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stores_objects(self) -> bool:
+        return self.role in STORING_ROLES
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.last_seen
+
+    def heartbeat_fresh(self, now: float | None = None) -> bool:
+        """Seen within three heartbeat intervals (the interval the node itself published)."""
+        interval = float(self.info.get("heartbeat_interval", 5.0))
+        return self.last_seen > 0 and self.age(now) < 3 * interval
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "NodeRecord":
+        return cls(data["node_id"], data["role"], data["address"], int(data.get("install_order", 0)),
+                   float(data.get("last_seen", 0.0)), dict(data.get("info") or {}))
+
+
+class RegistryError(Exception):
+    """The registry could not be read or written; the message says which one and why."""
+
+
+class Registry(abc.ABC):
+    """The node list, shared by every node of a cluster.
+
+    :param url: the registry URL (``sqlite:///path``, ``etcd://host:port,...``).
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+
+    @abc.abstractmethod
+    async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
+        """Add or update a node (keeping its install order); return the stored record."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
+        """Record that the node is alive now, with its published ``info``. Raise RegistryError."""
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[NodeRecord]:
+        """Every registered node, by install order. Raise RegistryError."""
+
+    @abc.abstractmethod
+    async def remove(self, node_id: str) -> bool:
+        """Forget a node (``cluster leave``); return whether it was registered."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def get(self, node_id: str) -> NodeRecord | None:
+        for node in await self.nodes():
+            if node.node_id == node_id:
+                return node
+        return None
+
+
+def registry_classes() -> dict[str, type[Registry]]:
+    """URL scheme -> Registry class, from every plugin's register_registries hook."""
+    from ..plugins import get_plugin_manager
+    from . import builtin
+
+    pm = get_plugin_manager()
+    if not pm.is_registered(builtin):
+        # The built-in registries go through the same hook as third-party ones.
+        pm.register(builtin, name="gateway-cluster-registries")
+    found: dict[str, type[Registry]] = {}
+
+    def register(scheme: str, cls: type[Registry]) -> None:
+        if scheme in found and found[scheme] is not cls:
+            raise ValueError(f"two plugins register a registry for {scheme}://: {found[scheme]} and {cls}")
+        found[scheme] = cls
+
+    pm.hook.register_registries(register=register)
+    return found
+
+
+def open_registry(url: str) -> Registry:
+    """Create the registry for ``url``; raise ValueError naming the URL when no plugin handles it."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    classes = registry_classes()
+    if scheme not in classes:
+        known = ", ".join(f"{s}://" for s in sorted(classes))
+        raise ValueError(f"registry {url!r}: no registry plugin for {scheme or 'this'}:// (installed: {known})")
+    return classes[scheme](url)

@@ -1,0 +1,119 @@
+"""The multi-host registry: etcd v3, spoken over its JSON gRPC gateway.
+
+Why not a client library: the ``etcd3`` package is unmaintained and breaks
+with current protobuf; the JSON gateway (``/v3/kv/range``, ``/v3/kv/put``,
+``/v3/kv/txn``, ``/v3/kv/deleterange``, base64 keys and values) is part of
+every etcd since 3.3 and needs nothing but aiohttp, which the gateway
+already uses for peer calls.
+
+Each node is one key, ``/cv-gateway/nodes/<node_id>``, holding the record as
+JSON. The install order is the key's ``create_revision``: etcd hands those
+out in order and keeps them while the key lives, so no counter is needed.
+Heartbeats only write while the key exists (a compare on create_revision),
+so a node removed by ``cluster leave`` is not silently re-added.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from .registry import NodeRecord, Registry, RegistryError
+
+PREFIX = "/cv-gateway/nodes/"
+TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=2)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode()
+
+
+class EtcdRegistry(Registry):
+    """``etcd://host:port,host:port`` (``etcds://`` for HTTPS endpoints)."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        scheme, rest = url.split("://", 1)
+        hosts = [h.strip() for h in rest.strip("/").split(",") if h.strip()]
+        if not hosts:
+            raise ValueError(f"registry {url!r}: name at least one endpoint, e.g. etcd://127.0.0.1:2379")
+        http = "https" if scheme == "etcds" else "http"
+        self.endpoints = [f"{http}://{h}" for h in hosts]
+        self._session: aiohttp.ClientSession | None = None
+        self._records: dict[str, NodeRecord] = {}
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the first endpoint that answers; the others are tried on connection errors."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        failures = []
+        for endpoint in self.endpoints:
+            try:
+                async with self._session.post(endpoint + path, json=body) as response:
+                    data = await response.json(content_type=None)
+                    if response.status != 200:
+                        failures.append(f"{endpoint}: HTTP {response.status} {data.get('error') or data}")
+                        continue
+                    # Prefer the endpoint that answered next time.
+                    if endpoint != self.endpoints[0]:
+                        self.endpoints.remove(endpoint)
+                        self.endpoints.insert(0, endpoint)
+                    return data
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                failures.append(f"{endpoint}: {exc or type(exc).__name__}")
+        raise RegistryError(f"etcd registry {self.url}: no endpoint answered {path}: " + "; ".join(failures))
+
+    async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
+        record = NodeRecord(node_id, role, address, 0, time.time(), {})
+        await self._call("/v3/kv/put", {"key": _b64(PREFIX + node_id), "value": _b64(json.dumps(record.to_json()))})
+        self._records[node_id] = record
+        stored = await self.get(node_id)
+        if stored is None:
+            raise RegistryError(f"etcd registry {self.url}: node {node_id} vanished right after registering")
+        return stored
+
+    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
+        record = self._records.get(node_id) or await self.get(node_id)
+        if record is None:
+            raise RegistryError(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
+        record.last_seen, record.info = time.time(), info
+        key = _b64(PREFIX + node_id)
+        data = await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "CREATE", "result": "GREATER", "create_revision": "0"}],
+            "success": [{"request_put": {"key": key, "value": _b64(json.dumps(record.to_json()))}}],
+        })
+        if not data.get("succeeded"):
+            self._records.pop(node_id, None)
+            raise RegistryError(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
+
+    async def nodes(self) -> list[NodeRecord]:
+        data = await self._call("/v3/kv/range", {"key": _b64(PREFIX), "range_end": _prefix_end(PREFIX)})
+        records = []
+        for kv in data.get("kvs", []):
+            try:
+                record = NodeRecord.from_json(json.loads(base64.b64decode(kv["value"])))
+            except (KeyError, ValueError) as exc:
+                raise RegistryError(f"etcd registry {self.url}: bad record under {PREFIX}: {exc}") from None
+            record.install_order = int(kv.get("create_revision", 0))
+            records.append(record)
+        return sorted(records, key=lambda r: r.install_order)
+
+    async def remove(self, node_id: str) -> bool:
+        self._records.pop(node_id, None)
+        data = await self._call("/v3/kv/deleterange", {"key": _b64(PREFIX + node_id)})
+        return int(data.get("deleted", 0)) > 0
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,104 @@
+"""The embedded registry: one SQLite file shared by the nodes of one host.
+
+WAL mode and a busy timeout let several gateway processes write heartbeats
+at once. Calls are short and rare (a heartbeat every few seconds), so they
+run in a worker thread with a fresh connection each time: no connection is
+shared between threads or kept across a fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from .registry import NodeRecord, Registry, RegistryError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    address TEXT NOT NULL,
+    install_order INTEGER NOT NULL,
+    last_seen REAL NOT NULL DEFAULT 0,
+    info TEXT NOT NULL DEFAULT '{}'
+)
+"""
+
+
+class SqliteRegistry(Registry):
+    """``sqlite:///absolute/path.db`` or ``sqlite://relative/path.db``."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        path = url.split("://", 1)[1]
+        if not path:
+            raise ValueError(f"registry {url!r}: give a file, e.g. sqlite:///var/lib/cv-gateway/registry.db")
+        self.path = path
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            if not self._ready:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(SCHEMA)
+                self._ready = True
+            return conn
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
+
+    def _run(self, work):
+        conn = self._connect()
+        try:
+            return work(conn)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
+        finally:
+            conn.close()
+
+    async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
+        def work(conn):
+            conn.execute("BEGIN IMMEDIATE")  # install order must not be handed out twice
+            row = conn.execute("SELECT install_order FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                order = conn.execute("SELECT COALESCE(MAX(install_order), 0) + 1 FROM nodes").fetchone()[0]
+                conn.execute("INSERT INTO nodes (node_id, role, address, install_order, last_seen) "
+                             "VALUES (?, ?, ?, ?, ?)", (node_id, role, address, order, time.time()))
+            else:
+                conn.execute("UPDATE nodes SET role = ?, address = ?, last_seen = ? WHERE node_id = ?",
+                             (role, address, time.time(), node_id))
+            conn.execute("COMMIT")
+
+        await asyncio.to_thread(self._run, work)
+        record = await self.get(node_id)
+        assert record is not None
+        return record
+
+    async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
+        def work(conn):
+            cursor = conn.execute("UPDATE nodes SET last_seen = ?, info = ? WHERE node_id = ?",
+                                  (time.time(), json.dumps(info), node_id))
+            if cursor.rowcount == 0:
+                raise RegistryError(f"node {node_id} is not registered in {self.path} (removed by cluster leave?)")
+
+        await asyncio.to_thread(self._run, work)
+
+    async def nodes(self) -> list[NodeRecord]:
+        def work(conn):
+            return conn.execute("SELECT node_id, role, address, install_order, last_seen, info FROM nodes "
+                                "ORDER BY install_order").fetchall()
+
+        rows = await asyncio.to_thread(self._run, work)
+        return [NodeRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5] or "{}")) for r in rows]
+
+    async def remove(self, node_id: str) -> bool:
+        def work(conn):
+            return conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+
+        return await asyncio.to_thread(self._run, work)

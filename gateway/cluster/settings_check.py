@@ -1,0 +1,52 @@
+"""Checks of the cluster settings, run when the settings are built (so a bad cluster setup fails at start-up)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+def advertised_url(settings) -> str:
+    """The URL peers use for this node: --advertise, or derived from host, port and TLS."""
+    if settings.advertise:
+        return settings.advertise.rstrip("/")
+    scheme = "https" if settings.tls_cert else "http"
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"{scheme}://{host}:{settings.port}"
+
+
+def node_id_of(settings) -> str:
+    """--node-id, or host:port of the advertised URL (stable across restarts)."""
+    if settings.node_id:
+        return settings.node_id
+    parts = urlsplit(advertised_url(settings))
+    return parts.netloc
+
+
+def check_cluster_settings(settings) -> None:
+    """Raise ValueError naming the setting when a cluster node could not work."""
+    if not settings.registry:
+        raise ValueError(
+            "a cluster node needs a registry: set --registry (GATEWAY_REGISTRY), e.g. "
+            "sqlite:///var/lib/cv-gateway/registry.db or etcd://10.0.0.1:2379,10.0.0.2:2379"
+        )
+    scheme = settings.registry.split(":", 1)[0]
+    if "://" not in settings.registry or not scheme:
+        raise ValueError(f"registry {settings.registry!r} is not a URL like sqlite:///path.db or etcd://host:port")
+    if not settings.cluster_secret or len(settings.cluster_secret) < 16:
+        raise ValueError(
+            "a cluster node needs a cluster secret of at least 16 characters to sign peer requests: set "
+            "GATEWAY_CLUSTER_SECRET (the same on every node; `gateway cluster tls init` writes one)"
+        )
+    url = advertised_url(settings)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"advertise {url!r} must be an http:// or https:// URL with a host")
+    if parts.scheme == "http" and not settings.insecure_peers:
+        raise ValueError(
+            f"advertise {url!r} is plain HTTP: nodes talk HTTPS (set --tls-cert/--tls-key/--tls-ca, see "
+            "`gateway cluster tls init`), or pass --insecure-peers (GATEWAY_INSECURE_PEERS) for a test setup"
+        )
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ValueError("tls_cert and tls_key must be set together (GATEWAY_TLS_CERT, GATEWAY_TLS_KEY)")
+    if parts.scheme == "https" and settings.tls_ca is None:
+        raise ValueError("HTTPS between nodes needs the cluster CA to verify peers: set --tls-ca (GATEWAY_TLS_CA)")

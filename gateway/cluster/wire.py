@@ -1,0 +1,59 @@
+"""How object info, listings and errors travel between nodes (shared by the peer routes and the relay client)."""
+
+from __future__ import annotations
+
+import json
+
+from .. import errors
+from ..backend import BucketInfo, ListPage, ObjectInfo, ObjectMeta
+
+PREFIX = "/_cluster/v1"
+INFO_HEADER = "x-cluster-info"  # the ObjectInfo as JSON (ASCII, so any metadata survives as a header)
+ERROR_HEADER = "x-cluster-error"  # the gateway.errors class name of a failure
+EXISTED_HEADER = "x-cluster-existed"  # DELETE: "1" when the object was there
+SIZE_HEADER = "x-cluster-size"  # PUT: the body length when known
+META_HEADER = "x-cluster-meta"  # PUT: the ObjectMeta as JSON
+ALGORITHMS_HEADER = "x-cluster-checksum-algorithms"  # PUT: checksums to compute, comma separated
+ETAG_HEADER = "x-cluster-etag"  # PUT: ETag to keep (multipart objects)
+ENSURE_BUCKET_HEADER = "x-cluster-ensure-bucket"  # PUT: the bucket exists in the cluster; create it if missing here
+SPAN_HEADER = "x-cluster-span"  # GET: "start-stop" of the bytes sent, stop exclusive
+
+
+def info_to_json(info: ObjectInfo) -> dict:
+    return {"key": info.key, "size": info.size, "etag": info.etag, "last_modified": info.last_modified,
+            "meta": info.meta.to_json(), "checksums": dict(info.checksums)}
+
+
+def info_from_json(data: dict) -> ObjectInfo:
+    return ObjectInfo(data["key"], int(data["size"]), data["etag"], float(data["last_modified"]),
+                      ObjectMeta.from_json(data.get("meta") or {}), dict(data.get("checksums") or {}))
+
+
+def info_header(info: ObjectInfo) -> bytes:
+    return json.dumps(info_to_json(info), separators=(",", ":")).encode()
+
+
+def page_to_json(page: ListPage) -> dict:
+    return {"objects": [info_to_json(o) for o in page.objects], "common_prefixes": page.common_prefixes,
+            "is_truncated": page.is_truncated, "next_marker": page.next_marker}
+
+
+def page_from_json(data: dict) -> ListPage:
+    return ListPage([info_from_json(o) for o in data["objects"]], list(data["common_prefixes"]),
+                    bool(data["is_truncated"]), data.get("next_marker", ""))
+
+
+def buckets_to_json(buckets: list[BucketInfo]) -> list[dict]:
+    return [{"name": b.name, "created": b.created} for b in buckets]
+
+
+def buckets_from_json(data: list[dict]) -> list[BucketInfo]:
+    return [BucketInfo(b["name"], float(b["created"])) for b in data]
+
+
+def error_from_peer(code: str | None, message: str, status: int) -> errors.GatewayError:
+    """Rebuild the error a peer raised (NoSuchKey stays NoSuchKey)."""
+    cls = getattr(errors, code or "", None)
+    if isinstance(cls, type) and issubclass(cls, errors.GatewayError):
+        return cls(message or None)
+    return errors.ServiceUnavailable(f"a peer node failed with HTTP {status}: {message[:200]}")

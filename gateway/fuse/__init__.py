@@ -1,0 +1,11 @@
+"""The FUSE mount: cv-storage as a filesystem, through the gateway's S3 API.
+
+Layers, from the wire up (only ``operations`` and ``mount`` import the FUSE binding):
+
+- ``client``     synchronous, pooled S3 client (urllib3 + a small SigV4 signer); raises OSError with an errno
+- ``cache``      attribute and directory caches with TTLs and an injected clock
+- ``files``      open files: read-ahead for remote reads, write spooling and uploads
+- ``fs``         the filesystem in path terms (lookup, readdir, rename, ...), no FUSE types
+- ``operations`` the thin mfusepy ``Operations`` translator
+- ``mount``      options, signals, running the FUSE loop
+"""

@@ -1,0 +1,223 @@
+"""File contents: open, create, read, write, truncate, flush, release (and the stats file).
+
+A mixin of GatewayFS (see fs.py), split out to keep modules small.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from .cache import DIR, FILE, Attr
+from .files import OpenFile, RemoteReader, upload
+from .meta import apply_meta, content_type, err, parent_of
+
+log = logging.getLogger("gateway.fuse")
+
+# A read-only file outside any bucket (bucket names cannot start with "."), not listed by readdir:
+# the mount's request counters as JSON, for operators, tests and benchmarks.
+STATS_PATH = "/.cv-gateway-stats"
+STATS_SIZE = 4096
+
+
+@dataclass
+class Handle:
+    open_file: OpenFile
+    flags: int
+    reader: RemoteReader | None = None
+
+
+class _StaticReader:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset: offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+class FileOps:
+    # Files: contents --------------------------------------------------------------
+
+    def _acquire(self, path: str, base: Attr | None, meta: dict[str, str]) -> tuple[int, OpenFile]:
+        bucket, key = self.split(path)
+        with self._table_lock:
+            open_file = self._open.get(path)
+            if open_file is None or open_file.unlinked:
+                open_file = OpenFile(path, bucket, key, base, meta)
+                self._open[path] = open_file
+            open_file.refs += 1
+            fh = next(self._fh)
+            return fh, open_file
+
+    def stats(self) -> dict:
+        with self._table_lock:
+            open_files = len(self._open)
+        return {"requests": dict(self.client.stats), "open_files": open_files, "spool_bytes": self.spool_dir.used}
+
+    def _open_stats(self) -> int:
+        data = json.dumps(self.stats(), sort_keys=True).encode().ljust(STATS_SIZE)[:STATS_SIZE]
+        fh = next(self._fh)
+        open_file = OpenFile(STATS_PATH, "", "", Attr(FILE, len(data)), {})
+        with self._table_lock:
+            self._handles[fh] = Handle(open_file, os.O_RDONLY, _StaticReader(data))
+        return fh
+
+    def open(self, path: str, flags: int) -> int:
+        if path == STATS_PATH:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise err(errno.EACCES, path)
+            return self._open_stats()
+        attr = self.lookup(path)
+        if attr.kind == DIR:
+            raise err(errno.EISDIR, path)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if writing or flags & os.O_TRUNC:
+            self._check_writable()
+        meta = dict(attr.meta or {}) if not attr.from_listing else None
+        fh, open_file = self._acquire(path, attr, meta or {})
+        if meta is None and writing:  # keep mode/owner on rewrite even if only a listing described it
+            with open_file.lock:
+                if not open_file.meta:
+                    open_file.meta = self._full_meta(path, attr)
+        with self._table_lock:
+            self._handles[fh] = Handle(open_file, flags)
+        if writing and flags & os.O_TRUNC:
+            with open_file.lock:
+                open_file.ensure_spool(self.client, self.spool_dir, keep_content=False).truncate(0)
+                open_file.dirty = True
+                open_file.mtime = time.time()
+        return fh
+
+    def create(self, path: str, mode: int, flags: int, owner: tuple[int, int] | None = None) -> int:
+        self._check_writable()
+        bucket, key = self.split(path)
+        if not key:
+            raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
+        meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
+        fh, open_file = self._acquire(path, None, meta)
+        with open_file.lock:
+            open_file.ensure_spool(self.client, self.spool_dir, keep_content=False)
+            open_file.dirty = True
+            open_file.mtime = time.time()
+        with self._table_lock:
+            self._handles[fh] = Handle(open_file, flags)
+        self.attrs.invalidate(path)
+        self.first_bytes.invalidate(path)
+        self.dirs.add(parent_of(path)[0], path.rpartition("/")[2], self._open_attr(open_file))
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise err(errno.EBADF, f"file handle {fh}")
+        return handle
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        handle = self._handle(fh)
+        self.client.count("fuse_reads")
+        open_file = handle.open_file
+        spool = open_file.spool
+        if spool is not None:
+            with open_file.lock:
+                return open_file.spool.pread(size, offset)
+        if handle.reader is None:
+            base = open_file.base
+            first = self.first_bytes.get(open_file.path, base.etag) if base else None
+            handle.reader = RemoteReader(self.client, self.executor, open_file.bucket, open_file.key,
+                                         base.size if base else 0, first, self.options.files)
+        return handle.reader.read(offset, size)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        self._check_writable()
+        handle = self._handle(fh)
+        open_file = handle.open_file
+        with open_file.lock:
+            spool = open_file.ensure_spool(self.client, self.spool_dir)
+            if handle.flags & os.O_APPEND:
+                offset = spool.size
+            written = spool.pwrite(data, offset)
+            open_file.dirty = True
+            open_file.mtime = time.time()
+            open_file.meta.pop("mtime", None)  # a write makes the mtime "now" again
+        self.first_bytes.invalidate(open_file.path)
+        return written
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._check_writable()
+        if fh is not None and fh in self._handles:
+            open_file = self._handle(fh).open_file
+        else:
+            with self._table_lock:
+                open_file = self._open.get(path)
+        if open_file is not None:
+            with open_file.lock:
+                open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0).truncate(length)
+                open_file.dirty = True
+                open_file.mtime = time.time()
+                open_file.meta.pop("mtime", None)
+            self.first_bytes.invalidate(path)
+            return
+        fh = self.open(path, os.O_WRONLY)  # not open: a short-lived handle does it
+        try:
+            self.truncate(path, length, fh)
+            self.flush(fh)
+        finally:
+            self.release(fh)
+
+    def _upload(self, open_file: OpenFile) -> None:
+        """Upload a dirty file (its lock held); update the caches."""
+        etag = upload(self.client, self.executor, open_file, content_type(open_file.key, FILE),
+                      self.options.files)
+        open_file.dirty = False
+        attr = Attr(FILE, open_file.spool.size, open_file.mtime or time.time(), etag=etag,
+                    meta=dict(open_file.meta))
+        apply_meta(attr, open_file.meta)
+        attr.kind = FILE
+        if "mtime" not in open_file.meta:
+            attr.mtime = time.time()
+        open_file.base = attr
+        self._remember(open_file.path, attr)
+        self.first_bytes.invalidate(open_file.path)
+
+    def flush(self, fh: int) -> None:
+        """Called on every close(): upload what was written, so the close reports upload errors."""
+        open_file = self._handle(fh).open_file
+        with open_file.lock:
+            if open_file.dirty and not open_file.unlinked:
+                self._upload(open_file)
+
+    fsync = flush
+
+    def release(self, fh: int) -> None:
+        with self._table_lock:
+            handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.reader is not None:
+            handle.reader.close()
+        open_file = handle.open_file
+        with open_file.lock:
+            with self._table_lock:
+                open_file.refs -= 1
+                last = open_file.refs <= 0
+                if last and self._open.get(open_file.path) is open_file:
+                    del self._open[open_file.path]
+            if not last:
+                return
+            try:
+                if open_file.dirty and not open_file.unlinked:
+                    self._upload(open_file)  # written after the last flush (rare: mmap)
+            except OSError as exc:
+                log.error("could not upload %s when it was closed: %s", open_file.path, exc)
+            finally:
+                if open_file.spool is not None:
+                    open_file.spool.close()
+                    open_file.spool = None

@@ -1,0 +1,162 @@
+"""Mount and unmount: check the gateway, go to the background, run the FUSE loop.
+
+Unmounting: ``fusermount -u MOUNTPOINT`` (or ``umount`` as root), SIGINT or
+SIGTERM to the mount process. libfuse installs the signal handlers (mfusepy
+resets SIGINT to its default first so that libfuse takes it over); its loop
+then ends, the kernel mount goes away, and ``destroy`` uploads what is still
+dirty and removes the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .client import ObjectClient, StoreError, Unreachable
+from .fs import GatewayFS, MountOptions
+
+log = logging.getLogger("gateway.fuse")
+
+
+class MountError(Exception):
+    """The mount cannot start; the message says why and what to do."""
+
+
+@dataclass
+class MountConfig:
+    endpoint: str
+    mountpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    timeout: float = 15.0
+    foreground: bool = False
+    debug: bool = False
+    allow_other: bool = False
+    log_file: str | None = None
+    fs: MountOptions = field(default_factory=MountOptions)
+
+
+def fuse_options(config: MountConfig, fuse_major: int) -> dict:
+    """Keyword options for mfusepy.FUSE (each becomes ``-o name[=value]``)."""
+    opts = config.fs
+    options = {
+        "fsname": f"gateway:{config.endpoint}", "subtype": "gateway",
+        "attr_timeout": opts.attr_ttl, "entry_timeout": opts.attr_ttl, "negative_timeout": opts.attr_ttl,
+        "default_permissions": True,  # the kernel checks modes and owners against the caller
+        "auto_cache": True,  # keep the page cache across opens while size and mtime stay the same
+    }
+    if fuse_major == 2:
+        options.update(big_writes=True, atomic_o_trunc=True, max_read=1024 * 1024, max_readahead=1024 * 1024)
+    if opts.read_only:
+        options["ro"] = True
+    if config.allow_other:
+        options["allow_other"] = True
+    return options
+
+
+def check_gateway(config: MountConfig) -> None:
+    """Fail early on refused credentials; only warn when the gateway is not up (yet)."""
+    client = ObjectClient(config.endpoint, config.access_key, config.secret_key, region=config.region,
+                          timeout=min(config.timeout, 10.0), pool_size=1)
+    try:
+        client.list_buckets()
+    except Unreachable as exc:
+        log.warning("%s; mounting anyway: operations fail with EIO until it answers", exc)
+    except StoreError as exc:
+        raise MountError(f"the gateway at {config.endpoint} refused the request: {exc}. "
+                         "Check --access-key/--secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY).") from None
+    finally:
+        client.close()
+
+
+def _check_mountpoint(path: str) -> None:
+    if not os.path.isdir(path):
+        raise MountError(f"mount point {path} is not a directory: create it first")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point: unmount it first (fusermount -u {path})")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: install fuse3 (make test-deps) or load the fuse module")
+
+
+def _daemonize(config: MountConfig, wait: float = 30.0) -> bool:
+    """Fork; the parent waits until the mount is up (True) or the child failed, then returns.
+
+    Returns False in the child, which goes on to run the mount.
+    """
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        target = os.open(config.log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise MountError(f"the mount process exited with status {os.waitstatus_to_exitcode(status)}"
+                             + (f"; see {config.log_file}" if config.log_file else "; rerun with --foreground"))
+        if os.path.ismount(config.mountpoint):
+            return True
+        time.sleep(0.05)
+    raise MountError(f"{config.mountpoint} was not mounted within {wait:.0f}s (mount process {pid} still runs)")
+
+
+def _setup_logging(config: MountConfig) -> None:
+    handlers = None
+    if config.log_file and config.foreground:
+        handlers = [logging.FileHandler(config.log_file)]
+    logging.basicConfig(level=logging.DEBUG if config.debug else logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.debug:
+        logging.getLogger("mfusepy").setLevel(logging.WARNING)
+
+
+def run(config: MountConfig) -> int:
+    """Mount and serve until unmounted; in the background unless ``config.foreground``."""
+    _check_mountpoint(config.mountpoint)
+    _setup_logging(config)
+    check_gateway(config)
+    if not config.foreground and _daemonize(config):
+        return 0
+    import mfusepy  # the binding is loaded only here, never by the core modules
+
+    from .operations import GatewayOperations
+
+    _setup_logging(config)
+    # FUSE requests wait for the GIL while I/O threads parse responses; a shorter switch interval
+    # (default 5 ms) cuts that wait (see docs/fuse.md).
+    sys.setswitchinterval(0.0005)
+    workers = config.fs.workers
+    client = ObjectClient(config.endpoint, config.access_key, config.secret_key, region=config.region,
+                          timeout=config.timeout, pool_size=16 + workers)
+    fs = GatewayFS(client, config.fs)
+    log.info("mounting %s on %s (libfuse %d.%d)", config.endpoint, config.mountpoint,
+             mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
+    try:
+        mfusepy.FUSE(GatewayOperations(fs), config.mountpoint, raw_fi=True, foreground=True, debug=config.debug,
+                     nothreads=False, **fuse_options(config, mfusepy.fuse_version_major))
+    except RuntimeError as exc:
+        if os.path.ismount(config.mountpoint):
+            log.error("FUSE stopped with an error (%s); unmount with fusermount -u %s", exc, config.mountpoint)
+            return 1
+        # libfuse 3 reports the signal that ended its loop (SIGINT, SIGTERM) as a failure; the unmount was clean.
+        log.info("FUSE loop ended (%s)", exc)
+    finally:
+        fs.spool_dir.cleanup()
+    log.info("unmounted %s", config.mountpoint)
+    return 0
+
+
+def main_exit(config: MountConfig) -> None:
+    try:
+        sys.exit(run(config))
+    except MountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(32)  # mount(8): mount failure

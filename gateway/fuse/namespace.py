@@ -1,0 +1,277 @@
+"""Names: mkdir, rmdir, unlink, symlinks, rename (copy + delete), and metadata changes (chmod, chown, utimens).
+
+A mixin of GatewayFS (see fs.py), split out to keep modules small.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+
+from .cache import DIR, LINK, MISSING, Attr
+from .meta import apply_meta, content_type, err, format_time, parent_of
+
+
+class NamespaceOps:
+    def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+        self._check_writable()
+        bucket, key = self.split(path)
+        with self._namespace_lock:
+            if not key:
+                self.client.create_bucket(bucket)
+                self._remember(path, Attr(DIR, mtime=time.time(), marker=True))
+                return
+            meta = self._new_meta(stat.S_IFDIR | (mode & 0o7777), owner)
+            etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory")
+            attr = Attr(DIR, mtime=time.time(), etag=etag, marker=True, meta=meta)
+            apply_meta(attr, meta)
+            attr.kind = DIR
+            self._remember(path, attr)
+            self.dirs.put(path, {})
+
+    def rmdir(self, path: str) -> None:
+        self._check_writable()
+        bucket, key = self.split(path)
+        with self._namespace_lock:
+            if not bucket:
+                raise err(errno.EBUSY, path)
+            if not key:
+                self.client.delete_bucket(bucket)
+                self._forget(path, tree=True)
+                return
+            attr = self.lookup(path)
+            if attr.kind != DIR:
+                raise err(errno.ENOTDIR, path)
+            prefix = key + "/"
+            page = self.client.list_page(bucket, prefix, "/", max_keys=2)
+            children = [o for o in page.objects if o.key != prefix] + page.prefixes
+            with self._table_lock:
+                pending = any(p.startswith(path + "/") and not f.unlinked for p, f in self._open.items())
+            if children or pending:
+                raise err(errno.ENOTEMPTY, path)
+            self._ensure_marker(parent_of(path)[0])
+            if page.objects:
+                self.client.delete(bucket, prefix)
+            self._forget(path, tree=True)
+
+    def _ensure_marker(self, directory: str) -> None:
+        """Give a directory a marker object before its last child may go, so that it stays."""
+        bucket, key = self.split(directory)
+        if not key:
+            return
+        attr = self.attrs.get(directory)
+        if attr is not None and attr is not MISSING and attr.marker:
+            return
+        prefix = key + "/"
+        page = self.client.list_page(bucket, prefix, "/", max_keys=1)
+        if not (page.objects and page.objects[0].key == prefix):
+            meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
+            self.client.put(bucket, prefix, b"", 0, meta, "application/x-directory")
+        if attr is not None and attr is not MISSING:
+            attr.marker = True
+
+    # Files: names ---------------------------------------------------------------
+
+    def unlink(self, path: str) -> None:
+        self._check_writable()
+        bucket, key = self.split(path)
+        with self._namespace_lock:
+            attr = self.lookup(path)
+            if attr.kind == DIR:
+                raise err(errno.EISDIR, path)
+            if not key:
+                raise err(errno.EPERM, path)
+            with self._table_lock:
+                open_file = self._open.get(path)
+            if open_file is not None:
+                open_file.unlinked = True  # still readable through its handles, never uploaded again
+            self._ensure_marker(parent_of(path)[0])
+            if open_file is None or open_file.base is not None:
+                self.client.delete(bucket, key)
+            self._forget(path)
+
+    def symlink(self, path: str, target: str, owner: tuple[int, int] | None = None) -> None:
+        self._check_writable()
+        bucket, key = self.split(path)
+        if not key:
+            raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
+        body = target.encode(errors="surrogateescape")
+        meta = self._new_meta(stat.S_IFLNK | 0o777, owner)
+        etag = self.client.put(bucket, key, body, len(body), meta, "application/x-symlink")
+        attr = Attr(LINK, len(body), time.time(), etag=etag, meta=meta, target=target)
+        apply_meta(attr, meta)
+        self._remember(path, attr)
+
+    def readlink(self, path: str) -> str:
+        attr = self.lookup(path)
+        if attr.kind != LINK:
+            raise err(errno.EINVAL, f"{path} is not a symbolic link")
+        if attr.target is None:
+            bucket, key = self.split(path)
+            attr.target = self.client.get_range(bucket, key, 0, max(attr.size, 1)).decode(errors="surrogateescape")
+        return attr.target
+
+    def rename(self, old: str, new: str) -> None:
+        """Copy then delete: not atomic, and a directory moves object by object (see docs/fuse.md)."""
+        self._check_writable()
+        old_bucket, old_key = self.split(old)
+        new_bucket, new_key = self.split(new)
+        if not old_key or not new_key:
+            raise err(errno.EXDEV, "buckets cannot be renamed, and files cannot live outside a bucket")
+        with self._namespace_lock:
+            attr = self.lookup(old)
+            try:
+                target = self.lookup(new)
+            except FileNotFoundError:
+                target = None
+            if target is not None:
+                if target.kind == DIR and attr.kind != DIR:
+                    raise err(errno.EISDIR, new)
+                if target.kind != DIR and attr.kind == DIR:
+                    raise err(errno.ENOTDIR, new)
+            self._ensure_marker(parent_of(old)[0])
+            if attr.kind == DIR:
+                self._rename_dir(old, new, target)
+            else:
+                self._rename_file(old, new, attr)
+
+    def _rename_file(self, old: str, new: str, attr: Attr) -> None:
+        old_bucket, old_key = self.split(old)
+        new_bucket, new_key = self.split(new)
+        with self._table_lock:
+            open_file = self._open.get(old)
+        if open_file is not None:
+            with open_file.lock:
+                if open_file.dirty and not open_file.unlinked:
+                    self._upload(open_file)
+        etag = self.client.copy(new_bucket, old_key, new_key, source_bucket=old_bucket)
+        self.client.delete(old_bucket, old_key)
+        with self._table_lock:
+            if open_file is not None and self._open.get(old) is open_file:
+                del self._open[old]
+                open_file.path, open_file.bucket, open_file.key = new, new_bucket, new_key
+                self._open[new] = open_file
+        self._forget(old)
+        self.first_bytes.invalidate(new)
+        moved = Attr(attr.kind, attr.size, attr.mtime, attr.mode, attr.uid, attr.gid, etag or attr.etag,
+                     from_listing=attr.from_listing, target=attr.target, meta=attr.meta)
+        self._remember(new, moved)
+
+    def _rename_dir(self, old: str, new: str, target: Attr | None) -> None:
+        old_bucket, old_key = self.split(old)
+        new_bucket, new_key = self.split(new)
+        old_prefix, new_prefix = old_key + "/", new_key + "/"
+        if new_prefix.startswith(old_prefix):
+            raise err(errno.EINVAL, f"cannot move {old} into itself")
+        if target is not None:
+            page = self.client.list_page(new_bucket, new_prefix, "/", max_keys=2)
+            if [o for o in page.objects if o.key != new_prefix] or page.prefixes:
+                raise err(errno.ENOTEMPTY, new)
+        with self._table_lock:
+            inside = [f for p, f in self._open.items() if p.startswith(old + "/")]
+        for open_file in inside:
+            with open_file.lock:
+                if open_file.dirty and not open_file.unlinked:
+                    self._upload(open_file)
+        moved = []
+        for page in self.client.iter_list(old_bucket, old_prefix, ""):
+            for info in page.objects:
+                suffix = info.key[len(old_prefix):]
+                self.client.copy(new_bucket, info.key, new_prefix + suffix, source_bucket=old_bucket)
+                moved.append(info.key)
+        if old_prefix not in moved:  # keep the directory itself, even if it was implicit
+            meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
+            self.client.put(new_bucket, new_prefix, b"", 0, meta, "application/x-directory")
+        for key in moved:
+            self.client.delete(old_bucket, key)
+        with self._table_lock:
+            for path in [p for p in self._open if p.startswith(old + "/")]:
+                open_file = self._open.pop(path)
+                open_file.path = new + path[len(old):]
+                open_file.bucket, open_file.key = self.split(open_file.path)
+                self._open[open_file.path] = open_file
+        self._forget(old, tree=True)
+        self.attrs.invalidate_tree(new)
+        self.dirs.invalidate_tree(new)
+        self.dirs.invalidate(parent_of(new)[0])
+
+    # Metadata -------------------------------------------------------------------
+
+    def _new_meta(self, mode: int, owner: tuple[int, int] | None) -> dict[str, str]:
+        meta = {"mode": f"{mode:o}", "mtime": format_time(time.time())}
+        if owner is not None:
+            uid, gid = owner
+            if uid != self.options.uid:
+                meta["uid"] = str(uid)
+            if gid != self.options.gid:
+                meta["gid"] = str(gid)
+        return meta
+
+    def _full_meta(self, path: str, attr: Attr) -> dict[str, str]:
+        """The object's stored metadata (a HEAD when only a listing described it)."""
+        if attr.meta is not None and not attr.from_listing:
+            return dict(attr.meta)
+        bucket, key = self.split(path)
+        if attr.kind == DIR:
+            if not attr.marker:
+                return {}
+            key += "/"
+        try:
+            return dict(self.client.head(bucket, key).metadata or {})
+        except FileNotFoundError:
+            return {}
+
+    def set_meta(self, path: str, changes: dict[str, str]) -> None:
+        """chmod, chown and utimens: change the stored metadata (a copy of the object onto itself)."""
+        self._check_writable()
+        bucket, key = self.split(path)
+        attr = self.lookup(path)
+        if not key:
+            return  # buckets and the root keep no metadata; accept quietly (rsync -a sets them)
+        with self._table_lock:
+            open_file = self._open.get(path)
+        if open_file is not None:
+            with open_file.lock:
+                open_file.meta.update(changes)
+                if "mtime" in changes:
+                    open_file.mtime = float(changes["mtime"])
+                if open_file.dirty or open_file.base is None:
+                    return  # stored with the coming upload
+        with self._namespace_lock:
+            meta = self._full_meta(path, attr)
+            if attr.kind == DIR and not meta.get("mode"):
+                meta["mode"] = f"{stat.S_IFDIR | (0o777 & ~self.options.umask):o}"
+            meta.update(changes)
+            if attr.kind == DIR:
+                if attr.marker:
+                    etag = self.client.copy(bucket, key + "/", key + "/", meta, "application/x-directory")
+                else:
+                    etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory")
+            else:
+                etag = self.client.copy(bucket, key, key, meta, content_type(key, attr.kind))
+            updated = Attr(attr.kind, attr.size, attr.mtime, etag=etag or attr.etag,
+                           marker=attr.marker or attr.kind == DIR, target=attr.target, meta=meta)
+            apply_meta(updated, meta)
+            updated.kind = attr.kind
+            if open_file is not None:
+                open_file.base = updated
+            self._remember(path, updated)
+
+    def chmod(self, path: str, mode: int) -> None:
+        attr = self.lookup(path)
+        kind_bits = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}.get(attr.kind, stat.S_IFREG)
+        self.set_meta(path, {"mode": f"{kind_bits | (mode & 0o7777):o}"})
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        changes = {}
+        if uid != -1:
+            changes["uid"] = str(uid)
+        if gid != -1:
+            changes["gid"] = str(gid)
+        if changes:
+            self.set_meta(path, changes)
+
+    def utimens(self, path: str, mtime_ns: int | None) -> None:
+        mtime = time.time() if mtime_ns is None else mtime_ns / 1e9
+        self.set_meta(path, {"mtime": format_time(mtime)})

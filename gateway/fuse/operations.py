@@ -1,0 +1,183 @@
+"""The mfusepy Operations class: a thin translator from FUSE calls to GatewayFS.
+
+Extended attributes are not implemented on purpose: libfuse then answers
+ENOSYS and the kernel stops asking, where ``ls -l`` would otherwise ask for
+ACLs and SELinux labels of every entry.
+
+Errors: an OSError with an errno (ENOENT, ENOTEMPTY, EACCES, EIO from the
+client, ...) is returned as that errno; anything else is a bug, logged with
+its traceback and reported as EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+
+import mfusepy as fuse
+from mfusepy import FuseOSError, Operations, overrides
+
+from .fs import STATS_PATH, GatewayFS
+
+log = logging.getLogger("gateway.fuse")
+
+
+def _translate(method):
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except FuseOSError:
+            raise
+        except OSError as exc:
+            if not exc.errno:
+                log.error("%s%r failed: %s", method.__name__, args, exc)
+                raise FuseOSError(errno.EIO) from exc
+            if exc.errno == errno.EIO:
+                log.error("%s%r: %s", method.__name__, args, exc)
+            raise FuseOSError(exc.errno) from exc
+        except Exception as exc:
+            log.exception("%s%r failed unexpectedly", method.__name__, args)
+            raise FuseOSError(errno.EIO) from exc
+
+    return wrapper
+
+
+def _caller() -> tuple[int, int]:
+    uid, gid, _pid = fuse.fuse_get_context()
+    return uid, gid
+
+
+class GatewayOperations(Operations):
+    use_ns = True  # utimens gets nanoseconds
+
+    def __init__(self, fs: GatewayFS):
+        self.fs = fs
+
+    @overrides(Operations)
+    @_translate
+    def getattr(self, path, fh=None):
+        return self.fs.to_stat(self.fs.lookup(path))
+
+    @overrides(Operations)
+    @_translate
+    def readdir(self, path, fh):
+        yield "."
+        yield ".."
+        for name, attr in self.fs.readdir(path):
+            yield name, {"st_mode": self.fs.to_stat(attr)["st_mode"]}, 0
+
+    @overrides(Operations)
+    @_translate
+    def readlink(self, path):
+        return self.fs.readlink(path)
+
+    @overrides(Operations)
+    @_translate
+    def mkdir(self, path, mode):
+        self.fs.mkdir(path, mode, _caller())
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def rmdir(self, path):
+        self.fs.rmdir(path)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def unlink(self, path):
+        self.fs.unlink(path)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def symlink(self, target, source):
+        # mfusepy passes (the new link's path, what it points to)
+        self.fs.symlink(target, source, _caller())
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def rename(self, old, new):
+        self.fs.rename(old, new)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def chmod(self, path, mode):
+        self.fs.chmod(path, mode)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def chown(self, path, uid, gid):
+        self.fs.chown(path, uid, gid)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def utimens(self, path, times=None):
+        self.fs.utimens(path, times[1] if times else None)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def truncate(self, path, length, fi=None):
+        self.fs.truncate(path, length, fi.fh if fi is not None else None)
+        return 0
+
+    # With raw_fi the binding passes the fuse_file_info: the file handle is fi.fh, and open/create
+    # may set per-file flags (direct_io for the stats file, whose size never changes but content does).
+
+    @overrides(Operations)
+    @_translate
+    def open(self, path, fi):
+        fi.fh = self.fs.open(path, fi.flags)
+        if path == STATS_PATH:
+            fi.direct_io = 1
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def create(self, path, mode, fi=None):
+        fi.fh = self.fs.create(path, mode, fi.flags, _caller())
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def read(self, path, size, offset, fi):
+        return self.fs.read(fi.fh, size, offset)
+
+    @overrides(Operations)
+    @_translate
+    def write(self, path, data, offset, fi):
+        return self.fs.write(fi.fh, data, offset)
+
+    @overrides(Operations)
+    @_translate
+    def flush(self, path, fi):
+        self.fs.flush(fi.fh)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def fsync(self, path, datasync, fi):
+        self.fs.fsync(fi.fh)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def release(self, path, fi):
+        self.fs.release(fi.fh)
+        return 0
+
+    @overrides(Operations)
+    @_translate
+    def statfs(self, path):
+        return self.fs.statfs()
+
+    @overrides(Operations)
+    def destroy(self, path):
+        self.fs.close()

@@ -1,0 +1,463 @@
+"""What a cluster node does with object requests, decided by its role in one place: :func:`node_backend`.
+
+The S3 handlers call ``service.backend_for(bucket)`` as on a stand-alone
+node; in a cluster that returns one of these wrappers, which implement the
+Backend contract by combining this node's storage with its peers':
+
+- primary:   local storage; new objects are placed on itself or a redundant
+             node (power of two choices); misses are relayed.
+- redundant: local storage; misses are relayed to the other storing nodes.
+- proxy:     no storage; every request goes to the storing nodes.
+
+Peers are asked on their /_cluster/v1 routes, which serve only their own
+storage and never relay again, so no request can loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import errors
+from ..backend import MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from ..cluster.listing import merge_pages
+from ..cluster.locations import NOWHERE
+from ..cluster.membership import Cluster
+from ..cluster.relay import PeerUnreachable
+from ..payload import Payload
+
+log = logging.getLogger("gateway.cluster")
+BUCKET_MEMORY = 5.0  # seconds a proxy trusts that a bucket exists before writing into it
+RETRY_AFTER = "5"  # seconds a client should wait when an object may be on an unreachable node
+
+
+def node_backend(role: str, local: Backend | None, cluster: Cluster) -> Backend:
+    """The Backend the S3 API uses on a node with ``role``."""
+    if role == "proxy":
+        return ProxyNode(cluster)
+    if local is None:
+        raise ValueError(f"a {role} node needs local storage")
+    if role == "primary":
+        return PrimaryNode(local, cluster)
+    return StoringNode(local, cluster)
+
+
+def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
+    error = errors.BackendUnavailable(
+        f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
+    error.headers["Retry-After"] = RETRY_AFTER
+    return error
+
+
+class _Miss(Exception):
+    """A peer answered that it does not have the object (``bucket`` says whether it has the bucket)."""
+
+    def __init__(self, bucket: bool):
+        self.bucket = bucket
+
+
+class ClusterNode(Backend):
+    """Relaying logic shared by the roles. ``local`` is None on a proxy."""
+
+    def __init__(self, local: Backend | None, cluster: Cluster):
+        super().__init__(local.name if local else "cluster")
+        self.local = local
+        self.cluster = cluster
+        self.client = cluster.client
+        self.locations = cluster.locations
+        self.capabilities = local.capabilities if local else Backend.capabilities
+        self.min_part_size = local.min_part_size if local else cluster.settings.min_part_size
+        self._background: set[asyncio.Task] = set()
+
+    # Asking peers ---------------------------------------------------------------
+
+    async def _ask(self, peer: str, call: Callable[[str, str], Awaitable[Any]]) -> Any:
+        """Run ``call(peer, address)``; NoSuchKey/NoSuchBucket become _Miss, an unreachable peer PeerUnreachable."""
+        address = self.cluster.peers().get(peer)
+        if address is None:
+            raise PeerUnreachable(peer, "left the cluster")
+        try:
+            return await call(peer, address)
+        except errors.NoSuchKey:
+            raise _Miss(bucket=True) from None
+        except errors.NoSuchBucket:
+            raise _Miss(bucket=False) from None
+        except (errors.ServiceUnavailable, errors.InternalError) as exc:
+            # The peer answered but its storage failed: it could not say whether it has the object.
+            raise PeerUnreachable(peer, exc.message) from None
+
+    async def _first_hit(self, peers: list[str], call, state: dict) -> tuple[str, Any] | None:
+        """Ask ``peers`` in parallel; return (peer, result) of the first that has it, without waiting for the rest.
+
+        ``state`` collects "unreachable" peers and whether any has the bucket.
+        """
+        if not peers:
+            return None
+        tasks = {asyncio.ensure_future(self._ask(p, call)): p for p in peers}
+        pending = set(tasks)
+        winner = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    peer = tasks[task]
+                    try:
+                        result = task.result()
+                    except _Miss as miss:
+                        state["bucket"] = state["bucket"] or miss.bucket
+                        continue
+                    except PeerUnreachable as exc:
+                        state["unreachable"].append(peer)
+                        log.info("relay: %s", exc)
+                        continue
+                    state["bucket"] = True
+                    winner = task
+                    return peer, result
+            return None
+        finally:
+            # Everything but the answer we use: slower peers, and a second hit that finished at the same time.
+            losers = {t for t in tasks if t is not winner}
+            if losers:
+                self._discard(losers)
+
+    def _discard(self, tasks: set[asyncio.Task]) -> None:
+        """Cancel slower answers we no longer need, closing any object they already opened."""
+        for task in tasks:
+            task.cancel()
+
+        async def reap():
+            for task in tasks:
+                try:
+                    result = await task
+                except BaseException:
+                    continue
+                if isinstance(result, ObjectReader):
+                    result.close()
+
+        reaper = asyncio.ensure_future(reap())
+        self._background.add(reaper)
+        reaper.add_done_callback(self._background.discard)
+
+    async def _find(self, bucket: str, key: str, call, bucket_seen: bool) -> Any:
+        """Find the object on a peer: the cached node first, then healthy peers, then limited ones.
+
+        Raise NoSuchKey only when every storing peer answered no, the 503
+        ``unreachable_error`` when some could not be asked.
+        """
+        peers = self.cluster.peers()
+        state: dict[str, Any] = {"unreachable": [], "bucket": bucket_seen}
+        cached = self.locations.get(bucket, key)
+        if cached == NOWHERE:
+            raise errors.NoSuchKey(Key=key)
+        asked: set[str] = set()
+        if cached in peers:
+            # The hot relay path: one known peer, asked directly (no tasks to schedule).
+            asked.add(cached)
+            try:
+                return await self._ask(cached, call)
+            except _Miss as miss:
+                state["bucket"] = state["bucket"] or miss.bucket
+            except PeerUnreachable as exc:
+                state["unreachable"].append(cached)
+                log.info("relay: %s", exc)
+            self.locations.forget(bucket, key)
+        healthy, limited = self.cluster.health.split(p for p in peers if p not in asked)
+        for group in (healthy, limited):
+            hit = await self._first_hit(group, call, state)
+            if hit is not None:
+                self.locations.found(bucket, key, hit[0])
+                return hit[1]
+        if state["unreachable"]:
+            raise unreachable_error(f"Object {key!r}", state["unreachable"])
+        if not state["bucket"]:
+            raise errors.NoSuchBucket(BucketName=bucket)
+        self.locations.missing(bucket, key)
+        raise errors.NoSuchKey(Key=key)
+
+    async def _everywhere(self, call, peers: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """Run ``call`` on every storing peer in parallel: ({peer: result or exception}, unreachable peers)."""
+        peers = self.cluster.peers() if peers is None else peers
+
+        async def one(peer: str, address: str):
+            try:
+                return await call(peer, address)
+            except (PeerUnreachable, errors.GatewayError) as exc:
+                return exc
+
+        results = await asyncio.gather(*(one(p, a) for p, a in peers.items()))
+        answers = dict(zip(peers, results))
+        unreachable = [p for p, r in answers.items() if isinstance(r, PeerUnreachable)
+                       or isinstance(r, errors.ServiceUnavailable)]
+        return answers, unreachable
+
+    # Objects -----------------------------------------------------------------------
+
+    async def _local_first(self, bucket: str, key: str, local_call):
+        """(result, None) on a local hit, else (None, whether the bucket exists here)."""
+        if self.local is None:
+            return None, False
+        try:
+            return await local_call(), None
+        except errors.NoSuchKey:
+            return None, True
+        except errors.NoSuchBucket:
+            return None, False
+
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        found, bucket_seen = await self._local_first(bucket, key, lambda: self.local.get(bucket, key, byte_range))
+        if found is not None:
+            return found
+        return await self._find(bucket, key, lambda p, a: self.client.get(p, a, bucket, key, byte_range),
+                                bucket_seen)
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        found, bucket_seen = await self._local_first(bucket, key, lambda: self.local.head(bucket, key))
+        if found is not None:
+            return found
+        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), bucket_seen)
+
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        self.locations.forget(bucket, key)
+        return await self.local.put(bucket, key, payload, meta)
+
+    async def _put_on_peer(self, peer: str, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        address = self.cluster.peers()[peer]
+        with self.cluster.balancer.track(peer):
+            info = await self.client.put(peer, address, bucket, key, payload, meta, ensure_bucket=True)
+        self.locations.found(bucket, key, peer)
+        return info
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete here and on every storing peer; 503 when the object may survive on an unreachable one."""
+        self.locations.forget(bucket, key)
+        existed = False
+        bucket_seen = False
+        if self.local is not None:
+            try:
+                existed = await self.local.exists(bucket, key)
+                bucket_seen = True
+                await self.local.delete(bucket, key)
+            except errors.NoSuchBucket:
+                pass
+        answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key))
+        existed = existed or any(r is True for r in answers.values())
+        bucket_seen = bucket_seen or any(not isinstance(r, (errors.NoSuchBucket, Exception)) for r in answers.values())
+        self.locations.forget(bucket, key)
+        if unreachable and not existed:
+            raise unreachable_error(f"Object {key!r}", unreachable)
+        if not bucket_seen and not unreachable:
+            raise errors.NoSuchBucket(BucketName=bucket)
+
+    async def list(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
+                   max_keys: int = 1000) -> ListPage:
+        """This node's listing merged with every storing peer's (a peer that cannot be reached is left out).
+
+        On shared storage every node lists the same tree: the local listing is the whole answer.
+        """
+        if self.local is not None and self.local.capabilities.shared:
+            return await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
+        pages = []
+        bucket_seen = False
+        if self.local is not None:
+            try:
+                pages.append(await self.local.list(bucket, prefix, delimiter, start_after, max_keys))
+                bucket_seen = True
+            except errors.NoSuchBucket:
+                pass
+        answers, unreachable = await self._everywhere(
+            lambda p, a: self.client.list(p, a, bucket, prefix, delimiter, start_after, max_keys))
+        for peer, result in answers.items():
+            if isinstance(result, ListPage):
+                pages.append(result)
+                bucket_seen = True
+        if unreachable:
+            log.warning("listing %s without unreachable nodes %s", bucket, ", ".join(unreachable))
+        if not bucket_seen:
+            if unreachable:
+                raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+            raise errors.NoSuchBucket(BucketName=bucket)
+        return merge_pages(pages, max_keys)
+
+    # Buckets: created and deleted on every storing node -------------------------------
+
+    async def create_bucket(self, bucket: str) -> None:
+        if self.local is not None:
+            await self.local.create_bucket(bucket)
+        answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "PUT", bucket))
+        if self.local is None:
+            if unreachable and len(unreachable) == len(answers):
+                raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+            if answers and all(isinstance(r, (errors.BucketAlreadyOwnedByYou, PeerUnreachable))
+                               for r in answers.values()):
+                raise errors.BucketAlreadyOwnedByYou(BucketName=bucket)
+        if unreachable:
+            log.warning("bucket %s not created on unreachable nodes %s (they create it on their first write)",
+                        bucket, ", ".join(unreachable))
+
+    async def delete_bucket(self, bucket: str) -> None:
+        page = await self.list(bucket, max_keys=1)
+        if page.objects or page.common_prefixes:
+            raise errors.BucketNotEmpty(BucketName=bucket)
+        deleted = False
+        if self.local is not None:
+            try:
+                await self.local.delete_bucket(bucket)
+                deleted = True
+            except errors.NoSuchBucket:
+                pass
+        answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "DELETE", bucket))
+        deleted = deleted or any(r is None for r in answers.values())
+        if not deleted:
+            if unreachable:
+                raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+            raise errors.NoSuchBucket(BucketName=bucket)
+
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        if self.local is not None:
+            try:
+                return await self.local.head_bucket(bucket)
+            except errors.NoSuchBucket:
+                pass
+        answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "HEAD", bucket))
+        if any(r is None for r in answers.values()):
+            return BucketInfo(bucket, 0.0)
+        if unreachable and len(unreachable) == len(answers):
+            raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+        raise errors.NoSuchBucket(BucketName=bucket)
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        if self.local is not None:
+            return await self.local.list_buckets()
+        for peer in self.cluster.health.order(self.cluster.peers()):
+            try:
+                return await self.client.list_buckets(peer, self.cluster.peers()[peer])
+            except (PeerUnreachable, errors.ServiceUnavailable):
+                continue
+        raise unreachable_error("The bucket list", list(self.cluster.peers()))
+
+    async def check_writable(self) -> None:
+        if self.local is not None:
+            await self.local.check_writable()
+        elif not self.cluster.peers():
+            raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
+
+    async def start(self) -> None:
+        """The wrapped backend is started by the service (a proxy starts none)."""
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+
+
+class StoringNode(ClusterNode):
+    """A redundant node: its own storage first, peers on a miss. Multipart uploads stay on this node."""
+
+    async def create_multipart(self, bucket, key, meta, checksum_algorithm=None):
+        await self._ensure_local_bucket(bucket)
+        return await self.local.create_multipart(bucket, key, meta, checksum_algorithm)
+
+    async def _ensure_local_bucket(self, bucket: str) -> None:
+        """Create a bucket here that exists on a peer (made while this node was down)."""
+        try:
+            await self.local.head_bucket(bucket)
+        except errors.NoSuchBucket:
+            await self.head_bucket(bucket)  # raises NoSuchBucket when no node has it
+            try:
+                await self.local.create_bucket(bucket)
+            except errors.BucketAlreadyOwnedByYou:
+                pass
+
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        await self._ensure_local_bucket(bucket)
+        return await super().put(bucket, key, payload, meta)
+
+    async def get_upload(self, bucket, upload_id, key=None):
+        return await self.local.get_upload(bucket, upload_id, key)
+
+    async def upload_part(self, bucket, key, upload_id, part_number, payload):
+        return await self.local.upload_part(bucket, key, upload_id, part_number, payload)
+
+    async def list_parts(self, bucket, key, upload_id):
+        return await self.local.list_parts(bucket, key, upload_id)
+
+    async def list_uploads(self, bucket, prefix=""):
+        return await self.local.list_uploads(bucket, prefix)
+
+    async def abort_multipart(self, bucket, key, upload_id):
+        return await self.local.abort_multipart(bucket, key, upload_id)
+
+    async def complete_multipart(self, bucket, key, upload_id, parts):
+        self.locations.forget(bucket, key)
+        return await self.local.complete_multipart(bucket, key, upload_id, parts)
+
+
+class PrimaryNode(StoringNode):
+    """The primary: places new objects on itself or a redundant node, whichever is less busy."""
+
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        target = await self._placement(bucket, key)
+        if target != self.cluster.node_id:
+            try:
+                return await self._put_on_peer(target, bucket, key, payload, meta)
+            except PeerUnreachable as exc:
+                if payload.size:  # part of the body went to the peer: it cannot be sent again
+                    raise unreachable_error(f"Object {key!r}", [exc.peer]) from None
+                log.info("placement on %s failed (%s); storing here", target, exc.reason)
+        with self.cluster.balancer.track(self.cluster.node_id):
+            return await super().put(bucket, key, payload, meta)
+
+    async def _placement(self, bucket: str, key: str) -> str:
+        """Where a PUT goes: where the key already is (so an overwrite replaces it), else the less busy node."""
+        me = self.cluster.node_id
+        if bucket.startswith("."):
+            return me
+        cached = self.locations.get(bucket, key)
+        redundants = self.cluster.redundant_peers()
+        if cached and cached in redundants:
+            return cached
+        try:
+            if await self.local.exists(bucket, key):
+                return me
+        except errors.NoSuchBucket:
+            return me  # let the local put raise NoSuchBucket (or create it from a peer)
+        candidates = [me] + [p for p in redundants if not self.cluster.health.limited(p)]
+        return self.cluster.balancer.choose(candidates)
+
+
+class ProxyNode(ClusterNode):
+    """Stores nothing: reads find the object on the storing nodes, writes go to the least busy one."""
+
+    def __init__(self, cluster: Cluster):
+        super().__init__(None, cluster)
+        self._buckets_seen: dict[str, float] = {}
+
+    async def _known_bucket(self, bucket: str) -> None:
+        """Raise NoSuchBucket unless some storing node has the bucket (remembered a few seconds)."""
+        now = time.monotonic()
+        if self._buckets_seen.get(bucket, 0.0) > now:
+            return
+        await self.head_bucket(bucket)
+        self._buckets_seen[bucket] = now + BUCKET_MEMORY
+        if len(self._buckets_seen) > 10_000:
+            self._buckets_seen.clear()
+
+    async def delete_bucket(self, bucket: str) -> None:
+        self._buckets_seen.pop(bucket, None)
+        await super().delete_bucket(bucket)
+
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        self.locations.forget(bucket, key)
+        await self._known_bucket(bucket)
+        healthy, limited = self.cluster.health.split(self.cluster.peers())
+        if not healthy and not limited:
+            raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
+        order = healthy or limited
+        # Multipart parts of one upload must land together: keep the internal bucket on the first storing node.
+        target = order[0] if bucket == MULTIPART_BUCKET else self.cluster.balancer.choose(order)
+        try:
+            return await self._put_on_peer(target, bucket, key, payload, meta)
+        except PeerUnreachable as exc:
+            raise unreachable_error(f"Object {key!r}", [exc.peer]) from None

@@ -1,0 +1,433 @@
+"""The conformance suite every backend passes: subclass it in a test module.
+
+    import pytest
+    from gateway.testing.conformance import BackendConformance
+    from gateway_plugins.memory import MemoryBackend
+
+    class TestMemoryBackend(BackendConformance):
+        @pytest.fixture
+        async def backend(self):
+            backend = MemoryBackend()
+            await backend.start()
+            yield backend
+            await backend.close()
+
+Tests are ``async`` and run on asyncio through anyio's pytest plugin (anyio is
+a dependency of the gateway already, so there is nothing to install); the
+``backend`` fixture may be ``async`` too. Backends whose storage outlives an
+instance also override the ``reopen`` fixture, which turns on the tests that
+open a second instance on the same storage (restart, two gateways sharing it).
+
+What a backend cannot do is declared in its ``capabilities``
+(:class:`gateway.backend.Capabilities`); the tests that need a power the
+backend does not claim are skipped with the capability's name as reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import tracemalloc
+
+import anyio
+import pytest
+
+from gateway import errors
+from gateway.backend import DEFAULT_CONTENT_TYPE, Backend, ByteRange, ObjectMeta
+from gateway.checksums import checksum_b64
+from gateway.payload import Payload
+
+from .backend_io import (
+    StreamBroke, as_async, breaking_stream, chunked, get_bytes, list_all, md5_hex, pseudo_random_chunks, put_bytes,
+)
+from .conformance_keys import KeyAndListingTests
+from .conformance_multipart import MultipartTests
+
+MiB = 1024 * 1024
+LARGE_SIZE = 20 * MiB
+# A streamed read of LARGE_SIZE must never hold more than this at once.
+READ_MEMORY_BOUND = 8 * MiB
+
+META = ObjectMeta(
+    content_type="image/jpeg",
+    metadata={"camera": "cam-07", "event-id": "42", "note": "spaces and ünïcode"},
+    headers={
+        "cache-control": "max-age=3600", "content-disposition": 'attachment; filename="face 1.jpg"',
+        "content-encoding": "identity", "content-language": "en-US", "expires": "Thu, 01 Dec 2044 16:00:00 GMT",
+    },
+)
+
+
+def assert_same_meta(actual: ObjectMeta, expected: ObjectMeta) -> None:
+    assert actual.content_type == expected.content_type
+    assert dict(actual.metadata) == dict(expected.metadata)
+    assert dict(actual.headers) == dict(expected.headers)
+
+
+class BackendConformance(KeyAndListingTests, MultipartTests):
+    """Subclass and provide the ``backend`` fixture (a started Backend); see the module docstring."""
+
+    pytestmark = pytest.mark.anyio
+
+    # Fixtures ---------------------------------------------------------------
+
+    @pytest.fixture
+    def anyio_backend(self):
+        return "asyncio"  # the gateway runs on asyncio (uvloop); backends may use asyncio directly
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError(
+            "subclass BackendConformance and provide a `backend` fixture yielding a started backend"
+        )
+
+    @pytest.fixture
+    def reopen(self):
+        """Override to return ``async () -> Backend``: a new started instance on the same storage as ``backend``.
+
+        None (the default) means the storage does not outlive an instance; the tests that need it are skipped.
+        """
+        return None
+
+    @pytest.fixture
+    async def bucket(self, backend) -> str:
+        await backend.create_bucket("conformance")
+        return "conformance"
+
+    def require(self, backend: Backend, capability: str) -> None:
+        if not getattr(backend.capabilities, capability):
+            pytest.skip(f"backend declares {capability}=False")
+
+    # Buckets ----------------------------------------------------------------
+
+    async def test_bucket_life_cycle(self, backend):
+        await backend.create_bucket("life-cycle")
+        info = await backend.head_bucket("life-cycle")
+        assert info.name == "life-cycle"
+        assert abs(info.created - time.time()) < 3600, "bucket creation time is not a current epoch time"
+        assert "life-cycle" in [b.name for b in await backend.list_buckets()]
+        await backend.delete_bucket("life-cycle")
+        with pytest.raises(errors.NoSuchBucket):
+            await backend.head_bucket("life-cycle")
+        assert "life-cycle" not in [b.name for b in await backend.list_buckets()]
+
+    async def test_list_buckets_is_sorted(self, backend):
+        for name in ("zeta", "alpha", "mid-1", "mid.2"):
+            await backend.create_bucket(name)
+        names = [b.name for b in await backend.list_buckets() if not b.name.startswith(".")]
+        assert names == sorted(names)
+        assert {"zeta", "alpha", "mid-1", "mid.2"} <= set(names)
+
+    async def test_create_existing_bucket(self, backend, bucket):
+        with pytest.raises(errors.BucketAlreadyOwnedByYou):
+            await backend.create_bucket(bucket)
+
+    async def test_delete_non_empty_bucket(self, backend, bucket):
+        await put_bytes(backend, bucket, "deep/inside/object", b"x")
+        with pytest.raises(errors.BucketNotEmpty):
+            await backend.delete_bucket(bucket)
+        assert await get_bytes(backend, bucket, "deep/inside/object") == b"x"
+        await backend.delete(bucket, "deep/inside/object")
+        await backend.delete_bucket(bucket)
+        with pytest.raises(errors.NoSuchBucket):
+            await backend.head_bucket(bucket)
+
+    async def test_missing_bucket_everywhere(self, backend, bucket):
+        await put_bytes(backend, bucket, "source", b"data")
+        calls = {
+            "head_bucket": lambda: backend.head_bucket("missing"),
+            "delete_bucket": lambda: backend.delete_bucket("missing"),
+            "get": lambda: backend.get("missing", "k"),
+            "head": lambda: backend.head("missing", "k"),
+            "put": lambda: backend.put("missing", "k", Payload.from_bytes(b"x"), ObjectMeta()),
+            "delete": lambda: backend.delete("missing", "k"),
+            "list": lambda: backend.list("missing"),
+            "exists": lambda: backend.exists("missing", "k"),
+            "copy from": lambda: backend.copy("missing", "k", bucket, "dst"),
+            "copy to": lambda: backend.copy(bucket, "source", "missing", "dst"),
+            "create_multipart": lambda: backend.create_multipart("missing", "k", ObjectMeta()),
+            "list_uploads": lambda: backend.list_uploads("missing"),
+        }
+        for name, call in calls.items():
+            try:
+                await call()
+            except errors.NoSuchBucket:
+                continue
+            except Exception as exc:
+                pytest.fail(f"{name} on a missing bucket raised {exc!r}, not NoSuchBucket")
+            pytest.fail(f"{name} on a missing bucket did not raise NoSuchBucket")
+
+    # Objects ----------------------------------------------------------------
+
+    async def test_put_get_head_delete(self, backend, bucket):
+        data = b"face image bytes" * 1000
+        before = time.time()
+        info = await put_bytes(backend, bucket, "cam1/0001.jpg", data, META)
+        assert (info.key, info.size, info.etag) == ("cam1/0001.jpg", len(data), md5_hex(data))
+        assert before - 2 <= info.last_modified <= time.time() + 2, "last_modified is not the time of the write"
+        head = await backend.head(bucket, "cam1/0001.jpg")
+        assert (head.key, head.size, head.etag) == (info.key, info.size, info.etag)
+        assert abs(head.last_modified - info.last_modified) < 2
+        assert_same_meta(head.meta, META)
+        reader = await backend.get(bucket, "cam1/0001.jpg")
+        async with reader:
+            assert (reader.start, reader.stop, reader.info.etag) == (0, len(data), info.etag)
+            assert await reader.read_all() == data
+        assert await backend.exists(bucket, "cam1/0001.jpg")
+        await backend.delete(bucket, "cam1/0001.jpg")
+        assert not await backend.exists(bucket, "cam1/0001.jpg")
+        with pytest.raises(errors.NoSuchKey):
+            await backend.head(bucket, "cam1/0001.jpg")
+        with pytest.raises(errors.NoSuchKey):
+            await backend.get(bucket, "cam1/0001.jpg")
+        await backend.delete(bucket, "cam1/0001.jpg")  # deleting a missing key is not an error
+        assert await list_all(backend, bucket) == ([], [])
+
+    async def test_missing_key(self, backend, bucket):
+        await put_bytes(backend, bucket, "a/b", b"x")
+        for key in ("nothing", "a", "a/", "a/b/c", "A/b"):
+            with pytest.raises(errors.NoSuchKey):
+                await backend.head(bucket, key)
+            with pytest.raises(errors.NoSuchKey):
+                await backend.get(bucket, key)
+
+    async def test_metadata_headers_and_checksums_survive(self, backend, bucket):
+        data = b"\x00\x01binary\xff" * 500
+        declared = {alg: checksum_b64(alg, data) for alg in ("CRC32", "CRC32C", "SHA256")}
+        info = await put_bytes(backend, bucket, "meta", data, META, expected_checksums=dict(declared),
+                               checksum_algorithms=("SHA1",))
+        expected = {**declared, "SHA1": checksum_b64("SHA1", data)}
+        assert dict(info.checksums) == expected
+        for described in (await backend.head(bucket, "meta"), (await backend.get(bucket, "meta")).info):
+            assert_same_meta(described.meta, META)
+            assert dict(described.checksums) == expected
+            assert described.etag == md5_hex(data)
+        page = await backend.list(bucket)
+        assert [(o.key, o.size, o.etag) for o in page.objects] == [("meta", len(data), md5_hex(data))]
+
+    async def test_default_meta(self, backend, bucket):
+        await put_bytes(backend, bucket, "plain", b"x")
+        head = await backend.head(bucket, "plain")
+        assert head.content_type == DEFAULT_CONTENT_TYPE
+        assert dict(head.metadata) == {} and dict(head.meta.headers) == {} and dict(head.checksums) == {}
+
+    @pytest.mark.parametrize("size", [0, 1, 64 * 1024, MiB - 1, MiB, MiB + 1, 3 * MiB + 17])
+    async def test_etag_is_md5_of_the_bytes(self, backend, bucket, size):
+        data = b"".join(pseudo_random_chunks(size, MiB, seed=size))
+        info = await put_bytes(backend, bucket, f"size-{size}", data)
+        assert info.etag == hashlib.md5(data).hexdigest() and info.size == size
+        assert (await backend.head(bucket, f"size-{size}")).etag == info.etag
+        assert await get_bytes(backend, bucket, f"size-{size}") == data
+
+    async def test_overwrite_replaces_data_and_meta(self, backend, bucket):
+        await put_bytes(backend, bucket, "k", b"first version, longer" * 100, META)
+        second = ObjectMeta("text/plain", {"only": "this"}, {})
+        info = await put_bytes(backend, bucket, "k", b"second", second)
+        assert await get_bytes(backend, bucket, "k") == b"second"
+        head = await backend.head(bucket, "k")
+        assert (head.size, head.etag) == (6, info.etag)
+        assert_same_meta(head.meta, second)  # replaced, not merged
+        assert (await list_all(backend, bucket))[0] == ["k"]
+
+    async def test_bad_body_stores_nothing(self, backend, bucket):
+        data = b"y" * (2 * MiB)
+        wrong_md5 = "1B2M2Y8AsgTpgAmY7PhCfg=="  # the MD5 of b""
+        with pytest.raises(errors.BadDigest):
+            await put_bytes(backend, bucket, "new", data, content_md5=wrong_md5)
+        with pytest.raises(errors.BadDigest):
+            await put_bytes(backend, bucket, "new", data, expected_checksums={"CRC32": checksum_b64("CRC32", b"x")})
+        with pytest.raises(errors.IncompleteBody):
+            await backend.put(bucket, "new", Payload(chunked(data), expected_size=len(data) + 1), ObjectMeta())
+        with pytest.raises(errors.IncompleteBody):
+            await backend.put(bucket, "new", Payload(chunked(data), expected_size=len(data) - 1), ObjectMeta())
+        with pytest.raises(StreamBroke):
+            await backend.put(bucket, "new", Payload(breaking_stream(data, MiB + 1)), ObjectMeta())
+        assert not await backend.exists(bucket, "new")
+        assert await list_all(backend, bucket) == ([], [])
+
+    @pytest.mark.parametrize("old_size", [10, 2 * MiB])
+    @pytest.mark.parametrize("failure", ["bad md5", "broken stream"])
+    async def test_failed_overwrite_keeps_old_version(self, backend, bucket, failure, old_size):
+        old = b"o" * old_size
+        old_info = await put_bytes(backend, bucket, "keep", old, META)
+        new = b"n" * (3 * MiB)
+        if failure == "bad md5":
+            payload = Payload(chunked(new), expected_size=len(new), content_md5="1B2M2Y8AsgTpgAmY7PhCfg==")
+        else:
+            payload = Payload(breaking_stream(new, 2 * MiB))
+        with pytest.raises((errors.BadDigest, StreamBroke)):
+            await backend.put(bucket, "keep", payload, ObjectMeta("text/plain"))
+        head = await backend.head(bucket, "keep")
+        assert (head.size, head.etag) == (old_info.size, old_info.etag)
+        assert_same_meta(head.meta, META)
+        assert await get_bytes(backend, bucket, "keep") == old
+
+    async def test_readers_see_old_version_until_put_completes(self, backend, bucket):
+        self.require(backend, "atomic_put")
+        await put_bytes(backend, bucket, "atomic", b"old")
+        halfway = anyio.Event()
+        go_on = anyio.Event()
+
+        async def slow_body():
+            yield b"new" * MiB  # 3 MiB, past any small-object buffer
+            halfway.set()
+            await go_on.wait()
+            yield b"end"
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(backend.put, bucket, "atomic", Payload(slow_body()), ObjectMeta())
+            with anyio.fail_after(30):
+                await halfway.wait()
+            await anyio.sleep(0.01)  # let the backend write what it has
+            assert await get_bytes(backend, bucket, "atomic") == b"old", "a reader saw a partial object"
+            assert (await backend.head(bucket, "atomic")).size == 3
+            go_on.set()
+        assert await get_bytes(backend, bucket, "atomic") == b"new" * MiB + b"end"
+
+    # Byte ranges --------------------------------------------------------------
+
+    @pytest.mark.parametrize("size", [1000, 3 * MiB + 5])
+    async def test_byte_ranges(self, backend, bucket, size):
+        data = b"".join(pseudo_random_chunks(size, MiB, seed=7))
+        await put_bytes(backend, bucket, "ranged", data)
+        cases = {
+            (0, 0): (0, 1), (10, 19): (10, 20), (size - 1, size - 1): (size - 1, size),
+            (5, size + 100): (5, size), (size - 10, None): (size - 10, size), (0, None): (0, size),
+            (None, 10): (size - 10, size), (None, size + 100): (0, size), (None, 1): (size - 1, size),
+        }
+        if size > MiB:  # spans crossing a backend's read-chunk boundaries
+            cases[(MiB - 3, 2 * MiB + 3)] = (MiB - 3, 2 * MiB + 4)
+        for (first, last), (start, stop) in cases.items():
+            reader = await backend.get(bucket, "ranged", ByteRange(first, last))
+            async with reader:
+                assert (reader.start, reader.stop) == (start, stop), f"range {first}-{last}"
+                assert reader.info.size == size
+                assert await reader.read_all() == data[start:stop], f"range {first}-{last}"
+        for first, last in ((size, None), (size, size + 5), (size + 1000, None), (None, 0)):
+            with pytest.raises(errors.InvalidRange):
+                await backend.get(bucket, "ranged", ByteRange(first, last))
+
+    async def test_zero_size_object(self, backend, bucket):
+        info = await put_bytes(backend, bucket, "empty", b"", ObjectMeta("text/plain"))
+        assert (info.size, info.etag) == (0, md5_hex(b""))
+        assert await get_bytes(backend, bucket, "empty") == b""
+        assert (await backend.head(bucket, "empty")).content_type == "text/plain"
+        for first, last in ((0, None), (0, 0), (None, 5)):
+            with pytest.raises(errors.InvalidRange):
+                await backend.get(bucket, "empty", ByteRange(first, last))
+        assert (await list_all(backend, bucket))[0] == ["empty"]
+
+    # Copy -------------------------------------------------------------------
+
+    async def test_copy_keeps_meta(self, backend, bucket):
+        data = b"copied" * 1000
+        await put_bytes(backend, bucket, "src", data, META, checksum_algorithms=("CRC32",))
+        info = await backend.copy(bucket, "src", bucket, "dir/dst")
+        assert (info.size, info.etag) == (len(data), md5_hex(data))
+        head = await backend.head(bucket, "dir/dst")
+        assert_same_meta(head.meta, META)
+        assert head.checksums.get("CRC32") == checksum_b64("CRC32", data)
+        assert await get_bytes(backend, bucket, "dir/dst") == data
+        assert await get_bytes(backend, bucket, "src") == data
+
+    async def test_copy_with_new_meta_and_across_buckets(self, backend, bucket):
+        await backend.create_bucket("other")
+        await put_bytes(backend, bucket, "src", b"bytes", META)
+        new_meta = ObjectMeta("text/csv", {"replaced": "yes"}, {"cache-control": "no-cache"})
+        await backend.copy(bucket, "src", "other", "dst", new_meta)
+        assert_same_meta((await backend.head("other", "dst")).meta, new_meta)
+        assert await get_bytes(backend, "other", "dst") == b"bytes"
+        # Onto itself with new metadata: the way S3 clients change an object's metadata.
+        await backend.copy(bucket, "src", bucket, "src", new_meta)
+        assert_same_meta((await backend.head(bucket, "src")).meta, new_meta)
+        assert await get_bytes(backend, bucket, "src") == b"bytes"
+
+    async def test_copy_missing_source(self, backend, bucket):
+        with pytest.raises(errors.NoSuchKey):
+            await backend.copy(bucket, "nothing", bucket, "dst")
+        assert not await backend.exists(bucket, "dst")
+
+    # Large objects ------------------------------------------------------------
+
+    async def test_large_object_streams_in_bounded_memory(self, backend, bucket):
+        md5 = hashlib.md5()
+
+        async def body():
+            for chunk in pseudo_random_chunks(LARGE_SIZE, 256 * 1024, seed=20):
+                md5.update(chunk)
+                yield chunk
+
+        info = await backend.put(bucket, "large", Payload(body(), expected_size=LARGE_SIZE), ObjectMeta())
+        assert (info.size, info.etag) == (LARGE_SIZE, md5.hexdigest())
+        read_md5, size = hashlib.md5(), 0
+        tracemalloc.start()
+        try:
+            reader = await backend.get(bucket, "large")
+            async with reader:
+                async for chunk in reader.chunks():
+                    read_md5.update(chunk)
+                    size += len(chunk)
+                    del chunk
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert (size, read_md5.hexdigest()) == (LARGE_SIZE, info.etag)
+        assert peak < READ_MEMORY_BOUND, f"reading a {LARGE_SIZE} byte object held {peak} bytes at once"
+        tail = b"".join(pseudo_random_chunks(LARGE_SIZE, 256 * 1024, seed=20))[-1000:]
+        assert await get_bytes(backend, bucket, "large", ByteRange(None, 1000)) == tail
+
+    async def test_range_read_skips_the_prefix(self, backend, bucket):
+        self.require(backend, "range_reads")
+        size = LARGE_SIZE // 2
+        body = Payload(as_async(pseudo_random_chunks(size, MiB, seed=21)), expected_size=size)
+        await backend.put(bucket, "ranged-large", body, ObjectMeta())
+        tracemalloc.start()
+        try:
+            data = await get_bytes(backend, bucket, "ranged-large", ByteRange(size - MiB - 10, size - MiB + 9))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        expected = b"".join(pseudo_random_chunks(size, MiB, seed=21))[size - MiB - 10: size - MiB + 10]
+        assert data == expected
+        assert peak < 4 * MiB, f"a 20-byte range of a {size} byte object held {peak} bytes at once"
+
+    # Several instances on the same storage (backends that persist) -------------
+
+    async def test_metadata_survives_restart(self, backend, bucket, reopen):
+        if reopen is None:
+            pytest.skip("the backend's storage does not outlive an instance (no `reopen` fixture)")
+        data = b"persistent" * 100
+        info = await put_bytes(backend, bucket, "dir/persisted", data, META, checksum_algorithms=("CRC32C",))
+        await backend.close()
+        again = await reopen()
+        try:
+            head = await again.head(bucket, "dir/persisted")
+            assert (head.key, head.size, head.etag) == (info.key, info.size, info.etag)
+            assert abs(head.last_modified - info.last_modified) < 1
+            assert_same_meta(head.meta, META)
+            assert dict(head.checksums) == dict(info.checksums)
+            assert await get_bytes(again, bucket, "dir/persisted") == data
+            assert bucket in [b.name for b in await again.list_buckets()]
+        finally:
+            await again.close()
+
+    async def test_second_instance_sees_every_change(self, backend, bucket, reopen):
+        if reopen is None:
+            pytest.skip("the backend's storage does not outlive an instance (no `reopen` fixture)")
+        second = await reopen()
+        try:
+            await put_bytes(backend, bucket, "from-first/a", b"1", META)
+            assert await get_bytes(second, bucket, "from-first/a") == b"1"
+            assert_same_meta((await second.head(bucket, "from-first/a")).meta, META)
+            await put_bytes(second, bucket, "from-second", b"2")
+            await put_bytes(second, bucket, "from-first/a", b"overwritten")
+            assert await get_bytes(backend, bucket, "from-first/a") == b"overwritten"
+            assert (await list_all(backend, bucket))[0] == ["from-first/a", "from-second"]
+            await second.delete(bucket, "from-first/a")
+            assert not await backend.exists(bucket, "from-first/a")
+            upload = await backend.create_multipart(bucket, "mp", META)
+            part = await second.upload_part(bucket, "mp", upload.upload_id, 1, Payload.from_bytes(b"part"))
+            info = await backend.complete_multipart(bucket, "mp", upload.upload_id, [(1, part.etag)])
+            assert await get_bytes(second, bucket, "mp") == b"part" and info.etag.endswith("-1")
+        finally:
+            await second.close()

@@ -1,0 +1,465 @@
+"""The shared-filesystem backend: the local layout on NFS, EFS or SMB mounted at cv-storage.
+
+Several gateways, on several servers, use one directory at once. It is the
+local backend (same files, same layout, see fslayout.py) plus what sharing
+needs; docs/shared-storage.md explains the consistency model and the mounts.
+
+What makes concurrent gateways safe:
+
+- Data and metadata are one file, written under ``.gateway/tmp/<host_id>/``
+  as ``<pid>-<n>-<random>`` (unique per host and process, created with
+  O_EXCL) and published with one rename. Two servers writing the same key
+  both rename; the server applies renames one at a time, so the last one
+  wins and a reader sees one writer's whole file, never a mix.
+- Nothing is cached in the process: every GET, HEAD and LIST goes to the
+  filesystem, so a DELETE or PUT on another server is seen as soon as the
+  kernel's own client cache lets it through (see the doc: NFS close-to-open,
+  ``lookupcache``, ``actimeo``).
+- Start-up cleanup removes only this host's temp files, only those of
+  processes that are gone, and only when they have not been written for
+  ``stale_temp_seconds``: a second machine wrongly sharing our host id
+  keeps its in-flight uploads.
+- Directory races between servers (one prunes an empty directory while
+  another publishes into it) are retried; an SMB "file is open" refusal on
+  rename or unlink (a GET on another server still holds the old version) is
+  retried for ``busy_retry_seconds`` without blocking the event loop.
+- A failing mount (stale handle, timeout, FUSE endpoint gone) is a 503 with
+  an S3 error, not a 500.
+
+Options (``[backends.NAME]``, with ``type = "sharedfs"``): those of the local
+backend (``root``, ``fsync``, ``fsync_dirs``) and ``host_id`` (default: the
+host name), ``require_mount`` (root must be a mount point; default false),
+``stale_temp_seconds`` (default 600), ``busy_retry_seconds`` (default 5),
+``name_encoding`` (``"native"``, or ``"smbnetfs"`` for a share mounted
+through smbnetfs; see SmbnetfsNames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+import functools
+import json
+import logging
+import os
+import time
+import urllib.parse
+
+from gateway import errors
+from gateway.backend import BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from gateway.hookspecs import hookimpl
+from gateway.payload import Payload
+
+from . import fslayout
+from .fslayout import NAME_FILE
+from .local import LocalBackend, _temp_owner_alive, _unlink_quietly
+
+log = logging.getLogger(__name__)
+
+# How long to sleep between busy retries, growing to this cap.
+BUSY_RETRY_FIRST = 0.02
+BUSY_RETRY_CAP = 0.5
+DIRECTORY_RACE_RETRIES = 10
+# A publish that found the target busy, waiting for put() to retry it (see _publish).
+_deferred_publish: contextvars.ContextVar[list | None] = contextvars.ContextVar("deferred_publish", default=None)
+
+
+class NativeNames:
+    """Names on the mount are the layout's names (NFS, EFS, kernel cifs, a local directory)."""
+
+    native = True
+
+    @staticmethod
+    def encode(name: str) -> str:
+        return name
+
+    @staticmethod
+    def decode(name: str) -> str:
+        return name
+
+
+# Characters an SMB server refuses in names, mapped into Unicode's private use
+# area exactly as the Linux cifs client does with its default ``mapposix``
+# option (the "SFM" mapping), so a file written through smbnetfs has the same
+# name on the server as one written through a kernel cifs mount.
+_SFM = {'"': "\uf020", "*": "\uf021", ":": "\uf022", "<": "\uf023", ">": "\uf024", "?": "\uf025",
+        "\\": "\uf026", "|": "\uf027"}
+_SFM.update({chr(c): chr(0xF000 + c) for c in range(1, 32)})
+_SFM_TRAILING = {" ": "\uf028", ".": "\uf029"}  # Windows drops a trailing space or period
+_SFM_BACK = {v: k for k, v in {**_SFM, **_SFM_TRAILING}.items()}
+
+
+class SmbnetfsNames:
+    """Names through an smbnetfs mount (FUSE over libsmbclient).
+
+    smbnetfs turns each path into an ``smb://`` URL without escaping it, so
+    libsmbclient percent-decodes it: the layout's ``%obj`` and ``%25`` would
+    be mangled and ``?`` starts a query. Its directory listings come back
+    percent-encoded. So: map what SMB refuses (SFM, see above), then escape
+    ``%``; decode listings with unquote, then undo SFM.
+    """
+
+    native = False
+
+    @staticmethod
+    def encode(name: str) -> str:
+        mapped = "".join(_SFM.get(c, c) for c in name)
+        if mapped and mapped[-1] in _SFM_TRAILING:
+            mapped = mapped[:-1] + _SFM_TRAILING[mapped[-1]]
+        return mapped.replace("%", "%25")
+
+    @staticmethod
+    def decode(name: str) -> str:
+        return "".join(_SFM_BACK.get(c, c) for c in urllib.parse.unquote(name))
+
+
+NAME_CODECS: dict[str, type] = {"native": NativeNames, "smbnetfs": SmbnetfsNames}
+
+
+def _storage_errors(method):
+    """Turn an OSError from the mount into a 503 naming the backend (a bug would still show as 500)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except ConnectionError:
+            raise  # the client's socket, not the storage
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+
+    return wrapper
+
+
+class SharedFSBackend(LocalBackend):
+    """The local backend made safe for several gateways on one shared directory."""
+
+    capabilities = Capabilities(range_reads=True, atomic_put=True, shared=True, listing="walk")
+
+    def __init__(self, name: str = "sharedfs", root: str = "./cv-storage", fsync: bool = True,
+                 fsync_dirs: bool = False, host_id: str | None = None, require_mount: bool = False,
+                 stale_temp_seconds: float = 600.0, busy_retry_seconds: float = 5.0,
+                 name_encoding: str = "native", **options):
+        super().__init__(name, root=root, fsync=fsync, fsync_dirs=fsync_dirs, **options)
+        if host_id is not None:
+            if not host_id or "/" in host_id or "\\" in host_id or "\x00" in host_id or host_id in (".", ".."):
+                raise ValueError(f"backends.{name}.host_id: {host_id!r} is not usable as a directory name")
+            self.host = host_id
+        if name_encoding not in NAME_CODECS:
+            raise ValueError(f"backends.{name}.name_encoding: {name_encoding!r} is not one of "
+                             f"{', '.join(sorted(NAME_CODECS))}")
+        if stale_temp_seconds < 0 or busy_retry_seconds < 0:
+            raise ValueError(f"backends.{name}: stale_temp_seconds and busy_retry_seconds must not be negative")
+        self.codec = NAME_CODECS[name_encoding]
+        self.tmp_dir = os.path.join(self.root, ".gateway", "tmp", self.codec.encode(self.host))
+        self.require_mount = require_mount
+        self.stale_temp_seconds = stale_temp_seconds
+        self.busy_retry_seconds = busy_retry_seconds
+
+    def _unavailable(self, exc: OSError) -> errors.GatewayError:
+        return errors.BackendUnavailable(
+            f"backend {self.name!r}: the shared storage at {self.root} failed: {exc.strerror or exc} "
+            f"(errno {exc.errno}). Check the mount; the request can be retried."
+        )
+
+    # Life cycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Never create the root: a missing root almost always means the share is not
+        # mounted, and creating it would quietly put objects on this server's own disk.
+        if not os.path.isdir(self.root):
+            raise ValueError(f"backend {self.name!r}: root {self.root!r} does not exist or is not a directory; "
+                             "mount the share there first (see docs/shared-storage.md)")
+        if self.require_mount and not os.path.ismount(os.path.realpath(self.root)):
+            raise ValueError(f"backend {self.name!r}: root {self.root!r} is not a mount point and require_mount "
+                             "is set; mount the share (or set require_mount = false for a local directory)")
+        await super().start()
+        self._probe()
+
+    def _probe(self) -> None:
+        """Check at start-up that the mount does what publishing relies on: fsync and rename over a file."""
+        first, second = self._temp_path(), self._temp_path()
+        try:
+            for path, data in ((first, b"old"), (second, b"new")):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, data)
+                    if self.fsync:
+                        try:
+                            os.fsync(fd)
+                        except OSError as exc:
+                            raise ValueError(
+                                f"backend {self.name!r}: fsync fails on {self.root} ({exc.strerror}); this mount "
+                                "cannot make writes durable. Set fsync = false to accept that.") from None
+                finally:
+                    os.close(fd)
+            try:
+                os.replace(second, first)
+            except OSError as exc:
+                raise ValueError(f"backend {self.name!r}: renaming a file over another fails on {self.root} "
+                                 f"({exc.strerror}); the shared backend needs it to publish objects") from None
+            with open(first, "rb") as f:
+                if f.read() != b"new":
+                    raise ValueError(f"backend {self.name!r}: a rename over a file on {self.root} kept the old "
+                                     "content; this mount cannot publish objects atomically")
+        except OSError as exc:
+            raise ValueError(f"backend {self.name!r}: root {self.root!r} is not writable: {exc.strerror}") from None
+        finally:
+            _unlink_quietly(first)
+            _unlink_quietly(second)
+
+    def clean_temp_files(self) -> int:
+        """Remove this host's temp files left by dead processes and untouched for stale_temp_seconds."""
+        removed = kept = 0
+        now = time.time()
+        for entry in os.scandir(self.tmp_dir):
+            if _temp_owner_alive(entry.name):
+                continue  # another live gateway on this host is writing it
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime < self.stale_temp_seconds:
+                    kept += 1  # recent: maybe another machine that shares our host_id
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        if removed or kept:
+            log.info("%s: removed %d stale temp files from %s, kept %d written in the last %ss",
+                     self.name, removed, self.tmp_dir, kept, self.stale_temp_seconds)
+        return removed
+
+    # Paths: every name the layout makes goes through the codec ---------------------
+
+    def _object_path(self, bucket: str, key: str) -> str:
+        relpath = "/".join(self.codec.encode(part) for part in fslayout.key_to_relpath(key).split("/"))
+        return os.path.join(self._bucket_dir(bucket), relpath)
+
+    def _layout_file(self, directory: str, name: str) -> str:
+        return os.path.join(directory, self.codec.encode(name))
+
+    # Buckets ------------------------------------------------------------------
+
+    @_storage_errors
+    async def create_bucket(self, bucket: str) -> None:
+        path = self._bucket_dir(bucket)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise errors.BucketAlreadyOwnedByYou(BucketName=bucket) from None
+        # Through a temp file, so another server's head_bucket never reads half of it.
+        tmp = self._temp_path()
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"name": bucket, "created": time.time()}, f)
+            os.replace(tmp, self._layout_file(path, fslayout.BUCKET_FILE))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    @_storage_errors
+    async def delete_bucket(self, bucket: str) -> None:
+        await super().delete_bucket(bucket)
+
+    @_storage_errors
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        path = self._bucket_dir(bucket)
+        try:
+            with open(self._layout_file(path, fslayout.BUCKET_FILE)) as f:
+                return BucketInfo(bucket, json.load(f)["created"])
+        except (OSError, ValueError, KeyError):
+            # A bucket directory made by hand (or copied without the marker) is still a bucket.
+            try:
+                return BucketInfo(bucket, os.stat(path).st_mtime)
+            except FileNotFoundError:
+                raise errors.NoSuchBucket(BucketName=bucket) from None
+
+    @_storage_errors
+    async def list_buckets(self):
+        return await super().list_buckets()
+
+    # Objects ------------------------------------------------------------------
+
+    @_storage_errors
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        return await super().get(bucket, key, byte_range)
+
+    @_storage_errors
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        return await super().head(bucket, key)
+
+    @_storage_errors
+    async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
+        return await super().list(bucket, prefix, delimiter, start_after, max_keys)
+
+    @_storage_errors
+    async def check_writable(self) -> None:
+        await super().check_writable()
+
+    @_storage_errors
+    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        pending: list = []
+        token = _deferred_publish.set(pending)
+        try:
+            info = await super().put(bucket, key, payload, meta)
+        finally:
+            _deferred_publish.reset(token)
+        if pending:  # _publish found the target held open on another server: retry it here, off the loop's back
+            tmp, final, bucket_dir = pending[0]
+            try:
+                await self._retry_busy(lambda: LocalBackend._publish(self, tmp, final, bucket_dir, key),
+                                       final, f"replace {key!r}")
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+        return info
+
+    def _publish(self, tmp: str, final: str, bucket_dir: str, key: str) -> None:
+        try:
+            super()._publish(tmp, final, bucket_dir, key)
+        except OSError as exc:
+            pending = _deferred_publish.get()
+            if not self._busy(exc, final) or pending is None or self.busy_retry_seconds <= 0:
+                raise
+            # The local put() returns to our put() right after this, which retries with asyncio.sleep
+            # in between instead of blocking the event loop here.
+            pending.append((tmp, final, bucket_dir))
+
+    @staticmethod
+    def _busy(exc: OSError, target: str) -> bool:
+        """Is this an SMB "file in use" refusal of a rename over ``target`` or an unlink of it?
+
+        smbnetfs says EBUSY, or EEXIST when it fell back to unlink-then-rename;
+        Windows servers through cifs say EACCES or EPERM. All but EBUSY also
+        mean other things, so they count only while the target exists.
+        """
+        if exc.errno in (errno.EBUSY, errno.ETXTBSY):
+            return True
+        return exc.errno in (errno.EEXIST, errno.EACCES, errno.EPERM) and os.path.lexists(target)
+
+    async def _retry_busy(self, operation, target: str, what: str):
+        """Run ``operation`` until ``target`` stops being busy, for at most busy_retry_seconds."""
+        deadline = time.monotonic() + self.busy_retry_seconds
+        delay = BUSY_RETRY_FIRST
+        while True:
+            try:
+                return operation()
+            except OSError as exc:
+                if not self._busy(exc, target):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise errors.SlowDown(
+                        f"backend {self.name!r}: could not {what}: the file stayed in use on the shared storage "
+                        f"for {self.busy_retry_seconds}s ({exc.strerror}); retry the request") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BUSY_RETRY_CAP)
+
+    def _make_parents(self, bucket_dir: str, key: str) -> None:
+        """Create the key's directories, retrying when another server prunes one of them meanwhile."""
+        for _ in range(DIRECTORY_RACE_RETRIES):
+            try:
+                self._make_parents_once(bucket_dir, key)
+                return
+            except FileNotFoundError:
+                if not os.path.isdir(bucket_dir):
+                    raise errors.NoSuchBucket(BucketName=os.path.basename(bucket_dir)) from None
+        raise errors.ServiceUnavailable(f"could not create the directories of {key!r}: another server kept "
+                                        "removing them; retry the request")
+
+    def _make_parents_once(self, bucket_dir: str, key: str) -> None:
+        path = bucket_dir
+        for segment in key.split("/")[:-1]:
+            name = fslayout.escape_segment(segment)
+            path = os.path.join(path, self.codec.encode(name))
+            os.makedirs(path, exist_ok=True)
+            if "%h" in name and not os.path.exists(self._layout_file(path, NAME_FILE)):
+                self._write_name_file(path, segment)
+
+    def _write_name_file(self, directory: str, segment: str) -> None:
+        # A hashed (long) directory name remembers its full segment for listings.
+        tmp = self._temp_path()
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(segment)
+            os.replace(tmp, self._layout_file(directory, NAME_FILE))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    # Deleting -----------------------------------------------------------------
+
+    @_storage_errors
+    async def delete(self, bucket: str, key: str) -> None:
+        path = self._object_path(bucket, key)
+        bucket_dir = self._bucket_dir(bucket)
+        try:
+            await self._retry_busy(lambda: os.unlink(path), path, f"delete {key!r}")
+        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.isdir(bucket_dir):
+                raise errors.NoSuchBucket(BucketName=bucket) from None
+            return
+        self._prune_directories(bucket_dir, os.path.dirname(path), key)
+
+    def _prune_directories(self, bucket_dir: str, parent: str, key: str) -> None:
+        """Remove directories the delete left empty, up to the bucket.
+
+        Another server may publish into a directory while we prune it: rmdir
+        then fails (not empty) and we stop. A hashed directory's ``%name``
+        file, removed just before, is written again so listings still see it.
+        """
+        segments = key.split("/")[:-1]
+        while segments and parent != bucket_dir and parent.startswith(bucket_dir):
+            segment = segments.pop()
+            name_file = self._layout_file(parent, NAME_FILE)
+            removed_name_file = False
+            try:
+                names = os.listdir(parent)
+                if [self.codec.decode(n) for n in names] == [NAME_FILE]:
+                    os.unlink(name_file)
+                    removed_name_file = True
+                os.rmdir(parent)
+            except OSError:
+                if removed_name_file and os.path.isdir(parent):
+                    try:
+                        self._write_name_file(parent, segment)
+                    except OSError:
+                        log.warning("could not restore %s; listings skip that directory", name_file)
+                break
+            parent = os.path.dirname(parent)
+
+    # Listing ------------------------------------------------------------------
+
+    def _entries(self, directory: str) -> list[tuple[bytes, str, str, bool]]:
+        if self.codec.native:
+            return super()._entries(directory)
+        # Same rules as the local backend, on decoded names (paths keep the encoded form).
+        found = []
+        try:
+            scanned = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for entry in scanned:
+            name = self.codec.decode(entry.name)
+            if name.endswith(fslayout.OBJ_SUFFIX) and not entry.is_dir():
+                segment = fslayout.unescape_segment(name[: -len(fslayout.OBJ_SUFFIX)])
+                if segment is None:
+                    segment = self._header_key_segment(entry.path)
+                    if segment is None:
+                        continue
+                found.append((segment.encode(), segment, entry.path, False))
+            elif entry.is_dir():
+                segment = fslayout.unescape_segment(name)
+                if segment is None:
+                    try:
+                        with open(self._layout_file(entry.path, NAME_FILE), encoding="utf-8") as f:
+                            segment = f.read()
+                    except OSError:
+                        continue
+                found.append(((segment + "/").encode(), segment, entry.path, True))
+        found.sort()
+        return found
+
+
+@hookimpl
+def register_backends(register):
+    register("sharedfs", SharedFSBackend)

@@ -1,0 +1,102 @@
+"""Buckets: create, head, delete, list, name rules; boto3 and raw HTTP against a real gateway."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError
+
+# Fixtures imported from s3_helpers: bucket (unique per test), gateway (one per backend).
+from s3_helpers import error_code, gateway_on_each_backend, raw_request, status_of, unique_bucket  # noqa: F401
+
+
+def test_create_head_list_delete(s3):
+    s3.create_bucket(Bucket="bucket-life-cycle")
+    head = s3.head_bucket(Bucket="bucket-life-cycle")
+    assert head["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "us-east-1"
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert "bucket-life-cycle" in names
+    assert names == sorted(names)
+    assert not any(name.startswith(".") for name in names), "internal buckets must not be listed"
+    s3.delete_bucket(Bucket="bucket-life-cycle")
+    with pytest.raises(ClientError) as info:
+        s3.head_bucket(Bucket="bucket-life-cycle")
+    assert status_of(info.value) == 404
+    assert "bucket-life-cycle" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_create_with_location_constraint(s3):
+    s3.create_bucket(Bucket="bucket-in-region", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    assert s3.head_bucket(Bucket="bucket-in-region")["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert s3.get_bucket_location(Bucket="bucket-in-region")["LocationConstraint"] is None  # us-east-1
+
+
+def test_create_existing_bucket_is_409(s3, bucket):
+    with pytest.raises(ClientError) as info:
+        s3.create_bucket(Bucket=bucket)
+    assert error_code(info.value) == "BucketAlreadyOwnedByYou"
+    assert status_of(info.value) == 409
+
+
+def test_delete_non_empty_bucket_is_409(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="deep/down/object", Body=b"x")
+    with pytest.raises(ClientError) as info:
+        s3.delete_bucket(Bucket=bucket)
+    assert error_code(info.value) == "BucketNotEmpty"
+    assert status_of(info.value) == 409
+    s3.delete_object(Bucket=bucket, Key="deep/down/object")
+    s3.delete_bucket(Bucket=bucket)  # empty now, even though it had nested "directories"
+    assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_missing_bucket_is_404_no_such_bucket(s3):
+    calls = [
+        lambda: s3.list_objects_v2(Bucket="no-such-bucket-here"),
+        lambda: s3.list_objects(Bucket="no-such-bucket-here"),
+        lambda: s3.get_object(Bucket="no-such-bucket-here", Key="k"),
+        lambda: s3.put_object(Bucket="no-such-bucket-here", Key="k", Body=b"x"),
+        lambda: s3.delete_bucket(Bucket="no-such-bucket-here"),
+        lambda: s3.delete_object(Bucket="no-such-bucket-here", Key="k"),
+        lambda: s3.create_multipart_upload(Bucket="no-such-bucket-here", Key="k"),
+        lambda: s3.list_multipart_uploads(Bucket="no-such-bucket-here"),
+    ]
+    for call in calls:
+        with pytest.raises(ClientError) as info:
+            call()
+        assert error_code(info.value) == "NoSuchBucket", info.value.response
+        assert status_of(info.value) == 404
+
+
+def test_head_missing_bucket_is_404_without_body(gateway):
+    response = raw_request(gateway, "HEAD", "/no-such-bucket-here")
+    assert response.status == 404
+    assert response.body == b""
+
+
+@pytest.mark.parametrize("name", [
+    "ab", "a" * 64, "UpperCase", "under_score", "-leading-dash", "trailing-dash-", "double..dot",
+    "192.168.1.1", "dot-.dash", "bad%20name",
+])
+def test_invalid_bucket_names_are_400(gateway, name):
+    response = raw_request(gateway, "PUT", f"/{name}")
+    assert response.status == 400, response.body
+    assert response.code == "InvalidBucketName"
+    assert response.headers["content-type"] == "application/xml"
+
+
+def test_internal_multipart_bucket_is_not_reachable(gateway):
+    response = raw_request(gateway, "GET", "/.multipart")
+    assert response.status == 400
+    assert response.code == "InvalidBucketName"
+
+
+def test_valid_edge_bucket_names(s3):
+    for name in ("abc", "a" * 63, "with.dots.in-it", "0-digits-9"):
+        s3.create_bucket(Bucket=name)
+        s3.head_bucket(Bucket=name)
+        s3.delete_bucket(Bucket=name)
+
+
+def test_versioning_reads_as_never_enabled(s3, bucket):
+    response = s3.get_bucket_versioning(Bucket=bucket)
+    assert "Status" not in response

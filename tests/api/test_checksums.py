@@ -1,0 +1,124 @@
+"""Flexible checksums: verified on the way in, stored, and returned with ChecksumMode=ENABLED."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import zlib
+
+import pytest
+from botocore.exceptions import ClientError
+
+# Fixtures imported from s3_helpers: bucket (unique per test), gateway (one per backend).
+from s3_helpers import error_code, gateway_on_each_backend, key_path, raw_request, unique_bucket  # noqa: F401
+
+from gateway.checksums import checksum_b64
+
+ALGORITHMS = ["CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME"]
+
+
+def _independent_checksum(algorithm: str, data: bytes) -> str | None:
+    """The checksum from a library other than the gateway's, where the standard library has one."""
+    if algorithm == "CRC32":
+        return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    if algorithm in ("SHA1", "SHA256"):
+        return base64.b64encode(hashlib.new(algorithm.lower(), data).digest()).decode()
+    return None
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_put_with_checksum_algorithm(s3, bucket, algorithm):
+    body = os.urandom(70_000)
+    put = s3.put_object(Bucket=bucket, Key=f"obj-{algorithm}", Body=body, ChecksumAlgorithm=algorithm)
+    expected = _independent_checksum(algorithm, body) or checksum_b64(algorithm, body)
+    assert put[f"Checksum{algorithm}"] == expected
+    got = s3.get_object(Bucket=bucket, Key=f"obj-{algorithm}", ChecksumMode="ENABLED")
+    assert got["Body"].read() == body  # botocore also validates the returned checksum itself
+    assert got[f"Checksum{algorithm}"] == expected
+    head = s3.head_object(Bucket=bucket, Key=f"obj-{algorithm}", ChecksumMode="ENABLED")
+    assert head[f"Checksum{algorithm}"] == expected
+
+
+def test_default_boto3_put_stores_crc32(s3, bucket):
+    """boto3 >= 1.36 sends a CRC32 trailer on every PUT by default."""
+    body = b"default checksum"
+    s3.put_object(Bucket=bucket, Key="default", Body=body)
+    got = s3.head_object(Bucket=bucket, Key="default", ChecksumMode="ENABLED")
+    assert got["ChecksumCRC32"] == _independent_checksum("CRC32", body)
+
+
+def test_checksums_not_returned_unless_asked(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="quiet", Body=b"x", ChecksumAlgorithm="SHA256")
+    head = s3.head_object(Bucket=bucket, Key="quiet")
+    assert not any(name.startswith("x-amz-checksum-") for name in head["ResponseMetadata"]["HTTPHeaders"])
+
+
+def test_ranged_get_does_not_claim_whole_object_checksum(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="ranged", Body=b"0123456789", ChecksumAlgorithm="SHA256")
+    got = s3.get_object(Bucket=bucket, Key="ranged", Range="bytes=2-4", ChecksumMode="ENABLED")
+    assert got["Body"].read() == b"234"
+    assert "ChecksumSHA256" not in got
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_wrong_checksum_header_is_bad_digest_and_stores_nothing(gateway, s3, bucket, algorithm):
+    body = b"the real bytes"
+    wrong = checksum_b64(algorithm, b"other bytes")
+    response = raw_request(gateway, "PUT", key_path(bucket, "bad"), body,
+                           {f"x-amz-checksum-{algorithm.lower()}": wrong})
+    assert response.status == 400, response.body
+    assert response.code == "BadDigest"
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="bad")
+    assert error_code(info.value) == "404"
+
+
+def test_wrong_checksum_does_not_replace_existing_object(gateway, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="keep", Body=b"original")
+    response = raw_request(gateway, "PUT", key_path(bucket, "keep"), b"replacement",
+                           {"x-amz-checksum-sha256": checksum_b64("SHA256", b"something else")})
+    assert response.code == "BadDigest"
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"original"
+
+
+def test_wrong_content_md5_is_bad_digest(gateway, s3, bucket):
+    body = b"md5 checked"
+    wrong = base64.b64encode(hashlib.md5(b"not it").digest()).decode()
+    response = raw_request(gateway, "PUT", key_path(bucket, "md5"), body, {"Content-MD5": wrong})
+    assert response.status == 400
+    assert response.code == "BadDigest"
+    right = base64.b64encode(hashlib.md5(body).digest()).decode()
+    response = raw_request(gateway, "PUT", key_path(bucket, "md5"), body, {"Content-MD5": right})
+    assert response.status == 200
+    assert s3.get_object(Bucket=bucket, Key="md5")["Body"].read() == body
+
+
+def test_invalid_content_md5_is_invalid_digest(gateway, bucket):
+    response = raw_request(gateway, "PUT", key_path(bucket, "md5"), b"x", {"Content-MD5": "not base64 md5"})
+    assert response.status == 400
+    assert response.code == "InvalidDigest"
+
+
+def test_wrong_signed_payload_hash(gateway, s3, bucket):
+    """The body differs from the x-amz-content-sha256 it was signed with: nothing is stored."""
+    import http.client
+
+    from s3_helpers import sign
+
+    target, headers = sign(gateway, "PUT", key_path(bucket, "tampered"), b"signed bytes")
+    conn = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    conn.request("PUT", target, body=b"evil! bytes", headers=headers)  # same length, other bytes
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 400
+    assert b"<Code>XAmzContentSHA256Mismatch</Code>" in body
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="tampered")
+
+
+def test_unknown_checksum_algorithm(gateway, bucket):
+    response = raw_request(gateway, "PUT", key_path(bucket, "k"), b"x", {"x-amz-sdk-checksum-algorithm": "MD4"})
+    assert response.status == 400
+    assert response.code == "InvalidRequest"

@@ -1,0 +1,251 @@
+"""Errors: S3 XML bodies with the right code and status, incomplete bodies, 500s that are logged."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+# Fixtures imported from s3_helpers: bucket (unique per test).
+from s3_helpers import error_code, key_path, raw_request, send_truncated_body, unique_bucket  # noqa: F401
+
+
+def _assert_error(response, status: int, code: str) -> None:
+    assert response.status == status, (response.status, response.body)
+    assert response.headers["content-type"] == "application/xml"
+    root = response.xml()
+    assert root.tag == "Error"
+    assert root.findtext("Code") == code, response.body
+    assert root.findtext("Message")
+    assert root.findtext("RequestId") == response.headers["x-amz-request-id"]
+    assert int(response.headers["content-length"]) == len(response.body)
+
+
+def test_error_document_shape(gateway, bucket):
+    response = raw_request(gateway, "GET", key_path(bucket, "missing/key"))
+    _assert_error(response, 404, "NoSuchKey")
+    root = response.xml()
+    assert root.findtext("Key") == "missing/key"
+    assert root.findtext("Resource") == f"/{bucket}/missing/key"
+
+
+@pytest.mark.parametrize("method, path, query, status, code", [
+    ("GET", "/no-such-bucket-x", "", 404, "NoSuchBucket"),
+    ("GET", "/BadName", "", 400, "InvalidBucketName"),
+    ("POST", "/{bucket}/key", "", 405, "MethodNotAllowed"),
+    ("POST", "/", "", 405, "MethodNotAllowed"),
+    ("PATCH", "/{bucket}/key", "", 405, "MethodNotAllowed"),
+    ("GET", "/{bucket}", "max-keys=abc", 400, "InvalidArgument"),
+    ("GET", "/{bucket}", "list-type=2&encoding-type=xml", 400, "InvalidArgument"),
+    ("PUT", "/{bucket}", "versioning", 501, "NotImplemented"),
+    ("GET", "/{bucket}/key", "partNumber=1", 501, "NotImplemented"),
+])
+def test_error_codes(gateway, bucket, method, path, query, status, code):
+    _assert_error(raw_request(gateway, method, path.format(bucket=bucket), query=query), status, code)
+
+
+@pytest.mark.parametrize("sub_resource", ["acl", "tagging", "policy", "cors", "lifecycle", "website",
+                                          "encryption", "object-lock", "versions", "attributes", "select"])
+def test_unsupported_sub_resources_are_not_implemented(gateway, s3, bucket, sub_resource):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    for path in (f"/{bucket}", key_path(bucket, "k")):
+        for method in ("GET", "PUT"):
+            response = raw_request(gateway, method, path, query=sub_resource)
+            _assert_error(response, 501, "NotImplemented")
+            assert sub_resource in response.xml().findtext("Message")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x", "a refused request changes nothing"
+
+
+def test_boto3_sees_not_implemented(s3, bucket):
+    with pytest.raises(ClientError) as info:
+        s3.get_object_tagging(Bucket=bucket, Key="k")
+    assert error_code(info.value) == "NotImplemented"
+
+
+def test_unsigned_request_is_access_denied(gateway, bucket):
+    _assert_error(raw_request(gateway, "GET", f"/{bucket}", signed=False), 403, "AccessDenied")
+
+
+def test_key_length_limit(gateway, s3, bucket):
+    longest = "k" * 1000 + "/" + "é" * 11 + "x"  # 1024 bytes of UTF-8
+    assert len(longest.encode()) == 1024
+    s3.put_object(Bucket=bucket, Key=longest, Body=b"fits")
+    assert s3.get_object(Bucket=bucket, Key=longest)["Body"].read() == b"fits"
+    too_long = longest + "y"
+    response = raw_request(gateway, "PUT", key_path(bucket, too_long), b"x")
+    _assert_error(response, 400, "KeyTooLongError")
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="z" * 1025, Body=b"x")
+    assert error_code(info.value) == "KeyTooLongError"
+    with pytest.raises(ClientError) as info:
+        s3.create_multipart_upload(Bucket=bucket, Key="z" * 1025)
+    assert error_code(info.value) == "KeyTooLongError"
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="z" * 1025, CopySource={"Bucket": bucket, "Key": longest})
+    assert error_code(info.value) == "KeyTooLongError"
+
+
+@pytest.mark.parametrize("body", [
+    b"<Delete><Object><Key>a</Key></Object>",  # not closed
+    b"not xml at all",
+    b"<Wrong><Object><Key>a</Key></Object></Wrong>",  # wrong root
+    b"<Delete></Delete>",  # no objects
+    b"<Delete><Object></Object></Delete>",  # object without key
+    b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY e "x">]><Delete><Object><Key>&e;</Key></Object></Delete>',
+])
+def test_malformed_xml(gateway, s3, bucket, body):
+    s3.put_object(Bucket=bucket, Key="a", Body=b"x")
+    _assert_error(raw_request(gateway, "POST", f"/{bucket}", body, query="delete"), 400, "MalformedXML")
+    assert s3.head_object(Bucket=bucket, Key="a")["ContentLength"] == 1
+
+
+def test_malformed_create_bucket_configuration(gateway):
+    _assert_error(raw_request(gateway, "PUT", "/malformed-config-bucket", b"<CreateBucketConfiguration>"),
+                  400, "MalformedXML")
+
+
+def _temp_files(gateway) -> list[str]:
+    tmp_root = gateway.data_dir / ".gateway" / "tmp"
+    return [str(p) for p in tmp_root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("declared, sent", [(100_000, 5_000), (5_000_000, 2_000_000), (10, 0)])
+def test_body_shorter_than_content_length_stores_nothing(gateway, s3, bucket, declared, sent):
+    def wait_for_temp_file():
+        # Proof that the PUT is under way: the backend opened its temp file and waits for more bytes.
+        deadline = time.monotonic() + 10
+        while not _temp_files(gateway) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _temp_files(gateway), "the gateway never started writing the body"
+
+    send_truncated_body(gateway, bucket, "truncated", declared, os.urandom(sent), before_close=wait_for_temp_file)
+    # The server notices the closed connection and discards the temp file; give it a moment.
+    deadline = time.monotonic() + 10
+    while _temp_files(gateway) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _temp_files(gateway) == [], "the partial body must not be left behind"
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="truncated")
+    assert error_code(info.value) == "404"
+    # The server is still up and serving.
+    s3.put_object(Bucket=bucket, Key="after", Body=b"still here")
+    assert s3.get_object(Bucket=bucket, Key="after")["Body"].read() == b"still here"
+
+
+def test_truncated_overwrite_keeps_old_version(gateway, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="precious", Body=b"old version")
+    send_truncated_body(gateway, bucket, "precious", 2_000_000, os.urandom(1_000_000))
+    assert s3.get_object(Bucket=bucket, Key="precious")["Body"].read() == b"old version"
+
+
+def _damaged_header(path):
+    path.write_bytes(b"this is not an object file")
+
+
+def _directory_instead_of_file(path):
+    path.mkdir()  # opening works, reading fails with an OSError nobody expects
+
+
+@pytest.mark.parametrize("damage", [_damaged_header, _directory_instead_of_file])
+def test_internal_failure_is_500_with_logged_request_id(gateway, s3, bucket, damage):
+    """Damage placed under the data dir by hand makes reads fail in ways no client can cause."""
+    s3.put_object(Bucket=bucket, Key="good", Body=b"fine")
+    damage(gateway.data_dir / bucket / "corrupt%obj")
+    response = raw_request(gateway, "GET", key_path(bucket, "corrupt"))
+    _assert_error(response, 500, "InternalError")
+    request_id = response.headers["x-amz-request-id"]
+    deadline = time.monotonic() + 5
+    while request_id not in gateway.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert request_id in gateway.log(), "the request id of a 500 must be in the server log"
+    head = raw_request(gateway, "HEAD", key_path(bucket, "corrupt"))
+    assert head.status == 500 and head.body == b""
+    # The server stays up; the other objects and the listing still work (the damaged entry is skipped).
+    assert s3.get_object(Bucket=bucket, Key="good")["Body"].read() == b"fine"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["good"]
+
+
+def test_keep_alive_survives_errors(gateway, bucket):
+    """An error answered before the body was read must not desynchronise a kept-alive connection."""
+    import http.client
+
+    from s3_helpers import sign
+
+    conn = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    try:
+        for _ in range(3):
+            target, headers = sign(gateway, "PUT", key_path("no-such-bucket-ka", "k"), b"x" * 1000)
+            conn.request("PUT", target, body=b"x" * 1000, headers=headers)
+            response = conn.getresponse()
+            assert b"<Code>NoSuchBucket</Code>" in response.read()
+            if response.getheader("connection", "").lower() == "close":
+                conn.close()
+            target, headers = sign(gateway, "GET", f"/{bucket}")
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            assert response.status == 200
+            response.read()
+    finally:
+        conn.close()
+
+
+def test_error_body_stays_parseable_for_control_characters(s3, bucket):
+    """XML 1.0 cannot carry \\x01 at all; the error body percent-encodes it so the client still sees the code."""
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="missing\x01key")
+    assert error_code(info.value) == "NoSuchKey"
+    assert info.value.response["Error"]["Key"] == "missing%01key"
+
+
+def test_unsupported_write_features_are_refused(s3, bucket):
+    """Storing the object without what the client asked for would be a silent wrong answer."""
+    refused = [
+        lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", ServerSideEncryption="AES256"),
+        lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", SSECustomerAlgorithm="AES256",
+                              SSECustomerKey="k" * 32),
+        lambda: s3.create_multipart_upload(Bucket=bucket, Key="k", ServerSideEncryption="aws:kms"),
+        lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", IfNoneMatch='"abc"'),
+        lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", Tagging="camera=7"),
+        lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", ObjectLockMode="GOVERNANCE",
+                              ObjectLockRetainUntilDate="2030-01-01T00:00:00Z"),
+    ]
+    for call in refused:
+        with pytest.raises(ClientError) as info:
+            call()
+        assert error_code(info.value) == "NotImplemented"
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+def test_version_ids(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"only version")
+    assert s3.get_object(Bucket=bucket, Key="k", VersionId="null")["Body"].read() == b"only version"
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="k", VersionId="3HL4kqtJlcpXroDTDmjVBH40Nrjfkd")
+    assert error_code(info.value) == "NotImplemented"
+    with pytest.raises(ClientError) as info:
+        s3.delete_object(Bucket=bucket, Key="k", VersionId="3HL4kqtJlcpXroDTDmjVBH40Nrjfkd")
+    assert error_code(info.value) == "NotImplemented"
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"only version"
+
+
+def test_authentication_errors_are_403_with_s3_codes(gateway, bucket):
+    import boto3
+    from botocore.config import Config
+
+    def client(access_key, secret_key):
+        return boto3.client("s3", endpoint_url=gateway.endpoint, region_name="us-east-1",
+                            aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+    for access_key, secret_key, code in [(gateway.access_key, "wrong-secret", "SignatureDoesNotMatch"),
+                                         ("unknown-key", gateway.secret_key, "InvalidAccessKeyId")]:
+        with pytest.raises(ClientError) as info:
+            client(access_key, secret_key).list_objects_v2(Bucket=bucket)
+        assert error_code(info.value) == code
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        with pytest.raises(ClientError) as info:
+            client(access_key, secret_key).put_object(Bucket=bucket, Key="k", Body=b"x" * 10000)
+        assert error_code(info.value) == code
+    assert gateway.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0

@@ -1,0 +1,54 @@
+"""/healthz (liveness) and /readyz (storage writable, plugins loaded)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import urllib.error
+import urllib.request
+
+from gateway.testing.server import GatewayProcess
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_healthz_needs_no_credentials(gateway):
+    status, body = _get(gateway.endpoint + "/healthz")
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["version"]
+
+
+def test_readyz_reports_backends_and_plugins(gateway):
+    status, body = _get(gateway.endpoint + "/readyz")
+    assert status == 200
+    assert body["ready"] is True
+    assert body["backends"] == {"local": "ok"}
+    assert "local" in body["plugins"]
+
+
+def test_readyz_fails_when_storage_is_not_writable(tmp_path):
+    with GatewayProcess(tmp_path / "cv-storage") as gw:
+        tmp_dir = gw.data_dir / ".gateway" / "tmp" / socket.gethostname()
+        assert tmp_dir.is_dir()
+        shutil.rmtree(tmp_dir)  # as root, chmod would not stop writes; a missing directory does
+        status, body = _get(gw.endpoint + "/readyz")
+        assert status == 503
+        assert body["ready"] is False
+        assert body["backends"]["local"] != "ok"
+        assert _get(gw.endpoint + "/healthz")[0] == 200, "liveness does not depend on storage"
+        tmp_dir.mkdir(parents=True)
+        assert _get(gw.endpoint + "/readyz")[0] == 200
+
+
+def test_health_paths_are_not_buckets(gateway, s3):
+    """A bucket cannot be named healthz/readyz by accident: those paths never reach the S3 API."""
+    status, _ = _get(gateway.endpoint + "/healthz?list-type=2")
+    assert status == 200

@@ -1,0 +1,81 @@
+"""Both registries through the same interface: SQLite (a file) and etcd (a real 3-member cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.cluster.registry import RegistryError, open_registry, registry_classes
+
+
+def test_registries_are_plugins():
+    classes = registry_classes()
+    assert {"sqlite", "etcd"} <= set(classes)
+    with pytest.raises(ValueError, match="no registry plugin for nosuch://"):
+        open_registry("nosuch://x")
+
+
+async def exercise(registry) -> None:
+    first = await registry.register("n1", "primary", "http://127.0.0.1:1")
+    second = await registry.register("n2", "redundant", "http://127.0.0.1:2")
+    assert first.install_order < second.install_order
+    again = await registry.register("n1", "primary", "http://127.0.0.1:11")  # re-registering keeps the order
+    assert again.install_order == first.install_order and again.address == "http://127.0.0.1:11"
+    await registry.heartbeat("n2", {"objects": 5})
+    nodes = await registry.nodes()
+    assert [n.node_id for n in nodes] == ["n1", "n2"]
+    assert nodes[1].info == {"objects": 5} and nodes[1].last_seen > 0
+    assert await registry.remove("n2") and not await registry.remove("n2")
+    with pytest.raises(RegistryError, match="not registered"):
+        await registry.heartbeat("n2", {})
+    assert [n.node_id for n in await registry.nodes()] == ["n1"]
+
+
+def test_sqlite_registry(tmp_path):
+    async def run():
+        registry = open_registry(f"sqlite:///{tmp_path}/reg/registry.db")
+        try:
+            await exercise(registry)
+        finally:
+            await registry.close()
+
+    asyncio.run(run())
+
+
+def test_etcd_registry(etcd):
+    async def run():
+        registry = open_registry(etcd.url)
+        try:
+            await exercise(registry)
+            await registry.remove("n1")
+        finally:
+            await registry.close()
+
+    asyncio.run(run())
+
+
+def test_etcd_registry_uses_the_next_member_when_one_is_down(etcd):
+    async def run():
+        dead = "etcd://127.0.0.1:1," + etcd.url.split("://", 1)[1]
+        registry = open_registry(dead)
+        try:
+            await registry.register("failover", "redundant", "http://127.0.0.1:3")
+            assert "failover" in [n.node_id for n in await registry.nodes()]
+            assert await registry.remove("failover")
+        finally:
+            await registry.close()
+
+    asyncio.run(run())
+
+
+def test_unreachable_etcd_is_a_clear_error():
+    async def run():
+        registry = open_registry("etcd://127.0.0.1:1")
+        try:
+            with pytest.raises(RegistryError, match="no endpoint answered"):
+                await registry.nodes()
+        finally:
+            await registry.close()
+
+    asyncio.run(run())

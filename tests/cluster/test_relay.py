@@ -1,0 +1,200 @@
+"""Relay, proxy and load balancing across 1 primary + 2 redundant + 1 proxy on the SQLite registry."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+NODES = ("p1", "r1", "r2", "x1")
+
+
+@pytest.fixture(scope="module")
+def cluster(sqlite_cluster):
+    nodes = sqlite_cluster
+    nodes["p1"].client().create_bucket(Bucket="relay")
+    return nodes
+
+
+def clients(cluster):
+    return {name: cluster[name].client() for name in NODES}
+
+
+def error_of(call) -> ClientError:
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value
+
+
+def test_bucket_created_on_one_node_exists_on_every_node(cluster):
+    for name, s3 in clients(cluster).items():
+        assert "relay" in [b["Name"] for b in s3.list_buckets()["Buckets"]], name
+        s3.head_bucket(Bucket="relay")
+
+
+@pytest.mark.parametrize("writer", NODES)
+def test_object_put_on_one_node_is_readable_headable_deletable_through_every_other(cluster, writer):
+    s3 = clients(cluster)
+    key = f"from-{writer}/face.jpg"
+    body = f"image written through {writer}".encode() * 100
+    s3[writer].put_object(Bucket="relay", Key=key, Body=body, ContentType="image/jpeg", Metadata={"camera": "7"})
+    for name in NODES:
+        got = s3[name].get_object(Bucket="relay", Key=key)
+        assert got["Body"].read() == body, name
+        assert got["ContentType"] == "image/jpeg" and got["Metadata"] == {"camera": "7"}, name
+        head = s3[name].head_object(Bucket="relay", Key=key)
+        assert head["ContentLength"] == len(body), name
+        ranged = s3[name].get_object(Bucket="relay", Key=key, Range="bytes=6-10")
+        assert ranged["Body"].read() == body[6:11], name
+    deleter = NODES[(NODES.index(writer) + 1) % len(NODES)]
+    s3[deleter].delete_object(Bucket="relay", Key=key)
+    for name in NODES:
+        assert error_of(lambda: s3[name].head_object(Bucket="relay", Key=key)).response[
+            "ResponseMetadata"]["HTTPStatusCode"] == 404, name
+        assert error_of(lambda: s3[name].get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_large_object_streams_through_the_proxy_both_ways(cluster):
+    s3 = clients(cluster)
+    body = bytes(range(256)) * (3 * 4096 + 17)  # ~3 MiB: streamed, not read in one piece
+    s3["x1"].put_object(Bucket="relay", Key="big.bin", Body=body)
+    for name in NODES:
+        assert s3[name].get_object(Bucket="relay", Key="big.bin")["Body"].read() == body, name
+
+
+def test_primary_spreads_new_objects_over_itself_and_the_redundant_nodes(cluster):
+    s3 = cluster["p1"].client()
+    for i in range(30):
+        s3.put_object(Bucket="relay", Key=f"spread/{i:03d}", Body=b"x")
+    placed = cluster.admin("p1")["balance"]
+    assert set(placed) == {"p1", "r1", "r2"}, placed
+    # Each stored object is on exactly one node: the local listings add up to 30.
+    on_disk = sum(len(list((cluster[n].data_dir / "relay" / "spread").glob("*%obj")))
+                  for n in ("p1", "r1", "r2") if (cluster[n].data_dir / "relay" / "spread").exists())
+    assert on_disk == 30
+    # An overwrite through the primary replaces the object where it lives.
+    s3.put_object(Bucket="relay", Key="spread/000", Body=b"new")
+    assert cluster["r2"].client().get_object(Bucket="relay", Key="spread/000")["Body"].read() == b"new"
+
+
+def test_listing_merges_all_nodes_in_order_without_duplicates_and_pages(cluster):
+    s3 = clients(cluster)
+    expected = []
+    for i, writer in enumerate(["r1", "r2", "p1", "r1", "r2", "p1", "r1"] * 3):
+        key = f"merge/{i:02d}"
+        s3[writer].put_object(Bucket="relay", Key=key, Body=b"m")
+        expected.append(key)
+    for name in NODES:
+        keys, token = [], None
+        while True:
+            kwargs = {"ContinuationToken": token} if token else {}
+            page = s3[name].list_objects_v2(Bucket="relay", Prefix="merge/", MaxKeys=4, **kwargs)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            if not page["IsTruncated"]:
+                break
+            token = page["NextContinuationToken"]
+        assert keys == sorted(expected), name
+        top = s3[name].list_objects_v2(Bucket="relay", Delimiter="/")
+        assert "merge/" in [p["Prefix"] for p in top.get("CommonPrefixes", [])], name
+
+
+def test_peer_routes_refuse_client_credentials_and_unsigned_requests(cluster):
+    import urllib.error
+    import urllib.request
+
+    url = cluster["r1"].endpoint + "/_cluster/v1/objects/relay/anything"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url, timeout=5)
+    assert info.value.code == 403
+    s3 = cluster["r1"].client()
+    # A correctly SigV4-signed S3 request to a peer path is refused too (bucket names cannot start with "_").
+    error = error_of(lambda: s3.get_object(Bucket="_cluster", Key="v1/objects/relay/anything"))
+    assert error.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 403)
+
+
+def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
+    s3 = clients(cluster)
+    s3["r2"].put_object(Bucket="relay", Key="on-r2", Body=b"kept by r2")
+    s3["r1"].put_object(Bucket="relay", Key="on-r1", Body=b"kept by r1")
+    cluster["r2"].kill()  # kill -9
+    try:
+        for name in ("p1", "r1", "x1"):
+            error = error_of(lambda: s3[name].get_object(Bucket="relay", Key="on-r2"))
+            assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503, name
+            assert error.response["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), name
+            assert "unreachable" in error.response["Error"]["Message"] or "cannot be reached" in \
+                error.response["Error"]["Message"], name
+            head = error_of(lambda: s3[name].head_object(Bucket="relay", Key="on-r2"))
+            assert head.response["ResponseMetadata"]["HTTPStatusCode"] == 503, name
+            # Everything else still works.
+            assert s3[name].get_object(Bucket="relay", Key="on-r1")["Body"].read() == b"kept by r1", name
+            s3[name].put_object(Bucket="relay", Key=f"while-down/{name}", Body=b"w")
+            assert s3[name].get_object(Bucket="relay", Key=f"while-down/{name}")["Body"].read() == b"w"
+        assert "r2" in cluster.admin("p1")["peers"] and not cluster.admin("p1")["peers"]["r2"]["healthy"]
+    finally:
+        cluster.restart("r2")
+    for name in NODES:
+        assert s3[name].get_object(Bucket="relay", Key="on-r2")["Body"].read() == b"kept by r2", name
+
+
+def test_stopped_peer_is_deprioritized_and_reads_of_other_objects_do_not_wait_for_it(cluster):
+    s3 = clients(cluster)
+    s3["r1"].put_object(Bucket="relay", Key="fast/on-r1", Body=b"r1 answers")
+    s3["r2"].put_object(Bucket="relay", Key="fast/on-r2", Body=b"r2 is stopped")
+    cluster["r2"].process.send_signal(signal.SIGSTOP)  # GatewayProcess.kill() would wait for an exit
+    try:
+        # A miss has to wait for the stopped peer once (up to the peer timeout) and must say 503, not 404.
+        error = error_of(lambda: s3["p1"].get_object(Bucket="relay", Key="fast/nowhere"))
+        assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        view = cluster.admin("p1")["peers"]["r2"]
+        assert not view["healthy"] and "timed out" in view["last_error"], view
+        # r2 is now asked last: objects elsewhere are served from the healthy peers first.
+        for _ in range(5):
+            assert s3["p1"].get_object(Bucket="relay", Key="fast/on-r1")["Body"].read() == b"r1 answers"
+        assert cluster.admin("p1")["peers"]["r1"]["healthy"]
+        error = error_of(lambda: s3["x1"].get_object(Bucket="relay", Key="fast/on-r2"))
+        assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    finally:
+        cluster["r2"].process.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not cluster.admin("p1")["peers"]["r2"]["healthy"]:
+        time.sleep(0.2)  # the heartbeat probes limited peers
+    assert cluster.admin("p1")["peers"]["r2"]["healthy"]
+    assert s3["p1"].get_object(Bucket="relay", Key="fast/on-r2")["Body"].read() == b"r2 is stopped"
+
+
+def test_cluster_status_lists_every_node_with_role_and_health(cluster):
+    # Earlier tests stopped r2; every node's view converges once its heartbeat probe reaches r2.
+    deadline = time.monotonic() + 10
+    rows = {row["node_id"]: row for row in cluster.status()}
+    while time.monotonic() < deadline and not all(r["healthy"] for r in rows.values()):
+        time.sleep(0.3)
+        rows = {row["node_id"]: row for row in cluster.status()}
+    assert set(rows) == set(NODES)
+    assert [rows[n]["role"] for n in NODES] == ["primary", "redundant", "redundant", "proxy"]
+    assert rows["p1"]["install_order"] < min(rows[n]["install_order"] for n in NODES[1:])
+    for name in NODES:
+        assert rows[name]["address"] == cluster[name].endpoint
+        assert rows[name]["last_seen"] > 0
+    assert all(rows[n]["healthy"] for n in NODES), {n: (r["healthy"], r["deprioritized_by"]) for n, r in rows.items()}
+    assert rows["r1"]["objects"] is not None and rows["x1"]["objects"] is None
+
+
+@pytest.mark.parametrize("node", ["r1", "x1", "p1"])
+def test_multipart_upload_through_any_node_is_readable_everywhere(cluster, node):
+    s3 = clients(cluster)
+    key = f"multipart/through-{node}"
+    upload = s3[node].create_multipart_upload(Bucket="relay", Key=key)["UploadId"]
+    parts = [b"a" * 2048, b"b" * 2048, b"c" * 100]
+    etags = [s3[node].upload_part(Bucket="relay", Key=key, UploadId=upload, PartNumber=i + 1, Body=p)["ETag"]
+             for i, p in enumerate(parts)]
+    listed = s3[node].list_parts(Bucket="relay", Key=key, UploadId=upload)["Parts"]
+    assert [p["PartNumber"] for p in listed] == [1, 2, 3]
+    s3[node].complete_multipart_upload(Bucket="relay", Key=key, UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]})
+    for name in NODES:
+        got = s3[name].get_object(Bucket="relay", Key=key)
+        assert got["Body"].read() == b"".join(parts), name
+        assert got["ETag"].endswith('-3"'), name

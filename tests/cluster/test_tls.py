@@ -1,0 +1,102 @@
+"""`gateway cluster tls init` and relaying over HTTPS with certificates checked against the cluster CA."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import boto3
+import pytest
+from botocore.config import Config
+from cryptography import x509
+
+from gateway.testing.server import GatewayProcess
+
+from .conftest import NODE_ENV
+
+
+class HttpsGateway(GatewayProcess):
+    def __init__(self, *args, ca: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ca = ca
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        context = ssl.create_default_context(cafile=self.ca)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/healthz", timeout=1, context=context) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"gateway did not answer on HTTPS within {timeout}s:\n{self.log()}")
+
+    def client(self, **config):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", verify=self.ca,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
+def tls_init(directory, *nodes: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "gateway", "cluster", "tls", "init", "--dir", str(directory),
+                          *[arg for n in nodes for arg in ("--node", f"{n}=127.0.0.1,localhost")]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_tls_init_writes_a_ca_node_certificates_and_a_secret(tmp_path):
+    tls_init(tmp_path, "n1", "n2")
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    for node in ("n1", "n2"):
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{node}.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "localhost" in names.get_values_for_type(x509.DNSName)
+        assert (tmp_path / f"{node}-key.pem").stat().st_mode & 0o077 == 0
+    assert len((tmp_path / "cluster-secret").read_text().strip()) == 64
+    before = (tmp_path / "ca.pem").read_bytes()
+    tls_init(tmp_path, "n3")  # a later node joins: the CA is kept
+    assert (tmp_path / "ca.pem").read_bytes() == before
+
+
+def test_plain_http_between_nodes_needs_the_insecure_flag(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gateway", "serve", "--role", "primary", "--registry",
+                          f"sqlite:///{tmp_path}/r.db", "--access-key", "a", "--secret-key", "b", "--print-config"],
+                         capture_output=True, text=True, timeout=60, env={**NODE_ENV, "PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0 and "--insecure-peers" in out.stderr
+
+
+def test_relay_over_https(tmp_path):
+    tls_init(tmp_path / "tls", "p1", "r1")
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    secret = (tmp_path / "tls" / "cluster-secret").read_text().strip()
+    nodes = {}
+    try:
+        # r1 first, so p1 finds it in the registry at start (no wait for a reload).
+        for name, role in (("r1", "redundant"), ("p1", "primary")):
+            args = ["--role", role, "--registry", registry, "--tls-cert", str(tmp_path / "tls" / f"{name}.pem"),
+                    "--tls-key", str(tmp_path / "tls" / f"{name}-key.pem"), "--tls-ca", str(tmp_path / "tls" / "ca.pem")]
+            env = {**NODE_ENV, "GATEWAY_CLUSTER_SECRET": secret, "GATEWAY_NODE_ID": name}
+            nodes[name] = HttpsGateway(tmp_path / name, args=args, env=env, ca=str(tmp_path / "tls" / "ca.pem"))
+            nodes[name].start()
+        p1, r1 = nodes["p1"].client(), nodes["r1"].client()
+        p1.create_bucket(Bucket="tls")
+        r1.head_bucket(Bucket="tls")
+        r1.put_object(Bucket="tls", Key="secret.jpg", Body=b"over https")
+        assert p1.get_object(Bucket="tls", Key="secret.jpg")["Body"].read() == b"over https"
+        # uvicorn waits for open TLS keep-alive connections at shutdown: close them first.
+        p1.close()
+        r1.close()
+    finally:
+        for node in reversed(nodes.values()):  # p1 first: its relay connections to r1 close with it
+            node.stop()

@@ -1,0 +1,134 @@
+"""The small cluster classes on their own: health with a hand-driven clock, cache, merge, signing, balancer."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gateway.backend import ListPage, ObjectInfo
+from gateway.cluster.balancer import Balancer
+from gateway.cluster.health import PeerHealth
+from gateway.cluster.listing import merge_pages
+from gateway.cluster.locations import NOWHERE, LocationCache
+from gateway.cluster.peer_auth import PeerAuthError, PeerSigner
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_peer_goes_last_until_it_answers_again():
+    clock = FakeClock()
+    health = PeerHealth(clock)
+    health.succeeded("a", 0.010)
+    health.succeeded("b", 0.002)
+    assert health.order(["a", "b", "c"]) == ["c", "b", "a"]  # unknown peers count as fast until measured
+    health.failed("b", "timed out")
+    assert health.limited("b")
+    assert health.order(["a", "b", "c"]) == ["c", "a", "b"]
+    clock.now += 3600  # time alone does not make it healthy: only an answer does
+    assert health.split(["a", "b"]) == (["a"], ["b"])
+    assert health.snapshot()["b"]["limited_for"] == 3600
+    assert health.snapshot()["b"]["last_error"] == "timed out"
+    health.succeeded("b", 0.001)
+    assert not health.limited("b")
+    assert health.order(["a", "b"])[0] == "b"
+
+
+def test_longest_failing_peer_is_tried_last():
+    clock = FakeClock()
+    health = PeerHealth(clock)
+    health.failed("old", "refused")
+    clock.now += 5
+    health.failed("new", "refused")
+    health.failed("old", "refused")  # a second failure keeps the original start of the streak
+    assert health.order(["old", "new"]) == ["new", "old"]
+    assert health.snapshot()["old"]["failures"] == 2
+
+
+def test_latency_is_smoothed():
+    health = PeerHealth(FakeClock())
+    health.succeeded("a", 1.0)
+    health.succeeded("a", 0.0)
+    assert health.snapshot()["a"]["latency_ms"] == pytest.approx(700.0)
+
+
+def test_location_cache_expires_bounds_and_forgets():
+    clock = FakeClock()
+    cache = LocationCache(hit_ttl=10, miss_ttl=1, max_entries=2, clock=clock)
+    cache.found("b", "k1", "r1")
+    cache.missing("b", "k2")
+    assert cache.get("b", "k1") == "r1" and cache.get("b", "k2") == NOWHERE
+    clock.now += 1.5
+    assert cache.get("b", "k2") is None and cache.get("b", "k1") == "r1"
+    cache.found("b", "k3", "r2")
+    cache.found("b", "k4", "r2")  # over the bound: the least recently used entry goes
+    assert len(cache) == 2 and cache.get("b", "k1") is None
+    cache.forget("b", "k4")
+    assert cache.get("b", "k4") is None
+    clock.now += 11
+    assert cache.get("b", "k3") is None
+
+
+def info(key: str, modified: float = 1.0) -> ObjectInfo:
+    return ObjectInfo(key, 1, "e", modified)
+
+
+def test_merge_orders_dedupes_and_pages():
+    a = ListPage([info("a"), info("c", 1.0)], ["p/"], is_truncated=False)
+    b = ListPage([info("b"), info("c", 2.0)], ["p/", "q/"], is_truncated=False)
+    merged = merge_pages([a, b], max_keys=3)
+    assert [o.key for o in merged.objects] == ["a", "b", "c"] and merged.objects[2].last_modified == 2.0
+    assert merged.common_prefixes == [] and merged.is_truncated and merged.next_marker == "c"
+    whole = merge_pages([a, b], max_keys=10)
+    assert whole.common_prefixes == ["p/", "q/"] and not whole.is_truncated and whole.next_marker == ""
+
+
+def test_merge_is_truncated_when_a_source_is():
+    a = ListPage([info("a"), info("b")], [], is_truncated=True, next_marker="b")
+    merged = merge_pages([a, ListPage([], [])], max_keys=2)
+    assert merged.is_truncated and merged.next_marker == "b"
+
+
+def test_merge_orders_by_utf8_bytes():
+    merged = merge_pages([ListPage([info("é")], []), ListPage([info("z")], [])], max_keys=10)
+    assert [o.key for o in merged.objects] == ["z", "é"]
+
+
+def test_peer_signatures():
+    clock = FakeClock(1_000_000.0)
+    signer = PeerSigner("secret-0123456789abcdef", "p1", clock)
+    headers = signer.headers("GET", "/_cluster/v1/objects/b/k?x=1")
+    other = PeerSigner("secret-0123456789abcdef", "r1", clock)
+    assert other.verify("GET", "/_cluster/v1/objects/b/k?x=1", headers["x-cluster-auth"], "p1") == "p1"
+    with pytest.raises(PeerAuthError):  # another path
+        other.verify("GET", "/_cluster/v1/objects/b/other", headers["x-cluster-auth"], "p1")
+    with pytest.raises(PeerAuthError):  # another method
+        other.verify("DELETE", "/_cluster/v1/objects/b/k?x=1", headers["x-cluster-auth"], "p1")
+    with pytest.raises(PeerAuthError):  # another claimed node
+        other.verify("GET", "/_cluster/v1/objects/b/k?x=1", headers["x-cluster-auth"], "r2")
+    with pytest.raises(PeerAuthError):  # another cluster
+        PeerSigner("another-secret-0123456789", "r1", clock).verify(
+            "GET", "/_cluster/v1/objects/b/k?x=1", headers["x-cluster-auth"], "p1")
+    clock.now += 120
+    with pytest.raises(PeerAuthError, match="away from ours"):  # replayed later
+        other.verify("GET", "/_cluster/v1/objects/b/k?x=1", headers["x-cluster-auth"], "p1")
+    with pytest.raises(PeerAuthError):
+        other.verify("GET", "/x", None, None)
+
+
+def test_balancer_prefers_the_less_busy_of_two():
+    balancer = Balancer(random.Random(7))
+    with balancer.track("busy"), balancer.track("busy"):
+        picks = {balancer.choose(["busy", "idle"]) for _ in range(20)}
+    assert picks == {"idle"}
+    counts = {"a": 0, "b": 0, "c": 0}
+    for _ in range(300):
+        counts[balancer.choose(list(counts))] += 1
+    assert min(counts.values()) > 50, counts  # all idle: spread over every node
+    assert balancer.snapshot()["busy"] == {"placed": 2, "outstanding": 0}

@@ -1,0 +1,170 @@
+"""Mount life cycle and failures: signals, fusermount -u, the fstab helper, dead or hung gateways, credentials."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from fuse_helpers import sh
+
+from gateway.fuse.fstab import UsageError, mount_args
+from gateway.fuse.testing import unmount
+from gateway.testing.server import GatewayProcess
+
+
+def _wait_exit(process, timeout: float = 20.0) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the mount process did not exit within {timeout}s")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "fusermount"])
+def test_clean_unmount(fuse_gw, bucket, mount_factory, how):
+    mount = mount_factory()
+    (mount.path / bucket / "f").write_bytes(b"kept")
+    if how == "fusermount":
+        assert unmount(mount.path)
+    else:
+        mount.process.send_signal(getattr(signal, how))
+    assert _wait_exit(mount.process) == 0
+    assert not os.path.ismount(mount.path)
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="f")["Body"].read() == b"kept"
+
+
+def test_two_processes_write_and_read_each_others_files(mnt, bucket, mount_factory):
+    """Two writers, each on its own mount of the same gateway, read each other's files after close."""
+    other = mount_factory(["--attr-ttl", "0.5", "--dir-ttl", "0.5"])
+    script = textwrap.dedent("""
+        import hashlib, os, sys, time
+        mine, theirs, me, peer = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+        for n in range(20):
+            with open(os.path.join(mine, f"{me}-{n}"), "wb") as f:
+                f.write(hashlib.sha256(f"{me}{n}".encode()).digest() * (n + 1))
+        deadline = time.monotonic() + 30
+        for n in range(20):
+            expected = hashlib.sha256(f"{peer}{n}".encode()).digest() * (n + 1)
+            path = os.path.join(theirs, f"{peer}-{n}")
+            while True:
+                try:
+                    with open(path, "rb") as f:
+                        if f.read() == expected:
+                            break
+                except FileNotFoundError:
+                    pass
+                if time.monotonic() > deadline:
+                    sys.exit(f"{me}: {path} never appeared with the right content")
+                time.sleep(0.05)
+        print(f"{me} ok")
+    """)
+    first, second = mnt.path / bucket, other.path / bucket
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(first), str(first), "a", "b"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-c", script, str(second), str(first), "b", "a"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True),
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert sorted(os.listdir(second)) == sorted([f"a-{n}" for n in range(20)] + [f"b-{n}" for n in range(20)])
+
+
+def test_dead_gateway_gives_eio_not_a_hang(tmp_path, mount_factory):
+    with GatewayProcess(tmp_path / "gw") as gw:
+        gw.client().create_bucket(Bucket="bk1")
+        gw.client().put_object(Bucket="bk1", Key="f", Body=b"x")
+        mount = mount_factory(["--timeout", "2", "--attr-ttl", "0", "--dir-ttl", "0"], gateway=gw)
+        assert (mount.path / "bk1" / "f").read_bytes() == b"x"
+        gw.kill()
+        probe = ("import os, sys\ntry:\n    os.stat(sys.argv[1])\nexcept OSError as e:\n    print(e.errno)\n"
+                 "else:\n    print('ok')")
+        for path in (mount.path / "bk1" / "f", mount.path / "bk1" / "other", mount.path / "bk1"):
+            out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
+                                 timeout=60).stdout.strip()
+            assert out == str(errno.EIO), f"stat {path}: {out}"
+        assert "unreachable" in mount.log()
+
+
+def test_hung_gateway_gives_eio_after_the_timeout(tmp_path, mount_factory):
+    with GatewayProcess(tmp_path / "gw") as gw:
+        gw.client().create_bucket(Bucket="bk1")
+        mount = mount_factory(["--timeout", "1", "--attr-ttl", "0", "--dir-ttl", "0"], gateway=gw)
+        os.listdir(mount.path / "bk1")
+        gw.process.send_signal(signal.SIGSTOP)
+        try:
+            result = subprocess.run(["ls", str(mount.path / "bk1")], capture_output=True, text=True, timeout=60)
+        finally:
+            gw.process.send_signal(signal.SIGCONT)
+        assert result.returncode != 0
+        assert "Input/output error" in result.stderr
+
+
+def test_refused_credentials_give_eacces(tmp_path, mount_factory):
+    gw = GatewayProcess(tmp_path / "gw").start()
+    try:
+        gw.client().create_bucket(Bucket="bk1")
+        mount = mount_factory(["--attr-ttl", "0", "--dir-ttl", "0"], gateway=gw)
+        gw.stop()
+        # The same storage and port, restarted with a rotated secret key.
+        gw = GatewayProcess(tmp_path / "gw", port=gw.port, secret_key="another-secret-key-0123").start()
+        with pytest.raises(PermissionError):
+            os.listdir(mount.path / "bk1")
+    finally:
+        gw.stop()
+
+
+def test_mount_refuses_wrong_credentials_at_start(fuse_gw, tmp_path):
+    (tmp_path / "m").mkdir()
+    env = {**os.environ, "GATEWAY_ACCESS_KEY": fuse_gw.access_key, "GATEWAY_SECRET_KEY": "wrong-secret-key-000"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "mount", fuse_gw.endpoint, str(tmp_path / "m")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 32
+    assert "refused" in result.stderr and "secret" in result.stderr
+    assert not os.path.ismount(tmp_path / "m")
+
+
+def test_fstab_helper_mounts_in_the_background(fuse_gw, bucket, tmp_path):
+    config = tmp_path / "mount.toml"
+    config.write_text(f'access_key = "{fuse_gw.access_key}"\nsecret_key = "{fuse_gw.secret_key}"\n')
+    target = tmp_path / "m"
+    target.mkdir()
+    helper = os.path.join(os.path.dirname(sys.executable), "mount.gateway")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    try:
+        result = subprocess.run(
+            [helper, fuse_gw.endpoint, str(target), "-o",
+             f"rw,_netdev,nofail,x-systemd.automount,config={config},attr_ttl=1,uid=2000,log_file={tmp_path}/log"],
+            capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(target)  # the helper returns once the mount is up
+        assert bucket in os.listdir(target)
+        assert os.stat(target / bucket).st_uid == 2000
+    finally:
+        unmount(target)
+    assert not os.path.ismount(target)
+
+
+def test_fstab_option_parsing():
+    args, fake, verbose = mount_args(["http://h:1", "/mnt", "-fv", "-o", "ro,allow_other,umask=027,noatime,_netdev"])
+    assert args == ["mount", "http://h:1", "/mnt", "--read-only", "--allow-other", "--umask", "027"]
+    assert fake and verbose
+    with pytest.raises(UsageError, match="unknown mount option"):
+        mount_args(["http://h:1", "/mnt", "-o", "colour=blue"])
+    assert mount_args(["http://h:1", "/mnt", "-s", "-o", "colour=blue"])[0] == ["mount", "http://h:1", "/mnt"]
+    with pytest.raises(UsageError):
+        mount_args(["/mnt"])
+
+
+def test_stats_file_counts_requests(mnt, bucket):
+    before = json.loads((mnt.path / ".cv-gateway-stats").read_text())
+    sh("ls -l", cwd=mnt.path / bucket)
+    after = json.loads((mnt.path / ".cv-gateway-stats").read_text())
+    assert after["requests"].get("LIST", 0) > before["requests"].get("LIST", 0)
+    assert ".cv-gateway-stats" not in os.listdir(mnt.path)

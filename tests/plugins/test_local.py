@@ -1,0 +1,289 @@
+"""The local backend passes the conformance suite, plus what only files on disk can promise."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import anyio
+import pytest
+
+from gateway import errors
+from gateway.backend import ObjectMeta
+from gateway.payload import Payload
+from gateway.testing.backend_io import get_bytes, list_all, put_bytes
+from gateway.testing.conformance import BackendConformance
+from gateway_plugins import fslayout
+from gateway_plugins.local import LocalBackend
+
+pytestmark = pytest.mark.anyio  # the module-level tests below; the class gets it from BackendConformance
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def started(root, **options) -> LocalBackend:
+    backend = LocalBackend(root=str(root), **options)
+    await backend.start()
+    return backend
+
+
+class TestLocalBackend(BackendConformance):
+    @pytest.fixture
+    def root(self, tmp_path):
+        return tmp_path / "cv-storage"
+
+    @pytest.fixture
+    async def backend(self, root):
+        backend = await started(root)
+        yield backend
+        await backend.close()
+
+    @pytest.fixture
+    def reopen(self, root):
+        return lambda: started(root)
+
+
+# What only a backend on files promises ------------------------------------------
+
+
+@pytest.fixture
+async def local(tmp_path):
+    backend = await started(tmp_path / "cv-storage")
+    await backend.create_bucket("faces")
+    yield backend
+    await backend.close()
+
+
+def files_under(directory) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), directory) for d, _, names in os.walk(directory) for f in names)
+
+
+async def test_objects_are_files_in_the_documented_layout(local):
+    await put_bytes(local, "faces", "cam1/2024/0001.jpg", b"jpeg", ObjectMeta("image/jpeg", {"camera": "1"}))
+    path = os.path.join(local.root, "faces", "cam1", "2024", "0001.jpg%obj")
+    with open(path, "rb") as f:
+        raw = f.read()
+    header, offset = fslayout.decode_header(raw)
+    assert raw[offset:] == b"jpeg"
+    assert (header["key"], header["size"], header["meta"]["content_type"]) == ("cam1/2024/0001.jpg", 4, "image/jpeg")
+    assert header["meta"]["metadata"] == {"camera": "1"}
+    assert files_under(os.path.join(local.root, "faces")) == ["%bucket.json", "cam1/2024/0001.jpg%obj"]
+
+
+async def test_copied_tree_is_a_complete_store(local, tmp_path):
+    """A backup is a copy of the directory tree: a gateway on the copy sees every object and its metadata."""
+    meta = ObjectMeta("image/png", {"event": "7"}, {"cache-control": "no-cache"})
+    keys = ["a", "a/b", "long/" + "x" * 400 + "/y", "ü/%/..", "trailing/"]
+    for key in keys:
+        await put_bytes(local, "faces", key, key.encode(), meta, checksum_algorithms=("CRC32",))
+    shutil.copytree(local.root, tmp_path / "backup", ignore=shutil.ignore_patterns(".gateway"))
+    copy = await started(tmp_path / "backup")
+    try:
+        assert (await list_all(copy, "faces"))[0] == sorted(keys, key=str.encode)
+        for key in keys:
+            assert await get_bytes(copy, "faces", key) == key.encode()
+            head = await copy.head("faces", key)
+            assert head.meta == meta and head.checksums == (await local.head("faces", key)).checksums
+    finally:
+        await copy.close()
+
+
+async def test_no_temp_files_left_behind(local):
+    await put_bytes(local, "faces", "ok", b"x" * 3_000_000)
+    with pytest.raises(errors.BadDigest):
+        await put_bytes(local, "faces", "bad", b"x" * 3_000_000, content_md5="1B2M2Y8AsgTpgAmY7PhCfg==")
+    upload = await local.create_multipart("faces", "mp", ObjectMeta())
+    part = await local.upload_part("faces", "mp", upload.upload_id, 1, Payload.from_bytes(b"p"))
+    await local.complete_multipart("faces", "mp", upload.upload_id, [(1, part.etag)])
+    assert os.listdir(local.tmp_dir) == []
+
+
+def spawn_sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+async def test_startup_removes_temp_files_of_dead_processes_only(tmp_path):
+    root = tmp_path / "cv-storage"
+    first = await started(root)
+    dead = spawn_sleeper()
+    dead.kill()
+    dead.wait()
+    live = spawn_sleeper()
+    try:
+        stale = os.path.join(first.tmp_dir, f"{dead.pid}-0-deadbeef")
+        in_flight = os.path.join(first.tmp_dir, f"{live.pid}-0-cafebabe")
+        junk = os.path.join(first.tmp_dir, "not-a-temp-name")
+        # A live pid with another start time: the pid was reused, the writer is gone.
+        reused = os.path.join(first.tmp_dir, f"{live.pid}.1-0-0badf00d")
+        with_start = os.path.join(first.tmp_dir, os.path.basename(first._temp_path()))
+        for path in (stale, in_flight, junk, reused, with_start):
+            with open(path, "wb") as f:
+                f.write(b"partial object")
+        second = await started(root)
+        assert not os.path.exists(stale), "a dead writer's temp file survived start-up"
+        assert not os.path.exists(junk)
+        assert not os.path.exists(reused), "a temp file survived because its pid was reused"
+        assert os.path.exists(with_start), "start-up removed a temp file of this very process"
+        os.unlink(with_start)
+        assert os.path.exists(in_flight), "start-up removed the temp file of a live process"
+        await second.close()
+    finally:
+        live.kill()
+        live.wait()
+    third = await started(root)
+    assert os.listdir(third.tmp_dir) == []
+    await first.close()
+    await third.close()
+
+
+async def test_second_instance_in_the_same_process_keeps_writes_in_flight(tmp_path):
+    """Starting another instance on the same root (same pid) must not delete a temp file being written."""
+    root = tmp_path / "cv-storage"
+    first = await started(root)
+    await first.create_bucket("b")
+    halfway, go_on = anyio.Event(), anyio.Event()
+
+    async def body():
+        yield b"x" * 2_000_000
+        halfway.set()
+        await go_on.wait()
+        yield b"y"
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(first.put, "b", "k", Payload(body()), ObjectMeta())
+        await halfway.wait()
+        assert len(os.listdir(first.tmp_dir)) == 1
+        second = await started(root)
+        go_on.set()
+    assert await get_bytes(second, "b", "k") == b"x" * 2_000_000 + b"y"
+    await second.close()
+    await first.close()
+
+
+ESCAPING_KEYS = [
+    "..", "../..", "../escaped", "../../escaped", "a/../../escaped", "/abs/escaped", "//abs/escaped",
+    "..%2F..%2Fescaped", "%2e%2e/%2e%2e/escaped", "..\\..\\escaped", "a/\x00/b", "\x00", "nul\x00../escaped",
+    "./../escaped", "a/./../../escaped", "../" * 20 + "escaped", "/" + "../" * 20 + "tmp/escaped",
+]
+
+
+async def test_no_key_escapes_the_root(tmp_path):
+    sandbox = tmp_path / "sandbox"
+    root = sandbox / "cv-storage"
+    backend = await started(root)
+    await backend.create_bucket("b")
+    try:
+        for number, key in enumerate(ESCAPING_KEYS):
+            await put_bytes(backend, "b", key, str(number).encode())
+        assert os.listdir(sandbox) == ["cv-storage"], "a file was written next to the storage root"
+        assert sorted(os.listdir(root)) == [".gateway", "b"]
+        bucket_dir = os.path.realpath(root / "b")
+        for relative in files_under(root / "b"):
+            path = os.path.realpath(os.path.join(bucket_dir, relative))
+            assert path.startswith(bucket_dir + os.sep), f"{relative} resolves outside the bucket"
+            assert relative == "%bucket.json" or relative.endswith("%obj"), relative
+            assert "/../" not in "/" + relative + "/" and "/./" not in "/" + relative + "/"
+        for number, key in enumerate(ESCAPING_KEYS):
+            assert await get_bytes(backend, "b", key) == str(number).encode()
+        assert (await list_all(backend, "b"))[0] == sorted(ESCAPING_KEYS, key=str.encode)
+        for key in ESCAPING_KEYS:
+            await backend.delete("b", key)
+        assert os.listdir(root / "b") == ["%bucket.json"], "deleting left files or directories behind"
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", "a\x00b", ".hidden", ".gateway"])
+async def test_bucket_names_cannot_escape(local, name):
+    with pytest.raises(errors.InvalidBucketName):
+        await local.create_bucket(name)
+    with pytest.raises((errors.InvalidBucketName, errors.NoSuchBucket)):
+        await local.head_bucket(name)
+
+
+async def test_foreign_and_corrupt_files_are_not_objects(local):
+    await put_bytes(local, "faces", "real", b"x")
+    bucket_dir = os.path.join(local.root, "faces")
+    os.makedirs(os.path.join(bucket_dir, "copied-by-hand"))
+    for name in ("README.txt", "copied-by-hand/photo.jpg"):
+        with open(os.path.join(bucket_dir, name), "wb") as f:
+            f.write(b"not an object")
+    damaged = {
+        "broken": b"garbage that is no object header",
+        "short": b"CV",
+        "no-fields": fslayout.PREFIX.pack(fslayout.MAGIC, 2) + b"{}",
+        "bad-json": fslayout.PREFIX.pack(fslayout.MAGIC, 5) + b"{nope",
+        "cut-header": fslayout.PREFIX.pack(fslayout.MAGIC, 500) + b"{",
+    }
+    for name, content in damaged.items():
+        with open(os.path.join(bucket_dir, name + "%obj"), "wb") as f:
+            f.write(content)
+    assert await list_all(local, "faces") == (["real"], [])
+    assert await list_all(local, "faces", delimiter="/") == (["real"], [])
+    for name in damaged:
+        for call in (local.get, local.head):
+            with pytest.raises(errors.InternalError, match="damaged"):
+                await call("faces", name)
+
+
+async def test_truncated_object_file_fails_the_read(local):
+    await put_bytes(local, "faces", "big", b"z" * 3_000_000)
+    path = os.path.join(local.root, "faces", "big%obj")
+    os.truncate(path, os.path.getsize(path) - 1000)
+    reader = await local.get("faces", "big")
+    with pytest.raises(errors.InternalError):
+        async with reader:
+            await reader.read_all()
+
+
+async def test_bucket_directory_made_by_hand(local):
+    os.makedirs(os.path.join(local.root, "by-hand"))
+    assert (await local.head_bucket("by-hand")).name == "by-hand"
+    assert "by-hand" in [b.name for b in await local.list_buckets()]
+    await put_bytes(local, "by-hand", "k", b"v")
+    assert await get_bytes(local, "by-hand", "k") == b"v"
+
+
+async def test_without_fsync(tmp_path):
+    backend = await started(tmp_path / "cv-storage", fsync=False, fsync_dirs=True)
+    await backend.create_bucket("b")
+    await put_bytes(backend, "b", "d/k", b"v" * 2_000_000)
+    assert await get_bytes(backend, "b", "d/k") == b"v" * 2_000_000
+    await backend.close()
+
+
+async def test_unusable_root_fails_at_start(tmp_path):
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(ValueError, match="root"):
+        await started(tmp_path / "a-file" / "cv-storage")
+
+
+async def test_long_directory_names_list_without_their_name_file(local):
+    """A copy that lost the %name file of a hashed (long) directory still lists its objects."""
+    long_segment = "seg-" * 80
+    keys = [f"{long_segment}/x", f"{long_segment}/deeper/{long_segment}/y"]
+    for key in keys:
+        await put_bytes(local, "faces", key, b"v")
+    for parent, _, names in os.walk(os.path.join(local.root, "faces")):
+        if fslayout.NAME_FILE in names:
+            os.unlink(os.path.join(parent, fslayout.NAME_FILE))
+    assert (await list_all(local, "faces"))[0] == sorted(keys, key=str.encode)
+    assert await list_all(local, "faces", delimiter="/") == ([], [long_segment + "/"])
+    assert await list_all(local, "faces", prefix=long_segment + "/deeper/", delimiter="/") == (
+        [], [f"{long_segment}/deeper/{long_segment}/"])
+
+
+async def test_key_too_long_for_the_filesystem(local):
+    """Past S3's 1024 bytes the API refuses a key; the backend itself still answers with S3 errors."""
+    key = ("%" * 66 + "/") * 30  # 2010 bytes, about 6000 on disk: longer than PATH_MAX
+    with pytest.raises(errors.KeyTooLongError):
+        await put_bytes(local, "faces", key, b"x")
+    for call in (local.head, local.get):
+        with pytest.raises(errors.NoSuchKey):
+            await call("faces", key)
+    await local.delete("faces", key)
+    assert os.listdir(local.tmp_dir) == []
+    assert await list_all(local, "faces") == ([], [])

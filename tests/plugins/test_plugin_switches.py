@@ -1,0 +1,127 @@
+"""GATEWAY_DISABLE_PLUGINS / GATEWAY_LOAD_PLUGINS, `gateway plugins list` and GET /_admin/plugins.
+
+The example plugin (docs/example-plugin, installed by `make test`) is the
+third-party plugin the switches act on; built-ins always load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from importlib import metadata
+
+import pytest
+
+from gateway import plugins
+from gateway.testing.server import GatewayProcess
+
+BUILTINS = {"local", "memory", "smb", "s3"}
+EXAMPLE = "example-flatfile"
+
+
+@pytest.fixture(autouse=True)
+def example_installed():
+    names = {ep.name for ep in metadata.entry_points(group=plugins.GROUP)}
+    if EXAMPLE not in names:
+        pytest.fail("the example plugin is not installed: run `make test-deps` "
+                    "(it runs `pip install -e docs/example-plugin`)")
+
+
+@pytest.fixture
+def fresh_manager(monkeypatch):
+    """Reload plugins under this test's environment, and forget them afterwards."""
+    for name in ("GATEWAY_DISABLE_PLUGINS", "GATEWAY_LOAD_PLUGINS", "GATEWAY_TRACE_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    plugins.reset_plugin_manager()
+    yield monkeypatch
+    plugins.reset_plugin_manager()
+
+
+def loaded() -> set[str]:
+    return {record.name for record in plugins.plugin_records()}
+
+
+def test_everything_loads_by_default(fresh_manager):
+    assert BUILTINS | {EXAMPLE} <= loaded()
+    assert plugins.backend_classes()["flatfile"].__module__ == "gateway_example_backend.flatfile"
+
+
+@pytest.mark.parametrize("value", [EXAMPLE, f" {EXAMPLE} , other", "*"])
+def test_disable_plugins(fresh_manager, value):
+    fresh_manager.setenv("GATEWAY_DISABLE_PLUGINS", value)
+    names = loaded()
+    assert EXAMPLE not in names
+    assert BUILTINS <= names, "built-in backends must load whatever the switch says"
+    assert "flatfile" not in plugins.backend_classes()
+
+
+def test_load_only_the_named_plugins(fresh_manager):
+    fresh_manager.setenv("GATEWAY_LOAD_PLUGINS", "nothing-by-this-name")
+    assert EXAMPLE not in loaded() and BUILTINS <= loaded()
+    plugins.reset_plugin_manager()
+    fresh_manager.setenv("GATEWAY_LOAD_PLUGINS", EXAMPLE)
+    assert EXAMPLE in loaded()
+
+
+def test_disable_wins_over_load(fresh_manager):
+    fresh_manager.setenv("GATEWAY_LOAD_PLUGINS", EXAMPLE)
+    fresh_manager.setenv("GATEWAY_DISABLE_PLUGINS", EXAMPLE)
+    assert EXAMPLE not in loaded()
+
+
+def test_records_carry_versions_and_builtin_flag(fresh_manager):
+    records = {r.name: r for r in plugins.plugin_records()}
+    assert records[EXAMPLE].version == metadata.version("cv-gateway-example-backend")
+    assert records[EXAMPLE].builtin is False
+    assert all(records[name].builtin and records[name].version == metadata.version("cv-gateway")
+               for name in BUILTINS)
+    assert records["smb"].module == "gateway_plugins.smb"
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                          env={**clean, **env}, timeout=60)
+
+
+def test_cli_plugins_list_table_and_json():
+    table = _cli("plugins", "list")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "VERSION", "BACKENDS", "MODULE"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["smb"][1:] == [metadata.version("cv-gateway"), "smb", "gateway_plugins.smb"]
+    assert rows["s3"][2:] == ["s3", "gateway_plugins.s3"]
+    assert rows[EXAMPLE][1:] == ["0.1.0", "flatfile", "gateway_example_backend.flatfile"]
+    as_json = json.loads(_cli("plugins", "list", "--json").stdout)
+    by_name = {row["name"]: row for row in as_json}
+    assert by_name[EXAMPLE] == {"name": EXAMPLE, "version": "0.1.0", "module": "gateway_example_backend.flatfile",
+                                "builtin": False, "backends": ["flatfile"]}
+    assert by_name["s3"]["backends"] == ["s3"] and by_name["s3"]["builtin"] is True
+
+
+def test_cli_honours_the_switches():
+    rows = json.loads(_cli("plugins", "list", "--json", GATEWAY_DISABLE_PLUGINS=EXAMPLE).stdout)
+    assert EXAMPLE not in {row["name"] for row in rows} and BUILTINS <= {row["name"] for row in rows}
+
+
+def test_admin_plugins_endpoint_and_disabled_backend_type(tmp_path):
+    config = f'default_backend = "flat"\n\n[backends.flat]\ntype = "flatfile"\nroot = "{tmp_path / "flat"}"\n'
+    with GatewayProcess(tmp_path / "unused", config=config) as gw:
+        with urllib.request.urlopen(gw.endpoint + "/_admin/plugins", timeout=10) as response:
+            listed = {row["name"]: row for row in json.load(response)}
+        assert listed[EXAMPLE]["version"] == "0.1.0" and listed[EXAMPLE]["builtin"] is False
+        assert BUILTINS <= set(listed)
+        s3 = gw.client()
+        s3.create_bucket(Bucket="flat-bucket")
+        s3.put_object(Bucket="flat-bucket", Key="k", Body=b"through the example plugin")
+        assert s3.get_object(Bucket="flat-bucket", Key="k")["Body"].read() == b"through the example plugin"
+    path = tmp_path / "flat.toml"
+    path.write_text(config)
+    refused = _cli("serve", "--config", str(path), "--access-key", "k", "--secret-key", "s" * 20,
+                   GATEWAY_DISABLE_PLUGINS=EXAMPLE)
+    assert refused.returncode != 0
+    assert "unknown backend type 'flatfile'" in refused.stderr, refused.stderr

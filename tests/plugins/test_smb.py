@@ -1,0 +1,246 @@
+"""The smb backend against a real smbd: the conformance suite, then what only SMB can break.
+
+- the files it writes are those of the local backend (a share mounted as
+  cv-storage and the share spoken to over SMB are interchangeable);
+- smbd restarting in the middle of a workload gives clean 503 S3 errors
+  while it is down, success after, and never a partial object;
+- a hung server gives a 503 after the timeout, never a hang;
+- bad settings fail at start-up, naming the backend and the setting.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from gateway.backend import ObjectMeta
+from gateway.testing.backend_io import get_bytes, list_all, put_bytes
+from gateway.testing.conformance import BackendConformance
+from gateway.testing.server import GatewayProcess, free_port
+from gateway_plugins.local import LocalBackend
+from gateway_plugins.smb import SmbBackend, read_credentials_file
+
+
+async def started(options: dict) -> SmbBackend:
+    backend = SmbBackend(name="nas", **options)
+    await backend.start()
+    return backend
+
+
+class TestSmbBackend(BackendConformance):
+    @pytest.fixture
+    def options(self, smbd, smb_path):
+        return smbd.backend_options(path=smb_path)
+
+    @pytest.fixture
+    async def backend(self, options):
+        backend = await started(options)
+        yield backend
+        await backend.close()
+
+    @pytest.fixture
+    def reopen(self, options):
+        return lambda: started(options)
+
+    async def test_files_are_the_local_layout(self, backend, smbd, smb_path):
+        """What the smb backend writes, the local backend reads on the share's directory, and back."""
+        meta = ObjectMeta("image/jpeg", {"camera": "7"}, {"cache-control": "no-cache"})
+        await backend.create_bucket("faces")
+        keys = ["cam1/0001.jpg", "cam1/deeper/x", "per%cent", "back\\slash:colon*star?", "tab\there"]
+        for key in keys:
+            await put_bytes(backend, "faces", key, key.encode() * 3, meta)
+        local = LocalBackend(root=str(smbd.share_dir / smb_path))
+        await local.start()
+        try:
+            assert (await list_all(local, "faces"))[0] == sorted(keys, key=str.encode)
+            for key in keys:
+                assert await get_bytes(local, "faces", key) == key.encode() * 3
+                assert (await local.head("faces", key)).metadata == {"camera": "7"}
+            await put_bytes(local, "faces", "from-local/é", b"written by the local backend")
+        finally:
+            await local.close()
+        assert await get_bytes(backend, "faces", "from-local/é") == b"written by the local backend"
+
+    async def test_key_with_reserved_private_use_character_is_refused(self, backend, bucket):
+        from gateway import errors
+
+        with pytest.raises(errors.InvalidArgument):
+            await put_bytes(backend, bucket, "odd\uf026name", b"x")
+
+    async def test_failed_put_leaves_no_temp_file(self, backend, bucket, smbd, smb_path):
+        from gateway.testing.backend_io import breaking_stream, StreamBroke
+        from gateway.payload import Payload
+
+        with pytest.raises(StreamBroke):
+            await backend.put(bucket, "big", Payload(breaking_stream(b"z" * (3 << 20), 2 << 20)), ObjectMeta())
+        tmp_dir = smbd.share_dir / smb_path / ".gateway" / "tmp" / backend.host
+        assert [p.name for p in tmp_dir.iterdir()] == []
+
+
+def test_credentials_file(tmp_path):
+    path = tmp_path / "smb.cred"
+    path.write_text("# mount.cifs format\nusername=cvgw\npassword=p=a=ss\ndomain=LAB\n")
+    assert read_credentials_file(str(path)) == {"username": "cvgw", "password": "p=a=ss", "domain": "LAB"}
+
+
+def _serve_and_fail(tmp_path, config: str) -> tuple[int, str]:
+    """Run ``gateway serve --config`` expecting it to refuse to start; return (exit code, output)."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(free_port()),
+         "--access-key", "k", "--secret-key", "s" * 20],
+        capture_output=True, text=True, timeout=60,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("problem, setting", [
+    ("password", "user/password"),
+    ("port", "server/port"),
+    ("share", "share"),
+])
+def test_bad_settings_fail_at_start_up(tmp_path, smbd, problem, setting):
+    text = smbd.toml("nas", path="startup")
+    if problem == "password":
+        text = text.replace(f'password = "{smbd.password}"', 'password = "wrong-password"')
+    elif problem == "port":
+        text = text.replace(f"port = {smbd.port}", f"port = {free_port()}")
+    else:
+        text = text.replace(f'share = "{smbd.share}"', 'share = "no-such-share"')
+    code, output = _serve_and_fail(tmp_path, text)
+    assert code != 0, output
+    assert "backend 'nas' (smb)" in output, output
+    assert setting in output, output
+
+
+def test_missing_setting_and_unknown_option(tmp_path, smbd):
+    code, output = _serve_and_fail(tmp_path, 'default_backend = "nas"\n[backends.nas]\ntype = "smb"\n'
+                                             'share = "x"\nuser = "u"\n')
+    assert code != 0 and "backends.nas.server is required" in output, output
+    code, output = _serve_and_fail(tmp_path, smbd.toml("nas").replace("[backends.nas]\n", '[backends.nas]\npasword = "x"\n'))
+    assert code != 0 and "pasword" in output, output
+
+
+@pytest.fixture
+def smb_gateway(smbd, smb_path, tmp_path):
+    config = smbd.toml("nas", path=smb_path, timeout=3, connect_timeout=2)
+    with GatewayProcess(tmp_path / "unused", config=config) as gw:
+        yield gw
+
+
+def _error_code(exc: ClientError) -> tuple[int, str]:
+    return exc.response["ResponseMetadata"]["HTTPStatusCode"], exc.response["Error"]["Code"]
+
+
+def test_smbd_restart_mid_workload(smbd, smb_gateway):
+    """While smbd is down every request is a clean 503; afterwards all succeed; no object is ever partial."""
+    s3 = smb_gateway.client()
+    s3.create_bucket(Bucket="work")
+    versions: dict[str, set[bytes]] = {}  # key -> every body a PUT of it was acknowledged or attempted with
+
+    def body(key: str, n: int) -> bytes:
+        return hashlib.sha256(f"{key}-{n}".encode()).digest() * (200 + n % 7 * 300)
+
+    for i in range(10):
+        key = f"k{i}"
+        s3.put_object(Bucket="work", Key=key, Body=body(key, 0))
+        versions[key] = {body(key, 0)}
+
+    outcomes = {"ok": 0, "503": 0}
+    unexpected = []
+
+    def one(n: int) -> None:
+        key = f"k{n % 10}"
+        try:
+            if n % 2:
+                data = body(key, n)
+                versions[key].add(data)
+                s3.put_object(Bucket="work", Key=key, Body=data)
+            else:
+                got = s3.get_object(Bucket="work", Key=key)["Body"].read()
+                if got not in versions[key]:
+                    unexpected.append(f"GET {key} returned {len(got)} bytes that no PUT wrote")
+            outcomes["ok"] += 1
+        except ClientError as exc:
+            status, code = _error_code(exc)
+            if (status, code) == (503, "ServiceUnavailable"):
+                outcomes["503"] += 1
+            else:
+                unexpected.append(f"{key}: {status} {code}")
+
+    deadline = time.monotonic() + 60
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(40)))  # smbd up
+        smbd.stop()
+        list(pool.map(one, range(40, 80)))  # smbd down: every request must be a 503
+        down_ok = outcomes["ok"]
+        smbd.start()
+        list(pool.map(one, range(80, 160)))
+    assert time.monotonic() < deadline
+    assert not unexpected, unexpected
+    assert outcomes["503"] >= 30, outcomes  # practically all of the 40 requests made while it was down
+    assert down_ok >= 40
+    # Back up: everything works again, and every object is one complete version.
+    for i in range(10):
+        key = f"k{i}"
+        got = s3.get_object(Bucket="work", Key=key)["Body"].read()
+        assert got in versions[key], f"{key} is not a version that was written"
+    s3.put_object(Bucket="work", Key="after", Body=b"after the restart")
+    assert s3.get_object(Bucket="work", Key="after")["Body"].read() == b"after the restart"
+
+
+def test_down_server_gives_s3_xml_503(smbd, smb_gateway):
+    import urllib.request
+
+    s3 = smb_gateway.client()
+    s3.create_bucket(Bucket="down")
+    s3.put_object(Bucket="down", Key="x", Body=b"x")
+    smbd.stop()
+    try:
+        for call in (lambda: s3.get_object(Bucket="down", Key="x"), lambda: s3.list_objects_v2(Bucket="down"),
+                     lambda: s3.put_object(Bucket="down", Key="y", Body=b"y")):
+            with pytest.raises(ClientError) as caught:
+                call()
+            assert _error_code(caught.value) == (503, "ServiceUnavailable")
+            assert "smb" in caught.value.response["Error"]["Message"]
+        with urllib.request.urlopen(smb_gateway.endpoint + "/readyz", timeout=30) as response:
+            pytest.fail(f"/readyz answered {response.status} while smbd is down")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503
+    finally:
+        smbd.start()
+    assert s3.get_object(Bucket="down", Key="x")["Body"].read() == b"x"
+
+
+def test_hung_server_gives_503_not_a_hang(smbd, smb_gateway):
+    """smbd stopped (SIGSTOP) keeps its sockets open but never answers: the call timeout must fire."""
+    s3 = smb_gateway.client()
+    s3.create_bucket(Bucket="hung")
+    s3.put_object(Bucket="hung", Key="x", Body=b"x")
+    os.killpg(smbd.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ClientError) as caught:
+            s3.get_object(Bucket="hung", Key="x")
+        status, code = _error_code(caught.value)
+        assert (status, code) == (503, "ServiceUnavailable")
+        assert "timeout" in caught.value.response["Error"]["Message"]
+    finally:
+        os.killpg(smbd.process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while True:  # the connection the timeout shut down is replaced on the next call
+        try:
+            assert s3.get_object(Bucket="hung", Key="x")["Body"].read() == b"x"
+            break
+        except ClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
