@@ -7,8 +7,8 @@ needs; docs/shared-storage.md explains the consistency model and the mounts.
 What makes concurrent gateways safe:
 
 - Data and metadata are one file, written under ``.gateway/tmp/<host_id>/``
-  as ``<pid>-<n>-<random>`` (unique per host and process, created with
-  O_EXCL) and published with one rename. Two servers writing the same key
+  as ``<pid>.<process start>-<n>-<random>`` (unique per host and process,
+  created with O_EXCL) and published with one rename. Two servers writing the same key
   both rename; the server applies renames one at a time, so the last one
   wins and a reader sees one writer's whole file, never a mix.
 - Nothing is cached in the process: every GET, HEAD and LIST goes to the

@@ -101,8 +101,8 @@ class Cluster:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            except asyncio.CancelledError:
+                pass  # what we asked for
         await self.client.close()
         await self.registry.close()
 
@@ -144,7 +144,7 @@ class Cluster:
         while True:
             try:
                 await asyncio.wait_for(self._reload_wanted.wait(), timeout=max(0.0, next_beat - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 if self._reload_wanted.is_set():
@@ -174,8 +174,10 @@ class Cluster:
         async def probe(peer: str) -> None:
             try:
                 await self.client.ping(peer, peers[peer])
-            except (PeerUnreachable, Exception):
-                pass
+            except PeerUnreachable as exc:
+                log.debug("probe: %s", exc)  # health already recorded the failure
+            except Exception as exc:  # an odd answer: still down for us; the next probe retries
+                log.info("probe of %s: %s", peer, exc)
 
         if limited:
             await asyncio.gather(*(probe(p) for p in limited))

@@ -49,7 +49,7 @@ class NodeRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "NodeRecord":
+    def from_json(cls, data: dict[str, Any]) -> NodeRecord:
         return cls(data["node_id"], data["role"], data["address"], int(data.get("install_order", 0)),
                    float(data.get("last_seen", 0.0)), dict(data.get("info") or {}))
 

@@ -99,7 +99,7 @@ class PeerClient:
                 return await self.request(peer, address, method, target, headers=headers, retry=False)
             self._failed(peer, f"disconnected: {exc}")
             raise PeerUnreachable(peer, "closed the connection") from None
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             self._failed(peer, reason)
             raise PeerUnreachable(peer, reason) from None
@@ -144,7 +144,7 @@ class PeerClient:
         if stop - start <= SMALL_BODY:
             try:
                 data = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 response.close()
                 self._failed(peer, f"body: {exc or 'timed out'}")
                 raise errors.ServiceUnavailable(f"peer {peer} failed while sending the object") from None

@@ -46,7 +46,7 @@ def create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivat
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         return cert, key
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     name = _name("cv-gateway cluster CA")
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -75,7 +75,7 @@ def issue_node_cert(directory: Path, ca_cert, ca_key, node: str, hosts: list[str
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(_name(node)).issuer_name(ca_cert.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())

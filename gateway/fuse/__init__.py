@@ -4,7 +4,7 @@ Layers, from the wire up (only ``operations`` and ``mount`` import the FUSE bind
 
 - ``client``     synchronous, pooled S3 client (urllib3 + a small SigV4 signer); raises OSError with an errno
 - ``cache``      attribute and directory caches with TTLs and an injected clock
-- ``files``      open files: read-ahead for remote reads, write spooling and uploads
+- ``files``      open files: streamed sequential reads, write spooling and uploads
 - ``fs``         the filesystem in path terms (lookup, readdir, rename, ...), no FUSE types
 - ``operations`` the thin mfusepy ``Operations`` translator
 - ``mount``      options, signals, running the FUSE loop

@@ -1,8 +1,8 @@
 """Open files: read-ahead for remote reads, write spooling to a bounded temp dir, uploads.
 
 A file opened for reading reads ranges of the object over HTTP. Sequential
-reads switch on read-ahead: one streamed GET read by a background thread up
-to ``max_read_ahead`` bytes ahead. A random read fetches exactly the bytes
+reads switch to one streamed GET to the end of the object, which the
+gateway sends ahead of the reader. A random read fetches exactly the bytes
 asked for, so ``tail -c 100`` of a 1 GiB object fetches about a page.
 
 A file written to is spooled to an unnamed temp file (never RAM), holding
@@ -33,7 +33,7 @@ MiB = 1024 * 1024
 
 @dataclass
 class FileOptions:
-    max_read_ahead: int = 16 * MiB  # bytes fetched ahead of a sequential reader, at most
+    stream_window: int = 16 * MiB  # a read this far ahead of a stream still continues it
     multipart_threshold: int = 32 * MiB  # files from this size up are uploaded in parts
     part_size: int = 16 * MiB
     upload_concurrency: int = 4  # parts in flight per upload
@@ -148,22 +148,22 @@ class RemoteReader:
     """Reads of an object not being written (one per file handle).
 
     A random read fetches exactly its range. From the second read in
-    sequence on, one streamed GET from that offset to the end feeds a buffer
-    from a background thread, up to ``max_read_ahead`` bytes ahead of the
-    reader: the same single stream a plain HTTP client reads, so the mount
-    keeps up with it (parallel ranged GETs measured slower; docs/fuse.md).
-    Reads a little out of order (the kernel's async read-ahead) are served
-    from the buffer; a jump elsewhere ends the stream.
+    sequence on, one streamed GET from that offset to the end serves the
+    reads: the same single stream a plain HTTP client reads (parallel ranged
+    GETs measured slower; docs/fuse.md). The gateway sends ahead into the
+    socket buffers while the kernel's own read-ahead keeps requests coming.
+    Reads a little out of order are served from a buffer; a jump of more
+    than ``stream_window`` ends the stream.
     """
 
     KEEP_BEHIND = 8 * MiB  # bytes kept behind the furthest read, for the kernel's out-of-order reads
 
-    def __init__(self, client: ObjectClient, executor: ThreadPoolExecutor, bucket: str, key: str, size: int,
-                 first: bytes | None, options: FileOptions):
+    def __init__(self, client: ObjectClient, bucket: str, key: str, size: int, first: bytes | None,
+                 options: FileOptions):
         self.client = client
         self.bucket, self.key, self.size = bucket, key, size
         self.first = first or b""
-        self.max_ahead = max(options.max_read_ahead, MiB)
+        self.window = max(options.stream_window, MiB)
         self._next = 0
         self._streak = 0
         self._stream: _Stream | None = None
@@ -178,12 +178,12 @@ class RemoteReader:
             self._streak = self._streak + 1 if sequential else 0
             self._next = stop
             stream = self._stream
-            if stream is not None and not stream.serves(offset, self.max_ahead):
+            if stream is not None and not stream.serves(offset, self.window):
                 stream.close()
                 stream = self._stream = None
             if stream is None and stop > len(self.first) and (self._streak >= 1 or offset == len(self.first) > 0):
                 stream = self._stream = _Stream(self.client, self.bucket, self.key, offset, self.size,
-                                                self.max_ahead, self.KEEP_BEHIND)
+                                                self.KEEP_BEHIND)
         if stop <= len(self.first):  # fetched with the lookup
             return self.first[offset:stop]
         if stream is None:
@@ -212,88 +212,47 @@ class RemoteReader:
 
 
 class _Stream:
-    """One GET from ``start`` to the end of the object, read ahead into a bounded buffer by a thread.
+    """One GET from ``start`` to the end of the object, read by whichever FUSE thread needs the bytes.
 
-    Each waiting reader has its own Event, set only when its bytes have arrived: with one shared
-    Condition, every chunk woke all of FUSE's waiting threads, which then fought the stream thread
-    for the GIL (measured: half the throughput).
+    No thread of its own: the gateway streams ahead into the socket buffers and the kernel's
+    read-ahead keeps requests coming, so a read finds its bytes arriving. Bytes read for a request
+    further ahead (the kernel sends a few at once, in any order) are buffered for the ones behind.
+    A background thread with a bounded queue measured slower: every chunk then crossed threads and
+    the GIL, which costs most on a loaded machine (docs/fuse.md).
     """
 
     CHUNK = 256 * 1024
 
-    def __init__(self, client: ObjectClient, bucket: str, key: str, start: int, size: int, max_ahead: int,
-                 keep_behind: int):
+    def __init__(self, client: ObjectClient, bucket: str, key: str, start: int, size: int, keep_behind: int):
         self.client, self.bucket, self.key = client, bucket, key
-        self.size, self.max_ahead, self.keep_behind = size, max_ahead, keep_behind
+        self.size, self.keep_behind = size, keep_behind
         self.start = start  # first byte still buffered
         self.end = start  # first byte not received yet
         self.consumed = start  # the furthest byte read
         self.chunks: deque[bytes] = deque()
-        self.error: BaseException | None = None
+        self.response = None
         self.closed = False
         self.lock = threading.Lock()
-        self.waiters: list[tuple[int, threading.Event]] = []
-        self.space = threading.Event()  # set while the buffer may grow
-        self.space.set()
         client.count("streams")
-        threading.Thread(target=self._run, name="gateway-fuse-stream", daemon=True).start()
 
     def serves(self, offset: int, window: int) -> bool:
-        with self.lock:
-            return self.error is None and not self.closed and self.start <= offset <= self.end + window
-
-    def _run(self) -> None:
-        response = None
-        try:
-            response = self.client.request("GET", "GET", self.bucket, self.key, stream=True,
-                                            headers={"range": f"bytes={self.start}-"})
-            while True:
-                with self.lock:
-                    if self.closed:
-                        return
-                    full = self.end - self.consumed >= self.max_ahead
-                    if full:
-                        self.space.clear()
-                if full:
-                    self.space.wait()
-                    continue
-                data = response.read(self.CHUNK)
-                if not data:
-                    if self.end < self.size:
-                        raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: the stream ended at byte "
-                                                    f"{self.end} of {self.size}")
-                    return
-                self.client.count("bytes_in", len(data))
-                with self.lock:
-                    self.chunks.append(data)
-                    self.end += len(data)
-                    ready = [event for stop, event in self.waiters if stop <= self.end]
-                    if ready:
-                        self.waiters = [(stop, event) for stop, event in self.waiters if stop > self.end]
-                for event in ready:
-                    event.set()
-        except BaseException as exc:
-            if not isinstance(exc, OSError):
-                log.exception("read-ahead of %s/%s failed", self.bucket, self.key)
-            with self.lock:
-                self.error = exc if isinstance(exc, OSError) else StoreError(errno.EIO, str(exc))
-        finally:
-            self._wake_all()
-            if response is not None:
-                response.close()  # an unfinished body cannot go back to the pool
-                response.release_conn()
+        return not self.closed and self.start <= offset <= self.end + window
 
     def read(self, offset: int, stop: int) -> bytes:
         with self.lock:
-            event = None
-            if self.end < stop and self.error is None and not self.closed:
-                event = threading.Event()
-                self.waiters.append((stop, event))
-        if event is not None and not event.wait(2 * self.client.timeout + 1):
-            raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: no data from the gateway in time")
-        with self.lock:
-            if self.end < stop:
-                raise self.error or StoreError(errno.EIO, f"{self.bucket}/{self.key}: read-ahead stopped")
+            if self.closed:
+                raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: read-ahead stopped")
+            if self.response is None:
+                self.response = self.client.request("GET", "GET", self.bucket, self.key, stream=True,
+                                                    headers={"range": f"bytes={self.start}-"})
+            while self.end < stop:
+                data = self.response.read(max(self.CHUNK, stop - self.end))
+                if not data:
+                    raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: the stream ended at byte {self.end} "
+                                                f"of {self.size}")
+                self.client.count("bytes_in", len(data))
+                self.chunks.append(data)
+                self.end += len(data)
             if offset < self.start:
                 return b""  # already trimmed: the caller fetches it on its own
             data = self._slice(offset, stop)
@@ -301,8 +260,6 @@ class _Stream:
             keep_from = self.consumed - self.keep_behind
             while self.chunks and self.start + len(self.chunks[0]) <= keep_from:
                 self.start += len(self.chunks.popleft())
-            if self.end - self.consumed < self.max_ahead:
-                self.space.set()
             return data
 
     def _slice(self, offset: int, stop: int) -> bytes:
@@ -316,17 +273,14 @@ class _Stream:
             position = end
         return b"".join(parts)
 
-    def _wake_all(self) -> None:
-        with self.lock:
-            waiters, self.waiters = self.waiters, []
-        for _, event in waiters:
-            event.set()
-        self.space.set()
-
     def close(self) -> None:
-        with self.lock:
-            self.closed = True
-        self._wake_all()
+        self.closed = True
+        with self.lock:  # after any read in progress
+            if self.response is not None:
+                self.response.close()  # an unfinished body cannot go back to the pool
+                self.response.release_conn()
+                self.response = None
+            self.chunks.clear()
 
 
 def upload(client: ObjectClient, executor: ThreadPoolExecutor, open_file: OpenFile, content_type: str,

@@ -44,7 +44,7 @@ class MountOptions:
     first_bytes: int = 128 * 1024  # fetched with each file lookup (one request for a small file)
     spool_dir: str | None = None
     spool_size: int = 8 * 1024 ** 3
-    workers: int = 4  # background read-ahead and upload threads
+    workers: int = 4  # threads sending the parts of multipart uploads
     files: FileOptions = field(default_factory=FileOptions)
 
 

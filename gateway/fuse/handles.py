@@ -131,7 +131,7 @@ class FileOps:
         if handle.reader is None:
             base = open_file.base
             first = self.first_bytes.get(open_file.path, base.etag) if base else None
-            handle.reader = RemoteReader(self.client, self.executor, open_file.bucket, open_file.key,
+            handle.reader = RemoteReader(self.client, open_file.bucket, open_file.key,
                                          base.size if base else 0, first, self.options.files)
         return handle.reader.read(offset, size)
 

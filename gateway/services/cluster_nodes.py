@@ -132,7 +132,7 @@ class ClusterNode(Backend):
             for task in tasks:
                 try:
                     result = await task
-                except BaseException:
+                except BaseException:  # noqa: BLE001 - cancelled or failed: nothing to close
                     continue
                 if isinstance(result, ObjectReader):
                     result.close()
@@ -189,8 +189,7 @@ class ClusterNode(Backend):
 
         results = await asyncio.gather(*(one(p, a) for p, a in peers.items()))
         answers = dict(zip(peers, results))
-        unreachable = [p for p, r in answers.items() if isinstance(r, PeerUnreachable)
-                       or isinstance(r, errors.ServiceUnavailable)]
+        unreachable = [p for p, r in answers.items() if isinstance(r, (PeerUnreachable, errors.ServiceUnavailable))]
         return answers, unreachable
 
     # Objects -----------------------------------------------------------------------
@@ -269,7 +268,7 @@ class ClusterNode(Backend):
                 pass
         answers, unreachable = await self._everywhere(
             lambda p, a: self.client.list(p, a, bucket, prefix, delimiter, start_after, max_keys))
-        for peer, result in answers.items():
+        for result in answers.values():
             if isinstance(result, ListPage):
                 pages.append(result)
                 bucket_seen = True

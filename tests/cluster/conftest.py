@@ -118,7 +118,7 @@ class EtcdCluster:
     def url(self) -> str:
         return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
 
-    def start(self) -> "EtcdCluster":
+    def start(self) -> EtcdCluster:
         binary = shutil.which("etcd")
         if binary is None:
             pytest.fail("etcd is not installed: run `make test-deps` (Debian package etcd-server)")

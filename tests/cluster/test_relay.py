@@ -50,10 +50,10 @@ def test_object_put_on_one_node_is_readable_headable_deletable_through_every_oth
         assert ranged["Body"].read() == body[6:11], name
     deleter = NODES[(NODES.index(writer) + 1) % len(NODES)]
     s3[deleter].delete_object(Bucket="relay", Key=key)
-    for name in NODES:
-        assert error_of(lambda: s3[name].head_object(Bucket="relay", Key=key)).response[
-            "ResponseMetadata"]["HTTPStatusCode"] == 404, name
-        assert error_of(lambda: s3[name].get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
+    for client in s3.values():
+        assert error_of(lambda client=client: client.head_object(Bucket="relay", Key=key)).response[
+            "ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert error_of(lambda client=client: client.get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
 
 
 def test_large_object_streams_through_the_proxy_both_ways(cluster):
@@ -121,12 +121,13 @@ def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
     cluster["r2"].kill()  # kill -9
     try:
         for name in ("p1", "r1", "x1"):
-            error = error_of(lambda: s3[name].get_object(Bucket="relay", Key="on-r2"))
+            client = s3[name]
+            error = error_of(lambda client=client: client.get_object(Bucket="relay", Key="on-r2"))
             assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503, name
             assert error.response["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), name
             assert "unreachable" in error.response["Error"]["Message"] or "cannot be reached" in \
                 error.response["Error"]["Message"], name
-            head = error_of(lambda: s3[name].head_object(Bucket="relay", Key="on-r2"))
+            head = error_of(lambda client=client: client.head_object(Bucket="relay", Key="on-r2"))
             assert head.response["ResponseMetadata"]["HTTPStatusCode"] == 503, name
             # Everything else still works.
             assert s3[name].get_object(Bucket="relay", Key="on-r1")["Body"].read() == b"kept by r1", name

@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 import boto3
-import pytest
 from botocore.config import Config
 from cryptography import x509
 

@@ -53,7 +53,7 @@ class SmbnetfsMount:
         )
         settings.chmod(0o600)
 
-    def start(self, timeout: float = 20.0) -> "SmbnetfsMount":
+    def start(self, timeout: float = 20.0) -> SmbnetfsMount:
         # attr_timeout=0: FUSE has no close-to-open revalidation, so an attribute cache would let
         # this mount read another mount's replaced object with the old size. negative_timeout=0:
         # a new object is seen at once. Names stay cached (entry_timeout, 1 s): smbnetfs works
@@ -89,7 +89,7 @@ class SmbnetfsMount:
             return
         fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
         if self.process.poll() is None and fusermount:
-            subprocess.run([fusermount, "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=20)
+            subprocess.run([fusermount, "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=20, check=False)
         if self.process.poll() is None:
             self.process.terminate()
         try:
@@ -99,7 +99,7 @@ class SmbnetfsMount:
             self.process.wait(timeout=10)
         self.process = None
 
-    def __enter__(self) -> "SmbnetfsMount":
+    def __enter__(self) -> SmbnetfsMount:
         return self.start()
 
     def __exit__(self, *exc) -> None:

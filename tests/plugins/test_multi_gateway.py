@@ -29,13 +29,13 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from botocore.exceptions import ClientError
+from smbnetfs_mount import mount_for  # tests/plugins is on sys.path (no packages under tests/)
 
 from gateway.testing.server import GatewayProcess
-
-from smbnetfs_mount import mount_for  # tests/plugins is on sys.path (no packages under tests/)
 
 BUCKET = "shared"
 HOT_KEYS = ["hot/a", "hot/b", "hot/c"]
@@ -298,7 +298,7 @@ def test_gateways_on_one_directory_under_mixed_load(tmp_path, count):
 class _UnsignedPayload:
     """Stands in for a botocore Config: only the setting S3SigV4Auth looks at."""
 
-    s3 = {"payload_signing_enabled": False}
+    s3: ClassVar[dict] = {"payload_signing_enabled": False}
 
 
 def open_partial_put(gateway: GatewayProcess, key: str, declared: int, sent: bytes) -> socket.socket:

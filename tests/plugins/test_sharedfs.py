@@ -15,19 +15,19 @@ import time
 import uuid
 
 import pytest
+from gateway_plugins import fslayout
+from gateway_plugins.local import LocalBackend
+from gateway_plugins.sharedfs import SharedFSBackend, SmbnetfsNames
+from smbnetfs_mount import mount_for  # tests/plugins is on sys.path (no packages under tests/)
 
 from gateway import errors
 from gateway.backend import ObjectMeta
 from gateway.payload import Payload
-from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing import conformance_keys
+from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing.conformance import BackendConformance
 from gateway.testing.conformance_keys import TRICKY_KEYS
-from gateway_plugins import fslayout
-from gateway_plugins.local import LocalBackend
-from gateway_plugins.sharedfs import SharedFSBackend, SmbnetfsNames
-
-from smbnetfs_mount import mount_for  # tests/plugins is on sys.path (no packages under tests/)
+from gateway.testing.server import GatewayProcess
 
 
 def smbnetfs_can_list(key: str) -> bool:
@@ -356,3 +356,17 @@ async def test_smbnetfs_refuses_to_replace_an_open_file(smbnetfs_share):
         assert caught.value.errno in (errno.EBUSY, errno.EEXIST)
     os.replace(replacement, target)
     assert target.read_bytes() == b"new"
+
+
+def test_gateway_without_its_mount_fails_at_start_naming_backend_and_root(tmp_path):
+    missing = tmp_path / "not-mounted"
+    config = f'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{missing}"\n'
+    gateway = GatewayProcess(tmp_path / "unused-data-dir", config=config)
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            gateway.start()
+    finally:
+        gateway.stop()
+    assert "backend 'shared'" in str(caught.value) and str(missing) in str(caught.value)
+    assert "mount the share" in str(caught.value)
+    assert not missing.exists()
