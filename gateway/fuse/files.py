@@ -23,8 +23,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import urllib3
+
 from .cache import Attr
-from .client import ObjectClient, StoreError
+from .client import ObjectClient, StoreError, Unreachable
 
 log = logging.getLogger("gateway.fuse.files")
 
@@ -246,7 +248,11 @@ class _Stream:
                 self.response = self.client.request("GET", "GET", self.bucket, self.key, stream=True,
                                                     headers={"range": f"bytes={self.start}-"})
             while self.end < stop:
-                data = self.response.read(max(self.CHUNK, stop - self.end))
+                try:
+                    data = self.response.read(max(self.CHUNK, stop - self.end))
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    log.error("reading %s/%s from the gateway failed: %s", self.bucket, self.key, exc)
+                    raise Unreachable(f"reading {self.bucket}/{self.key} from the gateway failed ({exc})") from None
                 if not data:
                     raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: the stream ended at byte {self.end} "
                                                 f"of {self.size}")

@@ -95,15 +95,25 @@ def test_dead_gateway_gives_eio_not_a_hang(tmp_path, mount_factory):
 def test_hung_gateway_gives_eio_after_the_timeout(tmp_path, mount_factory):
     with GatewayProcess(tmp_path / "gw") as gw:
         gw.client().create_bucket(Bucket="bk1")
+        gw.client().put_object(Bucket="bk1", Key="big", Body=os.urandom(48 * 1024 * 1024))
         mount = mount_factory(["--timeout", "1", "--attr-ttl", "0", "--dir-ttl", "0"], gateway=gw)
         os.listdir(mount.path / "bk1")
-        gw.process.send_signal(signal.SIGSTOP)
+        reader = open(mount.path / "bk1" / "big", "rb", buffering=0)
         try:
-            result = subprocess.run(["ls", str(mount.path / "bk1")], capture_output=True, text=True, timeout=60)
+            assert len(reader.read(1024 * 1024)) == 1024 * 1024 and len(reader.read(1024 * 1024)) == 1024 * 1024
+            gw.process.send_signal(signal.SIGSTOP)  # mid-stream: the gateway stops answering
+            try:
+                listing = subprocess.run(["ls", str(mount.path / "bk1")], capture_output=True, text=True,
+                                         timeout=60)
+                with pytest.raises(OSError) as info:
+                    while reader.read(1024 * 1024):  # bounded: 48 reads at most before EOF
+                        pass
+            finally:
+                gw.process.send_signal(signal.SIGCONT)
         finally:
-            gw.process.send_signal(signal.SIGCONT)
-        assert result.returncode != 0
-        assert "Input/output error" in result.stderr
+            reader.close()
+        assert listing.returncode != 0 and "Input/output error" in listing.stderr
+        assert info.value.errno == errno.EIO
 
 
 def test_refused_credentials_give_eacces(tmp_path, mount_factory):
