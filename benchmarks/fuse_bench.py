@@ -78,7 +78,7 @@ def _http_small(gw: GatewayProcess, count: int) -> float:
     client = ObjectClient(gw.endpoint, gw.access_key, gw.secret_key, pool_size=1)
     started = time.perf_counter()
     for n in range(count):
-        client.request("GET", "GET", BUCKET, f"small/{n:05d}.jpg").data
+        _ = client.request("GET", "GET", BUCKET, f"small/{n:05d}.jpg").data
     elapsed = time.perf_counter() - started
     client.close()
     return count / elapsed
@@ -134,6 +134,63 @@ def _ls_l(mnt: MountProcess, gw: GatewayProcess, listing: int) -> dict:
             "requests_in_access_log": _access_log_requests(gw, log_start)}
 
 
+def _serve_null_fs(mountpoint: str, size: int) -> None:
+    """A FUSE filesystem with one file of ``size`` bytes whose reads return a constant buffer: no network,
+    no storage. Its read rate is the ceiling of any mfusepy filesystem on this machine."""
+    import errno
+    import stat
+
+    import mfusepy
+
+    block = os.urandom(MiB)
+
+    class NullFS(mfusepy.Operations):
+        use_ns = True
+
+        def getattr(self, path, fh=None):
+            if path == "/":
+                return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+            if path == "/big.bin":
+                return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size}
+            raise mfusepy.FuseOSError(errno.ENOENT)
+
+        def open(self, path, flags):
+            return 1
+
+        def read(self, path, length, offset, fh):
+            return block[: max(0, min(length, size - offset))]
+
+        def readdir(self, path, fh):
+            return [".", "..", "big.bin"]
+
+    mfusepy.FUSE(NullFS(), mountpoint, foreground=True, nothreads=False)
+
+
+def _null_fs_ceiling(mountpoint: Path, size: int, env: dict) -> float:
+    import sys
+
+    from gateway.fuse.testing import unmount
+
+    mountpoint.mkdir(parents=True)
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.fuse_bench", "--null-fs", str(mountpoint),
+                                "--size", str(size)], env={**os.environ, **env},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mountpoint):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the null FUSE filesystem did not mount")
+            time.sleep(0.05)
+        started = time.perf_counter()
+        with open(mountpoint / "big.bin", "rb", buffering=0) as f:
+            while f.read(MiB):
+                pass
+        return size / (time.perf_counter() - started) / MiB
+    finally:
+        unmount(mountpoint)
+        process.wait(timeout=20)
+
+
 def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_000, small_size: int = 32 * 1024,
         listing: int = 10_000, listing_size: int = 8 * 1024, libfuse: str | None = None) -> dict:
     """Run the FUSE benchmark with its own gateway; store and return ``results["fuse"]``.
@@ -148,9 +205,10 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         with GatewayProcess(data_dir, config=config) as gw:
             _prepare(gw, big, small, small_size, listing, listing_size)
             _http_sequential(gw, big)  # warm the server's page cache for both sides
-            http_seq, http_small, mount_seq, mount_small = [], [], [], []
+            http_seq, http_small, mount_seq, mount_small, null_seq = [], [], [], [], []
             for n in range(rounds):
                 http_seq.append(_http_sequential(gw, big))
+                null_seq.append(_null_fs_ceiling(Path(tmp) / f"null{n}", big, env))
                 http_small.append(_http_small(gw, small))
                 with MountProcess(gw, Path(tmp) / f"m{n}", env=env) as mnt:  # fresh: cold caches
                     mount_seq.append(_mount_sequential(mnt, big))
@@ -162,12 +220,17 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
                 ls = _ls_l(mnt, gw, listing)
     seq = {"http_mib_s": round(statistics.median(http_seq), 1), "mount_mib_s": round(statistics.median(mount_seq), 1)}
     seq["ratio"] = round(seq["mount_mib_s"] / seq["http_mib_s"], 2)
+    # The same read from a FUSE filesystem that does nothing: mfusepy's own ceiling on this machine.
+    seq["null_fuse_mib_s"] = round(statistics.median(null_seq), 1)
+    seq["null_fuse_ratio"] = round(seq["null_fuse_mib_s"] / seq["http_mib_s"], 2)
     seq["target"] = 0.7
-    files = {"http_files_s": round(statistics.median(http_small)), "mount_files_s": round(statistics.median(mount_small))}
+    files = {"http_files_s": round(statistics.median(http_small)),
+             "mount_files_s": round(statistics.median(mount_small))}
     files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
     files["target"] = 0.5
     results["fuse"] = {
-        "sequential_read": {"size_mib": big // MiB, **seq, "rounds": {"http": http_seq, "mount": mount_seq}},
+        "sequential_read": {"size_mib": big // MiB, **seq, "rounds": {"http": http_seq, "mount": mount_seq,
+                                                                         "null_fuse": null_seq}},
         "small_files": {"count": small, "size_kib": small_size // 1024, **files,
                         "rounds": {"http": http_small, "mount": mount_small}},
         "ls_l": ls,
@@ -182,7 +245,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller data set (a smoke run)")
     parser.add_argument("--libfuse", choices=["fuse", "fuse3"], help="libfuse 2 (fuse) or 3 (fuse3)")
+    parser.add_argument("--null-fs", metavar="MOUNTPOINT", help=argparse.SUPPRESS)  # the ceiling, as a subprocess
+    parser.add_argument("--size", type=int, default=256 * MiB, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.null_fs:
+        _serve_null_fs(args.null_fs, args.size)
+        return
     sizes = dict(big=32 * MiB, small=200, listing=1_500) if args.quick else {}
     print(json.dumps(run({}, rounds=args.rounds, libfuse=args.libfuse, **sizes)["fuse"], indent=2))
 

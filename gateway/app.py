@@ -10,7 +10,7 @@ import logging
 
 from fastapi import FastAPI
 
-from .api import admin
+from .api import admin, metrics
 from .api.peer import PeerApp, admin_router as cluster_admin_router
 from .api.s3.app import S3App
 from .config import Settings
@@ -28,6 +28,7 @@ class GatewayApp:
         self.admin = FastAPI(title="cv-gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
         self.admin.include_router(admin.router)
         self.admin.include_router(cluster_admin_router)
+        self.admin.include_router(metrics.router)
         self.peer = PeerApp(self.service)  # /_cluster/v1: internal routes between cluster nodes
         self.admin.state.service = self.service
         self.admin.state.settings = settings
@@ -36,7 +37,7 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            if path.startswith(ADMIN_PATHS) or path in ("/healthz", "/readyz"):
+            if path.startswith(ADMIN_PATHS) or path in ("/healthz", "/readyz") or _is_scrape(scope):
                 await self.admin(scope, receive, send)
             elif path.startswith("/_cluster/"):
                 await self.peer(scope, receive, send)
@@ -60,6 +61,15 @@ class GatewayApp:
                 await self.service.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _is_scrape(scope) -> bool:
+    """A Prometheus scrape of /metrics: a GET without query or Authorization header.
+
+    Anything else on /metrics is S3 (the bucket "metrics"); /_admin/metrics is never ambiguous.
+    """
+    return (scope["path"] == "/metrics" and scope["method"] == "GET" and not scope.get("query_string")
+            and not any(name == b"authorization" for name, _ in scope["headers"]))
 
 
 def create_app(settings: Settings) -> GatewayApp:

@@ -79,6 +79,14 @@ def leave(registry, node_id) -> None:
 def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]:
     """One dict per node: what `cluster status --json` prints."""
     now = time.time() if now is None else now
+    # The distribution: what every node (primary, proxies, the node itself) sent to each node,
+    # summed over the views they published with their heartbeats.
+    placed: dict[str, int] = {}
+    reads: dict[str, int] = {}
+    for other in nodes:
+        for target, counts in other.info.get("balance", {}).items():
+            placed[target] = placed.get(target, 0) + int(counts.get("placed", 0))
+            reads[target] = reads.get(target, 0) + int(counts.get("reads", 0))
     rows = []
     for node in nodes:
         fresh = node.heartbeat_fresh(now)
@@ -94,6 +102,7 @@ def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]
             "heartbeat_fresh": fresh, "deprioritized_by": limited_by,
             "last_seen": node.last_seen, "last_seen_ago": round(node.age(now), 1) if node.last_seen else None,
             "objects": node.info.get("objects"), "free_bytes": node.info.get("free_bytes"),
+            "placed": placed.get(node.node_id, 0), "reads": reads.get(node.node_id, 0),
             "balance": node.info.get("balance", {}),
         })
     return rows
@@ -113,13 +122,18 @@ def _size(value) -> str:
 @_registry_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def status(registry, as_json) -> None:
-    """Show every node: role, address, health, last heartbeat, objects, free space, request distribution."""
+    """Show every node: role, address, health, last heartbeat, objects, free space, request distribution.
+
+    PLACED and READS: object PUTs stored on the node and GET/HEAD requests it
+    answered, counted by the nodes that received them (the primary's and the
+    proxies' load balancing, a node's own local hits), as of their last heartbeat.
+    """
     rows = status_rows(_run(lambda: _with_registry(registry, lambda reg: reg.nodes())))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"{'NODE':<24} {'ROLE':<10} {'ADDRESS':<30} {'HEALTH':<22} {'LAST SEEN':<10} {'OBJECTS':>8} "
-               f"{'FREE':>10}")
+               f"{'FREE':>10} {'PLACED':>8} {'READS':>8}")
     for row in rows:
         if not row["heartbeat_fresh"]:
             health = "down (no heartbeat)"
@@ -130,11 +144,12 @@ def status(registry, as_json) -> None:
         seen = f"{row['last_seen_ago']:.0f}s ago" if row["last_seen_ago"] is not None else "never"
         objects = "-" if row["objects"] is None else str(row["objects"])
         click.echo(f"{row['node_id']:<24} {row['role']:<10} {row['address']:<30} {health[:22]:<22} {seen:<10} "
-                   f"{objects:>8} {_size(row['free_bytes']):>10}")
+                   f"{objects:>8} {_size(row['free_bytes']):>10} {row['placed']:>8} {row['reads']:>8}")
     for row in rows:
         if row["role"] == "primary" and row["balance"]:
-            spread = ", ".join(f"{node}: {v['placed']}" for node, v in row["balance"].items())
-            click.echo(f"\nobjects placed by primary {row['node_id']}: {spread}")
+            spread = ", ".join(f"{node} {v['placed']} placed/{v['reads']} reads"
+                               for node, v in row["balance"].items())
+            click.echo(f"\nprimary {row['node_id']} sent: {spread}")
 
 
 @cluster.group()

@@ -17,6 +17,10 @@ side by side. Segments are escaped so that no key can leave the root:
   (``<start>%h<sha256>``); its full text lives in the object's header (files)
   or in a ``%name`` file inside the directory.
 
+Listing: sorted_entries() says what each name in a directory stands for and
+walk() goes through a bucket in key order; the local backends (os.scandir)
+and the smb backend (smbclient) both use them, with their own file access.
+
 Object file: ``CVO1`` + 4-byte big-endian header length + JSON header (key,
 size, etag, time, meta, checksums; padded with spaces) + the bytes. Data and
 metadata are one file, so one rename publishes both at once, even when two
@@ -29,6 +33,11 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.backend import ObjectInfo
 
 MAGIC = b"CVO1"
 PREFIX = struct.Struct(">4sI")
@@ -122,3 +131,78 @@ def read_header(fd: int) -> tuple[dict, int, bytes]:
             raise CorruptObject("object header is truncated")
     header, offset = parsed
     return header, offset, first
+
+
+# Listing --------------------------------------------------------------------
+
+# One name in a listed directory: (sort key, key segment, path, is_dir). The sort key is the
+# segment's UTF-8 bytes, with "/" after a directory's, so entries sort in S3 key order.
+Entry = tuple[bytes, str, str, bool]
+
+
+def sorted_entries(scanned: Iterable[tuple[str, str, bool]], file_segment: Callable[[str], str | None],
+                   dir_segment: Callable[[str], str | None]) -> list[Entry]:
+    """A directory's objects and subdirectories, in key order.
+
+    ``scanned`` holds (layout name, path, is_dir) for each name in the
+    directory. A hashed (long) name's full segment comes from
+    ``file_segment(path)`` (the object's header) or ``dir_segment(path)``
+    (the directory's %name file); None leaves that entry out. The layout's
+    own files (%name, %bucket.json) are neither objects nor directories.
+    """
+    found = []
+    for name, path, is_dir in scanned:
+        if name.endswith(OBJ_SUFFIX) and not is_dir:
+            segment = unescape_segment(name[: -len(OBJ_SUFFIX)])
+            if segment is None:
+                segment = file_segment(path)
+                if segment is None:
+                    continue
+            found.append((segment.encode(), segment, path, False))
+        elif is_dir:
+            segment = unescape_segment(name)
+            if segment is None:
+                segment = dir_segment(path)
+                if segment is None:
+                    continue
+            found.append(((segment + "/").encode(), segment, path, True))
+    found.sort()
+    return found
+
+
+def walk(entries: Callable[[str], list[Entry]], read_info: Callable[[str], ObjectInfo | None], directory: str,
+         key_prefix: str, prefix: str, start_after: str, dirs_as_prefixes: bool) -> Iterator[ObjectInfo | str]:
+    """Objects (ObjectInfo) under ``directory`` and, with ``dirs_as_prefixes``, rolled-up directories
+    ("a/b/" strings), in key order, skipping what cannot match ``prefix`` or comes up to ``start_after``.
+
+    ``entries(directory)`` lists one directory (sorted_entries); ``read_info(path)`` reads an
+    object's header, or gives None to leave it out (deleted meanwhile, damaged).
+    """
+    start_bytes = start_after.encode()
+    prefix_bytes = prefix.encode()
+    for _, segment, path, is_dir in entries(directory):
+        full = (key_prefix + segment + ("/" if is_dir else "")).encode()
+        # Skip what cannot match the prefix: neither side is a prefix of the other.
+        if not (full.startswith(prefix_bytes) or (is_dir and prefix_bytes.startswith(full))):
+            continue
+        if is_dir:
+            if full < start_bytes and not start_bytes.startswith(full):
+                continue  # the whole subtree sorts before start_after
+            if dirs_as_prefixes and full.startswith(prefix_bytes) and len(full) > len(prefix_bytes) \
+                    and full.rfind(b"/", len(prefix_bytes), len(full) - 1) < 0:
+                if has_objects(entries, path):
+                    yield full.decode()
+                continue
+            yield from walk(entries, read_info, path, full.decode(), prefix, start_after, dirs_as_prefixes)
+        elif full > start_bytes:
+            info = read_info(path)
+            if info is not None:
+                yield info
+
+
+def has_objects(entries: Callable[[str], list[Entry]], directory: str) -> bool:
+    """Whether any object lies below ``directory`` (empty directories left by a race do not count)."""
+    for _, _, path, is_dir in entries(directory):
+        if not is_dir or has_objects(entries, path):
+            return True
+    return False

@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 
 from gateway import errors
 from gateway.backend import (
@@ -31,7 +30,7 @@ from gateway.backend import (
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
-from . import fslayout, readcache
+from . import fslayout, fsutil, readcache
 from .fslayout import BUCKET_FILE, NAME_FILE, OBJ_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -39,45 +38,11 @@ READ_CHUNK = 1024 * 1024
 # Payloads up to this size are gathered in memory and written with one write().
 BUFFER_LIMIT = 1024 * 1024
 HEADER_SLACK = 1024  # room reserved for etag, size and checksums in streamed writes
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _process_start(pid: int) -> str:
-    """When the process started (clock ticks since boot, Linux), or "" when unknown.
-
-    Temp file names carry it with the pid, so a pid reused by an unrelated
-    process (common after a container restart, where the gateway is pid 1
-    again) does not keep a dead writer's temp files alive.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    # The command name (field 2) may hold spaces and ")": count fields after the last ")".
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return fields[19].decode() if len(fields) > 19 else ""
-
-
-def _temp_owner_alive(name: str) -> bool:
-    """Whether the process that named a temp file ``<pid>.<start>-...`` (or ``<pid>-...``) still runs."""
-    owner = name.split("-", 1)[0]
-    pid, _, start = owner.partition(".")
-    if not pid.isdigit() or not _pid_alive(int(pid)):
-        return False
-    if not start:
-        return int(pid) != os.getpid()  # an older name without start time: ours are never that old
-    running = _process_start(int(pid))
-    return running in ("", start)
+# A rename into place that finds its directory gone makes it again and retries this often: another
+# request (or server, on shared storage) may prune it each time, deleting the last object there.
+PUBLISH_ATTEMPTS = 5
+# How often making a key's directories is retried when one of them is pruned meanwhile.
+DIRECTORY_RACE_RETRIES = 10
 
 
 class LocalBackend(Backend):
@@ -85,6 +50,10 @@ class LocalBackend(Backend):
     ``fsync_dirs`` (also fsync the directory after a rename; default false)."""
 
     capabilities = Capabilities(range_reads=True, atomic_put=True, shared=False, listing="walk")
+    # Names on disk are the layout's names. A subclass for a filesystem that must spell them
+    # otherwise (sharedfs through smbnetfs) overrides _disk_name and _layout_name and sets this
+    # False; while it is True, object paths are built without calling them (the GET path).
+    name_encoding_identity = True
 
     def __init__(self, name: str = "local", root: str = "./cv-storage", fsync: bool = True,
                  fsync_dirs: bool = False, **options):
@@ -95,8 +64,8 @@ class LocalBackend(Backend):
         self.host = socket.gethostname() or "localhost"
         self.tmp_dir = os.path.join(self.root, ".gateway", "tmp", self.host)
         self._counter = itertools.count()
-        # Who writes the temp files: the pid plus its start time (see _process_start).
-        self._temp_owner = f"{os.getpid()}.{_process_start(os.getpid()) or 0}"
+        # Who writes the temp files: the pid plus its start time (see fsutil.process_start).
+        self._temp_owner = f"{os.getpid()}.{fsutil.process_start(os.getpid()) or 0}"
 
     # Life cycle ---------------------------------------------------------------
 
@@ -113,15 +82,7 @@ class LocalBackend(Backend):
         Files of live processes stay: another gateway on this host (or another
         instance in this process) may be writing them right now.
         """
-        removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            if _temp_owner_alive(entry.name):
-                continue
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
+        removed, _ = fsutil.remove_stale_temp_files(self.tmp_dir)
         if removed:
             log.info("removed %d stale temp files from %s", removed, self.tmp_dir)
         return removed
@@ -141,8 +102,27 @@ class LocalBackend(Backend):
             raise errors.InvalidBucketName(BucketName=bucket)
         return os.path.join(self.root, bucket)
 
+    def _disk_name(self, name: str) -> str:
+        """How one layout name (an escaped segment, ``x%obj``, %name, %bucket.json) is spelt on disk.
+
+        Bucket and temp file names are not layout names: S3 bucket names and
+        the temp names are plain [a-z0-9.-] and need no encoding.
+        """
+        return name
+
+    def _layout_name(self, name: str) -> str:
+        """The layout name a name listed on disk stands for: the inverse of _disk_name."""
+        return name
+
     def _object_path(self, bucket: str, key: str) -> str:
-        return os.path.join(self._bucket_dir(bucket), fslayout.key_to_relpath(key))
+        relpath = fslayout.key_to_relpath(key)
+        if not self.name_encoding_identity:
+            relpath = "/".join([self._disk_name(name) for name in relpath.split("/")])
+        return os.path.join(self._bucket_dir(bucket), relpath)
+
+    def _layout_file(self, directory: str, name: str) -> str:
+        """The path of one of the layout's own files (%name, %bucket.json) in ``directory``."""
+        return os.path.join(directory, self._disk_name(name))
 
     def _missing(self, bucket: str, key: str) -> errors.GatewayError:
         if not os.path.isdir(self._bucket_dir(bucket)):
@@ -157,21 +137,20 @@ class LocalBackend(Backend):
             os.mkdir(path)
         except FileExistsError:
             raise errors.BucketAlreadyOwnedByYou(BucketName=bucket) from None
-        with open(os.path.join(path, BUCKET_FILE), "w") as f:
-            json.dump({"name": bucket, "created": time.time()}, f)
+        self._write_layout_file(path, BUCKET_FILE, json.dumps({"name": bucket, "created": time.time()}))
 
     async def delete_bucket(self, bucket: str) -> None:
         path = self._bucket_dir(bucket)
         if not os.path.isdir(path):
             raise errors.NoSuchBucket(BucketName=bucket)
-        if self._has_objects(path):
+        if fslayout.has_objects(self._entries, path):
             raise errors.BucketNotEmpty(BucketName=bucket)
         shutil.rmtree(path, ignore_errors=True)
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         path = self._bucket_dir(bucket)
         try:
-            with open(os.path.join(path, BUCKET_FILE)) as f:
+            with open(self._layout_file(path, BUCKET_FILE)) as f:
                 return BucketInfo(bucket, json.load(f)["created"])
         except (OSError, ValueError, KeyError):
             # A bucket directory made by hand (or copied without the marker) is still a bucket.
@@ -318,12 +297,12 @@ class LocalBackend(Backend):
         except BaseException:
             if fd >= 0:
                 os.close(fd)
-            _unlink_quietly(tmp)
+            fsutil.unlink_quietly(tmp)
             raise
 
     def _publish(self, tmp: str, final: str, bucket_dir: str, key: str) -> None:
         parent = os.path.dirname(final)
-        for attempt in range(5):
+        for _ in range(PUBLISH_ATTEMPTS):
             try:
                 os.replace(tmp, final)
                 break
@@ -342,8 +321,12 @@ class LocalBackend(Backend):
                     ) from None
                 raise
         else:
-            raise errors.InternalError("could not create the object's directory")
-        if "%h" in final[len(bucket_dir):].rpartition("/")[0]:
+            raise errors.ServiceUnavailable(
+                f"Could not store {key!r}: its directory was made again {PUBLISH_ATTEMPTS} times and was gone "
+                "again each time the object was renamed into it (other requests or servers deleting the last "
+                "objects there); retry the request.")
+        # Layout names, not the path: on disk an encoding may spell the marker otherwise.
+        if "%h" in fslayout.key_to_relpath(key).rpartition("/")[0]:
             # Check again after the rename: a concurrent DELETE may have removed a %name file
             # just before our object arrived in its directory.
             self._make_parents(bucket_dir, key)
@@ -355,14 +338,38 @@ class LocalBackend(Backend):
                 os.close(dir_fd)
 
     def _make_parents(self, bucket_dir: str, key: str) -> None:
+        """Create the key's directories, again when another request or server prunes one of them meanwhile."""
+        for _ in range(DIRECTORY_RACE_RETRIES):
+            try:
+                self._make_parents_once(bucket_dir, key)
+                return
+            except FileNotFoundError:
+                if not os.path.isdir(bucket_dir):
+                    raise errors.NoSuchBucket(BucketName=os.path.basename(bucket_dir)) from None
+        raise errors.ServiceUnavailable(f"Could not create the directories of {key!r}: another request or server "
+                                        "kept removing them; retry the request.")
+
+    def _make_parents_once(self, bucket_dir: str, key: str) -> None:
         path = bucket_dir
         for segment in key.split("/")[:-1]:
             name = fslayout.escape_segment(segment)
-            path = os.path.join(path, name)
+            path = os.path.join(path, self._disk_name(name))
             os.makedirs(path, exist_ok=True)
-            if "%h" in name and not os.path.exists(os.path.join(path, NAME_FILE)):
+            if "%h" in name and not os.path.exists(self._layout_file(path, NAME_FILE)):
                 # A hashed (long) directory name remembers its full segment for listings.
-                _write_name_file(self._temp_path(), path, segment)
+                self._write_layout_file(path, NAME_FILE, segment)
+
+    def _write_layout_file(self, directory: str, name: str, text: str) -> None:
+        """Write one of the layout's own files whole, through a temp file and a rename, so that
+        a reader (maybe on another server) sees all of it or nothing."""
+        tmp = self._temp_path()
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self._layout_file(directory, name))
+        except BaseException:
+            fsutil.unlink_quietly(tmp)
+            raise
 
     # Deleting ---------------------------------------------------------------
 
@@ -370,31 +377,41 @@ class LocalBackend(Backend):
         path = self._object_path(bucket, key)
         bucket_dir = self._bucket_dir(bucket)
         try:
-            os.unlink(path)
+            await self._unlink_object(path, key)
         except OSError as exc:
             if not isinstance(exc, _ABSENT) and exc.errno != errno.ENAMETOOLONG:
                 raise
             if not os.path.isdir(bucket_dir):
                 raise errors.NoSuchBucket(BucketName=bucket) from None
             return
-        # Remove directories the delete left empty, deepest first, up to the bucket.
-        segments = key.split("/")[:-1]
-        parent = os.path.dirname(path)
-        for segment in reversed(segments):
-            named = False
+        self._prune_directories(os.path.dirname(path), key)
+
+    async def _unlink_object(self, path: str, key: str) -> None:
+        """Remove an object's file (sharedfs waits while another server holds it open)."""
+        os.unlink(path)
+
+    def _prune_directories(self, parent: str, key: str) -> None:
+        """Remove directories the delete of ``key`` left empty, deepest (``parent``) first, up to the bucket.
+
+        Another request or server may publish into a directory while we prune
+        it: rmdir then fails (not empty) and we stop. A hashed directory's
+        %name file, removed just before, is written again so listings still
+        see the directory's full name.
+        """
+        for segment in reversed(key.split("/")[:-1]):
+            removed_name_file = False
             try:
-                if os.listdir(parent) == [NAME_FILE]:
-                    os.unlink(os.path.join(parent, NAME_FILE))
-                    named = True
+                if [self._layout_name(name) for name in os.listdir(parent)] == [NAME_FILE]:
+                    os.unlink(self._layout_file(parent, NAME_FILE))
+                    removed_name_file = True
                 os.rmdir(parent)
             except OSError:
-                if named:
-                    # A concurrent PUT (maybe on another server) put an object here meanwhile:
-                    # the long directory name must stay readable for listings.
+                if removed_name_file and os.path.isdir(parent):
                     try:
-                        _write_name_file(self._temp_path(), parent, segment)
+                        self._write_layout_file(parent, NAME_FILE, segment)
                     except OSError:
-                        pass  # the directory went away after all
+                        log.warning("could not restore %s; listings skip that directory",
+                                    self._layout_file(parent, NAME_FILE))
                 break
             parent = os.path.dirname(parent)
 
@@ -404,40 +421,34 @@ class LocalBackend(Backend):
         bucket_dir = self._bucket_dir(bucket)
         if not os.path.isdir(bucket_dir):
             raise errors.NoSuchBucket(BucketName=bucket)
-        entries = self._walk(bucket_dir, "", prefix, start_after, delimiter == "/")
+        entries = fslayout.walk(self._entries, self._read_info, bucket_dir, "", prefix, start_after, delimiter == "/")
         return paginate(entries, prefix, delimiter, start_after, max_keys)
 
-    def _entries(self, directory: str) -> list[tuple[bytes, str, str, bool]]:
+    def _entries(self, directory: str) -> list[fslayout.Entry]:
         """A directory's objects and subdirectories, as (sort key, segment, path, is_dir), in key order."""
-        found = []
         try:
             scanned = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        for entry in scanned:
-            name = entry.name
-            if name.endswith(OBJ_SUFFIX) and not entry.is_dir():
-                segment = fslayout.unescape_segment(name[: -len(OBJ_SUFFIX)])
-                if segment is None:
-                    segment = self._header_key_segment(entry.path)
-                    if segment is None:
-                        continue
-                found.append((segment.encode(), segment, entry.path, False))
-            elif entry.is_dir():
-                segment = fslayout.unescape_segment(name)
-                if segment is None:
-                    segment = _read_name_file(entry.path) or self._segment_from_objects(entry.path)
-                    if segment is None:
-                        continue
-                found.append(((segment + "/").encode(), segment, entry.path, True))
-        found.sort()
-        return found
+        layout_name = self._layout_name
+        return fslayout.sorted_entries(
+            ((layout_name(entry.name), entry.path, entry.is_dir()) for entry in scanned),
+            self._header_key_segment,
+            lambda path: self._read_name_file(path) or self._segment_from_objects(path),
+        )
+
+    def _read_name_file(self, directory: str) -> str | None:
+        try:
+            with open(self._layout_file(directory, NAME_FILE), encoding="utf-8") as f:
+                return f.read()
+        except OSError:
+            return None
 
     def _segment_from_objects(self, directory: str) -> str | None:
         """A hashed directory's full name, from the key of any object below it (its %name file is missing)."""
         for parent, _, names in os.walk(directory):
             for name in names:
-                if name.endswith(OBJ_SUFFIX):
+                if self._layout_name(name).endswith(OBJ_SUFFIX):
                     info = self._read_info(os.path.join(parent, name))
                     if info is not None:
                         depth = os.path.relpath(parent, directory).count(os.sep) + (parent != directory)
@@ -456,31 +467,6 @@ class LocalBackend(Backend):
         finally:
             os.close(fd)
 
-    def _walk(self, directory: str, key_prefix: str, prefix: str, start_after: str,
-              dirs_as_prefixes: bool) -> Iterator[ObjectInfo | str]:
-        start_bytes = start_after.encode()
-        prefix_bytes = prefix.encode()
-        for sort_key, segment, path, is_dir in self._entries(directory):
-            full = (key_prefix + segment + ("/" if is_dir else "")).encode()
-            # Skip what cannot match the prefix: neither side is a prefix of the other.
-            if not (full.startswith(prefix_bytes) or (is_dir and prefix_bytes.startswith(full))):
-                continue
-            if is_dir:
-                if full < start_bytes and not start_bytes.startswith(full):
-                    continue  # the whole subtree sorts before start_after
-                if dirs_as_prefixes and full.startswith(prefix_bytes) and len(full) > len(prefix_bytes) \
-                        and full.rfind(b"/", len(prefix_bytes), len(full) - 1) < 0:
-                    if self._has_objects(path):
-                        yield full.decode()
-                    continue
-                yield from self._walk(path, full.decode(), prefix, start_after, dirs_as_prefixes)
-            else:
-                if full <= start_bytes:
-                    continue
-                info = self._read_info(path)
-                if info is not None:
-                    yield info
-
     def _read_info(self, path: str) -> ObjectInfo | None:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -494,33 +480,9 @@ class LocalBackend(Backend):
         finally:
             os.close(fd)
 
-    def _has_objects(self, directory: str) -> bool:
-        for _, _, path, is_dir in self._entries(directory):
-            if not is_dir or self._has_objects(path):
-                return True
-        return False
-
-
-def _write_name_file(tmp: str, directory: str, segment: str) -> None:
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(segment)
-        os.replace(tmp, os.path.join(directory, NAME_FILE))
-    except OSError:
-        _unlink_quietly(tmp)
-        raise
-
 
 # How os.open/unlink say that an object is not there.
 _ABSENT = (FileNotFoundError, NotADirectoryError)
-
-
-def _read_name_file(path: str) -> str | None:
-    try:
-        with open(os.path.join(path, NAME_FILE), encoding="utf-8") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def _write_all(fd: int, data: bytes, position: int) -> int:
@@ -534,13 +496,6 @@ def _write_all(fd: int, data: bytes, position: int) -> int:
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)
-    except OSError:
-        pass
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
     except OSError:
         pass
 

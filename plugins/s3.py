@@ -19,7 +19,7 @@ Configuration (``[backends.NAME] type = "s3"``)::
     buffer_size = 8388608                # bodies up to this are sent in one request, with retries
     part_size = 8388608                  # parts of large uploads of unknown length (bounded memory)
     multipart_threshold = 5368709120     # bodies of known length up to this stream in one PUT
-    max_attempts = 5                     # botocore "standard" retries: backoff on throttling and 5xx
+    max_attempts = 5                     # tries per call (botocore "standard" mode: backoff on throttling, 5xx)
     timeout = 30                         # read timeout of each HTTP call, seconds
     connect_timeout = 10
     max_connections = 16                 # HTTP connections, and the worker threads that use them
@@ -40,7 +40,15 @@ from email.utils import parsedate_to_datetime
 
 from gateway import errors
 from gateway.backend import (
-    STORED_HEADERS, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta, ObjectReader,
+    STORED_HEADERS,
+    Backend,
+    BucketInfo,
+    ByteRange,
+    Capabilities,
+    ListPage,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectReader,
 )
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
@@ -158,7 +166,7 @@ class S3Backend(MultipartMixin, Backend):
                       request_checksum_calculation="when_required", response_checksum_validation="when_required")
         client_args = dict(endpoint_url=self.endpoint_url, verify=verify_tls)
         self.client = session.client(
-            "s3", config=Config(retries={"max_attempts": max_attempts, "mode": "standard"}, **common), **client_args)
+            "s3", config=Config(retries={"total_max_attempts": max_attempts, "mode": "standard"}, **common), **client_args)
         # Streamed bodies cannot be replayed or hashed before sending: their client makes one attempt
         # (the S3 client retries the whole PUT) and signs them as UNSIGNED-PAYLOAD, even over http.
         stream_common = dict(common, s3={"addressing_style": addressing_style, "payload_signing_enabled": False})
@@ -180,7 +188,7 @@ class S3Backend(MultipartMixin, Backend):
             if bounded:
                 return await asyncio.wait_for(future, self._call_limit)
             return await future
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise errors.BackendUnavailable(f"{self.label}: {what or fn.__name__} took longer than "
                                             f"{self._call_limit:g}s (settings timeout, max_attempts)") from None
         except Exception as exc:
@@ -212,7 +220,7 @@ class S3Backend(MultipartMixin, Backend):
                 await self._run(self.client.head_bucket, Bucket=self.bucket, bucket=self.bucket, what="check bucket")
             else:
                 await self._run(self.client.list_buckets, what="list buckets")
-                for local, remote in self.bucket_map.items():
+                for remote in self.bucket_map.values():
                     await self._run(self.client.head_bucket, Bucket=remote, bucket=remote, what="check bucket")
         except errors.NoSuchBucket as exc:
             setting = "bucket" if self._single() else f"bucket_map.{self._reverse_map.get(exc.fields['BucketName'])}"

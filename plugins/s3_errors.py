@@ -10,8 +10,14 @@ says the remote store is down, slow or refusing us becomes a 503, never a
 from __future__ import annotations
 
 from botocore.exceptions import (
-    BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
-    NoCredentialsError, ParamValidationError, ReadTimeoutError,
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
 )
 
 from gateway import errors

@@ -11,6 +11,7 @@ Mixed into S3Backend (see s3.py); uses its ``client``, ``_run`` and ``remote``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from gateway import errors
@@ -19,6 +20,7 @@ from gateway.payload import Payload
 
 from .s3_stream import PayloadReader
 
+log = logging.getLogger(__name__)
 MAX_CHECKED = 10_000
 
 
@@ -171,8 +173,9 @@ class MultipartMixin:
             try:
                 await self._run(self.client.abort_multipart_upload, Bucket=remote, Key=remote_key,
                                 UploadId=upload.upload_id, bucket=bucket, key=key, what="abort upload")
-            except Exception:
-                pass  # the remote store's lifecycle rules clean up what we could not
+            except errors.GatewayError as exc:  # the remote store's lifecycle rules clean up what we could not
+                log.warning("%s: could not abort upload %s of %s/%s: %s", self.label, upload.upload_id, bucket,
+                            key, exc.message)
             raise
         info = await self.head(bucket, key)
         return ObjectInfo(key, payload.size, info.etag, info.last_modified, meta, payload.checksums)

@@ -32,6 +32,10 @@ host name), ``require_mount`` (root must be a mount point; default false),
 ``stale_temp_seconds`` (default 600), ``busy_retry_seconds`` (default 5),
 ``name_encoding`` (``"native"``, or ``"smbnetfs"`` for a share mounted
 through smbnetfs; see SmbnetfsNames).
+
+The code is the local backend's; this class adds only what sharing needs:
+start-up checks, the temp cleanup policy, busy retries, 503s for a failing
+mount, and the name encoding (LocalBackend's _disk_name/_layout_name hook).
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ import asyncio
 import contextvars
 import errno
 import functools
-import json
 import logging
 import os
 import time
@@ -51,16 +54,14 @@ from gateway.backend import BucketInfo, ByteRange, Capabilities, ListPage, Objec
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
-from . import fslayout
-from .fslayout import NAME_FILE
-from .local import LocalBackend, _temp_owner_alive, _unlink_quietly
+from . import fsutil
+from .local import LocalBackend
 
 log = logging.getLogger(__name__)
 
 # How long to sleep between busy retries, growing to this cap.
 BUSY_RETRY_FIRST = 0.02
 BUSY_RETRY_CAP = 0.5
-DIRECTORY_RACE_RETRIES = 10
 # A publish that found the target busy, waiting for put() to retry it (see _publish).
 _deferred_publish: contextvars.ContextVar[list | None] = contextvars.ContextVar("deferred_publish", default=None)
 
@@ -79,39 +80,28 @@ class NativeNames:
         return name
 
 
-# Characters an SMB server refuses in names, mapped into Unicode's private use
-# area exactly as the Linux cifs client does with its default ``mapposix``
-# option (the "SFM" mapping), so a file written through smbnetfs has the same
-# name on the server as one written through a kernel cifs mount.
-_SFM = {'"': "\uf020", "*": "\uf021", ":": "\uf022", "<": "\uf023", ">": "\uf024", "?": "\uf025",
-        "\\": "\uf026", "|": "\uf027"}
-_SFM.update({chr(c): chr(0xF000 + c) for c in range(1, 32)})
-_SFM_TRAILING = {" ": "\uf028", ".": "\uf029"}  # Windows drops a trailing space or period
-_SFM_BACK = {v: k for k, v in {**_SFM, **_SFM_TRAILING}.items()}
-
-
 class SmbnetfsNames:
     """Names through an smbnetfs mount (FUSE over libsmbclient).
 
     smbnetfs turns each path into an ``smb://`` URL without escaping it, so
     libsmbclient percent-decodes it: the layout's ``%obj`` and ``%25`` would
     be mangled and ``?`` starts a query. Its directory listings come back
-    percent-encoded. So: map what SMB refuses (SFM, see above), then escape
-    ``%``; decode listings with unquote, then undo SFM.
+    percent-encoded. So: map what SMB refuses exactly as the Linux cifs
+    client does with its default ``mapposix`` option (fsutil.sfm_encode, with
+    a trailing space or period), so a file written through smbnetfs has the
+    same name on the server as one written through a kernel cifs mount; then
+    escape ``%``. Listings: unquote, then undo the mapping.
     """
 
     native = False
 
     @staticmethod
     def encode(name: str) -> str:
-        mapped = "".join(_SFM.get(c, c) for c in name)
-        if mapped and mapped[-1] in _SFM_TRAILING:
-            mapped = mapped[:-1] + _SFM_TRAILING[mapped[-1]]
-        return mapped.replace("%", "%25")
+        return fsutil.sfm_encode(name, trailing=True).replace("%", "%25")
 
     @staticmethod
     def decode(name: str) -> str:
-        return "".join(_SFM_BACK.get(c, c) for c in urllib.parse.unquote(name))
+        return fsutil.sfm_decode(urllib.parse.unquote(name), trailing=True)
 
 
 NAME_CODECS: dict[str, type] = {"native": NativeNames, "smbnetfs": SmbnetfsNames}
@@ -152,6 +142,7 @@ class SharedFSBackend(LocalBackend):
         if stale_temp_seconds < 0 or busy_retry_seconds < 0:
             raise ValueError(f"backends.{name}: stale_temp_seconds and busy_retry_seconds must not be negative")
         self.codec = NAME_CODECS[name_encoding]
+        self.name_encoding_identity = self.codec.native
         self.tmp_dir = os.path.join(self.root, ".gateway", "tmp", self.codec.encode(self.host))
         self.require_mount = require_mount
         self.stale_temp_seconds = stale_temp_seconds
@@ -206,56 +197,33 @@ class SharedFSBackend(LocalBackend):
         except OSError as exc:
             raise ValueError(f"backend {self.name!r}: root {self.root!r} is not writable: {exc.strerror}") from None
         finally:
-            _unlink_quietly(first)
-            _unlink_quietly(second)
+            fsutil.unlink_quietly(first)
+            fsutil.unlink_quietly(second)
 
     def clean_temp_files(self) -> int:
-        """Remove this host's temp files left by dead processes and untouched for stale_temp_seconds."""
-        removed = kept = 0
-        now = time.time()
-        for entry in os.scandir(self.tmp_dir):
-            if _temp_owner_alive(entry.name):
-                continue  # another live gateway on this host is writing it
-            try:
-                if now - entry.stat(follow_symlinks=False).st_mtime < self.stale_temp_seconds:
-                    kept += 1  # recent: maybe another machine that shares our host_id
-                    continue
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
+        """Remove this host's temp files left by dead processes and untouched for stale_temp_seconds.
+
+        A recent one may belong to another machine that wrongly shares our host_id.
+        """
+        removed, kept = fsutil.remove_stale_temp_files(self.tmp_dir, keep_newer_than=self.stale_temp_seconds)
         if removed or kept:
             log.info("%s: removed %d stale temp files from %s, kept %d written in the last %ss",
                      self.name, removed, self.tmp_dir, kept, self.stale_temp_seconds)
         return removed
 
-    # Paths: every name the layout makes goes through the codec ---------------------
+    # Names: every name the layout makes goes through the codec ----------------------
 
-    def _object_path(self, bucket: str, key: str) -> str:
-        relpath = "/".join(self.codec.encode(part) for part in fslayout.key_to_relpath(key).split("/"))
-        return os.path.join(self._bucket_dir(bucket), relpath)
+    def _disk_name(self, name: str) -> str:
+        return self.codec.encode(name)
 
-    def _layout_file(self, directory: str, name: str) -> str:
-        return os.path.join(directory, self.codec.encode(name))
+    def _layout_name(self, name: str) -> str:
+        return self.codec.decode(name)
 
     # Buckets ------------------------------------------------------------------
 
     @_storage_errors
     async def create_bucket(self, bucket: str) -> None:
-        path = self._bucket_dir(bucket)
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            raise errors.BucketAlreadyOwnedByYou(BucketName=bucket) from None
-        # Through a temp file, so another server's head_bucket never reads half of it.
-        tmp = self._temp_path()
-        try:
-            with open(tmp, "w") as f:
-                json.dump({"name": bucket, "created": time.time()}, f)
-            os.replace(tmp, self._layout_file(path, fslayout.BUCKET_FILE))
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+        await super().create_bucket(bucket)
 
     @_storage_errors
     async def delete_bucket(self, bucket: str) -> None:
@@ -263,16 +231,7 @@ class SharedFSBackend(LocalBackend):
 
     @_storage_errors
     async def head_bucket(self, bucket: str) -> BucketInfo:
-        path = self._bucket_dir(bucket)
-        try:
-            with open(self._layout_file(path, fslayout.BUCKET_FILE)) as f:
-                return BucketInfo(bucket, json.load(f)["created"])
-        except (OSError, ValueError, KeyError):
-            # A bucket directory made by hand (or copied without the marker) is still a bucket.
-            try:
-                return BucketInfo(bucket, os.stat(path).st_mtime)
-            except FileNotFoundError:
-                raise errors.NoSuchBucket(BucketName=bucket) from None
+        return await super().head_bucket(bucket)
 
     @_storage_errors
     async def list_buckets(self):
@@ -310,7 +269,7 @@ class SharedFSBackend(LocalBackend):
                 await self._retry_busy(lambda: LocalBackend._publish(self, tmp, final, bucket_dir, key),
                                        final, f"replace {key!r}")
             except BaseException:
-                _unlink_quietly(tmp)
+                fsutil.unlink_quietly(tmp)
                 raise
         return info
 
@@ -354,110 +313,14 @@ class SharedFSBackend(LocalBackend):
             await asyncio.sleep(delay)
             delay = min(delay * 2, BUSY_RETRY_CAP)
 
-    def _make_parents(self, bucket_dir: str, key: str) -> None:
-        """Create the key's directories, retrying when another server prunes one of them meanwhile."""
-        for _ in range(DIRECTORY_RACE_RETRIES):
-            try:
-                self._make_parents_once(bucket_dir, key)
-                return
-            except FileNotFoundError:
-                if not os.path.isdir(bucket_dir):
-                    raise errors.NoSuchBucket(BucketName=os.path.basename(bucket_dir)) from None
-        raise errors.ServiceUnavailable(f"could not create the directories of {key!r}: another server kept "
-                                        "removing them; retry the request")
-
-    def _make_parents_once(self, bucket_dir: str, key: str) -> None:
-        path = bucket_dir
-        for segment in key.split("/")[:-1]:
-            name = fslayout.escape_segment(segment)
-            path = os.path.join(path, self.codec.encode(name))
-            os.makedirs(path, exist_ok=True)
-            if "%h" in name and not os.path.exists(self._layout_file(path, NAME_FILE)):
-                self._write_name_file(path, segment)
-
-    def _write_name_file(self, directory: str, segment: str) -> None:
-        # A hashed (long) directory name remembers its full segment for listings.
-        tmp = self._temp_path()
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(segment)
-            os.replace(tmp, self._layout_file(directory, NAME_FILE))
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-
     # Deleting -----------------------------------------------------------------
 
     @_storage_errors
     async def delete(self, bucket: str, key: str) -> None:
-        path = self._object_path(bucket, key)
-        bucket_dir = self._bucket_dir(bucket)
-        try:
-            await self._retry_busy(lambda: os.unlink(path), path, f"delete {key!r}")
-        except (FileNotFoundError, NotADirectoryError):
-            if not os.path.isdir(bucket_dir):
-                raise errors.NoSuchBucket(BucketName=bucket) from None
-            return
-        self._prune_directories(bucket_dir, os.path.dirname(path), key)
+        await super().delete(bucket, key)
 
-    def _prune_directories(self, bucket_dir: str, parent: str, key: str) -> None:
-        """Remove directories the delete left empty, up to the bucket.
-
-        Another server may publish into a directory while we prune it: rmdir
-        then fails (not empty) and we stop. A hashed directory's ``%name``
-        file, removed just before, is written again so listings still see it.
-        """
-        segments = key.split("/")[:-1]
-        while segments and parent != bucket_dir and parent.startswith(bucket_dir):
-            segment = segments.pop()
-            name_file = self._layout_file(parent, NAME_FILE)
-            removed_name_file = False
-            try:
-                names = os.listdir(parent)
-                if [self.codec.decode(n) for n in names] == [NAME_FILE]:
-                    os.unlink(name_file)
-                    removed_name_file = True
-                os.rmdir(parent)
-            except OSError:
-                if removed_name_file and os.path.isdir(parent):
-                    try:
-                        self._write_name_file(parent, segment)
-                    except OSError:
-                        log.warning("could not restore %s; listings skip that directory", name_file)
-                break
-            parent = os.path.dirname(parent)
-
-    # Listing ------------------------------------------------------------------
-
-    def _entries(self, directory: str) -> list[tuple[bytes, str, str, bool]]:
-        if self.codec.native:
-            return super()._entries(directory)
-        # Same rules as the local backend, on decoded names (paths keep the encoded form).
-        found = []
-        try:
-            scanned = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        for entry in scanned:
-            name = self.codec.decode(entry.name)
-            if name.endswith(fslayout.OBJ_SUFFIX) and not entry.is_dir():
-                segment = fslayout.unescape_segment(name[: -len(fslayout.OBJ_SUFFIX)])
-                if segment is None:
-                    segment = self._header_key_segment(entry.path)
-                    if segment is None:
-                        continue
-                found.append((segment.encode(), segment, entry.path, False))
-            elif entry.is_dir():
-                segment = fslayout.unescape_segment(name)
-                if segment is None:
-                    try:
-                        with open(self._layout_file(entry.path, NAME_FILE), encoding="utf-8") as f:
-                            segment = f.read()
-                    except OSError:
-                        continue
-                found.append(((segment + "/").encode(), segment, entry.path, True))
-        found.sort()
-        return found
+    async def _unlink_object(self, path: str, key: str) -> None:
+        await self._retry_busy(lambda: os.unlink(path), path, f"delete {key!r}")
 
 
 @hookimpl

@@ -36,13 +36,21 @@ import time
 
 from gateway import errors
 from gateway.backend import (
-    MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta, ObjectReader,
+    MULTIPART_BUCKET,
+    Backend,
+    BucketInfo,
+    ByteRange,
+    Capabilities,
+    ListPage,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectReader,
     paginate,
 )
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
-from . import fslayout
+from . import fslayout, fsutil
 from . import smb_files as files
 from .smb_client import SmbPool
 
@@ -50,8 +58,8 @@ log = logging.getLogger(__name__)
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are written with one thread hop
 WRITE_BLOCK = 1024 * 1024  # larger bodies go out in blocks of this size: bounded memory per PUT
 HEADER_SLACK = 1024
-# Keys holding these would alias keys holding the characters SMB cannot carry (smb_files.SFM_MAP).
-SFM_RESERVED = set(files.SFM_BACK)
+# Keys holding these would alias keys holding the characters SMB cannot carry (fsutil.SFM_MAP).
+SFM_RESERVED = set(fsutil.SFM_BACK)
 
 
 def read_credentials_file(path: str) -> dict[str, str]:
@@ -67,16 +75,6 @@ def read_credentials_file(path: str) -> dict[str, str]:
     if "pass" in values and "password" not in values:
         values["password"] = values["pass"]
     return values
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SmbBackend(Backend):
@@ -136,10 +134,14 @@ class SmbBackend(Backend):
             raise ValueError(f"{self.label}: cannot use {where} (check the {setting} setting): "
                              f"{exc.message}") from None
         try:
-            await self.pool.call(files.exists_dir, self.share_root, what="open the share")
+            problem = None
+            if not await self.pool.call(files.exists_dir, self.share_root, what="open the share"):
+                problem = "the server has no share by that name, or the user may not use it"
         except (OSError, errors.GatewayError) as exc:
+            problem = getattr(exc, "message", str(exc))
+        if problem:
             raise ValueError(f"{self.label}: share {self.share!r} is not available on {where} "
-                             f"(check the share setting): {getattr(exc, 'message', exc)}") from None
+                             f"(check the share setting): {problem}")
         try:
             await self.pool.call(_makedirs, self.tmp_dir, what="create the path")
             if not await self.pool.call(files.case_sensitive, self.tmp_dir, f"case-{os.getpid()}-probe"):
@@ -153,9 +155,8 @@ class SmbBackend(Backend):
             log.info("%s: removed %d stale temp files", self.label, removed)
 
     def _stale_temp(self, name: str) -> bool:
-        pid = name.split("-", 1)[0]
         # Another live gateway on this host may be writing it; anything else is left over.
-        return not (pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)))
+        return not fsutil.temp_owner_alive(name)
 
     async def close(self) -> None:
         if self._closing:
@@ -169,7 +170,7 @@ class SmbBackend(Backend):
     # Paths --------------------------------------------------------------------
 
     def _bucket_dir(self, bucket: str) -> str:
-        if not bucket or any(c in files.SFM_MAP or c in "/\\" for c in bucket) or bucket in (".", "..") or (
+        if not bucket or any(c in fsutil.SFM_MAP or c in "/\\" for c in bucket) or bucket in (".", "..") or (
             bucket.startswith(".") and bucket != MULTIPART_BUCKET
         ):
             raise errors.InvalidBucketName(BucketName=bucket)
@@ -178,11 +179,11 @@ class SmbBackend(Backend):
     def _object_path(self, bucket: str, key: str) -> str:
         if not SFM_RESERVED.isdisjoint(key):
             raise errors.InvalidArgument(
-                f"This bucket is stored on SMB, where the characters U+F001 to U+F027 stand for characters "
-                f"names cannot hold; use another key.", ArgumentName="key", ArgumentValue=key,
+                "This bucket is stored on SMB, where the characters U+F001 to U+F027 stand for characters "
+                "names cannot hold; use another key.", ArgumentName="key", ArgumentValue=key,
             )
         relpath = fslayout.key_to_relpath(key)
-        return files.join(self._bucket_dir(bucket), *(files.to_smb_name(p) for p in relpath.split("/")))
+        return files.join(self._bucket_dir(bucket), *(fsutil.sfm_encode(p) for p in relpath.split("/")))
 
     def _temp_path(self) -> str:
         return files.join(self.tmp_dir, f"{os.getpid()}-{next(self._counter)}-{os.urandom(4).hex()}")
@@ -213,14 +214,8 @@ class SmbBackend(Backend):
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
         path = self._object_path(bucket, key)
         slot = self.pool.pick()
-        try:
-            opened = await self.pool.call(files.open_object, path, byte_range, slot=slot, what="read object")
-        except OSError as exc:
-            if files.is_missing(exc):
-                raise await self._missing(bucket, key) from None
-            raise
-        except fslayout.CorruptObject as exc:
-            raise errors.InternalError(f"{self.label}: {bucket}/{key} is not a valid object file: {exc}") from None
+        opened = await self._read_object(bucket, key, files.open_object, path, byte_range, slot=slot,
+                                         what="read object")
         if opened[0] == "data":
             _, info, start, stop, data = opened
             return ObjectReader(info, start, stop, data=data)
@@ -256,9 +251,13 @@ class SmbBackend(Backend):
             log.debug("%s: closing a file failed: %s", self.label, exc)
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
-        path = self._object_path(bucket, key)
+        return await self._read_object(bucket, key, files.read_info, self._object_path(bucket, key),
+                                       what="head object")
+
+    async def _read_object(self, bucket: str, key: str, function, *args, **call_options):
+        """``pool.call(function, *args)``; a missing file is NoSuchKey (or NoSuchBucket), a damaged one a 500."""
         try:
-            return await self.pool.call(files.read_info, path, what="head object")
+            return await self.pool.call(function, *args, **call_options)
         except OSError as exc:
             if files.is_missing(exc):
                 raise await self._missing(bucket, key) from None

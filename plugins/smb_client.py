@@ -30,7 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import smbclient
 from smbprotocol.exceptions import (
-    LogonFailure, SMBAuthenticationError, SMBConnectionClosed, SMBException, SMBOSError, SMBResponseException,
+    LogonFailure,
+    SMBAuthenticationError,
+    SMBConnectionClosed,
+    SMBException,
+    SMBOSError,
+    SMBResponseException,
 )
 from smbprotocol.header import NtStatus
 
@@ -214,7 +219,7 @@ class SmbPool:
         future = loop.run_in_executor(self._executor, self._run, slot, fn, args, with_kwargs)
         try:
             return await asyncio.wait_for(future, self.timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             # The worker may be blocked on the socket forever: shut it down so the thread is freed.
             slot.abort()
             raise errors.BackendUnavailable(
@@ -240,7 +245,7 @@ class SmbPool:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(self._executor, close_all), self.connect_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             for slot in self.slots:
                 slot.abort()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -28,7 +28,8 @@ from gateway import errors
 from gateway.backend import BucketInfo, ByteRange, ObjectInfo, ObjectMeta
 
 from . import fslayout
-from .fslayout import BUCKET_FILE, NAME_FILE, OBJ_SUFFIX
+from .fslayout import BUCKET_FILE, NAME_FILE
+from .fsutil import SFM_MAP, sfm_decode, sfm_encode
 from .smb_client import ACCESS_DENIED, SHARING_VIOLATION
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,10 @@ WHOLE_READ_LIMIT = 1024 * 1024
 SHARE_ALL = "rwd"  # let others read, write, rename and delete while we have a file open
 
 
-# Characters an SMB name cannot carry (":" opens a stream, "\\" separates, the rest are wildcards or
-# reserved) travel as the Unicode private-use characters macOS and Windows' Services for Macintosh
-# use ("SFM" mapping). Samba's vfs_catia with CATIA_MAPPINGS stores them as the real characters,
-# so the files on disk are exactly the local backend's.
-SFM_MAP = {chr(c): chr(0xF000 + c) for c in range(0x01, 0x20)}
-SFM_MAP.update(zip('"*:<>?\\|', (chr(c) for c in range(0xF020, 0xF028))))
-SFM_BACK = {v: k for k, v in SFM_MAP.items()}
+# Characters an SMB name cannot carry travel as the private-use characters of fsutil.SFM_MAP.
+# Samba's vfs_catia with these mappings (``catia:mappings``) stores them as the real characters,
+# so the files on the server's disk are exactly the local backend's.
 CATIA_MAPPINGS = ",".join(f"0x{ord(k):02x}:0x{ord(v):04x}" for k, v in SFM_MAP.items())
-_TO_SMB = str.maketrans(SFM_MAP)
-_FROM_SMB = str.maketrans(SFM_BACK)
-
-
-def to_smb_name(name: str) -> str:
-    return name.translate(_TO_SMB)
-
-
-def from_smb_name(name: str) -> str:
-    return name.translate(_FROM_SMB)
 
 
 def join(*parts: str) -> str:
@@ -175,17 +162,12 @@ def write_small(kw: dict, tmp: str, tmp_dir: str, blob: bytes, flush: bool,
     if not exists_dir(kw, bucket_dir):
         raise errors.NoSuchBucket(BucketName=bucket_dir.rsplit("\\", 1)[-1])
     handle = open_temp(kw, tmp, tmp_dir)
-    try:
-        write_at(handle, 0, blob)
-        if flush:
-            handle.flush()
-    finally:
-        handle.close()
-    publish(kw, tmp, final, bucket_dir, key, rename_deadline)
+    finish_large(kw, handle, blob, flush, tmp, final, bucket_dir, key, rename_deadline)
 
 
 def finish_large(kw: dict, handle, header: bytes, flush: bool, tmp: str,
                  final: str, bucket_dir: str, key: str, rename_deadline: float) -> None:
+    """Write the header at the start of an open temp file, close it and publish it."""
     try:
         write_at(handle, 0, header)
         if flush:
@@ -221,7 +203,7 @@ def make_parents(kw: dict, bucket_dir: str, key: str) -> None:
     path = bucket_dir
     for segment in key.split("/")[:-1]:
         name = fslayout.escape_segment(segment)
-        path = join(path, to_smb_name(name))
+        path = join(path, sfm_encode(name))
         smbclient.makedirs(path, exist_ok=True, **kw)
         if "%h" in name:
             # A hashed (long) directory name remembers its full segment for listings.
@@ -320,33 +302,19 @@ def delete_bucket(kw: dict, bucket_dir: str, bucket: str) -> None:
 # Listing ------------------------------------------------------------------
 
 
-def entries(kw: dict, directory: str) -> list[tuple[bytes, str, str, bool]]:
+def entries(kw: dict, directory: str) -> list[fslayout.Entry]:
     """A directory's objects and subdirectories, as (sort key, segment, path, is_dir), in key order."""
-    found = []
     try:
         scanned = list(smbclient.scandir(directory, **kw))
     except OSError as exc:
         if is_missing(exc):
             return []
         raise
-    for entry in scanned:
-        name, path, is_dir = from_smb_name(entry.name), join(directory, entry.name), entry.is_dir()
-        if name.endswith(OBJ_SUFFIX) and not is_dir:
-            segment = fslayout.unescape_segment(name[: -len(OBJ_SUFFIX)])
-            if segment is None:
-                segment = _header_key_segment(kw, path)
-                if segment is None:
-                    continue
-            found.append((segment.encode(), segment, path, False))
-        elif is_dir:
-            segment = fslayout.unescape_segment(name)
-            if segment is None:
-                segment = _read_name_file(kw, path)
-                if segment is None:
-                    continue
-            found.append(((segment + "/").encode(), segment, path, True))
-    found.sort()
-    return found
+    return fslayout.sorted_entries(
+        ((sfm_decode(entry.name), join(directory, entry.name), entry.is_dir()) for entry in scanned),
+        lambda path: _header_key_segment(kw, path),
+        lambda path: _read_name_file(kw, path),
+    )
 
 
 def _header_key_segment(kw: dict, path: str) -> str | None:
@@ -365,36 +333,25 @@ def _read_name_file(kw: dict, directory: str) -> str | None:
 
 
 def walk(kw: dict, directory: str, key_prefix: str, prefix: str, start_after: str, dirs_as_prefixes: bool):
-    """Objects (ObjectInfo) and rolled-up directories (str) in key order, as the local backend's walk."""
-    start_bytes, prefix_bytes = start_after.encode(), prefix.encode()
-    for _, segment, path, is_dir in entries(kw, directory):
-        full = (key_prefix + segment + ("/" if is_dir else "")).encode()
-        if not (full.startswith(prefix_bytes) or (is_dir and prefix_bytes.startswith(full))):
-            continue
-        if is_dir:
-            if full < start_bytes and not start_bytes.startswith(full):
-                continue
-            if dirs_as_prefixes and full.startswith(prefix_bytes) and len(full) > len(prefix_bytes) \
-                    and full.rfind(b"/", len(prefix_bytes), len(full) - 1) < 0:
-                if has_objects(kw, path):
-                    yield full.decode()
-                continue
-            yield from walk(kw, path, full.decode(), prefix, start_after, dirs_as_prefixes)
-        elif full > start_bytes:
-            try:
-                yield read_info(kw, path)
-            except OSError as exc:
-                if not is_missing(exc):
-                    raise  # a missing file was deleted while we listed
-            except (fslayout.CorruptObject, ValueError, KeyError):
-                log.warning("skipping %s: not a valid object file", path)
+    """Objects (ObjectInfo) and rolled-up directories (str) in key order: fslayout.walk over the share."""
+    return fslayout.walk(lambda path: entries(kw, path), lambda path: _listed_info(kw, path), directory,
+                         key_prefix, prefix, start_after, dirs_as_prefixes)
+
+
+def _listed_info(kw: dict, path: str) -> ObjectInfo | None:
+    try:
+        return read_info(kw, path)
+    except OSError as exc:
+        if not is_missing(exc):
+            raise
+        return None  # deleted while we listed
+    except (fslayout.CorruptObject, ValueError, KeyError):
+        log.warning("skipping %s: not a valid object file", path)
+        return None
 
 
 def has_objects(kw: dict, directory: str) -> bool:
-    for _, _, path, is_dir in entries(kw, directory):
-        if not is_dir or has_objects(kw, path):
-            return True
-    return False
+    return fslayout.has_objects(lambda path: entries(kw, path), directory)
 
 
 # Start-up -------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..backend import ObjectMeta
 from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..payload import Payload
+from ..services.cluster_nodes import supersede_local
 from .s3.request import parse_range
 
 log = logging.getLogger("gateway.cluster.peer")
@@ -66,7 +67,8 @@ class PeerApp:
             bucket, _, key = path[len("/objects/"):].partition("/")
             if not bucket or not key:
                 raise errors.InvalidRequest("peer object paths are /objects/<bucket>/<key>")
-            await self._object(method, bucket, key, headers, receive, send)
+            query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+            await self._object(method, bucket, key, headers, query, receive, send)
         elif path.startswith("/list/"):
             backend = self._local(path[len("/list/"):])
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
@@ -89,7 +91,8 @@ class PeerApp:
             raise errors.ServiceUnavailable("This node is a proxy and stores nothing; ask a storing node.")
         return backend
 
-    async def _object(self, method: str, bucket: str, key: str, headers: dict, receive, send) -> None:
+    async def _object(self, method: str, bucket: str, key: str, headers: dict, query: dict, receive,
+                      send) -> None:
         backend = self._local(bucket)
         if method == "GET":
             reader = await backend.get(bucket, key, parse_range(headers.get("range")))
@@ -126,6 +129,17 @@ class PeerApp:
             info = await backend.put(bucket, key, payload, meta)
             self.service.cluster.locations.forget(bucket, key)
             await _send_json(send, wire.info_to_json(info))
+        elif method == "DELETE" and "if-older-than" in query:
+            # Another node stored a newer version: drop ours unless it is the newer one (docs/cluster.md).
+            try:
+                newer = float(query["if-older-than"])
+            except ValueError:
+                raise errors.InvalidArgument("if-older-than must be a modification time in seconds") from None
+            kept = await supersede_local(backend, bucket, key, newer, query.get("etag", ""))
+            self.service.cluster.locations.forget(bucket, key)
+            # Our copy is the newer one (two overwrites raced): say so, and the writer drops its own.
+            out = [(wire.INFO_HEADER.encode(), wire.info_header(kept))] if kept is not None else []
+            await _send(send, 204, out, b"")
         elif method == "DELETE":
             existed = await backend.exists(bucket, key)
             await backend.delete(bucket, key)

@@ -23,17 +23,27 @@ class LocationCache:
         self.max_entries = max_entries
         self.clock = clock
         self._entries: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        # Lookups by outcome, for GET /metrics: a known node, a cached "nowhere", or unknown.
+        self.hits = 0
+        self.negative_hits = 0
+        self.misses = 0
 
     def get(self, bucket: str, key: str) -> str | None:
         """The node id holding the object, NOWHERE for a recent miss, None when unknown."""
         entry = self._entries.get((bucket, key))
         if entry is None:
+            self.misses += 1
             return None
         node, expires = entry
         if self.clock() >= expires:
             del self._entries[(bucket, key)]
+            self.misses += 1
             return None
         self._entries.move_to_end((bucket, key))
+        if node == NOWHERE:
+            self.negative_hits += 1
+        else:
+            self.hits += 1
         return node
 
     def found(self, bucket: str, key: str, node: str) -> None:

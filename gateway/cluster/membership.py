@@ -14,8 +14,10 @@ import os
 import shutil
 import ssl
 import time
+from collections import OrderedDict
 from typing import Any
 
+from ..backend import ObjectInfo
 from .balancer import Balancer
 from .health import PeerHealth
 from .locations import LocationCache
@@ -30,6 +32,9 @@ COUNT_LIMIT = 1_000_000
 # ... and repeated at most this often (seconds): it reads every directory of the store.
 STATS_EVERY = 300.0
 RELOAD_AT_MOST_EVERY = 1.0
+# Older copies a peer must still drop (it was unreachable when a newer version was written), per peer.
+RETIRE_LATER_LIMIT = 10_000
+RETIRE_PER_ROUND = 1_000  # sent one by one in the heartbeat round, which must stay short
 
 
 def client_ssl_context(settings) -> ssl.SSLContext | None:
@@ -69,6 +74,9 @@ class Cluster:
         self._storage_stats: dict[str, Any] = {}
         self._stats_at = 0.0
         self.started = time.time()
+        # peer -> (bucket, key) -> the newer version it must drop its copy for (see retire_later).
+        self._retire: dict[str, OrderedDict[tuple[str, str], ObjectInfo]] = {}
+        self.retire_dropped = 0  # entries lost to the bound (their peers may keep a stale copy)
 
     # Life cycle -------------------------------------------------------------
 
@@ -159,6 +167,7 @@ class Cluster:
                     if time.monotonic() - self._last_reload >= reload_every:
                         await self.reload()
                     await self._probe_limited()
+                    await self._flush_retire()
             except RegistryError as exc:
                 log.warning("cluster registry: %s (retrying in %.0fs)", exc, interval)
                 await asyncio.sleep(min(interval, 1.0))
@@ -182,6 +191,45 @@ class Cluster:
         if limited:
             await asyncio.gather(*(probe(p) for p in limited))
 
+    def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
+        """Remember that ``peer`` (unreachable now) must drop its copy of the key if older than ``newer``.
+
+        Sent on the first heartbeat round after the peer answers again. Kept in
+        memory only and bounded: if this node restarts first, or more than
+        RETIRE_LATER_LIMIT keys wait for one peer, that peer may serve the old
+        version of those keys (logged).
+        """
+        pending = self._retire.setdefault(peer, OrderedDict())
+        pending[(bucket, key)] = newer
+        pending.move_to_end((bucket, key))
+        while len(pending) > RETIRE_LATER_LIMIT:
+            (old_bucket, old_key), _ = pending.popitem(last=False)
+            self.retire_dropped += 1
+            log.warning("peer %s may keep an outdated copy of %s/%s: too many pending retirements",
+                        peer, old_bucket, old_key)
+
+    async def _flush_retire(self) -> None:
+        """Tell peers that answer again to drop the older copies they missed."""
+        peers = self.peers()
+        for peer in [p for p in self._retire if p not in peers]:
+            del self._retire[peer]  # left the cluster
+        for peer, pending in self._retire.items():
+            if self.health.limited(peer):
+                continue
+            for _ in range(min(len(pending), RETIRE_PER_ROUND)):
+                (bucket, key), newer = next(iter(pending.items()))
+                try:
+                    await self.client.supersede(peer, peers[peer], bucket, key, newer)
+                except PeerUnreachable:
+                    break  # still down: the next round retries
+                except Exception as exc:  # noqa: BLE001 - e.g. the bucket is gone there: nothing to drop
+                    log.info("retiring %s/%s on %s: %s", bucket, key, peer, exc)
+                pending.pop((bucket, key), None)
+                self.locations.forget(bucket, key)
+
+    def pending_retirements(self) -> dict[str, int]:
+        return {peer: len(pending) for peer, pending in self._retire.items() if pending}
+
     async def info(self) -> dict[str, Any]:
         """What this node publishes with its heartbeat (shown by `gateway cluster status`)."""
         if not self._stats_at or time.monotonic() - self._stats_at >= STATS_EVERY:
@@ -203,6 +251,7 @@ class Cluster:
             "nodes": [n.to_json() for n in self.nodes.values()],
             "peers": self.health.snapshot(), "balance": self.balancer.snapshot(),
             "location_cache_entries": len(self.locations),
+            "pending_retirements": self.pending_retirements(),
         }
 
 

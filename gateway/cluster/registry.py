@@ -2,7 +2,8 @@
 
 Implementations are plugins, registered with the ``register_registries``
 hook exactly like backends: ``sqlite`` (embedded, one host) and ``etcd``
-(several hosts) are built in (gateway/cluster/builtin.py).
+(several hosts) are built in (gateway/cluster/builtin.py, loaded through the
+``registries`` entry point in the ``gateway.backends`` group like any plugin).
 """
 
 from __future__ import annotations
@@ -96,12 +97,10 @@ class Registry(abc.ABC):
 def registry_classes() -> dict[str, type[Registry]]:
     """URL scheme -> Registry class, from every plugin's register_registries hook."""
     from ..plugins import get_plugin_manager
-    from . import builtin
 
+    # The built-in registries come through the same entry-point group as every plugin
+    # (``registries = "gateway.cluster.builtin"`` in pyproject.toml).
     pm = get_plugin_manager()
-    if not pm.is_registered(builtin):
-        # The built-in registries go through the same hook as third-party ones.
-        pm.register(builtin, name="gateway-cluster-registries")
     found: dict[str, type[Registry]] = {}
 
     def register(scheme: str, cls: type[Registry]) -> None:
@@ -119,5 +118,7 @@ def open_registry(url: str) -> Registry:
     classes = registry_classes()
     if scheme not in classes:
         known = ", ".join(f"{s}://" for s in sorted(classes))
-        raise ValueError(f"registry {url!r}: no registry plugin for {scheme or 'this'}:// (installed: {known})")
+        hint = "" if classes else "; the built-in ones are missing: reinstall cv-gateway (pip install -e .)"
+        raise ValueError(f"registry {url!r}: no registry plugin for {scheme or 'this'}:// "
+                         f"(installed: {known or 'none'}{hint})")
     return classes[scheme](url)

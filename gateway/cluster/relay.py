@@ -13,6 +13,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlencode
 
@@ -51,6 +52,29 @@ def object_path(bucket: str, key: str) -> str:
     return f"{wire.PREFIX}/objects/{quote(bucket, safe='')}/{quote(key, safe='/')}"
 
 
+def operation(method: str, target: str) -> str:
+    """The metrics label of a peer call: get, head, put, delete, supersede, list, bucket, buckets or ping."""
+    path = target[len(wire.PREFIX):]
+    if path.startswith("/objects/"):
+        if method == "DELETE" and "if-older-than=" in target:
+            return "supersede"
+        return method.lower()
+    if path.startswith("/list/"):
+        return "list"
+    if path.startswith("/buckets/"):
+        return "bucket"
+    return path.strip("/").split("?")[0] or "other"
+
+
+def outcome(status: int) -> str:
+    """The metrics label of a peer's answer."""
+    if status < 300:
+        return "ok"
+    if status == 404:
+        return "missing"
+    return "error"
+
+
 class PeerClient:
     """:param signer: signs every request; :param health: told about every answer and failure;
     :param timeout: seconds to connect and between reads; :param ssl_context: None for plain HTTP."""
@@ -63,6 +87,9 @@ class PeerClient:
         self.ssl_context = ssl_context
         self.on_failure = on_failure  # called with the peer id after a failure (membership reloads)
         self._session: aiohttp.ClientSession | None = None
+        # (peer, operation, outcome) -> calls, for GET /metrics. Outcomes: ok, missing (404),
+        # error (any other HTTP error), unreachable (no answer), refused (our signature was rejected).
+        self.calls: Counter[tuple[str, str, str]] = Counter()
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -98,12 +125,15 @@ class PeerClient:
             if retry and data is None:
                 return await self.request(peer, address, method, target, headers=headers, retry=False)
             self._failed(peer, f"disconnected: {exc}")
+            self.calls[peer, operation(method, target), "unreachable"] += 1
             raise PeerUnreachable(peer, "closed the connection") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             self._failed(peer, reason)
+            self.calls[peer, operation(method, target), "unreachable"] += 1
             raise PeerUnreachable(peer, reason) from None
         if response.status == 403 and response.headers.get(wire.ERROR_HEADER) == "AccessDenied":
+            self.calls[peer, operation(method, target), "refused"] += 1
             # A node of another cluster, or a wrong GATEWAY_CLUSTER_SECRET: it cannot be asked.
             reason = (await response.read()).decode(errors="replace")[:200] if method != "HEAD" else ""
             response.release()
@@ -111,6 +141,7 @@ class PeerClient:
                                "check that every node has the same GATEWAY_CLUSTER_SECRET")
             raise PeerUnreachable(peer, "refused our peer signature")
         self.health.succeeded(peer, time.monotonic() - started)
+        self.calls[peer, operation(method, target), outcome(response.status)] += 1
         return response
 
     def _failed(self, peer: str, reason: str) -> None:
@@ -193,6 +224,19 @@ class PeerClient:
         await self._raise_for(response)
         response.release()
         return response.headers.get(wire.EXISTED_HEADER) == "1"
+
+    async def supersede(self, peer: str, address: str, bucket: str, key: str,
+                        newer: ObjectInfo) -> ObjectInfo | None:
+        """Delete the peer's copy if it is older than ``newer`` (wire.is_older).
+
+        Return the peer's copy when that one is newer still (kept), else None.
+        """
+        query = urlencode({"if-older-than": repr(newer.last_modified), "etag": newer.etag}, quote_via=quote)
+        response = await self.request(peer, address, "DELETE", f"{object_path(bucket, key)}?{query}")
+        await self._raise_for(response)
+        response.release()
+        kept = response.headers.get(wire.INFO_HEADER)
+        return wire.info_from_json(json.loads(kept)) if kept else None
 
     async def list(self, peer: str, address: str, bucket: str, prefix: str, delimiter: str, start_after: str,
                    max_keys: int) -> ListPage:

@@ -19,6 +19,17 @@ ENSURE_BUCKET_HEADER = "x-cluster-ensure-bucket"  # PUT: the bucket exists in th
 SPAN_HEADER = "x-cluster-span"  # GET: "start-stop" of the bytes sent, stop exclusive
 
 
+def is_older(copy: ObjectInfo, last_modified: float, etag: str) -> bool:
+    """Whether ``copy`` is an older version than the one written at ``last_modified`` with ``etag``.
+
+    Last writer wins by modification time; equal times are ordered by ETag so
+    that two nodes comparing the same two versions always agree on which one
+    stays (two concurrent overwrites never delete each other). The same
+    version (same time and ETag) is not older.
+    """
+    return (copy.last_modified, copy.etag) < (last_modified, etag)
+
+
 def info_to_json(info: ObjectInfo) -> dict:
     return {"key": info.key, "size": info.size, "etag": info.etag, "last_modified": info.last_modified,
             "meta": info.meta.to_json(), "checksums": dict(info.checksums)}

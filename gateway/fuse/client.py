@@ -172,6 +172,8 @@ class ObjectClient:
             reason = getattr(exc, "reason", None) or exc
             log.error("gateway %s unreachable: %s %s failed: %s", self.endpoint, method, url[:200], reason)
             raise Unreachable(f"gateway {self.endpoint} unreachable ({reason})") from None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %s", method, url[:300], response.status)
         if response.status not in ok:
             raise self._error(response, method, bucket, key)
         if not stream:

@@ -249,7 +249,9 @@ class _Stream:
                                                     headers={"range": f"bytes={self.start}-"})
             while self.end < stop:
                 try:
-                    data = self.response.read(max(self.CHUNK, stop - self.end))
+                    # Exactly the bytes asked for when they are next: the slice below is then the whole
+                    # chunk, which bytes slicing returns without a copy.
+                    data = self.response.read(stop - self.end if offset == self.end else self.CHUNK)
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
                     log.error("reading %s/%s from the gateway failed: %s", self.bucket, self.key, exc)
                     raise Unreachable(f"reading {self.bucket}/{self.key} from the gateway failed ({exc})") from None

@@ -186,7 +186,9 @@ class GatewayFS(NamespaceOps, FileOps):
         else:
             mode = stat.S_IFREG | (attr.mode if attr.mode is not None else 0o666 & ~opts.umask)
             nlink = 1
-        size = attr.size if attr.kind != LINK or attr.target is None else len(attr.target.encode(errors="surrogateescape"))
+        size = attr.size
+        if attr.kind == LINK and attr.target is not None:
+            size = len(attr.target.encode(errors="surrogateescape"))
         mtime_ns = int(attr.mtime * 1e9)
         return {
             "st_mode": mode, "st_nlink": nlink, "st_size": size,

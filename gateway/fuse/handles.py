@@ -44,7 +44,7 @@ class _StaticReader:
 
 
 class FileOps:
-    # Files: contents --------------------------------------------------------------
+    """File contents, on file handles; a mixin of GatewayFS, whose state (caches, tables, client) it uses."""
 
     def _acquire(self, path: str, base: Attr | None, meta: dict[str, str]) -> tuple[int, OpenFile]:
         bucket, key = self.split(path)
@@ -98,8 +98,7 @@ class FileOps:
 
     def create(self, path: str, mode: int, flags: int, owner: tuple[int, int] | None = None) -> int:
         self._check_writable()
-        bucket, key = self.split(path)
-        if not key:
+        if not self.split(path)[1]:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
         meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
         fh, open_file = self._acquire(path, None, meta)

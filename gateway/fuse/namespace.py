@@ -14,6 +14,8 @@ from .meta import apply_meta, content_type, err, format_time, parent_of
 
 
 class NamespaceOps:
+    """Names and metadata, on paths; a mixin of GatewayFS, whose state (caches, tables, client) it uses."""
+
     def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
         self._check_writable()
         bucket, key = self.split(path)
@@ -115,9 +117,7 @@ class NamespaceOps:
     def rename(self, old: str, new: str) -> None:
         """Copy then delete: not atomic, and a directory moves object by object (see docs/fuse.md)."""
         self._check_writable()
-        old_bucket, old_key = self.split(old)
-        new_bucket, new_key = self.split(new)
-        if not old_key or not new_key:
+        if not self.split(old)[1] or not self.split(new)[1]:
             raise err(errno.EXDEV, "buckets cannot be renamed, and files cannot live outside a bucket")
         with self._namespace_lock:
             attr = self.lookup(old)

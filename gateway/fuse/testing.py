@@ -38,7 +38,7 @@ def unmount(path: str | os.PathLike, lazy: bool = False) -> bool:
     if not os.path.ismount(path):
         return True
     tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
-    subprocess.run([tool, "-u" + ("z" if lazy else ""), path], capture_output=True, timeout=30)
+    subprocess.run([tool, "-u" + ("z" if lazy else ""), path], capture_output=True, timeout=30, check=False)
     return not os.path.ismount(path)
 
 

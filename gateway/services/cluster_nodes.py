@@ -23,6 +23,8 @@ from typing import Any
 
 from .. import errors
 from ..backend import MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from ..cluster import wire
+from ..cluster.balancer import READ_HANDOFF_MARGIN
 from ..cluster.listing import merge_pages
 from ..cluster.locations import NOWHERE
 from ..cluster.membership import Cluster
@@ -50,6 +52,42 @@ def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
         f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
     return error
+
+
+async def supersede_local(local: Backend, bucket: str, key: str, last_modified: float,
+                          etag: str) -> ObjectInfo | None:
+    """Another node stored the version (last_modified, etag) of the key: delete this node's copy if older.
+
+    Return this node's copy when it is the *newer* one (kept; two overwrites
+    raced), else None. Never on shared storage: there every node sees the same
+    file, and a node that still sees the old version (the visibility window)
+    would delete the new one by its path.
+    """
+    if local.capabilities.shared:
+        return None
+    try:
+        copy = await local.head(bucket, key)
+    except (errors.NoSuchKey, errors.NoSuchBucket):
+        return None
+    if wire.is_older(copy, last_modified, etag):
+        await local.delete(bucket, key)
+        return None
+    return None if (copy.last_modified, copy.etag) == (last_modified, etag) else copy
+
+
+def _on_close(reader: ObjectReader, callback: Callable[[], None]) -> ObjectReader:
+    """Call ``callback`` once the reader is closed (after its own close)."""
+    previous = reader._close
+
+    def close() -> None:
+        try:
+            if previous is not None:
+                previous()
+        finally:
+            callback()
+
+    reader._close = close
+    return reader
 
 
 class _Miss(Exception):
@@ -141,7 +179,7 @@ class ClusterNode(Backend):
         self._background.add(reaper)
         reaper.add_done_callback(self._background.discard)
 
-    async def _find(self, bucket: str, key: str, call, bucket_seen: bool) -> Any:
+    async def _find(self, bucket: str, key: str, call, bucket_seen: bool, operation: str) -> Any:
         """Find the object on a peer: the cached node first, then healthy peers, then limited ones.
 
         Raise NoSuchKey only when every storing peer answered no, the 503
@@ -157,7 +195,9 @@ class ClusterNode(Backend):
             # The hot relay path: one known peer, asked directly (no tasks to schedule).
             asked.add(cached)
             try:
-                return await self._ask(cached, call)
+                result = await self._ask(cached, call)
+                self.cluster.balancer.served_read(cached, operation)
+                return result
             except _Miss as miss:
                 state["bucket"] = state["bucket"] or miss.bucket
             except PeerUnreachable as exc:
@@ -169,6 +209,7 @@ class ClusterNode(Backend):
             hit = await self._first_hit(group, call, state)
             if hit is not None:
                 self.locations.found(bucket, key, hit[0])
+                self.cluster.balancer.served_read(hit[0], operation)
                 return hit[1]
         if state["unreachable"]:
             raise unreachable_error(f"Object {key!r}", state["unreachable"])
@@ -208,26 +249,76 @@ class ClusterNode(Backend):
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
         found, bucket_seen = await self._local_first(bucket, key, lambda: self.local.get(bucket, key, byte_range))
         if found is not None:
+            self.cluster.balancer.served_read(self.cluster.node_id, "get")
             return found
         return await self._find(bucket, key, lambda p, a: self.client.get(p, a, bucket, key, byte_range),
-                                bucket_seen)
+                                bucket_seen, "get")
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         found, bucket_seen = await self._local_first(bucket, key, lambda: self.local.head(bucket, key))
         if found is not None:
+            self.cluster.balancer.served_read(self.cluster.node_id, "head")
             return found
-        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), bucket_seen)
+        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), bucket_seen, "head")
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        """Store here, then retire older copies of the key on the other nodes."""
         self.locations.forget(bucket, key)
-        return await self.local.put(bucket, key, payload, meta)
+        with self.cluster.balancer.track(self.cluster.node_id):
+            info = await self.local.put(bucket, key, payload, meta)
+        await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
+        return info
 
     async def _put_on_peer(self, peer: str, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         address = self.cluster.peers()[peer]
         with self.cluster.balancer.track(peer):
             info = await self.client.put(peer, address, bucket, key, payload, meta, ensure_bucket=True)
-        self.locations.found(bucket, key, peer)
+        await self._retire_older_copies(bucket, key, info, peer)
         return info
+
+    async def _retire_older_copies(self, bucket: str, key: str, info: ObjectInfo, holder: str) -> None:
+        """``holder`` stored ``info``: delete older copies of the key on every other storing node.
+
+        An overwrite through another node than the one holding the previous
+        version would otherwise leave that version behind, and reads through
+        some nodes would return it (docs/cluster.md, "Overwrites"). It runs
+        before the PUT is answered, so a read through any node right after
+        sees the new version. A node that cannot be told now is told when it
+        answers again (Cluster.retire_later).
+        """
+        me = self.cluster.node_id
+        self.locations.forget(bucket, key)
+        if bucket.startswith(".") or (self.local is not None and self.local.capabilities.shared):
+            return  # internal buckets are written once on one node; shared storage holds one copy
+        newer: dict[str, ObjectInfo] = {}  # nodes that kept a newer copy: a concurrent overwrite won
+        if holder != me and self.local is not None:
+            try:
+                kept = await supersede_local(self.local, bucket, key, info.last_modified, info.etag)
+                if kept is not None:
+                    newer[me] = kept
+            except errors.GatewayError as exc:
+                log.warning("could not drop the older local copy of %s/%s: %s", bucket, key, exc.message)
+        peers = {p: a for p, a in self.cluster.peers().items() if p != holder}
+        if peers:
+            answers, unreachable = await self._everywhere(
+                lambda p, a: self.client.supersede(p, a, bucket, key, info), peers)
+            newer.update((p, r) for p, r in answers.items() if isinstance(r, ObjectInfo))
+            for peer in unreachable:
+                self.cluster.retire_later(peer, bucket, key, info)
+        if not newer:
+            if holder != me:
+                self.locations.found(bucket, key, holder)
+            return
+        # Two overwrites raced and another node kept a newer version: the one just written goes.
+        winner = max(newer.values(), key=lambda i: (i.last_modified, i.etag))
+        log.info("%s/%s: a newer version was written concurrently; dropping the one on %s", bucket, key, holder)
+        try:
+            if holder == me:
+                await supersede_local(self.local, bucket, key, winner.last_modified, winner.etag)
+            else:
+                await self.client.supersede(holder, self.cluster.peers()[holder], bucket, key, winner)
+        except (PeerUnreachable, errors.GatewayError, KeyError) as exc:
+            log.warning("could not drop the outdated %s/%s on %s: %s", bucket, key, holder, exc)
 
     async def delete(self, bucket: str, key: str) -> None:
         """Delete here and on every storing peer; 503 when the object may survive on an unreachable one."""
@@ -242,6 +333,10 @@ class ClusterNode(Backend):
             except errors.NoSuchBucket:
                 pass
         answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key))
+        if existed:
+            self.cluster.balancer.deleted_on(self.cluster.node_id)
+        for peer in (p for p, r in answers.items() if r is True):
+            self.cluster.balancer.deleted_on(peer)
         existed = existed or any(r is True for r in answers.values())
         bucket_seen = bucket_seen or any(not isinstance(r, (errors.NoSuchBucket, Exception)) for r in answers.values())
         self.locations.forget(bucket, key)
@@ -390,7 +485,9 @@ class StoringNode(ClusterNode):
 
     async def complete_multipart(self, bucket, key, upload_id, parts):
         self.locations.forget(bucket, key)
-        return await self.local.complete_multipart(bucket, key, upload_id, parts)
+        info = await self.local.complete_multipart(bucket, key, upload_id, parts)
+        await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
+        return info
 
 
 class PrimaryNode(StoringNode):
@@ -405,8 +502,48 @@ class PrimaryNode(StoringNode):
                 if payload.size:  # part of the body went to the peer: it cannot be sent again
                     raise unreachable_error(f"Object {key!r}", [exc.peer]) from None
                 log.info("placement on %s failed (%s); storing here", target, exc.reason)
-        with self.cluster.balancer.track(self.cluster.node_id):
-            return await super().put(bucket, key, payload, meta)
+        return await super().put(bucket, key, payload, meta)
+
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        """On shared storage, hand the GET to a redundant node when this node is the busier one.
+
+        Busy = GETs in flight, from the call until the response body is sent
+        (the reader is closed). In local mode an object lives on one node,
+        so the read goes there anyway (local hit or relay): nothing to choose.
+        """
+        if not self.local.capabilities.shared or bucket.startswith("."):
+            return await super().get(bucket, key, byte_range)
+        balancer = self.cluster.balancer
+        peer = self._read_handoff()
+        if peer is not None:
+            end = balancer.begin(peer)
+            try:
+                reader = await self.client.get(peer, self.cluster.peers()[peer], bucket, key, byte_range)
+            except (PeerUnreachable, errors.GatewayError) as exc:
+                # Not visible there yet, or the peer failed: serve it here as if never handed off.
+                end()
+                log.debug("read handoff of %s/%s to %s: %s", bucket, key, peer, exc)
+            else:
+                balancer.served_read(peer, "get")
+                return _on_close(reader, end)
+        end = balancer.begin(self.cluster.node_id)
+        try:
+            reader = await super().get(bucket, key, byte_range)
+        except BaseException:
+            end()
+            raise
+        return _on_close(reader, end)
+
+    def _read_handoff(self) -> str | None:
+        """The least busy healthy redundant node if this node has READ_HANDOFF_MARGIN more GETs in flight."""
+        redundants = [p for p in self.cluster.redundant_peers() if not self.cluster.health.limited(p)]
+        if not redundants:
+            return None
+        balancer = self.cluster.balancer
+        peer = balancer.least_busy(redundants)
+        if balancer.outstanding[self.cluster.node_id] > balancer.outstanding[peer] + READ_HANDOFF_MARGIN:
+            return peer
+        return None
 
     async def _placement(self, bucket: str, key: str) -> str:
         """Where a PUT goes: where the key already is (so an overwrite replaces it), else the less busy node."""

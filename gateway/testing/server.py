@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from pathlib import Path
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-0123456789"
+# Signals after which kill() waits for the exit; others (SIGSTOP, SIGCONT, ...) return at once.
+TERMINATING_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT})
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,11 +37,14 @@ class GatewayProcess:
     :param config: TOML text written to a file and passed with --config.
     :param args: extra command-line arguments for ``gateway serve``.
     :param env: extra environment variables.
+    :param scheme: "https" when the gateway serves TLS (``--tls-cert``/``--tls-key`` in ``args``).
+    :param ca: the CA file that verifies an https gateway's certificate.
     """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, config: str | None = None, args: list[str] | None = None,
-                 env: dict[str, str] | None = None, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY):
+                 env: dict[str, str] | None = None, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
+                 scheme: str = "http", ca: str | os.PathLike | None = None):
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cv-gateway-")
@@ -51,12 +57,14 @@ class GatewayProcess:
         self.config = config
         self.args = list(args or [])
         self.env = dict(env or {})
+        self.scheme = scheme
+        self.ca = str(ca) if ca is not None else None
         self.process: subprocess.Popen | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "gateway", "serve", "--host", self.host, "--port", str(self.port),
@@ -75,12 +83,13 @@ class GatewayProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        context = ssl.create_default_context(cafile=self.ca) if self.scheme == "https" else None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.endpoint + "/healthz", timeout=1) as response:
+                with urllib.request.urlopen(self.endpoint + "/healthz", timeout=1, context=context) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -91,14 +100,24 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Stop the process abruptly (kill -9 by default) and wait for it."""
+        """Send ``sig`` (kill -9 by default); wait for the exit only for signals that end the process."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(sig)
-            self.process.wait(timeout=10)
+            if sig in TERMINATING_SIGNALS:
+                self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing until resume()."""
+        self.kill(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process run again (SIGCONT)."""
+        self.kill(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
+            self.process.send_signal(signal.SIGCONT)  # a paused process only sees the SIGTERM once it runs
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -111,7 +130,7 @@ class GatewayProcess:
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1", verify=self.ca,
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **config),
         )

@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import ssl
 import subprocess
 import sys
-import time
-import urllib.request
 
-import boto3
-from botocore.config import Config
 from cryptography import x509
 
 from gateway.testing.server import GatewayProcess
 
 from .conftest import NODE_ENV
-
-
-class HttpsGateway(GatewayProcess):
-    def __init__(self, *args, ca: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.ca = ca
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://{self.host}:{self.port}"
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        context = ssl.create_default_context(cafile=self.ca)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.endpoint + "/healthz", timeout=1, context=context) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"gateway did not answer on HTTPS within {timeout}s:\n{self.log()}")
-
-    def client(self, **config):
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", verify=self.ca,
-                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 
 
 def tls_init(directory, *nodes: str) -> None:
@@ -86,7 +52,8 @@ def test_relay_over_https(tmp_path):
             args = ["--role", role, "--registry", registry, "--tls-cert", str(tmp_path / "tls" / f"{name}.pem"),
                     "--tls-key", str(tmp_path / "tls" / f"{name}-key.pem"), "--tls-ca", str(tmp_path / "tls" / "ca.pem")]
             env = {**NODE_ENV, "GATEWAY_CLUSTER_SECRET": secret, "GATEWAY_NODE_ID": name}
-            nodes[name] = HttpsGateway(tmp_path / name, args=args, env=env, ca=str(tmp_path / "tls" / "ca.pem"))
+            nodes[name] = GatewayProcess(tmp_path / name, args=args, env=env, scheme="https",
+                                         ca=tmp_path / "tls" / "ca.pem")
             nodes[name].start()
         p1, r1 = nodes["p1"].client(), nodes["r1"].client()
         p1.create_bucket(Bucket="tls")

@@ -131,4 +131,68 @@ def test_balancer_prefers_the_less_busy_of_two():
     for _ in range(300):
         counts[balancer.choose(list(counts))] += 1
     assert min(counts.values()) > 50, counts  # all idle: spread over every node
-    assert balancer.snapshot()["busy"] == {"placed": 2, "outstanding": 0}
+    assert balancer.snapshot()["busy"] == {"placed": 2, "reads": 0, "outstanding": 0}
+    end = balancer.begin("idle")
+    balancer.served_read("idle", "get")
+    assert balancer.least_busy(["idle", "busy"]) == "busy"
+    end()
+    end()  # a second call changes nothing
+    assert balancer.snapshot()["idle"] == {"placed": 0, "reads": 1, "outstanding": 0}
+    assert balancer.served["idle", "get"] == 1 and balancer.served["busy", "put"] == 2
+
+
+def test_newer_version_wins_and_ties_are_ordered_by_etag():
+    from gateway.cluster.wire import is_older
+
+    copy = ObjectInfo("k", 1, "bbb", 100.0)
+    assert is_older(copy, 100.5, "aaa")  # later wins
+    assert not is_older(copy, 99.0, "zzz")
+    assert is_older(copy, 100.0, "ccc") and not is_older(copy, 100.0, "aaa")  # same time: both sides agree
+    assert not is_older(copy, 100.0, "bbb")  # the same version
+
+
+def test_supersede_local_drops_an_older_copy_and_reports_a_newer_one():
+    import asyncio
+
+    from gateway.backend import ObjectMeta
+    from gateway.payload import Payload
+    from gateway.services.cluster_nodes import supersede_local
+    from gateway_plugins.memory import MemoryBackend
+
+    async def body(data: bytes):
+        yield data
+
+    async def scenario():
+        local = MemoryBackend()
+        await local.create_bucket("b")
+        mine = await local.put("b", "k", Payload(body(b"mine")), ObjectMeta())
+        # Our copy is newer than the version another node wrote: kept and reported.
+        assert await supersede_local(local, "b", "k", mine.last_modified - 1, "x") == mine
+        assert await supersede_local(local, "b", "k", mine.last_modified, mine.etag) is None  # same version
+        assert await local.exists("b", "k")
+        # An older copy goes.
+        assert await supersede_local(local, "b", "k", mine.last_modified + 1, "x") is None
+        assert not await local.exists("b", "k")
+        assert await supersede_local(local, "missing-bucket", "k", 1.0, "x") is None
+
+    asyncio.run(scenario())
+
+
+def test_location_cache_counts_lookups():
+    clock = FakeClock()
+    cache = LocationCache(clock=clock)
+    cache.get("b", "k")
+    cache.found("b", "k", "r1")
+    cache.get("b", "k")
+    cache.missing("b", "gone")
+    cache.get("b", "gone")
+    assert (cache.hits, cache.negative_hits, cache.misses) == (1, 1, 1)
+
+
+def test_metrics_exposition_escapes_labels():
+    from gateway.api.metrics import Exposition
+
+    out = Exposition()
+    out.family("x_total", "counter", "Things.", [({"peer": 'a"b\\c\nd'}, 3), ({}, 0.5)])
+    assert out.text().splitlines() == ["# HELP x_total Things.", "# TYPE x_total counter",
+                                       'x_total{peer="a\\"b\\\\c\\nd"} 3', "x_total 0.5"]

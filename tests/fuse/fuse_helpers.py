@@ -8,7 +8,7 @@ import subprocess
 
 def sh(command: str, cwd, timeout: float = 120) -> str:
     """Run a shell command; fail the test with its output when it fails."""
-    result = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"{command!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result.stdout
 

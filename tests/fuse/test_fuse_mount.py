@@ -71,7 +71,7 @@ def test_two_processes_write_and_read_each_others_files(mnt, bucket, mount_facto
                          stderr=subprocess.PIPE, text=True),
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     assert sorted(os.listdir(second)) == sorted([f"a-{n}" for n in range(20)] + [f"b-{n}" for n in range(20)])
 
@@ -87,7 +87,7 @@ def test_dead_gateway_gives_eio_not_a_hang(tmp_path, mount_factory):
                  "else:\n    print('ok')")
         for path in (mount.path / "bk1" / "f", mount.path / "bk1" / "other", mount.path / "bk1"):
             out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
-                                 timeout=60).stdout.strip()
+                                 timeout=60, check=False).stdout.strip()
             assert out == str(errno.EIO), f"stat {path}: {out}"
         assert "unreachable" in mount.log()
 
@@ -104,7 +104,7 @@ def test_hung_gateway_gives_eio_after_the_timeout(tmp_path, mount_factory):
             gw.process.send_signal(signal.SIGSTOP)  # mid-stream: the gateway stops answering
             try:
                 listing = subprocess.run(["ls", str(mount.path / "bk1")], capture_output=True, text=True,
-                                         timeout=60)
+                                         timeout=60, check=False)
                 with pytest.raises(OSError) as info:
                     while reader.read(1024 * 1024):  # bounded: 48 reads at most before EOF
                         pass
@@ -134,7 +134,7 @@ def test_mount_refuses_wrong_credentials_at_start(fuse_gw, tmp_path):
     (tmp_path / "m").mkdir()
     env = {**os.environ, "GATEWAY_ACCESS_KEY": fuse_gw.access_key, "GATEWAY_SECRET_KEY": "wrong-secret-key-000"}
     result = subprocess.run([sys.executable, "-m", "gateway", "mount", fuse_gw.endpoint, str(tmp_path / "m")],
-                            capture_output=True, text=True, env=env, timeout=60)
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode == 32
     assert "refused" in result.stderr and "secret" in result.stderr
     assert not os.path.ismount(tmp_path / "m")
@@ -151,7 +151,7 @@ def test_fstab_helper_mounts_in_the_background(fuse_gw, bucket, tmp_path):
         result = subprocess.run(
             [helper, fuse_gw.endpoint, str(target), "-o",
              f"rw,_netdev,nofail,x-systemd.automount,config={config},attr_ttl=1,uid=2000,log_file={tmp_path}/log"],
-            capture_output=True, text=True, env=env, timeout=60)
+            capture_output=True, text=True, env=env, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(target)  # the helper returns once the mount is up
         assert bucket in os.listdir(target)

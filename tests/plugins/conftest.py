@@ -105,7 +105,7 @@ class Smbd:
             input=f"{self.password}\n{self.password}\n", text=True, check=True, capture_output=True,
         )
 
-    def start(self) -> "Smbd":
+    def start(self) -> Smbd:
         with open(self.log_path, "ab") as log:
             # Its own session, so stop() can signal smbd and the children it forks per client.
             self.process = subprocess.Popen(

@@ -14,6 +14,7 @@ from gateway.payload import Payload
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing.conformance import BackendConformance
 from gateway_plugins import fslayout
+from gateway_plugins import local as local_backend
 from gateway_plugins.local import LocalBackend
 
 pytestmark = pytest.mark.anyio  # the module-level tests below; the class gets it from BackendConformance
@@ -287,3 +288,24 @@ async def test_key_too_long_for_the_filesystem(local):
     await local.delete("faces", key)
     assert os.listdir(local.tmp_dir) == []
     assert await list_all(local, "faces") == ([], [])
+
+
+async def test_directory_removed_at_every_publish_is_a_503(local):
+    """Other servers pruning the directory each time it is made (deleting the last object there): a 503, not a 500."""
+    make_parents_once = local._make_parents_once
+    pruned = []
+
+    def made_then_pruned(bucket_dir, key):
+        make_parents_once(bucket_dir, key)
+        shutil.rmtree(os.path.join(bucket_dir, "cam"))  # before our rename gets there
+        pruned.append(key)
+
+    local._make_parents_once = made_then_pruned
+    with pytest.raises(errors.ServiceUnavailable) as caught:
+        await put_bytes(local, "faces", "cam/day/one", b"1")
+    assert caught.value.status == 503 and "retry the request" in caught.value.message
+    assert len(pruned) == local_backend.PUBLISH_ATTEMPTS
+    assert os.listdir(local.tmp_dir) == [], "the temp file is removed"
+    del local._make_parents_once
+    await put_bytes(local, "faces", "cam/day/one", b"1")
+    assert await get_bytes(local, "faces", "cam/day/one") == b"1"

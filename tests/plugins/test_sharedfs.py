@@ -7,6 +7,7 @@ Several gateway processes on one directory are tested in test_multi_gateway.py.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import subprocess
@@ -321,6 +322,66 @@ def test_smbnetfs_names_round_trip(name):
     # smbnetfs lists names percent-encoded (at least % and @); decoding that gives the name back too.
     listed = encoded.replace("@", "%40")
     assert SmbnetfsNames.decode(listed) == name
+
+
+def files_under(directory) -> set[str]:
+    return {os.path.relpath(os.path.join(parent, name), directory)
+            for parent, _, names in os.walk(directory) for name in names}
+
+
+async def test_every_layout_name_goes_through_the_name_encoding(root):
+    """On a plain directory the smbnetfs spelling shows on disk: objects, directories, %name and
+    %bucket.json are all encoded, and reading, listing and pruning find them again."""
+    backend = await started(root, name_encoding="smbnetfs")
+    await backend.create_bucket("faces")
+    long_segment = ":" + "seg-" * 60  # a hashed directory, with a character SMB refuses
+    keys = ["cam?/a%b", "trail./y", f"{long_segment}/x"]
+    for key in keys:
+        await put_bytes(backend, "faces", key, key.encode())
+    hashed = SmbnetfsNames.encode(fslayout.escape_segment(long_segment))
+    assert "%25h" in hashed
+    assert files_under(root / "faces") == {
+        "%25bucket.json",
+        "cam\uf025/a%2525b%25obj",
+        "trail\uf029/y%25obj",
+        f"{hashed}/x%25obj",
+        f"{hashed}/%25name",
+    }
+    marker = json.loads((root / "faces" / "%25bucket.json").read_text())
+    assert (await backend.head_bucket("faces")).created == marker["created"]
+    assert (await list_all(backend, "faces"))[0] == sorted(keys, key=str.encode)
+    for key in keys:
+        assert await get_bytes(backend, "faces", key) == key.encode()
+        assert (await backend.head("faces", key)).size == len(key.encode())
+        await backend.delete("faces", key)
+    assert files_under(root / "faces") == {"%25bucket.json"}, "empty directories and their %name are pruned"
+    assert os.listdir(root / "faces") == ["%25bucket.json"]
+
+
+async def test_name_file_removed_during_publish_is_written_again_through_the_encoding(root, monkeypatch):
+    """Another server's DELETE removes a hashed directory's %name just before our object lands there: the put
+    writes it again. (The check for a hashed directory uses layout names: on disk %h is spelt %25h here.)"""
+    backend = await started(root, name_encoding="smbnetfs")
+    await backend.create_bucket("faces")
+    long_segment = "seg-" * 60
+    await put_bytes(backend, "faces", f"{long_segment}/old", b"old")
+    hashed_dir = os.path.dirname(backend._object_path("faces", f"{long_segment}/new"))
+    name_file = os.path.join(hashed_dir, SmbnetfsNames.encode(fslayout.NAME_FILE))
+    assert os.path.exists(name_file)
+    real_replace = os.replace
+    removed = []
+
+    def pruned_meanwhile(src, dst):
+        if dst.endswith(SmbnetfsNames.encode("new" + fslayout.OBJ_SUFFIX)) and not removed:
+            os.unlink(name_file)  # the other server's delete of "old" got this far before our rename
+            removed.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", pruned_meanwhile)
+    await put_bytes(backend, "faces", f"{long_segment}/new", b"new")
+    assert removed and os.path.exists(name_file)
+    with open(name_file, encoding="utf-8") as f:
+        assert f.read() == long_segment
 
 
 async def test_smbnetfs_share_holds_the_local_layout(smbnetfs_share, smbd):

@@ -20,13 +20,13 @@ import time
 
 import pytest
 from botocore.exceptions import ClientError
+from gateway_plugins.local import LocalBackend
+from gateway_plugins.smb import SmbBackend, read_credentials_file
 
 from gateway.backend import ObjectMeta
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing.conformance import BackendConformance
 from gateway.testing.server import GatewayProcess, free_port
-from gateway_plugins.local import LocalBackend
-from gateway_plugins.smb import SmbBackend, read_credentials_file
 
 
 async def started(options: dict) -> SmbBackend:
@@ -76,8 +76,8 @@ class TestSmbBackend(BackendConformance):
             await put_bytes(backend, bucket, "odd\uf026name", b"x")
 
     async def test_failed_put_leaves_no_temp_file(self, backend, bucket, smbd, smb_path):
-        from gateway.testing.backend_io import breaking_stream, StreamBroke
         from gateway.payload import Payload
+        from gateway.testing.backend_io import StreamBroke, breaking_stream
 
         with pytest.raises(StreamBroke):
             await backend.put(bucket, "big", Payload(breaking_stream(b"z" * (3 << 20), 2 << 20)), ObjectMeta())
@@ -98,7 +98,7 @@ def _serve_and_fail(tmp_path, config: str) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(free_port()),
          "--access-key", "k", "--secret-key", "s" * 20],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     return result.returncode, result.stdout + result.stderr
 

@@ -14,7 +14,15 @@ import time
 
 from gateway import errors
 from gateway.backend import (
-    Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta, ObjectReader, paginate,
+    Backend,
+    BucketInfo,
+    ByteRange,
+    Capabilities,
+    ListPage,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectReader,
+    paginate,
 )
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload

@@ -1,9 +1,9 @@
 """The example backend passes cv-gateway's conformance suite: this file is all a plugin needs."""
 
 import pytest
+from gateway_example_backend.flatfile import FlatFileBackend
 
 from gateway.testing.conformance import BackendConformance
-from gateway_example_backend.flatfile import FlatFileBackend
 
 
 async def started(root) -> FlatFileBackend:

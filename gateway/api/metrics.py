@@ -1,0 +1,109 @@
+"""``GET /metrics``: Prometheus text exposition (format 0.0.4) of this node's cluster counters.
+
+Hand-written rather than prometheus_client: the figures already live in the
+cluster objects (PeerClient.calls, PeerHealth, Balancer, LocationCache), so
+exposing them is a dozen lines of formatting, and a registry of metric
+objects would only copy them. Read on demand; nothing is kept twice.
+
+Also served as ``/_admin/metrics``, which no bucket can shadow (see
+gateway/app.py for when ``/metrics`` reaches this router).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from .. import __version__
+
+router = APIRouter()
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Exposition:
+    """Collects metric families and renders them as Prometheus text."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[dict[str, str], float]]) -> None:
+        """One metric family: HELP and TYPE lines, then one line per (labels, value)."""
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{rendered}}} {value:g}" if rendered else f"{name} {value:g}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def cluster_metrics(out: Exposition, cluster) -> None:
+    """The cluster's figures: peer calls and health, the request distribution, the location cache."""
+    out.family("gateway_cluster_nodes", "gauge", "Nodes in this node's snapshot of the registry, by role.",
+               [({"role": role}, sum(1 for n in cluster.nodes.values() if n.role == role))
+                for role in ("primary", "redundant", "proxy")])
+    calls = cluster.client.calls
+    out.family("gateway_cluster_peer_requests_total", "counter",
+               "Requests this node sent to a peer (relays, forwards, placements, fan-outs), by operation and "
+               "outcome: ok, missing (404), error, unreachable (no answer in time), refused (bad signature).",
+               [({"peer": p, "operation": op, "outcome": result}, n) for (p, op, result), n in sorted(calls.items())])
+    health = cluster.health.snapshot()
+    peers = sorted(set(cluster.peers(storing=False)) | set(health))
+    out.family("gateway_cluster_peer_healthy", "gauge",
+               "1 when the peer answers, 0 while it is de-prioritized (asked after every healthy peer).",
+               [({"peer": p}, 1 if health.get(p, {}).get("healthy", True) else 0) for p in peers])
+    out.family("gateway_cluster_peer_latency_seconds", "gauge", "Smoothed answer time of the peer.",
+               [({"peer": p}, health[p]["latency_ms"] / 1000) for p in peers if p in health])
+    out.family("gateway_cluster_peer_failures_total", "counter", "Calls to the peer that got no answer.",
+               [({"peer": p}, health[p]["failed"]) for p in peers if p in health])
+    balancer = cluster.balancer
+    out.family("gateway_cluster_objects_placed_total", "counter",
+               "PUTs through this node stored on each node (the primary's and a proxy's placement).",
+               [({"node": node}, n) for node, n in sorted(balancer.placed.items())])
+    out.family("gateway_cluster_requests_served_total", "counter",
+               "Object requests through this node answered by each node (itself included), by operation.",
+               [({"node": node, "operation": op}, n) for (node, op), n in sorted(balancer.served.items())])
+    if cluster.role == "proxy":
+        out.family("gateway_cluster_proxy_forwards_total", "counter",
+                   "Object requests this proxy forwarded, by the node that answered and operation.",
+                   [({"target": node, "operation": op}, n) for (node, op), n in sorted(balancer.served.items())])
+    out.family("gateway_cluster_requests_outstanding", "gauge", "Requests in flight to each node (placement "
+               "and, on shared storage, the primary's reads).",
+               [({"node": node}, n) for node, n in sorted(balancer.outstanding.items())])
+    cache = cluster.locations
+    out.family("gateway_cluster_location_cache_lookups_total", "counter",
+               "Lookups in the cache of where objects live: hit (a node), negative (known missing), miss.",
+               [({"result": "hit"}, cache.hits), ({"result": "negative"}, cache.negative_hits),
+                ({"result": "miss"}, cache.misses)])
+    out.family("gateway_cluster_location_cache_entries", "gauge", "Entries in the location cache.",
+               [({}, len(cache))])
+    out.family("gateway_cluster_pending_retirements", "gauge",
+               "Older copies an unreachable peer must still drop (sent when it answers again).",
+               [({"peer": p}, n) for p, n in sorted(cluster.pending_retirements().items())])
+
+
+def render(service) -> str:
+    out = Exposition()
+    cluster = service.cluster
+    labels = {"version": __version__}
+    if cluster is not None:
+        labels |= {"node_id": cluster.node_id, "role": cluster.role or ""}
+    out.family("gateway_info", "gauge", "This gateway: version, and node id and role in a cluster.", [(labels, 1)])
+    if cluster is not None:
+        cluster_metrics(out, cluster)
+    return out.text()
+
+
+@router.get("/metrics")
+@router.get("/_admin/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics of this node."""
+    return PlainTextResponse(render(request.app.state.service), media_type=CONTENT_TYPE)
