@@ -8,7 +8,7 @@ DATA   ?= ./cv-storage
 ACCESS_KEY ?= cvgateway
 SECRET_KEY ?= cvgateway-secret-key
 # Debian packages the tests and benchmarks start for real.
-TEST_APT := fuse3 libfuse2 samba smbclient smbnetfs etcd-server etcd-client nginx wrk rclone curl rsync git
+TEST_APT := fuse3 libfuse2 samba samba-vfs-modules smbclient smbnetfs etcd-server etcd-client nginx wrk rclone curl rsync git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench install test-deps apt-test-deps clean help

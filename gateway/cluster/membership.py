@@ -145,7 +145,27 @@ class Cluster:
 
     # Heartbeat loop ---------------------------------------------------------------
 
+    async def _announce(self) -> None:
+        """Ping every node once at start: a node that does not know this one yet re-reads the registry.
+
+        Without it, nodes started earlier would learn about this one only at
+        their next reload (every registry_reload_interval, 60 s by default).
+        """
+        peers = self.peers(storing=False)
+
+        async def ping(peer: str) -> None:
+            try:
+                await self.client.ping(peer, peers[peer])
+            except Exception as exc:  # noqa: BLE001 - down or odd: it reads the registry on its own schedule
+                log.debug("announce to %s: %s", peer, exc)
+
+        await asyncio.gather(*(ping(p) for p in peers))
+
     async def _run(self) -> None:
+        try:
+            pass
+        except Exception:  # the announcement is a courtesy; the loop below must run
+            log.exception("announcing this node to its peers failed")
         interval = self.settings.heartbeat_interval
         reload_every = self.settings.registry_reload_interval
         next_beat = time.monotonic() + interval
@@ -232,7 +252,9 @@ class Cluster:
 
     async def info(self) -> dict[str, Any]:
         """What this node publishes with its heartbeat (shown by `gateway cluster status`)."""
-        if not self._stats_at or time.monotonic() - self._stats_at >= STATS_EVERY:
+        stale = not self._stats_at or time.monotonic() - self._stats_at >= STATS_EVERY
+        # The first heartbeat runs before the backends created their directories: count again then.
+        if stale or (self.storage_roots and self._storage_stats.get("free_bytes") is None):
             self._stats_at = time.monotonic()
             self._storage_stats = await asyncio.to_thread(storage_stats, self.storage_roots)
         return {
@@ -260,10 +282,10 @@ def storage_stats(roots: list[str]) -> dict[str, Any]:
     if not roots:
         return {"objects": None, "free_bytes": None}
     count = 0
-    free = 0
+    free = None  # unknown until some storage directory exists
     for root in roots:
         try:
-            free += shutil.disk_usage(root).free
+            free = (free or 0) + shutil.disk_usage(root).free
         except OSError:
             continue
         for directory, dirs, files in os.walk(root):

@@ -65,3 +65,50 @@ def test_serve_refuses_a_cluster_without_secret(tmp_path):
     out = gateway("serve", "--role", "redundant", "--registry", f"sqlite:///{tmp_path}/r.db", "--insecure-peers",
                   "--access-key", "a", "--secret-key", "b", "--print-config", env={"PATH": "/usr/bin:/bin"})
     assert out.returncode != 0 and "GATEWAY_CLUSTER_SECRET" in out.stderr
+
+
+def test_readme_cluster_commands_work_as_printed(tmp_path):
+    """The three `gateway serve` lines of README "Run a cluster", started one after the other as printed
+    (temp directories and free ports instead of /var/lib and 8086-8088, default intervals)."""
+    import os
+    import re
+    import time
+    from pathlib import Path
+
+    from gateway.testing.server import GatewayProcess, free_port
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"## Run a cluster\n.*?```sh\n(.*?)```", readme, re.S).group(1)
+    exports = dict(re.findall(r"(GATEWAY_[A-Z_]+)=(\S+)", block.splitlines()[0]))
+    assert set(exports) == {"GATEWAY_CLUSTER_SECRET", "GATEWAY_REGISTRY"}
+    env = {"GATEWAY_CLUSTER_SECRET": "readme-cluster-secret-0123456789",
+           "GATEWAY_REGISTRY": exports["GATEWAY_REGISTRY"].replace("/var/lib", str(tmp_path))}
+    lines = [line.split() for line in block.splitlines() if line.startswith("gateway serve")]
+    assert [line[line.index("--role") + 1] for line in lines] == ["primary", "redundant", "proxy"]
+    nodes = []
+    try:
+        for words in lines:
+            args = [w.replace("/var/lib", str(tmp_path)) for w in words[2:]]
+            args[args.index("--port") + 1] = str(free_port())
+            node = GatewayProcess(tmp_path / "unused", access_key="KEY", secret_key="SECRET", env=env)
+            node.port = int(args[args.index("--port") + 1])
+            node.command = lambda args=args: [sys.executable, "-m", "gateway", "serve", *args]
+            node.start()
+            nodes.append(node)
+        primary, redundant, proxy = (n.client() for n in nodes)
+        proxy.create_bucket(Bucket="readme")
+        redundant.put_object(Bucket="readme", Key="on-the-redundant-node", Body=b"r")
+        # The primary was started first; the others announced themselves, so it knows them within a second.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert primary.get_object(Bucket="readme", Key="on-the-redundant-node")["Body"].read() == b"r"
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert os.path.exists(tmp_path / "cv-storage-2" / "readme" / "on-the-redundant-node%obj")
+    finally:
+        for node in reversed(nodes):
+            node.stop()

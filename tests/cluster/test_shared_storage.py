@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.request
+
 import pytest
 from botocore.exceptions import ClientError
 
@@ -44,3 +48,51 @@ def test_shared_storage_cluster_reads_lists_and_deletes_consistently(shared_clus
         with pytest.raises(ClientError) as info:
             s3[name].head_object(Bucket="shared", Key="obj/00")
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def _served(cluster, name: str) -> dict[tuple[str, str], float]:
+    """requests_served_total of a node's /metrics as {(node, operation): count}, and outstanding per node."""
+    with urllib.request.urlopen(cluster[name].endpoint + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    served = {}
+    for node, op, count in re.findall(
+            r'^gateway_cluster_requests_served_total\{node="([^"]+)",operation="([^"]+)"\} (\S+)$', text, re.M):
+        served[node, op] = float(count)
+    for node, count in re.findall(r'^gateway_cluster_requests_outstanding\{node="([^"]+)"\} (\S+)$', text, re.M):
+        served[node, "outstanding"] = float(count)
+    return served
+
+
+def test_busy_primary_hands_reads_of_shared_objects_to_the_redundant_node(shared_cluster):
+    s3 = shared_cluster["p1"].client(max_pool_connections=20)
+    s3.create_bucket(Bucket="balanced")
+    # Bigger than what the loopback socket buffers hold, so an unread response keeps its GET in flight.
+    big = b"v" * (32 * 1024 * 1024)
+    s3.put_object(Bucket="balanced", Key="big", Body=big)
+    before = _served(shared_cluster, "p1")
+    open_bodies = []
+    try:
+        for _ in range(8):  # responses left unread: the primary has GETs in flight
+            open_bodies.append(s3.get_object(Bucket="balanced", Key="big")["Body"])
+        during = _served(shared_cluster, "p1")
+        handed = during.get(("r1", "get"), 0) - before.get(("r1", "get"), 0)
+        local = during.get(("p1", "get"), 0) - before.get(("p1", "get"), 0)
+        assert handed >= 1 and local >= 5, during  # the first ones locally, then spread
+        assert during[("p1", "outstanding")] >= 5 and during[("r1", "outstanding")] >= 1, during
+        assert open_bodies[-1].read(1024) == b"v" * 1024
+    finally:
+        for body in open_bodies:
+            body.close()
+    # Once the responses are gone nothing stays counted as in flight.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = _served(shared_cluster, "p1")
+        if after.get(("p1", "outstanding"), 0) == 0 and after.get(("r1", "outstanding"), 0) == 0:
+            break
+        time.sleep(0.2)
+    assert after.get(("p1", "outstanding"), 0) == 0 and after.get(("r1", "outstanding"), 0) == 0, after
+    # An idle primary serves reads itself.
+    s3.put_object(Bucket="balanced", Key="small", Body=b"s")
+    for _ in range(5):
+        assert s3.get_object(Bucket="balanced", Key="small")["Body"].read() == b"s"
+    assert _served(shared_cluster, "p1").get(("r1", "get"), 0) == after.get(("r1", "get"), 0)

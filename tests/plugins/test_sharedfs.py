@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from gateway_plugins import fslayout
@@ -366,8 +367,8 @@ async def test_name_file_removed_during_publish_is_written_again_through_the_enc
     long_segment = "seg-" * 60
     await put_bytes(backend, "faces", f"{long_segment}/old", b"old")
     hashed_dir = os.path.dirname(backend._object_path("faces", f"{long_segment}/new"))
-    name_file = os.path.join(hashed_dir, SmbnetfsNames.encode(fslayout.NAME_FILE))
-    assert os.path.exists(name_file)
+    name_file = Path(hashed_dir, SmbnetfsNames.encode(fslayout.NAME_FILE))
+    assert name_file.exists()
     real_replace = os.replace
     removed = []
 
@@ -379,9 +380,8 @@ async def test_name_file_removed_during_publish_is_written_again_through_the_enc
 
     monkeypatch.setattr(os, "replace", pruned_meanwhile)
     await put_bytes(backend, "faces", f"{long_segment}/new", b"new")
-    assert removed and os.path.exists(name_file)
-    with open(name_file, encoding="utf-8") as f:
-        assert f.read() == long_segment
+    assert removed and name_file.exists()
+    assert name_file.read_text(encoding="utf-8") == long_segment
 
 
 async def test_smbnetfs_share_holds_the_local_layout(smbnetfs_share, smbd):
