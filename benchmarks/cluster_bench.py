@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from gateway.testing.server import GatewayProcess
@@ -51,6 +52,20 @@ def _wrk(url: str) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
 
 
+def _wait_all_known(nodes, count: int, timeout: float = 10.0) -> None:
+    """Until every node lists ``count`` members (a starting node announces itself; the others reload)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = []
+        for node in nodes:
+            with urllib.request.urlopen(node.endpoint + "/_admin/cluster", timeout=5) as response:
+                views.append(len(json.loads(response.read())["nodes"]))
+        if min(views) >= count:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the benchmark nodes did not all see each other within {timeout}s: {views}")
+
+
 def run(results: dict) -> dict:
     """Measure and add ``results["cluster"]``; return ``results``."""
     if shutil.which("wrk") is None:
@@ -66,10 +81,7 @@ def run(results: dict) -> dict:
                 "--role", role, "--registry", registry, "--insecure-peers", "--allow-anonymous",
                 "--no-access-log", "--log-level", "warning"], env={**env, "GATEWAY_NODE_ID": name})
             nodes[name].start()
-        time.sleep(1.5)  # every node re-reads the registry: all see each other
-        for node in nodes.values():
-            node.stop()
-            node.start()  # a restart loads the full node list at once
+        _wait_all_known(nodes.values(), len(nodes))
         a, b = nodes["a"].client(), nodes["b"].client()
         a.create_bucket(Bucket="bench")
         body = os.urandom(SIZE)

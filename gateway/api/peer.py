@@ -27,7 +27,7 @@ from ..backend import ObjectMeta
 from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..payload import Payload
-from ..services.cluster_nodes import supersede_local
+from ..cluster.versions import supersede_local
 from .s3.request import parse_range
 
 log = logging.getLogger("gateway.cluster.peer")
@@ -63,7 +63,7 @@ class PeerApp:
             target += "?" + scope["query_string"].decode("latin-1")
         caller = cluster.signer.verify(method, target, headers.get(HEADER), headers.get(NODE_HEADER))
         if caller not in cluster.nodes:
-            pass  #  after our last read of the registry (it announces itself)
+            cluster.request_reload()  # a node that joined after our last read of the registry (it announces itself)
         path = scope["path"][len(wire.PREFIX):]
         if path.startswith("/objects/"):
             bucket, _, key = path[len("/objects/"):].partition("/")

@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 
+from ..backend import ObjectReader
+
 # Reads on shared storage: the primary hands a GET to a redundant node only when it has more than this
 # many GETs in flight beyond that node's. Serving a small object costs the primary 26-85 us, relaying it
 # about 108 us (../shared/CALIBRATION.md): a handoff pays only when the primary's responses queue up.
@@ -86,3 +88,18 @@ class Balancer:
         nodes = sorted(set(self.placed) | set(self.reads) | {n for n, c in self.outstanding.items() if c})
         return {node: {"placed": self.placed[node], "reads": self.reads[node], "outstanding": self.outstanding[node]}
                 for node in nodes}
+
+
+def release_on_close(reader: ObjectReader, callback: Callable[[], None]) -> ObjectReader:
+    """Call ``callback`` once the reader is closed (after its own close)."""
+    previous = reader._close
+
+    def close() -> None:
+        try:
+            if previous is not None:
+                previous()
+        finally:
+            callback()
+
+    reader._close = close
+    return reader

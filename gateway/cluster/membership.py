@@ -163,7 +163,7 @@ class Cluster:
 
     async def _run(self) -> None:
         try:
-            pass
+            await self._announce()
         except Exception:  # the announcement is a courtesy; the loop below must run
             log.exception("announcing this node to its peers failed")
         interval = self.settings.heartbeat_interval

@@ -23,12 +23,12 @@ from typing import Any
 
 from .. import errors
 from ..backend import MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
-from ..cluster import wire
-from ..cluster.balancer import READ_HANDOFF_MARGIN
+from ..cluster.balancer import READ_HANDOFF_MARGIN, release_on_close
 from ..cluster.listing import merge_pages
 from ..cluster.locations import NOWHERE
 from ..cluster.membership import Cluster
 from ..cluster.relay import PeerUnreachable
+from ..cluster.versions import supersede_local
 from ..payload import Payload
 
 log = logging.getLogger("gateway.cluster")
@@ -52,42 +52,6 @@ def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
         f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
     return error
-
-
-async def supersede_local(local: Backend, bucket: str, key: str, last_modified: float,
-                          etag: str) -> ObjectInfo | None:
-    """Another node stored the version (last_modified, etag) of the key: delete this node's copy if older.
-
-    Return this node's copy when it is the *newer* one (kept; two overwrites
-    raced), else None. Never on shared storage: there every node sees the same
-    file, and a node that still sees the old version (the visibility window)
-    would delete the new one by its path.
-    """
-    if local.capabilities.shared:
-        return None
-    try:
-        copy = await local.head(bucket, key)
-    except (errors.NoSuchKey, errors.NoSuchBucket):
-        return None
-    if wire.is_older(copy, last_modified, etag):
-        await local.delete(bucket, key)
-        return None
-    return None if (copy.last_modified, copy.etag) == (last_modified, etag) else copy
-
-
-def _on_close(reader: ObjectReader, callback: Callable[[], None]) -> ObjectReader:
-    """Call ``callback`` once the reader is closed (after its own close)."""
-    previous = reader._close
-
-    def close() -> None:
-        try:
-            if previous is not None:
-                previous()
-        finally:
-            callback()
-
-    reader._close = close
-    return reader
 
 
 class _Miss(Exception):
@@ -525,14 +489,14 @@ class PrimaryNode(StoringNode):
                 log.debug("read handoff of %s/%s to %s: %s", bucket, key, peer, exc)
             else:
                 balancer.served_read(peer, "get")
-                return _on_close(reader, end)
+                return release_on_close(reader, end)
         end = balancer.begin(self.cluster.node_id)
         try:
             reader = await super().get(bucket, key, byte_range)
         except BaseException:
             end()
             raise
-        return _on_close(reader, end)
+        return release_on_close(reader, end)
 
     def _read_handoff(self) -> str | None:
         """The least busy healthy redundant node if this node has READ_HANDOFF_MARGIN more GETs in flight."""

@@ -78,7 +78,7 @@ def test_readme_cluster_commands_work_as_printed(tmp_path):
     from gateway.testing.server import GatewayProcess, free_port
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    block = re.search(r"## Run a cluster\n.*?```sh\n(.*?)```", readme, re.S).group(1)
+    block = re.search(r"## Run a cluster\n.*?```sh\n(.*?)```", readme, re.DOTALL).group(1)
     exports = dict(re.findall(r"(GATEWAY_[A-Z_]+)=(\S+)", block.splitlines()[0]))
     assert set(exports) == {"GATEWAY_CLUSTER_SECRET", "GATEWAY_REGISTRY"}
     env = {"GATEWAY_CLUSTER_SECRET": "readme-cluster-secret-0123456789",

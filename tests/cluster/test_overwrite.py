@@ -62,11 +62,11 @@ def test_concurrent_overwrites_through_two_nodes_settle_on_one_version(cluster):
         barrier = threading.Barrier(2, timeout=30)
         failures = []
 
-        def write(name: str) -> None:
+        def write(name: str, key=key, barrier=barrier, failures=failures) -> None:
             try:
                 barrier.wait()
                 s3[name].put_object(Bucket=BUCKET, Key=key, Body=f"written through {name}".encode() + padding)
-            except Exception as exc:  # reported below; a thread must not swallow it
+            except Exception as exc:  # noqa: BLE001 - reported below; a thread must not swallow it
                 failures.append(exc)
 
         threads = [threading.Thread(target=write, args=(n,)) for n in ("r1", "r2")]

@@ -56,9 +56,9 @@ def _served(cluster, name: str) -> dict[tuple[str, str], float]:
         text = response.read().decode()
     served = {}
     for node, op, count in re.findall(
-            r'^gateway_cluster_requests_served_total\{node="([^"]+)",operation="([^"]+)"\} (\S+)$', text, re.M):
+            r'^gateway_cluster_requests_served_total\{node="([^"]+)",operation="([^"]+)"\} (\S+)$', text, re.MULTILINE):
         served[node, op] = float(count)
-    for node, count in re.findall(r'^gateway_cluster_requests_outstanding\{node="([^"]+)"\} (\S+)$', text, re.M):
+    for node, count in re.findall(r'^gateway_cluster_requests_outstanding\{node="([^"]+)"\} (\S+)$', text, re.MULTILINE):
         served[node, "outstanding"] = float(count)
     return served
 

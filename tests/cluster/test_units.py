@@ -154,10 +154,11 @@ def test_newer_version_wins_and_ties_are_ordered_by_etag():
 def test_supersede_local_drops_an_older_copy_and_reports_a_newer_one():
     import asyncio
 
-    from gateway.backend import ObjectMeta
-    from gateway.payload import Payload
-    from gateway.services.cluster_nodes import supersede_local
     from gateway_plugins.memory import MemoryBackend
+
+    from gateway.backend import ObjectMeta
+    from gateway.cluster.versions import supersede_local
+    from gateway.payload import Payload
 
     async def body(data: bytes):
         yield data

@@ -1,0 +1,34 @@
+"""Versions of one key on several nodes: which one is newer, and dropping an outdated local copy.
+
+See docs/cluster.md, "Overwrites": after a PUT, the node that took it asks
+every other storing node to drop an older copy of the key (the peer route
+``DELETE ...?if-older-than=``), so reads through any node return the newest
+version.
+"""
+
+from __future__ import annotations
+
+from .. import errors
+from ..backend import Backend, ObjectInfo
+from .wire import is_older
+
+
+async def supersede_local(local: Backend, bucket: str, key: str, last_modified: float,
+                          etag: str) -> ObjectInfo | None:
+    """Another node stored the version (last_modified, etag) of the key: delete this node's copy if older.
+
+    Return this node's copy when it is the *newer* one (kept; two overwrites
+    raced), else None. Never on shared storage: there every node sees the same
+    file, and a node that still sees the old version (the visibility window)
+    would delete the new one by its path.
+    """
+    if local.capabilities.shared:
+        return None
+    try:
+        copy = await local.head(bucket, key)
+    except (errors.NoSuchKey, errors.NoSuchBucket):
+        return None
+    if is_older(copy, last_modified, etag):
+        await local.delete(bucket, key)
+        return None
+    return None if (copy.last_modified, copy.etag) == (last_modified, etag) else copy
