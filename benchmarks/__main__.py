@@ -47,8 +47,8 @@ def parse_args(argv) -> Params:
     parser.add_argument("--large-objects", type=int, default=200, help="1 MiB objects (default 200)")
     parser.add_argument("--put-objects", type=int, default=1000, help="keys the PUT rounds overwrite")
     parser.add_argument("--sizes", default="4096,32768,1048576", help="GET object sizes in bytes")
-    parser.add_argument("--only", choices=("all", "get", "put", "cluster", "fuse"), default="all",
-                        help="one part only; `all` runs GET, PUT, then the cluster and FUSE benchmarks")
+    parser.add_argument("--only", choices=("all", "get", "put", "cluster", "fuse", "backends"), default="all",
+                        help="one part only; `all` runs GET, PUT, then the cluster, FUSE and per-backend benchmarks")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run, not for the record")
     args = parser.parse_args(argv)
     if args.quick:
@@ -138,10 +138,11 @@ def main(argv=None) -> int:
 
 
 def run_other_benchmarks(params: Params, log) -> dict:
-    """The cluster relay and FUSE benchmarks (their own modules, own servers); each adds its key.
+    """The cluster relay, FUSE and per-backend benchmarks (their own modules, own servers); each adds its key.
 
     A failure is recorded under that key (``{"error": ...}``) so the other results are still written."""
-    wanted = ["cluster", "fuse"] if params.only == "all" else [params.only] if params.only in ("cluster", "fuse") else []
+    separate = ("cluster", "fuse", "backends")
+    wanted = list(separate) if params.only == "all" else [params.only] if params.only in separate else []
     others: dict = {}
     for name in wanted:
         log(f"running the {name} benchmark ...")
@@ -150,6 +151,10 @@ def run_other_benchmarks(params: Params, log) -> dict:
                 from . import cluster_bench
 
                 cluster_bench.run(others)
+            elif name == "backends":  # issue 4: GET/PUT of 32 KiB through one gateway per backend
+                from . import backends
+
+                backends.run(others, backends.Params(seconds=2, objects=100) if params.quick else None, log)
             else:
                 from . import fuse_bench
 

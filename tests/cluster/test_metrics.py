@@ -147,3 +147,13 @@ def test_bucket_named_metrics_still_works_for_s3_clients(cluster):
     assert s3.get_object(Bucket="metrics", Key="k")["Body"].read() == b"not a scrape"
     s3.delete_object(Bucket="metrics", Key="k")
     s3.delete_bucket(Bucket="metrics")
+
+
+def test_stand_alone_node_serves_metrics_too(tmp_path):
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage") as gw:
+        with urllib.request.urlopen(gw.endpoint + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    assert re.search(r'^gateway_info\{version="[^"]+"\} 1$', text, re.MULTILINE), text
+    assert "gateway_cluster_" not in text

@@ -197,3 +197,16 @@ def test_metrics_exposition_escapes_labels():
     out.family("x_total", "counter", "Things.", [({"peer": 'a"b\\c\nd'}, 3), ({}, 0.5)])
     assert out.text().splitlines() == ["# HELP x_total Things.", "# TYPE x_total counter",
                                        'x_total{peer="a\\"b\\\\c\\nd"} 3', "x_total 0.5"]
+
+
+def test_peer_call_labels():
+    from gateway.cluster.relay import object_path, operation, outcome
+
+    assert operation("GET", object_path("b", "k/1")) == "get"
+    assert operation("DELETE", object_path("b", "k") + "?if-older-than=1.5&etag=e") == "supersede"
+    assert operation("DELETE", object_path("b", "k")) == "delete"
+    assert operation("GET", "/_cluster/v1/list/b?prefix=") == "list"
+    assert operation("PUT", "/_cluster/v1/buckets/b") == "bucket"
+    assert operation("GET", "/_cluster/v1/buckets") == "buckets"
+    assert operation("GET", "/_cluster/v1/ping") == "ping"
+    assert [outcome(s) for s in (200, 204, 404, 409, 503)] == ["ok", "ok", "missing", "error", "error"]
