@@ -2,6 +2,7 @@
 
     python -m benchmarks.backends              # a Markdown table, then the results as JSON
     python -m benchmarks.backends --only smb,s3-moto --seconds 5
+    python -m benchmarks.backends --table benchmarks/results/latest.json   # the table of a `make bench` run
     run(results) -> results                    # called by ``python -m benchmarks`` (make bench)
 
 For each backend: start what it stores on (nothing, a plain directory, a private smbd, a moto
@@ -112,7 +113,11 @@ def start_store(name: str, base: Path) -> Store:
         return Store(backend_toml("s3", options), lambda: [moto.process.pid], [], [moto.stop])
     if name == "s3-gateway":
         remote = PinnedGateway(data_dir=base / "remote" / "cv-storage")
-        remote.start()
+        try:
+            remote.start()
+        except BaseException:
+            remote.stop()  # one that did not answer in time may still run
+            raise
         options = {"endpoint_url": remote.endpoint, "region": "us-east-1", "access_key_id": remote.access_key,
                    "secret_access_key": remote.secret_key, "bucket_prefix": "cvgw-", "timeout": 10,
                    "max_attempts": 2}
@@ -263,7 +268,8 @@ def markdown(section: dict) -> str:
     lines = [header, "|---|---|---|---|---|---|---|"]
     for name, row in section["results"].items():
         if "error" in row:
-            lines.append(f"| {DESCRIPTIONS.get(name, name)} | failed: {row['error']} | | | | | |")
+            first_line = row["error"].splitlines()[0][:200].replace("|", "/")  # one table cell
+            lines.append(f"| {DESCRIPTIONS.get(name, name)} | failed: {first_line} | | | | | |")
             continue
         get, put = row["get"], row["put"]
 
@@ -273,6 +279,12 @@ def markdown(section: dict) -> str:
 
         lines.append(f"| {row['description']} | {get['rps']:,.0f} | {get['p99_ms']:.1f} | {put['rps']:,.0f} | "
                      f"{put['p99_ms']:.1f} | {cpu(get)} | {cpu(put)} |")
+    p, load = section["params"], section["load_average"]
+    lines.append("")
+    lines.append(f"Run of {section['started']}: {p['objects']} objects of {p['size'] // 1024} KiB per backend, "
+                 f"one {p['seconds']} s round each for GET and PUT, {p['connections']} connections; load average "
+                 f"{load.get('before', 0):.1f} before, {load.get('after', 0):.1f} after; "
+                 f"{section.get('elapsed_s', 0):.0f} s in all.")
     return "\n".join(lines)
 
 
@@ -290,7 +302,16 @@ def main(argv=None) -> int:
     parser.add_argument("--objects", type=int, default=defaults.objects, help="objects per backend (32 KiB)")
     parser.add_argument("--connections", type=int, default=defaults.connections, help="wrk connections")
     parser.add_argument("--only", default=",".join(BACKENDS), help=f"comma-separated subset of {', '.join(BACKENDS)}")
+    parser.add_argument("--table", metavar="JSON", help="measure nothing: print the Markdown table of a saved run "
+                                                        "(benchmarks/results/latest.json after `make bench`)")
     args = parser.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            saved = json.load(f)
+        if "results" not in saved.get("backends", {}):
+            parser.error(f"{args.table} has no per-backend results (run `make bench` or --only backends)")
+        print(markdown(saved["backends"]))
+        return 0
     chosen = tuple(name.strip() for name in args.only.split(",") if name.strip())
     unknown = [name for name in chosen if name not in BACKENDS]
     if unknown:
