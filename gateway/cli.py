@@ -84,6 +84,9 @@ def serve(config_file, print_config, **flags) -> None:
         app, host=settings.host, port=settings.port, lifespan="on", access_log=settings.access_log,
         log_level=settings.log_level, loop=_best_loop(), http=_best_http(), server_header=False,
         date_header=True, timeout_keep_alive=30,
+        # The gateway never reads the client address from the scope: skip uvicorn's
+        # X-Forwarded-* middleware, which otherwise runs on every request.
+        proxy_headers=False,
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
     server = uvicorn.Server(config)
