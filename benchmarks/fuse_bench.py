@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import re
 import statistics
@@ -95,6 +96,23 @@ def _mount_sequential(mnt: MountProcess, size: int) -> float:
     return size / elapsed / MiB
 
 
+def _mount_sequential_direct(mnt: MountProcess, size: int) -> float:
+    """The same read with O_DIRECT (as ``dd iflag=direct``): each 1 MiB read is one FUSE request,
+    without the page cache. Reported next to the target figure, not instead of it."""
+    started = time.perf_counter()
+    total = 0
+    buffer = mmap.mmap(-1, MiB)  # page-aligned, as O_DIRECT may require
+    fd = os.open(mnt.path / BUCKET / "big.bin", os.O_RDONLY | os.O_DIRECT)
+    try:
+        while n := os.readv(fd, [buffer]):
+            total += n
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    assert total == size, f"mount read {total} of {size} bytes with O_DIRECT"
+    return size / elapsed / MiB
+
+
 def _mount_small(mnt: MountProcess, count: int) -> float:
     base = mnt.path / BUCKET / "small"
     started = time.perf_counter()
@@ -136,13 +154,22 @@ def _ls_l(mnt: MountProcess, gw: GatewayProcess, listing: int) -> dict:
 
 def _serve_null_fs(mountpoint: str, size: int) -> None:
     """A FUSE filesystem with one file of ``size`` bytes whose reads return a constant buffer: no network,
-    no storage. Its read rate is the ceiling of any mfusepy filesystem on this machine."""
+    no storage. Its read rate is the ceiling of any mfusepy filesystem on this machine. It runs as the
+    mount does: the same libfuse, read-ahead window, st_blksize and read callback (into libfuse's buffer)."""
     import errno
     import stat
 
+    from gateway.fuse.fs import IO_SIZE, MountOptions
+    from gateway.fuse.mount import _prefer_libfuse3
+
+    _prefer_libfuse3()
     import mfusepy
 
+    from gateway.fuse.readahead import raise_read_ahead_when_mounted
+
     block = os.urandom(MiB)
+    options = MountOptions()
+    direct_io = 0 < options.direct_io_min <= size
 
     class NullFS(mfusepy.Operations):
         use_ns = True
@@ -151,19 +178,30 @@ def _serve_null_fs(mountpoint: str, size: int) -> None:
             if path == "/":
                 return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
             if path == "/big.bin":
-                return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size}
+                return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size, "st_blksize": IO_SIZE}
             raise mfusepy.FuseOSError(errno.ENOENT)
 
-        def open(self, path, flags):
-            return 1
+        def open(self, path, fi):
+            fi.fh = 1
+            fi.direct_io = direct_io
+            return 0
 
-        def read(self, path, length, offset, fh):
+        def read(self, path, length, offset, fi):
             return block[: max(0, min(length, size - offset))]
+
+        def read_into(self, path, buffer, offset, fi):  # the mount's read path (GatewayFUSE): one copy
+            length = max(0, min(len(buffer), size - offset))
+            buffer[:length] = memoryview(block)[:length]
+            return length
 
         def readdir(self, path, fh):
             return [".", "..", "big.bin"]
 
-    mfusepy.FUSE(NullFS(), mountpoint, foreground=True, nothreads=False)
+    from gateway.fuse.operations import GatewayFUSE
+
+    if options.read_ahead_kib:
+        raise_read_ahead_when_mounted(os.path.abspath(mountpoint), options.read_ahead_kib)
+    GatewayFUSE(NullFS(), mountpoint, foreground=True, nothreads=False, raw_fi=True)
 
 
 def _null_fs_ceiling(mountpoint: Path, size: int, env: dict) -> float:
@@ -192,12 +230,16 @@ def _null_fs_ceiling(mountpoint: Path, size: int, env: dict) -> float:
 
 
 def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_000, small_size: int = 32 * 1024,
-        listing: int = 10_000, listing_size: int = 8 * 1024, libfuse: str | None = None) -> dict:
+        listing: int = 10_000, listing_size: int = 8 * 1024, libfuse: str | None = None,
+        sequential_only: bool = False) -> dict:
     """Run the FUSE benchmark with its own gateway; store and return ``results["fuse"]``.
 
-    ``libfuse``: "fuse" (libfuse 2) or "fuse3" to choose the library (default: what mfusepy finds).
+    ``libfuse``: "fuse" (libfuse 2) or "fuse3" to choose the library (default: what the mount
+    chooses, libfuse 3 when installed). ``sequential_only``: skip the small files and ``ls -l``.
     """
     env = {"FUSE_LIBRARY_NAME": libfuse} if libfuse else {}
+    if sequential_only:
+        small = listing = 0
     with tempfile.TemporaryDirectory(prefix="fuse-bench-") as tmp:
         data_dir = Path(tmp) / "cv-storage"
         config = f'[backends.local]\ntype = "local"\nroot = "{data_dir}"\nfsync = false\n'
@@ -205,38 +247,49 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         with GatewayProcess(data_dir, config=config) as gw:
             _prepare(gw, big, small, small_size, listing, listing_size)
             _http_sequential(gw, big)  # warm the server's page cache for both sides
-            http_seq, http_small, mount_seq, mount_small, null_seq = [], [], [], [], []
+            http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq = [], [], [], [], [], []
+            # Interleaved rounds: the machine's load changes the figures more than anything measured here.
             for n in range(rounds):
                 http_seq.append(_http_sequential(gw, big))
                 null_seq.append(_null_fs_ceiling(Path(tmp) / f"null{n}", big, env))
-                http_small.append(_http_small(gw, small))
                 with MountProcess(gw, Path(tmp) / f"m{n}", env=env) as mnt:  # fresh: cold caches
                     mount_seq.append(_mount_sequential(mnt, big))
-                with MountProcess(gw, Path(tmp) / f"s{n}", env=env) as mnt:
-                    mount_small.append(_mount_small(mnt, small))
-        # The same storage, now with an access log, to count the requests of ls -l on the gateway's side too.
-        with GatewayProcess(data_dir, args=["--access-log"], config=config) as gw:
-            with MountProcess(gw, Path(tmp) / "ls", env=env) as mnt:
-                ls = _ls_l(mnt, gw, listing)
+                    mount_direct.append(_mount_sequential_direct(mnt, big))
+                if small:
+                    http_small.append(_http_small(gw, small))
+                    with MountProcess(gw, Path(tmp) / f"s{n}", env=env) as mnt:
+                        mount_small.append(_mount_small(mnt, small))
+        ls = None
+        if listing:
+            # The same storage, now with an access log, to count the requests of ls -l on the gateway's side too.
+            with GatewayProcess(data_dir, args=["--access-log"], config=config) as gw:
+                with MountProcess(gw, Path(tmp) / "ls", env=env) as mnt:
+                    ls = _ls_l(mnt, gw, listing)
     seq = {"http_mib_s": round(statistics.median(http_seq), 1), "mount_mib_s": round(statistics.median(mount_seq), 1)}
     seq["ratio"] = round(seq["mount_mib_s"] / seq["http_mib_s"], 2)
+    # Ratios of each round (HTTP and mount measured back to back) show how much the load moved them.
+    seq["round_ratios"] = [round(m / h, 2) for m, h in zip(mount_seq, http_seq)]
     # The same read from a FUSE filesystem that does nothing: mfusepy's own ceiling on this machine.
     seq["null_fuse_mib_s"] = round(statistics.median(null_seq), 1)
     seq["null_fuse_ratio"] = round(seq["null_fuse_mib_s"] / seq["http_mib_s"], 2)
     seq["target"] = 0.7
-    files = {"http_files_s": round(statistics.median(http_small)),
-             "mount_files_s": round(statistics.median(mount_small))}
-    files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
-    files["target"] = 0.5
+    seq["mount_o_direct_mib_s"] = round(statistics.median(mount_direct), 1)
+    seq["o_direct_ratio"] = round(seq["mount_o_direct_mib_s"] / seq["http_mib_s"], 2)
     results["fuse"] = {
-        "sequential_read": {"size_mib": big // MiB, **seq, "rounds": {"http": http_seq, "mount": mount_seq,
-                                                                         "null_fuse": null_seq}},
-        "small_files": {"count": small, "size_kib": small_size // 1024, **files,
-                        "rounds": {"http": http_small, "mount": mount_small}},
-        "ls_l": ls,
-        "libfuse": libfuse or "default",
+        "sequential_read": {"size_mib": big // MiB, **seq, "rounds": {
+            "http": http_seq, "mount": mount_seq, "mount_o_direct": mount_direct, "null_fuse": null_seq}},
+        "libfuse": libfuse or "default (fuse3 when installed)",
         "load_average": os.getloadavg()[0],
     }
+    if small:
+        files = {"http_files_s": round(statistics.median(http_small)),
+                 "mount_files_s": round(statistics.median(mount_small))}
+        files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
+        files["target"] = 0.5
+        results["fuse"]["small_files"] = {"count": small, "size_kib": small_size // 1024, **files,
+                                          "rounds": {"http": http_small, "mount": mount_small}}
+    if ls is not None:
+        results["fuse"]["ls_l"] = ls
     return results
 
 
@@ -245,6 +298,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller data set (a smoke run)")
     parser.add_argument("--libfuse", choices=["fuse", "fuse3"], help="libfuse 2 (fuse) or 3 (fuse3)")
+    parser.add_argument("--sequential-only", action="store_true", help="only the 256 MiB sequential read")
     parser.add_argument("--null-fs", metavar="MOUNTPOINT", help=argparse.SUPPRESS)  # the ceiling, as a subprocess
     parser.add_argument("--size", type=int, default=256 * MiB, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,7 +306,8 @@ def main() -> None:
         _serve_null_fs(args.null_fs, args.size)
         return
     sizes = dict(big=32 * MiB, small=200, listing=1_500) if args.quick else {}
-    print(json.dumps(run({}, rounds=args.rounds, libfuse=args.libfuse, **sizes)["fuse"], indent=2))
+    print(json.dumps(run({}, rounds=args.rounds, libfuse=args.libfuse, sequential_only=args.sequential_only,
+                         **sizes)["fuse"], indent=2))
 
 
 if __name__ == "__main__":

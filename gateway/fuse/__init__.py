@@ -7,5 +7,6 @@ Layers, from the wire up (only ``operations`` and ``mount`` import the FUSE bind
 - ``files``      open files: streamed sequential reads, write spooling and uploads
 - ``fs``         the filesystem in path terms (lookup, readdir, rename, ...), no FUSE types
 - ``operations`` the thin mfusepy ``Operations`` translator
+- ``readahead``  raising the kernel's read-ahead window of a mount (sysfs), so reads arrive as 1 MiB requests
 - ``mount``      options, signals, running the FUSE loop
 """

@@ -19,14 +19,13 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import urllib3
-
 from .cache import Attr
-from .client import ObjectClient, StoreError, Unreachable
+from .client import BodyStream, ObjectClient, StoreError
 
 log = logging.getLogger("gateway.fuse.files")
 
@@ -86,8 +85,9 @@ class Spool:
             self._resize(end)
         return os.pwrite(self.fd, data, offset)
 
-    def pread(self, length: int, offset: int) -> bytes:
-        return os.pread(self.fd, max(0, min(length, self.size - offset)), offset)
+    def pread_into(self, buffer: memoryview, offset: int) -> int:
+        wanted = max(0, min(len(buffer), self.size - offset))
+        return os.preadv(self.fd, [buffer[:wanted]], offset) if wanted else 0
 
     def truncate(self, length: int) -> None:
         os.ftruncate(self.fd, length)
@@ -149,16 +149,20 @@ class OpenFile:
 class RemoteReader:
     """Reads of an object not being written (one per file handle).
 
-    A random read fetches exactly its range. From the second read in
-    sequence on, one streamed GET from that offset to the end serves the
-    reads: the same single stream a plain HTTP client reads (parallel ranged
+    A random read fetches exactly its range. A read that continues the
+    previous one (or starts at most ``SLACK`` past its end) starts one
+    streamed GET to the end of the object, which serves the reads from then
+    on: the same single stream a plain HTTP client reads (parallel ranged
     GETs measured slower; docs/fuse.md). The gateway sends ahead into the
-    socket buffers while the kernel's own read-ahead keeps requests coming.
+    socket buffers while the kernel's requests keep coming. Reads go into
+    the caller's buffer (``read_into``): for the mount, libfuse's reply
+    buffer, so the next bytes of the stream are received straight into it.
     Reads a little out of order are served from a buffer; a jump of more
     than ``stream_window`` ends the stream.
     """
 
     KEEP_BEHIND = 8 * MiB  # bytes kept behind the furthest read, for the kernel's out-of-order reads
+    SLACK = 8 * MiB  # a first read this far past the previous one still starts a stream (from there)
 
     def __init__(self, client: ObjectClient, bucket: str, key: str, size: int, first: bytes | None,
                  options: FileOptions):
@@ -166,45 +170,60 @@ class RemoteReader:
         self.bucket, self.key, self.size = bucket, key, size
         self.first = first or b""
         self.window = max(options.stream_window, MiB)
-        self._next = 0
-        self._streak = 0
+        self._next = 0  # where the last read ended
         self._stream: _Stream | None = None
         self._lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> bytes:
-        if offset >= self.size or length <= 0:
-            return b""
-        stop = min(self.size, offset + length)
+        buffer = bytearray(max(0, min(length, self.size - offset)))
+        filled = self.read_into(offset, memoryview(buffer))
+        return bytes(buffer[:filled])
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        """Read bytes from ``offset`` into ``buffer``; return how many (fewer only at the end of the object)."""
+        if offset >= self.size or len(buffer) == 0:
+            return 0
+        stop = min(self.size, offset + len(buffer))
+        buffer = buffer[: stop - offset]
         with self._lock:
-            sequential = offset == self._next
-            self._streak = self._streak + 1 if sequential else 0
-            self._next = stop
+            previous, self._next = self._next, stop
+            sequential = offset == previous
             stream = self._stream
             if stream is not None and not stream.serves(offset, self.window):
                 stream.close()
                 stream = self._stream = None
-            if stream is None and stop > len(self.first) and (self._streak >= 1 or offset == len(self.first) > 0):
-                stream = self._stream = _Stream(self.client, self.bucket, self.key, offset, self.size,
-                                                self.KEEP_BEHIND)
+            # A read that continues the previous one starts a stream, and so does one a little past it
+            # (the kernel's parallel read-ahead requests arrive in any order): from the previous end, so
+            # that the requests behind it are served too.
+            resume = offset if sequential else max(previous, len(self.first))
+            if stream is None and stop > len(self.first) and (sequential or 0 <= offset - resume <= self.SLACK):
+                stream = self._stream = _Stream(self.client, self.bucket, self.key, min(offset, resume),
+                                                self.size, self.KEEP_BEHIND)
         if stop <= len(self.first):  # fetched with the lookup
-            return self.first[offset:stop]
+            buffer[:] = self.first[offset:stop]
+            return len(buffer)
         if stream is None:
             if not sequential:
                 self.client.count("random_reads")
-            return self.client.get_range(self.bucket, self.key, offset, stop)
+            return self._fetch_range(offset, buffer)
         try:
-            data = stream.read(offset, stop)
-            if len(data) == stop - offset:
-                return data
-            # A straggler from the kernel's parallel read-ahead, behind what the stream still buffers.
+            if stream.read_into(offset, buffer):
+                return len(buffer)
+            # A straggler from the kernel's parallel read-ahead, behind what the stream still buffers
+            # (or the stream was replaced by a new one meanwhile).
             self.client.count("stream_misses")
-            return self.client.get_range(self.bucket, self.key, offset, stop)
+            return self._fetch_range(offset, buffer)
         except BaseException:
             with self._lock:
                 if self._stream is stream:
                     self._stream = None
             stream.close()
             raise
+
+    def _fetch_range(self, offset: int, buffer: memoryview) -> int:
+        data = self.client.get_range(self.bucket, self.key, offset, offset + len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         with self._lock:
@@ -213,82 +232,164 @@ class RemoteReader:
                 self._stream = None
 
 
-class _Stream:
-    """One GET from ``start`` to the end of the object, read by whichever FUSE thread needs the bytes.
+class _Waiter:
+    """A read waiting for the stream to reach it; the read that does fills its buffer."""
 
-    No thread of its own: the gateway streams ahead into the socket buffers and the kernel's
-    read-ahead keeps requests coming, so a read finds its bytes arriving. Bytes read for a request
-    further ahead (the kernel sends a few at once, in any order) are buffered for the ones behind.
-    A background thread with a bounded queue measured slower: every chunk then crossed threads and
-    the GIL, which costs most on a loaded machine (docs/fuse.md).
+    __slots__ = ("buffer", "event", "filled", "offset")
+
+    def __init__(self, offset: int, buffer: memoryview):
+        self.offset, self.buffer = offset, buffer
+        self.event = threading.Event()
+        self.filled = False
+
+
+class _Stream:
+    """One GET from ``start`` to the end of the object, read by the FUSE threads that need the bytes.
+
+    No thread of its own: the gateway streams ahead into the socket buffers and the kernel's requests
+    keep coming, so a read finds its bytes arriving, and receives them straight into its buffer.
+    The kernel's read-ahead sends a few requests at once, which FUSE's threads take in any order: a
+    read ahead of the stream waits (briefly) for the reads behind it, and the thread that reaches it
+    receives its bytes into its buffer too, so the socket is read back to back by one thread instead
+    of handing over between threads (and the GIL) per MiB. Bytes for a read that never came are kept
+    in ``chunks``; bytes received straight into a read's buffer leave a gap there. A background
+    thread with a bounded queue measured slower: every chunk then crossed threads (docs/fuse.md).
     """
 
-    CHUNK = 256 * 1024
+    WAIT_AHEAD = 8 * MiB  # a read this far ahead of the stream waits for the reads behind it ...
+    WAIT_SECONDS = 0.01  # ... this long at most (if they never come, their bytes are buffered)
+    FILL_AHEAD = 8 * MiB  # bytes a thread receives for waiting reads before it answers its own
 
     def __init__(self, client: ObjectClient, bucket: str, key: str, start: int, size: int, keep_behind: int):
         self.client, self.bucket, self.key = client, bucket, key
         self.size, self.keep_behind = size, keep_behind
-        self.start = start  # first byte still buffered
+        self.start = start  # bytes before this are forgotten
         self.end = start  # first byte not received yet
         self.consumed = start  # the furthest byte read
-        self.chunks: deque[bytes] = deque()
-        self.response = None
+        self.chunks: deque[tuple[int, bytearray]] = deque()  # (offset, bytes), ascending, maybe with gaps
+        self.body: BodyStream | None = None
         self.closed = False
         self.lock = threading.Lock()
+        self.waiters: dict[int, _Waiter] = {}  # by offset
         client.count("streams")
 
     def serves(self, offset: int, window: int) -> bool:
-        return not self.closed and self.start <= offset <= self.end + window
+        """False for a jump of more than ``window`` either way: then a new stream serves better.
 
-    def read(self, offset: int, stop: int) -> bytes:
+        A read a little behind what the stream keeps (a straggler of the kernel's read-ahead) is
+        still "served", by a ranged GET of its own, so the stream goes on for the reads around it.
+        """
+        return not self.closed and self.start - window <= offset <= self.end + window
+
+    def read_into(self, offset: int, buffer: memoryview) -> bool:
+        """Fill ``buffer`` with the bytes at ``offset``; False if the stream no longer has them (they
+        were forgotten, or went straight into another read's buffer, or the stream was closed): the
+        caller then fetches the range on its own."""
+        stop = offset + len(buffer)
         with self.lock:
-            if self.closed:
-                raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: read-ahead stopped")
-            if self.response is None:
-                self.response = self.client.request("GET", "GET", self.bucket, self.key, stream=True,
-                                                    headers={"range": f"bytes={self.start}-"})
-            while self.end < stop:
-                try:
-                    # Exactly the bytes asked for when they are next: the slice below is then the whole
-                    # chunk, which bytes slicing returns without a copy.
-                    data = self.response.read(stop - self.end if offset == self.end else self.CHUNK)
-                except (urllib3.exceptions.HTTPError, OSError) as exc:
-                    log.error("reading %s/%s from the gateway failed: %s", self.bucket, self.key, exc)
-                    raise Unreachable(f"reading {self.bucket}/{self.key} from the gateway failed ({exc})") from None
-                if not data:
-                    raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: the stream ended at byte {self.end} "
-                                                f"of {self.size}")
-                self.client.count("bytes_in", len(data))
-                self.chunks.append(data)
-                self.end += len(data)
-            if offset < self.start:
-                return b""  # already trimmed: the caller fetches it on its own
-            data = self._slice(offset, stop)
-            self.consumed = max(self.consumed, stop)
-            keep_from = self.consumed - self.keep_behind
-            while self.chunks and self.start + len(self.chunks[0]) <= keep_from:
-                self.start += len(self.chunks.popleft())
-            return data
+            if self.closed or offset < self.start:
+                return False
+            if self.body is None:
+                self.body = self.client.open_body(self.bucket, self.key, self.start)
+            if self.end < offset <= self.end + self.WAIT_AHEAD and offset not in self.waiters:
+                if self._wait_for(_Waiter(offset, buffer)):
+                    self._consumed(stop)
+                    return True
+                if self.closed or offset < self.start:  # replaced by a new stream meanwhile
+                    return False
+            if offset > self.end:  # keep the bytes in between for the reads behind this one
+                skipped = bytearray(offset - self.end)
+                self.client.count("stream_buffered", len(skipped))
+                self._receive(memoryview(skipped))
+                self.chunks.append((offset - len(skipped), skipped))
+            filled = 0
+            if offset < self.end:
+                filled = min(len(buffer), self.end - offset)
+                if not self._copy_buffered(offset, buffer[:filled]):
+                    return False
+            if filled < len(buffer):  # the next bytes of the stream: straight into the caller's buffer
+                self._receive(buffer[filled:])
+            self._fill_waiters()
+            self._consumed(stop)
+            return True
 
-    def _slice(self, offset: int, stop: int) -> bytes:
-        parts, position = [], self.start
-        for chunk in self.chunks:
-            end = position + len(chunk)
-            if end > offset and position < stop:
-                parts.append(chunk[max(0, offset - position): stop - position])
-            if end >= stop:
-                break
-            position = end
-        return b"".join(parts)
+    def _wait_for(self, waiter: _Waiter) -> bool:
+        """Wait (lock released) until another read fills ``waiter`` (True) or, at most WAIT_SECONDS, for
+        the stream to reach it (False: the caller goes on from where the stream is)."""
+        self.waiters[waiter.offset] = waiter
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        try:
+            while not waiter.filled and waiter.offset > self.end and not self.closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.lock.release()
+                try:
+                    waiter.event.wait(remaining)
+                finally:
+                    self.lock.acquire()
+        finally:
+            del self.waiters[waiter.offset]
+        return waiter.filled
+
+    def _fill_waiters(self) -> None:
+        """Receive the bytes of the reads waiting right behind the stream's end into their buffers.
+
+        Their buffers stay valid: each waiter needs the lock, held here, to return.
+        """
+        budget = self.FILL_AHEAD
+        while not self.closed:
+            waiter = self.waiters.get(self.end)
+            if waiter is None or waiter.filled:
+                return
+            if budget <= 0:  # enough: the next one receives its bytes itself
+                waiter.event.set()
+                return
+            self._receive(waiter.buffer)
+            waiter.filled = True
+            waiter.event.set()
+            budget -= len(waiter.buffer)
+
+    def _consumed(self, stop: int) -> None:
+        self.consumed = max(self.consumed, stop)
+        keep_from = self.consumed - self.keep_behind
+        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= keep_from:
+            self.chunks.popleft()
+        self.start = max(self.start, keep_from)
+
+    def _receive(self, target: memoryview) -> None:
+        received = self.body.readinto(target)
+        self.client.count("bytes_in", received)
+        self.end += received
+        if received < len(target):
+            raise StoreError(errno.EIO, f"{self.bucket}/{self.key}: the stream ended at byte {self.end} "
+                                        f"of {self.size}")
+
+    def _copy_buffered(self, offset: int, target: memoryview) -> bool:
+        position, stop = offset, offset + len(target)
+        for chunk_start, chunk in self.chunks:
+            chunk_stop = chunk_start + len(chunk)
+            if chunk_stop <= position:
+                continue
+            if chunk_start > position:
+                return False  # a gap: those bytes went straight to another read
+            take = min(chunk_stop, stop) - position
+            target[position - offset: position - offset + take] = \
+                memoryview(chunk)[position - chunk_start: position - chunk_start + take]
+            position += take
+            if position >= stop:
+                return True
+        return position >= stop
 
     def close(self) -> None:
         self.closed = True
         with self.lock:  # after any read in progress
-            if self.response is not None:
-                self.response.close()  # an unfinished body cannot go back to the pool
-                self.response.release_conn()
-                self.response = None
+            if self.body is not None:
+                self.body.close()
+                self.body = None
             self.chunks.clear()
+            for waiter in self.waiters.values():
+                waiter.event.set()
 
 
 def upload(client: ObjectClient, executor: ThreadPoolExecutor, open_file: OpenFile, content_type: str,

@@ -36,8 +36,10 @@ class _StaticReader:
     def __init__(self, data: bytes):
         self.data = data
 
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset: offset + length]
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        data = self.data[offset: offset + len(buffer)]
+        buffer[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         pass
@@ -120,19 +122,37 @@ class FileOps:
         return handle
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
+        buffer = bytearray(size)
+        filled = self.read_into(fh, offset, memoryview(buffer))
+        return bytes(buffer[:filled])
+
+    def read_into(self, fh: int, offset: int, buffer: memoryview) -> int:
+        """Read into ``buffer`` (for the mount: libfuse's reply buffer, so bytes are copied once)."""
         handle = self._handle(fh)
         self.client.count("fuse_reads")
         open_file = handle.open_file
-        spool = open_file.spool
-        if spool is not None:
+        if open_file.spool is not None:
             with open_file.lock:
-                return open_file.spool.pread(size, offset)
+                return open_file.spool.pread_into(buffer, offset)
         if handle.reader is None:
             base = open_file.base
             first = self.first_bytes.get(open_file.path, base.etag) if base else None
             handle.reader = RemoteReader(self.client, open_file.bucket, open_file.key,
                                          base.size if base else 0, first, self.options.files)
-        return handle.reader.read(offset, size)
+        return handle.reader.read_into(offset, buffer)
+
+    def direct_io(self, fh: int) -> bool:
+        """Whether the kernel should pass this handle's reads through uncached, at the reader's size.
+
+        Read-only opens of objects from ``direct_io_min`` bytes on (off by default): a reader's 1 MiB
+        read is then one FUSE request answered while it waits, which streams faster than the page
+        cache, but small reads each cost a round trip and shared mmap fails (docs/fuse.md).
+        """
+        limit = self.options.direct_io_min
+        handle = self._handle(fh)
+        base = handle.open_file.base
+        return (limit > 0 and handle.flags & os.O_ACCMODE == os.O_RDONLY and not handle.flags & os.O_TRUNC
+                and handle.open_file.spool is None and base is not None and base.size >= limit)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         self._check_writable()

@@ -9,6 +9,7 @@ dirty and removes the spool.
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .client import ObjectClient, StoreError, Unreachable
 from .fs import GatewayFS, MountOptions
+from .readahead import raise_read_ahead_when_mounted
 
 log = logging.getLogger("gateway.fuse")
 
@@ -118,6 +120,16 @@ def _setup_logging(config: MountConfig) -> None:
         logging.getLogger("mfusepy").setLevel(logging.WARNING)
 
 
+def _prefer_libfuse3() -> None:
+    """Load libfuse 3 unless FUSE_LIBRARY_NAME says otherwise (mfusepy itself prefers libfuse 2).
+
+    libfuse 3 lets the kernel send reads of up to 1 MiB (max_pages); libfuse 2 caps them at
+    128 KiB, which costs a FUSE round trip per 128 KiB (docs/fuse.md).
+    """
+    if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+
 def run(config: MountConfig) -> int:
     """Mount and serve until unmounted; in the background unless ``config.foreground``."""
     _check_mountpoint(config.mountpoint)
@@ -125,9 +137,10 @@ def run(config: MountConfig) -> int:
     check_gateway(config)
     if not config.foreground and _daemonize(config):
         return 0
+    _prefer_libfuse3()
     import mfusepy  # the binding is loaded only here, never by the core modules
 
-    from .operations import GatewayOperations
+    from .operations import GatewayFUSE, GatewayOperations
 
     _setup_logging(config)
     # FUSE requests wait for the GIL while I/O threads parse responses; a shorter switch interval
@@ -139,9 +152,11 @@ def run(config: MountConfig) -> int:
     fs = GatewayFS(client, config.fs)
     log.info("mounting %s on %s (libfuse %d.%d)", config.endpoint, config.mountpoint,
              mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
+    if config.fs.read_ahead_kib:
+        raise_read_ahead_when_mounted(config.mountpoint, config.fs.read_ahead_kib)
     try:
-        mfusepy.FUSE(GatewayOperations(fs), config.mountpoint, raw_fi=True, foreground=True, debug=config.debug,
-                     nothreads=False, **fuse_options(config, mfusepy.fuse_version_major))
+        GatewayFUSE(GatewayOperations(fs), config.mountpoint, raw_fi=True, foreground=True, debug=config.debug,
+                    nothreads=False, **fuse_options(config, mfusepy.fuse_version_major))
     except RuntimeError as exc:
         if os.path.ismount(config.mountpoint):
             log.error("FUSE stopped with an error (%s); unmount with fusermount -u %s", exc, config.mountpoint)

@@ -11,9 +11,11 @@ its traceback and reported as EIO.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
+from contextlib import suppress
 
 import mfusepy as fuse
 from mfusepy import FuseOSError, Operations, overrides
@@ -135,7 +137,7 @@ class GatewayOperations(Operations):
     @_translate
     def open(self, path, fi):
         fi.fh = self.fs.open(path, fi.flags)
-        if path == STATS_PATH:
+        if path == STATS_PATH or self.fs.direct_io(fi.fh):
             fi.direct_io = 1
         return 0
 
@@ -149,6 +151,11 @@ class GatewayOperations(Operations):
     @_translate
     def read(self, path, size, offset, fi):
         return self.fs.read(fi.fh, size, offset)
+
+    @_translate
+    def read_into(self, path, buffer, offset, fi):
+        """``read`` into libfuse's reply buffer (called by GatewayFUSE): no bytes object, no extra copy."""
+        return self.fs.read_into(fi.fh, offset, buffer)
 
     @overrides(Operations)
     @_translate
@@ -181,3 +188,24 @@ class GatewayOperations(Operations):
     @overrides(Operations)
     def destroy(self, path):
         self.fs.close()
+
+
+class GatewayFUSE(fuse.FUSE):
+    """mfusepy's FUSE, with a read callback that lends the operations libfuse's own reply buffer.
+
+    mfusepy's ``read`` takes a bytes object from ``Operations.read`` and copies it into libfuse's
+    buffer. Here ``Operations.read_into`` receives the buffer as a memoryview and fills it: the
+    stream's bytes go from the socket straight into it. The view is released when the callback
+    returns; libfuse frees the buffer after sending the reply. (mfusepy registers the method of
+    this class named after each libfuse callback, so overriding ``read`` is enough.)
+    """
+
+    def read(self, path, buf, size, offset, fip):
+        if not size:
+            return 0
+        view = memoryview((ctypes.c_ubyte * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+        try:
+            return self.operations.read_into(path, view, offset, fip.contents)
+        finally:
+            with suppress(BufferError):  # still exported (by a traceback): only the view outlives the call
+                view.release()

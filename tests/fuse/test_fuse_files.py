@@ -212,3 +212,20 @@ def test_uid_gid_umask_and_read_only_options(fuse_gw, bucket, mount_factory):
         with pytest.raises(OSError) as info:
             attempt()
         assert info.value.errno == errno.EROFS
+
+
+def test_direct_io_min_option_reads_large_objects_without_the_page_cache(fuse_gw, bucket, mount_factory):
+    import mmap
+
+    big, small = os.urandom(3 * 1024 * 1024), b"small object"
+    fuse_gw.client().put_object(Bucket=bucket, Key="big", Body=big)
+    fuse_gw.client().put_object(Bucket=bucket, Key="small", Body=small)
+    mount = mount_factory(["--direct-io-min", "1M"])
+    assert (mount.path / bucket / "big").read_bytes() == big
+    assert (mount.path / bucket / "small").read_bytes() == small
+    # direct_io files cannot be mapped shared (the documented cost); small ones still can.
+    with open(mount.path / bucket / "big", "rb") as f, pytest.raises(OSError):
+        mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    with open(mount.path / bucket / "small", "rb") as f:
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mapped:
+            assert mapped[:] == small

@@ -1,4 +1,5 @@
-"""A 1 GiB object through the mount: cp and dd read it whole, tail and dd skip fetch only what they read."""
+"""A 1 GiB object through the mount: cp and dd (also with O_DIRECT) read it whole, tail and dd skip fetch only
+what they read."""
 
 from __future__ import annotations
 
@@ -82,4 +83,7 @@ def test_cp_and_dd_read_it_whole(mnt, big_object, tmp_path):
         assert hashlib.file_digest(f, "sha256").hexdigest() == digest
     os.unlink(tmp_path / "copy")
     out = sh(f"dd if={path} bs=1M status=none | sha256sum", cwd=mnt.path, timeout=300)
+    assert out.split()[0] == digest
+    # O_DIRECT: 1 MiB FUSE requests past the page cache, received straight into libfuse's buffer.
+    out = sh(f"dd if={path} bs=1M iflag=direct status=none | sha256sum", cwd=mnt.path, timeout=300)
     assert out.split()[0] == digest

@@ -28,6 +28,10 @@ UNSUPPORTED = {
     "analytics", "inventory", "metrics", "ownershipControls", "publicAccessBlock", "requestPayment",
     "intelligent-tiering", "attributes", "versions", "policyStatus",
 }
+# A GET or HEAD of an object whose query names none of these (presigned X-Amz-* and response-*
+# parameters are fine) is a plain read: _read_object serves it without the general dispatch.
+# With any of them the request takes the general path, which answers it (or refuses it) as before.
+_NOT_A_PLAIN_READ = frozenset(UNSUPPORTED | {"versionId", "partNumber", "uploadId"})
 
 
 class S3App:
@@ -98,6 +102,10 @@ class S3App:
         # or a refusal after Expect: 100-continue, when the client never sends the body) must close
         # the connection: left-over body bytes would otherwise be parsed as the next request.
         body_pending = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if (not body_pending and req.key and req.bucket and req.method in ("GET", "HEAD")
+                and _NOT_A_PLAIN_READ.isdisjoint(req.query)):
+            await self._read_object(req, send)
+            return
         if body_pending:
             async def tracking_receive():
                 nonlocal body_pending
@@ -117,7 +125,8 @@ class S3App:
             await send(message)
 
         try:
-            req.auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers)
+            req.auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
+                                              req.query_pairs)
             req.access_key = req.auth.access_key
             if req.bucket:
                 check_bucket_name(req.bucket)
@@ -134,6 +143,36 @@ class S3App:
                 raise
             await self._send_error(req, tracking_send, errors.InternalError(
                 f"We encountered an internal error (request id {request_id}); it is in the server log."))
+
+    async def _read_object(self, req: S3Request, send) -> None:
+        """The fast path: a GET or HEAD of an object without a body or sub-resource (the hot path;
+        docs/performance.md). The same steps and answers as __call__ + _dispatch + get_object would
+        give, without what cannot apply to it: no wrapper around send (the response starts at one
+        known point below, so whether it has started is known without tracking it), no body to track,
+        no dispatch."""
+        try:
+            req.auth = auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
+                                                     req.query_pairs)
+            req.access_key = auth.access_key
+            check_bucket_name(req.bucket)
+            status, headers, reader = await objects.read_object(self, req, req.method == "HEAD")
+        except errors.GatewayError as exc:
+            await self._send_error(req, send, exc)
+            return
+        except Exception:
+            log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
+            await self._send_error(req, send, errors.InternalError(
+                f"We encountered an internal error (request id {req.request_id}); it is in the server log."))
+            return
+        # From here on the response has started (or is starting): an error can only end the connection.
+        try:
+            await objects.send_object(send, status, headers, reader)
+        except errors.GatewayError as exc:
+            log.warning("request %s failed after the response started: %s", req.request_id, exc.message)
+            raise
+        except Exception:
+            log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
+            raise
 
     async def _send_error(self, req: S3Request, send, exc: errors.GatewayError) -> None:
         headers = [(b"x-amz-request-id", req.request_id.encode())]

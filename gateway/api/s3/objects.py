@@ -5,10 +5,10 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from ... import errors
-from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta
+from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta, ObjectReader
 from .body import payload_from_request
 from .request import S3Request, check_bucket_name, check_key, http_date, iso8601, parse_http_date, parse_range
-from .responses import object_headers, send_response, send_stream, send_xml
+from .responses import object_headers, send_response, send_xml
 from .xml import document, element
 
 
@@ -50,8 +50,19 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 async def get_object(app, req: S3Request, send, head: bool = False) -> None:
+    status, headers, reader = await read_object(app, req, head)
+    await send_object(send, status, headers, reader)
+
+
+async def read_object(app, req: S3Request, head: bool = False) -> tuple[int, list, ObjectReader | None]:
+    """Everything a GET or HEAD does before its response starts: (status, headers with
+    content-length, the open reader; None for HEAD). Errors (NoSuchKey, NotModified, ...) are raised
+    here, before anything is sent; the caller sends the answer with send_object, which closes the
+    reader. The S3 app's fast path (app.py) calls this directly; get_object is the same for the
+    general dispatch."""
     backend = app.service.backend_for(req.bucket)
-    byte_range = parse_range(req.headers.get("range"))
+    headers_in = req.headers
+    byte_range = parse_range(headers_in["range"]) if "range" in headers_in else None
     if head:
         info = await backend.head(req.bucket, req.key)
         reader = None
@@ -60,9 +71,11 @@ async def get_object(app, req: S3Request, send, head: bool = False) -> None:
         info = reader.info
     try:
         check_preconditions(req, info)
-        with_checksums = req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and byte_range is None
+        with_checksums = ("x-amz-checksum-mode" in headers_in and byte_range is None
+                          and headers_in["x-amz-checksum-mode"].upper() == "ENABLED")
         headers = object_headers(info, req.request_id, with_checksums)
-        _override_response_headers(req, headers)
+        if not _OVERRIDE_PARAMS.isdisjoint(req.query):
+            _override_response_headers(req, headers)
         status = 200
         if reader is not None:
             start, stop = reader.start, reader.stop
@@ -71,14 +84,27 @@ async def get_object(app, req: S3Request, send, head: bool = False) -> None:
         if byte_range is not None:
             status = 206
             headers.append((b"content-range", f"bytes {start}-{stop - 1}/{info.size}".encode()))
-        if head:
-            headers.append((b"content-length", str(stop - start).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+        length = len(reader.data) if reader is not None and reader.data is not None else stop - start
+        headers.append((b"content-length", str(length).encode()))
+    except BaseException:
+        if reader is not None:
+            reader.close()
+        raise
+    return status, headers, reader
+
+
+async def send_object(send, status: int, headers: list, reader: ObjectReader | None) -> None:
+    """Send what read_object prepared (headers already carry content-length); close the reader."""
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if reader is None:  # HEAD
             await send({"type": "http.response.body", "body": b""})
         elif reader.data is not None:
-            await send_response(send, status, headers, reader.data)
+            await send({"type": "http.response.body", "body": reader.data})
         else:
-            await send_stream(send, status, headers, stop - start, reader.chunks())
+            async for chunk in reader.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
     finally:
         if reader is not None:
             reader.close()
@@ -89,6 +115,9 @@ _OVERRIDES = {
     "response-expires": b"expires", "response-cache-control": b"cache-control",
     "response-content-disposition": b"content-disposition", "response-content-encoding": b"content-encoding",
 }
+
+
+_OVERRIDE_PARAMS = frozenset(_OVERRIDES)
 
 
 def _override_response_headers(req: S3Request, headers: list) -> None:

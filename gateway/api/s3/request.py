@@ -28,6 +28,8 @@ class S3Request:
     query: dict[str, str]
     receive: object = None
     request_id: str = ""
+    # The query's (name, value) pairs still percent-encoded, in order: what signatures cover.
+    query_pairs: list[tuple[str, str]] = field(default_factory=list)
     access_key: str = ""
     auth: object = None
     extra: dict = field(default_factory=dict)
@@ -45,8 +47,11 @@ class S3Request:
         if len(headers) != len(raw_headers):
             headers = _joined_headers(raw_headers)
         qs = scope["query_string"].decode("latin-1")
-        query = parse_query(qs) if qs else {}
-        return cls(scope["method"], path, qs, headers, bucket, key, query, receive, request_id)
+        if qs:
+            pairs, query = split_query(qs)
+        else:
+            pairs, query = [], {}
+        return cls(scope["method"], path, qs, headers, bucket, key, query, receive, request_id, pairs)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
@@ -95,24 +100,51 @@ def _joined_headers(raw_headers) -> dict[str, str]:
 def parse_query(qs: str) -> dict[str, str]:
     """``dict(parse_qsl(qs, keep_blank_values=True))``, three times faster: parts without '+' or '%'
     (most of them) skip unquoting. A presigned URL has six parameters, so this is on the hot path."""
+    return split_query(qs)[1]
+
+
+def split_query(qs: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The raw (name, value) pairs (what SigV4 and SigV2 sign; ``?uploads`` is ("uploads", "")) and
+    parse_query's dict, in one pass over the query."""
+    pairs = []
     query = {}
     for part in qs.split("&"):
         if not part:
             continue
         name, _, value = part.partition("=")
-        if "+" in name:
-            name = name.replace("+", " ")
-        if "%" in name:
-            name = unquote(name)
-        if "+" in value:
-            value = value.replace("+", " ")
-        if "%" in value:
-            value = unquote(value)
+        pairs.append((name, value))
+        if "%" in part or "+" in part:
+            name = _unquote_plus(name)
+            value = _unquote_plus(value)
         query[name] = value
-    return query
+    return pairs, query
+
+
+def _unquote_plus(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    # Memoized for short values: X-Amz-Credential and the like repeat on every request.
+    return _unquote_memo(text) if len(text) <= 256 else unquote(text)
+
+
+_unquote_memo = lru_cache(maxsize=1024)(unquote)
+
+
+_VALID_BUCKET_NAMES: set[str] = set()  # names that passed the check below: every request checks one
 
 
 def check_bucket_name(name: str) -> None:
+    if name in _VALID_BUCKET_NAMES:
+        return
+    _check_bucket_name(name)
+    if len(_VALID_BUCKET_NAMES) >= 4096:
+        _VALID_BUCKET_NAMES.clear()  # a bound for a server that is asked for very many names
+    _VALID_BUCKET_NAMES.add(name)
+
+
+def _check_bucket_name(name: str) -> None:
     if not _BUCKET_RE.match(name) or ".." in name or ".-" in name or "-." in name or _IP_RE.match(name):
         raise errors.InvalidBucketName(
             "Bucket names are 3-63 characters of lower-case letters, digits, dots and hyphens, "

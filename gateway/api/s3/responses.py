@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from ...backend import ObjectInfo
 from .request import http_date
 
@@ -24,34 +22,48 @@ async def send_xml(send, status: int, body: bytes, request_id: str, extra: list 
     await send_response(send, status, headers, body)
 
 
-async def send_stream(send, status: int, headers: list[tuple[bytes, bytes]], length: int,
-                      chunks: AsyncIterator[bytes]) -> None:
-    headers.append((b"content-length", str(length).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    async for chunk in chunks:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
 def object_headers(info: ObjectInfo, request_id: str, with_checksums: bool) -> list[tuple[bytes, bytes]]:
-    """The headers GET and HEAD return for an object."""
+    """The headers GET and HEAD return for an object (a new list: callers append to it)."""
+    # The object's own headers are encoded once per ObjectInfo, not per request: the local backend
+    # hands out the same ObjectInfo for as long as the object's header bytes stay the same
+    # (plugins/readcache.py), so only the request id changes from one GET to the next.
+    entry = _encoded.get(id(info))
+    if entry is None or entry[0] is not info:
+        entry = _encode_object_headers(info)
+    _, leading, trailing, checksums, parts = entry
+    headers = [*leading, (b"x-amz-request-id", request_id.encode()), *trailing]
+    if with_checksums:
+        headers.extend(checksums)
+    if parts:
+        headers.append(parts)
+    return headers
+
+
+# id(info) -> (info, encoded pieces). The entry holds the ObjectInfo itself, so its id cannot be
+# reused for another object while the entry exists; ``entry[0] is info`` makes the match exact.
+_encoded: dict[int, tuple] = {}
+ENCODED_HEADERS_LIMIT = 16384  # like readcache.HEADER_CACHE_SIZE: one entry per cached object
+
+
+def _encode_object_headers(info: ObjectInfo) -> tuple:
     meta = info.meta
-    headers = [
+    leading = (
         (b"etag", f'"{info.etag}"'.encode()),
         (b"last-modified", http_date(int(info.last_modified)).encode()),
         (b"content-type", meta.content_type.encode("latin-1", "replace")),
         (b"accept-ranges", b"bytes"),
-        (b"x-amz-request-id", request_id.encode()),
-    ]
-    for name, value in meta.headers.items():
-        headers.append((name.encode(), value.encode("latin-1", "replace")))
+    )
+    trailing = [(name.encode(), value.encode("latin-1", "replace")) for name, value in meta.headers.items()]
     for name, value in meta.metadata.items():
         # Header values are kept as the bytes the client sent (latin-1 round trip).
-        headers.append((b"x-amz-meta-" + name.encode("latin-1"), value.encode("latin-1", "replace")))
-    if with_checksums:
-        for algorithm, value in info.checksums.items():
-            headers.append((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode()))
-    if "-" in info.etag:
-        headers.append((b"x-amz-mp-parts-count", info.etag.rsplit("-", 1)[1].encode()))
-    return headers
-
+        trailing.append((b"x-amz-meta-" + name.encode("latin-1"), value.encode("latin-1", "replace")))
+    checksums = tuple((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode())
+                      for algorithm, value in info.checksums.items())
+    parts = (b"x-amz-mp-parts-count", info.etag.rsplit("-", 1)[1].encode()) if "-" in info.etag else None
+    entry = (info, leading, tuple(trailing), checksums, parts)
+    if len(_encoded) >= ENCODED_HEADERS_LIMIT:
+        # Start over rather than evict one by one: backends that make a new ObjectInfo per request
+        # (remote ones) would otherwise pay for an eviction on every GET.
+        _encoded.clear()
+    _encoded[id(info)] = entry
+    return entry
