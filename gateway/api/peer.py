@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -28,7 +27,7 @@ from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..payload import Payload
 from ..cluster.versions import supersede_local
-from .s3.request import parse_range
+from .s3.request import parse_range, receive_body
 
 log = logging.getLogger("gateway.cluster.peer")
 
@@ -125,7 +124,7 @@ class PeerApp:
                         pass
             size = headers.get(wire.SIZE_HEADER)
             algorithms = tuple(a for a in headers.get(wire.ALGORITHMS_HEADER, "").split(",") if a)
-            payload = Payload(_body(receive), expected_size=int(size) if size else None,
+            payload = Payload(receive_body(receive), expected_size=int(size) if size else None,
                               checksum_algorithms=algorithms, etag=headers.get(wire.ETAG_HEADER) or None)
             meta = ObjectMeta.from_json(json.loads(headers.get(wire.META_HEADER, "{}")))
             info = await backend.put(bucket, key, payload, meta)
@@ -161,18 +160,6 @@ class PeerApp:
         else:
             raise errors.MethodNotAllowed()
         await _send(send, 204, [], b"")
-
-
-async def _body(receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise errors.IncompleteBody("the peer closed the connection before the whole body arrived")
-        body = message.get("body", b"")
-        if body:
-            yield body
-        if not message.get("more_body", False):
-            return
 
 
 async def _send(send, status: int, headers: list, body: bytes) -> None:

@@ -56,17 +56,9 @@ class S3Request:
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
 
-    async def body_chunks(self) -> AsyncIterator[bytes]:
+    def body_chunks(self) -> AsyncIterator[bytes]:
         """The raw request body from the socket, chunk by chunk."""
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise errors.IncompleteBody("The client closed the connection before the body was complete.")
-            chunk = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
+        return receive_body(self.receive)
 
     async def read_body(self, limit: int = 2 * 1024 * 1024) -> bytes:
         """The whole body of a small request (XML documents); refuse more than ``limit`` bytes."""
@@ -198,3 +190,16 @@ def iso8601(timestamp: float) -> str:
     import datetime
 
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+async def receive_body(receive) -> AsyncIterator[bytes]:
+    """An ASGI request body, chunk by chunk; IncompleteBody if the client goes away first."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise errors.IncompleteBody("The client closed the connection before the body was complete.")
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
