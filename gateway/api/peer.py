@@ -30,6 +30,11 @@ from ..cluster.versions import supersede_local
 from .s3.request import parse_range, receive_body
 
 log = logging.getLogger("gateway.cluster.peer")
+# The request headers the peer routes read; the others are not decoded at all.
+_WANTED = frozenset(h.encode() for h in (HEADER, NODE_HEADER, "range", wire.ENSURE_BUCKET_HEADER, wire.SIZE_HEADER,
+                                         wire.ALGORITHMS_HEADER, wire.ETAG_HEADER, wire.META_HEADER))
+_INFO = wire.INFO_HEADER.encode()
+_SPAN = wire.SPAN_HEADER.encode()
 
 
 class PeerApp:
@@ -55,7 +60,7 @@ class PeerApp:
         cluster = self.service.cluster
         if cluster is None:
             raise errors.NoSuchKey("This node is not part of a cluster.")
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
         method = scope["method"]
         target = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
@@ -98,8 +103,8 @@ class PeerApp:
         if method == "GET":
             reader = await backend.get(bucket, key, parse_range(headers.get("range")))
             try:
-                out = [(wire.INFO_HEADER.encode(), wire.info_header(reader.info)),
-                       (wire.SPAN_HEADER.encode(), f"{reader.start}-{reader.stop}".encode()),
+                out = [(_INFO, wire.info_header(reader.info)),
+                       (_SPAN, f"{reader.start}-{reader.stop}".encode()),
                        (b"content-length", str(reader.length).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": out})
                 if reader.data is not None:

@@ -95,8 +95,10 @@ class PeerClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.ssl_context or False,
                                              keepalive_timeout=30, ttl_dns_cache=300)
+            # Peers set no cookies: DummyCookieJar skips the per-request cookie filtering.
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
             )
         return self._session
@@ -167,7 +169,7 @@ class PeerClient:
         response = await self.request(peer, address, "GET", object_path(bucket, key), headers=headers)
         await self._raise_for(response)
         try:
-            info = wire.info_from_json(json.loads(response.headers[wire.INFO_HEADER]))
+            info = wire.info_from_header(response.headers[wire.INFO_HEADER])
             start, stop = (int(x) for x in response.headers[wire.SPAN_HEADER].split("-"))
         except (KeyError, ValueError) as exc:
             response.close()
@@ -196,7 +198,7 @@ class PeerClient:
         response = await self.request(peer, address, "HEAD", object_path(bucket, key))
         await self._raise_for(response)
         response.release()
-        return wire.info_from_json(json.loads(response.headers[wire.INFO_HEADER]))
+        return wire.info_from_header(response.headers[wire.INFO_HEADER])
 
     async def put(self, peer: str, address: str, bucket: str, key: str, payload: Payload,
                   meta: ObjectMeta, ensure_bucket: bool = False) -> ObjectInfo:

@@ -40,8 +40,36 @@ def info_from_json(data: dict) -> ObjectInfo:
                       ObjectMeta.from_json(data.get("meta") or {}), dict(data.get("checksums") or {}))
 
 
+# The relayed GET sends and reads the same info header for every read of an
+# object: encode and decode it once per version instead of once per request.
+# The encoded form is reused only for an equal ObjectInfo; ObjectInfo is frozen,
+# so one decoded instance can be shared by every request that reads it.
+_CACHE_LIMIT = 4096
+_encoded: dict[tuple, tuple[ObjectInfo, bytes]] = {}
+_decoded: dict[bytes | str, ObjectInfo] = {}
+
+
 def info_header(info: ObjectInfo) -> bytes:
-    return json.dumps(info_to_json(info), separators=(",", ":")).encode()
+    version = (info.key, info.size, info.etag, info.last_modified)
+    cached = _encoded.get(version)
+    if cached is not None and cached[0] == info:  # equal in every field, metadata too
+        return cached[1]
+    header = json.dumps(info_to_json(info), separators=(",", ":")).encode()
+    if len(_encoded) >= _CACHE_LIMIT:
+        _encoded.clear()
+    _encoded[version] = (info, header)
+    return header
+
+
+def info_from_header(header: str | bytes) -> ObjectInfo:
+    """The ObjectInfo of an INFO_HEADER value; raise ValueError or KeyError when it is malformed."""
+    info = _decoded.get(header)
+    if info is None:
+        info = info_from_json(json.loads(header))
+        if len(_decoded) >= _CACHE_LIMIT:
+            _decoded.clear()
+        _decoded[header] = info
+    return info
 
 
 def page_to_json(page: ListPage) -> dict:

@@ -76,9 +76,13 @@ class ClusterNode(Backend):
 
     # Asking peers ---------------------------------------------------------------
 
-    async def _ask(self, peer: str, call: Callable[[str, str], Awaitable[Any]]) -> Any:
-        """Run ``call(peer, address)``; NoSuchKey/NoSuchBucket become _Miss, an unreachable peer PeerUnreachable."""
-        address = self.cluster.peers().get(peer)
+    async def _ask(self, peer: str, call: Callable[[str, str], Awaitable[Any]], address: str | None = None) -> Any:
+        """Run ``call(peer, address)``; NoSuchKey/NoSuchBucket become _Miss, an unreachable peer PeerUnreachable.
+
+        ``address``: the peer's, when the caller just looked it up (else it is looked up here).
+        """
+        if address is None:
+            address = self.cluster.peers().get(peer)
         if address is None:
             raise PeerUnreachable(peer, "left the cluster")
         try:
@@ -159,7 +163,7 @@ class ClusterNode(Backend):
             # The hot relay path: one known peer, asked directly (no tasks to schedule).
             asked.add(cached)
             try:
-                result = await self._ask(cached, call)
+                result = await self._ask(cached, call, peers[cached])
                 self.cluster.balancer.served_read(cached, operation)
                 return result
             except _Miss as miss:
