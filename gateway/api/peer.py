@@ -27,6 +27,7 @@ from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..payload import Payload
 from ..cluster.versions import supersede_local
+from .s3.objects import send_object
 from .s3.request import parse_range, receive_body
 
 log = logging.getLogger("gateway.cluster.peer")
@@ -106,15 +107,10 @@ class PeerApp:
                 out = [(_INFO, wire.info_header(reader.info)),
                        (_SPAN, f"{reader.start}-{reader.stop}".encode()),
                        (b"content-length", str(reader.length).encode())]
-                await send({"type": "http.response.start", "status": 200, "headers": out})
-                if reader.data is not None:
-                    await send({"type": "http.response.body", "body": reader.data})
-                else:
-                    async for chunk in reader.chunks():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b""})
-            finally:
+            except BaseException:
                 reader.close()
+                raise
+            await send_object(send, 200, out, reader)  # closes the reader
         elif method == "HEAD":
             info = await backend.head(bucket, key)
             await _send(send, 200, [(wire.INFO_HEADER.encode(), wire.info_header(info))], b"")
