@@ -431,3 +431,29 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
             assert await get_bytes(second, bucket, "mp") == b"part" and info.etag.endswith("-1")
         finally:
             await second.close()
+
+
+class OptionsBackendConformance(BackendConformance):
+    """The suite for a backend built from an options dict whose storage outlives an instance.
+
+    Set ``backend_class`` and provide an ``options`` fixture; ``backend`` and
+    ``reopen`` (a second instance on the same storage) come from here.
+    """
+
+    backend_class: type[Backend]
+    backend_name = "under-test"
+
+    async def started(self, options: dict) -> Backend:
+        backend = self.backend_class(name=self.backend_name, **options)
+        await backend.start()
+        return backend
+
+    @pytest.fixture
+    async def backend(self, options):
+        backend = await self.started(options)
+        yield backend
+        await backend.close()
+
+    @pytest.fixture
+    def reopen(self, options):
+        return lambda: self.started(options)

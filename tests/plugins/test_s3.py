@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from gateway_plugins.s3 import S3Backend
 
 from gateway.testing.backend_io import get_bytes, put_bytes
-from gateway.testing.conformance import BackendConformance
+from gateway.testing.conformance import OptionsBackendConformance
 from gateway.testing.server import ACCESS_KEY, SECRET_KEY, GatewayProcess, free_port
 
 
@@ -26,22 +26,14 @@ def anyio_backend():
     return "asyncio"
 
 
-class TestS3BackendOnMoto(BackendConformance):
+class TestS3BackendOnMoto(OptionsBackendConformance):
+    backend_class, backend_name = S3Backend, "remote"
+
     """One remote bucket per gateway bucket (bucket_prefix), on moto."""
 
     @pytest.fixture
     def options(self, moto_options):
         return moto_options(bucket_prefix=f"t{uuid.uuid4().hex[:10]}-")
-
-    @pytest.fixture
-    async def backend(self, options):
-        backend = await started(options)
-        yield backend
-        await backend.close()
-
-    @pytest.fixture
-    def reopen(self, options):
-        return lambda: started(options)
 
 
 # moto 5 bugs (not the backend's): a key holding a newline gets 404 (werkzeug's routing), and a
@@ -72,22 +64,14 @@ def gateway_options(gw: GatewayProcess, **extra) -> dict:
             "secret_access_key": gw.secret_key, "timeout": 10, "max_attempts": 2, **extra}
 
 
-class TestS3BackendOnGateway(BackendConformance):
+class TestS3BackendOnGateway(OptionsBackendConformance):
+    backend_class, backend_name = S3Backend, "remote"
+
     """Gateway backed by gateway: the s3 backend against a real cv-gateway, one remote bucket per bucket."""
 
     @pytest.fixture
     def options(self, remote_gateway):
         return gateway_options(remote_gateway, bucket_prefix=f"t{uuid.uuid4().hex[:10]}-")
-
-    @pytest.fixture
-    async def backend(self, options):
-        backend = await started(options)
-        yield backend
-        await backend.close()
-
-    @pytest.fixture
-    def reopen(self, options):
-        return lambda: started(options)
 
 
 @pytest.mark.anyio

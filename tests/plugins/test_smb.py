@@ -25,7 +25,7 @@ from gateway_plugins.smb import SmbBackend, read_credentials_file
 
 from gateway.backend import ObjectMeta
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
-from gateway.testing.conformance import BackendConformance
+from gateway.testing.conformance import OptionsBackendConformance
 from gateway.testing.server import GatewayProcess, free_port
 
 
@@ -35,20 +35,12 @@ async def started(options: dict) -> SmbBackend:
     return backend
 
 
-class TestSmbBackend(BackendConformance):
+class TestSmbBackend(OptionsBackendConformance):
+    backend_class, backend_name = SmbBackend, "nas"
+
     @pytest.fixture
     def options(self, smbd, smb_path):
         return smbd.backend_options(path=smb_path)
-
-    @pytest.fixture
-    async def backend(self, options):
-        backend = await started(options)
-        yield backend
-        await backend.close()
-
-    @pytest.fixture
-    def reopen(self, options):
-        return lambda: started(options)
 
     async def test_files_are_the_local_layout(self, backend, smbd, smb_path):
         """What the smb backend writes, the local backend reads on the share's directory, and back."""
