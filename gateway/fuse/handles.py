@@ -182,6 +182,10 @@ class FileOps:
                 open_file.dirty = True
                 open_file.mtime = time.time()
                 open_file.meta.pop("mtime", None)
+                if fh is None and not open_file.unlinked:
+                    # truncate(2) by name: the new size is stored now, not when some other handle of
+                    # the file closes (its release may come late, and a reopen must see the new size).
+                    self._upload(open_file)
             self.first_bytes.invalidate(path)
             return
         fh = self.open(path, os.O_WRONLY)  # not open: a short-lived handle does it
@@ -226,17 +230,20 @@ class FileOps:
         with open_file.lock:
             with self._table_lock:
                 open_file.refs -= 1
-                last = open_file.refs <= 0
-                if last and self._open.get(open_file.path) is open_file:
-                    del self._open[open_file.path]
-            if not last:
-                return
+                if open_file.refs > 0:
+                    return
+            # Upload while the file is still in the open table: a lookup meanwhile must see this
+            # file's size, not the stale cached attributes of the version being replaced.
             try:
                 if open_file.dirty and not open_file.unlinked:
                     self._upload(open_file)  # written after the last flush (rare: mmap)
             except OSError as exc:
                 log.error("could not upload %s when it was closed: %s", open_file.path, exc)
-            finally:
-                if open_file.spool is not None:
-                    open_file.spool.close()
-                    open_file.spool = None
+            with self._table_lock:
+                if open_file.refs > 0:  # reopened during the upload: the new handle owns it now
+                    return
+                if self._open.get(open_file.path) is open_file:
+                    del self._open[open_file.path]
+            if open_file.spool is not None:
+                open_file.spool.close()
+                open_file.spool = None

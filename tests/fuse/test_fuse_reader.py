@@ -192,3 +192,24 @@ def test_a_mount_raises_its_read_ahead_window(mnt):
         assert int(knob.read_text()) >= 4096
     else:
         assert "could not raise the read-ahead" in mnt.log()
+
+
+def test_truncate_by_name_while_a_late_release_is_pending(fuse_gw, tmp_path):
+    # FUSE sends RELEASE asynchronously: `read_bytes(); os.truncate(p, 10); read_bytes()` can reach the
+    # filesystem as open, truncate-by-name, open, release. The truncate must be stored at once and the
+    # reopen must see 10 bytes, whichever order the old handle's release arrives in.
+    client = ObjectClient(fuse_gw.endpoint, fuse_gw.access_key, fuse_gw.secret_key)
+    client.put("reader", "log.txt", b"one", 3)
+    fs = GatewayFS(client, MountOptions(spool_dir=str(tmp_path)))
+    try:
+        old = fs.open("/reader/log.txt", os.O_RDONLY)
+        fs.truncate("/reader/log.txt", 10)
+        assert client.get_range("reader", "log.txt", 0, 100) == b"one" + b"\0" * 7
+        new = fs.open("/reader/log.txt", os.O_RDONLY)
+        fs.release(old)
+        assert fs.lookup("/reader/log.txt").size == 10
+        assert fs.read(new, 100, 0) == b"one" + b"\0" * 7
+        fs.release(new)
+        assert fs.read(fs.open("/reader/log.txt", os.O_RDONLY), 100, 0) == b"one" + b"\0" * 7
+    finally:
+        fs.close()
