@@ -213,8 +213,10 @@ class GatewayFS(NamespaceOps, FileOps):
         attr = self.lookup(path)
         if attr.kind != DIR:
             raise err(errno.ENOTDIR, path)
-        seen: set[str] = set()
         base = path.rstrip("/")
+        with self._table_lock:  # files created here and not uploaded yet: listed after the rest
+            pending = {p[len(base) + 1:]: f for p, f in self._open.items()
+                       if parent_of(p)[0] == path and f.base is None}
         listing = self.dirs.get(path)
         if path == "/":
             entries = self._list_buckets()
@@ -223,13 +225,11 @@ class GatewayFS(NamespaceOps, FileOps):
         else:
             entries = self._list_dir(path)
         for name, entry in entries:
-            seen.add(name)
+            if pending:
+                pending.pop(name, None)  # uploaded meanwhile: listed once
             yield name, entry
-        with self._table_lock:  # files created here and not uploaded yet
-            pending = [(p, f) for p, f in self._open.items() if parent_of(p)[0] == path and f.base is None]
-        for file_path, open_file in pending:
-            name = file_path[len(base) + 1:]
-            if name not in seen and not open_file.unlinked:
+        for name, open_file in pending.items():
+            if not open_file.unlinked:
                 yield name, self._open_attr(open_file)
 
     def _list_buckets(self) -> Iterator[tuple[str, Attr]]:

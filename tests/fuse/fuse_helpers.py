@@ -25,3 +25,12 @@ def requests_in_log(gateway, since: int = 0) -> list[tuple[str, str]]:
 
 def log_lines(gateway) -> int:
     return len(gateway.log().splitlines())
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A memory field of /proc/<pid>/status (VmRSS, VmHWM, ...) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"/proc/{pid}/status has no {field}")
