@@ -179,6 +179,8 @@ async def _measure(app, args) -> None:
         get_scopes = presigned_scopes("GET", keys)
         rows.append((f"GET {size // 1024} KiB", timed(runner(Driver(app, 200), get_scopes), args.requests,
                                                       args.repeats)))
+        rows.append((f"GET {size // 1024} KiB, protocol", timed(_protocol_runner(app, get_scopes), args.requests,
+                                                                args.repeats)))
     head_scopes = presigned_scopes("HEAD", [f"{sizes[0]}/obj-{i:05d}" for i in range(args.objects)])
     rows.append(("HEAD", timed(runner(Driver(app, 200), head_scopes), args.requests, args.repeats)))
     if args.put_requests:
@@ -205,6 +207,61 @@ async def _measure(app, args) -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     del loop
+
+
+class _Transport:
+    """What the HTTP protocol needs of a transport; counts the bytes written, checks the status."""
+
+    def __init__(self):
+        self.written = 0
+        self.bad = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        if not data.startswith(b"HTTP/1.1 200 "):
+            self.bad += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8086), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        raise RuntimeError("the protocol closed the connection")
+
+
+def _protocol_runner(app, scopes: list[dict]):
+    """The whole front end (gateway/api/protocol.py) on raw request bytes, without a socket: what
+    `gateway serve` runs per request, minus the kernel's work and the event loop's polling."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from gateway.api.protocol import protocol_for
+
+    config = uvicorn.Config(app, lifespan="off", access_log=False, proxy_headers=False, log_level="warning")
+    config.load()
+    state = ServerState()
+    protocol = protocol_for(app)(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
+    transport = _Transport()
+    protocol.connection_made(transport)
+    requests = [(f"GET {s['raw_path'].decode()}?{s['query_string'].decode()} HTTP/1.1\r\n"
+                 f"Host: {HOST}\r\n\r\n").encode() for s in scopes]
+    n = len(requests)
+
+    def run(count):
+        feed = protocol.data_received
+        for i in range(count):
+            feed(requests[i % n])
+        if transport.bad:
+            raise RuntimeError(f"{transport.bad} requests were not answered 200")
+    return run
 
 
 async def _store(app, keys: list[str], data: bytes) -> None:

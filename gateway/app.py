@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from .api import admin, metrics
 from .api.peer import PeerApp, admin_router as cluster_admin_router
 from .api.s3.app import S3App
+from .api.s3.request import S3Request
 from .config import Settings
 from .services.objects import ObjectService
 
@@ -31,7 +32,20 @@ class GatewayApp:
         self.admin.include_router(metrics.router)
         self.peer = PeerApp(self.service)  # /_cluster/v1: internal routes between cluster nodes
         self.admin.state.service = self.service
+        self.admin.state.gateway = self
+        self.fast_reads = 0  # plain reads answered below ASGI (gateway/api/protocol.py), for /metrics
         self.admin.state.settings = settings
+
+    def plain_read(self, scope) -> S3Request | None:
+        """The S3 request, when ``scope`` is a plain object read (S3App.is_plain_read), which the
+        HTTP front end answers below ASGI (gateway/api/protocol.py); None: it goes through __call__."""
+        path = scope["path"]
+        if path.startswith(ADMIN_PATHS) or path.startswith("/_cluster/") or _is_scrape(scope):
+            return None
+        req = self.s3.new_request(scope)
+        if not self.s3.is_plain_read(req) or not self.service.backend_for(req.bucket).eager_reads:
+            return None
+        return req
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]

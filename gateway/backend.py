@@ -227,6 +227,10 @@ class Backend(abc.ABC):
 
     capabilities = Capabilities()
     min_part_size = MIN_PART_SIZE
+    # True when get() and head() run correctly outside an asyncio task until they first suspend
+    # (nothing like asyncio.timeout or an aiohttp request before the first real wait): the HTTP
+    # front end then starts plain reads eagerly, without a task per request (gateway/eager.py).
+    eager_reads = False
 
     def __init__(self, name: str = "", **options):
         self.name = name

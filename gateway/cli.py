@@ -82,8 +82,8 @@ def serve(config_file, print_config, **flags) -> None:
         _fail(str(exc))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", access_log=settings.access_log,
-        log_level=settings.log_level, loop=_best_loop(), http=_best_http(), server_header=False,
-        date_header=True, timeout_keep_alive=30,
+        log_level=settings.log_level, loop=_best_loop(), http=_best_http(app), server_header=False,
+        date_header=True, timeout_keep_alive=settings.keep_alive_timeout,
         # The gateway never reads the client address from the scope: skip uvicorn's
         # X-Forwarded-* middleware, which otherwise runs on every request.
         proxy_headers=False,
@@ -103,12 +103,14 @@ def _best_loop() -> str:
     return "uvloop"
 
 
-def _best_http() -> str:
+def _best_http(app):
+    """The gateway's own protocol (uvicorn's httptools one, plain object reads below ASGI:
+    gateway/api/protocol.py), or h11 where httptools is missing."""
     try:
-        import httptools  # noqa: F401
+        from .api.protocol import protocol_for
     except ImportError:
         return "h11"
-    return "httptools"
+    return protocol_for(app)
 
 
 @main.group()

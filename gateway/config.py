@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     default_backend: str = Field("local", description="backend instance for buckets not named in [buckets]")
     min_part_size: int = Field(5 * 1024 * 1024, ge=1, description="smallest multipart part but the last, in bytes")
     access_log: bool = Field(False, description="log every request (costs about 20% on small GETs)")
+    keep_alive_timeout: float = Field(30.0, gt=0, description="seconds an idle client connection stays open "
+                                      "(closed 1-2 times this after its last request)")
     log_level: str = Field("info", description="debug, info, warning or error")
     # Cluster (docs/cluster.md). No role: a stand-alone node, none of these apply.
     role: Literal["primary", "redundant", "proxy"] | None = Field(

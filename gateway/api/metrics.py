@@ -90,13 +90,17 @@ def cluster_metrics(out: Exposition, cluster) -> None:
                [({"peer": p}, n) for p, n in sorted(cluster.pending_retirements().items())])
 
 
-def render(service) -> str:
+def render(service, gateway=None) -> str:
     out = Exposition()
     cluster = service.cluster
     labels = {"version": __version__}
     if cluster is not None:
         labels |= {"node_id": cluster.node_id, "role": cluster.role or ""}
     out.family("gateway_info", "gauge", "This gateway: version, and node id and role in a cluster.", [(labels, 1)])
+    if gateway is not None:
+        out.family("gateway_http_fast_reads_total", "counter",
+                   "Plain object reads (GET, HEAD) answered below ASGI by the gateway's HTTP protocol.",
+                   [({}, gateway.fast_reads)])
     if cluster is not None:
         cluster_metrics(out, cluster)
     return out.text()
@@ -106,4 +110,5 @@ def render(service) -> str:
 @router.get("/_admin/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus metrics of this node."""
-    return PlainTextResponse(render(request.app.state.service), media_type=CONTENT_TYPE)
+    state = request.app.state
+    return PlainTextResponse(render(state.service, getattr(state, "gateway", None)), media_type=CONTENT_TYPE)

@@ -22,6 +22,7 @@ from yarl import URL
 
 from .. import errors
 from ..backend import BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from ..eager import require_task
 from ..payload import Payload
 from . import wire
 from .health import PeerHealth
@@ -116,6 +117,7 @@ class PeerClient:
         closed meanwhile (it restarted) is retried once on a fresh one for
         requests without a body.
         """
+        require_task()  # aiohttp needs a running task (a plain read started eagerly gets retried in one)
         all_headers = self.signer.headers(method, target)
         if headers:
             all_headers.update(headers)

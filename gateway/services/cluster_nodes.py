@@ -29,6 +29,7 @@ from ..cluster.locations import NOWHERE
 from ..cluster.membership import Cluster
 from ..cluster.relay import PeerUnreachable
 from ..cluster.versions import supersede_local
+from ..eager import require_task
 from ..payload import Payload
 
 log = logging.getLogger("gateway.cluster")
@@ -71,6 +72,8 @@ class ClusterNode(Backend):
         self.client = cluster.client
         self.locations = cluster.locations
         self.capabilities = local.capabilities if local else Backend.capabilities
+        # A local hit runs like the local backend's read; asking a peer calls require_task() first.
+        self.eager_reads = local.eager_reads if local else False
         self.min_part_size = local.min_part_size if local else cluster.settings.min_part_size
         self._background: set[asyncio.Task] = set()
 
@@ -484,6 +487,7 @@ class PrimaryNode(StoringNode):
         balancer = self.cluster.balancer
         peer = self._read_handoff()
         if peer is not None:
+            require_task()  # before the bookkeeping: an eager start is retried in a task (gateway/eager.py)
             end = balancer.begin(peer)
             try:
                 reader = await self.client.get(peer, self.cluster.peers()[peer], bucket, key, byte_range)

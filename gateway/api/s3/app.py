@@ -13,9 +13,10 @@ import logging
 import os
 
 from ... import errors
+from ...backend import ObjectReader
+from ...eager import NeedsTask
 from . import buckets, multipart, objects
 from .request import S3Request, check_bucket_name
-from .responses import send_response
 from .sigv4 import Authenticator
 from .xml import error_document
 
@@ -93,19 +94,29 @@ class S3App:
                 return multipart.complete_upload
         raise errors.MethodNotAllowed()
 
+    def new_request(self, scope, receive=None) -> S3Request:
+        return S3Request.from_scope(scope, receive, f"{self._id_prefix}{next(self._ids):010X}")
+
+    @staticmethod
+    def is_plain_read(req: S3Request) -> bool:
+        """A GET or HEAD of an object without a body or a sub-resource: what answer_read serves."""
+        headers = req.headers
+        return (req.method in ("GET", "HEAD") and bool(req.key) and bool(req.bucket)
+                and headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+                and _NOT_A_PLAIN_READ.isdisjoint(req.query))
+
     async def __call__(self, scope, receive, send) -> None:
-        request_id = f"{self._id_prefix}{next(self._ids):010X}"
-        req = S3Request.from_scope(scope, receive, request_id)
+        req = self.new_request(scope, receive)
+        request_id = req.request_id
         started = False
         headers = req.headers
+        if self.is_plain_read(req):
+            await self._read_object(req, send)
+            return
         # Whether the request body has been read to the end. An answer given before that (an error,
         # or a refusal after Expect: 100-continue, when the client never sends the body) must close
         # the connection: left-over body bytes would otherwise be parsed as the next request.
         body_pending = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        if (not body_pending and req.key and req.bucket and req.method in ("GET", "HEAD")
-                and _NOT_A_PLAIN_READ.isdisjoint(req.query)):
-            await self._read_object(req, send)
-            return
         if body_pending:
             async def tracking_receive():
                 nonlocal body_pending
@@ -144,29 +155,36 @@ class S3App:
             await self._send_error(req, tracking_send, errors.InternalError(
                 f"We encountered an internal error (request id {request_id}); it is in the server log."))
 
-    async def _read_object(self, req: S3Request, send) -> None:
-        """The fast path: a GET or HEAD of an object without a body or sub-resource (the hot path;
-        docs/performance.md). The same steps and answers as __call__ + _dispatch + get_object would
-        give, without what cannot apply to it: no wrapper around send (the response starts at one
-        known point below, so whether it has started is known without tracking it), no body to track,
-        no dispatch."""
+    async def answer_read(self, req: S3Request) -> tuple[int, list, ObjectReader | bytes | None]:
+        """The fast path: a plain read (is_plain_read) as (status, headers, body), ready to send: an
+        open ObjectReader (headers carry its content-length; whoever sends it closes it) or None
+        for a HEAD, or, for an error, the bytes of its S3 XML document (empty for HEAD and 304). The same steps and answers as __call__ + _dispatch +
+        get_object would give, without what cannot apply (no body to track, no dispatch). Served
+        over ASGI by _read_object, and below ASGI by gateway/http/protocol.py (docs/performance.md)."""
         try:
             req.auth = auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                                      req.query_pairs)
             req.access_key = auth.access_key
             check_bucket_name(req.bucket)
-            status, headers, reader = await objects.read_object(self, req, req.method == "HEAD")
+            return await objects.read_object(self, req, req.method == "HEAD")
         except errors.GatewayError as exc:
-            await self._send_error(req, send, exc)
-            return
+            return self.error_response(req, exc)
+        except NeedsTask:
+            raise  # started eagerly, and it must wait for something that needs a task: see gateway/eager.py
         except Exception:
             log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
-            await self._send_error(req, send, errors.InternalError(
+            return self.error_response(req, errors.InternalError(
                 f"We encountered an internal error (request id {req.request_id}); it is in the server log."))
+
+    async def _read_object(self, req: S3Request, send) -> None:
+        status, headers, body = await self.answer_read(req)
+        if isinstance(body, bytes):  # an error
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         # From here on the response has started (or is starting): an error can only end the connection.
         try:
-            await objects.send_object(send, status, headers, reader)
+            await objects.send_object(send, status, headers, body)
         except errors.GatewayError as exc:
             log.warning("request %s failed after the response started: %s", req.request_id, exc.message)
             raise
@@ -174,19 +192,23 @@ class S3App:
             log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
             raise
 
-    async def _send_error(self, req: S3Request, send, exc: errors.GatewayError) -> None:
+    def error_response(self, req: S3Request, exc: errors.GatewayError) -> tuple[int, list, bytes]:
+        """An error's (status, headers, body): an S3 XML document; empty for HEAD and 304."""
         headers = [(b"x-amz-request-id", req.request_id.encode())]
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
-        if exc.status == 304 or req.method == "HEAD":
-            # No body on 304 or HEAD; the status says it all.
-            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        headers.append((b"content-type", b"application/xml"))
-        body = error_document(exc, req.raw_path, req.request_id)
         if exc.status >= 500:
             log.error("request %s: %s %s", req.request_id, exc.code, exc.message)
-        await send_response(send, exc.status, headers, body)
+        if exc.status == 304 or req.method == "HEAD":
+            return exc.status, headers, b""  # no body: the status says it all
+        body = error_document(exc, req.raw_path, req.request_id)
+        headers.append((b"content-type", b"application/xml"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        return exc.status, headers, body
+
+    async def _send_error(self, req: S3Request, send, exc: errors.GatewayError) -> None:
+        status, headers, body = self.error_response(req, exc)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _head_object(app, req, send):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 from ... import errors
@@ -118,13 +119,18 @@ _OVERRIDES = {
 
 
 _OVERRIDE_PARAMS = frozenset(_OVERRIDES)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _override_response_headers(req: S3Request, headers: list) -> None:
     for param, name in _OVERRIDES.items():
         if param in req.query:
+            value = req.query[param]
+            if _CONTROL.search(value):  # a CR or LF would end the header: never sent
+                raise errors.InvalidArgument(f"The {param} parameter holds a control character.",
+                                             ArgumentName=param)
             headers[:] = [h for h in headers if h[0] != name]
-            headers.append((name, req.query[param].encode("latin-1", "replace")))
+            headers.append((name, value.encode("latin-1", "replace")))
 
 
 def meta_from_headers(req: S3Request) -> ObjectMeta:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from ... import errors
 from ...backend import ObjectInfo
 from .request import http_date
 
@@ -45,6 +48,19 @@ _encoded: dict[int, tuple] = {}
 ENCODED_HEADERS_LIMIT = 16384  # like readcache.HEADER_CACHE_SIZE: one entry per cached object
 
 
+# What HTTP cannot carry in a header (a CR or LF would split the response). Checked once per
+# ObjectInfo here, so the HTTP front end need not check every response (gateway/api/protocol.py).
+_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_sendable(headers) -> None:
+    for name, value in headers:
+        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+            raise errors.InternalError(f"The object's stored header {name.decode('latin-1')!r} holds a character "
+                                       "an HTTP header cannot carry; rewrite the object's metadata.")
+
+
 def _encode_object_headers(info: ObjectInfo) -> tuple:
     meta = info.meta
     leading = (
@@ -60,6 +76,7 @@ def _encode_object_headers(info: ObjectInfo) -> tuple:
     checksums = tuple((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode())
                       for algorithm, value in info.checksums.items())
     parts = (b"x-amz-mp-parts-count", info.etag.rsplit("-", 1)[1].encode()) if "-" in info.etag else None
+    _check_sendable([*leading, *trailing, *checksums])
     entry = (info, leading, tuple(trailing), checksums, parts)
     if len(_encoded) >= ENCODED_HEADERS_LIMIT:
         # Start over rather than evict one by one: backends that make a new ObjectInfo per request

@@ -1,0 +1,220 @@
+"""The HTTP front end: uvicorn's httptools protocol, with plain object reads answered below ASGI.
+
+Under uvicorn every request costs a scope, a RequestResponseCycle, a task, two
+ASGI messages with per-header regular expressions and two socket writes; for a
+4 KiB GET that is more CPU than everything the gateway itself does
+(docs/performance.md). A plain object read (a GET or HEAD of an object, no body,
+no sub-resource; S3App.is_plain_read) is answered here instead: the request's
+coroutine runs at once in this callback (gateway/eager.py), and the whole
+response goes out in one write. The answer is exactly the one the ASGI path gives
+(S3App.answer_read serves both), and anything else (other requests, pipelined
+requests behind a pending one, a connection whose writes are paused, upgrades)
+goes to uvicorn's ASGI path untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote
+
+from httptools import parse_url
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from ..backend import ObjectReader
+from ..eager import NeedsTask, Suspended, start_eagerly
+
+log = logging.getLogger("gateway.http")
+
+
+class _NoEvent:
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _FastCycle:
+    """Stands in for uvicorn's RequestResponseCycle as ``protocol.cycle`` while a fast read is
+    answered: the protocol's callbacks (more data, connection lost, shutdown) look at these."""
+
+    __slots__ = ("keep_alive", "response_complete", "disconnected", "more_body", "body")
+    message_event = _NoEvent
+
+    def __init__(self, keep_alive: bool):
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
+        self.more_body = True
+        self.body = b""
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """One connection. ``gateway`` (the GatewayApp) is set by ``protocol_for``."""
+
+    gateway = None
+    _idle_timer = None
+    _messages = 0  # requests begun on this connection (the idle check compares it)
+    _messages_seen = 0
+
+    # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
+    # response (cancelling it when data arrives). A plain read needs five fields of the scope, and
+    # one timer per connection that looks for idleness now and then does the timer's job: both
+    # cost per request more than they need to (docs/performance.md).
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = None  # built by _asgi_scope when the request goes through ASGI
+        self._messages += 1
+
+    def _asgi_scope(self) -> None:
+        url, expect, headers = self.url, self.expect_100_continue, self.headers
+        super().on_message_begin()
+        self.url, self.expect_100_continue, self.headers = url, expect, headers
+        self.scope["headers"] = headers
+
+    def _through_asgi(self) -> None:
+        self._asgi_scope()
+        super().on_headers_complete()
+
+    def on_headers_complete(self) -> None:
+        cycle = self.cycle
+        method = self.parser.get_method()
+        if ((method != b"GET" and method != b"HEAD") or (cycle is not None and not cycle.response_complete)
+                or self.flow.write_paused or self.parser.should_upgrade()):
+            return self._through_asgi()
+        http_version = self.parser.get_http_version()
+        url = parse_url(self.url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        # What S3Request.from_scope and the access log read; the rest of an ASGI scope is not needed.
+        self.scope = scope = {"method": method.decode(), "path": path, "raw_path": raw_path,
+                              "query_string": url.query or b"", "headers": self.headers,
+                              "http_version": http_version, "client": self.client, "root_path": ""}
+        req = self.gateway.plain_read(scope)
+        if req is None:
+            return self._through_asgi()
+        previous = cycle
+        self.cycle = pending = _FastCycle(http_version != "1.0" and self.parser.should_keep_alive())
+        try:
+            answer = start_eagerly(self.gateway.s3.answer_read(req))
+        except NeedsTask:  # it must ask a peer (a relay): ASGI serves it, in a task, from the start
+            self.cycle = previous
+            return self._through_asgi()
+        self.gateway.fast_reads += 1
+        if isinstance(answer, Suspended):  # it waits (a relay, a remote backend): a task finishes it
+            self._run(self._finish(pending, req, answer))
+        else:
+            self._respond(pending, req, *answer)
+
+    def on_response_complete(self) -> None:
+        """After every response (both paths): the next pipelined request, or wait for one."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._idle_timer is None:
+            self._messages_seen = self._messages
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close the connection if no request began since the last check and none is in progress:
+        an idle keep-alive connection is closed 1-2 times timeout_keep_alive after its last request."""
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if busy or self._messages != self._messages_seen:
+            self._messages_seen = self._messages
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+            return
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        super().connection_lost(exc)
+
+    def _run(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _finish(self, pending: _FastCycle, req, answer: Suspended) -> None:
+        self._respond(pending, req, *await answer)
+
+    def _respond(self, pending: _FastCycle, req, status: int, headers: list, body) -> None:
+        if self.access_log:
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), req.method,
+                                    get_path_with_query_string(self.scope), self.scope["http_version"], status)
+        # uvicorn checks every header of every response for characters that would split it. Here
+        # the values that come from outside are checked where they enter: stored object headers once
+        # per ObjectInfo (s3/responses.py), response-* overrides when parsed (s3/objects.py).
+        headers = self.server_state.default_headers + headers
+        if not pending.keep_alive:
+            headers.append((b"connection", b"close"))
+        head = b"".join([STATUS_LINE[status], *[b"%s: %s\r\n" % header for header in headers], b"\r\n"])
+        if isinstance(body, ObjectReader):
+            if body.data is None and req.method != "HEAD":
+                self._run(self._stream(pending, head, body))
+                return
+            data = body.data
+            body.close()
+        else:
+            data = body
+        if self.transport.is_closing():
+            return
+        if data and req.method != "HEAD":
+            self.transport.write(head + data if len(data) <= 65536 else head)
+            if len(data) > 65536:
+                self.transport.write(data)  # no copy of a large body into the head's buffer
+        else:
+            self.transport.write(head)
+        self._complete(pending)
+
+    async def _stream(self, pending: _FastCycle, head: bytes, reader: ObjectReader) -> None:
+        """An object too large to read in one piece: its chunks, as the socket takes them."""
+        expected = reader.stop - reader.start
+        sent = 0
+        try:
+            if self.transport.is_closing():
+                return
+            self.transport.write(head)
+            async for chunk in reader.chunks():
+                if self.flow.write_paused:
+                    await self.flow.drain()
+                if self.transport.is_closing():
+                    return
+                self.transport.write(chunk)
+                sent += len(chunk)
+        except Exception as exc:
+            # The response has started: all that is left is to end the connection.
+            log.warning("a streamed object read failed after the response started: %s", exc)
+            self.transport.close()
+            return
+        finally:
+            reader.close()
+        if sent != expected:
+            log.warning("a streamed object ended after %d of %d bytes; closing the connection", sent, expected)
+            self.transport.close()
+            return
+        self._complete(pending)
+
+    def _complete(self, pending: _FastCycle) -> None:
+        pending.response_complete = True
+        if not pending.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+
+def protocol_for(gateway) -> type[GatewayHttpProtocol]:
+    """The protocol class uvicorn creates per connection, bound to this gateway app."""
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"gateway": gateway})

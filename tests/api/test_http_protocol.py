@@ -1,0 +1,249 @@
+"""The HTTP front end's own answers to plain object reads (gateway/api/protocol.py), on raw sockets.
+
+Plain GETs and HEADs of objects are answered below ASGI; these tests speak HTTP/1.1
+byte by byte to check what a socket sees: keep-alive, pipelining, HTTP/1.0 and
+Connection: close, HEAD framing, errors, header injection, bodies larger than one
+read, and that the answers match the ASGI path's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import urllib.request
+
+import pytest
+
+from s3_helpers import key_path, raw_request, sign
+
+MiB = 1024 * 1024
+
+
+def _fast_reads(gateway) -> int:
+    text = urllib.request.urlopen(f"{gateway.endpoint}/_admin/metrics", timeout=10).read().decode()
+    return int(float(re.search(r"^gateway_http_fast_reads_total (\S+)$", text, re.M).group(1)))
+
+
+def _request_bytes(gateway, method: str, path: str, headers: dict | None = None, version: str = "1.1",
+                   query: str = "") -> bytes:
+    target, signed = sign(gateway, method, path, headers=headers, query=query)
+    signed.setdefault("Host", f"{gateway.host}:{gateway.port}")  # signed for; http.client would add it
+    lines = [f"{method} {target} HTTP/{version}", *(f"{k}: {v}" for k, v in signed.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    def getheader(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+class Wire:
+    """One connection, read response by response (a strict little HTTP/1.1 response reader)."""
+
+    def __init__(self, gateway):
+        self.sock = socket.create_connection((gateway.host, gateway.port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, method: str = "GET") -> Response:
+        status_line = self.file.readline()
+        version, status, _ = status_line.decode().split(" ", 2)
+        assert version == "HTTP/1.1", status_line
+        headers = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            assert name.lower() not in headers, f"header {name} twice"
+            headers[name.lower()] = value.strip()
+        assert "transfer-encoding" not in headers  # every answer here has a known length
+        length = 0 if method == "HEAD" or status in ("304",) else int(headers["content-length"])
+        body = self.file.read(length)
+        assert len(body) == length
+        return Response(int(status), headers, body)
+
+    def closed_by_server(self) -> bool:
+        return self.file.read(1) == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def wire(gateway):
+    conn = Wire(gateway)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def objects(s3, bucket):
+    small, large = b"small object" * 100, hashlib.sha256(b"x").digest() * (3 * MiB // 32 + 5)
+    s3.put_object(Bucket=bucket, Key="small", Body=small, ContentType="image/jpeg", Metadata={"camera": "7"})
+    s3.put_object(Bucket=bucket, Key="large", Body=large)
+    return bucket, small, large
+
+
+def test_plain_reads_are_answered_below_asgi_on_one_keep_alive_connection(gateway, wire, objects):
+    bucket, small, _ = objects
+    before = _fast_reads(gateway)
+    for _ in range(3):
+        wire.send(_request_bytes(gateway, "GET", f"/{bucket}/small"))
+        response = wire.response()
+        assert response.status == 200 and response.body == small
+        assert response.getheader("content-type") == "image/jpeg"
+        assert response.getheader("x-amz-meta-camera") == "7"
+        assert response.getheader("content-length") == str(len(small))
+        assert response.getheader("date")
+    assert _fast_reads(gateway) - before == 3
+
+
+def test_answers_match_the_asgi_path(gateway, objects):
+    # The general path answers the same object when the request is not a plain read (a request
+    # body makes it one of those); headers other than the request id and date must match.
+    bucket, small, _ = objects
+    fast = raw_request(gateway, "GET", f"/{bucket}/small")
+    slow = raw_request(gateway, "GET", f"/{bucket}/small", body=b"x")
+    assert fast.status == slow.status == 200 and fast.body == slow.body == small
+
+    def comparable(response):
+        return [(k, v) for k, v in response.header_list if k not in ("x-amz-request-id", "date", "connection")]
+
+    assert comparable(fast) == comparable(slow)
+
+
+def test_pipelined_requests_are_answered_in_order(gateway, wire, objects):
+    bucket, small, large = objects
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/small") + _request_bytes(gateway, "HEAD", f"/{bucket}/small")
+              + _request_bytes(gateway, "GET", f"/{bucket}/missing") + _request_bytes(gateway, "GET", f"/{bucket}/large")
+              + _request_bytes(gateway, "GET", f"/{bucket}/small"))
+    first = wire.response()
+    head = wire.response("HEAD")
+    missing = wire.response()
+    big = wire.response()
+    last = wire.response()
+    assert (first.status, first.body) == (200, small)
+    assert (head.status, head.body, head.getheader("content-length")) == (200, b"", str(len(small)))
+    assert missing.status == 404 and b"<Code>NoSuchKey</Code>" in missing.body
+    assert (big.status, hashlib.sha256(big.body).digest()) == (200, hashlib.sha256(large).digest())
+    assert (last.status, last.body) == (200, small)
+
+
+def test_head_of_missing_object_has_no_body_and_the_connection_stays_usable(gateway, wire, objects):
+    bucket, small, _ = objects
+    wire.send(_request_bytes(gateway, "HEAD", f"/{bucket}/missing"))
+    response = wire.response("HEAD")
+    assert response.status == 404 and response.body == b""
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/small"))
+    assert wire.response().body == small
+
+
+def test_errors_are_s3_xml(gateway, wire, objects):
+    bucket, _, _ = objects
+    wire.send(_request_bytes(gateway, "GET", "/no-such-bucket-here/key"))
+    response = wire.response()
+    assert response.status == 404 and b"<Code>NoSuchBucket</Code>" in response.body
+    assert response.getheader("content-type") == "application/xml"
+    wire.send(f"GET /{bucket}/small HTTP/1.1\r\nHost: x\r\n\r\n".encode())  # not signed
+    response = wire.response()
+    assert response.status == 403 and b"<Code>AccessDenied</Code>" in response.body
+
+
+@pytest.mark.parametrize("version, headers", [("1.0", {}), ("1.1", {"Connection": "close"})])
+def test_connection_close_is_honoured(gateway, wire, objects, version, headers):
+    bucket, small, _ = objects
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/small", headers=headers, version=version))
+    response = wire.response()
+    assert response.status == 200 and response.body == small
+    assert response.getheader("connection") == "close"
+    assert wire.closed_by_server()
+
+
+def test_an_object_larger_than_one_read_streams_whole(gateway, wire, objects):
+    bucket, _, large = objects
+    for _ in range(2):
+        wire.send(_request_bytes(gateway, "GET", f"/{bucket}/large"))
+        response = wire.response()
+        assert response.status == 200 and len(response.body) == len(large) and response.body == large
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/large", headers={"Range": "bytes=100-2097251"}))
+    response = wire.response()
+    assert response.status == 206 and response.body == large[100:2097252]
+
+
+def test_a_client_that_leaves_mid_body_does_not_hurt_the_server(gateway, objects):
+    bucket, small, _ = objects
+    for _ in range(5):
+        sock = socket.create_connection((gateway.host, gateway.port), timeout=10)
+        sock.sendall(_request_bytes(gateway, "GET", f"/{bucket}/large"))
+        sock.recv(1000)
+        sock.close()
+    assert raw_request(gateway, "GET", f"/{bucket}/small").body == small
+
+
+def test_a_header_that_would_split_the_response_is_never_sent(gateway, wire, objects):
+    bucket, small, _ = objects
+    # response-content-type is sent back as Content-Type: a CR LF in it must not reach the wire.
+    wire.send(_request_bytes(gateway, "GET", key_path(bucket, "small"), query="response-content-type=a%0D%0AX-Evil%3A%201"))
+    response = wire.response()
+    assert response.getheader("x-evil") is None
+    assert response.status == 400 and b"<Code>InvalidArgument</Code>" in response.body
+    assert b"response-content-type" in response.body
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/small"))
+    assert wire.response().body == small
+
+
+def test_stored_metadata_that_http_cannot_carry_is_a_clear_error(gateway, wire, bucket):
+    # The files on disk are the truth: an object written by other means (here the local backend in
+    # this process, on the gateway's directory) may hold a metadata value with a line break.
+    import asyncio
+
+    from gateway.backend import ObjectMeta
+    from gateway.payload import Payload
+    from gateway_plugins.local import LocalBackend
+
+    backend = LocalBackend(root=str(gateway.data_dir))
+    meta = ObjectMeta(metadata={"note": "line one\r\nX-Evil: 1"})
+    asyncio.run(backend.put(bucket, "odd", Payload.from_bytes(b"body"), meta))
+    for method in ("GET", "HEAD"):
+        wire.send(_request_bytes(gateway, method, f"/{bucket}/odd"))
+        response = wire.response(method)
+        assert response.status == 500 and response.getheader("x-evil") is None
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/odd"))
+    response = wire.response()
+    assert b"<Code>InternalError</Code>" in response.body and b"x-amz-meta-note" in response.body
+    asyncio.run(backend.put(bucket, "fine", Payload.from_bytes(b"body"), ObjectMeta(metadata={"note": "ok"})))
+    wire.send(_request_bytes(gateway, "GET", f"/{bucket}/fine"))
+    assert wire.response().getheader("x-amz-meta-note") == "ok"
+
+
+def test_idle_connections_are_closed_and_busy_ones_kept(tmp_path):
+    # GATEWAY_KEEP_ALIVE_TIMEOUT=1: an idle connection is closed 1-2 s after its last request;
+    # one that keeps sending requests stays open however long it lives.
+    import time
+
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage", env={"GATEWAY_KEEP_ALIVE_TIMEOUT": "1"}) as gw:
+        gw.client().create_bucket(Bucket="idle")
+        gw.client().put_object(Bucket="idle", Key="k", Body=b"v")
+        idle, busy = Wire(gw), Wire(gw)
+        try:
+            for conn in (idle, busy):
+                conn.send(_request_bytes(gw, "GET", "/idle/k"))
+                assert conn.response().body == b"v"
+            for _ in range(12):  # 3 s of requests on one of them, every 0.25 s
+                time.sleep(0.25)
+                busy.send(_request_bytes(gw, "GET", "/idle/k"))
+                assert busy.response().body == b"v"
+            idle.sock.settimeout(5)
+            assert idle.closed_by_server()  # closed by then (within 2 s of its last request)
+            busy.send(_request_bytes(gw, "GET", "/idle/k"))
+            assert busy.response().body == b"v"
+        finally:
+            idle.close()
+            busy.close()
