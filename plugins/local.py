@@ -58,6 +58,7 @@ class LocalBackend(Backend):
     ``fsync_dirs`` (also fsync the directory after a rename; default false)."""
 
     capabilities = Capabilities(range_reads=True, atomic_put=True, shared=False, listing="walk")
+    eager_reads = True  # reads are plain system calls: nothing waits
     # Names on disk are the layout's names. A subclass for a filesystem that must spell them
     # otherwise (sharedfs through smbnetfs) overrides _disk_name and _layout_name and sets this
     # False; while it is True, object paths are built without calling them (the GET path).

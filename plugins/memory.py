@@ -15,6 +15,7 @@ from gateway.payload import Payload
 
 
 class MemoryBackend(Backend):
+    eager_reads = True  # reads never wait
     def __init__(self, name: str = "memory", **options):
         super().__init__(name, **options)
         self._buckets: dict[str, tuple[float, dict[str, tuple[ObjectInfo, bytes]]]] = {}
