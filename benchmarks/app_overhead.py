@@ -216,9 +216,9 @@ class _Transport:
         self.written = 0
         self.bad = 0
 
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-        if not data.startswith(b"HTTP/1.1 200 "):
+    def writelines(self, parts) -> None:
+        self.written += sum(map(len, parts))
+        if not parts[0].startswith(b"HTTP/1.1 200 "):
             self.bad += 1
 
     def is_closing(self) -> bool:

@@ -53,6 +53,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     """One connection. ``gateway`` (the GatewayApp) is set by ``protocol_for``."""
 
     gateway = None
+    writes: WriteBatch  # one per server (protocol_for): all its connections' fast-path answers
     _idle_timer = None
     _messages = 0  # requests begun on this connection (the idle check compares it)
     _messages_seen = 0
@@ -76,6 +77,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.scope["headers"] = headers
 
     def _through_asgi(self) -> None:
+        self.writes.flush()  # answers of this connection still in the batch go out before this one's
         self._asgi_scope()
         super().on_headers_complete()
 
@@ -86,14 +88,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 or self.flow.write_paused or self.parser.should_upgrade()):
             return self._through_asgi()
         http_version = self.parser.get_http_version()
-        url = parse_url(self.url)
-        raw_path = url.path
+        if self.url[:1] == b"/":
+            # The origin form every client sends: split it here. httptools.parse_url validates the
+            # whole (long, presigned) query character by character, ~2 µs (an absolute URL still
+            # goes through it); llhttp has already refused what is not a valid request target.
+            raw_path, _, query = self.url.partition(b"#")[0].partition(b"?")
+        else:
+            url = parse_url(self.url)
+            raw_path, query = url.path, url.query or b""
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
         # What S3Request.from_scope and the access log read; the rest of an ASGI scope is not needed.
         self.scope = scope = {"method": method.decode(), "path": path, "raw_path": raw_path,
-                              "query_string": url.query or b"", "headers": self.headers,
+                              "query_string": query, "headers": self.headers,
                               "http_version": http_version, "client": self.client, "root_path": ""}
         req = self.gateway.plain_read(scope)
         if req is None:
@@ -173,18 +181,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if data and req.method != "HEAD":
-            self.transport.write(head + data if len(data) <= 65536 else head)
-            if len(data) > 65536:
-                self.transport.write(data)  # no copy of a large body into the head's buffer
+            # One buffer for a small body; beyond that, no copy of the body into the head's buffer
+            # (the transport writes both with one writev).
+            parts = (head + data,) if len(data) <= 8192 else (head, data)
         else:
-            self.transport.write(head)
-        self._complete(pending)
+            parts = (head,)
+        self.writes.add(self.loop, self.transport, parts, not pending.keep_alive)
+        pending.response_complete = True
+        self.on_response_complete()
 
     async def _stream(self, pending: _FastCycle, head: bytes, reader: ObjectReader) -> None:
         """An object too large to read in one piece: its chunks, as the socket takes them."""
         expected = reader.stop - reader.start
         sent = 0
         try:
+            self.writes.flush()  # what this connection answered before goes first
             if self.transport.is_closing():
                 return
             self.transport.write(head)
@@ -215,6 +226,43 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
 
+class WriteBatch:
+    """The fast path's responses of one event-loop iteration, written together at its end.
+
+    Written at once, each response to a client that waits in epoll costs the kernel a wake-up of
+    that client (an inter-processor interrupt, dear on a virtual machine); written together after
+    the iteration's requests are all answered, the first write wakes the client and the rest find
+    it running. Measured on the 4 KiB GET: 72 -> 43 µs of server CPU per request
+    (docs/performance.md). Order per connection is kept: everything this connection writes by
+    other ways (streamed bodies, the ASGI path) flushes the batch first. Bounded: past ``limit``
+    bytes the batch is written at once, so pipelined requests cannot pile up answers in memory
+    (once the socket's buffer is full, the protocol sends further requests through ASGI, which
+    waits for it to drain).
+    """
+
+    def __init__(self, limit: int = 256 * 1024):
+        self.limit = limit
+        self.items: list[tuple] = []
+        self.size = 0
+
+    def add(self, loop, transport, parts: tuple[bytes, ...], close: bool) -> None:
+        """Write ``parts`` (one response) to ``transport`` at the end of this iteration; then close it if ``close``."""
+        if not self.items:
+            loop.call_soon(self.flush)
+        self.items.append((transport, parts, close))
+        self.size += sum(map(len, parts))
+        if self.size > self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        items, self.items, self.size = self.items, [], 0
+        for transport, parts, close in items:
+            if not transport.is_closing():
+                transport.writelines(parts)
+                if close:
+                    transport.close()
+
+
 def protocol_for(gateway) -> type[GatewayHttpProtocol]:
     """The protocol class uvicorn creates per connection, bound to this gateway app."""
-    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"gateway": gateway})
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"gateway": gateway, "writes": WriteBatch()})

@@ -119,14 +119,20 @@ def test_answers_match_the_asgi_path(gateway, objects):
 
 def test_pipelined_requests_are_answered_in_order(gateway, wire, objects):
     bucket, small, large = objects
+    # A listing (answered through ASGI) between plain reads (answered below it, written in batches).
     wire.send(_request_bytes(gateway, "GET", f"/{bucket}/small") + _request_bytes(gateway, "HEAD", f"/{bucket}/small")
               + _request_bytes(gateway, "GET", f"/{bucket}/missing") + _request_bytes(gateway, "GET", f"/{bucket}/large")
+              + _request_bytes(gateway, "GET", f"/{bucket}/small") + _request_bytes(gateway, "GET", f"/{bucket}")
               + _request_bytes(gateway, "GET", f"/{bucket}/small"))
     first = wire.response()
     head = wire.response("HEAD")
     missing = wire.response()
     big = wire.response()
     last = wire.response()
+    listing = wire.response()
+    after_listing = wire.response()
+    assert listing.status == 200 and b"<Key>large</Key><" in listing.body
+    assert (after_listing.status, after_listing.body) == (200, small)
     assert (first.status, first.body) == (200, small)
     assert (head.status, head.body, head.getheader("content-length")) == (200, b"", str(len(small)))
     assert missing.status == 404 and b"<Code>NoSuchKey</Code>" in missing.body
@@ -247,3 +253,74 @@ def test_idle_connections_are_closed_and_busy_ones_kept(tmp_path):
         finally:
             idle.close()
             busy.close()
+
+
+class _Transport:
+    def __init__(self, closing=False):
+        self.written, self.closed, self.closing = [], False, closing
+
+    def writelines(self, parts):
+        assert not self.closed
+        self.written.append(b"".join(parts))
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closing or self.closed
+
+
+def test_write_batch_keeps_order_closes_after_writing_and_stays_bounded():
+    import asyncio
+
+    from gateway.api.protocol import WriteBatch
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batch = WriteBatch(limit=100)
+        a, b, gone = _Transport(), _Transport(), _Transport(closing=True)
+        batch.add(loop, a, (b"a1",), False)
+        batch.add(loop, b, (b"b", b"1"), False)
+        batch.add(loop, gone, (b"lost",), False)
+        batch.add(loop, a, (b"a2",), True)
+        assert a.written == [] and batch.size == 10  # nothing written before the iteration ends
+        await asyncio.sleep(0)
+        assert a.written == [b"a1", b"a2"] and a.closed and b.written == [b"b1"] and not b.closed
+        assert gone.written == []
+        c = _Transport()
+        for i in range(5):
+            batch.add(loop, c, (bytes([i]) * 30,), False)
+            assert batch.size <= 100  # past the limit everything goes out at once
+        assert [len(x) for x in c.written] == [30, 30, 30, 30]
+        await asyncio.sleep(0)
+        assert len(c.written) == 5 and batch.size == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("form", ["fragment", "absolute"])
+def test_other_request_target_forms_read_the_same_object(gateway, objects, form):
+    # The fast path splits the usual origin form itself; other forms take httptools' URL parser.
+    bucket, small, _ = objects
+    signed_target, headers = sign(gateway, "GET", f"/{bucket}/small")
+    headers.setdefault("Host", f"{gateway.host}:{gateway.port}")
+    target = signed_target + "#fragment" if form == "fragment" else f"http://{gateway.host}{signed_target}"
+    conn = Wire(gateway)
+    try:
+        conn.send(("\r\n".join([f"GET {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())])
+                   + "\r\n\r\n").encode())
+        response = conn.response()
+        assert response.status == 200 and response.body == small
+    finally:
+        conn.close()
+
+
+def test_a_raw_non_ascii_target_is_refused_and_the_server_stays_up(gateway, objects):
+    bucket, small, _ = objects
+    conn = Wire(gateway)
+    try:
+        conn.send(f"GET /{bucket}/\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert conn.response().status == 400
+    finally:
+        conn.close()
+    assert raw_request(gateway, "GET", f"/{bucket}/small").body == small
