@@ -119,6 +119,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         else:
             self._respond(pending, req, *answer)
 
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        # Also a connection that never sends a request is closed once idle (uvicorn's httptools
+        # protocol only arms its timer after a response).
+        self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
     def on_response_complete(self) -> None:
         """After every response (both paths): the next pipelined request, or wait for one."""
         self.server_state.total_requests += 1

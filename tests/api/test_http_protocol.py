@@ -237,7 +237,7 @@ def test_idle_connections_are_closed_and_busy_ones_kept(tmp_path):
     with GatewayProcess(tmp_path / "cv-storage", env={"GATEWAY_KEEP_ALIVE_TIMEOUT": "1"}) as gw:
         gw.client().create_bucket(Bucket="idle")
         gw.client().put_object(Bucket="idle", Key="k", Body=b"v")
-        idle, busy = Wire(gw), Wire(gw)
+        idle, busy, silent = Wire(gw), Wire(gw), Wire(gw)
         try:
             for conn in (idle, busy):
                 conn.send(_request_bytes(gw, "GET", "/idle/k"))
@@ -248,11 +248,13 @@ def test_idle_connections_are_closed_and_busy_ones_kept(tmp_path):
                 assert busy.response().body == b"v"
             idle.sock.settimeout(5)
             assert idle.closed_by_server()  # closed by then (within 2 s of its last request)
+            silent.sock.settimeout(5)
+            assert silent.closed_by_server()  # connected, never sent a request
             busy.send(_request_bytes(gw, "GET", "/idle/k"))
             assert busy.response().body == b"v"
         finally:
-            idle.close()
-            busy.close()
+            for conn in (idle, busy, silent):
+                conn.close()
 
 
 class _Transport:
