@@ -13,12 +13,12 @@ from fastapi import FastAPI
 from .api import admin, metrics
 from .api.peer import PeerApp, admin_router as cluster_admin_router
 from .api.s3.app import S3App
-from .api.s3.request import S3Request
 from .config import Settings
 from .services.objects import ObjectService
 
 log = logging.getLogger(__name__)
 ADMIN_PATHS = ("/healthz", "/readyz", "/_admin/")
+PEER_OBJECTS = "/_cluster/v1/objects/"
 
 
 class GatewayApp:
@@ -36,16 +36,24 @@ class GatewayApp:
         self.fast_reads = 0  # plain reads answered below ASGI (gateway/api/protocol.py), for /metrics
         self.admin.state.settings = settings
 
-    def plain_read(self, scope) -> S3Request | None:
-        """The S3 request, when ``scope`` is a plain object read (S3App.is_plain_read), which the
-        HTTP front end answers below ASGI (gateway/api/protocol.py); None: it goes through __call__."""
+    def fast_answer(self, scope):
+        """For a plain object read, the coroutine that answers it (status, headers, body), which
+        the HTTP front end runs below ASGI (gateway/api/protocol.py); None: it goes through
+        __call__. Plain reads: S3 GET/HEAD of an object without body or sub-resource
+        (S3App.is_plain_read) and the peer route's object GET/HEAD, on a backend whose reads can
+        start outside a task (Backend.eager_reads)."""
         path = scope["path"]
-        if path.startswith(ADMIN_PATHS) or path.startswith("/_cluster/") or _is_scrape(scope):
+        if path.startswith("/_cluster/"):
+            if not self.peer.is_object_read(scope):
+                return None
+            backend = self.service.local_backend_for(path[len(PEER_OBJECTS):].partition("/")[0])
+            return self.peer.answer_read(scope) if backend is not None and backend.eager_reads else None
+        if path.startswith(ADMIN_PATHS) or _is_scrape(scope):
             return None
         req = self.s3.new_request(scope)
         if not self.s3.is_plain_read(req) or not self.service.backend_for(req.bucket).eager_reads:
             return None
-        return req
+        return self.s3.answer_read(req)
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]

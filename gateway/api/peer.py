@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .. import errors
-from ..backend import ObjectMeta
+from ..backend import ObjectMeta, ObjectReader
 from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..payload import Payload
@@ -36,6 +36,7 @@ _WANTED = frozenset(h.encode() for h in (HEADER, NODE_HEADER, "range", wire.ENSU
                                          wire.ALGORITHMS_HEADER, wire.ETAG_HEADER, wire.META_HEADER))
 _INFO = wire.INFO_HEADER.encode()
 _SPAN = wire.SPAN_HEADER.encode()
+_OBJECTS = wire.PREFIX + "/objects/"
 
 
 class PeerApp:
@@ -47,17 +48,40 @@ class PeerApp:
     async def __call__(self, scope, receive, send) -> None:
         try:
             await self._handle(scope, receive, send)
-        except errors.GatewayError as exc:
-            await _send(send, exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode())],
-                        exc.message.encode())
-        except PeerAuthError as exc:
-            log.warning("refused a peer request from %s: %s", scope.get("client"), exc)
-            await _send(send, 403, [(wire.ERROR_HEADER.encode(), b"AccessDenied")], str(exc).encode())
-        except Exception:
-            log.exception("peer request %s %s failed", scope["method"], scope["path"])
-            await _send(send, 500, [(wire.ERROR_HEADER.encode(), b"InternalError")], b"internal error; see the log")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer the peer understands
+            status, headers, body = self._error_answer(scope, exc)
+            await _send(send, status, headers, body)
 
-    async def _handle(self, scope, receive, send) -> None:
+    def _error_answer(self, scope, exc: Exception) -> tuple[int, list, bytes]:
+        if isinstance(exc, errors.GatewayError):
+            return exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode())], exc.message.encode()
+        if isinstance(exc, PeerAuthError):
+            log.warning("refused a peer request from %s: %s", scope.get("client"), exc)
+            return 403, [(wire.ERROR_HEADER.encode(), b"AccessDenied")], str(exc).encode()
+        log.error("peer request %s %s failed", scope["method"], scope["path"], exc_info=exc)
+        return 500, [(wire.ERROR_HEADER.encode(), b"InternalError")], b"internal error; see the log"
+
+    @staticmethod
+    def is_object_read(scope) -> bool:
+        """A GET or HEAD of an object (the relay's hot path): what answer_read serves."""
+        return scope["method"] in ("GET", "HEAD") and scope["path"].startswith(_OBJECTS)
+
+    async def answer_read(self, scope) -> tuple[int, list, ObjectReader | bytes | None]:
+        """An object GET or HEAD (is_object_read) as (status, headers, body): an open reader (headers
+        carry its content-length), None for HEAD, or an error's bytes. Served below ASGI by
+        gateway/api/protocol.py, like the S3 app's plain reads."""
+        try:
+            headers = self._authenticate(scope)
+            bucket, key = self._object_name(scope)
+            answer = await self._read(scope["method"], bucket, key, headers)
+        except Exception as exc:  # noqa: BLE001
+            status, headers, body = self._error_answer(scope, exc)
+            headers.append((b"content-length", str(len(body)).encode()))
+            return status, headers, b"" if scope["method"] == "HEAD" else body
+        return answer
+
+    def _authenticate(self, scope) -> dict[str, str]:
+        """Check the cluster signature; return the request headers the routes read."""
         cluster = self.service.cluster
         if cluster is None:
             raise errors.NoSuchKey("This node is not part of a cluster.")
@@ -69,13 +93,39 @@ class PeerApp:
         caller = cluster.signer.verify(method, target, headers.get(HEADER), headers.get(NODE_HEADER))
         if caller not in cluster.nodes:
             cluster.request_reload()  # a node that joined after our last read of the registry (it announces itself)
+        return headers
+
+    @staticmethod
+    def _object_name(scope) -> tuple[str, str]:
+        bucket, _, key = scope["path"][len(_OBJECTS):].partition("/")
+        if not bucket or not key:
+            raise errors.InvalidRequest("peer object paths are /objects/<bucket>/<key>")
+        return bucket, key
+
+    async def _read(self, method: str, bucket: str, key: str, headers: dict) -> tuple[int, list, ObjectReader | None]:
+        backend = self._local(bucket)
+        if method == "HEAD":
+            info = await backend.head(bucket, key)
+            return 200, [(_INFO, wire.info_header(info)), (b"content-length", b"0")], None
+        reader = await backend.get(bucket, key, parse_range(headers.get("range")))
+        try:
+            out = [(_INFO, wire.info_header(reader.info)), (_SPAN, f"{reader.start}-{reader.stop}".encode()),
+                   (b"content-length", str(reader.length).encode())]
+        except BaseException:
+            reader.close()
+            raise
+        return 200, out, reader
+
+    async def _handle(self, scope, receive, send) -> None:
+        headers = self._authenticate(scope)
+        method = scope["method"]
         path = scope["path"][len(wire.PREFIX):]
-        if path.startswith("/objects/"):
-            bucket, _, key = path[len("/objects/"):].partition("/")
-            if not bucket or not key:
-                raise errors.InvalidRequest("peer object paths are /objects/<bucket>/<key>")
+        if path.startswith("/objects/") and method in ("GET", "HEAD"):
+            status, out, reader = await self._read(method, *self._object_name(scope), headers)
+            await send_object(send, status, out, reader)  # closes the reader
+        elif path.startswith("/objects/"):
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
-            await self._object(method, bucket, key, headers, query, receive, send)
+            await self._object(method, *self._object_name(scope), headers, query, receive, send)
         elif path.startswith("/list/"):
             backend = self._local(path[len("/list/"):])
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
@@ -101,20 +151,7 @@ class PeerApp:
     async def _object(self, method: str, bucket: str, key: str, headers: dict, query: dict, receive,
                       send) -> None:
         backend = self._local(bucket)
-        if method == "GET":
-            reader = await backend.get(bucket, key, parse_range(headers.get("range")))
-            try:
-                out = [(_INFO, wire.info_header(reader.info)),
-                       (_SPAN, f"{reader.start}-{reader.stop}".encode()),
-                       (b"content-length", str(reader.length).encode())]
-            except BaseException:
-                reader.close()
-                raise
-            await send_object(send, 200, out, reader)  # closes the reader
-        elif method == "HEAD":
-            info = await backend.head(bucket, key)
-            await _send(send, 200, [(wire.INFO_HEADER.encode(), wire.info_header(info))], b"")
-        elif method == "PUT":
+        if method == "PUT":
             if headers.get(wire.ENSURE_BUCKET_HEADER) == "1":
                 try:
                     await backend.head_bucket(bucket)

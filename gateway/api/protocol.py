@@ -103,21 +103,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.scope = scope = {"method": method.decode(), "path": path, "raw_path": raw_path,
                               "query_string": query, "headers": self.headers,
                               "http_version": http_version, "client": self.client, "root_path": ""}
-        req = self.gateway.plain_read(scope)
-        if req is None:
+        answering = self.gateway.fast_answer(scope)
+        if answering is None:
             return self._through_asgi()
         previous = cycle
         self.cycle = pending = _FastCycle(http_version != "1.0" and self.parser.should_keep_alive())
         try:
-            answer = start_eagerly(self.gateway.s3.answer_read(req))
-        except NeedsTask:  # it must ask a peer (a relay): ASGI serves it, in a task, from the start
+            answer = start_eagerly(answering)
+        except NeedsTask:  # it must ask a peer with a client that needs a task: ASGI serves it from the start
             self.cycle = previous
             return self._through_asgi()
         self.gateway.fast_reads += 1
         if isinstance(answer, Suspended):  # it waits (a relay, a remote backend): a task finishes it
-            self._run(self._finish(pending, req, answer))
+            self._run(self._finish(pending, scope, answer))
         else:
-            self._respond(pending, req, *answer)
+            self._respond(pending, scope, *answer)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -162,13 +162,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
-    async def _finish(self, pending: _FastCycle, req, answer: Suspended) -> None:
-        self._respond(pending, req, *await answer)
+    async def _finish(self, pending: _FastCycle, scope: dict, answer: Suspended) -> None:
+        self._respond(pending, scope, *await answer)
 
-    def _respond(self, pending: _FastCycle, req, status: int, headers: list, body) -> None:
+    def _respond(self, pending: _FastCycle, scope: dict, status: int, headers: list, body) -> None:
+        """Send (status, headers, body) as answered by S3App.answer_read or PeerApp.answer_read
+        (``scope``: this request's; by the time a suspended answer is ready, the connection may
+        have begun another)."""
+        head_only = scope["method"] == "HEAD"
         if self.access_log:
-            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), req.method,
-                                    get_path_with_query_string(self.scope), self.scope["http_version"], status)
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                                    get_path_with_query_string(scope), scope["http_version"], status)
         # uvicorn checks every header of every response for characters that would split it. Here
         # the values that come from outside are checked where they enter: stored object headers once
         # per ObjectInfo (s3/responses.py), response-* overrides when parsed (s3/objects.py).
@@ -177,7 +181,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             headers.append((b"connection", b"close"))
         head = b"".join([STATUS_LINE[status], *[b"%s: %s\r\n" % header for header in headers], b"\r\n"])
         if isinstance(body, ObjectReader):
-            if body.data is None and req.method != "HEAD":
+            if body.data is None and not head_only:
                 self._run(self._stream(pending, head, body))
                 return
             data = body.data
@@ -186,7 +190,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             data = body
         if self.transport.is_closing():
             return
-        if data and req.method != "HEAD":
+        if data and not head_only:
             # One buffer for a small body; beyond that, no copy of the body into the head's buffer
             # (the transport writes both with one writev).
             parts = (head + data,) if len(data) <= 8192 else (head, data)

@@ -198,3 +198,25 @@ def test_multipart_upload_through_any_node_is_readable_everywhere(cluster, node)
         got = s3[name].get_object(Bucket="relay", Key=key)
         assert got["Body"].read() == b"".join(parts), name
         assert got["ETag"].endswith('-3"'), name
+
+
+def _fast_reads(node) -> float:
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(node.endpoint + "/_admin/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return float(re.search(r"^gateway_http_fast_reads_total (\S+)$", text, re.MULTILINE).group(1))
+
+
+def test_the_holder_answers_relayed_reads_below_asgi(cluster):
+    # The peer route's object GET and HEAD take the same front-end path as S3 plain reads
+    # (gateway/api/protocol.py): the node holding the object counts them.
+    s3 = clients(cluster)
+    s3["r2"].put_object(Bucket="relay", Key="held-by-r2", Body=b"relayed body")
+    before = _fast_reads(cluster["r2"])
+    for name in ("p1", "r1"):
+        assert s3[name].get_object(Bucket="relay", Key="held-by-r2")["Body"].read() == b"relayed body"
+        assert s3[name].head_object(Bucket="relay", Key="held-by-r2")["ContentLength"] == len(b"relayed body")
+    # Each relayed GET and HEAD reached r2's peer route at least once (first lookups may ask every peer).
+    assert _fast_reads(cluster["r2"]) - before >= 4
