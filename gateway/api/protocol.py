@@ -24,6 +24,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from ..backend import ObjectReader
 from ..eager import NeedsTask, Suspended, start_eagerly
+from ..write_batch import WriteBatch
 
 log = logging.getLogger("gateway.http")
 
@@ -234,43 +235,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not pending.keep_alive:
             self.transport.close()
         self.on_response_complete()
-
-
-class WriteBatch:
-    """The fast path's responses of one event-loop iteration, written together at its end.
-
-    Written at once, each response to a client that waits in epoll costs the kernel a wake-up of
-    that client (an inter-processor interrupt, dear on a virtual machine); written together after
-    the iteration's requests are all answered, the first write wakes the client and the rest find
-    it running. Measured on the 4 KiB GET: 72 -> 43 µs of server CPU per request
-    (docs/performance.md). Order per connection is kept: everything this connection writes by
-    other ways (streamed bodies, the ASGI path) flushes the batch first. Bounded: past ``limit``
-    bytes the batch is written at once, so pipelined requests cannot pile up answers in memory
-    (once the socket's buffer is full, the protocol sends further requests through ASGI, which
-    waits for it to drain).
-    """
-
-    def __init__(self, limit: int = 256 * 1024):
-        self.limit = limit
-        self.items: list[tuple] = []
-        self.size = 0
-
-    def add(self, loop, transport, parts: tuple[bytes, ...], close: bool) -> None:
-        """Write ``parts`` (one response) to ``transport`` at the end of this iteration; then close it if ``close``."""
-        if not self.items:
-            loop.call_soon(self.flush)
-        self.items.append((transport, parts, close))
-        self.size += sum(map(len, parts))
-        if self.size > self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        items, self.items, self.size = self.items, [], 0
-        for transport, parts, close in items:
-            if not transport.is_closing():
-                transport.writelines(parts)
-                if close:
-                    transport.close()
 
 
 def protocol_for(gateway) -> type[GatewayHttpProtocol]:

@@ -1,5 +1,12 @@
 """The peer client: calls another node's /_cluster/v1 routes over one pooled aiohttp session.
 
+Object GET and HEAD, the relay's hot path, go over a lean httptools-based
+client instead (peer_http.PeerHttp): it costs a fraction of aiohttp's CPU per
+request and needs no running task, so a relayed read started eagerly by the
+front end (gateway/eager.py) stays on the fast path. Bodies larger than
+SMALL_BODY, and requests beyond PeerHttp's in-flight bound, are redone or sent
+with aiohttp, which streams with back-pressure.
+
 aiohttp, not httpx: measured as a relay client on this hardware, httpx's
 pool was 7x slower under concurrency (see ../shared/CALIBRATION.md and
 encode/httpx#3215). Every call is signed (peer_auth), has a connect and read
@@ -27,6 +34,7 @@ from ..payload import Payload
 from . import wire
 from .health import PeerHealth
 from .peer_auth import PeerSigner
+from .peer_http import PeerHttp, PeerHttpError, Response
 
 # Bodies up to this size are read in one piece (one send to the client);
 # larger ones stream in CHUNK pieces.
@@ -88,6 +96,8 @@ class PeerClient:
         self.ssl_context = ssl_context
         self.on_failure = on_failure  # called with the peer id after a failure (membership reloads)
         self._session: aiohttp.ClientSession | None = None
+        # GET and HEAD of objects (the hot relay calls): no aiohttp, no task needed (peer_http.py).
+        self.lean = PeerHttp(timeout, ssl_context, body_limit=SMALL_BODY)
         # (peer, operation, outcome) -> calls, for GET /metrics. Outcomes: ok, missing (404),
         # error (any other HTTP error), unreachable (no answer), refused (our signature was rejected).
         self.calls: Counter[tuple[str, str, str]] = Counter()
@@ -105,6 +115,7 @@ class PeerClient:
         return self._session
 
     async def close(self) -> None:
+        self.lean.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -165,10 +176,66 @@ class PeerClient:
 
     # Objects ------------------------------------------------------------------
 
+    async def _lean(self, peer: str, address: str, method: str, target: str,
+                    headers: dict[str, str] | None = None) -> Response | None:
+        """GET or HEAD over the lean client, with request()'s accounting; None: use aiohttp instead.
+
+        None when the body is larger than SMALL_BODY (nothing is counted: the aiohttp request that
+        follows is) or too many requests to that peer are in flight. No require_task(): PeerHttp
+        needs no running task (gateway/eager.py), so this may run in the front end's eager start.
+        """
+        all_headers = self.signer.headers(method, target)
+        if headers:
+            all_headers.update(headers)
+        started = time.monotonic()
+        try:
+            response = await self.lean.request(address, method, target, all_headers)
+        except PeerHttpError as exc:
+            if exc.stage == "body":
+                # The peer answered, then failed while sending the body: as request() + the body read.
+                self.health.succeeded(peer, time.monotonic() - started)
+                self.calls[peer, operation(method, target), outcome(exc.status or 200)] += 1
+                self._failed(peer, f"body: {exc.reason}")
+                raise errors.ServiceUnavailable(f"peer {peer} failed while sending the object") from None
+            self.calls[peer, operation(method, target), "unreachable"] += 1
+            if exc.disconnected and exc.stage == "request":
+                self._failed(peer, f"disconnected: {exc.reason}")
+                raise PeerUnreachable(peer, "closed the connection") from None
+            self._failed(peer, exc.reason)
+            raise PeerUnreachable(peer, exc.reason) from None
+        if response is None or response.body is None:
+            return None
+        if response.status == 403 and response.headers.get(wire.ERROR_HEADER) == "AccessDenied":
+            self.calls[peer, operation(method, target), "refused"] += 1
+            reason = response.body.decode(errors="replace")[:200]
+            self._failed(peer, f"refused our peer signature ({reason or 'HTTP 403'}): "
+                               "check that every node has the same GATEWAY_CLUSTER_SECRET")
+            raise PeerUnreachable(peer, "refused our peer signature")
+        self.health.succeeded(peer, time.monotonic() - started)
+        self.calls[peer, operation(method, target), outcome(response.status)] += 1
+        return response
+
     async def get(self, peer: str, address: str, bucket: str, key: str,
                   byte_range: ByteRange | None = None) -> ObjectReader:
         headers = {"range": _range_header(byte_range)} if byte_range is not None else None
-        response = await self.request(peer, address, "GET", object_path(bucket, key), headers=headers)
+        target = object_path(bucket, key)
+        response = await self._lean(peer, address, "GET", target, headers)
+        if response is None:  # larger than SMALL_BODY (or the lean client is busy): aiohttp streams it
+            return await self._get_aiohttp(peer, address, target, headers)
+        if response.status >= 300:
+            raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER),
+                                       response.body.decode(errors="replace"), response.status)
+        try:
+            info = wire.info_from_header(response.headers[wire.INFO_HEADER])
+            start, stop = (int(x) for x in response.headers[wire.SPAN_HEADER].split("-"))
+            if stop - start != len(response.body):
+                raise ValueError(f"span {start}-{stop} but {len(response.body)} bytes")
+        except (KeyError, ValueError) as exc:
+            raise errors.ServiceUnavailable(f"peer {peer} sent a malformed object response: {exc}") from None
+        return ObjectReader(info, start, stop, data=response.body)
+
+    async def _get_aiohttp(self, peer: str, address: str, target: str, headers: dict | None) -> ObjectReader:
+        response = await self.request(peer, address, "GET", target, headers=headers)
         await self._raise_for(response)
         try:
             info = wire.info_from_header(response.headers[wire.INFO_HEADER])
@@ -197,9 +264,15 @@ class PeerClient:
             response.release()
 
     async def head(self, peer: str, address: str, bucket: str, key: str) -> ObjectInfo:
-        response = await self.request(peer, address, "HEAD", object_path(bucket, key))
-        await self._raise_for(response)
-        response.release()
+        target = object_path(bucket, key)
+        response = await self._lean(peer, address, "HEAD", target)
+        if response is None:  # the lean client is busy
+            response = await self.request(peer, address, "HEAD", target)
+            await self._raise_for(response)
+            response.release()
+            return wire.info_from_header(response.headers[wire.INFO_HEADER])
+        if response.status >= 300:
+            raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER), "", response.status)
         return wire.info_from_header(response.headers[wire.INFO_HEADER])
 
     async def put(self, peer: str, address: str, bucket: str, key: str, payload: Payload,

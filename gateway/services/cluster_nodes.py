@@ -72,8 +72,10 @@ class ClusterNode(Backend):
         self.client = cluster.client
         self.locations = cluster.locations
         self.capabilities = local.capabilities if local else Backend.capabilities
-        # A local hit runs like the local backend's read; asking a peer calls require_task() first.
-        self.eager_reads = local.eager_reads if local else False
+        # A local hit runs like the local backend's read; a relay's GET/HEAD goes through the lean
+        # peer client (cluster/peer_http.py), which needs no task before it waits. So a proxy, whose
+        # reads are all relays, starts them eagerly too. (aiohttp paths call require_task().)
+        self.eager_reads = local.eager_reads if local else True
         self.min_part_size = local.min_part_size if local else cluster.settings.min_part_size
         self._background: set[asyncio.Task] = set()
 

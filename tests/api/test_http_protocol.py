@@ -275,7 +275,7 @@ class _Transport:
 def test_write_batch_keeps_order_closes_after_writing_and_stays_bounded():
     import asyncio
 
-    from gateway.api.protocol import WriteBatch
+    from gateway.write_batch import WriteBatch
 
     async def main():
         loop = asyncio.get_running_loop()

@@ -1,0 +1,460 @@
+"""A lean HTTP/1.1 client for the relay's hot calls: object GET and HEAD on a peer's /_cluster/v1 route.
+
+Why a second client next to aiohttp (gateway/cluster/relay.py keeps aiohttp
+for everything else): a relayed 32 KiB GET spent about a quarter of the
+relaying node's CPU in aiohttp's request machinery (docs/cluster.md,
+"Benchmark"), and aiohttp needs a running asyncio task (its timeouts use
+``asyncio.timeout``), so a relayed read could not stay on the front end's eager
+fast path (gateway/eager.py). This client does only what those two calls need:
+
+- per peer address a small pool of persistent keep-alive connections
+  (``loop.create_connection`` with an asyncio Protocol; plain TCP or TLS with
+  the PeerClient's ssl context);
+- the request formatted once into one ``bytes``, written at the end of the event-loop
+  iteration together with that iteration's other peer requests (PeerHttp._write);
+- the response parsed by ``httptools.HttpResponseParser`` (llhttp, already
+  installed with uvicorn[standard]) into status, headers (lower-case names,
+  latin-1) and the whole body;
+- timeouts without a task: the connect is a task cancelled by a
+  ``loop.call_later`` timer, and the read timeout (no data for ``timeout``
+  seconds) is a ``call_later`` timer that fails the response future. Nothing
+  on the way calls ``asyncio.timeout``, ``asyncio.wait_for`` or
+  ``asyncio.current_task``: a request started outside any task runs until it
+  waits on the response (or connect) future, and the task that takes over from
+  there finishes it.
+
+Bodies larger than ``body_limit`` (relay.SMALL_BODY) are not read: the answer
+comes back with ``body=None`` as soon as the headers say so, the connection is
+closed, and the caller redoes the request with aiohttp, which streams with
+back-pressure. Such objects cost a transfer of more than 1 MiB, against which
+a second round trip on loopback/LAN is noise, and it keeps this client free of
+streaming (the eager fast path only matters for small objects anyway).
+
+A connection goes back to the pool only after its response was read
+completely and the peer did not ask to close it; a parse error, a timeout, a
+response cut short, unexpected bytes or an abandoned request close it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from urllib.parse import urlsplit
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from ..write_batch import WriteBatch
+
+MAX_IDLE = 32  # idle keep-alive connections kept per peer address
+MAX_ACTIVE = 64  # requests in flight per peer address on this client (beyond: the caller falls back to aiohttp)
+
+
+class PeerHttpError(Exception):
+    """A request that got no complete answer.
+
+    :param stage: "connect" (no connection), "request" (connected, not one byte of an answer:
+        the peer closed or reset a pooled connection, or stays silent), "head" (the status line
+        or headers are incomplete or malformed) or "body" (headers read, body cut short).
+    :param timed_out: no data for the timeout (or no connection within it).
+    :param disconnected: the peer closed or reset the connection.
+    """
+
+    def __init__(self, reason: str, stage: str, *, timed_out: bool = False, disconnected: bool = False,
+                 status: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+        self.timed_out = timed_out
+        self.disconnected = disconnected
+        self.status = status  # known when stage == "body"
+
+
+class Response:
+    """A complete answer: ``body`` is None when it is larger than the client's ``body_limit`` (not read)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes | None):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _Target:
+    __slots__ = ("host", "host_header", "port", "prefix", "server_hostname", "ssl")
+
+    def __init__(self, address: str, ssl_context: ssl.SSLContext | None):
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) peer address: {address!r}")
+        secure = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if secure else 80)
+        if secure:
+            self.ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+            self.server_hostname = self.host
+        else:
+            self.ssl = None
+            self.server_hostname = None
+        self.host_header = parts.netloc
+        self.prefix = parts.path.rstrip("/")
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to a peer; at most one request at a time."""
+
+    def __init__(self, client: PeerHttp, key: str):
+        self.client = client
+        self.key = key
+        self.loop = client.loop
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future | None = None  # the current request's answer, None when idle
+        self.timer: asyncio.TimerHandle | None = None
+        self.parser: HttpResponseParser | None = None
+        self.reusable = True
+        self.lost = False
+        self.last_data = 0.0
+        self._reset(False)
+
+    def _reset(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.received = False  # any byte of the current answer
+        self.headers_done = False
+        self.complete = False
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+        self.keep_alive = True
+
+    # asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # nothing was asked: a peer that talks out of turn is not reused
+            self.reusable = False
+            self.close()
+            return
+        self.last_data = self.loop.time()
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as exc:  # an upgrade answer is no answer to a GET
+            if not self.complete:
+                self._fail(f"malformed response: {exc}", "body" if self.headers_done else "head")
+                return
+            self.reusable = False  # bytes after a complete answer: the answer stands, the connection goes
+        if self.complete:
+            self._finish()
+
+    def eof_received(self):
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.reusable = False
+        self.client._forget(self)
+        if self.waiter is not None:
+            if self.complete:
+                self._finish()
+                return
+            stage = "body" if self.headers_done else ("head" if self.received else "request")
+            self._fail(f"closed the connection{f': {exc}' if exc else ''}", stage, disconnected=True)
+
+    # httptools callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise ValueError("a second answer to one request")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.decode("latin-1").lower()
+        if name not in self.headers:  # the first of repeated headers, as aiohttp's headers.get()
+            self.headers[name] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.headers_done = True
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_only:
+            # llhttp cannot be told that a HEAD answer has no body (httptools never returns "skip
+            # body"): the answer is complete here, and every request gets a fresh parser.
+            self.complete = True
+            return
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.client.body_limit:
+            self._too_large()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            if self.head_only:
+                self.reusable = False  # a body after a HEAD answer: the peer and we disagree on framing
+            return
+        self.size += len(body)
+        if self.size > self.client.body_limit:  # chunked (no length given) and too long
+            self._too_large()
+            return
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # Requests ------------------------------------------------------------------------
+
+    def send(self, request: bytes, head_only: bool) -> asyncio.Future:
+        """Write ``request``; return the future of its Response (PeerHttpError on failure)."""
+        self._reset(head_only)
+        self.parser = HttpResponseParser(self)
+        self.waiter = waiter = self.loop.create_future()
+        self.last_data = self.loop.time()
+        self.timer = self.loop.call_later(self.client.timeout, self._check_idle)
+        self.client._write(self.transport, request)
+        return waiter
+
+    def _too_large(self) -> None:
+        self.too_large = True
+        self.complete = True
+        self.reusable = False  # the rest of the body is not read: the connection is spent
+        self.chunks = []
+
+    def _check_idle(self) -> None:
+        """The read timeout: fail the request when no data came for ``timeout`` seconds."""
+        self.timer = None
+        if self.waiter is None:
+            return
+        idle = self.loop.time() - self.last_data
+        remaining = self.client.timeout - idle
+        if remaining > 0.001:  # data came meanwhile: wait for the rest of the timeout from then
+            self.timer = self.loop.call_later(remaining, self._check_idle)
+            return
+        stage = "body" if self.headers_done else ("head" if self.received else "request")
+        self._fail("timed out", stage, timed_out=True)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _finish(self) -> None:
+        self._stop_timer()
+        waiter, self.waiter = self.waiter, None
+        if self.too_large:
+            body = None
+        elif len(self.chunks) == 1:
+            body = self.chunks[0]
+        else:
+            body = b"".join(self.chunks)
+        response = Response(self.status, self.headers, body)
+        self.parser = None
+        self.chunks = []
+        if self.reusable and self.keep_alive and not self.lost and not self.transport.is_closing():
+            self.client._release(self)
+        else:
+            self.close()
+        if not waiter.done():  # not abandoned by the caller meanwhile
+            waiter.set_result(response)
+
+    def _fail(self, reason: str, stage: str, *, timed_out: bool = False, disconnected: bool = False) -> None:
+        self._stop_timer()
+        waiter, self.waiter = self.waiter, None
+        self.reusable = False
+        self.parser = None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(PeerHttpError(reason, stage, timed_out=timed_out, disconnected=disconnected,
+                                               status=self.status if self.headers_done else None))
+
+    def abandon(self, waiter: asyncio.Future) -> None:
+        """The caller of the request answered by ``waiter`` stopped waiting (cancelled): its answer may
+        still arrive, so the connection goes. Unless that answer was complete already: then the
+        connection is back in the pool, maybe serving another request, and stays."""
+        if self.waiter is not waiter:
+            return
+        self._stop_timer()
+        self.waiter = None
+        self.reusable = False
+        self.close()
+
+    def close(self) -> None:
+        self.client._forget(self)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()  # nothing of ours is left to send; do not wait for a silent peer
+
+
+class PeerHttp:
+    """Pooled keep-alive connections to the peers, for GET and HEAD of objects.
+
+    :param timeout: seconds to connect, and seconds without data before an answer fails.
+    :param ssl_context: for https peer addresses (None: the system's default context).
+    :param body_limit: larger bodies are not read (Response.body is None).
+    """
+
+    def __init__(self, timeout: float, ssl_context: ssl.SSLContext | None = None, body_limit: int = 1024 * 1024,
+                 max_idle: int = MAX_IDLE, max_active: int = MAX_ACTIVE):
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.body_limit = body_limit
+        self.max_idle = max_idle
+        self.max_active = max_active
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._targets: dict[str, _Target] = {}
+        self._idle: dict[str, list[_Connection]] = {}
+        self._open: dict[str, set[_Connection]] = {}
+        self._batch = WriteBatch()  # requests to write at the end of the iteration
+        # connected, reused, retried, requests, too_large, busy (fell back: too many in flight), failed
+        self.stats: Counter[str] = Counter()
+
+    def idle_count(self, address: str | None = None) -> int:
+        if address is not None:
+            return len(self._idle.get(address, ()))
+        return sum(map(len, self._idle.values()))
+
+    def open_count(self) -> int:
+        return sum(map(len, self._open.values()))
+
+    async def request(self, address: str, method: str, target: str, headers: dict[str, str]) -> Response | None:
+        """Send ``method target`` (GET or HEAD, no body) with ``headers`` to the peer at ``address``.
+
+        Return the Response, or None when this client does not take the request (too many in flight to
+        that peer): the caller uses its general client. A pooled connection that the peer closed
+        meanwhile (not one byte of an answer) is retried once on a new connection. Raise PeerHttpError.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # first use, or used again under a new event loop: the old connections are unusable
+            self._idle.clear()
+            self._open.clear()
+            self._batch = WriteBatch()
+            self.loop = loop
+        peer = self._targets.get(address)
+        if peer is None:
+            try:
+                peer = self._targets[address] = _Target(address, self.ssl_context)
+            except ValueError as exc:
+                raise PeerHttpError(str(exc), "connect") from None
+        if len(self._open.get(address, ())) - len(self._idle.get(address, ())) >= self.max_active:
+            self.stats["busy"] += 1
+            return None
+        request = self._format(peer, method, target, headers)
+        head_only = method == "HEAD"
+        self.stats["requests"] += 1
+        connection = self._take(address)
+        if connection is not None:
+            self.stats["reused"] += 1
+            try:
+                return await self._exchange(connection, request, head_only)
+            except PeerHttpError as exc:
+                if exc.stage != "request" or not exc.disconnected:
+                    raise
+                self.stats["retried"] += 1  # the peer closed the idle connection as we sent: once more, afresh
+        connection = await self._connect(address, peer)
+        return await self._exchange(connection, request, head_only)
+
+    @staticmethod
+    def _format(peer: _Target, method: str, target: str, headers: dict[str, str]) -> bytes:
+        lines = [f"{method} {peer.prefix}{target} HTTP/1.1\r\nhost: {peer.host_header}\r\n"]
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                raise ValueError(f"line break in the peer request header {name!r}")
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
+    async def _exchange(self, connection: _Connection, request: bytes, head_only: bool) -> Response:
+        waiter = connection.send(request, head_only)
+        try:
+            response = await waiter
+        except PeerHttpError:
+            self.stats["failed"] += 1
+            raise
+        except BaseException:  # cancelled, or the coroutine closed: the answer may still come
+            connection.abandon(waiter)
+            raise
+        if response.body is None:
+            self.stats["too_large"] += 1
+        return response
+
+    def _take(self, address: str) -> _Connection | None:
+        idle = self._idle.get(address)
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to have been closed by the peer
+            if not connection.lost and not connection.transport.is_closing():
+                return connection
+        return None
+
+    async def _connect(self, address: str, peer: _Target) -> _Connection:
+        loop = self.loop
+        # A task, so that a timer can cancel it (no asyncio.timeout: it needs a current task).
+        connecting = loop.create_task(loop.create_connection(
+            lambda: _Connection(self, address), peer.host, peer.port, ssl=peer.ssl,
+            server_hostname=peer.server_hostname))
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            connecting.cancel()
+
+        timer = loop.call_later(self.timeout, expire)
+        try:
+            _, connection = await connecting
+        except asyncio.CancelledError:
+            if expired:
+                raise PeerHttpError("timed out", "connect", timed_out=True) from None
+            raise
+        except (OSError, ValueError) as exc:  # refused, unreachable, TLS failure (ssl.SSLError is an OSError)
+            raise PeerHttpError(str(exc) or type(exc).__name__, "connect") from None
+        except BaseException:
+            # Our caller was cancelled (or closed) while connecting: a connection made anyway is not used.
+            if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+                connecting.result()[0].abort()
+            else:
+                connecting.cancel()
+            raise
+        finally:
+            timer.cancel()
+        self.stats["connected"] += 1
+        self._open.setdefault(address, set()).add(connection)
+        if connection.lost:  # closed before we got here
+            raise PeerHttpError("closed the connection", "request", disconnected=True)
+        return connection
+
+    def _write(self, transport: asyncio.Transport, request: bytes) -> None:
+        """Write ``request`` at the end of this event-loop iteration, with the others of the iteration.
+
+        Written at once, each request to a peer that waits in epoll costs the kernel a wake-up of
+        that peer (and on a shared core a switch to it and back); written together, the first write
+        wakes it and the rest find it running (gateway/write_batch.py; the front end batches its
+        responses the same way).
+        """
+        self._batch.add(self.loop, transport, (request,), False)
+
+    def _release(self, connection: _Connection) -> None:
+        idle = self._idle.setdefault(connection.key, [])
+        if len(idle) >= self.max_idle:
+            connection.close()
+            return
+        idle.append(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+        open_ = self._open.get(connection.key)
+        if open_ is not None:
+            open_.discard(connection)
+
+    def close(self) -> None:
+        """Close every connection (idle or busy: a busy request fails with PeerHttpError)."""
+        connections = [c for group in self._open.values() for c in group]
+        self._idle.clear()
+        for connection in connections:
+            if connection.waiter is not None:
+                connection._fail("client closed", "request")
+            else:
+                connection.close()
+        self._open.clear()
