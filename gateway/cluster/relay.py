@@ -148,16 +148,19 @@ class PeerClient:
             self.calls[peer, operation(method, target), "unreachable"] += 1
             raise PeerUnreachable(peer, reason) from None
         if response.status == 403 and response.headers.get(wire.ERROR_HEADER) == "AccessDenied":
-            self.calls[peer, operation(method, target), "refused"] += 1
-            # A node of another cluster, or a wrong GATEWAY_CLUSTER_SECRET: it cannot be asked.
             reason = (await response.read()).decode(errors="replace")[:200] if method != "HEAD" else ""
             response.release()
-            self._failed(peer, f"refused our peer signature ({reason or 'HTTP 403'}): "
-                               "check that every node has the same GATEWAY_CLUSTER_SECRET")
-            raise PeerUnreachable(peer, "refused our peer signature")
+            raise self._refused(peer, method, target, reason)
         self.health.succeeded(peer, time.monotonic() - started)
         self.calls[peer, operation(method, target), outcome(response.status)] += 1
         return response
+
+    def _refused(self, peer: str, method: str, target: str, reason: str) -> PeerUnreachable:
+        """The peer refused our signature: a node of another cluster, or a wrong GATEWAY_CLUSTER_SECRET."""
+        self.calls[peer, operation(method, target), "refused"] += 1
+        self._failed(peer, f"refused our peer signature ({reason or 'HTTP 403'}): "
+                           "check that every node has the same GATEWAY_CLUSTER_SECRET")
+        return PeerUnreachable(peer, "refused our peer signature")
 
     def _failed(self, peer: str, reason: str) -> None:
         self.health.failed(peer, reason)
@@ -206,11 +209,7 @@ class PeerClient:
         if response is None or response.body is None:
             return None
         if response.status == 403 and response.headers.get(wire.ERROR_HEADER) == "AccessDenied":
-            self.calls[peer, operation(method, target), "refused"] += 1
-            reason = response.body.decode(errors="replace")[:200]
-            self._failed(peer, f"refused our peer signature ({reason or 'HTTP 403'}): "
-                               "check that every node has the same GATEWAY_CLUSTER_SECRET")
-            raise PeerUnreachable(peer, "refused our peer signature")
+            raise self._refused(peer, method, target, response.body.decode(errors="replace")[:200])
         self.health.succeeded(peer, time.monotonic() - started)
         self.calls[peer, operation(method, target), outcome(response.status)] += 1
         return response
