@@ -18,7 +18,6 @@ from .services.objects import ObjectService
 
 log = logging.getLogger(__name__)
 ADMIN_PATHS = ("/healthz", "/readyz", "/_admin/")
-PEER_OBJECTS = "/_cluster/v1/objects/"
 
 
 class GatewayApp:
@@ -44,10 +43,7 @@ class GatewayApp:
         start outside a task (Backend.eager_reads)."""
         path = scope["path"]
         if path.startswith("/_cluster/"):
-            if not self.peer.is_object_read(scope):
-                return None
-            backend = self.service.local_backend_for(path[len(PEER_OBJECTS):].partition("/")[0])
-            return self.peer.answer_read(scope) if backend is not None and backend.eager_reads else None
+            return self.peer.fast_answer(scope)
         if path.startswith(ADMIN_PATHS) or _is_scrape(scope):
             return None
         req = self.s3.new_request(scope)

@@ -61,13 +61,16 @@ class PeerApp:
         log.error("peer request %s %s failed", scope["method"], scope["path"], exc_info=exc)
         return 500, [(wire.ERROR_HEADER.encode(), b"InternalError")], b"internal error; see the log"
 
-    @staticmethod
-    def is_object_read(scope) -> bool:
-        """A GET or HEAD of an object (the relay's hot path): what answer_read serves."""
-        return scope["method"] in ("GET", "HEAD") and scope["path"].startswith(_OBJECTS)
+    def fast_answer(self, scope):
+        """For a GET or HEAD of an object (the relay's hot path) on a local backend whose reads can
+        start outside a task (Backend.eager_reads), answer_read's coroutine; else None."""
+        if scope["method"] not in ("GET", "HEAD") or not scope["path"].startswith(_OBJECTS):
+            return None
+        backend = self.service.local_backend_for(scope["path"][len(_OBJECTS):].partition("/")[0])
+        return self.answer_read(scope) if backend is not None and backend.eager_reads else None
 
     async def answer_read(self, scope) -> tuple[int, list, ObjectReader | bytes | None]:
-        """An object GET or HEAD (is_object_read) as (status, headers, body): an open reader (headers
+        """An object GET or HEAD (fast_answer) as (status, headers, body): an open reader (headers
         carry its content-length), None for HEAD, or an error's bytes. Served below ASGI by
         gateway/api/protocol.py, like the S3 app's plain reads."""
         try:
