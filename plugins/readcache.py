@@ -1,6 +1,6 @@
-"""Derived data the local backend's GET path would otherwise recompute on every request.
+"""What the local backend's GET path would otherwise read or recompute on every request.
 
-Both caches are keyed by exactly what they are computed from, so they can never be stale:
+The first two caches are keyed by exactly what they are computed from, so they can never be stale:
 
 - object paths by (backend, bucket, key): escaping a key into a path is a pure function;
 - parsed object headers by the header's bytes as read from the file: the same bytes always
@@ -8,10 +8,18 @@ Both caches are keyed by exactly what they are computed from, so they can never 
 
 Each saves a few microseconds per GET (json.loads of the header is the larger part), which
 matters when a whole small GET costs about 50. See docs/performance.md.
+
+The third, ``SmallObjects``, keeps recently read small objects (their bytes and ObjectInfo) per
+backend, each with the identity of the file it was read from. Every use compares that identity
+with a fresh ``stat()`` of the path, so a replaced, rewritten or deleted file is never served
+from it; what it saves is the open, read and close of the file and the copy of its bytes.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections import OrderedDict
 from functools import lru_cache
 
 from .fslayout import MAGIC, PREFIX
@@ -60,3 +68,82 @@ class HeaderCache:
 
 
 headers = HeaderCache()
+
+
+# A file whose status changed this recently is not cached: file times have a coarse clock (a
+# kernel tick, 1-10 ms), so a file written again within the same tick could keep the times (and,
+# with a recycled inode, the whole identity) of the one read. Older than this, a replacement must
+# differ in its change time (see SmallObjects).
+SETTLE_SECONDS = 0.1
+ENTRY_OVERHEAD = 256  # bytes per entry beyond the data: the path, the identity, the ObjectInfo
+
+
+def file_identity(st: os.stat_result) -> tuple:
+    """What tells one version of an object file from another: the gateway never writes into a
+    published file (it renames a new one over it), so a new version is a new inode, and its change
+    time is the time of that rename."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class SmallObjects:
+    """Recently read small objects: path -> (file identity, ObjectInfo, data); least recently used
+    go first once ``limit`` bytes are held.
+
+    An entry is used only while ``file_identity(os.stat(path))`` equals the one recorded when the
+    bytes were read (``lookup``), so what a client gets is what the file holds at that moment:
+    an overwrite (a new inode), a delete (no file) or any change of the file's status (its ctime)
+    misses. Files changed within ``SETTLE_SECONDS`` are not recorded (``offer``).
+
+    Used from the event loop thread only, like the backend's read path.
+    """
+
+    def __init__(self, limit: int, clock=time.time):
+        self.limit = limit
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, tuple] = OrderedDict()
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, path: str):
+        """(ObjectInfo, data) if ``path`` was recorded and its file is unchanged, else None.
+
+        Raises what ``os.stat`` raises for a recorded path (FileNotFoundError: deleted since).
+        """
+        entry = self._entries.get(path)
+        if entry is None:
+            self.misses += 1
+            return None
+        try:
+            identity = file_identity(os.stat(path))
+        except OSError:
+            self.discard(path)
+            raise
+        if identity != entry[0]:
+            self.discard(path)
+            self.misses += 1
+            return None
+        self._entries.move_to_end(path)
+        self.hits += 1
+        return entry[1], entry[2]
+
+    def offer(self, path: str, st: os.stat_result, info, data: bytes) -> None:
+        """Record ``data`` and ``info`` as read from the open file whose ``fstat`` is ``st``."""
+        cost = len(data) + ENTRY_OVERHEAD
+        if cost > self.limit or self._clock() - st.st_ctime < SETTLE_SECONDS:
+            return
+        self.discard(path)
+        entries = self._entries
+        while self.size + cost > self.limit and entries:
+            _, old = entries.popitem(last=False)
+            self.size -= len(old[2]) + ENTRY_OVERHEAD
+        entries[path] = (file_identity(st), info, data)
+        self.size += cost
+
+    def discard(self, path: str) -> None:
+        entry = self._entries.pop(path, None)
+        if entry is not None:
+            self.size -= len(entry[2]) + ENTRY_OVERHEAD

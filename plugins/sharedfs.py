@@ -130,8 +130,11 @@ class SharedFSBackend(LocalBackend):
     def __init__(self, name: str = "sharedfs", root: str = "./cv-storage", fsync: bool = True,
                  fsync_dirs: bool = False, host_id: str | None = None, require_mount: bool = False,
                  stale_temp_seconds: float = 600.0, busy_retry_seconds: float = 5.0,
-                 name_encoding: str = "native", **options):
-        super().__init__(name, root=root, fsync=fsync, fsync_dirs=fsync_dirs, **options)
+                 name_encoding: str = "native", read_cache_bytes: int = 0, **options):
+        # No cache of small objects by default: on NFS a stat() may answer from the client's attribute
+        # cache for seconds (an open() revalidates), so another server's overwrite could go unseen.
+        super().__init__(name, root=root, fsync=fsync, fsync_dirs=fsync_dirs, read_cache_bytes=read_cache_bytes,
+                         **options)
         if host_id is not None:
             if not host_id or "/" in host_id or "\\" in host_id or "\x00" in host_id or host_id in (".", ".."):
                 raise ValueError(f"backends.{name}.host_id: {host_id!r} is not usable as a directory name")

@@ -101,9 +101,27 @@ def render(service, gateway=None) -> str:
         out.family("gateway_http_fast_reads_total", "counter",
                    "Plain object reads (GET, HEAD) answered below ASGI by the gateway's HTTP protocol.",
                    [({}, gateway.fast_reads)])
+    read_cache_metrics(out, service.local_backends)
     if cluster is not None:
         cluster_metrics(out, cluster)
     return out.text()
+
+
+def read_cache_metrics(out: Exposition, backends: dict) -> None:
+    """The local backends' caches of small objects (plugins/readcache.py), per backend."""
+    caches = [(name, b.small_objects) for name, b in backends.items()
+              if getattr(b, "small_objects", None) is not None]
+    if not caches:
+        return
+    for metric, kind, help_text, value in (
+        ("hits_total", "counter", "Object reads answered from the cache of small objects.", lambda c: c.hits),
+        ("misses_total", "counter", "Object reads of small-object-cache candidates that read the file.",
+         lambda c: c.misses),
+        ("bytes", "gauge", "Bytes held by the cache of small objects (data and overhead).", lambda c: c.size),
+        ("entries", "gauge", "Objects held by the cache of small objects.", len),
+    ):
+        out.family(f"gateway_local_read_cache_{metric}", kind, help_text,
+                   [({"backend": name}, value(cache)) for name, cache in caches])
 
 
 @router.get("/metrics")
