@@ -24,10 +24,10 @@ import datetime
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
 from ... import errors
@@ -59,8 +59,10 @@ def _v2_payload(headers: Mapping[str, str]) -> str:
     return headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD
 
 
-@dataclass(frozen=True)
-class AuthResult:
+class AuthResult(NamedTuple):
+    """Who signed a request and what the signature covers. A NamedTuple: made once per request,
+    where a frozen dataclass costs three times as much to build."""
+
     access_key: str  # "" when anonymous
     # The x-amz-content-sha256 value the signature covers: a hex sha256, UNSIGNED-PAYLOAD or
     # one of the STREAMING-* values (the body is then aws-chunked; see chunked.py).
@@ -149,20 +151,34 @@ _aws_reencode_memo = lru_cache(maxsize=1024)(_aws_reencode)  # a pure function o
 
 
 def canonical_query(pairs: list[tuple[str, str]], skip: str = "") -> str:
-    memo, limit = _encode_pair_memo, _MEMO_MAX_LEN
-    encoded = [memo(pair) if len(pair[0]) + len(pair[1]) <= limit else _encode_pair(pair)
-               for pair in pairs if pair[0] != skip]
-    encoded.sort()
-    return "&".join([f"{name}={value}" for name, value in encoded])
+    memo = _ENCODED_PAIRS
+    encoded = []
+    for pair in pairs:
+        if pair[0] == skip:
+            continue
+        item = memo.get(pair)
+        if item is None:
+            item = _encode_pair(pair)
+            if len(pair[0]) + len(pair[1]) <= _MEMO_MAX_LEN:
+                if len(memo) >= _ENCODED_PAIRS_LIMIT:
+                    memo.clear()  # refilled from the next requests' few repeating pairs
+                memo[pair] = item
+        encoded.append(item)
+    encoded.sort()  # by encoded name, then value: what SigV4 sorts by
+    return "&".join([item[2] for item in encoded])
 
 
-def _encode_pair(pair: tuple[str, str]) -> tuple[str, str]:
-    return _aws_encode(pair[0]), _aws_encode(pair[1])
+def _encode_pair(pair: tuple[str, str]) -> tuple[str, str, str]:
+    """(encoded name, encoded value, "name=value")."""
+    name, value = _aws_encode(pair[0]), _aws_encode(pair[1])
+    return name, value, f"{name}={value}"
 
 
 # The same (name, value) pairs come back on request after request (algorithm, credential, expiry,
-# signed headers; the date for a second): one lookup instead of two encodings.
-_encode_pair_memo = lru_cache(maxsize=1024)(_encode_pair)
+# signed headers; the date for a second): one dict lookup instead of two encodings and a format.
+# A plain dict: functools.lru_cache would build a key object around the tuple on every call.
+_ENCODED_PAIRS: dict[tuple[str, str], tuple[str, str, str]] = {}
+_ENCODED_PAIRS_LIMIT = 1024
 
 
 def _reencoded_path(raw_path: str) -> str:
@@ -347,27 +363,27 @@ class Authenticator:
                 key, signature) -> None:
         header_block = "".join([f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_names])
         expected = signature.encode("latin-1", "replace")
-        for uri, query in _canonical_forms(raw_path or "/", pairs, skip):
-            canonical = f"{method}\n{uri}\n{query}\n{header_block}\n{signed}\n{payload}"
-            try:  # headers and raw_path are latin-1 decoded wire bytes: hash those same bytes
-                data = canonical.encode("latin-1")
-            except UnicodeEncodeError:
-                data = canonical.encode("utf-8")
-            string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(data).hexdigest()}"
-            computed = self._hmac_hex(key, string_to_sign.encode())
-            if hmac.compare_digest(computed, expected):
-                return
+        raw_path = raw_path or "/"
+        query = canonical_query(pairs, skip)
+        signed_part = f"{query}\n{header_block}\n{signed}\n{payload}"
+        # The path as sent first (what S3 and every AWS SDK sign); the decoded-and-re-encoded path
+        # only after a mismatch, so the common case computes one canonical request.
+        if self._signs(key, method, raw_path, signed_part, amz_date, scope, expected):
+            return
+        reencoded = _reencoded_path(raw_path)
+        if reencoded != raw_path and self._signs(key, method, reencoded, signed_part, amz_date, scope, expected):
+            return
         raise errors.SignatureDoesNotMatch()
 
-
-def _canonical_forms(raw_path: str, pairs, skip: str) -> Iterator[tuple[str, str]]:
-    """The path as sent first (what S3 and every AWS SDK use); the decoded-and-re-encoded path is
-    tried only after a mismatch, so the common case computes one canonical request."""
-    query = canonical_query(pairs, skip)
-    yield raw_path, query
-    reencoded = _reencoded_path(raw_path)
-    if reencoded != raw_path:
-        yield reencoded, query
+    def _signs(self, key, method, uri, signed_part, amz_date, scope, expected: bytes) -> bool:
+        """Does the canonical request with this path have the ``expected`` (hex, bytes) signature?"""
+        canonical = f"{method}\n{uri}\n{signed_part}"
+        try:  # headers and raw_path are latin-1 decoded wire bytes: hash those same bytes
+            data = canonical.encode("latin-1")
+        except UnicodeEncodeError:
+            data = canonical.encode("utf-8")
+        string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(data).hexdigest()}"
+        return hmac.compare_digest(self._hmac_hex(key, string_to_sign.encode()), expected)
 
 
 def _parse_credential(credential: str, error: type) -> tuple[str, str]:
