@@ -15,10 +15,11 @@ class WriteBatch:
     connection (streamed bodies, the ASGI path) flushes the batch first. Bounded: past ``limit``
     bytes the batch is written at once, so pipelined requests cannot pile up answers in memory
     (once the socket's buffer is full, the protocol sends further requests through ASGI, which
-    waits for it to drain).
+    waits for it to drain). 1 MiB holds one 32 KiB answer for each of 32 connections: a bound of
+    256 KiB cost a 32 KiB GET ~4 µs more (49 against 45 µs per request under wrk), 64 KiB ~13.
     """
 
-    def __init__(self, limit: int = 256 * 1024):
+    def __init__(self, limit: int = 1024 * 1024):
         self.limit = limit
         self.items: list[tuple] = []
         self.size = 0
