@@ -217,24 +217,9 @@ class LocalBackend(Backend):
                     return ObjectReader(info, 0, info.size, data=data)
                 start, stop = byte_range.resolve(info.size)
                 return ObjectReader(info, start, stop, data=data[start:stop])
+        fd = self._open_object(path, bucket, key)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except _ABSENT:
-            raise self._missing(bucket, key) from None
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                raise self._missing(bucket, key) from None
-            raise
-        try:
-            first = os.read(fd, fslayout.FIRST_READ)
-            header = readcache.header_bytes(first)
-            cached = readcache.headers.get(header)
-            if cached is None:
-                os.lseek(fd, 0, os.SEEK_SET)
-                info, offset, first = self._load(fd, path)
-                readcache.headers.put(header, (info, offset))
-            else:
-                info, offset = cached
+            info, offset, first = self._first_read(fd, path)
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
             if offset + stop <= len(first):
                 if small is not None and offset + info.size <= len(first):
@@ -274,29 +259,37 @@ class LocalBackend(Backend):
             hit = self._small_hit(small, path, bucket, key)
             if hit is not None:
                 return hit[0]
+        fd = self._open_object(path, bucket, key)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            info, offset, first = self._first_read(fd, path)
+            if small is not None and offset + info.size <= len(first):
+                small.offer(path, os.fstat(fd), info, first[offset: offset + info.size])
+            return info
+        finally:
+            os.close(fd)
+
+    def _open_object(self, path: str, bucket: str, key: str) -> int:
+        try:
+            return os.open(path, os.O_RDONLY)
         except _ABSENT:
             raise self._missing(bucket, key) from None
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise self._missing(bucket, key) from None
             raise
-        try:
-            first = os.read(fd, fslayout.FIRST_READ)
-            header = readcache.header_bytes(first)
-            cached = readcache.headers.get(header)
-            if cached is None:
-                os.lseek(fd, 0, os.SEEK_SET)
-                info, offset, first = self._load(fd, path)
-                readcache.headers.put(header, (info, offset))
-            else:
-                info, offset = cached
-            if small is not None and offset + info.size <= len(first):
-                small.offer(path, os.fstat(fd), info, first[offset: offset + info.size])
-            return info
-        finally:
-            os.close(fd)
+
+    def _first_read(self, fd: int, path: str) -> tuple[ObjectInfo, int, bytes]:
+        """The first FIRST_READ bytes of an open object file: (info, data offset, those bytes),
+        the header parsed only the first time these exact header bytes are seen."""
+        first = os.read(fd, fslayout.FIRST_READ)
+        header = readcache.header_bytes(first)  # None when the header is longer than this read
+        cached = readcache.headers.get(header)
+        if cached is not None:
+            return cached[0], cached[1], first
+        os.lseek(fd, 0, os.SEEK_SET)
+        info, offset, first = self._load(fd, path)
+        readcache.headers.put(header, (info, offset))
+        return info, offset, first
 
     def _small_hit(self, small: readcache.SmallObjects, path: str, bucket: str, key: str):
         """(info, data) of an unchanged cached small object; None: read the file."""
