@@ -48,6 +48,10 @@ class _StaticReader:
 class FileOps:
     """File contents, on file handles; a mixin of GatewayFS, whose state (caches, tables, client) it uses."""
 
+    # What the FUSE binding's layer adds to the stats file (operations.py sets it; core code never
+    # imports the binding).
+    binding_stats = staticmethod(dict)
+
     def _acquire(self, path: str, base: Attr | None, meta: dict[str, str]) -> tuple[int, OpenFile]:
         bucket, key = self.split(path)
         with self._table_lock:
@@ -62,7 +66,8 @@ class FileOps:
     def stats(self) -> dict:
         with self._table_lock:
             open_files = len(self._open)
-        return {"requests": dict(self.client.stats), "open_files": open_files, "spool_bytes": self.spool_dir.used}
+        return {"requests": dict(self.client.stats), "open_files": open_files, "spool_bytes": self.spool_dir.used,
+                **self.binding_stats()}
 
     def _open_stats(self) -> int:
         data = json.dumps(self.stats(), sort_keys=True).encode().ljust(STATS_SIZE)[:STATS_SIZE]

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import functools
 import logging
+import threading
 from contextlib import suppress
 
 import mfusepy as fuse
@@ -56,6 +57,7 @@ class GatewayOperations(Operations):
 
     def __init__(self, fs: GatewayFS):
         self.fs = fs
+        fs.binding_stats = lambda: {"python_thread_states": _thread_states_kept}
 
     @overrides(Operations)
     @_translate
@@ -190,6 +192,32 @@ class GatewayOperations(Operations):
         self.fs.close()
 
 
+_thread_state_kept = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """Keep this libfuse worker thread's Python thread state from one callback to the next.
+
+    libfuse's worker threads are not Python threads: ctypes gives each callback a thread state
+    with PyGILState_Ensure and, when the callback returns, PyGILState_Release destroys it again
+    (its counter falls to zero). A new thread state costs its allocation and a 16 KiB frame stack
+    mapped with mmap and unmapped with munmap, and each munmap in this multithreaded process makes
+    the kernel interrupt the other cores to flush their TLBs: 4-5 times per small file read
+    (lookup, open, read, flush, release), most of the daemon's CPU beyond Python itself
+    (docs/fuse.md, "Small files"). One more Ensure, never released, keeps the counter above zero.
+    libfuse 3 does not end idle worker threads (its thread pool only grows, to max_threads); a
+    thread that does end leaves its thread state to the interpreter's exit.
+    """
+    if not getattr(_thread_state_kept, "done", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _thread_state_kept.done = True  # lives in the thread state: lost (and counted again) if it is not kept
+        global _thread_states_kept
+        _thread_states_kept += 1  # under the GIL
+
+
+_thread_states_kept = 0  # in the stats file: about the number of worker threads, not of callbacks
+
+
 class GatewayFUSE(fuse.FUSE):
     """mfusepy's FUSE, with a read callback that lends the operations libfuse's own reply buffer.
 
@@ -199,6 +227,10 @@ class GatewayFUSE(fuse.FUSE):
     returns; libfuse frees the buffer after sending the reply. (mfusepy registers the method of
     this class named after each libfuse callback, so overriding ``read`` is enough.)
     """
+
+    def _wrapper(self, func, *args, **kwargs):
+        _keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path, buf, size, offset, fip):
         if not size:
