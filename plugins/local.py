@@ -252,7 +252,7 @@ class LocalBackend(Backend):
             yield chunk
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
-        # Like get(): the file is opened and its header read every time; parsing is remembered.
+        # Like get(): a cached small object after a stat(), else the file's header (parsing remembered).
         path = readcache.object_path(self, bucket, key)
         small = self.small_objects
         if small is not None:
@@ -261,10 +261,9 @@ class LocalBackend(Backend):
                 return hit[0]
         fd = self._open_object(path, bucket, key)
         try:
-            info, offset, first = self._first_read(fd, path)
-            if small is not None and offset + info.size <= len(first):
-                small.offer(path, os.fstat(fd), info, first[offset: offset + info.size])
-            return info
+            # Not recorded in the cache of small objects: a HEAD does not read the data, and a client
+            # that checks many objects (a sync tool) would push out the ones being read.
+            return self._first_read(fd, path)[0]
         finally:
             os.close(fd)
 

@@ -465,3 +465,13 @@ def urlopen_text(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode()
+
+
+async def test_head_uses_the_cache_but_does_not_fill_it(local):
+    await put_bytes(local, "faces", "checked", b"c" * 500)
+    settle()
+    assert (await local.head("faces", "checked")).size == 500
+    assert len(local.small_objects) == 0  # a HEAD reads no data: nothing to keep
+    assert await get_bytes(local, "faces", "checked") == b"c" * 500
+    assert (await local.head("faces", "checked")).size == 500
+    assert local.small_objects.hits == 1
