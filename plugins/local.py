@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway import errors
+from gateway import errors, mounts
 from gateway.backend import (
     MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta,
     ObjectReader, paginate,
@@ -69,8 +69,11 @@ class LocalBackend(Backend):
     name_encoding_identity = True
 
     def __init__(self, name: str = "local", root: str = "./cv-storage", fsync: bool = True,
-                 fsync_dirs: bool = False, read_cache_bytes: int = READ_CACHE_BYTES, **options):
+                 fsync_dirs: bool = False, read_cache_bytes: int | None = None, **options):
         super().__init__(name, **options)
+        self.read_cache_configured = read_cache_bytes is not None  # else start() may turn the cache off
+        if read_cache_bytes is None:
+            read_cache_bytes = READ_CACHE_BYTES
         self.root = os.path.abspath(os.fspath(root))
         self.fsync = fsync
         self.fsync_dirs = fsync_dirs
@@ -93,6 +96,25 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise ValueError(f"backend {self.name!r}: root {self.root!r} is not usable: {exc.strerror}") from None
         self.clean_temp_files()
+        self._check_read_cache()
+
+    def _check_read_cache(self) -> None:
+        """Turn the default cache of small objects off when the root is on a network filesystem.
+
+        Its entries are checked with stat(), which an NFS or SMB client may answer from its
+        attribute cache for seconds, so another server's overwrite could go unseen; open(), which
+        reads without the cache, revalidates. Shared storage wants the sharedfs backend anyway
+        (docs/shared-storage.md); a read_cache_bytes set in the configuration is kept as it is.
+        """
+        if self.small_objects is None or self.read_cache_configured:
+            return
+        mount = mounts.mount_of(self.root)
+        if mount is not None and mount.network:
+            self.small_objects = None
+            log.warning("backend %r: %s is on a %s filesystem: the cache of small objects is off (its stat() "
+                        "checks may be answered from the client's cache). For storage shared between servers "
+                        "use the sharedfs backend; set read_cache_bytes to keep the cache anyway.",
+                        self.name, self.root, mount.fstype)
 
     def clean_temp_files(self) -> int:
         """Remove temp files that this host's dead processes left behind; return how many.

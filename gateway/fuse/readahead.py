@@ -15,31 +15,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
+
+from ..mounts import MOUNTINFO, mounts
 
 log = logging.getLogger("gateway.fuse")
 
 READ_AHEAD_KIB = 4096
 
 
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_device(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+def mount_device(mountpoint: str, mountinfo: str = MOUNTINFO) -> str | None:
     """The "major:minor" of the mount on ``mountpoint`` (the last one mounted there), or None."""
     found, mountpoint = None, os.path.realpath(mountpoint)
-    try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
-                    found = fields[2]
-    except OSError:
-        return None
+    for mount in mounts(mountinfo):
+        if mount.mountpoint == mountpoint:
+            found = mount.device
     return found
 
 

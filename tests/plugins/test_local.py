@@ -10,7 +10,7 @@ import time
 import anyio
 import pytest
 
-from gateway import errors
+from gateway import errors, mounts
 from gateway.backend import ByteRange, ObjectMeta
 from gateway.payload import Payload
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
@@ -475,3 +475,45 @@ async def test_head_uses_the_cache_but_does_not_fill_it(local):
     assert await get_bytes(local, "faces", "checked") == b"c" * 500
     assert (await local.head("faces", "checked")).size == 500
     assert local.small_objects.hits == 1
+
+
+def test_mount_of_finds_the_deepest_mount(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "40 22 0:40 / /srv/cv rw,relatime - nfs4 filer:/export rw,vers=4.1\n"
+        "41 40 0:41 / /srv/cv/inner\\040dir rw - fuse.smbnetfs smbnetfs rw\n"
+        "42 22 0:42 / /srv/cvx rw - tmpfs tmpfs rw\n"
+        "43 22 0:43 / /srv/cv rw - xfs /dev/sdb rw\n"  # mounted over /srv/cv later: it wins
+        "bad line\n"
+    )
+    of = lambda path: mounts.mount_of(path, str(mountinfo))  # noqa: E731
+    assert of("/srv/cv/objects/a") == mounts.Mount("/srv/cv", "0:43", "xfs")
+    assert of("/srv/cv/inner dir/x").fstype == "fuse.smbnetfs" and of("/srv/cv/inner dir/x").network
+    assert of("/srv/cvx/y").fstype == "tmpfs"  # a sibling whose name starts alike is not inside /srv/cv
+    assert of("/home").fstype == "ext4" and not of("/home").network
+    assert mounts.Mount("/n", "0:1", "nfs4").network
+    assert mounts.mount_of("/x", str(tmp_path / "missing")) is None
+
+
+async def test_default_read_cache_is_off_on_a_network_filesystem(smbd, tmp_path):
+    """A local backend on a share (here smbnetfs: FUSE over SMB) may see its stat() answered from a
+    client cache: the default cache of small objects turns itself off there; a configured one stays."""
+    from smbnetfs_mount import mount_for
+
+    share = mount_for(smbd, tmp_path / "smbnetfs")
+    try:
+        root = share.share_dir / f"local-{os.getpid()}-{random.randrange(1 << 30)}"
+        root.mkdir()
+        default = await started(root)
+        configured = await started(root, read_cache_bytes=1 << 20)
+        on_disk = await started(tmp_path / "disk")
+        try:
+            assert default.small_objects is None
+            assert configured.small_objects is not None
+            assert on_disk.small_objects is not None
+        finally:
+            for backend in (default, configured, on_disk):
+                await backend.close()
+    finally:
+        share.stop()
