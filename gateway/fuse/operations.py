@@ -203,10 +203,10 @@ def _keep_thread_state() -> None:
     (its counter falls to zero). A new thread state costs its allocation and a 16 KiB frame stack
     mapped with mmap and unmapped with munmap, and each munmap in this multithreaded process makes
     the kernel interrupt the other cores to flush their TLBs: 4-5 times per small file read
-    (lookup, open, read, flush, release), most of the daemon's CPU beyond Python itself
+    (lookup, open, read, flush, release), about a sixth of the daemon's CPU per file
     (docs/fuse.md, "Small files"). One more Ensure, never released, keeps the counter above zero.
-    libfuse 3 does not end idle worker threads (its thread pool only grows, to max_threads); a
-    thread that does end leaves its thread state to the interpreter's exit.
+    libfuse ends a worker thread only when more than max_idle_threads (10) are idle; the state of
+    such a thread (a few KiB) then stays allocated until the mount exits.
     """
     if not getattr(_thread_state_kept, "done", False):
         ctypes.pythonapi.PyGILState_Ensure()
