@@ -227,8 +227,9 @@ class LocalBackend(Backend):
             raise errors.InternalError(f"The stored object is damaged: {exc}.") from None
 
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
-        # The hot path of the whole gateway (docs/performance.md): one open, usually one read,
-        # and the header parsed only the first time these exact header bytes are seen.
+        # The hot path of the whole gateway (docs/performance.md): a recently read small object is a
+        # stat() and a lookup; otherwise one open, usually one read, and the header parsed only the
+        # first time these exact header bytes are seen.
         path = readcache.object_path(self, bucket, key)
         small = self.small_objects
         if small is not None:

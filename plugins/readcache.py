@@ -132,18 +132,22 @@ class SmallObjects:
 
     def offer(self, path: str, st: os.stat_result, info, data: bytes) -> None:
         """Record ``data`` and ``info`` as read from the open file whose ``fstat`` is ``st``."""
-        cost = len(data) + ENTRY_OVERHEAD
+        cost = _cost(data)
         if cost > self.limit or self._clock() - st.st_ctime < SETTLE_SECONDS:
             return
         self.discard(path)
         entries = self._entries
         while self.size + cost > self.limit and entries:
-            _, old = entries.popitem(last=False)
-            self.size -= len(old[2]) + ENTRY_OVERHEAD
+            self.discard(next(iter(entries)))  # the least recently used
         entries[path] = (file_identity(st), info, data)
         self.size += cost
 
     def discard(self, path: str) -> None:
         entry = self._entries.pop(path, None)
         if entry is not None:
-            self.size -= len(entry[2]) + ENTRY_OVERHEAD
+            self.size -= _cost(entry[2])
+
+
+def _cost(data: bytes) -> int:
+    """What an entry counts against the limit."""
+    return len(data) + ENTRY_OVERHEAD

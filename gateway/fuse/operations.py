@@ -193,6 +193,7 @@ class GatewayOperations(Operations):
 
 
 _thread_state_kept = threading.local()
+_thread_states_kept = 0  # in the stats file: about the number of worker threads, not of callbacks
 
 
 def _keep_thread_state() -> None:
@@ -213,9 +214,6 @@ def _keep_thread_state() -> None:
         _thread_state_kept.done = True  # lives in the thread state: lost (and counted again) if it is not kept
         global _thread_states_kept
         _thread_states_kept += 1  # under the GIL
-
-
-_thread_states_kept = 0  # in the stats file: about the number of worker threads, not of callbacks
 
 
 class GatewayFUSE(fuse.FUSE):
