@@ -5,12 +5,27 @@
   file from one a dead process left behind.
 - The SFM name mapping: how characters an SMB server refuses in names are
   carried (smbnetfs mounts in sharedfs, and the smb backend).
+- ``is_dir``: a directory test that lets a failing filesystem's errors through.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
+
+
+def is_dir(path: str) -> bool:
+    """Whether ``path`` is a directory; False only when it is not there or not a directory.
+
+    Unlike ``os.path.isdir``, an error of the filesystem itself (EIO, ESTALE, a timeout of a
+    network mount, a symlink loop) is raised: taken for "no such directory" it would turn a
+    bucket on a failing mount into a NoSuchBucket, which a client believes.
+    """
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 # Temp files ------------------------------------------------------------------
 

@@ -165,7 +165,7 @@ class LocalBackend(Backend):
         return os.path.join(directory, self._disk_name(name))
 
     def _missing(self, bucket: str, key: str) -> errors.GatewayError:
-        if not os.path.isdir(self._bucket_dir(bucket)):
+        if not fsutil.is_dir(self._bucket_dir(bucket)):
             return errors.NoSuchBucket(BucketName=bucket)
         return errors.NoSuchKey(Key=key)
 
@@ -181,7 +181,7 @@ class LocalBackend(Backend):
 
     async def delete_bucket(self, bucket: str) -> None:
         path = self._bucket_dir(bucket)
-        if not os.path.isdir(path):
+        if not fsutil.is_dir(path):
             raise errors.NoSuchBucket(BucketName=bucket)
         if fslayout.has_objects(self._entries, path):
             raise errors.BucketNotEmpty(BucketName=bucket)
@@ -330,7 +330,7 @@ class LocalBackend(Backend):
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         final = self._object_path(bucket, key)
         bucket_dir = self._bucket_dir(bucket)
-        if not os.path.isdir(bucket_dir):
+        if not fsutil.is_dir(bucket_dir):
             raise errors.NoSuchBucket(BucketName=bucket)
         meta_json = meta.to_json()
         tmp = self._temp_path()
@@ -372,8 +372,12 @@ class LocalBackend(Backend):
         except BaseException:
             if fd >= 0:
                 os.close(fd)
-            fsutil.unlink_quietly(tmp)
+            self._discard_temp(tmp)
             raise
+
+    def _discard_temp(self, tmp: str) -> None:
+        """Remove the temp file of a write that failed (start-up cleanup takes any that stay)."""
+        fsutil.unlink_quietly(tmp)
 
     def _publish(self, tmp: str, final: str, bucket_dir: str, key: str) -> None:
         parent = os.path.dirname(final)
@@ -385,7 +389,7 @@ class LocalBackend(Backend):
                 break
             except FileNotFoundError:
                 # The directory is missing, or a concurrent DELETE removed it after we made it.
-                if not os.path.isdir(bucket_dir):
+                if not fsutil.is_dir(bucket_dir):
                     raise errors.NoSuchBucket(BucketName=os.path.basename(bucket_dir)) from None
                 self._make_parents(bucket_dir, key)
             except (NotADirectoryError, IsADirectoryError) as exc:
@@ -421,7 +425,7 @@ class LocalBackend(Backend):
                 self._make_parents_once(bucket_dir, key)
                 return
             except FileNotFoundError:
-                if not os.path.isdir(bucket_dir):
+                if not fsutil.is_dir(bucket_dir):
                     raise errors.NoSuchBucket(BucketName=os.path.basename(bucket_dir)) from None
         raise errors.ServiceUnavailable(f"Could not create the directories of {key!r}: another request or server "
                                         "kept removing them; retry the request.")
@@ -445,7 +449,7 @@ class LocalBackend(Backend):
                 f.write(text)
             os.replace(tmp, self._layout_file(directory, name))
         except BaseException:
-            fsutil.unlink_quietly(tmp)
+            self._discard_temp(tmp)
             raise
 
     # Deleting ---------------------------------------------------------------
@@ -460,7 +464,7 @@ class LocalBackend(Backend):
         except OSError as exc:
             if not isinstance(exc, _ABSENT) and exc.errno != errno.ENAMETOOLONG:
                 raise
-            if not os.path.isdir(bucket_dir):
+            if not fsutil.is_dir(bucket_dir):
                 raise errors.NoSuchBucket(BucketName=bucket) from None
             return
         self._prune_directories(os.path.dirname(path), key)
@@ -498,7 +502,7 @@ class LocalBackend(Backend):
 
     async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
         bucket_dir = self._bucket_dir(bucket)
-        if not os.path.isdir(bucket_dir):
+        if not fsutil.is_dir(bucket_dir):
             raise errors.NoSuchBucket(BucketName=bucket)
         entries = fslayout.walk(self._entries, self._read_info, bucket_dir, "", prefix, start_after, delimiter == "/")
         return paginate(entries, prefix, delimiter, start_after, max_keys)

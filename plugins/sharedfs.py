@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 # How long to sleep between busy retries, growing to this cap.
 BUSY_RETRY_FIRST = 0.02
 BUSY_RETRY_CAP = 0.5
+# How long the removal of a start-up probe file, and of a failed write's temp file, is retried.
+PROBE_REMOVE_SECONDS = 2.0
+LEFTOVER_REMOVE_SECONDS = 60.0
 # A publish that found the target busy, waiting for put() to retry it (see _publish).
 _deferred_publish: contextvars.ContextVar[list | None] = contextvars.ContextVar("deferred_publish", default=None)
 
@@ -150,6 +153,7 @@ class SharedFSBackend(LocalBackend):
         self.require_mount = require_mount
         self.stale_temp_seconds = stale_temp_seconds
         self.busy_retry_seconds = busy_retry_seconds
+        self._removals: set[asyncio.Task] = set()  # background removals of failed writes' temp files
 
     def _unavailable(self, exc: OSError) -> errors.GatewayError:
         return errors.BackendUnavailable(
@@ -169,9 +173,9 @@ class SharedFSBackend(LocalBackend):
             raise ValueError(f"backend {self.name!r}: root {self.root!r} is not a mount point and require_mount "
                              "is set; mount the share (or set require_mount = false for a local directory)")
         await super().start()
-        self._probe()
+        await self._probe()
 
-    def _probe(self) -> None:
+    async def _probe(self) -> None:
         """Check at start-up that the mount does what publishing relies on: fsync and rename over a file."""
         first, second = self._temp_path(), self._temp_path()
         try:
@@ -200,8 +204,8 @@ class SharedFSBackend(LocalBackend):
         except OSError as exc:
             raise ValueError(f"backend {self.name!r}: root {self.root!r} is not writable: {exc.strerror}") from None
         finally:
-            fsutil.unlink_quietly(first)
-            fsutil.unlink_quietly(second)
+            for path in (first, second):
+                await self._remove_file(path, PROBE_REMOVE_SECONDS, "start-up probe file")
 
     def clean_temp_files(self) -> int:
         """Remove this host's temp files left by dead processes and untouched for stale_temp_seconds.
@@ -272,7 +276,7 @@ class SharedFSBackend(LocalBackend):
                 await self._retry_busy(lambda: LocalBackend._publish(self, tmp, final, bucket_dir, key),
                                        final, f"replace {key!r}")
             except BaseException:
-                fsutil.unlink_quietly(tmp)
+                self._discard_temp(tmp)
                 raise
         return info
 
@@ -286,6 +290,46 @@ class SharedFSBackend(LocalBackend):
             # The local put() returns to our put() right after this, which retries with asyncio.sleep
             # in between instead of blocking the event loop here.
             pending.append((tmp, final, bucket_dir))
+
+    def _discard_temp(self, tmp: str) -> None:
+        """Remove a failed write's temp file; when the mount refuses that too (the failure that failed
+        the write, still going on), keep trying in the background instead of leaving it for a restart."""
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            task = asyncio.get_running_loop().create_task(
+                self._remove_file(tmp, LEFTOVER_REMOVE_SECONDS, "temp file of a failed write"))
+            self._removals.add(task)  # a reference, so the task is not collected while it waits
+            task.add_done_callback(self._removals.discard)
+
+    async def _remove_file(self, path: str, seconds: float, what: str) -> None:
+        """Remove ``path``, retrying any failure with growing pauses for ``seconds``.
+
+        An SMB server may still hold a file its client has just closed (EBUSY), and a mount may
+        fail for a moment. If the file stays, say so: start-up cleanup removes it later.
+        """
+        deadline = time.monotonic() + seconds
+        delay = BUSY_RETRY_FIRST
+        while True:
+            try:
+                os.unlink(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("%s: could not remove the %s %s: %s (errno %s); start-up cleanup removes it "
+                                "once it is stale_temp_seconds old", self.name, what, path, exc.strerror, exc.errno)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BUSY_RETRY_CAP)
+
+    async def close(self) -> None:
+        for task in list(self._removals):
+            task.cancel()
+        await super().close()
 
     @staticmethod
     def _busy(exc: OSError, target: str) -> bool:

@@ -125,14 +125,14 @@ class GatewayProcess:
                 self.process.wait()
 
     def client(self, **config):
-        """A boto3 S3 client for this gateway (path style, no retries that hide errors)."""
+        """A boto3 S3 client for this gateway (path style; no retries that hide errors unless ``retries`` is given)."""
         import boto3
         from botocore.config import Config
 
         return boto3.client(
             "s3", endpoint_url=self.endpoint, region_name="us-east-1", verify=self.ca,
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **config),
+            config=Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1}, **config}),
         )
 
     def __enter__(self) -> "GatewayProcess":

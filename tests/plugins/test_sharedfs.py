@@ -6,6 +6,7 @@ Several gateway processes on one directory are tested in test_multi_gateway.py.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from gateway_plugins import fslayout
+from gateway_plugins import fslayout, sharedfs
 from gateway_plugins.local import LocalBackend
 from gateway_plugins.sharedfs import SharedFSBackend, SmbnetfsNames
 from smbnetfs_mount import mount_for  # tests/plugins is on sys.path (no packages under tests/)
@@ -289,6 +290,68 @@ async def test_target_busy_too_long_is_a_503_and_leaves_the_old_version(root):
     assert os.listdir(backend.tmp_dir) == []
 
 
+def failing_unlink(monkeypatch, matches, times: int | None) -> list[str]:
+    """os.unlink fails with EIO ``times`` times (None: always) for paths ``matches`` accepts."""
+    real_unlink = os.unlink
+    failed: list[str] = []
+
+    def unlink(path, *args, **kwargs):
+        if matches(str(path)) and (times is None or len(failed) < times):
+            failed.append(str(path))
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    return failed
+
+
+async def test_failed_writes_temp_file_is_removed_once_the_mount_lets_it(root, monkeypatch):
+    """A mount failing for a moment fails the publish and the removal of the temp file right after it:
+    the removal goes on in the background, and the 503 is not held up by it."""
+    backend = await started(root)
+    await backend.create_bucket("faces")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if dst.endswith("k" + fslayout.OBJ_SUFFIX):
+            raise OSError(errno.EIO, "Input/output error", dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    failed = failing_unlink(monkeypatch, lambda path: path.startswith(backend.tmp_dir), times=3)
+    with pytest.raises(errors.BackendUnavailable):
+        await put_bytes(backend, "faces", "k", b"never published")
+    assert len(failed) == 1 and os.listdir(backend.tmp_dir) != [], "the first removal failed, the file is there"
+    for _ in range(100):  # bounded: the retries take about 0.02 + 0.04 + 0.08 s
+        if not os.listdir(backend.tmp_dir):
+            break
+        await asyncio.sleep(0.02)
+    assert os.listdir(backend.tmp_dir) == [] and len(failed) == 3
+
+
+async def test_temp_file_the_mount_never_lets_go_is_reported(root, monkeypatch, caplog):
+    monkeypatch.setattr(sharedfs, "LEFTOVER_REMOVE_SECONDS", 0.2)
+    backend = await started(root)
+    await backend.create_bucket("faces")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    failing_unlink(monkeypatch, lambda path: path.startswith(backend.tmp_dir), times=None)
+    with pytest.raises(errors.BackendUnavailable):
+        await put_bytes(backend, "faces", "k", b"x")
+    await asyncio.gather(*backend._removals)
+    assert "could not remove the temp file of a failed write" in caplog.text
+    assert "start-up cleanup removes it" in caplog.text
+    assert len(os.listdir(backend.tmp_dir)) == 1  # kept for the start-up cleanup, and said so
+
+
+async def test_probe_files_held_for_a_moment_are_still_removed(root, monkeypatch):
+    """At start-up the probe's just-closed file may still be held by the SMB server (EBUSY)."""
+    tmp_dir = root / ".gateway" / "tmp" / "server-1"
+    failed = failing_unlink(monkeypatch, lambda path: path.startswith(str(tmp_dir)), times=2)
+    backend = await started(root, host_id="server-1")
+    assert len(failed) == 2
+    assert os.listdir(backend.tmp_dir) == []
+
+
 async def test_failing_mount_is_a_503_naming_the_backend(root):
     backend = await started(root)
     await backend.create_bucket("faces")
@@ -309,6 +372,29 @@ async def test_failing_mount_is_a_503_naming_the_backend(root):
             assert repr(backend.name) in caught.value.message
     finally:
         os.open = real_open
+
+
+async def test_a_bucket_the_mount_cannot_read_is_a_503_not_no_such_bucket(root):
+    """A failing filesystem under a bucket (here a symlink loop: ELOOP, as EIO or ESTALE would be)
+    is a storage failure: a NoSuchBucket would tell the client the bucket is gone."""
+    backend = await started(root)
+    os.symlink("loop", root / "loop")
+    calls = {
+        "put": lambda: backend.put("loop", "k", Payload.from_bytes(b"x"), ObjectMeta()),
+        "list": lambda: backend.list("loop"),
+        "delete": lambda: backend.delete("loop", "k"),
+        "delete_bucket": lambda: backend.delete_bucket("loop"),
+        "head_bucket": lambda: backend.head_bucket("loop"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(errors.BackendUnavailable) as caught:
+            await call()
+        assert "symbolic links" in caught.value.message, name
+    # The local backend has no 503 of its own: the error reaches the front end (a logged 500).
+    local = LocalBackend(root=str(root))
+    await local.start()
+    with pytest.raises(OSError):
+        await local.list("loop")
 
 
 @pytest.mark.parametrize("name", [
