@@ -520,16 +520,22 @@ class LocalBackend(Backend):
             lambda path: self._read_name_file(path) or self._segment_from_objects(path),
         )
 
+    # Listing helpers: "not there" (deleted while we list) leaves an entry out; any other error of the
+    # filesystem is raised, because a listing that quietly drops objects on a failing mount is what
+    # a sync tool (rclone sync, aws s3 sync --delete) would act on.
+
     def _read_name_file(self, directory: str) -> str | None:
         try:
             with open(self._layout_file(directory, NAME_FILE), encoding="utf-8") as f:
                 return f.read()
-        except OSError:
+        except _ABSENT:
             return None
+        except UnicodeDecodeError:
+            return None  # damaged: the name comes from an object below instead
 
     def _segment_from_objects(self, directory: str) -> str | None:
         """A hashed directory's full name, from the key of any object below it (its %name file is missing)."""
-        for parent, _, names in os.walk(directory):
+        for parent, _, names in os.walk(directory, onerror=_raise_unless_gone):
             for name in names:
                 if self._layout_name(name).endswith(OBJ_SUFFIX):
                     info = self._read_info(os.path.join(parent, name))
@@ -541,11 +547,12 @@ class LocalBackend(Backend):
     def _header_key_segment(self, path: str) -> str | None:
         try:
             fd = os.open(path, os.O_RDONLY)
-        except OSError:
+        except _ABSENT:
             return None
         try:
             return fslayout.read_header(fd)[0]["key"].rsplit("/", 1)[-1]
-        except (OSError, fslayout.CorruptObject, ValueError):
+        except (fslayout.CorruptObject, ValueError, KeyError, TypeError):
+            log.warning("skipping %s: not a valid object file", path)
             return None
         finally:
             os.close(fd)
@@ -566,6 +573,12 @@ class LocalBackend(Backend):
 
 # How os.open/unlink say that an object is not there.
 _ABSENT = (FileNotFoundError, NotADirectoryError)
+
+
+def _raise_unless_gone(exc: OSError) -> None:
+    """os.walk's onerror: a directory removed while we walk is skipped; any other error is raised."""
+    if not isinstance(exc, _ABSENT):
+        raise exc
 
 
 def _write_all(fd: int, data: bytes, position: int) -> int:

@@ -290,6 +290,32 @@ async def test_target_busy_too_long_is_a_503_and_leaves_the_old_version(root):
     assert os.listdir(backend.tmp_dir) == []
 
 
+@pytest.mark.parametrize("long_part", ["file", "directory"])
+async def test_a_listing_never_drops_an_object_the_mount_fails_to_read(root, monkeypatch, long_part):
+    """A long (hashed) name's full text is read from the file (or the directory's %name file) while
+    listing. An EIO there must fail the listing (503): a listing without the object is what
+    `rclone sync` or `aws s3 sync --delete` would act on."""
+    backend = await started(root)
+    await backend.create_bucket("faces")
+    long = "n" * 300
+    key = long if long_part == "file" else f"{long}/inside"
+    await put_bytes(backend, "faces", key, b"x")
+    assert [o.key for o in (await backend.list("faces")).objects] == [key]
+    def failing(real_open):
+        def failing_open(path, *args, **kwargs):
+            name = os.path.basename(str(path))
+            if "%h" in name or name == "%name":
+                raise OSError(errno.EIO, "Input/output error", path)
+            return real_open(path, *args, **kwargs)
+        return failing_open
+
+    monkeypatch.setattr(os, "open", failing(os.open))
+    monkeypatch.setattr("builtins.open", failing(open))
+    with pytest.raises(errors.BackendUnavailable) as caught:
+        await backend.list("faces")
+    assert "Input/output error" in caught.value.message
+
+
 def failing_unlink(monkeypatch, matches, times: int | None) -> list[str]:
     """os.unlink fails with EIO ``times`` times (None: always) for paths ``matches`` accepts."""
     real_unlink = os.unlink
