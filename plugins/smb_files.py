@@ -317,18 +317,23 @@ def entries(kw: dict, directory: str) -> list[fslayout.Entry]:
     )
 
 
+# A long name's full text: "not there" (removed while we list) leaves the entry out; any other
+# error fails the listing, which must never quietly lack objects (see local.py's listing helpers).
+
 def _header_key_segment(kw: dict, path: str) -> str | None:
-    try:
-        return read_info(kw, path).key.rsplit("/", 1)[-1]
-    except (OSError, fslayout.CorruptObject, ValueError, KeyError):
-        return None
+    info = _listed_info(kw, path)
+    return None if info is None else info.key.rsplit("/", 1)[-1]
 
 
 def _read_name_file(kw: dict, directory: str) -> str | None:
     try:
         with smbclient.open_file(join(directory, NAME_FILE), mode="r", encoding="utf-8", **kw) as f:
             return f.read()
-    except OSError:
+    except OSError as exc:
+        if not is_missing(exc):
+            raise
+        return None
+    except UnicodeDecodeError:
         return None
 
 

@@ -67,6 +67,36 @@ class TestSmbBackend(OptionsBackendConformance):
         with pytest.raises(errors.InvalidArgument):
             await put_bytes(backend, bucket, "odd\uf026name", b"x")
 
+    @pytest.mark.parametrize("long_part", ["file", "directory"])
+    async def test_a_listing_never_drops_an_object_the_server_fails_to_read(self, backend, bucket, monkeypatch,
+                                                                            long_part):
+        """A long (hashed) name's full text is read while listing; an error there fails the listing
+        instead of leaving the object out, which a sync tool would take for a delete."""
+        import errno
+
+        import smbclient
+        from gateway_plugins import smb_files
+
+        long = "n" * 300
+        key = long if long_part == "file" else f"{long}/inside"
+        await put_bytes(backend, bucket, key, b"x")
+        assert (await list_all(backend, bucket))[0] == [key]
+        real_read_info, real_open_file = smb_files.read_info, smbclient.open_file
+
+        def failing(real):
+            def call(kw_or_path, *args, **kwargs):
+                path = args[0] if isinstance(kw_or_path, dict) else kw_or_path
+                name = path.rsplit("\\", 1)[-1]
+                if "%h" in name or name == "%name":
+                    raise OSError(errno.EIO, "Input/output error", path)
+                return real(kw_or_path, *args, **kwargs)
+            return call
+
+        monkeypatch.setattr(smb_files, "read_info", failing(real_read_info))
+        monkeypatch.setattr(smbclient, "open_file", failing(real_open_file))
+        with pytest.raises(OSError, match="Input/output error"):  # the front end's logged 500
+            await list_all(backend, bucket)
+
     async def test_failed_put_leaves_no_temp_file(self, backend, bucket, smbd, smb_path):
         from gateway.payload import Payload
         from gateway.testing.backend_io import StreamBroke, breaking_stream
