@@ -141,6 +141,7 @@ class PeerApp:
             buckets = [b for b in await self._local("").list_buckets() if not b.name.startswith(".")]
             await _send_json(send, wire.buckets_to_json(buckets))
         elif path == "/ping":
+            cluster = self.service.cluster  # set: _authenticate refuses a node outside a cluster
             await _send_json(send, {"node_id": cluster.node_id, "role": cluster.role})
         else:
             raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")

@@ -113,6 +113,25 @@ def test_peer_routes_refuse_client_credentials_and_unsigned_requests(cluster):
     assert error.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 403)
 
 
+def test_ping_answers_who_and_what_a_node_is(cluster):
+    """Nodes ping each other when they start (so the others re-read the registry) and to probe a
+    de-prioritized peer; the answer names the node and its role, and nothing is logged as failed."""
+    import json
+    import urllib.request
+
+    from gateway.cluster.peer_auth import PeerSigner
+
+    from .conftest import SECRET
+
+    target = "/_cluster/v1/ping"
+    for name, role in (("p1", "primary"), ("r1", "redundant"), ("x1", "proxy")):
+        request = urllib.request.Request(cluster[name].endpoint + target,
+                                         headers=PeerSigner(SECRET, "r2").headers("GET", target))
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.loads(response.read()) == {"node_id": name, "role": role}
+        assert "peer request GET /_cluster/v1/ping failed" not in cluster[name].log(), name
+
+
 def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
     s3 = clients(cluster)
     s3["r2"].put_object(Bucket="relay", Key="on-r2", Body=b"kept by r2")
