@@ -78,28 +78,33 @@ def test_primary_spreads_new_objects_over_itself_and_the_redundant_nodes(cluster
     assert cluster["r2"].client().get_object(Bucket="relay", Key="spread/000")["Body"].read() == b"new"
 
 
-def test_a_node_down_when_a_bucket_was_made_gets_it_with_its_first_placed_write(cluster):
-    """A bucket created while a redundant node is down is missing there; the primary's placement of
-    a PUT on that node creates it on the way (ensure-bucket), so no write fails for it."""
+def test_a_node_down_when_a_bucket_was_made_gets_it_with_its_first_write(cluster):
+    """A bucket created while a redundant node is down is missing there. The node's first write to
+    it creates it: a PUT placed there by the primary (ensure-bucket on the peer route), or one sent
+    to the node itself (it asks its peers whether the bucket exists). No write fails for it."""
     s3 = clients(cluster)
     cluster["r2"].kill()  # kill -9
     try:
-        s3["p1"].create_bucket(Bucket="late")
+        s3["p1"].create_bucket(Bucket="late-placed")
+        s3["p1"].create_bucket(Bucket="late-direct")
     finally:
         cluster.restart("r2")
-    assert not (cluster["r2"].data_dir / "late").exists()
+    assert not (cluster["r2"].data_dir / "late-placed").exists()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not cluster.admin("p1")["peers"]["r2"]["healthy"]:
         time.sleep(0.2)  # the heartbeat probes limited peers
+    s3["r2"].put_object(Bucket="late-direct", Key="first", Body=b"written on r2 itself")
+    assert (cluster["r2"].data_dir / "late-direct" / "first%obj").exists()
     for i in range(30):
-        s3["p1"].put_object(Bucket="late", Key=f"k{i:02d}", Body=f"value {i}".encode())
-    on_r2 = list((cluster["r2"].data_dir / "late").glob("*%obj"))
+        s3["p1"].put_object(Bucket="late-placed", Key=f"k{i:02d}", Body=f"value {i}".encode())
+    on_r2 = list((cluster["r2"].data_dir / "late-placed").glob("*%obj"))
     assert on_r2, "the primary placed none of 30 writes on r2"
     for name in NODES:
-        keys = [o["Key"] for o in s3[name].list_objects_v2(Bucket="late")["Contents"]]
+        keys = [o["Key"] for o in s3[name].list_objects_v2(Bucket="late-placed")["Contents"]]
         assert keys == [f"k{i:02d}" for i in range(30)], name
-        assert s3[name].get_object(Bucket="late", Key=on_r2[0].name[:-len("%obj")])["Body"].read().startswith(
-            b"value "), name
+        key = on_r2[0].name[:-len("%obj")]
+        assert s3[name].get_object(Bucket="late-placed", Key=key)["Body"].read() == f"value {int(key[1:])}".encode()
+        assert s3[name].get_object(Bucket="late-direct", Key="first")["Body"].read() == b"written on r2 itself"
 
 
 def test_listing_merges_all_nodes_in_order_without_duplicates_and_pages(cluster):
