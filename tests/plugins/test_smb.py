@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import os
@@ -105,6 +106,76 @@ class TestSmbBackend(OptionsBackendConformance):
             await backend.put(bucket, "big", Payload(breaking_stream(b"z" * (3 << 20), 2 << 20)), ObjectMeta())
         tmp_dir = smbd.share_dir / smb_path / ".gateway" / "tmp" / backend.host
         assert [p.name for p in tmp_dir.iterdir()] == []
+
+
+async def hold_open(backend: SmbBackend, path: str):
+    """Open ``path`` as a Windows program or another SMB client does by default: others may read
+    it, but not delete or rename over it (no delete sharing). Returns the open file."""
+    import smbclient
+
+    return await backend.pool.call(lambda kw: smbclient.open_file(path, mode="rb", share_access="r", **kw),
+                                   what="hold a file")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_overwrite_waits_while_another_client_holds_the_file(smbd, smb_path):
+    """SMB refuses to replace a file another client has open without delete sharing: the PUT waits
+    (without blocking the event loop) until it is closed, then wins."""
+    backend = await started(smbd.backend_options(path=smb_path))
+    try:
+        await backend.create_bucket("faces")
+        await put_bytes(backend, "faces", "held", b"old")
+        handle = await hold_open(backend, backend._object_path("faces", "held"))
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, handle.close)
+        ticks = 0
+
+        async def ticker():  # proves the loop keeps running while the PUT waits
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        tick_task = asyncio.create_task(ticker())
+        started_at = time.monotonic()
+        await put_bytes(backend, "faces", "held", b"new")
+        waited = time.monotonic() - started_at
+        tick_task.cancel()
+        assert waited >= 0.4, f"the PUT did not wait for the reader ({waited:.2f}s)"
+        assert ticks >= 5
+        assert await get_bytes(backend, "faces", "held") == b"new"
+    finally:
+        await backend.close()
+
+
+@pytest.mark.anyio
+async def test_file_held_past_the_deadline_is_a_503_and_keeps_the_old_version(smbd, smb_path):
+    from gateway import errors
+
+    backend = await started(smbd.backend_options(path=smb_path, timeout=1))  # waits up to 0.8 s
+    try:
+        await backend.create_bucket("faces")
+        await put_bytes(backend, "faces", "held", b"old")
+        handle = await hold_open(backend, backend._object_path("faces", "held"))
+        try:
+            with pytest.raises(errors.GatewayError) as caught:
+                await put_bytes(backend, "faces", "held", b"new")
+            assert caught.value.status == 503 and "in use" in caught.value.message, caught.value.message
+        finally:
+            handle.close()
+        assert await get_bytes(backend, "faces", "held") == b"old"
+        tmp_dir = smbd.share_dir / smb_path / ".gateway" / "tmp" / backend.host
+        deadline = time.monotonic() + 5
+        while list(tmp_dir.iterdir()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert list(tmp_dir.iterdir()) == [], "the failed PUT's temp file stays"
+    finally:
+        await backend.close()
 
 
 def test_credentials_file(tmp_path):
