@@ -234,12 +234,13 @@ async def test_foreign_and_corrupt_files_are_not_objects(local):
                 await call("faces", name)
 
 
-async def test_truncated_object_file_fails_the_read(local):
-    await put_bytes(local, "faces", "big", b"z" * 3_000_000)
+@pytest.mark.parametrize("size", [30_000, 200_000, 3_000_000])  # in the first read, read whole, streamed
+async def test_truncated_object_file_fails_the_read(local, size):
+    await put_bytes(local, "faces", "big", b"z" * size)
     path = os.path.join(local.root, "faces", "big%obj")
     os.truncate(path, os.path.getsize(path) - 1000)
-    reader = await local.get("faces", "big")
     with pytest.raises(errors.InternalError):
+        reader = await local.get("faces", "big")
         async with reader:
             await reader.read_all()
 
