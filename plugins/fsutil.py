@@ -27,6 +27,7 @@ def is_dir(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
 
+
 # Temp files ------------------------------------------------------------------
 
 
