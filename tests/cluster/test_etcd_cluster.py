@@ -50,3 +50,41 @@ def test_killed_node_gives_503_on_etcd_too(etcd_cluster):
     finally:
         cluster.restart("r1")
     assert cluster["x1"].client().get_object(Bucket="etcd-kill", Key="on-r1")["Body"].read() == b"r1"
+
+
+def test_nodes_keep_serving_while_the_registry_is_down(etcd_cluster, etcd):
+    """The registry is read every reload interval, never on a request: with every etcd member frozen
+    (SIGSTOP: connections hang, the worst case) objects are still read, written and relayed through
+    every node, and once etcd is back the heartbeats and `cluster status` carry on."""
+    import signal
+    import time
+
+    cluster = etcd_cluster
+    s3 = {name: cluster[name].client() for name in NODES}
+    s3["p1"].create_bucket(Bucket="etcd-down")
+    s3["r2"].put_object(Bucket="etcd-down", Key="on-r2", Body=b"kept by r2")
+    for member in etcd.processes:
+        member.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 6  # heartbeats (0.5 s) and reloads (2 s) fail meanwhile
+        rounds = 0
+        while time.monotonic() < deadline and rounds < 100:
+            for name in NODES:
+                assert s3[name].get_object(Bucket="etcd-down", Key="on-r2")["Body"].read() == b"kept by r2", name
+                s3[name].put_object(Bucket="etcd-down", Key=f"while-down/{name}", Body=name.encode())
+            rounds += 1
+            time.sleep(0.2)
+    finally:
+        for member in etcd.processes:
+            member.send_signal(signal.SIGCONT)
+    etcd.wait_healthy()
+    for name in NODES:
+        keys = [o["Key"] for o in s3[name].list_objects_v2(Bucket="etcd-down")["Contents"]]
+        assert keys == ["on-r2"] + sorted(f"while-down/{n}" for n in NODES), name
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = {row["node_id"]: row for row in cluster.status()}
+        if set(NODES) <= set(rows) and all(rows[n]["healthy"] for n in NODES):
+            break
+        time.sleep(0.5)
+    assert set(NODES) <= set(rows) and all(rows[n]["healthy"] for n in NODES), rows
