@@ -7,6 +7,7 @@ Several gateway processes on one directory are tested in test_multi_gateway.py.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import json
 import os
@@ -301,33 +302,31 @@ async def test_a_listing_never_drops_an_object_the_mount_fails_to_read(root, mon
     key = long if long_part == "file" else f"{long}/inside"
     await put_bytes(backend, "faces", key, b"x")
     assert [o.key for o in (await backend.list("faces")).objects] == [key]
-    def failing(real_open):
-        def failing_open(path, *args, **kwargs):
-            name = os.path.basename(str(path))
-            if "%h" in name or name == "%name":
-                raise OSError(errno.EIO, "Input/output error", path)
-            return real_open(path, *args, **kwargs)
-        return failing_open
 
-    monkeypatch.setattr(os, "open", failing(os.open))
-    monkeypatch.setattr("builtins.open", failing(open))
+    def long_name_text(path: str) -> bool:
+        name = os.path.basename(path)
+        return "%h" in name or name == "%name"
+
+    fail_with_eio(monkeypatch, os, "open", long_name_text)
+    fail_with_eio(monkeypatch, builtins, "open", long_name_text)
     with pytest.raises(errors.BackendUnavailable) as caught:
         await backend.list("faces")
     assert "Input/output error" in caught.value.message
 
 
-def failing_unlink(monkeypatch, matches, times: int | None) -> list[str]:
-    """os.unlink fails with EIO ``times`` times (None: always) for paths ``matches`` accepts."""
-    real_unlink = os.unlink
+def fail_with_eio(monkeypatch, owner, name: str, matches, times: int | None = None) -> list[str]:
+    """``owner.name`` (os.unlink, os.open, builtins.open) fails with EIO ``times`` times (None: always)
+    for the paths ``matches`` accepts, as on a failing mount; returns the paths it failed."""
+    real = getattr(owner, name)
     failed: list[str] = []
 
-    def unlink(path, *args, **kwargs):
+    def call(path, *args, **kwargs):
         if matches(str(path)) and (times is None or len(failed) < times):
             failed.append(str(path))
             raise OSError(errno.EIO, "Input/output error", path)
-        return real_unlink(path, *args, **kwargs)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(owner, name, call)
     return failed
 
 
@@ -344,7 +343,7 @@ async def test_failed_writes_temp_file_is_removed_once_the_mount_lets_it(root, m
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    failed = failing_unlink(monkeypatch, lambda path: path.startswith(backend.tmp_dir), times=3)
+    failed = fail_with_eio(monkeypatch, os, "unlink", lambda path: path.startswith(backend.tmp_dir), times=3)
     with pytest.raises(errors.BackendUnavailable):
         await put_bytes(backend, "faces", "k", b"never published")
     assert len(failed) == 1 and os.listdir(backend.tmp_dir) != [], "the first removal failed, the file is there"
@@ -360,7 +359,7 @@ async def test_temp_file_the_mount_never_lets_go_is_reported(root, monkeypatch, 
     backend = await started(root)
     await backend.create_bucket("faces")
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
-    failing_unlink(monkeypatch, lambda path: path.startswith(backend.tmp_dir), times=None)
+    fail_with_eio(monkeypatch, os, "unlink", lambda path: path.startswith(backend.tmp_dir))
     with pytest.raises(errors.BackendUnavailable):
         await put_bytes(backend, "faces", "k", b"x")
     await asyncio.gather(*backend._removals)
@@ -372,7 +371,7 @@ async def test_temp_file_the_mount_never_lets_go_is_reported(root, monkeypatch, 
 async def test_probe_files_held_for_a_moment_are_still_removed(root, monkeypatch):
     """At start-up the probe's just-closed file may still be held by the SMB server (EBUSY)."""
     tmp_dir = root / ".gateway" / "tmp" / "server-1"
-    failed = failing_unlink(monkeypatch, lambda path: path.startswith(str(tmp_dir)), times=2)
+    failed = fail_with_eio(monkeypatch, os, "unlink", lambda path: path.startswith(str(tmp_dir)), times=2)
     backend = await started(root, host_id="server-1")
     assert len(failed) == 2
     assert os.listdir(backend.tmp_dir) == []
