@@ -187,26 +187,6 @@ def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
         assert s3[name].get_object(Bucket="relay", Key="on-r2")["Body"].read() == b"kept by r2", name
 
 
-def test_primary_stores_a_write_itself_when_the_node_it_chose_just_died(cluster):
-    """Both redundant nodes killed, before any heartbeat notices: a PUT the primary places on one of
-    them fails to connect, and the primary stores the object itself (no byte of the body was sent
-    yet, so nothing is half-written anywhere). Every write succeeds."""
-    s3 = cluster["p1"].client()
-    cluster["r1"].kill()
-    cluster["r2"].kill()
-    try:
-        for i in range(10):
-            s3.put_object(Bucket="relay", Key=f"while-redundants-die/{i}", Body=f"body {i}".encode())
-        for i in range(10):
-            got = s3.get_object(Bucket="relay", Key=f"while-redundants-die/{i}")["Body"].read()
-            assert got == f"body {i}".encode()
-        assert len(list((cluster["p1"].data_dir / "relay" / "while-redundants-die").glob("*%obj"))) == 10
-        assert "placement on" in cluster["p1"].log(), "no placement went to a dead node: the test proved nothing"
-    finally:
-        cluster.restart("r1")
-        cluster.restart("r2")
-
-
 def test_stopped_peer_is_deprioritized_and_reads_of_other_objects_do_not_wait_for_it(cluster):
     s3 = clients(cluster)
     s3["r1"].put_object(Bucket="relay", Key="fast/on-r1", Body=b"r1 answers")
