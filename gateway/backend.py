@@ -303,6 +303,23 @@ class Backend(abc.ABC):
             return False
         return True
 
+    async def get_if_present(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader | None:
+        """get(), or None when the object is not there, whether or not its bucket is (ask
+        head_bucket to tell). A cluster node tries its own storage this way before asking its peers
+        (gateway/services/cluster_nodes.py), where telling the two apart would be wasted work on
+        every relayed read; a backend may override it to skip that work (the local backend does)."""
+        try:
+            return await self.get(bucket, key, byte_range)
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            return None
+
+    async def head_if_present(self, bucket: str, key: str) -> ObjectInfo | None:
+        """head(), or None when the object is not there (as get_if_present)."""
+        try:
+            return await self.head(bucket, key)
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            return None
+
     async def copy(
         self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, meta: ObjectMeta | None = None
     ) -> ObjectInfo:

@@ -227,6 +227,18 @@ class LocalBackend(Backend):
             raise errors.InternalError(f"The stored object is damaged: {exc}.") from None
 
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        reader = self._read(bucket, key, byte_range)
+        if reader is None:
+            raise self._missing(bucket, key)
+        return reader
+
+    async def get_if_present(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader | None:
+        # A cluster node's local miss before a relay: one failed open, no bucket check, no exception
+        # raised through the callers (was ~7.5 µs of a relayed GET's ~100 on the relaying node).
+        return self._read(bucket, key, byte_range)
+
+    def _read(self, bucket: str, key: str, byte_range: ByteRange | None) -> ObjectReader | None:
+        """get()'s work; None when the object is not there."""
         # The hot path of the whole gateway (docs/performance.md): a recently read small object is a
         # stat() and a lookup; otherwise one open, usually one read, and the header parsed only the
         # first time these exact header bytes are seen.
@@ -240,7 +252,9 @@ class LocalBackend(Backend):
                     return ObjectReader(info, 0, info.size, data=data)
                 start, stop = byte_range.resolve(info.size)
                 return ObjectReader(info, start, stop, data=data[start:stop])
-        fd = self._open_object(path, bucket, key)
+        fd = _open_if_present(path)
+        if fd is None:
+            return None
         try:
             info, offset, first = self._first_read(fd, path)
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
@@ -275,30 +289,31 @@ class LocalBackend(Backend):
             yield chunk
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
-        # Like get(): a cached small object after a stat(), else the file's header (parsing remembered).
+        info = self._head(bucket, key)
+        if info is None:
+            raise self._missing(bucket, key)
+        return info
+
+    async def head_if_present(self, bucket: str, key: str) -> ObjectInfo | None:
+        return self._head(bucket, key)
+
+    def _head(self, bucket: str, key: str) -> ObjectInfo | None:
+        # Like _read(): a cached small object after a stat(), else the file's header (parsing remembered).
         path = readcache.object_path(self, bucket, key)
         small = self.small_objects
         if small is not None:
             hit = self._small_hit(small, path, bucket, key)
             if hit is not None:
                 return hit[0]
-        fd = self._open_object(path, bucket, key)
+        fd = _open_if_present(path)
+        if fd is None:
+            return None
         try:
             # Not recorded in the cache of small objects: a HEAD does not read the data, and a client
             # that checks many objects (a sync tool) would push out the ones being read.
             return self._first_read(fd, path)[0]
         finally:
             os.close(fd)
-
-    def _open_object(self, path: str, bucket: str, key: str) -> int:
-        try:
-            return os.open(path, os.O_RDONLY)
-        except _ABSENT:
-            raise self._missing(bucket, key) from None
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                raise self._missing(bucket, key) from None
-            raise
 
     def _first_read(self, fd: int, path: str) -> tuple[ObjectInfo, int, bytes]:
         """The first FIRST_READ bytes of an open object file: (info, data offset, those bytes),
@@ -573,6 +588,19 @@ class LocalBackend(Backend):
 
 # How os.open/unlink say that an object is not there.
 _ABSENT = (FileNotFoundError, NotADirectoryError)
+
+
+def _open_if_present(path: str) -> int | None:
+    """A read-only descriptor of the object file at ``path``; None when there is none (a name too
+    long for the filesystem cannot have been stored either)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except _ABSENT:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return None
+        raise
 
 
 def _raise_unless_gone(exc: OSError) -> None:

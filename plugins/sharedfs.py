@@ -255,6 +255,14 @@ class SharedFSBackend(LocalBackend):
         return await super().head(bucket, key)
 
     @_storage_errors
+    async def get_if_present(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader | None:
+        return await super().get_if_present(bucket, key, byte_range)
+
+    @_storage_errors
+    async def head_if_present(self, bucket: str, key: str) -> ObjectInfo | None:
+        return await super().head_if_present(bucket, key)
+
+    @_storage_errors
     async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
         return await super().list(bucket, prefix, delimiter, start_after, max_keys)
 

@@ -152,11 +152,13 @@ class ClusterNode(Backend):
         self._background.add(reaper)
         reaper.add_done_callback(self._background.discard)
 
-    async def _find(self, bucket: str, key: str, call, bucket_seen: bool, operation: str) -> Any:
+    async def _find(self, bucket: str, key: str, call, bucket_seen: bool | None, operation: str) -> Any:
         """Find the object on a peer: the cached node first, then healthy peers, then limited ones.
 
         Raise NoSuchKey only when every storing peer answered no, the 503
-        ``unreachable_error`` when some could not be asked.
+        ``unreachable_error`` when some could not be asked. ``bucket_seen``:
+        whether this node has the bucket, None when not known yet (then it is
+        looked up only if no peer has the bucket either).
         """
         peers = self.cluster.peers()
         state: dict[str, Any] = {"unreachable": [], "bucket": bucket_seen}
@@ -186,7 +188,7 @@ class ClusterNode(Backend):
                 return hit[1]
         if state["unreachable"]:
             raise unreachable_error(f"Object {key!r}", state["unreachable"])
-        if not state["bucket"]:
+        if not state["bucket"] and not (bucket_seen is None and await self._has_local_bucket(bucket)):
             raise errors.NoSuchBucket(BucketName=bucket)
         self.locations.missing(bucket, key)
         raise errors.NoSuchKey(Key=key)
@@ -208,31 +210,31 @@ class ClusterNode(Backend):
 
     # Objects -----------------------------------------------------------------------
 
-    async def _local_first(self, bucket: str, key: str, local_call):
-        """(result, None) on a local hit, else (None, whether the bucket exists here)."""
-        if self.local is None:
-            return None, False
-        try:
-            return await local_call(), None
-        except errors.NoSuchKey:
-            return None, True
-        except errors.NoSuchBucket:
-            return None, False
-
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
-        found, bucket_seen = await self._local_first(bucket, key, lambda: self.local.get(bucket, key, byte_range))
-        if found is not None:
-            self.cluster.balancer.served_read(self.cluster.node_id, "get")
-            return found
+        if self.local is not None:
+            found = await self.local.get_if_present(bucket, key, byte_range)
+            if found is not None:
+                self.cluster.balancer.served_read(self.cluster.node_id, "get")
+                return found
         return await self._find(bucket, key, lambda p, a: self.client.get(p, a, bucket, key, byte_range),
-                                bucket_seen, "get")
+                                None, "get")
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
-        found, bucket_seen = await self._local_first(bucket, key, lambda: self.local.head(bucket, key))
-        if found is not None:
-            self.cluster.balancer.served_read(self.cluster.node_id, "head")
-            return found
-        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), bucket_seen, "head")
+        if self.local is not None:
+            found = await self.local.head_if_present(bucket, key)
+            if found is not None:
+                self.cluster.balancer.served_read(self.cluster.node_id, "head")
+                return found
+        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), None, "head")
+
+    async def _has_local_bucket(self, bucket: str) -> bool:
+        if self.local is None:
+            return False
+        try:
+            await self.local.head_bucket(bucket)
+        except errors.NoSuchBucket:
+            return False
+        return True
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         """Store here, then retire older copies of the key on the other nodes."""

@@ -191,6 +191,28 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
             with pytest.raises(errors.NoSuchKey):
                 await backend.get(bucket, key)
 
+    async def test_get_and_head_if_present(self, backend, bucket):
+        """What a cluster node asks its own storage before its peers: None, not an error, when absent."""
+        await put_bytes(backend, bucket, "a/b", b"0123456789")
+        reader = await backend.get_if_present(bucket, "a/b")
+        try:
+            assert await reader.read_all() == b"0123456789"
+        finally:
+            reader.close()
+        reader = await backend.get_if_present(bucket, "a/b", ByteRange(2, 4))
+        try:
+            assert await reader.read_all() == b"234"
+        finally:
+            reader.close()
+        assert (await backend.head_if_present(bucket, "a/b")).size == 10
+        for key in ("nothing", "a", "a/", "a/b/c", "A/b"):
+            assert await backend.get_if_present(bucket, key) is None, key
+            assert await backend.head_if_present(bucket, key) is None, key
+        assert await backend.get_if_present("no-such-bucket-here", "a/b") is None
+        assert await backend.head_if_present("no-such-bucket-here", "a/b") is None
+        with pytest.raises(errors.InvalidRange):  # other errors are still raised
+            await backend.get_if_present(bucket, "a/b", ByteRange(20, None))
+
     async def test_metadata_headers_and_checksums_survive(self, backend, bucket):
         data = b"\x00\x01binary\xff" * 500
         declared = {alg: checksum_b64(alg, data) for alg in ("CRC32", "CRC32C", "SHA256")}

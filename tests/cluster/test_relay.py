@@ -55,6 +55,23 @@ def test_object_put_on_one_node_is_readable_headable_deletable_through_every_oth
         assert error_of(lambda client=client: client.get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
 
 
+def test_missing_bucket_and_missing_key_are_told_apart_through_every_node(cluster):
+    # A node tries its own storage without asking whether it has the bucket, and asks only when no
+    # peer has the bucket either: a bucket that only one node's storage holds is still a bucket.
+    (cluster["r1"].data_dir / "only-on-r1").mkdir()  # a bucket directory made by hand, on one node
+    s3 = clients(cluster)
+    for name in NODES:
+        code = error_of(lambda c=s3[name]: c.get_object(Bucket="no-such-bucket", Key="k")).response["Error"]["Code"]
+        assert code == "NoSuchBucket", name
+        assert error_of(lambda c=s3[name]: c.get_object(Bucket="relay", Key="no/such/key")).response[
+            "Error"]["Code"] == "NoSuchKey", name
+        for method in ("get_object", "head_object"):
+            response = error_of(lambda c=s3[name], m=method: getattr(c, m)(Bucket="only-on-r1", Key="k")).response
+            assert response["ResponseMetadata"]["HTTPStatusCode"] == 404, (name, method)
+            if method == "get_object":
+                assert response["Error"]["Code"] == "NoSuchKey", name
+
+
 def test_large_object_streams_through_the_proxy_both_ways(cluster):
     s3 = clients(cluster)
     body = bytes(range(256)) * (3 * 4096 + 17)  # ~3 MiB: streamed, not read in one piece
