@@ -62,7 +62,8 @@ def temp_owner_alive(name: str) -> bool:
     """Whether the process that named a temp file ``<pid>.<start>-...`` (or ``<pid>-...``) still runs."""
     owner = name.split("-", 1)[0]
     pid, _, start = owner.partition(".")
-    if not pid.isdigit() or not pid_alive(int(pid)):
+    # ASCII digits only, and short: a stray file's name must not crash the start-up clean-up.
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 7) or not pid_alive(int(pid)):  # pid_max <= 2**22
         return False
     if not start:
         return int(pid) != os.getpid()  # an older name without start time: ours are never that old

@@ -23,12 +23,13 @@ from fastapi.responses import JSONResponse
 
 from .. import errors
 from ..backend import ObjectMeta, ObjectReader
+from ..checksums import ALGORITHMS
 from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..payload import Payload
 from ..cluster.versions import supersede_local
 from .s3.objects import send_object
-from .s3.request import parse_range, receive_body
+from .s3.request import parse_decimal, parse_range, receive_body
 
 log = logging.getLogger("gateway.cluster.peer")
 # The request headers the peer routes read; the others are not decoded at all.
@@ -132,8 +133,11 @@ class PeerApp:
         elif path.startswith("/list/"):
             backend = self._local(path[len("/list/"):])
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+            max_keys = parse_decimal(query.get("max-keys", "1000"))
+            if max_keys is None:
+                raise errors.InvalidArgument("max-keys must be a non-negative integer")
             page = await backend.list(path[len("/list/"):], query.get("prefix", ""), query.get("delimiter", ""),
-                                      query.get("start-after", ""), int(query.get("max-keys", "1000")))
+                                      query.get("start-after", ""), max_keys)
             await _send_json(send, wire.page_to_json(page))
         elif path.startswith("/buckets/"):
             await self._bucket(method, path[len("/buckets/"):], send)
@@ -164,11 +168,9 @@ class PeerApp:
                         await backend.create_bucket(bucket)
                     except errors.BucketAlreadyOwnedByYou:
                         pass
-            size = headers.get(wire.SIZE_HEADER)
-            algorithms = tuple(a for a in headers.get(wire.ALGORITHMS_HEADER, "").split(",") if a)
-            payload = Payload(receive_body(receive), expected_size=int(size) if size else None,
-                              checksum_algorithms=algorithms, etag=headers.get(wire.ETAG_HEADER) or None)
-            meta = ObjectMeta.from_json(json.loads(headers.get(wire.META_HEADER, "{}")))
+            size, algorithms, meta = _put_headers(headers)
+            payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms,
+                              etag=headers.get(wire.ETAG_HEADER) or None)
             info = await backend.put(bucket, key, payload, meta)
             self.service.cluster.locations.forget(bucket, key)
             await _send_json(send, wire.info_to_json(info))
@@ -202,6 +204,26 @@ class PeerApp:
         else:
             raise errors.MethodNotAllowed()
         await _send(send, 204, [], b"")
+
+
+def _put_headers(headers: dict) -> tuple[int | None, tuple[str, ...], ObjectMeta]:
+    """A peer PUT's declared size, checksum algorithms and metadata; InvalidArgument if malformed
+    (another node sent them: a 400 says which, where a 500 would only say something failed)."""
+    size = headers.get(wire.SIZE_HEADER)
+    expected = parse_decimal(size) if size else None
+    if size and expected is None:
+        raise errors.InvalidArgument(f"{wire.SIZE_HEADER} must be a byte count")
+    algorithms = tuple(a for a in headers.get(wire.ALGORITHMS_HEADER, "").split(",") if a)
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:
+        raise errors.InvalidArgument(f"{wire.ALGORITHMS_HEADER} names unknown checksum algorithms: {unknown}")
+    try:
+        meta = json.loads(headers.get(wire.META_HEADER, "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+        return expected, algorithms, ObjectMeta.from_json(meta)
+    except ValueError as exc:
+        raise errors.InvalidArgument(f"{wire.META_HEADER} is not a JSON object: {exc}") from None
 
 
 async def _send(send, status: int, headers: list, body: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 
 HEADER = "x-cluster-auth"
@@ -56,6 +57,8 @@ class PeerSigner:
             age = abs(self.clock() - float(stamp))
         except ValueError:
             raise PeerAuthError(f"malformed {HEADER} header") from None
+        if not math.isfinite(age):  # "nan" or "inf" would pass the comparison below
+            raise PeerAuthError(f"malformed {HEADER} header")
         if age > MAX_SKEW:
             raise PeerAuthError(f"peer request time is {age:.0f}s away from ours (limit {MAX_SKEW:.0f}s): "
                                 "check the clocks")

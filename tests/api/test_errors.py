@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import unquote
 
 import pytest
 from botocore.exceptions import ClientError
@@ -249,3 +250,91 @@ def test_authentication_errors_are_403_with_s3_codes(gateway, bucket):
             client(access_key, secret_key).put_object(Bucket=bucket, Key="k", Body=b"x" * 10000)
         assert error_code(info.value) == code
     assert gateway.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+# Numbers in queries and headers: str.isdigit() also accepts "²" (which int() refuses) and int()
+# refuses more than 4,300 digits; each of these was a 500 InternalError (found by fuzzing).
+_NOT_NUMBERS = ["%C2%B2", "--1", "-1", "9" * 5000, "1e3", "%D9%A3"]
+
+
+@pytest.mark.parametrize("value", _NOT_NUMBERS)
+def test_numeric_query_parameters_that_are_not_numbers(gateway, s3, bucket, value):
+    s3.put_object(Bucket=bucket, Key="mp", Body=b"x")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    try:
+        huge = value == "9" * 5000  # a number, just a big one: clamped like any large max-keys
+        for query in (f"max-keys={value}", f"list-type=2&max-keys={value}", f"uploads&max-uploads={value}",
+                      f"uploadId={upload}&max-parts={value}", f"uploadId={upload}&part-number-marker={value}"):
+            path = f"/{bucket}" if "max-keys" in query or "max-uploads" in query else f"/{bucket}/mp"
+            response = raw_request(gateway, "GET", path, query=query)
+            if huge:
+                assert response.status == 200, (query, response.status, response.body[:300])
+            else:
+                _assert_error(response, 400, "InvalidArgument")
+        _assert_error(raw_request(gateway, "PUT", f"/{bucket}/mp", b"abc", query=f"partNumber={value}&uploadId={upload}"),
+                      400, "InvalidArgument")
+        complete = f"<CompleteMultipartUpload><Part><PartNumber>{unquote(value)}</PartNumber><ETag>x</ETag></Part>" \
+                   "</CompleteMultipartUpload>"
+        response = raw_request(gateway, "POST", f"/{bucket}/mp", complete.encode(), query=f"uploadId={upload}")
+        assert response.status == 400 and response.code in ("MalformedXML", "InvalidPart"), response.body
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
+    assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == b"x"
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "1e3"])  # "²" in a header: see test_parse_decimal
+def test_numeric_headers_that_are_not_numbers(gateway, s3, bucket, value):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"0123456789")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    try:
+        response = raw_request(gateway, "PUT", f"/{bucket}/mp", query=f"partNumber=1&uploadId={upload}", headers={
+            "x-amz-copy-source": f"/{bucket}/src", "x-amz-copy-source-range": f"bytes=0-{value}"})
+        _assert_error(response, 400, "InvalidArgument")
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
+    response = raw_request(gateway, "PUT", f"/{bucket}/chunked", b"3\r\nabc\r\n0\r\n\r\n", headers={
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": value}, unsigned_payload=False)
+    assert 400 <= response.status < 500, (response.status, response.body)
+    # A Range that is no number is ignored, as S3 does; a huge first byte is past the end.
+    response = raw_request(gateway, "GET", f"/{bucket}/src", headers={"range": f"bytes={value}-"})
+    assert response.status == (416 if value.isdigit() else 200), response.status
+    assert s3.head_object(Bucket=bucket, Key="src")["ContentLength"] == 10
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="chunked")
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "9" * 5000])
+def test_presigned_expiry_that_is_not_a_number(gateway, s3, bucket, value):
+    import re
+
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    v4 = gateway.client(signature_version="s3v4")
+    url = v4.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60)
+    query, replaced = re.subn(r"X-Amz-Expires=\d+", f"X-Amz-Expires={value}", url.split("?", 1)[1])
+    assert replaced == 1, url
+    _assert_error(raw_request(gateway, "GET", f"/{bucket}/k", query=query, signed=False),
+                  400, "AuthorizationQueryParametersError")
+    v2 = f"AWSAccessKeyId={gateway.access_key}&Signature=x&Expires={value}"
+    response = raw_request(gateway, "GET", f"/{bucket}/k", query=v2, signed=False)
+    assert response.status == 403, (response.status, response.body)
+
+
+@pytest.mark.parametrize("encoding", ["bogus", "shift_jis", "utf-32", "idna", "rot13"])
+def test_xml_declaring_an_unreadable_encoding_is_malformed(gateway, s3, bucket, encoding):
+    s3.put_object(Bucket=bucket, Key="a", Body=b"x")
+    body = f'<?xml version="1.0" encoding="{encoding}"?><Delete><Object><Key>a</Key></Object></Delete>'.encode()
+    _assert_error(raw_request(gateway, "POST", f"/{bucket}", body, query="delete"), 400, "MalformedXML")
+    _assert_error(raw_request(gateway, "PUT", f"/xml-encoding-{encoding.replace('_', '-')}", body), 400,
+                  "MalformedXML")
+    assert s3.head_object(Bucket=bucket, Key="a")["ContentLength"] == 1
+
+
+def test_parse_decimal():
+    from gateway.api.s3.request import HUGE, parse_decimal
+
+    assert [parse_decimal(v) for v in ("0", "007", "1000", "9" * 19)] == [0, 7, 1000, int("9" * 19)]
+    assert parse_decimal("1" + "0" * 19) == HUGE and parse_decimal("9" * 5000) == HUGE
+    assert parse_decimal("0" * 5000 + "12") == 12
+    for text in ("", "-1", "+1", " 1", "1 ", "1e3", "0x10", "1_000", "\xb2", "\u0663", "\uff11", "1.0"):
+        assert parse_decimal(text) is None, repr(text)

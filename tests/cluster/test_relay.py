@@ -205,6 +205,45 @@ def test_ping_answers_who_and_what_a_node_is(cluster):
         assert "peer request GET /_cluster/v1/ping failed" not in cluster[name].log(), name
 
 
+def test_peer_routes_answer_malformed_requests_with_400_and_store_nothing(cluster):
+    """Only a node with the cluster secret gets this far, but a bad value is still a clear 400, not a 500."""
+    import urllib.error
+    import urllib.request
+
+    from gateway.cluster import wire
+    from gateway.cluster.peer_auth import HEADER, PeerSigner
+
+    from .conftest import SECRET
+
+    def call(method, target, headers=None, body=None):
+        signed = PeerSigner(SECRET, "r2").headers(method, target)
+        request = urllib.request.Request(cluster["r1"].endpoint + target, data=body, method=method,
+                                         headers={**signed, **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    assert call("GET", "/_cluster/v1/list/relay?max-keys=abc")[0] == 400
+    assert call("GET", "/_cluster/v1/list/relay?max-keys=%C2%B2")[0] == 400
+    for header, value in ((wire.SIZE_HEADER, "abc"), (wire.META_HEADER, "{bad"), (wire.META_HEADER, "[]"),
+                          (wire.ALGORITHMS_HEADER, "BOGUS")):
+        status, body = call("PUT", "/_cluster/v1/objects/relay/peer-bad", {header: value}, b"xyz")
+        assert status == 400 and header.encode() in body, (header, value, status, body)
+    assert not (cluster["r1"].data_dir / "relay" / "peer-bad%obj").exists()
+    # A signature time that is no number at all is refused before the signature is checked.
+    target = "/_cluster/v1/ping"
+    signature = PeerSigner(SECRET, "r2").headers("GET", target)[HEADER].split(":", 1)[1]
+    for stamp in ("nan", "inf"):
+        request = urllib.request.Request(cluster["r1"].endpoint + target,
+                                         headers={HEADER: f"{stamp}:{signature}", "x-cluster-node": "r2"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 403 and b"malformed" in info.value.read()
+    assert "Traceback" not in cluster["r1"].log()
+
+
 def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
     s3 = clients(cluster)
     s3["r2"].put_object(Bucket="relay", Key="on-r2", Body=b"kept by r2")

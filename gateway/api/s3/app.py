@@ -196,7 +196,9 @@ class S3App:
         """An error's (status, headers, body): an S3 XML document; empty for HEAD and 304."""
         headers = [(b"x-amz-request-id", req.request_id.encode())]
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
-        if exc.status >= 500:
+        if exc.status == 501:  # the client asked for a feature the gateway does not have: not a fault here
+            log.info("request %s: %s %s", req.request_id, exc.code, exc.message)
+        elif exc.status >= 500:
             log.error("request %s: %s %s", req.request_id, exc.code, exc.message)
         if exc.status == 304 or req.method == "HEAD":
             return exc.status, headers, b""  # no body: the status says it all

@@ -11,7 +11,7 @@ from ... import errors
 from ...checksums import ALGORITHMS
 from ...payload import Payload
 from .chunked import decode_aws_chunked
-from .request import S3Request
+from .request import S3Request, parse_decimal
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 _CHECKSUM_HEADERS = {f"x-amz-checksum-{alg.lower()}": alg for alg in ALGORITHMS}
@@ -39,12 +39,11 @@ def payload_from_request(req: S3Request, extra_algorithms: tuple[str, ...] = ())
     encoding = headers.get("content-encoding", "")
     chunked = content_sha256.startswith("STREAMING-") or "aws-chunked" in encoding
     if chunked:
-        decoded_length = headers.get("x-amz-decoded-content-length")
-        if decoded_length is None or not decoded_length.isdigit():
+        expected_size = parse_decimal(headers.get("x-amz-decoded-content-length", ""))
+        if expected_size is None:
             raise errors.MissingContentLength(
                 "aws-chunked uploads must send x-amz-decoded-content-length."
             )
-        expected_size = int(decoded_length)
         trailer_names = [t.strip().lower() for t in headers.get("x-amz-trailer", "").split(",") if t.strip()]
         for name in trailer_names:
             if name not in _CHECKSUM_HEADERS:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from ... import errors
 from ...checksums import ALGORITHMS, checksum_b64
-from .request import S3Request, check_key, iso8601
+from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
 from .xml import child_text, document, element, parse
 
@@ -58,10 +58,11 @@ async def bucket_versioning(app, req: S3Request, send) -> None:
 
 def _max_keys(req: S3Request, name: str = "max-keys") -> int:
     value = req.query.get(name, str(MAX_KEYS))
-    if not value.lstrip("-").isdigit() or int(value) < 0:
+    number = parse_decimal(value)
+    if number is None:
         raise errors.InvalidArgument(f"{name} must be a non-negative integer.", ArgumentName=name,
                                      ArgumentValue=value)
-    return min(int(value), MAX_KEYS)
+    return min(number, MAX_KEYS)
 
 
 async def list_objects(app, req: S3Request, send) -> None:

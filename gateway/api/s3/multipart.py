@@ -10,19 +10,20 @@ from ...checksums import ALGORITHMS
 from ...payload import Payload
 from .body import payload_from_request
 from .objects import check_preconditions, check_write_headers, meta_from_headers, parse_copy_source
-from .request import S3Request, check_key, iso8601
+from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
 from .xml import child_text, document, element, parse
 
-_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+_COPY_RANGE = re.compile(r"^bytes=([0-9]+)-([0-9]+)$")
 
 
 def _part_number(req: S3Request) -> int:
     value = req.query.get("partNumber", "")
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PARTS:
+    number = parse_decimal(value)
+    if number is None or not 1 <= number <= MAX_PARTS:
         raise errors.InvalidArgument(f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive.",
                                      ArgumentName="partNumber", ArgumentValue=value)
-    return int(value)
+    return number
 
 
 async def create_upload(app, req: S3Request, send) -> None:
@@ -86,7 +87,7 @@ def _copy_source_range(value: str | None, size: int) -> ByteRange | None:
             "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are "
             "the zero-based offsets of the first and last bytes to copy.",
             ArgumentName="x-amz-copy-source-range", ArgumentValue=value)
-    first, last = int(match[1]), int(match[2])
+    first, last = parse_decimal(match[1]), parse_decimal(match[2])
     if first > last or last >= size:
         raise errors.InvalidArgument(f"Range specified is not valid for source object of size: {size}",
                                      ArgumentName="x-amz-copy-source-range", ArgumentValue=value)
@@ -99,10 +100,10 @@ async def complete_upload(app, req: S3Request, send) -> None:
         raise errors.MalformedXML("The document root must be <CompleteMultipartUpload>.")
     parts = []
     for node in root.findall("Part"):
-        number = child_text(node, "PartNumber")
-        if not number.strip().isdigit():
+        number = parse_decimal(child_text(node, "PartNumber").strip())
+        if number is None:
             raise errors.MalformedXML("PartNumber must be an integer.")
-        parts.append((int(number), child_text(node, "ETag").strip()))
+        parts.append((number, child_text(node, "ETag").strip()))
     backend = app.service.backend_for(req.bucket)
     info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
     app.service.object_written(req.bucket, req.key, info)
@@ -118,10 +119,11 @@ async def abort_upload(app, req: S3Request, send) -> None:
 
 def _int_param(req: S3Request, name: str, default: int, limit: int) -> int:
     value = req.query.get(name, str(default))
-    if not value.isdigit():
+    number = parse_decimal(value)
+    if number is None:
         raise errors.InvalidArgument(f"{name} must be a non-negative integer.", ArgumentName=name,
                                      ArgumentValue=value)
-    return min(int(value), limit)
+    return min(number, limit)
 
 
 async def list_parts(app, req: S3Request, send) -> None:

@@ -74,9 +74,10 @@ class S3Request:
         value = self.headers.get("content-length")
         if value is None:
             return None
-        if not value.isdigit():
+        length = parse_decimal(value)
+        if length is None:
             raise errors.InvalidArgument("Content-Length is not a number.", ArgumentName="Content-Length")
-        return int(value)
+        return length
 
 
 def _joined_headers(raw_headers) -> dict[str, str]:
@@ -150,6 +151,23 @@ def check_key(key: str) -> None:
         raise errors.KeyTooLongError(f"Keys are at most {MAX_KEY_BYTES} bytes of UTF-8.", Key=key[:64] + "...")
 
 
+HUGE = 10 ** 19  # what parse_decimal reads a longer number as: above every bound a caller checks
+
+
+def parse_decimal(text: str) -> int | None:
+    """A non-negative integer in ASCII digits (leading zeros allowed), or None.
+
+    Not ``text.isdigit()`` + ``int(text)``: isdigit() also accepts "²" and other Unicode digits,
+    which int() refuses (a 500 for a bad query parameter) or, like "٣", reads; and int() refuses
+    more than 4,300 digits. A number longer than 19 digits reads as HUGE, beyond any bound a caller
+    checks (part numbers, max-keys, expiry times, sizes), so it fails or is clamped like any other
+    large value."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    text = text.lstrip("0") or "0"
+    return int(text) if len(text) <= 19 else HUGE
+
+
 def parse_range(value: str | None) -> ByteRange | None:
     """Parse one byte range; anything S3 would ignore (several ranges, other units) returns None."""
     if not value:
@@ -160,13 +178,11 @@ def parse_range(value: str | None) -> ByteRange | None:
     first, dash, last = spec.strip().partition("-")
     if not dash:
         return None
-    try:
-        if first == "":
-            return ByteRange(None, int(last)) if last.isdigit() else None
-        if not first.isdigit() or (last and not last.isdigit()):
-            return None
-        start, end = int(first), (int(last) if last else None)
-    except ValueError:
+    if first == "":
+        suffix = parse_decimal(last)
+        return ByteRange(None, suffix) if suffix is not None else None
+    start, end = parse_decimal(first), (parse_decimal(last) if last else None)
+    if start is None or (last and end is None):
         return None
     if end is not None and end < start:
         return None  # S3 ignores an inverted range and returns the whole object

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
 from ... import errors
+from .request import parse_decimal
 
 # Query parameters that are part of the signed resource.
 SUB_RESOURCES = frozenset({
@@ -76,11 +77,12 @@ def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
     params = {name: unquote(value) for name, value in pairs}
     access_key, signature, expires = params.get("AWSAccessKeyId", ""), params.get("Signature", ""), params.get(
         "Expires", "")
-    if not expires.isdigit():
+    expires_at = parse_decimal(expires)
+    if expires_at is None:
         raise errors.AccessDenied("Query-string authentication requires the Signature, Expires and "
                                   "AWSAccessKeyId parameters")
     secret = secret_for(access_key)
-    if now > int(expires):
+    if now > expires_at:
         raise errors.AccessDenied("Request has expired")
     signed_headers = dict(headers)
     for name in ("content-type", "content-md5"):

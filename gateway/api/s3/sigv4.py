@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from ... import errors
 from . import sigv2
+from .request import parse_decimal
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -300,7 +301,8 @@ class Authenticator:
         timestamp = parse_amz_date(amz_date)
         if timestamp is None:
             raise bad("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
-        if not expires_text.isdigit() or not 1 <= int(expires_text) <= MAX_EXPIRES:
+        expires = parse_decimal(expires_text)
+        if expires is None or not 1 <= expires <= MAX_EXPIRES:
             raise bad(f"X-Amz-Expires must be between 1 and {MAX_EXPIRES} seconds (one week).")
         if scope[:8] != amz_date[:8]:
             raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
@@ -308,8 +310,8 @@ class Authenticator:
         now = self._clock()
         if timestamp - now > self._max_skew:
             raise errors.AccessDenied("Request is not yet valid", ServerTime=_iso(now))
-        if now > timestamp + int(expires_text):
-            raise errors.AccessDenied("Request has expired", Expires=_iso(timestamp + int(expires_text)),
+        if now > timestamp + expires:
+            raise errors.AccessDenied("Request has expired", Expires=_iso(timestamp + expires),
                                       ServerTime=_iso(now))
 
         signed_names = _signed_names(signed, headers, bad)

@@ -56,6 +56,10 @@ def parse(body: bytes) -> ET.Element:
         root = ET.fromstring(body)
     except ET.ParseError as exc:
         raise errors.MalformedXML(f"The XML you provided was not well-formed: {exc}") from None
+    except (LookupError, ValueError, UnicodeError) as exc:
+        # The declaration names an encoding Python does not know, or one expat cannot read
+        # (multi-byte ones such as shift_jis or utf-32), or a codec that is not a text encoding.
+        raise errors.MalformedXML(f"The XML you provided declares an encoding that cannot be read: {exc}") from None
     for node in root.iter():
         if isinstance(node.tag, str) and node.tag.startswith("{"):
             node.tag = node.tag.split("}", 1)[1]
