@@ -58,6 +58,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _idle_timer = None
     _messages = 0  # requests begun on this connection (the idle check compares it)
     _messages_seen = 0
+    _close_when_answered = False  # the client has closed its side: close ours after the last answer
 
     # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
     # response (cancelling it when data arrives). A plain read needs five fields of the scope, and
@@ -126,10 +127,29 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # protocol only arms its timer after a response).
         self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
+    def eof_received(self) -> bool | None:
+        """The client closed its sending side after its request (``shutdown(SHUT_WR)``, as ``nc -N``
+        does). Requests that arrived whole are still answered, then the connection is closed, as
+        nginx does; uvicorn would close at once, leaving a stored PUT unanswered. A request whose
+        body is incomplete can never finish: the connection closes at once, as before."""
+        self.writes.flush()  # answers given in this iteration go out before any close
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            self._close_when_answered = True
+            return True  # keep the transport open for writing
+        if self.pipeline:
+            self._close_when_answered = True
+            return True
+        return None  # asyncio closes the transport
+
     def on_response_complete(self) -> None:
         """After every response (both paths): the next pipelined request, or wait for one."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
+            return
+        if self._close_when_answered and not self.pipeline:
+            self.writes.flush()
+            self.transport.close()
             return
         self.flow.resume_reading()
         if self.pipeline:

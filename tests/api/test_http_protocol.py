@@ -326,3 +326,52 @@ def test_a_raw_non_ascii_target_is_refused_and_the_server_stays_up(gateway, obje
     finally:
         conn.close()
     assert raw_request(gateway, "GET", f"/{bucket}/small").body == small
+
+
+def _answers_after_half_close(gateway, data: bytes, count: int) -> tuple[list[Response], bool]:
+    """Send ``data``, close our sending side (shutdown(SHUT_WR), as ``nc -N`` does), read ``count``
+    answers; then whether the server closed the connection."""
+    conn = Wire(gateway)
+    try:
+        conn.send(data)
+        conn.sock.shutdown(socket.SHUT_WR)
+        answers = [conn.response() for _ in range(count)]
+        return answers, conn.closed_by_server()
+    finally:
+        conn.close()
+
+
+def test_a_client_that_half_closes_after_its_requests_still_gets_the_answers(gateway, s3, objects):
+    bucket, small, _ = objects
+    get = _request_bytes(gateway, "GET", f"/{bucket}/small")  # answered below ASGI
+    answers, closed = _answers_after_half_close(gateway, get, 1)
+    assert answers[0].status == 200 and answers[0].body == small and closed
+    answers, closed = _answers_after_half_close(gateway, get + get + get, 3)  # pipelined
+    assert [a.body for a in answers] == [small] * 3 and closed
+    # A PUT (through ASGI) that arrived whole is stored and answered.
+    body = b"written by a client that half-closed"
+    target, headers = sign(gateway, "PUT", f"/{bucket}/half-closed", body=body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": f"{gateway.host}:{gateway.port}",
+                                                 "Content-Length": str(len(body))}.items())
+    put = f"PUT {target} HTTP/1.1\r\n{head}\r\n".encode() + body
+    answers, closed = _answers_after_half_close(gateway, put + get, 2)
+    assert answers[0].status == 200 and answers[0].getheader("etag") and closed
+    assert answers[1].status == 200 and answers[1].body == small
+    assert s3.get_object(Bucket=bucket, Key="half-closed")["Body"].read() == body
+
+
+def test_a_half_closed_request_with_a_short_body_stores_nothing(gateway, s3, bucket):
+    body = b"0123456789"
+    target, headers = sign(gateway, "PUT", f"/{bucket}/short", body=body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": f"{gateway.host}:{gateway.port}",
+                                                 "Content-Length": str(len(body))}.items())
+    conn = Wire(gateway)
+    try:
+        conn.send(f"PUT {target} HTTP/1.1\r\n{head}\r\n".encode() + body[:3])
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.file.read() == b""  # closed at once: the body can never be completed
+    finally:
+        conn.close()
+    with pytest.raises(Exception):
+        s3.head_object(Bucket=bucket, Key="short")
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
