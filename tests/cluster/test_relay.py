@@ -55,6 +55,34 @@ def test_object_put_on_one_node_is_readable_headable_deletable_through_every_oth
         assert error_of(lambda client=client: client.get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
 
 
+def test_tricky_keys_relay_through_every_node(cluster):
+    """Keys that break object stores (escapes, dot segments, unicode, 1,024 bytes) keep their exact
+    names on the way through the peer routes: read, listed and deleted through the other nodes."""
+    from gateway.testing.conformance_keys import TRICKY_KEYS
+
+    s3 = clients(cluster)
+    s3["p1"].create_bucket(Bucket="tricky")
+    keys = sorted(set(TRICKY_KEYS))
+    for i, key in enumerate(keys):
+        s3["r1"].put_object(Bucket="tricky", Key=key, Body=f"{i}".encode())
+    for name in ("p1", "r2", "x1"):
+        for i, key in enumerate(keys):
+            assert s3[name].get_object(Bucket="tricky", Key=key)["Body"].read() == f"{i}".encode(), (name, key)
+            assert s3[name].head_object(Bucket="tricky", Key=key)["ContentLength"] == len(f"{i}"), (name, key)
+        listed, token = [], None
+        while True:
+            page = s3[name].list_objects_v2(Bucket="tricky", **({"ContinuationToken": token} if token else {}))
+            listed += [o["Key"] for o in page.get("Contents", [])]
+            if not page["IsTruncated"]:
+                break
+            token = page["NextContinuationToken"]
+        assert sorted(listed, key=lambda k: k.encode()) == sorted(keys, key=lambda k: k.encode()), name
+    for key in keys:
+        s3["x1"].delete_object(Bucket="tricky", Key=key)
+    for name in NODES:
+        assert s3[name].list_objects_v2(Bucket="tricky")["KeyCount"] == 0, name
+
+
 def test_missing_bucket_and_missing_key_are_told_apart_through_every_node(cluster):
     # A node tries its own storage without asking whether it has the bucket, and asks only when no
     # peer has the bucket either: a bucket that only one node's storage holds is still a bucket.
