@@ -122,3 +122,27 @@ def test_unknown_checksum_algorithm(gateway, bucket):
     response = raw_request(gateway, "PUT", key_path(bucket, "k"), b"x", {"x-amz-sdk-checksum-algorithm": "MD4"})
     assert response.status == 400
     assert response.code == "InvalidRequest"
+
+
+@pytest.mark.parametrize("announced, right", [(True, True), (True, False), (False, True), (False, False)])
+def test_trailing_checksum_must_be_announced_and_right(gateway, s3, bucket, announced, right):
+    """A checksum trailer is checked when x-amz-trailer announces it; one that is not announced is
+    refused rather than ignored: the client meant the object to be verified."""
+    data = b"abc"
+    crc = _independent_checksum("CRC32", data) if right else _independent_checksum("CRC32", b"abd")
+    body = f"3\r\nabc\r\n0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n".encode()
+    headers = {"x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "content-encoding": "aws-chunked",
+               "x-amz-decoded-content-length": "3"}
+    if announced:
+        headers["x-amz-trailer"] = "x-amz-checksum-crc32"
+    response = raw_request(gateway, "PUT", key_path(bucket, "trailed"), body, headers=headers)
+    if announced and right:
+        assert response.status == 200, response.body
+        got = s3.get_object(Bucket=bucket, Key="trailed", ChecksumMode="ENABLED")
+        assert got["Body"].read() == data and got["ChecksumCRC32"] == crc
+        return
+    assert response.status == 400, (response.status, response.body)
+    assert response.code == ("BadDigest" if announced else "InvalidRequest"), response.body
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="trailed")
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404

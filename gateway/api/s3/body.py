@@ -55,6 +55,12 @@ def payload_from_request(req: S3Request, extra_algorithms: tuple[str, ...] = ())
         async def decoded():
             async for chunk in decode_aws_chunked(req.body_chunks(), req.auth, trailers):
                 yield chunk
+            unannounced = sorted(set(trailers) - set(trailer_names))
+            if unannounced:
+                # A checksum the client sent but did not announce could not be computed, and
+                # storing the object without checking it would pass it off as verified.
+                raise errors.InvalidRequest(f"The body carries the trailer {', '.join(unannounced)}, which "
+                                            "the x-amz-trailer header does not announce.")
             for name in trailer_names:
                 if name not in trailers:
                     raise errors.IncompleteBody(f"The body ended without the announced trailer {name}.")
