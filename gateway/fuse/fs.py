@@ -25,7 +25,7 @@ from .cache import DIR, FILE, LINK, MISSING, Attr, AttrCache, DirCache, FirstByt
 from .client import ObjectClient, ObjectStat, StoreError
 from .files import FileOptions, OpenFile, SpoolDir
 from .handles import STATS_PATH, STATS_SIZE, FileOps, Handle
-from .meta import apply_meta, err, maybe_symlink, parent_of
+from .meta import MAX_KEY_BYTES, apply_meta, err, is_utf8, maybe_symlink, parent_of
 from .namespace import NamespaceOps
 
 log = logging.getLogger("gateway.fuse")
@@ -90,6 +90,16 @@ class GatewayFS(NamespaceOps, FileOps):
         if self.options.read_only:
             raise err(errno.EROFS, "the mount is read-only")
 
+    def _check_new_name(self, path: str, directory: bool = False) -> None:
+        """Refuse a name no object can have before anything is written (else the upload at close
+        would fail and the written data be lost): EILSEQ for a name that is not UTF-8 (keys are),
+        ENAMETOOLONG for a key of more than MAX_KEY_BYTES."""
+        bucket, key = self.split(path)
+        if not is_utf8(path):
+            raise err(errno.EILSEQ, f"{path!r}: object keys and bucket names are UTF-8, this name is not")
+        if len(key.encode()) + (1 if directory and key else 0) > MAX_KEY_BYTES:
+            raise err(errno.ENAMETOOLONG, f"{path}: object keys are at most {MAX_KEY_BYTES} bytes")
+
     # Attributes ---------------------------------------------------------------
 
     def _attr_from_stat(self, info: ObjectStat, data: bytes | None = None) -> Attr:
@@ -132,12 +142,15 @@ class GatewayFS(NamespaceOps, FileOps):
         return attr
 
     def _fetch_attr(self, path: str) -> Attr | None:
+        if not is_utf8(path):
+            return None  # keys are UTF-8: no object has this name
         bucket, key = self.split(path)
         if not key:
             try:
                 self.client.head_bucket(bucket)
             except StoreError as exc:
-                if exc.errno == errno.ENOENT:
+                # Not a valid bucket name (".git", "ab", "Foo" looked up by a tool): no such bucket.
+                if exc.errno in (errno.ENOENT, errno.EINVAL):  # a HEAD's 400 carries no error code
                     return None
                 raise
             return Attr(DIR, mtime=self.started, marker=True)
@@ -244,7 +257,12 @@ class GatewayFS(NamespaceOps, FileOps):
         base = path.rstrip("/")
         stamp = self.attrs.stamp()
         collected: dict[str, Attr] | None = {}
+        # Files of this page and the one before: a prefix "a/" shows nothing when a file "a" came
+        # just before it (the file wins, as in docs/fuse.md). Only names listed close together can
+        # meet like that, so no set of every name is kept.
+        files: set[str] = set()
         for page in self.client.iter_list(bucket, prefix, "/"):
+            recent, files = files, set()
             for info in page.objects:
                 name = info.key[len(prefix):]
                 if not name or name in (".", ".."):
@@ -257,10 +275,11 @@ class GatewayFS(NamespaceOps, FileOps):
                 self.attrs.put(child, attr, stamp)
                 if collected is not None:
                     collected[name] = attr
+                files.add(name)
                 yield name, attr
             for common in page.prefixes:
                 name = common[len(prefix):-1]
-                if not name or "/" in name or name in (".", ".."):
+                if not name or "/" in name or name in (".", "..") or name in files or name in recent:
                     continue
                 child = f"{base}/{name}"
                 attr = self.attrs.get(child)

@@ -107,6 +107,7 @@ class FileOps:
         self._check_writable()
         if not self.split(path)[1]:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
+        self._check_new_name(path)
         meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
         fh, open_file = self._acquire(path, None, meta)
         with open_file.lock:
@@ -119,6 +120,12 @@ class FileOps:
         self.first_bytes.invalidate(path)
         self.dirs.add(parent_of(path)[0], path.rpartition("/")[2], self._open_attr(open_file))
         return fh
+
+    def handle_attr(self, fh: int | None) -> Attr:
+        """The attributes of the file open as ``fh`` (EBADF without a handle)."""
+        if fh is None:
+            raise err(errno.EBADF, "no path and no file handle")
+        return self._open_attr(self._handle(fh).open_file)
 
     def _handle(self, fh: int) -> Handle:
         handle = self._handles.get(fh)

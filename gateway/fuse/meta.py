@@ -6,6 +6,7 @@ Metadata names follow rclone: ``mode`` (octal st_mode, type bits included), ``ui
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import os
 import stat
@@ -20,6 +21,18 @@ def err(code: int, what: str) -> OSError:
     return OSError(code, f"{os.strerror(code)}: {what}")
 
 
+MAX_KEY_BYTES = 1024  # S3's limit on the UTF-8 length of a key
+
+
+def is_utf8(path: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (the binding hands them over surrogate-escaped)."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parent_of(path: str) -> tuple[str, str]:
     parent, _, name = path.rpartition("/")
     return parent or "/", name
@@ -30,6 +43,13 @@ def maybe_symlink(attr: Attr) -> bool:
     return attr.from_listing and attr.kind == FILE and attr.size <= SYMLINK_MAX
 
 
+# Any S3 client can write these metadata, so every value is checked before it reaches a stat:
+# out of range, it would make the lookup, and any listing of its directory, fail.
+MODE_MAX = 0o177777  # type bits and permissions
+ID_MAX = 2 ** 32 - 2  # uid_t; 2**32 - 1 is (uid_t)-1, "no change" to chown
+MTIME_LIMIT = 9.2e9  # seconds either side of 1970 that a nanosecond count in 64 bits can hold
+
+
 def apply_meta(attr: Attr, meta: dict[str, str]) -> None:
     """Fill mode, uid, gid, mtime (and the kind, for symlinks) from stored metadata; ignore bad values."""
     mode = meta.get("mode")
@@ -38,20 +58,22 @@ def apply_meta(attr: Attr, meta: dict[str, str]) -> None:
             value = int(mode, 8)
         except ValueError:
             value = None
-        if value is not None:
+        if value is not None and 0 <= value <= MODE_MAX:
             attr.mode = value & 0o7777
             if stat.S_ISLNK(value):
                 attr.kind = LINK
     for name in ("uid", "gid"):
         text = meta.get(name, "")
-        if text.isdigit():
+        if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= ID_MAX:
             setattr(attr, name, int(text))
     mtime = meta.get("mtime")
     if mtime:
         try:
-            attr.mtime = float(mtime)
+            value = float(mtime)
         except ValueError:
-            pass
+            value = None
+        if value is not None and math.isfinite(value) and abs(value) < MTIME_LIMIT:
+            attr.mtime = value
 
 
 def format_time(seconds: float) -> str:

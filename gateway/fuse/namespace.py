@@ -10,7 +10,7 @@ import stat
 import time
 
 from .cache import DIR, LINK, MISSING, Attr
-from .meta import apply_meta, content_type, err, format_time, parent_of
+from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, parent_of
 
 
 class NamespaceOps:
@@ -18,6 +18,7 @@ class NamespaceOps:
 
     def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
         self._check_writable()
+        self._check_new_name(path, directory=True)
         bucket, key = self.split(path)
         with self._namespace_lock:
             if not key:
@@ -98,6 +99,7 @@ class NamespaceOps:
         bucket, key = self.split(path)
         if not key:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
+        self._check_new_name(path)
         body = target.encode(errors="surrogateescape")
         meta = self._new_meta(stat.S_IFLNK | 0o777, owner)
         etag = self.client.put(bucket, key, body, len(body), meta, "application/x-symlink")
@@ -119,6 +121,7 @@ class NamespaceOps:
         self._check_writable()
         if not self.split(old)[1] or not self.split(new)[1]:
             raise err(errno.EXDEV, "buckets cannot be renamed, and files cannot live outside a bucket")
+        self._check_new_name(new)
         with self._namespace_lock:
             attr = self.lookup(old)
             try:
@@ -174,12 +177,16 @@ class NamespaceOps:
             with open_file.lock:
                 if open_file.dirty and not open_file.unlinked:
                     self._upload(open_file)
+        # Every key first: one that would be too long under the new name must stop the move before
+        # anything is copied (a half-done move leaves copies behind).
+        keys = [info.key for page in self.client.iter_list(old_bucket, old_prefix, "") for info in page.objects]
+        longest = max((len(key.encode()) for key in keys), default=len(old_prefix.encode()))
+        if longest - len(old_prefix.encode()) + len(new_prefix.encode()) > MAX_KEY_BYTES:
+            raise err(errno.ENAMETOOLONG, f"{new}: a key inside would be longer than {MAX_KEY_BYTES} bytes")
         moved = []
-        for page in self.client.iter_list(old_bucket, old_prefix, ""):
-            for info in page.objects:
-                suffix = info.key[len(old_prefix):]
-                self.client.copy(new_bucket, info.key, new_prefix + suffix, source_bucket=old_bucket)
-                moved.append(info.key)
+        for key in keys:
+            self.client.copy(new_bucket, key, new_prefix + key[len(old_prefix):], source_bucket=old_bucket)
+            moved.append(key)
         if old_prefix not in moved:  # keep the directory itself, even if it was implicit
             meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
             self.client.put(new_bucket, new_prefix, b"", 0, meta, "application/x-directory")

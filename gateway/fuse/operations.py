@@ -24,6 +24,7 @@ from mfusepy import FuseOSError, Operations, overrides
 from .fs import STATS_PATH, GatewayFS
 
 log = logging.getLogger("gateway.fuse")
+RENAME_NOREPLACE = 1  # renameat2 flags (linux/fs.h); RENAME_EXCHANGE is 2, RENAME_WHITEOUT 4
 
 
 def _translate(method):
@@ -62,6 +63,8 @@ class GatewayOperations(Operations):
     @overrides(Operations)
     @_translate
     def getattr(self, path, fh=None):
+        if path is None:  # an fstat() of a file libfuse no longer has a path for: its handle says
+            return self.fs.to_stat(self.fs.handle_attr(fh))
         return self.fs.to_stat(self.fs.lookup(path))
 
     @overrides(Operations)
@@ -229,6 +232,22 @@ class GatewayFUSE(fuse.FUSE):
     def _wrapper(self, func, *args, **kwargs):
         _keep_thread_state()
         return super()._wrapper(func, *args, **kwargs)
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        """renameat2(): mfusepy drops the flags and renames plainly, so RENAME_EXCHANGE would have
+        replaced the target and lost its data. Only RENAME_NOREPLACE is honoured (the kernel already
+        refused a target it knows; a target another client made since is checked here)."""
+        if flags & ~RENAME_NOREPLACE:  # RENAME_EXCHANGE, RENAME_WHITEOUT: not supported
+            return -errno.EINVAL
+        if flags & RENAME_NOREPLACE:
+            try:
+                self.operations.getattr(new.decode(self.encoding, self.errors))
+            except FuseOSError as exc:
+                if exc.errno != errno.ENOENT:
+                    return -exc.errno
+            else:
+                return -errno.EEXIST
+        return super().rename_fuse_3(old, new, 0)
 
     def read(self, path, buf, size, offset, fip):
         if not size:

@@ -1,0 +1,110 @@
+"""Edge cases found by probing a real mount: names no object can have, metadata other S3 clients
+wrote, renameat2 flags, a file and a prefix with one name. Each once lost data, answered EIO, or
+left a traceback in the mount's log."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+import pytest
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _renameat2(old, new, flags: int) -> None:
+    AT_FDCWD = -100
+    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _errno_of(call) -> int:
+    with pytest.raises(OSError) as info:
+        call()
+    return info.value.errno
+
+
+def test_renameat2_flags_are_not_ignored(mnt, bucket):
+    root = mnt.path / bucket
+    (root / "a").write_bytes(b"A")
+    (root / "b").write_bytes(b"B")
+    for flags in (RENAME_EXCHANGE, RENAME_WHITEOUT):
+        assert _errno_of(lambda f=flags: _renameat2(root / "a", root / "b", f)) == errno.EINVAL
+        assert (root / "a").read_bytes() == b"A" and (root / "b").read_bytes() == b"B", "a rename lost data"
+    assert _errno_of(lambda: _renameat2(root / "a", root / "b", RENAME_NOREPLACE)) == errno.EEXIST
+    _renameat2(root / "a", root / "c", RENAME_NOREPLACE)
+    assert (root / "c").read_bytes() == b"A" and not (root / "a").exists()
+    assert "Traceback" not in mnt.log()
+
+
+@pytest.mark.parametrize("name, value", [("mtime", "nan"), ("mtime", "inf"), ("mtime", "-inf"), ("mtime", "1e30"),
+                                         ("mode", "77777777777"), ("mode", "-1"), ("uid", "99999999999"),
+                                         ("gid", "-5")])
+def test_metadata_other_clients_wrote_cannot_break_stat_or_listing(mnt, bucket, fuse_gw, name, value):
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="dir/odd", Body=b"odd", Metadata={name: value})
+    s3.put_object(Bucket=bucket, Key="dir/plain", Body=b"plain")
+    odd = mnt.path / bucket / "dir" / "odd"
+    st = os.stat(odd)  # looked up first: its attributes are cached when the listing comes
+    assert st.st_size == 3 and 0 < st.st_mtime < 2 ** 33 and st.st_uid < 2 ** 32 - 1
+    assert sorted(os.listdir(mnt.path / bucket / "dir")) == ["odd", "plain"]
+    assert odd.read_bytes() == b"odd"
+    assert "Traceback" not in mnt.log()
+
+
+def test_names_that_are_not_utf8_are_refused_before_anything_is_written(mnt, bucket):
+    root = os.fsencode(mnt.path / bucket)
+    bad = root + b"/bad\xff-name"
+    os.listdir(root)  # a cached listing once let the create through to a failing upload at close
+    assert _errno_of(lambda: os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644)) == errno.EILSEQ
+    assert _errno_of(lambda: os.mkdir(bad)) == errno.EILSEQ
+    assert _errno_of(lambda: os.stat(bad)) == errno.ENOENT
+    (mnt.path / bucket / "good").write_bytes(b"g")
+    assert _errno_of(lambda: os.rename(root + b"/good", bad)) == errno.EILSEQ
+    assert sorted(os.listdir(root)) == [b"good"]
+    assert "Traceback" not in mnt.log()
+
+
+def test_keys_longer_than_1024_bytes_are_refused_before_anything_is_written(mnt, bucket, fuse_gw):
+    root = mnt.path / bucket
+    deep = root / "deep"
+    deep.mkdir()
+    long_name = "q" * 250
+    path = deep
+    while len(str(path.relative_to(root)).encode()) + 251 <= 1024:
+        path = path / long_name
+    path.mkdir(parents=True)
+    too_long = path / ("z" * (1025 - len(str(path.relative_to(root)).encode()) - 1))
+    assert len(str(too_long.relative_to(root)).encode()) == 1025
+    assert _errno_of(lambda: os.open(too_long, os.O_CREAT | os.O_WRONLY, 0o644)) == errno.ENAMETOOLONG
+    assert _errno_of(lambda: os.mkdir(too_long)) == errno.ENAMETOOLONG
+    (path / "f").write_bytes(b"deepest")  # a key of under 1,024 bytes
+    # Moving "deep" to a longer name would push the deepest key past the limit: nothing moves.
+    longer = root / ("deep" + "x" * 20)
+    assert _errno_of(lambda: os.rename(deep, longer)) == errno.ENAMETOOLONG
+    keys = [o["Key"] for o in fuse_gw.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys and all(k.startswith("deep/") for k in keys), keys
+    assert (path / "f").read_bytes() == b"deepest"
+
+
+def test_names_at_the_root_that_cannot_be_buckets_are_missing(mnt):
+    for name in (".git", ".Trash-0", "ab", "Foo", "under_score"):
+        assert not (mnt.path / name).exists(), name
+        assert _errno_of(lambda n=name: os.stat(mnt.path / n)) == errno.ENOENT, name
+    assert _errno_of(lambda: os.mkdir(mnt.path / "Foo")) == errno.EINVAL
+
+
+def test_a_file_and_a_prefix_with_one_name_show_as_the_file(mnt, bucket, fuse_gw):
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="a", Body=b"file a")
+    s3.put_object(Bucket=bucket, Key="a/b", Body=b"under a")
+    s3.put_object(Bucket=bucket, Key="z", Body=b"z")
+    root = mnt.path / bucket
+    assert os.path.isfile(root / "a")
+    assert sorted(os.listdir(root)) == ["a", "z"]
+    assert os.path.isfile(root / "a") and (root / "a").read_bytes() == b"file a"
+    assert sorted(os.listdir(root)) == ["a", "z"]
+    assert "Traceback" not in mnt.log()
