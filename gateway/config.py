@@ -59,6 +59,34 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="the private key of tls_cert (PEM)")
     tls_ca: Path | None = Field(None, description="the cluster CA (PEM) that peer certificates are checked against")
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # uvicorn would take "" for every interface: opening the gateway to the network must be asked for.
+        if not value.strip():
+            raise ValueError("must not be empty (use 0.0.0.0 to listen on every interface)")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: Path) -> Path:
+        if not str(value).strip() or str(value) == ".":
+            raise ValueError("must name a directory for the objects (an empty value would store them "
+                             "in the current directory)")
+        return value
+
+    @field_validator("tls_cert", "tls_key", "tls_ca")
+    @classmethod
+    def _tls_file(cls, value: Path | None) -> Path | None:
+        # Checked here so a wrong path is one clear line, not a traceback from deep in uvicorn's start-up.
+        if value is None:
+            return None
+        if str(value) in ("", "."):
+            raise ValueError("is empty: give the path of a PEM file, or leave it unset")
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file (a PEM file is expected)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -70,6 +98,12 @@ class Settings(BaseSettings):
     def _checks(self) -> "Settings":
         if (self.access_key is None) != (self.secret_key is None):
             raise ValueError("access_key and secret_key must be set together")
+        if self.secret_key == "" or "" in self.all_credentials().values() or "" in self.all_credentials():
+            raise ValueError("access keys and secret keys must not be empty")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together (--tls-cert and --tls-key)")
+        if self.tls_cert is not None:
+            _check_tls_pair(self.tls_cert, self.tls_key)
         if not self.all_credentials() and not self.allow_anonymous:
             raise ValueError(
                 "no credentials: set --access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), "
@@ -112,6 +146,18 @@ class Settings(BaseSettings):
         return data
 
 
+def _check_tls_pair(cert: Path, key: Path) -> None:
+    """Load the certificate and key the way the server will, so a bad PEM or a mismatched pair is a
+    clear start-up error naming the files."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"tls_cert {cert} and tls_key {key} cannot be used: {exc.strerror or exc} "
+                         "(both must be PEM, the key the certificate's; `gateway cluster tls init` makes them)") from None
+
+
 def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) -> Settings:
     """Build the settings; ``flags`` are the command-line values actually given (None means not given)."""
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
@@ -140,8 +186,11 @@ def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) ->
 def _explain(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        where = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        env = f" (GATEWAY_{where.upper()})" if where != "settings" and "." not in where else ""
+        if not where:  # a check across settings: its message names them
+            lines.append(f"invalid settings: {message}")
+            continue
+        env = f" (GATEWAY_{where.upper()})" if "." not in where else ""
         lines.append(f"invalid setting {where}{env}: {message}")
     return "\n".join(lines)

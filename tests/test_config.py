@@ -105,3 +105,32 @@ def test_version_and_help():
     for command in (["--help"], ["serve", "--help"], ["plugins", "list", "--help"]):
         result = run_cli(*command)
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"host": ""}, "host (GATEWAY_HOST): must not be empty"),  # uvicorn would listen on every interface
+    ({"host": "  "}, "host (GATEWAY_HOST): must not be empty"),
+    ({"data_dir": ""}, "data_dir (GATEWAY_DATA_DIR): must name a directory"),
+    ({"secret_key": ""}, "must not be empty"),
+    ({"tls_cert": "/no/such/cert.pem", "tls_key": "/no/such/key.pem"},
+     "tls_cert (GATEWAY_TLS_CERT): /no/such/cert.pem is not a file"),
+    ({"tls_key": "/etc/hostname"}, "tls_cert and tls_key must be set together"),
+    ({"tls_cert": "/etc/hostname", "tls_key": "/etc/hostname"}, "cannot be used"),
+    ({"tls_cert": "", "tls_key": ""}, "is empty"),
+])
+def test_bad_listen_storage_credential_and_tls_settings_are_named(flags, expected):
+    with pytest.raises(ConfigError) as info:
+        load_settings(**{"access_key": "a", "secret_key": "b", "data_dir": "/tmp/cv-config-test", **flags})
+    assert expected in str(info.value)
+    assert "settings settings" not in str(info.value) and "invalid setting settings" not in str(info.value)
+
+
+def test_a_mismatched_tls_pair_is_refused_at_start(tmp_path):
+    subprocess.run([sys.executable, "-m", "gateway", "cluster", "tls", "init", "--dir", str(tmp_path),
+                    "--node", "n1=127.0.0.1", "--node", "n2=127.0.0.2"], check=True, capture_output=True)
+    with pytest.raises(ConfigError, match="cannot be used"):
+        load_settings(access_key="a", secret_key="b", tls_cert=str(tmp_path / "n1.pem"),
+                      tls_key=str(tmp_path / "n2-key.pem"))
+    settings = load_settings(access_key="a", secret_key="b", tls_cert=str(tmp_path / "n1.pem"),
+                             tls_key=str(tmp_path / "n1-key.pem"))
+    assert settings.tls_cert.name == "n1.pem"

@@ -46,7 +46,12 @@ def check_cluster_settings(settings) -> None:
             f"advertise {url!r} is plain HTTP: nodes talk HTTPS (set --tls-cert/--tls-key/--tls-ca, see "
             "`gateway cluster tls init`), or pass --insecure-peers (GATEWAY_INSECURE_PEERS) for a test setup"
         )
-    if (settings.tls_cert is None) != (settings.tls_key is None):
-        raise ValueError("tls_cert and tls_key must be set together (GATEWAY_TLS_CERT, GATEWAY_TLS_KEY)")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"advertise {url!r} has a port that is not a number from 1 to 65535") from None
+    if parts.scheme == "https" and settings.tls_cert is None:
+        raise ValueError(f"advertise {url!r} is HTTPS but this node serves plain HTTP: set --tls-cert and "
+                         "--tls-key (GATEWAY_TLS_CERT, GATEWAY_TLS_KEY)")
     if parts.scheme == "https" and settings.tls_ca is None:
         raise ValueError("HTTPS between nodes needs the cluster CA to verify peers: set --tls-ca (GATEWAY_TLS_CA)")
