@@ -173,7 +173,12 @@ def tls_init_command(directory, nodes) -> None:
             raise click.BadParameter(f"{spec!r}: expected NAME=HOST[,HOST...], e.g. node1=10.0.0.1,node1.lan",
                                      param_hint="--node")
         parsed[name] = [h.strip() for h in hosts.split(",") if h.strip()]
-    written = tls_init(Path(directory), parsed)
+    try:
+        written = tls_init(Path(directory), parsed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {directory}: {exc.strerror or exc}") from None
     click.echo(f"CA: {Path(directory) / 'ca.pem'}  cluster secret: {Path(directory) / 'cluster-secret'}")
     for name, (cert, key) in written.items():
         click.echo(f"{name}: --tls-cert {cert} --tls-key {key} --tls-ca {Path(directory) / 'ca.pem'}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         f.write(data)
 
 
+_HOST = re.compile(r"[A-Za-z0-9_.:*-]+|\[[0-9A-Fa-f:.]+\]")  # DNS names (wildcards too) and IP addresses
+
+
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cv-gateway cluster"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common)])
@@ -41,9 +45,22 @@ def _name(common: str) -> x509.Name:
 def create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """Load the CA from ``directory`` (ca.pem, ca-key.pem), creating it when absent."""
     cert_path, key_path = directory / "ca.pem", directory / "ca-key.pem"
-    if cert_path.exists() and key_path.exists():
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    if cert_path.exists() != key_path.exists():
+        # A new CA over the old ca.pem would make every node's certificate fail to verify.
+        present, missing = (cert_path, key_path) if cert_path.exists() else (key_path, cert_path)
+        raise ValueError(f"{present} is there but {missing} is not: restore it from a backup, or move "
+                         f"{present} away to create a new CA (then every node needs a new certificate)")
+    if cert_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{cert_path} is not a PEM certificate: {exc}") from None
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{key_path} is not an unencrypted PEM private key: {exc}") from None
+        if key.public_key() != cert.public_key():
+            raise ValueError(f"{key_path} is not the key of {cert_path}: restore the pair from a backup")
         return cert, key
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -101,7 +118,20 @@ def ensure_secret(directory: Path) -> Path:
     return path
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # also a file name: no "/", no ".." first
+
+
 def tls_init(directory: Path, nodes: dict[str, list[str]]) -> dict[str, tuple[Path, Path]]:
+    """Raise ValueError (bad node name or host, unusable CA) or OSError (the directory) saying what is wrong."""
+    for node, hosts in nodes.items():
+        if not NODE_NAME.fullmatch(node):
+            raise ValueError(f"node name {node!r}: use letters, digits, '.', '_' and '-' (it names the files "
+                             f"{node}.pem and {node}-key.pem)")
+        if not hosts:
+            raise ValueError(f"node {node}: name at least one host or IP address it is reached at")
+        for host in hosts:
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"node {node}: {host!r} is neither an IP address nor a DNS name")
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = create_ca(directory)
     ensure_secret(directory)

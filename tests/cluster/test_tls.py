@@ -34,6 +34,33 @@ def test_tls_init_writes_a_ca_node_certificates_and_a_secret(tmp_path):
     assert (tmp_path / "ca.pem").read_bytes() == before
 
 
+def test_tls_init_refuses_what_would_break_the_cluster_and_says_why(tmp_path):
+    def run(directory, *specs):
+        return subprocess.run([sys.executable, "-m", "gateway", "cluster", "tls", "init", "--dir", str(directory),
+                               *[arg for spec in specs for arg in ("--node", spec)]],
+                              capture_output=True, text=True, timeout=60)
+
+    for spec, says in (("../evil=127.0.0.1", "node name '../evil'"), ("n1=,,", "at least one host"),
+                       ("n1=not a host!", "neither an IP address nor a DNS name")):
+        out = run(tmp_path / "new", spec)
+        assert out.returncode == 1 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "evil.pem").exists() and not (tmp_path / "new").exists()
+    tls_init(tmp_path / "ca", "n1")
+    before = (tmp_path / "ca" / "ca.pem").read_bytes()
+    (tmp_path / "ca" / "ca-key.pem").rename(tmp_path / "ca-key.saved")
+    out = run(tmp_path / "ca", "n2=127.0.0.1")  # the CA key is missing: no new CA over the old one
+    assert out.returncode == 1 and "ca-key.pem is not" in out.stderr, out.stderr
+    assert (tmp_path / "ca" / "ca.pem").read_bytes() == before and not (tmp_path / "ca" / "n2.pem").exists()
+    (tmp_path / "ca" / "ca-key.pem").write_text("garbage")
+    out = run(tmp_path / "ca", "n2=127.0.0.1")
+    assert out.returncode == 1 and "not an unencrypted PEM private key" in out.stderr, out.stderr
+    (tmp_path / "ca-key.saved").rename(tmp_path / "ca" / "ca-key.pem")
+    tls_init(tmp_path / "ca", "n2")
+    (tmp_path / "file").write_text("x")
+    out = run(tmp_path / "file" / "sub", "n1=127.0.0.1")
+    assert out.returncode == 1 and "cannot write to" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_plain_http_between_nodes_needs_the_insecure_flag(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gateway", "serve", "--role", "primary", "--registry",
                           f"sqlite:///{tmp_path}/r.db", "--access-key", "a", "--secret-key", "b", "--print-config"],
