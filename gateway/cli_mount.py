@@ -18,9 +18,26 @@ def parse_size(text: str) -> int:
     unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
     number = value[: len(value) - len(unit)]
     try:
-        return int(float(number) * _SIZE_UNITS[unit])
+        size = float(number) * _SIZE_UNITS[unit]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 8G)") from None
+        size = -1.0
+    if not 0 <= size < 2 ** 63:  # also NaN and infinity
+        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 8G)")
+    return int(size)
+
+
+def check_endpoint(endpoint: str) -> None:
+    """The gateway's URL, http(s)://host:port; a BadParameter saying so otherwise."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # raises for a port that is no number or out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{endpoint!r} is not the gateway's URL (example: http://127.0.0.1:8086)",
+                                 param_hint="ENDPOINT")
 
 
 def parse_umask(text: str) -> int:
@@ -76,8 +93,17 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
         click.echo("error: the mount needs --access-key and --secret-key (GATEWAY_ACCESS_KEY, "
                    "GATEWAY_SECRET_KEY, or access_key/secret_key in --config)", err=True)
         sys.exit(2)
-    if attr_ttl < 0 or dir_ttl < 0 or timeout <= 0:
-        raise click.BadParameter("TTLs are >= 0 and --timeout > 0")
+    check_endpoint(endpoint)
+    for name, value in (("--attr-ttl", attr_ttl), ("--dir-ttl", dir_ttl)):
+        if not 0 <= value < 1e9:  # also NaN and infinity
+            raise click.BadParameter(f"{value} is not a number of seconds >= 0", param_hint=name)
+    if not 0 < timeout < 1e6:
+        raise click.BadParameter(f"{timeout} is not a number of seconds > 0", param_hint="--timeout")
+    for name, value in (("--uid", uid), ("--gid", gid)):
+        if value is not None and not 0 <= value < 2 ** 32 - 1:
+            raise click.BadParameter(f"{value} is not a user or group id", param_hint=name)
+    if log_file and not os.path.isdir(os.path.dirname(os.path.abspath(log_file))):
+        raise click.BadParameter(f"the directory of {log_file} does not exist", param_hint="--log-file")
     options = MountOptions(
         uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid,
         umask=parse_umask(umask), read_only=read_only, attr_ttl=attr_ttl, dir_ttl=dir_ttl,

@@ -63,6 +63,8 @@ class GatewayFS(NamespaceOps, FileOps):
     changes, handles.py the file contents.
     """
 
+    mounted = False  # set by the binding's init callback once the kernel mount is up
+
     def __init__(self, client: ObjectClient, options: MountOptions | None = None, clock=time.monotonic):
         self.client = client
         self.options = options or MountOptions()

@@ -191,6 +191,9 @@ class GatewayOperations(Operations):
         return self.fs.statfs()
 
     @overrides(Operations)
+    def init(self, path):
+        self.fs.mounted = True  # the kernel mount is up: a failure from here on is not a failed mount
+
     def destroy(self, path):
         self.fs.close()
 

@@ -141,6 +141,27 @@ def test_mount_refuses_wrong_credentials_at_start(fuse_gw, tmp_path):
     assert not os.path.ismount(tmp_path / "m")
 
 
+@pytest.mark.parametrize("endpoint, args, says", [
+    ("127.0.0.1:8086", [], "is not the gateway's URL"),
+    ("http://127.0.0.1:99999", [], "is not the gateway's URL"),
+    ("ftp://127.0.0.1:21", [], "is not the gateway's URL"),
+    (None, ["--spool-size", "-5G"], "is not a size"),
+    (None, ["--attr-ttl", "nan"], "--attr-ttl"),
+    (None, ["--timeout", "inf"], "--timeout"),
+    (None, ["--uid", "-5"], "--uid"),
+    (None, ["--gid", "99999999999"], "--gid"),
+    (None, ["--log-file", "/no/such/dir/mount.log"], "--log-file"),
+])
+def test_mount_refuses_bad_arguments_in_one_line(fuse_gw, tmp_path, endpoint, args, says):
+    (tmp_path / "m").mkdir()
+    env = {**os.environ, "GATEWAY_ACCESS_KEY": fuse_gw.access_key, "GATEWAY_SECRET_KEY": fuse_gw.secret_key}
+    result = subprocess.run([sys.executable, "-m", "gateway", "mount", endpoint or fuse_gw.endpoint,
+                             str(tmp_path / "m"), *args], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.ismount(tmp_path / "m")
+
+
 def test_fstab_helper_mounts_in_the_background(fuse_gw, bucket, tmp_path):
     config = tmp_path / "mount.toml"
     config.write_text(f'access_key = "{fuse_gw.access_key}"\nsecret_key = "{fuse_gw.secret_key}"\n')
