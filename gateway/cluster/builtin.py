@@ -12,3 +12,4 @@ def register_registries(register):
 
     register("sqlite", SqliteRegistry)
     register("etcd", EtcdRegistry)
+    register("etcds", EtcdRegistry)  # etcd's JSON gateway over HTTPS

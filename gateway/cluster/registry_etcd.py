@@ -62,14 +62,20 @@ class EtcdRegistry(Registry):
                 async with self._session.post(endpoint + path, json=body) as response:
                     data = await response.json(content_type=None)
                     if response.status != 200:
-                        failures.append(f"{endpoint}: HTTP {response.status} {data.get('error') or data}")
+                        detail = data.get("error") if isinstance(data, dict) else None
+                        failures.append(f"{endpoint}: HTTP {response.status} {detail or str(data)[:200]}")
+                        continue
+                    if not isinstance(data, dict):  # not etcd's JSON gateway (another service on that port?)
+                        failures.append(f"{endpoint}: answered {str(data)[:100]!r}, not etcd's JSON")
                         continue
                     # Prefer the endpoint that answered next time.
                     if endpoint != self.endpoints[0]:
                         self.endpoints.remove(endpoint)
                         self.endpoints.insert(0, endpoint)
                     return data
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except TimeoutError:
+                failures.append(f"{endpoint}: no answer within {TIMEOUT.total:.0f}s")
+            except (aiohttp.ClientError, ValueError) as exc:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")
         raise RegistryError(f"etcd registry {self.url}: no endpoint answered {path}: " + "; ".join(failures))
 
@@ -99,10 +105,13 @@ class EtcdRegistry(Registry):
     async def nodes(self) -> list[NodeRecord]:
         data = await self._call("/v3/kv/range", {"key": _b64(PREFIX), "range_end": _prefix_end(PREFIX)})
         records = []
-        for kv in data.get("kvs", []):
+        kvs = data.get("kvs", [])
+        if not isinstance(kvs, list):
+            raise RegistryError(f"etcd registry {self.url}: the node list is not a list: {str(kvs)[:100]!r}")
+        for kv in kvs:
             try:
                 record = NodeRecord.from_json(json.loads(base64.b64decode(kv["value"])))
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 raise RegistryError(f"etcd registry {self.url}: bad record under {PREFIX}: {exc}") from None
             record.install_order = int(kv.get("create_revision", 0))
             records.append(record)

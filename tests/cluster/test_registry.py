@@ -79,3 +79,45 @@ def test_unreachable_etcd_is_a_clear_error():
             await registry.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("status, body", [(200, b"null"), (200, b"[]"), (200, b'"text"'), (200, b'{"kvs": "x"}'),
+                                          (200, b'{"kvs": [7]}'), (500, b"null"), (404, b"<html>no</html>")])
+def test_a_service_that_is_not_etcd_is_a_clear_error(status, body):
+    """Something else answers on the etcd port (a proxy, another service): RegistryError naming it,
+    never an AttributeError from deep in the parsing (found by probing the CLI)."""
+    import http.server
+    import threading
+
+    class NotEtcd(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotEtcd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def run():
+        registry = open_registry(f"etcd://127.0.0.1:{server.server_address[1]}")
+        try:
+            with pytest.raises(RegistryError, match="etcd registry"):
+                await registry.nodes()
+        finally:
+            await registry.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_etcds_is_the_https_form_of_etcd():
+    registry = open_registry("etcds://10.0.0.1:2379,10.0.0.2:2379")
+    assert registry.endpoints == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
