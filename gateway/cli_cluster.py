@@ -26,8 +26,11 @@ def _run(coroutine_factory):
         raise SystemExit(1) from None
 
 
-async def _with_registry(url: str, work):
+async def _with_registry(url: str, work, create: bool = False):
+    """Run ``work(registry)``; without ``create``, a registry that does not exist yet is an error."""
     registry = open_registry(url)
+    if not create and registry.absent():
+        raise RegistryError(registry.absent())
     try:
         return await work(registry)
     finally:
@@ -49,7 +52,16 @@ def join(registry, advertise, role, node_id) -> None:
     """Add a node to the registry (`gateway serve` with the same settings also joins by itself)."""
     from urllib.parse import urlsplit
 
-    node_id = node_id or urlsplit(advertise).netloc
+    parts = urlsplit(advertise)
+    try:
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{advertise!r} is not a URL like https://10.0.0.2:8086", param_hint="--advertise")
+    node_id = node_id or parts.netloc
+    if not node_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="--node-id")
 
     async def work(reg):
         chosen = role
@@ -59,7 +71,7 @@ def join(registry, advertise, role, node_id) -> None:
             chosen = existing.role if existing else ("redundant" if has_primary else "primary")
         return await reg.register(node_id, chosen, advertise.rstrip("/"))
 
-    record = _run(lambda: _with_registry(registry, work))
+    record = _run(lambda: _with_registry(registry, work, create=True))
     click.echo(f"node {record.node_id} joined as {record.role} (install order {record.install_order}) "
                f"at {record.address}")
 
@@ -69,6 +81,8 @@ def join(registry, advertise, role, node_id) -> None:
 @click.option("--node-id", envvar="GATEWAY_NODE_ID", required=True, help="The node to remove.")
 def leave(registry, node_id) -> None:
     """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts)."""
+    if not node_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="--node-id")
     removed = _run(lambda: _with_registry(registry, lambda reg: reg.remove(node_id)))
     if not removed:
         click.echo(f"error: node {node_id} is not in the registry", err=True)

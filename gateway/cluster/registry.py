@@ -87,6 +87,12 @@ class Registry(abc.ABC):
     async def close(self) -> None:
         """Release connections."""
 
+    def absent(self) -> str | None:
+        """Why there is no registry at this URL yet (a file that does not exist), or None.
+        Commands that only read or remove (``cluster status``, ``leave``) refuse to create one: a
+        typo in the URL would otherwise show an empty, new cluster."""
+        return None
+
     async def get(self, node_id: str) -> NodeRecord | None:
         for node in await self.nodes():
             if node.node_id == node_id:

@@ -40,6 +40,12 @@ class SqliteRegistry(Registry):
         self.path = path
         self._ready = False
 
+    def absent(self) -> str | None:
+        if os.path.exists(self.path):
+            return None
+        return (f"there is no registry at {self.path}: check --registry (GATEWAY_REGISTRY); nodes create it "
+                "when they first start")
+
     def _connect(self) -> sqlite3.Connection:
         try:
             directory = os.path.dirname(os.path.abspath(self.path))

@@ -61,6 +61,26 @@ def test_status_names_an_unreachable_registry():
     assert out.returncode == 1 and "no endpoint answered" in out.stderr
 
 
+def test_status_and_leave_never_create_a_registry(tmp_path):
+    """A typo in --registry must not show a new, empty cluster (and leave a database behind)."""
+    registry = f"sqlite:///{tmp_path}/typo/registry.db"
+    for args in (["status"], ["status", "--json"], ["leave", "--node-id", "gw1"]):
+        out = gateway("cluster", *args, "--registry", registry)
+        assert out.returncode == 1 and "there is no registry at" in out.stderr, (args, out.stderr)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_join_refuses_what_is_not_an_address_or_a_name(tmp_path):
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    for advertise in ("garbage", "", "ftp://10.0.0.1:21", "http://10.0.0.1:99999"):
+        out = gateway("cluster", "join", "--registry", registry, "--advertise", advertise)
+        assert out.returncode == 2 and "--advertise" in out.stderr, (advertise, out.stderr)
+    out = gateway("cluster", "join", "--registry", registry, "--advertise", "https://10.0.0.1:8086", "--node-id", " ")
+    assert out.returncode == 2 and "--node-id" in out.stderr
+    assert gateway("cluster", "leave", "--registry", registry, "--node-id", "").returncode == 2
+    assert not (tmp_path / "registry.db").exists()
+
+
 def test_serve_refuses_a_cluster_without_secret(tmp_path):
     out = gateway("serve", "--role", "redundant", "--registry", f"sqlite:///{tmp_path}/r.db", "--insecure-peers",
                   "--access-key", "a", "--secret-key", "b", "--print-config", env={"PATH": "/usr/bin:/bin"})
