@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 
 import click
@@ -89,10 +91,28 @@ def serve(config_file, print_config, **flags) -> None:
         proxy_headers=False,
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
-    server = uvicorn.Server(config)
+    server = _server_class(uvicorn.Server)(config)
     server.run()
     if not server.started:
         _fail("the gateway did not start (see the messages above)")
+
+
+def _server_class(base):
+    class Server(base):
+        """uvicorn's Server; but SIGINT or SIGTERM during start-up ends the process at once.
+
+        uvicorn only notes the signal and acts on it once start-up is over, and start-up waits for
+        every backend to answer: an S3 endpoint that accepts connections but never replies holds it
+        for minutes (retries x timeouts), and the operator's Ctrl-C or systemd's stop would be
+        ignored all that time. Nothing is being served or written then that needs a clean stop."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if not self.started:
+                print(f"gateway: stopped by {signal.Signals(sig).name} during start-up", file=sys.stderr, flush=True)
+                os._exit(128 + sig)
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _best_loop() -> str:

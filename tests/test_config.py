@@ -134,3 +134,40 @@ def test_a_mismatched_tls_pair_is_refused_at_start(tmp_path):
     settings = load_settings(access_key="a", secret_key="b", tls_cert=str(tmp_path / "n1.pem"),
                              tls_key=str(tmp_path / "n1-key.pem"))
     assert settings.tls_cert.name == "n1.pem"
+
+
+def test_a_stop_signal_during_start_up_is_obeyed_at_once(tmp_path):
+    """An S3 backend whose endpoint accepts connections but never answers holds start-up for minutes
+    (retries x timeouts); SIGTERM then (systemd's stop, an operator's kill) must not wait for it."""
+    import signal
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # never accepts: connections complete, requests get no answer
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'default_backend = "remote"\n[backends.remote]\ntype = "s3"\n'
+                      f'endpoint_url = "http://127.0.0.1:{silent.getsockname()[1]}"\nbucket = "b"\n'
+                      'access_key_id = "k"\nsecret_access_key = "s"\n')
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--access-key",
+                                "a", "--secret-key", "b", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)  # imports done, start-up waiting for the endpoint
+        assert process.poll() is None, process.stdout.read()
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        process.wait(timeout=10)
+        assert time.monotonic() - started < 5
+        assert process.returncode == 128 + signal.SIGTERM
+        assert "stopped by SIGTERM during start-up" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        silent.close()
