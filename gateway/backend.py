@@ -233,8 +233,12 @@ class Backend(abc.ABC):
     eager_reads = False
 
     def __init__(self, name: str = "", **options):
+        # Options are the keyword arguments of a backend's __init__; what reaches this one matched
+        # none of them: a typo in the config, refused rather than silently ignored.
+        if options:
+            raise TypeError(f"unknown option{'s' if len(options) > 1 else ''} {', '.join(sorted(options))} "
+                            "(check the spelling against docs/backends.md)")
         self.name = name
-        self.options = options
 
     # Life cycle -----------------------------------------------------------
 

@@ -98,6 +98,16 @@ def test_serve_rejects_unknown_backend_type(tmp_path):
     assert "backends.local.type" in result.stderr and "floppy" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["local", "sharedfs", "memory"])
+def test_serve_rejects_unknown_backend_options(tmp_path, kind):
+    root = f'root = "{tmp_path}/cv"\n' if kind != "memory" else ""
+    config = write(tmp_path, f'access_key = "a"\nsecret_key = "b"\n[backends.local]\ntype = "{kind}"\n'
+                             f'{root}bogus_option = 1\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "backends.local: unknown option bogus_option" in result.stderr, result.stderr
+
+
 def test_version_and_help():
     from gateway import __version__
 
