@@ -144,9 +144,13 @@ def plugins_list(as_json: bool) -> None:
     """Show each plugin's name, version and module, and the backend types it provides."""
     from .plugins import backend_classes, plugin_records
 
-    records = plugin_records()
+    try:
+        records = plugin_records()
+        classes = backend_classes()
+    except ValueError as exc:  # a plugin that cannot be loaded, two that register one backend type
+        _fail(str(exc))
     types = {}
-    for name, cls in backend_classes().items():
+    for name, cls in classes.items():
         types.setdefault(cls.__module__, []).append(name)
     rows = [{**r.__dict__, "backends": types.get(r.module, [])} for r in records]
     if as_json:

@@ -47,6 +47,21 @@ def _builtin(entry_point: metadata.EntryPoint) -> bool:
     return dist is not None and dist.name == BUILTIN_DIST
 
 
+class PluginLoadError(ValueError):
+    """An installed plugin cannot be imported; the message names it and how to skip it."""
+
+
+def _load(ep):
+    try:
+        return ep.load()
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of third-party code
+        dist = getattr(ep, "dist", None)
+        where = f" from {dist.name} {dist.version}" if dist else ""
+        raise PluginLoadError(
+            f"plugin {ep.name!r} ({ep.value}{where}) cannot be loaded: {type(exc).__name__}: {exc}. Fix or "
+            f"uninstall it, or skip it with GATEWAY_DISABLE_PLUGINS={ep.name}") from exc
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """Return the process-wide plugin manager, loading plugins on first use."""
     global _manager
@@ -62,7 +77,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
                     continue
             if pm.get_plugin(ep.name) is not None:
                 continue
-            pm.register(ep.load(), name=ep.name)
+            pm.register(_load(ep), name=ep.name)
         pm.check_pending()
         if os.environ.get("GATEWAY_TRACE_PLUGINS"):
             pm.trace.root.setwriter(log.info)

@@ -125,3 +125,24 @@ def test_admin_plugins_endpoint_and_disabled_backend_type(tmp_path):
                    GATEWAY_DISABLE_PLUGINS=EXAMPLE)
     assert refused.returncode != 0
     assert "unknown backend type 'flatfile'" in refused.stderr, refused.stderr
+
+
+def test_a_plugin_that_cannot_be_imported_is_named_with_the_way_to_skip_it(tmp_path):
+    """A broken third-party plugin (its module is gone, it fails on import) stops `plugins list` and
+    `serve` with one line naming it and GATEWAY_DISABLE_PLUGINS, not an import traceback."""
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{plugins.GROUP}]\nbroken = no_such_module_xyz\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("GATEWAY_DISABLE_PLUGINS", None)
+    for args in (["plugins", "list"], ["serve", "--access-key", "a", "--secret-key", "b",
+                                       "--data-dir", str(tmp_path / "cv"), "--port", "1"]):
+        out = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "plugin 'broken' (no_such_module_xyz from broken-plugin 1.0) cannot be loaded" in out.stderr
+        assert "GATEWAY_DISABLE_PLUGINS=broken" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "gateway", "plugins", "list"], capture_output=True, text=True,
+                         env={**env, "GATEWAY_DISABLE_PLUGINS": "broken"}, timeout=60)
+    assert out.returncode == 0 and "local" in out.stdout
