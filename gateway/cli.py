@@ -39,7 +39,7 @@ def settings_options(func):
                      help="Accept unsigned requests (GATEWAY_ALLOW_ANONYMOUS); for tests only."),
         click.option("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL)."),
         click.option("--access-log/--no-access-log", default=None,
-                     help="Log every request (GATEWAY_ACCESS_LOG; costs about 20%% on small GETs)."),
+                     help="Log every request (GATEWAY_ACCESS_LOG; costs about 20% on small GETs)."),
         # Cluster options (docs/cluster.md).
         click.option("--role", type=click.Choice(["primary", "redundant", "proxy"]),
                      help="Cluster role (GATEWAY_ROLE); none: a stand-alone node."),
