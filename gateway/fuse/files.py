@@ -126,13 +126,15 @@ class OpenFile:
             return self.spool.size
         return self.base.size if self.base else 0
 
-    def ensure_spool(self, client: ObjectClient, spool_dir: SpoolDir, keep_content: bool = True) -> Spool:
-        """Create the spool, filled with the object's current bytes unless ``keep_content`` is False."""
+    def ensure_spool(self, client: ObjectClient, spool_dir: SpoolDir, keep_content: bool = True,
+                     keep_bytes: int | None = None) -> Spool:
+        """Create the spool, filled with the object's current bytes unless ``keep_content`` is False
+        (only the first ``keep_bytes`` of them, when the rest is about to be cut off anyway)."""
         if self.spool is None:
             spool = spool_dir.open()
             try:
                 if keep_content and self.base is not None and self.base.size > 0:
-                    position, size = 0, self.base.size
+                    position, size = 0, self.base.size if keep_bytes is None else min(self.base.size, keep_bytes)
                     while position < size:  # 8 MiB at a time: bounded memory for any size
                         data = client.get_range(self.bucket, self.key, position, min(size, position + 8 * MiB))
                         if not data:

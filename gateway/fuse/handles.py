@@ -190,7 +190,9 @@ class FileOps:
                 open_file = self._open.get(path)
         if open_file is not None:
             with open_file.lock:
-                open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0).truncate(length)
+                # Shrinking fetches only what stays (a 10 GiB object cut to 10 bytes needs 10 bytes).
+                open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0,
+                                       keep_bytes=length).truncate(length)
                 open_file.dirty = True
                 open_file.mtime = time.time()
                 open_file.meta.pop("mtime", None)

@@ -108,3 +108,16 @@ def test_a_file_and_a_prefix_with_one_name_show_as_the_file(mnt, bucket, fuse_gw
     assert os.path.isfile(root / "a") and (root / "a").read_bytes() == b"file a"
     assert sorted(os.listdir(root)) == ["a", "z"]
     assert "Traceback" not in mnt.log()
+
+
+def test_shrinking_a_file_fetches_only_what_stays(fuse_gw, bucket, mount_factory):
+    """truncate(2) to a smaller size used to download the whole object into the spool first: with a
+    1 MiB spool a 3 MiB object could not be cut to 10 bytes at all (ENOSPC)."""
+    body = os.urandom(3 * 1024 * 1024)
+    fuse_gw.client().put_object(Bucket=bucket, Key="big", Body=body)
+    mount = mount_factory(["--spool-size", "1M"])
+    os.truncate(mount.path / bucket / "big", 10)
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="big")["Body"].read() == body[:10]
+    with open(mount.path / bucket / "big", "r+b") as f:  # through an open handle too
+        f.truncate(4)
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="big")["Body"].read() == body[:4]
