@@ -201,9 +201,11 @@ class ObjectClient:
                         self.endpoint, what, code or response.status, message)
         return StoreError(err, f"{what}: {response.status} {code} {message}".strip(), code)
 
-    def open_body(self, bucket: str, key: str, start: int) -> BodyStream:
-        """A streamed GET of the object from byte ``start`` to its end, read with ``BodyStream.readinto``."""
-        response = self.request("GET", "GET", bucket, key, stream=True, headers={"range": f"bytes={start}-"})
+    def open_body(self, bucket: str, key: str, start: int, etag: str | None = None) -> BodyStream:
+        """A streamed GET of the object from byte ``start`` to its end, read with ``BodyStream.readinto``;
+        with ``etag``, only of that version (a changed object fails, see ``get_range``)."""
+        response = self.request("GET", "GET", bucket, key, stream=True,
+                                headers={"range": f"bytes={start}-", **_if_match(etag)})
         return BodyStream(response, f"{bucket}/{key}")
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -289,11 +291,13 @@ class ObjectClient:
         size = _total_size(response.headers, len(response.data))
         return _stat_from_headers(key, response.headers, size), response.data
 
-    def get_range(self, bucket: str, key: str, start: int, stop: int) -> bytes:
-        """Bytes [start, stop) of an object (fewer at its end)."""
+    def get_range(self, bucket: str, key: str, start: int, stop: int, etag: str | None = None) -> bytes:
+        """Bytes [start, stop) of an object (fewer at its end). With ``etag``, only of that version:
+        one replaced meanwhile fails with EIO (412), so a reader never gets bytes of two versions."""
         if stop <= start:
             return b""
-        response = self.request("GET", "GET", bucket, key, headers={"range": f"bytes={start}-{stop - 1}"},
+        response = self.request("GET", "GET", bucket, key, headers={"range": f"bytes={start}-{stop - 1}",
+                                                                    **_if_match(etag)},
                                 ok=(200, 206, 416))
         if response.status == 416:
             return b""
@@ -413,6 +417,10 @@ def _parse_iso(text: str) -> float:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
+
+
+def _if_match(etag: str | None) -> dict[str, str]:
+    return {"if-match": f'"{etag}"'} if etag else {}
 
 
 def _errno_for(status: int) -> int:

@@ -167,9 +167,12 @@ class RemoteReader:
     SLACK = 8 * MiB  # a first read this far past the previous one still starts a stream (from there)
 
     def __init__(self, client: ObjectClient, bucket: str, key: str, size: int, first: bytes | None,
-                 options: FileOptions):
+                 options: FileOptions, etag: str | None = None):
         self.client = client
         self.bucket, self.key, self.size = bucket, key, size
+        # Every GET asks for this version only (If-Match): an object replaced while open fails the read
+        # with EIO instead of returning bytes of two versions, or ending early without an error.
+        self.etag = etag or None
         self.first = first or b""
         self.window = max(options.stream_window, MiB)
         self._next = 0  # where the last read ended
@@ -200,7 +203,7 @@ class RemoteReader:
             resume = offset if sequential else max(previous, len(self.first))
             if stream is None and stop > len(self.first) and (sequential or 0 <= offset - resume <= self.SLACK):
                 stream = self._stream = _Stream(self.client, self.bucket, self.key, min(offset, resume),
-                                                self.size, self.KEEP_BEHIND)
+                                                self.size, self.KEEP_BEHIND, self.etag)
         if stop <= len(self.first):  # fetched with the lookup
             buffer[:] = self.first[offset:stop]
             return len(buffer)
@@ -223,8 +226,11 @@ class RemoteReader:
             raise
 
     def _fetch_range(self, offset: int, buffer: memoryview) -> int:
-        data = self.client.get_range(self.bucket, self.key, offset, offset + len(buffer))
-        buffer[: len(data)] = data
+        data = self.client.get_range(self.bucket, self.key, offset, offset + len(buffer), self.etag)
+        if len(data) < len(buffer):  # reads never pass self.size: the object is shorter than when opened
+            raise OSError(errno.EIO, f"{self.bucket}/{self.key} changed while open: it now ends before byte "
+                                     f"{offset + len(buffer)} of {self.size}")
+        buffer[:] = data
         return len(data)
 
     def close(self) -> None:
@@ -262,8 +268,9 @@ class _Stream:
     WAIT_SECONDS = 0.01  # ... this long at most (if they never come, their bytes are buffered)
     FILL_AHEAD = 8 * MiB  # bytes a thread receives for waiting reads before it answers its own
 
-    def __init__(self, client: ObjectClient, bucket: str, key: str, start: int, size: int, keep_behind: int):
-        self.client, self.bucket, self.key = client, bucket, key
+    def __init__(self, client: ObjectClient, bucket: str, key: str, start: int, size: int, keep_behind: int,
+                 etag: str | None = None):
+        self.client, self.bucket, self.key, self.etag = client, bucket, key, etag
         self.size, self.keep_behind = size, keep_behind
         self.start = start  # bytes before this are forgotten
         self.end = start  # first byte not received yet
@@ -292,7 +299,7 @@ class _Stream:
             if self.closed or offset < self.start:
                 return False
             if self.body is None:
-                self.body = self.client.open_body(self.bucket, self.key, self.start)
+                self.body = self.client.open_body(self.bucket, self.key, self.start, self.etag)
             if self.end < offset <= self.end + self.WAIT_AHEAD and offset not in self.waiters:
                 if self._wait_for(_Waiter(offset, buffer)):
                     self._consumed(stop)

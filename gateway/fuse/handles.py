@@ -150,7 +150,8 @@ class FileOps:
             base = open_file.base
             first = self.first_bytes.get(open_file.path, base.etag) if base else None
             handle.reader = RemoteReader(self.client, open_file.bucket, open_file.key,
-                                         base.size if base else 0, first, self.options.files)
+                                         base.size if base else 0, first, self.options.files,
+                                         base.etag if base else None)
         return handle.reader.read_into(offset, buffer)
 
     def direct_io(self, fh: int) -> bool:

@@ -121,3 +121,26 @@ def test_shrinking_a_file_fetches_only_what_stays(fuse_gw, bucket, mount_factory
     with open(mount.path / bucket / "big", "r+b") as f:  # through an open handle too
         f.truncate(4)
     assert fuse_gw.client().get_object(Bucket=bucket, Key="big")["Body"].read() == body[:4]
+
+
+@pytest.mark.parametrize("new_size", [40 * 1024 * 1024, 1000])
+def test_an_object_replaced_while_open_fails_the_read_instead_of_mixing_versions(fuse_gw, bucket, mount_factory,
+                                                                                 new_size):
+    """Reads of an open file ask for the version that was opened (If-Match): after another client
+    replaced the object, a read is EIO, never bytes of the new version after the old ones, and never a
+    silent early end of file when the new version is shorter."""
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="video", Body=b"A" * (40 * 1024 * 1024))
+    mount = mount_factory(["--attr-ttl", "60"])
+    with open(mount.path / bucket / "video", "rb", buffering=0) as f:
+        assert f.read(4096) == b"A" * 4096
+        s3.put_object(Bucket=bucket, Key="video", Body=b"C" * new_size)
+        got = []
+        with pytest.raises(OSError) as info:
+            for offset in (5 * 1024 * 1024, 30 * 1024 * 1024):
+                f.seek(offset)
+                got.append(f.read(65536))
+        assert info.value.errno == errno.EIO
+        assert all(set(chunk) <= {ord("A")} for chunk in got), "bytes of the new version after the old ones"
+    log = mount.log()
+    assert "Traceback" not in log and f"{bucket}/video" in log, log[-2000:]  # the EIO is logged with its reason
