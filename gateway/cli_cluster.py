@@ -52,14 +52,11 @@ def join(registry, advertise, role, node_id) -> None:
     """Add a node to the registry (`gateway serve` with the same settings also joins by itself)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(advertise)
-    try:
-        parts.port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    from .config import is_http_url
+
+    if not is_http_url(advertise):
         raise click.BadParameter(f"{advertise!r} is not a URL like https://10.0.0.2:8086", param_hint="--advertise")
-    node_id = node_id or parts.netloc
+    node_id = node_id or urlsplit(advertise).netloc
     if not node_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--node-id")
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, is_http_url, load_settings
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -28,14 +28,7 @@ def parse_size(text: str) -> int:
 
 def check_endpoint(endpoint: str) -> None:
     """The gateway's URL, http(s)://host:port; a BadParameter saying so otherwise."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(endpoint)
-        parts.port  # raises for a port that is no number or out of range
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_http_url(endpoint):
         raise click.BadParameter(f"{endpoint!r} is not the gateway's URL (example: http://127.0.0.1:8086)",
                                  param_hint="ENDPOINT")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -98,7 +99,8 @@ class Settings(BaseSettings):
     def _checks(self) -> "Settings":
         if (self.access_key is None) != (self.secret_key is None):
             raise ValueError("access_key and secret_key must be set together")
-        if self.secret_key == "" or "" in self.all_credentials().values() or "" in self.all_credentials():
+        credentials = self.all_credentials()
+        if self.secret_key == "" or "" in credentials or "" in credentials.values():
             raise ValueError("access keys and secret keys must not be empty")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together (--tls-cert and --tls-key)")
@@ -144,6 +146,16 @@ class Settings(BaseSettings):
             for name, cfg in self.backend_configs().items()
         }
         return data
+
+
+def is_http_url(url: str) -> bool:
+    """http:// or https:// with a host, and a port from 1 to 65535 if one is given."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is no number or out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 def _check_tls_pair(cert: Path, key: Path) -> None:

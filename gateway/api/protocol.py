@@ -134,12 +134,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         body is incomplete can never finish: the connection closes at once, as before."""
         self.writes.flush()  # answers given in this iteration go out before any close
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+        if (cycle is not None and not cycle.response_complete and not cycle.more_body) or self.pipeline:
             self._close_when_answered = True
             return True  # keep the transport open for writing
-        if self.pipeline:
-            self._close_when_answered = True
-            return True
         return None  # asyncio closes the transport
 
     def on_response_complete(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ..config import is_http_url
+
 
 def advertised_url(settings) -> str:
     """The URL peers use for this node: --advertise, or derived from host, port and TLS."""
@@ -39,17 +41,14 @@ def check_cluster_settings(settings) -> None:
         )
     url = advertised_url(settings)
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"advertise {url!r} must be an http:// or https:// URL with a host")
+    if not is_http_url(url):
+        raise ValueError(f"advertise {url!r} must be an http:// or https:// URL with a host (and a port from 1 "
+                         "to 65535, if given)")
     if parts.scheme == "http" and not settings.insecure_peers:
         raise ValueError(
             f"advertise {url!r} is plain HTTP: nodes talk HTTPS (set --tls-cert/--tls-key/--tls-ca, see "
             "`gateway cluster tls init`), or pass --insecure-peers (GATEWAY_INSECURE_PEERS) for a test setup"
         )
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError(f"advertise {url!r} has a port that is not a number from 1 to 65535") from None
     if parts.scheme == "https" and settings.tls_cert is None:
         raise ValueError(f"advertise {url!r} is HTTPS but this node serves plain HTTP: set --tls-cert and "
                          "--tls-key (GATEWAY_TLS_CERT, GATEWAY_TLS_KEY)")
