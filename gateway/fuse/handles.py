@@ -108,6 +108,10 @@ class FileOps:
         if not self.split(path)[1]:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
         self._check_new_name(path)
+        if flags & os.O_EXCL and self._fetch_attr(path) is not None:
+            # The kernel checked our cached view, which may be up to the TTL old: an exclusive create
+            # asks the gateway, so it never replaces what another client stored meanwhile.
+            raise err(errno.EEXIST, path)
         meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
         fh, open_file = self._acquire(path, None, meta)
         with open_file.lock:

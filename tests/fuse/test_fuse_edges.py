@@ -144,3 +144,20 @@ def test_an_object_replaced_while_open_fails_the_read_instead_of_mixing_versions
         assert all(set(chunk) <= {ord("A")} for chunk in got), "bytes of the new version after the old ones"
     log = mount.log()
     assert "Traceback" not in log and f"{bucket}/video" in log, log[-2000:]  # the EIO is logged with its reason
+
+
+def test_an_exclusive_create_asks_the_gateway_not_the_cache(fuse_gw, bucket, mount_factory):
+    """O_CREAT|O_EXCL (lock files, mkstemp) must not replace an object another client stored after
+    the mount last looked: the cache may still say "missing" for up to its TTL."""
+    mount = mount_factory(["--attr-ttl", "60", "--dir-ttl", "60"])
+    root = mount.path / bucket
+    assert os.listdir(root) == []  # the mount now believes the directory is empty
+    with pytest.raises(FileNotFoundError):
+        os.stat(root / "lock")  # and that "lock" is missing
+    fuse_gw.client().put_object(Bucket=bucket, Key="lock", Body=b"held by another host")
+    assert _errno_of(lambda: os.open(root / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)) == errno.EEXIST
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="lock")["Body"].read() == b"held by another host"
+    fd = os.open(root / "fresh", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # a name nobody has: works
+    os.write(fd, b"mine")
+    os.close(fd)
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"mine"
