@@ -8,6 +8,7 @@ A bad value fails at start-up with a message naming the setting.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -191,7 +192,13 @@ def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) ->
         return _Sourced(**given)
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
-    except ValueError as exc:  # TOML syntax errors
+    except ValueError as exc:  # TOML syntax errors, or a GATEWAY_* table or list that is not JSON
+        env_field = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+        if env_field:
+            name = env_field.group(1)
+            raise ConfigError(f"invalid setting {name} (GATEWAY_{name.upper()}): not valid JSON (tables and lists "
+                              "given in the environment are JSON, e.g. GATEWAY_CREDENTIALS='{\"key\": \"secret\"}')"
+                              ) from None
         raise ConfigError(f"config file {config_file}: {exc}") from None
 
 

@@ -181,3 +181,11 @@ def test_a_stop_signal_during_start_up_is_obeyed_at_once(tmp_path):
             process.kill()
             process.wait()
         silent.close()
+
+
+def test_a_table_in_the_environment_that_is_not_json_is_named(monkeypatch):
+    monkeypatch.setenv("GATEWAY_BACKENDS", "notjson")
+    with pytest.raises(ConfigError) as info:
+        load_settings(access_key="a", secret_key="b")
+    assert "invalid setting backends (GATEWAY_BACKENDS): not valid JSON" in str(info.value)
+    assert "EnvSettingsSource" not in str(info.value) and "config file" not in str(info.value)
