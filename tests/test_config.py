@@ -189,3 +189,11 @@ def test_a_table_in_the_environment_that_is_not_json_is_named(monkeypatch):
         load_settings(access_key="a", secret_key="b")
     assert "invalid setting backends (GATEWAY_BACKENDS): not valid JSON" in str(info.value)
     assert "EnvSettingsSource" not in str(info.value) and "config file" not in str(info.value)
+
+
+def test_an_unusable_data_dir_names_the_setting(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run_cli("serve", "--access-key", "a", "--secret-key", "b", "--data-dir", str(tmp_path / "a-file"),
+                     "--port", "18997")
+    assert result.returncode != 0
+    assert "is not usable: Not a directory (set by --data-dir, GATEWAY_DATA_DIR)" in result.stderr, result.stderr

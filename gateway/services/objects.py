@@ -33,6 +33,7 @@ class ObjectService:
         self.default = backends[default_backend]
         self.cluster = cluster
         self._hooks = get_plugin_manager().hook
+        self.from_data_dir = False  # the one backend is the default local one on --data-dir (from_settings)
 
     @classmethod
     def from_settings(cls, settings) -> "ObjectService":
@@ -57,7 +58,9 @@ class ObjectService:
 
             roots = [b.root for b in backends.values() if isinstance(getattr(b, "root", None), str)]
             cluster = Cluster(settings, storage_roots=roots)
-        return cls(backends, dict(settings.buckets), settings.default_backend, cluster)
+        service = cls(backends, dict(settings.buckets), settings.default_backend, cluster)
+        service.from_data_dir = not settings.backends
+        return service
 
     @property
     def role(self) -> str | None:
@@ -69,7 +72,12 @@ class ObjectService:
         if self.role == "proxy":
             self.local_backends = {}  # a proxy keeps nothing of its own
         for backend in self.local_backends.values():
-            await backend.start()
+            try:
+                await backend.start()
+            except ValueError as exc:
+                if self.from_data_dir:  # the operator never named a backend: name the setting they did give
+                    raise ValueError(f"{exc} (set by --data-dir, GATEWAY_DATA_DIR)") from None
+                raise
         if self.cluster is not None:
             from .cluster_nodes import node_backend
 
