@@ -25,7 +25,7 @@ from .cache import DIR, FILE, LINK, MISSING, Attr, AttrCache, DirCache, FirstByt
 from .client import ObjectClient, ObjectStat, StoreError
 from .files import FileOptions, OpenFile, SpoolDir
 from .handles import STATS_PATH, STATS_SIZE, FileOps, Handle
-from .meta import MAX_KEY_BYTES, apply_meta, err, is_utf8, maybe_symlink, parent_of
+from .meta import MAX_KEY_BYTES, SYMLINK_MAX, apply_meta, err, is_utf8, maybe_symlink, parent_of
 from .namespace import NamespaceOps
 
 log = logging.getLogger("gateway.fuse")
@@ -109,6 +109,8 @@ class GatewayFS(NamespaceOps, FileOps):
         attr = Attr(FILE, info.size, info.last_modified, etag=info.etag, from_listing=meta is None, meta=meta)
         if meta:
             apply_meta(attr, meta)
+            if attr.kind == LINK and info.size > SYMLINK_MAX:  # no link target is this long: it is data
+                attr.kind = FILE
             if attr.kind == LINK and data is not None and len(data) >= info.size:
                 attr.target = data[: info.size].decode(errors="surrogateescape")
         return attr
