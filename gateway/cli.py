@@ -70,18 +70,18 @@ def build_settings(config_file, **flags) -> Settings:
 def serve(config_file, print_config, **flags) -> None:
     """Run a gateway node."""
     settings = build_settings(config_file, **flags)
-    if print_config:
-        click.echo(json.dumps(settings.masked(), indent=2, sort_keys=True))
-        return
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvicorn
-
     from .app import create_app
 
     try:
-        app = create_app(settings)
+        app = create_app(settings)  # builds every backend: a bad type or option fails here, also for --print-config
     except ValueError as exc:
         _fail(str(exc))
+    if print_config:
+        click.echo(json.dumps(settings.masked(), indent=2, sort_keys=True))
+        return
+    import uvicorn
+
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", access_log=settings.access_log,
         log_level=settings.log_level, loop=_best_loop(), http=_best_http(app), server_header=False,

@@ -197,3 +197,16 @@ def test_an_unusable_data_dir_names_the_setting(tmp_path):
                      "--port", "18997")
     assert result.returncode != 0
     assert "is not usable: Not a directory (set by --data-dir, GATEWAY_DATA_DIR)" in result.stderr, result.stderr
+
+
+def test_print_config_checks_the_backends_without_touching_storage(tmp_path):
+    """--print-config is how an operator checks a config before a restart: it builds every backend
+    (type and options), so what would fail at start fails here too, and it writes nothing."""
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\n[backends.local]\ntype = "local"\n'
+                             f'root = "{tmp_path}/cv"\nbogus = 1\n')
+    result = run_cli("serve", "--config", str(config), "--print-config")
+    assert result.returncode == 2 and "unknown option bogus" in result.stderr
+    good = run_cli("serve", "--access-key", "a", "--secret-key", "b", "--data-dir", str(tmp_path / "new" / "cv"),
+                   "--print-config")
+    assert good.returncode == 0, good.stderr
+    assert not (tmp_path / "new").exists()
