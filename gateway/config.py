@@ -103,6 +103,9 @@ class Settings(BaseSettings):
         credentials = self.all_credentials()
         if self.secret_key == "" or "" in credentials or "" in credentials.values():
             raise ValueError("access keys and secret keys must not be empty")
+        if self.access_key in self.credentials and self.credentials[self.access_key] != self.secret_key:
+            raise ValueError(f"access key {self.access_key!r} is given twice with different secrets (access_key "
+                             "and credentials): keep one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together (--tls-cert and --tls-key)")
         if self.tls_cert is not None:

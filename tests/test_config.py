@@ -210,3 +210,11 @@ def test_print_config_checks_the_backends_without_touching_storage(tmp_path):
                    "--print-config")
     assert good.returncode == 0, good.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_one_access_key_with_two_secrets_is_refused(tmp_path):
+    config = write(tmp_path, 'access_key = "ops"\nsecret_key = "one"\n[credentials]\nops = "two"\nviewer = "v"\n')
+    with pytest.raises(ConfigError, match="access key 'ops' is given twice with different secrets"):
+        load_settings(config)
+    same = write(tmp_path, 'access_key = "ops"\nsecret_key = "one"\n[credentials]\nops = "one"\n')
+    assert load_settings(same).all_credentials() == {"ops": "one"}
