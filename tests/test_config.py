@@ -168,8 +168,15 @@ def test_a_stop_signal_during_start_up_is_obeyed_at_once(tmp_path):
                                 "a", "--secret-key", "b", "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(3)  # imports done, start-up waiting for the endpoint
-        assert process.poll() is None, process.stdout.read()
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until uvicorn runs the start-up (its signal handlers are in place)
+            line = process.stdout.readline()
+            seen.append(line)
+            if not line or "Waiting for application startup" in line:
+                break
+        assert process.poll() is None and "Waiting for application startup" in seen[-1], "".join(seen)
+        time.sleep(0.5)  # now inside the backend's start, waiting for the silent endpoint
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         process.wait(timeout=10)
