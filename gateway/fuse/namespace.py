@@ -53,6 +53,10 @@ class NamespaceOps:
                 pending = any(p.startswith(path + "/") and not f.unlinked for p, f in self._open.items())
             if children or pending:
                 raise err(errno.ENOTEMPTY, path)
+            if any(o.key == prefix and o.size > 0 for o in page.objects):
+                # Another client stored bytes under the directory's own name ("dir/"), which the mount
+                # cannot show: removing the directory would delete them unseen.
+                raise err(errno.ENOTEMPTY, f"{path}: the object {prefix!r} holds data (delete it with an S3 client)")
             self._ensure_marker(parent_of(path)[0])
             if page.objects:
                 self.client.delete(bucket, prefix)

@@ -172,3 +172,17 @@ def test_an_object_too_big_to_be_a_symlink_shows_as_a_file(mnt, bucket, fuse_gw)
     assert os.path.isfile(path) and not os.path.islink(path)
     assert path.read_bytes() == body
     assert "Traceback" not in mnt.log()
+
+
+def test_rmdir_keeps_a_directory_marker_that_holds_data(mnt, bucket, fuse_gw):
+    """Some S3 clients store bytes under a name ending in "/": the mount shows it as a directory and
+    cannot show those bytes, so removing the directory must not delete them unseen."""
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="trail/", Body=b"fourteen bytes")
+    s3.put_object(Bucket=bucket, Key="empty/", Body=b"")
+    root = mnt.path / bucket
+    assert os.path.isdir(root / "trail")
+    assert _errno_of(lambda: os.rmdir(root / "trail")) == errno.ENOTEMPTY
+    assert s3.get_object(Bucket=bucket, Key="trail/")["Body"].read() == b"fourteen bytes"
+    os.rmdir(root / "empty")  # a plain marker goes
+    assert "empty/" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
