@@ -54,7 +54,7 @@ class PluginLoadError(ValueError):
 def _load(ep):
     try:
         return ep.load()
-    except Exception as exc:  # noqa: BLE001 - any import-time failure of third-party code
+    except Exception as exc:  # any import-time failure of third-party code
         dist = getattr(ep, "dist", None)
         where = f" from {dist.name} {dist.version}" if dist else ""
         raise PluginLoadError(

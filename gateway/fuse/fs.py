@@ -96,7 +96,7 @@ class GatewayFS(NamespaceOps, FileOps):
         """Refuse a name no object can have before anything is written (else the upload at close
         would fail and the written data be lost): EILSEQ for a name that is not UTF-8 (keys are),
         ENAMETOOLONG for a key of more than MAX_KEY_BYTES."""
-        bucket, key = self.split(path)
+        key = self.split(path)[1]
         if not is_utf8(path):
             raise err(errno.EILSEQ, f"{path!r}: object keys and bucket names are UTF-8, this name is not")
         if len(key.encode()) + (1 if directory and key else 0) > MAX_KEY_BYTES:

@@ -161,7 +161,7 @@ def run(config: MountConfig) -> int:
         if os.path.ismount(config.mountpoint):
             log.error("FUSE stopped with an error (%s); unmount with fusermount -u %s", exc, config.mountpoint)
             return 1
-        if not getattr(fs, "mounted", False):  # libfuse said why (e.g. /dev/fuse: Permission denied) on stderr
+        if not fs.mounted:  # libfuse said why (e.g. /dev/fuse: Permission denied) on stderr
             log.error("could not mount %s (%s): see libfuse's message above", config.mountpoint, exc)
             return 1
         # libfuse 3 reports the signal that ended its loop (SIGINT, SIGTERM) as a failure; the unmount was clean.

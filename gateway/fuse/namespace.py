@@ -56,7 +56,8 @@ class NamespaceOps:
             if any(o.key == prefix and o.size > 0 for o in page.objects):
                 # Another client stored bytes under the directory's own name ("dir/"), which the mount
                 # cannot show: removing the directory would delete them unseen.
-                raise err(errno.ENOTEMPTY, f"{path}: the object {prefix!r} holds data (delete it with an S3 client)")
+                raise err(errno.ENOTEMPTY,
+                          f"{path}: the object {prefix!r} holds data (delete it with an S3 client)")
             self._ensure_marker(parent_of(path)[0])
             if page.objects:
                 self.client.delete(bucket, prefix)

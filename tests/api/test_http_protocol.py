@@ -14,6 +14,7 @@ import socket
 import urllib.request
 
 import pytest
+from botocore.exceptions import ClientError
 
 from s3_helpers import key_path, raw_request, sign
 
@@ -372,6 +373,7 @@ def test_a_half_closed_request_with_a_short_body_stores_nothing(gateway, s3, buc
         assert conn.file.read() == b""  # closed at once: the body can never be completed
     finally:
         conn.close()
-    with pytest.raises(Exception):
+    with pytest.raises(ClientError) as info:
         s3.head_object(Bucket=bucket, Key="short")
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
