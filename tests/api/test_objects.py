@@ -366,6 +366,36 @@ def test_conditional_put_if_none_match_star(s3, bucket):
     assert s3.get_object(Bucket=bucket, Key="once")["Body"].read() == b"first"
 
 
+def test_racing_create_only_puts_give_one_winner(gateway, bucket):
+    """Two If-None-Match: * PUTs of one new key at the same time: one 200, one 412, and the stored
+    object is the winner's (both used to get 200, and one write was silently lost; found by a probe)."""
+    import threading
+
+    body = {n: bytes([n]) * (4 * 1024 * 1024) for n in (1, 2)}  # big enough that the writes overlap
+    for round_ in range(6):
+        key = f"race-{round_}"
+        barrier = threading.Barrier(2)
+        outcome = {}
+
+        def put(n, key=key, barrier=barrier, outcome=outcome):
+            client = gateway.client()
+            barrier.wait()
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=body[n], IfNoneMatch="*")
+                outcome[n] = 200
+            except ClientError as exc:
+                outcome[n] = status_of(exc)
+
+        threads = [threading.Thread(target=put, args=(n,)) for n in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(outcome.values()) == [200, 412], outcome
+        winner = next(n for n, status in outcome.items() if status == 200)
+        assert gateway.client().get_object(Bucket=bucket, Key=key)["Body"].read() == body[winner]
+
+
 def test_raw_get_has_request_id_and_length(gateway, s3, bucket):
     s3.put_object(Bucket=bucket, Key="k", Body=b"12345")
     response = raw_request(gateway, "GET", key_path(bucket, "k"))
