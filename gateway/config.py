@@ -110,7 +110,7 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key must be set together (--tls-cert and --tls-key)")
         if self.tls_cert is not None:
             _check_tls_pair(self.tls_cert, self.tls_key)
-        if not self.all_credentials() and not self.allow_anonymous:
+        if not credentials and not self.allow_anonymous:
             raise ValueError(
                 "no credentials: set --access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), "
                 "or allow_anonymous for a test setup"
@@ -170,8 +170,8 @@ def _check_tls_pair(cert: Path, key: Path) -> None:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
-        raise ValueError(f"tls_cert {cert} and tls_key {key} cannot be used: {exc.strerror or exc} "
-                         "(both must be PEM, the key the certificate's; `gateway cluster tls init` makes them)") from None
+        raise ValueError(f"tls_cert {cert} and tls_key {key} cannot be used: {exc.strerror or exc} (both must "
+                         "be PEM, the key the certificate's; `gateway cluster tls init` makes them)") from None
 
 
 def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) -> Settings:

@@ -82,9 +82,8 @@ def create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivat
 
 
 def issue_node_cert(directory: Path, ca_cert, ca_key, node: str, hosts: list[str]) -> tuple[Path, Path]:
-    """Write <node>.pem and <node>-key.pem valid for ``hosts`` (DNS names or IP addresses)."""
-    if not hosts:
-        raise ValueError(f"node {node}: name at least one host or IP address it is reached at")
+    """Write <node>.pem and <node>-key.pem valid for ``hosts`` (DNS names or IP addresses; tls_init has
+    checked the name and the hosts before anything was written)."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in hosts:
