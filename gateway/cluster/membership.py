@@ -14,7 +14,6 @@ import os
 import shutil
 import ssl
 import time
-from collections import OrderedDict
 from typing import Any
 
 from ..backend import ObjectInfo
@@ -22,8 +21,9 @@ from .balancer import Balancer
 from .health import PeerHealth
 from .locations import LocationCache
 from .peer_auth import PeerSigner
-from .registry import NodeRecord, Registry, RegistryError, open_registry
+from .registry import NodeRecord, Registry, RegistryError, Retirement, open_registry
 from .relay import PeerClient, PeerUnreachable
+from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_of
 
 log = logging.getLogger("gateway.cluster")
@@ -32,9 +32,6 @@ COUNT_LIMIT = 1_000_000
 # ... and repeated at most this often (seconds): it reads every directory of the store.
 STATS_EVERY = 300.0
 RELOAD_AT_MOST_EVERY = 1.0
-# Older copies a peer must still drop (it was unreachable when a newer version was written), per peer.
-RETIRE_LATER_LIMIT = 10_000
-RETIRE_PER_ROUND = 1_000  # sent one by one in the heartbeat round, which must stay short
 
 
 def client_ssl_context(settings) -> ssl.SSLContext | None:
@@ -74,9 +71,8 @@ class Cluster:
         self._storage_stats: dict[str, Any] = {}
         self._stats_at = 0.0
         self.started = time.time()
-        # peer -> (bucket, key) -> the newer version it must drop its copy for (see retire_later).
-        self._retire: dict[str, OrderedDict[tuple[str, str], ObjectInfo]] = {}
-        self.retire_dropped = 0  # entries lost to the bound (their peers may keep a stale copy)
+        self.retirements = Retirements(self.registry, self.node_id)
+        self.drop_older: DropOlder | None = None  # applies a retirement to this node's storage
 
     # Life cycle -------------------------------------------------------------
 
@@ -187,7 +183,7 @@ class Cluster:
                     if time.monotonic() - self._last_reload >= reload_every:
                         await self.reload()
                     await self._probe_limited()
-                    await self._flush_retire()
+                    await self._retirement_round()
             except RegistryError as exc:
                 log.warning("cluster registry: %s (retrying in %.0fs)", exc, interval)
                 await asyncio.sleep(min(interval, 1.0))
@@ -211,44 +207,30 @@ class Cluster:
         if limited:
             await asyncio.gather(*(probe(p) for p in limited))
 
-    def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
-        """Remember that ``peer`` (unreachable now) must drop its copy of the key if older than ``newer``.
+    async def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
+        """``peer`` (unreachable now) must drop its copy of the key if older than ``newer``:
+        recorded in the registry, and applied by that node (gateway/cluster/retirements.py)."""
+        await self.retirements.add(peer, bucket, key, newer)
 
-        Sent on the first heartbeat round after the peer answers again. Kept in
-        memory only and bounded: if this node restarts first, or more than
-        RETIRE_LATER_LIMIT keys wait for one peer, that peer may serve the old
-        version of those keys (logged).
-        """
-        pending = self._retire.setdefault(peer, OrderedDict())
-        pending[(bucket, key)] = newer
-        pending.move_to_end((bucket, key))
-        while len(pending) > RETIRE_LATER_LIMIT:
-            (old_bucket, old_key), _ = pending.popitem(last=False)
-            self.retire_dropped += 1
-            log.warning("peer %s may keep an outdated copy of %s/%s: too many pending retirements",
-                        peer, old_bucket, old_key)
+    async def apply_retirements(self, *, everything: bool = False) -> None:
+        """Drop this node's older copies of objects replaced while it was away (``drop_older``, set
+        by the object service once the storage is ready). Raise RegistryError."""
+        if self.drop_older is not None:
+            await self.retirements.apply_own(self.drop_older, everything=everything)
 
-    async def _flush_retire(self) -> None:
-        """Tell peers that answer again to drop the older copies they missed."""
+    async def _retirement_round(self) -> None:
+        await self.apply_retirements()
         peers = self.peers()
-        for peer in [p for p in self._retire if p not in peers]:
-            del self._retire[peer]  # left the cluster
-        for peer, pending in self._retire.items():
-            if self.health.limited(peer):
-                continue
-            for _ in range(min(len(pending), RETIRE_PER_ROUND)):
-                (bucket, key), newer = next(iter(pending.items()))
-                try:
-                    await self.client.supersede(peer, peers[peer], bucket, key, newer)
-                except PeerUnreachable:
-                    break  # still down: the next round retries
-                except Exception as exc:  # noqa: BLE001 - e.g. the bucket is gone there: nothing to drop
-                    log.info("retiring %s/%s on %s: %s", bucket, key, peer, exc)
-                pending.pop((bucket, key), None)
-                self.locations.forget(bucket, key)
+
+        async def send(peer: str, item: Retirement) -> None:
+            await self.client.supersede(peer, peers[peer], item.bucket, item.key, item)
+            self.locations.forget(item.bucket, item.key)
+
+        await self.retirements.send_remembered(peers, lambda p: not self.health.limited(p), send)
+        await self.retirements.refresh_counts(list(peers))
 
     def pending_retirements(self) -> dict[str, int]:
-        return {peer: len(pending) for peer, pending in self._retire.items() if pending}
+        return self.retirements.pending()
 
     async def info(self) -> dict[str, Any]:
         """What this node publishes with its heartbeat (shown by `gateway cluster status`)."""

@@ -55,6 +55,31 @@ class NodeRecord:
                    float(data.get("last_seen", 0.0)), dict(data.get("info") or {}))
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """Drop the copy of ``bucket/key`` if it is older than (``last_modified``, ``etag``) (wire.is_older).
+
+    ``token`` is the registry's handle of the stored entry (etcd's mod revision), so that dropping it
+    after it was applied leaves a newer retirement of the same key written meanwhile in place.
+    """
+
+    bucket: str
+    key: str
+    last_modified: float
+    etag: str
+    token: str = ""
+
+    def to_json(self) -> dict:
+        return {"bucket": self.bucket, "key": self.key, "last_modified": self.last_modified, "etag": self.etag}
+
+    @classmethod
+    def from_json(cls, data: dict, token: str = "") -> Retirement:
+        return cls(str(data["bucket"]), str(data["key"]), float(data["last_modified"]), str(data["etag"]), token)
+
+    def newer_than(self, other: Retirement) -> bool:
+        return (self.last_modified, self.etag) > (other.last_modified, other.etag)
+
+
 class RegistryError(Exception):
     """The registry could not be read or written; the message says which one and why."""
 
@@ -86,6 +111,29 @@ class Registry(abc.ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+    # Retirements (gateway/cluster/retirements.py): older copies a node must still drop. A registry
+    # plugin that does not keep them may leave these out; writers then keep them in memory.
+
+    async def add_retirement(self, node_id: str, item: Retirement, limit: int) -> bool:
+        """Record that ``node_id`` must drop its copy of item.bucket/item.key if older than the item.
+
+        One entry per (node, bucket, key): of two, the newer version is kept. Return False (nothing
+        written) when ``limit`` entries wait for that node already. Raise RegistryError.
+        """
+        raise NotImplementedError
+
+    async def retirements(self, node_id: str, limit: int) -> list[Retirement]:
+        """Up to ``limit`` retirements waiting for ``node_id``, each with its ``token``. Raise RegistryError."""
+        raise NotImplementedError
+
+    async def drop_retirement(self, node_id: str, item: Retirement) -> None:
+        """Remove ``item`` (as returned by retirements()) unless a newer one replaced it meanwhile."""
+        raise NotImplementedError
+
+    async def retirement_counts(self, node_ids: list[str]) -> dict[str, int]:
+        """How many retirements wait for each of ``node_ids``."""
+        raise NotImplementedError
 
     def absent(self) -> str | None:
         """Why there is no registry at this URL yet (a file that does not exist), or None.

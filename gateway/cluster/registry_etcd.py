@@ -11,6 +11,12 @@ JSON. The install order is the key's ``create_revision``: etcd hands those
 out in order and keeps them while the key lives, so no counter is needed.
 Heartbeats only write while the key exists (a compare on create_revision),
 so a node removed by ``cluster leave`` is not silently re-added.
+
+Retirements (gateway/cluster/retirements.py) are one key each,
+``/cv-gateway/retire/<node_id, percent-encoded>/<bucket>/<key>``, holding
+the version as JSON; writes compare the key's mod_revision with the one
+read, so of two writers the newer version stays and an entry replaced while
+its node applied it is not deleted.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import base64
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
-from .registry import NodeRecord, Registry, RegistryError
+from .registry import NodeRecord, Registry, RegistryError, Retirement
 
 PREFIX = "/cv-gateway/nodes/"
+RETIRE_PREFIX = "/cv-gateway/retire/"
+CAS_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a key that keeps changing
 TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=2)
 
 
@@ -36,6 +45,10 @@ def _prefix_end(prefix: str) -> str:
     raw = bytearray(prefix.encode())
     raw[-1] += 1
     return base64.b64encode(bytes(raw)).decode()
+
+
+def _retire_prefix(node_id: str) -> str:
+    return f"{RETIRE_PREFIX}{quote(node_id, safe='')}/"
 
 
 class EtcdRegistry(Registry):
@@ -119,8 +132,58 @@ class EtcdRegistry(Registry):
 
     async def remove(self, node_id: str) -> bool:
         self._records.pop(node_id, None)
+        retired = _retire_prefix(node_id)
+        await self._call("/v3/kv/deleterange", {"key": _b64(retired), "range_end": _prefix_end(retired)})
         data = await self._call("/v3/kv/deleterange", {"key": _b64(PREFIX + node_id)})
         return int(data.get("deleted", 0)) > 0
+
+    async def add_retirement(self, node_id: str, item: Retirement, limit: int) -> bool:
+        key = _b64(_retire_prefix(node_id) + f"{item.bucket}/{item.key}")
+        value = _b64(json.dumps(item.to_json()))
+        for _ in range(CAS_ATTEMPTS):
+            kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []
+            if kvs:
+                if not item.newer_than(self._retirement(kvs[0])):
+                    return True  # a newer (or the same) version is recorded already
+                compare = {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": kvs[0]["mod_revision"]}
+            else:
+                if await self._count(node_id) >= limit:
+                    return False
+                compare = {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+            data = await self._call("/v3/kv/txn", {"compare": [compare],
+                                                   "success": [{"request_put": {"key": key, "value": value}}]})
+            if data.get("succeeded"):
+                return True
+        raise RegistryError(f"etcd registry {self.url}: the retirement of {item.bucket}/{item.key} for {node_id} "
+                            f"kept changing while it was written ({CAS_ATTEMPTS} attempts)")
+
+    async def retirements(self, node_id: str, limit: int) -> list[Retirement]:
+        prefix = _retire_prefix(node_id)
+        data = await self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix),
+                                                 "limit": str(limit)})
+        return [self._retirement(kv) for kv in data.get("kvs") or []]
+
+    async def drop_retirement(self, node_id: str, item: Retirement) -> None:
+        key = _b64(_retire_prefix(node_id) + f"{item.bucket}/{item.key}")
+        await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": item.token}],
+            "success": [{"request_delete_range": {"key": key}}],
+        })
+
+    async def retirement_counts(self, node_ids: list[str]) -> dict[str, int]:
+        return {node: await self._count(node) for node in node_ids}
+
+    async def _count(self, node_id: str) -> int:
+        prefix = _retire_prefix(node_id)
+        data = await self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix),
+                                                 "count_only": True})
+        return int(data.get("count", 0))
+
+    def _retirement(self, kv: dict) -> Retirement:
+        try:
+            return Retirement.from_json(json.loads(base64.b64decode(kv["value"])), token=str(kv["mod_revision"]))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise RegistryError(f"etcd registry {self.url}: bad retirement under {RETIRE_PREFIX}: {exc}") from None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .registry import NodeRecord, Registry, RegistryError
+from .registry import NodeRecord, Registry, RegistryError, Retirement
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -25,7 +25,15 @@ CREATE TABLE IF NOT EXISTS nodes (
     install_order INTEGER NOT NULL,
     last_seen REAL NOT NULL DEFAULT 0,
     info TEXT NOT NULL DEFAULT '{}'
-)
+);
+CREATE TABLE IF NOT EXISTS retirements (
+    node_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    last_modified REAL NOT NULL,
+    etag TEXT NOT NULL,
+    PRIMARY KEY (node_id, bucket, key)
+);
 """
 
 
@@ -53,7 +61,7 @@ class SqliteRegistry(Registry):
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             if not self._ready:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(SCHEMA)
+                conn.executescript(SCHEMA)
                 self._ready = True
             return conn
         except (OSError, sqlite3.Error) as exc:
@@ -105,6 +113,50 @@ class SqliteRegistry(Registry):
 
     async def remove(self, node_id: str) -> bool:
         def work(conn):
-            return conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM retirements WHERE node_id = ?", (node_id,))
+            removed = conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+            conn.execute("COMMIT")
+            return removed
 
         return await asyncio.to_thread(self._run, work)
+
+    async def add_retirement(self, node_id: str, item: Retirement, limit: int) -> bool:
+        def work(conn):
+            conn.execute("BEGIN IMMEDIATE")  # the count and the write as one
+            count = conn.execute("SELECT COUNT(*) FROM retirements WHERE node_id = ?", (node_id,)).fetchone()[0]
+            known = conn.execute("SELECT 1 FROM retirements WHERE node_id = ? AND bucket = ? AND key = ?",
+                                 (node_id, item.bucket, item.key)).fetchone()
+            if count >= limit and known is None:
+                conn.execute("ROLLBACK")
+                return False
+            # Of two retirements of one key, the newer version stays (wire.is_older's order).
+            conn.execute("INSERT INTO retirements (node_id, bucket, key, last_modified, etag) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (node_id, bucket, key) DO UPDATE SET last_modified = excluded.last_modified, "
+                         "etag = excluded.etag WHERE (excluded.last_modified, excluded.etag) > (last_modified, etag)",
+                         (node_id, item.bucket, item.key, item.last_modified, item.etag))
+            conn.execute("COMMIT")
+            return True
+
+        return await asyncio.to_thread(self._run, work)
+
+    async def retirements(self, node_id: str, limit: int) -> list[Retirement]:
+        def work(conn):
+            return conn.execute("SELECT bucket, key, last_modified, etag FROM retirements WHERE node_id = ? "
+                                "LIMIT ?", (node_id, limit)).fetchall()
+
+        return [Retirement(*row) for row in await asyncio.to_thread(self._run, work)]
+
+    async def drop_retirement(self, node_id: str, item: Retirement) -> None:
+        def work(conn):
+            conn.execute("DELETE FROM retirements WHERE node_id = ? AND bucket = ? AND key = ? AND last_modified = ? "
+                         "AND etag = ?", (node_id, item.bucket, item.key, item.last_modified, item.etag))
+
+        await asyncio.to_thread(self._run, work)
+
+    async def retirement_counts(self, node_ids: list[str]) -> dict[str, int]:
+        def work(conn):
+            return dict(conn.execute("SELECT node_id, COUNT(*) FROM retirements GROUP BY node_id").fetchall())
+
+        counts = await asyncio.to_thread(self._run, work)
+        return {node: counts.get(node, 0) for node in node_ids}

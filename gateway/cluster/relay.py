@@ -35,6 +35,7 @@ from . import wire
 from .health import PeerHealth
 from .peer_auth import PeerSigner
 from .peer_http import PeerHttp, PeerHttpError, Response
+from .registry import Retirement
 
 # Bodies up to this size are read in one piece (one send to the client);
 # larger ones stream in CHUNK pieces.
@@ -302,8 +303,8 @@ class PeerClient:
         return response.headers.get(wire.EXISTED_HEADER) == "1"
 
     async def supersede(self, peer: str, address: str, bucket: str, key: str,
-                        newer: ObjectInfo) -> ObjectInfo | None:
-        """Delete the peer's copy if it is older than ``newer`` (wire.is_older).
+                        newer: ObjectInfo | Retirement) -> ObjectInfo | None:
+        """Delete the peer's copy if it is older than ``newer`` (its last_modified and etag; wire.is_older).
 
         Return the peer's copy when that one is newer still (kept), else None.
         """

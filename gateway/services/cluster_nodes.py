@@ -258,8 +258,8 @@ class ClusterNode(Backend):
         version would otherwise leave that version behind, and reads through
         some nodes would return it (docs/cluster.md, "Overwrites"). It runs
         before the PUT is answered, so a read through any node right after
-        sees the new version. A node that cannot be told now is told when it
-        answers again (Cluster.retire_later).
+        sees the new version. A node that cannot be told now finds it in the
+        registry when it is back (Cluster.retire_later).
         """
         me = self.cluster.node_id
         self.locations.forget(bucket, key)
@@ -279,7 +279,7 @@ class ClusterNode(Backend):
                 lambda p, a: self.client.supersede(p, a, bucket, key, info), peers)
             newer.update((p, r) for p, r in answers.items() if isinstance(r, ObjectInfo))
             for peer in unreachable:
-                self.cluster.retire_later(peer, bucket, key, info)
+                await self.cluster.retire_later(peer, bucket, key, info)
         if not newer:
             if holder != me:
                 self.locations.found(bucket, key, holder)

@@ -84,6 +84,29 @@ class ObjectService:
             self.backends = {name: node_backend(self.role, self.local_backends.get(name), self.cluster)
                              for name in self.backends}
             self.default = self.backends[self.default_name]
+            if self.local_backends:
+                self.cluster.drop_older = self._drop_older
+                await self._apply_retirements()
+
+    async def _apply_retirements(self) -> None:
+        """Before serving: drop the older copies of objects that other nodes replaced while this one
+        was down (gateway/cluster/retirements.py), so it never serves an outdated version."""
+        from ..cluster.registry import RegistryError
+
+        try:
+            await self.cluster.apply_retirements(everything=True)
+        except RegistryError as exc:  # the heartbeat rounds retry; the node must still come up
+            log.warning("could not read the retirements for this node from the registry (%s); they are "
+                        "applied once it answers, and until then this node may serve outdated copies", exc)
+
+    async def _drop_older(self, item) -> None:
+        """Apply one retirement (a Retirement) to this node's storage."""
+        from ..cluster.versions import supersede_local
+
+        backend = self.local_backend_for(item.bucket)
+        if backend is not None:
+            await supersede_local(backend, item.bucket, item.key, item.last_modified, item.etag)
+            self.cluster.locations.forget(item.bucket, item.key)
 
     async def close(self) -> None:
         for backend in {*self.backends.values(), *self.local_backends.values()}:

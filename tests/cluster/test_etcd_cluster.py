@@ -88,3 +88,25 @@ def test_nodes_keep_serving_while_the_registry_is_down(etcd_cluster, etcd):
             break
         time.sleep(0.5)
     assert set(NODES) <= set(rows) and all(rows[n]["healthy"] for n in NODES), rows
+
+
+def test_retirement_in_etcd_survives_a_restart_of_the_writer(etcd_cluster):
+    """As tests/cluster/test_overwrite.py, on etcd: r2 misses an overwrite, the writer is killed,
+    and r2 drops its old copy when it starts again."""
+    cluster = etcd_cluster
+    cluster["p1"].client().create_bucket(Bucket="etcd-retire")
+
+    def path(node):
+        return cluster[node].data_dir / "etcd-retire" / "k%obj"
+
+    cluster["r2"].client().put_object(Bucket="etcd-retire", Key="k", Body=b"old")
+    cluster["r2"].kill()
+    try:
+        cluster["r1"].client().put_object(Bucket="etcd-retire", Key="k", Body=b"new")
+        cluster["r1"].kill()
+        cluster.restart("r1")
+    finally:
+        cluster.restart("r2")
+    assert path("r1").exists() and not path("r2").exists()
+    for name in NODES:
+        assert cluster[name].client().get_object(Bucket="etcd-retire", Key="k")["Body"].read() == b"new", name

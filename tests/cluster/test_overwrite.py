@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 from botocore.exceptions import ClientError
+
+from gateway.cluster.registry import Retirement, open_registry
 
 NODES = ("p1", "r1", "r2", "x1")
 STORING = ("p1", "r1", "r2")
@@ -97,3 +100,66 @@ def test_node_that_was_down_during_an_overwrite_drops_its_old_copy_when_back(clu
     assert cluster.admin("r1")["pending_retirements"] == {}
     assert copies_on_disk(cluster, "missed") == ["r1"]
     assert read_everywhere(s3, "missed") == {name: b"new, on r1" for name in NODES}
+
+
+def test_retirement_survives_a_restart_of_the_writer(cluster):
+    """The writer is killed before the node that missed the overwrite comes back: that node still
+    drops its old copy, at start-up, before it serves anything (the retirement is in the registry)."""
+    s3 = {name: cluster[name].client() for name in NODES}
+    s3["r2"].put_object(Bucket=BUCKET, Key="writer-restarts", Body=b"old, on r2")
+    cluster["r2"].kill()
+    try:
+        s3["r1"].put_object(Bucket=BUCKET, Key="writer-restarts", Body=b"new, on r1")
+        assert cluster.admin("r1")["pending_retirements"] == {"r2": 1}
+        cluster["r1"].kill()  # kill -9: whatever r1 kept in memory is gone
+        cluster.restart("r1")
+    finally:
+        cluster.restart("r2")
+    # No waiting: r2 applied it before it answered its first request.
+    assert copies_on_disk(cluster, "writer-restarts") == ["r1"]
+    assert cluster["r2"].client().get_object(Bucket=BUCKET, Key="writer-restarts")["Body"].read() == b"new, on r1"
+    s3 = {name: cluster[name].client() for name in NODES}
+    assert read_everywhere(s3, "writer-restarts") == {name: b"new, on r1" for name in NODES}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and cluster.admin("r1")["pending_retirements"]:
+        time.sleep(0.2)
+    assert cluster.admin("r1")["pending_retirements"] == {}
+
+
+def test_running_node_applies_a_retirement_on_its_next_heartbeat(cluster):
+    """A node that was only cut off (it kept running) finds what it missed in the registry: here the
+    retirement is written there directly, as a writer that could not reach the node does."""
+    s3 = cluster["r2"].client()
+    s3.put_object(Bucket=BUCKET, Key="cut-off", Body=b"old, on r2")
+    old = s3.head_object(Bucket=BUCKET, Key="cut-off")
+    newer = Retirement(BUCKET, "cut-off", old["LastModified"].timestamp() + 60, '"a-newer-etag"')
+
+    asyncio.run(_add(cluster.registry, "r2", newer))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and copies_on_disk(cluster, "cut-off"):
+        time.sleep(0.1)
+    assert copies_on_disk(cluster, "cut-off") == []
+    # An entry for a version older than the copy is applied too, and leaves the copy alone.
+    s3.put_object(Bucket=BUCKET, Key="kept", Body=b"current")
+    asyncio.run(_add(cluster.registry, "r2", Retirement(BUCKET, "kept", 1.0, '"ancient"')))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and asyncio.run(_pending(cluster.registry, "r2")):
+        time.sleep(0.1)
+    assert asyncio.run(_pending(cluster.registry, "r2")) == []
+    assert s3.get_object(Bucket=BUCKET, Key="kept")["Body"].read() == b"current"
+
+
+async def _add(url: str, node: str, item: Retirement) -> None:
+    registry = open_registry(url)
+    try:
+        assert await registry.add_retirement(node, item, limit=10)
+    finally:
+        await registry.close()
+
+
+async def _pending(url: str, node: str) -> list:
+    registry = open_registry(url)
+    try:
+        return await registry.retirements(node, 10)
+    finally:
+        await registry.close()

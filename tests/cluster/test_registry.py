@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.cluster.registry import RegistryError, open_registry, registry_classes
+from gateway.cluster.registry import RegistryError, Retirement, open_registry, registry_classes
 
 
 def test_registries_are_plugins():
@@ -32,11 +32,42 @@ async def exercise(registry) -> None:
     assert [n.node_id for n in await registry.nodes()] == ["n1"]
 
 
+async def exercise_retirements(registry) -> None:
+    """Older copies a node must drop: one entry per key, the newest version kept, bounded per node."""
+    v1, v2 = Retirement("b", "k/ü 1", 100.0, '"e1"'), Retirement("b", "k/ü 1", 200.0, '"e2"')
+    assert await registry.add_retirement("n1", v1, limit=2)
+    assert await registry.add_retirement("n1", v2, limit=2)
+    assert await registry.add_retirement("n1", v1, limit=2)  # older than what is recorded: ignored
+    assert await registry.add_retirement("n1", Retirement("b", "other", 5.0, '"x"'), limit=2)
+    assert not await registry.add_retirement("n1", Retirement("b", "third", 5.0, '"x"'), limit=2)  # bound
+    assert await registry.add_retirement("n1", Retirement("b", "k/ü 1", 300.0, '"e3"'), limit=2)  # known key
+    assert await registry.add_retirement("n9", v1, limit=2)
+    assert await registry.retirement_counts(["n1", "n9", "nobody"]) == {"n1": 2, "n9": 1, "nobody": 0}
+    pending = {(r.bucket, r.key): r for r in await registry.retirements("n1", 10)}
+    assert {k: (r.last_modified, r.etag) for k, r in pending.items()} == {
+        ("b", "k/ü 1"): (300.0, '"e3"'), ("b", "other"): (5.0, '"x"')}
+    assert len(await registry.retirements("n1", 1)) == 1
+    # Applied, then dropped: a newer entry written between the read and the drop stays.
+    read = pending["b", "k/ü 1"]
+    assert await registry.add_retirement("n1", Retirement("b", "k/ü 1", 400.0, '"e4"'), limit=2)
+    await registry.drop_retirement("n1", read)
+    await registry.drop_retirement("n1", pending["b", "other"])
+    left = await registry.retirements("n1", 10)
+    assert [(r.key, r.last_modified) for r in left] == [("k/ü 1", 400.0)]
+    await registry.drop_retirement("n1", left[0])
+    assert await registry.retirements("n1", 10) == []
+    # A node that leaves takes its retirements with it.
+    await registry.register("n9", "redundant", "http://127.0.0.1:9")
+    assert await registry.remove("n9")
+    assert await registry.retirement_counts(["n9"]) == {"n9": 0}
+
+
 def test_sqlite_registry(tmp_path):
     async def run():
         registry = open_registry(f"sqlite:///{tmp_path}/reg/registry.db")
         try:
             await exercise(registry)
+            await exercise_retirements(registry)
         finally:
             await registry.close()
 
@@ -48,6 +79,7 @@ def test_etcd_registry(etcd):
         registry = open_registry(etcd.url)
         try:
             await exercise(registry)
+            await exercise_retirements(registry)
             await registry.remove("n1")
         finally:
             await registry.close()

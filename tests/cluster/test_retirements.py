@@ -1,0 +1,154 @@
+"""Retirements on their own (gateway/cluster/retirements.py): kept in a real SQLite registry, or in memory
+when the registry cannot take them; applied by the node they are for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.backend import ObjectInfo
+from gateway.cluster import retirements as retirements_module
+from gateway.cluster.registry import Registry, RegistryError, Retirement
+from gateway.cluster.registry_sqlite import SqliteRegistry
+from gateway.cluster.relay import PeerUnreachable
+from gateway.cluster.retirements import Retirements
+
+
+def version(key: str, modified: float) -> ObjectInfo:
+    return ObjectInfo(key=key, size=1, etag=f'"{modified}"', last_modified=modified)
+
+
+class FlakySqlite(SqliteRegistry):
+    """The SQLite registry, with a switch that makes every call fail as an unreachable registry does."""
+
+    down = False
+
+    async def add_retirement(self, node_id, item, limit):
+        if self.down:
+            raise RegistryError("sqlite registry: disk I/O error")
+        return await super().add_retirement(node_id, item, limit)
+
+
+class NodesOnly(Registry):
+    """A registry plugin that keeps the node list and nothing else (no retirement methods)."""
+
+    async def register(self, node_id, role, address):
+        raise AssertionError("not used")
+
+    async def heartbeat(self, node_id, info):
+        pass
+
+    async def nodes(self):
+        return []
+
+    async def remove(self, node_id):
+        return False
+
+
+def test_recorded_in_the_registry_and_applied_by_the_node_it_is_for(tmp_path):
+    async def run():
+        url = f"sqlite:///{tmp_path}/registry.db"
+        writer, target = Retirements(SqliteRegistry(url), "r1"), Retirements(SqliteRegistry(url), "r2")
+        await writer.add("r2", "b", "k1", version("k1", 10.0))
+        await writer.add("r2", "b", "k2", version("k2", 20.0))
+        assert writer.pending() == {"r2": 2}
+        applied = []
+
+        async def drop_older(item: Retirement) -> None:
+            applied.append((item.key, item.last_modified))
+
+        assert await target.apply_own(drop_older) == 2
+        assert sorted(applied) == [("k1", 10.0), ("k2", 20.0)]
+        assert await target.apply_own(drop_older) == 0  # each is applied once
+        await writer.refresh_counts(["r2"])
+        assert writer.pending() == {}
+
+    asyncio.run(run())
+
+
+def test_a_failing_drop_keeps_the_retirement_for_the_next_round(tmp_path):
+    async def run():
+        url = f"sqlite:///{tmp_path}/registry.db"
+        await Retirements(SqliteRegistry(url), "r1").add("r2", "b", "k", version("k", 1.0))
+        target = Retirements(SqliteRegistry(url), "r2")
+
+        async def broken(item):
+            raise OSError("EIO")
+
+        with pytest.raises(OSError):
+            await target.apply_own(broken)
+        seen = []
+
+        async def works(item):
+            seen.append(item.key)
+
+        assert await target.apply_own(works) == 1 and seen == ["k"]
+
+    asyncio.run(run())
+
+
+def test_start_up_applies_everything_in_rounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(retirements_module, "PER_ROUND", 3)
+
+    async def run():
+        url = f"sqlite:///{tmp_path}/registry.db"
+        writer = Retirements(SqliteRegistry(url), "r1")
+        for i in range(8):
+            await writer.add("r2", "b", f"k{i}", version(f"k{i}", 1.0))
+        target = Retirements(SqliteRegistry(url), "r2")
+        seen = []
+
+        async def drop_older(item):
+            seen.append(item.key)
+
+        assert await target.apply_own(drop_older) == 3  # a heartbeat round: one batch
+        assert await target.apply_own(drop_older, everything=True) == 5
+        assert sorted(seen) == [f"k{i}" for i in range(8)]
+
+    asyncio.run(run())
+
+
+def test_registry_down_keeps_it_in_memory_until_the_registry_takes_it(tmp_path):
+    async def run():
+        registry = FlakySqlite(f"sqlite:///{tmp_path}/registry.db")
+        writer = Retirements(registry, "r1")
+        registry.down = True
+        await writer.add("r2", "b", "k", version("k", 5.0))
+        assert writer.pending() == {"r2": 1}
+        sent = []
+
+        async def send(peer, item):
+            sent.append(peer)
+
+        await writer.send_remembered({"r2": "http://r2"}, lambda p: False, send)  # both still out of reach
+        assert writer.pending() == {"r2": 1} and sent == []
+        registry.down = False
+        await writer.send_remembered({"r2": "http://r2"}, lambda p: False, send)
+        assert sent == [] and writer._memory["r2"] == {}
+        assert [r.key for r in await registry.retirements("r2", 10)] == ["k"]
+
+    asyncio.run(run())
+
+
+def test_without_registry_support_the_writer_sends_it_when_the_peer_answers():
+    async def run():
+        writer = Retirements(NodesOnly("nodes-only://"), "r1")
+        await writer.add("r2", "b", "k", version("k", 5.0))
+        await writer.add("r3", "b", "k", version("k", 5.0))
+        assert writer.pending() == {"r2": 1, "r3": 1}
+        sent = []
+
+        async def send(peer, item):
+            if peer == "r3":
+                raise PeerUnreachable(peer, "refused")
+            sent.append((peer, item.key, item.last_modified))
+
+        await writer.send_remembered({"r2": "a", "r3": "b"}, lambda p: True, send)
+        assert sent == [("r2", "k", 5.0)]
+        assert writer.pending() == {"r3": 1}  # r3 did not answer: kept for the next round
+        await writer.send_remembered({"r2": "a"}, lambda p: True, send)  # r3 left the cluster
+        assert writer.pending() == {}
+        assert await writer.apply_own(send) == 0  # nothing to read for this node either
+
+    asyncio.run(run())
