@@ -306,11 +306,18 @@ class ObjectClient:
         return response.data
 
     def put(self, bucket: str, key: str, body, length: int, metadata: dict[str, str] | None = None,
-            content_type: str = "binary/octet-stream") -> str:
-        """Upload ``body`` (bytes or a file object positioned at its start); return the ETag."""
+            content_type: str = "binary/octet-stream", *, exclusive: bool = False) -> str:
+        """Upload ``body`` (bytes or a file object positioned at its start); return the ETag.
+
+        ``exclusive``: only if no object has the key (``If-None-Match: *``); EEXIST when one has.
+        """
         headers = {"content-length": str(length), "content-type": content_type}
         headers.update(_meta_headers(metadata))
-        response = self.request("PUT", "PUT", bucket, key, headers=headers, body=body)
+        if exclusive:
+            headers["if-none-match"] = "*"
+        response = self.request("PUT", "PUT", bucket, key, headers=headers, body=body, ok=(200, 412))
+        if response.status == 412:
+            raise StoreError(errno.EEXIST, f"/{bucket}/{key} exists already", "PreconditionFailed")
         self.count("bytes_out", length)
         return response.headers.get("etag", "").strip('"')
 

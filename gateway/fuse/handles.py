@@ -108,15 +108,19 @@ class FileOps:
         if not self.split(path)[1]:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
         self._check_new_name(path)
-        if flags & os.O_EXCL and self._fetch_attr(path) is not None:
-            # The kernel checked our cached view, which may be up to the TTL old: an exclusive create
-            # asks the gateway, so it never replaces what another client stored meanwhile.
-            raise err(errno.EEXIST, path)
         meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
+        exclusive = bool(flags & os.O_EXCL)
+        if exclusive:
+            # The kernel checked our cached view, which may be up to the TTL old, and another client
+            # may create the name at any moment: an exclusive create stores the empty file at once,
+            # on condition that no object has the key (If-None-Match: *), so of two exclusive creates
+            # (lock files, mkstemp) on two mounts exactly one succeeds.
+            bucket, key = self.split(path)
+            self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
         fh, open_file = self._acquire(path, None, meta)
         with open_file.lock:
             open_file.ensure_spool(self.client, self.spool_dir, keep_content=False)
-            open_file.dirty = True
+            open_file.dirty = not exclusive  # an exclusive create has stored the empty file already
             open_file.mtime = time.time()
         with self._table_lock:
             self._handles[fh] = Handle(open_file, flags)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
+import threading
 
 import pytest
 
@@ -161,6 +163,45 @@ def test_an_exclusive_create_asks_the_gateway_not_the_cache(fuse_gw, bucket, mou
     os.write(fd, b"mine")
     os.close(fd)
     assert fuse_gw.client().get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"mine"
+
+
+def test_of_two_mounts_racing_exclusive_creates_exactly_one_wins(fuse_gw, bucket, mount_factory):
+    """Two hosts take the same lock file (O_CREAT|O_EXCL) at the same moment: one gets it, the other
+    EEXIST, and the object is the winner's. The create stores the empty file at once, conditionally."""
+    mounts = {b"A": mount_factory(), b"B": mount_factory()}
+    for round_ in range(8):
+        name = f"lock-{round_}"
+        barrier = threading.Barrier(2, timeout=30)
+        outcome = {}
+
+        def take(tag, mount, name=name, barrier=barrier, outcome=outcome):
+            barrier.wait()
+            try:
+                fd = os.open(mount.path / bucket / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except OSError as exc:
+                outcome[tag] = exc.errno
+                return
+            os.write(fd, tag)
+            os.close(fd)
+            outcome[tag] = "won"
+
+        threads = [threading.Thread(target=take, args=item) for item in mounts.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(map(str, outcome.values())) == sorted([str(errno.EEXIST), "won"]), (round_, outcome)
+        winner = next(tag for tag, result in outcome.items() if result == "won")
+        assert fuse_gw.client().get_object(Bucket=bucket, Key=name)["Body"].read() == winner
+    # The empty file exists from the create on, for every client; closing it unwritten keeps it.
+    fd = os.open(mounts[b"A"].path / bucket / "held", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        head = fuse_gw.client().head_object(Bucket=bucket, Key="held")
+        assert head["ContentLength"] == 0
+    finally:
+        os.close(fd)
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="held")["Body"].read() == b""
+    assert stat.S_IMODE(os.stat(mounts[b"B"].path / bucket / "held").st_mode) == 0o600
 
 
 def test_an_object_too_big_to_be_a_symlink_shows_as_a_file(mnt, bucket, fuse_gw):
