@@ -20,6 +20,7 @@ from ..backend import ObjectInfo
 from .balancer import Balancer
 from .health import PeerHealth
 from .locations import LocationCache
+from .locks import ClusterLocks
 from .peer_auth import PeerSigner
 from .registry import NodeRecord, Registry, RegistryError, Retirement, open_registry
 from .relay import PeerClient, PeerUnreachable
@@ -72,6 +73,7 @@ class Cluster:
         self._stats_at = 0.0
         self.started = time.time()
         self.retirements = Retirements(self.registry, self.node_id)
+        self.locks = ClusterLocks(self.registry, self.node_id)
         self.drop_older: DropOlder | None = None  # applies a retirement to this node's storage
 
     # Life cycle -------------------------------------------------------------

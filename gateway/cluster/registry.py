@@ -135,6 +135,22 @@ class Registry(abc.ABC):
         """How many retirements wait for each of ``node_ids``."""
         raise NotImplementedError
 
+    # Locks (gateway/cluster/locks.py): conditional PUTs of one key through any node, one at a time.
+    # A registry plugin may leave these out; conditional PUTs are then ordered per node only.
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lock ``name`` for ``owner`` for ``ttl`` seconds, unless someone else holds it
+        (an expired lock is free). Return whether ``owner`` holds it now. Raise RegistryError."""
+        raise NotImplementedError
+
+    async def refresh_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s hold on ``name`` to ``ttl`` seconds from now; False when it was lost."""
+        raise NotImplementedError
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Give the lock up (nothing happens when ``owner`` does not hold it)."""
+        raise NotImplementedError
+
     def absent(self) -> str | None:
         """Why there is no registry at this URL yet (a file that does not exist), or None.
         Commands that only read or remove (``cluster status``, ``leave``) refuse to create one: a

@@ -17,6 +17,11 @@ Retirements (gateway/cluster/retirements.py) are one key each,
 the version as JSON; writes compare the key's mod_revision with the one
 read, so of two writers the newer version stays and an entry replaced while
 its node applied it is not deleted.
+
+Locks are keys under ``/cv-gateway/locks/`` attached to a lease of their
+own: etcd deletes them when the lease runs out (a holder that died), taking
+one is a put on condition that the key does not exist, and refreshing or
+releasing one is a keep-alive or revocation of its lease.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .registry import NodeRecord, Registry, RegistryError, Retirement
 
 PREFIX = "/cv-gateway/nodes/"
 RETIRE_PREFIX = "/cv-gateway/retire/"
+LOCK_PREFIX = "/cv-gateway/locks/"
 CAS_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a key that keeps changing
 TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=2)
 
@@ -64,6 +70,7 @@ class EtcdRegistry(Registry):
         self.endpoints = [f"{http}://{h}" for h in hosts]
         self._session: aiohttp.ClientSession | None = None
         self._records: dict[str, NodeRecord] = {}
+        self._leases: dict[tuple[str, str], str] = {}  # (lock name, owner) -> the lease holding it
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the first endpoint that answers; the others are tried on connection errors."""
@@ -189,3 +196,31 @@ class EtcdRegistry(Registry):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        lease = (await self._call("/v3/lease/grant", {"TTL": str(max(1, round(ttl)))})).get("ID")
+        if not lease:
+            raise RegistryError(f"etcd registry {self.url}: no lease granted for the lock {name}")
+        key = _b64(LOCK_PREFIX + name)
+        data = await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": key, "value": _b64(owner), "lease": lease}}],
+        })
+        if not data.get("succeeded"):
+            await self._call("/v3/lease/revoke", {"ID": lease})
+            return False
+        self._leases[(name, owner)] = lease
+        return True
+
+    async def refresh_lock(self, name: str, owner: str, ttl: float) -> bool:
+        lease = self._leases.get((name, owner))
+        if lease is None:
+            return False
+        data = await self._call("/v3/lease/keepalive", {"ID": lease})
+        result = data.get("result", data)  # the gateway streams keep-alive answers: one {"result": ...} here
+        return int(result.get("TTL", 0) or 0) > 0
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        lease = self._leases.pop((name, owner), None)
+        if lease is not None:
+            await self._call("/v3/lease/revoke", {"ID": lease})

@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS retirements (
     etag TEXT NOT NULL,
     PRIMARY KEY (node_id, bucket, key)
 );
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 """
 
 
@@ -160,3 +165,28 @@ class SqliteRegistry(Registry):
 
         counts = await asyncio.to_thread(self._run, work)
         return {node: counts.get(node, 0) for node in node_ids}
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        def work(conn):
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM locks WHERE name = ? AND expires < ?", (name, now))
+            conn.execute("INSERT OR IGNORE INTO locks (name, owner, expires) VALUES (?, ?, ?)", (name, owner, now + ttl))
+            holder = conn.execute("SELECT owner FROM locks WHERE name = ?", (name,)).fetchone()
+            conn.execute("COMMIT")
+            return holder is not None and holder[0] == owner
+
+        return await asyncio.to_thread(self._run, work)
+
+    async def refresh_lock(self, name: str, owner: str, ttl: float) -> bool:
+        def work(conn):
+            return conn.execute("UPDATE locks SET expires = ? WHERE name = ? AND owner = ?",
+                                (time.time() + ttl, name, owner)).rowcount > 0
+
+        return await asyncio.to_thread(self._run, work)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        def work(conn):
+            conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
+        await asyncio.to_thread(self._run, work)

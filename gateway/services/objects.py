@@ -7,6 +7,8 @@ handlers never need to know which node they run on.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from .. import errors
@@ -34,6 +36,8 @@ class ObjectService:
         self.cluster = cluster
         self._hooks = get_plugin_manager().hook
         self.from_data_dir = False  # the one backend is the default local one on --data-dir (from_settings)
+        # (bucket, key) -> [lock, users]: conditional PUTs of one key through this node run one at a time.
+        self._conditional: dict[tuple[str, str], list] = {}
 
     @classmethod
     def from_settings(cls, settings) -> "ObjectService":
@@ -158,6 +162,26 @@ class ObjectService:
                 reader.close()
         self.object_written(dst_bucket, dst_key, info)
         return info
+
+    @contextlib.asynccontextmanager
+    async def conditional_write(self, bucket: str, key: str):
+        """Hold the key from a conditional PUT's check to the end of its write. Two If-None-Match: *
+        PUTs racing then give one 200 and one 412, as on S3 (both used to succeed, and one write was
+        lost): through this node by a per-key lock, through any node of a cluster by a lock in the
+        registry as well (gateway/cluster/locks.py)."""
+        entry = self._conditional.setdefault((bucket, key), [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                if self.cluster is None:
+                    yield
+                else:
+                    async with self.cluster.locks.hold(f"{bucket}/{key}"):
+                        yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._conditional[(bucket, key)]
 
     async def readiness(self) -> dict[str, str]:
         """backend name -> "ok" or the reason it cannot take writes."""

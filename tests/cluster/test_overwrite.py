@@ -163,3 +163,32 @@ async def _pending(url: str, node: str) -> list:
         return await registry.retirements(node, 10)
     finally:
         await registry.close()
+
+
+@pytest.mark.parametrize("first,second", [("r1", "r2"), ("x1", "p1")])
+def test_create_only_puts_racing_through_two_nodes_give_one_200_and_one_412(cluster, first, second):
+    """If-None-Match: * through two nodes at the same moment: the registry's lock orders them, so one
+    creates the object and the other finds it (each node alone would let both pass the check)."""
+    s3 = {name: cluster[name].client() for name in NODES}
+    for round_ in range(6):
+        key = f"create-only-{first}-{second}-{round_}"
+        barrier = threading.Barrier(2, timeout=30)
+        outcome = {}
+
+        def put(name, key=key, barrier=barrier, outcome=outcome):
+            barrier.wait()
+            try:
+                s3[name].put_object(Bucket=BUCKET, Key=key, Body=f"by {name}".encode(), IfNoneMatch="*")
+                outcome[name] = 200
+            except ClientError as exc:
+                outcome[name] = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+
+        threads = [threading.Thread(target=put, args=(n,)) for n in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(outcome.values()) == [200, 412], (round_, outcome)
+        winner = next(name for name, status in outcome.items() if status == 200)
+        assert read_everywhere(s3, key) == {name: f"by {winner}".encode() for name in NODES}
+        assert len(copies_on_disk(cluster, key)) == 1

@@ -62,14 +62,62 @@ async def exercise_retirements(registry) -> None:
     assert await registry.retirement_counts(["n9"]) == {"n9": 0}
 
 
+async def exercise_locks(registry) -> None:
+    """One holder at a time; refresh and release only by the holder."""
+    assert await registry.acquire_lock("b/k ü", "n1/a", ttl=30)
+    assert not await registry.acquire_lock("b/k ü", "n2/b", ttl=30)
+    assert await registry.acquire_lock("b/other", "n2/b", ttl=30)  # another name is another lock
+    assert await registry.refresh_lock("b/k ü", "n1/a", ttl=30)
+    assert not await registry.refresh_lock("b/k ü", "n2/b", ttl=30)
+    await registry.release_lock("b/k ü", "n2/b")  # not the holder: nothing happens
+    assert not await registry.acquire_lock("b/k ü", "n2/b", ttl=30)
+    await registry.release_lock("b/k ü", "n1/a")
+    assert await registry.acquire_lock("b/k ü", "n2/b", ttl=30)
+    await registry.release_lock("b/k ü", "n2/b")
+    await registry.release_lock("b/other", "n2/b")
+
+
 def test_sqlite_registry(tmp_path):
     async def run():
         registry = open_registry(f"sqlite:///{tmp_path}/reg/registry.db")
         try:
             await exercise(registry)
             await exercise_retirements(registry)
+            await exercise_locks(registry)
         finally:
             await registry.close()
+
+    asyncio.run(run())
+
+
+def test_sqlite_lock_of_a_holder_that_stopped_refreshing_expires(tmp_path):
+    async def run():
+        registry = open_registry(f"sqlite:///{tmp_path}/registry.db")
+        assert await registry.acquire_lock("b/k", "dead/1", ttl=0.2)
+        assert not await registry.acquire_lock("b/k", "n2/b", ttl=30)
+        await asyncio.sleep(0.3)
+        assert await registry.acquire_lock("b/k", "n2/b", ttl=30)
+        assert not await registry.refresh_lock("b/k", "dead/1", ttl=30)
+
+    asyncio.run(run())
+
+
+def test_etcd_lock_of_a_holder_that_stopped_refreshing_expires(etcd):
+    """etcd deletes the lock with its lease; the holder's own refresh then says it is gone."""
+    async def run():
+        dead, alive = open_registry(etcd.url), open_registry(etcd.url)
+        try:
+            assert await dead.acquire_lock("b/expiring", "dead/1", ttl=1)
+            assert not await alive.acquire_lock("b/expiring", "n2/b", ttl=30)
+            deadline = asyncio.get_running_loop().time() + 15  # etcd may round short leases up
+            while not await alive.acquire_lock("b/expiring", "n2/b", ttl=30):
+                assert asyncio.get_running_loop().time() < deadline, "the lock never expired"
+                await asyncio.sleep(0.2)
+            assert not await dead.refresh_lock("b/expiring", "dead/1", ttl=30)
+            await alive.release_lock("b/expiring", "n2/b")
+        finally:
+            await dead.close()
+            await alive.close()
 
     asyncio.run(run())
 
@@ -80,6 +128,7 @@ def test_etcd_registry(etcd):
         try:
             await exercise(registry)
             await exercise_retirements(registry)
+            await exercise_locks(registry)
             await registry.remove("n1")
         finally:
             await registry.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 from urllib.parse import unquote
 
@@ -179,7 +177,7 @@ async def put_object(app, req: S3Request, send) -> None:
     backend = app.service.backend_for(req.bucket)
     meta = meta_from_headers(req)
     if "if-none-match" in req.headers or "if-match" in req.headers:
-        async with _conditional_write(req.bucket, req.key):
+        async with app.service.conditional_write(req.bucket, req.key):
             try:
                 current = await backend.head(req.bucket, req.key)
             except errors.NoSuchKey:
@@ -197,27 +195,6 @@ async def put_object(app, req: S3Request, send) -> None:
     for algorithm, value in info.checksums.items():
         headers.append((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode()))
     await send_response(send, 200, headers)
-
-
-# (bucket, key) -> [lock, users]: conditional PUTs of one key through this node run one at a time.
-_CONDITIONAL: dict[tuple[str, str], list] = {}
-
-
-@contextlib.asynccontextmanager
-async def _conditional_write(bucket: str, key: str):
-    """Hold the key's lock from the check to the end of the write. Two If-None-Match: * PUTs racing
-    through this node then give one 200 and one 412, as on S3 (both used to succeed, and one write was
-    lost). Through two nodes of a cluster, or two gateways on shared storage, nothing is held in
-    common: see docs/s3-compatibility.md."""
-    entry = _CONDITIONAL.setdefault((bucket, key), [asyncio.Lock(), 0])
-    entry[1] += 1
-    try:
-        async with entry[0]:
-            yield
-    finally:
-        entry[1] -= 1
-        if not entry[1]:
-            del _CONDITIONAL[(bucket, key)]
 
 
 async def delete_object(app, req: S3Request, send) -> None:
