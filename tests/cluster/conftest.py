@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cluster.registry import Registry
 from gateway.testing.server import GatewayProcess, free_port
 
 SECRET = "cluster-test-secret-0123456789abcdef"
@@ -21,6 +22,22 @@ SECRET = "cluster-test-secret-0123456789abcdef"
 NODE_ENV = {"GATEWAY_CLUSTER_SECRET": SECRET, "GATEWAY_HEARTBEAT_INTERVAL": "0.5",
             "GATEWAY_PEER_TIMEOUT": "3", "GATEWAY_REGISTRY_RELOAD_INTERVAL": "2",
             "GATEWAY_MIN_PART_SIZE": "1024"}  # multipart tests with small parts
+
+
+class NodesOnly(Registry):
+    """A registry plugin that keeps the node list and nothing else (no retirements, no locks)."""
+
+    async def register(self, node_id, role, address):
+        raise AssertionError("not used")
+
+    async def heartbeat(self, node_id, info):
+        pass
+
+    async def nodes(self):
+        return []
+
+    async def remove(self, node_id):
+        return False
 
 
 class ClusterNodes:

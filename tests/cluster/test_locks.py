@@ -8,24 +8,10 @@ import pytest
 
 from gateway import errors
 from gateway.cluster.locks import ClusterLocks
-from gateway.cluster.registry import Registry, RegistryError
+from gateway.cluster.registry import RegistryError
 from gateway.cluster.registry_sqlite import SqliteRegistry
 
-
-class NodesOnly(Registry):
-    """A registry plugin without locks."""
-
-    async def register(self, node_id, role, address):
-        raise AssertionError("not used")
-
-    async def heartbeat(self, node_id, info):
-        pass
-
-    async def nodes(self):
-        return []
-
-    async def remove(self, node_id):
-        return False
+from .conftest import NodesOnly
 
 
 class Unreachable(SqliteRegistry):

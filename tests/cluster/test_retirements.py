@@ -9,10 +9,12 @@ import pytest
 
 from gateway.backend import ObjectInfo
 from gateway.cluster import retirements as retirements_module
-from gateway.cluster.registry import Registry, RegistryError, Retirement
+from gateway.cluster.registry import RegistryError, Retirement
 from gateway.cluster.registry_sqlite import SqliteRegistry
 from gateway.cluster.relay import PeerUnreachable
 from gateway.cluster.retirements import Retirements
+
+from .conftest import NodesOnly
 
 
 def version(key: str, modified: float) -> ObjectInfo:
@@ -28,22 +30,6 @@ class FlakySqlite(SqliteRegistry):
         if self.down:
             raise RegistryError("sqlite registry: disk I/O error")
         return await super().add_retirement(node_id, item, limit)
-
-
-class NodesOnly(Registry):
-    """A registry plugin that keeps the node list and nothing else (no retirement methods)."""
-
-    async def register(self, node_id, role, address):
-        raise AssertionError("not used")
-
-    async def heartbeat(self, node_id, info):
-        pass
-
-    async def nodes(self):
-        return []
-
-    async def remove(self, node_id):
-        return False
 
 
 def test_recorded_in_the_registry_and_applied_by_the_node_it_is_for(tmp_path):
