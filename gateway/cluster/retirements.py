@@ -99,7 +99,8 @@ class Retirements:
 
     async def apply_own(self, drop_older: DropOlder, *, everything: bool = False) -> int:
         """Apply the retirements addressed to this node; return how many. ``everything``: until none
-        is left (start-up), else at most PER_ROUND. Raise RegistryError when the registry cannot be read."""
+        is left (start-up), else at most PER_ROUND. One that fails (the copy cannot be read or deleted)
+        is logged and kept for the next round. Raise RegistryError when the registry cannot be read."""
         done = 0
         started = time.monotonic()
         while True:
@@ -107,11 +108,18 @@ class Retirements:
                 batch = await self.registry.retirements(self.node_id, PER_ROUND)
             except NotImplementedError:
                 return done
+            failed = 0
             for item in batch:
-                await drop_older(item)  # raises when the copy could not be checked: kept for the next round
+                try:
+                    await drop_older(item)
+                except Exception as exc:  # noqa: BLE001 - a disk error on one object must not stop the others
+                    failed += 1
+                    log.warning("could not drop the older copy of %s/%s (retried on the next round): %s",
+                                item.bucket, item.key, exc)
+                    continue
                 await self.registry.drop_retirement(self.node_id, item)
                 done += 1
-            if not everything or len(batch) < PER_ROUND:
+            if not everything or len(batch) < PER_ROUND or failed == len(batch):
                 break
             log.info("dropping older copies that other nodes replaced while this one was away: %d so far (%.0fs)",
                      done, time.monotonic() - started)
