@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -142,6 +143,12 @@ def status(registry, as_json) -> None:
     rows = status_rows(_run(lambda: _with_registry(registry, lambda reg: reg.nodes())))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+    if not rows:
+        # Running nodes register again within a heartbeat when their registry was reset.
+        click.echo(f"no nodes are registered in {registry}: check --registry (GATEWAY_REGISTRY); running nodes "
+                   "register again within a heartbeat if the registry was replaced", err=True)
+        sys.exit(1)
+    if as_json:
         return
     click.echo(f"{'NODE':<24} {'ROLE':<10} {'ADDRESS':<30} {'HEALTH':<22} {'LAST SEEN':<10} {'OBJECTS':>8} "
                f"{'FREE':>10} {'PLACED':>8} {'READS':>8}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 
 from . import errors
 from .checksums import b64, new_hasher
@@ -52,6 +52,7 @@ class Payload:
         self._hashers = {alg: new_hasher(alg) for alg in self._algorithms}
         self.size = 0
         self._done = False
+        self._final_checks: list[Callable[[], Awaitable[None]]] = []
         if content_md5 is not None:
             try:
                 raw = base64.b64decode(content_md5, validate=True)
@@ -66,6 +67,11 @@ class Payload:
             yield data
 
         return cls(one(), expected_size=len(data), **kwargs)
+
+    def check_at_end(self, check: Callable[[], Awaitable[None]]) -> None:
+        """Also run ``check`` once the body is received and verified, before the backend commits:
+        it raises to refuse the write (a conditional PUT whose cluster lock was lost)."""
+        self._final_checks.append(check)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._done:
@@ -87,6 +93,8 @@ class Payload:
                 hasher.update(chunk)
             yield chunk
         self._verify()
+        for check in self._final_checks:
+            await check()
         self._done = True
 
     def _verify(self) -> None:

@@ -50,27 +50,41 @@ class ClusterLocks:
         self.supported = True
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str):
-        """Hold the lock ``name`` for the duration of the block; raise errors.SlowDown after ``wait``
-        seconds, errors.ServiceUnavailable when the registry cannot be reached."""
+    async def hold(self, name: str, wait: float | None = None):
+        """Hold the lock ``name`` for the duration of the block; yield its ``confirm``, which the
+        write runs right before it commits. Raise busy() after ``wait`` seconds (default
+        ``self.wait``), errors.ServiceUnavailable when the registry cannot be reached."""
         if not self.supported:
-            yield
+            yield nothing_to_confirm
             return
         owner = f"{self.node_id}/{os.urandom(8).hex()}"
         try:
-            taken = await self._acquire(name, owner)
+            taken = await self._acquire(name, owner, self.wait if wait is None else wait)
         except NotImplementedError:
             self.supported = False
             log.warning("the registry plugin keeps no locks: conditional PUTs of one key are ordered per node only")
-            yield
+            yield nothing_to_confirm
             return
         if not taken:
-            error = errors.SlowDown("Another conditional write of this key is in progress; retry in a moment.")
-            error.headers["Retry-After"] = "1"
-            raise error
+            raise busy()
+
+        async def confirm() -> None:
+            """Still ours? Refreshed for another ttl, which covers the commit that follows. A lock
+            that expired (this process was stopped, the registry was out of reach for ttl) may be
+            another writer's now: the write is refused rather than committed over its check."""
+            try:
+                held = await self.registry.refresh_lock(name, owner, self.ttl)
+            except RegistryError as exc:
+                log.warning("conditional write refused: its lock %s could not be confirmed: %s", name, exc)
+                held = False
+            if not held:
+                raise errors.ServiceUnavailable(
+                    "This conditional write lost its lock in the cluster registry before it finished "
+                    f"(more than {self.ttl:.0f}s without reaching the registry); nothing was written. Retry.")
+
         refresher = asyncio.create_task(self._refresh(name, owner), name=f"lock-refresh {name}")
         try:
-            yield
+            yield confirm
         finally:
             refresher.cancel()
             try:
@@ -78,8 +92,8 @@ class ClusterLocks:
             except (RegistryError, asyncio.CancelledError) as exc:  # it expires after ttl seconds anyway
                 log.warning("could not release the lock %s (it expires within %.0fs): %s", name, self.ttl, exc)
 
-    async def _acquire(self, name: str, owner: str) -> bool:
-        deadline = time.monotonic() + self.wait
+    async def _acquire(self, name: str, owner: str, wait: float) -> bool:
+        deadline = time.monotonic() + wait
         delay = POLL_FIRST
         while True:
             try:
@@ -104,3 +118,14 @@ class ClusterLocks:
                     return
             except RegistryError as exc:  # the next refresh retries; the lock lasts ttl
                 log.warning("could not refresh the lock %s: %s", name, exc)
+
+
+def busy() -> errors.GatewayError:
+    """The answer to a conditional write that waited too long for another one of its key."""
+    error = errors.SlowDown("Another conditional write of this key is in progress; retry in a moment.")
+    error.headers["Retry-After"] = "1"
+    return error
+
+
+async def nothing_to_confirm() -> None:
+    """No cluster lock (a stand-alone node, a registry without locks): nothing can be lost."""

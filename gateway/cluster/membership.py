@@ -22,7 +22,7 @@ from .health import PeerHealth
 from .locations import LocationCache
 from .locks import ClusterLocks
 from .peer_auth import PeerSigner
-from .registry import NodeRecord, Registry, RegistryError, Retirement, open_registry
+from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement, open_registry
 from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_of
@@ -75,6 +75,7 @@ class Cluster:
         self.retirements = Retirements(self.registry, self.node_id)
         self.locks = ClusterLocks(self.registry, self.node_id)
         self.drop_older: DropOlder | None = None  # applies a retirement to this node's storage
+        self.registry_id: str | None = None  # the registry this node registered in (Registry.identity)
 
     # Life cycle -------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class Cluster:
             if self.role == "proxy":
                 self.storage_roots = []  # a proxy stores nothing, whatever data_dir says
             record = await self.registry.register(self.node_id, self.role, self.address)
+            self.registry_id = await self.registry.identity()
             await self.reload()
             await self.registry.heartbeat(self.node_id, await self.info())
         except RegistryError as exc:
@@ -181,7 +183,7 @@ class Cluster:
                     await self.reload()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
-                    await self.registry.heartbeat(self.node_id, await self.info())
+                    await self._heartbeat()
                     if time.monotonic() - self._last_reload >= reload_every:
                         await self.reload()
                     await self._probe_limited()
@@ -192,6 +194,24 @@ class Cluster:
             except Exception:  # the loop must survive anything; the next round retries
                 log.exception("cluster membership round failed")
                 await asyncio.sleep(min(interval, 1.0))
+
+    async def _heartbeat(self) -> None:
+        """Publish this node's info. A registry that does not list this node any more was either
+        replaced (another identity: its file deleted, a new etcd) and the node registers again, so
+        the cluster comes back without restarts; or `cluster leave` removed it, which is respected."""
+        try:
+            await self.registry.heartbeat(self.node_id, await self.info())
+        except NotRegistered:
+            identity = await self.registry.identity()
+            reset = identity != self.registry_id if identity is not None else not await self.registry.nodes()
+            if not reset:
+                raise
+            log.warning("the cluster registry %s was replaced (deleted, restored or a new etcd): registering this "
+                        "node again as %s", self.registry.url, self.role)
+            await self.registry.register(self.node_id, self.role, self.address)
+            self.registry_id = identity
+            await self.registry.heartbeat(self.node_id, await self.info())
+            await self.reload()
 
     async def _probe_limited(self) -> None:
         """Ping peers that failed, so one that is back is trusted again without waiting for traffic."""

@@ -84,6 +84,11 @@ class RegistryError(Exception):
     """The registry could not be read or written; the message says which one and why."""
 
 
+class NotRegistered(RegistryError):
+    """A heartbeat of a node the registry does not list (removed by ``cluster leave``, or a registry
+    that was reset)."""
+
+
 class Registry(abc.ABC):
     """The node list, shared by every node of a cluster.
 
@@ -150,6 +155,12 @@ class Registry(abc.ABC):
     async def release_lock(self, name: str, owner: str) -> None:
         """Give the lock up (nothing happens when ``owner`` does not hold it)."""
         raise NotImplementedError
+
+    async def identity(self) -> str | None:
+        """An id this registry keeps for as long as it lives (None: not known). A node whose
+        registry no longer lists it compares it with the id it registered in: a new id means the
+        registry was reset, and the node registers again; the same id, that `cluster leave` removed it."""
+        return None
 
     def absent(self) -> str | None:
         """Why there is no registry at this URL yet (a file that does not exist), or None.

@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from .registry import NodeRecord, Registry, RegistryError, Retirement
+from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement
 
 PREFIX = "/cv-gateway/nodes/"
 RETIRE_PREFIX = "/cv-gateway/retire/"
 LOCK_PREFIX = "/cv-gateway/locks/"
+ID_KEY = "/cv-gateway/registry-id"
 CAS_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a key that keeps changing
 TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=2)
 
@@ -111,7 +113,7 @@ class EtcdRegistry(Registry):
     async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
         record = self._records.get(node_id) or await self.get(node_id)
         if record is None:
-            raise RegistryError(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
+            raise NotRegistered(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
         record.last_seen, record.info = time.time(), info
         key = _b64(PREFIX + node_id)
         data = await self._call("/v3/kv/txn", {
@@ -120,7 +122,7 @@ class EtcdRegistry(Registry):
         })
         if not data.get("succeeded"):
             self._records.pop(node_id, None)
-            raise RegistryError(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
+            raise NotRegistered(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
 
     async def nodes(self) -> list[NodeRecord]:
         data = await self._call("/v3/kv/range", {"key": _b64(PREFIX), "range_end": _prefix_end(PREFIX)})
@@ -138,9 +140,7 @@ class EtcdRegistry(Registry):
         return sorted(records, key=lambda r: r.install_order)
 
     async def remove(self, node_id: str) -> bool:
-        self._records.pop(node_id, None)
-        retired = _retire_prefix(node_id)
-        await self._call("/v3/kv/deleterange", {"key": _b64(retired), "range_end": _prefix_end(retired)})
+        self._records.pop(node_id, None)  # its retirements stay, for a rejoin with its old data
         data = await self._call("/v3/kv/deleterange", {"key": _b64(PREFIX + node_id)})
         return int(data.get("deleted", 0)) > 0
 
@@ -224,3 +224,13 @@ class EtcdRegistry(Registry):
         lease = self._leases.pop((name, owner), None)
         if lease is not None:
             await self._call("/v3/lease/revoke", {"ID": lease})
+
+    async def identity(self) -> str | None:
+        key = _b64(ID_KEY)
+        # Made by the first node that asks (a put on condition that the key is absent), then read.
+        await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": key, "value": _b64(os.urandom(16).hex())}}],
+        })
+        kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None

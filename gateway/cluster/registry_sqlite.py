@@ -15,7 +15,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .registry import NodeRecord, Registry, RegistryError, Retirement
+from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS retirements (
     etag TEXT NOT NULL,
     PRIMARY KEY (node_id, bucket, key)
 );
+CREATE TABLE IF NOT EXISTS registry_id (id TEXT NOT NULL);
+INSERT INTO registry_id SELECT lower(hex(randomblob(16))) WHERE NOT EXISTS (SELECT 1 FROM registry_id);
 CREATE TABLE IF NOT EXISTS locks (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -66,8 +68,10 @@ class SqliteRegistry(Registry):
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             if not self._ready:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(SCHEMA)
                 self._ready = True
+            # Every time (three no-ops, a few µs): a registry file deleted and recreated while the
+            # nodes run gets its tables back, and the nodes register again (membership.py).
+            conn.executescript(SCHEMA)
             return conn
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
@@ -104,7 +108,7 @@ class SqliteRegistry(Registry):
             cursor = conn.execute("UPDATE nodes SET last_seen = ?, info = ? WHERE node_id = ?",
                                   (time.time(), json.dumps(info), node_id))
             if cursor.rowcount == 0:
-                raise RegistryError(f"node {node_id} is not registered in {self.path} (removed by cluster leave?)")
+                raise NotRegistered(f"node {node_id} is not registered in {self.path} (removed by cluster leave?)")
 
         await asyncio.to_thread(self._run, work)
 
@@ -118,11 +122,9 @@ class SqliteRegistry(Registry):
 
     async def remove(self, node_id: str) -> bool:
         def work(conn):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM retirements WHERE node_id = ?", (node_id,))
-            removed = conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
-            conn.execute("COMMIT")
-            return removed
+            # Its retirements stay: a node that rejoins with its old data must still drop what was
+            # replaced while it was away (they are few, and bounded per node).
+            return conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
 
         return await asyncio.to_thread(self._run, work)
 
@@ -190,3 +192,9 @@ class SqliteRegistry(Registry):
             conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
 
         await asyncio.to_thread(self._run, work)
+
+    async def identity(self) -> str | None:
+        def work(conn):
+            return conn.execute("SELECT id FROM registry_id").fetchone()[0]
+
+        return await asyncio.to_thread(self._run, work)

@@ -131,9 +131,7 @@ class Retirements:
     async def send_remembered(self, peers: dict[str, str], reachable: Callable[[str], bool], send: SendTo) -> None:
         """The memory fallback: hand remembered retirements to the registry if it takes them now, else
         send them to their peers that answer again (``send`` raises PeerUnreachable when one does not)."""
-        for peer in [p for p in self._memory if p not in peers]:
-            del self._memory[peer]  # left the cluster
-        for peer, pending in self._memory.items():
+        for peer, pending in self._memory.items():  # also peers that left: they may rejoin with their data
             for _ in range(min(len(pending), PER_ROUND)):
                 item = next(iter(pending.values()))
                 try:
@@ -143,7 +141,7 @@ class Retirements:
                 if stored:
                     self._stored[peer] = self._stored.get(peer, 0) + 1
                 else:
-                    if not reachable(peer):
+                    if peer not in peers or not reachable(peer):
                         break
                     try:
                         await send(peer, item)

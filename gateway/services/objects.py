@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from .. import errors
 from ..backend import Backend, BucketInfo, ObjectInfo, ObjectMeta
@@ -165,19 +166,35 @@ class ObjectService:
 
     @contextlib.asynccontextmanager
     async def conditional_write(self, bucket: str, key: str):
-        """Hold the key from a conditional PUT's check to the end of its write. Two If-None-Match: *
-        PUTs racing then give one 200 and one 412, as on S3 (both used to succeed, and one write was
-        lost): through this node by a per-key lock, through any node of a cluster by a lock in the
-        registry as well (gateway/cluster/locks.py)."""
+        """Hold the key from a conditional write's check to the end of the write; yield ``confirm``,
+        which the write runs right before it commits (Payload.check_at_end).
+
+        Two If-None-Match: * PUTs racing then give one 200 and one 412, as on S3 (both used to
+        succeed, and one write was lost): through this node by a per-key lock, through any node of
+        a cluster by a lock in the registry as well (gateway/cluster/locks.py). Both waits together
+        last at most locks.WAIT seconds, then 503 SlowDown.
+        """
+        from ..cluster import locks
+
+        deadline = time.monotonic() + locks.WAIT
         entry = self._conditional.setdefault((bucket, key), [asyncio.Lock(), 0])
         entry[1] += 1
         try:
-            async with entry[0]:
+            try:
+                await asyncio.wait_for(entry[0].acquire(), locks.WAIT)
+            except TimeoutError:
+                raise locks.busy() from None
+            try:
                 if self.cluster is None:
-                    yield
+                    yield locks.nothing_to_confirm
                 else:
-                    async with self.cluster.locks.hold(f"{bucket}/{key}"):
-                        yield
+                    async with self.cluster.locks.hold(f"{bucket}/{key}", wait=deadline - time.monotonic()) as confirm:
+                        # The check that follows must see the cluster as it is now, not a cached miss:
+                        # a proxy is not told of other nodes' writes and keeps "missing" for a second.
+                        self.cluster.locations.forget(bucket, key)
+                        yield confirm
+            finally:
+                entry[0].release()
         finally:
             entry[1] -= 1
             if not entry[1]:

@@ -117,3 +117,34 @@ def test_conditional_put_if_match(s3, obj):
         s3.put_object(Bucket=obj["bucket"], Key="cond", Body=b"v3", IfMatch=obj["etag"])  # stale now
     assert status_of(info.value) == 412
     assert s3.get_object(Bucket=obj["bucket"], Key="cond")["Body"].read() == b"v2"
+
+
+def _multipart(s3, bucket: str, key: str, body: bytes) -> tuple[str, list]:
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=body)
+    return upload, [{"PartNumber": 1, "ETag": part["ETag"]}]
+
+
+def test_complete_multipart_upload_honours_if_none_match_and_if_match(s3, obj):
+    """S3 takes If-None-Match: * and If-Match on CompleteMultipartUpload too; they used to be ignored,
+    and the completion replaced an object the client asked not to replace."""
+    bucket = obj["bucket"]
+    upload, parts = _multipart(s3, bucket, "cond", b"from a multipart upload")
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(Bucket=bucket, Key="cond", UploadId=upload,
+                                     MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+    assert status_of(info.value) == 412
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(Bucket=bucket, Key="cond", UploadId=upload,
+                                     MultipartUpload={"Parts": parts}, IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert status_of(info.value) == 412
+    assert s3.get_object(Bucket=bucket, Key="cond")["Body"].read() == b"conditional body"  # untouched
+    # The upload is still there: with the right ETag it completes.
+    s3.complete_multipart_upload(Bucket=bucket, Key="cond", UploadId=upload,
+                                 MultipartUpload={"Parts": parts}, IfMatch=obj["etag"])
+    assert s3.get_object(Bucket=bucket, Key="cond")["Body"].read() == b"from a multipart upload"
+    # Create-only onto a new key works.
+    upload, parts = _multipart(s3, bucket, "fresh", b"new")
+    s3.complete_multipart_upload(Bucket=bucket, Key="fresh", UploadId=upload,
+                                 MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+    assert s3.get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"new"

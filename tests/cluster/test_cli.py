@@ -132,3 +132,13 @@ def test_readme_cluster_commands_work_as_printed(tmp_path):
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+def test_status_of_a_registry_without_nodes_says_so(tmp_path):
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    gateway("cluster", "join", "--registry", registry, "--advertise", "https://10.0.0.1:8086", "--node-id", "only")
+    assert gateway("cluster", "leave", "--registry", registry, "--node-id", "only").returncode == 0
+    for args in (["status"], ["status", "--json"]):
+        out = gateway("cluster", *args, "--registry", registry)
+        assert out.returncode == 1 and "no nodes are registered in" in out.stderr, (args, out.stderr)
+    assert json.loads(gateway("cluster", "status", "--json", "--registry", registry).stdout) == []

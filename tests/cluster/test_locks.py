@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -78,3 +79,82 @@ def test_without_lock_support_writes_go_ahead(caplog):
 
     assert asyncio.run(run()) == 2
     assert caplog.text.count("keeps no locks") == 1  # said once
+
+
+def test_a_write_that_lost_its_lock_is_refused_before_it_commits(tmp_path):
+    """The holder was stopped past the lock's ttl and another writer took the key: the first one's
+    confirm (run by the payload at its end, before the backend commits) refuses its write."""
+    async def run():
+        url = f"sqlite:///{tmp_path}/registry.db"
+        registry = SqliteRegistry(url)
+        locks = ClusterLocks(registry, "a", ttl=30)
+        async with locks.hold("bucket/key") as confirm:
+            await confirm()  # still ours
+            with sqlite3.connect(tmp_path / "registry.db") as db:  # expired, as after a long SIGSTOP
+                db.execute("DELETE FROM locks")
+            assert await SqliteRegistry(url).acquire_lock("bucket/key", "b/other", ttl=30)
+            with pytest.raises(errors.ServiceUnavailable, match="lost its lock"):
+                await confirm()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_failing_check_at_the_end_leaves_nothing_stored(tmp_path, kind):
+    from gateway.backend import ObjectMeta
+    from gateway.payload import Payload
+    from plugins.local import LocalBackend
+    from plugins.memory import MemoryBackend
+
+    async def refuse():
+        raise errors.ServiceUnavailable("lost its lock")
+
+    async def run():
+        backend = MemoryBackend() if kind == "memory" else LocalBackend(root=str(tmp_path / "store"))
+        await backend.start()
+        await backend.create_bucket("b")
+        await backend.put("b", "k", Payload.from_bytes(b"old"), ObjectMeta())
+        payload = Payload.from_bytes(b"new")
+        payload.check_at_end(refuse)
+        with pytest.raises(errors.ServiceUnavailable):
+            await backend.put("b", "k", payload, ObjectMeta())
+        reader = await backend.get("b", "k")
+        assert b"".join([chunk async for chunk in reader.chunks()]) == b"old"
+
+    asyncio.run(run())
+
+
+def test_conditional_writes_queued_on_one_node_each_wait_at_most_the_bound(monkeypatch):
+    """Three conditional PUTs of a key whose holder never finishes: each gets its 503 after WAIT
+    seconds, not one after another (the third used to wait three times as long)."""
+    from gateway.cluster import locks as locks_module
+    from gateway.services.objects import ObjectService
+    from plugins.memory import MemoryBackend
+
+    monkeypatch.setattr(locks_module, "WAIT", 0.3)
+
+    async def run():
+        service = ObjectService({"memory": MemoryBackend()}, {}, "memory")
+        holding = asyncio.Event()
+
+        async def holder():
+            async with service.conditional_write("b", "k"):
+                holding.set()
+                await asyncio.sleep(30)
+
+        async def waiter():
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(errors.SlowDown):
+                async with service.conditional_write("b", "k"):
+                    raise AssertionError("two holders")
+            return asyncio.get_running_loop().time() - started
+
+        task = asyncio.create_task(holder())
+        await holding.wait()
+        waits = await asyncio.gather(waiter(), waiter(), waiter())
+        task.cancel()
+        assert max(waits) < 0.3 * 2, waits
+        async with service.conditional_write("b", "k"):  # free again
+            pass
+
+    asyncio.run(run())

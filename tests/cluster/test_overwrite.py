@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -192,3 +196,62 @@ def test_create_only_puts_racing_through_two_nodes_give_one_200_and_one_412(clus
         winner = next(name for name, status in outcome.items() if status == 200)
         assert read_everywhere(s3, key) == {name: f"by {winner}".encode() for name in NODES}
         assert len(copies_on_disk(cluster, key)) == 1
+
+
+def test_create_only_put_is_checked_against_the_cluster_not_a_cached_miss(cluster):
+    """The proxy remembers a miss for a second and is not told of other nodes' writes; the check of a
+    conditional PUT must ask the nodes again, or it would replace what another node just created."""
+    s3 = {name: cluster[name].client() for name in NODES}
+    for round_ in range(3):
+        key = f"cached-miss-{round_}"
+        with pytest.raises(ClientError):
+            s3["x1"].head_object(Bucket=BUCKET, Key=key)  # x1 now caches "missing"
+        s3["r2"].put_object(Bucket=BUCKET, Key=key, Body=b"first", IfNoneMatch="*")
+        with pytest.raises(ClientError) as info:
+            s3["x1"].put_object(Bucket=BUCKET, Key=key, Body=b"second", IfNoneMatch="*")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+        etag = s3["r2"].head_object(Bucket=BUCKET, Key=key)["ETag"]
+        s3["x1"].put_object(Bucket=BUCKET, Key=key, Body=b"replaced", IfMatch=etag)  # If-Match finds it too
+        assert read_everywhere(s3, key) == {name: b"replaced" for name in NODES}
+
+
+def test_node_that_left_and_rejoins_with_its_data_drops_what_was_replaced(cluster):
+    """`cluster leave` of a node that is down, then the node started again on its old data: the
+    retirements recorded for it while it was away still apply (they used to leave with it)."""
+    s3 = {name: cluster[name].client() for name in NODES}
+    s3["r1"].put_object(Bucket=BUCKET, Key="rejoined", Body=b"old, on r1")
+    cluster["r1"].kill()
+    try:
+        s3["x1"].put_object(Bucket=BUCKET, Key="rejoined", Body=b"new")
+        left = subprocess.run([sys.executable, "-m", "gateway", "cluster", "leave", "--registry", cluster.registry,
+                               "--node-id", "r1"], capture_output=True, text=True, timeout=60)
+        assert left.returncode == 0, left.stderr
+    finally:
+        cluster.restart("r1")
+    cluster.wait_known(4)
+    assert "r1" not in copies_on_disk(cluster, "rejoined")
+    s3 = {name: cluster[name].client() for name in NODES}
+    assert read_everywhere(s3, "rejoined") == {name: b"new" for name in NODES}
+
+
+def test_nodes_register_again_when_the_registry_file_is_replaced(cluster):
+    """The SQLite registry deleted while every node runs (an operator's mistake, a restored disk): each
+    node finds the registry empty at its next heartbeat and registers again; nothing needs a restart."""
+    path = cluster.registry.split("://", 1)[1]
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--json", "--registry",
+                              cluster.registry], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 and {r["node_id"] for r in json.loads(out.stdout)} == set(NODES):
+            break
+        time.sleep(0.3)
+    assert out.returncode == 0 and {r["node_id"] for r in json.loads(out.stdout)} == set(NODES), out.stderr
+    roles = {r["node_id"]: r["role"] for r in json.loads(out.stdout)}
+    assert roles == {"p1": "primary", "r1": "redundant", "r2": "redundant", "x1": "proxy"}
+    cluster.wait_known(4)
+    s3 = {name: cluster[name].client() for name in NODES}
+    s3["r2"].put_object(Bucket=BUCKET, Key="after-reset", Body=b"works")
+    assert read_everywhere(s3, "after-reset") == {name: b"works" for name in NODES}

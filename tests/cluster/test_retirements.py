@@ -130,8 +130,14 @@ def test_without_registry_support_the_writer_sends_it_when_the_peer_answers():
         await writer.send_remembered({"r2": "a", "r3": "b"}, lambda p: True, send)
         assert sent == [("r2", "k", 5.0)]
         assert writer.pending() == {"r3": 1}  # r3 did not answer: kept for the next round
-        await writer.send_remembered({"r2": "a"}, lambda p: True, send)  # r3 left the cluster
-        assert writer.pending() == {}
+        await writer.send_remembered({"r2": "a"}, lambda p: True, send)  # r3 left: kept, in case it rejoins
+        assert writer.pending() == {"r3": 1} and len(sent) == 1
+
+        async def send_to_anyone(peer, item):
+            sent.append((peer, item.key, item.last_modified))
+
+        await writer.send_remembered({"r2": "a", "r3": "b"}, lambda p: True, send_to_anyone)  # it rejoined
+        assert writer.pending() == {} and sent[-1] == ("r3", "k", 5.0)
         assert await writer.apply_own(send) == 0  # nothing to read for this node either
 
     asyncio.run(run())

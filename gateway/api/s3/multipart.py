@@ -9,7 +9,14 @@ from ...backend import MAX_PARTS, ByteRange
 from ...checksums import ALGORITHMS
 from ...payload import Payload
 from .body import payload_from_request
-from .objects import check_preconditions, check_write_headers, meta_from_headers, parse_copy_source
+from .objects import (
+    check_preconditions,
+    check_write_conditions,
+    check_write_headers,
+    is_conditional,
+    meta_from_headers,
+    parse_copy_source,
+)
 from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
 from .xml import child_text, document, element, parse
@@ -105,7 +112,13 @@ async def complete_upload(app, req: S3Request, send) -> None:
             raise errors.MalformedXML("PartNumber must be an integer.")
         parts.append((number, child_text(node, "ETag").strip()))
     backend = app.service.backend_for(req.bucket)
-    info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
+    if is_conditional(req):  # If-None-Match: * / If-Match, as on a PUT (S3 takes both here too)
+        async with app.service.conditional_write(req.bucket, req.key) as confirm:
+            await check_write_conditions(backend, req)
+            await confirm()  # assembling the parts cannot be stopped halfway: the lock is confirmed before
+            info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
+    else:
+        info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
     app.service.object_written(req.bucket, req.key, info)
     body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
                     element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'))

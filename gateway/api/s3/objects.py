@@ -164,9 +164,34 @@ def check_write_headers(req: S3Request) -> None:
         if name.startswith(_UNSUPPORTED_WRITE_HEADERS):
             raise errors.NotImplementedError_(f"The {name} header asks for something not implemented here "
                                               "(server-side encryption, tagging or object lock).")
+    _check_if_none_match(req)
+
+
+def _check_if_none_match(req: S3Request) -> None:
     if_none = req.headers.get("if-none-match")
     if if_none is not None and if_none.strip() != "*":
         raise errors.NotImplementedError_("A conditional write supports only If-None-Match: *.")
+
+
+def is_conditional(req: S3Request) -> bool:
+    return "if-none-match" in req.headers or "if-match" in req.headers
+
+
+async def check_write_conditions(backend, req: S3Request) -> None:
+    """If-None-Match: * and If-Match of a write (PUT, CompleteMultipartUpload), run while
+    ObjectService.conditional_write holds the key: 412, or 404 for If-Match on a missing key (as S3)."""
+    _check_if_none_match(req)
+    try:
+        current = await backend.head(req.bucket, req.key)
+    except errors.NoSuchKey:
+        current = None
+    if "if-none-match" in req.headers and current is not None:
+        raise errors.PreconditionFailed(Condition="If-None-Match")
+    if "if-match" in req.headers:
+        if current is None:
+            raise errors.NoSuchKey(Key=req.key)
+        if not _etag_matches(req.headers["if-match"], current.etag):
+            raise errors.PreconditionFailed(Condition="If-Match")
 
 
 async def put_object(app, req: S3Request, send) -> None:
@@ -176,18 +201,12 @@ async def put_object(app, req: S3Request, send) -> None:
         return await copy_object(app, req, send)
     backend = app.service.backend_for(req.bucket)
     meta = meta_from_headers(req)
-    if "if-none-match" in req.headers or "if-match" in req.headers:
-        async with app.service.conditional_write(req.bucket, req.key):
-            try:
-                current = await backend.head(req.bucket, req.key)
-            except errors.NoSuchKey:
-                current = None
-            if "if-none-match" in req.headers and current is not None:
-                raise errors.PreconditionFailed(Condition="If-None-Match")
-            if "if-match" in req.headers and (current is None
-                                              or not _etag_matches(req.headers["if-match"], current.etag)):
-                raise errors.PreconditionFailed(Condition="If-Match") if current else errors.NoSuchKey(Key=req.key)
-            info = await backend.put(req.bucket, req.key, payload_from_request(req), meta)
+    if is_conditional(req):
+        async with app.service.conditional_write(req.bucket, req.key) as confirm:
+            await check_write_conditions(backend, req)
+            payload = payload_from_request(req)
+            payload.check_at_end(confirm)  # a cluster lock lost meanwhile refuses the write before it commits
+            info = await backend.put(req.bucket, req.key, payload, meta)
     else:
         info = await backend.put(req.bucket, req.key, payload_from_request(req), meta)
     app.service.object_written(req.bucket, req.key, info)
