@@ -69,6 +69,7 @@ XAmzContentSHA256Mismatch = _error(
 )
 MetadataTooLarge = _error("MetadataTooLarge", 400, "Your metadata headers exceed the maximum allowed metadata size (2 KB).")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
+RequestTimeout = _error("RequestTimeout", 400, "Your socket connection to the server was not read from or written to within the timeout period.")
 MethodNotAllowed = _error("MethodNotAllowed", 405, "The specified method is not allowed against this resource.")
 NotImplementedError_ = _error("NotImplemented", 501, "A header or query you provided implies functionality that is not implemented.")
 

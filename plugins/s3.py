@@ -20,7 +20,8 @@ Configuration (``[backends.NAME] type = "s3"``)::
     part_size = 8388608                  # parts of large uploads of unknown length (bounded memory)
     multipart_threshold = 5368709120     # bodies of known length up to this stream in one PUT
     max_attempts = 5                     # tries per call (botocore "standard" mode: backoff on throttling, 5xx)
-    timeout = 30                         # read timeout of each HTTP call, seconds
+    timeout = 30                         # read timeout of each HTTP call, and the longest wait for a
+                                         # streamed body's next chunk from the client, seconds
     connect_timeout = 10
     max_connections = 16                 # HTTP connections, and the worker threads that use them
 
@@ -59,7 +60,10 @@ from .s3_stream import PayloadReader
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-CHECKSUMS_META = "cvgw-checksums"  # user-metadata entry that keeps the flexible checksums
+# User-metadata names starting with this are the backend's own (clients' entries would be lost or
+# overwritten): refused on writes, see check_user_metadata. Every internal entry must use it.
+RESERVED_META_PREFIX = "cvgw-"
+CHECKSUMS_META = RESERVED_META_PREFIX + "checksums"  # user-metadata entry that keeps the flexible checksums
 READ_CHUNK = MiB
 SMALL_GET = 256 * 1024  # a GET of up to this many bytes is read in the same thread hop
 MAX_COPY = 5 * 1024 * MiB  # CopyObject's limit; larger objects are copied through the gateway
@@ -76,15 +80,18 @@ def range_header(byte_range: ByteRange) -> str:
 
 
 def encode_meta_value(value: str) -> str:
-    """S3 metadata travels in HTTP headers as ASCII: other text goes as RFC 2047 (as AWS does)."""
-    if value.isascii():
+    """S3 metadata travels in HTTP headers as ASCII: other text goes as RFC 2047 (as AWS does).
+
+    An ASCII value that itself reads as an encoded word (a client may send ``=?utf-8?b?aGk=?=``
+    literally) is encoded too: decode_meta_value then gives back exactly what the client sent.
+    """
+    if value.isascii() and not _RFC2047.fullmatch(value):
         return value
     # Values reach the gateway as latin-1 decoded header bytes: send those bytes back.
     try:
-        raw = value.encode("latin-1")
+        return "=?latin-1?b?" + base64.b64encode(value.encode("latin-1")).decode() + "?="
     except UnicodeEncodeError:
-        raw = value.encode("utf-8")
-    return "=?latin-1?b?" + base64.b64encode(raw).decode() + "?="
+        return "=?utf-8?b?" + base64.b64encode(value.encode("utf-8")).decode() + "?="
 
 
 def decode_meta_value(value: str) -> str:
@@ -112,13 +119,23 @@ def info_from_headers(key: str, headers: dict, size: int) -> ObjectInfo:
                       parsedate_to_datetime(modified).timestamp() if modified else time.time(), meta, checksums)
 
 
+def check_user_metadata(meta: ObjectMeta) -> None:
+    """Refuse user metadata under the backend's reserved names: it would be dropped or overwritten."""
+    for name in meta.metadata:
+        if name.lower().startswith(RESERVED_META_PREFIX):
+            raise errors.InvalidArgument(
+                f"The metadata header x-amz-meta-{name} is reserved by this gateway's s3 backend "
+                f"(names starting with x-amz-meta-{RESERVED_META_PREFIX} hold its own data, such as checksums): "
+                f"rename that metadata entry.", ArgumentName=f"x-amz-meta-{name}")
+
+
 def put_params(meta: ObjectMeta, checksums: dict | None = None) -> dict:
+    check_user_metadata(meta)  # every write's metadata passes here: none can be overwritten silently
     params = {"ContentType": meta.content_type,
               "Metadata": {k: encode_meta_value(v) for k, v in meta.metadata.items()}}
     for header, param in _HEADER_PARAMS.items():
         if header in meta.headers:
             params[param] = meta.headers[header]
-    params["Metadata"].pop(CHECKSUMS_META, None)
     if checksums:
         params["Metadata"][CHECKSUMS_META] = ";".join(f"{k}={v}" for k, v in sorted(checksums.items()))
     return params
@@ -155,6 +172,8 @@ class S3Backend(MultipartMixin, Backend):
         self._reverse_map = {remote: local for local, remote in self.bucket_map.items()}
         self.buffer_size, self.part_size, self.multipart_threshold = buffer_size, part_size, multipart_threshold
         self.timeout = float(timeout)
+        # Also bounds a streamed body's wait for the client's next chunk: the remote request is open meanwhile.
+        self.timeout_setting = f"the gateway's setting backends.{name}.timeout"
         import boto3
         from botocore.config import Config
 
@@ -402,6 +421,7 @@ class S3Backend(MultipartMixin, Backend):
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         remote, remote_key = self.remote(bucket, key)
+        check_user_metadata(meta)  # before the body is read, not after
         await self._require_bucket(bucket)
         size = payload.expected_size
         if size is not None and self.buffer_size < size <= self.multipart_threshold:
@@ -419,7 +439,7 @@ class S3Backend(MultipartMixin, Backend):
 
     async def _put_streamed(self, bucket, key, remote, remote_key, payload: Payload, meta) -> ObjectInfo:
         """One PUT whose body streams from the client: bounded memory, the ETag stays the MD5."""
-        reader = PayloadReader(payload, asyncio.get_running_loop(), self.timeout)
+        reader = PayloadReader(payload, asyncio.get_running_loop(), self.timeout, self.timeout_setting)
         try:
             response = await self._run(self.stream_client.put_object, Bucket=remote, Key=remote_key, Body=reader,
                                        ContentLength=payload.expected_size, **put_params(meta),

@@ -74,7 +74,7 @@ class MultipartMixin:
         size = payload.expected_size
         if size is not None and size > self.buffer_size:
             # A large part streams through (bounded memory), signed as UNSIGNED-PAYLOAD, one attempt.
-            reader = PayloadReader(payload, asyncio.get_running_loop(), self.timeout)
+            reader = PayloadReader(payload, asyncio.get_running_loop(), self.timeout, self.timeout_setting)
             try:
                 response = await self._run(self.stream_client.upload_part, **common, Body=reader, ContentLength=size,
                                            bucket=bucket, key=key, what="upload part", bounded=False)

@@ -15,19 +15,25 @@ import asyncio
 import io
 from collections.abc import AsyncIterable
 
+from gateway import errors
+
 _END = object()
 
 
 class PayloadReader:
     """A read-only, unseekable file object over an async iterable, for use from a worker thread.
 
-    :param timeout: seconds to wait for the next chunk from the client before failing.
+    :param timeout: seconds to wait for the next chunk from the client before failing with
+        400 RequestTimeout (the remote request is open meanwhile, so the wait must end).
+    :param setting: the name of the setting ``timeout`` comes from, for the error message.
     """
 
-    def __init__(self, chunks: AsyncIterable[bytes], loop: asyncio.AbstractEventLoop, timeout: float):
+    def __init__(self, chunks: AsyncIterable[bytes], loop: asyncio.AbstractEventLoop, timeout: float,
+                 setting: str = "timeout"):
         self._iterator = chunks.__aiter__()
         self._loop = loop
         self._timeout = timeout
+        self._setting = setting
         self._current = memoryview(b"")
         self._ahead: object = None  # the chunk after _current, _END, or None before the first fetch
         self.error: BaseException | None = None  # what the body raised, for the caller to re-raise
@@ -42,7 +48,17 @@ class PayloadReader:
     def _fetch(self):
         future = asyncio.run_coroutine_threadsafe(self._next_chunk(), self._loop)
         try:
-            return future.result(self._timeout)
+            try:
+                return future.result(self._timeout)
+            except TimeoutError:
+                if not future.cancel():  # done after all: a chunk just came, or the body raised TimeoutError
+                    return future.result()
+                # The client stopped sending its body: S3 answers 400 RequestTimeout. A bare
+                # TimeoutError would reach the client as a 500, as if the gateway had failed.
+                raise errors.RequestTimeout(
+                    f"{errors.RequestTimeout.default_message} No part of the request body arrived for "
+                    f"{self._timeout:g} seconds ({self._setting}); retry the request without pausing that long."
+                ) from None
         except BaseException as exc:
             future.cancel()
             self.error = exc

@@ -132,10 +132,13 @@ class ObjectService:
         return self.backends[name] if name else self.default
 
     async def list_buckets(self) -> list[BucketInfo]:
+        """Every bucket a request can reach: one a backend holds is listed only when the routing
+        sends that name to that backend (a bucket another tool made on a backend that is routed only
+        some names would otherwise be listed, then answer NoSuchBucket)."""
         seen: dict[str, BucketInfo] = {}
-        for backend in self.backends.values():
+        for name, backend in self.backends.items():
             for info in await backend.list_buckets():
-                if not info.name.startswith("."):
+                if not info.name.startswith(".") and self.bucket_routes.get(info.name, self.default_name) == name:
                     seen.setdefault(info.name, info)
         return [seen[name] for name in sorted(seen)]
 

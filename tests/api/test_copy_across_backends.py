@@ -69,3 +69,16 @@ def test_copy_to_a_missing_bucket_on_another_backend_is_no_such_bucket(two_disks
     assert info.value.response["Error"]["Code"] == "NoSuchBucket"
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     assert not (base / "hot" / "nowhere").exists()
+
+
+def test_list_buckets_shows_only_buckets_requests_can_reach(two_disks):
+    """A bucket made on the archive disk by another tool is not routed there (only "cold" is): it
+    must not be listed, since every request for it goes to the default backend and answers 404."""
+    gateway, base = two_disks
+    (base / "archive" / "stray").mkdir()
+    s3 = gateway.client()
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert "stray" not in names and {"faces", "cold"} <= set(names)
+    with pytest.raises(ClientError) as info:
+        s3.head_bucket(Bucket="stray")
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404

@@ -100,8 +100,13 @@ async def test_single_bucket_mode_keeps_buckets_as_prefixes(remote_gateway, anyi
 
 
 def _front_config(remote: GatewayProcess, **extra) -> str:
+    return _config_for(gateway_options(remote, **extra))
+
+
+def _config_for(options: dict) -> str:
+    """A gateway config whose default backend is an s3 backend named "remote" with these options."""
     lines = ['default_backend = "remote"', "", "[backends.remote]", 'type = "s3"']
-    for key, value in gateway_options(remote, **extra).items():
+    for key, value in options.items():
         lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
     return "\n".join(lines) + "\n"
 
@@ -336,3 +341,125 @@ async def test_throttling_is_retried_with_backoff(remote_gateway, anyio_backend)
     finally:
         await backend.close()
         proxy.close()
+
+
+def _moto_client(options: dict):
+    """A boto3 client straight to the moto server behind a gateway: what the remote store really holds."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=options["endpoint_url"], region_name=options["region"],
+                        aws_access_key_id=options["access_key_id"], aws_secret_access_key=options["secret_access_key"])
+
+
+@pytest.mark.parametrize("operation", ["put_object", "upload_part"])
+def test_client_pausing_mid_body_gets_request_timeout(moto_options, tmp_path, operation):
+    """A client that stops sending a streamed body (known length > buffer_size) gets S3's 400 RequestTimeout
+    once the backend's timeout passes, not a 500; nothing is half-written on the remote store."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    prefix = f"p{uuid.uuid4().hex[:8]}-"
+    options = moto_options(bucket_prefix=prefix, timeout=2, max_attempts=1, buffer_size=1024 * 1024)
+    with GatewayProcess(tmp_path / "unused", config=_config_for(options)) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="slow")
+        params = {"Bucket": "slow", "Key": "k"}
+        if operation == "upload_part":
+            params.update(UploadId=s3.create_multipart_upload(Bucket="slow", Key="k")["UploadId"], PartNumber=1)
+        url = urlsplit(s3.generate_presigned_url(operation, Params=params, ExpiresIn=300))
+        size = 3 * 1024 * 1024  # above buffer_size: streamed to the remote store while it arrives
+        conn = http.client.HTTPConnection(gw.host, gw.port, timeout=30)
+        try:
+            conn.putrequest("PUT", f"{url.path}?{url.query}")
+            conn.putheader("Content-Length", str(size))
+            conn.endheaders()
+            conn.send(b"x" * (size // 2))
+            started = time.monotonic()  # then the client sends nothing more
+            response = conn.getresponse()
+            body = response.read().decode()
+            waited = time.monotonic() - started
+        finally:
+            conn.close()
+        assert response.status == 400 and "<Code>RequestTimeout</Code>" in body, body
+        assert "backends.remote.timeout" in body, "the message names the setting that bounds the wait"
+        assert 1.5 < waited < 20, f"answered after {waited:.1f}s; the backend's timeout is 2s"
+        assert "Traceback" not in gw.log() and "TimeoutError" not in gw.log(), gw.log()[-3000:]
+
+        remote = _moto_client(options)
+        assert remote.list_objects_v2(Bucket=f"{prefix}slow").get("KeyCount") == 0, "no object may appear"
+        with pytest.raises(ClientError) as caught:
+            s3.head_object(Bucket="slow", Key="k")
+        assert caught.value.response["Error"]["Code"] == "404"
+        if operation == "put_object":
+            assert remote.list_multipart_uploads(Bucket=f"{prefix}slow").get("Uploads", []) == []
+        else:
+            # As on S3, a part that timed out leaves the client's upload as it was: no part, retry it.
+            upload_id = params["UploadId"]
+            assert s3.list_parts(Bucket="slow", Key="k", UploadId=upload_id).get("Parts", []) == []
+            data = b"y" * size
+            etag = s3.upload_part(Body=data, **params)["ETag"]
+            s3.complete_multipart_upload(Bucket="slow", Key="k", UploadId=upload_id,
+                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+            assert s3.get_object(Bucket="slow", Key="k")["Body"].read() == data
+
+
+@pytest.fixture
+def moto_gateway(moto_options, tmp_path):
+    """A gateway whose default backend is an s3 backend on the moto server."""
+    config = _config_for(moto_options(bucket_prefix=f"m{uuid.uuid4().hex[:8]}-"))
+    with GatewayProcess(tmp_path / "unused", config=config) as gw:
+        yield gw
+
+
+ENCODED_LOOKING = ["=?utf-8?b?aGk=?=", "=?UTF-8?B?aGk=?=", "=?latin-1?b?Y2Fm6Q==?=", "=?utf-8?b??="]
+
+
+@pytest.mark.parametrize("value", ["plain", "=?utf-8?b?!!?=", "café", "\u20ac", "=?utf-8?b?w6k=?= é",
+                                   *ENCODED_LOOKING])
+def test_metadata_values_round_trip_exactly(value):
+    from gateway_plugins.s3 import decode_meta_value, encode_meta_value
+
+    sent = encode_meta_value(value)
+    assert sent.isascii(), "metadata reaches the remote store in HTTP headers: ASCII only"
+    assert decode_meta_value(sent) == value
+
+
+def test_metadata_that_looks_rfc2047_encoded_is_kept_as_sent(moto_gateway):
+    """docs/s3-compatibility.md: metadata values come back as the client sent them, even "=?utf-8?b?...?=" text."""
+    s3 = moto_gateway.client()
+    s3.create_bucket(Bucket="meta")
+    metadata = {f"v{i}": value for i, value in enumerate(ENCODED_LOOKING)} | {"plain": "plain text"}
+    s3.put_object(Bucket="meta", Key="k", Body=b"x", Metadata=metadata)
+    assert s3.head_object(Bucket="meta", Key="k")["Metadata"] == metadata
+    s3.copy_object(Bucket="meta", Key="copy", CopySource={"Bucket": "meta", "Key": "k"},
+                   MetadataDirective="REPLACE", Metadata=metadata)
+    assert s3.get_object(Bucket="meta", Key="copy")["Metadata"] == metadata
+
+
+def test_reserved_metadata_names_are_refused_not_dropped(moto_gateway):
+    """x-amz-meta-cvgw-* holds the s3 backend's own data (checksums): a client's entry is refused with a 400
+    naming the header, never accepted and then lost."""
+    s3 = moto_gateway.client()
+    s3.create_bucket(Bucket="meta")
+    writes = {
+        "PutObject": lambda m: s3.put_object(Bucket="meta", Key="k", Body=b"x", Metadata=m),
+        "CreateMultipartUpload": lambda m: s3.create_multipart_upload(Bucket="meta", Key="k", Metadata=m),
+        "CopyObject": lambda m: s3.copy_object(Bucket="meta", Key="k", CopySource={"Bucket": "meta", "Key": "src"},
+                                               MetadataDirective="REPLACE", Metadata=m),
+    }
+    s3.put_object(Bucket="meta", Key="src", Body=b"source")
+    for name in ("cvgw-checksums", "cvgw-anything-else"):
+        for operation, write in writes.items():
+            with pytest.raises(ClientError) as caught:
+                write({name: "mine", "other": "1"})
+            error = caught.value.response["Error"]
+            assert (caught.value.response["ResponseMetadata"]["HTTPStatusCode"], error["Code"]) == \
+                (400, "InvalidArgument"), operation
+            assert f"x-amz-meta-{name}" in error["Message"] and "reserved" in error["Message"], error
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="meta")["Contents"]] == ["src"]
+    assert s3.list_multipart_uploads(Bucket="meta").get("Uploads", []) == []
+    # Other names, and the backend's own use of the reserved one (checksums), are unaffected.
+    s3.put_object(Bucket="meta", Key="k", Body=b"x", Metadata={"other": "1", "cvgw": "2"}, ChecksumAlgorithm="SHA256")
+    head = s3.head_object(Bucket="meta", Key="k", ChecksumMode="ENABLED")
+    assert head["Metadata"] == {"other": "1", "cvgw": "2"} and head["ChecksumSHA256"]
