@@ -48,6 +48,7 @@ class ClusterLocks:
         self.ttl = ttl
         self.wait = wait
         self.supported = True
+        self._releasing: set[asyncio.Task] = set()  # background give-backs (kept referenced until done)
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str, wait: float | None = None):
@@ -97,16 +98,33 @@ class ClusterLocks:
         delay = POLL_FIRST
         while True:
             try:
-                if await self.registry.acquire_lock(name, owner, self.ttl):
-                    return True
-            except RegistryError as exc:
-                log.warning("conditional write refused: the lock %s cannot be taken: %s", name, exc)
+                # A registry that hangs (an SQLite file another process keeps locked, a frozen etcd)
+                # must not hold the client beyond the wait either.
+                async with asyncio.timeout(max(deadline - time.monotonic(), POLL_MAX)):
+                    if await self.registry.acquire_lock(name, owner, self.ttl):
+                        return True
+            except (RegistryError, TimeoutError) as exc:
+                reason = exc if isinstance(exc, RegistryError) else f"no answer within {wait:.0f}s"
+                log.warning("conditional write refused: the lock %s cannot be taken: %s", name, reason)
+                # The call may still succeed after we stopped waiting: give the lock back in case.
+                self._release_soon(name, owner)
                 raise errors.ServiceUnavailable(
                     "The cluster registry, which orders conditional writes, cannot be reached; retry later.") from None
             if time.monotonic() + delay > deadline:
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
+
+    def _release_soon(self, name: str, owner: str) -> None:
+        async def release() -> None:
+            try:
+                await self.registry.release_lock(name, owner)
+            except RegistryError as exc:  # it expires after ttl anyway
+                log.info("could not give back the lock %s: %s", name, exc)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _refresh(self, name: str, owner: str) -> None:
         while True:

@@ -103,8 +103,8 @@ def test_a_write_that_lost_its_lock_is_refused_before_it_commits(tmp_path):
 def test_a_failing_check_at_the_end_leaves_nothing_stored(tmp_path, kind):
     from gateway.backend import ObjectMeta
     from gateway.payload import Payload
-    from plugins.local import LocalBackend
-    from plugins.memory import MemoryBackend
+    from gateway_plugins.local import LocalBackend
+    from gateway_plugins.memory import MemoryBackend
 
     async def refuse():
         raise errors.ServiceUnavailable("lost its lock")
@@ -129,7 +129,7 @@ def test_conditional_writes_queued_on_one_node_each_wait_at_most_the_bound(monke
     seconds, not one after another (the third used to wait three times as long)."""
     from gateway.cluster import locks as locks_module
     from gateway.services.objects import ObjectService
-    from plugins.memory import MemoryBackend
+    from gateway_plugins.memory import MemoryBackend
 
     monkeypatch.setattr(locks_module, "WAIT", 0.3)
 
@@ -156,5 +156,24 @@ def test_conditional_writes_queued_on_one_node_each_wait_at_most_the_bound(monke
         assert max(waits) < 0.3 * 2, waits
         async with service.conditional_write("b", "k"):  # free again
             pass
+
+    asyncio.run(run())
+
+
+class Hanging(SqliteRegistry):
+    """A registry whose lock calls hang (an SQLite file another process keeps locked)."""
+
+    async def acquire_lock(self, name, owner, ttl):
+        await asyncio.sleep(60)
+
+
+def test_a_hanging_registry_is_a_503_within_the_wait(tmp_path):
+    async def run():
+        locks = ClusterLocks(Hanging(f"sqlite:///{tmp_path}/registry.db"), "a", wait=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(errors.ServiceUnavailable, match="registry"):
+            async with locks.hold("bucket/key"):
+                raise AssertionError("written without the lock")
+        assert asyncio.get_running_loop().time() - started < 2
 
     asyncio.run(run())
