@@ -116,7 +116,11 @@ class Settings(BaseSettings):
                 "or allow_anonymous for a test setup"
             )
         if self.default_backend not in self.backend_configs():
-            raise ValueError(f"default_backend {self.default_backend!r} is not a configured backend")
+            configured = ", ".join(sorted(self.backend_configs())) or "none"
+            hint = (f"; a [backends] table replaces the built-in local backend: set default_backend to one of "
+                    f"them" if self.backends and self.default_backend == "local" else "")
+            raise ValueError(f"default_backend {self.default_backend!r} is not a configured backend "
+                             f"(configured: {configured}){hint}")
         for bucket, backend in self.buckets.items():
             if backend not in self.backend_configs():
                 raise ValueError(f"buckets.{bucket} names backend {backend!r}, which is not configured")

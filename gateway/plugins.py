@@ -57,9 +57,13 @@ def _load(ep):
     except Exception as exc:  # any import-time failure of third-party code
         dist = getattr(ep, "dist", None)
         where = f" from {dist.name} {dist.version}" if dist else ""
+        if _builtin(ep):  # built-ins always load (the switches do not apply): the install is broken
+            advice = "reinstall cv-gateway with its dependencies (pip install -e . in its checkout, or make run)"
+        else:
+            advice = f"fix or uninstall it, or skip it with GATEWAY_DISABLE_PLUGINS={ep.name}"
         raise PluginLoadError(
-            f"plugin {ep.name!r} ({ep.value}{where}) cannot be loaded: {type(exc).__name__}: {exc}. Fix or "
-            f"uninstall it, or skip it with GATEWAY_DISABLE_PLUGINS={ep.name}") from exc
+            f"plugin {ep.name!r} ({ep.value}{where}) cannot be loaded: {type(exc).__name__}: {exc}. "
+            f"{advice[0].upper()}{advice[1:]}") from exc
 
 
 def get_plugin_manager() -> pluggy.PluginManager:

@@ -51,8 +51,15 @@ from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
 from . import fslayout, fsutil
-from . import smb_files as files
-from .smb_client import SmbPool
+
+try:  # the smb extra (smbprotocol); without it the plugin still loads, and only an smb backend is refused
+    from . import smb_files as files
+    from .smb_client import SmbPool
+except ImportError as exc:
+    files = SmbPool = None
+    _MISSING = f"{type(exc).__name__}: {exc}"
+else:
+    _MISSING = None
 
 log = logging.getLogger(__name__)
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are written with one thread hop
@@ -87,6 +94,9 @@ class SmbBackend(Backend):
                  encrypt: bool = False, require_signing: bool = True, flush: bool = True):
         super().__init__(name)
         self.label = f"backend {name!r} (smb)"
+        if _MISSING is not None:
+            raise ValueError(f"{self.label} needs the smb extra, which is not installed ({_MISSING}): "
+                             "pip install 'cv-gateway[smb]' (or `make test`, which installs it)")
         for setting, value in (("server", server), ("share", share)):
             if not value:
                 raise ValueError(f"{self.label}: backends.{name}.{setting} is required")

@@ -64,6 +64,13 @@ def test_bucket_route_to_unknown_backend(tmp_path):
         load_settings(config)
 
 
+def test_own_backends_without_a_default_say_the_builtin_local_one_is_gone(tmp_path):
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\n[backends.s]\ntype = "local"\nroot = "/x"\n')
+    with pytest.raises(ConfigError, match=r"'local' is not a configured backend \(configured: s\); a \[backends\] "
+                                          r"table replaces the built-in local backend"):
+        load_settings(config)
+
+
 def test_extra_credentials_from_file(tmp_path):
     config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\n[credentials]\nsecond = "second-secret"\n')
     assert load_settings(config).all_credentials() == {"a": "b", "second": "second-secret"}

@@ -29,6 +29,9 @@ class UsageError(Exception):
     pass
 
 
+USAGE = "usage: mount.gateway ENDPOINT MOUNTPOINT [-sfnv] [-o option[,option...]]"
+
+
 def mount_args(argv: list[str]) -> tuple[list[str], bool, bool]:
     """Turn ``SPEC DIR [-sfnv] [-o opts] [-t type]`` into ``gateway mount`` arguments.
 
@@ -63,7 +66,7 @@ def mount_args(argv: list[str]) -> tuple[list[str], bool, bool]:
             positional.append(arg)
         i += 1
     if len(positional) != 2:
-        raise UsageError("usage: mount.gateway ENDPOINT MOUNTPOINT [-sfnv] [-o option[,option...]]")
+        raise UsageError(USAGE)
     args = ["mount", *positional]
     for option in options:
         name, eq, value = option.partition("=")
@@ -79,8 +82,13 @@ def mount_args(argv: list[str]) -> tuple[list[str], bool, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(f"{USAGE}\n-o options: {', '.join(sorted([*FLAGS, *VALUED]))}\n(the same as `gateway mount --help`; "
+              "unknown options are an error unless -s)")
+        return
     try:
-        args, fake, verbose = mount_args(sys.argv[1:] if argv is None else argv)
+        args, fake, verbose = mount_args(argv)
     except UsageError as exc:
         print(f"mount.gateway: {exc}", file=sys.stderr)
         sys.exit(1)  # mount(8): incorrect invocation

@@ -130,15 +130,27 @@ def _prefer_libfuse3() -> None:
         os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 
+def _load_binding():
+    """mfusepy with libfuse loaded (libfuse 3 preferred); MountError saying what to install."""
+    _prefer_libfuse3()
+    try:
+        import mfusepy  # the binding is loaded only here, never by the core modules
+    except ImportError as exc:
+        raise MountError(f"the FUSE binding mfusepy is not installed ({exc}): pip install mfusepy, or reinstall "
+                         "cv-gateway (pip install -e . in its checkout)") from None
+    except OSError as exc:  # mfusepy found no libfuse
+        raise MountError(f"libfuse could not be loaded ({exc}): install it, e.g. apt-get install fuse3") from None
+    return mfusepy
+
+
 def run(config: MountConfig) -> int:
     """Mount and serve until unmounted; in the background unless ``config.foreground``."""
     _check_mountpoint(config.mountpoint)
     _setup_logging(config)
     check_gateway(config)
+    mfusepy = _load_binding()  # before going to the background, so a missing libfuse is said here
     if not config.foreground and _daemonize(config):
         return 0
-    _prefer_libfuse3()
-    import mfusepy  # the binding is loaded only here, never by the core modules
 
     from .operations import GatewayFUSE, GatewayOperations
 

@@ -141,6 +141,19 @@ def test_mount_refuses_wrong_credentials_at_start(fuse_gw, tmp_path):
     assert not os.path.ismount(tmp_path / "m")
 
 
+def test_mount_without_libfuse_says_what_to_install(fuse_gw, tmp_path):
+    """Said by the command itself, before it goes to the background (it used to exit 32 with only
+    "rerun with --foreground")."""
+    (tmp_path / "m").mkdir()
+    env = {**os.environ, "GATEWAY_ACCESS_KEY": fuse_gw.access_key, "GATEWAY_SECRET_KEY": fuse_gw.secret_key,
+           "FUSE_LIBRARY_NAME": "no-such-libfuse"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "mount", fuse_gw.endpoint, str(tmp_path / "m")],
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 32
+    assert "libfuse could not be loaded" in result.stderr and "apt-get install fuse3" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not os.path.ismount(tmp_path / "m")
+
+
 @pytest.mark.parametrize("endpoint, args, says", [
     ("127.0.0.1:8086", [], "is not the gateway's URL"),
     ("http://127.0.0.1:99999", [], "is not the gateway's URL"),
@@ -192,6 +205,14 @@ def test_fstab_option_parsing():
     assert mount_args(["http://h:1", "/mnt", "-s", "-o", "colour=blue"])[0] == ["mount", "http://h:1", "/mnt"]
     with pytest.raises(UsageError):
         mount_args(["/mnt"])
+
+
+def test_fstab_helper_help(capsys):
+    from gateway.fuse.fstab import main
+
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mount.gateway ENDPOINT MOUNTPOINT") and "allow_other" in out
 
 
 def test_stats_file_counts_requests(mnt, bucket):

@@ -146,3 +146,26 @@ def test_a_plugin_that_cannot_be_imported_is_named_with_the_way_to_skip_it(tmp_p
     out = subprocess.run([sys.executable, "-m", "gateway", "plugins", "list"], capture_output=True, text=True,
                          env={**env, "GATEWAY_DISABLE_PLUGINS": "broken"}, timeout=60)
     assert out.returncode == 0 and "local" in out.stdout
+
+
+def test_without_the_smb_extra_the_gateway_still_starts_and_an_smb_backend_says_what_to_install(tmp_path):
+    """`make run` installs the core only: the built-in smb plugin must load without smbprotocol (it
+    stopped every `gateway serve` on a fresh clone), and only a configured smb backend is refused."""
+    shim = tmp_path / "shim"
+    for name in ("smbclient", "smbprotocol"):
+        (shim / name).mkdir(parents=True)
+        (shim / name / "__init__.py").write_text(f"raise ImportError(\"No module named '{name}'\")\n")
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    base = [sys.executable, "-m", "gateway", "serve", "--print-config", "--data-dir", str(tmp_path / "data"),
+            "--access-key", "k", "--secret-key", "s" * 16]
+    plain = subprocess.run(base, capture_output=True, text=True, timeout=60, env=env)
+    assert plain.returncode == 0, plain.stderr
+    listed = subprocess.run([sys.executable, "-m", "gateway", "plugins", "list"], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert listed.returncode == 0 and "smb" in listed.stdout, listed.stderr
+    config = tmp_path / "smb.toml"
+    config.write_text('default_backend = "nas"\n[backends.nas]\ntype = "smb"\nserver = "127.0.0.1"\n'
+                      'share = "s"\nuser = "u"\npassword = "p"\n')
+    refused = subprocess.run(base + ["--config", str(config)], capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode != 0
+    assert "pip install 'cv-gateway[smb]'" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
