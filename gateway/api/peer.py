@@ -26,8 +26,8 @@ from ..backend import ObjectMeta, ObjectReader
 from ..checksums import ALGORITHMS
 from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
-from ..payload import Payload
 from ..cluster.versions import supersede_local
+from ..payload import Payload
 from .s3.objects import send_object
 from .s3.request import parse_decimal, parse_range, receive_body
 

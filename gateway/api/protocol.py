@@ -18,13 +18,14 @@ import logging
 from urllib.parse import unquote
 
 from httptools import parse_url
-
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from .. import errors
 from ..backend import ObjectReader
 from ..eager import NeedsTask, Suspended, start_eagerly
 from ..write_batch import WriteBatch
+from .s3.xml import error_document
 
 log = logging.getLogger("gateway.http")
 
@@ -167,6 +168,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._messages_seen = self._messages
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
             return
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request llhttp cannot parse: the S3 error document instead of uvicorn's plain text, so
+        S3 clients show a code and a reason. The usual cause is a header the parser refuses to
+        guess about (request smuggling): two Content-Length headers, even equal ones (rclone
+        --s3-use-presigned-request sends them), or Content-Length with Transfer-Encoding."""
+        error = errors.InvalidRequest(
+            "The request is not valid HTTP/1.1 and was not read: check for a repeated Content-Length header, "
+            "Content-Length together with Transfer-Encoding, or a malformed header line.")
+        body = error_document(error, "", "")
+        head = [STATUS_LINE[400], *[b"%s: %s\r\n" % header for header in self.server_state.default_headers],
+                b"content-type: application/xml\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
+        self.writes.flush()  # answers given before this one go first
+        self.transport.write(b"".join(head) + body)
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

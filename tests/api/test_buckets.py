@@ -100,3 +100,34 @@ def test_valid_edge_bucket_names(s3):
 def test_versioning_reads_as_never_enabled(s3, bucket):
     response = s3.get_bucket_versioning(Bucket=bucket)
     assert "Status" not in response
+
+
+def test_list_buckets_prefix_max_buckets_and_continuation(s3, gateway):
+    """S3's ListBuckets parameters (2024), which botocore sends: they used to be ignored."""
+    import uuid
+
+    prefix = f"lb-{uuid.uuid4().hex[:8]}-"
+    names = [f"{prefix}{n}" for n in ("a", "b", "c")]
+    for name in names:
+        s3.create_bucket(Bucket=name)
+    try:
+        assert [b["Name"] for b in s3.list_buckets(Prefix=prefix)["Buckets"]] == names
+        seen, token = [], None
+        for _ in range(5):  # bounded: three pages are expected
+            page = s3.list_buckets(Prefix=prefix, MaxBuckets=1, **({"ContinuationToken": token} if token else {}))
+            seen += [b["Name"] for b in page["Buckets"]]
+            token = page.get("ContinuationToken")
+            if not token:
+                break
+        assert seen == names
+        paged = [b["Name"] for p in s3.get_paginator("list_buckets").paginate(Prefix=prefix, PaginationConfig={
+            "PageSize": 2}) for b in p["Buckets"]]
+        assert paged == names
+        assert s3.list_buckets(Prefix=prefix, BucketRegion="eu-west-1")["Buckets"] == []
+        assert len(s3.list_buckets(Prefix=prefix, BucketRegion="us-east-1")["Buckets"]) == 3
+        for bad in ("0", "10001", "x"):
+            response = raw_request(gateway, "GET", f"/?max-buckets={bad}")
+            assert (response.status, response.code) == (400, "InvalidArgument"), bad
+    finally:
+        for name in names:
+            s3.delete_bucket(Bucket=name)

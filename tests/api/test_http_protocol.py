@@ -161,6 +161,22 @@ def test_errors_are_s3_xml(gateway, wire, objects):
     assert response.status == 403 and b"<Code>AccessDenied</Code>" in response.body
 
 
+@pytest.mark.parametrize("head", [
+    b"PUT /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\ncontent-length: 6\r\n\r\nabcdef",  # rclone presigned
+    b"PUT /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /b/k HTTP/1.1\r\nHost x\r\n\r\n",
+])
+def test_requests_the_parser_refuses_get_an_s3_error_and_the_server_stays_up(gateway, wire, objects, head):
+    wire.send(head)
+    response = wire.response()
+    assert response.status == 400 and response.getheader("content-type") == "application/xml"
+    assert b"<Code>InvalidRequest</Code>" in response.body and b"Content-Length" in response.body
+    assert wire.closed_by_server()
+    bucket, small, _ = objects
+    with urllib.request.urlopen(gateway.endpoint + "/healthz", timeout=10) as health:
+        assert health.status == 200
+
+
 @pytest.mark.parametrize("version, headers", [("1.0", {}), ("1.1", {"Connection": "close"})])
 def test_connection_close_is_honoured(gateway, wire, objects, version, headers):
     bucket, small, _ = objects

@@ -324,6 +324,19 @@ def test_copy_onto_itself(s3, bucket):
     got = s3.get_object(Bucket=bucket, Key="self")
     assert got["Metadata"] == {"v": "2"}
     assert got["Body"].read() == b"same"
+    # Changing only the storage class is a change too (aws s3 cp --storage-class, rclone settier).
+    s3.copy_object(Bucket=bucket, Key="self", CopySource={"Bucket": bucket, "Key": "self"}, StorageClass="STANDARD_IA")
+    got = s3.get_object(Bucket=bucket, Key="self")
+    assert (got["Metadata"], got["Body"].read()) == ({"v": "2"}, b"same")
+
+
+def test_listing_and_head_give_the_same_last_modified(s3, bucket):
+    """Whole seconds in both, as on S3: a sync tool compares the listing's time with the one it
+    stamped a download with (HEAD's), and milliseconds in one of them made every file look changed."""
+    s3.put_object(Bucket=bucket, Key="when", Body=b"x")
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"][0]["LastModified"]
+    assert listed == s3.head_object(Bucket=bucket, Key="when")["LastModified"]
+    assert listed.microsecond == 0
 
 
 def test_copy_missing_source(s3, bucket):

@@ -16,12 +16,42 @@ OWNER = "<Owner><ID>cv-gateway</ID><DisplayName>cv-gateway</DisplayName></Owner>
 MAX_KEYS = 1000
 
 
+MAX_BUCKETS = 10000
+
+
 async def list_buckets(app, req: S3Request, send) -> None:
+    """ListBuckets with S3's (2024) prefix, max-buckets, continuation-token and bucket-region; the
+    token is the last name of the page before (names sort, so it resumes exactly after it)."""
+    query = req.query
+    prefix = query.get("prefix", "")
+    limit = MAX_BUCKETS
+    if "max-buckets" in query:
+        limit = parse_decimal(query["max-buckets"])
+        if limit is None or not 1 <= limit <= MAX_BUCKETS:
+            raise errors.InvalidArgument(f"max-buckets must be an integer from 1 to {MAX_BUCKETS}.",
+                                         ArgumentName="max-buckets", ArgumentValue=query["max-buckets"])
+    after = ""
+    if query.get("continuation-token"):
+        try:
+            after = base64.urlsafe_b64decode(query["continuation-token"].encode()).decode()
+        except ValueError:
+            raise errors.InvalidArgument("The continuation token provided is incorrect.",
+                                         ArgumentName="continuation-token") from None
+    buckets = [b for b in await app.service.list_buckets() if b.name.startswith(prefix) and b.name > after]
+    if query.get("bucket-region", app.settings.region) != app.settings.region:
+        buckets = []  # every bucket here is in the one region this gateway reports
+    page = buckets[:limit]
     entries = "".join(
-        f"<Bucket>{element('Name', b.name)}{element('CreationDate', iso8601(b.created))}</Bucket>"
-        for b in await app.service.list_buckets()
+        f"<Bucket>{element('Name', b.name)}{element('CreationDate', iso8601(b.created))}"
+        f"{element('BucketRegion', app.settings.region)}</Bucket>"
+        for b in page
     )
-    await send_xml(send, 200, document("ListAllMyBucketsResult", OWNER, f"<Buckets>{entries}</Buckets>"),
+    extra = ""
+    if len(buckets) > limit:
+        extra += element("ContinuationToken", base64.urlsafe_b64encode(page[-1].name.encode()).decode())
+    if "prefix" in query:
+        extra += element("Prefix", prefix)
+    await send_xml(send, 200, document("ListAllMyBucketsResult", OWNER, f"<Buckets>{entries}</Buckets>", extra),
                    req.request_id)
 
 

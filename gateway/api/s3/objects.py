@@ -8,7 +8,16 @@ from urllib.parse import unquote
 from ... import errors
 from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta, ObjectReader
 from .body import payload_from_request
-from .request import S3Request, check_bucket_name, check_key, http_date, iso8601, parse_http_date, parse_range
+from .request import (
+    S3Request,
+    check_bucket_name,
+    check_key,
+    http_date,
+    iso8601,
+    parse_http_date,
+    parse_range,
+    whole_seconds,
+)
 from .responses import object_headers, send_response, send_xml
 from .xml import document, element
 
@@ -24,7 +33,7 @@ def check_preconditions(req: S3Request, info: ObjectInfo, prefix: str = "if-") -
     else:
         since = headers.get(prefix + "unmodified-since")
         stamp = parse_http_date(since) if since else None
-        if stamp is not None and int(info.last_modified) > stamp:
+        if stamp is not None and whole_seconds(info.last_modified) > stamp:
             raise errors.PreconditionFailed(Condition="If-Unmodified-Since")
     if_none = headers.get(prefix + "none-match")
     copy = prefix != "if-"
@@ -35,14 +44,14 @@ def check_preconditions(req: S3Request, info: ObjectInfo, prefix: str = "if-") -
     else:
         since = headers.get(prefix + "modified-since")
         stamp = parse_http_date(since) if since else None
-        if stamp is not None and int(info.last_modified) <= stamp:
+        if stamp is not None and whole_seconds(info.last_modified) <= stamp:
             raise failure(Condition="If-Modified-Since") if copy else _not_modified(info)
 
 
 def _not_modified(info: ObjectInfo) -> errors.NotModified:
     # A 304 carries the validators a cache needs to refresh its copy (RFC 7232 section 4.1), as S3 does.
     exc = errors.NotModified()
-    exc.headers.update({"ETag": f'"{info.etag}"', "Last-Modified": http_date(int(info.last_modified))})
+    exc.headers.update({"ETag": f'"{info.etag}"', "Last-Modified": http_date(whole_seconds(info.last_modified))})
     return exc
 
 
@@ -239,7 +248,11 @@ async def copy_object(app, req: S3Request, send) -> None:
     if directive not in ("COPY", "REPLACE"):
         raise errors.InvalidArgument("x-amz-metadata-directive must be COPY or REPLACE.",
                                      ArgumentName="x-amz-metadata-directive")
-    if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
+    # S3 allows a copy onto itself that changes something: the metadata (REPLACE), the storage class
+    # (`aws s3 cp --storage-class`, `rclone settier`; accepted and ignored here) or the redirect.
+    changes = directive == "REPLACE" or any(
+        name in req.headers for name in ("x-amz-storage-class", "x-amz-website-redirect-location"))
+    if (src_bucket, src_key) == (req.bucket, req.key) and not changes:
         raise errors.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself without changing "
             "the object's metadata, storage class, website redirect location or encryption attributes."

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -202,10 +204,19 @@ def parse_http_date(value: str) -> float | None:
     return parsed.timestamp() if parsed else None
 
 
-def iso8601(timestamp: float) -> str:
-    import datetime
+def whole_seconds(timestamp: float) -> int:
+    """An object's modification time as clients see it, everywhere: Last-Modified, listings, the
+    If-(Un)Modified-Since comparisons. Whole seconds, because Last-Modified has no more; rounded up,
+    because sync tools compare it with the mtime of the file they uploaded, written a moment before
+    the object was stored: rounded down, that file looks newer and `aws s3 sync` uploads it again."""
+    return math.ceil(timestamp)
 
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+def iso8601(timestamp: float) -> str:
+    """``...T10:52:32.000Z``: the same whole second as Last-Modified (whole_seconds). With
+    milliseconds here, `aws s3 sync --exact-timestamps` saw every downloaded file (stamped with
+    Last-Modified) as changed and fetched it again on every run."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(whole_seconds(timestamp)))
 
 
 async def receive_body(receive) -> AsyncIterator[bytes]:

@@ -6,7 +6,7 @@ import re
 
 from ... import errors
 from ...backend import ObjectInfo
-from .request import http_date
+from .request import http_date, whole_seconds
 
 XML = b"application/xml"
 
@@ -65,7 +65,7 @@ def _encode_object_headers(info: ObjectInfo) -> tuple:
     meta = info.meta
     leading = (
         (b"etag", f'"{info.etag}"'.encode()),
-        (b"last-modified", http_date(int(info.last_modified)).encode()),
+        (b"last-modified", http_date(whole_seconds(info.last_modified)).encode()),
         (b"content-type", meta.content_type.encode("latin-1", "replace")),
         (b"accept-ranges", b"bytes"),
     )
