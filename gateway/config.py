@@ -69,6 +69,15 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty (use 0.0.0.0 to listen on every interface)")
         return value
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        # Reported to clients (HeadBucket, ListBuckets) and used by the mount's signatures: an empty
+        # one would break both without saying why.
+        if not value.strip():
+            raise ValueError("must not be empty (the default is us-east-1)")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _data_dir(cls, value: Path) -> Path:
@@ -117,8 +126,8 @@ class Settings(BaseSettings):
             )
         if self.default_backend not in self.backend_configs():
             configured = ", ".join(sorted(self.backend_configs())) or "none"
-            hint = (f"; a [backends] table replaces the built-in local backend: set default_backend to one of "
-                    f"them" if self.backends and self.default_backend == "local" else "")
+            hint = ("; a [backends] table replaces the built-in local backend: set default_backend to one of them"
+                    if self.backends and self.default_backend == "local" else "")
             raise ValueError(f"default_backend {self.default_backend!r} is not a configured backend "
                              f"(configured: {configured}){hint}")
         for bucket, backend in self.buckets.items():

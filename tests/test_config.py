@@ -127,6 +127,7 @@ def test_version_and_help():
 @pytest.mark.parametrize("flags, expected", [
     ({"host": ""}, "host (GATEWAY_HOST): must not be empty"),  # uvicorn would listen on every interface
     ({"host": "  "}, "host (GATEWAY_HOST): must not be empty"),
+    ({"region": ""}, "region (GATEWAY_REGION): must not be empty"),  # clients and the mount sign with it
     ({"data_dir": ""}, "data_dir (GATEWAY_DATA_DIR): must name a directory"),
     ({"secret_key": ""}, "must not be empty"),
     ({"tls_cert": "/no/such/cert.pem", "tls_key": "/no/such/key.pem"},

@@ -193,13 +193,14 @@ class ObjectClient:
             except ET.ParseError:
                 message = data[:200].decode(errors="replace")
         err = ERRNO_BY_CODE.get(code) or _errno_for(response.status)
-        what = f"{method} /{bucket}/{key}".rstrip("/")
+        what = f"{method} /{bucket}/{key}".rstrip("/") if bucket else f"{method} /"
         if err == errno.EIO:
             log.error("gateway %s: %s failed with %s %s: %s", self.endpoint, what, response.status, code, message)
         elif err == errno.EACCES:
             log.warning("gateway %s refused %s: %s %s (check the access and secret keys)",
                         self.endpoint, what, code or response.status, message)
-        return StoreError(err, f"{what}: {response.status} {code} {message}".strip(), code)
+        detail = " ".join(part for part in (str(response.status), code, message.rstrip(".")) if part)
+        return StoreError(err, f"{what}: {detail}", code)
 
     def open_body(self, bucket: str, key: str, start: int, etag: str | None = None) -> BodyStream:
         """A streamed GET of the object from byte ``start`` to its end, read with ``BodyStream.readinto``;

@@ -156,3 +156,16 @@ def test_client_signs_requests_the_gateway_accepts_and_maps_errors(fuse_gw):
     with pytest.raises(StoreError) as info:
         dead.list_buckets()
     assert info.value.errno == errno.EIO
+
+
+def test_a_refused_request_is_described_in_one_clean_line():
+    from types import SimpleNamespace
+
+    from gateway.fuse.client import ObjectClient
+
+    client = ObjectClient("http://127.0.0.1:1", "k", "s")
+    answer = SimpleNamespace(status=403, data=b"<Error><Code>SignatureDoesNotMatch</Code><Message>Check your key "
+                                              b"and signing method.</Message></Error>")
+    error = client._error(answer, "GET", "", "")
+    assert error.errno == errno.EACCES
+    assert str(error.strerror) == "GET /: 403 SignatureDoesNotMatch Check your key and signing method"
