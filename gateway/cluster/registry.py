@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .wire import is_older
+
 ROLES = ("primary", "redundant", "proxy")
 STORING_ROLES = ("primary", "redundant")
 
@@ -77,7 +79,8 @@ class Retirement:
         return cls(str(data["bucket"]), str(data["key"]), float(data["last_modified"]), str(data["etag"]), token)
 
     def newer_than(self, other: Retirement) -> bool:
-        return (self.last_modified, self.etag) > (other.last_modified, other.etag)
+        """The order every node agrees on (wire.is_older: time, then ETag)."""
+        return is_older(other, self.last_modified, self.etag)
 
 
 class RegistryError(Exception):
