@@ -25,7 +25,7 @@ from ..backend import ObjectReader
 
 # Reads on shared storage: the primary hands a GET to a redundant node only when it has more than this
 # many GETs in flight beyond that node's. Serving a small object costs the primary 26-85 us, relaying it
-# about 108 us (../shared/CALIBRATION.md): a handoff pays only when the primary's responses queue up.
+# about 108 us (docs/calibration.md): a handoff pays only when the primary's responses queue up.
 READ_HANDOFF_MARGIN = 4
 
 

@@ -8,7 +8,7 @@ SMALL_BODY, and requests beyond PeerHttp's in-flight bound, are redone or sent
 with aiohttp, which streams with back-pressure.
 
 aiohttp, not httpx: measured as a relay client on this hardware, httpx's
-pool was 7x slower under concurrency (see ../shared/CALIBRATION.md and
+pool was 7x slower under concurrency (see docs/calibration.md and
 encode/httpx#3215). Every call is signed (peer_auth), has a connect and read
 timeout of ``peer_timeout`` and reports the outcome to PeerHealth, so a
 stopped peer costs at most one timeout before it is tried last.
