@@ -59,6 +59,20 @@ def _retire_prefix(node_id: str) -> str:
     return f"{RETIRE_PREFIX}{quote(node_id, safe='')}/"
 
 
+def _retire_key(node_id: str, item: Retirement) -> str:
+    return _b64(_retire_prefix(node_id) + f"{item.bucket}/{item.key}")
+
+
+def _absent(key: str) -> dict[str, str]:
+    """The txn compare "this (base64) key does not exist": a put under it creates, never overwrites."""
+    return {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def _under(prefix: str) -> dict[str, str]:
+    """A range request's keys: every key starting with ``prefix``."""
+    return {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
+
+
 class EtcdRegistry(Registry):
     """``etcd://host:port,host:port`` (``etcds://`` for HTTPS endpoints)."""
 
@@ -125,7 +139,7 @@ class EtcdRegistry(Registry):
             raise NotRegistered(f"node {node_id} is not registered in {self.url} (removed by cluster leave?)")
 
     async def nodes(self) -> list[NodeRecord]:
-        data = await self._call("/v3/kv/range", {"key": _b64(PREFIX), "range_end": _prefix_end(PREFIX)})
+        data = await self._call("/v3/kv/range", _under(PREFIX))
         records = []
         kvs = data.get("kvs", [])
         if not isinstance(kvs, list):
@@ -145,7 +159,7 @@ class EtcdRegistry(Registry):
         return int(data.get("deleted", 0)) > 0
 
     async def add_retirement(self, node_id: str, item: Retirement, limit: int) -> bool:
-        key = _b64(_retire_prefix(node_id) + f"{item.bucket}/{item.key}")
+        key = _retire_key(node_id, item)
         value = _b64(json.dumps(item.to_json()))
         for _ in range(CAS_ATTEMPTS):
             kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []
@@ -156,7 +170,7 @@ class EtcdRegistry(Registry):
             else:
                 if await self._count(node_id) >= limit:
                     return False
-                compare = {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                compare = _absent(key)
             data = await self._call("/v3/kv/txn", {"compare": [compare],
                                                    "success": [{"request_put": {"key": key, "value": value}}]})
             if data.get("succeeded"):
@@ -165,13 +179,11 @@ class EtcdRegistry(Registry):
                             f"kept changing while it was written ({CAS_ATTEMPTS} attempts)")
 
     async def retirements(self, node_id: str, limit: int) -> list[Retirement]:
-        prefix = _retire_prefix(node_id)
-        data = await self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix),
-                                                 "limit": str(limit)})
+        data = await self._call("/v3/kv/range", {**_under(_retire_prefix(node_id)), "limit": str(limit)})
         return [self._retirement(kv) for kv in data.get("kvs") or []]
 
     async def drop_retirement(self, node_id: str, item: Retirement) -> None:
-        key = _b64(_retire_prefix(node_id) + f"{item.bucket}/{item.key}")
+        key = _retire_key(node_id, item)
         await self._call("/v3/kv/txn", {
             "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": item.token}],
             "success": [{"request_delete_range": {"key": key}}],
@@ -181,9 +193,7 @@ class EtcdRegistry(Registry):
         return {node: await self._count(node) for node in node_ids}
 
     async def _count(self, node_id: str) -> int:
-        prefix = _retire_prefix(node_id)
-        data = await self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix),
-                                                 "count_only": True})
+        data = await self._call("/v3/kv/range", {**_under(_retire_prefix(node_id)), "count_only": True})
         return int(data.get("count", 0))
 
     def _retirement(self, kv: dict) -> Retirement:
@@ -203,7 +213,7 @@ class EtcdRegistry(Registry):
             raise RegistryError(f"etcd registry {self.url}: no lease granted for the lock {name}")
         key = _b64(LOCK_PREFIX + name)
         data = await self._call("/v3/kv/txn", {
-            "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "compare": [_absent(key)],
             "success": [{"request_put": {"key": key, "value": _b64(owner), "lease": lease}}],
         })
         if not data.get("succeeded"):
@@ -229,7 +239,7 @@ class EtcdRegistry(Registry):
         key = _b64(ID_KEY)
         # Made by the first node that asks (a put on condition that the key is absent), then read.
         await self._call("/v3/kv/txn", {
-            "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "compare": [_absent(key)],
             "success": [{"request_put": {"key": key, "value": _b64(os.urandom(16).hex())}}],
         })
         kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []

@@ -59,8 +59,6 @@ class Retirements:
         self.node_id = node_id
         self._memory: dict[str, OrderedDict[tuple[str, str], Retirement]] = {}
         self._stored: dict[str, int] = {}  # peer -> retirements in the registry (refreshed each round)
-        self.dropped = 0  # not recorded because of a bound: their nodes may keep an outdated copy
-        self.applied = 0  # retirements addressed to this node that it applied
 
     async def add(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
         """``peer`` could not be told that ``newer`` replaced its copy of the key: record that it must
@@ -72,7 +70,6 @@ class Retirements:
             if stored:
                 self._stored[peer] = self._stored.get(peer, 0) + 1
                 return
-            self.dropped += 1
             log.warning("node %s may keep an outdated copy of %s/%s: %d retirements already wait for it",
                         peer, bucket, key, STORED_LIMIT)
             return
@@ -93,7 +90,6 @@ class Retirements:
         pending.move_to_end((item.bucket, item.key))
         while len(pending) > MEMORY_LIMIT:
             (bucket, key), _ = pending.popitem(last=False)
-            self.dropped += 1
             log.warning("node %s may keep an outdated copy of %s/%s: too many retirements wait in memory",
                         peer, bucket, key)
 
@@ -124,7 +120,6 @@ class Retirements:
             log.info("dropping older copies that other nodes replaced while this one was away: %d so far (%.0fs)",
                      done, time.monotonic() - started)
         if done:
-            self.applied += done
             log.info("dropped older copies of %d objects that were replaced while this node was away", done)
         return done
 
