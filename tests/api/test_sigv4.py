@@ -536,6 +536,77 @@ def test_presigned_unknown_key():
         Authenticator({}, clock=lambda: WHEN_TS).authenticate(method, path, query, headers)
 
 
+# -- one authenticator, many presigned URLs (the parsed X-Amz-* parameters are cached) ------------
+
+
+def test_presigned_urls_of_one_second_share_the_parsed_parameters_and_each_is_verified():
+    authenticator = auth_at()
+    for key in ("a", "b", "a%20key"):
+        assert authenticator.authenticate(*presign_query("GET", f"https://gateway.test/b/{key}"))
+    assert len(authenticator._presigned) == 1  # the three URLs differ only in path and signature
+    method, path, query, headers = presign_query("GET", "https://gateway.test/b/k")
+    tampered = [
+        (method, path + "x", query, headers),
+        (method, path, query + "&response-content-type=text%2Fhtml", headers),
+        (method, path, query + "&X-Amz-Expires=3600", headers),  # a repeated parameter
+        (method, path, "X-Amz-Expires=1&" + query, headers),  # the first value is the one that counts
+        (method, path, query[:-1] + ("1" if query[-1] != "1" else "2"), headers),
+    ]
+    for request in tampered:
+        with pytest.raises(errors.SignatureDoesNotMatch):
+            authenticator.authenticate(*request)
+    without_signature = "&".join(p for p in query.split("&") if not p.startswith("X-Amz-Signature="))
+    with pytest.raises(errors.AuthorizationQueryParametersError):
+        authenticator.authenticate(method, path, without_signature, headers)
+    assert authenticator.authenticate(method, path, query, headers)
+
+
+def test_presigned_url_with_more_parameters_verifies_after_a_plain_one():
+    authenticator = auth_at()
+    assert authenticator.authenticate(*presign_query("GET", "https://gateway.test/b/k"))
+    signed = presign_query("GET", "https://gateway.test/b/k?response-content-type=text%2Fplain&versionId=v1")
+    assert authenticator.authenticate(*signed)
+
+
+def test_cached_presigned_parameters_still_check_the_time_and_the_key():
+    now = [WHEN_TS]
+    credentials = dict(CREDENTIALS)
+    authenticator = Authenticator(credentials, clock=lambda: now[0])
+    request = presign_query("GET", "https://gateway.test/b/k", expires=600)
+    assert authenticator.authenticate(*request)
+    now[0] = WHEN_TS + 601
+    with pytest.raises(errors.AccessDenied, match="Request has expired"):
+        authenticator.authenticate(*request)
+    now[0] = WHEN_TS - 901
+    with pytest.raises(errors.AccessDenied, match="not yet valid"):
+        authenticator.authenticate(*request)
+    now[0] = WHEN_TS
+    credentials.clear()  # the key was withdrawn: the cache must not remember it as valid
+    with pytest.raises(errors.InvalidAccessKeyId):
+        authenticator.authenticate(*request)
+
+
+def test_malformed_presigned_parameters_are_refused_every_time_and_not_cached():
+    authenticator = auth_at()
+    method, path, query, headers = presign_query("GET", "https://gateway.test/b/k")
+    bad = query.replace("X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Algorithm=AWS4-HMAC-SHA1")
+    for _ in range(2):
+        with pytest.raises(errors.AuthorizationQueryParametersError):
+            authenticator.authenticate(method, path, bad, headers)
+    assert authenticator._presigned == {}
+
+
+def test_presigned_parameter_cache_is_bounded():
+    authenticator = auth_at(WHEN_TS + 550)  # URLs signed over 1,100 s: all within the allowed skew
+    for seconds in range(1100):
+        moment = WHEN + datetime.timedelta(seconds=seconds)
+        request = AWSRequest(method="GET", url="https://gateway.test/b/k", headers={})
+        with mock.patch("botocore.auth.get_current_datetime", return_value=moment):
+            S3SigV4QueryAuth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "eu-west-3", expires=3600).add_auth(request)
+        assert authenticator.authenticate(*wire(request))
+    assert 0 < len(authenticator._presigned) <= 1024
+
+
 # -- the signing key cache ----------------------------------------------------------------------
 
 

@@ -50,9 +50,6 @@ _KEY_CACHE_LIMIT = 256
 _MEMO_MAX_LEN = 256
 _IPAD = bytes(b ^ 0x36 for b in range(256))  # translate tables: XOR every byte with HMAC's pads
 _OPAD = bytes(b ^ 0x5C for b in range(256))
-# The presigned-URL parameters; all but X-Amz-Signature are part of the canonical query.
-_QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-                      "X-Amz-SignedHeaders", "X-Amz-Signature")
 
 
 def _v2_payload(headers: Mapping[str, str]) -> str:
@@ -188,6 +185,57 @@ def _reencoded_path(raw_path: str) -> str:
     return quote(unquote_to_bytes(raw_path.encode("latin-1")), safe="/")
 
 
+# The presigned-URL parameters that stay the same across the URLs signed in one second (all but
+# X-Amz-Signature), in the order _parse_presigned reads them.
+_PRESIGNED_STATIC = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+                     "X-Amz-Content-Sha256", "X-Amz-Content-SHA256")
+_PRESIGNED_CACHE_LIMIT = 1024
+
+
+class _Presigned(NamedTuple):
+    """What a presigned URL's parameters other than the signature say, checked."""
+
+    access_key: str
+    scope: str
+    amz_date: str
+    timestamp: float
+    expires: int
+    signed: str  # X-Amz-SignedHeaders, decoded
+    payload: str  # the X-Amz-Content-Sha256 parameter, decoded; "" when absent
+    canonical: str  # the canonical query of these parameters alone
+    count: int  # how many query parameters that is, X-Amz-Signature included
+
+
+def _missing_query_auth() -> errors.GatewayError:
+    return errors.AuthorizationQueryParametersError(
+        "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
+        "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.")
+
+
+def _parse_presigned(raw: tuple) -> _Presigned:
+    """raw: the first raw value of each of _PRESIGNED_STATIC (None when absent). Raises the error S3
+    gives for the first thing wrong. A pure function of ``raw``: what it returns can be cached."""
+    bad = errors.AuthorizationQueryParametersError
+    # Decoding never empties a value, so "missing or empty" can be checked on the decoded ones.
+    algorithm, credential, amz_date, expires_text, signed = [_decode(value or "") for value in raw[:5]]
+    if not (algorithm and credential and amz_date and expires_text and signed):
+        raise _missing_query_auth()
+    if algorithm != ALGORITHM:
+        raise bad(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
+    access_key, scope = _parse_credential(credential, bad)
+    timestamp = parse_amz_date(amz_date)
+    if timestamp is None:
+        raise bad("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
+    expires = parse_decimal(expires_text)
+    if expires is None or not 1 <= expires <= MAX_EXPIRES:
+        raise bad(f"X-Amz-Expires must be between 1 and {MAX_EXPIRES} seconds (one week).")
+    if scope[:8] != amz_date[:8]:
+        raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
+    present = [(name, value) for name, value in zip(_PRESIGNED_STATIC, raw) if value is not None]
+    return _Presigned(access_key, scope, amz_date, timestamp, expires, signed, _decode(raw[5] or raw[6] or ""),
+                      canonical_query(present), len(present) + 1)
+
+
 class Authenticator:
     """Checks SigV4 signatures against a fixed table of access key -> secret key."""
 
@@ -199,6 +247,7 @@ class Authenticator:
         self._clock = clock
         self._keys: dict[tuple[str, str], bytes] = {}
         self._pads: dict[bytes, tuple] = {}  # signing key -> primed SHA-256 states (see _hmac_hex)
+        self._presigned: dict[tuple, _Presigned] = {}  # raw X-Amz-* values -> _parse_presigned's result
 
     def authenticate(self, method: str, raw_path: str, query_string: str, headers: Mapping[str, str],
                      pairs: list[tuple[str, str]] | None = None) -> AuthResult:
@@ -282,30 +331,28 @@ class Authenticator:
         _check_payload(payload)
         signed_names = _signed_names(signed, headers, malformed)
         key = self._signing_key(secret, scope)
-        self._verify(method, raw_path, pairs, "", headers, signed, signed_names, payload, amz_date, scope,
-                     key, signature)
+        self._verify(method, raw_path, canonical_query(pairs), headers, signed, signed_names, payload, amz_date,
+                     scope, key, signature)
         return AuthResult(access_key, payload, signature, key, amz_date, scope)
 
     def _query_auth(self, method, raw_path, pairs, first: Mapping[str, str], headers) -> AuthResult:
         """first: each query parameter's first raw value (a repeated X-Amz-* parameter counts once)."""
-        bad = errors.AuthorizationQueryParametersError
-        # Decoding never empties a value, so "missing or empty" can be checked on the decoded ones.
-        algorithm, credential, amz_date, expires_text, signed, signature = [
-            _decode(first.get(name, "")) for name in _QUERY_AUTH_PARAMS]
-        if not (algorithm and credential and amz_date and expires_text and signed and signature):
-            raise bad("Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
-                      "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.")
-        if algorithm != ALGORITHM:
-            raise bad(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
-        access_key, scope = _parse_credential(credential, bad)
-        timestamp = parse_amz_date(amz_date)
-        if timestamp is None:
-            raise bad("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
-        expires = parse_decimal(expires_text)
-        if expires is None or not 1 <= expires <= MAX_EXPIRES:
-            raise bad(f"X-Amz-Expires must be between 1 and {MAX_EXPIRES} seconds (one week).")
-        if scope[:8] != amz_date[:8]:
-            raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
+        signature = _decode(first.get("X-Amz-Signature") or "")
+        get = first.get
+        raw = tuple([get(name) for name in _PRESIGNED_STATIC])
+        # Everything but the signature is the same in the URLs a client signs within one second:
+        # parsed and checked once (_parse_presigned), then looked up.
+        static = self._presigned.get(raw)
+        if static is None:
+            if not signature:
+                raise _missing_query_auth()
+            static = _parse_presigned(raw)
+            if len(self._presigned) >= _PRESIGNED_CACHE_LIMIT:
+                self._presigned.clear()
+            self._presigned[raw] = static
+        elif not signature:
+            raise _missing_query_auth()
+        access_key, scope, amz_date, timestamp, expires, signed, query_payload, canonical, count = static
         secret = self._secret(access_key)
         now = self._clock()
         if timestamp - now > self._max_skew:
@@ -314,16 +361,20 @@ class Authenticator:
             raise errors.AccessDenied("Request has expired", Expires=_iso(timestamp + expires),
                                       ServerTime=_iso(now))
 
-        signed_names = _signed_names(signed, headers, bad)
+        signed_names = _signed_names(signed, headers, errors.AuthorizationQueryParametersError)
         # Presigned URLs sign no payload, unless the signer put a hash in the query or signed the header.
-        payload = _decode(first.get("X-Amz-Content-Sha256") or first.get("X-Amz-Content-SHA256") or "")
+        payload = query_payload
         if not payload:
             header = headers.get("x-amz-content-sha256")
             payload = header if header and "x-amz-content-sha256" in signed_names else UNSIGNED_PAYLOAD
         _check_payload(payload)
+        # The canonical query from the cache only when the query holds nothing but these parameters,
+        # each once (then it is made of exactly them); otherwise from all of the query's pairs.
+        if len(pairs) != count or len(first) != count:
+            canonical = canonical_query(pairs, "X-Amz-Signature")
         key = self._signing_key(secret, scope)
-        self._verify(method, raw_path, pairs, "X-Amz-Signature", headers, signed, signed_names, payload,
-                     amz_date, scope, key, signature)
+        self._verify(method, raw_path, canonical, headers, signed, signed_names, payload, amz_date, scope, key,
+                     signature)
         return AuthResult(access_key, payload, signature, key, amz_date, scope)
 
     # -- shared pieces ----------------------------------------------------------------------
@@ -361,12 +412,12 @@ class Authenticator:
         outer.update(inner.digest())
         return outer.hexdigest().encode()
 
-    def _verify(self, method, raw_path, pairs, skip, headers, signed, signed_names, payload, amz_date, scope,
-                key, signature) -> None:
+    def _verify(self, method, raw_path, query, headers, signed, signed_names, payload, amz_date, scope, key,
+                signature) -> None:
+        """query: the canonical query string."""
         header_block = "".join([f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_names])
         expected = signature.encode("latin-1", "replace")
         raw_path = raw_path or "/"
-        query = canonical_query(pairs, skip)
         signed_part = f"{query}\n{header_block}\n{signed}\n{payload}"
         # The path as sent first (what S3 and every AWS SDK sign); the decoded-and-re-encoded path
         # only after a mismatch, so the common case computes one canonical request.
