@@ -19,7 +19,7 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
-@dataclass
+@dataclass(slots=True)
 class S3Request:
     method: str
     raw_path: str  # as sent (percent-encoded), for signatures
@@ -34,7 +34,6 @@ class S3Request:
     query_pairs: list[tuple[str, str]] = field(default_factory=list)
     access_key: str = ""
     auth: object = None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_scope(cls, scope, receive, request_id: str) -> "S3Request":
