@@ -107,13 +107,45 @@ class ByteRange:
         return self.first, stop
 
 
+class OpenFile:
+    """A file descriptor shared by whoever holds a reference: a backend's cache and the readers
+    it hands out. Closed when the last reference is released, so a front end that sends from
+    it after the cache has let it go (``os.sendfile`` at the end of an event-loop iteration)
+    never writes from a descriptor number that was closed and reused meanwhile.
+
+    ``offset``: where the object's bytes start in the file. Used from the event loop thread only.
+    """
+
+    __slots__ = ("fd", "offset", "refs")
+
+    def __init__(self, fd: int, offset: int = 0):
+        self.fd = fd
+        self.offset = offset
+        self.refs = 1  # the creator's
+
+    def acquire(self) -> "OpenFile":
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
+
+
+SEND_CHUNK = 1024 * 1024  # what chunks() reads at a time from an OpenFile
+
+
 @dataclass
 class ObjectReader:
     """An open object: its info, the byte span being read, and the bytes.
 
     ``data`` holds the whole span when the backend already has it in memory
-    (the small-object fast path); otherwise iterate ``chunks()``.
-    Call ``close()`` (or ``async with``) when done.
+    (the small-object fast path). A backend that reads from a local file may
+    instead hand out the open file (``file``, the span starting at
+    ``file_position``), which an HTTP front end can send with ``sendfile``
+    without copying the bytes through Python; ``chunks()`` reads it too.
+    Otherwise iterate ``chunks()``. Call ``close()`` (or ``async with``) when done.
     """
 
     info: ObjectInfo
@@ -122,6 +154,8 @@ class ObjectReader:
     data: bytes | None = None
     _chunks: AsyncIterator[bytes] | None = None
     _close: object = None
+    file: OpenFile | None = None
+    file_position: int = 0  # where byte ``start`` is in ``file``
 
     @property
     def length(self) -> int:
@@ -135,6 +169,21 @@ class ObjectReader:
         if self._chunks is not None:
             async for chunk in self._chunks:
                 yield chunk
+        elif self.file is not None:
+            position, end = self.file_position, self.file_position + self.length
+            while position < end:
+                chunk = os.pread(self.file.fd, min(SEND_CHUNK, end - position), position)
+                if not chunk:
+                    raise errors.InternalError("The object file is shorter than its header says.")
+                position += len(chunk)
+                yield chunk
+
+    def read_file_span(self) -> bytes:
+        """The whole span of a ``file`` reader, in one read (backends hand out files up to 1 MiB)."""
+        data = os.pread(self.file.fd, self.length, self.file_position)
+        if len(data) != self.length:
+            raise errors.InternalError("The object file is shorter than its header says.")
+        return data
 
     async def read_all(self) -> bytes:
         return b"".join([c async for c in self.chunks()])

@@ -71,6 +71,7 @@ def serve(config_file, print_config, **flags) -> None:
     """Run a gateway node."""
     settings = build_settings(config_file, **flags)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_open_file_limit()  # before the backends size their caches of open files on it
     from .app import create_app
 
     try:
@@ -95,6 +96,21 @@ def serve(config_file, print_config, **flags) -> None:
     server.run()
     if not server.started:
         _fail("the gateway did not start (see the messages above)")
+
+
+def _raise_open_file_limit(target: int = 65536) -> None:
+    """Raise the soft limit on open files to the hard one (at most ``target``), as nginx's
+    worker_rlimit_nofile does: connections and the local backend's open files share it
+    (docs/storage-layout.md, "Reading"). The soft limit is often 1,024; the hard one much higher."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger(__name__).info("could not raise the open-file limit from %d to %d: %s", soft, want, exc)
 
 
 def _server_class(base):

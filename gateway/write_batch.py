@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import socket
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
 
 class WriteBatch:
     """Writes of one event-loop iteration (the front end's responses, the peer client's requests),
@@ -24,19 +33,74 @@ class WriteBatch:
         self.items: list[tuple] = []
         self.size = 0
 
-    def add(self, loop, transport, parts: tuple[bytes, ...], close: bool) -> None:
-        """Write ``parts`` (one response) to ``transport`` at the end of this iteration; then close it if ``close``."""
+    def add(self, loop, transport, parts: tuple[bytes, ...], close: bool, file_reader=None,
+            plain_socket: socket.socket | None = None) -> None:
+        """Write ``parts`` (one response) to ``transport`` at the end of this iteration; then close it if ``close``.
+
+        With ``file_reader`` (an ObjectReader with an open ``file``), ``parts`` is the response's head
+        and the body is that reader's span, sent with ``sendfile`` when ``plain_socket`` (the
+        connection's socket, when plain TCP, not TLS) allows it (send_file). The batch closes
+        the reader once it is sent."""
         if not self.items:
             loop.call_soon(self.flush)
-        self.items.append((transport, parts, close))
+        self.items.append((transport, parts, close, file_reader, plain_socket))
         self.size += sum(map(len, parts))
         if self.size > self.limit:
             self.flush()
 
     def flush(self) -> None:
         items, self.items, self.size = self.items, [], 0
-        for transport, parts, close in items:
-            if not transport.is_closing():
+        for transport, parts, close, file_reader, plain_socket in items:
+            if file_reader is not None:
+                send_file(transport, parts[0], file_reader, plain_socket)
+            elif not transport.is_closing():
                 transport.writelines(parts)
-                if close:
-                    transport.close()
+            if close and not transport.is_closing():
+                transport.close()
+
+
+def send_file(transport, head: bytes, reader, sock: socket.socket | None) -> None:
+    """Send ``head`` and then ``reader``'s file span on ``transport``; close the reader.
+
+    On a plain TCP connection with nothing waiting in the transport's buffer (so nothing can be
+    overtaken), the head goes straight to the socket with MSG_MORE (it leaves in one segment with
+    the body's start) and the body with ``os.sendfile``: the kernel sends from the page cache, no
+    copy through Python or into the socket (docs/performance.md, "sendfile"). What the socket does
+    not take at once, and everything on TLS, goes through the transport as bytes. A file shorter
+    than its header says, or a broken connection, ends the connection: its answer cannot be whole.
+    """
+    try:
+        if transport.is_closing():
+            return
+        if sock is None or transport.get_write_buffer_size():
+            transport.writelines((head, reader.read_file_span()))
+            return
+        try:
+            sent = sock.send(head, socket.MSG_MORE)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(head):
+            transport.writelines((head[sent:], reader.read_file_span()))
+            return
+        fd, source, position, remaining = sock.fileno(), reader.file.fd, reader.file_position, reader.length
+        while remaining:
+            try:
+                count = os.sendfile(fd, source, position, remaining)
+            except BlockingIOError:
+                break  # the socket's buffer is full: the transport sends the rest when it drains
+            if count == 0:
+                raise errors.InternalError("The object file is shorter than its header says.")
+            position += count
+            remaining -= count
+        if remaining:
+            rest = os.pread(source, remaining, position)
+            if len(rest) != remaining:
+                raise errors.InternalError("The object file is shorter than its header says.")
+            transport.write(rest)
+    except (errors.GatewayError, OSError) as exc:
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET)):
+            log.warning("sending an object's file failed after its response started: %s; closing the connection",
+                        getattr(exc, "message", exc))
+        transport.abort()
+    finally:
+        reader.close()

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import threading
@@ -28,8 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import errors, mounts
 from gateway.backend import (
-    MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta,
-    ObjectReader, paginate,
+    MULTIPART_BUCKET,
+    Backend,
+    BucketInfo,
+    ByteRange,
+    Capabilities,
+    ListPage,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectReader,
+    OpenFile,
+    paginate,
 )
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
@@ -55,6 +65,18 @@ FSYNC_THREADS = 16
 # file, up to 64 KiB: face and event images). A hit costs a stat() instead of open + read + close
 # and a copy: about 3.5 µs of a 4 KiB GET and 7 of a 32 KiB one (docs/performance.md).
 READ_CACHE_BYTES = 256 * 1024 * 1024
+# Objects from readcache.SENDFILE_MIN up to READ_CHUNK are kept as open files instead (sent with
+# sendfile): at most this many, and at most a quarter of the process's open-file limit.
+READ_CACHE_FILES = 4096
+
+
+def default_read_cache_files() -> int:
+    """READ_CACHE_FILES, or a quarter of the process's open-file limit when that is lower (the rest
+    is for connections and writes). ``gateway serve`` raises the soft limit first (cli.py)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return READ_CACHE_FILES
+    return max(0, min(READ_CACHE_FILES, soft // 4))
 
 
 class LocalBackend(Backend):
@@ -69,7 +91,8 @@ class LocalBackend(Backend):
     name_encoding_identity = True
 
     def __init__(self, name: str = "local", root: str = "./cv-storage", fsync: bool = True,
-                 fsync_dirs: bool = False, read_cache_bytes: int | None = None, **options):
+                 fsync_dirs: bool = False, read_cache_bytes: int | None = None, read_cache_files: int | None = None,
+                 **options):
         super().__init__(name, **options)
         self.read_cache_configured = read_cache_bytes is not None  # else start() may turn the cache off
         if read_cache_bytes is None:
@@ -80,8 +103,16 @@ class LocalBackend(Backend):
         if isinstance(read_cache_bytes, bool) or not isinstance(read_cache_bytes, int) or read_cache_bytes < 0:
             raise ValueError(f"backends.{name}.read_cache_bytes: {read_cache_bytes!r} is not a byte count "
                              "(a whole number, 0 turns the cache of small objects off)")
-        # Recently read small objects, checked against a stat() of their file on every use (readcache.py).
-        self.small_objects = readcache.SmallObjects(read_cache_bytes) if read_cache_bytes else None
+        if read_cache_files is not None and (isinstance(read_cache_files, bool) or not isinstance(read_cache_files, int)
+                                             or read_cache_files < 0):
+            raise ValueError(f"backends.{name}.read_cache_files: {read_cache_files!r} is not a number of files "
+                             "(a whole number, 0 keeps no files open)")
+        self.read_cache_files_configured = read_cache_files is not None
+        if read_cache_files is None:
+            read_cache_files = default_read_cache_files()
+        # Recently read objects, checked against a stat() of their file on every use (readcache.py).
+        self.small_objects = (readcache.SmallObjects(read_cache_bytes, read_cache_files) if read_cache_bytes
+                              else None)
         self.host = socket.gethostname() or "localhost"
         self.tmp_dir = os.path.join(self.root, ".gateway", "tmp", self.host)
         self._counter = itertools.count()
@@ -98,18 +129,29 @@ class LocalBackend(Backend):
         self.clean_temp_files()
         self._check_read_cache()
 
+    async def close(self) -> None:
+        if self.small_objects is not None:
+            self.small_objects.clear()  # its open files: nothing keeps the filesystem busy after a close
+
     def _check_read_cache(self) -> None:
         """Turn the default cache of small objects off when the root is on a network filesystem.
 
         Its entries are checked with stat(), which an NFS or SMB client may answer from its
         attribute cache for seconds, so another server's overwrite could go unseen; open(), which
         reads without the cache, revalidates. Shared storage wants the sharedfs backend anyway
-        (docs/shared-storage.md); a read_cache_bytes set in the configuration is kept as it is.
+        (docs/shared-storage.md); a read_cache_bytes set in the configuration is kept as it is, but
+        then without open files unless read_cache_files is set too (an open file on SMB can block
+        another client's delete or rename; a deleted one on NFS lingers as a .nfsXXXX file).
         """
-        if self.small_objects is None or self.read_cache_configured:
+        if self.small_objects is None:
             return
         mount = mounts.mount_of(self.root)
-        if mount is not None and mount.network:
+        if mount is None or not mount.network:
+            return
+        if self.read_cache_configured:
+            if not self.read_cache_files_configured:
+                self.small_objects.max_files = 0
+        else:
             self.small_objects = None
             log.warning("backend %r: %s is on a %s filesystem: the cache of small objects is off (its stat() "
                         "checks may be answered from the client's cache). For storage shared between servers "
@@ -239,7 +281,7 @@ class LocalBackend(Backend):
 
     def _read(self, bucket: str, key: str, byte_range: ByteRange | None) -> ObjectReader | None:
         """get()'s work; None when the object is not there."""
-        # The hot path of the whole gateway (docs/performance.md): a recently read small object is a
+        # The hot path of the whole gateway (docs/performance.md): a recently read object is a
         # stat() and a lookup; otherwise one open, usually one read, and the header parsed only the
         # first time these exact header bytes are seen.
         path = readcache.object_path(self, bucket, key)
@@ -248,18 +290,29 @@ class LocalBackend(Backend):
             hit = self._small_hit(small, path, bucket, key)
             if hit is not None:
                 info, data = hit
-                if byte_range is None:
-                    return ObjectReader(info, 0, info.size, data=data)
-                start, stop = byte_range.resolve(info.size)
-                return ObjectReader(info, start, stop, data=data[start:stop])
+                start, stop = byte_range.resolve(info.size) if byte_range is not None else (0, info.size)
+                if type(data) is bytes:
+                    return ObjectReader(info, start, stop, data=data if byte_range is None else data[start:stop])
+                data.acquire()
+                return ObjectReader(info, start, stop, _close=data.release, file=data,
+                                    file_position=data.offset + start)
         fd = _open_if_present(path)
         if fd is None:
             return None
         try:
             info, offset, first = self._first_read(fd, path)
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
+            whole_in_first = offset + info.size <= len(first)
+            if small is not None and readcache.SENDFILE_MIN <= info.size <= READ_CHUNK:
+                # Kept open for sendfile (readcache.SmallObjects); this reader holds it too.
+                file = OpenFile(fd, offset)
+                small.offer(path, os.fstat(fd), info, file)
+                if whole_in_first:  # the bytes are here already: no need to read them again
+                    file.release()
+                    return ObjectReader(info, start, stop, data=first[offset + start: offset + stop])
+                return ObjectReader(info, start, stop, _close=file.release, file=file, file_position=offset + start)
             if offset + stop <= len(first):
-                if small is not None and offset + info.size <= len(first):
+                if small is not None and whole_in_first:
                     whole = first[offset: offset + info.size]
                     small.offer(path, os.fstat(fd), info, whole)
                     data = whole if byte_range is None else whole[start:stop]

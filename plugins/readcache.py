@@ -9,10 +9,11 @@ The first two caches are keyed by exactly what they are computed from, so they c
 Each saves a few microseconds per GET (json.loads of the header is the larger part), which
 matters when a whole small GET costs about 50. See docs/performance.md.
 
-The third, ``SmallObjects``, keeps recently read small objects (their bytes and ObjectInfo) per
-backend, each with the identity of the file it was read from. Every use compares that identity
-with a fresh ``stat()`` of the path, so a replaced, rewritten or deleted file is never served
-from it; what it saves is the open, read and close of the file and the copy of its bytes.
+The third, ``SmallObjects``, keeps recently read objects (their ObjectInfo, and their bytes or,
+from SENDFILE_MIN up, their open file) per backend, each with the identity of the file it was
+read from. Every use compares that identity with a fresh ``stat()`` of the path, so a replaced,
+rewritten or deleted file is never served from it; what it saves is the open, read and close of
+the file and the copies of its bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import time
 from collections import OrderedDict
 from functools import lru_cache
+
+from gateway.backend import OpenFile
 
 from .fslayout import MAGIC, PREFIX
 
@@ -76,6 +79,10 @@ headers = HeaderCache()
 # differ in its change time (see SmallObjects).
 SETTLE_SECONDS = 0.1
 ENTRY_OVERHEAD = 256  # bytes per entry beyond the data: the path, the identity, the ObjectInfo
+# Objects from this size up are kept as open files and sent with sendfile, smaller ones as bytes.
+# Measured on the benchmark's GETs (docs/performance.md, "sendfile"): at 32 KiB the copy into the
+# socket costs more than the second system call (head, then file) that sendfile needs; at 4 KiB not.
+SENDFILE_MIN = 16 * 1024
 
 
 def file_identity(st: os.stat_result) -> tuple:
@@ -86,20 +93,30 @@ def file_identity(st: os.stat_result) -> tuple:
 
 
 class SmallObjects:
-    """Recently read small objects: path -> (file identity, ObjectInfo, data); least recently used
-    go first once ``limit`` bytes are held.
+    """Recently read objects: path -> (file identity, ObjectInfo, what to send); least recently
+    used go first once ``limit`` bytes or ``max_files`` open files are held.
+
+    What to send is the object's bytes (objects under ``SENDFILE_MIN``: a copy into the socket
+    costs less than a second system call) or the open file itself (``OpenFile``, for objects up to
+    the size the backend reads in one piece), which the HTTP front end sends with ``sendfile``:
+    no copy of the bytes through Python or into the socket, and no second copy of them in memory
+    beside the page cache (docs/performance.md, "sendfile").
 
     An entry is used only while ``file_identity(os.stat(path))`` equals the one recorded when the
-    bytes were read (``lookup``), so what a client gets is what the file holds at that moment:
+    file was read (``lookup``), so what a client gets is what the file holds at that moment:
     an overwrite (a new inode), a delete (no file) or any change of the file's status (its ctime)
-    misses. Files changed within ``SETTLE_SECONDS`` are not recorded (``offer``).
+    misses. Files changed within ``SETTLE_SECONDS`` are not recorded (``offer``). An open file
+    stays valid for the version it was opened on; a file deleted by another process keeps its
+    disk space until its entry goes (a miss, eviction, or ``clear()`` when the backend closes).
 
     Used from the event loop thread only, like the backend's read path.
     """
 
-    def __init__(self, limit: int, clock=time.time):
+    def __init__(self, limit: int, max_files: int = 0, clock=time.time):
         self.limit = limit
+        self.max_files = max_files
         self.size = 0
+        self.files = 0  # entries that hold an open file
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[str, tuple] = OrderedDict()
@@ -109,7 +126,8 @@ class SmallObjects:
         return len(self._entries)
 
     def lookup(self, path: str):
-        """(ObjectInfo, data) if ``path`` was recorded and its file is unchanged, else None.
+        """(ObjectInfo, bytes or OpenFile) if ``path`` was recorded and its file is unchanged, else
+        None. An OpenFile returned is only borrowed: acquire() it to keep it past this call.
 
         Raises what ``os.stat`` raises for a recorded path (FileNotFoundError: deleted since).
         """
@@ -130,15 +148,22 @@ class SmallObjects:
         self.hits += 1
         return entry[1], entry[2]
 
-    def offer(self, path: str, st: os.stat_result, info, data: bytes) -> None:
-        """Record ``data`` and ``info`` as read from the open file whose ``fstat`` is ``st``."""
+    def offer(self, path: str, st: os.stat_result, info, data: bytes | OpenFile) -> None:
+        """Record ``data`` (the object's bytes, or its open file, of which the cache then takes a
+        reference of its own) and ``info`` as read from the file whose ``fstat`` is ``st``."""
+        is_file = type(data) is OpenFile
+        if is_file and self.max_files <= 0:
+            return
         cost = _cost(data)
         if cost > self.limit or self._clock() - st.st_ctime < SETTLE_SECONDS:
             return
         self.discard(path)
         entries = self._entries
-        while self.size + cost > self.limit and entries:
+        while (self.size + cost > self.limit or (is_file and self.files >= self.max_files)) and entries:
             self.discard(next(iter(entries)))  # the least recently used
+        if is_file:
+            data.acquire()
+            self.files += 1
         entries[path] = (file_identity(st), info, data)
         self.size += cost
 
@@ -146,8 +171,16 @@ class SmallObjects:
         entry = self._entries.pop(path, None)
         if entry is not None:
             self.size -= _cost(entry[2])
+            if type(entry[2]) is OpenFile:
+                self.files -= 1
+                entry[2].release()
+
+    def clear(self) -> None:
+        """Drop every entry (and close the files no reader holds any more)."""
+        for path in list(self._entries):
+            self.discard(path)
 
 
-def _cost(data: bytes) -> int:
-    """What an entry counts against the limit."""
-    return len(data) + ENTRY_OVERHEAD
+def _cost(data: bytes | OpenFile) -> int:
+    """What an entry counts against the byte limit."""
+    return ENTRY_OVERHEAD if type(data) is OpenFile else len(data) + ENTRY_OVERHEAD

@@ -133,11 +133,13 @@ class SharedFSBackend(LocalBackend):
     def __init__(self, name: str = "sharedfs", root: str = "./cv-storage", fsync: bool = True,
                  fsync_dirs: bool = False, host_id: str | None = None, require_mount: bool = False,
                  stale_temp_seconds: float = 600.0, busy_retry_seconds: float = 5.0,
-                 name_encoding: str = "native", read_cache_bytes: int = 0, **options):
+                 name_encoding: str = "native", read_cache_bytes: int = 0, read_cache_files: int = 0, **options):
         # No cache of small objects by default: on NFS a stat() may answer from the client's attribute
         # cache for seconds (an open() revalidates), so another server's overwrite could go unseen.
+        # And no files kept open: on SMB an open file can block another server's delete or rename
+        # of it, and on NFS a deleted open file lingers as a .nfsXXXX file.
         super().__init__(name, root=root, fsync=fsync, fsync_dirs=fsync_dirs, read_cache_bytes=read_cache_bytes,
-                         **options)
+                         read_cache_files=read_cache_files, **options)
         if host_id is not None:
             if not host_id or "/" in host_id or "\\" in host_id or "\x00" in host_id or host_id in (".", ".."):
                 raise ValueError(f"backends.{name}.host_id: {host_id!r} is not usable as a directory name")

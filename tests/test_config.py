@@ -233,3 +233,27 @@ def test_one_access_key_with_two_secrets_is_refused(tmp_path):
         load_settings(config)
     same = write(tmp_path, 'access_key = "ops"\nsecret_key = "one"\n[credentials]\nops = "one"\n')
     assert load_settings(same).all_credentials() == {"ops": "one"}
+
+
+def test_serve_raises_a_low_open_file_limit_to_the_hard_one(tmp_path):
+    # The local backend keeps objects of 16 KiB to 1 MiB as open files, up to a quarter of the limit.
+    import resource
+
+    from gateway.testing.server import GatewayProcess
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.fail(f"the hard open-file limit here is {hard}: raise it (ulimit -Hn) to run this test")
+    expected = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the gateway started now
+    try:
+        gateway = GatewayProcess(tmp_path / "cv-storage")
+        gateway.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        with open(f"/proc/{gateway.process.pid}/limits") as f:
+            line = next(line for line in f if line.startswith("Max open files"))
+        assert line.split()[3] == str(expected), line
+    finally:
+        gateway.stop()

@@ -15,6 +15,8 @@ goes to uvicorn's ASGI path untouched.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from urllib.parse import unquote
 
 from httptools import parse_url
@@ -122,6 +124,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         else:
             self._respond(pending, scope, *answer)
 
+    _send_socket: socket.socket | bool | None = None  # _plain_socket's answer, once asked
+
+    def _plain_socket(self) -> socket.socket | None:
+        """A socket object on this connection's socket for sendfile and send(MSG_MORE), when it is
+        plain TCP, not TLS (there the bytes must go through the TLS layer). None otherwise.
+
+        It holds a duplicate of the transport's descriptor (closed in connection_lost), so it can
+        never close a descriptor number that the transport gave up and something else reuses."""
+        sock = self._send_socket
+        if sock is None:
+            sock = False
+            transport = self.transport
+            if transport.get_extra_info("sslcontext") is None and transport.get_extra_info("ssl_object") is None:
+                raw = transport.get_extra_info("socket")
+                if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
+                    sock = socket.socket(raw.family, socket.SOCK_STREAM, 0, os.dup(raw.fileno()))
+            self._send_socket = sock
+        return sock or None
+
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         # Also a connection that never sends a request is closed once idle (uvicorn's httptools
@@ -186,6 +207,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._send_socket:
+            self._send_socket.close()  # the duplicate: with the transport's own closed, the connection ends
+            self._send_socket = False
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -215,6 +239,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             headers.append((b"connection", b"close"))
         head = b"".join([STATUS_LINE[status], *[b"%s: %s\r\n" % header for header in headers], b"\r\n"])
         if isinstance(body, ObjectReader):
+            if body.file is not None and not head_only:
+                # An open file (a local object up to 1 MiB): sent with sendfile when the batch is
+                # written (write_batch.send_file), which closes the reader.
+                if self.transport.is_closing():
+                    body.close()
+                    return
+                self.writes.add(self.loop, self.transport, (head,), not pending.keep_alive, body, self._plain_socket())
+                pending.response_complete = True
+                self.on_response_complete()
+                return
             if body.data is None and not head_only:
                 self._run(self._stream(pending, head, body))
                 return

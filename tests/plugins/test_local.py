@@ -9,6 +9,10 @@ import time
 
 import anyio
 import pytest
+from gateway_plugins import fslayout, readcache
+from gateway_plugins import local as local_backend
+from gateway_plugins.local import READ_CHUNK, LocalBackend
+from gateway_plugins.sharedfs import SharedFSBackend
 
 from gateway import errors, mounts
 from gateway.backend import ByteRange, ObjectMeta
@@ -16,10 +20,6 @@ from gateway.payload import Payload
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing.conformance import BackendConformance
 from gateway.testing.server import GatewayProcess
-from gateway_plugins import fslayout, readcache
-from gateway_plugins import local as local_backend
-from gateway_plugins.local import LocalBackend
-from gateway_plugins.sharedfs import SharedFSBackend
 
 pytestmark = pytest.mark.anyio  # the module-level tests below; the class gets it from BackendConformance
 
@@ -329,7 +329,7 @@ def settle() -> None:
 
 
 async def test_a_settled_small_object_is_served_from_memory_with_ranges_and_head(local):
-    data = random.Random(1).randbytes(30_000)
+    data = random.Random(1).randbytes(10_000)  # under SENDFILE_MIN: kept as bytes
     await put_bytes(local, "faces", "cam1/a.jpg", data)
     settle()
     cache = local.small_objects
@@ -408,13 +408,90 @@ async def test_bounded_in_bytes_least_recently_used_first(tmp_path):
         await backend.close()
 
 
-async def test_objects_beyond_the_first_read_are_not_cached(local):
-    data = os.urandom(100 * 1024)
-    await put_bytes(local, "faces", "big", data)
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_larger_objects_are_kept_as_open_files_not_bytes(local):
+    # From SENDFILE_MIN up to READ_CHUNK the cache keeps the open file (the front end sends it with
+    # sendfile); beyond that nothing is kept.
+    sizes = {"first-read": 40_000, "beyond-first-read": 100 * 1024, "largest": READ_CHUNK}
+    blobs = {key: os.urandom(size) for key, size in sizes.items()}
+    for key, data in blobs.items():
+        await put_bytes(local, "faces", key, data)
+    await put_bytes(local, "faces", "huge", os.urandom(READ_CHUNK + 1))
     settle()
     for _ in range(2):
-        assert await get_bytes(local, "faces", "big") == data
-    assert len(local.small_objects) == 0
+        for key, data in blobs.items():
+            assert await get_bytes(local, "faces", key) == data
+        await get_bytes(local, "faces", "huge")
+    cache = local.small_objects
+    assert cache.files == 3 and len(cache) == 3 and cache.hits == 3
+    assert cache.size == 3 * readcache.ENTRY_OVERHEAD  # no bytes held: the page cache has them
+    reader = await local.get("faces", "beyond-first-read", ByteRange(70_000, 80_000))
+    try:
+        assert reader.data is None and reader.file is not None
+        assert (reader.start, reader.stop) == (70_000, 80_001)
+        assert await reader.read_all() == blobs["beyond-first-read"][70_000:80_001]
+    finally:
+        reader.close()
+
+
+async def test_a_reader_keeps_its_file_after_the_cache_lets_it_go(local):
+    old, new = os.urandom(50_000), os.urandom(50_000)
+    await put_bytes(local, "faces", "k", old)
+    settle()
+    await get_bytes(local, "faces", "k")  # now cached as an open file
+    before = open_fds()
+    reader = await local.get("faces", "k")
+    assert reader.file is not None and reader.file.refs == 2
+    await put_bytes(local, "faces", "k", new)  # the overwrite drops the cache's reference
+    assert reader.file.refs == 1 and open_fds() == before
+    assert await reader.read_all() == old  # the version this reader was opened on, whole
+    reader.close()
+    assert open_fds() == before - 1  # the last reference closed the file
+    assert await get_bytes(local, "faces", "k") == new
+
+
+async def test_open_files_are_bounded_and_closed_with_the_backend(tmp_path):
+    backend = await started(tmp_path / "cv-storage", read_cache_files=3)
+    try:
+        await backend.create_bucket("b")
+        for i in range(5):
+            await put_bytes(backend, "b", f"k{i}", bytes([i]) * 20_000)
+        settle()
+        before = open_fds()
+        for i in range(5):
+            await get_bytes(backend, "b", f"k{i}")
+        cache = backend.small_objects
+        assert cache.files == 3 and open_fds() == before + 3
+        assert set(cache._entries) == {backend._object_path("b", f"k{i}") for i in (2, 3, 4)}
+        for i in range(5):
+            assert await get_bytes(backend, "b", f"k{i}") == bytes([i]) * 20_000
+    finally:
+        await backend.close()
+    assert backend.small_objects.files == 0 and open_fds() == before
+
+
+async def test_no_open_files_with_read_cache_files_zero_or_on_sharedfs(tmp_path):
+    backend = await started(tmp_path / "a", read_cache_files=0)
+    shared = SharedFSBackend(root=str(tmp_path / "b"), read_cache_bytes=1 << 20)
+    try:
+        assert shared.small_objects.max_files == 0
+        await backend.create_bucket("b")
+        await put_bytes(backend, "b", "k", b"x" * 40_000)
+        settle()
+        for _ in range(2):
+            assert await get_bytes(backend, "b", "k") == b"x" * 40_000
+        assert backend.small_objects.files == 0 and len(backend.small_objects) == 0
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("value", [-1, "many", 1.5, True])
+def test_a_bad_read_cache_files_names_the_setting(tmp_path, value):
+    with pytest.raises(ValueError, match=r"backends\.local\.read_cache_files"):
+        LocalBackend(root=str(tmp_path), read_cache_files=value)
 
 
 async def test_off_with_zero_and_by_default_on_sharedfs(tmp_path):
