@@ -61,8 +61,8 @@ DIRECTORY_RACE_RETRIES = 10
 # the filesystem commits them together (ext4 here: 16 parallel write+fsync+rename loops reach
 # about 9x one loop's rate), so concurrent PUTs are not serialized behind one another's fsync.
 FSYNC_THREADS = 16
-# The bytes of recently read small objects kept in memory (objects that fit the first read of a
-# file, up to 64 KiB: face and event images). A hit costs a stat() instead of open + read + close
+# The bytes of recently read small objects kept in memory (objects under readcache.SENDFILE_MIN
+# that fit the first read of a file; from there up to READ_CHUNK the open file is kept instead). A hit costs a stat() instead of open + read + close
 # and a copy: about 3.5 µs of a 4 KiB GET and 7 of a 32 KiB one (docs/performance.md).
 READ_CACHE_BYTES = 256 * 1024 * 1024
 # Objects from readcache.SENDFILE_MIN up to READ_CHUNK are kept as open files instead (sent with
