@@ -29,17 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import errors, mounts
 from gateway.backend import (
-    MULTIPART_BUCKET,
-    Backend,
-    BucketInfo,
-    ByteRange,
-    Capabilities,
-    ListPage,
-    ObjectInfo,
-    ObjectMeta,
-    ObjectReader,
-    OpenFile,
-    paginate,
+    MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta,
+    ObjectReader, OpenFile, paginate,
 )
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload

@@ -16,9 +16,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import parse_qsl
 
-from gateway_plugins import readcache
-
 from gateway.api.s3.request import parse_query
+from gateway_plugins import readcache
 
 
 def test_parse_query_matches_parse_qsl():

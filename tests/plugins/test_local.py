@@ -9,10 +9,6 @@ import time
 
 import anyio
 import pytest
-from gateway_plugins import fslayout, readcache
-from gateway_plugins import local as local_backend
-from gateway_plugins.local import READ_CHUNK, LocalBackend
-from gateway_plugins.sharedfs import SharedFSBackend
 
 from gateway import errors, mounts
 from gateway.backend import ByteRange, ObjectMeta
@@ -20,6 +16,10 @@ from gateway.payload import Payload
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing.conformance import BackendConformance
 from gateway.testing.server import GatewayProcess
+from gateway_plugins import fslayout, readcache
+from gateway_plugins import local as local_backend
+from gateway_plugins.local import READ_CHUNK, LocalBackend
+from gateway_plugins.sharedfs import SharedFSBackend
 
 pytestmark = pytest.mark.anyio  # the module-level tests below; the class gets it from BackendConformance
 
@@ -488,12 +488,6 @@ async def test_no_open_files_with_read_cache_files_zero_or_on_sharedfs(tmp_path)
         await backend.close()
 
 
-@pytest.mark.parametrize("value", [-1, "many", 1.5, True])
-def test_a_bad_read_cache_files_names_the_setting(tmp_path, value):
-    with pytest.raises(ValueError, match=r"backends\.local\.read_cache_files"):
-        LocalBackend(root=str(tmp_path), read_cache_files=value)
-
-
 async def test_off_with_zero_and_by_default_on_sharedfs(tmp_path):
     backend = await started(tmp_path / "a", read_cache_bytes=0)
     shared = SharedFSBackend(root=str(backend.root))
@@ -508,10 +502,11 @@ async def test_off_with_zero_and_by_default_on_sharedfs(tmp_path):
         await backend.close()
 
 
+@pytest.mark.parametrize("setting", ["read_cache_bytes", "read_cache_files"])
 @pytest.mark.parametrize("value", [-1, "256MiB", 1.5, True])
-def test_a_bad_read_cache_size_names_the_setting(tmp_path, value):
-    with pytest.raises(ValueError, match=r"backends\.local\.read_cache_bytes"):
-        LocalBackend(root=str(tmp_path), read_cache_bytes=value)
+def test_a_bad_read_cache_setting_is_named(tmp_path, setting, value):
+    with pytest.raises(ValueError, match=rf"backends\.local\.{setting}"):
+        LocalBackend(root=str(tmp_path), **{setting: value})
 
 
 @pytest.mark.anyio(False)
