@@ -10,6 +10,8 @@ import socket
 from . import errors
 
 log = logging.getLogger(__name__)
+# What sendfile answers for a file it cannot send from (some FUSE and network filesystems).
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 class WriteBatch:
@@ -88,6 +90,10 @@ def send_file(transport, head: bytes, reader, sock: socket.socket | None) -> Non
                 count = os.sendfile(fd, source, position, remaining)
             except BlockingIOError:
                 break  # the socket's buffer is full: the transport sends the rest when it drains
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                break  # this file's filesystem cannot sendfile: the transport sends the rest as bytes
             if count == 0:
                 raise errors.InternalError("The object file is shorter than its header says.")
             position += count

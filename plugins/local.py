@@ -294,7 +294,7 @@ class LocalBackend(Backend):
             info, offset, first = self._first_read(fd, path)
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
             whole_in_first = offset + info.size <= len(first)
-            if small is not None and readcache.SENDFILE_MIN <= info.size <= READ_CHUNK:
+            if small is not None and small.max_files > 0 and readcache.SENDFILE_MIN <= info.size <= READ_CHUNK:
                 # Kept open for sendfile (readcache.SmallObjects); this reader holds it too.
                 file = OpenFile(fd, offset)
                 small.offer(path, os.fstat(fd), info, file)
