@@ -134,6 +134,26 @@ class OpenFile:
 
 
 SEND_CHUNK = 1024 * 1024  # what chunks() reads at a time from an OpenFile
+SHORT_FILE = "The object file is shorter than its header says."
+
+
+def pread_exact(fd: int, length: int, position: int) -> bytes:
+    """``length`` bytes of an object file from ``position``. Object files are never written in
+    place, so fewer bytes mean a damaged file: an InternalError, never a short answer."""
+    data = os.pread(fd, length, position)
+    if len(data) != length:
+        raise errors.InternalError(SHORT_FILE)
+    return data
+
+
+async def pread_chunks(fd: int, position: int, end: int, chunk: int = SEND_CHUNK) -> AsyncIterator[bytes]:
+    """The bytes of an object file from ``position`` to ``end``, ``chunk`` bytes at a time."""
+    while position < end:
+        data = os.pread(fd, min(chunk, end - position), position)
+        if not data:
+            raise errors.InternalError(SHORT_FILE)
+        position += len(data)
+        yield data
 
 
 @dataclass
@@ -170,20 +190,12 @@ class ObjectReader:
             async for chunk in self._chunks:
                 yield chunk
         elif self.file is not None:
-            position, end = self.file_position, self.file_position + self.length
-            while position < end:
-                chunk = os.pread(self.file.fd, min(SEND_CHUNK, end - position), position)
-                if not chunk:
-                    raise errors.InternalError("The object file is shorter than its header says.")
-                position += len(chunk)
+            async for chunk in pread_chunks(self.file.fd, self.file_position, self.file_position + self.length):
                 yield chunk
 
     def read_file_span(self) -> bytes:
         """The whole span of a ``file`` reader, in one read (backends hand out files up to 1 MiB)."""
-        data = os.pread(self.file.fd, self.length, self.file_position)
-        if len(data) != self.length:
-            raise errors.InternalError("The object file is shorter than its header says.")
-        return data
+        return pread_exact(self.file.fd, self.length, self.file_position)
 
     async def read_all(self) -> bytes:
         return b"".join([c async for c in self.chunks()])

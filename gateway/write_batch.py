@@ -8,6 +8,7 @@ import os
 import socket
 
 from . import errors
+from .backend import SHORT_FILE, pread_exact
 
 log = logging.getLogger(__name__)
 # What sendfile answers for a file it cannot send from (some FUSE and network filesystems).
@@ -95,14 +96,11 @@ def send_file(transport, head: bytes, reader, sock: socket.socket | None) -> Non
                     raise
                 break  # this file's filesystem cannot sendfile: the transport sends the rest as bytes
             if count == 0:
-                raise errors.InternalError("The object file is shorter than its header says.")
+                raise errors.InternalError(SHORT_FILE)
             position += count
             remaining -= count
         if remaining:
-            rest = os.pread(source, remaining, position)
-            if len(rest) != remaining:
-                raise errors.InternalError("The object file is shorter than its header says.")
-            transport.write(rest)
+            transport.write(pread_exact(source, remaining, position))
     except (errors.GatewayError, OSError) as exc:
         if not (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET)):
             log.warning("sending an object's file failed after its response started: %s; closing the connection",

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from gateway import errors, mounts
 from gateway.backend import (
     MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta,
-    ObjectReader, OpenFile, paginate,
+    ObjectReader, OpenFile, paginate, pread_chunks, pread_exact,
 )
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
@@ -313,24 +313,14 @@ class LocalBackend(Backend):
                 return ObjectReader(info, start, stop, data=data)
             if stop - start <= READ_CHUNK:
                 # Up to 1 MiB: one pread into one bytes object, sent as one body message.
-                data = os.pread(fd, stop - start, offset + start)
-                if len(data) != stop - start:
-                    raise errors.InternalError("object file is shorter than its header says")
+                data = pread_exact(fd, stop - start, offset + start)
                 os.close(fd)
                 return ObjectReader(info, start, stop, data=data)
         except BaseException:
             _close_quietly(fd)
             raise
-        return ObjectReader(info, start, stop, _chunks=self._read_span(fd, offset + start, offset + stop),
+        return ObjectReader(info, start, stop, _chunks=pread_chunks(fd, offset + start, offset + stop, READ_CHUNK),
                             _close=lambda: _close_quietly(fd))
-
-    async def _read_span(self, fd: int, position: int, end: int):
-        while position < end:
-            chunk = os.pread(fd, min(READ_CHUNK, end - position), position)
-            if not chunk:
-                raise errors.InternalError("object file is shorter than its header says")
-            position += len(chunk)
-            yield chunk
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         info = self._head(bucket, key)
