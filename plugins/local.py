@@ -294,7 +294,8 @@ class LocalBackend(Backend):
             info, offset, first = self._first_read(fd, path)
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
             whole_in_first = offset + info.size <= len(first)
-            if small is not None and small.max_files > 0 and readcache.SENDFILE_MIN <= info.size <= READ_CHUNK:
+            send_files = small is not None and small.max_files > 0  # on by default on local disks only
+            if send_files and readcache.SENDFILE_MIN <= info.size <= READ_CHUNK:
                 # Kept open for sendfile (readcache.SmallObjects); this reader holds it too.
                 file = OpenFile(fd, offset)
                 small.offer(path, os.fstat(fd), info, file)
@@ -312,6 +313,12 @@ class LocalBackend(Backend):
                 os.close(fd)
                 return ObjectReader(info, start, stop, data=data)
             if stop - start <= READ_CHUNK:
+                if send_files:
+                    # Up to 1 MiB of a larger object (a ranged read: the FUSE mount reads this way):
+                    # sent from the file too, which stays open only as long as this reader.
+                    file = OpenFile(fd, offset)
+                    return ObjectReader(info, start, stop, _close=file.release, file=file,
+                                        file_position=offset + start)
                 # Up to 1 MiB: one pread into one bytes object, sent as one body message.
                 data = pread_exact(fd, stop - start, offset + start)
                 os.close(fd)

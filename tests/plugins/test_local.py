@@ -437,6 +437,21 @@ async def test_larger_objects_are_kept_as_open_files_not_bytes(local):
         reader.close()
 
 
+async def test_a_range_of_a_large_object_is_sent_from_its_file_which_closes_with_the_reader(local):
+    data = os.urandom(3 * READ_CHUNK)
+    await put_bytes(local, "faces", "video", data)
+    settle()
+    before = open_fds()
+    reader = await local.get("faces", "video", ByteRange(READ_CHUNK + 5, 2 * READ_CHUNK + 4))  # 1 MiB
+    assert reader.data is None and reader.file is not None and reader.file.refs == 1
+    assert await reader.read_all() == data[READ_CHUNK + 5: 2 * READ_CHUNK + 5]
+    reader.close()
+    assert open_fds() == before and len(local.small_objects) == 0  # not kept: the object is too large
+    reader = await local.get("faces", "video", ByteRange(0, READ_CHUNK))  # one byte more: streamed
+    assert reader.file is None and await reader.read_all() == data[:READ_CHUNK + 1]
+    reader.close()
+
+
 async def test_a_reader_keeps_its_file_after_the_cache_lets_it_go(local):
     old, new = os.urandom(50_000), os.urandom(50_000)
     await put_bytes(local, "faces", "k", old)
