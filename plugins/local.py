@@ -53,8 +53,8 @@ DIRECTORY_RACE_RETRIES = 10
 # about 9x one loop's rate), so concurrent PUTs are not serialized behind one another's fsync.
 FSYNC_THREADS = 16
 # The bytes of recently read small objects kept in memory (objects under readcache.SENDFILE_MIN
-# that fit the first read of a file; from there up to READ_CHUNK the open file is kept instead). A hit costs a stat() instead of open + read + close
-# and a copy: about 3.5 µs of a 4 KiB GET and 7 of a 32 KiB one (docs/performance.md).
+# that fit the first read of a file). A hit costs a stat() instead of open + read + close and a
+# copy: about 3.5 µs of a 4 KiB GET (docs/performance.md).
 READ_CACHE_BYTES = 256 * 1024 * 1024
 # Objects from readcache.SENDFILE_MIN up to READ_CHUNK are kept as open files instead (sent with
 # sendfile): at most this many, and at most a quarter of the process's open-file limit.
