@@ -52,12 +52,12 @@ DIRECTORY_RACE_RETRIES = 10
 # the filesystem commits them together (ext4 here: 16 parallel write+fsync+rename loops reach
 # about 9x one loop's rate), so concurrent PUTs are not serialized behind one another's fsync.
 FSYNC_THREADS = 16
-# The bytes of recently read small objects kept in memory (objects under readcache.SENDFILE_MIN
-# that fit the first read of a file). A hit costs a stat() instead of open + read + close and a
+# The bytes of recently read small objects kept in memory (objects that fit the first read of a
+# file, up to about 64 KiB: face and event images). A hit costs a stat() instead of open + read + close and a
 # copy: about 3.5 µs of a 4 KiB GET (docs/performance.md).
 READ_CACHE_BYTES = 256 * 1024 * 1024
-# Objects from readcache.SENDFILE_MIN up to READ_CHUNK are kept as open files instead (sent with
-# sendfile): at most this many, and at most a quarter of the process's open-file limit.
+# Larger objects up to READ_CHUNK are kept as open files instead (sent with sendfile): at most
+# this many, and at most a quarter of the process's open-file limit.
 READ_CACHE_FILES = 4096
 
 
@@ -295,13 +295,10 @@ class LocalBackend(Backend):
             start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
             whole_in_first = offset + info.size <= len(first)
             send_files = small is not None and small.max_files > 0  # on by default on local disks only
-            if send_files and readcache.SENDFILE_MIN <= info.size <= READ_CHUNK:
+            if send_files and not whole_in_first and info.size <= READ_CHUNK:
                 # Kept open for sendfile (readcache.SmallObjects); this reader holds it too.
                 file = OpenFile(fd, offset)
                 small.offer(path, os.fstat(fd), info, file)
-                if whole_in_first:  # the bytes are here already: no need to read them again
-                    file.release()
-                    return ObjectReader(info, start, stop, data=first[offset + start: offset + stop])
                 return ObjectReader(info, start, stop, _close=file.release, file=file, file_position=offset + start)
             if offset + stop <= len(first):
                 if small is not None and whole_in_first:

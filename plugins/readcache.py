@@ -10,7 +10,7 @@ Each saves a few microseconds per GET (json.loads of the header is the larger pa
 matters when a whole small GET costs about 50. See docs/performance.md.
 
 The third, ``SmallObjects``, keeps recently read objects (their ObjectInfo, and their bytes or,
-from SENDFILE_MIN up, their open file) per backend, each with the identity of the file it was
+for objects beyond the first read of a file, their open file) per backend, each with the identity of the file it was
 read from. Every use compares that identity with a fresh ``stat()`` of the path, so a replaced,
 rewritten or deleted file is never served from it; what it saves is the open, read and close of
 the file and the copies of its bytes.
@@ -79,12 +79,6 @@ headers = HeaderCache()
 # differ in its change time (see SmallObjects).
 SETTLE_SECONDS = 0.1
 ENTRY_OVERHEAD = 256  # bytes per entry beyond the data: the path, the identity, the ObjectInfo
-# Objects from this size up are kept as open files and sent with sendfile, smaller ones as bytes.
-# sendfile needs a second system call (head, then file) where bytes go out with one write: below
-# this size the copy it saves is smaller than that call. At 32 KiB the two measured the same CPU
-# per GET, without the bytes held in memory; at 1 MiB sendfile is much cheaper
-# (docs/performance.md, "sendfile").
-SENDFILE_MIN = 16 * 1024
 
 
 def file_identity(st: os.stat_result) -> tuple:
@@ -98,11 +92,13 @@ class SmallObjects:
     """Recently read objects: path -> (file identity, ObjectInfo, what to send); least recently
     used go first once ``limit`` bytes or ``max_files`` open files are held.
 
-    What to send is the object's bytes (objects under ``SENDFILE_MIN``: a copy into the socket
-    costs less than a second system call) or the open file itself (``OpenFile``, for objects up to
-    the size the backend reads in one piece), which the HTTP front end sends with ``sendfile``:
-    no copy of the bytes through Python or into the socket, and no second copy of them in memory
-    beside the page cache (docs/performance.md, "sendfile").
+    What to send is the object's bytes (objects that came whole with the first read of their file,
+    up to about 64 KiB) or the open file itself (``OpenFile``, for larger objects up to the size
+    the backend reads in one piece), which the HTTP front end sends with ``sendfile``: no copy of
+    the bytes through Python or into the socket, and no second copy of them in memory beside the
+    page cache. sendfile needs a second system call (head, then file) where bytes go out with one
+    write: at 32 KiB the two measured the same CPU per GET or a little more for sendfile, at 1 MiB
+    sendfile is much cheaper (docs/performance.md, "sendfile").
 
     An entry is used only while ``file_identity(os.stat(path))`` equals the one recorded when the
     file was read (``lookup``), so what a client gets is what the file holds at that moment:

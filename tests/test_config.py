@@ -236,7 +236,7 @@ def test_one_access_key_with_two_secrets_is_refused(tmp_path):
 
 
 def test_serve_raises_a_low_open_file_limit_to_the_hard_one(tmp_path):
-    # The local backend keeps objects of 16 KiB to 1 MiB as open files, up to a quarter of the limit.
+    # The local backend keeps objects of 64 KiB to 1 MiB as open files, up to a quarter of the limit.
     import resource
 
     from gateway.testing.server import GatewayProcess

@@ -119,7 +119,7 @@ def read_cache_metrics(out: Exposition, backends: dict) -> None:
          lambda c: c.misses),
         ("bytes", "gauge", "Bytes held by the cache of small objects (data and overhead).", lambda c: c.size),
         ("entries", "gauge", "Objects held by the cache of small objects.", len),
-        ("open_files", "gauge", "Objects the cache holds as open files (16 KiB to 1 MiB, sent with sendfile).",
+        ("open_files", "gauge", "Objects the cache holds as open files (64 KiB to 1 MiB, sent with sendfile).",
          lambda c: c.files),
     ):
         out.family(f"gateway_local_read_cache_{metric}", kind, help_text,

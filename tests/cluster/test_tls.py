@@ -89,7 +89,7 @@ def test_relay_over_https(tmp_path):
         r1.head_bucket(Bucket="tls")
         r1.put_object(Bucket="tls", Key="secret.jpg", Body=b"over https")
         assert p1.get_object(Bucket="tls", Key="secret.jpg")["Body"].read() == b"over https"
-        # Objects the local backend keeps as open files (16 KiB to 1 MiB) go through the TLS layer,
+        # Objects the local backend keeps as open files (64 KiB to 1 MiB) go through the TLS layer,
         # not sendfile: read directly from r1 and relayed by p1, after they settled into the cache.
         bodies = {"face.jpg": os.urandom(40_000), "event.jpg": os.urandom(300_000)}
         for key, body in bodies.items():

@@ -329,7 +329,7 @@ def settle() -> None:
 
 
 async def test_a_settled_small_object_is_served_from_memory_with_ranges_and_head(local):
-    data = random.Random(1).randbytes(10_000)  # under SENDFILE_MIN: kept as bytes
+    data = random.Random(1).randbytes(30_000)  # within the first read of its file: kept as bytes
     await put_bytes(local, "faces", "cam1/a.jpg", data)
     settle()
     cache = local.small_objects
@@ -413,9 +413,9 @@ def open_fds() -> int:
 
 
 async def test_larger_objects_are_kept_as_open_files_not_bytes(local):
-    # From SENDFILE_MIN up to READ_CHUNK the cache keeps the open file (the front end sends it with
-    # sendfile); beyond that nothing is kept.
-    sizes = {"first-read": 40_000, "beyond-first-read": 100 * 1024, "largest": READ_CHUNK}
+    # Beyond the first read of its file (64 KiB with the header) up to READ_CHUNK the cache keeps
+    # the open file (the front end sends it with sendfile); beyond that nothing is kept.
+    sizes = {"just-beyond": 66_000, "beyond-first-read": 100 * 1024, "largest": READ_CHUNK}
     blobs = {key: os.urandom(size) for key, size in sizes.items()}
     for key, data in blobs.items():
         await put_bytes(local, "faces", key, data)
@@ -453,7 +453,7 @@ async def test_a_range_of_a_large_object_is_sent_from_its_file_which_closes_with
 
 
 async def test_a_reader_keeps_its_file_after_the_cache_lets_it_go(local):
-    old, new = os.urandom(50_000), os.urandom(50_000)
+    old, new = os.urandom(80_000), os.urandom(80_000)
     await put_bytes(local, "faces", "k", old)
     settle()
     await get_bytes(local, "faces", "k")  # now cached as an open file
@@ -473,7 +473,7 @@ async def test_open_files_are_bounded_and_closed_with_the_backend(tmp_path):
     try:
         await backend.create_bucket("b")
         for i in range(5):
-            await put_bytes(backend, "b", f"k{i}", bytes([i]) * 20_000)
+            await put_bytes(backend, "b", f"k{i}", bytes([i]) * 80_000)
         settle()
         before = open_fds()
         for i in range(5):
@@ -482,7 +482,7 @@ async def test_open_files_are_bounded_and_closed_with_the_backend(tmp_path):
         assert cache.files == 3 and open_fds() == before + 3
         assert set(cache._entries) == {backend._object_path("b", f"k{i}") for i in (2, 3, 4)}
         for i in range(5):
-            assert await get_bytes(backend, "b", f"k{i}") == bytes([i]) * 20_000
+            assert await get_bytes(backend, "b", f"k{i}") == bytes([i]) * 80_000
     finally:
         await backend.close()
     assert backend.small_objects.files == 0 and open_fds() == before
@@ -494,12 +494,12 @@ async def test_no_open_files_with_read_cache_files_zero_or_on_sharedfs(tmp_path)
     try:
         assert shared.small_objects.max_files == 0
         await backend.create_bucket("b")
-        await put_bytes(backend, "b", "k", b"x" * 40_000)
+        await put_bytes(backend, "b", "k", b"x" * 80_000)
         settle()
         for _ in range(2):
-            assert await get_bytes(backend, "b", "k") == b"x" * 40_000
-        cache = backend.small_objects  # without open files, as it was: the bytes
-        assert cache.files == 0 and len(cache) == 1 and cache.size == 40_000 + readcache.ENTRY_OVERHEAD
+            assert await get_bytes(backend, "b", "k") == b"x" * 80_000
+        cache = backend.small_objects  # without open files, as it was: beyond the first read, not kept
+        assert cache.files == 0 and len(cache) == 0
     finally:
         await backend.close()
 
