@@ -238,25 +238,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not pending.keep_alive:
             headers.append((b"connection", b"close"))
         head = b"".join([STATUS_LINE[status], *[b"%s: %s\r\n" % header for header in headers], b"\r\n"])
+        file_reader = None
         if isinstance(body, ObjectReader):
             if body.file is not None and not head_only:
                 # An open file (a local object up to 1 MiB): sent with sendfile when the batch is
                 # written (write_batch.send_file), which closes the reader.
-                if self.transport.is_closing():
-                    body.close()
-                    return
-                self.writes.add(self.loop, self.transport, (head,), not pending.keep_alive, body, self._plain_socket())
-                pending.response_complete = True
-                self.on_response_complete()
-                return
-            if body.data is None and not head_only:
+                file_reader, data = body, None
+            elif body.data is None and not head_only:
                 self._run(self._stream(pending, head, body))
                 return
-            data = body.data
-            body.close()
+            else:
+                data = body.data
+                body.close()
         else:
             data = body
         if self.transport.is_closing():
+            if file_reader is not None:
+                file_reader.close()
             return
         if data and not head_only:
             # One buffer for a small body; beyond that, no copy of the body into the head's buffer
@@ -264,7 +262,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             parts = (head + data,) if len(data) <= 8192 else (head, data)
         else:
             parts = (head,)
-        self.writes.add(self.loop, self.transport, parts, not pending.keep_alive)
+        self.writes.add(self.loop, self.transport, parts, not pending.keep_alive, file_reader,
+                        self._plain_socket() if file_reader is not None else None)
         pending.response_complete = True
         self.on_response_complete()
 
