@@ -231,30 +231,35 @@ def _null_fs_ceiling(mountpoint: Path, size: int, env: dict) -> float:
 
 def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_000, small_size: int = 32 * 1024,
         listing: int = 10_000, listing_size: int = 8 * 1024, libfuse: str | None = None,
-        sequential_only: bool = False) -> dict:
+        sequential_only: bool = False, small_only: bool = False) -> dict:
     """Run the FUSE benchmark with its own gateway; store and return ``results["fuse"]``.
 
     ``libfuse``: "fuse" (libfuse 2) or "fuse3" to choose the library (default: what the mount
-    chooses, libfuse 3 when installed). ``sequential_only``: skip the small files and ``ls -l``.
+    chooses, libfuse 3 when installed). ``sequential_only``: skip the small files and ``ls -l``;
+    ``small_only``: only the small files.
     """
     env = {"FUSE_LIBRARY_NAME": libfuse} if libfuse else {}
     if sequential_only:
         small = listing = 0
+    if small_only:
+        big = listing = 0
     with tempfile.TemporaryDirectory(prefix="fuse-bench-") as tmp:
         data_dir = Path(tmp) / "cv-storage"
         config = f'[backends.local]\ntype = "local"\nroot = "{data_dir}"\nfsync = false\n'
         # No access log while timing (it costs the gateway more than the GET itself under load).
         with GatewayProcess(data_dir, config=config) as gw:
             _prepare(gw, big, small, small_size, listing, listing_size)
-            _http_sequential(gw, big)  # warm the server's page cache for both sides
+            if big:
+                _http_sequential(gw, big)  # warm the server's page cache for both sides
             http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq = [], [], [], [], [], []
             # Interleaved rounds: the machine's load changes the figures more than anything measured here.
             for n in range(rounds):
-                http_seq.append(_http_sequential(gw, big))
-                null_seq.append(_null_fs_ceiling(Path(tmp) / f"null{n}", big, env))
-                with MountProcess(gw, Path(tmp) / f"m{n}", env=env) as mnt:  # fresh: cold caches
-                    mount_seq.append(_mount_sequential(mnt, big))
-                    mount_direct.append(_mount_sequential_direct(mnt, big))
+                if big:
+                    http_seq.append(_http_sequential(gw, big))
+                    null_seq.append(_null_fs_ceiling(Path(tmp) / f"null{n}", big, env))
+                    with MountProcess(gw, Path(tmp) / f"m{n}", env=env) as mnt:  # fresh: cold caches
+                        mount_seq.append(_mount_sequential(mnt, big))
+                        mount_direct.append(_mount_sequential_direct(mnt, big))
                 if small:
                     http_small.append(_http_small(gw, small))
                     with MountProcess(gw, Path(tmp) / f"s{n}", env=env) as mnt:
@@ -265,26 +270,25 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
             with GatewayProcess(data_dir, args=["--access-log"], config=config) as gw:
                 with MountProcess(gw, Path(tmp) / "ls", env=env) as mnt:
                     ls = _ls_l(mnt, gw, listing)
-    seq = {"http_mib_s": round(statistics.median(http_seq), 1), "mount_mib_s": round(statistics.median(mount_seq), 1)}
-    seq["ratio"] = round(seq["mount_mib_s"] / seq["http_mib_s"], 2)
-    # Ratios of each round (HTTP and mount measured back to back) show how much the load moved them.
-    seq["round_ratios"] = [round(m / h, 2) for m, h in zip(mount_seq, http_seq)]
-    # The same read from a FUSE filesystem that does nothing: mfusepy's own ceiling on this machine.
-    seq["null_fuse_mib_s"] = round(statistics.median(null_seq), 1)
-    seq["null_fuse_ratio"] = round(seq["null_fuse_mib_s"] / seq["http_mib_s"], 2)
-    seq["target"] = 0.7
-    seq["mount_o_direct_mib_s"] = round(statistics.median(mount_direct), 1)
-    seq["o_direct_ratio"] = round(seq["mount_o_direct_mib_s"] / seq["http_mib_s"], 2)
-    results["fuse"] = {
-        "sequential_read": {"size_mib": big // MiB, **seq, "rounds": {
-            "http": http_seq, "mount": mount_seq, "mount_o_direct": mount_direct, "null_fuse": null_seq}},
-        "libfuse": libfuse or "default (fuse3 when installed)",
-        "load_average": os.getloadavg()[0],
-    }
+    results["fuse"] = {"libfuse": libfuse or "default (fuse3 when installed)", "load_average": os.getloadavg()[0]}
+    if big:
+        seq = {"http_mib_s": round(statistics.median(http_seq), 1), "mount_mib_s": round(statistics.median(mount_seq), 1)}
+        seq["ratio"] = round(seq["mount_mib_s"] / seq["http_mib_s"], 2)
+        # Ratios of each round (HTTP and mount measured back to back) show how much the load moved them.
+        seq["round_ratios"] = [round(m / h, 2) for m, h in zip(mount_seq, http_seq)]
+        # The same read from a FUSE filesystem that does nothing: mfusepy's own ceiling on this machine.
+        seq["null_fuse_mib_s"] = round(statistics.median(null_seq), 1)
+        seq["null_fuse_ratio"] = round(seq["null_fuse_mib_s"] / seq["http_mib_s"], 2)
+        seq["target"] = 0.7
+        seq["mount_o_direct_mib_s"] = round(statistics.median(mount_direct), 1)
+        seq["o_direct_ratio"] = round(seq["mount_o_direct_mib_s"] / seq["http_mib_s"], 2)
+        results["fuse"]["sequential_read"] = {"size_mib": big // MiB, **seq, "rounds": {
+            "http": http_seq, "mount": mount_seq, "mount_o_direct": mount_direct, "null_fuse": null_seq}}
     if small:
         files = {"http_files_s": round(statistics.median(http_small)),
                  "mount_files_s": round(statistics.median(mount_small))}
         files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
+        files["round_ratios"] = [round(m / h, 2) for m, h in zip(mount_small, http_small)]
         files["target"] = 0.5
         results["fuse"]["small_files"] = {"count": small, "size_kib": small_size // 1024, **files,
                                           "rounds": {"http": http_small, "mount": mount_small}}
@@ -299,6 +303,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller data set (a smoke run)")
     parser.add_argument("--libfuse", choices=["fuse", "fuse3"], help="libfuse 2 (fuse) or 3 (fuse3)")
     parser.add_argument("--sequential-only", action="store_true", help="only the 256 MiB sequential read")
+    parser.add_argument("--small-only", action="store_true", help="only the 2,000 small files")
     parser.add_argument("--null-fs", metavar="MOUNTPOINT", help=argparse.SUPPRESS)  # the ceiling, as a subprocess
     parser.add_argument("--size", type=int, default=256 * MiB, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -307,6 +312,7 @@ def main() -> None:
         return
     sizes = dict(big=32 * MiB, small=200, listing=1_500) if args.quick else {}
     print(json.dumps(run({}, rounds=args.rounds, libfuse=args.libfuse, sequential_only=args.sequential_only,
+                         small_only=args.small_only,
                          **sizes)["fuse"], indent=2))
 
 

@@ -233,6 +233,15 @@ class FileOps:
         self._remember(open_file.path, attr)
         self.first_bytes.invalidate(open_file.path)
 
+    def flushes(self, fh: int) -> bool:
+        """Whether closing ``fh`` may have to upload: a handle opened for writing or truncating.
+
+        A read-only handle's flush would upload only what another, writing
+        handle of the file wrote, and that handle's own close does it.
+        """
+        flags = self._handle(fh).flags
+        return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
     def flush(self, fh: int) -> None:
         """Called on every close(): upload what was written, so the close reports upload errors."""
         open_file = self._handle(fh).open_file

@@ -223,6 +223,20 @@ def test_stats_file_counts_requests(mnt, bucket):
     assert ".cv-gateway-stats" not in os.listdir(mnt.path)
 
 
+def test_closing_a_read_only_file_sends_no_flush(mnt, bucket, fuse_gw):
+    """Read-only opens set FOPEN_NOFLUSH (libfuse >= 3.11): their close() costs no FUSE round trip,
+    one of five for a small file read. A writing handle still gets its FLUSH, which uploads."""
+    fuse_gw.client().put_object(Bucket=bucket, Key="ro.txt", Body=b"read me")
+    stats = mnt.path / ".cv-gateway-stats"
+    before = json.loads(stats.read_text())["flush_requests"]
+    for _ in range(5):
+        assert (mnt.path / bucket / "ro.txt").read_bytes() == b"read me"
+    assert json.loads(stats.read_text())["flush_requests"] == before
+    (mnt.path / bucket / "rw.txt").write_bytes(b"written")  # open for writing, write, close
+    assert json.loads(stats.read_text())["flush_requests"] > before
+    assert fuse_gw.client().get_object(Bucket=bucket, Key="rw.txt")["Body"].read() == b"written"
+
+
 def test_worker_threads_keep_their_python_thread_state(mount_factory, fuse_gw, bucket):
     """Each FUSE callback runs on a libfuse worker thread; its Python thread state is made once per
     thread and kept (operations._keep_thread_state), not made and destroyed per callback, which
