@@ -1,0 +1,188 @@
+"""A lean synchronous HTTP/1.1 client for the mount's small GETs (lookups, ranged reads, listings).
+
+Why next to urllib3 (client.py keeps it for everything else): a lookup through
+the mount is a ranged GET of an object's first 128 KiB, and urllib3 spent about
+300 µs of CPU on one, most of it in http.client's header parsing (the email
+package) and urllib3's bookkeeping; this client spends under 100 µs on the same
+GET, which makes a small file's open+read+close through the mount about a third
+faster (docs/fuse.md, "Small files"). The same split as the gateway's relay
+(gateway/cluster/peer_http.py): a lean client for the hot, simple calls, the
+library for the rest.
+
+What it does, and only that: GET over plain TCP (an https endpoint uses
+urllib3), keep-alive connections in a LIFO pool shared by the FUSE threads, the
+response parsed by ``httptools`` (llhttp; installed with uvicorn[standard]),
+the whole body read into memory. Timeouts are the socket's: connecting, and
+waiting for the next bytes. A request is sent again once on a fresh connection
+when the first attempt got no complete answer (a keep-alive connection the
+gateway closed while idle, or a gateway restarting), as urllib3's one retry
+does: a dead gateway fails a request after about twice the timeout. A body
+larger than ``body_limit`` is not read: ``get`` returns None and the caller
+uses urllib3, which streams.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+MAX_IDLE = 8  # idle keep-alive connections kept
+
+
+class LeanResponse:
+    """A complete answer: status, headers (lower-case names, the first of repeated ones) and body."""
+
+    __slots__ = ("data", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], data: bytes):
+        self.status = status
+        self.headers = headers
+        self.data = data
+
+
+class _Answer:
+    """httptools callbacks for one response (no exceptions from here: httptools would wrap them)."""
+
+    def __init__(self, body_limit: int):
+        self.body_limit = body_limit
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.too_large = False
+        self.extra = False  # bytes after the answer: it stands, the connection is not reused
+        self.parser: HttpResponseParser | None = None
+        self.status = 0
+        self.keep_alive = False
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        name = name.decode("latin-1").lower()
+        if name not in self.headers:
+            self.headers[name] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        # Read here: once the message is complete, llhttp has reset its state for the next one.
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and len(length) < 20 and int(length) > self.body_limit:
+            self.too_large = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete or self.too_large:
+            return
+        self.size += len(body)
+        if self.size > self.body_limit:  # chunked (no length given) and too long
+            self.too_large = True
+            self.chunks = []
+            return
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class LeanHttp:
+    """:param host, port: the gateway; :param timeout: seconds to connect and between received bytes."""
+
+    def __init__(self, host: str, port: int, timeout: float, connect_timeout: float, body_limit: int):
+        self.address = (host, port)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.body_limit = body_limit
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def get(self, target: str, headers: dict[str, str]) -> LeanResponse | None:
+        """GET ``target`` (path and query, already encoded) with ``headers`` (including host).
+
+        None when the body is larger than ``body_limit``. OSError (TimeoutError, ConnectionError,
+        ...) when two attempts got no complete answer.
+        """
+        request = "".join((f"GET {target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()),
+                           "\r\n")).encode("latin-1")
+        try:
+            return self._exchange(request, fresh=False)
+        except _Retry:
+            pass
+        try:
+            return self._exchange(request, fresh=True)
+        except _Retry as retry:
+            raise retry.error from None
+
+    def _exchange(self, request: bytes, fresh: bool) -> LeanResponse | None:
+        try:
+            sock = self._checkout(fresh)
+        except OSError as exc:
+            raise _Retry(exc) from None
+        answer = _Answer(self.body_limit)
+        parser = answer.parser = HttpResponseParser(answer)
+        received = False
+        try:
+            sock.sendall(request)
+            while not answer.complete and not answer.too_large:
+                data = sock.recv(262144)
+                if not data:
+                    raise ConnectionResetError("the gateway closed the connection")
+                received = True
+                parser.feed_data(data)
+        except (OSError, HttpParserError, HttpParserUpgrade) as exc:
+            sock.close()
+            if answer.complete:  # garbage after a complete answer: the answer stands
+                return LeanResponse(answer.status, answer.headers, b"".join(answer.chunks))
+            if not received:
+                raise _Retry(exc if isinstance(exc, OSError) else ConnectionError(str(exc))) from None
+            if isinstance(exc, OSError):
+                raise
+            raise ConnectionError(f"malformed response from the gateway: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        if answer.too_large:
+            sock.close()  # the rest of the body is not read: the connection is spent
+            return None
+        if answer.keep_alive and not answer.extra:
+            self._checkin(sock)
+        else:
+            sock.close()
+        return LeanResponse(answer.status, answer.headers, b"".join(answer.chunks))
+
+    def _checkout(self, fresh: bool) -> socket.socket:
+        with self._lock:
+            if self._idle and not fresh:
+                return self._idle.pop()
+        sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.timeout)
+        return sock
+
+    def _checkin(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self.closed and len(self._idle) < MAX_IDLE:
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+
+class _Retry(Exception):
+    """An attempt got no byte of an answer (``error`` says why): the request may be sent again."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
