@@ -4,8 +4,8 @@ Why next to urllib3 (client.py keeps it for everything else): a lookup through
 the mount is a ranged GET of an object's first 128 KiB, and urllib3 spent about
 300 µs of CPU on one, most of it in http.client's header parsing (the email
 package) and urllib3's bookkeeping; this client spends under 100 µs on the same
-GET, which makes a small file's open+read+close through the mount about a third
-faster (docs/fuse.md, "Small files"). The same split as the gateway's relay
+GET, which makes a small file's open+read+close through the mount about a quarter
+faster (docs/fuse.md, "HTTP client"). The same split as the gateway's relay
 (gateway/cluster/peer_http.py): a lean client for the hot, simple calls, the
 library for the rest.
 
@@ -28,7 +28,7 @@ import threading
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-MAX_IDLE = 8  # idle keep-alive connections kept
+MAX_IDLE = 16  # idle keep-alive connections kept (urllib3's pool keeps as many)
 RECV_SIZE = 64 * 1024
 
 
