@@ -62,7 +62,8 @@ class GatewayOperations(Operations):
         self.fs = fs
         self.flush_requests = 0  # FLUSH requests the kernel sent (none for read-only handles: open)
         fs.binding_stats = lambda: {"python_thread_states": _thread_states_kept,
-                                    "flush_requests": self.flush_requests}
+                                    "flush_requests": self.flush_requests,
+                                    "libfuse": f"{fuse.fuse_version_major}.{fuse.fuse_version_minor}"}
 
     @overrides(Operations)
     @_translate

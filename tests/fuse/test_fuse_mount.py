@@ -225,13 +225,17 @@ def test_stats_file_counts_requests(mnt, bucket):
 
 def test_closing_a_read_only_file_sends_no_flush(mnt, bucket, fuse_gw):
     """Read-only opens set FOPEN_NOFLUSH (libfuse >= 3.11): their close() costs no FUSE round trip,
-    one of five for a small file read. A writing handle still gets its FLUSH, which uploads."""
+    one of five for a small file read. A writing handle still gets its FLUSH, which uploads.
+    (With libfuse 2, FUSE_LIBRARY_NAME=fuse, every close sends one.)"""
     fuse_gw.client().put_object(Bucket=bucket, Key="ro.txt", Body=b"read me")
     stats = mnt.path / ".cv-gateway-stats"
-    before = json.loads(stats.read_text())["flush_requests"]
+    first = json.loads(stats.read_text())
+    before = first["flush_requests"]
     for _ in range(5):
         assert (mnt.path / bucket / "ro.txt").read_bytes() == b"read me"
-    assert json.loads(stats.read_text())["flush_requests"] == before
+    after = json.loads(stats.read_text())["flush_requests"]
+    major, minor = (int(part) for part in first["libfuse"].split("."))
+    assert after == before if (major, minor) >= (3, 11) else after >= before + 5
     (mnt.path / bucket / "rw.txt").write_bytes(b"written")  # open for writing, write, close
     assert json.loads(stats.read_text())["flush_requests"] > before
     assert fuse_gw.client().get_object(Bucket=bucket, Key="rw.txt")["Body"].read() == b"written"
