@@ -8,7 +8,9 @@ Measures (issue 6):
 - open+read+close of 2,000 32 KiB objects (cold attribute cache: a fresh mount each round);
 - ``ls -l`` of a 10,000-entry directory: LIST, HEAD and GET requests counted by the mount's client
   (its stats file) and by the gateway's access log.
-The HTTP reference is one pooled urllib3 connection with the same SigV4 signer, doing the same reads.
+The HTTP reference is the mount's own HTTP client (``ObjectClient``: the same SigV4 signer, one
+connection; whole GETs over its lean client, the streamed sequential read over urllib3), doing the
+same reads: the ratios measure what FUSE adds, not which HTTP client is faster.
 Rounds are medians of ``rounds``; targets: sequential >= 0.7x, small files >= 0.5x of the HTTP figure.
 """
 
