@@ -70,6 +70,8 @@ class _Answer:
             self.headers[name] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # the head of bytes after the answer: not this answer's status
+            return
         # Read here: once the message is complete, llhttp has reset its state for the next one.
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()

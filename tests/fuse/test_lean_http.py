@@ -155,6 +155,16 @@ def test_garbage_after_an_answer_keeps_the_answer_and_drops_the_connection(raw_s
     assert server.connections == 2
 
 
+def test_a_second_whole_answer_after_the_first_does_not_replace_it(raw_server):
+    second = b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nContent-Length: 4\r\n\r\noops"
+    server = raw_server(lambda n: [OK + second, OK])
+    client = lean(server.port)
+    response = client.get("/a", {})
+    assert (response.status, response.data) == (200, b"hello")
+    assert client.get("/b", {}).data == b"hello"
+    assert server.connections == 2  # the connection that talked out of turn was dropped
+
+
 def test_a_malformed_answer_is_an_error(raw_server):
     server = raw_server(lambda n: [b"HTTP/1.1 2x0 what\r\n\r\n"])
     client = lean(server.port)
