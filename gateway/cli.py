@@ -184,3 +184,8 @@ main.add_command(cluster)
 from .cli_mount import mount  # noqa: E402  (the `gateway mount` command)
 
 main.add_command(mount)
+
+from .cli_ops import backup, restore  # noqa: E402  (`gateway backup` and `gateway restore`)
+
+main.add_command(backup)
+main.add_command(restore)

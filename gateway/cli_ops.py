@@ -1,0 +1,95 @@
+"""`gateway backup` and `gateway restore` (docs/operations.md)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .cli import _fail, build_settings, settings_options
+from .ops.stores import OpsError
+
+
+def ops_settings(config_file, **flags):
+    """The node's settings for a tool that serves nothing: credentials are not needed here."""
+    if flags.get("access_key") is None and flags.get("secret_key") is None:
+        flags["allow_anonymous"] = flags.get("allow_anonymous") or True
+    return build_settings(config_file, **flags)
+
+
+@click.command()
+@settings_options
+@click.option("-o", "--objects-only", is_flag=True,
+              help="Only this server's objects: the backup of a redundant server in local mode.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line; the summary still prints.")
+@click.argument("output", type=click.Path(dir_okay=True, allow_dash=True))
+def backup(config_file, objects_only, quiet, output, **flags) -> None:
+    """Write a backup archive to OUTPUT (a file, a directory to name it in, or - for stdout).
+
+    Without -o, a full backup: every file store, the config file, the TLS files and the SQLite
+    registry; taken on the primary (or a stand-alone gateway). With -o, this server's own objects.
+    The gateway can keep serving meanwhile; each object is copied whole, in one version.
+    """
+    from .ops.backup import create_backup
+
+    settings = ops_settings(config_file, **flags)
+    try:
+        result = create_backup(settings, output, objects_only=objects_only,
+                               config_file=config_file or os.environ.get("GATEWAY_CONFIG"), quiet=quiet)
+    except OpsError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"the backup failed: {exc}; the unfinished archive was removed")
+    if result.not_objects:
+        raise SystemExit(1)
+
+
+@click.command()
+@settings_options
+@click.option("--check", is_flag=True, help="Only verify the archive (every checksum, nothing cut short).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace objects that differ from the backup's copy (default: keep them and list them).")
+@click.option("--force", is_flag=True,
+              help="Restore even where the backup does not belong (a full backup on a non-primary, "
+                   "an objects-only backup on another server).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line; the summary still prints.")
+@click.argument("archive", type=click.Path(dir_okay=False))
+def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> None:
+    """Verify ARCHIVE completely, then restore it to this node's stores.
+
+    Objects already there with the same bytes are skipped; objects that differ (written after the
+    backup) are kept and listed unless --overwrite. Nothing the backup lacks is deleted. A running
+    gateway may stay up: each file appears whole, by rename.
+    """
+    from .ops.restore import check_archive, check_destination, restore as restore_archive, restore_missing_settings_files
+
+    config_file = config_file or os.environ.get("GATEWAY_CONFIG")
+    try:
+        info = check_archive(archive, quiet=quiet)
+        click.echo(info.describe(), err=True)
+        if check:
+            return
+        if config_file and not os.path.exists(config_file) and not info.config:
+            _fail(f"config file {config_file} does not exist, and this {info.kind} backup holds none: "
+                  "give an existing config, or none")
+        if info.config and not config_file and not flags.get("data_dir"):
+            _fail(f"this full backup holds the config file {info.config[0]}: pass --config {info.config[0]} "
+                  "(restored there first if it is missing) so the objects go to the stores it names, "
+                  "or --data-dir to restore them into that cv-storage directory")
+        created = restore_missing_settings_files(info, config_file)
+        try:
+            settings = ops_settings(config_file, **flags)
+            mapping, notes = check_destination(info, settings, force)
+        except (OpsError, SystemExit):
+            for path in created:  # refused before anything else was written: leave no trace
+                os.unlink(path)
+            raise
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        restore_archive(archive, info, settings, mapping, overwrite=overwrite, config_file=config_file, quiet=quiet)
+    except OpsError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"the restore stopped: {exc}. Every file restored so far is whole; fix the cause and run the same "
+              "command again, it skips what is already there")
+

@@ -1,0 +1,315 @@
+"""``gateway backup``: one tar archive of a node's objects (and, on the primary, its settings).
+
+Two kinds, as in the product this models:
+
+- **full**, on the primary (or a stand-alone gateway): every file store of the
+  node, the config file, the files it names (TLS certificate, key, CA) and the
+  SQLite registry;
+- **objects** (``-o``), on each redundant server in local mode: that server's
+  own objects, which no other server has.
+
+The archive is a plain POSIX tar that ``tar xf`` unpacks into a working
+cv-storage tree (``cv-backup/storage/<backend>/...``), so a backup stays
+readable without this tool. Members, in order:
+
+- ``cv-backup/manifest.json``: kind, node, role, time, gateway version, stores;
+- ``cv-backup/storage/<backend>/<path>``: the files of each store, each with
+  its SHA-256 in the pax header ``SCHILY.xattr.user.cv-gateway.sha256`` (hashed from the same open
+  file before it is copied, so the hash and the bytes are of one version even
+  while the gateway replaces the object);
+- ``cv-backup/files/<what>/<name>``: config, TLS files and registry (full only),
+  with their original path in ``SCHILY.xattr.user.cv-gateway.path``;
+- ``cv-backup/summary.json``: the counts, written last; an archive without it
+  was cut short.
+
+The archive is written to ``OUTPUT.partial`` and renamed when complete, so a
+backup that failed half-way never looks like a finished one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import socket
+import sqlite3
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+
+from gateway import __version__
+from plugins import fslayout
+
+from .progress import Progress, human_bytes
+from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
+from .tree import CHUNK, is_object, read_chunks, walk_files
+
+PREFIX = "cv-backup"
+MANIFEST = f"{PREFIX}/manifest.json"
+SUMMARY = f"{PREFIX}/summary.json"
+STORAGE = f"{PREFIX}/storage"
+FILES = f"{PREFIX}/files"
+FORMAT = 1
+SHA_HEADER = "SCHILY.xattr.user.cv-gateway.sha256"  # an xattr record: tar knows the form, no warning
+PATH_HEADER = "SCHILY.xattr.user.cv-gateway.path"
+
+
+@dataclass
+class BackupResult:
+    kind: str
+    output: str
+    objects: int = 0
+    files: int = 0
+    bytes: int = 0
+    vanished: int = 0  # deleted while the backup ran: not in the archive, and not an error
+    not_objects: list[str] = field(default_factory=list)  # object files that do not parse: kept, reported
+    extra_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str]]:
+    """What a backup of this node holds: (kind, stores, notes); OpsError when this node is not
+    the place for this kind of backup."""
+    stores, others = file_stores(settings)
+    role = settings.role
+    notes = []
+    if role == "proxy":
+        raise OpsError("this node is a proxy and stores no objects: take the full backup on the primary "
+                       "(`gateway backup`), and an objects-only backup (`gateway backup -o`) on each redundant server")
+    if objects_only:
+        local = [s for s in stores if not s.shared]
+        for s in stores:
+            if s.shared:
+                notes.append(f"not in this backup: backend {s.name!r} is shared storage ({s.root}); "
+                             "the primary's full backup holds its objects")
+        if not local:
+            where = ", ".join(f"{s.name!r} at {s.root}" for s in stores) or "none"
+            raise OpsError(f"this node keeps no objects of its own (file stores: {where}; all shared): "
+                           "objects-only backups are for servers in local mode. Take the full backup on the primary")
+        stores = local
+    elif role == "redundant":
+        raise OpsError("this node is a redundant secondary: full backups are taken on the primary. "
+                       "Back up this server's own objects with `gateway backup -o`")
+    elif role == "primary" and any(not s.shared for s in stores):
+        notes.append("this backup holds the primary's own objects: take `gateway backup -o` on each "
+                     "redundant server in local mode too, they keep objects the primary does not have")
+    for name in others:
+        notes.append(f"not in this backup: backend {name}, which does not keep files here; "
+                     "back it up with that system's own tools")
+    if not stores:
+        raise OpsError("this node has no file store to back up (configured backends: "
+                       f"{', '.join(others) or 'none'})")
+    return ("objects" if objects_only else "full"), stores, notes
+
+
+def count(stores: list[Store]) -> tuple[int, int]:
+    files = nbytes = 0
+    for store in stores:
+        for f in walk_files(store.root):
+            files += 1
+            nbytes += f.size
+    return files, nbytes
+
+
+def create_backup(settings, output: str, objects_only: bool = False, config_file: str | None = None,
+                  quiet: bool = False, stream=None) -> BackupResult:
+    kind, stores, notes = plan(settings, objects_only)
+    stream = stream or sys.stderr
+    for note in notes:
+        stream.write(f"note: {note}\n")
+    total_files, total_bytes = count(stores)
+    to_stdout = output == "-"
+    if not to_stdout and os.path.isdir(output):
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = os.path.join(output, f"cv-backup-{kind}-{socket.gethostname()}-{stamp}.tar")
+    result = BackupResult(kind, output, notes=notes)
+    partial = output + ".partial"
+    if not to_stdout:
+        if os.path.exists(output):
+            raise OpsError(f"{output} already exists: give a new file name, or a directory to name it after the time")
+        try:
+            # The archive can hold the secret key and the TLS key: readable by its owner only.
+            sink = open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        except OSError as exc:
+            raise OpsError(f"cannot write {partial}: {exc.strerror or exc}") from None
+    else:
+        sink = sys.stdout.buffer
+    progress = Progress(f"backup ({kind})", total_files, total_bytes, stream=stream, quiet=quiet)
+    try:
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
+            _add_json(tar, MANIFEST, _manifest(settings, kind, stores, notes))
+            for store in stores:
+                _add_store(tar, store, result, progress)
+            if kind == "full":
+                _add_node_files(tar, settings, config_file, result, progress)
+            _add_json(tar, SUMMARY, {"objects": result.objects, "files": result.files, "bytes": result.bytes,
+                                     "extra_files": result.extra_files,
+                                     "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        sink.flush()
+        if not to_stdout:
+            os.fsync(sink.fileno())
+            sink.close()
+            os.replace(partial, output)
+    except BaseException:
+        if not to_stdout:
+            sink.close()
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
+        raise
+    summary = f"{result.objects:,} objects, {human_bytes(result.bytes)} in {output if not to_stdout else 'stdout'}"
+    if result.vanished:
+        summary += f"; {result.vanished:,} files were deleted while the backup ran and are not in it"
+    progress.done(summary)
+    for path in result.not_objects[:20]:
+        progress.note(f"warning: {path} is not a valid object file; it is in the backup as it is")
+    return result
+
+
+def _manifest(settings, kind: str, stores: list[Store], notes: list[str]) -> dict:
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "gateway_version": __version__,
+        "node": node_name(settings),
+        "role": settings.role,
+        "hostname": socket.gethostname(),
+        "stores": [{"name": s.name, "type": s.type, "root": s.root, "shared": s.shared} for s in stores],
+        "registry": settings.registry,
+        "notes": notes,
+    }
+
+
+def _add_json(tar: tarfile.TarFile, name: str, data: dict) -> None:
+    raw = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+    info = tarfile.TarInfo(name)
+    info.size = len(raw)
+    info.mtime = int(datetime.datetime.now().timestamp())
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(raw))
+
+
+def _add_store(tar: tarfile.TarFile, store: Store, result: BackupResult, progress: Progress) -> None:
+    base = f"{STORAGE}/{store.name}"
+    added_dirs = set()
+    for entry in walk_files(store.root):
+        top = entry.relpath.split("/", 1)[0]
+        if top not in added_dirs and "/" in entry.relpath:
+            added_dirs.add(top)
+            _add_dir(tar, f"{base}/{top}")
+        added = _add_file(tar, os.path.join(store.root, entry.relpath), f"{base}/{entry.relpath}")
+        if added is None:
+            result.vanished += 1
+            progress.add(1, 0)
+            continue
+        size, first = added
+        result.files += 1
+        result.bytes += size
+        if is_object(entry.relpath):
+            result.objects += 1
+            if not _parses(first):
+                result.not_objects.append(os.path.join(store.root, entry.relpath))
+        progress.add(1, size)
+    # Buckets without a single file (made by hand, or emptied) are buckets too.
+    for name in sorted(os.listdir(store.root)):
+        if name not in added_dirs and not name.startswith(".") and os.path.isdir(os.path.join(store.root, name)):
+            _add_dir(tar, f"{base}/{name}")
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.mtime = int(datetime.datetime.now().timestamp())
+    tar.addfile(info)
+
+
+def _add_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None = None) -> tuple[int, bytes] | None:
+    """Add one file, hashed first from the same open file; (size, first bytes) or None when it is gone."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    with f:
+        st = os.fstat(f.fileno())
+        digest = hashlib.sha256()
+        first = b""
+        for chunk in read_chunks(f, st.st_size, digest):
+            first = first or chunk[:fslayout.FIRST_READ]
+        f.seek(0)
+        info = tarfile.TarInfo(name)
+        info.size = st.st_size
+        info.mtime = int(st.st_mtime)
+        info.mode = 0o644
+        info.pax_headers = {SHA_HEADER: digest.hexdigest(), **(extra or {})}
+        tar.addfile(info, _Exact(f, st.st_size, digest.hexdigest(), path))
+    return st.st_size, first
+
+
+class _Exact(io.RawIOBase):
+    """The file's bytes as they were hashed: a file changed in place between the hash and the
+    copy (written behind the gateway's back, which renames) fails the backup loudly."""
+
+    def __init__(self, f, size: int, sha256: str, path: str):
+        self._f, self._left, self._sha256, self._path = f, size, sha256, path
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(self._left if n < 0 else min(n, self._left))
+        self._hash.update(data)
+        self._left -= len(data)
+        if (not data or not self._left) and self._hash.hexdigest() != self._sha256:
+            raise OpsError(f"{self._path} changed while it was being copied (something writes it in place, "
+                           "not through the gateway): stop that and take the backup again")
+        return data
+
+
+def _parses(first: bytes) -> bool:
+    try:
+        return fslayout.decode_header(first) is not None
+    except (fslayout.CorruptObject, ValueError):
+        return False
+
+
+def _add_node_files(tar: tarfile.TarFile, settings, config_file: str | None, result: BackupResult,
+                    progress: Progress) -> None:
+    """The config file, the TLS files it names and the SQLite registry."""
+    wanted = []
+    if config_file:
+        wanted.append(("config", config_file))
+    for what in ("tls_cert", "tls_key", "tls_ca"):
+        value = getattr(settings, what, None)
+        if value:
+            wanted.append((what, str(value)))
+    for what, path in wanted:
+        path = os.path.abspath(path)
+        if _add_file(tar, path, f"{FILES}/{what}/{os.path.basename(path)}", {PATH_HEADER: path}) is None:
+            raise OpsError(f"{what} file {path} is gone: fix the setting or the file, then take the backup again")
+        result.extra_files.append(what)
+    registry = sqlite_registry_path(settings)
+    if registry and os.path.exists(registry):
+        # The registry runs in WAL mode: copy it with SQLite's backup API, which gives one
+        # consistent state while gateways keep writing heartbeats.
+        with tempfile.TemporaryDirectory(prefix="cv-backup-") as tmp:
+            copy = os.path.join(tmp, os.path.basename(registry))
+            source = sqlite3.connect(registry, timeout=30)
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+                source.close()
+            _add_file(tar, copy, f"{FILES}/registry/{os.path.basename(registry)}",
+                      {PATH_HEADER: os.path.abspath(registry)})
+        result.extra_files.append("registry")
+    elif settings.registry and not registry:
+        result.notes.append("the etcd registry is not in this backup: take `etcdctl snapshot save` on an etcd member")
+        progress.note("note: " + result.notes[-1])

@@ -1,0 +1,318 @@
+"""``gateway restore``: check a whole archive, then put its files back.
+
+1. **Check** (always, and all that ``--check`` does): read the archive from
+   start to end, hash every file against the SHA-256 in its header, and
+   compare the counts with the summary written last. A damaged or cut-short
+   archive stops here, before a single file is touched.
+2. **Where**: a full backup goes to the primary (or a stand-alone gateway);
+   an objects-only backup goes back to the server it came from, because those
+   objects exist nowhere else. ``--force`` overrides both, saying so.
+3. **Restore**: every file is written to a temp file, hashed again, fsynced and
+   renamed into place, so a running gateway serves either its old copy or the
+   backup's, never a mix. A file that is already there with the same bytes is
+   left alone (running the same restore twice is safe, and a restore that was
+   stopped can be run again). One that differs, an object written after the
+   backup, is **kept** and listed; ``--overwrite`` takes the backup's copy
+   instead. Nothing the backup does not hold is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tarfile
+from dataclasses import dataclass, field
+
+from .backup import FILES, FORMAT, MANIFEST, PATH_HEADER, SHA_HEADER, STORAGE, SUMMARY
+from .progress import Progress, human_bytes, plural
+from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
+from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, object_header, read_chunks, write_atomically
+
+SHOW = 20
+CONFIG_LIMIT = 1024 * 1024
+PRE_SETTINGS_FILES = ("config", "tls_cert", "tls_key", "tls_ca")  # differing objects listed one by one; the rest are counted
+
+
+@dataclass
+class ArchiveInfo:
+    manifest: dict
+    summary: dict
+    objects: int = 0
+    files: int = 0
+    bytes: int = 0
+    # Small files of a full backup that the settings need before they can be read: what ->
+    # (original path, bytes) for the config file and the TLS files it names.
+    node_files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+    @property
+    def config(self) -> tuple[str, bytes] | None:
+        return self.node_files.get("config")
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    def describe(self) -> str:
+        m = self.manifest
+        return (f"{m['kind']} backup of node {m['node']} ({m.get('role') or 'stand-alone'}, host {m['hostname']}), "
+                f"taken {m['created']} by gateway {m['gateway_version']}: {self.objects:,} objects, "
+                f"{human_bytes(self.bytes)}")
+
+
+@dataclass
+class RestoreResult:
+    restored: int = 0
+    already: int = 0
+    bytes: int = 0
+    kept: list[str] = field(default_factory=list)  # differing files left as they were (no --overwrite)
+    replaced: int = 0
+    node_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _open(archive: str) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, mode="r|*", bufsize=CHUNK)
+    except FileNotFoundError:
+        raise OpsError(f"{archive} does not exist") from None
+    except (tarfile.TarError, OSError) as exc:
+        raise OpsError(f"{archive} is not a backup archive (not a tar file: {exc})") from None
+
+
+def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo:
+    """Read the whole archive and verify it; OpsError naming the first problems if it is damaged."""
+    stream = stream or sys.stderr
+    total = os.path.getsize(archive) if os.path.isfile(archive) else 0
+    progress = Progress("checking the archive", 0, total, stream=stream, quiet=quiet)
+    manifest = summary = None
+    info = ArchiveInfo({}, {})
+    problems = []
+    read = 0
+    try:
+        with _open(archive) as tar:
+            for member in tar:
+                if manifest is None:
+                    if member.name != MANIFEST:
+                        raise OpsError(f"{archive} is not a cv-gateway backup: it does not start with {MANIFEST}")
+                    manifest = _read_json(tar, member, archive)
+                    if manifest.get("format") != FORMAT:
+                        raise OpsError(f"{archive} has backup format {manifest.get('format')!r}; this gateway reads "
+                                       f"format {FORMAT}: restore it with the gateway version that wrote it "
+                                       f"({manifest.get('gateway_version')})")
+                    continue
+                if member.name == SUMMARY:
+                    summary = _read_json(tar, member, archive)
+                    continue
+                if summary is not None:
+                    problems.append(f"{member.name}: comes after the summary")
+                    continue
+                _check_member_name(member)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    problems.append(f"{member.name}: not a regular file or directory")
+                    continue
+                expected = member.pax_headers.get(SHA_HEADER)
+                digest = hashlib.sha256()
+                what = member.name[len(FILES) + 1:].split("/", 1)[0] if member.name.startswith(FILES + "/") else ""
+                keep = what in PRE_SETTINGS_FILES and member.size < CONFIG_LIMIT
+                data = [chunk for chunk in read_chunks(tar.extractfile(member), member.size, digest) if keep]
+                if digest.hexdigest() != expected:
+                    problems.append(f"{member.name}: the bytes do not match their checksum")
+                    continue
+                if keep:
+                    info.node_files[what] = (member.pax_headers.get(PATH_HEADER, ""), b"".join(data))
+                if member.name.startswith(STORAGE + "/"):
+                    info.files += 1
+                    info.bytes += member.size
+                    info.objects += is_object(member.name)
+                # Bytes of the archive read so far, headers and padding included: the total is its size.
+                position = member.offset_data + member.size
+                progress.add(1, position - read)
+                read = position
+    except tarfile.TarError as exc:
+        raise OpsError(f"{archive} is damaged ({exc}) after {info.files:,} files: it was cut short or corrupted; "
+                       "nothing was restored. Use another backup") from None
+    except OpsError as exc:
+        if "ended" in str(exc):
+            raise OpsError(f"{archive} is cut short (a file in it {exc}); nothing was restored. "
+                           "Use another backup") from None
+        raise
+    if manifest is None:
+        raise OpsError(f"{archive} is empty")
+    if summary is None:
+        raise OpsError(f"{archive} has no summary at its end: it was cut short (the backup did not finish, or the "
+                       "copy is incomplete); nothing was restored. Use another backup")
+    if (summary.get("objects"), summary.get("files"), summary.get("bytes")) != (info.objects, info.files, info.bytes):
+        problems.append(f"the summary lists {summary.get('files')} files ({summary.get('objects')} objects, "
+                        f"{summary.get('bytes')} bytes); the archive holds {info.files} ({info.objects}, {info.bytes})")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise OpsError(f"{archive} is damaged, nothing was restored: {shown}")
+    info.manifest, info.summary = manifest, summary
+    progress.done("archive OK")
+    return info
+
+
+def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> dict:
+    try:
+        return json.loads(tar.extractfile(member).read())
+    except (ValueError, AttributeError) as exc:
+        raise OpsError(f"{archive}: {member.name} is not valid JSON ({exc}): the archive is damaged") from None
+
+
+def _check_member_name(member: tarfile.TarInfo) -> None:
+    name = member.name.rstrip("/") if member.isdir() else member.name
+    for base in (STORAGE, FILES):
+        if name.startswith(base + "/"):
+            rest = name[len(base) + 1:]
+            store, _, relpath = rest.partition("/")
+            check_relpath(store)
+            if relpath or not member.isdir():
+                check_relpath(relpath)
+            return
+    raise OpsError(f"refusing the archive member {member.name!r}: not part of a cv-gateway backup")
+
+
+def check_destination(info: ArchiveInfo, settings, force: bool) -> tuple[dict[str, Store], list[str]]:
+    """Which local store each store of the archive goes to, and notes; OpsError when this node is
+    not where this backup belongs (unless ``force``)."""
+    manifest, notes = info.manifest, []
+    here = node_name(settings)
+    if info.kind == "full" and settings.role not in (None, "primary"):
+        message = (f"this is a full backup (of node {manifest['node']}); it is restored on the primary, and this "
+                   f"node is {settings.role}")
+        if not force:
+            raise OpsError(message + ". Run the restore on the primary, or pass --force to restore it here")
+        notes.append(message + "; restoring anyway (--force)")
+    if info.kind == "objects" and manifest["node"] != here:
+        message = (f"this objects-only backup came from node {manifest['node']} and this node is {here}: a redundant "
+                   "server's objects are restored to that server")
+        if not force:
+            raise OpsError(message + f". Run the restore on {manifest['node']}, or pass --force to take them here")
+        notes.append(message + "; restoring here anyway (--force)")
+    if settings.role == "proxy":
+        raise OpsError("this node is a proxy and stores no objects: restore on the primary or a redundant server")
+    stores, _ = file_stores(settings)
+    by_name = {s.name: s for s in stores}
+    wanted = [s["name"] for s in manifest["stores"]]
+    mapping = {}
+    if len(wanted) == 1 and len(stores) == 1 and wanted[0] not in by_name:
+        mapping[wanted[0]] = stores[0]  # one store each side: the backend was renamed
+        notes.append(f"the backup's store {wanted[0]!r} goes to this node's only store {stores[0].name!r}")
+    else:
+        missing = [name for name in wanted if name not in by_name]
+        if missing:
+            raise OpsError(f"the backup holds the store(s) {', '.join(map(repr, missing))}, which this node does not "
+                           f"have (file stores here: {', '.join(map(repr, by_name)) or 'none'}): configure "
+                           "[backends.NAME] with type local or sharedfs for each, then run the restore again")
+        mapping = {name: by_name[name] for name in wanted}
+    return mapping, notes
+
+
+def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store], overwrite: bool = False,
+            config_file: str | None = None, quiet: bool = False, stream=None) -> RestoreResult:
+    stream = stream or sys.stderr
+    result = RestoreResult()
+    installers = {name: Installer(store.root) for name, store in mapping.items()}
+    progress = Progress("restore", info.files, info.bytes, stream=stream, quiet=quiet)
+    with _open(archive) as tar:
+        for member in tar:
+            if member.name.startswith(STORAGE + "/"):
+                store, _, relpath = member.name[len(STORAGE) + 1:].rstrip("/").partition("/")
+                installer = installers[store]
+                if member.isdir():
+                    os.makedirs(installer.path(relpath), exist_ok=True)
+                    continue
+                _restore_object(tar, member, installer, relpath, overwrite, result)
+                progress.add(1, member.size)
+            elif member.name.startswith(FILES + "/") and member.isfile():
+                what = member.name[len(FILES) + 1:].split("/", 1)[0]
+                _restore_node_file(tar, member, what, settings, config_file, overwrite, result, progress)
+    summary = f"{plural(result.restored, 'file')} restored ({human_bytes(result.bytes)}), {result.already:,} already there"
+    if result.replaced:
+        summary += f", {result.replaced:,} replaced by the backup's copy (--overwrite)"
+    if result.kept:
+        summary += f", {plural(len(result.kept), 'file')} kept as they are (they differ from the backup: written after it)"
+    progress.done(summary)
+    for path in result.kept[:SHOW]:
+        progress.note(f"kept: {path}")
+    if len(result.kept) > SHOW:
+        progress.note(f"kept: ... and {len(result.kept) - SHOW:,} more")
+    if result.kept:
+        progress.note("these objects were kept at their current version; run the restore again with --overwrite "
+                      "to put the backup's versions back")
+    return result
+
+
+def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: Installer, relpath: str,
+                    overwrite: bool, result: RestoreResult) -> None:
+    expected = member.pax_headers[SHA_HEADER]
+    final = installer.path(relpath)
+    present = file_sha256(final)
+    if present == expected:
+        result.already += 1
+        return
+    if present is not None and not overwrite:
+        header = object_header(final) if is_object(relpath) else None
+        result.kept.append(f"{relpath.split('/', 1)[0]}/{header['key']} ({final})" if header else final)
+        return
+    source = tar.extractfile(member)
+    installer.install(relpath, read_chunks(source, member.size), mtime=member.mtime, expect_sha256=expected)
+    result.restored += 1
+    result.bytes += member.size
+    result.replaced += present is not None
+
+
+def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, stream=None) -> list[str]:
+    """Before the settings are read: put back the config file (at ``config_file``) and the TLS
+    files (at their original paths) that are missing; the settings refuse to load without them.
+    Files that exist are left for the restore proper, which keeps them."""
+    stream = stream or sys.stderr
+    done = []
+    if not config_file:
+        return done  # restoring objects only (--data-dir): the node's files stay in the archive
+    for what, (original, data) in sorted(info.node_files.items()):
+        target = os.path.abspath(config_file if what == "config" and config_file else original)
+        if not original or os.path.exists(target):
+            continue
+        mode = 0o644 if what in ("tls_cert", "tls_ca") else 0o600
+        write_atomically(target, f"{target}.{os.getpid()}.restore-tmp", [data],
+                         expect_sha256=hashlib.sha256(data).hexdigest(), mode=mode)
+        stream.write(f"restored the {what.replace('_', ' ')} file to {target} (it was missing)\n")
+        done.append(target)
+    return done
+
+
+def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str, settings, config_file: str | None,
+                       overwrite: bool, result: RestoreResult, progress: Progress) -> None:
+    """The config, TLS files and registry of a full backup: written where this node's settings look
+    for them (the original path when the setting is unset), and only where nothing is yet."""
+    original = member.pax_headers.get(PATH_HEADER, "")
+    if what == "registry":
+        target = sqlite_registry_path(settings)
+    elif config_file:
+        target = config_file if what == "config" else str(getattr(settings, what, None) or original)
+    else:
+        target = None
+    if not target:
+        progress.note(f"not restored: the {what.replace('_', ' ')} file {original} (member {member.name}), since "
+                      f"this node's settings name {'no SQLite registry' if what == 'registry' else 'no config file'}")
+        return
+    target = os.path.abspath(target)
+    expected = member.pax_headers[SHA_HEADER]
+    present = file_sha256(target)
+    if present == expected:
+        return
+    if present is not None and not (overwrite and what != "registry"):
+        extra = ("; gateways re-register at start, so the live registry is usually the one to keep"
+                 if what == "registry" else "; pass --overwrite to replace it")
+        progress.note(f"kept {target} ({what}), which differs from the backup's copy (member {member.name}){extra}")
+        return
+    tmp = f"{target}.{os.getpid()}.restore-tmp"
+    mode = 0o644 if what in ("tls_cert", "tls_ca") else 0o600
+    write_atomically(target, tmp, read_chunks(tar.extractfile(member), member.size), expect_sha256=expected, mode=mode)
+    result.node_files.append(f"{what}: {target}")
+    progress.note(f"restored {what} to {target}")

@@ -1,0 +1,199 @@
+"""A store's files: walking them, reading an object's header, putting a file in place atomically.
+
+A store's state is its files (docs/storage-layout.md, "What is safe to copy
+and back up"): the bucket directories with their ``%bucket.json``, ``%name``
+and ``%obj`` files, and ``.multipart`` for uploads in progress. ``.gateway``
+holds only temp files and is never copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from plugins import fslayout, fsutil
+
+from .stores import OpsError
+
+SKIP_TOP = {".gateway"}  # the backends' temp files
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    relpath: str  # "/"-separated, relative to the store's root
+    size: int
+
+
+def walk_files(root: str) -> Iterator[StoreFile]:
+    """Every file of the store under ``root``, in a stable order (sorted per directory).
+
+    A file that disappears while the walk runs (deleted or replaced by a running gateway) is
+    left out; a directory that cannot be read raises, because skipping it would lose objects.
+    """
+    if not fsutil.is_dir(root):
+        raise OpsError(f"{root} is not a directory: check the store's root (--data-dir or [backends.*].root)")
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(root, rel) if rel else root), key=lambda e: e.name)
+        except FileNotFoundError:
+            continue  # removed since its parent was read (a DELETE pruned an empty directory)
+        except OSError as exc:
+            raise OpsError(f"cannot read the directory {os.path.join(root, rel)}: {exc.strerror or exc}") from None
+        subdirs = []
+        for entry in entries:
+            if not rel and entry.name in SKIP_TOP:
+                continue
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append(path)
+            elif stat.S_ISREG(st.st_mode):
+                yield StoreFile(path, st.st_size)
+        stack.extend(reversed(subdirs))
+
+
+def bucket_dirs(root: str) -> list[str]:
+    """The top-level directories that are buckets (a bucket may have no file at all)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+
+
+def is_object(relpath: str) -> bool:
+    return relpath.endswith(fslayout.OBJ_SUFFIX)
+
+
+def object_header(path: str) -> dict | None:
+    """The JSON header of an object file (key, size, etag, time, ...), None when the file is
+    gone or is not an object file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        header, _, _ = fslayout.read_header(fd)
+        return header
+    except (fslayout.CorruptObject, ValueError, OSError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str) -> str | None:
+    """The SHA-256 of a file's bytes, None when there is no such file."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return digest.hexdigest()
+
+
+def check_relpath(relpath: str) -> str:
+    """``relpath`` if it names a place inside a store; raise OpsError for anything that could
+    leave the root (absolute, ``..``, empty segments) or land in ``.gateway``."""
+    parts = relpath.split("/")
+    if (not relpath or relpath.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or "\x00" in relpath or parts[0] in SKIP_TOP):
+        raise OpsError(f"refusing the path {relpath!r}: it is not a file of a store "
+                       "(absolute, '..', or inside .gateway); the archive was not made by `gateway backup`")
+    return relpath
+
+
+class Installer:
+    """Puts files into a store the way the backends do: a temp file under
+    ``.gateway/tmp/<host>/`` (named so that a running gateway's start-up clean-up sees its writer
+    is alive), fsync, then one rename over the final name. A reader never sees half a file."""
+
+    def __init__(self, root: str, fsync: bool = True):
+        self.root = root
+        self.fsync = fsync
+        self.tmp_dir = os.path.join(root, ".gateway", "tmp", socket.gethostname() or "localhost")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        pid = os.getpid()
+        self._owner = f"{pid}.{fsutil.process_start(pid) or 0}-ops"
+        self._counter = itertools.count()
+
+    def path(self, relpath: str) -> str:
+        return os.path.join(self.root, *check_relpath(relpath).split("/"))
+
+    def install(self, relpath: str, chunks, mtime: float | None = None, expect_sha256: str | None = None) -> int:
+        """Write the byte chunks to ``relpath``, replacing what is there; return the byte count."""
+        tmp = os.path.join(self.tmp_dir, f"{self._owner}-{next(self._counter)}-{os.urandom(4).hex()}")
+        return write_atomically(self.path(relpath), tmp, chunks, mtime=mtime, expect_sha256=expect_sha256,
+                                fsync=self.fsync)
+
+    def remove(self, relpath: str) -> bool:
+        """Delete one file (and the directories it leaves empty, up to its bucket)."""
+        final = self.path(relpath)
+        try:
+            os.unlink(final)
+        except FileNotFoundError:
+            return False
+        parent = os.path.dirname(final)
+        stop = os.path.join(self.root, relpath.split("/")[0])
+        while len(parent) > len(stop):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break  # not empty (or in use): the backends prune the same way
+            parent = os.path.dirname(parent)
+        return True
+
+
+def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
+                     mode: int = 0o644, fsync: bool = True) -> int:
+    """Write the byte chunks to ``tmp``, fsync, and rename it over ``final`` (making its directory);
+    return the byte count. With ``expect_sha256``, bytes that hash to anything else are never
+    renamed into place. On any error the temp file is removed and ``final`` is untouched."""
+    written = 0
+    digest = hashlib.sha256() if expect_sha256 else None
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                written += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+            if digest is not None and digest.hexdigest() != expect_sha256:
+                raise OpsError(f"{final}: the bytes do not match their checksum; left as it was")
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:  # a DELETE pruned the directory meanwhile: make it again, once
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+    except BaseException:
+        fsutil.unlink_quietly(tmp)
+        raise
+    return written
+
+
+def read_chunks(f, size: int, digest=None) -> Iterator[bytes]:
+    """Exactly ``size`` bytes of ``f`` in chunks, hashing them into ``digest``; a file cut short
+    raises OpsError instead of writing a short copy."""
+    left = size
+    while left:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            raise OpsError(f"ended {left} bytes early")
+        if digest is not None:
+            digest.update(chunk)
+        left -= len(chunk)
+        yield chunk
