@@ -41,7 +41,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from gateway import __version__
-from plugins import fslayout
+from gateway_plugins import fslayout
 
 from .progress import Progress, human_bytes
 from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path

@@ -84,7 +84,7 @@ def _open(archive: str) -> tarfile.TarFile:
 def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo:
     """Read the whole archive and verify it; OpsError naming the first problems if it is damaged."""
     stream = stream or sys.stderr
-    total = os.path.getsize(archive) if os.path.isfile(archive) else 0
+    total = os.path.getsize(archive) if os.path.isfile(archive) and not _compressed(archive) else 0
     progress = Progress("checking the archive", 0, total, stream=stream, quiet=quiet)
     manifest = summary = None
     info = ArchiveInfo({}, {})
@@ -154,6 +154,13 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
     info.manifest, info.summary = manifest, summary
     progress.done("archive OK")
     return info
+
+
+def _compressed(archive: str) -> bool:
+    """Whether tar's stream is compressed (then the file's size says nothing about progress)."""
+    with open(archive, "rb") as f:
+        head = f.read(6)
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
 
 
 def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> dict:
@@ -235,7 +242,7 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
     if result.replaced:
         summary += f", {result.replaced:,} replaced by the backup's copy (--overwrite)"
     if result.kept:
-        summary += f", {plural(len(result.kept), 'file')} kept as they are (they differ from the backup: written after it)"
+        summary += f", {len(result.kept):,} kept at their current version (they differ from the backup: written after it)"
     progress.done(summary)
     for path in result.kept[:SHOW]:
         progress.note(f"kept: {path}")

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from plugins import fslayout, fsutil
+from gateway_plugins import fslayout, fsutil
 
 from .stores import OpsError
 
