@@ -189,3 +189,7 @@ from .cli_ops import backup, restore  # noqa: E402  (`gateway backup` and `gatew
 
 main.add_command(backup)
 main.add_command(restore)
+
+from .cli_migrate import migrate  # noqa: E402  (the `gateway migrate` command)
+
+main.add_command(migrate)

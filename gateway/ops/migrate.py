@@ -1,0 +1,554 @@
+"""``gateway migrate``: bring a server's local cv-storage onto shared storage without losing an object.
+
+The source is a ``local`` store of the node's settings; the target a directory, the share's mount
+point, which may already hold other servers' trees (several servers merge into one share). The
+layout is the same on both sides (plugins/fslayout.py), so migrating is copying files, with rules
+for the files both sides have:
+
+- an object file (``%obj``, also the parts and records of uploads in ``.multipart``): copied when
+  the target lacks it; left alone when the target holds the same version (same header: key,
+  size, ETag, time, metadata); otherwise the newer header ``time`` wins, so a version another
+  server or a gateway on the share wrote later is kept and reported;
+- any other file (``%bucket.json``, ``%name``): copied when missing, the target's kept otherwise
+  (every server has its own ``%bucket.json`` for a bucket; the first one on the share stays);
+- a bucket directory without files is made on the target too;
+- a source object file that is damaged is reported, not copied, and fails the pass.
+
+Passes repeat safely while the gateway serves: each copy is published by rename, a version is
+never replaced by an older one, and the journal (migrate_journal.py) lets a later pass remove from
+the target what was deleted here since. The procedure (docs/migration.md): a pass online, stop
+the gateway, the same command again, then switch the config to ``sharedfs``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from gateway_plugins import fslayout
+
+from .migrate_copy import DamagedSource, TempFiles, copy_file
+from .migrate_journal import Journal
+from .progress import Progress, human_bytes
+from .stores import OpsError, Store, file_stores
+from .tree import Installer, bucket_dirs, is_object, object_header, walk_files
+
+SHOW = 20  # names listed per kind of finding in the summary; the rest are counted
+LAYOUT_FILES = (fslayout.BUCKET_FILE, fslayout.NAME_FILE)
+# A source file whose status changed this long before the pass started still counts as changed
+# during it: file times come from the kernel's coarse clock, a little behind time.time().
+CLOCK_SLACK = 1.0
+
+
+@dataclass
+class MigrateResult:
+    source: Store
+    target: str
+    dry_run: bool
+    journal: str
+    copied: int = 0
+    copied_bytes: int = 0
+    already: int = 0
+    replaced: int = 0
+    replaced_bytes: int = 0
+    kept_newer: list[str] = field(default_factory=list)
+    removed: int = 0
+    left_alone: int = 0  # deleted here, but the target's copy at that path is no longer ours
+    layout_copied: int = 0
+    layout_already: int = 0
+    layout_kept: int = 0
+    buckets_made: int = 0
+    other_files: list[str] = field(default_factory=list)  # not of the layout: copied as they are
+    errors: list[str] = field(default_factory=list)
+    damaged: int = 0  # of the errors: source object files that are not valid, left out
+    verified: int = 0
+    missing: list[str] = field(default_factory=list)
+    changed_during: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every object of the source is on the target (same or newer), and nothing failed."""
+        return not self.errors and not self.missing
+
+
+# Choosing the source and checking the target ---------------------------------------------------
+
+def choose_source(settings, backend: str | None) -> Store:
+    stores, others = file_stores(settings)
+    if backend:
+        store = next((s for s in stores if s.name == backend), None)
+        if store is None:
+            other = next((o for o in others if o.split(" ", 1)[0] == backend), None)
+            if other:
+                raise OpsError(f"backend {other} keeps no files this tool can copy; migrate moves a "
+                               "\"local\" store onto shared storage")
+            names = ", ".join(f"{s.name} ({s.type})" for s in stores) or "none"
+            raise OpsError(f"no backend named {backend!r} in the settings (file stores: {names}); "
+                           "check --backend and --config")
+    else:
+        local = [s for s in stores if not s.shared]
+        if len(local) > 1:
+            raise OpsError(f"this node has several local stores ({', '.join(s.name for s in local)}): "
+                           "choose one with --backend NAME, and migrate each in turn")
+        store = local[0] if local else next(iter(stores), None)
+        if store is None:
+            raise OpsError(f"this node has no file store to migrate (backends: {', '.join(others) or 'none'})")
+    if store.shared:
+        raise OpsError(f"backend {store.name!r} is already on shared storage (type \"sharedfs\", root "
+                       f"{store.root}); migrate copies a store of type \"local\" onto a share: give the "
+                       "config of the server that still stores locally, or --backend with a local one")
+    if not os.path.isdir(store.root):
+        raise OpsError(f"the store {store.name!r} has no directory at {store.root}: check --data-dir or "
+                       f"[backends.{store.name}].root")
+    return store
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def check_target(source_root: str, target: str) -> str:
+    """The target's real path, or OpsError saying what is wrong with it and what to do."""
+    real = os.path.realpath(target)
+    source = os.path.realpath(source_root)
+    if not os.path.exists(real):
+        raise OpsError(f"the target {target} does not exist: mount the shared storage there (or give its "
+                       "mount point) and run again")
+    if not os.path.isdir(real):
+        raise OpsError(f"the target {target} is not a directory: give the mount point of the shared storage")
+    if real == source:
+        raise OpsError(f"the target {target} is this store's own directory ({source_root}): give the shared "
+                       "storage's mount point, mounted somewhere else for the copy (e.g. /mnt/cv-share)")
+    if _inside(real, source):
+        raise OpsError(f"the target {target} is inside the store {source_root}: the copy would copy itself; "
+                       "mount the share outside cv-storage (e.g. /mnt/cv-share)")
+    if _inside(source, real):
+        raise OpsError(f"the store {source_root} is inside the target {target}: the copy would copy itself; "
+                       "mount the share elsewhere (e.g. /mnt/cv-share) or give the share's own directory")
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise OpsError(f"the target {target} is not writable by this user: run as the gateway's user, or fix "
+                       "the mount's owner (uid=/gid= for SMB, the export's permissions for NFS)")
+    return real
+
+
+# Objects: what is a version, which one wins --------------------------------------------------
+
+def object_identity(header: dict) -> str:
+    """One version of an object: its ETag and a hash of the whole header.
+
+    The header holds the MD5 ETag of the data (computed when it was written), size, time and
+    metadata, so equal headers are the same PUT. Comparing headers costs one small read per side
+    where a SHA-256 of the files would read every byte of both trees on every pass; each copy's
+    bytes are verified separately when it is made."""
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    return f"{header.get('etag')}:{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def read_object_header(source) -> tuple[dict, int, int]:
+    """(header, data offset, file size) of an open object file; DamagedSource when it is not one."""
+    try:
+        header, offset, _ = fslayout.read_header(source.fileno())
+    except (fslayout.CorruptObject, ValueError) as exc:
+        raise DamagedSource(f"not a valid object file ({exc})") from None
+    size = os.fstat(source.fileno()).st_size
+    if not (isinstance(header, dict) and isinstance(header.get("key"), str) and isinstance(header.get("etag"), str)
+            and isinstance(header.get("size"), int) and isinstance(header.get("time"), (int, float))):
+        raise DamagedSource("not a valid object file (its header lacks key, size, etag or time)")
+    if offset + header["size"] != size:
+        raise DamagedSource(f"not a valid object file (the header says {header['size']} bytes of data, "
+                            f"the file holds {size - offset})")
+    return header, offset, size
+
+
+def exists(path: str) -> bool:
+    """Whether a file is there; unlike os.path.lexists, an I/O error of the mount (EIO, a stale
+    handle) raises instead of passing for "missing", which would replace or remove a file."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def target_object(path: str) -> tuple[bool, dict | None]:
+    """(a file is there, its header when it is an object file); an I/O error raises (see exists)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False, None
+    try:
+        header, _, _ = fslayout.read_header(fd)
+    except (fslayout.CorruptObject, ValueError):
+        return True, None
+    finally:
+        os.close(fd)
+    return True, header if isinstance(header, dict) else None
+
+
+def _dir_identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def decide(header: dict, target_exists: bool, target_header: dict | None) -> str:
+    """copy, replace, already (the same version) or kept (the target's is newer, or as new)."""
+    if target_header is None:
+        return "replace" if target_exists else "copy"  # a damaged file on the target is replaced
+    if object_identity(target_header) == object_identity(header):
+        return "already"
+    try:
+        newer_there = float(target_header.get("time", 0)) >= float(header["time"])
+    except (TypeError, ValueError):
+        newer_there = False
+    return "kept" if newer_there else "replace"
+
+
+def _when(t) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(float(t), datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+# One pass ------------------------------------------------------------------------------------
+
+class Migration:
+    def __init__(self, source: Store, target: str, dry_run: bool = False, quiet: bool = False, stream=None):
+        self.source = source
+        self.target = target
+        self.dry_run = dry_run
+        self.quiet = quiet
+        self.stream = stream
+        self.journal = Journal(source.root, target, writable=not dry_run)
+        self.result = MigrateResult(source, target, dry_run, self.journal.path)
+        self.installer: Installer | None = None
+        self.temps: TempFiles | None = None
+        self.damaged: set[str] = set()
+        self.buckets_with_files: set[str] = set()  # their directories are made by the copies
+        self.progress: Progress | None = None
+        self._source_dir = _dir_identity(source.root)
+
+    def prepare(self) -> None:
+        """Take the journal (and its lock) and the target's temp directory; an OSError here means
+        the source or the target cannot be written, before any file was touched."""
+        self.journal.open()
+        if not self.dry_run:
+            try:
+                self.installer = Installer(self.target)  # makes .gateway/tmp/<host>/ on the target
+                self.temps = TempFiles(self.installer.tmp_dir)
+                self.temps.remove_dead()  # what a migration killed earlier left half-written
+            except BaseException:
+                self.journal.close()
+                raise
+
+    def src(self, relpath: str) -> str:
+        return os.path.join(self.source.root, *relpath.split("/"))
+
+    def dst(self, relpath: str) -> str:
+        return os.path.join(self.target, *relpath.split("/"))
+
+    def run(self) -> MigrateResult:
+        """The pass, after prepare(): copy, remove what was deleted here, verify."""
+        try:
+            started = time.time() - CLOCK_SLACK
+            files = nbytes = 0
+            try:
+                files, nbytes = self._count()
+                self.progress = Progress("migrate", files, nbytes, stream=self.stream, quiet=self.quiet)
+                self._copy_all()
+                self.progress.done()
+                self._remove_deleted()
+                self._make_empty_buckets()
+            except (OpsError, OSError) as exc:  # e.g. a directory that cannot be read: the pass is not complete
+                self._error("", exc)
+            if not self.dry_run:
+                self._verify(started, files, nbytes)
+        finally:
+            self.journal.close(source=self.source.root, store=self.source.name, last_pass=self._pass_record())
+        return self.result
+
+    def _count(self) -> tuple[int, int]:
+        files = nbytes = 0
+        for f in walk_files(self.source.root):
+            files += 1
+            nbytes += f.size
+        return files, nbytes
+
+    def _pass_record(self) -> dict:
+        r = self.result
+        return {"time": time.time(), "dry_run": r.dry_run, "copied": r.copied, "replaced": r.replaced,
+                "removed": r.removed, "errors": len(r.errors), "missing": len(r.missing)}
+
+    def _error(self, relpath: str, exc: Exception) -> None:
+        text = getattr(exc, "strerror", None) or str(exc)
+        message = f"{relpath}: {text}" if relpath else str(text)
+        self.result.errors.append(message)
+        (self.progress or Progress("migrate", stream=self.stream)).note(f"error: {message}")
+
+    def _make_empty_buckets(self) -> None:
+        """A bucket directory is a bucket even without a file (made by hand, or its %bucket.json lost)."""
+        for bucket in bucket_dirs(self.source.root):
+            if bucket not in self.buckets_with_files and not os.path.isdir(self.dst(bucket)):
+                if not self.dry_run:
+                    os.makedirs(self.dst(bucket), exist_ok=True)
+                self.result.buckets_made += 1
+
+    def _copy_all(self) -> None:
+        for f in walk_files(self.source.root):
+            self.buckets_with_files.add(f.relpath.split("/", 1)[0])
+            try:
+                if is_object(f.relpath):
+                    self._object(f.relpath)
+                else:
+                    self._other_file(f.relpath)
+            except DamagedSource as exc:
+                self.damaged.add(f.relpath)
+                self.result.damaged += 1
+                self._error(f.relpath, exc)
+            except (OpsError, OSError) as exc:
+                self._error(f.relpath, exc)
+            self.progress.add(1, f.size)
+
+    def _object(self, relpath: str) -> None:
+        target = self.dst(relpath)
+        try:
+            source = open(self.src(relpath), "rb", buffering=0)
+        except FileNotFoundError:
+            return  # deleted since the walk listed it: the next pass sees the deletion
+        with source:
+            header, offset, size = read_object_header(source)
+            identity = object_identity(header)
+            action = decide(header, *target_object(target))
+            if action in ("copy", "replace") and not self.dry_run:
+                self.journal.intend(relpath, identity)  # before the target changes (migrate_journal.py)
+                decided = [action]
+
+                def still_wanted() -> bool:  # a gateway on the share may have written it meanwhile
+                    decided[0] = decide(header, *target_object(target))
+                    return decided[0] in ("copy", "replace")
+
+                copied = copy_file(source, size, target, self.temps.new_path(),
+                                   mtime=os.fstat(source.fileno()).st_mtime, data_offset=offset,
+                                   etag=header["etag"], still_wanted=still_wanted)
+                action = decided[0]
+                if copied is not None:
+                    installed = object_header(target)
+                    if installed is None or object_identity(installed) != identity:
+                        raise OpsError("after the copy the target holds another version; run the pass again")
+        self._count_object(relpath, action, header, size)
+
+    def _count_object(self, relpath: str, action: str, header: dict, size: int) -> None:
+        r = self.result
+        identity = object_identity(header)
+        if action == "already":
+            r.already += 1
+            self.journal.confirm(relpath, identity)
+        elif action == "kept":
+            there = object_header(self.dst(relpath)) or {}
+            r.kept_newer.append(f"{relpath.split('/', 1)[0]}/{header['key']} (target {_when(there.get('time'))}, "
+                                f"this server {_when(header['time'])})")
+            self.journal.forget(relpath)  # the version there is not ours: a deletion here must not touch it
+        else:
+            if action == "copy":
+                r.copied, r.copied_bytes = r.copied + 1, r.copied_bytes + size
+            else:
+                r.replaced, r.replaced_bytes = r.replaced + 1, r.replaced_bytes + size
+            self.journal.confirm(relpath, identity)
+
+    def _other_file(self, relpath: str) -> None:
+        target = self.dst(relpath)
+        if relpath.rsplit("/", 1)[-1] not in LAYOUT_FILES:
+            self.result.other_files.append(relpath)
+        try:
+            source = open(self.src(relpath), "rb", buffering=0)
+        except FileNotFoundError:
+            return
+        with source:
+            size = os.fstat(source.fileno()).st_size
+            identity = "sha256:" + _sha256_of(source)
+            if exists(target):
+                if os.path.isfile(target) and "sha256:" + _sha256_of_path(target) == identity:
+                    self.result.layout_already += 1
+                    self.journal.confirm(relpath, identity)
+                else:
+                    self.result.layout_kept += 1  # e.g. the first server's %bucket.json of a shared bucket
+                return
+            if not self.dry_run:
+                self.journal.intend(relpath, identity)
+                copied = copy_file(source, size, target, self.temps.new_path(),
+                                   mtime=os.fstat(source.fileno()).st_mtime,
+                                   still_wanted=lambda: not exists(target))
+                if copied is None:
+                    self.result.layout_kept += 1
+                    self.journal.forget(relpath)
+                    return
+                if "sha256:" + copied != identity:
+                    raise OpsError("the file changed while it was copied; run the pass again")
+                self.journal.confirm(relpath, identity)
+            self.result.layout_copied += 1
+
+    def _remove_deleted(self) -> None:
+        """Remove from the target what this server put there and has deleted since (journal)."""
+        if _dir_identity(self.source.root) != self._source_dir:
+            raise OpsError(f"the directory {self.source.root} is not the one this pass started on (unmounted?): "
+                           "nothing was removed from the target; run the pass again")
+        gone = [p for p in self.journal.entries if not exists(self.src(p))]
+        # Objects first, then layout files deepest first: a %name or %bucket.json goes only with
+        # the last file of its directory.
+        gone.sort(key=lambda p: (not is_object(p), -p.count("/"), p))
+        for relpath in gone:
+            try:
+                self._remove_one(relpath)
+            except (OpsError, OSError) as exc:
+                self._error(relpath, exc)
+
+    def _remove_one(self, relpath: str) -> None:
+        target = self.dst(relpath)
+        if is_object(relpath):
+            header = object_header(target)
+            current = object_identity(header) if header is not None else None
+        else:
+            current = "sha256:" + _sha256_of_path(target) if os.path.isfile(target) else None
+        if current is None:
+            self.journal.forget(relpath)
+            return
+        if current not in self.journal.entries[relpath]:
+            self.result.left_alone += 1  # written there by another server since: not ours to delete
+            self.journal.forget(relpath)
+            return
+        if not is_object(relpath) and len(os.listdir(os.path.dirname(target))) > 1:
+            return  # the directory still holds other files (another server's objects): it stays
+        self.result.removed += 1
+        if self.dry_run:
+            return
+        self.installer.remove(relpath)
+        if relpath.count("/") == 1 and relpath.endswith("/" + fslayout.BUCKET_FILE):
+            try:
+                os.rmdir(os.path.dirname(target))  # a bucket deleted here, now empty on the target too
+            except OSError:
+                pass
+        self.journal.forget(relpath)
+
+    def _verify(self, started: float, total_files: int, total_bytes: int) -> None:
+        """Walk the source again: every object must be on the target in the same or a newer version.
+        One written here after the pass started is counted apart: the next pass copies it."""
+        progress = Progress("verify", total_files, total_bytes, stream=self.stream, quiet=self.quiet)
+        r = self.result
+        try:
+            for f in walk_files(self.source.root):
+                progress.add(1, f.size)
+                if f.relpath in self.damaged:
+                    continue  # reported already
+                source_path = self.src(f.relpath)
+                if is_object(f.relpath):
+                    header = object_header(source_path)
+                    there = object_header(self.dst(f.relpath))
+                    ok = header is not None and there is not None and decide(header, True, there) != "replace"
+                else:
+                    ok = os.path.lexists(self.dst(f.relpath))
+                try:
+                    changed = os.lstat(source_path).st_ctime >= started
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                if ok:
+                    r.verified += 1
+                elif changed:
+                    r.changed_during += 1
+                else:
+                    r.missing.append(f.relpath)
+            r.missing += [f"{b}/ (the bucket's directory)" for b in bucket_dirs(self.source.root)
+                          if not os.path.isdir(self.dst(b))]
+        except (OpsError, OSError) as exc:
+            r.missing.append(f"(the verification stopped: {exc})")
+        progress.done()
+
+
+def _sha256_of(source) -> str:
+    digest = hashlib.sha256()
+    source.seek(0)
+    while chunk := source.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_of_path(path: str) -> str:
+    with open(path, "rb", buffering=0) as f:
+        return _sha256_of(f)
+
+
+def migrate(settings, target: str, backend: str | None = None, dry_run: bool = False, quiet: bool = False,
+            stream=None) -> MigrateResult:
+    """One pass; OpsError (before anything is touched) for a bad source or target."""
+    source = choose_source(settings, backend)
+    target_real = check_target(source.root, target)
+    migration = Migration(source, target_real, dry_run=dry_run, quiet=quiet, stream=stream)
+    try:
+        migration.prepare()
+    except OSError as exc:
+        raise OpsError(f"cannot write {exc.filename or target}: {exc.strerror or exc} (the journal goes under "
+                       f"{source.root}/.gateway/migrate, temp files under {target_real}/.gateway/tmp)") from None
+    return migration.run()
+
+
+# What the operator reads ---------------------------------------------------------------------
+
+def _listed(names: list[str]) -> list[str]:
+    lines = [f"      {n}" for n in names[:SHOW]]
+    if len(names) > SHOW:
+        lines.append(f"      ... and {len(names) - SHOW:,} more")
+    return lines
+
+
+def summary(r: MigrateResult) -> str:
+    def with_bytes(n: int, nbytes: int) -> str:
+        return f"{n:,} ({human_bytes(nbytes)})" if n else "0"
+
+    head = "dry run, nothing was changed; a pass would do this" if r.dry_run else "migrated"
+    lines = [f"{head}: backend {r.source.name!r} ({r.source.root}) -> {r.target}",
+             f"  copied:                    {with_bytes(r.copied, r.copied_bytes)}",
+             f"  already there:             {r.already:,}",
+             f"  replaced (newer here):     {with_bytes(r.replaced, r.replaced_bytes)}",
+             f"  kept newer copy on target: {len(r.kept_newer):,}"]
+    lines += _listed(r.kept_newer)
+    lines.append(f"  removed as deleted:        {r.removed:,}"
+                 + (f" ({r.left_alone:,} left: another server's copy now)" if r.left_alone else ""))
+    lines.append(f"  errors:                    {len(r.errors):,}")
+    lines += _listed(r.errors)
+    lines.append(f"  layout files:              {r.layout_copied:,} copied, {r.layout_already:,} already there, "
+                 f"{r.layout_kept:,} kept the target's; {r.buckets_made:,} empty bucket directories made")
+    if r.other_files:
+        lines.append(f"  not of the object layout, copied as they are: {len(r.other_files):,}")
+        lines += _listed(r.other_files)
+    if not r.dry_run:
+        if r.missing:
+            lines.append(f"verification FAILED: {len(r.missing):,} files of this server are not on the target "
+                         "(nor a newer version):")
+            lines += _listed(r.missing)
+        else:
+            lines.append(f"verified: all {r.verified:,} files of this server are on the target "
+                         "(the same or a newer version)"
+                         + (f"; {r.damaged:,} damaged, listed under errors, left out" if r.damaged else ""))
+        if r.changed_during:
+            lines.append(f"changed here during the pass: {r.changed_during:,} (the next pass copies them)")
+    lines.append(f"journal: {r.journal}")
+    return "\n".join(lines)
+
+
+def next_steps(r: MigrateResult) -> str:
+    store = r.source
+    return "\n".join([
+        "Next steps:",
+        "  1. Stop the gateway on this server (if it still runs).",
+        "  2. Run the same command again. This final pass copies what changed since and verifies",
+        "     everything; repeat it until it says \"verified\" and nothing \"changed here during the pass\".",
+        "  3. Point the backend at the share in the config, then start the gateway:",
+        f"         [backends.{store.name}]",
+        "         type = \"sharedfs\"",
+        f"         root = \"{r.target}\"",
+        f"     (or mount the share at {store.root} and change only the type).",
+        "  Several servers merging into one share: steps 1 and 2 on each, then 3 on each.",
+    ])

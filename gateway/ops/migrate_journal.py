@@ -1,0 +1,147 @@
+"""The journal of ``gateway migrate``: which files this server put on the target, and which version.
+
+It lives in the SOURCE root, ``.gateway/migrate/<hash of the target's realpath>``, because it
+describes this server's copies: several servers merging into one share each keep their own.
+A later pass uses it for one thing only, deletions: a file that is in the journal but no longer in
+the source was deleted here since it was copied, and its target copy is removed when it is still
+a version this server put there (one of the journaled identities). A copy with any other identity
+was written by another server or a gateway on the share, and stays.
+
+Two files, so that ``kill -9`` loses nothing:
+
+- ``<hash>.json``: a snapshot, written to a temp file, fsynced and renamed (whole or not at all);
+- ``<hash>.log``: one JSON line per change since the snapshot, flushed before the change is made
+  on the target. An identity is logged *before* its copy is renamed into place: if the pass dies
+  in between, the journal names a version the target may not have, which is harmless (removal
+  needs the target to hold a journaled identity), while the other order could leave a copy that
+  no journal knows, and that would survive its deletion here. A torn last line is ignored.
+
+The log is also the lock: a second pass to the same target waits for nothing, it stops.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+
+from .stores import OpsError
+
+SNAPSHOT_EVERY_SECONDS = 60.0
+SNAPSHOT_EVERY_CHANGES = 20000
+
+
+def journal_dir(source_root: str) -> str:
+    return os.path.join(source_root, ".gateway", "migrate")
+
+
+def target_key(target_real: str) -> str:
+    return hashlib.sha256(target_real.encode()).hexdigest()[:16]
+
+
+class Journal:
+    """relpath -> the identities of the versions this server put (or was putting) at that path."""
+
+    def __init__(self, source_root: str, target_real: str, writable: bool = True):
+        base = os.path.join(journal_dir(source_root), target_key(target_real))
+        self.path = base + ".json"
+        self.log_path = base + ".log"
+        self.target = target_real
+        self.writable = writable  # False for --dry-run: read it, never write it
+        self.entries: dict[str, list[str]] = {}
+        self.meta: dict = {}
+        self._log = None
+        self._changes = 0
+        self._snapshot_at = time.monotonic()
+
+    def open(self) -> Journal:
+        if self.writable:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._log = open(self.log_path, "a", encoding="utf-8")
+            try:
+                fcntl.flock(self._log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._log.close()
+                self._log = None
+                raise OpsError(f"another `gateway migrate` to {self.target} is running on this store "
+                               f"(it holds {self.log_path}); wait for it to finish") from None
+        self._load()
+        return self
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                snapshot = json.load(f)
+            self.entries = {k: list(v) for k, v in snapshot.pop("files").items()}
+            self.meta = snapshot
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise OpsError(f"the migration journal {self.path} is damaged ({exc}); move it away to start "
+                           "the journal afresh (files deleted here before that will stay on the target)") from None
+        try:
+            with open(self.log_path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        self._apply(json.loads(line))
+                    except (ValueError, IndexError, TypeError):
+                        break  # the torn last line of a killed pass
+        except FileNotFoundError:
+            pass
+
+    def _apply(self, change: list) -> None:
+        op, relpath = change[0], change[1]
+        if op == "+":  # about to put this version there: it joins the known ones
+            known = self.entries.setdefault(relpath, [])
+            if change[2] not in known:
+                known.append(change[2])
+        elif op == "=":  # the target holds exactly this version of ours
+            self.entries[relpath] = [change[2]]
+        elif op == "-":
+            self.entries.pop(relpath, None)
+        else:
+            raise ValueError(op)
+
+    def _record(self, change: list) -> None:
+        self._apply(change)
+        if self._log is not None:
+            self._log.write(json.dumps(change) + "\n")  # ASCII: names that are not UTF-8 round-trip
+            self._log.flush()  # in the kernel before the target changes: survives kill -9
+            self._changes += 1
+            if (self._changes >= SNAPSHOT_EVERY_CHANGES
+                    or time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY_SECONDS):
+                self.snapshot()
+
+    def intend(self, relpath: str, identity: str) -> None:
+        self._record(["+", relpath, identity])
+
+    def confirm(self, relpath: str, identity: str) -> None:
+        if self.entries.get(relpath) != [identity]:
+            self._record(["=", relpath, identity])
+
+    def forget(self, relpath: str) -> None:
+        if relpath in self.entries:
+            self._record(["-", relpath])
+
+    def snapshot(self, **meta) -> None:
+        """Write every entry to the snapshot atomically, then empty the log it now contains."""
+        if self._log is None:
+            return
+        self.meta.update(meta, target=self.target, updated=time.time())
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({**self.meta, "files": self.entries}, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._log.truncate(0)  # a crash before this replays changes the snapshot already has: harmless
+        self._changes = 0
+        self._snapshot_at = time.monotonic()
+
+    def close(self, **meta) -> None:
+        if self._log is not None:
+            self.snapshot(**meta)
+            self._log.close()  # releases the lock
+            self._log = None
