@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .cluster.election import LEASE, voters
 from .cluster.registry import ROLES, NodeRecord, RegistryError, open_registry
 
 
@@ -140,7 +141,20 @@ def status(registry, as_json) -> None:
     answered, counted by the nodes that received them (the primary's and the
     proxies' load balancing, a node's own local hits), as of their last heartbeat.
     """
-    rows = status_rows(_run(lambda: _with_registry(registry, lambda reg: reg.nodes())))
+    async def read(reg):
+        try:
+            holder = await reg.lock_holder(LEASE)
+        except NotImplementedError:  # a registry plugin without locks: no failover
+            holder = None
+        return await reg.nodes(), holder
+
+    nodes, lease_holder = _run(lambda: _with_registry(registry, read))
+    rows = status_rows(nodes)
+    primary = next((n.node_id for n in nodes if n.role == "primary"), None)
+    voting = voters(nodes, primary)
+    for row in rows:
+        row["voter"] = row["node_id"] == primary and bool(voting) or row["node_id"] in voting
+        row["primary_lease"] = row["node_id"] == lease_holder
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     if not rows:
@@ -168,6 +182,10 @@ def status(registry, as_json) -> None:
             spread = ", ".join(f"{node} {v['placed']} placed/{v['reads']} reads"
                                for node, v in row["balance"].items())
             click.echo(f"\nprimary {row['node_id']} sent: {spread}")
+    if voting:
+        click.echo(f"\nfailover: voters {primary}, {', '.join(voting)}; primary lease held by {lease_holder or 'nobody'}")
+    else:
+        click.echo("\nfailover: off (it needs two redundant nodes)")
 
 
 @cluster.group()

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     peer_timeout: float = Field(2.0, gt=0, description="seconds a peer may take to answer before it is de-prioritized")
     registry_reload_interval: float = Field(60.0, gt=0, description="seconds between re-reads of the node list")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between this node's registry heartbeats")
+    failover: bool = Field(True, description="with two or more redundant nodes, one of the first two takes over "
+                           "when the primary is down (docs/cluster.md, Failover)")
+    failover_after: float = Field(15.0, gt=0, description="seconds without the primary's heartbeat and lease "
+                                  "before a failover; at least two heartbeat intervals")
     tls_cert: Path | None = Field(None, description="this node's TLS certificate (PEM); serves HTTPS")
     tls_key: Path | None = Field(None, description="the private key of tls_cert (PEM)")
     tls_ca: Path | None = Field(None, description="the cluster CA (PEM) that peer certificates are checked against")

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..backend import ObjectInfo
 from .balancer import Balancer
+from .election import Election
 from .health import PeerHealth
 from .locations import LocationCache
 from .locks import ClusterLocks
@@ -76,6 +77,10 @@ class Cluster:
         self.locks = ClusterLocks(self.registry, self.node_id)
         self.drop_older: DropOlder | None = None  # applies a retirement to this node's storage
         self.registry_id: str | None = None  # the registry this node registered in (Registry.identity)
+        # Failover (cluster/election.py): the primary's lease, and how long it may be silent.
+        self.election = (Election(self.registry, self.node_id, settings.failover_after)
+                         if settings.failover else None)
+        self.role_listeners: list = []  # called with (old role, new role) after a failover changed it
 
     # Life cycle -------------------------------------------------------------
 
@@ -86,6 +91,12 @@ class Cluster:
                 self.role = await self._default_role()
             if self.role == "proxy":
                 self.storage_roots = []  # a proxy stores nothing, whatever data_dir says
+            if self.election is not None:
+                try:
+                    self.role = await self.election.start_role(self.role)
+                except NotImplementedError:
+                    log.info("registry %s has no locks: failover is off", self.registry.url)
+                    self.election = None
             record = await self.registry.register(self.node_id, self.role, self.address)
             self.registry_id = await self.registry.identity()
             await self.reload()
@@ -186,6 +197,7 @@ class Cluster:
                     await self._heartbeat()
                     if time.monotonic() - self._last_reload >= reload_every:
                         await self.reload()
+                    await self._election_round()
                     await self._probe_limited()
                     await self._retirement_round()
             except RegistryError as exc:
@@ -212,6 +224,19 @@ class Cluster:
             self.registry_id = identity
             await self.registry.heartbeat(self.node_id, await self.info())
             await self.reload()
+
+    async def _election_round(self) -> None:
+        """Keep the primary lease, or take over from a dead primary (cluster/election.py)."""
+        if self.election is None:
+            return
+        role = await self.election.round(self.role)
+        if role == self.role:
+            return
+        old, self.role = self.role, role
+        await self.registry.register(self.node_id, role, self.address)
+        await self.reload()
+        for listener in self.role_listeners:
+            listener(old, role)
 
     async def _probe_limited(self) -> None:
         """Ping peers that failed, so one that is back is trusted again without waiting for traffic."""

@@ -159,6 +159,15 @@ class Registry(abc.ABC):
         """Give the lock up (nothing happens when ``owner`` does not hold it)."""
         raise NotImplementedError
 
+    async def lock_holder(self, name: str) -> str | None:
+        """Who holds the lock ``name`` now (None: nobody, or it expired). Raise RegistryError."""
+        raise NotImplementedError
+
+    async def set_role(self, node_id: str, role: str) -> bool:
+        """Change another node's role in its record, leaving its heartbeat as it is (a failover
+        demotes the dead primary this way). Return False when the node is not registered."""
+        raise NotImplementedError
+
     async def identity(self) -> str | None:
         """An id this registry keeps for as long as it lives (None: not known). A node whose
         registry no longer lists it compares it with the id it registered in: a new id means the

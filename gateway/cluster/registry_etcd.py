@@ -235,6 +235,26 @@ class EtcdRegistry(Registry):
         if lease is not None:
             await self._call("/v3/lease/revoke", {"ID": lease})
 
+    async def lock_holder(self, name: str) -> str | None:
+        kvs = (await self._call("/v3/kv/range", {"key": _b64(LOCK_PREFIX + name)})).get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None  # etcd drops it when its lease ends
+
+    async def set_role(self, node_id: str, role: str) -> bool:
+        key = _b64(PREFIX + node_id)
+        kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []
+        if not kvs:
+            return False
+        record = NodeRecord.from_json(json.loads(base64.b64decode(kvs[0]["value"])))
+        record.role = role
+        # Only over the version read: a heartbeat written meanwhile wins, and the next round retries.
+        data = await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": kvs[0]["mod_revision"]}],
+            "success": [{"request_put": {"key": key, "value": _b64(json.dumps(record.to_json()))}}],
+        })
+        if data.get("succeeded") and node_id in self._records:
+            self._records[node_id].role = role
+        return bool(data.get("succeeded"))
+
     async def identity(self) -> str | None:
         key = _b64(ID_KEY)
         # Made by the first node that asks (a put on condition that the key is absent), then read.

@@ -193,6 +193,19 @@ class SqliteRegistry(Registry):
 
         await asyncio.to_thread(self._run, work)
 
+    async def lock_holder(self, name: str) -> str | None:
+        def work(conn):
+            row = conn.execute("SELECT owner FROM locks WHERE name = ? AND expires >= ?", (name, time.time())).fetchone()
+            return row[0] if row else None
+
+        return await asyncio.to_thread(self._run, work)
+
+    async def set_role(self, node_id: str, role: str) -> bool:
+        def work(conn):
+            return conn.execute("UPDATE nodes SET role = ? WHERE node_id = ?", (role, node_id)).rowcount > 0
+
+        return await asyncio.to_thread(self._run, work)
+
     async def identity(self) -> str | None:
         def work(conn):
             return conn.execute("SELECT id FROM registry_id").fetchone()[0]

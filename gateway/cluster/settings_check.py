@@ -54,3 +54,7 @@ def check_cluster_settings(settings) -> None:
                          "--tls-key (GATEWAY_TLS_CERT, GATEWAY_TLS_KEY)")
     if parts.scheme == "https" and settings.tls_ca is None:
         raise ValueError("HTTPS between nodes needs the cluster CA to verify peers: set --tls-ca (GATEWAY_TLS_CA)")
+    if settings.failover and settings.failover_after < 2 * settings.heartbeat_interval:
+        raise ValueError(f"failover_after ({settings.failover_after:g} s) must be at least two heartbeat intervals "
+                         f"({2 * settings.heartbeat_interval:g} s): a primary would lose its role between two "
+                         "heartbeats")

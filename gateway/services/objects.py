@@ -89,9 +89,19 @@ class ObjectService:
             self.backends = {name: node_backend(self.role, self.local_backends.get(name), self.cluster)
                              for name in self.backends}
             self.default = self.backends[self.default_name]
+            self.cluster.role_listeners.append(self._role_changed)
             if self.local_backends:
                 self.cluster.drop_older = self._drop_older
                 await self._apply_retirements()
+
+    def _role_changed(self, old: str, new: str) -> None:
+        """After a failover: serve with the new role's behaviour (placement and read balancing
+        on a primary). Requests under way finish with the old one; both share the storage."""
+        from .cluster_nodes import node_backend
+
+        self.backends = {name: node_backend(new, self.local_backends.get(name), self.cluster) for name in self.backends}
+        self.default = self.backends[self.default_name]
+        log.warning("this node is %s now (was %s)", new, old)
 
     async def _apply_retirements(self) -> None:
         """Before serving: drop the older copies of objects that other nodes replaced while this one

@@ -87,6 +87,17 @@ def test_serve_refuses_a_cluster_without_secret(tmp_path):
     assert out.returncode != 0 and "GATEWAY_CLUSTER_SECRET" in out.stderr
 
 
+def test_serve_refuses_a_failover_shorter_than_two_heartbeats(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_CLUSTER_SECRET": "0123456789abcdef0123",
+           "GATEWAY_HEARTBEAT_INTERVAL": "5", "GATEWAY_FAILOVER_AFTER": "9"}
+    args = ["serve", "--role", "redundant", "--registry", f"sqlite:///{tmp_path}/r.db", "--insecure-peers",
+            "--access-key", "a", "--secret-key", "b", "--print-config"]
+    out = gateway(*args, env=env)
+    assert out.returncode == 2 and "failover_after (9 s) must be at least two heartbeat intervals (10 s)" in out.stderr
+    assert gateway(*args, env={**env, "GATEWAY_FAILOVER": "false"}).returncode == 0
+    assert gateway(*args, env={**env, "GATEWAY_FAILOVER_AFTER": "10"}).returncode == 0
+
+
 def test_readme_cluster_commands_work_as_printed(tmp_path):
     """The three `gateway serve` lines of README "Run a cluster", started one after the other as printed
     (temp directories and free ports instead of /var/lib and 8086-8088, default intervals)."""

@@ -136,7 +136,7 @@ def test_cluster_status_shows_the_distribution(cluster):
     assert header[-2:] == ["PLACED", "READS"], header
     p1_line = next(line for line in table.stdout.splitlines() if line.startswith("p1 "))
     assert int(p1_line.split()[-2]) == rows["p1"]["placed"]
-    assert "primary p1 sent:" in table.stdout
+    assert "primary p1 sent:" in table.stdout, table.stdout
 
 
 def test_bucket_named_metrics_still_works_for_s3_clients(cluster):

@@ -1,0 +1,119 @@
+"""Failover: who is the primary, and when a redundant node takes over.
+
+The rule (docs/cluster.md, "Failover"): with at least two redundant
+secondaries, the primary and the first two redundant servers (by install
+order) vote. When the primary dies and **both** of those are up, one of them
+becomes primary. Extra redundant servers hold data but do not vote.
+
+How the vote is taken, through the registry (SQLite or etcd):
+
+- The primary holds the registry lock ``primary`` (a lease of
+  ``failover_after`` seconds, 15 by default) and refreshes it every heartbeat.
+- A voting redundant node, on its heartbeat, sees a failed primary when the
+  lease has lapsed *and* the primary's last heartbeat is older than that. It stands only if
+  the other voting redundant node's heartbeat is fresh: two of the three
+  votes. One node alone never takes over, so a node cut off from the others
+  cannot make a second primary. Taking the lease is a compare-and-swap, so
+  of two candidates exactly one wins.
+- The winner marks itself primary and the old primary redundant in the
+  registry. An old primary that comes back (or was only cut off) finds the
+  lease held by another node and steps down to redundant.
+
+Being primary decides where new objects are placed and who balances reads
+(gateway/services/cluster_nodes.py); every object stays where it is, so a
+moment with two primaries (a cut-off primary that has not yet seen the
+registry) costs balance, never data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from .registry import NodeRecord, Registry
+
+log = logging.getLogger("gateway.cluster")
+LEASE = "primary"  # the registry lock the primary holds
+VOTING_REDUNDANT = 2  # the first two redundant nodes vote with the primary
+
+
+def voters(nodes: list[NodeRecord], primary: str | None) -> list[str]:
+    """The voting redundant nodes: the first two redundant ones by install order, none when fewer
+    than two redundant nodes exist (no failover then)."""
+    redundant = sorted((n for n in nodes if n.role == "redundant" and n.node_id != primary),
+                       key=lambda n: n.install_order)
+    if len(redundant) < VOTING_REDUNDANT:
+        return []
+    return [n.node_id for n in redundant[:VOTING_REDUNDANT]]
+
+
+class Election:
+    """One node's part in the vote. ``round`` runs on every heartbeat and returns the role the
+    node should have now (the one it has when nothing changes). The clock is injected for tests."""
+
+    def __init__(self, registry: Registry, node_id: str, lease_seconds: float,
+                 clock: Callable[[], float] = time.time):
+        self.registry = registry
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.took_over_from: str | None = None  # the primary this node replaced, for the log and status
+
+    async def start_role(self, configured: str) -> str:
+        """The role to join with: a node configured as primary joins as redundant while another
+        node holds the primary lease (it took over while this one was down)."""
+        if configured != "primary":
+            return configured
+        holder = await self.registry.lock_holder(LEASE)
+        if holder not in (None, self.node_id):
+            log.warning("node %s holds the primary role (it took over while this node was down): this node joins "
+                        "as redundant. See docs/cluster.md, \"Failover\", to make it primary again", holder)
+            return "redundant"
+        await self._hold()
+        return "primary"
+
+    async def round(self, role: str) -> str:
+        if role == "primary":
+            return "primary" if await self._hold() else "redundant"
+        if role != "redundant":
+            return role
+        holder = await self.registry.lock_holder(LEASE)
+        if holder is not None:
+            return "redundant"  # a primary holds the lease: nothing to vote on
+        nodes = await self.registry.nodes()  # fresh heartbeats, not the minute-old snapshot
+        by_id = {n.node_id: n for n in nodes}
+        primary = next((n for n in nodes if n.role == "primary"), None)
+        if primary is None or primary.node_id == self.node_id:
+            return "redundant"  # no primary to replace (a cluster still forming, or after `leave`)
+        voting = voters(nodes, primary.node_id)
+        if self.node_id not in voting:
+            return "redundant"
+        now = self.clock()
+        if primary.age(now) < self.lease_seconds:
+            return "redundant"  # the lease lapsed but the primary still beats: give it time
+        other = by_id[next(v for v in voting if v != self.node_id)]
+        if not other.heartbeat_fresh(now):
+            log.info("primary %s is down, and so is voter %s: no failover without both voting redundant nodes",
+                     primary.node_id, other.node_id)
+            return "redundant"
+        if not await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
+            return "redundant"  # the other voter won
+        self.took_over_from = primary.node_id
+        log.warning("failover: primary %s is down (last seen %.0f s ago), voters %s and %s are up: node %s is the "
+                    "primary now", primary.node_id, primary.age(now), *voting, self.node_id)
+        await self.registry.set_role(primary.node_id, "redundant")
+        return "primary"
+
+    async def _hold(self) -> bool:
+        """Keep (or take) the lease; False only when another node holds it."""
+        if await self.registry.refresh_lock(LEASE, self.node_id, self.lease_seconds):
+            return True
+        if await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
+            return True
+        holder = await self.registry.lock_holder(LEASE)
+        if holder in (None, self.node_id):
+            # Our own lease from before a restart (etcd keeps it until it lapses): still ours.
+            return True
+        log.warning("node %s holds the primary lease: this node steps down to redundant", holder)
+        return False

@@ -1,0 +1,99 @@
+"""Failover with real gateway processes: kill -9 the primary of 1 primary + 3 redundant nodes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from .conftest import ClusterNodes
+
+FAILOVER_ENV = {"GATEWAY_FAILOVER_AFTER": "2"}  # heartbeats every 0.5 s (NODE_ENV)
+BUCKET = "failover"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    try:
+        nodes.add("p1", "primary", extra_env=FAILOVER_ENV)
+        for name in ("r1", "r2", "r3"):  # one after the other: install order decides who votes
+            nodes.add(name, "redundant", extra_env=FAILOVER_ENV)
+        nodes.wait_known(4)
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def roles(cluster) -> dict[str, str]:
+    return {row["node_id"]: row["role"] for row in cluster.status()}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+def test_a_voter_takes_over_from_a_killed_primary_and_the_old_one_returns_redundant(cluster):
+    table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry", cluster.registry],
+                           capture_output=True, text=True, timeout=30)
+    assert "failover: voters p1, r1, r2; primary lease held by p1" in table.stdout, table.stdout
+    assert {r["node_id"] for r in cluster.status() if r["voter"]} == {"p1", "r1", "r2"}
+    s3 = cluster["p1"].client()
+    s3.create_bucket(Bucket=BUCKET)
+    for i in range(8):
+        s3.put_object(Bucket=BUCKET, Key=f"before/{i}", Body=f"object {i}".encode())
+    on_p1 = [k for k in (f"before/{i}" for i in range(8))
+             if (cluster.base / "p1" / "cv-storage" / BUCKET / "before" / f"{k.split('/')[1]}%obj").exists()]
+
+    cluster["p1"].kill()
+    new = wait_for(lambda: [n for n, r in roles(cluster).items() if r == "primary" and n != "p1"], 20,
+                   "a failover")
+    assert new in (["r1"], ["r2"]), roles(cluster)  # a voter, never r3
+    assert roles(cluster)["p1"] == "redundant"
+    new = new[0]
+    assert cluster.admin(new)["role"] == "primary"
+    assert [r["node_id"] for r in cluster.status() if r["primary_lease"]] == [new]
+
+    # The cluster keeps working: the new primary places PUTs, every node reads them.
+    n3 = cluster[new].client()
+    for i in range(6):
+        n3.put_object(Bucket=BUCKET, Key=f"after/{i}", Body=b"after")
+    for node in ("r1", "r2", "r3"):
+        client = cluster[node].client()
+        for i in range(6):
+            assert client.get_object(Bucket=BUCKET, Key=f"after/{i}")["Body"].read() == b"after"
+    if on_p1:  # objects only the dead node has: 503, not 404
+        with pytest.raises(ClientError) as info:
+            cluster["r3"].client().get_object(Bucket=BUCKET, Key=on_p1[0])
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+
+    # p1 comes back with its old settings (--role primary) and joins as redundant.
+    cluster.restart("p1")
+    assert cluster.admin("p1")["role"] == "redundant"
+    wait_for(lambda: roles(cluster)["p1"] == "redundant", 10, "p1 listed as redundant")
+    assert [n for n, r in roles(cluster).items() if r == "primary"] == [new]
+    assert "joins as redundant" in cluster["p1"].log()
+    for i in range(8):
+        assert cluster["r3"].client().get_object(Bucket=BUCKET, Key=f"before/{i}")["Body"].read() == \
+            f"object {i}".encode()
+
+
+def test_no_failover_when_a_voter_is_down_too(cluster):
+    cluster["r2"].kill()
+    cluster["p1"].kill()
+    # r1 sees the dead primary, and declines because the other voter is down too.
+    wait_for(lambda: "no failover without both voting redundant nodes" in cluster["r1"].log(), 20,
+             "r1's vote on the dead primary")
+    time.sleep(1)  # two more heartbeats of r1 and r3
+    listed = roles(cluster)
+    assert listed["p1"] == "primary" and listed["r1"] == "redundant" and listed["r3"] == "redundant", listed
+    assert cluster.admin("r1")["role"] == "redundant" and cluster.admin("r3")["role"] == "redundant"
