@@ -229,7 +229,12 @@ class Cluster:
         """Keep the primary lease, or take over from a dead primary (cluster/election.py)."""
         if self.election is None:
             return
-        role = await self.election.round(self.role)
+        try:
+            role = await self.election.round(self.role)
+        except NotImplementedError:
+            log.info("registry %s has no locks: failover is off", self.registry.url)
+            self.election = None
+            return
         if role == self.role:
             return
         old, self.role = self.role, role
