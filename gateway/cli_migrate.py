@@ -27,7 +27,7 @@ def migrate(config_file, target, backend, dry_run, quiet, **flags) -> None:
     object of this store is on the target; 1: some are not (see the summary); 2: bad input.
     """
     from .ops.migrate import migrate as run_pass
-    from .ops.migrate import next_steps, summary
+    from .ops.migrate_report import next_steps, summary
 
     if flags.get("access_key") is None and flags.get("secret_key") is None:
         flags["allow_anonymous"] = True  # serves nothing: the node's credentials are not needed here

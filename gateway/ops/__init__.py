@@ -11,7 +11,8 @@ place is written to a temp file, fsynced and renamed, as the backends do.
 - backup.py    ``gateway backup``: a tar archive with a manifest and checksums
 - restore.py   ``gateway restore``: verify the whole archive, then put it back
 - migrate.py   ``gateway migrate``: copy a local store onto shared storage (docs/migration.md),
-  with migrate_copy.py (one verified copy) and migrate_journal.py (what a pass put there)
+  with migrate_checks.py (what it refuses), migrate_copy.py (one verified copy),
+  migrate_journal.py (what a pass put there) and migrate_report.py (the summary)
 
 docs/operations.md is the operator's guide.
 """

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 
 from gateway_plugins import fslayout
 
+from .migrate_checks import check_target, choose_source
 from .migrate_copy import DamagedSource, TempFiles, copy_file
 from .migrate_journal import Journal
-from .progress import Progress, human_bytes
-from .stores import OpsError, Store, file_stores
+from .progress import Progress
+from .stores import OpsError, Store
 from .tree import Installer, bucket_dirs, is_object, object_header, walk_files
 
-SHOW = 20  # names listed per kind of finding in the summary; the rest are counted
 LAYOUT_FILES = (fslayout.BUCKET_FILE, fslayout.NAME_FILE)
 # A source file whose status changed this long before the pass started still counts as changed
 # during it: file times come from the kernel's coarse clock, a little behind time.time().
@@ -73,66 +73,6 @@ class MigrateResult:
     def complete(self) -> bool:
         """Every object of the source is on the target (same or newer), and nothing failed."""
         return not self.errors and not self.missing
-
-
-# Choosing the source and checking the target ---------------------------------------------------
-
-def choose_source(settings, backend: str | None) -> Store:
-    stores, others = file_stores(settings)
-    if backend:
-        store = next((s for s in stores if s.name == backend), None)
-        if store is None:
-            other = next((o for o in others if o.split(" ", 1)[0] == backend), None)
-            if other:
-                raise OpsError(f"backend {other} keeps no files this tool can copy; migrate moves a "
-                               "\"local\" store onto shared storage")
-            names = ", ".join(f"{s.name} ({s.type})" for s in stores) or "none"
-            raise OpsError(f"no backend named {backend!r} in the settings (file stores: {names}); "
-                           "check --backend and --config")
-    else:
-        local = [s for s in stores if not s.shared]
-        if len(local) > 1:
-            raise OpsError(f"this node has several local stores ({', '.join(s.name for s in local)}): "
-                           "choose one with --backend NAME, and migrate each in turn")
-        store = local[0] if local else next(iter(stores), None)
-        if store is None:
-            raise OpsError(f"this node has no file store to migrate (backends: {', '.join(others) or 'none'})")
-    if store.shared:
-        raise OpsError(f"backend {store.name!r} is already on shared storage (type \"sharedfs\", root "
-                       f"{store.root}); migrate copies a store of type \"local\" onto a share: give the "
-                       "config of the server that still stores locally, or --backend with a local one")
-    if not os.path.isdir(store.root):
-        raise OpsError(f"the store {store.name!r} has no directory at {store.root}: check --data-dir or "
-                       f"[backends.{store.name}].root")
-    return store
-
-
-def _inside(path: str, directory: str) -> bool:
-    return path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
-def check_target(source_root: str, target: str) -> str:
-    """The target's real path, or OpsError saying what is wrong with it and what to do."""
-    real = os.path.realpath(target)
-    source = os.path.realpath(source_root)
-    if not os.path.exists(real):
-        raise OpsError(f"the target {target} does not exist: mount the shared storage there (or give its "
-                       "mount point) and run again")
-    if not os.path.isdir(real):
-        raise OpsError(f"the target {target} is not a directory: give the mount point of the shared storage")
-    if real == source:
-        raise OpsError(f"the target {target} is this store's own directory ({source_root}): give the shared "
-                       "storage's mount point, mounted somewhere else for the copy (e.g. /mnt/cv-share)")
-    if _inside(real, source):
-        raise OpsError(f"the target {target} is inside the store {source_root}: the copy would copy itself; "
-                       "mount the share outside cv-storage (e.g. /mnt/cv-share)")
-    if _inside(source, real):
-        raise OpsError(f"the store {source_root} is inside the target {target}: the copy would copy itself; "
-                       "mount the share elsewhere (e.g. /mnt/cv-share) or give the share's own directory")
-    if not os.access(real, os.W_OK | os.X_OK):
-        raise OpsError(f"the target {target} is not writable by this user: run as the gateway's user, or fix "
-                       "the mount's owner (uid=/gid= for SMB, the export's permissions for NFS)")
-    return real
 
 
 # Objects: what is a version, which one wins --------------------------------------------------
@@ -492,63 +432,3 @@ def migrate(settings, target: str, backend: str | None = None, dry_run: bool = F
         raise OpsError(f"cannot write {exc.filename or target}: {exc.strerror or exc} (the journal goes under "
                        f"{source.root}/.gateway/migrate, temp files under {target_real}/.gateway/tmp)") from None
     return migration.run()
-
-
-# What the operator reads ---------------------------------------------------------------------
-
-def _listed(names: list[str]) -> list[str]:
-    lines = [f"      {n}" for n in names[:SHOW]]
-    if len(names) > SHOW:
-        lines.append(f"      ... and {len(names) - SHOW:,} more")
-    return lines
-
-
-def summary(r: MigrateResult) -> str:
-    def with_bytes(n: int, nbytes: int) -> str:
-        return f"{n:,} ({human_bytes(nbytes)})" if n else "0"
-
-    head = "dry run, nothing was changed; a pass would do this" if r.dry_run else "migrated"
-    lines = [f"{head}: backend {r.source.name!r} ({r.source.root}) -> {r.target}",
-             f"  copied:                    {with_bytes(r.copied, r.copied_bytes)}",
-             f"  already there:             {r.already:,}",
-             f"  replaced (newer here):     {with_bytes(r.replaced, r.replaced_bytes)}",
-             f"  kept newer copy on target: {len(r.kept_newer):,}"]
-    lines += _listed(r.kept_newer)
-    lines.append(f"  removed as deleted:        {r.removed:,}"
-                 + (f" ({r.left_alone:,} left: another server's copy now)" if r.left_alone else ""))
-    lines.append(f"  errors:                    {len(r.errors):,}")
-    lines += _listed(r.errors)
-    lines.append(f"  layout files:              {r.layout_copied:,} copied, {r.layout_already:,} already there, "
-                 f"{r.layout_kept:,} kept the target's; {r.buckets_made:,} empty bucket directories made")
-    if r.other_files:
-        lines.append(f"  not of the object layout, copied as they are: {len(r.other_files):,}")
-        lines += _listed(r.other_files)
-    if not r.dry_run:
-        if r.missing:
-            lines.append(f"verification FAILED: {len(r.missing):,} files of this server are not on the target "
-                         "(nor a newer version):")
-            lines += _listed(r.missing)
-        else:
-            lines.append(f"verified: all {r.verified:,} files of this server are on the target "
-                         "(the same or a newer version)"
-                         + (f"; {r.damaged:,} damaged, listed under errors, left out" if r.damaged else ""))
-        if r.changed_during:
-            lines.append(f"changed here during the pass: {r.changed_during:,} (the next pass copies them)")
-    lines.append(f"journal: {r.journal}")
-    return "\n".join(lines)
-
-
-def next_steps(r: MigrateResult) -> str:
-    store = r.source
-    return "\n".join([
-        "Next steps:",
-        "  1. Stop the gateway on this server (if it still runs).",
-        "  2. Run the same command again. This final pass copies what changed since and verifies",
-        "     everything; repeat it until it says \"verified\" and nothing \"changed here during the pass\".",
-        "  3. Point the backend at the share in the config, then start the gateway:",
-        f"         [backends.{store.name}]",
-        "         type = \"sharedfs\"",
-        f"         root = \"{r.target}\"",
-        f"     (or mount the share at {store.root} and change only the type).",
-        "  Several servers merging into one share: steps 1 and 2 on each, then 3 on each.",
-    ])
