@@ -125,6 +125,12 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     if not to_stdout and os.path.isdir(output):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = os.path.join(output, f"cv-backup-{kind}-{socket.gethostname()}-{stamp}.tar")
+    if not to_stdout:
+        for store in stores:
+            inside, root = os.path.realpath(os.path.dirname(os.path.abspath(output))), os.path.realpath(store.root)
+            if inside == root or inside.startswith(root + os.sep):
+                raise OpsError(f"{output} is inside the store it would back up ({store.root}): the archive would "
+                               "copy itself. Write it somewhere else")
     result = BackupResult(kind, output, notes=notes)
     partial = output + ".partial"
     if not to_stdout:

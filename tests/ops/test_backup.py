@@ -227,6 +227,8 @@ def test_backup_refuses_an_existing_file_and_names_one_in_a_directory(source, tm
     existing.write_bytes(b"an older backup")
     result = gateway_cmd("backup", "--data-dir", source.data_dir, existing, check=2)
     assert "already exists" in result.stderr and existing.read_bytes() == b"an older backup"
+    inside = gateway_cmd("backup", "--data-dir", source.data_dir, source.data_dir / "faces" / "b.tar", check=2)
+    assert "inside the store" in inside.stderr and not (source.data_dir / "faces" / "b.tar.partial").exists()
     folder = tmp_path / "backups"
     folder.mkdir()
     gateway_cmd("backup", "-q", "--data-dir", source.data_dir, folder, check=0)
