@@ -30,9 +30,9 @@ from .progress import Progress, human_bytes, plural
 from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, object_header, read_chunks, write_atomically
 
-SHOW = 20
-CONFIG_LIMIT = 1024 * 1024
-PRE_SETTINGS_FILES = ("config", "tls_cert", "tls_key", "tls_ca")  # differing objects listed one by one; the rest are counted
+SHOW = 20  # differing objects listed one by one; the rest are counted
+CONFIG_LIMIT = 1024 * 1024  # node files held in memory while the archive is checked are this small
+PRE_SETTINGS_FILES = ("config", "tls_cert", "tls_key", "tls_ca")  # the settings refuse to load without them
 
 
 @dataclass
