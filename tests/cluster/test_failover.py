@@ -97,3 +97,21 @@ def test_no_failover_when_a_voter_is_down_too(cluster):
     listed = roles(cluster)
     assert listed["p1"] == "primary" and listed["r1"] == "redundant" and listed["r3"] == "redundant", listed
     assert cluster.admin("r1")["role"] == "redundant" and cluster.admin("r3")["role"] == "redundant"
+
+
+def test_a_paused_primary_steps_down_when_it_runs_again(cluster):
+    cluster["p1"].pause()  # SIGSTOP: it keeps its sockets, answers nothing, sends no heartbeat
+    try:
+        new = wait_for(lambda: [n for n, r in roles(cluster).items() if r == "primary" and n != "p1"], 20,
+                       "a failover")
+    finally:
+        cluster["p1"].resume()
+    assert new in (["r1"], ["r2"]), roles(cluster)
+    wait_for(lambda: cluster.admin("p1")["role"] == "redundant", 10, "p1 stepping down")
+    wait_for(lambda: roles(cluster)["p1"] == "redundant", 10, "p1 listed as redundant")
+    assert [n for n, r in roles(cluster).items() if r == "primary"] == new
+    assert "steps down to redundant" in cluster["p1"].log()
+    s3 = cluster["p1"].client()  # p1 still serves, now as a redundant node
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="after-pause", Body=b"x")
+    assert cluster["r3"].client().get_object(Bucket=BUCKET, Key="after-pause")["Body"].read() == b"x"
