@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .cluster.election import LEASE, voters
+from .cluster.election import HANDOVER, LEASE, voters
 from .cluster.registry import ROLES, NodeRecord, RegistryError, open_registry
 
 
@@ -129,6 +129,47 @@ def _size(value) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return str(value)
+
+
+@cluster.command()
+@_registry_option
+@click.option("--wait", default=60.0, show_default=True, help="Seconds to wait for the node to take over.")
+@click.argument("node_id")
+def promote(registry, wait, node_id) -> None:
+    """Make NODE_ID the primary, a planned handover (docs/cluster.md, "Failover").
+
+    The primary gives its role up on its next heartbeat and NODE_ID, a running redundant node,
+    takes it on its own. Every node keeps serving meanwhile.
+    """
+    async def work(reg):
+        nodes = {n.node_id: n for n in await reg.nodes()}
+        node = nodes.get(node_id)
+        if node is None:
+            raise ValueError(f"there is no node {node_id!r} in {registry} (nodes: {', '.join(nodes) or 'none'})")
+        if node.role == "primary":
+            click.echo(f"{node_id} is the primary already")
+            return
+        if node.role != "redundant":
+            raise ValueError(f"{node_id} is a {node.role} node: only a redundant node, which stores objects, can be primary")
+        if not node.heartbeat_fresh():
+            raise ValueError(f"{node_id} is down (last heartbeat {node.age():.0f} s ago): start it first")
+        if not await reg.acquire_lock(HANDOVER, node_id, wait):
+            raise ValueError(f"a handover to {await reg.lock_holder(HANDOVER)} is under way: wait for it to finish")
+        try:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if await reg.lock_holder(LEASE) == node_id:
+                    click.echo(f"{node_id} is the primary now")
+                    return
+                await asyncio.sleep(0.2)
+            current = await reg.lock_holder(LEASE)
+            raise ValueError(f"{node_id} did not take over within {wait:g} s (primary lease held by "
+                             f"{current or 'nobody'}): check that the primary and {node_id} are running and can "
+                             "reach the registry, and their logs")
+        finally:
+            await reg.release_lock(HANDOVER, node_id)
+
+    _run(lambda: _with_registry(registry, work))
 
 
 @cluster.command()

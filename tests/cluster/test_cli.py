@@ -48,6 +48,11 @@ def test_join_status_leave(tmp_path):
     table = gateway("cluster", "status", "--registry", registry).stdout
     assert table.splitlines()[0].split()[:4] == ["NODE", "ROLE", "ADDRESS", "HEALTH"]
     assert "gw2" in table and "redundant" in table
+    assert "failover: off (it needs two redundant nodes)" in table
+
+    refused = gateway("cluster", "promote", "gw3", "--registry", registry)
+    assert refused.returncode == 1 and "gw3 is a proxy node" in refused.stderr
+    assert "primary already" in gateway("cluster", "promote", "10.0.0.1:8086", "--registry", registry).stdout
 
     assert gateway("cluster", "leave", "--registry", registry, "--node-id", "gw2").returncode == 0
     missing = gateway("cluster", "leave", "--registry", registry, "--node-id", "gw2")

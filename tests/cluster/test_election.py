@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from gateway.cluster.election import LEASE, Election, voters
+from gateway.cluster.election import HANDOVER, LEASE, Election, voters
 from gateway.cluster.registry import NodeRecord, open_registry
+from gateway.cluster.registry_etcd import LOCK_PREFIX, _under
 
 LEASE_SECONDS = 15.0
 
@@ -22,17 +23,13 @@ def registry_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/registry.db"
     etcd = request.getfixturevalue("etcd")
-    # One etcd for the module: a fresh key space per test through a unique node-name prefix is not
-    # possible, so each test clears what the previous one left.
+    # One etcd for the module: each test clears what the previous one left.
     registry = open_registry(etcd.url)
 
     async def clear():
         for node in await registry.nodes():
             await registry.remove(node.node_id)
-        holder = await registry.lock_holder(LEASE)
-        if holder:
-            await registry._call("/v3/kv/deleterange", {"key": __import__("base64").b64encode(
-                f"/cv-gateway/locks/{LEASE}".encode()).decode()})
+        await registry._call("/v3/kv/deleterange", _under(LOCK_PREFIX))  # leases and handovers left behind
         await registry.close()
 
     asyncio.run(clear())
@@ -208,5 +205,50 @@ def test_a_restarted_primary_keeps_its_own_lease(registry_url):
         finally:
             await again.registry.close()
         assert await cluster.elections["r1"].round("redundant") == "redundant"
+
+    run(registry_url, scenario)
+
+
+def test_promote_hands_the_role_over_to_the_chosen_node(registry_url):
+    async def scenario(cluster):
+        await four_nodes(cluster)
+        command = open_registry(cluster.url)  # what `gateway cluster promote r3` does first
+        try:
+            assert await command.acquire_lock(HANDOVER, "r3", 60)
+            assert await cluster.elections["r3"].round("redundant") == "redundant"  # p1 still holds the lease
+            assert await cluster.elections["p1"].round("primary") == "redundant"
+            for voter in ("r1", "r2"):  # a handover is not a failure: the voters stay out of it
+                assert await cluster.elections[voter].round("redundant") == "redundant"
+            assert await cluster.elections["r3"].round("redundant") == "primary"
+            assert await command.lock_holder(LEASE) == "r3"
+            await command.release_lock(HANDOVER, "r3")
+            assert await cluster.elections["r3"].round("primary") == "primary"
+            assert await cluster.elections["p1"].round("redundant") == "redundant"
+        finally:
+            await command.close()
+
+    run(registry_url, scenario)
+
+
+def test_a_handover_to_a_node_that_is_down_is_ignored(registry_url):
+    async def scenario(cluster):
+        await four_nodes(cluster)
+        await cluster.die("r3")
+        await cluster.registries["r1"].acquire_lock(HANDOVER, "r3", 60)
+        assert await cluster.elections["p1"].round("primary") == "primary"
+        assert await cluster.registries["r1"].lock_holder(LEASE) == "p1"
+
+    run(registry_url, scenario)
+
+
+def test_with_no_primary_listed_the_voters_choose_one(registry_url):
+    async def scenario(cluster):
+        await four_nodes(cluster)
+        # The primary handed over, and the chosen node died before taking the lease.
+        await cluster.registries["p1"].release_lock(LEASE, "p1")
+        await cluster.registries["p1"].set_role("p1", "redundant")
+        outcomes = await asyncio.gather(*(cluster.elections[n].round("redundant") for n in ("p1", "r1", "r2", "r3")))
+        assert outcomes.count("primary") == 1, outcomes
+        assert outcomes[3] == "redundant"  # r3 is not among the first two redundant nodes (p1, r1 now)
 
     run(registry_url, scenario)

@@ -115,3 +115,39 @@ def test_a_paused_primary_steps_down_when_it_runs_again(cluster):
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="after-pause", Body=b"x")
     assert cluster["r3"].client().get_object(Bucket=BUCKET, Key="after-pause")["Body"].read() == b"x"
+
+
+def promote(cluster, node: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", "cluster", "promote", node, "--registry",
+                           cluster.registry, "--wait", "20"], capture_output=True, text=True, timeout=60)
+
+
+def test_promote_moves_the_primary_role_without_downtime(cluster):
+    s3 = cluster["p1"].client()
+    s3.create_bucket(Bucket=BUCKET)
+    done = promote(cluster, "r3")  # any running redundant node, not only a voter
+    assert done.returncode == 0 and "r3 is the primary now" in done.stdout, done.stderr
+    assert cluster.admin("r3")["role"] == "primary"
+    wait_for(lambda: cluster.admin("p1")["role"] == "redundant", 10, "p1 stepping down")
+    assert [n for n, r in roles(cluster).items() if r == "primary"] == ["r3"]
+    for node in ("p1", "r1", "r3"):  # every node keeps serving
+        cluster[node].client().put_object(Bucket=BUCKET, Key=f"from-{node}", Body=node.encode())
+    for node in ("p1", "r1", "r3"):
+        assert cluster["r2"].client().get_object(Bucket=BUCKET, Key=f"from-{node}")["Body"].read() == node.encode()
+
+    again = promote(cluster, "r3")
+    assert again.returncode == 0 and "primary already" in again.stdout
+    back = promote(cluster, "p1")
+    assert back.returncode == 0 and "p1 is the primary now" in back.stdout, back.stderr
+    wait_for(lambda: [n for n, r in roles(cluster).items() if r == "primary"] == ["p1"], 10, "one primary, p1")
+
+
+def test_promote_refuses_what_cannot_be_primary(cluster):
+    unknown = promote(cluster, "nope")
+    assert unknown.returncode == 1 and "there is no node 'nope'" in unknown.stderr
+    cluster["r3"].kill()
+    wait_for(lambda: not next(r for r in cluster.status() if r["node_id"] == "r3")["heartbeat_fresh"], 10,
+             "r3 shown down")
+    down = promote(cluster, "r3")
+    assert down.returncode == 1 and "r3 is down" in down.stderr
+    assert cluster.admin("p1")["role"] == "primary"
