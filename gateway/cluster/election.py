@@ -77,7 +77,7 @@ class Election:
     async def round(self, role: str) -> str:
         if role == "primary":
             if await self._handing_over():
-                return "redundant"
+                return "primary"  # until the chosen node holds the lease; then _hold() says step down
             return "primary" if await self._hold() else "redundant"
         if role != "redundant":
             return role
@@ -92,12 +92,8 @@ class Election:
         nodes = await self.registry.nodes()  # fresh heartbeats, not the minute-old snapshot
         by_id = {n.node_id: n for n in nodes}
         primary = next((n for n in nodes if n.role == "primary"), None)
-        if primary is not None and primary.node_id == self.node_id:
-            return "redundant"
-        if primary is None:
-            # Nobody is listed primary: a handover whose chosen node died before taking over, or a
-            # cluster whose primary left. The voters, both up, choose one as after a failure.
-            primary = NodeRecord("(none)", "primary", "", 0, 0.0)
+        if primary is None or primary.node_id == self.node_id:
+            return "redundant"  # no primary to replace (a cluster still forming, or after `leave`)
         voting = voters(nodes, primary.node_id)
         if self.node_id not in voting:
             return "redundant"
@@ -111,10 +107,6 @@ class Election:
             return "redundant"
         if not await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
             return "redundant"  # the other voter won
-        if not primary.address:
-            log.warning("failover: no node is primary and voters %s and %s are up: node %s is the primary now",
-                        *voting, self.node_id)
-            return "primary"
         self.took_over_from = primary.node_id
         log.warning("failover: primary %s is down (last seen %.0f s ago), voters %s and %s are up: node %s is the "
                     "primary now", primary.node_id, primary.age(now), *voting, self.node_id)
@@ -122,16 +114,22 @@ class Election:
         return "primary"
 
     async def _handing_over(self) -> bool:
-        """Whether `gateway cluster promote` chose another node that is up: then give the lease up."""
+        """Whether `gateway cluster promote` chose another node that is up. The lease is given up
+        for it, and this node stays primary until that node holds the lease (then ``_hold`` steps
+        down): should the chosen node never take it, the handover lock lapses and this node takes
+        its lease again, so the cluster is never left without a primary."""
         chosen = await self.registry.lock_holder(HANDOVER)
         if chosen in (None, self.node_id):
             return False
         node = await self.registry.get(chosen)
         if node is None or node.role == "proxy" or not node.heartbeat_fresh(self.clock()):
             return False  # the promote command checked it, but it went away: stay primary
-        await self.registry.release_lock(LEASE, self.node_id)
-        log.warning("handing the primary role over to %s (gateway cluster promote): this node is redundant now", chosen)
-        return True
+        holder = await self.registry.lock_holder(LEASE)
+        if holder == self.node_id:
+            await self.registry.release_lock(LEASE, self.node_id)
+            log.warning("handing the primary role over to %s (gateway cluster promote)", chosen)
+            return True
+        return holder is None  # waiting for it to take the lease; once it has, step down
 
     async def _take_handover(self) -> str:
         if not await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
