@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .cli import _fail, build_settings, settings_options
+from .cli import _fail, settings_options
+from .cli_ops import interrupted, ops_settings
 from .ops.stores import OpsError
 
 
@@ -29,13 +30,14 @@ def migrate(config_file, target, backend, dry_run, quiet, **flags) -> None:
     from .ops.migrate import migrate as run_pass
     from .ops.migrate_report import next_steps, summary
 
-    if flags.get("access_key") is None and flags.get("secret_key") is None:
-        flags["allow_anonymous"] = True  # serves nothing: the node's credentials are not needed here
-    settings = build_settings(config_file, **flags)
+    settings = ops_settings(config_file, **flags)
     try:
         result = run_pass(settings, target, backend=backend, dry_run=dry_run, quiet=quiet)
     except OpsError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        interrupted("the pass was stopped; every copy made so far is whole and in the journal: run the same "
+                    "command again to go on")
     click.echo(summary(result))
     if result.complete and not dry_run:
         click.echo(next_steps(result))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
 from .cli import _fail, build_settings, settings_options
 from .ops.stores import OpsError
+
+
+def interrupted(message: str) -> None:
+    """Ctrl-C: exit 130, as shells report a SIGINT, never a code that means "done"."""
+    click.echo(f"\nerror: interrupted: {message}", err=True)
+    sys.exit(130)
 
 
 def ops_settings(config_file, **flags):
@@ -40,6 +47,8 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"the backup failed: {exc}; the unfinished archive was removed")
+    except KeyboardInterrupt:
+        interrupted("the backup was stopped; the unfinished archive was removed")
     if result.not_objects:
         raise SystemExit(1)
 
@@ -92,4 +101,7 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
     except OSError as exc:
         _fail(f"the restore stopped: {exc}. Every file restored so far is whole; fix the cause and run the same "
               "command again, it skips what is already there")
+    except KeyboardInterrupt:
+        interrupted("the restore was stopped. Every file restored so far is whole; run the same command again "
+                     "to finish, it skips what is already there")
 

@@ -29,6 +29,7 @@ backup that failed half-way never looks like a finished one.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import io
 import json
@@ -45,7 +46,7 @@ from gateway_plugins import fslayout
 
 from .progress import Progress, human_bytes
 from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
-from .tree import CHUNK, is_object, read_chunks, walk_files
+from .tree import CHUNK, is_object, publish_new, read_chunks, walk_files
 
 PREFIX = "cv-backup"
 MANIFEST = f"{PREFIX}/manifest.json"
@@ -133,16 +134,14 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
                                "copy itself. Write it somewhere else")
     result = BackupResult(kind, output, notes=notes)
     partial = output + ".partial"
-    if not to_stdout:
+    if to_stdout:
+        if sys.stdout is None:
+            raise OpsError("standard output is closed: give a file or directory to write the backup to")
+        sink = sys.stdout.buffer
+    else:
         if os.path.exists(output):
             raise OpsError(f"{output} already exists: give a new file name, or a directory to name it after the time")
-        try:
-            # The archive can hold the secret key and the TLS key: readable by its owner only.
-            sink = open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-        except OSError as exc:
-            raise OpsError(f"cannot write {partial}: {exc.strerror or exc}") from None
-    else:
-        sink = sys.stdout.buffer
+        sink = _open_partial(partial)
     progress = Progress(f"backup ({kind})", total_files, total_bytes, stream=stream, quiet=quiet)
     try:
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
@@ -157,15 +156,18 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
         sink.flush()
         if not to_stdout:
             os.fsync(sink.fileno())
+            try:
+                publish_new(partial, output)  # never over a file that appeared meanwhile
+            except FileExistsError:
+                sink.close()
+                raise _Finished(f"{output} appeared while the backup ran and was left alone; the finished backup "
+                                f"is {partial}: rename it") from None
             sink.close()
-            os.replace(partial, output)
+    except _Finished:
+        raise
     except BaseException:
         if not to_stdout:
-            sink.close()
-            try:
-                os.unlink(partial)
-            except OSError:
-                pass
+            _discard(sink, partial)
         raise
     summary = f"{result.objects:,} objects, {human_bytes(result.bytes)} in {output if not to_stdout else 'stdout'}"
     if result.vanished:
@@ -174,6 +176,35 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     for path in result.not_objects[:20]:
         progress.note(f"warning: {path} is not a valid object file; it is in the backup as it is")
     return result
+
+
+class _Finished(OpsError):
+    """The archive is complete, but could not take its name: it stays under the .partial name."""
+
+
+def _open_partial(partial: str):
+    """The archive being written, locked so that a second backup to the same name is refused
+    (a .partial left by a killed backup is not locked: it is reused)."""
+    try:
+        # The archive can hold the secret key and the TLS key: readable by its owner only.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OpsError(f"cannot write {partial}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OpsError(f"another backup is writing {partial}: wait for it to end, or give another name") from None
+    os.ftruncate(fd, 0)
+    return open(fd, "wb")
+
+
+def _discard(sink, partial: str) -> None:
+    try:
+        os.unlink(partial)  # while still holding its lock
+    except OSError:
+        pass
+    sink.close()
 
 
 def _manifest(settings, kind: str, stores: list[Store], notes: list[str]) -> dict:

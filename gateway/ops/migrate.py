@@ -176,6 +176,11 @@ class Migration:
         """Take the journal (and its lock) and the target's temp directory; an OSError here means
         the source or the target cannot be written, before any file was touched."""
         self.journal.open()
+        if self.journal.damaged_lines:
+            Progress("migrate", stream=self.stream).note(
+                f"warning: {self.journal.damaged_lines} lines of the journal {self.journal.log_path} are damaged and "
+                "were skipped: objects deleted here that those lines recorded may stay on the target (check after "
+                "the final pass)")
         if not self.dry_run:
             try:
                 self.installer = Installer(self.target)  # makes .gateway/tmp/<host>/ on the target

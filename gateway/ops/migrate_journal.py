@@ -41,6 +41,15 @@ def target_key(target_real: str) -> str:
     return hashlib.sha256(target_real.encode()).hexdigest()[:16]
 
 
+def _cut_torn_line(path: str) -> None:
+    """Drop a last line without its newline (the write a killed pass did not finish)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        os.truncate(path, end)
+
+
 class Journal:
     """relpath -> the identities of the versions this server put (or was putting) at that path."""
 
@@ -52,6 +61,7 @@ class Journal:
         self.writable = writable  # False for --dry-run: read it, never write it
         self.entries: dict[str, list[str]] = {}
         self.meta: dict = {}
+        self.damaged_lines = 0  # lines of the log that could not be read (their changes are lost)
         self._log = None
         self._changes = 0
         self._snapshot_at = time.monotonic()
@@ -67,6 +77,7 @@ class Journal:
                 self._log = None
                 raise OpsError(f"another `gateway migrate` to {self.target} is running on this store "
                                f"(it holds {self.log_path}); wait for it to finish") from None
+            _cut_torn_line(self.log_path)  # or this pass's first change would be glued onto it
         self._load()
         return self
 
@@ -74,24 +85,33 @@ class Journal:
         try:
             with open(self.path, encoding="utf-8") as f:
                 snapshot = json.load(f)
-            self.entries = {k: list(v) for k, v in snapshot.pop("files").items()}
+            files = snapshot.pop("files")
+            if not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in files.values()):
+                raise ValueError("an entry is not a list of versions")
+            self.entries = {k: list(v) for k, v in files.items()}
             self.meta = snapshot
         except FileNotFoundError:
             pass
-        except (ValueError, KeyError, AttributeError) as exc:
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
             raise OpsError(f"the migration journal {self.path} is damaged ({exc}); move it away to start "
                            "the journal afresh (files deleted here before that will stay on the target)") from None
         try:
-            with open(self.log_path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        self._apply(json.loads(line))
-                    except (ValueError, IndexError, TypeError):
-                        break  # the torn last line of a killed pass
+            with open(self.log_path, "rb") as f:
+                lines = f.read().split(b"\n")
         except FileNotFoundError:
-            pass
+            return
+        for number, line in enumerate(lines, 1):
+            try:
+                self._apply(json.loads(line))
+            except (ValueError, IndexError, TypeError, KeyError):
+                # The changes after a bad line still count. The last piece, without its newline,
+                # is the torn write of a killed pass: expected. Anything else is damage, reported.
+                if number < len(lines):
+                    self.damaged_lines += 1
 
     def _apply(self, change: list) -> None:
+        if not isinstance(change, list) or not all(isinstance(part, str) for part in change):
+            raise ValueError(change)
         op, relpath = change[0], change[1]
         if op == "+":  # about to put this version there: it joins the known ones
             known = self.entries.setdefault(relpath, [])

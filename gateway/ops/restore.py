@@ -33,6 +33,7 @@ from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, objec
 SHOW = 20  # differing objects listed one by one; the rest are counted
 CONFIG_LIMIT = 1024 * 1024  # node files held in memory while the archive is checked are this small
 PRE_SETTINGS_FILES = ("config", "tls_cert", "tls_key", "tls_ca")  # the settings refuse to load without them
+NODE_FILES = {*PRE_SETTINGS_FILES, "registry"}
 
 
 @dataclass
@@ -90,6 +91,8 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
     info = ArchiveInfo({}, {})
     problems = []
     read = 0
+    stores: set[str] = set()
+    seen: set[str] = set()
     try:
         with _open(archive) as tar:
             for member in tar:
@@ -97,18 +100,31 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
                     if member.name != MANIFEST:
                         raise OpsError(f"{archive} is not a cv-gateway backup: it does not start with {MANIFEST}")
                     manifest = _read_json(tar, member, archive)
+                    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
+                        raise OpsError(f"{archive}: its manifest is not a cv-gateway backup manifest; the archive "
+                                       "is damaged or was not made by `gateway backup`")
                     if manifest.get("format") != FORMAT:
                         raise OpsError(f"{archive} has backup format {manifest.get('format')!r}; this gateway reads "
                                        f"format {FORMAT}: restore it with the gateway version that wrote it "
                                        f"({manifest.get('gateway_version')})")
+                    _check_manifest(manifest, archive)
+                    stores = {store["name"] for store in manifest["stores"]}
                     continue
                 if member.name == SUMMARY:
                     summary = _read_json(tar, member, archive)
+                    if not isinstance(summary, dict) or not all(
+                            isinstance(summary.get(k), int) for k in ("objects", "files", "bytes")):
+                        raise OpsError(f"{archive}: its summary is not a cv-gateway backup summary: the archive "
+                                       "is damaged")
                     continue
                 if summary is not None:
                     problems.append(f"{member.name}: comes after the summary")
                     continue
-                _check_member_name(member)
+                _check_member_name(member, stores)
+                if member.name in seen:
+                    problems.append(f"{member.name}: is in the archive twice")
+                    continue
+                seen.add(member.name)
                 if member.isdir():
                     continue
                 if not member.isfile():
@@ -170,13 +186,29 @@ def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> d
         raise OpsError(f"{archive}: {member.name} is not valid JSON ({exc}): the archive is damaged") from None
 
 
-def _check_member_name(member: tarfile.TarInfo) -> None:
+def _check_manifest(manifest: dict, archive: str) -> None:
+    """A manifest of this format has every field the restore reads."""
+    fields = {"kind": str, "node": str, "hostname": str, "created": str, "gateway_version": str, "stores": list}
+    wrong = [name for name, kind in fields.items() if not isinstance(manifest.get(name), kind)]
+    stores = manifest.get("stores") if isinstance(manifest.get("stores"), list) else []
+    if wrong or manifest["kind"] not in ("full", "objects") or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) for s in stores):
+        raise OpsError(f"{archive}: its manifest lacks or garbles {', '.join(wrong) or 'kind or stores'}: the "
+                       "archive is damaged or was not made by `gateway backup`")
+
+
+def _check_member_name(member: tarfile.TarInfo, stores: set[str]) -> None:
+    """Refuse anything a restore could not put where it belongs: a store the manifest does not
+    list, a node file of an unknown kind, a path that leaves its place."""
     name = member.name.rstrip("/") if member.isdir() else member.name
-    for base in (STORAGE, FILES):
+    for base, allowed in ((STORAGE, stores), (FILES, NODE_FILES)):
         if name.startswith(base + "/"):
             rest = name[len(base) + 1:]
             store, _, relpath = rest.partition("/")
-            check_relpath(store)
+            if store not in allowed:
+                raise OpsError(f"refusing the archive member {member.name!r}: {store!r} is not "
+                               + ("a store its manifest lists" if base == STORAGE else "a kind of node file")
+                               + "; the archive was not made by `gateway backup`, or was altered")
             if relpath or not member.isdir():
                 check_relpath(relpath)
             return
@@ -231,7 +263,8 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
                 store, _, relpath = member.name[len(STORAGE) + 1:].rstrip("/").partition("/")
                 installer = installers[store]
                 if member.isdir():
-                    os.makedirs(installer.path(relpath), exist_ok=True)
+                    if relpath:  # the store's own root is there already
+                        os.makedirs(installer.path(relpath), exist_ok=True)
                     continue
                 _restore_object(tar, member, installer, relpath, overwrite, result)
                 progress.add(1, member.size)
@@ -263,14 +296,24 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
         result.already += 1
         return
     if present is not None and not overwrite:
-        header = object_header(final) if is_object(relpath) else None
-        result.kept.append(f"{relpath.split('/', 1)[0]}/{header['key']} ({final})" if header else final)
+        _keep(final, relpath, result)
         return
     source = tar.extractfile(member)
-    installer.install(relpath, read_chunks(source, member.size), mtime=member.mtime, expect_sha256=expected)
+    try:
+        # Without --overwrite, an object a client writes while this one is being copied wins.
+        installer.install(relpath, read_chunks(source, member.size), mtime=member.mtime, expect_sha256=expected,
+                          replace=overwrite)
+    except FileExistsError:
+        _keep(final, relpath, result)
+        return
     result.restored += 1
     result.bytes += member.size
     result.replaced += present is not None
+
+
+def _keep(final: str, relpath: str, result: RestoreResult) -> None:
+    header = object_header(final) if is_object(relpath) else None
+    result.kept.append(f"{relpath.split('/', 1)[0]}/{header['key']} ({final})" if header else final)
 
 
 def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, stream=None) -> list[str]:

@@ -8,6 +8,7 @@ holds only temp files and is never copied.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -33,11 +34,15 @@ class StoreFile:
 def walk_files(root: str) -> Iterator[StoreFile]:
     """Every file of the store under ``root``, in a stable order (sorted per directory).
 
-    A file that disappears while the walk runs (deleted or replaced by a running gateway) is
-    left out; a directory that cannot be read raises, because skipping it would lose objects.
+    Symbolic links are followed, as the backends follow them (a bucket may be a link to another
+    disk); a link back up the tree is walked once. A file that disappears while the walk runs
+    (deleted or replaced by a running gateway) and a dangling link are left out; a directory that
+    cannot be read raises, because skipping it would lose objects.
     """
     if not fsutil.is_dir(root):
         raise OpsError(f"{root} is not a directory: check the store's root (--data-dir or [backends.*].root)")
+    top = os.stat(root)
+    seen = {(top.st_dev, top.st_ino)}
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -53,11 +58,13 @@ def walk_files(root: str) -> Iterator[StoreFile]:
                 continue
             path = f"{rel}/{entry.name}" if rel else entry.name
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = entry.stat()  # follows links
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                subdirs.append(path)
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    subdirs.append(path)
             elif stat.S_ISREG(st.st_mode):
                 yield StoreFile(path, st.st_size)
         stack.extend(reversed(subdirs))
@@ -65,7 +72,7 @@ def walk_files(root: str) -> Iterator[StoreFile]:
 
 def bucket_dirs(root: str) -> list[str]:
     """The top-level directories that are buckets (a bucket may have no file at all)."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))  # links too
 
 
 def is_object(relpath: str) -> bool:
@@ -128,11 +135,13 @@ class Installer:
     def path(self, relpath: str) -> str:
         return os.path.join(self.root, *check_relpath(relpath).split("/"))
 
-    def install(self, relpath: str, chunks, mtime: float | None = None, expect_sha256: str | None = None) -> int:
-        """Write the byte chunks to ``relpath``, replacing what is there; return the byte count."""
+    def install(self, relpath: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
+                replace: bool = True) -> int:
+        """Write the byte chunks to ``relpath``; return the byte count. Without ``replace``, a file
+        that is there by the time the bytes are written stays (FileExistsError)."""
         tmp = os.path.join(self.tmp_dir, f"{self._owner}-{next(self._counter)}-{os.urandom(4).hex()}")
         return write_atomically(self.path(relpath), tmp, chunks, mtime=mtime, expect_sha256=expect_sha256,
-                                fsync=self.fsync)
+                                fsync=self.fsync, replace=replace)
 
     def remove(self, relpath: str) -> bool:
         """Delete one file (and the directories it leaves empty, up to its bucket)."""
@@ -153,10 +162,13 @@ class Installer:
 
 
 def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
-                     mode: int = 0o644, fsync: bool = True) -> int:
+                     mode: int = 0o644, fsync: bool = True, replace: bool = True) -> int:
     """Write the byte chunks to ``tmp``, fsync, and rename it over ``final`` (making its directory);
     return the byte count. With ``expect_sha256``, bytes that hash to anything else are never
-    renamed into place. On any error the temp file is removed and ``final`` is untouched."""
+    renamed into place. On any error the temp file is removed and ``final`` is untouched.
+
+    With ``replace=False`` a file that appeared at ``final`` meanwhile (a client's PUT while a
+    restore ran) is never replaced: FileExistsError, and nothing is changed."""
     written = 0
     digest = hashlib.sha256() if expect_sha256 else None
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -174,15 +186,31 @@ def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, e
                 os.fsync(f.fileno())
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
+        publish = os.replace if replace else publish_new
         try:
-            os.replace(tmp, final)
+            publish(tmp, final)
         except FileNotFoundError:  # a DELETE pruned the directory meanwhile: make it again, once
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(tmp, final)
+            publish(tmp, final)
     except BaseException:
         fsutil.unlink_quietly(tmp)
         raise
     return written
+
+
+def publish_new(tmp: str, final: str) -> None:
+    """Put ``tmp`` at ``final`` only if nothing is there: a hard link fails with EEXIST atomically.
+    Where the filesystem has no hard links (some SMB servers), check and rename: a small window."""
+    try:
+        os.link(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "already there", final) from None
+        os.replace(tmp, final)
+        return
+    os.unlink(tmp)
 
 
 def read_chunks(f, size: int, digest=None) -> Iterator[bytes]:
