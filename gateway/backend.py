@@ -494,7 +494,8 @@ class Backend(abc.ABC):
         # The upload record goes first, so a half-finished cleanup is already invisible.
         await self.delete(MULTIPART_BUCKET, prefix + "upload")
         for obj in page.objects:
-            await self.delete(MULTIPART_BUCKET, obj.key)
+            if obj.key != prefix + "upload":  # gone already: a second delete of it could only fail
+                await self.delete(MULTIPART_BUCKET, obj.key)
 
     async def complete_multipart(
         self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]

@@ -78,11 +78,27 @@ def join(registry, advertise, role, node_id) -> None:
 @cluster.command()
 @_registry_option
 @click.option("--node-id", envvar="GATEWAY_NODE_ID", required=True, help="The node to remove.")
-def leave(registry, node_id) -> None:
+@click.option("--force", is_flag=True, help="Remove the primary too (the cluster is then without one).")
+def leave(registry, node_id, force) -> None:
     """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts)."""
     if not node_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--node-id")
-    removed = _run(lambda: _with_registry(registry, lambda reg: reg.remove(node_id)))
+
+    async def work(reg):
+        nodes = await reg.nodes()
+        node = next((n for n in nodes if n.node_id == node_id), None)
+        try:
+            holder = await reg.lock_holder(LEASE)
+        except NotImplementedError:
+            holder = None
+        others = [n for n in nodes if n.node_id != node_id and n.stores_objects]
+        if not force and others and node is not None and (node.role == "primary" or holder == node_id):
+            raise ValueError(f"{node_id} is the primary: removing it would leave the cluster without one (failover "
+                             "only replaces a primary that is listed). Hand its role over first with `gateway cluster "
+                             f"promote NODE`, then remove it; or pass --force")
+        return await reg.remove(node_id)
+
+    removed = _run(lambda: _with_registry(registry, work))
     if not removed:
         click.echo(f"error: node {node_id} is not in the registry", err=True)
         raise SystemExit(1)
@@ -191,10 +207,12 @@ def status(registry, as_json) -> None:
 
     nodes, lease_holder = _run(lambda: _with_registry(registry, read))
     rows = status_rows(nodes)
-    primary = next((n.node_id for n in nodes if n.role == "primary"), None)
-    voting = voters(nodes, primary)
+    primary = next((n for n in nodes if n.role == "primary"), None)
+    # Whether failover is on is each node's setting, published with its heartbeat: the primary's says.
+    failover_on = primary is not None and primary.info.get("failover", True)
+    voting = voters(nodes, primary.node_id) if failover_on else []
     for row in rows:
-        row["voter"] = row["node_id"] == primary and bool(voting) or row["node_id"] in voting
+        row["voter"] = bool(voting) and (row["node_id"] == primary.node_id or row["node_id"] in voting)
         row["primary_lease"] = row["node_id"] == lease_holder
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -224,7 +242,12 @@ def status(registry, as_json) -> None:
                                for node, v in row["balance"].items())
             click.echo(f"\nprimary {row['node_id']} sent: {spread}")
     if voting:
-        click.echo(f"\nfailover: voters {primary}, {', '.join(voting)}; primary lease held by {lease_holder or 'nobody'}")
+        click.echo(f"\nfailover: voters {primary.node_id}, {', '.join(voting)}; primary lease held by "
+                   f"{lease_holder or 'nobody'}")
+    elif primary is None:
+        click.echo("\nno node is primary: failover has none to replace (`gateway cluster promote NODE` makes one)")
+    elif not failover_on:
+        click.echo("\nfailover: off (failover = false on the primary)")
     else:
         click.echo("\nfailover: off (it needs two redundant nodes)")
 

@@ -54,19 +54,41 @@ class Election:
     node should have now (the one it has when nothing changes). The clock is injected for tests."""
 
     def __init__(self, registry: Registry, node_id: str, lease_seconds: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.node_id = node_id
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self.monotonic = monotonic
         self.took_over_from: str | None = None  # the primary this node replaced, for the log and status
+        # (primary, its last heartbeat as read, when this node first read it): the primary's silence
+        # as this node saw it, so that a registry outage, which silences everyone, does not count.
+        self._watch: tuple[str, float, float] | None = None
+
+    async def give_up(self) -> None:
+        """Release the lease (this node left the cluster)."""
+        await self.registry.release_lock(LEASE, self.node_id)
+
+    def registry_failed(self) -> None:
+        """This node could not reach the registry: what it saw of the primary's silence before
+        does not count (the primary may have been shut out just the same)."""
+        self._watch = None
 
     async def start_role(self, configured: str) -> str:
         """The role to join with: a node configured as primary joins as redundant while another
         node holds the primary lease (it took over while this one was down)."""
-        if configured != "primary":
+        if configured == "proxy":
             return configured
         holder = await self.registry.lock_holder(LEASE)
+        if configured == "redundant":
+            if holder != self.node_id:
+                return "redundant"
+            # It took over in a failover and was restarted with its unit's --role redundant: the
+            # lease is still its own, and giving it up would leave the cluster without a primary.
+            log.warning("this node holds the primary lease (it took over in a failover): it stays primary, "
+                        "whatever --role says. `gateway cluster promote` hands the role to another node")
+            await self._hold()
+            return "primary"
         if holder not in (None, self.node_id):
             log.warning("node %s holds the primary role (it took over while this node was down): this node joins "
                         "as redundant. See docs/cluster.md, \"Failover\", to make it primary again", holder)
@@ -98,7 +120,7 @@ class Election:
         if self.node_id not in voting:
             return "redundant"
         now = self.clock()
-        if primary.age(now) < self.lease_seconds:
+        if primary.age(now) < self.lease_seconds or not self._silent_long_enough(primary):
             return "redundant"  # the lease lapsed but the primary still beats: give it time
         other = by_id[next(v for v in voting if v != self.node_id)]
         if not other.heartbeat_fresh(now):
@@ -110,8 +132,18 @@ class Election:
         self.took_over_from = primary.node_id
         log.warning("failover: primary %s is down (last seen %.0f s ago), voters %s and %s are up: node %s is the "
                     "primary now", primary.node_id, primary.age(now), *voting, self.node_id)
-        await self.registry.set_role(primary.node_id, "redundant")
+        await self._demote_others()
         return "primary"
+
+    def _silent_long_enough(self, primary: NodeRecord) -> bool:
+        """Whether this node has read the same last heartbeat of the primary for ``lease_seconds``
+        of its own successful rounds. The record's age alone is not enough: while the registry
+        is down nobody can beat, and right after it comes back every record looks old."""
+        seen = self._watch
+        if seen is None or seen[0] != primary.node_id or seen[1] != primary.last_seen:
+            self._watch = (primary.node_id, primary.last_seen, self.monotonic())
+            return False
+        return self.monotonic() - seen[2] >= self.lease_seconds
 
     async def _handing_over(self) -> bool:
         """Whether `gateway cluster promote` chose another node that is up. The lease is given up
@@ -135,14 +167,24 @@ class Election:
         if not await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
             return "redundant"
         await self.registry.release_lock(HANDOVER, self.node_id)
+        await self._demote_others()
         log.warning("this node is the primary now, handed over by `gateway cluster promote`")
         return "primary"
+
+    async def _demote_others(self) -> None:
+        """Having just taken the lease: any other node still listed primary (one that died as
+        primary, and is down now) is redundant, so that one primary is listed and the voters
+        are counted right."""
+        for node in await self.registry.nodes():
+            if node.role == "primary" and node.node_id != self.node_id:
+                await self.registry.set_role(node.node_id, "redundant")
 
     async def _hold(self) -> bool:
         """Keep (or take) the lease; False only when another node holds it."""
         if await self.registry.refresh_lock(LEASE, self.node_id, self.lease_seconds):
             return True
         if await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
+            await self._demote_others()
             return True
         holder = await self.registry.lock_holder(LEASE)
         if holder in (None, self.node_id):

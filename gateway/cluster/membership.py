@@ -81,6 +81,7 @@ class Cluster:
         self.election = (Election(self.registry, self.node_id, settings.failover_after)
                          if settings.failover else None)
         self.role_listeners: list = []  # called with (old role, new role) after a failover changed it
+        self._left = False  # removed from the registry by `cluster leave` while running
 
     # Life cycle -------------------------------------------------------------
 
@@ -213,10 +214,12 @@ class Cluster:
         the cluster comes back without restarts; or `cluster leave` removed it, which is respected."""
         try:
             await self.registry.heartbeat(self.node_id, await self.info())
+            self._left = False
         except NotRegistered:
             identity = await self.registry.identity()
             reset = identity != self.registry_id if identity is not None else not await self.registry.nodes()
             if not reset:
+                await self._removed()
                 raise
             log.warning("the cluster registry %s was replaced (deleted, restored or a new etcd): registering this "
                         "node again as %s", self.registry.url, self.role)
@@ -224,6 +227,21 @@ class Cluster:
             self.registry_id = identity
             await self.registry.heartbeat(self.node_id, await self.info())
             await self.reload()
+
+    async def _removed(self) -> None:
+        """`gateway cluster leave` removed this node while it runs: it is in nobody's node list, so
+        it must not go on as the primary (placing objects, holding the lease). Said once."""
+        if self._left:
+            return
+        self._left = True
+        log.warning("this node was removed from the registry (gateway cluster leave): it is outside the cluster "
+                    "now; stop it, or add it again with `gateway cluster join`")
+        if self.role == "primary":
+            if self.election is not None:
+                await self.election.give_up()
+            self.role = "redundant"
+            for listener in self.role_listeners:
+                listener("primary", "redundant")
 
     async def _election_round(self) -> None:
         """Keep the primary lease, or take over from a dead primary (cluster/election.py)."""
@@ -293,6 +311,8 @@ class Cluster:
             self._storage_stats = await asyncio.to_thread(storage_stats, self.storage_roots)
         return {
             "heartbeat_interval": self.settings.heartbeat_interval,
+            "failover": self.election is not None,
+            "failover_after": self.settings.failover_after,
             "pid": os.getpid(),
             "started": self.started,
             **self._storage_stats,

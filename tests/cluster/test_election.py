@@ -43,11 +43,16 @@ class Cluster:
         self.url = url
         self.registries = {}
         self.elections = {}
+        self.mono = 1000.0  # the voters' own clock for how long they saw the primary silent
+
+    def wait_out(self) -> None:
+        """The voters keep reading the same last heartbeat of the primary for a whole lease."""
+        self.mono += LEASE_SECONDS
 
     async def add(self, node_id: str, role: str, interval: float = 5.0) -> None:
         registry = open_registry(self.url)
         self.registries[node_id] = registry
-        self.elections[node_id] = Election(registry, node_id, LEASE_SECONDS)
+        self.elections[node_id] = Election(registry, node_id, LEASE_SECONDS, monotonic=lambda: self.mono)
         if role == "primary":
             role = await self.elections[node_id].start_role("primary")
         await registry.register(node_id, role, f"http://127.0.0.1:9/{node_id}")
@@ -140,6 +145,9 @@ def test_a_dead_primary_is_replaced_by_exactly_one_voter(registry_url):
     async def scenario(cluster):
         await four_nodes(cluster)
         await cluster.die("p1")
+        for voter in ("r1", "r2"):  # they see the primary silent for the first time: they wait
+            assert await cluster.elections[voter].round("redundant") == "redundant"
+        cluster.wait_out()
         outcomes = await asyncio.gather(cluster.elections["r1"].round("redundant"),
                                         cluster.elections["r2"].round("redundant"))
         assert sorted(outcomes) == ["primary", "redundant"]
@@ -152,11 +160,30 @@ def test_a_dead_primary_is_replaced_by_exactly_one_voter(registry_url):
     run(registry_url, scenario)
 
 
+def test_a_registry_outage_does_not_count_as_the_primary_s_silence(registry_url):
+    async def scenario(cluster):
+        await four_nodes(cluster)
+        await cluster.die("p1")  # its last heartbeat looks old: the registry was down for everyone
+        assert await cluster.elections["r1"].round("redundant") == "redundant"
+        cluster.wait_out()
+        cluster.elections["r1"].registry_failed()  # r1's own rounds failed meanwhile
+        assert await cluster.elections["r1"].round("redundant") == "redundant"  # starts watching afresh
+        await cluster.beat("p1")  # the primary was alive all along
+        await cluster.registries["p1"].acquire_lock(LEASE, "p1", LEASE_SECONDS)
+        cluster.wait_out()
+        assert await cluster.elections["r1"].round("redundant") == "redundant"
+        assert (await cluster.roles())["p1"] == "primary"
+
+    run(registry_url, scenario)
+
+
 def test_no_failover_unless_both_voters_are_up(registry_url):
     async def scenario(cluster):
         await four_nodes(cluster)
         await cluster.die("p1")
         await cluster.die("r2")
+        assert await cluster.elections["r1"].round("redundant") == "redundant"
+        cluster.wait_out()
         assert await cluster.elections["r1"].round("redundant") == "redundant"
         assert await cluster.elections["r3"].round("redundant") == "redundant"  # r3 does not vote
         assert await cluster.registries["r1"].lock_holder(LEASE) is None
@@ -179,6 +206,8 @@ def test_the_old_primary_steps_down_when_it_returns(registry_url):
     async def scenario(cluster):
         await four_nodes(cluster)
         await cluster.die("p1")
+        assert await cluster.elections["r1"].round("redundant") == "redundant"
+        cluster.wait_out()
         assert await cluster.elections["r1"].round("redundant") == "primary"
         # p1 only paused (or was cut off) and runs its next round ...
         assert await cluster.elections["p1"].round("primary") == "redundant"
@@ -256,5 +285,44 @@ def test_a_handover_that_never_completes_leaves_the_primary_in_place(registry_ur
             await command.close()
         assert await cluster.elections["p1"].round("primary") == "primary"
         assert await cluster.registries["r1"].lock_holder(LEASE) == "p1"
+
+    run(registry_url, scenario)
+
+
+def test_a_primary_restarted_with_role_redundant_stays_primary(registry_url):
+    async def scenario(cluster):
+        await four_nodes(cluster)
+        await cluster.die("p1")
+        assert await cluster.elections["r1"].round("redundant") == "redundant"
+        cluster.wait_out()
+        assert await cluster.elections["r1"].round("redundant") == "primary"
+        # r1's unit still says --role redundant; restarted at once, its lease is still its own.
+        again = Election(open_registry(cluster.url), "r1", LEASE_SECONDS)
+        try:
+            assert await again.start_role("redundant") == "primary"
+        finally:
+            await again.registry.close()
+        assert await cluster.elections["r3"].start_role("redundant") == "redundant"
+
+    run(registry_url, scenario)
+
+
+def test_taking_the_lease_leaves_one_node_listed_primary(registry_url):
+    async def scenario(cluster):
+        await four_nodes(cluster)
+        await cluster.die("p1")
+        assert await cluster.elections["r1"].round("redundant") == "redundant"
+        cluster.wait_out()
+        assert await cluster.elections["r1"].round("redundant") == "primary"
+        await cluster.registries["r1"].register("r1", "primary", "http://127.0.0.1:9/r1")
+        await cluster.die("r1")  # the new primary dies too; the old one comes back with --role primary
+        again = Election(open_registry(cluster.url), "p1", LEASE_SECONDS)
+        try:
+            assert await again.start_role("primary") == "primary"
+        finally:
+            await again.registry.close()
+        await cluster.registries["p1"].register("p1", "primary", "http://127.0.0.1:9/p1")
+        roles = await cluster.roles()
+        assert [n for n, r in roles.items() if r == "primary"] == ["p1"], roles
 
     run(registry_url, scenario)
