@@ -12,6 +12,8 @@ The HTTP reference is the mount's own HTTP client (``ObjectClient``: the same Si
 connection; whole GETs over its lean client, the streamed sequential read over urllib3), doing the
 same reads: the ratios measure what FUSE adds, not which HTTP client is faster.
 Rounds are medians of ``rounds``; targets: sequential >= 0.7x, small files >= 0.5x of the HTTP figure.
+Next to each, the same reads from a null FUSE filesystem (constant bytes, no network): the ceiling of
+any mfusepy filesystem on this machine (docs/fuse.md, "Numbers").
 """
 
 from __future__ import annotations
@@ -115,13 +117,19 @@ def _mount_sequential_direct(mnt: MountProcess, size: int) -> float:
     return size / elapsed / MiB
 
 
-def _mount_small(mnt: MountProcess, count: int) -> float:
-    base = mnt.path / BUCKET / "small"
+def _mount_small(mnt: MountProcess, count: int, size: int) -> float:
+    return _read_small(mnt.path / BUCKET / "small", count, size)
+
+
+def _read_small(base: Path, count: int, size: int) -> float:
+    short = 0
     started = time.perf_counter()
     for n in range(count):
         with open(base / f"{n:05d}.jpg", "rb", buffering=0) as f:
-            f.read(1 << 20)
-    return count / (time.perf_counter() - started)
+            short += len(f.read(1 << 20)) != size
+    elapsed = time.perf_counter() - started
+    assert not short, f"{short} of {count} files in {base} did not read as {size} bytes"
+    return count / elapsed
 
 
 def _stats(mnt: MountProcess) -> dict:
@@ -154,10 +162,11 @@ def _ls_l(mnt: MountProcess, gw: GatewayProcess, listing: int) -> dict:
             "requests_in_access_log": _access_log_requests(gw, log_start)}
 
 
-def _serve_null_fs(mountpoint: str, size: int) -> None:
-    """A FUSE filesystem with one file of ``size`` bytes whose reads return a constant buffer: no network,
-    no storage. Its read rate is the ceiling of any mfusepy filesystem on this machine. It runs as the
-    mount does: the same libfuse, read-ahead window, st_blksize and read callback (into libfuse's buffer)."""
+def _serve_null_fs(mountpoint: str, size: int, small: int = 0, small_size: int = 0) -> None:
+    """A FUSE filesystem whose reads return a constant buffer, no network, no storage: ``big.bin`` of
+    ``size`` bytes and ``small`` files ``small/NNNNN.jpg`` of ``small_size`` bytes. Its rates are the
+    ceiling of any mfusepy filesystem on this machine. It runs as the mount does: the same libfuse,
+    mount options, read-ahead window, st_blksize, open flags and read callback (into libfuse's buffer)."""
     import errno
     import stat
 
@@ -171,64 +180,99 @@ def _serve_null_fs(mountpoint: str, size: int) -> None:
 
     block = os.urandom(MiB)
     options = MountOptions()
-    direct_io = 0 < options.direct_io_min <= size
+    small_names = {f"/small/{n:05d}.jpg" for n in range(small)}
+
+    def size_of(path: str | bytes) -> int:  # GatewayFUSE.read passes the path undecoded
+        return size if path in ("/big.bin", b"/big.bin") else small_size
 
     class NullFS(mfusepy.Operations):
         use_ns = True
 
         def getattr(self, path, fh=None):
-            if path == "/":
+            if path in ("/", "/small"):
                 return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
-            if path == "/big.bin":
-                return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size, "st_blksize": IO_SIZE}
+            if path == "/big.bin" or path in small_names:
+                return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size_of(path),
+                        "st_blksize": IO_SIZE}
             raise mfusepy.FuseOSError(errno.ENOENT)
 
         def open(self, path, fi):
             fi.fh = 1
-            fi.direct_io = direct_io
+            fi.direct_io = 0 < options.direct_io_min <= size_of(path)
+            if HAS_NOFLUSH:
+                fi.noflush = 1  # as the mount's read-only opens
             return 0
 
         def read(self, path, length, offset, fi):
-            return block[: max(0, min(length, size - offset))]
+            return block[: max(0, min(length, size_of(path) - offset))]
 
         def read_into(self, path, buffer, offset, fi):  # the mount's read path (GatewayFUSE): one copy
-            length = max(0, min(len(buffer), size - offset))
+            length = max(0, min(len(buffer), size_of(path) - offset))
             buffer[:length] = memoryview(block)[:length]
             return length
 
         def readdir(self, path, fh):
-            return [".", "..", "big.bin"]
+            return [".", "..", "big.bin", "small"]
 
-    from gateway.fuse.operations import GatewayFUSE
+    from gateway.fuse.mount import MountConfig, fuse_options
+    from gateway.fuse.operations import HAS_NOFLUSH, GatewayFUSE
 
     if options.read_ahead_kib:
         raise_read_ahead_when_mounted(os.path.abspath(mountpoint), options.read_ahead_kib)
-    GatewayFUSE(NullFS(), mountpoint, foreground=True, nothreads=False, raw_fi=True)
+    mount_options = fuse_options(MountConfig("null", mountpoint, "", ""), mfusepy.fuse_version_major)
+    GatewayFUSE(NullFS(), mountpoint, foreground=True, nothreads=False, raw_fi=True, **mount_options)
+
+
+class _NullMount:
+    """The null filesystem (``_serve_null_fs``) mounted in a subprocess, fresh: cold caches."""
+
+    def __init__(self, mountpoint: Path, env: dict, size: int, small: int = 0, small_size: int = 0):
+        self.path = mountpoint
+        self.command = ["-m", "benchmarks.fuse_bench", "--null-fs", str(mountpoint), "--size", str(size),
+                        "--small", str(small), "--small-size", str(small_size)]
+        self.env = env
+
+    def __enter__(self) -> Path:
+        import sys
+
+        self.path.mkdir(parents=True)
+        self.process = subprocess.Popen([sys.executable, *self.command], env={**os.environ, **self.env},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(self.path):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.__exit__()
+                raise RuntimeError("the null FUSE filesystem did not mount")
+            time.sleep(0.05)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        from gateway.fuse.testing import unmount
+
+        unmount(self.path)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 def _null_fs_ceiling(mountpoint: Path, size: int, env: dict) -> float:
-    import sys
-
-    from gateway.fuse.testing import unmount
-
-    mountpoint.mkdir(parents=True)
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.fuse_bench", "--null-fs", str(mountpoint),
-                                "--size", str(size)], env={**os.environ, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mountpoint):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the null FUSE filesystem did not mount")
-            time.sleep(0.05)
+    with _NullMount(mountpoint, env, size) as path:
         started = time.perf_counter()
-        with open(mountpoint / "big.bin", "rb", buffering=0) as f:
-            while f.read(MiB):
-                pass
-        return size / (time.perf_counter() - started) / MiB
-    finally:
-        unmount(mountpoint)
-        process.wait(timeout=20)
+        total = 0
+        with open(path / "big.bin", "rb", buffering=0) as f:
+            while chunk := f.read(MiB):
+                total += len(chunk)
+        elapsed = time.perf_counter() - started
+        assert total == size, f"the null filesystem gave {total} of {size} bytes"
+        return size / elapsed / MiB
+
+
+def _null_fs_small(mountpoint: Path, count: int, small_size: int, env: dict) -> float:
+    """open+read+close of ``count`` small files from the null filesystem: FUSE's crossings alone."""
+    with _NullMount(mountpoint, env, 0, count, small_size) as path:
+        return _read_small(path / "small", count, small_size)
 
 
 def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_000, small_size: int = 32 * 1024,
@@ -255,7 +299,7 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
                 _http_sequential(gw, big)  # warm the server's page cache for both sides
             if small:
                 _http_small(gw, small)  # and its cache of small objects: else round 0 favours the mount
-            http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq = [], [], [], [], [], []
+            http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq, null_small = ([] for _ in range(7))
             # Interleaved rounds: the machine's load changes the figures more than anything measured here.
             for n in range(rounds):
                 if big:
@@ -267,7 +311,8 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
                 if small:
                     http_small.append(_http_small(gw, small))
                     with MountProcess(gw, Path(tmp) / f"s{n}", env=env) as mnt:
-                        mount_small.append(_mount_small(mnt, small))
+                        mount_small.append(_mount_small(mnt, small, small_size))
+                    null_small.append(_null_fs_small(Path(tmp) / f"nulls{n}", small, small_size, env))
         ls = None
         if listing:
             # The same storage, now with an access log, to count the requests of ls -l on the gateway's side too.
@@ -294,8 +339,14 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
         files["round_ratios"] = [round(m / h, 2) for m, h in zip(mount_small, http_small)]
         files["target"] = 0.5
-        results["fuse"]["small_files"] = {"count": small, "size_kib": small_size // 1024, **files,
-                                          "rounds": {"http": http_small, "mount": mount_small}}
+        # The null filesystem's rate is FUSE's crossings alone (lookup, open, read, close). A mount that
+        # costs those plus one GET per file and nothing else would reach null / (null + http) of the
+        # HTTP rate: the ceiling of this ratio for any mfusepy filesystem here (docs/fuse.md "Numbers").
+        files["null_fuse_files_s"] = round(statistics.median(null_small))
+        files["ceiling_ratio"] = round(files["null_fuse_files_s"] / (files["null_fuse_files_s"]
+                                                                     + files["http_files_s"]), 2)
+        results["fuse"]["small_files"] = {"count": small, "size_kib": small_size // 1024, **files, "rounds": {
+            "http": http_small, "mount": mount_small, "null_fuse": null_small}}
     if ls is not None:
         results["fuse"]["ls_l"] = ls
     return results
@@ -310,9 +361,11 @@ def main() -> None:
     parser.add_argument("--small-only", action="store_true", help="only the 2,000 small files")
     parser.add_argument("--null-fs", metavar="MOUNTPOINT", help=argparse.SUPPRESS)  # the ceiling, as a subprocess
     parser.add_argument("--size", type=int, default=256 * MiB, help=argparse.SUPPRESS)
+    parser.add_argument("--small", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--small-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.null_fs:
-        _serve_null_fs(args.null_fs, args.size)
+        _serve_null_fs(args.null_fs, args.size, args.small, args.small_size)
         return
     sizes = dict(big=32 * MiB, small=200, listing=1_500) if args.quick else {}
     print(json.dumps(run({}, rounds=args.rounds, libfuse=args.libfuse, sequential_only=args.sequential_only,
