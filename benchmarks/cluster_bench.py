@@ -21,7 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.testing.server import GatewayProcess
+from urllib.parse import urlsplit
+
+from gateway.testing.server import GatewayProcess, free_port
 
 SIZE = 32 * 1024
 DURATION = int(os.environ.get("CLUSTER_BENCH_SECONDS", "5"))
@@ -50,6 +52,28 @@ def _wrk(url: str) -> float:
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out.stdout}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
+
+
+class PipeProxy:
+    """benchmarks/pipe_proxy.py on core 0 in front of ``target`` (an endpoint URL): the ceiling of a relay."""
+
+    def __init__(self, target: str):
+        self.target_port = urlsplit(target).port
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "PipeProxy":
+        pin = ["taskset", "-c", PinnedGateway.core] if shutil.which("taskset") else []
+        self.process = subprocess.Popen(pin + [sys.executable, "-m", "benchmarks.pipe_proxy", str(self.port),
+                                               str(self.target_port)], stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":  # it prints "ready" once listening
+            self.__exit__()
+            raise RuntimeError("benchmarks.pipe_proxy did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 def _wait_all_known(nodes, count: int, timeout: float = 10.0) -> None:
@@ -95,11 +119,16 @@ def run(results: dict) -> dict:
         for url in urls.values():  # warm the page cache and the location caches
             subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
         rates = {name: _wrk(url) for name, url in urls.items()}
+        # The same local hit through a relay that only pipes bytes (no parsing, signing or lookup), on
+        # the same core: the ceiling of any relay here, for reading the relayed ratio against.
+        with PipeProxy(nodes["a"].endpoint) as pipe:
+            rates["pipe_relay"] = _wrk(f"{pipe.endpoint}/bench/local.bin")
         results["cluster"] = {
             "object_size": SIZE, "connections": CONNECTIONS, "seconds": DURATION,
             "requests_per_second": rates,
             "relayed_vs_local": round(rates["relayed"] / rates["local_hit"], 3),
             "proxy_vs_local": round(rates["proxy"] / rates["local_hit"], 3),
+            "pipe_relay_vs_local": round(rates["pipe_relay"] / rates["local_hit"], 3),
             "target_relayed_vs_local": 0.4,
         }
         return results
