@@ -46,6 +46,10 @@ BucketNotEmpty = _error("BucketNotEmpty", 409, "The bucket you tried to delete i
 InvalidBucketName = _error("InvalidBucketName", 400, "The specified bucket is not valid.")
 KeyTooLongError = _error("KeyTooLongError", 400, "Your key is too long.")
 InvalidArgument = _error("InvalidArgument", 400, "Invalid Argument.")
+InvalidURI = _error("InvalidURI", 400, "Couldn't parse the specified URI.")
+RequestHeaderSectionTooLarge = _error(
+    "RequestHeaderSectionTooLarge", 400, "Your request header section exceeds the maximum allowed size."
+)
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request.")
 MalformedXML = _error(
     "MalformedXML", 400, "The XML you provided was not well-formed or did not validate against our published schema."

@@ -31,6 +31,10 @@ from .s3.xml import error_document
 
 log = logging.getLogger("gateway.http")
 
+# The largest request head (request line and headers) read. S3 allows 8 KiB of headers; this leaves
+# room for a presigned URL of a 1024-byte key percent-encoded (3 KiB), 2 KiB of metadata and more.
+MAX_HEAD_BYTES = 64 * 1024
+
 
 class _NoEvent:
     @staticmethod
@@ -62,13 +66,40 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _messages = 0  # requests begun on this connection (the idle check compares it)
     _messages_seen = 0
     _close_when_answered = False  # the client has closed its side: close ours after the last answer
+    _head_open = False  # a request head (request line and headers) has begun and is not complete
+    _head_bytes = 0  # bytes of data_received chunks that were wholly inside the open head
 
     # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
     # response (cancelling it when data arrives). A plain read needs five fields of the scope, and
     # one timer per connection that looks for idleness now and then does the timer's job: both
     # cost per request more than they need to (docs/performance.md).
 
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, and a bound on the request head: llhttp keeps a header (and uvicorn the URL)
+        in memory until it ends, whatever its size, so one endless header could take all the
+        memory there is. A head larger than MAX_HEAD_BYTES is refused (400
+        RequestHeaderSectionTooLarge, as S3) and the connection closed. Only chunks that begin and
+        end inside one head are counted (what is surely head): a plain request, whose head arrives
+        in one chunk, costs one attribute read here."""
+        if not self._head_open:
+            super().data_received(data)
+            return
+        messages = self._messages
+        super().data_received(data)
+        if self._head_open and messages == self._messages:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        error = errors.RequestHeaderSectionTooLarge(
+            f"The request line and headers are larger than {MAX_HEAD_BYTES} bytes; the request was not read.",
+            MaxSizeAllowed=str(MAX_HEAD_BYTES))
+        self._send_error_and_close(error, self.url.partition(b"?")[0][:1024].decode("latin-1"))
+
     def on_message_begin(self) -> None:
+        self._head_open = True
+        self._head_bytes = 0
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -87,6 +118,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         cycle = self.cycle
         method = self.parser.get_method()
         if ((method != b"GET" and method != b"HEAD") or (cycle is not None and not cycle.response_complete)
@@ -199,8 +231,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         error = errors.InvalidRequest(
             "The request is not valid HTTP/1.1 and was not read: check for a repeated Content-Length header, "
             "Content-Length together with Transfer-Encoding, or a malformed header line.")
-        body = error_document(error, "", "")
-        head = [STATUS_LINE[400], *[b"%s: %s\r\n" % header for header in self.server_state.default_headers],
+        self._send_error_and_close(error, "")
+
+    def _send_error_and_close(self, error: errors.GatewayError, resource: str) -> None:
+        """An S3 error document for a request that was not read, then close the connection."""
+        self._head_open = False
+        body = error_document(error, resource, "")
+        head = [STATUS_LINE[error.status], *[b"%s: %s\r\n" % header for header in self.server_state.default_headers],
                 b"content-type: application/xml\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
         self.writes.flush()  # answers given before this one go first
         self.transport.write(b"".join(head) + body)

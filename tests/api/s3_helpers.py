@@ -116,6 +116,19 @@ def send_truncated_body(gateway, bucket: str, key: str, declared: int, sent: byt
     return received
 
 
+def assert_s3_error(response, status: int, code: str) -> None:
+    """``response`` (a raw_request answer) is an S3 XML error document with this status and code."""
+    assert response.status == status, (response.status, response.body)
+    assert response.headers["content-type"] == "application/xml"
+    root = response.xml()
+    assert root.tag == "Error"
+    assert root.findtext("Code") == code, response.body
+    assert root.findtext("Message")
+    assert root.findtext("Resource") is not None
+    assert root.findtext("RequestId") == response.headers["x-amz-request-id"]
+    assert int(response.headers["content-length"]) == len(response.body)
+
+
 def error_code(exc) -> str:
     """The S3 error code of a botocore ClientError."""
     return exc.response["Error"]["Code"]

@@ -10,23 +10,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 # Fixtures imported from s3_helpers: bucket (unique per test).
-from s3_helpers import error_code, key_path, raw_request, send_truncated_body, unique_bucket  # noqa: F401
-
-
-def _assert_error(response, status: int, code: str) -> None:
-    assert response.status == status, (response.status, response.body)
-    assert response.headers["content-type"] == "application/xml"
-    root = response.xml()
-    assert root.tag == "Error"
-    assert root.findtext("Code") == code, response.body
-    assert root.findtext("Message")
-    assert root.findtext("RequestId") == response.headers["x-amz-request-id"]
-    assert int(response.headers["content-length"]) == len(response.body)
+from s3_helpers import (  # noqa: F401
+    assert_s3_error, error_code, key_path, raw_request, send_truncated_body, unique_bucket,
+)
 
 
 def test_error_document_shape(gateway, bucket):
     response = raw_request(gateway, "GET", key_path(bucket, "missing/key"))
-    _assert_error(response, 404, "NoSuchKey")
+    assert_s3_error(response, 404, "NoSuchKey")
     root = response.xml()
     assert root.findtext("Key") == "missing/key"
     assert root.findtext("Resource") == f"/{bucket}/missing/key"
@@ -44,7 +35,7 @@ def test_error_document_shape(gateway, bucket):
     ("GET", "/{bucket}/key", "partNumber=1", 501, "NotImplemented"),
 ])
 def test_error_codes(gateway, bucket, method, path, query, status, code):
-    _assert_error(raw_request(gateway, method, path.format(bucket=bucket), query=query), status, code)
+    assert_s3_error(raw_request(gateway, method, path.format(bucket=bucket), query=query), status, code)
 
 
 @pytest.mark.parametrize("sub_resource", ["acl", "tagging", "policy", "cors", "lifecycle", "website",
@@ -54,7 +45,7 @@ def test_unsupported_sub_resources_are_not_implemented(gateway, s3, bucket, sub_
     for path in (f"/{bucket}", key_path(bucket, "k")):
         for method in ("GET", "PUT"):
             response = raw_request(gateway, method, path, query=sub_resource)
-            _assert_error(response, 501, "NotImplemented")
+            assert_s3_error(response, 501, "NotImplemented")
             assert sub_resource in response.xml().findtext("Message")
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x", "a refused request changes nothing"
 
@@ -66,7 +57,7 @@ def test_boto3_sees_not_implemented(s3, bucket):
 
 
 def test_unsigned_request_is_access_denied(gateway, bucket):
-    _assert_error(raw_request(gateway, "GET", f"/{bucket}", signed=False), 403, "AccessDenied")
+    assert_s3_error(raw_request(gateway, "GET", f"/{bucket}", signed=False), 403, "AccessDenied")
 
 
 def test_key_length_limit(gateway, s3, bucket):
@@ -76,7 +67,7 @@ def test_key_length_limit(gateway, s3, bucket):
     assert s3.get_object(Bucket=bucket, Key=longest)["Body"].read() == b"fits"
     too_long = longest + "y"
     response = raw_request(gateway, "PUT", key_path(bucket, too_long), b"x")
-    _assert_error(response, 400, "KeyTooLongError")
+    assert_s3_error(response, 400, "KeyTooLongError")
     with pytest.raises(ClientError) as info:
         s3.put_object(Bucket=bucket, Key="z" * 1025, Body=b"x")
     assert error_code(info.value) == "KeyTooLongError"
@@ -98,12 +89,12 @@ def test_key_length_limit(gateway, s3, bucket):
 ])
 def test_malformed_xml(gateway, s3, bucket, body):
     s3.put_object(Bucket=bucket, Key="a", Body=b"x")
-    _assert_error(raw_request(gateway, "POST", f"/{bucket}", body, query="delete"), 400, "MalformedXML")
+    assert_s3_error(raw_request(gateway, "POST", f"/{bucket}", body, query="delete"), 400, "MalformedXML")
     assert s3.head_object(Bucket=bucket, Key="a")["ContentLength"] == 1
 
 
 def test_malformed_create_bucket_configuration(gateway):
-    _assert_error(raw_request(gateway, "PUT", "/malformed-config-bucket", b"<CreateBucketConfiguration>"),
+    assert_s3_error(raw_request(gateway, "PUT", "/malformed-config-bucket", b"<CreateBucketConfiguration>"),
                   400, "MalformedXML")
 
 
@@ -155,7 +146,7 @@ def test_internal_failure_is_500_with_logged_request_id(gateway, s3, bucket, dam
     s3.put_object(Bucket=bucket, Key="good", Body=b"fine")
     damage(gateway.data_dir / bucket / "corrupt%obj")
     response = raw_request(gateway, "GET", key_path(bucket, "corrupt"))
-    _assert_error(response, 500, "InternalError")
+    assert_s3_error(response, 500, "InternalError")
     request_id = response.headers["x-amz-request-id"]
     deadline = time.monotonic() + 5
     while request_id not in gateway.log() and time.monotonic() < deadline:
@@ -270,9 +261,9 @@ def test_numeric_query_parameters_that_are_not_numbers(gateway, s3, bucket, valu
             if huge:
                 assert response.status == 200, (query, response.status, response.body[:300])
             else:
-                _assert_error(response, 400, "InvalidArgument")
+                assert_s3_error(response, 400, "InvalidArgument")
         part = raw_request(gateway, "PUT", f"/{bucket}/mp", b"abc", query=f"partNumber={value}&uploadId={upload}")
-        _assert_error(part, 400, "InvalidArgument")
+        assert_s3_error(part, 400, "InvalidArgument")
         complete = f"<CompleteMultipartUpload><Part><PartNumber>{unquote(value)}</PartNumber><ETag>x</ETag></Part>" \
                    "</CompleteMultipartUpload>"
         response = raw_request(gateway, "POST", f"/{bucket}/mp", complete.encode(), query=f"uploadId={upload}")
@@ -289,7 +280,7 @@ def test_numeric_headers_that_are_not_numbers(gateway, s3, bucket, value):
     try:
         response = raw_request(gateway, "PUT", f"/{bucket}/mp", query=f"partNumber=1&uploadId={upload}", headers={
             "x-amz-copy-source": f"/{bucket}/src", "x-amz-copy-source-range": f"bytes=0-{value}"})
-        _assert_error(response, 400, "InvalidArgument")
+        assert_s3_error(response, 400, "InvalidArgument")
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
     response = raw_request(gateway, "PUT", f"/{bucket}/chunked", b"3\r\nabc\r\n0\r\n\r\n", headers={
@@ -313,7 +304,7 @@ def test_presigned_expiry_that_is_not_a_number(gateway, s3, bucket, value):
     url = v4.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60)
     query, replaced = re.subn(r"X-Amz-Expires=\d+", f"X-Amz-Expires={value}", url.split("?", 1)[1])
     assert replaced == 1, url
-    _assert_error(raw_request(gateway, "GET", f"/{bucket}/k", query=query, signed=False),
+    assert_s3_error(raw_request(gateway, "GET", f"/{bucket}/k", query=query, signed=False),
                   400, "AuthorizationQueryParametersError")
     v2 = f"AWSAccessKeyId={gateway.access_key}&Signature=x&Expires={value}"
     response = raw_request(gateway, "GET", f"/{bucket}/k", query=v2, signed=False)
@@ -324,8 +315,8 @@ def test_presigned_expiry_that_is_not_a_number(gateway, s3, bucket, value):
 def test_xml_declaring_an_unreadable_encoding_is_malformed(gateway, s3, bucket, encoding):
     s3.put_object(Bucket=bucket, Key="a", Body=b"x")
     body = f'<?xml version="1.0" encoding="{encoding}"?><Delete><Object><Key>a</Key></Object></Delete>'.encode()
-    _assert_error(raw_request(gateway, "POST", f"/{bucket}", body, query="delete"), 400, "MalformedXML")
-    _assert_error(raw_request(gateway, "PUT", f"/xml-encoding-{encoding.replace('_', '-')}", body), 400,
+    assert_s3_error(raw_request(gateway, "POST", f"/{bucket}", body, query="delete"), 400, "MalformedXML")
+    assert_s3_error(raw_request(gateway, "PUT", f"/xml-encoding-{encoding.replace('_', '-')}", body), 400,
                   "MalformedXML")
     assert s3.head_object(Bucket=bucket, Key="a")["ContentLength"] == 1
 

@@ -16,7 +16,7 @@ from ... import errors
 from ...backend import ObjectReader
 from ...eager import NeedsTask
 from . import buckets, multipart, objects
-from .request import S3Request, check_bucket_name
+from .request import S3Request, check_bucket_name, check_path_utf8, check_query_utf8
 from .sigv4 import Authenticator
 from .xml import error_document
 
@@ -139,6 +139,8 @@ class S3App:
             req.auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                               req.query_pairs)
             req.access_key = req.auth.access_key
+            check_path_utf8(req)
+            check_query_utf8(req)
             if req.bucket:
                 check_bucket_name(req.bucket)
             handler = self._dispatch(req)
@@ -165,6 +167,8 @@ class S3App:
             req.auth = auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                                      req.query_pairs)
             req.access_key = auth.access_key
+            if "\ufffd" in req.key:  # percent-encoded bytes that may not be UTF-8 (a bad bucket name fails below)
+                check_path_utf8(req)
             check_bucket_name(req.bucket)
             return await objects.read_object(self, req, req.method == "HEAD")
         except errors.GatewayError as exc:

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from ... import errors
 from ...checksums import ALGORITHMS, checksum_b64
+from .objects import delete_key
 from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
 from .xml import child_text, document, element, parse
@@ -32,11 +33,7 @@ async def list_buckets(app, req: S3Request, send) -> None:
                                          ArgumentName="max-buckets", ArgumentValue=query["max-buckets"])
     after = ""
     if query.get("continuation-token"):
-        try:
-            after = base64.urlsafe_b64decode(query["continuation-token"].encode()).decode()
-        except ValueError:
-            raise errors.InvalidArgument("The continuation token provided is incorrect.",
-                                         ArgumentName="continuation-token") from None
+        after = decode_token(query["continuation-token"])
     buckets = [b for b in await app.service.list_buckets() if b.name.startswith(prefix) and b.name > after]
     if query.get("bucket-region", app.settings.region) != app.settings.region:
         buckets = []  # every bucket here is in the one region this gateway reports
@@ -48,11 +45,30 @@ async def list_buckets(app, req: S3Request, send) -> None:
     )
     extra = ""
     if len(buckets) > limit:
-        extra += element("ContinuationToken", base64.urlsafe_b64encode(page[-1].name.encode()).decode())
+        extra += element("ContinuationToken", encode_token(page[-1].name))
     if "prefix" in query:
         extra += element("Prefix", prefix)
     await send_xml(send, 200, document("ListAllMyBucketsResult", OWNER, f"<Buckets>{entries}</Buckets>", extra),
                    req.request_id)
+
+
+def encode_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def decode_token(token: str) -> str:
+    """The name a continuation token of ours (encode_token) resumes after; InvalidArgument for any
+    other string. urlsafe_b64decode alone skips characters outside the alphabet, so "!!!" or ""
+    read as "" and the listing silently started over from the first key."""
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        name = raw.decode("utf-8")
+    except ValueError:  # binascii.Error, UnicodeEncodeError and UnicodeDecodeError are ValueErrors
+        name = None
+    if not name or encode_token(name) != token:
+        raise errors.InvalidArgument("The continuation token provided is incorrect.",
+                                     ArgumentName="continuation-token")
+    return name
 
 
 async def create_bucket(app, req: S3Request, send) -> None:
@@ -110,11 +126,7 @@ async def list_objects(app, req: S3Request, send) -> None:
         start_after = query.get("start-after", "")
         marker = start_after
         if token is not None:
-            try:
-                marker = base64.urlsafe_b64decode(token.encode()).decode()
-            except (ValueError, UnicodeDecodeError):
-                raise errors.InvalidArgument("The continuation token provided is incorrect.",
-                                             ArgumentName="continuation-token") from None
+            marker = decode_token(token)
     else:
         marker = query.get("marker", "")
     page = await app.service.backend_for(req.bucket).list(req.bucket, prefix, delimiter, marker, max_keys)
@@ -134,7 +146,7 @@ async def list_objects(app, req: S3Request, send) -> None:
         if "start-after" in query:
             parts.append(element("StartAfter", enc(query["start-after"])))
         if page.is_truncated:
-            token = base64.urlsafe_b64encode(page.next_marker.encode()).decode()
+            token = encode_token(page.next_marker)
             parts.append(element("NextContinuationToken", token))
     else:
         parts.append(element("Marker", enc(marker)))
@@ -156,17 +168,22 @@ async def delete_objects(app, req: S3Request, send) -> None:
     if root.tag != "Delete":
         raise errors.MalformedXML("The document root must be <Delete>.")
     quiet = (child_text(root, "Quiet", required=False) or "").strip().lower() == "true"
-    keys = [child_text(node, "Key") for node in root.findall("Object")]
-    if not keys or len(keys) > 1000:
+    objects = root.findall("Object")
+    if not objects or len(objects) > 1000:
         raise errors.MalformedXML("A Delete request names 1 to 1000 objects.")
+    # (key, If-Match ETag or None, a condition that is not implemented or None)
+    entries = [(child_text(node, "Key"), child_text(node, "ETag", required=False),
+                next((tag for tag in ("LastModifiedTime", "Size") if node.find(tag) is not None), None))
+               for node in objects]
     backend = app.service.backend_for(req.bucket)
     await backend.head_bucket(req.bucket)
     results = []
-    for key in keys:
+    for key, etag, unsupported in entries:
         try:
             check_key(key)
-            await backend.delete(req.bucket, key)
-            app.service.object_deleted(req.bucket, key)
+            if unsupported:  # deleting without the condition could delete what the client keeps
+                raise errors.NotImplementedError_(f"The {unsupported} condition is not implemented; ETag is.")
+            await delete_key(app, req.bucket, key, etag.strip() if etag is not None else None)
             if not quiet:
                 results.append(f"<Deleted>{element('Key', key)}</Deleted>")
         except errors.GatewayError as exc:

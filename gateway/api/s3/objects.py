@@ -160,19 +160,21 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
     return ObjectMeta(req.headers.get("content-type") or DEFAULT_CONTENT_TYPE, metadata, stored)
 
 
-_UNSUPPORTED_WRITE_HEADERS = ("x-amz-server-side-encryption", "x-amz-tagging", "x-amz-object-lock-")
+_UNSUPPORTED_WRITE_HEADERS = ("x-amz-server-side-encryption", "x-amz-tagging", "x-amz-object-lock-",
+                              "x-amz-write-offset-bytes")
 
 
 def check_write_headers(req: S3Request) -> None:
     """Refuse what a write asks for and this gateway cannot do, rather than store the object without it.
 
     Server-side encryption (SSE-S3, SSE-KMS, SSE-C), tags and retention would otherwise be silently
-    missing: a client that sent its own key would believe the object is encrypted with it.
+    missing: a client that sent its own key would believe the object is encrypted with it. An append
+    (x-amz-write-offset-bytes, S3 Express) would replace the object with the appended bytes alone.
     """
     for name in req.headers:
         if name.startswith(_UNSUPPORTED_WRITE_HEADERS):
             raise errors.NotImplementedError_(f"The {name} header asks for something not implemented here "
-                                              "(server-side encryption, tagging or object lock).")
+                                              "(server-side encryption, tagging, object lock or appends).")
     _check_if_none_match(req)
 
 
@@ -225,15 +227,46 @@ async def put_object(app, req: S3Request, send) -> None:
     await send_response(send, 200, headers)
 
 
+# Conditions S3 takes on a delete only in directory buckets: refused, never ignored (an ignored
+# condition deletes what the client meant to keep).
+_UNSUPPORTED_DELETE_CONDITIONS = ("x-amz-if-match-last-modified-time", "x-amz-if-match-size")
+
+
 async def delete_object(app, req: S3Request, send) -> None:
-    backend = app.service.backend_for(req.bucket)
-    await backend.delete(req.bucket, req.key)
-    app.service.object_deleted(req.bucket, req.key)
+    for name in _UNSUPPORTED_DELETE_CONDITIONS:
+        if name in req.headers:
+            raise errors.NotImplementedError_(f"The {name} condition is not implemented; If-Match is.")
+    await delete_key(app, req.bucket, req.key, req.headers.get("if-match"))
     await send_response(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
 
 
+async def delete_key(app, bucket: str, key: str, if_match: str | None) -> None:
+    """Delete one key (DeleteObject, and each key of DeleteObjects). With If-Match (an ETag, or "*"),
+    as on S3 since 2025: 412 unless the current object matches, 404 NoSuchKey if there is none; the
+    check and the delete hold the key as a conditional PUT does (ObjectService.conditional_write)."""
+    backend = app.service.backend_for(bucket)
+    if if_match is None:
+        await backend.delete(bucket, key)
+    else:
+        async with app.service.conditional_write(bucket, key) as confirm:
+            try:
+                current = await backend.head(bucket, key)
+            except errors.NoSuchKey:
+                raise errors.NoSuchKey(Key=key) from None
+            if not _etag_matches(if_match, current.etag):
+                raise errors.PreconditionFailed(Condition="If-Match")
+            await confirm()
+            await backend.delete(bucket, key)
+    app.service.object_deleted(bucket, key)
+
+
 def parse_copy_source(value: str) -> tuple[str, str]:
-    source = unquote(value.split("?versionId=", 1)[0]).lstrip("/")
+    try:
+        source = unquote(value.split("?versionId=", 1)[0], errors="strict").lstrip("/")
+    except UnicodeDecodeError:
+        # Decoded with U+FFFD for each bad byte, it would name another object than the one meant.
+        raise errors.InvalidArgument("x-amz-copy-source holds percent-encoded bytes that are not UTF-8.",
+                                     ArgumentName="x-amz-copy-source") from None
     bucket, _, key = source.partition("/")
     if not bucket or not key:
         raise errors.InvalidArgument("x-amz-copy-source must be bucket/key.", ArgumentName="x-amz-copy-source")

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from ... import errors
 from ...backend import ByteRange
@@ -145,6 +145,30 @@ def _check_bucket_name(name: str) -> None:
             "starting and ending with a letter or digit.",
             BucketName=name,
         )
+
+
+def _utf8_or_invalid_uri(raw: str, what: str) -> None:
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidURI(f"Couldn't parse the specified URI: {what} holds percent-encoded bytes "
+                                "that are not UTF-8.") from None
+
+
+def check_path_utf8(req: S3Request) -> None:
+    """InvalidURI (as S3) for a path whose percent-encoded bytes are not UTF-8. The server decodes
+    them with U+FFFD for each bad byte, so ``bad%FF`` and ``bad%FE`` would name one key. Only a
+    decoded path with a U+FFFD is looked at again: for every other request this is one ``in``."""
+    if "\ufffd" in req.key or "\ufffd" in req.bucket:
+        _utf8_or_invalid_uri(req.raw_path, "the path")
+
+
+def check_query_utf8(req: S3Request) -> None:
+    """The same for the query's names and values (prefix, marker, start-after, ...)."""
+    if any("\ufffd" in value for value in req.query.values()) or any("\ufffd" in name for name in req.query):
+        for name, value in req.query_pairs:
+            _utf8_or_invalid_uri(name.replace("+", " "), "the query")
+            _utf8_or_invalid_uri(value.replace("+", " "), f"the query parameter {name!r}")
 
 
 def check_key(key: str) -> None:
