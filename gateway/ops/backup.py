@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from gateway import __version__
 from gateway_plugins import fslayout
 
+from .peers import current_role
 from .progress import Progress, human_bytes
 from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, is_object, publish_new, read_chunks, walk_files
@@ -91,10 +92,14 @@ def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str]]:
             raise OpsError(f"this node keeps no objects of its own (file stores: {where}; all shared): "
                            "objects-only backups are for servers in local mode. Take the full backup on the primary")
         stores = local
-    elif role == "redundant":
-        raise OpsError("this node is a redundant secondary: full backups are taken on the primary. "
-                       "Back up this server's own objects with `gateway backup -o`")
-    elif role == "primary" and any(not s.shared for s in stores):
+    else:
+        if role == "redundant":
+            # The registry decides: a failover or `cluster promote` makes a redundant node the primary.
+            role = current_role(settings, notes)
+        if role == "redundant":
+            raise OpsError("this node is a redundant secondary: full backups are taken on the primary. "
+                           "Back up this server's own objects with `gateway backup -o`")
+    if not objects_only and role == "primary" and any(not s.shared for s in stores):
         notes.append("this backup holds the primary's own objects: take `gateway backup -o` on each "
                      "redundant server in local mode too, they keep objects the primary does not have")
     for name in others:

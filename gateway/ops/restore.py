@@ -19,13 +19,17 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
 import tarfile
 from dataclasses import dataclass, field
 
+from gateway_plugins import fslayout
+
 from .backup import FILES, FORMAT, MANIFEST, PATH_HEADER, SHA_HEADER, STORAGE, SUMMARY
+from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster
 from .progress import Progress, human_bytes, plural
 from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, object_header, read_chunks, write_atomically
@@ -69,6 +73,7 @@ class RestoreResult:
     bytes: int = 0
     kept: list[str] = field(default_factory=list)  # differing files left as they were (no --overwrite)
     replaced: int = 0
+    newer_elsewhere: list[str] = field(default_factory=list)  # another node holds a newer version: left out
     node_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -168,6 +173,8 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise OpsError(f"{archive} is damaged, nothing was restored: {shown}")
     info.manifest, info.summary = manifest, summary
+    if total:  # the summary, the end-of-archive blocks and the padding after the last file: all read
+        progress.add(0, max(total - read, 0))
     progress.done("archive OK")
     return info
 
@@ -220,9 +227,12 @@ def check_destination(info: ArchiveInfo, settings, force: bool) -> tuple[dict[st
     not where this backup belongs (unless ``force``)."""
     manifest, notes = info.manifest, []
     here = node_name(settings)
-    if info.kind == "full" and settings.role not in (None, "primary"):
+    role = settings.role
+    if info.kind == "full" and role not in (None, "primary"):
+        role = current_role(settings, notes)  # a failover or `cluster promote` may have made it the primary
+    if info.kind == "full" and role not in (None, "primary"):
         message = (f"this is a full backup (of node {manifest['node']}); it is restored on the primary, and this "
-                   f"node is {settings.role}")
+                   f"node is {role}")
         if not force:
             raise OpsError(message + ". Run the restore on the primary, or pass --force to restore it here")
         notes.append(message + "; restoring anyway (--force)")
@@ -257,26 +267,46 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
     result = RestoreResult()
     installers = {name: Installer(store.root) for name, store in mapping.items()}
     progress = Progress("restore", info.files, info.bytes, stream=stream, quiet=quiet)
-    with _open(archive) as tar:
-        for member in tar:
-            if member.name.startswith(STORAGE + "/"):
-                store, _, relpath = member.name[len(STORAGE) + 1:].rstrip("/").partition("/")
-                installer = installers[store]
-                if member.isdir():
-                    if relpath:  # the store's own root is there already
-                        os.makedirs(installer.path(relpath), exist_ok=True)
-                    continue
-                _restore_object(tar, member, installer, relpath, overwrite, result)
-                progress.add(1, member.size)
-            elif member.name.startswith(FILES + "/") and member.isfile():
-                what = member.name[len(FILES) + 1:].split("/", 1)[0]
-                _restore_node_file(tar, member, what, settings, config_file, overwrite, result, progress)
+    peers = _peer_versions(settings, mapping, progress)
+    try:
+        with _open(archive) as tar:
+            for member in tar:
+                if member.name.startswith(STORAGE + "/"):
+                    store, _, relpath = member.name[len(STORAGE) + 1:].rstrip("/").partition("/")
+                    installer = installers[store]
+                    if member.isdir():
+                        if relpath:  # the store's own root is there already
+                            os.makedirs(installer.path(relpath), exist_ok=True)
+                        continue
+                    _restore_object(tar, member, installer, relpath, overwrite, result,
+                                    None if mapping[store].shared else peers)
+                    progress.add(1, member.size)
+                elif member.name.startswith(FILES + "/") and member.isfile():
+                    what = member.name[len(FILES) + 1:].split("/", 1)[0]
+                    _restore_node_file(tar, member, what, settings, config_file, overwrite, result, progress)
+    finally:
+        if peers is not None:
+            peers.close()
     summary = f"{plural(result.restored, 'file')} restored ({human_bytes(result.bytes)}), {result.already:,} already there"
     if result.replaced:
         summary += f", {result.replaced:,} replaced by the backup's copy (--overwrite)"
     if result.kept:
         summary += f", {len(result.kept):,} kept at their current version (they differ from the backup: written after it)"
+    if result.newer_elsewhere:
+        summary += (f", {len(result.newer_elsewhere):,} left out (another node holds a newer version: "
+                    "overwritten since the backup)")
     progress.done(summary)
+    for line in result.newer_elsewhere[:SHOW]:
+        progress.note(f"newer on another node, left out: {line}")
+    if len(result.newer_elsewhere) > SHOW:
+        progress.note(f"newer on another node, left out: ... and {len(result.newer_elsewhere) - SHOW:,} more")
+    if peers is not None:
+        for peer, reason in sorted(peers.unreachable.items()):
+            progress.note(f"warning: could not ask node {peer} for newer versions ({reason}); objects restored after "
+                          "that were not checked against it: if it holds a newer version of one, reads may return "
+                          "either. Run the restore again once it answers: it asks again before anything is put "
+                          "back, and an object already restored stays as it is (check it with a GET through "
+                          f"{peer})")
     for path in result.kept[:SHOW]:
         progress.note(f"kept: {path}")
     if len(result.kept) > SHOW:
@@ -287,8 +317,24 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
     return result
 
 
+def _peer_versions(settings, mapping: dict[str, Store], progress: Progress) -> PeerVersions | None:
+    """On a cluster node in local mode: the other storing nodes to ask before an object is put back."""
+    if all(store.shared for store in mapping.values()):
+        return None  # shared storage: one file for every node, nothing to compare with
+    try:
+        view = read_cluster(settings)
+    except RegistryUnreadable as exc:
+        progress.note(f"warning: could not read the cluster registry ({exc}): the other nodes are not asked for "
+                      "newer versions, so an object overwritten through another node since the backup may come "
+                      "back in its old version here")
+        return None
+    if view is None or not view.peers:
+        return None
+    return PeerVersions(settings, view)
+
+
 def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: Installer, relpath: str,
-                    overwrite: bool, result: RestoreResult) -> None:
+                    overwrite: bool, result: RestoreResult, peers: PeerVersions | None = None) -> None:
     expected = member.pax_headers[SHA_HEADER]
     final = installer.path(relpath)
     present = file_sha256(final)
@@ -299,16 +345,50 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
         _keep(final, relpath, result)
         return
     source = tar.extractfile(member)
+    chunks = read_chunks(source, member.size)
+    if peers is not None and is_object(relpath) and not relpath.startswith("."):
+        # In a cluster, an overwrite through another node retired this node's copy: a newer
+        # version there must not be shadowed by the backup's older one (peers.py).
+        first = b"".join(itertools.islice(chunks, 1))
+        chunks = itertools.chain([first], chunks)
+        header = _header(first)
+        if header is not None:
+            newer = peers.newer(relpath.split("/", 1)[0], header["key"], header["time"], header["etag"])
+            if newer is not None:
+                result.newer_elsewhere.append(
+                    f"{relpath.split('/', 1)[0]}/{header['key']} (node {newer.node} has a version of "
+                    f"{_utc(newer.last_modified)}, the backup's is of {_utc(header['time'])})")
+                for _ in chunks:  # the stream goes on past this member's bytes
+                    pass
+                return
     try:
         # Without --overwrite, an object a client writes while this one is being copied wins.
-        installer.install(relpath, read_chunks(source, member.size), mtime=member.mtime, expect_sha256=expected,
-                          replace=overwrite)
+        installer.install(relpath, chunks, mtime=member.mtime, expect_sha256=expected, replace=overwrite)
     except FileExistsError:
         _keep(final, relpath, result)
         return
     result.restored += 1
     result.bytes += member.size
     result.replaced += present is not None
+
+
+def _header(first: bytes) -> dict | None:
+    try:
+        parsed = fslayout.decode_header(first)
+    except (fslayout.CorruptObject, ValueError):
+        return None
+    if parsed is None or not isinstance(parsed[0], dict):
+        return None
+    header = parsed[0]
+    ok = (isinstance(header.get("key"), str) and isinstance(header.get("etag"), str)
+          and isinstance(header.get("time"), (int, float)))
+    return header if ok else None
+
+
+def _utc(when: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _keep(final: str, relpath: str, result: RestoreResult) -> None:
