@@ -17,7 +17,8 @@ How the vote is taken, through the registry (SQLite or etcd):
   of two candidates exactly one wins.
 - The winner marks itself primary and the old primary redundant in the
   registry. An old primary that comes back (or was only cut off) finds the
-  lease held by another node and steps down to redundant.
+  lease held by another node and steps down to redundant, once that node is
+  listed primary (killed before that, it leaves the old primary in place).
 
 Being primary decides where new objects are placed and who balances reads
 (gateway/services/cluster_nodes.py); every object stays where it is, so a
@@ -104,6 +105,11 @@ class Election:
         if role != "redundant":
             return role
         holder = await self.registry.lock_holder(LEASE)
+        if holder == self.node_id:
+            # This node took the lease but did not become primary (a registry error right after): a
+            # lease nobody acts on would make every other node wait for it to lapse, then find no
+            # primary listed to replace.
+            return "primary" if await self._hold() else "redundant"
         if holder is not None:
             return "redundant"  # a primary holds the lease: nothing to vote on
         handover = await self.registry.lock_holder(HANDOVER)
@@ -132,7 +138,7 @@ class Election:
         self.took_over_from = primary.node_id
         log.warning("failover: primary %s is down (last seen %.0f s ago), voters %s and %s are up: node %s is the "
                     "primary now", primary.node_id, primary.age(now), *voting, self.node_id)
-        await self._demote_others()
+        await self._took_lease()
         return "primary"
 
     def _silent_long_enough(self, primary: NodeRecord) -> bool:
@@ -166,15 +172,22 @@ class Election:
     async def _take_handover(self) -> str:
         if not await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
             return "redundant"
+        await self._took_lease()
         await self.registry.release_lock(HANDOVER, self.node_id)
-        await self._demote_others()
         log.warning("this node is the primary now, handed over by `gateway cluster promote`")
         return "primary"
 
+    async def _took_lease(self) -> None:
+        """Having just taken the lease: list this node primary at once, then the others redundant.
+        In this order because the old primary steps down only once the lease holder is listed
+        primary (``_hold``): killed in between, this node leaves the old primary in place rather
+        than a cluster with no primary listed, which no voter would ever replace."""
+        await self.registry.set_role(self.node_id, "primary")
+        await self._demote_others()
+
     async def _demote_others(self) -> None:
-        """Having just taken the lease: any other node still listed primary (one that died as
-        primary, and is down now) is redundant, so that one primary is listed and the voters
-        are counted right."""
+        """Any other node still listed primary (one that died as primary, and is down now) is
+        redundant, so that one primary is listed and the voters are counted right."""
         for node in await self.registry.nodes():
             if node.role == "primary" and node.node_id != self.node_id:
                 await self.registry.set_role(node.node_id, "redundant")
@@ -184,11 +197,19 @@ class Election:
         if await self.registry.refresh_lock(LEASE, self.node_id, self.lease_seconds):
             return True
         if await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
-            await self._demote_others()
+            await self._took_lease()
             return True
         holder = await self.registry.lock_holder(LEASE)
         if holder in (None, self.node_id):
             # Our own lease from before a restart (etcd keeps it until it lapses): still ours.
+            return True
+        taker = await self.registry.get(holder)
+        if taker is None or taker.role != "primary":
+            # It took the lease a moment ago and lists itself primary next (``_took_lease``), or it
+            # died in between: stepping down now would leave no primary listed, and nobody would
+            # replace one. Stay until it is listed, or until its lease lapses and this node takes it back.
+            log.info("node %s holds the primary lease but is not listed primary (yet): this node stays "
+                     "primary until it is", holder)
             return True
         log.warning("node %s holds the primary lease: this node steps down to redundant", holder)
         return False

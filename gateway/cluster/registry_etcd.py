@@ -21,7 +21,9 @@ its node applied it is not deleted.
 Locks are keys under ``/cv-gateway/locks/`` attached to a lease of their
 own: etcd deletes them when the lease runs out (a holder that died), taking
 one is a put on condition that the key does not exist, and refreshing or
-releasing one is a keep-alive or revocation of its lease.
+releasing one is a keep-alive or revocation of its lease (a lock another
+process took in the releasing owner's name is deleted while its value is
+still that owner).
 """
 
 from __future__ import annotations
@@ -234,6 +236,16 @@ class EtcdRegistry(Registry):
         lease = self._leases.pop((name, owner), None)
         if lease is not None:
             await self._call("/v3/lease/revoke", {"ID": lease})
+            return
+        # Taken in owner's name under another process's lease (the handover lock, which `gateway
+        # cluster promote` takes for the node it chose), or this process's before a restart: delete
+        # it while it is still owner's, as SQLite does. Left alone, it lasted until that lease ran out
+        # (--wait, 60 s), and the voters replace no dead primary while a handover is under way.
+        key = _b64(LOCK_PREFIX + name)
+        await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "VALUE", "result": "EQUAL", "value": _b64(owner)}],
+            "success": [{"request_delete_range": {"key": key}}],
+        })
 
     async def lock_holder(self, name: str) -> str | None:
         kvs = (await self._call("/v3/kv/range", {"key": _b64(LOCK_PREFIX + name)})).get("kvs") or []
