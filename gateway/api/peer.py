@@ -160,6 +160,7 @@ class PeerApp:
                       send) -> None:
         backend = self._local(bucket)
         if method == "PUT":
+            self._refuse_stale_write()
             if headers.get(wire.ENSURE_BUCKET_HEADER) == "1":
                 try:
                     await backend.head_bucket(bucket)
@@ -192,6 +193,20 @@ class PeerApp:
             await _send(send, 204, [(wire.EXISTED_HEADER.encode(), b"1" if existed else b"0")], b"")
         else:
             raise errors.MethodNotAllowed()
+
+    def _refuse_stale_write(self) -> None:
+        """Refuse a peer PUT for ``peer_timeout`` after this process stood still (cluster/stall.py).
+
+        A node that was frozen (SIGSTOP, a paused VM) finds the PUTs sent meanwhile in its sockets
+        when it runs again. Their senders timed out and answered their clients 503; the client may
+        have written the key again elsewhere since, and stored now, the old request would get a
+        newer modification time than that acknowledged write and replace it (last writer wins).
+        The sender treats this 503 as any unreachable peer: it tries another node or says 503.
+        """
+        if self.service.cluster.stalls.stalled_recently():
+            raise errors.ServiceUnavailable(
+                "This node has just run again after standing still for longer than the peer timeout: it takes "
+                "no peer writes for that long, since their senders have given up on the ones sent meanwhile.")
 
     async def _bucket(self, method: str, bucket: str, send) -> None:
         backend = self._local(bucket)

@@ -27,6 +27,7 @@ from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retire
 from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_of
+from .stall import StallWatch
 
 log = logging.getLogger("gateway.cluster")
 # Walking storage to count objects is bounded (a status figure, not an inventory).
@@ -81,6 +82,7 @@ class Cluster:
         self.election = (Election(self.registry, self.node_id, settings.failover_after)
                          if settings.failover else None)
         self.role_listeners: list = []  # called with (old role, new role) after a failover changed it
+        self.stalls = StallWatch(settings.peer_timeout)  # this process stood still: refuse stale peer writes
         self._left = False  # removed from the registry by `cluster leave` while running
 
     # Life cycle -------------------------------------------------------------
@@ -107,6 +109,7 @@ class Cluster:
         log.info("node %s joined as %s (install order %d) at %s; %d nodes known", self.node_id, self.role,
                  record.install_order, self.address, len(self.nodes))
         self._task = asyncio.create_task(self._run(), name="cluster-membership")
+        self.stalls.start()
 
     async def _default_role(self) -> str:
         """The role a node has in the registry, else primary for the first node and redundant after."""
@@ -117,6 +120,7 @@ class Cluster:
         return "redundant" if others else "primary"
 
     async def close(self) -> None:
+        self.stalls.stop()
         if self._task is not None:
             self._task.cancel()
             try:

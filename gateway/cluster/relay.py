@@ -97,32 +97,51 @@ class PeerClient:
         self.ssl_context = ssl_context
         self.on_failure = on_failure  # called with the peer id after a failure (membership reloads)
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None  # object bodies: GETs over SMALL_BODY, PUTs
         # GET and HEAD of objects (the hot relay calls): no aiohttp, no task needed (peer_http.py).
         self.lean = PeerHttp(timeout, ssl_context, body_limit=SMALL_BODY)
         # (peer, operation, outcome) -> calls, for GET /metrics. Outcomes: ok, missing (404),
         # error (any other HTTP error), unreachable (no answer), refused (our signature was rejected).
         self.calls: Counter[tuple[str, str, str]] = Counter()
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.ssl_context or False,
-                                             keepalive_timeout=30, ttl_dns_cache=300)
+    def session(self, stream: bool = False) -> aiohttp.ClientSession:
+        """The pooled session for short calls, or with ``stream`` the one for object bodies.
+
+        Object bodies (a GET over SMALL_BODY, a PUT) hold their connection as long as the client
+        takes to read or send them: one peer connection per client request in flight, so they are
+        not limited in number. In the bounded pool of the short calls, 64 slow readers of large
+        objects through one node took every connection to a peer, and every LIST, DELETE, PUT and
+        overwrite retirement to that peer then waited for a free one without end.
+        """
+        current = self._streams if stream else self._session
+        if current is None or current.closed:
+            if stream:
+                connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self.ssl_context or False,
+                                                 keepalive_timeout=15, ttl_dns_cache=300)
+            else:
+                connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.ssl_context or False,
+                                                 keepalive_timeout=30, ttl_dns_cache=300)
             # Peers set no cookies: DummyCookieJar skips the per-request cookie filtering.
-            self._session = aiohttp.ClientSession(
+            current = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
             )
-        return self._session
+            if stream:
+                self._streams = current
+            else:
+                self._session = current
+        return current
 
     async def close(self) -> None:
         self.lean.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
+        self._session = self._streams = None
 
     async def request(self, peer: str, address: str, method: str, target: str, *, headers=None, data=None,
-                      retry: bool = True) -> aiohttp.ClientResponse:
+                      retry: bool = True, stream: bool = False) -> aiohttp.ClientResponse:
         """Send a signed request and return the response once its headers arrived; raise PeerUnreachable.
 
         The caller must release the response. A pooled connection the peer
@@ -135,15 +154,20 @@ class PeerClient:
             all_headers.update(headers)
         started = time.monotonic()
         try:
-            response = await self.session().request(method, URL(address + target, encoded=True),
+            response = await self.session(stream).request(method, URL(address + target, encoded=True),
                                                     headers=all_headers, data=data, allow_redirects=False)
         except aiohttp.ServerDisconnectedError as exc:
+            if isinstance(data, HeldBackBody) and data.error is not None:
+                raise data.error from None  # our client's body failed, not the peer (see HeldBackBody)
             if retry and data is None:
-                return await self.request(peer, address, method, target, headers=headers, retry=False)
+                return await self.request(peer, address, method, target, headers=headers, retry=False,
+                                          stream=stream)
             self._failed(peer, f"disconnected: {exc}")
             self.calls[peer, operation(method, target), "unreachable"] += 1
             raise PeerUnreachable(peer, "closed the connection") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if isinstance(data, HeldBackBody) and data.error is not None:
+                raise data.error from None
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             self._failed(peer, reason)
             self.calls[peer, operation(method, target), "unreachable"] += 1
@@ -163,6 +187,12 @@ class PeerClient:
                            "check that every node has the same GATEWAY_CLUSTER_SECRET")
         return PeerUnreachable(peer, "refused our peer signature")
 
+    def _malformed(self, peer: str, what: str, exc: Exception) -> errors.ServiceUnavailable:
+        """The peer answered, but not as a peer route does (another server at its address, a broken
+        node): it could not say whether it has the object, so it counts as failed and is asked last."""
+        self._failed(peer, f"malformed answer to {what}: {type(exc).__name__}: {exc}")
+        return errors.ServiceUnavailable(f"peer {peer} sent a malformed answer to {what}: {exc}")
+
     def _failed(self, peer: str, reason: str) -> None:
         self.health.failed(peer, reason)
         if self.on_failure is not None:
@@ -174,6 +204,8 @@ class PeerClient:
             return
         try:
             message = (await response.read()).decode(errors="replace") if response.method != "HEAD" else ""
+        except (aiohttp.ClientError, TimeoutError):  # the error's text was cut off: the status still says it
+            message = ""
         finally:
             response.release()
         raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER), message, response.status)
@@ -230,19 +262,19 @@ class PeerClient:
             start, stop = (int(x) for x in response.headers[wire.SPAN_HEADER].split("-"))
             if stop - start != len(response.body):
                 raise ValueError(f"span {start}-{stop} but {len(response.body)} bytes")
-        except (KeyError, ValueError) as exc:
-            raise errors.ServiceUnavailable(f"peer {peer} sent a malformed object response: {exc}") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise self._malformed(peer, "GET", exc) from None
         return ObjectReader(info, start, stop, data=response.body)
 
     async def _get_aiohttp(self, peer: str, address: str, target: str, headers: dict | None) -> ObjectReader:
-        response = await self.request(peer, address, "GET", target, headers=headers)
+        response = await self.request(peer, address, "GET", target, headers=headers, stream=True)
         await self._raise_for(response)
         try:
             info = wire.info_from_header(response.headers[wire.INFO_HEADER])
             start, stop = (int(x) for x in response.headers[wire.SPAN_HEADER].split("-"))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             response.close()
-            raise errors.ServiceUnavailable(f"peer {peer} sent a malformed object response: {exc}") from None
+            raise self._malformed(peer, "GET", exc) from None
         if stop - start <= SMALL_BODY:
             try:
                 data = await response.read()
@@ -270,10 +302,12 @@ class PeerClient:
             response = await self.request(peer, address, "HEAD", target)
             await self._raise_for(response)
             response.release()
-            return wire.info_from_header(response.headers[wire.INFO_HEADER])
-        if response.status >= 300:
+        elif response.status >= 300:
             raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER), "", response.status)
-        return wire.info_from_header(response.headers[wire.INFO_HEADER])
+        try:
+            return wire.info_from_header(response.headers[wire.INFO_HEADER])
+        except (KeyError, ValueError, TypeError) as exc:  # no exception handling cost unless raised
+            raise self._malformed(peer, "HEAD", exc) from None
 
     async def put(self, peer: str, address: str, bucket: str, key: str, payload: Payload,
                   meta: ObjectMeta, ensure_bucket: bool = False) -> ObjectInfo:
@@ -288,12 +322,23 @@ class PeerClient:
         etag = getattr(payload, "_etag_override", None)
         if etag:
             headers[wire.ETAG_HEADER] = etag
-        response = await self.request(peer, address, "PUT", object_path(bucket, key), headers=headers,
-                                      data=_held_back(payload))
+        body = HeldBackBody(payload)
+        response = await self.request(peer, address, "PUT", object_path(bucket, key), headers=headers, data=body,
+                                      stream=True)
+        if body.error is not None:  # the peer answered before our client's body failed
+            response.close()
+            raise body.error
         await self._raise_for(response)
-        body = await response.read()
-        response.release()
-        return wire.info_from_json(json.loads(body))
+        try:
+            data = await response.read()
+            return wire.info_from_json(json.loads(data))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._failed(peer, f"body: {exc or 'timed out'}")
+            raise errors.ServiceUnavailable(f"peer {peer} failed while answering a PUT") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise self._malformed(peer, "PUT", exc) from None
+        finally:
+            response.release()
 
     async def delete(self, peer: str, address: str, bucket: str, key: str) -> bool:
         """Delete the peer's copy; return whether it had one."""
@@ -313,18 +358,17 @@ class PeerClient:
         await self._raise_for(response)
         response.release()
         kept = response.headers.get(wire.INFO_HEADER)
-        return wire.info_from_json(json.loads(kept)) if kept else None
+        try:
+            return wire.info_from_json(json.loads(kept)) if kept else None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise self._malformed(peer, "a conditional DELETE", exc) from None
 
     async def list(self, peer: str, address: str, bucket: str, prefix: str, delimiter: str, start_after: str,
                    max_keys: int) -> ListPage:
         query = urlencode({"prefix": prefix, "delimiter": delimiter, "start-after": start_after,
                            "max-keys": str(max_keys)}, quote_via=quote)
         target = f"{wire.PREFIX}/list/{quote(bucket, safe='')}?{query}"
-        response = await self.request(peer, address, "GET", target)
-        await self._raise_for(response)
-        data = await response.json(content_type=None)
-        response.release()
-        return wire.page_from_json(data)
+        return await self._json(peer, address, target, "LIST", wire.page_from_json)
 
     # Buckets --------------------------------------------------------------------
 
@@ -335,32 +379,64 @@ class PeerClient:
         response.release()
 
     async def list_buckets(self, peer: str, address: str) -> list[BucketInfo]:
-        response = await self.request(peer, address, "GET", f"{wire.PREFIX}/buckets")
-        await self._raise_for(response)
-        data = await response.json(content_type=None)
-        response.release()
-        return wire.buckets_from_json(data)
+        return await self._json(peer, address, f"{wire.PREFIX}/buckets", "a bucket list", wire.buckets_from_json)
 
     async def ping(self, peer: str, address: str) -> dict:
-        response = await self.request(peer, address, "GET", f"{wire.PREFIX}/ping")
+        return await self._json(peer, address, f"{wire.PREFIX}/ping", "a ping", _json_object)
+
+    async def _json(self, peer: str, address: str, target: str, what: str, decode):
+        """GET ``target`` and return ``decode(JSON answer)``; a body cut off or not what a peer sends
+        is a 503 ServiceUnavailable (the caller counts the peer as unreachable), never a 500."""
+        response = await self.request(peer, address, "GET", target)
         await self._raise_for(response)
-        data = await response.json(content_type=None)
-        response.release()
-        return data
+        try:
+            return decode(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._failed(peer, f"body: {exc or 'timed out'}")
+            raise errors.ServiceUnavailable(f"peer {peer} failed while sending {what}") from None
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise self._malformed(peer, what, exc) from None
+        finally:
+            response.release()
 
 
-async def _held_back(payload: Payload) -> AsyncIterator[bytes]:
-    """The payload's chunks, holding the last one back until the payload verified itself.
+def _json_object(data) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+class HeldBackBody:
+    """The payload's chunks for a PUT to a peer, holding the last one back until the payload verified itself.
 
     Payload checks length and digests only after its last chunk; if that
     check fails, the peer must not have the whole body, or it would commit a
     bad object. So the last chunk is sent only once the check passed, and a
     failure leaves the peer with a short body that it discards.
+
+    The payload's own failure (the client's body was cut off, a bad
+    Content-MD5 or checksum) is kept in ``error``: aiohttp reports it as a
+    failed connection, but it is the client's fault, not the peer's, so
+    PeerClient.request raises it as it is (400 BadDigest, IncompleteBody)
+    instead of a 503 that marks a healthy peer as failed.
     """
-    previous = None
-    async for chunk in payload:
+
+    def __init__(self, payload: Payload):
+        self.payload = payload
+        self.error: BaseException | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        previous = None
+        try:
+            async for chunk in self.payload:
+                if previous is not None:
+                    yield previous
+                previous = chunk
+        except errors.GatewayError as exc:
+            self.error = exc
+            raise
         if previous is not None:
             yield previous
-        previous = chunk
-    if previous is not None:
-        yield previous

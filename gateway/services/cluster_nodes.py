@@ -567,9 +567,38 @@ class ProxyNode(ClusterNode):
         if not healthy and not limited:
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
         order = healthy or limited
-        # Multipart parts of one upload must land together: keep the internal bucket on the first storing node.
-        target = order[0] if bucket == MULTIPART_BUCKET else self.cluster.balancer.choose(order)
+        if bucket == MULTIPART_BUCKET and not key.endswith("/upload"):
+            # A part goes where its upload's record is: the upload is assembled there, and a part sent
+            # again must replace the earlier one, not leave it on another node for the relay to find.
+            target = await self._upload_holder(key)
+        else:
+            target = self.cluster.balancer.choose(order)
         try:
             return await self._put_on_peer(target, bucket, key, payload, meta)
         except PeerUnreachable as exc:
             raise unreachable_error(f"Object {key!r}", [exc.peer]) from None
+
+    async def _upload_holder(self, part_key: str) -> str:
+        """The storing node that holds the record of the multipart upload ``part_key`` belongs to.
+
+        upload_part has just read the record (get_upload), so the location cache names the node;
+        only when that entry is gone is it looked up again. Upload records are placed like any PUT
+        (spreading uploads over the storing nodes); all of an upload's parts then follow its record.
+        (Choosing the node per part, as the first healthy one by latency, scattered the parts of one
+        upload, and a part uploaded twice kept its old copy on another node, which the relay could
+        pick when the upload was completed: an object with the old part's bytes.)
+        """
+        bucket, upload_id, _ = part_key.split("/", 2)
+        record = f"{bucket}/{upload_id}/upload"
+        peers = self.cluster.peers()
+        holder = self.locations.get(MULTIPART_BUCKET, record)
+        if not holder or holder not in peers:
+            try:
+                await self._find(MULTIPART_BUCKET, record,
+                                 lambda p, a: self.client.head(p, a, MULTIPART_BUCKET, record), True, "head")
+            except (errors.NoSuchKey, errors.NoSuchBucket):
+                raise errors.NoSuchUpload(UploadId=upload_id) from None
+            holder = self.locations.get(MULTIPART_BUCKET, record)
+            if not holder or holder not in peers:  # found on the node the cache named, which it forgot
+                raise unreachable_error(f"Upload {upload_id!r}", [])
+        return holder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -12,6 +13,7 @@ from gateway.cluster.health import PeerHealth
 from gateway.cluster.listing import merge_pages
 from gateway.cluster.locations import NOWHERE, LocationCache
 from gateway.cluster.peer_auth import PeerAuthError, PeerSigner
+from gateway.cluster.stall import StallWatch
 
 
 class FakeClock:
@@ -210,3 +212,41 @@ def test_peer_call_labels():
     assert operation("GET", "/_cluster/v1/buckets") == "buckets"
     assert operation("GET", "/_cluster/v1/ping") == "ping"
     assert [outcome(s) for s in (200, 204, 404, 409, 503)] == ["ok", "ok", "missing", "error", "error"]
+
+
+def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_after_the_limit():
+    clock = FakeClock()
+    watch = StallWatch(2.0, clock, interval=0.25)
+    for _ in range(20):  # a loop that runs: ticks 0.25 s apart
+        clock.now += 0.25
+        watch.tick()
+        assert not watch.stalled_recently()
+    clock.now += 1.9  # slow, not stopped: under the limit
+    watch.tick()
+    assert not watch.stalled_recently()
+    clock.now += 30  # SIGSTOP for 30 s, then SIGCONT
+    watch.tick()
+    assert watch.stalled_recently()
+    clock.now += 1.9
+    watch.tick()
+    assert watch.stalled_recently()  # writes sent during the stall may still be arriving
+    clock.now += 0.2
+    watch.tick()
+    assert not watch.stalled_recently()
+
+
+def test_stall_watch_counts_a_stall_whose_tick_is_still_overdue():
+    """A request handled right after the process ran again, before the overdue tick: still a stall."""
+    clock = FakeClock()
+    watch = StallWatch(2.0, clock, interval=0.25)
+
+    async def main():
+        watch.start()
+        try:
+            assert not watch.stalled_recently()
+            clock.now += 10
+            assert watch.stalled_recently()
+        finally:
+            watch.stop()
+
+    asyncio.run(main())

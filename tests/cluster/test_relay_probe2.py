@@ -1,0 +1,280 @@
+"""Relay, proxy and placement edge cases found by probing a real cluster (1 primary + 2 redundant + 1 proxy,
+SQLite registry, real gateway processes on loopback): multipart parts through the proxy, a client's bad or
+abandoned body on its way to a peer, and a peer that answers like no gateway does."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from botocore.exceptions import ClientError
+
+NODES = ("p1", "r1", "r2", "x1")
+STORING = ("p1", "r1", "r2")
+
+
+@pytest.fixture(scope="module")
+def cluster(sqlite_cluster):
+    sqlite_cluster["p1"].client().create_bucket(Bucket="probe2")
+    return sqlite_cluster
+
+
+def clients(cluster):
+    return {name: cluster[name].client() for name in NODES}
+
+
+def peer_failures(cluster, node: str) -> dict[str, int]:
+    """How many calls to each peer ``node`` counted as failed since it started (never goes down)."""
+    return {peer: view["failed"] for peer, view in cluster.admin(node)["peers"].items()}
+
+
+def upload_files(cluster, upload_id: str) -> dict[str, list[str]]:
+    """Per storing node, the files of one multipart upload (record and parts) in its storage."""
+    found = {}
+    for name in STORING:
+        root = cluster[name].data_dir / ".multipart" / "probe2" / upload_id
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*%obj")) if root.exists() else []
+        if files:
+            found[name] = files
+    return found
+
+
+def test_parts_of_an_upload_through_the_proxy_stay_on_one_node_and_a_part_sent_again_replaces_the_old(cluster):
+    """The proxy used to send each part to the storing node answering fastest at that moment, so the
+    parts of one upload were scattered, and a part uploaded again (an SDK retry) left its first copy
+    on another node, where the relay could pick it when the upload was completed: the object then held
+    the old part's bytes under the new part's ETag. A part now goes to the node holding its upload."""
+    s3 = clients(cluster)
+    s3["r1"].put_object(Bucket="probe2", Key="stir/on-r1", Body=b"r" * 4096)
+    s3["p1"].put_object(Bucket="probe2", Key="stir/on-p1", Body=b"p" * 4096)
+    for round_ in range(4):
+        key = f"multipart/{round_}"
+        upload = s3["x1"].create_multipart_upload(Bucket="probe2", Key=key)["UploadId"]
+        parts = [bytes([65 + i]) * 2048 for i in range(8)]
+        etags = []
+        for i, body in enumerate(parts):
+            etags.append(s3["x1"].upload_part(Bucket="probe2", Key=key, UploadId=upload, PartNumber=i + 1,
+                                              Body=body)["ETag"])
+            # Relayed reads between the parts move the proxy's view of which peer answers fastest.
+            for stir in ("stir/on-r1", "stir/on-p1"):
+                s3["x1"].head_object(Bucket="probe2", Key=stir)
+        parts[0] = b"sent again " * 300
+        etags[0] = s3["x1"].upload_part(Bucket="probe2", Key=key, UploadId=upload, PartNumber=1,
+                                        Body=parts[0])["ETag"]
+        where = upload_files(cluster, upload)
+        assert len(where) == 1, f"the parts of upload {round_} are spread over {where}"
+        assert len(next(iter(where.values()))) == 9, where  # the record and 8 parts
+        s3["x1"].complete_multipart_upload(Bucket="probe2", Key=key, UploadId=upload, MultipartUpload={
+            "Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]})
+        for name in NODES:
+            assert s3[name].get_object(Bucket="probe2", Key=key)["Body"].read() == b"".join(parts), (round_, name)
+        assert upload_files(cluster, upload) == {}, "the completed upload left parts behind"
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small", "3MiB"])
+def test_bad_digest_through_a_node_that_places_on_a_peer_is_400_and_the_peer_stays_healthy(cluster, big):
+    """The proxy (and the primary when it places a PUT on a redundant node) streams the body to the
+    peer and holds its last chunk back until the client's Content-MD5 or checksum verified. A mismatch
+    used to surface as a failed peer connection: 503 ServiceUnavailable (which SDKs retry) and the
+    healthy peer de-prioritized. It is the client's 400 BadDigest, and the peer is not blamed."""
+    s3 = clients(cluster)
+    body = b"a" * ((3 << 20) if big else 1000)
+    wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    wrong_sha = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    before = {via: peer_failures(cluster, via) for via in ("x1", "p1")}
+    for via in ("x1", "p1"):
+        for attempt in range(4):  # the primary places some PUTs on itself: several keys reach a peer
+            key = f"bad-digest/{via}/{big}/{attempt}"
+            for checks in ({"ContentMD5": wrong_md5}, {"ChecksumSHA256": wrong_sha}):
+                with pytest.raises(ClientError) as info:
+                    s3[via].put_object(Bucket="probe2", Key=key, Body=body, **checks)
+                error = info.value.response
+                assert (error["ResponseMetadata"]["HTTPStatusCode"], error["Error"]["Code"]) == (400, "BadDigest"), \
+                    (via, checks, error["Error"])
+            for name in STORING:
+                assert not (cluster[name].data_dir / "probe2" / "bad-digest" / via).exists() or not list(
+                    (cluster[name].data_dir / "probe2" / "bad-digest" / via).rglob("*%obj")), name
+    assert {via: peer_failures(cluster, via) for via in ("x1", "p1")} == before
+
+
+def test_a_client_that_abandons_its_upload_through_the_proxy_is_not_a_failed_peer(cluster):
+    """A client that closes its connection halfway through a PUT: nothing is stored, the proxy goes on
+    serving, and the peer that was receiving the body is not counted as failed (it used to be
+    de-prioritized, with a registry reload and an 'unreachable' in the metrics, for the client's doing)."""
+    s3 = clients(cluster)
+    before = peer_failures(cluster, "x1")
+    for attempt in range(3):
+        url = s3["x1"].generate_presigned_url("put_object", Params={"Bucket": "probe2", "Key": "abandoned"},
+                                              ExpiresIn=60)
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                         f"Content-Length: {8 << 20}\r\n\r\n".encode())
+            for _ in range(32):
+                sock.sendall(b"y" * 65536)  # 2 of the 8 MiB announced
+            time.sleep(0.3)
+    time.sleep(0.5)
+    assert peer_failures(cluster, "x1") == before
+    for name in NODES:
+        with pytest.raises(ClientError) as info:
+            s3[name].head_object(Bucket="probe2", Key="abandoned")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404, name
+    s3["x1"].put_object(Bucket="probe2", Key="after-abandon", Body=b"fine")
+    assert s3["r2"].get_object(Bucket="probe2", Key="after-abandon")["Body"].read() == b"fine"
+
+
+class _NotAGateway:
+    """An HTTP server that answers every request 200 with an empty body: what a web server, a load
+    balancer's default page or a half-upgraded node at a peer's address may do."""
+
+    def __init__(self, host: str):
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind((host, 0))
+        self.server.listen(64)
+        self.server.settimeout(0.2)
+        self.address = f"http://{host}:{self.server.getsockname()[1]}"
+        self.requests = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+def _cluster_cli(cluster, *args: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "gateway", "cluster", *args, "--registry", cluster.registry],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_peer_that_answers_like_no_gateway_is_an_unreachable_node_not_a_500(cluster):
+    """A storing node registered at an address where something else answers 200 with an empty body:
+    HEAD of a missing key gave 500 (the info header missing) and every LIST in the cluster 500 (no JSON
+    page). Such a peer is a node that cannot be asked: a miss is 503 with Retry-After, a LIST leaves it
+    out, a hit elsewhere is served, and the peer is de-prioritized."""
+    s3 = clients(cluster)
+    s3["r1"].put_object(Bucket="probe2", Key="garbage/here", Body=b"on r1")
+    fake = _NotAGateway("127.0.0.2")
+    _cluster_cli(cluster, "join", "--advertise", fake.address, "--role", "redundant", "--node-id", "odd1")
+    try:
+        cluster.wait_known(5)
+        for name in ("p1", "r2", "x1"):
+            assert s3[name].get_object(Bucket="probe2", Key="garbage/here")["Body"].read() == b"on r1", name
+            assert s3[name].head_object(Bucket="probe2", Key="garbage/here")["ContentLength"] == 5, name
+            for method in ("head_object", "get_object"):
+                with pytest.raises(ClientError) as info:
+                    getattr(s3[name], method)(Bucket="probe2", Key="garbage/missing")
+                meta = info.value.response["ResponseMetadata"]
+                assert meta["HTTPStatusCode"] == 503, (name, method, info.value.response["Error"])
+                assert meta["HTTPHeaders"].get("retry-after"), (name, method)
+            listed = s3[name].list_objects_v2(Bucket="probe2", Prefix="garbage/")
+            assert [o["Key"] for o in listed.get("Contents", [])] == ["garbage/here"], name
+        assert fake.requests > 0, "the fake peer was never asked"
+        assert not cluster.admin("x1")["peers"]["odd1"]["healthy"]
+        for name in NODES:
+            assert "Traceback" not in cluster[name].log(), name
+    finally:
+        _cluster_cli(cluster, "leave", "--node-id", "odd1")
+        fake.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(any(m["node_id"] == "odd1" for m in cluster.admin(n)["nodes"]) for n in NODES):
+        time.sleep(0.2)
+
+
+def test_slow_readers_of_large_objects_through_the_proxy_do_not_block_other_requests_to_that_peer(cluster):
+    """70 clients that start a GET of a large object through the proxy and read nothing: each holds a
+    connection to the node holding it as long as it stalls. They took all 64 connections the proxy's
+    pool had per peer, and every LIST, PUT, DELETE and large GET through the proxy that needed that peer
+    then waited without end. Streamed bodies now have connections of their own (one per client
+    request), so the rest goes on; when the readers leave, their connections go too."""
+    s3 = clients(cluster)
+    big = bytes(range(256)) * (32 * 4096)  # 32 MiB: more than the socket buffers on the way hold
+    s3["r1"].put_object(Bucket="probe2", Key="stall/big", Body=big)
+    s3["r1"].put_object(Bucket="probe2", Key="stall/small", Body=b"small")
+    readers = []
+    try:
+        for _ in range(70):
+            url = s3["x1"].generate_presigned_url("get_object", Params={"Bucket": "probe2", "Key": "stall/big"},
+                                                  ExpiresIn=120)
+            parts = urlsplit(url)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            sock.connect((parts.hostname, parts.port))
+            sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            readers.append(sock)
+        assert readers[-1].recv(12) == b"HTTP/1.1 200"  # the last one started: all 70 are under way
+        patient = cluster["x1"].client(read_timeout=10, connect_timeout=5)
+        started = time.monotonic()
+        assert patient.get_object(Bucket="probe2", Key="stall/small")["Body"].read() == b"small"
+        keys = [o["Key"] for o in patient.list_objects_v2(Bucket="probe2", Prefix="stall/")["Contents"]]
+        assert keys == ["stall/big", "stall/small"]
+        patient.put_object(Bucket="probe2", Key="stall/during", Body=b"written meanwhile")
+        patient.delete_object(Bucket="probe2", Key="stall/during")
+        ranged = patient.get_object(Bucket="probe2", Key="stall/big", Range="bytes=0-2097151")["Body"].read()
+        assert ranged == big[:2 << 20]
+        assert time.monotonic() - started < 8
+    finally:
+        for sock in readers:
+            sock.close()
+    assert s3["x1"].get_object(Bucket="probe2", Key="stall/big")["Body"].read() == big
+
+
+def test_a_write_that_a_frozen_node_receives_after_its_sender_gave_up_is_not_applied(cluster):
+    """The primary places an overwrite on the node its cache names; that node is frozen (SIGSTOP), so
+    the primary gives up after the peer timeout and answers 503. The client writes again through another
+    node: 200. When the frozen node runs again, it found the first PUT in its socket and stored it, with a
+    modification time newer than the acknowledged write, which it then replaced everywhere (last writer
+    wins): an acknowledged write lost to one that was refused. A peer write older than the peer timeout
+    is now refused by the node that receives it (its sender has answered the client already)."""
+    s3 = clients(cluster)
+    s3["r2"].put_object(Bucket="probe2", Key="frozen/k", Body=b"v1 on r2")
+    assert s3["p1"].get_object(Bucket="probe2", Key="frozen/k")["Body"].read() == b"v1 on r2"  # p1: on r2
+    cluster["r2"].pause()
+    try:
+        with pytest.raises(ClientError) as info:
+            s3["p1"].put_object(Bucket="probe2", Key="frozen/k", Body=b"v2, refused")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        s3["r1"].put_object(Bucket="probe2", Key="frozen/k", Body=b"v3, acknowledged")
+    finally:
+        cluster["r2"].resume()
+    time.sleep(2)  # r2 handles what waited in its sockets, and its heartbeat applies the retirement
+    for name in NODES:
+        assert s3[name].get_object(Bucket="probe2", Key="frozen/k")["Body"].read() == b"v3, acknowledged", name
