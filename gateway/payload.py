@@ -60,6 +60,15 @@ class Payload:
                 raw = b""
             if len(raw) != 16:
                 raise errors.InvalidDigest()
+        for alg, value in self._expected.items():
+            # A value that cannot be any checksum of this algorithm is a malformed request (as S3
+            # says), not a body that failed its check: the client's header is wrong, not the bytes.
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except ValueError:
+                raw = None
+            if raw is None or len(raw) != len(self._hashers[alg].digest()):
+                raise errors.InvalidRequest(f"Value for x-amz-checksum-{alg.lower()} header is invalid.")
 
     @classmethod
     def from_bytes(cls, data: bytes, **kwargs) -> "Payload":

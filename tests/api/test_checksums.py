@@ -74,6 +74,22 @@ def test_wrong_checksum_header_is_bad_digest_and_stores_nothing(gateway, s3, buc
     assert error_code(info.value) == "404"
 
 
+# Not base64; 3 bytes (no algorithm's length); 35 bytes; empty.
+@pytest.mark.parametrize("value", ["not base64!", "AAAA", checksum_b64("SHA256", b"x") + "AAAA", ""])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_malformed_checksum_value_is_invalid_request_and_stores_nothing(gateway, s3, bucket, algorithm, value):
+    """A value that cannot be a checksum of that algorithm (not base64, wrong length) is the
+    header's fault: InvalidRequest, as S3 answers, not BadDigest."""
+    response = raw_request(gateway, "PUT", key_path(bucket, "malformed"), b"bytes",
+                           {f"x-amz-checksum-{algorithm.lower()}": value})
+    assert response.status == 400, response.body
+    assert response.code == "InvalidRequest", response.body
+    assert f"x-amz-checksum-{algorithm.lower()}" in response.xml().findtext("Message")
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="malformed")
+    assert error_code(info.value) == "404"
+
+
 def test_wrong_checksum_does_not_replace_existing_object(gateway, s3, bucket):
     s3.put_object(Bucket=bucket, Key="keep", Body=b"original")
     response = raw_request(gateway, "PUT", key_path(bucket, "keep"), b"replacement",
