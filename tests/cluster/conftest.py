@@ -56,9 +56,7 @@ class ClusterNodes:
         """Start several nodes at once (they register in any order), then wait until all answer."""
         started = []
         for name, role in specs:
-            node = GatewayProcess(self.base / name / "cv-storage", config=config,
-                                  args=["--role", role, "--registry", self.registry, "--insecure-peers"],
-                                  env={**NODE_ENV, "GATEWAY_NODE_ID": name, **(extra_env or {})})
+            node = self.new_node(name, role, extra_env, config)
             self.nodes[name] = node
             with open(node.log_path, "ab") as log:
                 node.process = subprocess.Popen(node.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -67,6 +65,12 @@ class ClusterNodes:
         for node in started:
             node.wait_ready()
         return started
+
+    def new_node(self, name: str, role: str, extra_env: dict | None, config: str | None) -> GatewayProcess:
+        """The (not yet started) GatewayProcess of one node: plain HTTP between nodes."""
+        return GatewayProcess(self.base / name / "cv-storage", config=config,
+                              args=["--role", role, "--registry", self.registry, "--insecure-peers"],
+                              env={**NODE_ENV, "GATEWAY_NODE_ID": name, **(extra_env or {})})
 
     def __getitem__(self, name: str) -> GatewayProcess:
         return self.nodes[name]
@@ -181,3 +185,14 @@ def etcd(tmp_path_factory):
     cluster = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
     yield cluster
     cluster.stop()
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll ``condition`` every 0.2 s until it returns something true (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout}s")

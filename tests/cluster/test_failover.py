@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from .conftest import ClusterNodes
+from .conftest import ClusterNodes, wait_for
 
 FAILOVER_ENV = {"GATEWAY_FAILOVER_AFTER": "2"}  # heartbeats every 0.5 s (NODE_ENV)
 BUCKET = "failover"
@@ -30,16 +30,6 @@ def cluster(tmp_path):
 
 def roles(cluster) -> dict[str, str]:
     return {row["node_id"]: row["role"] for row in cluster.status()}
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def test_a_voter_takes_over_from_a_killed_primary_and_the_old_one_returns_redundant(cluster):

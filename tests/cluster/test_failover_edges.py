@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import ClusterNodes
+from .conftest import ClusterNodes, wait_for
 
 FAILOVER_ENV = {"GATEWAY_FAILOVER_AFTER": "2"}  # heartbeats every 0.5 s (NODE_ENV)
 BUCKET = "probe"
@@ -49,16 +49,6 @@ def primaries(cluster) -> list[str]:
 
 def live_roles(cluster) -> dict[str, str]:
     return {n: cluster.admin(n)["role"] for n, p in cluster.nodes.items() if p.process.poll() is None}
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def test_registry_outage_longer_than_failover_after_does_not_depose_a_healthy_primary(sqlite_nodes):

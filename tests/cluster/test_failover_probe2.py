@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from gateway.cluster.registry import open_registry
 from gateway.cluster.registry_etcd import LOCK_PREFIX, _under
 from gateway.testing.server import GatewayProcess
 
-from .conftest import NODE_ENV, ClusterNodes
+from .conftest import NODE_ENV, ClusterNodes, wait_for
 from .test_tls import tls_init
 
 FAILOVER_ENV = {"GATEWAY_FAILOVER_AFTER": "2"}  # heartbeats every 0.5 s (NODE_ENV)
@@ -40,23 +39,13 @@ class HttpsNodes(ClusterNodes):
         self.secret = (tls / "cluster-secret").read_text().strip()
         self.context = ssl.create_default_context(cafile=str(tls / "ca.pem"))
 
-    def add_many(self, specs, extra_env=None, config=None):
-        started = []
-        for name, role in specs:
-            args = ["--role", role, "--registry", self.registry, "--tls-cert", str(self.tls / f"{name}.pem"),
-                    "--tls-key", str(self.tls / f"{name}-key.pem"), "--tls-ca", str(self.tls / "ca.pem")]
-            env = {**NODE_ENV, **FAILOVER_ENV, "GATEWAY_CLUSTER_SECRET": self.secret, "GATEWAY_NODE_ID": name,
-                   **(extra_env or {})}
-            node = GatewayProcess(self.base / name / "cv-storage", args=args, env=env, scheme="https",
-                                  ca=self.tls / "ca.pem", config=config)
-            self.nodes[name] = node
-            with open(node.log_path, "ab") as log:
-                node.process = subprocess.Popen(node.command(), stdout=log, stderr=subprocess.STDOUT,
-                                                env={**os.environ, **node.env})
-            started.append(node)
-        for node in started:
-            node.wait_ready()
-        return started
+    def new_node(self, name, role, extra_env, config):
+        args = ["--role", role, "--registry", self.registry, "--tls-cert", str(self.tls / f"{name}.pem"),
+                "--tls-key", str(self.tls / f"{name}-key.pem"), "--tls-ca", str(self.tls / "ca.pem")]
+        env = {**NODE_ENV, **FAILOVER_ENV, "GATEWAY_CLUSTER_SECRET": self.secret, "GATEWAY_NODE_ID": name,
+               **(extra_env or {})}
+        return GatewayProcess(self.base / name / "cv-storage", args=args, env=env, scheme="https",
+                              ca=self.tls / "ca.pem", config=config)
 
     def admin(self, name: str) -> dict:
         with urllib.request.urlopen(self.nodes[name].endpoint + "/_admin/cluster", timeout=5,
@@ -106,16 +95,6 @@ def start(etcd, tls, tmp_path):
 
     yield build
     nodes.stop()
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def promote(cluster, *nodes: str, wait: float = 20) -> list[subprocess.CompletedProcess]:
