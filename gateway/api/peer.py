@@ -195,7 +195,7 @@ class PeerApp:
             raise errors.MethodNotAllowed()
 
     def _refuse_stale_write(self) -> None:
-        """Refuse a peer PUT for ``peer_timeout`` after this process stood still (cluster/stall.py).
+        """Refuse a peer PUT just after this process stood still past the peer timeout (cluster/stall.py).
 
         A node that was frozen (SIGSTOP, a paused VM) finds the PUTs sent meanwhile in its sockets
         when it runs again. Their senders timed out and answered their clients 503; the client may
@@ -206,7 +206,7 @@ class PeerApp:
         if self.service.cluster.stalls.stalled_recently():
             raise errors.ServiceUnavailable(
                 "This node has just run again after standing still for longer than the peer timeout: it takes "
-                "no peer writes for that long, since their senders have given up on the ones sent meanwhile.")
+                "no peer writes for a moment, since their senders have given up on the ones sent meanwhile.")
 
     async def _bucket(self, method: str, bucket: str, send) -> None:
         backend = self._local(bucket)

@@ -20,6 +20,7 @@ import logging
 import time
 
 log = logging.getLogger("gateway.cluster")
+GRACE = 0.5  # seconds after a stall during which peer writes are refused
 
 
 class StallWatch:
@@ -30,6 +31,7 @@ class StallWatch:
         self.limit = limit
         self.clock = clock
         self.interval = interval if interval is not None else min(0.25, limit / 4)
+        self.grace = min(limit, GRACE)
         self._last = clock()
         self._resumed_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -52,12 +54,15 @@ class StallWatch:
         gap = now - self._last
         if gap > self.limit:
             self._resumed_at = now
-            log.warning("this node did not run for %.1f s (stopped or paused): peer writes are refused for %.1f s, "
-                        "their senders have given up on those sent meanwhile", gap, self.limit)
+            log.warning("this node did not run for %.1f s (stopped, paused or starved of CPU): peer writes are "
+                        "refused for %.1f s, their senders have given up on those sent meanwhile", gap, self.grace)
         self._last = now
 
     def stalled_recently(self) -> bool:
-        """Whether a stall ended less than ``limit`` seconds ago (writes sent during it may still arrive)."""
+        """Whether a stall ended less than ``grace`` seconds ago: what was sent during it is still
+        being read. The requests that waited in the sockets are read in the first loop iterations
+        after the process runs again; a short window keeps fresh requests that come just after
+        (a stall can also be a loaded machine's, not a frozen node's) mostly out of it."""
         if self._timer is not None and self.clock() - self._last > self.limit:
             self.tick()  # running again, and the overdue tick has not come yet: the stall is now
-        return self._resumed_at is not None and self.clock() - self._resumed_at < self.limit
+        return self._resumed_at is not None and self.clock() - self._resumed_at < self.grace

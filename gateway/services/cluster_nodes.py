@@ -528,7 +528,10 @@ class PrimaryNode(StoringNode):
             return me
         cached = self.locations.get(bucket, key)
         redundants = self.cluster.redundant_peers()
-        if cached and cached in redundants:
+        if cached and cached in redundants and not self.cluster.health.limited(cached):
+            # An overwrite goes where the key is, so that it replaces the copy there. Not to a holder
+            # that just failed: the write would wait for it and fail too; placed elsewhere, the old
+            # copy there is retired like any other (docs/cluster.md "Overwrites").
             return cached
         try:
             if await self.local.exists(bucket, key):

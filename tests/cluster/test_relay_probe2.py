@@ -259,7 +259,8 @@ def test_slow_readers_of_large_objects_through_the_proxy_do_not_block_other_requ
 
 def test_a_write_that_a_frozen_node_receives_after_its_sender_gave_up_is_not_applied(cluster):
     """The primary places an overwrite on the node its cache names; that node is frozen (SIGSTOP), so
-    the primary gives up after the peer timeout and answers 503. The client writes again through another
+    the primary gives up after the peer timeout and answers 503 (or, once it counts r2 as failed,
+    places the overwrite elsewhere). The client writes again through another
     node: 200. When the frozen node runs again, it found the first PUT in its socket and stored it, with a
     modification time newer than the acknowledged write, which it then replaced everywhere (last writer
     wins): an acknowledged write lost to one that was refused. A peer write older than the peer timeout
@@ -269,12 +270,40 @@ def test_a_write_that_a_frozen_node_receives_after_its_sender_gave_up_is_not_app
     assert s3["p1"].get_object(Bucket="probe2", Key="frozen/k")["Body"].read() == b"v1 on r2"  # p1: on r2
     cluster["r2"].pause()
     try:
-        with pytest.raises(ClientError) as info:
-            s3["p1"].put_object(Bucket="probe2", Key="frozen/k", Body=b"v2, refused")
-        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        try:
+            # 503 when the primary sent it to r2 and gave up; 200 when it already knew r2 failed
+            # and placed the overwrite elsewhere (its copy on r2 is then retired).
+            s3["p1"].put_object(Bucket="probe2", Key="frozen/k", Body=b"v2, refused or placed elsewhere")
+        except ClientError as exc:
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 503
         s3["r1"].put_object(Bucket="probe2", Key="frozen/k", Body=b"v3, acknowledged")
     finally:
         cluster["r2"].resume()
     time.sleep(2)  # r2 handles what waited in its sockets, and its heartbeat applies the retirement
     for name in NODES:
         assert s3[name].get_object(Bucket="probe2", Key="frozen/k")["Body"].read() == b"v3, acknowledged", name
+
+
+def test_an_overwrite_through_the_primary_goes_elsewhere_when_the_holder_has_just_failed(cluster):
+    """The primary sends an overwrite to the node holding the key, unless that node has just failed:
+    then waiting for it would only fail the write too. Placed elsewhere, the old copy on the failed
+    node is retired when it runs again, and every node serves the new version."""
+    s3 = clients(cluster)
+    s3["r2"].put_object(Bucket="probe2", Key="failed-holder/k", Body=b"v1 on r2")
+    s3["r2"].put_object(Bucket="probe2", Key="failed-holder/other", Body=b"also on r2")
+    assert s3["p1"].get_object(Bucket="probe2", Key="failed-holder/k")["Body"].read() == b"v1 on r2"
+    cluster["r2"].pause()
+    try:
+        with pytest.raises(ClientError) as info:  # the primary learns that r2 fails
+            s3["p1"].get_object(Bucket="probe2", Key="failed-holder/other")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        s3["p1"].put_object(Bucket="probe2", Key="failed-holder/k", Body=b"v2 placed elsewhere")
+    finally:
+        cluster["r2"].resume()
+    deadline = time.monotonic() + 20
+    while True:
+        bodies = {name: s3[name].get_object(Bucket="probe2", Key="failed-holder/k")["Body"].read() for name in NODES}
+        if set(bodies.values()) == {b"v2 placed elsewhere"}:
+            break
+        assert time.monotonic() < deadline, f"the old copy on r2 was not retired: {bodies}"
+        time.sleep(0.5)

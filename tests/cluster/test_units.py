@@ -214,7 +214,7 @@ def test_peer_call_labels():
     assert [outcome(s) for s in (200, 204, 404, 409, 503)] == ["ok", "ok", "missing", "error", "error"]
 
 
-def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_after_the_limit():
+def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_soon_after():
     clock = FakeClock()
     watch = StallWatch(2.0, clock, interval=0.25)
     for _ in range(20):  # a loop that runs: ticks 0.25 s apart
@@ -227,12 +227,12 @@ def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_after_the_limit():
     clock.now += 30  # SIGSTOP for 30 s, then SIGCONT
     watch.tick()
     assert watch.stalled_recently()
-    clock.now += 1.9
+    clock.now += 0.4
     watch.tick()
-    assert watch.stalled_recently()  # writes sent during the stall may still be arriving
+    assert watch.stalled_recently()  # writes sent during the stall may still be being read
     clock.now += 0.2
     watch.tick()
-    assert not watch.stalled_recently()
+    assert not watch.stalled_recently()  # 0.6 s later: a write now is a fresh one
 
 
 def test_stall_watch_counts_a_stall_whose_tick_is_still_overdue():
