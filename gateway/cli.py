@@ -70,6 +70,15 @@ def build_settings(config_file, **flags) -> Settings:
 def serve(config_file, print_config, **flags) -> None:
     """Run a gateway node."""
     settings = build_settings(config_file, **flags)
+    if settings.role == "proxy" and settings.backends:
+        unused = ", ".join(f"{name} ({cfg.get('type')})" for name, cfg in settings.backends.items())
+        click.echo(f"warning: a proxy stores nothing: backend{'s' if len(settings.backends) > 1 else ''} {unused} "
+                   f"{'are' if len(settings.backends) > 1 else 'is'} not used; the storing nodes serve every object "
+                   "(drop [backends] from a proxy's config, or run it as --role redundant to store)", err=True)
+    if not print_config:  # --print-config checks a config while the running gateway holds the port
+        # Before the app starts: it joins the cluster on start-up, and a node that then cannot
+        # listen must not have registered (as the primary, if it came first).
+        _check_listen(settings.host, settings.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_file_limit()  # before the backends size their caches of open files on it
     from .app import create_app
@@ -96,6 +105,38 @@ def serve(config_file, print_config, **flags) -> None:
     server.run()
     if not server.started:
         _fail("the gateway did not start (see the messages above)")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail with a message naming the setting when host:port cannot be listened on (uvicorn says only
+    an errno, after the start-up); the socket is closed again, uvicorn opens its own."""
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        addresses = {info[:3] + (info[4],) for info in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {where}: the name does not resolve ({exc.strerror}): set --host (GATEWAY_HOST) "
+              "to an address of this machine, e.g. 127.0.0.1, or 0.0.0.0 for every interface")
+    for family, kind, proto, address in sorted(addresses, key=str):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    _fail(f"cannot listen on {where}: the address is in use (another gateway?): stop that process "
+                          "or choose another --port (GATEWAY_PORT)")
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    _fail(f"cannot listen on {where}: the address is not one of this machine's: set --host "
+                          "(GATEWAY_HOST) to one of its addresses, e.g. 127.0.0.1, or 0.0.0.0 for every interface")
+                if exc.errno == errno.EACCES:
+                    _fail(f"cannot listen on {where}: permission denied (ports below 1024 need root or "
+                          "CAP_NET_BIND_SERVICE): choose a --port (GATEWAY_PORT) of 1024 or more")
+                _fail(f"cannot listen on {where}: {exc.strerror or exc}: check --host (GATEWAY_HOST) and --port "
+                      "(GATEWAY_PORT)")
 
 
 def _raise_open_file_limit(target: int = 65536) -> None:

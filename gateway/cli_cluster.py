@@ -12,6 +12,7 @@ import click
 
 from .cluster.election import HANDOVER, LEASE, voters
 from .cluster.registry import ROLES, NodeRecord, RegistryError, open_registry
+from .cluster.settings_check import check_registry_url
 
 
 def _registry_option(func):
@@ -30,6 +31,7 @@ def _run(coroutine_factory):
 
 async def _with_registry(url: str, work, create: bool = False):
     """Run ``work(registry)``; without ``create``, a registry that does not exist yet is an error."""
+    check_registry_url(url)  # a bad endpoint named now, not as an obscure client error on the first request
     registry = open_registry(url)
     if not create and registry.absent():
         raise RegistryError(registry.absent())
@@ -46,10 +48,12 @@ def cluster() -> None:
 
 @cluster.command()
 @_registry_option
-@click.option("--advertise", envvar="GATEWAY_ADVERTISE", required=True, help="URL peers reach the node at.")
+@click.option("--advertise", envvar="GATEWAY_ADVERTISE", required=True,
+              help="URL peers reach the node at (GATEWAY_ADVERTISE).")
 @click.option("--role", type=click.Choice(ROLES), help="primary, redundant or proxy (default: primary for the "
               "first node, redundant after).")
-@click.option("--node-id", envvar="GATEWAY_NODE_ID", help="Node name (default: host:port of --advertise).")
+@click.option("--node-id", envvar="GATEWAY_NODE_ID", help="Node name (GATEWAY_NODE_ID; default: host:port of "
+              "--advertise).")
 def join(registry, advertise, role, node_id) -> None:
     """Add a node to the registry (`gateway serve` with the same settings also joins by itself)."""
     from urllib.parse import urlsplit
@@ -77,7 +81,7 @@ def join(registry, advertise, role, node_id) -> None:
 
 @cluster.command()
 @_registry_option
-@click.option("--node-id", envvar="GATEWAY_NODE_ID", required=True, help="The node to remove.")
+@click.option("--node-id", envvar="GATEWAY_NODE_ID", required=True, help="The node to remove (GATEWAY_NODE_ID).")
 @click.option("--force", is_flag=True, help="Remove the primary too (the cluster is then without one).")
 def leave(registry, node_id, force) -> None:
     """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 SECRET_FIELDS = ("secret_key", "cluster_secret")
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
 
     @field_validator("tls_cert", "tls_key", "tls_ca")
     @classmethod
-    def _tls_file(cls, value: Path | None) -> Path | None:
+    def _tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # Checked here so a wrong path is one clear line, not a traceback from deep in uvicorn's start-up.
         if value is None:
             return None
@@ -100,6 +100,8 @@ class Settings(BaseSettings):
             raise ValueError("is empty: give the path of a PEM file, or leave it unset")
         if not value.is_file():
             raise ValueError(f"{value} is not a file (a PEM file is expected)")
+        if info.field_name == "tls_ca":
+            _check_tls_ca(value)
         return value
 
     @field_validator("log_level")
@@ -123,6 +125,10 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key must be set together (--tls-cert and --tls-key)")
         if self.tls_cert is not None:
             _check_tls_pair(self.tls_cert, self.tls_key)
+        for name, config in self.backend_configs().items():
+            if config.get("type") is None:
+                raise ValueError(f'backends.{name} has no type: add type = "local" (or another backend type: '
+                                 "`gateway plugins list` shows the installed ones)")
         if not credentials and not self.allow_anonymous:
             raise ValueError(
                 "no credentials: set --access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), "
@@ -191,11 +197,36 @@ def _check_tls_pair(cert: Path, key: Path) -> None:
                          "be PEM, the key the certificate's; `gateway cluster tls init` makes them)") from None
 
 
+def _check_tls_ca(ca: Path) -> None:
+    """Load the CA file the way peer connections will (membership.client_ssl_context)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError:
+        raise ValueError(f"{ca} holds no CA certificate: give the cluster CA in PEM, the ca.pem that "
+                         "`gateway cluster tls init` writes (not a key or a node's certificate)") from None
+    except OSError as exc:
+        raise ValueError(f"{ca} cannot be read: {exc.strerror or exc}") from None
+
+
 def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) -> Settings:
     """Build the settings; ``flags`` are the command-line values actually given (None means not given)."""
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
-    if config_file and not Path(config_file).is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
+    if config_file:
+        path = Path(config_file)
+        try:  # read by pydantic-settings further down, where a problem would be a traceback
+            if path.is_dir():
+                raise ConfigError(f"config file {config_file} is a directory: give the TOML file (--config, "
+                                  "GATEWAY_CONFIG)")
+            if not path.is_file():
+                raise ConfigError(f"config file {config_file} "
+                                  f"{'is not a regular file' if path.exists() else 'does not exist'}")
+            with open(path, "rb"):
+                pass
+        except OSError as exc:  # a directory on the way, or the file, that this user may not read
+            raise ConfigError(f"config file {config_file} cannot be read: {exc.strerror or exc} (it holds secrets: "
+                              "keep it mode 600, owned by the user the gateway runs as)") from None
     given = {k: v for k, v in flags.items() if v is not None}
 
     class _Sourced(Settings):

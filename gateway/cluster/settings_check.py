@@ -24,6 +24,26 @@ def node_id_of(settings) -> str:
     return parts.netloc
 
 
+def check_registry_url(url: str) -> None:
+    """Raise ValueError naming the endpoint when an etcd:// or etcds:// URL names one that is not host:port
+    (a port out of range would otherwise surface at the first request as an obscure client error)."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("etcd", "etcds"):
+        return  # sqlite:// takes any path; other schemes are plugins', which check their own URLs
+    for endpoint in (e.strip() for e in rest.strip("/").split(",")):
+        if not endpoint:
+            continue
+        try:
+            parts = urlsplit(f"http://{endpoint}")
+            port = parts.port  # raises for a port that is no number or out of range
+        except ValueError:
+            port = None
+            parts = None
+        if parts is None or not parts.hostname or port in (None, 0) or parts.path or parts.query:
+            raise ValueError(f"registry {url!r}: endpoint {endpoint!r} is not host:port with a port from 1 to "
+                             "65535, e.g. etcd://10.0.0.1:2379,10.0.0.2:2379")
+
+
 def check_cluster_settings(settings) -> None:
     """Raise ValueError naming the setting when a cluster node could not work."""
     if not settings.registry:
@@ -34,6 +54,7 @@ def check_cluster_settings(settings) -> None:
     scheme = settings.registry.split(":", 1)[0]
     if "://" not in settings.registry or not scheme:
         raise ValueError(f"registry {settings.registry!r} is not a URL like sqlite:///path.db or etcd://host:port")
+    check_registry_url(settings.registry)
     if not settings.cluster_secret or len(settings.cluster_secret) < 16:
         raise ValueError(
             "a cluster node needs a cluster secret of at least 16 characters to sign peer requests: set "
