@@ -112,6 +112,9 @@ AuthorizationQueryParametersError = _error(
 InternalError = _error("InternalError", 500, GatewayError.default_message)
 ServiceUnavailable = _error("ServiceUnavailable", 503, "The storage behind this gateway is unavailable. Please retry.")
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
+# 507 (RFC 4918): not retried by S3 clients, which is right, a full disk does not clear itself.
+InsufficientStorage = _error("InsufficientStorage", 507, "The storage behind this gateway is full.")
+FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT
 
 
 class BackendUnavailable(ServiceUnavailable):

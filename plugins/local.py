@@ -210,7 +210,13 @@ class LocalBackend(Backend):
             os.mkdir(path)
         except FileExistsError:
             raise errors.BucketAlreadyOwnedByYou(BucketName=bucket) from None
-        self._write_layout_file(path, BUCKET_FILE, json.dumps({"name": bucket, "created": time.time()}))
+        try:
+            self._write_layout_file(path, BUCKET_FILE, json.dumps({"name": bucket, "created": time.time()}))
+        except BaseException:
+            # Half a bucket (a full disk): take the directory back, or the retry would answer
+            # BucketAlreadyOwnedByYou for a bucket that was never made.
+            shutil.rmtree(path, ignore_errors=True)
+            raise
 
     async def delete_bucket(self, bucket: str) -> None:
         path = self._bucket_dir(bucket)

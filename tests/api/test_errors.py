@@ -329,3 +329,60 @@ def test_parse_decimal():
     assert parse_decimal("0" * 5000 + "12") == 12
     for text in ("", "-1", "+1", " 1", "1 ", "1e3", "0x10", "1_000", "\xb2", "\u0663", "\uff11", "1.0"):
         assert parse_decimal(text) is None, repr(text)
+
+
+@pytest.fixture
+def gateway_on_small_disk(tmp_path):
+    """A gateway whose cv-storage is a 2 MiB tmpfs: a disk that really fills up."""
+    import subprocess
+
+    from gateway.testing.server import GatewayProcess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"mounting a tmpfs needs root (CI runs as root): {mounted.stderr}"
+    try:
+        with GatewayProcess(disk / "cv-storage") as gw:
+            yield gw, disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_507_insufficient_storage_and_nothing_half_written(gateway_on_small_disk):
+    """ENOSPC is the operator's to fix, not a bug: 507 with an S3 error document that says so (not a
+    500 with a traceback), no partial object, no half-made bucket, and the gateway keeps serving."""
+    gw, disk = gateway_on_small_disk
+    s3 = gw.client()
+    s3.create_bucket(Bucket="full")
+    stored = []
+    error = None
+    for n in range(40):  # 40 x 256 KiB: five times the disk
+        try:
+            s3.put_object(Bucket="full", Key=f"o{n}", Body=os.urandom(256 * 1024))
+            stored.append(f"o{n}")
+        except ClientError as exc:
+            error = exc
+            break
+    assert error is not None, "the 2 MiB disk never filled up"
+    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 507
+    assert error_code(error) == "InsufficientStorage"
+    assert "full" in error.response["Error"]["Message"]
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="full").get("Contents", [])]
+    assert listed == sorted(stored, key=str)  # the failed object is not there, not even in part
+    for key in stored:
+        assert len(s3.get_object(Bucket="full", Key=key)["Body"].read()) == 256 * 1024
+    # A bucket made on a full disk fails, and leaves nothing a retry would trip over.
+    filler = disk / "filler"  # what the failed PUT freed again, taken (outside cv-storage)
+    with open(filler, "wb", buffering=0) as f:
+        with pytest.raises(OSError):
+            for _ in range(1024):
+                f.write(b"\0" * 4096)
+    with pytest.raises(ClientError) as info:
+        s3.create_bucket(Bucket="made-when-full")
+    assert error_code(info.value) == "InsufficientStorage"
+    filler.unlink()
+    s3.create_bucket(Bucket="made-when-full")  # not BucketAlreadyOwnedByYou: the half-made one is gone
+    s3.put_object(Bucket="made-when-full", Key="k", Body=b"the gateway still serves")
+    assert s3.get_object(Bucket="made-when-full", Key="k")["Body"].read() == b"the gateway still serves"

@@ -150,12 +150,11 @@ class S3App:
                 log.warning("request %s failed after the response started: %s", request_id, exc.message)
                 raise
             await self._send_error(req, tracking_send, exc)
-        except Exception:
-            log.exception("request %s (%s %s) failed", request_id, req.method, req.raw_path)
+        except Exception as exc:
+            error = self.unexpected(req, exc)
             if started:
                 raise
-            await self._send_error(req, tracking_send, errors.InternalError(
-                f"We encountered an internal error (request id {request_id}); it is in the server log."))
+            await self._send_error(req, tracking_send, error)
 
     async def answer_read(self, req: S3Request) -> tuple[int, list, ObjectReader | bytes | None]:
         """The fast path: a plain read (is_plain_read) as (status, headers, body), ready to send: an
@@ -175,10 +174,20 @@ class S3App:
             return self.error_response(req, exc)
         except NeedsTask:
             raise  # started eagerly, and it must wait for something that needs a task: see gateway/eager.py
-        except Exception:
-            log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
-            return self.error_response(req, errors.InternalError(
-                f"We encountered an internal error (request id {req.request_id}); it is in the server log."))
+        except Exception as exc:
+            return self.error_response(req, self.unexpected(req, exc))
+
+    def unexpected(self, req: S3Request, exc: Exception) -> errors.GatewayError:
+        """The answer to an exception no handler expected, logged: a full disk (ENOSPC, EDQUOT) is
+        507 InsufficientStorage with one log line, anything else 500 InternalError with its traceback."""
+        if isinstance(exc, OSError) and exc.errno in errors.FULL_ERRNOS:
+            log.error("request %s (%s %s): the storage is full: %s", req.request_id, req.method, req.raw_path, exc)
+            return errors.InsufficientStorage(
+                f"The storage behind this gateway is full ({exc.strerror}); nothing was stored. Free space on the "
+                "server or add storage, then retry.")
+        log.error("request %s (%s %s) failed", req.request_id, req.method, req.raw_path, exc_info=exc)
+        return errors.InternalError(
+            f"We encountered an internal error (request id {req.request_id}); it is in the server log.")
 
     async def _read_object(self, req: S3Request, send) -> None:
         status, headers, body = await self.answer_read(req)
