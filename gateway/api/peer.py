@@ -54,6 +54,10 @@ class PeerApp:
             await _send(send, status, headers, body)
 
     def _error_answer(self, scope, exc: Exception) -> tuple[int, list, bytes]:
+        if isinstance(exc, OSError) and exc.errno in errors.FULL_ERRNOS:  # the sender answers its client 507
+            log.error("peer request %s %s: the storage is full: %s", scope["method"], scope["path"], exc)
+            exc = errors.InsufficientStorage(f"The storage of a cluster node is full ({exc.strerror}); nothing was "
+                                             "stored. Free space on that server or add storage, then retry.")
         if isinstance(exc, errors.GatewayError):
             return exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode())], exc.message.encode()
         if isinstance(exc, PeerAuthError):
