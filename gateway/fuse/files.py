@@ -118,6 +118,12 @@ class OpenFile:
         self.unlinked = False
         self.refs = 0
         self.mtime: float | None = None  # of the last local write or utimens
+        # A write that failed (the spool was full): the spool lacks bytes the program wrote, so it is
+        # never uploaded; every flush and close of the file reports this until its last handle closes.
+        self.write_error: OSError | None = None
+        # The first bytes fetched with the lookup, kept when the name went away (unlink, renamed
+        # over): the object is deleted, but its open handles can still read what was fetched.
+        self.first: bytes | None = None
         self.lock = threading.RLock()
 
     @property

@@ -123,7 +123,7 @@ class GatewayFS(NamespaceOps, FileOps):
             return Attr(FILE, STATS_SIZE, time.time(), mode=0o444)
         with self._table_lock:
             open_file = self._open.get(path)
-        if open_file is not None and (open_file.spool is not None or open_file.base is None):
+        if open_file is not None and (open_file.spool is not None or open_file.base is None or open_file.unlinked):
             return self._open_attr(open_file)
         cached = self.attrs.get(path)
         if cached is MISSING:

@@ -110,14 +110,17 @@ class FileOps:
         self._check_new_name(path)
         meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
         exclusive = bool(flags & os.O_EXCL)
+        base = None
         if exclusive:
             # The kernel checked our cached view, which may be up to the TTL old, and another client
             # may create the name at any moment: an exclusive create stores the empty file at once,
             # on condition that no object has the key (If-None-Match: *), so of two exclusive creates
             # (lock files, mkstemp) on two mounts exactly one succeeds.
             bucket, key = self.split(path)
-            self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
-        fh, open_file = self._acquire(path, None, meta)
+            etag = self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
+            # The object exists from now on: an unlink while open must delete it (mkstemp + unlink).
+            base = Attr(FILE, 0, time.time(), etag=etag or "", meta=dict(meta))
+        fh, open_file = self._acquire(path, base, meta)
         with open_file.lock:
             open_file.ensure_spool(self.client, self.spool_dir, keep_content=False)
             open_file.dirty = not exclusive  # an exclusive create has stored the empty file already
@@ -156,7 +159,9 @@ class FileOps:
                 return open_file.spool.pread_into(buffer, offset)
         if handle.reader is None:
             base = open_file.base
-            first = self.first_bytes.get(open_file.path, base.etag) if base else None
+            first = open_file.first
+            if first is None and base is not None:
+                first = self.first_bytes.get(open_file.path, base.etag)
             handle.reader = RemoteReader(self.client, open_file.bucket, open_file.key,
                                          base.size if base else 0, first, self.options.files,
                                          base.etag if base else None)
@@ -183,7 +188,11 @@ class FileOps:
             spool = open_file.ensure_spool(self.client, self.spool_dir)
             if handle.flags & os.O_APPEND:
                 offset = spool.size
-            written = spool.pwrite(data, offset)
+            try:
+                written = spool.pwrite(data, offset)
+            except OSError as exc:
+                open_file.write_error = exc  # what fitted must not be uploaded as if it were the file
+                raise
             open_file.dirty = True
             open_file.mtime = time.time()
             open_file.meta.pop("mtime", None)  # a write makes the mtime "now" again
@@ -200,8 +209,13 @@ class FileOps:
         if open_file is not None:
             with open_file.lock:
                 # Shrinking fetches only what stays (a 10 GiB object cut to 10 bytes needs 10 bytes).
-                open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0,
-                                       keep_bytes=length).truncate(length)
+                spool = open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0,
+                                               keep_bytes=length)
+                try:
+                    spool.truncate(length)
+                except OSError as exc:
+                    open_file.write_error = exc
+                    raise
                 open_file.dirty = True
                 open_file.mtime = time.time()
                 open_file.meta.pop("mtime", None)
@@ -219,7 +233,16 @@ class FileOps:
             self.release(fh)
 
     def _upload(self, open_file: OpenFile) -> None:
-        """Upload a dirty file (its lock held); update the caches."""
+        """Upload a dirty file (its lock held); update the caches.
+
+        Never after a failed write: the spool then lacks bytes the program wrote, and storing it
+        would replace the object with a truncated or holed version. ENOSPC (or the write's errno)
+        instead, on every flush, fsync and close until the last handle is closed; the object keeps
+        its previous version (docs/fuse.md).
+        """
+        if open_file.write_error is not None:
+            raise err(open_file.write_error.errno or errno.EIO,
+                      f"{open_file.path} was not stored: a write to it failed ({open_file.write_error.strerror})")
         etag = upload(self.client, self.executor, open_file, content_type(open_file.key, FILE),
                       self.options.files)
         open_file.dirty = False
@@ -267,7 +290,13 @@ class FileOps:
             # Upload while the file is still in the open table: a lookup meanwhile must see this
             # file's size, not the stale cached attributes of the version being replaced.
             try:
-                if open_file.dirty and not open_file.unlinked:
+                if open_file.write_error is not None:
+                    log.error("%s was not stored: a write to it failed (%s)", open_file.path,
+                              open_file.write_error.strerror)
+                    if open_file.base is None and not open_file.unlinked:  # created here, never stored
+                        self.attrs.invalidate(open_file.path)
+                        self.dirs.invalidate(parent_of(open_file.path)[0])
+                elif open_file.dirty and not open_file.unlinked:
                     self._upload(open_file)  # written after the last flush (rare: mmap)
             except OSError as exc:
                 log.error("could not upload %s when it was closed: %s", open_file.path, exc)

@@ -6,11 +6,17 @@ A mixin of GatewayFS (see fs.py), split out to keep modules small.
 from __future__ import annotations
 
 import errno
+import re
 import stat
 import time
 
 from .cache import DIR, LINK, MISSING, Attr
 from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, parent_of
+
+# libfuse's high-level API renames an open file that is unlinked or renamed over to a name like
+# this in the same directory (fuse.c, hidden_name: ".fuse_hidden%08x%08x"), and unlinks it at its
+# last close.
+HIDDEN_NAME = re.compile(r"\.fuse_hidden[0-9a-f]{16}")
 
 
 class NamespaceOps:
@@ -92,12 +98,58 @@ class NamespaceOps:
                 raise err(errno.EPERM, path)
             with self._table_lock:
                 open_file = self._open.get(path)
+            if open_file is not None and open_file.unlinked:  # a hidden name (_hide): the object is gone
+                self._forget(path)
+                return
             if open_file is not None:
-                open_file.unlinked = True  # still readable through its handles, never uploaded again
+                self._keep_first_bytes(open_file)
+                self._detach(open_file)
             self._ensure_marker(parent_of(path)[0])
             if open_file is None or open_file.base is not None:
                 self.client.delete(bucket, key)
             self._forget(path)
+
+    def _hide(self, old: str, new: str, open_file) -> None:
+        """libfuse's high-level API does not unlink a file that is still open (nor let a rename replace
+        it): it renames it to .fuse_hiddenNNN and unlinks that name at the last close. A rename in the
+        store would copy the object to a name every client sees (and a crash would leave it, and the
+        directory could not be removed meanwhile), so this is an unlink: the object is deleted now,
+        and the hidden name lives only in this mount, for the open file's handles, until it closes."""
+        bucket, key = self.split(old)
+        self._keep_first_bytes(open_file)
+        self._ensure_marker(parent_of(old)[0])
+        if open_file.base is not None:
+            self.client.delete(bucket, key)
+        self._detach(open_file)
+        with self._table_lock:
+            if self._open.get(old) is open_file:
+                del self._open[old]
+            open_file.path = new  # the object's bucket and key stay: its handles still read them
+            self._open[new] = open_file
+        self._forget(old)
+        self.attrs.put_missing(new)  # after the last close, libfuse's unlink of the name costs no request
+
+    def _keep_first_bytes(self, open_file) -> None:
+        """Before the object of an open file is deleted (unlink, or a rename over it; the mount asks
+        libfuse for hard_remove, so this is not a rename to .fuse_hiddenNNN): keep what its handles can
+        still read afterwards, the first bytes fetched with its lookup, or fetched now for a small
+        object (one GET, only for a file that is open while its name goes away; docs/fuse.md)."""
+        with open_file.lock:
+            base = open_file.base
+            if base is None or open_file.spool is not None or open_file.first is not None:
+                return
+            first = self.first_bytes.get(open_file.path, base.etag)
+            if first is None and base.size <= self.options.first_bytes:
+                try:
+                    first = self.client.get_range(open_file.bucket, open_file.key, 0, base.size, base.etag or None)
+                except OSError:
+                    first = None  # replaced or gone already: its handles' reads fail, as before
+            open_file.first = first
+
+    def _detach(self, open_file) -> None:
+        """The name of an open file went away: its handles stay usable, it is never uploaded again."""
+        with open_file.lock:
+            open_file.unlinked = True
 
     def symlink(self, path: str, target: str, owner: tuple[int, int] | None = None) -> None:
         self._check_writable()
@@ -128,6 +180,12 @@ class NamespaceOps:
             raise err(errno.EXDEV, "buckets cannot be renamed, and files cannot live outside a bucket")
         self._check_new_name(new)
         with self._namespace_lock:
+            if HIDDEN_NAME.fullmatch(new.rpartition("/")[2]) and parent_of(new)[0] == parent_of(old)[0]:
+                with self._table_lock:
+                    open_file = self._open.get(old)
+                if open_file is not None and not open_file.unlinked:
+                    self._hide(old, new, open_file)
+                    return
             attr = self.lookup(old)
             try:
                 target = self.lookup(new)
@@ -149,13 +207,22 @@ class NamespaceOps:
         new_bucket, new_key = self.split(new)
         with self._table_lock:
             open_file = self._open.get(old)
+            replaced = self._open.get(new)
         if open_file is not None:
             with open_file.lock:
                 if open_file.dirty and not open_file.unlinked:
                     self._upload(open_file)
+        if replaced is not None:
+            self._keep_first_bytes(replaced)
         etag = self.client.copy(new_bucket, old_key, new_key, source_bucket=old_bucket)
         self.client.delete(old_bucket, old_key)
+        if replaced is not None:
+            # The file renamed over is gone, as after unlink; opens of the name from now on get the
+            # new object (not this one's handles and version).
+            self._detach(replaced)
         with self._table_lock:
+            if replaced is not None and self._open.get(new) is replaced:
+                del self._open[new]
             if open_file is not None and self._open.get(old) is open_file:
                 del self._open[old]
                 open_file.path, open_file.bucket, open_file.key = new, new_bucket, new_key
@@ -170,7 +237,7 @@ class NamespaceOps:
         old_bucket, old_key = self.split(old)
         new_bucket, new_key = self.split(new)
         old_prefix, new_prefix = old_key + "/", new_key + "/"
-        if new_prefix.startswith(old_prefix):
+        if new_bucket == old_bucket and new_prefix.startswith(old_prefix):
             raise err(errno.EINVAL, f"cannot move {old} into itself")
         if target is not None:
             page = self.client.list_page(new_bucket, new_prefix, "/", max_keys=2)
@@ -248,8 +315,8 @@ class NamespaceOps:
                 open_file.meta.update(changes)
                 if "mtime" in changes:
                     open_file.mtime = float(changes["mtime"])
-                if open_file.dirty or open_file.base is None:
-                    return  # stored with the coming upload
+                if open_file.dirty or open_file.base is None or open_file.unlinked:
+                    return  # stored with the coming upload (or, unlinked, nowhere)
         with self._namespace_lock:
             meta = self._full_meta(path, attr)
             if attr.kind == DIR and not meta.get("mode"):

@@ -27,6 +27,7 @@ log = logging.getLogger("gateway.fuse")
 # libfuse >= 3.11 passes fi.noflush to the kernel as FOPEN_NOFLUSH: no FLUSH request on close().
 HAS_NOFLUSH = any(field[0] == "noflush" for field in fuse.fuse_file_info._fields_)
 RENAME_NOREPLACE = 1  # renameat2 flags (linux/fs.h); RENAME_EXCHANGE is 2, RENAME_WHITEOUT 4
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat's markers in tv_nsec (linux/stat.h)
 
 
 def _translate(method):
@@ -57,6 +58,10 @@ def _caller() -> tuple[int, int]:
 
 class GatewayOperations(Operations):
     use_ns = True  # utimens gets nanoseconds
+    # libfuse 2: calls on an open file libfuse has no path for (its directory was removed while it was
+    # open: see namespace._hide) get a None path and the handle, instead of failing with ENOENT
+    # (libfuse 3 does this by itself).
+    flag_nullpath_ok = True
 
     def __init__(self, fs: GatewayFS):
         self.fs = fs
@@ -68,8 +73,8 @@ class GatewayOperations(Operations):
     @overrides(Operations)
     @_translate
     def getattr(self, path, fh=None):
-        if path is None:  # an fstat() of a file libfuse no longer has a path for: its handle says
-            return self.fs.to_stat(self.fs.handle_attr(fh))
+        if path is None:  # an fstat() of an open file libfuse has no path for: its handle (raw_fi: the fi) says
+            return self.fs.to_stat(self.fs.handle_attr(fh.fh if fh is not None else None))
         return self.fs.to_stat(self.fs.lookup(path))
 
     @overrides(Operations)
@@ -119,19 +124,22 @@ class GatewayOperations(Operations):
     @overrides(Operations)
     @_translate
     def chmod(self, path, mode):
-        self.fs.chmod(path, mode)
+        if path is not None:  # None: an open file whose name is gone; stored nowhere
+            self.fs.chmod(path, mode)
         return 0
 
     @overrides(Operations)
     @_translate
     def chown(self, path, uid, gid):
-        self.fs.chown(path, uid, gid)
+        if path is not None:  # None: an open file whose name is gone; stored nowhere
+            self.fs.chown(path, uid, gid)
         return 0
 
     @overrides(Operations)
     @_translate
     def utimens(self, path, times=None):
-        self.fs.utimens(path, times[1] if times else None)
+        if path is not None:  # None: an open file whose name is gone; stored nowhere
+            self.fs.utimens(path, times[1] if times else None)
         return 0
 
     @overrides(Operations)
@@ -261,6 +269,28 @@ class GatewayFUSE(fuse.FUSE):
             else:
                 return -errno.EEXIST
         return super().rename_fuse_3(old, new, 0)
+
+    def truncate_fuse_3(self, path, length, fip) -> int:
+        """ftruncate(): libfuse 3 passes the handle, which mfusepy drops (its libfuse 2 ``ftruncate``
+        keeps it). Without it an ftruncate looked like truncate(2) by name, which stores the new size
+        at once: the object showed cut while the program was still writing (and each one uploaded the
+        whole file)."""
+        if not fip:
+            return super().truncate_fuse_3(path, length, fip)
+        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                        length, fip.contents)
+
+    def utimens_fuse_2(self, path, buf) -> int:
+        """utimensat(): libfuse passes "now" (``touch`` of an existing file) and "leave as is" (the
+        mtime of ``touch -a``) as UTIME_NOW/UTIME_OMIT in tv_nsec, and mfusepy turned them into times
+        about 1.07 s after 1970. Only the mtime is kept, so an omitted mtime changes nothing."""
+        if buf:
+            nsec = buf.contents.modtime.tv_nsec
+            if nsec == UTIME_OMIT:
+                return 0
+            if nsec == UTIME_NOW:
+                buf = None  # mfusepy passes times=None: now
+        return super().utimens_fuse_2(path, buf)
 
     def read(self, path, buf, size, offset, fip):
         if not size:
