@@ -130,10 +130,10 @@ class NamespaceOps:
         self.attrs.put_missing(new)  # after the last close, libfuse's unlink of the name costs no request
 
     def _keep_first_bytes(self, open_file) -> None:
-        """Before the object of an open file is deleted (unlink, or a rename over it; the mount asks
-        libfuse for hard_remove, so this is not a rename to .fuse_hiddenNNN): keep what its handles can
-        still read afterwards, the first bytes fetched with its lookup, or fetched now for a small
-        object (one GET, only for a file that is open while its name goes away; docs/fuse.md)."""
+        """Before the object of an open file is deleted (unlink, a rename over it, or libfuse's rename
+        of it to .fuse_hiddenNNN, see _hide): keep what its handles can still read afterwards, the
+        first bytes fetched with its lookup, or fetched now for a small object (one GET, only for a
+        file that is open while its name goes away; docs/fuse.md)."""
         with open_file.lock:
             base = open_file.base
             if base is None or open_file.spool is not None or open_file.first is not None:
