@@ -241,16 +241,20 @@ def test_serve_raises_a_low_open_file_limit_to_the_hard_one(tmp_path):
 
     from gateway.testing.server import GatewayProcess
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 512:
         pytest.fail(f"the hard open-file limit here is {hard}: raise it (ulimit -Hn) to run this test")
     expected = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the gateway started now
-    try:
-        gateway = GatewayProcess(tmp_path / "cv-storage")
-        gateway.start()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    class LowLimitGateway(GatewayProcess):
+        # Only the gateway starts with the low limit (prlimit, util-linux): lowering the test
+        # process's own would fail it whenever earlier tests left it more than 256 files open.
+        def command(self):
+            return ["prlimit", f"--nofile=256:{'unlimited' if hard == resource.RLIM_INFINITY else hard}",
+                    "--", *super().command()]
+
+    gateway = LowLimitGateway(tmp_path / "cv-storage")
+    gateway.start()
     try:
         with open(f"/proc/{gateway.process.pid}/limits") as f:
             line = next(line for line in f if line.startswith("Max open files"))
