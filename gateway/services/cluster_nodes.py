@@ -357,6 +357,8 @@ class ClusterNode(Backend):
             await self.local.create_bucket(bucket)
         answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "PUT", bucket))
         if self.local is None:
+            if not answers:  # a proxy that knows no storing node: it would have made the bucket nowhere
+                raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
             if unreachable and len(unreachable) == len(answers):
                 raise unreachable_error(f"Bucket {bucket!r}", unreachable)
             if answers and all(isinstance(r, (errors.BucketAlreadyOwnedByYou, PeerUnreachable))

@@ -312,7 +312,7 @@ def test_an_overwrite_through_the_primary_goes_elsewhere_when_the_holder_has_jus
 def test_a_node_whose_disk_is_full_makes_the_write_507_through_the_proxy(tmp_path):
     """A storing node out of space answers its peers InsufficientStorage, and the node the client
     wrote to passes it on: 507 with the reason, not a 500 or the 503 of an unreachable node."""
-    from .conftest import ClusterNodes
+    from .conftest import ClusterNodes, wait_for
 
     disk = tmp_path / "full"
     disk.mkdir()
@@ -322,6 +322,7 @@ def test_a_node_whose_disk_is_full_makes_the_write_507_through_the_proxy(tmp_pat
     nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
     try:
         nodes.add_many([("full", "primary"), ("proxy", "proxy")])
+        wait_for(lambda: "full" in json.dumps(nodes.admin("proxy")), 10, "the proxy learning of the storing node")
         s3 = nodes["proxy"].client()
         s3.create_bucket(Bucket="fill")
         with open(disk / "filler", "wb", buffering=0) as f:  # take every byte the bucket left
@@ -338,3 +339,18 @@ def test_a_node_whose_disk_is_full_makes_the_write_507_through_the_proxy(tmp_pat
     finally:
         nodes.stop()
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_proxy_that_knows_no_storing_node_refuses_to_create_a_bucket(tmp_path):
+    """It answered 200 and made the bucket nowhere; a client then got NoSuchBucket on its first PUT."""
+    from .conftest import ClusterNodes
+
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    try:
+        nodes.add("proxy", "proxy")
+        with pytest.raises(ClientError) as info:
+            nodes["proxy"].client().create_bucket(Bucket="nowhere")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert "knows no storing node" in info.value.response["Error"]["Message"]
+    finally:
+        nodes.stop()
