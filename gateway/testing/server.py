@@ -110,9 +110,19 @@ class GatewayProcess:
         """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing until resume()."""
         self.kill(signal.SIGSTOP)
 
-    def resume(self) -> None:
-        """Let a paused process run again (SIGCONT)."""
+    def resume(self, settle: bool = True) -> None:
+        """Let a paused process run again (SIGCONT).
+
+        A cluster node that stood still longer than the peer timeout refuses peer writes for a
+        moment after it runs again (gateway/cluster/stall.py); with ``settle`` this returns once that
+        moment is over, so what the test does next meets a node back to normal. (What waited in its
+        sockets is handled by the node meanwhile, as it would be anyway.)
+        """
         self.kill(signal.SIGCONT)
+        if settle:
+            from gateway.cluster.stall import GRACE
+
+            time.sleep(GRACE + 0.2)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
