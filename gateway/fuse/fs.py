@@ -27,6 +27,7 @@ from .files import FileOptions, OpenFile, SpoolDir
 from .handles import STATS_PATH, STATS_SIZE, FileOps, Handle
 from .meta import MAX_KEY_BYTES, SYMLINK_MAX, apply_meta, err, is_utf8, maybe_symlink, parent_of
 from .namespace import NamespaceOps
+from .statahead import Statahead
 
 log = logging.getLogger("gateway.fuse")
 
@@ -45,6 +46,8 @@ class MountOptions:
     attr_ttl: float = 5.0
     dir_ttl: float = 5.0
     first_bytes: int = 128 * 1024  # fetched with each file lookup (one request for a small file)
+    # Small files fetched ahead in a directory read in name order (statahead.py); 0: off.
+    statahead: int = 32
     spool_dir: str | None = None
     spool_size: int = 8 * 1024 ** 3
     workers: int = 4  # threads sending the parts of multipart uploads
@@ -71,6 +74,8 @@ class GatewayFS(NamespaceOps, FileOps):
         self.attrs = AttrCache(self.options.attr_ttl, clock=clock)
         self.dirs = DirCache(self.options.dir_ttl, clock=clock)
         self.first_bytes = FirstBytes()
+        self.ahead = Statahead(client, window=self.options.statahead, first_bytes=self.options.first_bytes,
+                               ttl=self.options.attr_ttl, clock=clock)
         self.spool_dir = SpoolDir(self.options.spool_dir, self.options.spool_size)
         self.executor = ThreadPoolExecutor(self.options.workers, thread_name_prefix="gateway-fuse-io")
         self._open: dict[str, OpenFile] = {}
@@ -159,8 +164,10 @@ class GatewayFS(NamespaceOps, FileOps):
                 raise
             return Attr(DIR, mtime=self.started, marker=True)
         if not key.endswith("/"):
+            fetched = self.ahead.take(path)
             try:
-                info, data = self.client.get_first(bucket, key, self.options.first_bytes)
+                info, data = (fetched.info, fetched.data) if fetched is not None else \
+                    self.client.get_first(bucket, key, self.options.first_bytes)
             except StoreError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
@@ -309,12 +316,20 @@ class GatewayFS(NamespaceOps, FileOps):
             self.dirs.invalidate_tree(path)
         self.attrs.put_missing(path)
         self.dirs.discard(parent, name)
-        self.first_bytes.invalidate(path)
+        self._content_changed(path)
+        if tree:
+            self.ahead.changed(path, tree=True)
 
     def _remember(self, path: str, attr: Attr) -> None:
         parent, name = parent_of(path)
+        self.ahead.changed(path)
         self.attrs.put(path, attr)
         self.dirs.add(parent, name, attr)
+    def _content_changed(self, path: str) -> None:
+        """This mount changed (or is changing) the bytes of ``path``: what was fetched of them goes."""
+        self.first_bytes.invalidate(path)
+        self.ahead.changed(path)
+
     # The mount ----------------------------------------------------------------------
 
     def statfs(self) -> dict:
@@ -332,6 +347,7 @@ class GatewayFS(NamespaceOps, FileOps):
             except Exception as exc:  # keep closing the others
                 log.error("closing file handle %d at unmount: %s", fh, exc)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.ahead.close()
         self.spool_dir.cleanup()
         self.client.close()
 

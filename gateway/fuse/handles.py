@@ -67,7 +67,7 @@ class FileOps:
         with self._table_lock:
             open_files = len(self._open)
         return {"requests": dict(self.client.stats), "open_files": open_files, "spool_bytes": self.spool_dir.used,
-                **self.binding_stats()}
+                **self.ahead.stats, **self.binding_stats()}
 
     def _open_stats(self) -> int:
         data = json.dumps(self.stats(), sort_keys=True).encode().ljust(STATS_SIZE)[:STATS_SIZE]
@@ -128,7 +128,7 @@ class FileOps:
         with self._table_lock:
             self._handles[fh] = Handle(open_file, flags)
         self.attrs.invalidate(path)
-        self.first_bytes.invalidate(path)
+        self._content_changed(path)
         self.dirs.add(parent_of(path)[0], path.rpartition("/")[2], self._open_attr(open_file))
         return fh
 
@@ -162,6 +162,12 @@ class FileOps:
             first = open_file.first
             if first is None and base is not None:
                 first = self.first_bytes.get(open_file.path, base.etag)
+            if base is not None and base.size <= self.options.first_bytes:
+                # A small file's bytes, perhaps fetched ahead (its attributes came from a listing):
+                # either way the access tells the statahead where the program is.
+                fetched = self.ahead.take(open_file.path, wait=first is None)
+                if first is None and fetched is not None and fetched.info.etag == base.etag:
+                    first = fetched.data
             handle.reader = RemoteReader(self.client, open_file.bucket, open_file.key,
                                          base.size if base else 0, first, self.options.files,
                                          base.etag if base else None)
@@ -196,7 +202,7 @@ class FileOps:
             open_file.dirty = True
             open_file.mtime = time.time()
             open_file.meta.pop("mtime", None)  # a write makes the mtime "now" again
-        self.first_bytes.invalidate(open_file.path)
+        self._content_changed(open_file.path)
         return written
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -223,7 +229,7 @@ class FileOps:
                     # truncate(2) by name: the new size is stored now, not when some other handle of
                     # the file closes (its release may come late, and a reopen must see the new size).
                     self._upload(open_file)
-            self.first_bytes.invalidate(path)
+            self._content_changed(path)
             return
         fh = self.open(path, os.O_WRONLY)  # not open: a short-lived handle does it
         try:
@@ -254,7 +260,7 @@ class FileOps:
             attr.mtime = time.time()
         open_file.base = attr
         self._remember(open_file.path, attr)
-        self.first_bytes.invalidate(open_file.path)
+        self._content_changed(open_file.path)
 
     def flushes(self, fh: int) -> bool:
         """Whether closing ``fh`` may have to upload: a handle opened for writing or truncating.

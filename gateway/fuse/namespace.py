@@ -228,7 +228,7 @@ class NamespaceOps:
                 open_file.path, open_file.bucket, open_file.key = new, new_bucket, new_key
                 self._open[new] = open_file
         self._forget(old)
-        self.first_bytes.invalidate(new)
+        self._content_changed(new)
         moved = Attr(attr.kind, attr.size, attr.mtime, attr.mode, attr.uid, attr.gid, etag or attr.etag,
                      from_listing=attr.from_listing, target=attr.target, meta=attr.meta)
         self._remember(new, moved)
@@ -273,6 +273,7 @@ class NamespaceOps:
         self._forget(old, tree=True)
         self.attrs.invalidate_tree(new)
         self.dirs.invalidate_tree(new)
+        self.ahead.changed(new, tree=True)
         self.dirs.invalidate(parent_of(new)[0])
 
     # Metadata -------------------------------------------------------------------

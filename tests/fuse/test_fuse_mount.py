@@ -200,6 +200,7 @@ def test_fstab_option_parsing():
     args, fake, verbose = mount_args(["http://h:1", "/mnt", "-fv", "-o", "ro,allow_other,umask=027,noatime,_netdev"])
     assert args == ["mount", "http://h:1", "/mnt", "--read-only", "--allow-other", "--umask", "027"]
     assert fake and verbose
+    assert mount_args(["http://h:1", "/mnt", "-o", "statahead=0"])[0][-2:] == ["--statahead", "0"]
     with pytest.raises(UsageError, match="unknown mount option"):
         mount_args(["http://h:1", "/mnt", "-o", "colour=blue"])
     assert mount_args(["http://h:1", "/mnt", "-s", "-o", "colour=blue"])[0] == ["mount", "http://h:1", "/mnt"]

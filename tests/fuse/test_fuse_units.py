@@ -169,3 +169,12 @@ def test_a_refused_request_is_described_in_one_clean_line():
     error = client._error(answer, "GET", "", "")
     assert error.errno == errno.EACCES
     assert str(error.strerror) == "GET /: 403 SignatureDoesNotMatch Check your key and signing method"
+
+
+def test_http_dates_parse_fast_and_in_every_form():
+    from gateway.fuse.client import _http_date
+    assert _http_date("Fri, 27 Nov 2026 04:10:54 GMT") == 1795752654.0
+    assert _http_date("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777.0  # RFC 850, via email.utils
+    assert _http_date("Sun Nov  6 08:49:37 1994") == 784111777.0  # asctime
+    assert _http_date("Fri, 27 Nov 2026 04:10:5x GMT") == 0.0
+    assert _http_date("garbage") == 0.0

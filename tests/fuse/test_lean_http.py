@@ -220,3 +220,115 @@ def test_object_client_maps_a_dead_gateway_to_eio():
     with pytest.raises(StoreError) as dead:
         client.get_first("b", "k", 4)
     assert dead.value.errno == errno.EIO and "unreachable" in str(dead.value)
+
+
+# Pipelined GETs (get_many, for the mount's statahead) ----------------------------------------------
+
+
+class PipeServer:
+    """A loopback server for pipelined requests: on each connection it waits for ``expect`` request
+    heads (however they arrive), then sends ``answers`` (bytes, joined) in one write and closes the
+    connection if ``close`` is set, else waits for the next batch the same way."""
+
+    def __init__(self, expect: int, answers: list[bytes], close: bool = False):
+        self.expect, self.answers, self.close_after = expect, answers, close
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.heads: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
+                while data.count(b"\r\n\r\n") < self.expect:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                heads = data.split(b"\r\n\r\n")
+                self.heads.extend(heads[: self.expect])
+                data = b"\r\n\r\n".join(heads[self.expect:])
+                conn.sendall(b"".join(self.answers))
+                if self.close_after:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-N: %s\r\n\r\n%s" % (len(body), body[:1], body)
+
+
+def test_pipelined_gets_are_sent_at_once_and_answered_in_order():
+    server = PipeServer(3, [_ok(b"one"), _ok(b"two"), _ok(b"three")])
+    client = lean(server.port)
+    for _ in range(2):
+        answers = client.get_many([("/a", {"host": "x"}), ("/b", {"host": "x"}), ("/c", {"host": "x"})])
+        assert [(a.status, a.data, a.headers["x-n"]) for a in answers] == [
+            (200, b"one", "o"), (200, b"two", "t"), (200, b"three", "t")]
+    assert server.connections == 1  # the connection was kept for the second batch
+    assert [h.split(b" ")[1] for h in server.heads] == [b"/a", b"/b", b"/c"] * 2
+    client.close()
+    server.close()
+
+
+def test_a_pipeline_cut_short_keeps_the_answers_that_came():
+    server = PipeServer(3, [_ok(b"one"), _ok(b"two")], close=True)  # then the connection ends
+    client = lean(server.port)
+    answers = client.get_many([("/a", {}), ("/b", {}), ("/c", {})])
+    assert [a.data if a else None for a in answers] == [b"one", b"two", None]
+    assert client._idle == []  # the spent connection was not kept
+    server.close()
+
+
+def test_a_pipelined_body_over_the_limit_is_none_and_the_others_stand():
+    server = PipeServer(2, [_ok(b"x" * 2000), _ok(b"small")])
+    client = lean(server.port, body_limit=1024)
+    answers = client.get_many([("/big", {}), ("/small", {})])
+    assert answers[0] is None and answers[1].data == b"small"
+    server.close()
+
+
+def test_a_pipeline_to_nothing_listening_is_an_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        lean(port).get_many([("/a", {}), ("/b", {})])
+
+
+def test_object_client_get_first_many_against_the_gateway(fuse_gw):
+    """The real gateway answers pipelined ranged GETs in order, on one connection; a missing or
+    empty object has no answer (None), which the caller then asks for on its own."""
+    s3 = fuse_gw.client()
+    s3.create_bucket(Bucket="pipelined")
+    for n in range(20):
+        s3.put_object(Bucket="pipelined", Key=f"d/{n:02d}", Body=b"%02d" % n * (n + 1),
+                      Metadata={"mode": "33188"})
+    s3.put_object(Bucket="pipelined", Key="d/empty", Body=b"")
+    client = ObjectClient(fuse_gw.endpoint, fuse_gw.access_key, fuse_gw.secret_key, pool_size=1)
+    keys = [f"d/{n:02d}" for n in range(20)] + ["d/missing", "d/empty"]
+    answers = client.get_first_many("pipelined", keys, 16)
+    for n in range(20):
+        info, data = answers[n]
+        assert (info.key, info.size, data, info.metadata["mode"]) == (
+            f"d/{n:02d}", 2 * (n + 1), (b"%02d" % n * (n + 1))[:16], "33188")
+        assert info.last_modified > 1.7e9 and info.etag
+    assert answers[20:] == [None, None]
+    assert client.stats["GET"] == 22
+    assert len(client._lean._idle) == 1
+    client.close()
