@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     buckets: dict[str, str] = Field(default_factory=dict, description="bucket name -> backend instance name")
     default_backend: str = Field("local", description="backend instance for buckets not named in [buckets]")
     min_part_size: int = Field(5 * 1024 * 1024, ge=1, description="smallest multipart part but the last, in bytes")
+    multipart_expiry: float = Field(86400.0, ge=0, description="seconds after which an unfinished multipart "
+                                    "upload is aborted and its parts deleted, as MinIO does (0: never)")
     access_log: bool = Field(False, description="log every request (costs about 20% on small GETs)")
     keep_alive_timeout: float = Field(30.0, gt=0, description="seconds an idle client connection stays open "
                                       "(closed 1-2 times this after its last request)")

@@ -15,6 +15,7 @@ import time
 from .. import errors
 from ..backend import Backend, BucketInfo, ObjectInfo, ObjectMeta
 from ..plugins import backend_classes, get_plugin_manager
+from .upload_reaper import UploadReaper
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class ObjectService:
         self.from_data_dir = False  # the one backend is the default local one on --data-dir (from_settings)
         # (bucket, key) -> [lock, users]: conditional PUTs of one key through this node run one at a time.
         self._conditional: dict[tuple[str, str], list] = {}
+        self.multipart_expiry = 0.0  # from_settings sets the configured one; 0: unfinished uploads stay
+        self.reaper: UploadReaper | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "ObjectService":
@@ -65,6 +68,7 @@ class ObjectService:
             cluster = Cluster(settings, storage_roots=roots)
         service = cls(backends, dict(settings.buckets), settings.default_backend, cluster)
         service.from_data_dir = not settings.backends
+        service.multipart_expiry = settings.multipart_expiry
         return service
 
     @property
@@ -93,6 +97,8 @@ class ObjectService:
             if self.local_backends:
                 self.cluster.drop_older = self._drop_older
                 await self._apply_retirements()
+        self.reaper = UploadReaper(self.local_backends, self.multipart_expiry)
+        self.reaper.start()
 
     def _role_changed(self, old: str, new: str) -> None:
         """After a failover: serve with the new role's behaviour (placement and read balancing
@@ -124,6 +130,8 @@ class ObjectService:
             self.cluster.locations.forget(item.bucket, item.key)
 
     async def close(self) -> None:
+        if self.reaper is not None:
+            await self.reaper.close()
         for backend in {*self.backends.values(), *self.local_backends.values()}:
             try:
                 await backend.close()

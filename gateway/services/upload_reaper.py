@@ -1,0 +1,82 @@
+"""Abort multipart uploads that nobody finished, so their parts do not fill the disk for ever.
+
+A client killed half-way through an upload (or a FUSE mount whose gateway went
+away mid-upload) leaves an upload record and its parts behind; S3 keeps them
+until a lifecycle rule or the client aborts them, and MinIO aborts them after
+24 hours (``api stale_uploads_expiry``). This node does the same for its own
+storage: every ``interval`` seconds (and once at start) it aborts the uploads
+initiated more than ``multipart_expiry`` seconds ago (default 24 h; 0 turns it
+off), logging each. An upload completed or aborted meanwhile is skipped. A proxy
+node stores nothing and reaps nothing; on shared storage every node sweeps the
+same uploads, and the second abort finds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .. import errors
+from ..backend import Backend
+
+log = logging.getLogger("gateway.uploads")
+
+MAX_INTERVAL = 3600.0
+
+
+class UploadReaper:
+    def __init__(self, backends: dict[str, Backend], expiry: float, clock=time.time):
+        self.backends = backends
+        self.expiry = expiry
+        self.interval = min(MAX_INTERVAL, max(expiry / 4, 0.5))
+        self.clock = clock
+        self.aborted = 0  # since start, for metrics and tests
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.expiry > 0 and self.backends and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="upload-reaper")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # noqa: BLE001 - the next sweep tries again; the node keeps serving
+                log.exception("looking for unfinished multipart uploads failed")
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> int:
+        """Abort every upload older than the expiry; return how many were aborted."""
+        aborted = 0
+        deadline = self.clock() - self.expiry
+        for backend in self.backends.values():
+            for bucket in await backend.list_buckets():
+                if bucket.name.startswith("."):  # the backend's own bookkeeping (.multipart)
+                    continue
+                try:
+                    uploads = await backend.list_uploads(bucket.name)
+                except errors.NoSuchBucket:
+                    continue  # deleted meanwhile
+                for upload in uploads:
+                    if upload.initiated >= deadline:
+                        continue
+                    try:
+                        await backend.abort_multipart(bucket.name, upload.key, upload.upload_id)
+                    except errors.NoSuchUpload:
+                        continue  # completed or aborted meanwhile (on shared storage: by another node)
+                    aborted += 1
+                    age = (self.clock() - upload.initiated) / 3600
+                    log.warning("aborted the multipart upload %s of %s/%s: unfinished after %.1f hours "
+                                "(multipart_expiry)", upload.upload_id, bucket.name, upload.key, age)
+        self.aborted += aborted
+        return aborted

@@ -1,0 +1,97 @@
+"""Unfinished multipart uploads are aborted after multipart_expiry (gateway/services/upload_reaper.py):
+against a real local backend with an injected clock, and a real gateway killed mid-upload."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from gateway.backend import ObjectMeta, Payload
+from gateway.services.upload_reaper import UploadReaper
+from gateway.testing.server import GatewayProcess
+from gateway_plugins.local import LocalBackend
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_sweep_aborts_only_uploads_older_than_the_expiry(tmp_path):
+    backend = LocalBackend(root=str(tmp_path / "cv-storage"))
+    await backend.start()
+    await backend.create_bucket("faces")
+    old = await backend.create_multipart("faces", "old.jpg", ObjectMeta())
+    await backend.upload_part("faces", "old.jpg", old.upload_id, 1, Payload.from_bytes(b"x" * 1000))
+    done = await backend.create_multipart("faces", "done.jpg", ObjectMeta())
+    part = await backend.upload_part("faces", "done.jpg", done.upload_id, 1, Payload.from_bytes(b"d" * 10))
+    await backend.complete_multipart("faces", "done.jpg", done.upload_id, [(1, part.etag)])
+    clock = Clock()
+    reaper = UploadReaper({"local": backend}, expiry=1800, clock=clock)
+    clock.now = old.initiated + 1799
+    assert await reaper.sweep() == 0
+    assert [u.key for u in await backend.list_uploads("faces")] == ["old.jpg"]
+    clock.now = old.initiated + 1801
+    assert await reaper.sweep() == 1
+    assert reaper.aborted == 1
+    assert await backend.list_uploads("faces") == []
+    left = [p for p in (tmp_path / "cv-storage").rglob("*") if old.upload_id in str(p) and p.is_file()]
+    assert left == []  # the parts are gone, not only the record
+    reader = await backend.get("faces", "done.jpg")  # a completed upload is an object, untouched
+    async with reader:
+        assert await reader.read_all() == b"d" * 10
+    assert await reaper.sweep() == 0
+    await backend.close()
+
+
+def _client(gw):
+    return gw.client()
+
+
+def test_a_gateway_killed_mid_upload_aborts_it_after_the_expiry(tmp_path):
+    """A client (or a FUSE mount) whose gateway died mid-upload never aborts: the restarted gateway
+    does, once the upload is older than multipart_expiry, and leaves newer uploads alone."""
+    data = tmp_path / "cv-storage"
+    config = f'[backends.local]\ntype = "local"\nroot = "{data}"\n'
+    with GatewayProcess(data, config=config) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="blobs")
+        upload = s3.create_multipart_upload(Bucket="blobs", Key="big.bin")["UploadId"]
+        s3.upload_part(Bucket="blobs", Key="big.bin", UploadId=upload, PartNumber=1, Body=b"p" * (5 << 20))
+        gw.kill()
+    time.sleep(2.2)
+    with GatewayProcess(data, config="multipart_expiry = 2\n" + config) as gw:
+        s3 = _client(gw)
+        fresh = s3.create_multipart_upload(Bucket="blobs", Key="fresh.bin")["UploadId"]
+        deadline = time.monotonic() + 10
+        while any(u["UploadId"] == upload for u in s3.list_multipart_uploads(Bucket="blobs").get("Uploads", [])):
+            assert time.monotonic() < deadline, "the stale upload was not aborted"
+            time.sleep(0.1)
+        with pytest.raises(ClientError) as gone:
+            s3.upload_part(Bucket="blobs", Key="big.bin", UploadId=upload, PartNumber=2, Body=b"p")
+        assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
+        assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="blobs")["Uploads"]] == [fresh]
+        assert "aborted the multipart upload" in gw.log() and "big.bin" in gw.log()
+        assert not list((data / ".multipart" / "blobs").glob(f"{upload}*/**/*"))
+
+
+def test_multipart_expiry_0_keeps_unfinished_uploads(tmp_path):
+    data = tmp_path / "cv-storage"
+    with GatewayProcess(data, config=f'multipart_expiry = 0\n[backends.local]\ntype = "local"\nroot = "{data}"\n') as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="blobs")
+        upload = s3.create_multipart_upload(Bucket="blobs", Key="k")["UploadId"]
+        time.sleep(1)
+        assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="blobs")["Uploads"]] == [upload]
