@@ -299,7 +299,8 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
                 _http_sequential(gw, big)  # warm the server's page cache for both sides
             if small:
                 _http_small(gw, small)  # and its cache of small objects: else round 0 favours the mount
-            http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq, null_small = ([] for _ in range(7))
+            http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq, null_small, plain_small = (
+                [] for _ in range(8))
             # Interleaved rounds: the machine's load changes the figures more than anything measured here.
             for n in range(rounds):
                 if big:
@@ -312,6 +313,9 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
                     http_small.append(_http_small(gw, small))
                     with MountProcess(gw, Path(tmp) / f"s{n}", env=env) as mnt:
                         mount_small.append(_mount_small(mnt, small, small_size))
+                    # The same without statahead: what each file costs the mount on its own.
+                    with MountProcess(gw, Path(tmp) / f"p{n}", args=["--statahead", "0"], env=env) as mnt:
+                        plain_small.append(_mount_small(mnt, small, small_size))
                     null_small.append(_null_fs_small(Path(tmp) / f"nulls{n}", small, small_size, env))
         ls = None
         if listing:
@@ -339,6 +343,10 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         files["ratio"] = round(files["mount_files_s"] / files["http_files_s"], 2)
         files["round_ratios"] = [round(m / h, 2) for m, h in zip(mount_small, http_small)]
         files["target"] = 0.5
+        # Statahead (docs/fuse.md) fetches the next files while the program reads this one; without
+        # it each file is a GET the program waits for.
+        files["mount_no_statahead_files_s"] = round(statistics.median(plain_small))
+        files["no_statahead_ratio"] = round(files["mount_no_statahead_files_s"] / files["http_files_s"], 2)
         # The null filesystem's rate is FUSE's crossings alone (lookup, open, read, close). A mount that
         # costs those plus one GET per file and nothing else would reach null / (null + http) of the
         # HTTP rate: the ceiling of this ratio for any mfusepy filesystem here (docs/fuse.md "Numbers").
@@ -346,7 +354,7 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         files["ceiling_ratio"] = round(files["null_fuse_files_s"] / (files["null_fuse_files_s"]
                                                                      + files["http_files_s"]), 2)
         results["fuse"]["small_files"] = {"count": small, "size_kib": small_size // 1024, **files, "rounds": {
-            "http": http_small, "mount": mount_small, "null_fuse": null_small}}
+            "http": http_small, "mount": mount_small, "mount_no_statahead": plain_small, "null_fuse": null_small}}
     if ls is not None:
         results["fuse"]["ls_l"] = ls
     return results
