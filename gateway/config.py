@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -244,7 +245,7 @@ def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) ->
     try:
         return _Sourced(**given)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, _origins(given, config_file))) from None
     except ValueError as exc:  # TOML syntax errors, or a GATEWAY_* table or list that is not JSON
         env_field = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
         if env_field:
@@ -255,7 +256,33 @@ def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) ->
         raise ConfigError(f"config file {config_file}: {exc}") from None
 
 
-def _explain(exc: ValidationError) -> str:
+def _origins(given: dict[str, Any], config_file: str | os.PathLike | None):
+    """Where a top-level setting's value came from, for error messages: the environment or the
+    config file say so (the value is there to be found); a command-line flag or a default names the
+    setting and its environment variable, as --help does."""
+    environment = {name.upper(): value for name, value in os.environ.items()}
+    table: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as file:
+                table = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError):
+            table = {}
+
+    def origin(name: str) -> str:
+        variable = f"GATEWAY_{name.upper()}"
+        secret = name in SECRET_FIELDS or name == "credentials"  # never echoed
+        if name not in given and variable in environment:
+            return f"{variable} in the environment" if secret else \
+                f"{variable}={environment[variable]!r} in the environment"
+        if name not in given and name in table:
+            return f"{name} in {config_file}" if secret else f"{name} = {table[name]!r} in {config_file}"
+        return variable
+
+    return origin
+
+
+def _explain(exc: ValidationError, origin=lambda name: f"GATEWAY_{name.upper()}") -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
@@ -263,6 +290,6 @@ def _explain(exc: ValidationError) -> str:
         if not where:  # a check across settings: its message names them
             lines.append(f"invalid settings: {message}")
             continue
-        env = f" (GATEWAY_{where.upper()})" if "." not in where else ""
-        lines.append(f"invalid setting {where}{env}: {message}")
+        source = f" ({origin(where)})" if "." not in where else ""
+        lines.append(f"invalid setting {where}{source}: {message}")
     return "\n".join(lines)

@@ -261,3 +261,28 @@ def test_serve_raises_a_low_open_file_limit_to_the_hard_one(tmp_path):
         assert line.split()[3] == str(expected), line
     finally:
         gateway.stop()
+
+
+def test_a_bad_value_names_where_it_came_from(tmp_path, monkeypatch):
+    """The file, the environment or the flag: the operator sees which one to fix (secrets not echoed)."""
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\nport = 0\ncluster_secret = "x"\n')
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(config)
+    assert f"invalid setting port (port = 0 in {config}): " in str(from_file.value)
+    monkeypatch.setenv("GATEWAY_PORT", "99999")
+    with pytest.raises(ConfigError) as from_env:
+        load_settings(config)
+    assert "invalid setting port (GATEWAY_PORT='99999' in the environment): " in str(from_env.value)
+    with pytest.raises(ConfigError) as from_flag:
+        load_settings(config, port=70000)
+    assert "invalid setting port (GATEWAY_PORT): " in str(from_flag.value)
+    monkeypatch.delenv("GATEWAY_PORT")
+    monkeypatch.setenv("GATEWAY_REGION", "")
+    with pytest.raises(ConfigError) as empty:
+        load_settings(config, port=8086)
+    assert "invalid setting region (GATEWAY_REGION='' in the environment): must not be empty" in str(empty.value)
+    secret = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\ncluster_secret = 12345678\n')
+    with pytest.raises(ConfigError) as hidden:
+        load_settings(secret)
+    assert f"invalid setting cluster_secret (cluster_secret in {secret}): " in str(hidden.value)
+    assert "12345678" not in str(hidden.value)
