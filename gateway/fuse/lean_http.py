@@ -150,16 +150,7 @@ class LeanHttp:
         None when the body is larger than ``body_limit``. OSError (TimeoutError, ConnectionError,
         ...) when two attempts got no complete answer.
         """
-        request = "".join((f"GET {target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()),
-                           "\r\n")).encode("latin-1")
-        try:
-            return self._exchange(request, fresh=False)
-        except _Retry:
-            pass
-        try:
-            return self._exchange(request, fresh=True)
-        except _Retry as retry:
-            raise retry.error from None
+        return self._twice(self._exchange, _head(target, headers).encode("latin-1"))
 
     def get_many(self, requests: list[tuple[str, dict[str, str]]]) -> list[LeanResponse | None]:
         """Several GETs pipelined on one connection: sent in one write, answered in order (fewer
@@ -167,14 +158,18 @@ class LeanHttp:
         statahead). An answer is None when its body is larger than ``body_limit`` or the
         connection ended before it; OSError when no answer came at all (after a second attempt on
         a fresh connection, as ``get``)."""
-        data = "".join(f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-                       for target, headers in requests).encode("latin-1")
+        data = "".join(_head(target, headers) for target, headers in requests).encode("latin-1")
+        return self._twice(self._exchange_many, data, len(requests))
+
+    @staticmethod
+    def _twice(exchange, *args):
+        """An exchange that got no byte of an answer is tried once more on a fresh connection."""
         try:
-            return self._exchange_many(data, len(requests), fresh=False)
+            return exchange(*args, fresh=False)
         except _Retry:
             pass
         try:
-            return self._exchange_many(data, len(requests), fresh=True)
+            return exchange(*args, fresh=True)
         except _Retry as retry:
             raise retry.error from None
 
@@ -281,6 +276,10 @@ class LeanHttp:
             idle, self._idle = self._idle, []
         for sock in idle:
             sock.close()
+
+
+def _head(target: str, headers: dict[str, str]) -> str:
+    return "".join((f"GET {target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"))
 
 
 class _Retry(Exception):
