@@ -69,9 +69,18 @@ class _Run:
         self.bucket = bucket
         self.prefix = prefix  # "" for a bucket's top level, else "dir/"
         self.epoch = 0  # a jump starts a new epoch: answers of the old one are dropped
-        self.last = ""  # the last name the program needed
+        self.pending: dict[str, Future] = {}  # name -> its GET in flight
+        self.stale: set[str] = set()  # pending names this mount changed meanwhile, or of an old epoch
+        self.ready: dict[str, Fetched] = {}
+        self.listing = False  # a LIST is in flight (of any epoch: one at a time)
+        self.restart()
+
+    def restart(self, name: str = "") -> None:
+        """A new run from ``name``: nothing listed, nothing confirmed, the answers of before dropped."""
+        self.epoch += 1
+        self.last = name  # the last name the program needed
         self.streak = 0  # ascending names in a row
-        self.listed: list[str] = []  # the names listed after the run began, ascending (objects and prefixes)
+        self.listed: list[str] = []  # names listed since the run began, ascending (objects and prefixes)
         self.skip: set[str] = set()  # listed names not fetched ahead: directories and large objects
         self.fetch_from = 0  # listed[fetch_from:] have not been asked for yet
         self.confirmed = False  # the program took listed names in order: fetch ahead
@@ -80,24 +89,6 @@ class _Run:
         self.near = 0  # steps to one of the next few listed names
         self.after: str | None = None  # the key the next LIST starts after
         self.exhausted = False  # the listing ended (or failed)
-        self.listing = False
-        self.pending: dict[str, Future] = {}  # name -> its GET in flight
-        self.stale: set[str] = set()  # pending names this mount changed meanwhile
-        self.ready: dict[str, Fetched] = {}
-
-    def restart(self, name: str = "") -> None:
-        self.epoch += 1
-        self.last = name
-        self.streak = 0
-        self.listed = []
-        self.skip = set()
-        self.fetch_from = 0
-        self.confirmed = False
-        self.base = ""
-        self.steps = 0
-        self.near = 0
-        self.after = None
-        self.exhausted = False
         self.ready.clear()
         self.stale.update(self.pending)
 
@@ -114,6 +105,8 @@ class Statahead:
 
     def __init__(self, client: ObjectClient, *, window: int, first_bytes: int, ttl: float, workers: int = 1,
                  clock=time.monotonic):
+        """``workers``: fetching threads. One: two took turns at the GIL with the FUSE threads and
+        read fewer files a second (docs/fuse.md, "Numbers")."""
         self.client = client
         self.window = window
         self.first_bytes = first_bytes
