@@ -68,9 +68,10 @@ def parse_umask(text: str) -> int:
 @click.option("--direct-io-min", default="0", show_default=True,
               help="Read objects of at least this size (e.g. 64M) with direct_io: faster 1 MiB streaming reads, "
                    "but no page cache and no shared mmap for them. 0 turns it off.")
-@click.option("--statahead", type=click.IntRange(0, 1024), default=32, show_default=True,
+@click.option("--statahead", type=click.IntRange(0, 256), default=32, show_default=True,
               help="Small files fetched ahead when a program reads a directory's files in name order "
-                   "(cp -r, tar, rsync); 0 turns it off. Off with --attr-ttl 0.")
+                   "(cp -r, tar, rsync); 0 turns it off. Off with --attr-ttl 0. Memory: at most this many "
+                   "x 128 KiB for each of 8 directories.")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: return once mounted).")
 @click.option("-d", "--debug", is_flag=True, help="Log every FUSE call and request (implies nothing else).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here (in the background, the only log).")

@@ -164,6 +164,8 @@ def test_mount_without_libfuse_says_what_to_install(fuse_gw, tmp_path):
     (None, ["--uid", "-5"], "--uid"),
     (None, ["--gid", "99999999999"], "--gid"),
     (None, ["--log-file", "/no/such/dir/mount.log"], "--log-file"),
+    (None, ["--statahead", "1000"], "--statahead"),
+    (None, ["--statahead", "-1"], "--statahead"),
 ])
 def test_mount_refuses_bad_arguments_in_one_line(fuse_gw, tmp_path, endpoint, args, says):
     (tmp_path / "m").mkdir()
