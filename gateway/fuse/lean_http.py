@@ -94,8 +94,7 @@ class _Answer:
 
 
 class _Answers:
-    """httptools callbacks for several pipelined responses, one _Answer each (for ``get_many``,
-    whose answers are small: no body limit is checked while reading, only at the end)."""
+    """httptools callbacks for several pipelined responses, one _Answer each (for ``get_many``)."""
 
     def __init__(self, body_limit: int):
         self.body_limit = body_limit
@@ -104,11 +103,13 @@ class _Answers:
         self.parser: HttpResponseParser | None = None
         self._headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
+        self._size = 0
 
     def on_message_begin(self) -> None:
         answer = _Answer(self.body_limit)
         self._headers = answer.headers
         self._chunks = answer.chunks
+        self._size = 0
         self.answers.append(answer)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -122,12 +123,15 @@ class _Answers:
         answer.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.body_limit:  # read on (the answers behind it come next), not kept
+            self.answers[-1].too_large = True
+            self._chunks.clear()
+            return
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
-        answer = self.answers[-1]
-        answer.complete = True
-        answer.too_large = sum(map(len, self._chunks)) > self.body_limit
+        self.answers[-1].complete = True
         self.done += 1
 
 
@@ -173,14 +177,19 @@ class LeanHttp:
         except _Retry as retry:
             raise retry.error from None
 
-    def _exchange_many(self, data: bytes, count: int, fresh: bool) -> list[LeanResponse | None]:
+    def _start(self, fresh: bool, callbacks) -> tuple[socket.socket, HttpResponseParser, memoryview]:
+        """A connection (pooled unless ``fresh``), a response parser calling ``callbacks``, and this
+        thread's receive buffer."""
         try:
             sock = self._checkout(fresh)
         except OSError as exc:
             raise _Retry(exc) from None
+        callbacks.parser = HttpResponseParser(callbacks)
+        return sock, callbacks.parser, self._buffer()
+
+    def _exchange_many(self, data: bytes, count: int, fresh: bool) -> list[LeanResponse | None]:
         answers = _Answers(self.body_limit)
-        parser = answers.parser = HttpResponseParser(answers)
-        buffer = self._buffer()
+        sock, parser, buffer = self._start(fresh, answers)
         reusable = True
         try:
             sock.sendall(data)
@@ -209,14 +218,9 @@ class LeanHttp:
         return results + [None] * (count - len(results))
 
     def _exchange(self, request: bytes, fresh: bool) -> LeanResponse | None:
-        try:
-            sock = self._checkout(fresh)
-        except OSError as exc:
-            raise _Retry(exc) from None
         answer = _Answer(self.body_limit)
-        parser = answer.parser = HttpResponseParser(answer)
+        sock, parser, buffer = self._start(fresh, answer)
         received = False
-        buffer = self._buffer()
         try:
             sock.sendall(request)
             while not answer.complete and not answer.too_large:
