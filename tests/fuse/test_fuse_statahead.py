@@ -197,3 +197,14 @@ def test_a_jump_ends_the_run_and_drops_its_answers(fuse_gw, bucket, ahead_of):
     assert ahead.stats["statahead_hits"] == 0
     ahead.changed(f"/{bucket}/d", tree=True)
     assert ahead.take(path(12)) is None
+
+
+def test_a_buckets_top_level_is_fetched_ahead_too(fuse_gw, bucket, mount_factory):
+    bodies = _fill(fuse_gw, bucket, 40, prefix="")
+    fuse_gw.client().put_object(Bucket=bucket, Key="015.jpg.d/inner", Body=b"a directory among the files")
+    mount = mount_factory()
+    for n in range(40):
+        assert (mount.path / bucket / f"{n:03d}.jpg").read_bytes() == bodies[n]
+    stats = _stats(mount)
+    assert stats["statahead_hits"] >= 30, stats
+    assert stats["requests"]["GET"] <= 40 + 1, stats
