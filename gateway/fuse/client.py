@@ -320,7 +320,7 @@ class ObjectClient:
             for key in keys:
                 try:
                     results.append(self.get_first(bucket, key, length))
-                except (StoreError, Unreachable):
+                except StoreError:  # Unreachable too
                     results.append(None)
             return results
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))

@@ -325,6 +325,7 @@ class GatewayFS(NamespaceOps, FileOps):
         self.ahead.changed(path)
         self.attrs.put(path, attr)
         self.dirs.add(parent, name, attr)
+
     def _content_changed(self, path: str) -> None:
         """This mount changed (or is changing) the bytes of ``path``: what was fetched of them goes."""
         self.first_bytes.invalidate(path)
