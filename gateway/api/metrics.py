@@ -102,6 +102,10 @@ def render(service, gateway=None) -> str:
                    "Plain object reads (GET, HEAD) answered below ASGI by the gateway's HTTP protocol.",
                    [({}, gateway.fast_reads)])
     read_cache_metrics(out, service.local_backends)
+    if service.reaper is not None and service.reaper.expiry > 0:
+        out.family("gateway_multipart_uploads_aborted_total", "counter",
+                   "Unfinished multipart uploads this node aborted after multipart_expiry.",
+                   [({}, service.reaper.aborted)])
     if cluster is not None:
         cluster_metrics(out, cluster)
     return out.text()

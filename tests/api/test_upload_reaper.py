@@ -4,6 +4,7 @@ against a real local backend with an injected clock, and a real gateway killed m
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
@@ -84,6 +85,8 @@ def test_a_gateway_killed_mid_upload_aborts_it_after_the_expiry(tmp_path):
         assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
         assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="blobs")["Uploads"]] == [fresh]
         assert "aborted the multipart upload" in gw.log() and "big.bin" in gw.log()
+        metrics = urllib.request.urlopen(f"{gw.endpoint}/_admin/metrics", timeout=10).read().decode()
+        assert "\ngateway_multipart_uploads_aborted_total 1\n" in metrics, metrics
         assert not list((data / ".multipart" / "blobs").glob(f"{upload}*/**/*"))
 
 
