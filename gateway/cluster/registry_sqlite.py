@@ -17,6 +17,14 @@ from typing import Any
 
 from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement
 
+BUSY_SECONDS = 10.0  # how long a call waits for another process's write to the file
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
@@ -62,28 +70,46 @@ class SqliteRegistry(Registry):
                 "when they first start")
 
     def _connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
         try:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             if not self._ready:
                 conn.execute("PRAGMA journal_mode=WAL")
                 self._ready = True
             # Every time (three no-ops, a few µs): a registry file deleted and recreated while the
             # nodes run gets its tables back, and the nodes register again (membership.py).
             conn.executescript(SCHEMA)
-            return conn
-        except (OSError, sqlite3.Error) as exc:
-            raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _run(self, work):
-        conn = self._connect()
-        try:
-            return work(conn)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
-        finally:
-            conn.close()
+        """``work(conn)`` on a fresh connection, again after a short pause while the file is locked.
+
+        The busy timeout covers most waits, but SQLite answers "database is locked" at once, without
+        waiting, in a few cases: above all while another process turns a new registry file into WAL
+        mode, which is what nodes started together on a fresh registry do (1 start in 15 failed
+        that way). The work is one transaction, rolled back when its connection closes, so it can
+        run again."""
+        deadline = time.monotonic() + BUSY_SECONDS
+        pause = 0.005
+        while True:
+            try:
+                conn = self._connect()
+                try:
+                    return work(conn)
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError as exc:
+                if _busy(exc) and time.monotonic() < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.2)
+                    continue
+                raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
+            except (OSError, sqlite3.Error) as exc:
+                raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
 
     async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
         def work(conn):
