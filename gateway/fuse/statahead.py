@@ -220,8 +220,9 @@ class Statahead:
         if self._closed:
             return
         listed = run.listed
+        here = bisect_right(listed, run.last)  # listed[here:] are after the program's position
         if run.confirmed:
-            start = max(run.fetch_from, bisect_right(listed, run.last))
+            start = max(run.fetch_from, here)
             # Refilled half a window at a time: whole batches (one write and one wake-up each),
             # sent while the other half still serves the program.
             batch_size = max(1, min(BATCH, self.window // 2))
@@ -240,11 +241,11 @@ class Statahead:
                     for name in batch:
                         run.pending[name] = future
             run.fetch_from = start
-            behind = bisect_right(listed, run.last)
-            if behind > KEEP_LISTED:
-                del listed[:behind]
-                run.fetch_from -= behind
-        unfetched = len(listed) - max(run.fetch_from, bisect_right(listed, run.last))
+            if here > KEEP_LISTED:
+                del listed[:here]
+                run.fetch_from -= here
+                here = 0
+        unfetched = len(listed) - max(run.fetch_from, here)
         if run.after is not None and unfetched < self.window and not run.listing and not run.exhausted:
             run.listing = True
             self._executor.submit(self._list, run, run.epoch, run.after)
@@ -266,11 +267,12 @@ class Statahead:
             if page is None:
                 run.exhausted = True
                 return
-            names = [o.key[len(run.prefix):] for o in page.objects] + \
-                [p[len(run.prefix):].rstrip("/") for p in page.prefixes]
-            run.skip.update(o.key[len(run.prefix):] for o in page.objects
-                            if o.size > self.first_bytes or o.key.endswith("/"))
-            run.skip.update(p[len(run.prefix):].rstrip("/") for p in page.prefixes)
+            cut = len(run.prefix)
+            files = {o.key[cut:]: o.size <= self.first_bytes and not o.key.endswith("/") for o in page.objects}
+            directories = [p[cut:].rstrip("/") for p in page.prefixes]
+            names = [*files, *directories]
+            run.skip.update(name for name, small in files.items() if not small)
+            run.skip.update(directories)
             run.listed.extend(sorted(n for n in names if not run.listed or n > run.listed[-1]))
             keys = [o.key for o in page.objects[-1:]] + page.prefixes[-1:]
             run.after = max(keys) if keys else run.after
