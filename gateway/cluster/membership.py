@@ -90,6 +90,7 @@ class Cluster:
     async def start(self) -> None:
         """Register (choosing the role when none was given) and load the node list; raise ValueError."""
         try:
+            await self._refuse_a_taken_id()  # before anything of the record or the lease is touched
             if self.role is None:
                 self.role = await self._default_role()
             if self.role == "proxy":
@@ -110,6 +111,28 @@ class Cluster:
                  record.install_order, self.address, len(self.nodes))
         self._task = asyncio.create_task(self._run(), name="cluster-membership")
         self.stalls.start()
+
+    async def _refuse_a_taken_id(self) -> None:
+        """Raise ValueError when another running node goes by this node's id (a copied unit file, a
+        GATEWAY_NODE_ID set twice). Registering would move that node's record to this address: its
+        peers would ask this node for its objects, answered 404 by a node that never had them.
+
+        The record's address is asked who it is: a node restarted at another address (its old one
+        refuses, or now answers under another id) takes its record over as before.
+        """
+        existing = await self.registry.get(self.node_id)
+        if existing is None or existing.address == self.address:
+            return
+        try:
+            answer = await self.client.ping(self.node_id, existing.address)
+        except Exception:  # noqa: BLE001 - gone, or something else listens there: the id is free
+            return
+        finally:
+            self.health.forget(self.node_id)  # not a peer: no health to keep for it
+        if answer.get("node_id") == self.node_id:
+            raise ValueError(f"node id {self.node_id} is in use by a running node at {existing.address}: give this "
+                             "node its own id (GATEWAY_NODE_ID, default host:port of --advertise), or stop that "
+                             "node first if this one replaces it")
 
     async def _default_role(self) -> str:
         """The role a node has in the registry, else primary for the first node and redundant after."""
