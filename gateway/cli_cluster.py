@@ -82,9 +82,14 @@ def join(registry, advertise, role, node_id) -> None:
 @cluster.command()
 @_registry_option
 @click.option("--node-id", envvar="GATEWAY_NODE_ID", required=True, help="The node to remove (GATEWAY_NODE_ID).")
-@click.option("--force", is_flag=True, help="Remove the primary too (the cluster is then without one).")
+@click.option("--force", is_flag=True, help="Remove the primary, or a node that holds objects, too (the cluster is "
+              "then without a primary; the node's objects are found through no node).")
 def leave(registry, node_id, force) -> None:
-    """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts)."""
+    """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts).
+
+    Refused without --force for the primary and for a storing node that holds objects: no other node
+    has them, so once it left they read as 404 (not found) through every node.
+    """
     if not node_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--node-id")
 
@@ -100,6 +105,13 @@ def leave(registry, node_id, force) -> None:
             raise ValueError(f"{node_id} is the primary: removing it would leave the cluster without one (failover "
                              "only replaces a primary that is listed). Hand its role over first with `gateway cluster "
                              f"promote NODE`, then remove it; or pass --force")
+        held = node.info.get("objects") if node is not None and node.stores_objects else None
+        if not force and held:
+            # Peers stop asking a node that left: its objects would be answered 404, as if deleted.
+            raise ValueError(f"{node_id} holds {held} objects (as of its last count, which runs every few "
+                             "minutes): no other node has them, and once it left they would read as not found "
+                             "(404) through every node. Keep it until they are copied elsewhere; or pass --force (the files stay "
+                             "on its disk)")
         return await reg.remove(node_id)
 
     removed = _run(lambda: _with_registry(registry, work))

@@ -228,6 +228,10 @@ class Cluster:
                     await self._election_round()
                     await self._probe_limited()
                     await self._retirement_round()
+            except NotRegistered:
+                # `cluster leave` removed this node: _removed said so once; a warning every round
+                # would only bury the rest of the log. The round stops here (nothing of it is ours).
+                await asyncio.sleep(min(interval, 1.0))
             except RegistryError as exc:
                 log.warning("cluster registry: %s (retrying in %.0fs)", exc, interval)
                 await asyncio.sleep(min(interval, 1.0))

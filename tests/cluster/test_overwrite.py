@@ -223,8 +223,9 @@ def test_node_that_left_and_rejoins_with_its_data_drops_what_was_replaced(cluste
     cluster["r1"].kill()
     try:
         s3["x1"].put_object(Bucket=BUCKET, Key="rejoined", Body=b"new")
+        # --force: r1 holds objects (leave refuses that otherwise); it comes back with them.
         left = subprocess.run([sys.executable, "-m", "gateway", "cluster", "leave", "--registry", cluster.registry,
-                               "--node-id", "r1"], capture_output=True, text=True, timeout=60)
+                               "--node-id", "r1", "--force"], capture_output=True, text=True, timeout=60)
         assert left.returncode == 0, left.stderr
     finally:
         cluster.restart("r1")
