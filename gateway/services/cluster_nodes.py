@@ -193,8 +193,13 @@ class ClusterNode(Backend):
         self.locations.missing(bucket, key)
         raise errors.NoSuchKey(Key=key)
 
-    async def _everywhere(self, call, peers: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
-        """Run ``call`` on every storing peer in parallel: ({peer: result or exception}, unreachable peers)."""
+    async def _everywhere(self, call, peers: dict[str, str] | None = None,
+                          enough: Callable[[Any], bool] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """Run ``call`` on every storing peer in parallel: ({peer: result or exception}, unreachable peers).
+
+        ``enough(result)``: stop at the first result it accepts; the peers still asked are cancelled
+        and left out of the answers (one that does not answer must not hold up what another settled).
+        """
         peers = self.cluster.peers() if peers is None else peers
 
         async def one(peer: str, address: str):
@@ -203,10 +208,28 @@ class ClusterNode(Backend):
             except (PeerUnreachable, errors.GatewayError) as exc:
                 return exc
 
-        results = await asyncio.gather(*(one(p, a) for p, a in peers.items()))
-        answers = dict(zip(peers, results))
+        if enough is None:
+            answers = dict(zip(peers, await asyncio.gather(*(one(p, a) for p, a in peers.items()))))
+        else:
+            answers = await self._until(enough, {asyncio.ensure_future(one(p, a)): p for p, a in peers.items()})
         unreachable = [p for p, r in answers.items() if isinstance(r, (PeerUnreachable, errors.ServiceUnavailable))]
         return answers, unreachable
+
+    @staticmethod
+    async def _until(enough: Callable[[Any], bool], tasks: dict[asyncio.Task, str]) -> dict[str, Any]:
+        """The results of ``tasks`` (task -> peer) by peer, up to the first one ``enough`` accepts."""
+        answers: dict[str, Any] = {}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                answers.update((tasks[t], t.result()) for t in done)
+                if any(enough(answers[tasks[t]]) for t in done):
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+        return answers
 
     # Objects -----------------------------------------------------------------------
 
@@ -274,6 +297,13 @@ class ClusterNode(Backend):
             except errors.GatewayError as exc:
                 log.warning("could not drop the older local copy of %s/%s: %s", bucket, key, exc.message)
         peers = {p: a for p, a in self.cluster.peers().items() if p != holder}
+        # A peer that has just failed (frozen, its host gone without refusing connections) is not
+        # waited for: every write would take peer_timeout for as long as it stays so. Its retirement
+        # goes to the registry, and the request is sent anyway without waiting, so that a node that
+        # runs again drops its old copy at once rather than at its next heartbeat.
+        for peer in [p for p in peers if self.cluster.health.limited(p)]:
+            await self.cluster.retire_later(peer, bucket, key, info)
+            self._in_background(self._supersede_later(peer, peers.pop(peer), bucket, key, info, holder))
         if peers:
             answers, unreachable = await self._everywhere(
                 lambda p, a: self.client.supersede(p, a, bucket, key, info), peers)
@@ -284,8 +314,28 @@ class ClusterNode(Backend):
             if holder != me:
                 self.locations.found(bucket, key, holder)
             return
-        # Two overwrites raced and another node kept a newer version: the one just written goes.
-        winner = max(newer.values(), key=lambda i: (i.last_modified, i.etag))
+        await self._drop_outdated(bucket, key, holder, max(newer.values(), key=lambda i: (i.last_modified, i.etag)))
+
+    async def _supersede_later(self, peer: str, address: str, bucket: str, key: str, info: ObjectInfo,
+                               holder: str) -> None:
+        """The retirement request to a peer that had failed, not waited for by the write."""
+        try:
+            kept = await self.client.supersede(peer, address, bucket, key, info)
+        except (PeerUnreachable, errors.GatewayError) as exc:
+            log.debug("retirement of %s/%s on %s: %s (it is in the registry)", bucket, key, peer, exc)
+            return
+        if isinstance(kept, ObjectInfo):
+            await self._drop_outdated(bucket, key, holder, kept)
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drop_outdated(self, bucket: str, key: str, holder: str, winner: ObjectInfo) -> None:
+        """Two overwrites raced and another node kept the newer version ``winner``: the one on ``holder`` goes."""
+        me = self.cluster.node_id
+        self.locations.forget(bucket, key)
         log.info("%s/%s: a newer version was written concurrently; dropping the one on %s", bucket, key, holder)
         try:
             if holder == me:
@@ -392,7 +442,9 @@ class ClusterNode(Backend):
                 return await self.local.head_bucket(bucket)
             except errors.NoSuchBucket:
                 pass
-        answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "HEAD", bucket))
+        # One node that has the bucket settles it (a PUT through a proxy checks the bucket first).
+        answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "HEAD", bucket),
+                                                      enough=lambda r: r is None)
         if any(r is None for r in answers.values()):
             return BucketInfo(bucket, 0.0)
         if unreachable and len(unreachable) == len(answers):

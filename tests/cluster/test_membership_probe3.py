@@ -8,8 +8,9 @@ import sys
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
-from .conftest import ClusterNodes, wait_for
+from .conftest import ClusterNodes, start_cluster, wait_for
 
 
 def test_a_node_started_with_the_id_of_a_running_node_is_refused_and_the_running_one_keeps_its_record(tmp_path):
@@ -79,5 +80,37 @@ def test_leave_of_a_node_that_holds_objects_is_refused_with_the_reason_and_a_run
         assert "is not registered" not in log, log[-2000:]
         forced = cluster_cli(nodes, "leave", "--node-id", "r2", "--force")
         assert forced.returncode == 0, forced.stderr
+    finally:
+        nodes.stop()
+
+
+def test_writes_do_not_wait_for_a_frozen_node_once_it_failed_and_it_drops_its_old_copy_when_it_runs(tmp_path):
+    """A node frozen (SIGSTOP; a host gone without refusing connections behaves alike) was de-prioritized
+    for reads after its first timeout, but every PUT through any node still waited the peer timeout (3 s
+    here) for its overwrite retirement, and a PUT through the proxy twice that (its bucket check asked
+    every node and waited for all), for as long as the node stayed frozen."""
+    nodes = start_cluster(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    s3 = {name: nodes[name].client() for name in ("p1", "r1", "r2", "x1")}
+    try:
+        s3["x1"].create_bucket(Bucket="frozen")
+        s3["r2"].put_object(Bucket="frozen", Key="k", Body=b"old, on r2")
+        nodes["r2"].pause()
+        try:
+            for name in ("p1", "r1", "x1"):  # each node learns once that r2 does not answer: 503
+                with pytest.raises(ClientError) as info:
+                    s3[name].get_object(Bucket="frozen", Key="nowhere")
+                assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            time.sleep(5.5)  # the proxy's memory of the bucket runs out: its next PUT checks it again
+            for name in ("p1", "r1", "x1", "x1"):
+                started = time.monotonic()
+                s3[name].put_object(Bucket="frozen", Key="k", Body=f"new through {name}".encode())
+                assert time.monotonic() - started < 1.5, name
+        finally:
+            nodes["r2"].resume(settle=False)
+        # r2 finds the retirement request in its socket when it runs again; its heartbeat reads the registry.
+        wait_for(lambda: s3["r2"].get_object(Bucket="frozen", Key="k")["Body"].read() == b"new through x1", 5,
+                 "r2 dropping its old copy")
+        for name in s3:
+            assert s3[name].get_object(Bucket="frozen", Key="k")["Body"].read() == b"new through x1", name
     finally:
         nodes.stop()
