@@ -46,7 +46,7 @@ from gateway_plugins import fslayout
 
 from .peers import current_role
 from .progress import Progress, human_bytes
-from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
+from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, is_object, publish_new, read_chunks, walk_files
 
 PREFIX = "cv-backup"
@@ -108,6 +108,8 @@ def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str]]:
     if not stores:
         raise OpsError("this node has no file store to back up (configured backends: "
                        f"{', '.join(others) or 'none'})")
+    for store in stores:
+        check_share_mounted(store)
     return ("objects" if objects_only else "full"), stores, notes
 
 

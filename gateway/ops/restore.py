@@ -31,7 +31,7 @@ from gateway_plugins import fslayout
 from .backup import FILES, FORMAT, MANIFEST, PATH_HEADER, SHA_HEADER, STORAGE, SUMMARY
 from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster
 from .progress import Progress, human_bytes, plural
-from .stores import OpsError, Store, file_stores, node_name, sqlite_registry_path
+from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, object_header, read_chunks, write_atomically
 
 SHOW = 20  # differing objects listed one by one; the rest are counted
@@ -258,6 +258,8 @@ def check_destination(info: ArchiveInfo, settings, force: bool) -> tuple[dict[st
                            f"have (file stores here: {', '.join(map(repr, by_name)) or 'none'}): configure "
                            "[backends.NAME] with type local or sharedfs for each, then run the restore again")
         mapping = {name: by_name[name] for name in wanted}
+    for store in mapping.values():
+        check_share_mounted(store)
     return mapping, notes
 
 

@@ -20,6 +20,7 @@ class Store:
     type: str
     root: str
     shared: bool
+    require_mount: bool = False  # sharedfs: the root must be a mount point (the share is mounted)
 
 
 def file_stores(settings) -> tuple[list[Store], list[str]]:
@@ -29,10 +30,27 @@ def file_stores(settings) -> tuple[list[Store], list[str]]:
     for name, cfg in sorted(settings.backend_configs().items()):
         kind = cfg.get("type", "local")
         if kind in FILE_TYPES:
-            stores.append(Store(name, kind, os.path.abspath(str(cfg.get("root", "./cv-storage"))), FILE_TYPES[kind]))
+            stores.append(Store(name, kind, os.path.abspath(str(cfg.get("root", "./cv-storage"))), FILE_TYPES[kind],
+                                bool(FILE_TYPES[kind] and cfg.get("require_mount", False))))
         else:
             others.append(f"{name} ({kind})")
     return stores, others
+
+
+def check_share_mounted(store: Store) -> None:
+    """OpsError when a shared store's root is not the share, as the sharedfs backend refuses to start.
+
+    A missing root, or a bare mount-point directory under ``require_mount``, means the share is not
+    mounted: a backup of it would pass for a backup of no objects, and a restore into it would put
+    the objects on this server's own disk, hidden under the share once it is mounted again."""
+    if not store.shared:
+        return
+    if not os.path.isdir(store.root):
+        raise OpsError(f"backend {store.name!r}: the shared storage's root {store.root} does not exist or is not a "
+                       "directory: mount the share there first (docs/shared-storage.md), then run again")
+    if store.require_mount and not os.path.ismount(os.path.realpath(store.root)):
+        raise OpsError(f"backend {store.name!r}: {store.root} is not a mount point and require_mount is set: the "
+                       "share is not mounted. Mount it, then run again")
 
 
 def node_name(settings) -> str:

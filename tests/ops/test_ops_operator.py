@@ -1,0 +1,74 @@
+"""`gateway backup`, `restore` and `migrate` as an operator runs them at 3 a.m.: a share that is not
+mounted, a restore killed and run again, an archive piped in, a backup piped out that fails.
+
+Real gateways (GatewayProcess), the real CLI as a subprocess from /, every wait bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.testing.server import GatewayProcess
+from ops.test_ops_edges import DEADLINE, MiB, gateway_cmd, no_traceback, popen, wait_for
+
+
+@pytest.fixture
+def source(tmp_path):
+    with GatewayProcess(tmp_path / "src") as gw:
+        yield gw
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+# A shared store whose share is not mounted ---------------------------------------------------------
+
+
+def _shared_config(tmp_path: Path, root: Path) -> Path:
+    config = tmp_path / "shared.toml"
+    config.write_text(f'default_backend = "storage"\n[backends.storage]\ntype = "sharedfs"\nroot = "{root}"\n'
+                      "require_mount = true\n")
+    return config
+
+
+@pytest.fixture
+def archive_of_a_share(source, tmp_path):
+    """A full backup taken while the share was mounted (its tree, served by a plain directory here)."""
+    s3 = source.client()
+    s3.create_bucket(Bucket="faces")
+    s3.put_object(Bucket="faces", Key="cam1/1.jpg", Body=b"a face")
+    archive = tmp_path / "full.tar"
+    assert gateway_cmd("backup", "-q", "--data-dir", source.data_dir, archive).returncode == 0
+    return archive
+
+
+def test_backup_of_a_share_that_is_not_mounted_is_refused(tmp_path):
+    mount_point = tmp_path / "mnt" / "cv-share"
+    mount_point.mkdir(parents=True)  # the empty directory the share is mounted on, when it is
+    result = gateway_cmd("backup", "--config", _shared_config(tmp_path, mount_point), tmp_path / "nightly.tar")
+    # Exit 0 with "0 objects" would pass for a good nightly backup while the share's objects are in none.
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert "not a mount point" in result.stderr and "Mount it" in result.stderr
+    assert not (tmp_path / "nightly.tar").exists() and not (tmp_path / "nightly.tar.partial").exists()
+
+
+@pytest.mark.parametrize("mounted_on", ["empty directory", "missing"])
+def test_restore_onto_a_share_that_is_not_mounted_writes_nothing(archive_of_a_share, tmp_path, mounted_on):
+    mount_point = tmp_path / "mnt" / "cv-share"
+    if mounted_on == "empty directory":
+        mount_point.mkdir(parents=True)
+    result = gateway_cmd("restore", "--config", _shared_config(tmp_path, mount_point), archive_of_a_share)
+    # Restored there, the objects would sit on this server's own disk, hidden once the share is mounted.
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert "mount" in result.stderr.splitlines()[-1]
+    assert files_under(mount_point) == []
+    assert mounted_on == "empty directory" or not mount_point.exists()  # the backend never creates its root
