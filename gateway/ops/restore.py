@@ -268,6 +268,8 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
     stream = stream or sys.stderr
     result = RestoreResult()
     installers = {name: Installer(store.root) for name, store in mapping.items()}
+    for installer in installers.values():
+        installer.remove_dead_temps()  # what a restore killed earlier left half-written
     progress = Progress("restore", info.files, info.bytes, stream=stream, quiet=quiet)
     peers = _peer_versions(settings, mapping, progress)
     try:

@@ -23,6 +23,7 @@ from .stores import OpsError
 
 SKIP_TOP = {".gateway"}  # the backends' temp files
 CHUNK = 1024 * 1024
+TEMP_TAG = "ops"  # in the names of the Installer's temp files: <pid>.<process start>-ops-<n>-<random>
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,25 @@ class Installer:
         self.tmp_dir = os.path.join(root, ".gateway", "tmp", socket.gethostname() or "localhost")
         os.makedirs(self.tmp_dir, exist_ok=True)
         pid = os.getpid()
-        self._owner = f"{pid}.{fsutil.process_start(pid) or 0}-ops"
+        self._owner = f"{pid}.{fsutil.process_start(pid) or 0}-{TEMP_TAG}"
         self._counter = itertools.count()
 
     def path(self, relpath: str) -> str:
         return os.path.join(self.root, *check_relpath(relpath).split("/"))
+
+    def remove_dead_temps(self) -> int:
+        """Remove the temp files of tools that died here (kill -9, a crash); return how many.
+
+        A running gateway removes dead writers' temp files only when it starts, so without this a
+        restore killed in the middle of a large object would leave that much disk taken for good,
+        and on a full disk the rerun that should finish the job could fail for want of it. Only
+        files named by these tools (``-ops-``) whose process is gone: never a gateway's."""
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if f"-{TEMP_TAG}-" in entry.name and not fsutil.temp_owner_alive(entry.name):
+                fsutil.unlink_quietly(entry.path)
+                removed += 1
+        return removed
 
     def install(self, relpath: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
                 replace: bool = True) -> int:

@@ -72,3 +72,36 @@ def test_restore_onto_a_share_that_is_not_mounted_writes_nothing(archive_of_a_sh
     assert "mount" in result.stderr.splitlines()[-1]
     assert files_under(mount_point) == []
     assert mounted_on == "empty directory" or not mount_point.exists()  # the backend never creates its root
+
+
+# A restore killed and run again ---------------------------------------------------------------------
+
+
+def _restore_temps(store: Path) -> list[Path]:
+    return [f for d in (store / ".gateway" / "tmp").glob("*") for f in d.iterdir() if "-ops-" in f.name]
+
+
+def test_running_a_killed_restore_again_removes_the_half_written_temp_file(source, tmp_path):
+    s3 = source.client()
+    s3.create_bucket(Bucket="big")
+    s3.put_object(Bucket="big", Key="video", Body=os.urandom(96 * MiB))
+    archive = tmp_path / "full.tar"
+    assert gateway_cmd("backup", "-q", "--data-dir", source.data_dir, archive).returncode == 0
+    s3.delete_object(Bucket="big", Key="video")
+    store = Path(source.data_dir)
+
+    # The gateway keeps running (docs: it may), so its start-up clean-up never sees the dead file.
+    restore = popen("restore", "-q", "--data-dir", store, archive)
+    try:
+        wait_for(lambda: any(f.stat().st_size > 4 * MiB for f in _restore_temps(store)), "the object's copy", restore)
+    finally:
+        restore.kill()
+        restore.wait(timeout=DEADLINE)
+    assert _restore_temps(store), "the kill left no temp file: nothing to test"
+
+    result = gateway_cmd("restore", "-q", "--data-dir", store, archive)
+    assert result.returncode == 0, result.stderr
+    assert s3.head_object(Bucket="big", Key="video")["ContentLength"] == 96 * MiB
+    # Docs: a restore stopped by kill -9 "is finished by running it again". The dead restore's
+    # temp file (up to the size of the largest object) must not stay behind, eating the disk.
+    assert _restore_temps(store) == []
