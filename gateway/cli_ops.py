@@ -62,7 +62,7 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
               help="Restore even where the backup does not belong (a full backup on a non-primary, "
                    "an objects-only backup on another server).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line; the summary still prints.")
-@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("archive", type=click.Path(dir_okay=False, allow_dash=True))
 def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> None:
     """Verify ARCHIVE completely, then restore it to this node's stores.
 
@@ -70,10 +70,15 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
     backup) are kept and listed unless --overwrite. Nothing the backup lacks is deleted. A running
     gateway may stay up: each file appears whole, by rename.
     """
-    from .ops.restore import check_archive, check_destination, restore as restore_archive, restore_missing_settings_files
+    from .ops.restore import (check_archive, check_destination, check_rereadable, restore as restore_archive,
+                              restore_missing_settings_files)
 
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
     try:
+        if archive == "-" and not os.path.exists(archive):
+            archive = "/dev/stdin"  # as `gateway backup -` writes to standard output
+        if not check:
+            check_rereadable(archive)
         info = check_archive(archive, quiet=quiet)
         click.echo(info.describe(), err=True)
         if check:

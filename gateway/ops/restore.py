@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import stat
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -85,6 +86,22 @@ def _open(archive: str) -> tarfile.TarFile:
         raise OpsError(f"{archive} does not exist") from None
     except (tarfile.TarError, OSError) as exc:
         raise OpsError(f"{archive} is not a backup archive (not a tar file: {exc})") from None
+
+
+def check_rereadable(archive: str) -> None:
+    """OpsError unless the archive can be read twice, as a restore does: the check reads all of it
+    before anything is written, then the restore reads it again. A pipe (``/dev/stdin`` fed by
+    ``ssh ... cat``, a process substitution) is empty the second time; said up front, not after
+    the whole archive went through the check."""
+    save = "save it to a file first (e.g. `ssh backup-host cat cv.tar > /var/tmp/cv.tar`) and restore that"
+    try:
+        st = os.stat(archive)
+    except FileNotFoundError:
+        return  # said by check_archive, with the rest
+    if not stat.S_ISREG(st.st_mode):
+        raise OpsError(f"{archive} is a pipe or a device, not a file: the restore reads the archive twice (all of "
+                       f"it is checked before anything is written), and a pipe gives it once; {save}. "
+                       "`--check` reads it once and takes a pipe")
 
 
 def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo:

@@ -105,3 +105,42 @@ def test_running_a_killed_restore_again_removes_the_half_written_temp_file(sourc
     # Docs: a restore stopped by kill -9 "is finished by running it again". The dead restore's
     # temp file (up to the size of the largest object) must not stay behind, eating the disk.
     assert _restore_temps(store) == []
+
+
+# An archive piped in ------------------------------------------------------------------------------
+
+
+def _piped_restore(archive: Path, *args) -> subprocess.CompletedProcess:
+    """`ssh backup-host cat cv.tar | gateway restore ... /dev/stdin`: the archive arrives through a pipe."""
+    with open(archive, "rb") as f:
+        data = f.read()
+    return subprocess.run([sys.executable, "-m", "gateway", "restore", *map(str, args), "/dev/stdin"], input=data,
+                          capture_output=True, cwd="/", timeout=120)
+
+
+def test_restore_from_a_pipe_is_refused_up_front_and_check_reads_one(archive_of_a_share, tmp_path):
+    target = tmp_path / "target"
+    result = _piped_restore(archive_of_a_share, "--data-dir", target)
+    err = result.stderr.decode()
+    # It used to say "archive OK", then "/dev/stdin is not a backup archive (not a tar file: empty file)":
+    # the check had read the pipe to its end, and the restore found nothing left to read.
+    assert result.returncode == 2, err
+    assert "Traceback" not in err and "archive OK" not in err and "not a tar file" not in err, err
+    assert "pipe" in err and "save it to a file" in err, err
+    assert files_under(target) == []
+
+    assert _piped_restore(archive_of_a_share, "--check").returncode == 0  # one read is all --check needs
+    with open(archive_of_a_share, "rb") as f:  # `gateway restore ... /dev/stdin < cv.tar` is a file: fine
+        redirected = subprocess.run([sys.executable, "-m", "gateway", "restore", "-q", "--data-dir", target,
+                                     "/dev/stdin"], stdin=f, capture_output=True, text=True, cwd="/", timeout=120)
+    assert redirected.returncode == 0, redirected.stderr
+    assert "faces/cam1/1.jpg%obj" in files_under(target)
+
+
+def test_restore_of_dash_reads_standard_input(archive_of_a_share, tmp_path):
+    piped = subprocess.run([sys.executable, "-m", "gateway", "restore", "--data-dir", tmp_path / "t", "-"],
+                           input=archive_of_a_share.read_bytes(), capture_output=True, cwd="/", timeout=120)
+    assert piped.returncode == 2 and b"save it to a file" in piped.stderr, piped.stderr  # not "- does not exist"
+    checked = subprocess.run([sys.executable, "-m", "gateway", "restore", "--check", "-"],
+                             input=archive_of_a_share.read_bytes(), capture_output=True, cwd="/", timeout=120)
+    assert checked.returncode == 0 and b"archive OK" in checked.stderr, checked.stderr
