@@ -46,11 +46,19 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
     except OpsError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"the backup failed: {exc}; the unfinished archive was removed")
+        _fail(f"the backup failed: {exc}; {_unfinished(output)}")
     except KeyboardInterrupt:
-        interrupted("the backup was stopped; the unfinished archive was removed")
+        interrupted(f"the backup was stopped; {_unfinished(output)}")
     if result.not_objects:
         raise SystemExit(1)
+
+
+def _unfinished(output: str) -> str:
+    """What became of the archive of a backup that failed: a file is removed; standard output is
+    not ours to clean up, and what reached it must not pass for a backup."""
+    if output == "-":
+        return "what reached standard output is an unfinished archive (restore refuses it as cut short): delete it"
+    return "the unfinished archive was removed"
 
 
 @click.command()

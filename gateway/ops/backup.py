@@ -144,11 +144,11 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     if to_stdout:
         if sys.stdout is None:
             raise OpsError("standard output is closed: give a file or directory to write the backup to")
-        sink = sys.stdout.buffer
+        sink = _Sink(sys.stdout.buffer, None)
     else:
         if os.path.exists(output):
             raise OpsError(f"{output} already exists: give a new file name, or a directory to name it after the time")
-        sink = _open_partial(partial)
+        sink = _Sink(_open_partial(partial), partial)
     progress = Progress(f"backup ({kind})", total_files, total_bytes, stream=stream, quiet=quiet)
     try:
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
@@ -162,7 +162,7 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
                                      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         sink.flush()
         if not to_stdout:
-            os.fsync(sink.fileno())
+            sink.fsync()
             try:
                 publish_new(partial, output)  # never over a file that appeared meanwhile
             except FileExistsError:
@@ -183,6 +183,42 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     for path in result.not_objects[:20]:
         progress.note(f"warning: {path} is not a valid object file; it is in the backup as it is")
     return result
+
+
+class _Sink:
+    """Where the archive goes (its .partial file, or standard output). A write that fails says
+    which, and what became of what was written: a bare "[Errno 28] No space left on device"
+    leaves the operator guessing whether the archive's disk or a store's is full."""
+
+    def __init__(self, f, partial: str | None):
+        self._f, self.partial = f, partial
+
+    def write(self, data) -> int:
+        return self._call(self._f.write, data)
+
+    def flush(self) -> None:
+        self._call(self._f.flush)
+
+    def fsync(self) -> None:
+        self._call(os.fsync, self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def _call(self, operation, *args):
+        try:
+            return operation(*args)
+        except OSError as exc:
+            raise OpsError(self._failed(exc)) from None
+
+    def _failed(self, exc: OSError) -> str:
+        reason = exc.strerror or str(exc)
+        if self.partial is None:
+            # Not a file of ours: whatever received the bytes keeps them, cut short.
+            return (f"writing the backup to standard output failed: {reason}. What reached it is an unfinished "
+                    "archive (restore refuses it as cut short): delete it, fix the cause, and take the backup again")
+        return (f"cannot write the archive {self.partial}: {reason}; the unfinished archive was removed. Free space "
+                "there (or raise the limit), or write the backup to another disk")
 
 
 class _Finished(OpsError):

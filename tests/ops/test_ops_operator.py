@@ -144,3 +144,43 @@ def test_restore_of_dash_reads_standard_input(archive_of_a_share, tmp_path):
     checked = subprocess.run([sys.executable, "-m", "gateway", "restore", "--check", "-"],
                              input=archive_of_a_share.read_bytes(), capture_output=True, cwd="/", timeout=120)
     assert checked.returncode == 0 and b"archive OK" in checked.stderr, checked.stderr
+
+
+# A backup whose archive cannot be written to the end -------------------------------------------------
+
+
+@pytest.fixture
+def some_objects(source):
+    s3 = source.client()
+    s3.create_bucket(Bucket="big")
+    for i in range(3):
+        s3.put_object(Bucket="big", Key=f"k{i}", Body=os.urandom(2 * MiB))
+    return source
+
+
+def test_a_backup_to_standard_output_that_fails_does_not_claim_the_archive_was_removed(some_objects, tmp_path):
+    # `gateway backup - > /dev/full`: the disk behind standard output is full. What reached it is no
+    # file of ours to remove; the operator has to know it is there, and unfinished.
+    result = subprocess.run(f"{sys.executable} -m gateway backup -q --data-dir {some_objects.data_dir} - > /dev/full",
+                            shell=True, capture_output=True, text=True, cwd="/", timeout=120)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert "was removed" not in result.stderr, result.stderr
+    assert "standard output" in result.stderr and "No space left on device" in result.stderr, result.stderr
+
+
+def test_a_backup_that_cannot_write_its_archive_names_it(some_objects, tmp_path):
+    import resource
+
+    def small_files():  # like a FAT32 disk's 4 GiB limit, or a quota: the archive cannot grow past 1 MiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB))
+
+    output = tmp_path / "usb" / "cv.tar"
+    output.parent.mkdir()
+    result = subprocess.run([sys.executable, "-m", "gateway", "backup", "-q", "--data-dir", some_objects.data_dir,
+                             output], capture_output=True, text=True, cwd="/", timeout=120, preexec_fn=small_files)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    # Not just "[Errno 27] File too large": which file, so the operator knows it is the archive's disk.
+    assert str(output) in result.stderr and "File too large" in result.stderr, result.stderr
+    assert list(output.parent.iterdir()) == []
