@@ -271,6 +271,7 @@ def _add_json(tar: tarfile.TarFile, name: str, data: dict) -> None:
     info.size = len(raw)
     info.mtime = int(datetime.datetime.now().timestamp())
     info.mode = 0o644
+    info.pax_headers = {SHA_HEADER: hashlib.sha256(raw).hexdigest()}  # the manifest says where it all goes
     tar.addfile(info, io.BytesIO(raw))
 
 

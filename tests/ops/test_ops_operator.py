@@ -184,3 +184,20 @@ def test_a_backup_that_cannot_write_its_archive_names_it(some_objects, tmp_path)
     # Not just "[Errno 27] File too large": which file, so the operator knows it is the archive's disk.
     assert str(output) in result.stderr and "File too large" in result.stderr, result.stderr
     assert list(output.parent.iterdir()) == []
+
+
+# A damaged manifest ---------------------------------------------------------------------------------
+
+
+def test_a_flipped_byte_in_the_manifest_is_found_by_the_check(archive_of_a_share, tmp_path):
+    data = bytearray(archive_of_a_share.read_bytes())
+    at = data.index(b'"gateway_version": "') + len(b'"gateway_version": "')  # inside the manifest's JSON
+    data[at] ^= 0x02  # "0.1.0" -> "2.1.0": still valid JSON, a different manifest
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(data))
+    result = gateway_cmd("restore", "--check", damaged)
+    # Docs: "every file against its SHA-256"; the manifest says where the backup goes (its node, its
+    # stores), so a manifest that is not the one the backup wrote must not pass as "archive OK".
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert "manifest" in result.stderr and "damaged" in result.stderr, result.stderr
