@@ -207,8 +207,10 @@ def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, e
         except FileNotFoundError:  # a DELETE pruned the directory meanwhile: make it again, once
             os.makedirs(os.path.dirname(final), exist_ok=True)
             publish(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         fsutil.unlink_quietly(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = final  # a failed write names no file: "No space left on device" where?
         raise
     return written
 

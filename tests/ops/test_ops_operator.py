@@ -201,3 +201,22 @@ def test_a_flipped_byte_in_the_manifest_is_found_by_the_check(archive_of_a_share
     assert result.returncode == 2, result.stderr
     no_traceback(result)
     assert "manifest" in result.stderr and "damaged" in result.stderr, result.stderr
+
+
+def test_a_restore_that_cannot_write_an_object_names_it(some_objects, tmp_path):
+    import resource
+
+    archive = tmp_path / "full.tar"
+    assert gateway_cmd("backup", "-q", "--data-dir", some_objects.data_dir, archive).returncode == 0
+
+    def small_files():  # a full disk or a quota, as far as the restore can tell: no file past 1 MiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB))
+
+    target = tmp_path / "target"
+    result = subprocess.run([sys.executable, "-m", "gateway", "restore", "-q", "--data-dir", target, archive],
+                            capture_output=True, text=True, cwd="/", timeout=120, preexec_fn=small_files)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    # Not just "[Errno 27] File too large": where, so the operator knows which disk to free.
+    assert "File too large" in result.stderr and str(target / "big" / "k0%obj") in result.stderr, result.stderr
+    assert _restore_temps(target) == []
