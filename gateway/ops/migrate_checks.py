@@ -60,6 +60,11 @@ def check_target(source_root: str, target: str) -> str:
     if _inside(source, real):
         raise OpsError(f"the store {source_root} is inside the target {target}: the copy would copy itself; "
                        "mount the share elsewhere (e.g. /mnt/cv-share) or give the share's own directory")
+    if os.statvfs(real).f_flag & os.ST_RDONLY:
+        # os.access() says "not writable" here too, and the advice about owners would send the
+        # operator after permissions while the share is mounted (or was remounted) read-only.
+        raise OpsError(f"the target {target} is on a read-only filesystem: mount the share read-write "
+                       "(check the mount options and the export; a client remounts read-only after I/O errors)")
     if not os.access(real, os.W_OK | os.X_OK):
         raise OpsError(f"the target {target} is not writable by this user: run as the gateway's user, or fix "
                        "the mount's owner (uid=/gid= for SMB, the export's permissions for NFS)")

@@ -220,3 +220,28 @@ def test_a_restore_that_cannot_write_an_object_names_it(some_objects, tmp_path):
     # Not just "[Errno 27] File too large": where, so the operator knows which disk to free.
     assert "File too large" in result.stderr and str(target / "big" / "k0%obj") in result.stderr, result.stderr
     assert _restore_temps(target) == []
+
+
+# Migrate onto a share mounted read-only ---------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    mount_point = tmp_path / "ro-share"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,ro", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_migrate_onto_a_read_only_share_says_read_only(some_objects, read_only_mount):
+    result = gateway_cmd("migrate", "--data-dir", some_objects.data_dir, "--to", read_only_mount)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    # Not "not writable by this user: run as the gateway's user, or fix the mount's owner".
+    assert "read-only" in result.stderr and "owner" not in result.stderr, result.stderr
