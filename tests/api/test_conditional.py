@@ -148,3 +148,29 @@ def test_complete_multipart_upload_honours_if_none_match_and_if_match(s3, obj):
     s3.complete_multipart_upload(Bucket=bucket, Key="fresh", UploadId=upload,
                                  MultipartUpload={"Parts": parts}, IfNoneMatch="*")
     assert s3.get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"new"
+
+
+def test_copy_object_honours_if_none_match_and_if_match(s3, obj):
+    """CopyObject takes If-None-Match: * and If-Match on its target, as PutObject does (boto3's
+    IfNoneMatch/IfMatch). They used to be ignored, and the copy replaced the object the client asked
+    to keep."""
+    bucket = obj["bucket"]
+    s3.put_object(Bucket=bucket, Key="source", Body=b"copied bytes")
+    source = {"Bucket": bucket, "Key": "source"}
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="cond", CopySource=source, IfNoneMatch="*")
+    assert status_of(info.value) == 412
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="cond", CopySource=source, IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert status_of(info.value) == 412
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="missing", CopySource=source, IfMatch=obj["etag"])
+    assert status_of(info.value) == 404
+    assert s3.get_object(Bucket=bucket, Key="cond")["Body"].read() == b"conditional body"  # untouched
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="missing")
+    # The conditions that hold let the copy through.
+    s3.copy_object(Bucket=bucket, Key="cond", CopySource=source, IfMatch=obj["etag"])
+    assert s3.get_object(Bucket=bucket, Key="cond")["Body"].read() == b"copied bytes"
+    s3.copy_object(Bucket=bucket, Key="fresh", CopySource=source, IfNoneMatch="*")
+    assert s3.get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"copied bytes"

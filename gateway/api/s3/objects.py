@@ -293,7 +293,13 @@ async def copy_object(app, req: S3Request, send) -> None:
     source = await app.service.backend_for(src_bucket).head(src_bucket, src_key)
     check_preconditions(req, source, prefix="x-amz-copy-source-if-")
     meta = meta_from_headers(req) if directive == "REPLACE" else None
-    info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta)
+    if is_conditional(req):  # If-None-Match: * / If-Match on the target, as on a PUT (S3 takes both here too)
+        async with app.service.conditional_write(req.bucket, req.key) as confirm:
+            await check_write_conditions(app.service.backend_for(req.bucket), req)
+            await confirm()  # a backend's copy cannot be stopped halfway: the lock is confirmed before
+            info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta)
+    else:
+        info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta)
     body = document("CopyObjectResult", element("LastModified", iso8601(info.last_modified)),
                     element("ETag", f'"{info.etag}"'))
     await send_xml(send, 200, body, req.request_id)
