@@ -140,6 +140,24 @@ def test_unknown_checksum_algorithm(gateway, bucket):
     assert response.code == "InvalidRequest"
 
 
+# Algorithms S3 has (botocore sends them as ChecksumSHA512=... and so on) that the gateway cannot compute.
+@pytest.mark.parametrize("header, value", [
+    ("x-amz-checksum-sha512", base64.b64encode(hashlib.sha512(b"other bytes").digest()).decode()),
+    ("x-amz-checksum-md5", base64.b64encode(hashlib.md5(b"other bytes").digest()).decode()),
+    ("x-amz-checksum-xxhash64", "AAAAAAAAAAA="),
+])
+def test_checksum_header_of_unknown_algorithm_is_refused(gateway, s3, bucket, header, value):
+    """A checksum header the gateway cannot verify is refused, as a wrong one would be: it used to be
+    ignored, and an object whose bytes did not match the client's checksum was stored as if verified."""
+    response = raw_request(gateway, "PUT", key_path(bucket, "unverified"), b"the real bytes", {header: value})
+    assert response.status == 400, response.body
+    assert response.code == "InvalidRequest"
+    assert header in response.xml().findtext("Message")
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="unverified")
+    assert error_code(info.value) == "404"
+
+
 @pytest.mark.parametrize("announced, right", [(True, True), (True, False), (False, True), (False, False)])
 def test_trailing_checksum_must_be_announced_and_right(gateway, s3, bucket, announced, right):
     """A checksum trailer is checked when x-amz-trailer announces it; one that is not announced is

@@ -15,10 +15,24 @@ from .request import S3Request, parse_decimal
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 _CHECKSUM_HEADERS = {f"x-amz-checksum-{alg.lower()}": alg for alg in ALGORITHMS}
+# x-amz-checksum-* headers that carry no checksum value.
+_CHECKSUM_SETTINGS = frozenset({"x-amz-checksum-algorithm", "x-amz-checksum-type", "x-amz-checksum-mode"})
+
+
+def _refuse_unknown_checksums(req: S3Request) -> None:
+    """A checksum of an algorithm S3 has and the gateway does not compute (SHA512, MD5, XXHASH*):
+    ignored, the object would be stored as if verified although its bytes were never checked."""
+    for name in req.headers:
+        if (name.startswith("x-amz-checksum-") and name not in _CHECKSUM_HEADERS
+                and name not in _CHECKSUM_SETTINGS):
+            raise errors.InvalidRequest(
+                f"The {name} header names a checksum algorithm that is not supported; use one of "
+                f"{', '.join(ALGORITHMS)}.")
 
 
 def requested_checksums(req: S3Request) -> tuple[dict[str, str], tuple[str, ...]]:
     """(checksums declared in headers, algorithms to compute)."""
+    _refuse_unknown_checksums(req)
     declared = {alg: req.headers[name] for name, alg in _CHECKSUM_HEADERS.items() if name in req.headers}
     algorithms = list(declared)
     wanted = req.headers.get("x-amz-sdk-checksum-algorithm") or req.headers.get("x-amz-checksum-algorithm")
