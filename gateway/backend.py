@@ -497,6 +497,21 @@ class Backend(abc.ABC):
             if obj.key != prefix + "upload":  # gone already: a second delete of it could only fail
                 await self.delete(MULTIPART_BUCKET, obj.key)
 
+    async def discard_uploads(self, bucket: str) -> None:
+        """Abort every unfinished upload of ``bucket``, for DeleteBucket: on S3 they go with the bucket.
+        Left behind, a bucket made again under the name would list them (and completing one would
+        put the old bucket's bytes in the new one); the reaper never finds them (it sweeps the
+        buckets that exist)."""
+        while True:
+            try:
+                page = await self.list(MULTIPART_BUCKET, f"{bucket}/", "/", "", MAX_PARTS)
+            except errors.NoSuchBucket:
+                return  # no upload was ever made here
+            for common in page.common_prefixes:
+                await self._delete_upload(bucket, common[len(bucket) + 1 : -1])
+            if not page.is_truncated:
+                return
+
     async def complete_multipart(
         self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
     ) -> ObjectInfo:

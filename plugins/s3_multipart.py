@@ -118,6 +118,23 @@ class MultipartMixin:
             params.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
         return sorted(uploads, key=lambda u: (u.key.encode(), u.initiated))
 
+    async def discard_uploads(self, bucket: str) -> None:
+        """After DeleteBucket. A remote bucket of its own took its uploads with it (S3 discards them);
+        in single-bucket mode the remote bucket stays, and the uploads under the prefix are aborted."""
+        if not self._single():
+            return
+        remote, base = self.remote(bucket)
+        params = {"Bucket": remote, "Prefix": base}
+        while True:
+            page = await self._run(self.client.list_multipart_uploads, **params, bucket=bucket, what="list uploads")
+            for upload in page.get("Uploads", []):
+                await self._run(self.client.abort_multipart_upload, Bucket=remote, Key=upload["Key"],
+                                UploadId=upload["UploadId"], bucket=bucket, what="abort upload")
+            if not page.get("IsTruncated"):
+                break
+            params.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+        self._uploads_checked = {entry for entry in self._uploads_checked if entry[0] != bucket}
+
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         await self.get_upload(bucket, upload_id, key)
         remote, remote_key = self.remote(bucket, key)

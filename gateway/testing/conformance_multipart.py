@@ -97,6 +97,19 @@ class MultipartTests:
                 await call()
         await backend.delete_bucket(bucket)
 
+    async def test_multipart_uploads_go_with_their_bucket(self, backend, bucket):
+        """DeleteBucket then discard_uploads (what the S3 API does): a bucket made again under the
+        name has none of the old bucket's uploads."""
+        created = await backend.create_multipart(bucket, "unfinished", ObjectMeta())
+        await upload(backend, bucket, "unfinished", created.upload_id, 1, b"old bucket bytes")
+        await backend.delete_bucket(bucket)
+        await backend.discard_uploads(bucket)
+        await backend.create_bucket(bucket)
+        assert await backend.list_uploads(bucket) == []
+        with pytest.raises(errors.NoSuchUpload):
+            await backend.list_parts(bucket, "unfinished", created.upload_id)
+        await backend.discard_uploads("never-made")  # nothing to discard is no error
+
     async def test_multipart_unknown_upload(self, backend, bucket):
         created = await backend.create_multipart(bucket, "mine", ObjectMeta())
         for key, upload_id in (("mine", "0" * 32), ("other-key", created.upload_id), ("mine", "../../x"),

@@ -154,6 +154,21 @@ def test_abort(mp, mbucket):
     assert mp.list_objects_v2(Bucket=mbucket)["KeyCount"] == 0
 
 
+def test_deleting_a_bucket_discards_its_unfinished_uploads(mp, mbucket):
+    """DeleteBucket succeeds with uploads in progress, as on S3, and they go with the bucket. They used
+    to stay behind: a bucket made again under the same name listed them, and completing one put the
+    old bucket's bytes into the new bucket."""
+    upload_id, etags = _upload(mp, mbucket, "left-behind", [b"old bucket bytes"])
+    mp.delete_bucket(Bucket=mbucket)
+    mp.create_bucket(Bucket=mbucket)
+    assert mp.list_multipart_uploads(Bucket=mbucket).get("Uploads", []) == []
+    with pytest.raises(ClientError) as info:
+        mp.complete_multipart_upload(Bucket=mbucket, Key="left-behind", UploadId=upload_id,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etags[0]}]})
+    assert error_code(info.value) == "NoSuchUpload"
+    assert mp.list_objects_v2(Bucket=mbucket)["KeyCount"] == 0
+
+
 def test_no_such_upload(mp, mbucket):
     for upload_id in ("0123456789abcdef0123456789abcdef", "../../etc/passwd", "not-hex"):
         with pytest.raises(ClientError) as info:

@@ -10,6 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 from gateway_plugins.s3 import S3Backend
 
+from gateway.backend import ObjectMeta
 from gateway.testing.backend_io import get_bytes, put_bytes
 from gateway.testing.conformance import OptionsBackendConformance
 from gateway.testing.server import ACCESS_KEY, SECRET_KEY, GatewayProcess, free_port
@@ -95,6 +96,26 @@ async def test_single_bucket_mode_keeps_buckets_as_prefixes(remote_gateway, anyi
         await backend.delete("faces", "cam1/0001.jpg")
         await backend.delete_bucket("faces")
         assert await backend.list_buckets() == []
+    finally:
+        await backend.close()
+
+
+@pytest.mark.anyio
+async def test_single_bucket_mode_discards_the_uploads_of_a_deleted_bucket(remote_gateway, anyio_backend):
+    """The remote bucket stays when a bucket (a prefix in it) is deleted: its uploads are aborted there,
+    those of the other buckets kept."""
+    s3 = remote_gateway.client()
+    s3.create_bucket(Bucket="shared-uploads")
+    backend = await started(gateway_options(remote_gateway, bucket="shared-uploads", prefix="site-2/"))
+    try:
+        await backend.create_bucket("gone")
+        await backend.create_bucket("kept")
+        await backend.create_multipart("gone", "clip", ObjectMeta())
+        kept = await backend.create_multipart("kept", "clip", ObjectMeta())
+        await backend.delete_bucket("gone")
+        await backend.discard_uploads("gone")
+        remaining = s3.list_multipart_uploads(Bucket="shared-uploads").get("Uploads", [])
+        assert [(u["Key"], u["UploadId"]) for u in remaining] == [("site-2/kept/clip", kept.upload_id)]
     finally:
         await backend.close()
 

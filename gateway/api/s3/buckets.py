@@ -87,7 +87,9 @@ async def head_bucket(app, req: S3Request, send) -> None:
 
 
 async def delete_bucket(app, req: S3Request, send) -> None:
-    await app.service.backend_for(req.bucket).delete_bucket(req.bucket)
+    backend = app.service.backend_for(req.bucket)
+    await backend.delete_bucket(req.bucket)
+    await backend.discard_uploads(req.bucket)
     await send_response(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
 
 
