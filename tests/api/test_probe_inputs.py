@@ -110,6 +110,22 @@ def test_delete_objects_honours_etags(s3, bucket):
     assert _keys(s3, bucket) == ["a", "d", "e"]
 
 
+def test_delete_objects_with_a_version_id_is_not_implemented_for_that_key(s3, bucket):
+    """A DeleteObjects entry naming a version other than "null" is refused for that key, as
+    DeleteObject?versionId= is: the VersionId used to be ignored and the current object deleted,
+    when the client asked to delete an older version and keep the current one."""
+    for key in "abc":
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    result = s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": "a", "VersionId": "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"},  # a version: kept
+        {"Key": "b", "VersionId": "null"},  # the only version there is: deleted
+        {"Key": "c"},
+    ]})
+    assert {e["Key"]: e["Code"] for e in result.get("Errors", [])} == {"a": "NotImplemented"}
+    assert sorted(d["Key"] for d in result.get("Deleted", [])) == ["b", "c"]
+    assert _keys(s3, bucket) == ["a"]
+
+
 # -- listing continuation tokens -------------------------------------------------------------------
 
 @pytest.mark.parametrize("token", ["", "%21%21%21", "not-base64%3F", "QQ", "_w%3D%3D"])

@@ -173,9 +173,8 @@ async def delete_objects(app, req: S3Request, send) -> None:
     objects = root.findall("Object")
     if not objects or len(objects) > 1000:
         raise errors.MalformedXML("A Delete request names 1 to 1000 objects.")
-    # (key, If-Match ETag or None, a condition that is not implemented or None)
-    entries = [(child_text(node, "Key"), child_text(node, "ETag", required=False),
-                next((tag for tag in ("LastModifiedTime", "Size") if node.find(tag) is not None), None))
+    # (key, If-Match ETag or None, what is asked and not implemented or None)
+    entries = [(child_text(node, "Key"), child_text(node, "ETag", required=False), _unsupported_in(node))
                for node in objects]
     backend = app.service.backend_for(req.bucket)
     await backend.head_bucket(req.bucket)
@@ -183,8 +182,8 @@ async def delete_objects(app, req: S3Request, send) -> None:
     for key, etag, unsupported in entries:
         try:
             check_key(key)
-            if unsupported:  # deleting without the condition could delete what the client keeps
-                raise errors.NotImplementedError_(f"The {unsupported} condition is not implemented; ETag is.")
+            if unsupported:  # deleting without it could delete what the client keeps
+                raise errors.NotImplementedError_(unsupported)
             await delete_key(app, req.bucket, key, etag.strip() if etag is not None else None)
             if not quiet:
                 results.append(f"<Deleted>{element('Key', key)}</Deleted>")
@@ -192,6 +191,19 @@ async def delete_objects(app, req: S3Request, send) -> None:
             results.append(f"<Error>{element('Key', key)}{element('Code', exc.code)}"
                            f"{element('Message', exc.message)}</Error>")
     await send_xml(send, 200, document("DeleteResult", *results), req.request_id)
+
+
+def _unsupported_in(node) -> str | None:
+    """Why a DeleteObjects <Object> cannot be done as asked, or None. A <VersionId> other than "null"
+    (buckets are never versioned) names an older version: deleting the current object instead would
+    remove what the client keeps, as would ignoring the directory-bucket conditions."""
+    version = child_text(node, "VersionId", required=False)
+    if version is not None and version.strip() != "null":
+        return "Object versions are not implemented; only VersionId null exists."
+    condition = next((tag for tag in ("LastModifiedTime", "Size") if node.find(tag) is not None), None)
+    if condition is not None:
+        return f"The {condition} condition is not implemented; ETag is."
+    return None
 
 
 def _check_body_digest(req: S3Request, body: bytes) -> None:
