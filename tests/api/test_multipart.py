@@ -319,3 +319,22 @@ def test_wrong_part_checksum_is_bad_digest(small_parts, mp, mbucket):
     assert response.status == 400
     assert response.code == "BadDigest"
     assert "Parts" not in mp.list_parts(Bucket=mbucket, Key="k", UploadId=upload_id)
+
+
+def test_complete_with_a_wrong_part_checksum_is_invalid_part(mp, mbucket):
+    """The checksum a <Part> of the completion names must be that part's, as on S3 (InvalidPart, and
+    the upload stays usable). It used to be ignored, and the object was assembled from parts whose
+    checksums the client had not sent."""
+    upload_id = mp.create_multipart_upload(Bucket=mbucket, Key="ck", ChecksumAlgorithm="SHA256")["UploadId"]
+    part = mp.upload_part(Bucket=mbucket, Key="ck", UploadId=upload_id, PartNumber=1, Body=b"part bytes",
+                          ChecksumAlgorithm="SHA256")
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    with pytest.raises(ClientError) as info:
+        mp.complete_multipart_upload(Bucket=mbucket, Key="ck", UploadId=upload_id, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumSHA256": wrong}]})
+    assert error_code(info.value) == "InvalidPart"
+    with pytest.raises(ClientError):
+        mp.head_object(Bucket=mbucket, Key="ck")
+    mp.complete_multipart_upload(Bucket=mbucket, Key="ck", UploadId=upload_id, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]}]})
+    assert mp.get_object(Bucket=mbucket, Key="ck")["Body"].read() == b"part bytes"

@@ -106,12 +106,19 @@ async def complete_upload(app, req: S3Request, send) -> None:
     if root.tag != "CompleteMultipartUpload":
         raise errors.MalformedXML("The document root must be <CompleteMultipartUpload>.")
     parts = []
+    claimed = {}  # part number -> {algorithm: checksum} the document gives for it
     for node in root.findall("Part"):
         number = parse_decimal(child_text(node, "PartNumber").strip())
         if number is None:
             raise errors.MalformedXML("PartNumber must be an integer.")
         parts.append((number, child_text(node, "ETag").strip()))
+        checksums = {alg: node.findtext(f"Checksum{alg}").strip() for alg in ALGORITHMS
+                     if node.find(f"Checksum{alg}") is not None}
+        if checksums:
+            claimed[number] = checksums
     backend = app.service.backend_for(req.bucket)
+    if claimed:
+        await _check_part_checksums(backend, req, claimed)
     if is_conditional(req):  # If-None-Match: * / If-Match, as on a PUT (S3 takes both here too)
         async with app.service.conditional_write(req.bucket, req.key) as confirm:
             await check_write_conditions(backend, req)
@@ -123,6 +130,19 @@ async def complete_upload(app, req: S3Request, send) -> None:
     body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
                     element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'))
     await send_xml(send, 200, body, req.request_id)
+
+
+async def _check_part_checksums(backend, req: S3Request, claimed: dict[int, dict[str, str]]) -> None:
+    """A part's checksum in the completion document must be the one of the part uploaded (InvalidPart,
+    as on S3): the client vouches for the object with them. Checked where the backend knows the part's
+    checksum of that algorithm (a native multipart store may not report them)."""
+    stored = {part.part_number: part.checksums
+              for part in await backend.list_parts(req.bucket, req.key, req.query["uploadId"])}
+    for number, checksums in claimed.items():
+        known = stored.get(number, {})
+        for algorithm, value in checksums.items():
+            if algorithm in known and known[algorithm] != value:
+                raise errors.InvalidPart(PartNumber=str(number), **{f"Checksum{algorithm}": value})
 
 
 async def abort_upload(app, req: S3Request, send) -> None:
