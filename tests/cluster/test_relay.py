@@ -379,3 +379,20 @@ def test_the_holder_answers_relayed_reads_below_asgi(cluster):
         assert s3[name].head_object(Bucket="relay", Key="held-by-r2")["ContentLength"] == len(b"relayed body")
     # Each relayed GET and HEAD reached r2's peer route at least once (first lookups may ask every peer).
     assert _fast_reads(cluster["r2"]) - before >= 4
+
+
+@pytest.mark.parametrize("deleter", ["p1", "x1"])
+def test_deleting_a_bucket_discards_its_uploads_on_every_node(cluster, deleter):
+    """Uploads begun through every node (each kept where its record was placed) go with the bucket,
+    whichever node is asked to delete it."""
+    s3 = clients(cluster)
+    bucket = f"uploads-gone-{deleter}"
+    s3["p1"].create_bucket(Bucket=bucket)
+    for name in NODES:
+        s3[name].create_multipart_upload(Bucket=bucket, Key=f"via-{name}")
+    assert len(s3["x1"].list_multipart_uploads(Bucket=bucket).get("Uploads", [])) >= 1
+    s3[deleter].delete_bucket(Bucket=bucket)
+    s3["p1"].create_bucket(Bucket=bucket)
+    for name in NODES:
+        assert s3[name].list_multipart_uploads(Bucket=bucket).get("Uploads", []) == [], name
+    s3["p1"].delete_bucket(Bucket=bucket)
