@@ -134,15 +134,23 @@ class OpenFile:
 
     def ensure_spool(self, client: ObjectClient, spool_dir: SpoolDir, keep_content: bool = True,
                      keep_bytes: int | None = None) -> Spool:
-        """Create the spool, filled with the object's current bytes unless ``keep_content`` is False
-        (only the first ``keep_bytes`` of them, when the rest is about to be cut off anyway)."""
+        """Create the spool, filled with the object's bytes unless ``keep_content`` is False (only
+        the first ``keep_bytes`` of them, when the rest is about to be cut off anyway).
+
+        Only the version that was opened (If-Match): the program writes into what it saw, and another
+        client may have replaced the object since (within the attribute TTL). Fetched without the
+        condition, a replaced object gave the first ``base.size`` bytes of the new version, which the
+        upload then stored with the program's bytes: neither version, silently (an append to a 4-byte
+        file another client had rewritten stored 4 bytes of its version and the appended line). Now
+        such a write fails with EIO (412) and the object keeps the other client's version."""
         if self.spool is None:
             spool = spool_dir.open()
             try:
                 if keep_content and self.base is not None and self.base.size > 0:
                     position, size = 0, self.base.size if keep_bytes is None else min(self.base.size, keep_bytes)
                     while position < size:  # 8 MiB at a time: bounded memory for any size
-                        data = client.get_range(self.bucket, self.key, position, min(size, position + 8 * MiB))
+                        data = client.get_range(self.bucket, self.key, position, min(size, position + 8 * MiB),
+                                                self.base.etag or None)
                         if not data:
                             break
                         spool.pwrite(data, position)

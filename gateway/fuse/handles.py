@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from .cache import DIR, FILE, Attr
+from .client import StoreError
 from .files import OpenFile, RemoteReader, upload
 from .meta import apply_meta, content_type, err, parent_of
 
@@ -171,7 +172,25 @@ class FileOps:
             handle.reader = RemoteReader(self.client, open_file.bucket, open_file.key,
                                          base.size if base else 0, first, self.options.files,
                                          base.etag if base else None)
-        return handle.reader.read_into(offset, buffer)
+        try:
+            return handle.reader.read_into(offset, buffer)
+        except StoreError as exc:
+            self._replaced_elsewhere(open_file, exc)
+            raise
+
+    def _replaced_elsewhere(self, open_file: OpenFile, exc: StoreError) -> None:
+        """A GET of the version this mount opened failed its If-Match (412): another client replaced
+        the object. The handle keeps failing (EIO, never bytes of two versions), but what this mount
+        has cached of the path is stale, so it goes: without that, every open, read and append of the
+        file failed the same way until the attribute TTL ran out, and a cached listing answered the
+        next lookup with the old version again."""
+        if exc.code != "PreconditionFailed":
+            return
+        log.warning("%s was replaced by another client since this mount looked it up: its open handles "
+                    "fail with EIO; open it again to use the new version", open_file.path)
+        self.attrs.invalidate(open_file.path)
+        self.dirs.invalidate(parent_of(open_file.path)[0])
+        self._content_changed(open_file.path)
 
     def direct_io(self, fh: int) -> bool:
         """Whether the kernel should pass this handle's reads through uncached, at the reader's size.
@@ -191,7 +210,11 @@ class FileOps:
         handle = self._handle(fh)
         open_file = handle.open_file
         with open_file.lock:
-            spool = open_file.ensure_spool(self.client, self.spool_dir)
+            try:
+                spool = open_file.ensure_spool(self.client, self.spool_dir)
+            except StoreError as exc:
+                self._replaced_elsewhere(open_file, exc)
+                raise
             if handle.flags & os.O_APPEND:
                 offset = spool.size
             try:
@@ -215,8 +238,12 @@ class FileOps:
         if open_file is not None:
             with open_file.lock:
                 # Shrinking fetches only what stays (a 10 GiB object cut to 10 bytes needs 10 bytes).
-                spool = open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0,
-                                               keep_bytes=length)
+                try:
+                    spool = open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0,
+                                                   keep_bytes=length)
+                except StoreError as exc:
+                    self._replaced_elsewhere(open_file, exc)
+                    raise
                 try:
                     spool.truncate(length)
                 except OSError as exc:

@@ -154,6 +154,58 @@ def test_an_object_replaced_while_open_fails_the_read_instead_of_mixing_versions
     assert "Traceback" not in log and f"{bucket}/video" in log, log[-2000:]  # the EIO is logged with its reason
 
 
+def test_after_a_read_found_the_object_replaced_the_next_open_reads_the_new_version(fuse_gw, bucket, mount_factory):
+    """The read that finds the object replaced by another client fails (EIO, as above), and the
+    mount then forgets what it had cached of the file: the next open reads the new version whole.
+    Before, every open failed with EIO until the attribute TTL ran out (a minute here), because the
+    mount went on asking for the version it had cached."""
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="report", Body=b"A" * 300_000)
+    mount = mount_factory(["--attr-ttl", "60", "--dir-ttl", "60"])
+    path = mount.path / bucket / "report"
+    assert os.listdir(path.parent) == ["report"] and os.stat(path).st_size == 300_000
+    s3.put_object(Bucket=bucket, Key="report", Body=b"B" * 400_000)
+    with open(path, "rb", buffering=0) as f:
+        assert _errno_of(lambda: f.read(65536)) == errno.EIO
+    assert path.read_bytes() == b"B" * 400_000
+    assert os.stat(path).st_size == 400_000 and os.listdir(path.parent) == ["report"]
+
+
+@pytest.mark.parametrize("how", ["append", "overwrite in place"])
+def test_writing_into_an_object_another_client_replaced_never_mixes_the_versions(fuse_gw, bucket, mount_factory,
+                                                                                 how):
+    """Opening an existing file for writing without O_TRUNC fetches its bytes to write into. When
+    another client had replaced the object since the mount looked it up, that fetch took the first
+    (old size) bytes of the new version, and the close stored them with the program's bytes: neither
+    version, silently ("anot" + the appended line). Now the write fails (EIO, the other client's
+    version stays) and the next attempt writes into the new version."""
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="log", Body=b"old\n")
+    mount = mount_factory(["--attr-ttl", "60", "--dir-ttl", "60"])
+    path = mount.path / bucket / "log"
+    assert path.read_bytes() == b"old\n"
+    theirs = b"another client's version\n"
+    s3.put_object(Bucket=bucket, Key="log", Body=theirs)
+
+    def write() -> None:
+        fd = os.open(path, os.O_WRONLY | (os.O_APPEND if how == "append" else 0))
+        try:
+            if how == "append":
+                os.write(fd, b"mine\n")
+            else:
+                os.pwrite(fd, b"MINE", 8)  # dd conv=notrunc seek=8
+        finally:
+            os.close(fd)
+
+    assert _errno_of(write) == errno.EIO
+    assert s3.get_object(Bucket=bucket, Key="log")["Body"].read() == theirs
+    write()
+    expected = theirs + b"mine\n" if how == "append" else theirs[:8] + b"MINE" + theirs[12:]
+    assert s3.get_object(Bucket=bucket, Key="log")["Body"].read() == expected
+    assert path.read_bytes() == expected
+    assert "Traceback" not in mount.log()
+
+
 def test_an_exclusive_create_asks_the_gateway_not_the_cache(fuse_gw, bucket, mount_factory):
     """O_CREAT|O_EXCL (lock files, mkstemp) must not replace an object another client stored after
     the mount last looked: the cache may still say "missing" for up to its TTL."""
