@@ -57,6 +57,25 @@ ERRNO_BY_CODE = {
 }
 
 
+_RETRY = dict(total=1, connect=1, read=1, status=0, other=0, redirect=0, allowed_methods=None,
+              raise_on_status=False)
+
+
+class _NoResendAfterTimeout(urllib3.Retry):
+    """The pool's one retry, except after a timeout, for requests whose second run would fail
+    against what the first did: a gateway that answers late has still carried the first out. An
+    exclusive create (``If-None-Match: *``) of a new name then got EEXIST from its own first attempt
+    (the lock file was taken, by this mount, and the program told someone else held it), a
+    CompleteMultipartUpload NoSuchUpload, a CreateMultipartUpload left an upload behind. A connection
+    the server closed while idle (no answer, nothing carried out) is still retried."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        cause = error.args[1] if isinstance(error, urllib3.exceptions.ProtocolError) and len(error.args) > 1 else error
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError) or isinstance(cause, TimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class StoreError(OSError):
     """A request failed; ``errno`` is what the filesystem reports, ``code`` the S3 error code if any."""
 
@@ -118,8 +137,7 @@ class ObjectClient:
             self.endpoint, maxsize=pool_size, block=True,
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
             # One retry covers a keep-alive connection the server closed while idle.
-            retries=urllib3.Retry(total=1, connect=1, read=1, status=0, other=0, redirect=0,
-                                  allowed_methods=None, raise_on_status=False),
+            retries=urllib3.Retry(**_RETRY),
             blocksize=1024 * 1024,
         )
         # Plain-HTTP GETs that are read whole (lookups, ranged reads, listings) go over a lean client:
@@ -128,6 +146,7 @@ class ObjectClient:
             if parts.scheme == "http" else None
         self._stats_lock = threading.Lock()
         self.stats: Counter = Counter()
+        self._once = _NoResendAfterTimeout(**_RETRY)
 
     # Signing ------------------------------------------------------------------
 
@@ -173,8 +192,12 @@ class ObjectClient:
             if self._lean is not None and method == "GET" and not stream and body is None:
                 response = self._lean.get(url, headers)  # None: a body too large to read whole
             if response is None:
+                # A POST (create or complete a multipart upload) or a conditional PUT must not be sent
+                # twice after the gateway was merely slow: see _NoResendAfterTimeout.
+                once = method == "POST" or "if-none-match" in headers
                 response = self._pool.urlopen(method, url, body=body, headers=headers, preload_content=not stream,
-                                              pool_timeout=self.timeout, assert_same_host=False, redirect=False)
+                                              pool_timeout=self.timeout, assert_same_host=False, redirect=False,
+                                              **({"retries": self._once} if once else {}))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             log.error("gateway %s unreachable: %s %s failed: %s", self.endpoint, method, url[:200], reason)

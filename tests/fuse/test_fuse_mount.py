@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -115,6 +117,35 @@ def test_hung_gateway_gives_eio_after_the_timeout(tmp_path, mount_factory):
             reader.close()
         assert listing.returncode != 0 and "Input/output error" in listing.stderr
         assert info.value.errno == errno.EIO
+
+
+def test_an_exclusive_create_answered_late_is_not_sent_again(tmp_path, mount_factory):
+    """A gateway that stalls longer than --timeout (but not twice as long) answers the first PUT
+    late, having stored the file. The pool used to send the request again meanwhile, whose
+    `If-None-Match: *` then failed against the file the first attempt created: the program got EEXIST
+    for a lock file it had itself just taken, and the lock stayed held by nobody. A conditional PUT
+    is not sent twice now: the answer is EIO (the outcome is unknown), never a wrong EEXIST."""
+    with GatewayProcess(tmp_path / "gw") as gw:
+        gw.client().create_bucket(Bucket="bk1")
+        mount = mount_factory(["--timeout", "1"], gateway=gw)
+        lock = mount.path / "bk1" / "lock"
+        with pytest.raises(FileNotFoundError):
+            os.stat(lock)  # the kernel goes straight to CREATE now, without a lookup to stall on
+        gw.pause()
+        resume = threading.Timer(1.5, gw.resume, kwargs={"settle": False})
+        resume.start()
+        try:
+            with pytest.raises(OSError) as info:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        finally:
+            resume.join()
+            gw.resume(settle=False)
+        assert info.value.errno == errno.EIO, info.value
+        s3 = gw.client()
+        deadline = time.monotonic() + 10  # the late first attempt stores the file (once)
+        while "Contents" not in s3.list_objects_v2(Bucket="bk1") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(o["Key"], o["Size"]) for o in s3.list_objects_v2(Bucket="bk1")["Contents"]] == [("lock", 0)]
 
 
 def test_refused_credentials_give_eacces(tmp_path, mount_factory):
