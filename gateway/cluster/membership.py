@@ -26,7 +26,7 @@ from .peer_auth import PeerSigner
 from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement, open_registry
 from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
-from .settings_check import advertised_url, node_id_of
+from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
 from .stall import StallWatch
 
 log = logging.getLogger("gateway.cluster")
@@ -102,6 +102,7 @@ class Cluster:
                     log.info("registry %s has no locks: failover is off", self.registry.url)
                     self.election = None
             record = await self.registry.register(self.node_id, self.role, self.address)
+            self._remember_id()
             self.registry_id = await self.registry.identity()
             await self.reload()
             await self.registry.heartbeat(self.node_id, await self.info())
@@ -111,6 +112,16 @@ class Cluster:
                  record.install_order, self.address, len(self.nodes))
         self._task = asyncio.create_task(self._run(), name="cluster-membership")
         self.stalls.start()
+
+    def _remember_id(self) -> None:
+        """A storing node keeps its id in its storage, so that it keeps it when its address changes."""
+        if self.role == "proxy":
+            return  # stores nothing: its data_dir may not even be its own
+        try:
+            remember_node_id(self.settings, self.node_id)
+        except OSError as exc:
+            log.warning("could not keep this node's id in %s: %s; a restart at another address would register "
+                        "it under a new id (set GATEWAY_NODE_ID to keep it)", node_id_file(self.settings), exc)
 
     async def _refuse_a_taken_id(self) -> None:
         """Raise ValueError when another running node goes by this node's id (a copied unit file, a

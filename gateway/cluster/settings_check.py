@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from ..config import is_http_url
@@ -17,11 +18,51 @@ def advertised_url(settings) -> str:
 
 
 def node_id_of(settings) -> str:
-    """--node-id, or host:port of the advertised URL (stable across restarts)."""
+    """--node-id; else the id this node's storage remembers (node_id_file); else host:port of the
+    advertised URL."""
     if settings.node_id:
         return settings.node_id
-    parts = urlsplit(advertised_url(settings))
-    return parts.netloc
+    return remembered_node_id(settings) or urlsplit(advertised_url(settings)).netloc
+
+
+def node_id_file(settings) -> str | None:
+    """Where a storing node keeps the id it runs under: ``.gateway/node-id`` in its own local storage.
+
+    Without it, a node whose address changed (a new IP, another --advertise) came back under a new
+    default id, and its old record stayed behind, down for good: every miss anywhere answered 503
+    ("may be on a server that cannot be reached") instead of 404, and a ghost could hold one of the
+    two failover votes. None when the default backend is not local storage: shared storage is every
+    node's (sharedfs is another type), and other backends have no directory here.
+    """
+    config = settings.backend_configs().get(settings.default_backend) or {}
+    if config.get("type") != "local" or not config.get("root"):
+        return None
+    return os.path.join(str(config["root"]), ".gateway", "node-id")
+
+
+def remembered_node_id(settings) -> str | None:
+    path = node_id_file(settings)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def remember_node_id(settings, node_id: str) -> None:
+    """Keep ``node_id`` in node_id_file (written whole: a temp file renamed over it); raise OSError."""
+    path = node_id_file(settings)
+    if path is None or remembered_node_id(settings) == node_id:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="utf-8") as file:
+        file.write(node_id + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
 
 
 def check_registry_url(url: str) -> None:

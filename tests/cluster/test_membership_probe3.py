@@ -10,7 +10,9 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from .conftest import ClusterNodes, start_cluster, wait_for
+from gateway.testing.server import GatewayProcess
+
+from .conftest import NODE_ENV, ClusterNodes, start_cluster, wait_for
 
 
 def test_a_node_started_with_the_id_of_a_running_node_is_refused_and_the_running_one_keeps_its_record(tmp_path):
@@ -113,4 +115,41 @@ def test_writes_do_not_wait_for_a_frozen_node_once_it_failed_and_it_drops_its_ol
         for name in s3:
             assert s3[name].get_object(Bucket="frozen", Key="k")["Body"].read() == b"new through x1", name
     finally:
+        nodes.stop()
+
+
+def test_a_node_restarted_at_another_address_keeps_its_id_and_leaves_no_ghost_record(tmp_path):
+    """A node without GATEWAY_NODE_ID is named after its address (host:port). Restarted at another
+    address (a new IP, another --advertise) it came back under a new id, and its old record stayed,
+    down for good: a miss through any node answered 503 naming that ghost, never 404 again. Its
+    storage now remembers the id it first ran under (.gateway/node-id)."""
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    env = {**NODE_ENV}  # no GATEWAY_NODE_ID: the default id
+    data = tmp_path / "moving" / "cv-storage"
+    args = ["--role", "redundant", "--registry", nodes.registry, "--insecure-peers"]
+    first = GatewayProcess(data, args=args, env=env)
+    moved = GatewayProcess(data, args=args, env=env)
+    assert first.port != moved.port
+    try:
+        nodes.add("p1", "primary")
+        first.start()
+        nodes.wait_known(2)
+        first_id = f"127.0.0.1:{first.port}"
+        assert (data / ".gateway" / "node-id").read_text().strip() == first_id
+        first.client().create_bucket(Bucket="moving")
+        first.client().put_object(Bucket="moving", Key="kept", Body=b"on the moving node")
+        first.stop()
+        moved.start()
+        wait_for(lambda: {row["node_id"]: row["address"] for row in nodes.status()}.get(first_id) == moved.endpoint,
+                 10, "the record following the node to its new address")
+        assert {row["node_id"] for row in nodes.status()} == {"p1", first_id}
+        primary = nodes["p1"].client()
+        wait_for(lambda: primary.get_object(Bucket="moving", Key="kept")["Body"].read() == b"on the moving node",
+                 10, "the object found at the node's new address")
+        with pytest.raises(ClientError) as missing:
+            primary.get_object(Bucket="moving", Key="never-written")
+        assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+    finally:
+        moved.stop()
+        first.stop()
         nodes.stop()
