@@ -36,6 +36,12 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
     Without -o, a full backup: every file store, the config file, the TLS files and the SQLite
     registry; taken on the primary (or a stand-alone gateway). With -o, this server's own objects.
     The gateway can keep serving meanwhile; each object is copied whole, in one version.
+
+    Give it the settings the node's `gateway serve` runs with (--config, --data-dir, --role, ...): they
+    say which stores and which node to back up; options only a server uses are accepted and ignored.
+
+    Exit status: 0 done; 1 done, but some object files did not parse (in the archive as they are, and
+    listed); 2 nothing written (the message says why); 130 stopped with Ctrl-C.
     """
     from .ops.backup import create_backup
 
@@ -76,7 +82,12 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
 
     Objects already there with the same bytes are skipped; objects that differ (written after the
     backup) are kept and listed unless --overwrite. Nothing the backup lacks is deleted. A running
-    gateway may stay up: each file appears whole, by rename.
+    gateway may stay up: each file appears whole, by rename. Give it the settings the node's
+    `gateway serve` runs with (--config, --data-dir, --role, ...): they say where the objects go.
+
+    Exit status: 0 restored (kept objects are listed, not an error); 2 nothing restored, or the
+    restore stopped (the message says why; the same command finishes the job); 130 stopped with
+    Ctrl-C (run it again).
     """
     from .ops.restore import (check_archive, check_destination, check_rereadable, restore as restore_archive,
                               restore_missing_settings_files)
