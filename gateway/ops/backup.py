@@ -47,7 +47,7 @@ from gateway_plugins import fslayout
 from .peers import current_role
 from .progress import Progress, human_bytes
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
-from .tree import CHUNK, is_object, publish_new, read_chunks, walk_files
+from .tree import CHUNK, count_files, is_object, publish_new, read_chunks, walk_files
 
 PREFIX = "cv-backup"
 MANIFEST = f"{PREFIX}/manifest.json"
@@ -113,22 +113,13 @@ def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str]]:
     return ("objects" if objects_only else "full"), stores, notes
 
 
-def count(stores: list[Store]) -> tuple[int, int]:
-    files = nbytes = 0
-    for store in stores:
-        for f in walk_files(store.root):
-            files += 1
-            nbytes += f.size
-    return files, nbytes
-
-
 def create_backup(settings, output: str, objects_only: bool = False, config_file: str | None = None,
                   quiet: bool = False, stream=None) -> BackupResult:
     kind, stores, notes = plan(settings, objects_only)
     stream = stream or sys.stderr
     for note in notes:
         stream.write(f"note: {note}\n")
-    total_files, total_bytes = count(stores)
+    total_files, total_bytes = count_files([s.root for s in stores], f"backup ({kind})", stream, quiet)
     to_stdout = output == "-"
     if not to_stdout and os.path.isdir(output):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -36,7 +36,7 @@ from .migrate_copy import DamagedSource, TempFiles, copy_file
 from .migrate_journal import Journal
 from .progress import Progress
 from .stores import OpsError, Store
-from .tree import Installer, bucket_dirs, is_object, object_header, walk_files
+from .tree import Installer, bucket_dirs, count_files, is_object, object_header, walk_files
 
 LAYOUT_FILES = (fslayout.BUCKET_FILE, fslayout.NAME_FILE)
 # A source file whose status changed this long before the pass started still counts as changed
@@ -202,7 +202,7 @@ class Migration:
             started = time.time() - CLOCK_SLACK
             files = nbytes = 0
             try:
-                files, nbytes = self._count()
+                files, nbytes = count_files([self.source.root], "migrate", self.stream, self.quiet)
                 self.progress = Progress("migrate", files, nbytes, stream=self.stream, quiet=self.quiet)
                 self._copy_all()
                 self.progress.done()
@@ -215,13 +215,6 @@ class Migration:
         finally:
             self.journal.close(source=self.source.root, store=self.source.name, last_pass=self._pass_record())
         return self.result
-
-    def _count(self) -> tuple[int, int]:
-        files = nbytes = 0
-        for f in walk_files(self.source.root):
-            files += 1
-            nbytes += f.size
-        return files, nbytes
 
     def _pass_record(self) -> dict:
         r = self.result
