@@ -69,6 +69,17 @@ LEFTOVER_REMOVE_SECONDS = 60.0
 _deferred_publish: contextvars.ContextVar[list | None] = contextvars.ContextVar("deferred_publish", default=None)
 
 
+
+def share_not_mounted(root: str, require_mount: bool) -> str | None:
+    """Why ``root`` is not the share (None when it may be): the backend refuses to start on it, and
+    backup and restore refuse it too. The root is never created: a missing root almost always means
+    the share is not mounted, and creating it would quietly put objects on this server's own disk."""
+    if not os.path.isdir(root):
+        return f"root {root!r} does not exist or is not a directory"
+    if require_mount and not os.path.ismount(os.path.realpath(root)):
+        return f"root {root!r} is not a mount point and require_mount is set: the share is not mounted"
+    return None
+
 class NativeNames:
     """Names on the mount are the layout's names (NFS, EFS, kernel cifs, a local directory)."""
 
@@ -166,14 +177,10 @@ class SharedFSBackend(LocalBackend):
     # Life cycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        # Never create the root: a missing root almost always means the share is not
-        # mounted, and creating it would quietly put objects on this server's own disk.
-        if not os.path.isdir(self.root):
-            raise ValueError(f"backend {self.name!r}: root {self.root!r} does not exist or is not a directory; "
-                             "mount the share there first (see docs/shared-storage.md)")
-        if self.require_mount and not os.path.ismount(os.path.realpath(self.root)):
-            raise ValueError(f"backend {self.name!r}: root {self.root!r} is not a mount point and require_mount "
-                             "is set; mount the share (or set require_mount = false for a local directory)")
+        problem = share_not_mounted(self.root, self.require_mount)
+        if problem:
+            raise ValueError(f"backend {self.name!r}: {problem}; mount the share there first (see "
+                             "docs/shared-storage.md), or set require_mount = false for a local directory")
         await super().start()
         await self._probe()
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from gateway_plugins import fsutil
 
 from .stores import OpsError
-from .tree import file_sha256, read_chunks
+from .tree import file_sha256, read_chunks, remove_dead_temps
 
 TEMP_TAG = "migrate"
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
@@ -58,12 +58,7 @@ class TempFiles:
     def remove_dead(self) -> int:
         """Remove the temp files of migrations that died (kill -9, a crash); never another
         program's, and never those of a migration still running."""
-        removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            if f"-{TEMP_TAG}-" in entry.name and not fsutil.temp_owner_alive(entry.name):
-                fsutil.unlink_quietly(entry.path)
-                removed += 1
-        return removed
+        return remove_dead_temps(self.tmp_dir, TEMP_TAG)
 
 
 def copy_file(source, size: int, final: str, temp: str, *, mtime: float | None = None, data_offset: int = 0,

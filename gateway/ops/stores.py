@@ -45,12 +45,12 @@ def check_share_mounted(store: Store) -> None:
     the objects on this server's own disk, hidden under the share once it is mounted again."""
     if not store.shared:
         return
-    if not os.path.isdir(store.root):
-        raise OpsError(f"backend {store.name!r}: the shared storage's root {store.root} does not exist or is not a "
-                       "directory: mount the share there first (docs/shared-storage.md), then run again")
-    if store.require_mount and not os.path.ismount(os.path.realpath(store.root)):
-        raise OpsError(f"backend {store.name!r}: {store.root} is not a mount point and require_mount is set: the "
-                       "share is not mounted. Mount it, then run again")
+    from gateway_plugins.sharedfs import share_not_mounted
+
+    problem = share_not_mounted(store.root, store.require_mount)
+    if problem:
+        raise OpsError(f"backend {store.name!r}: {problem}. Mount the share there (docs/shared-storage.md), "
+                       "then run again")
 
 
 def node_name(settings) -> str:

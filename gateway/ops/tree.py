@@ -85,6 +85,17 @@ def count_files(roots: list[str], label: str, stream=None, quiet: bool = False, 
     return progress.files, progress.bytes
 
 
+def remove_dead_temps(tmp_dir: str, tag: str) -> int:
+    """Remove the temp files in ``tmp_dir`` that a tool named with ``-<tag>-`` and whose process is
+    gone (kill -9, a crash); return how many. A live writer's files, and other programs', stay."""
+    removed = 0
+    for entry in os.scandir(tmp_dir):
+        if f"-{tag}-" in entry.name and not fsutil.temp_owner_alive(entry.name):
+            fsutil.unlink_quietly(entry.path)
+            removed += 1
+    return removed
+
+
 def bucket_dirs(root: str) -> list[str]:
     """The top-level directories that are buckets (a bucket may have no file at all)."""
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))  # links too
@@ -157,12 +168,7 @@ class Installer:
         restore killed in the middle of a large object would leave that much disk taken for good,
         and on a full disk the rerun that should finish the job could fail for want of it. Only
         files named by these tools (``-ops-``) whose process is gone: never a gateway's."""
-        removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            if f"-{TEMP_TAG}-" in entry.name and not fsutil.temp_owner_alive(entry.name):
-                fsutil.unlink_quietly(entry.path)
-                removed += 1
-        return removed
+        return remove_dead_temps(self.tmp_dir, TEMP_TAG)
 
     def install(self, relpath: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
                 replace: bool = True) -> int:
