@@ -93,6 +93,32 @@ def test_malformed_xml(gateway, s3, bucket, body):
     assert s3.head_object(Bucket=bucket, Key="a")["ContentLength"] == 1
 
 
+_ENTITY_NAMING_A = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [<!ENTITY e "a">]><Delete><Object><Key>&e;</Key></Object></Delete>'
+_LAUGHS = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10 if i else "lol" * 10}">' for i in range(9))
+_BILLION_LAUGHS = f'<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [{_LAUGHS}]><Delete><Object><Key>&l8;</Key></Object></Delete>'
+
+
+@pytest.mark.parametrize("body", [
+    _ENTITY_NAMING_A.encode("utf-16"),  # with a byte-order mark
+    _ENTITY_NAMING_A.encode("utf-16-le"),  # without: expat tells the encoding from the first bytes
+    _ENTITY_NAMING_A.encode("utf-16-be"),
+    _BILLION_LAUGHS.encode("utf-16"),
+], ids=["utf-16", "utf-16-le", "utf-16-be", "billion-laughs-utf-16"])
+def test_a_document_type_declaration_is_refused_in_any_encoding(gateway, s3, bucket, body):
+    """A DTD in UTF-16 used to pass the check for "<!DOCTYPE" in the bytes: its entity was expanded
+    (and named the key to delete); a billion laughs was expanded until expat's amplification limit."""
+    s3.put_object(Bucket=bucket, Key="a", Body=b"x")
+    for query in ("delete", None):
+        if query is None:  # CompleteMultipartUpload parses its document the same way
+            upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+            response = raw_request(gateway, "POST", f"/{bucket}/mp", body, query=f"uploadId={upload}")
+        else:
+            response = raw_request(gateway, "POST", f"/{bucket}", body, query=query)
+        assert_s3_error(response, 400, "MalformedXML")
+        assert b"Document type declarations are not allowed" in response.body
+    assert s3.head_object(Bucket=bucket, Key="a")["ContentLength"] == 1
+
+
 def test_malformed_create_bucket_configuration(gateway):
     assert_s3_error(raw_request(gateway, "PUT", "/malformed-config-bucket", b"<CreateBucketConfiguration>"),
                   400, "MalformedXML")
