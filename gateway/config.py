@@ -46,7 +46,8 @@ class Settings(BaseSettings):
                                     "upload is aborted and its parts deleted, as MinIO does (0: never)")
     access_log: bool = Field(False, description="log every request (costs about 20% on small GETs)")
     keep_alive_timeout: float = Field(30.0, gt=0, description="seconds an idle client connection stays open "
-                                      "(closed 1-2 times this after its last request)")
+                                      "(closed 1-2 times this after its last request, or after the last "
+                                      "byte of a request body that stopped arriving: 400 RequestTimeout)")
     log_level: str = Field("info", description="debug, info, warning or error")
     # Cluster (docs/cluster.md). No role: a stand-alone node, none of these apply.
     role: Literal["primary", "redundant", "proxy"] | None = Field(

@@ -68,6 +68,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _close_when_answered = False  # the client has closed its side: close ours after the last answer
     _head_open = False  # a request head (request line and headers) has begun and is not complete
     _head_bytes = 0  # bytes of data_received chunks that were wholly inside the open head
+    _body_chunks = 0  # request body chunks received on this connection (the idle check compares it)
+    _body_chunks_seen = 0
 
     # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
     # response (cancelling it when data arrives). A plain read needs five fields of the scope, and
@@ -210,18 +212,51 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._messages_seen = self._messages
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
+    def on_body(self, body: bytes) -> None:
+        self._body_chunks += 1  # only requests with a body get here: a plain read costs nothing
+        super().on_body(body)
+
     def _idle_check(self) -> None:
         """Close the connection if no request began since the last check and none is in progress:
-        an idle keep-alive connection is closed 1-2 times timeout_keep_alive after its last request."""
+        an idle keep-alive connection is closed 1-2 times timeout_keep_alive after its last request.
+
+        A request in progress whose body stopped arriving is idle too: the client hung or its
+        network went, and it would keep its task and the backend's open temp file for as long as
+        the server runs. It is answered 400 RequestTimeout (as S3) after 1-2 times the timeout
+        without a byte of body; a body that keeps coming, however slowly, is read whole."""
         self._idle_timer = None
         if self.transport.is_closing():
             return
-        busy = self.cycle is not None and not self.cycle.response_complete
+        cycle = self.cycle
+        busy = cycle is not None and not cycle.response_complete
+        if (busy and self._messages == self._messages_seen and self._body_chunks == self._body_chunks_seen
+                and self._waits_for_body(cycle)):
+            return self._refuse_stalled_body(cycle)
         if busy or self._messages != self._messages_seen:
             self._messages_seen = self._messages
+            self._body_chunks_seen = self._body_chunks
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
             return
         self.transport.close()
+
+    def _waits_for_body(self, cycle) -> bool:
+        """The request's body is not complete and it is up to the client to send more: not while
+        reading is paused (the server is behind, or a pipelined request waits its turn), nor while
+        the client waits for the 100 Continue the application has not asked for yet."""
+        return (cycle.more_body and not isinstance(cycle, _FastCycle) and not self.flow.read_paused
+                and not cycle.waiting_for_100_continue)
+
+    def _refuse_stalled_body(self, cycle) -> None:
+        log.info("no request body arrived for %s s on a connection from %s; closing it",
+                 self.timeout_keep_alive, get_client_addr(cycle.scope))
+        if cycle.response_started:  # an answer has begun (none does before its body, but): just end it
+            self.transport.close()
+            return
+        error = errors.RequestTimeout(
+            f"No part of the request body arrived for {self.timeout_keep_alive:g} seconds; the request was "
+            "not completed and nothing was stored. Idle connections are closed.")
+        # The application, waiting for the body, then sees the disconnect and discards what it wrote.
+        self._send_error_and_close(error, cycle.scope["path"])
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse: the S3 error document instead of uvicorn's plain text, so

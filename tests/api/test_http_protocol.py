@@ -393,3 +393,57 @@ def test_a_half_closed_request_with_a_short_body_stores_nothing(gateway, s3, buc
         s3.head_object(Bucket=bucket, Key="short")
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+def test_a_request_body_that_stops_arriving_is_timed_out_and_nothing_is_stored(tmp_path):
+    # GATEWAY_KEEP_ALIVE_TIMEOUT=1. A client that sent a head and part of the body, then nothing
+    # (it hung, or its network went), used to keep its connection, its task and an open temp file
+    # for as long as the server ran. Now: 400 RequestTimeout (as S3) after 1-2 s without a byte,
+    # nothing stored, the temp file gone. A body that keeps coming, however slowly, is read whole.
+    import time
+
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage", env={"GATEWAY_KEEP_ALIVE_TIMEOUT": "1"}) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="stall")
+        upload = s3.create_multipart_upload(Bucket="stall", Key="part")["UploadId"]
+        slow, stalled = Wire(gw), []
+        try:
+            for path, query, expect in [("/stall/put", "", {}), ("/stall/part", f"partNumber=1&uploadId={upload}", {}),
+                                        ("/stall/continued", "", {"Expect": "100-continue"})]:
+                target, headers = sign(gw, "PUT", path, query=query, unsigned_payload=True,
+                                       headers={"Content-Length": "100000", **expect})
+                head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": f"{gw.host}:{gw.port}"}.items())
+                conn = Wire(gw)
+                stalled.append(conn)
+                conn.send(f"PUT {target} HTTP/1.1\r\n{head}\r\n".encode())
+                if expect:
+                    assert conn.file.readline() == b"HTTP/1.1 100 Continue\r\n" and conn.file.readline() == b"\r\n"
+                conn.send(b"x" * 1000)
+            target, headers = sign(gw, "PUT", "/stall/slow", body=b"s" * 16, unsigned_payload=True)
+            head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": f"{gw.host}:{gw.port}",
+                                                         "Content-Length": "16"}.items())
+            slow.send(f"PUT {target} HTTP/1.1\r\n{head}\r\n".encode())
+            for _ in range(16):  # 4 s for 16 bytes: slow, but never 1 s without one
+                time.sleep(0.25)
+                slow.send(b"s")
+            assert slow.response().status == 200
+            for conn in stalled:
+                conn.sock.settimeout(10)
+                response = conn.response()
+                assert response.status == 400 and response.getheader("content-type") == "application/xml"
+                assert b"<Code>RequestTimeout</Code>" in response.body
+                assert conn.closed_by_server()
+            def temp_files():
+                return [p for p in (gw.data_dir / ".gateway" / "tmp").rglob("*") if p.is_file()]
+
+            deadline = time.monotonic() + 10
+            while temp_files() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert temp_files() == []
+            assert [o["Key"] for o in s3.list_objects_v2(Bucket="stall")["Contents"]] == ["slow"]
+            assert s3.list_parts(Bucket="stall", Key="part", UploadId=upload).get("Parts", []) == []
+        finally:
+            for conn in (slow, *stalled):
+                conn.close()
