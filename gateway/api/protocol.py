@@ -67,6 +67,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _messages_seen = 0
     _close_when_answered = False  # the client has closed its side: close ours after the last answer
     _head_open = False  # a request head (request line and headers) has begun and is not complete
+    _refusal: bytes | None = None  # the error for a request refused behind ones not yet answered
     _head_bytes = 0  # bytes of data_received chunks that were wholly inside the open head
     _body_chunks = 0  # request body chunks received on this connection (the idle check compares it)
     _body_chunks_seen = 0
@@ -200,6 +201,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
+        if self._refusal is not None and not self.pipeline:
+            self.writes.flush()
+            self.transport.write(self._refusal)
+            self.transport.close()
+            return
         if self._close_when_answered and not self.pipeline:
             self.writes.flush()
             self.transport.close()
@@ -256,7 +262,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             f"No part of the request body arrived for {self.timeout_keep_alive:g} seconds; the request was "
             "not completed and nothing was stored. Idle connections are closed.")
         # The application, waiting for the body, then sees the disconnect and discards what it wrote.
-        self._send_error_and_close(error, cycle.scope["path"])
+        self._send_error_and_close(error, cycle.scope["path"], after_answers=False)
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse: the S3 error document instead of uvicorn's plain text, so
@@ -268,12 +274,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "Content-Length together with Transfer-Encoding, or a malformed header line.")
         self._send_error_and_close(error, "")
 
-    def _send_error_and_close(self, error: errors.GatewayError, resource: str) -> None:
-        """An S3 error document for a request that was not read, then close the connection."""
+    def _send_error_and_close(self, error: errors.GatewayError, resource: str, after_answers: bool = True) -> None:
+        """An S3 error document for a request that was not read, then close the connection.
+
+        With ``after_answers``, requests that came before it on this connection and are still
+        being answered (through ASGI, or a fast read that waits) get their answers first: a PUT
+        followed by bytes the parser refuses (a Content-Length shorter than the body sent) is
+        stored, and its answer used to be lost, the client seeing only this error. Reading stops
+        meanwhile (there is nothing more to read), and on_response_complete sends the error."""
         self._head_open = False
         body = error_document(error, resource, "")
         head = [STATUS_LINE[error.status], *[b"%s: %s\r\n" % header for header in self.server_state.default_headers],
                 b"content-type: application/xml\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
+        cycle = self.cycle
+        if after_answers and ((cycle is not None and not cycle.response_complete) or self.pipeline):
+            if self._refusal is None:  # the parser refuses everything after its first error: that one is sent
+                self._refusal = b"".join(head) + body
+            self.flow.pause_reading()
+            return
         self.writes.flush()  # answers given before this one go first
         self.transport.write(b"".join(head) + body)
         self.transport.close()

@@ -447,3 +447,33 @@ def test_a_request_body_that_stops_arriving_is_timed_out_and_nothing_is_stored(t
         finally:
             for conn in (slow, *stalled):
                 conn.close()
+
+
+def test_requests_before_one_the_parser_refuses_are_still_answered(gateway, s3, bucket):
+    # A PUT whose Content-Length is shorter than what follows it: the rest is read as the next
+    # request, which the parser refuses. The PUT was stored, but its answer (written by its task,
+    # after the refusal had closed the connection) was lost: the client saw only a 400.
+    body = b"0123456789"
+    target, headers = sign(gateway, "PUT", f"/{bucket}/declared", body=body[:5], unsigned_payload=True)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": f"{gateway.host}:{gateway.port}",
+                                                 "Content-Length": "5"}.items())
+    listing = _request_bytes(gateway, "GET", f"/{bucket}")  # pipelined, also answered through ASGI
+    conn = Wire(gateway)
+    try:
+        conn.send(f"PUT {target} HTTP/1.1\r\n{head}\r\n".encode() + body + listing + b"GET /x HTTP/1.1\r\nHost x\r\n\r\n")
+        put = conn.response()
+        assert put.status == 200 and put.getheader("etag")
+        refused = conn.response()
+        assert refused.status == 400 and b"<Code>InvalidRequest</Code>" in refused.body
+        assert conn.closed_by_server()
+        conn.close()
+        # And behind pipelined requests (one queued behind the other): their answers come first.
+        conn = Wire(gateway)
+        conn.send(f"PUT {target} HTTP/1.1\r\n{head}\r\n".encode() + body[:5] + listing + b"GET /x HTTP/1.1\r\nHost x\r\n\r\n")
+        assert conn.response().status == 200
+        listed = conn.response()
+        assert listed.status == 200 and b"<Key>declared</Key>" in listed.body
+        assert conn.response().status == 400 and conn.closed_by_server()
+    finally:
+        conn.close()
+    assert s3.get_object(Bucket=bucket, Key="declared")["Body"].read() == b"01234"
