@@ -199,17 +199,17 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_list(as_json: bool) -> None:
     """Show each plugin's name, version and module, and the backend types it provides."""
-    from .plugins import backend_classes, plugin_records
+    from .plugins import backend_registrations, plugin_records
 
     try:
         records = plugin_records()
-        classes = backend_classes()
+        registered = backend_registrations()
     except ValueError as exc:  # a plugin that cannot be loaded, two that register one backend type
         _fail(str(exc))
-    types = {}
-    for name, cls in classes.items():
-        types.setdefault(cls.__module__, []).append(name)
-    rows = [{**r.__dict__, "backends": types.get(r.module, [])} for r in records]
+    types = {}  # by the plugin that registered them (a class may live in another module than the hook)
+    for name, (plugin, _) in registered.items():
+        types.setdefault(plugin, []).append(name)
+    rows = [{**r.__dict__, "backends": types.get(r.name, [])} for r in records]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

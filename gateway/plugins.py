@@ -48,22 +48,35 @@ def _builtin(entry_point: metadata.EntryPoint) -> bool:
 
 
 class PluginLoadError(ValueError):
-    """An installed plugin cannot be imported; the message names it and how to skip it."""
+    """An installed plugin cannot be used (it fails on import, its hooks are wrong or clash with another
+    plugin's); the message names it and how to skip it."""
+
+
+def _advice(ep) -> str:
+    """What to do about a plugin that cannot be used: built-ins always load (the switches do not
+    apply), so a broken one means a broken install; a third-party one can be skipped."""
+    if ep is None or _builtin(ep):
+        return "Reinstall cv-gateway with its dependencies (pip install -e . in its checkout, or make run)"
+    return f"Fix or uninstall it, or skip it with GATEWAY_DISABLE_PLUGINS={ep.name}"
+
+
+def _unusable(ep, name: str, problem: str) -> PluginLoadError:
+    dist = getattr(ep, "dist", None)
+    where = f" from {dist.name} {dist.version}" if dist else ""
+    what = f" ({ep.value}{where})" if ep is not None else ""
+    # One line: pluggy's own messages span several.
+    problem = "; ".join(line.strip() for line in problem.splitlines() if line.strip())
+    return PluginLoadError(f"plugin {name!r}{what} {problem}. {_advice(ep)}")
 
 
 def _load(ep):
     try:
         return ep.load()
     except Exception as exc:  # any import-time failure of third-party code
-        dist = getattr(ep, "dist", None)
-        where = f" from {dist.name} {dist.version}" if dist else ""
-        if _builtin(ep):  # built-ins always load (the switches do not apply): the install is broken
-            advice = "reinstall cv-gateway with its dependencies (pip install -e . in its checkout, or make run)"
-        else:
-            advice = f"fix or uninstall it, or skip it with GATEWAY_DISABLE_PLUGINS={ep.name}"
-        raise PluginLoadError(
-            f"plugin {ep.name!r} ({ep.value}{where}) cannot be loaded: {type(exc).__name__}: {exc}. "
-            f"{advice[0].upper()}{advice[1:]}") from exc
+        raise _unusable(ep, ep.name, f"cannot be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+_entry_points: dict[str, metadata.EntryPoint] = {}  # plugin name -> its entry point, for messages
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -81,8 +94,17 @@ def get_plugin_manager() -> pluggy.PluginManager:
                     continue
             if pm.get_plugin(ep.name) is not None:
                 continue
-            pm.register(_load(ep), name=ep.name)
-        pm.check_pending()
+            _entry_points[ep.name] = ep
+            try:
+                pm.register(_load(ep), name=ep.name)
+            except pluggy.PluginValidationError as exc:  # a hookimpl whose arguments no hookspec has
+                raise _unusable(ep, ep.name, f"cannot be loaded: its hooks do not match the gateway's: {exc}") from exc
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:  # a hookimpl for a hook that does not exist (misspelled)
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            raise _unusable(_entry_points.get(name), name,
+                            f"cannot be loaded: its hooks do not match the gateway's: {exc}") from exc
         if os.environ.get("GATEWAY_TRACE_PLUGINS"):
             pm.trace.root.setwriter(log.info)
             pm.enable_tracing()
@@ -96,17 +118,56 @@ def reset_plugin_manager() -> None:
     _manager = None
 
 
+def backend_registrations() -> dict[str, tuple[str, type]]:
+    """Backend type name -> (the plugin that registered it, its class), from every plugin's
+    register_backends hook. Each plugin's hook is called on its own, so what goes wrong (it raises,
+    registers something that is not a Backend, or a type another plugin has) names that plugin."""
+    from .backend import Backend
+
+    pm = get_plugin_manager()
+    found: dict[str, tuple[str, type]] = {}
+    hook = pm.hook.register_backends
+    names = [impl.plugin_name for impl in hook.get_hookimpls()]  # in the order they were loaded
+    for plugin in names:
+
+        def register(name: str, cls: type, plugin: str = plugin) -> None:
+            if not isinstance(name, str) or not name:
+                raise _unusable(_entry_points.get(plugin), plugin,
+                                f"registers a backend type named {name!r}: the name must be a non-empty string")
+            if not (isinstance(cls, type) and issubclass(cls, Backend)):
+                raise _unusable(_entry_points.get(plugin), plugin,
+                                f"registers backend type {name!r} as {cls!r}, which is not a subclass of "
+                                "gateway.backend.Backend")
+            if name in found and found[name][1] is not cls:
+                other, other_cls = found[name]
+                skip = [n for n in (other, plugin) if not _builtin_name(n)]
+                advice = (f"skip one with GATEWAY_DISABLE_PLUGINS={' or '.join(skip)}" if skip
+                          else "reinstall cv-gateway")
+                raise PluginLoadError(
+                    f"plugins {other!r} and {plugin!r} both register a backend type called {name!r} "
+                    f"({other_cls.__module__}.{other_cls.__qualname__} and {cls.__module__}.{cls.__qualname__}): "
+                    f"{advice}")
+            found[name] = (plugin, cls)
+
+        others = [pm.get_plugin(n) for n in names if n != plugin]
+        try:
+            pm.subset_hook_caller("register_backends", others)(register=register)
+        except PluginLoadError:
+            raise
+        except Exception as exc:  # a bug in the plugin's hook: name it, not a traceback through pluggy
+            raise _unusable(_entry_points.get(plugin), plugin,
+                            f"fails in its register_backends hook: {type(exc).__name__}: {exc}") from exc
+    return found
+
+
+def _builtin_name(plugin: str) -> bool:
+    ep = _entry_points.get(plugin)
+    return ep is None or _builtin(ep)
+
+
 def backend_classes() -> dict[str, type]:
     """Backend type name -> class, from every plugin's register_backends hook."""
-    found: dict[str, type] = {}
-
-    def register(name: str, cls: type) -> None:
-        if name in found and found[name] is not cls:
-            raise ValueError(f"two plugins register a backend called {name!r}: {found[name]} and {cls}")
-        found[name] = cls
-
-    get_plugin_manager().hook.register_backends(register=register)
-    return found
+    return {name: cls for name, (_, cls) in backend_registrations().items()}
 
 
 def plugin_records() -> list[PluginRecord]:

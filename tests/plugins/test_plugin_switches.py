@@ -169,3 +169,67 @@ def test_without_the_smb_extra_the_gateway_still_starts_and_an_smb_backend_says_
     refused = subprocess.run(base + ["--config", str(config)], capture_output=True, text=True, timeout=60, env=env)
     assert refused.returncode != 0
     assert "pip install 'cv-gateway[smb]'" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def _third_party_plugin(tmp_path, name: str, modules: dict[str, str], entry: str) -> dict[str, str]:
+    """Install plugin ``name`` (a .dist-info and its modules in tmp_path) and return the env that sees it."""
+    dist = tmp_path / f"{name}_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{plugins.GROUP}]\n{name} = {entry}\n")
+    for module, source in modules.items():
+        (tmp_path / f"{module}.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return {**env, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def test_plugins_list_shows_a_backend_type_under_the_plugin_that_registers_it(tmp_path):
+    """The hookimpl module need not define the backend class (a package with plugin.py and backend.py):
+    the BACKENDS column showed '-' for such a plugin, as if it registered nothing."""
+    env = _third_party_plugin(tmp_path, "split", {
+        "split_backend": "from gateway_plugins.memory import MemoryBackend\n\n"
+                         "class SplitBackend(MemoryBackend):\n    pass\n",
+        "split_hooks": "from gateway.hookspecs import hookimpl\nfrom split_backend import SplitBackend\n\n"
+                       "@hookimpl\ndef register_backends(register):\n    register('split', SplitBackend)\n",
+    }, "split_hooks")
+    out = subprocess.run([sys.executable, "-m", "gateway", "plugins", "list", "--json"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["split"]["backends"] == ["split"] and rows["split"]["module"] == "split_hooks"
+    assert rows["memory"]["backends"] == ["memory"]
+    table = subprocess.run([sys.executable, "-m", "gateway", "plugins", "list"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert [line.split() for line in table.stdout.splitlines() if line.startswith("split ")] == [
+        ["split", "1.0", "split", "split_hooks"]]
+
+
+HOOK = "from gateway.hookspecs import hookimpl\nfrom gateway_plugins.memory import MemoryBackend\n\n@hookimpl\n"
+
+
+@pytest.mark.parametrize("source, says", [
+    (HOOK + "def register_backends(reg):\n    pass\n", "register_backends(reg)"),
+    (HOOK + "def register_backend(register):\n    pass\n", "unknown hook 'register_backend'"),
+    (HOOK + "def register_backends(register):\n    raise RuntimeError('no licence file')\n",
+     "fails in its register_backends hook: RuntimeError: no licence file"),
+    (HOOK + "def register_backends(register):\n    register('thing', MemoryBackend())\n",
+     "registers backend type 'thing' as <gateway_plugins.memory.MemoryBackend object"),
+    (HOOK + "def register_backends(register):\n    class Local(MemoryBackend):\n        pass\n"
+            "    register('local', Local)\n",
+     "plugins 'local' and 'faulty' both register a backend type called 'local'"),
+], ids=["hookimpl-argument", "misspelled-hook", "hook-raises", "not-a-class", "built-in-type"])
+def test_a_plugin_with_broken_hooks_is_named_in_one_line_with_the_way_to_skip_it(tmp_path, source, says):
+    """Past the import, a plugin's hooks can still be wrong: serve and plugins list then stop with one
+    line naming the plugin, what is wrong and GATEWAY_DISABLE_PLUGINS, not a traceback through pluggy."""
+    env = _third_party_plugin(tmp_path, "faulty", {"faulty_hooks": source}, "faulty_hooks")
+    for args in (["plugins", "list"], ["serve", "--print-config", "--access-key", "a", "--secret-key", "b" * 16,
+                                       "--data-dir", str(tmp_path / "cv")]):
+        out = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "'faulty'" in out.stderr and says in out.stderr, out.stderr
+        assert "GATEWAY_DISABLE_PLUGINS=faulty" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "gateway", "plugins", "list"], capture_output=True, text=True,
+                         env={**env, "GATEWAY_DISABLE_PLUGINS": "faulty"}, timeout=60)
+    assert out.returncode == 0 and "memory" in out.stdout, out.stderr
