@@ -33,6 +33,7 @@ class GatewayApp:
         self.admin.state.service = self.service
         self.admin.state.gateway = self
         self.fast_reads = 0  # plain reads answered below ASGI (gateway/api/protocol.py), for /metrics
+        self.startup_error: str | None = None  # why the lifespan start-up failed (gateway serve prints it)
         self.admin.state.settings = settings
 
     def fast_answer(self, scope):
@@ -72,6 +73,7 @@ class GatewayApp:
                     await self.service.start()
                 except Exception as exc:  # reported by the server, which then exits
                     log.error("start-up failed: %s", exc)
+                    self.startup_error = str(exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

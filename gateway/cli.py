@@ -102,9 +102,13 @@ def serve(config_file, print_config, **flags) -> None:
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
     server = _server_class(uvicorn.Server)(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits with its own status (3) when the start-up failed: say why, exit 2
+        if server.started:
+            raise
     if not server.started:
-        _fail("the gateway did not start (see the messages above)")
+        _fail(app.startup_error or "the gateway did not start (see the messages above)")
 
 
 def _check_listen(host: str, port: int) -> None:

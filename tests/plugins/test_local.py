@@ -15,7 +15,7 @@ from gateway.backend import ByteRange, ObjectMeta
 from gateway.payload import Payload
 from gateway.testing.backend_io import get_bytes, list_all, put_bytes
 from gateway.testing.conformance import BackendConformance
-from gateway.testing.server import GatewayProcess
+from gateway.testing.server import GatewayProcess, free_port
 from gateway_plugins import fslayout, readcache
 from gateway_plugins import local as local_backend
 from gateway_plugins.local import READ_CHUNK, LocalBackend
@@ -265,6 +265,21 @@ async def test_unusable_root_fails_at_start(tmp_path):
     (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(ValueError, match="root"):
         await started(tmp_path / "a-file" / "cv-storage")
+
+
+def test_serve_with_an_unusable_root_exits_2_with_the_reason_on_its_last_line(tmp_path):
+    """A backend's start() refusing its storage stops `gateway serve` with exit status 2 and an
+    `error:` line, as every other bad setting (docs/plugins.md); it was uvicorn's status 3."""
+    (tmp_path / "a-file").write_text("not a directory")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'default_backend = "disk"\n[backends.disk]\ntype = "local"\nroot = "{tmp_path / "a-file"}"\n')
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
+                             str(free_port()), "--access-key", "k", "--secret-key", "s" * 20],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: backend 'disk'") and "is not usable" in last and "a-file" in last, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_long_directory_names_list_without_their_name_file(local):

@@ -211,7 +211,7 @@ def test_bad_settings_fail_at_start_up(tmp_path, remote_gateway, problem, settin
     elif problem == "endpoint":
         text = text.replace(remote_gateway.endpoint, f"http://127.0.0.1:{free_port()}")
     code, output = _serve_and_fail(tmp_path, text)
-    assert code != 0, output
+    assert code == 2, output
     assert "backend 'remote' (s3)" in output and setting in output, output
 
 

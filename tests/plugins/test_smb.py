@@ -210,7 +210,7 @@ def test_bad_settings_fail_at_start_up(tmp_path, smbd, problem, setting):
     else:
         text = text.replace(f'share = "{smbd.share}"', 'share = "no-such-share"')
     code, output = _serve_and_fail(tmp_path, text)
-    assert code != 0, output
+    assert code == 2, output
     assert "backend 'nas' (smb)" in output, output
     assert setting in output, output
 
