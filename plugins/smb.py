@@ -316,8 +316,12 @@ class SmbBackend(Backend):
                 opened, handle = handle, None
                 await self.pool.call(files.finish_large, opened, header, self.flush, tmp, final, bucket_dir, key,
                                      deadline, slot=slot, retry=False, what="publish object")
-        except BaseException:
+        except BaseException as exc:
             await self._discard(slot, handle, tmp)
+            if files.is_delete_pending(exc):  # the rename waited for the reader until the deadline, as for "in use"
+                raise errors.ServiceUnavailable(
+                    f"{self.label}: publish object: {bucket}/{key} was deleted while a reader still has it open; "
+                    "it can be written again once that read ends") from None
             raise
         if self._orphans:
             await self._sweep_orphans()

@@ -56,6 +56,9 @@ _BUSY_STATUSES = {
 }
 ACCESS_DENIED = NtStatus.STATUS_ACCESS_DENIED
 SHARING_VIOLATION = NtStatus.STATUS_SHARING_VIOLATION
+# A file deleted while another handle (a GET streaming it) still has it open stays, "delete pending",
+# until that handle closes; opening or replacing the name fails with this meanwhile.
+DELETE_PENDING = NtStatus.STATUS_DELETE_PENDING
 
 
 class ConnectionLost(Exception):

@@ -30,7 +30,7 @@ from gateway.backend import BucketInfo, ByteRange, ObjectInfo, ObjectMeta
 from . import fslayout
 from .fslayout import BUCKET_FILE, NAME_FILE
 from .fsutil import SFM_MAP, sfm_decode, sfm_encode
-from .smb_client import ACCESS_DENIED, SHARING_VIOLATION
+from .smb_client import ACCESS_DENIED, DELETE_PENDING, SHARING_VIOLATION
 
 log = logging.getLogger(__name__)
 HEADER_READ = 4096  # enough for a typical header; HEAD and listings read only this much
@@ -52,7 +52,12 @@ def join(*parts: str) -> str:
 
 
 def is_missing(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR)
+    """Not there, or deleted and only waiting for a reader to close it (gone for every new request)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR) or is_delete_pending(exc)
+
+
+def is_delete_pending(exc: BaseException) -> bool:
+    return isinstance(exc, SMBOSError) and exc.ntstatus == DELETE_PENDING
 
 
 def is_in_use(exc: BaseException) -> bool:
@@ -186,15 +191,15 @@ def publish(kw: dict, tmp: str, final: str, bucket_dir: str, key: str, deadline:
             smbclient.replace(tmp, final, **kw)
             return
         except OSError as exc:
-            if is_missing(exc) and made_parents < 5:
+            if is_missing(exc) and not is_delete_pending(exc) and made_parents < 5:
                 if not exists_dir(kw, bucket_dir):
                     raise errors.NoSuchBucket(BucketName=bucket_dir.rsplit("\\", 1)[-1]) from None
                 make_parents(kw, bucket_dir, key)
                 made_parents += 1
                 continue
-            if not is_in_use(exc) or time.monotonic() + pause > deadline:
+            if not (is_in_use(exc) or is_delete_pending(exc)) or time.monotonic() + pause > deadline:
                 raise
-        # An open file cannot be replaced over SMB: wait for the reader to close it.
+        # An open file (or one deleted while open) cannot be replaced over SMB: wait for the reader to close it.
         time.sleep(pause * (1 + random.random()))
         pause = min(pause * 2, 0.2)
 

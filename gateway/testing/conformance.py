@@ -306,6 +306,47 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
             go_on.set()
         assert await get_bytes(backend, bucket, "atomic") == b"new" * MiB + b"end"
 
+    async def test_delete_and_overwrite_while_a_reader_streams(self, backend, bucket):
+        """A GET streaming an object goes on with the version it opened. Meanwhile the store may refuse
+        to replace or delete the open file (SMB keeps Windows' rules) with a 503, but once a DELETE has
+        succeeded the key is gone for every other request: HEAD, GET, DELETE and listings all at once."""
+        old = b"".join(pseudo_random_chunks(3 * MiB, MiB, seed=30))  # past any read-it-whole limit
+        await put_bytes(backend, bucket, "streamed", old)
+        await put_bytes(backend, bucket, "neighbour", b"n")
+        for change in ("overwrite", "delete"):
+            await put_bytes(backend, bucket, "streamed", old)
+            reader = await backend.get(bucket, "streamed")
+            async with reader:
+                chunks = reader.chunks()
+                read = [await chunks.__anext__()]
+                refused = False
+                try:
+                    with anyio.fail_after(60):
+                        if change == "overwrite":
+                            await put_bytes(backend, bucket, "streamed", b"new")
+                        else:
+                            await backend.delete(bucket, "streamed")
+                except (errors.ServiceUnavailable, errors.SlowDown):
+                    refused = True  # the open file cannot be replaced or deleted (yet)
+                if change == "delete" and not refused:
+                    with pytest.raises(errors.NoSuchKey):
+                        await backend.head(bucket, "streamed")
+                    with pytest.raises(errors.NoSuchKey):
+                        await backend.get(bucket, "streamed")
+                    assert await backend.get_if_present(bucket, "streamed") is None
+                    await backend.delete(bucket, "streamed")  # deleting a missing key is not an error
+                    assert await list_all(backend, bucket) == (["neighbour"], [])
+                async for chunk in chunks:
+                    read.append(chunk)
+            assert b"".join(read) == old, f"a reader saw another version after an {change}"
+            expected = None if change == "delete" else b"new"
+            if refused:
+                expected = old
+            if expected is None:
+                assert not await backend.exists(bucket, "streamed")
+            else:
+                assert await get_bytes(backend, bucket, "streamed") == expected, change
+
     # Byte ranges --------------------------------------------------------------
 
     @pytest.mark.parametrize("size", [1000, 3 * MiB + 5])

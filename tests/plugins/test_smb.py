@@ -178,6 +178,41 @@ async def test_file_held_past_the_deadline_is_a_503_and_keeps_the_old_version(sm
         await backend.close()
 
 
+@pytest.mark.anyio
+async def test_a_key_deleted_while_a_reader_streams_it(smbd, smb_path):
+    """SMB keeps a file deleted while open "delete pending" until the reader closes it: meanwhile the
+    key is gone (404, not a 500 from STATUS_DELETE_PENDING, and the bucket still lists), and a PUT of
+    it waits for the reader like an overwrite, then answers 503 saying why; after the read it works."""
+    from gateway import errors
+
+    backend = await started(smbd.backend_options(path=smb_path, timeout=1))  # a PUT waits up to 0.8 s
+    try:
+        await backend.create_bucket("faces")
+        data = os.urandom(3 * 1024 * 1024)  # streamed with the file open (above WHOLE_READ_LIMIT)
+        await put_bytes(backend, "faces", "clip", data)
+        await put_bytes(backend, "faces", "other", b"o")
+        reader = await backend.get("faces", "clip")
+        async with reader:
+            chunks = reader.chunks()
+            read = [await chunks.__anext__()]
+            await backend.delete("faces", "clip")
+            assert not await backend.exists("faces", "clip")
+            with pytest.raises(errors.NoSuchKey):
+                await backend.get("faces", "clip")
+            await backend.delete("faces", "clip")
+            assert await list_all(backend, "faces") == (["other"], [])
+            with pytest.raises(errors.GatewayError) as caught:
+                await put_bytes(backend, "faces", "clip", b"new")
+            assert caught.value.status == 503 and "reader still has it open" in caught.value.message
+            async for chunk in chunks:
+                read.append(chunk)
+        assert b"".join(read) == data
+        await put_bytes(backend, "faces", "clip", b"new")
+        assert await get_bytes(backend, "faces", "clip") == b"new"
+    finally:
+        await backend.close()
+
+
 def test_credentials_file(tmp_path):
     path = tmp_path / "smb.cred"
     path.write_text("# mount.cifs format\nusername=cvgw\npassword=p=a=ss\ndomain=LAB\n")
