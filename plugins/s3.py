@@ -165,6 +165,10 @@ class S3Backend(MultipartMixin, Backend):
         if part_size < 5 * MiB or buffer_size < 1 or multipart_threshold < 1:
             raise ValueError(f"{self.label}: backends.{name}.part_size must be at least 5 MiB (S3's minimum), "
                              f"buffer_size and multipart_threshold positive")
+        if endpoint_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", endpoint_url):
+            # botocore's own complaint ("Invalid endpoint: ...") names neither the backend nor the setting.
+            raise ValueError(f"{self.label}: backends.{name}.endpoint_url {endpoint_url!r} is not a URL: give "
+                             f"http://host:port or https://host (or leave it out for AWS)")
         self.endpoint_url = endpoint_url or None
         self.region = region
         self.bucket, self.prefix = bucket, prefix

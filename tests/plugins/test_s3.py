@@ -222,6 +222,9 @@ def test_option_errors_name_the_setting():
         S3Backend("r", access_key_id="only-one")
     with pytest.raises(ValueError, match="excludes bucket_prefix"):
         S3Backend("r", bucket="b", bucket_prefix="p-")
+    for endpoint in ("127.0.0.1:9000", "minio.lan", "ftp://minio.lan"):
+        with pytest.raises(ValueError, match=r"backend 'r' \(s3\): backends.r.endpoint_url .* is not a URL"):
+            S3Backend("r", endpoint_url=endpoint)
     assert ACCESS_KEY  # the remote gateways above use gateway.testing.server's keys
 
 
