@@ -51,11 +51,12 @@ import urllib.parse
 
 from gateway import errors
 from gateway.backend import BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from gateway.cluster.wire import is_older
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
 from . import fsutil
-from .local import LocalBackend
+from .local import LocalBackend, _open_if_present
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,34 @@ class SharedFSBackend(LocalBackend):
     @_storage_errors
     async def delete(self, bucket: str, key: str) -> None:
         await super().delete(bucket, key)
+
+    @_storage_errors
+    async def drop_if_older(self, bucket: str, key: str, last_modified: float, etag: str) -> ObjectInfo | None:
+        """Delete the share's copy of the key if older than (last_modified, etag); return it when newer.
+
+        In a cluster in the middle of a migration (docs/migration.md) a node that still has storage of
+        its own took that version, so the share's copy is another, older file; left there, the nodes
+        already on the share would serve it (cluster/versions.py). Only the file compared is deleted:
+        when another server published a version meanwhile (another file at the path), it stays.
+        """
+        path = self._object_path(bucket, key)
+        fd = _open_if_present(path)
+        if fd is None:
+            return None
+        try:
+            copy = self._load(fd, path)[0]
+            compared = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not is_older(copy, last_modified, etag):
+            return None if (copy.last_modified, copy.etag) == (last_modified, etag) else copy
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (now.st_dev, now.st_ino) == (compared.st_dev, compared.st_ino):
+            await LocalBackend.delete(self, bucket, key)
+        return None
 
     async def _unlink_object(self, path: str, key: str) -> None:
         await self._retry_busy(lambda: os.unlink(path), path, f"delete {key!r}")

@@ -185,7 +185,8 @@ class PeerApp:
                 newer = float(query["if-older-than"])
             except ValueError:
                 raise errors.InvalidArgument("if-older-than must be a modification time in seconds") from None
-            kept = await supersede_local(backend, bucket, key, newer, query.get("etag", ""))
+            kept = await supersede_local(backend, bucket, key, newer, query.get("etag", ""),
+                                         own_storage=query.get("newer-on") == "own-storage")
             self.service.cluster.locations.forget(bucket, key)
             # Our copy is the newer one (two overwrites raced): say so, and the writer drops its own.
             out = [(wire.INFO_HEADER.encode(), wire.info_header(kept))] if kept is not None else []

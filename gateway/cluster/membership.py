@@ -52,9 +52,12 @@ class Cluster:
 
     :param settings: the node's Settings (role, registry, advertise, secrets, timeouts).
     :param storage_roots: directories of local storage, for the object count and free space in status.
+    :param shared_storage: every backend of this node is shared storage (sharedfs): the storing peers
+        on it see this node's files as their own (published with the heartbeat, see on_shared_storage).
     """
 
-    def __init__(self, settings, storage_roots: list[str] | None = None, registry: Registry | None = None):
+    def __init__(self, settings, storage_roots: list[str] | None = None, registry: Registry | None = None,
+                 shared_storage: bool = False):
         self.settings = settings
         self.node_id = node_id_of(settings)
         self.address = advertised_url(settings)
@@ -67,6 +70,7 @@ class Cluster:
         self.client = PeerClient(self.signer, self.health, settings.peer_timeout, client_ssl_context(settings),
                                  on_failure=self.request_reload)
         self.storage_roots = storage_roots or []
+        self.shared_storage = shared_storage
         self.nodes: dict[str, NodeRecord] = {}
         self._task: asyncio.Task | None = None
         self._reload_wanted = asyncio.Event()
@@ -188,6 +192,19 @@ class Cluster:
         """Other nodes (only storing ones by default): node id -> address."""
         return {n.node_id: n.address for n in self.nodes.values()
                 if n.node_id != self.node_id and (n.stores_objects or not storing)}
+
+    def on_shared_storage(self, peer: str) -> bool:
+        """Whether ``peer`` published that it serves from shared storage (sharedfs), as a node of this
+        cluster on the share sees the same files. False when not known (not yet heartbeated, an older
+        version): then it is treated as a node with storage of its own, which is the safe side."""
+        node = self.nodes.get(peer)
+        return node is not None and node.info.get("shared_storage") is True
+
+    def on_own_storage(self, peer: str) -> bool:
+        """Whether ``peer`` published that it serves from storage of its own (not shared storage);
+        False when not known."""
+        node = self.nodes.get(peer)
+        return node is not None and node.info.get("shared_storage") is False
 
     def redundant_peers(self) -> dict[str, str]:
         return {n.node_id: n.address for n in self.nodes.values()
@@ -357,6 +374,7 @@ class Cluster:
             "failover_after": self.settings.failover_after,
             "pid": os.getpid(),
             "started": self.started,
+            "shared_storage": self.shared_storage and self.role != "proxy",
             **self._storage_stats,
             "peers": self.health.snapshot(),
             "balance": self.balancer.snapshot(),

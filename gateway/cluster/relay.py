@@ -348,12 +348,17 @@ class PeerClient:
         return response.headers.get(wire.EXISTED_HEADER) == "1"
 
     async def supersede(self, peer: str, address: str, bucket: str, key: str,
-                        newer: ObjectInfo | Retirement) -> ObjectInfo | None:
+                        newer: ObjectInfo | Retirement, own_storage: bool = False) -> ObjectInfo | None:
         """Delete the peer's copy if it is older than ``newer`` (its last_modified and etag; wire.is_older).
 
-        Return the peer's copy when that one is newer still (kept), else None.
+        Return the peer's copy when that one is newer still (kept), else None. ``own_storage``: ``newer``
+        is stored on a node's own disk, not on shared storage, so a peer on a share may drop its copy
+        (versions.supersede_local).
         """
-        query = urlencode({"if-older-than": repr(newer.last_modified), "etag": newer.etag}, quote_via=quote)
+        fields = {"if-older-than": repr(newer.last_modified), "etag": newer.etag}
+        if own_storage:
+            fields["newer-on"] = "own-storage"
+        query = urlencode(fields, quote_via=quote)
         response = await self.request(peer, address, "DELETE", f"{object_path(bucket, key)}?{query}")
         await self._raise_for(response)
         response.release()

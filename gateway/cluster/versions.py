@@ -14,16 +14,23 @@ from .wire import is_older
 
 
 async def supersede_local(local: Backend, bucket: str, key: str, last_modified: float,
-                          etag: str) -> ObjectInfo | None:
+                          etag: str, own_storage: bool = False) -> ObjectInfo | None:
     """Another node stored the version (last_modified, etag) of the key: delete this node's copy if older.
 
     Return this node's copy when it is the *newer* one (kept; two overwrites
-    raced), else None. Never on shared storage: there every node sees the same
-    file, and a node that still sees the old version (the visibility window)
-    would delete the new one by its path.
+    raced), else None. Not on shared storage when the new version is there
+    too: every node sees the same file, and a node that still sees the old
+    version (the visibility window) would delete the new one by its path.
+    With ``own_storage`` the new version is on the disk of a node that has not
+    moved to the share yet (a cluster in the middle of docs/migration.md): the
+    share's copy is another file, and is dropped when older, by a backend that
+    can drop just the file it compared (``drop_if_older``, sharedfs).
     """
     if local.capabilities.shared:
-        return None
+        drop_if_older = getattr(local, "drop_if_older", None)
+        if not own_storage or drop_if_older is None:
+            return None
+        return await drop_if_older(bucket, key, last_modified, etag)
     try:
         copy = await local.head(bucket, key)
     except (errors.NoSuchKey, errors.NoSuchBucket):

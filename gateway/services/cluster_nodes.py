@@ -286,27 +286,37 @@ class ClusterNode(Backend):
         """
         me = self.cluster.node_id
         self.locations.forget(bucket, key)
-        if bucket.startswith(".") or (self.local is not None and self.local.capabilities.shared):
-            return  # internal buckets are written once on one node; shared storage holds one copy
+        if bucket.startswith("."):
+            return  # internal buckets are written once on one node
+        peers = {p: a for p, a in self.cluster.peers().items() if p != holder}
+        # Known to be on a node's own disk: a node on a share may drop its older copy there (another file).
+        own = (self.local is not None and not self.local.capabilities.shared if holder == me
+               else self.cluster.on_own_storage(holder))
+        if self._on_shared_storage(holder):
+            # The nodes on the share hold this very file: nothing to retire there (and one that still saw
+            # the old version, the visibility window, would delete the new file by its path). Nodes with
+            # storage of their own (not migrated yet, docs/migration.md) may hold an older copy.
+            peers = {p: a for p, a in peers.items() if not self.cluster.on_shared_storage(p)}
+            if not peers:
+                return
         newer: dict[str, ObjectInfo] = {}  # nodes that kept a newer copy: a concurrent overwrite won
         if holder != me and self.local is not None:
             try:
-                kept = await supersede_local(self.local, bucket, key, info.last_modified, info.etag)
+                kept = await supersede_local(self.local, bucket, key, info.last_modified, info.etag, own)
                 if kept is not None:
                     newer[me] = kept
             except errors.GatewayError as exc:
                 log.warning("could not drop the older local copy of %s/%s: %s", bucket, key, exc.message)
-        peers = {p: a for p, a in self.cluster.peers().items() if p != holder}
         # A peer that has just failed (frozen, its host gone without refusing connections) is not
         # waited for: every write would take peer_timeout for as long as it stays so. Its retirement
         # goes to the registry, and the request is sent anyway without waiting, so that a node that
         # runs again drops its old copy at once rather than at its next heartbeat.
         for peer in [p for p in peers if self.cluster.health.limited(p)]:
             await self.cluster.retire_later(peer, bucket, key, info)
-            self._in_background(self._supersede_later(peer, peers.pop(peer), bucket, key, info, holder))
+            self._in_background(self._supersede_later(peer, peers.pop(peer), bucket, key, info, holder, own))
         if peers:
             answers, unreachable = await self._everywhere(
-                lambda p, a: self.client.supersede(p, a, bucket, key, info), peers)
+                lambda p, a: self.client.supersede(p, a, bucket, key, info, own), peers)
             newer.update((p, r) for p, r in answers.items() if isinstance(r, ObjectInfo))
             for peer in unreachable:
                 await self.cluster.retire_later(peer, bucket, key, info)
@@ -316,11 +326,17 @@ class ClusterNode(Backend):
             return
         await self._drop_outdated(bucket, key, holder, max(newer.values(), key=lambda i: (i.last_modified, i.etag)))
 
+    def _on_shared_storage(self, node: str) -> bool:
+        """Whether ``node`` (this one or a peer) serves from shared storage."""
+        if node == self.cluster.node_id:
+            return self.local is not None and self.local.capabilities.shared
+        return self.cluster.on_shared_storage(node)
+
     async def _supersede_later(self, peer: str, address: str, bucket: str, key: str, info: ObjectInfo,
-                               holder: str) -> None:
+                               holder: str, own_storage: bool = False) -> None:
         """The retirement request to a peer that had failed, not waited for by the write."""
         try:
-            kept = await self.client.supersede(peer, address, bucket, key, info)
+            kept = await self.client.supersede(peer, address, bucket, key, info, own_storage)
         except (PeerUnreachable, errors.GatewayError) as exc:
             log.debug("retirement of %s/%s on %s: %s (it is in the registry)", bucket, key, peer, exc)
             return

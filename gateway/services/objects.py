@@ -65,7 +65,8 @@ class ObjectService:
             from ..cluster.membership import Cluster
 
             roots = [b.root for b in backends.values() if isinstance(getattr(b, "root", None), str)]
-            cluster = Cluster(settings, storage_roots=roots)
+            shared = bool(backends) and all(b.capabilities.shared for b in backends.values())
+            cluster = Cluster(settings, storage_roots=roots, shared_storage=shared)
         service = cls(backends, dict(settings.buckets), settings.default_backend, cluster)
         service.from_data_dir = not settings.backends
         service.multipart_expiry = settings.multipart_expiry

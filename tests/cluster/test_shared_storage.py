@@ -96,3 +96,51 @@ def test_busy_primary_hands_reads_of_shared_objects_to_the_redundant_node(shared
     for _ in range(5):
         assert s3.get_object(Bucket="balanced", Key="small")["Body"].read() == b"s"
     assert _served(shared_cluster, "p1").get(("r1", "get"), 0) == after.get(("r1", "get"), 0)
+
+
+@pytest.fixture(scope="module")
+def mixed_cluster(tmp_path_factory):
+    """The middle of a migration (docs/migration.md): r1 serves from the share, p1 and r2 from their own disks."""
+    base = tmp_path_factory.mktemp("cluster-mixed")
+    nodes = ClusterNodes(base, f"sqlite:///{base}/registry.db")
+    (base / "share").mkdir()
+    shared = f'[backends.local]\ntype = "sharedfs"\nroot = "{base / "share"}"\n'
+    try:
+        nodes.add_many([("p1", "primary")])
+        nodes.add_many([("r1", "redundant")], config=shared)
+        nodes.add_many([("r2", "redundant")])
+        nodes.wait_known(3)
+    except BaseException:
+        nodes.stop()
+        raise
+    yield nodes
+    nodes.stop()
+
+
+def test_an_overwrite_through_a_node_on_the_share_retires_the_old_copy_on_a_node_not_migrated_yet(mixed_cluster):
+    s3 = {name: mixed_cluster[name].client() for name in ("p1", "r1", "r2")}
+    s3["p1"].create_bucket(Bucket="mixed")
+    s3["r2"].put_object(Bucket="mixed", Key="cam/1.jpg", Body=b"old, on r2's disk")
+    s3["r1"].put_object(Bucket="mixed", Key="cam/1.jpg", Body=b"new, on the share")
+    # r2 reads its own disk first, p1 takes the first answer of r1 and r2: both must see the new version.
+    for name in ("r2", "p1", "r1"):
+        for _ in range(5):
+            assert s3[name].get_object(Bucket="mixed", Key="cam/1.jpg")["Body"].read() == b"new, on the share", name
+
+
+def test_an_overwrite_through_a_node_not_migrated_yet_retires_the_old_copy_on_the_share(mixed_cluster):
+    s3 = {name: mixed_cluster[name].client() for name in ("p1", "r1", "r2")}
+    s3["p1"].create_bucket(Bucket="mixed-back")
+    s3["r1"].put_object(Bucket="mixed-back", Key="cam/2.jpg", Body=b"old, on the share")
+    s3["r2"].put_object(Bucket="mixed-back", Key="cam/2.jpg", Body=b"new, on r2's disk")
+    for name in ("r1", "p1", "r2"):
+        for _ in range(5):
+            got = s3[name].get_object(Bucket="mixed-back", Key="cam/2.jpg")["Body"].read()
+            assert got == b"new, on r2's disk", name
+    # A newer version on the share is kept: an older one written through r2 is dropped instead.
+    s3["r1"].put_object(Bucket="mixed-back", Key="cam/3.jpg", Body=b"v1 share")
+    s3["r2"].put_object(Bucket="mixed-back", Key="cam/3.jpg", Body=b"v2 r2")
+    s3["r1"].put_object(Bucket="mixed-back", Key="cam/3.jpg", Body=b"v3 share")
+    for name in ("r1", "p1", "r2"):
+        assert s3[name].get_object(Bucket="mixed-back", Key="cam/3.jpg")["Body"].read() == b"v3 share", name
+
