@@ -123,7 +123,8 @@ NAME_CODECS: dict[str, type] = {"native": NativeNames, "smbnetfs": SmbnetfsNames
 
 
 def _storage_errors(method):
-    """Turn an OSError from the mount into a 503 naming the backend (a bug would still show as 500)."""
+    """Turn an OSError from the mount into a 503 naming the backend (a bug would still show as 500),
+    and a "not there" into one when the share is not mounted any more (see _check_mounted)."""
 
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
@@ -133,6 +134,9 @@ def _storage_errors(method):
             raise  # the client's socket, not the storage
         except OSError as exc:
             raise self._unavailable(exc) from exc
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            self._check_mounted()
+            raise
 
     return wrapper
 
@@ -170,10 +174,28 @@ class SharedFSBackend(LocalBackend):
         self._removals: set[asyncio.Task] = set()  # background removals of failed writes' temp files
 
     def _unavailable(self, exc: OSError) -> errors.GatewayError:
+        if self.require_mount and not os.path.ismount(os.path.realpath(self.root)):
+            return self._not_mounted()
         return errors.BackendUnavailable(
             f"backend {self.name!r}: the shared storage at {self.root} failed: {exc.strerror or exc} "
             f"(errno {exc.errno}). Check the mount; the request can be retried."
         )
+
+    def _check_mounted(self) -> None:
+        """With require_mount, raise a 503 when root is not a mount point any more.
+
+        Unmounted under a running gateway (an operator's umount, an automounter's timeout), root is
+        the bare, empty mount-point directory: every bucket and object would be "not there", and a
+        client (a sync tool) would take the 404s and the empty bucket list as final. Checked on those
+        answers only (two stat() calls), not on every request.
+        """
+        if self.require_mount and not os.path.ismount(os.path.realpath(self.root)):
+            raise self._not_mounted()
+
+    def _not_mounted(self) -> errors.GatewayError:
+        return errors.BackendUnavailable(
+            f"backend {self.name!r}: the shared storage is not mounted at {self.root} any more "
+            "(require_mount is set); mount the share again. The request can be retried.")
 
     # Life cycle ---------------------------------------------------------------
 
@@ -252,7 +274,9 @@ class SharedFSBackend(LocalBackend):
 
     @_storage_errors
     async def list_buckets(self):
-        return await super().list_buckets()
+        buckets = await super().list_buckets()
+        self._check_mounted()  # an unmounted share lists no buckets (the check after: the list takes time)
+        return buckets
 
     # Objects ------------------------------------------------------------------
 
@@ -266,11 +290,17 @@ class SharedFSBackend(LocalBackend):
 
     @_storage_errors
     async def get_if_present(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader | None:
-        return await super().get_if_present(bucket, key, byte_range)
+        reader = await super().get_if_present(bucket, key, byte_range)
+        if reader is None:
+            self._check_mounted()
+        return reader
 
     @_storage_errors
     async def head_if_present(self, bucket: str, key: str) -> ObjectInfo | None:
-        return await super().head_if_present(bucket, key)
+        info = await super().head_if_present(bucket, key)
+        if info is None:
+            self._check_mounted()
+        return info
 
     @_storage_errors
     async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 import urllib.request
 
@@ -144,3 +146,56 @@ def test_an_overwrite_through_a_node_not_migrated_yet_retires_the_old_copy_on_th
     for name in ("r1", "p1", "r2"):
         assert s3[name].get_object(Bucket="mixed-back", Key="cam/3.jpg")["Body"].read() == b"v3 share", name
 
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts the share with mount --bind (needs root)")
+def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
+    """require_mount is checked at start-up, and again whenever the share would answer "not there":
+    unmounted, root is the bare mount-point directory, where every bucket seems gone."""
+    export, mounts = tmp_path / "export", {name: tmp_path / f"mnt-{name}" for name in ("p1", "r1")}
+    for path in (export, *mounts.values()):
+        path.mkdir()
+    # The "server": a tmpfs (another filesystem than the mount points' own, as NFS would be),
+    # mounted on each node's mount point like the same share on two servers.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cv-export", str(export)], check=True)
+    mounted = []
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    try:
+        for name, path in mounts.items():
+            subprocess.run(["mount", "--bind", str(export), str(path)], check=True)
+            mounted.append(path)
+        config = 'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{}"\nrequire_mount = true\n'
+        nodes.add_many([("p1", "primary")], config=config.format(mounts["p1"]))
+        nodes.add_many([("r1", "redundant")], config=config.format(mounts["r1"]))
+        nodes.wait_known(2)
+        s3 = {name: nodes[name].client() for name in mounts}
+        s3["p1"].create_bucket(Bucket="mounted")
+        s3["p1"].put_object(Bucket="mounted", Key="cam/1.jpg", Body=b"on the share")
+
+        subprocess.run(["umount", str(mounts["r1"])], check=True)
+        mounted.remove(mounts["r1"])
+        assert s3["p1"].get_object(Bucket="mounted", Key="cam/1.jpg")["Body"].read() == b"on the share"
+        calls = {
+            "get": lambda: s3["r1"].get_object(Bucket="mounted", Key="cam/1.jpg"),
+            "list": lambda: s3["r1"].list_objects_v2(Bucket="mounted"),
+            "list buckets": lambda: s3["r1"].list_buckets(),
+            "put": lambda: s3["r1"].put_object(Bucket="mounted", Key="cam/2.jpg", Body=b"x"),
+            "create bucket": lambda: s3["r1"].create_bucket(Bucket="another"),
+            "delete": lambda: s3["r1"].delete_object(Bucket="mounted", Key="cam/none.jpg"),
+        }
+        for what, call in calls.items():
+            with pytest.raises(ClientError) as info:
+                call()
+            error = info.value.response["Error"]
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503, (what, error)
+            assert "not mounted" in error["Message"] and "mount the share again" in error["Message"], (what, error)
+        assert os.listdir(mounts["r1"]) == []  # nothing was written on the bare directory
+
+        subprocess.run(["mount", "--bind", str(export), str(mounts["r1"])], check=True)
+        mounted.append(mounts["r1"])
+        s3["r1"].put_object(Bucket="mounted", Key="cam/2.jpg", Body=b"back")
+        assert s3["p1"].get_object(Bucket="mounted", Key="cam/2.jpg")["Body"].read() == b"back"
+    finally:
+        nodes.stop()
+        for path in mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", str(export)], check=False)
