@@ -9,6 +9,13 @@ initiated more than ``multipart_expiry`` seconds ago (default 24 h; 0 turns it
 off), logging each. An upload completed or aborted meanwhile is skipped. A proxy
 node stores nothing and reaps nothing; on shared storage every node sweeps the
 same uploads, and the second abort finds nothing.
+
+Each sweep also removes the temp files of this host's dead writers (a gateway
+killed mid-PUT): the backends do that at start only, so a node restarted at
+once (the sharedfs backend keeps files written in the last
+``stale_temp_seconds`` at start) or a process that crashed while another
+gateway on the host kept running would keep them, each as large as its
+unfinished object, until the next restart.
 """
 
 from __future__ import annotations
@@ -79,4 +86,11 @@ class UploadReaper:
                     log.warning("aborted the multipart upload %s of %s/%s: unfinished after %.1f hours "
                                 "(multipart_expiry)", upload.upload_id, bucket.name, upload.key, age)
         self.aborted += aborted
+        await self._clean_temp_files()
         return aborted
+
+    async def _clean_temp_files(self) -> None:
+        for backend in self.backends.values():
+            clean = getattr(backend, "clean_temp_files", None)  # local and sharedfs: files of dead writers
+            if clean is not None:
+                await asyncio.to_thread(clean)  # a directory walk: on NFS it may block

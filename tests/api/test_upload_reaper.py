@@ -98,3 +98,27 @@ def test_multipart_expiry_0_keeps_unfinished_uploads(tmp_path):
         upload = s3.create_multipart_upload(Bucket="blobs", Key="k")["UploadId"]
         time.sleep(1)
         assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="blobs")["Uploads"]] == [upload]
+
+
+async def test_a_sweep_removes_the_temp_files_of_dead_writers_and_keeps_the_live_ones(tmp_path):
+    """A gateway killed mid-PUT leaves its temp file; the backends remove such files at start only."""
+    import os
+    import subprocess
+
+    from gateway_plugins import fsutil
+
+    backend = LocalBackend(root=str(tmp_path / "cv-storage"))
+    await backend.start()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free again (if reused meanwhile, the start time "1" does not match)
+    dead_file = os.path.join(backend.tmp_dir, f"{dead.pid}.1-0-deadbeef")
+    live_file = os.path.join(backend.tmp_dir, f"{os.getpid()}.{fsutil.process_start(os.getpid())}-9-cafe")
+    for path in (dead_file, live_file):
+        with open(path, "wb") as f:
+            f.write(b"half an object")
+    reaper = UploadReaper({"local": backend}, expiry=1800, clock=Clock())
+    assert await reaper.sweep() == 0  # no upload aborted
+    assert not os.path.exists(dead_file)
+    assert os.path.exists(live_file)  # a writer of this process (or another gateway on the host) is alive
+    os.unlink(live_file)
+    await backend.close()
