@@ -104,6 +104,25 @@ class ObjectStat:
     content_type: str = ""
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A write's answer: the new version's ETag, and its modification time as GET, HEAD and listings
+    will give it (the gateway's Last-Modified on the answer; None from a server that sends none)."""
+
+    etag: str
+    last_modified: float | None = None
+
+
+def _etag_of(root: ET.Element) -> str:
+    """The <ETag> of a CopyObjectResult or CompleteMultipartUploadResult document."""
+    return next(((node.text or "").strip('"') for node in root if _local(node.tag) == "ETag"), "")
+
+
+def _stored(etag: str, headers) -> Stored:
+    modified = headers.get("last-modified")
+    return Stored(etag.strip('"'), (_http_date(modified) or None) if modified else None)
+
+
 @dataclass
 class ListPage:
     objects: list[ObjectStat] = field(default_factory=list)
@@ -382,8 +401,8 @@ class ObjectClient:
         return response.data
 
     def put(self, bucket: str, key: str, body, length: int, metadata: dict[str, str] | None = None,
-            content_type: str = "binary/octet-stream", *, exclusive: bool = False) -> str:
-        """Upload ``body`` (bytes or a file object positioned at its start); return the ETag.
+            content_type: str = "binary/octet-stream", *, exclusive: bool = False) -> Stored:
+        """Upload ``body`` (bytes or a file object positioned at its start).
 
         ``exclusive``: only if no object has the key (``If-None-Match: *``); EEXIST when one has.
         """
@@ -395,7 +414,7 @@ class ObjectClient:
         if response.status == 412:
             raise StoreError(errno.EEXIST, f"/{bucket}/{key} exists already", "PreconditionFailed")
         self.count("bytes_out", length)
-        return response.headers.get("etag", "").strip('"')
+        return _stored(response.headers.get("etag", ""), response.headers)
 
     def copy(self, bucket: str, source_key: str, key: str, metadata: dict[str, str] | None = None,
              content_type: str = "binary/octet-stream", source_bucket: str | None = None) -> str:
@@ -406,10 +425,7 @@ class ObjectClient:
             headers["content-type"] = content_type
             headers.update(_meta_headers(metadata))
         root = ET.fromstring(self.request("COPY", "PUT", bucket, key, headers=headers).data)
-        for node in root:
-            if _local(node.tag) == "ETag":
-                return (node.text or "").strip('"')
-        return ""
+        return _etag_of(root)
 
     def delete(self, bucket: str, key: str) -> None:
         self.request("DELETE", "DELETE", bucket, key)
@@ -431,7 +447,7 @@ class ObjectClient:
         self.count("bytes_out", len(data))
         return response.headers.get("etag", "").strip('"')
 
-    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> str:
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> Stored:
         parts = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>\"{etag}\"</ETag></Part>"
                         for n, etag in enumerate(etags, 1))
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
@@ -440,10 +456,7 @@ class ObjectClient:
         root = ET.fromstring(response.data)
         if _local(root.tag) == "Error":  # S3 may report a failure inside a 200
             raise StoreError(errno.EIO, f"CompleteMultipartUpload for {bucket}/{key}: {root.findtext('Message')}")
-        for node in root:
-            if _local(node.tag) == "ETag":
-                return (node.text or "").strip('"')
-        return ""
+        return _stored(_etag_of(root), response.headers)
 
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         self.request("MPU", "DELETE", bucket, key, query={"uploadId": upload_id}, ok=(200, 204, 404))

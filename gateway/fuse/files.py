@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cache import Attr
-from .client import BodyStream, ObjectClient, StoreError
+from .client import BodyStream, ObjectClient, Stored, StoreError
 
 log = logging.getLogger("gateway.fuse.files")
 
@@ -416,8 +416,8 @@ class _Stream:
 
 
 def upload(client: ObjectClient, executor: ThreadPoolExecutor, open_file: OpenFile, content_type: str,
-           options: FileOptions) -> str:
-    """Upload a spooled file as its object; return the new ETag."""
+           options: FileOptions) -> Stored:
+    """Upload a spooled file as its object; return the new version's ETag and time."""
     spool = open_file.spool
     size = spool.size
     bucket, key, meta = open_file.bucket, open_file.key, dict(open_file.meta)

@@ -118,9 +118,9 @@ class FileOps:
             # on condition that no object has the key (If-None-Match: *), so of two exclusive creates
             # (lock files, mkstemp) on two mounts exactly one succeeds.
             bucket, key = self.split(path)
-            etag = self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
+            stored = self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
             # The object exists from now on: an unlink while open must delete it (mkstemp + unlink).
-            base = Attr(FILE, 0, time.time(), etag=etag or "", meta=dict(meta))
+            base = Attr(FILE, 0, stored.last_modified or time.time(), etag=stored.etag, meta=dict(meta))
         fh, open_file = self._acquire(path, base, meta)
         with open_file.lock:
             open_file.ensure_spool(self.client, self.spool_dir, keep_content=False)
@@ -276,15 +276,18 @@ class FileOps:
         if open_file.write_error is not None:
             raise err(open_file.write_error.errno or errno.EIO,
                       f"{open_file.path} was not stored: a write to it failed ({open_file.write_error.strerror})")
-        etag = upload(self.client, self.executor, open_file, content_type(open_file.key, FILE),
-                      self.options.files)
+        stored = upload(self.client, self.executor, open_file, content_type(open_file.key, FILE),
+                        self.options.files)
         open_file.dirty = False
-        attr = Attr(FILE, open_file.spool.size, open_file.mtime or time.time(), etag=etag,
+        attr = Attr(FILE, open_file.spool.size, open_file.mtime or time.time(), etag=stored.etag,
                     meta=dict(open_file.meta))
         apply_meta(attr, open_file.meta)
         attr.kind = FILE
         if "mtime" not in open_file.meta:
-            attr.mtime = time.time()
+            # The gateway's time for the new version, which is what stat shows once this cached
+            # attribute expires (whole seconds): with the mount's own clock, a file's mtime changed
+            # a few seconds after it was written, and git and rsync saw it as modified again.
+            attr.mtime = stored.last_modified or time.time()
         open_file.base = attr
         self._remember(open_file.path, attr)
         self._content_changed(open_file.path)

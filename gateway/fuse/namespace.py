@@ -32,7 +32,7 @@ class NamespaceOps:
                 self._remember(path, Attr(DIR, mtime=time.time(), marker=True))
                 return
             meta = self._new_meta(stat.S_IFDIR | (mode & 0o7777), owner)
-            etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory")
+            etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
             attr = Attr(DIR, mtime=time.time(), etag=etag, marker=True, meta=meta)
             apply_meta(attr, meta)
             attr.kind = DIR
@@ -159,7 +159,7 @@ class NamespaceOps:
         self._check_new_name(path)
         body = target.encode(errors="surrogateescape")
         meta = self._new_meta(stat.S_IFLNK | 0o777, owner)
-        etag = self.client.put(bucket, key, body, len(body), meta, "application/x-symlink")
+        etag = self.client.put(bucket, key, body, len(body), meta, "application/x-symlink").etag
         attr = Attr(LINK, len(body), time.time(), etag=etag, meta=meta, target=target)
         apply_meta(attr, meta)
         self._remember(path, attr)
@@ -327,7 +327,7 @@ class NamespaceOps:
                 if attr.marker:
                     etag = self.client.copy(bucket, key + "/", key + "/", meta, "application/x-directory")
                 else:
-                    etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory")
+                    etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
             else:
                 etag = self.client.copy(bucket, key, key, meta, content_type(key, attr.kind))
             updated = Attr(attr.kind, attr.size, attr.mtime, etag=etag or attr.etag,

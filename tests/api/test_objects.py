@@ -34,6 +34,9 @@ def test_put_get_head_delete(s3, bucket):
     assert head["ContentLength"] == len(body)
     assert head["ETag"] == put["ETag"]
     assert abs(head["LastModified"] - datetime.datetime.now(datetime.UTC)) < datetime.timedelta(minutes=5)
+    # Not in S3's answer to a PUT, but harmless: the time HEAD gives (the FUSE mount shows it as mtime).
+    stored = put["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
+    assert stored == head["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
     delete = s3.delete_object(Bucket=bucket, Key="blob")
     assert delete["ResponseMetadata"]["HTTPStatusCode"] == 204
     with pytest.raises(ClientError) as info:

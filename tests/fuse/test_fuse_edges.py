@@ -285,3 +285,18 @@ def test_rmdir_keeps_a_directory_marker_that_holds_data(mnt, bucket, fuse_gw):
     assert s3.get_object(Bucket=bucket, Key="trail/")["Body"].read() == b"fourteen bytes"
     os.rmdir(root / "empty")  # a plain marker goes
     assert "empty/" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+
+
+@pytest.mark.parametrize("size", [5, 33 * 1024 * 1024])  # a PUT, and a multipart upload (32 MiB and up)
+def test_a_written_file_keeps_its_mtime_when_the_cached_attributes_expire(mnt, bucket, fuse_gw, mount_factory, size):
+    """stat showed the mount's own clock (with nanoseconds) after a write, and the gateway's
+    Last-Modified (whole seconds) once the attribute cache expired: the mtime changed by itself a few
+    seconds after the write, and git and rsync took the file for modified again."""
+    path = mnt.path / bucket / "written.bin"
+    with open(path, "wb") as f:
+        f.write(b"x" * size)
+    written = os.stat(path).st_mtime  # from the attributes the mount cached at the upload
+    uncached = mount_factory(["--attr-ttl", "0", "--dir-ttl", "0"])
+    assert os.stat(uncached.path / bucket / "written.bin").st_mtime == written
+    stored = fuse_gw.client().head_object(Bucket=bucket, Key="written.bin")["LastModified"].timestamp()
+    assert written == stored

@@ -16,6 +16,7 @@ from .objects import (
     is_conditional,
     meta_from_headers,
     parse_copy_source,
+    stored_at,
 )
 from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
@@ -129,7 +130,7 @@ async def complete_upload(app, req: S3Request, send) -> None:
     app.service.object_written(req.bucket, req.key, info)
     body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
                     element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'))
-    await send_xml(send, 200, body, req.request_id)
+    await send_xml(send, 200, body, req.request_id, [stored_at(info)])
 
 
 async def _check_part_checksums(backend, req: S3Request, claimed: dict[int, dict[str, str]]) -> None:

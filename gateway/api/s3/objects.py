@@ -205,6 +205,13 @@ async def check_write_conditions(backend, req: S3Request) -> None:
             raise errors.PreconditionFailed(Condition="If-Match")
 
 
+def stored_at(info: ObjectInfo) -> tuple[bytes, bytes]:
+    """Last-Modified on a write's answer (S3 sends none; clients ignore it): the time GET, HEAD and
+    listings will give the object, which the FUSE mount shows as the mtime of a file it just wrote
+    (its own clock, or the write's end rounded, would change under ``stat`` once the cache expires)."""
+    return b"last-modified", http_date(whole_seconds(info.last_modified)).encode()
+
+
 async def put_object(app, req: S3Request, send) -> None:
     check_key(req.key)
     check_write_headers(req)
@@ -221,7 +228,8 @@ async def put_object(app, req: S3Request, send) -> None:
     else:
         info = await backend.put(req.bucket, req.key, payload_from_request(req), meta)
     app.service.object_written(req.bucket, req.key, info)
-    headers = [(b"etag", f'"{info.etag}"'.encode()), (b"x-amz-request-id", req.request_id.encode())]
+    headers = [(b"etag", f'"{info.etag}"'.encode()), (b"x-amz-request-id", req.request_id.encode()),
+               stored_at(info)]
     for algorithm, value in info.checksums.items():
         headers.append((b"x-amz-checksum-" + algorithm.lower().encode(), value.encode()))
     await send_response(send, 200, headers)
