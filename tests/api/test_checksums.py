@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import os
 import zlib
 
@@ -11,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 # Fixtures imported from s3_helpers: bucket (unique per test), gateway (one per backend).
-from s3_helpers import error_code, gateway_on_each_backend, key_path, raw_request, unique_bucket  # noqa: F401
+from s3_helpers import error_code, gateway_on_each_backend, key_path, raw_request, sign, unique_bucket  # noqa: F401
 
 from gateway.checksums import checksum_b64
 
@@ -132,6 +133,29 @@ def test_wrong_signed_payload_hash(gateway, s3, bucket):
     assert b"<Code>XAmzContentSHA256Mismatch</Code>" in body
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="tampered")
+
+
+def test_signed_payload_hash_covers_an_aws_chunked_body(gateway, s3, bucket):
+    """With a hash in x-amz-content-sha256 (not STREAMING-*), Content-Encoding: aws-chunked did not
+    make the body unsigned: a request signed for an empty body stored any chunked body sent with it."""
+    data = b"bytes nobody signed"
+    chunked = f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n"
+    framing = {"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data))}
+    target, headers = sign(gateway, "PUT", key_path(bucket, "smuggled"), b"", framing)
+    conn = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    try:
+        conn.request("PUT", target, body=chunked, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in body, body
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="smuggled")
+    # The hash of the body as sent, framing and all, is what such a signature covers.
+    response = raw_request(gateway, "PUT", key_path(bucket, "framed"), chunked, framing)
+    assert response.status == 200, response.body
+    assert s3.get_object(Bucket=bucket, Key="framed")["Body"].read() == data
 
 
 def test_unknown_checksum_algorithm(gateway, bucket):

@@ -7,6 +7,9 @@ trailers (what boto3 >= 1.36 sends by default).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator
+
 from ... import errors
 from ...checksums import ALGORITHMS
 from ...payload import Payload
@@ -45,6 +48,16 @@ def requested_checksums(req: S3Request) -> tuple[dict[str, str], tuple[str, ...]
     return declared, tuple(dict.fromkeys(algorithms))
 
 
+async def _hash_checked(chunks: AsyncIterator[bytes], sha256_hex: str) -> AsyncIterator[bytes]:
+    """``chunks``, raising XAmzContentSHA256Mismatch at their end unless their SHA-256 is ``sha256_hex``."""
+    digest = hashlib.sha256()
+    async for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != sha256_hex.lower():
+        raise errors.XAmzContentSHA256Mismatch()
+
+
 def payload_from_request(req: S3Request, extra_algorithms: tuple[str, ...] = ()) -> Payload:
     headers = req.headers
     declared, algorithms = requested_checksums(req)
@@ -65,9 +78,14 @@ def payload_from_request(req: S3Request, extra_algorithms: tuple[str, ...] = ())
             algorithms = tuple(dict.fromkeys((*algorithms, _CHECKSUM_HEADERS[name])))
         trailers: dict[str, str] = {}
         expected = dict(declared)
+        raw = req.body_chunks()
+        if len(content_sha256) == 64:
+            # A hash was signed, not STREAMING-*: it is the hash of the body as sent (the framing
+            # too). Unchecked, any aws-chunked body would be stored under that signature.
+            raw = _hash_checked(raw, content_sha256)
 
         async def decoded():
-            async for chunk in decode_aws_chunked(req.body_chunks(), req.auth, trailers):
+            async for chunk in decode_aws_chunked(raw, req.auth, trailers):
                 yield chunk
             unannounced = sorted(set(trailers) - set(trailer_names))
             if unannounced:
