@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -12,6 +13,22 @@ import click
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+
+
+_SIGNATURE_PARAMETER = re.compile(r"(?<=[?&])((?:X-Amz-)?Signature=)[^&\s]*")
+
+
+class _RedactSignatures(logging.Filter):
+    """Access log lines with the signature of a presigned URL (SigV4 X-Amz-Signature, SigV2 Signature)
+    replaced by REDACTED: logged, the URL would open its object to whoever reads the log, for as long
+    as it lives (up to a week). The rest of the query stays, for debugging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(arg, str) and "Signature=" in arg for arg in args):
+            record.args = tuple(_SIGNATURE_PARAMETER.sub(r"\1REDACTED", arg) if isinstance(arg, str) else arg
+                                for arg in args)
+        return True
 
 
 def _fail(message: str) -> None:
@@ -101,6 +118,8 @@ def serve(config_file, print_config, **flags) -> None:
         proxy_headers=False,
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
+    if settings.access_log:  # after uvicorn.Config, which configures the logging
+        logging.getLogger("uvicorn.access").addFilter(_RedactSignatures())
     server = _server_class(uvicorn.Server)(config)
     try:
         server.run()
