@@ -94,3 +94,38 @@ def test_presigned_v2_url_works_against_a_real_gateway(gateway, s3, bucket):
     url = plain.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "face.jpg"})
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"jpeg bytes"
+
+
+def test_expired_and_skewed_v2_requests_say_the_server_time(gateway, s3, bucket):
+    """As for SigV4 and on S3: a client refused for its clock is told the server's time (and the
+    expiry, the request time and the allowed skew), not only that something is off."""
+    import http.client
+    import urllib.error
+    import urllib.request
+    import xml.etree.ElementTree as ET
+    from unittest import mock
+
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    plain = boto3.client("s3", endpoint_url=gateway.endpoint, region_name="us-east-1",
+                         aws_access_key_id=gateway.access_key, aws_secret_access_key=gateway.secret_key)
+    url = plain.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=-60)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url, timeout=10)
+    error = ET.fromstring(caught.value.read())
+    assert caught.value.code == 403 and error.findtext("Code") == "AccessDenied"
+    assert error.findtext("Message") == "Request has expired"
+    assert error.findtext("Expires") and error.findtext("ServerTime"), ET.tostring(error)
+
+    request = AWSRequest(method="GET", url=f"{gateway.endpoint}/{bucket}/k")
+    with mock.patch.object(botocore.auth.HmacV1Auth, "_get_date", return_value="Mon, 01 Jan 2024 00:00:00 GMT"):
+        botocore.auth.HmacV1Auth(Credentials(gateway.access_key, gateway.secret_key)).add_auth(request)
+    conn = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    try:
+        conn.request("GET", f"/{bucket}/k", headers=dict(request.headers.items()))
+        response = conn.getresponse()
+        error = ET.fromstring(response.read())
+    finally:
+        conn.close()
+    assert response.status == 403 and error.findtext("Code") == "RequestTimeTooSkewed"
+    assert error.findtext("RequestTime") == "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert error.findtext("ServerTime") and error.findtext("MaxAllowedSkewMilliseconds") == "900000"

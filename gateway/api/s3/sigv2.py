@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
@@ -43,6 +44,10 @@ def string_to_sign(method: str, raw_path: str, pairs, headers: Mapping[str, str]
     return "\n".join(lines) + "\n" + _resource(raw_path, pairs)
 
 
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
 def sign(secret: str, text: str) -> str:
     return base64.b64encode(hmac.new(secret.encode(), text.encode("utf-8"), hashlib.sha1).digest()).decode()
 
@@ -64,7 +69,8 @@ def verify_header(authorization: str, method: str, raw_path: str, pairs, headers
     if stamp is None:
         raise errors.AccessDenied("AWS authentication requires a valid Date or x-amz-date header")
     if abs(stamp - now) > max_skew:
-        raise errors.RequestTimeTooSkewed()
+        raise errors.RequestTimeTooSkewed(RequestTime=when, ServerTime=_iso(now),
+                                          MaxAllowedSkewMilliseconds=str(max_skew * 1000))
     expected = sign(secret, string_to_sign(method, raw_path, pairs, headers, date))
     if not hmac.compare_digest(expected, signature):
         raise errors.SignatureDoesNotMatch()
@@ -83,7 +89,7 @@ def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
                                   "AWSAccessKeyId parameters")
     secret = secret_for(access_key)
     if now > expires_at:
-        raise errors.AccessDenied("Request has expired")
+        raise errors.AccessDenied("Request has expired", Expires=_iso(expires_at), ServerTime=_iso(now))
     signed_headers = dict(headers)
     for name in ("content-type", "content-md5"):
         if name in params:
