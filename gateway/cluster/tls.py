@@ -30,6 +30,8 @@ def _key_pem(key) -> bytes:
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    if private:  # the mode of open() applies to a new file only: a key written over an old file has its mode
+        os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 

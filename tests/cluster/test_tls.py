@@ -36,6 +36,17 @@ def test_tls_init_writes_a_ca_node_certificates_and_a_secret(tmp_path):
     assert (tmp_path / "ca.pem").read_bytes() == before
 
 
+def test_tls_init_reissued_key_is_private_whatever_the_old_file_allowed(tmp_path):
+    """A node certificate issued again writes a new key over the old file: that file's mode used to
+    stay, so a key once copied with 0644 got its successor world-readable too."""
+    tls_init(tmp_path, "n1")
+    os.chmod(tmp_path / "n1-key.pem", 0o644)
+    before = (tmp_path / "n1-key.pem").read_bytes()
+    tls_init(tmp_path, "n1")
+    assert (tmp_path / "n1-key.pem").read_bytes() != before
+    assert (tmp_path / "n1-key.pem").stat().st_mode & 0o777 == 0o600
+
+
 def test_tls_init_refuses_what_would_break_the_cluster_and_says_why(tmp_path):
     def run(directory, *specs):
         return subprocess.run([sys.executable, "-m", "gateway", "cluster", "tls", "init", "--dir", str(directory),
