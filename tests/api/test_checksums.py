@@ -135,6 +135,41 @@ def test_wrong_signed_payload_hash(gateway, s3, bucket):
         s3.head_object(Bucket=bucket, Key="tampered")
 
 
+@pytest.mark.parametrize("kind", ["delete-objects", "complete-upload"])
+def test_signed_payload_hash_covers_xml_bodies(gateway, s3, bucket, kind):
+    """The request documents (DeleteObjects, CompleteMultipartUpload, ...) were read without checking
+    them against the signed x-amz-content-sha256: a signed request sent with another document
+    deleted other keys or completed an upload with other parts."""
+    for key in ("keep", "gone"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    if kind == "delete-objects":
+        query = "delete"
+
+        def document(key):
+            return f"<Delete><Object><Key>{key}</Key></Object></Delete>".encode()
+    else:
+        upload = s3.create_multipart_upload(Bucket=bucket, Key="gone")["UploadId"]
+        etag = s3.upload_part(Bucket=bucket, Key="gone", UploadId=upload, PartNumber=1, Body=b"p")["ETag"]
+        query = f"uploadId={upload}"
+
+        def document(key):
+            number = 1 if key == "gone" else 2
+            return (f"<CompleteMultipartUpload><Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag>"
+                    "</Part></CompleteMultipartUpload>").encode()
+    target, headers = sign(gateway, "POST", f"/{bucket}" if kind == "delete-objects" else key_path(bucket, "gone"),
+                           document("keep"), query=query)
+    conn = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    try:
+        conn.request("POST", target, body=document("gone"), headers=headers)  # same length, other document
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in body, body
+    assert s3.get_object(Bucket=bucket, Key="gone")["Body"].read() == b"x"
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"x"
+
+
 def test_signed_payload_hash_covers_an_aws_chunked_body(gateway, s3, bucket):
     """With a hash in x-amz-content-sha256 (not STREAMING-*), Content-Encoding: aws-chunked did not
     make the body unsigned: a request signed for an empty body stored any chunked body sent with it."""

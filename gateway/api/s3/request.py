@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import math
 import re
 import time
@@ -62,14 +63,21 @@ class S3Request:
         return receive_body(self.receive)
 
     async def read_body(self, limit: int = 2 * 1024 * 1024) -> bytes:
-        """The whole body of a small request (XML documents); refuse more than ``limit`` bytes."""
+        """The whole body of a small request (XML documents), checked against a signed payload hash;
+        refuse more than ``limit`` bytes."""
         parts, size = [], 0
         async for chunk in self.body_chunks():
             size += len(chunk)
             if size > limit:
                 raise errors.MalformedXML(f"The request body is larger than {limit} bytes.")
             parts.append(chunk)
-        return b"".join(parts)
+        body = b"".join(parts)
+        # A signed hash covers the document as it does an object's bytes: unchecked, a signed
+        # DeleteObjects or CompleteMultipartUpload could be sent with another document.
+        payload = self.auth.payload if self.auth is not None else ""
+        if len(payload) == 64 and hashlib.sha256(body).hexdigest() != payload.lower():
+            raise errors.XAmzContentSHA256Mismatch()
+        return body
 
     def content_length(self) -> int | None:
         value = self.headers.get("content-length")
