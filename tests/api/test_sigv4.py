@@ -15,6 +15,7 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
 from gateway import errors
 from gateway.api.s3.sigv4 import UNSIGNED_PAYLOAD, AuthResult, Authenticator
@@ -665,3 +666,20 @@ def test_access_log_does_not_hold_presigned_signatures(tmp_path):
         assert signature not in log
     assert log.count("X-Amz-Signature=REDACTED") == 3 and log.count("&Signature=REDACTED") == 1, log
     assert "X-Amz-Credential=" in log and "list-type=2" in log
+
+
+def test_a_signature_mismatch_says_what_the_gateway_signed(gateway):
+    """As S3 does: the canonical request and the string to sign, next to a client's debug output
+    (`aws --debug`, botocore's logger), show what differs; neither holds the secret."""
+    wrong = boto3.client("s3", endpoint_url=gateway.endpoint, region_name="us-east-1",
+                         aws_access_key_id=gateway.access_key, aws_secret_access_key="not the secret",
+                         config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+    with pytest.raises(ClientError) as caught:
+        wrong.get_object(Bucket="signed-bucket", Key="a key/ü.jpg")
+    error = caught.value.response["Error"]
+    assert error["Code"] == "SignatureDoesNotMatch"
+    assert error["AWSAccessKeyId"] == gateway.access_key
+    assert error["CanonicalRequest"].startswith("GET\n/signed-bucket/a%20key/%C3%BC.jpg\n")
+    assert error["StringToSign"].startswith("AWS4-HMAC-SHA256\n") and error["StringToSign"].count("\n") == 3
+    assert len(error["SignatureProvided"]) == 64
+    assert gateway.secret_key not in str(caught.value.response)

@@ -332,7 +332,7 @@ class Authenticator:
         signed_names = _signed_names(signed, headers, malformed)
         key = self._signing_key(secret, scope)
         self._verify(method, raw_path, canonical_query(pairs), headers, signed, signed_names, payload, amz_date,
-                     scope, key, signature)
+                     scope, key, signature, access_key)
         return AuthResult(access_key, payload, signature, key, amz_date, scope)
 
     def _query_auth(self, method, raw_path, pairs, first: Mapping[str, str], headers) -> AuthResult:
@@ -374,7 +374,7 @@ class Authenticator:
             canonical = canonical_query(pairs, "X-Amz-Signature")
         key = self._signing_key(secret, scope)
         self._verify(method, raw_path, canonical, headers, signed, signed_names, payload, amz_date, scope, key,
-                     signature)
+                     signature, access_key)
         return AuthResult(access_key, payload, signature, key, amz_date, scope)
 
     # -- shared pieces ----------------------------------------------------------------------
@@ -413,7 +413,7 @@ class Authenticator:
         return outer.hexdigest().encode()
 
     def _verify(self, method, raw_path, query, headers, signed, signed_names, payload, amz_date, scope, key,
-                signature) -> None:
+                signature, access_key) -> None:
         """query: the canonical query string."""
         header_block = "".join([f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_names])
         expected = signature.encode("latin-1", "replace")
@@ -426,17 +426,24 @@ class Authenticator:
         reencoded = _reencoded_path(raw_path)
         if reencoded != raw_path and self._signs(key, method, reencoded, signed_part, amz_date, scope, expected):
             return
-        raise errors.SignatureDoesNotMatch()
+        # What we signed, as S3 says it: a client's debug output next to these shows what differs
+        # (a header a proxy changed, a path encoded differently). Neither holds the secret.
+        canonical = f"{method}\n{raw_path}\n{signed_part}"
+        raise errors.SignatureDoesNotMatch(AWSAccessKeyId=access_key, StringToSign=_string_to_sign(
+            canonical, amz_date, scope), SignatureProvided=signature, CanonicalRequest=canonical)
 
     def _signs(self, key, method, uri, signed_part, amz_date, scope, expected: bytes) -> bool:
         """Does the canonical request with this path have the ``expected`` (hex, bytes) signature?"""
-        canonical = f"{method}\n{uri}\n{signed_part}"
-        try:  # headers and raw_path are latin-1 decoded wire bytes: hash those same bytes
-            data = canonical.encode("latin-1")
-        except UnicodeEncodeError:
-            data = canonical.encode("utf-8")
-        string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(data).hexdigest()}"
+        string_to_sign = _string_to_sign(f"{method}\n{uri}\n{signed_part}", amz_date, scope)
         return hmac.compare_digest(self._hmac_hex(key, string_to_sign.encode()), expected)
+
+
+def _string_to_sign(canonical: str, amz_date: str, scope: str) -> str:
+    try:  # headers and raw_path are latin-1 decoded wire bytes: hash those same bytes
+        data = canonical.encode("latin-1")
+    except UnicodeEncodeError:
+        data = canonical.encode("utf-8")
+    return f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(data).hexdigest()}"
 
 
 def _parse_credential(credential: str, error: type) -> tuple[str, str]:
