@@ -270,9 +270,9 @@ def _origins(given: dict[str, Any], config_file: str | os.PathLike | None):
         except (OSError, tomllib.TOMLDecodeError):
             table = {}
 
-    def origin(name: str) -> str:
+    def origin(name: str, value: bool = True) -> str:
         variable = f"GATEWAY_{name.upper()}"
-        secret = name in SECRET_FIELDS or name == "credentials"  # never echoed
+        secret = not value or name in SECRET_FIELDS or name == "credentials"  # never echoed
         if name not in given and variable in environment:
             return f"{variable} in the environment" if secret else \
                 f"{variable}={environment[variable]!r} in the environment"
@@ -283,13 +283,26 @@ def _origins(given: dict[str, Any], config_file: str | os.PathLike | None):
     return origin
 
 
-def _explain(exc: ValidationError, origin=lambda name: f"GATEWAY_{name.upper()}") -> str:
+def _suggest(name: str) -> str:
+    """What to do about an unknown top-level setting: the closest real one, else where the list is."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(Settings.model_fields), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else "not a gateway setting "
+    return f"{hint}(every setting is listed in docs/configuration.md)"
+
+
+def _explain(exc: ValidationError, origin=lambda name, value=True: f"GATEWAY_{name.upper()}") -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if not where:  # a check across settings: its message names them
             lines.append(f"invalid settings: {message}")
+            continue
+        if error["type"] == "extra_forbidden" and "." not in where:
+            # A typo or a setting of another version: never echo its value (it may be a misspelt secret).
+            lines.append(f"unknown setting {origin(where, value=False)}: {_suggest(where)}")
             continue
         source = f" ({origin(where)})" if "." not in where else ""
         lines.append(f"invalid setting {where}{source}: {message}")

@@ -53,6 +53,16 @@ def test_unknown_setting_in_file_is_refused(tmp_path):
         load_settings(config)
 
 
+def test_a_misspelt_setting_is_called_unknown_with_the_likely_one_and_its_value_unshown(tmp_path):
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\nsecret_kye = "hunter2"\nfrobnicate = 1\n')
+    result = run_cli("serve", "--config", str(config), "--print-config")
+    assert result.returncode == 2
+    assert f"unknown setting secret_kye in {config}: did you mean secret_key?" in result.stderr, result.stderr
+    assert f"unknown setting frobnicate in {config}: not a gateway setting" in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr  # a misspelt secret is still a secret
+    assert "Extra inputs" not in result.stderr  # pydantic's words, not the operator's
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
