@@ -54,6 +54,10 @@ class ObjectService:
             if kind not in classes:
                 known = ", ".join(sorted(classes)) or "none"
                 raise ValueError(f"backends.{name}.type: unknown backend type {kind!r} (installed: {known})")
+            unknown = _unknown_options(classes[kind], options)
+            if unknown:  # as Backend.__init__ says for the backends that pass their options on to it
+                raise ValueError(f"backends.{name}: unknown option{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(unknown)} (check the spelling against docs/backends.md)")
             try:
                 backend = classes[kind](name=name, **options)
             except TypeError as exc:
@@ -234,3 +238,18 @@ class ObjectService:
             except OSError as exc:
                 status[name] = f"{exc.strerror or exc}"
         return status
+
+
+def _unknown_options(cls, options: dict) -> list[str]:
+    """The options a backend class's __init__ does not take. A class that takes **options hands
+    the rest to Backend.__init__, which refuses them itself; one that names all of its options
+    would otherwise fail with Python's "__init__() got an unexpected keyword argument"."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    return sorted(set(options) - set(parameters))
