@@ -126,6 +126,12 @@ def serve(config_file, print_config, **flags) -> None:
     except SystemExit:  # uvicorn exits with its own status (3) when the start-up failed: say why, exit 2
         if server.started:
             raise
+    except KeyboardInterrupt:
+        # uvicorn shuts down cleanly on SIGINT, then raises it again: Ctrl-C of a gateway (or of `make run`)
+        # would end in click's "Aborted!", exit status 1 and make's "Error 1" after a clean stop.
+        if not server.started:
+            raise
+        return
     if not server.started:
         _fail(app.startup_error or "the gateway did not start (see the messages above)")
 
