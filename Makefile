@@ -7,6 +7,8 @@ PORT   ?= 8086
 DATA   ?= ./cv-storage
 ACCESS_KEY ?= cvgateway
 SECRET_KEY ?= cvgateway-secret-key
+# What clients connect to: 0.0.0.0 is where the gateway listens (every interface), not an address to use.
+ENDPOINT = $(if $(filter 0.0.0.0,$(HOST)),http://<this machine's address>:$(PORT) (listening on every interface),http://$(HOST):$(PORT))
 # Debian packages the tests and benchmarks start for real.
 TEST_APT := fuse3 libfuse2 samba samba-vfs-modules smbclient smbnetfs etcd-server etcd-client nginx wrk rclone curl rsync git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -33,7 +35,7 @@ install: $(VENV)/.installed
 
 run: install
 	@echo ""
-	@echo "  cv-gateway S3 endpoint: http://$(HOST):$(PORT)"
+	@echo "  cv-gateway S3 endpoint: $(ENDPOINT)"
 	@echo "  access key:  $(ACCESS_KEY)"
 	@echo "  secret key:  $(SECRET_KEY)"
 	@echo "  region:      us-east-1 (path-style addressing)"

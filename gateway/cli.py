@@ -92,6 +92,14 @@ def serve(config_file, print_config, **flags) -> None:
         click.echo(f"warning: a proxy stores nothing: backend{'s' if len(settings.backends) > 1 else ''} {unused} "
                    f"{'are' if len(settings.backends) > 1 else 'is'} not used; the storing nodes serve every object "
                    "(drop [backends] from a proxy's config, or run it as --role redundant to store)", err=True)
+    exposed = settings.published_secret_keys() if settings.listens_beyond_this_host() else []
+    if exposed:
+        click.echo(f"warning: listening on {settings.host}, reachable from other machines, with the example secret "
+                   f"key printed in README.md and deploy/ for access key{'s' if len(exposed) > 1 else ''} "
+                   f"{', '.join(exposed)}: anyone who can reach port {settings.port} can read, overwrite and delete "
+                   "every object. Set your own secret (--secret-key, GATEWAY_SECRET_KEY, secret_key and "
+                   "[credentials] in the config file; `make run SECRET_KEY=...`), or listen on 127.0.0.1",
+                   err=True)
     if not print_config:  # --print-config checks a config while the running gateway holds the port
         # Before the app starts: it joins the cluster on start-up, and a node that then cannot
         # listen must not have registered (as the primary, if it came first).

@@ -18,6 +18,10 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 SECRET_FIELDS = ("secret_key", "cluster_secret")
+# Secret keys printed in this repository (make run's default in the Makefile and README.md, the examples
+# in deploy/gateway.toml): anyone can sign with them. Fine on 127.0.0.1; `gateway serve` warns when it
+# listens anywhere else with one of them (tests/test_cli_newcomer.py keeps this list in step).
+PUBLISHED_SECRETS = frozenset({"cvgateway-secret-key", "change-me", "another-secret"})
 
 
 class ConfigError(Exception):
@@ -158,6 +162,21 @@ class Settings(BaseSettings):
         if self.access_key:
             found[self.access_key] = self.secret_key or ""
         return found
+
+    def listens_beyond_this_host(self) -> bool:
+        """True unless host is a loopback address (or localhost): other machines may connect."""
+        import ipaddress
+
+        if self.host.strip().lower() == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host.strip().strip("[]")).is_loopback
+        except ValueError:  # a host name: whatever it resolves to, assume it is reachable
+            return True
+
+    def published_secret_keys(self) -> list[str]:
+        """Access keys whose secret is one printed in this repository (PUBLISHED_SECRETS)."""
+        return sorted(key for key, secret in self.all_credentials().items() if secret in PUBLISHED_SECRETS)
 
     def backend_configs(self) -> dict[str, dict[str, Any]]:
         """Backend instances; without any configured, one local backend on data_dir."""

@@ -48,3 +48,42 @@ def test_ctrl_c_stops_the_gateway_cleanly_with_status_0(tmp_path):
     assert "Application shutdown complete" in output, output
     assert "Aborted!" not in output and "Traceback" not in output, output
     assert process.returncode == 0, output
+
+
+def test_published_secrets_cover_the_makefile_and_the_deploy_example():
+    """The warning below knows the secrets this repository prints: keep them in step with it."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from gateway.config import PUBLISHED_SECRETS
+
+    root = Path(__file__).parent.parent
+    make_secret = re.search(r"^SECRET_KEY\s*\?=\s*(\S+)", (root / "Makefile").read_text(), re.M).group(1)
+    example = tomllib.loads((root / "deploy" / "gateway.toml").read_text())
+    assert {make_secret, example["secret_key"], *example["credentials"].values()} <= PUBLISHED_SECRETS
+
+
+def test_listening_beyond_this_host_with_the_readme_secret_warns(tmp_path):
+    """`make run HOST=0.0.0.0` (and deploy/gateway.toml as shipped) served every object to the network with
+    credentials printed in the README, without a word."""
+    from pathlib import Path
+
+    deploy_example = (Path(__file__).parent.parent / "deploy" / "gateway.toml").read_text()
+    config = tmp_path / "gateway.toml"
+    config.write_text(deploy_example.replace("/var/lib/cv-storage", str(tmp_path / "cv")))
+    keys = ["--access-key", "cvgateway", "--secret-key", "cvgateway-secret-key", "--data-dir", str(tmp_path / "cv")]
+    for args, warned in ((["--host", "0.0.0.0", *keys], "access key cvgateway:"),
+                         (["--config", str(config)], "access keys cvgateway, reporting:"),
+                         (["--host", "127.0.0.1", *keys], None),
+                         (["--host", "0.0.0.0", "--access-key", "cvgateway", "--secret-key", "an-own-secret-123",
+                           "--data-dir", str(tmp_path / "cv")], None)):
+        result = subprocess.run([sys.executable, "-m", "gateway", "serve", *args, "--print-config"],
+                                capture_output=True, text=True, timeout=60, env=env_without_gateway_settings())
+        assert result.returncode == 0, result.stderr
+        if warned:
+            assert "warning: listening on 0.0.0.0, reachable from other machines, with the example secret key" \
+                in result.stderr and warned in result.stderr, (args, result.stderr)
+            assert "Set your own secret" in result.stderr and "make run SECRET_KEY=" in result.stderr
+        else:
+            assert "warning" not in result.stderr, (args, result.stderr)
