@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .config import ConfigError, is_http_url, load_settings
+from .config import MOUNT_KEYS_FROM, ConfigError, is_http_url, load_settings
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -83,13 +83,13 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
     from .fuse.mount import MountConfig, main_exit
 
     try:
-        settings = load_settings(config_file, access_key=access_key, secret_key=secret_key)
+        # allow_anonymous: missing keys are said below for a mount (serve's message offers allow_anonymous)
+        settings = load_settings(config_file, access_key=access_key, secret_key=secret_key, allow_anonymous=True)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if not settings.access_key:
-        click.echo("error: the mount needs --access-key and --secret-key (GATEWAY_ACCESS_KEY, "
-                   "GATEWAY_SECRET_KEY, or access_key/secret_key in --config)", err=True)
+        click.echo(f"error: the mount needs {MOUNT_KEYS_FROM}", err=True)
         sys.exit(2)
     check_endpoint(endpoint)
     for name, value in (("--attr-ttl", attr_ttl), ("--dir-ttl", dir_ttl)):

@@ -22,6 +22,9 @@ SECRET_FIELDS = ("secret_key", "cluster_secret")
 # in deploy/gateway.toml): anyone can sign with them. Fine on 127.0.0.1; `gateway serve` warns when it
 # listens anywhere else with one of them (tests/test_cli_newcomer.py keeps this list in step).
 PUBLISHED_SECRETS = frozenset({"cvgateway-secret-key", "change-me", "another-secret"})
+# Where `gateway mount` (and mount.gateway, the fstab helper) takes its keys from, for its messages.
+MOUNT_KEYS_FROM = ("--access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), or access_key and "
+                   "secret_key in the --config file (config=FILE among the options of an /etc/fstab line)")
 
 
 class ConfigError(Exception):

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from ..config import MOUNT_KEYS_FROM
 from .client import ObjectClient, StoreError, Unreachable
 from .fs import GatewayFS, MountOptions
 from .readahead import raise_read_ahead_when_mounted
@@ -70,7 +71,7 @@ def check_gateway(config: MountConfig) -> None:
         log.warning("%s; mounting anyway: operations fail with EIO until it answers", exc)
     except StoreError as exc:
         raise MountError(f"the gateway at {config.endpoint} refused the request: {exc}. "
-                         "Check --access-key/--secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY).") from None
+                         f"Check the keys the mount signs with: {MOUNT_KEYS_FROM}.") from None
     finally:
         client.close()
 

@@ -229,6 +229,25 @@ def test_fstab_helper_mounts_in_the_background(fuse_gw, bucket, tmp_path):
     assert not os.path.ismount(target)
 
 
+@pytest.mark.parametrize("keys", ["wrong", "none"])
+def test_fstab_helper_says_where_the_keys_come_from(fuse_gw, tmp_path, keys):
+    """A mount at boot has no GATEWAY_* variables: its keys are in the config= file. Refused keys said
+    only "Check --access-key/--secret-key (GATEWAY_...)", and missing ones offered serve's allow_anonymous."""
+    config = tmp_path / "mount.toml"
+    config.write_text(f'access_key = "{fuse_gw.access_key}"\nsecret_key = "wrong-secret-key-000"\n')
+    target = tmp_path / "m"
+    target.mkdir()
+    helper = os.path.join(os.path.dirname(sys.executable), "mount.gateway")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    options = f"_netdev,config={config}" if keys == "wrong" else "_netdev"
+    result = subprocess.run([helper, fuse_gw.endpoint, str(target), "-o", options], capture_output=True, text=True,
+                            env=env, timeout=60, check=False)
+    assert result.returncode == (32 if keys == "wrong" else 2), result.stderr
+    assert "config=FILE among the options of an /etc/fstab line" in result.stderr, result.stderr
+    assert "allow_anonymous" not in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.ismount(target)
+
+
 def test_fstab_option_parsing():
     args, fake, verbose = mount_args(["http://h:1", "/mnt", "-fv", "-o", "ro,allow_other,umask=027,noatime,_netdev"])
     assert args == ["mount", "http://h:1", "/mnt", "--read-only", "--allow-other", "--umask", "027"]
