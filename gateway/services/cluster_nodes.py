@@ -78,6 +78,7 @@ class ClusterNode(Backend):
         self.eager_reads = local.eager_reads if local else True
         self.min_part_size = local.min_part_size if local else cluster.settings.min_part_size
         self._background: set[asyncio.Task] = set()
+        self._storage_failure_logged = float("-inf")  # _local_failed says so once a minute
 
     # Asking peers ---------------------------------------------------------------
 
@@ -152,13 +153,15 @@ class ClusterNode(Backend):
         self._background.add(reaper)
         reaper.add_done_callback(self._background.discard)
 
-    async def _find(self, bucket: str, key: str, call, bucket_seen: bool | None, operation: str) -> Any:
+    async def _find(self, bucket: str, key: str, call, bucket_seen: bool | None, operation: str,
+                    local_failure: errors.GatewayError | None = None) -> Any:
         """Find the object on a peer: the cached node first, then healthy peers, then limited ones.
 
         Raise NoSuchKey only when every storing peer answered no, the 503
-        ``unreachable_error`` when some could not be asked. ``bucket_seen``:
-        whether this node has the bucket, None when not known yet (then it is
-        looked up only if no peer has the bucket either).
+        ``unreachable_error`` when some could not be asked, and ``local_failure``
+        (why this node's own storage could not be asked) when no peer has it.
+        ``bucket_seen``: whether this node has the bucket, None when not known yet
+        (then it is looked up only if no peer has the bucket either).
         """
         peers = self.cluster.peers()
         state: dict[str, Any] = {"unreachable": [], "bucket": bucket_seen}
@@ -188,6 +191,8 @@ class ClusterNode(Backend):
                 return hit[1]
         if state["unreachable"]:
             raise unreachable_error(f"Object {key!r}", state["unreachable"])
+        if local_failure is not None:
+            raise local_failure
         if not state["bucket"] and not (bucket_seen is None and await self._has_local_bucket(bucket)):
             raise errors.NoSuchBucket(BucketName=bucket)
         self.locations.missing(bucket, key)
@@ -234,21 +239,41 @@ class ClusterNode(Backend):
     # Objects -----------------------------------------------------------------------
 
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+        failure = None
         if self.local is not None:
-            found = await self.local.get_if_present(bucket, key, byte_range)
+            try:
+                found = await self.local.get_if_present(bucket, key, byte_range)
+            except errors.ServiceUnavailable as exc:  # this node's storage failed: see _local_failed
+                found, failure = None, self._local_failed(exc)
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "get")
                 return found
         return await self._find(bucket, key, lambda p, a: self.client.get(p, a, bucket, key, byte_range),
-                                None, "get")
+                                None, "get", failure)
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
+        failure = None
         if self.local is not None:
-            found = await self.local.head_if_present(bucket, key)
+            try:
+                found = await self.local.head_if_present(bucket, key)
+            except errors.ServiceUnavailable as exc:
+                found, failure = None, self._local_failed(exc)
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "head")
                 return found
-        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), None, "head")
+        return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), None, "head",
+                                failure)
+
+    def _local_failed(self, exc: errors.GatewayError) -> errors.GatewayError:
+        """This node's own storage could not answer (a share unmounted here, a failing disk): a read
+        asks the peers anyway, as on a miss (a node whose share is mounted serves it), and answers
+        this 503 only if none has the object: never a 404 for what this node could not look at.
+        Said in the log once a minute, not once per read."""
+        now = time.monotonic()
+        if now - self._storage_failure_logged >= 60:
+            self._storage_failure_logged = now
+            log.warning("this node's storage failed (%s): reads are answered by the peers", exc.message)
+        return exc
 
     async def _has_local_bucket(self, bucket: str) -> bool:
         if self.local is None:

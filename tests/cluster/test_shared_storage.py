@@ -174,8 +174,12 @@ def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
         subprocess.run(["umount", str(mounts["r1"])], check=True)
         mounted.remove(mounts["r1"])
         assert s3["p1"].get_object(Bucket="mounted", Key="cam/1.jpg")["Body"].read() == b"on the share"
+        # A read through the unmounted node is relayed to one whose share is mounted; only what no
+        # node has is the 503 (this node could not look), never a 404.
+        assert s3["r1"].get_object(Bucket="mounted", Key="cam/1.jpg")["Body"].read() == b"on the share"
+        assert s3["r1"].head_object(Bucket="mounted", Key="cam/1.jpg")["ContentLength"] == len(b"on the share")
         calls = {
-            "get": lambda: s3["r1"].get_object(Bucket="mounted", Key="cam/1.jpg"),
+            "get": lambda: s3["r1"].get_object(Bucket="mounted", Key="cam/none.jpg"),
             "list": lambda: s3["r1"].list_objects_v2(Bucket="mounted"),
             "list buckets": lambda: s3["r1"].list_buckets(),
             "put": lambda: s3["r1"].put_object(Bucket="mounted", Key="cam/2.jpg", Body=b"x"),
