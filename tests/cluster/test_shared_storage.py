@@ -16,19 +16,26 @@ from .conftest import ClusterNodes
 NODES = ("p1", "r1", "x1")
 
 
-@pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cluster-shared")
+def _started(base, groups: list[tuple[list[tuple[str, str]], str | None]]) -> ClusterNodes:
+    """A cluster on an SQLite registry: each group of (name, role) nodes with its config, the first
+    group first (the primary registers before the others); stopped if any fails to start."""
     nodes = ClusterNodes(base, f"sqlite:///{base}/registry.db")
-    (base / "shared").mkdir()
-    config = f'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{base / "shared"}"\n'
     try:
-        nodes.add_many([("p1", "primary")], config=config)
-        nodes.add_many([("r1", "redundant"), ("x1", "proxy")], config=config)
-        nodes.wait_known(3)
+        for specs, config in groups:
+            nodes.add_many(specs, config=config)
+        nodes.wait_known(sum(len(specs) for specs, _ in groups))
     except BaseException:
         nodes.stop()
         raise
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cluster-shared")
+    (base / "shared").mkdir()
+    config = f'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{base / "shared"}"\n'
+    nodes = _started(base, [([("p1", "primary")], config), ([("r1", "redundant"), ("x1", "proxy")], config)])
     yield nodes
     nodes.stop()
 
@@ -104,17 +111,9 @@ def test_busy_primary_hands_reads_of_shared_objects_to_the_redundant_node(shared
 def mixed_cluster(tmp_path_factory):
     """The middle of a migration (docs/migration.md): r1 serves from the share, p1 and r2 from their own disks."""
     base = tmp_path_factory.mktemp("cluster-mixed")
-    nodes = ClusterNodes(base, f"sqlite:///{base}/registry.db")
     (base / "share").mkdir()
     shared = f'[backends.local]\ntype = "sharedfs"\nroot = "{base / "share"}"\n'
-    try:
-        nodes.add_many([("p1", "primary")])
-        nodes.add_many([("r1", "redundant")], config=shared)
-        nodes.add_many([("r2", "redundant")])
-        nodes.wait_known(3)
-    except BaseException:
-        nodes.stop()
-        raise
+    nodes = _started(base, [([("p1", "primary")], None), ([("r1", "redundant")], shared), ([("r2", "redundant")], None)])
     yield nodes
     nodes.stop()
 
