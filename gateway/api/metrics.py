@@ -11,6 +11,7 @@ gateway/app.py for when ``/metrics`` reaches this router).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from fastapi import APIRouter, Request
@@ -26,6 +27,20 @@ def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    """A sample value as Prometheus reads it: integers in full (``:g`` kept 6 digits, so a counter
+    past 999999 showed as 1.23457e+06 and stood still between steps), floats exact, +Inf/-Inf/NaN."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2 ** 53:
+        return str(int(value))
+    return repr(value)
+
+
 class Exposition:
     """Collects metric families and renders them as Prometheus text."""
 
@@ -39,7 +54,7 @@ class Exposition:
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{rendered}}} {value:g}" if rendered else f"{name} {value:g}")
+            self.lines.append(f"{name}{{{rendered}}} {_number(value)}" if rendered else f"{name} {_number(value)}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
