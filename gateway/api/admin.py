@@ -11,13 +11,14 @@ from ..plugins import plugin_records
 router = APIRouter()
 
 
-@router.get("/healthz")
+# HEAD too: curl -I, HAProxy's "option httpchk HEAD" and many uptime checkers probe with it.
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 async def healthz() -> dict:
     """Liveness: the process answers."""
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz")
+@router.api_route("/readyz", methods=["GET", "HEAD"])
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: every backend can take writes and the plugins are loaded."""
     backends = await request.app.state.service.readiness()

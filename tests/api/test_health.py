@@ -48,6 +48,23 @@ def test_readyz_fails_when_storage_is_not_writable(tmp_path):
         assert _get(gw.endpoint + "/readyz")[0] == 200
 
 
+def _head(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_health_answers_head_as_health_checkers_send_it(tmp_path):
+    with GatewayProcess(tmp_path / "cv-storage") as gw:
+        assert _head(gw.endpoint + "/healthz") == (200, b"")
+        assert _head(gw.endpoint + "/readyz") == (200, b"")
+        shutil.rmtree(gw.data_dir / ".gateway" / "tmp" / socket.gethostname())
+        assert _head(gw.endpoint + "/readyz") == (503, b"")
+        assert _head(gw.endpoint + "/healthz") == (200, b"")
+
+
 def test_health_paths_are_not_buckets(gateway, s3):
     """A bucket cannot be named healthz/readyz by accident: those paths never reach the S3 API."""
     status, _ = _get(gateway.endpoint + "/healthz?list-type=2")
