@@ -134,7 +134,9 @@ def read_cache_metrics(out: Exposition, backends: dict) -> None:
         return
     for metric, kind, help_text, value in (
         ("hits_total", "counter", "Object reads answered from the cache of small objects.", lambda c: c.hits),
-        ("misses_total", "counter", "Object reads of small-object-cache candidates that read the file.",
+        ("misses_total", "counter", ("Object reads the cache of small objects did not answer: the "
+                         "object's file was opened, or there was none (a missing key), or it was too large "
+                         "to cache. hits / (hits + misses) is the share of reads served from memory."),
          lambda c: c.misses),
         ("bytes", "gauge", "Bytes held by the cache of small objects (data and overhead).", lambda c: c.size),
         ("entries", "gauge", "Objects held by the cache of small objects.", len),
