@@ -53,11 +53,14 @@ class Balancer:
         return min(candidates, key=lambda node: self.outstanding[node])
 
     @contextmanager
-    def track(self, node: str):
-        """Count a PUT placed on ``node``, outstanding while the block runs."""
+    def track(self, node: str, counted: bool = True):
+        """Count a PUT placed on ``node``, outstanding while the block runs. ``counted`` False: the
+        write is the gateway's own bookkeeping (a multipart upload's parts and record), outstanding
+        like any request but not a placement: one upload through a proxy counted as several PUTs."""
         self.outstanding[node] += 1
-        self.placed[node] += 1
-        self.served[node, "put"] += 1
+        if counted:
+            self.placed[node] += 1
+            self.served[node, "put"] += 1
         try:
             yield
         finally:

@@ -287,14 +287,14 @@ class ClusterNode(Backend):
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         """Store here, then retire older copies of the key on the other nodes."""
         self.locations.forget(bucket, key)
-        with self.cluster.balancer.track(self.cluster.node_id):
+        with self.cluster.balancer.track(self.cluster.node_id, counted=not bucket.startswith(".")):
             info = await self.local.put(bucket, key, payload, meta)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
 
     async def _put_on_peer(self, peer: str, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         address = self.cluster.peers()[peer]
-        with self.cluster.balancer.track(peer):
+        with self.cluster.balancer.track(peer, counted=not bucket.startswith(".")):
             info = await self.client.put(peer, address, bucket, key, payload, meta, ensure_bucket=True)
         await self._retire_older_copies(bucket, key, info, peer)
         return info
@@ -399,10 +399,11 @@ class ClusterNode(Backend):
             except errors.NoSuchBucket:
                 pass
         answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key))
-        if existed:
-            self.cluster.balancer.deleted_on(self.cluster.node_id)
-        for peer in (p for p, r in answers.items() if r is True):
-            self.cluster.balancer.deleted_on(peer)
+        if not bucket.startswith("."):  # not the gateway's own bookkeeping (a finished upload's record)
+            if existed:
+                self.cluster.balancer.deleted_on(self.cluster.node_id)
+            for peer in (p for p, r in answers.items() if r is True):
+                self.cluster.balancer.deleted_on(peer)
         existed = existed or any(r is True for r in answers.values())
         bucket_seen = bucket_seen or any(not isinstance(r, (errors.NoSuchBucket, Exception)) for r in answers.values())
         self.locations.forget(bucket, key)
@@ -555,7 +556,8 @@ class StoringNode(ClusterNode):
 
     async def complete_multipart(self, bucket, key, upload_id, parts):
         self.locations.forget(bucket, key)
-        info = await self.local.complete_multipart(bucket, key, upload_id, parts)
+        with self.cluster.balancer.track(self.cluster.node_id):  # the object's placement (its parts were not)
+            info = await self.local.complete_multipart(bucket, key, upload_id, parts)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
 

@@ -157,3 +157,24 @@ def test_stand_alone_node_serves_metrics_too(tmp_path):
             text = response.read().decode()
     assert re.search(r'^gateway_info\{version="[^"]+"\} 1$', text, re.MULTILINE), text
     assert "gateway_cluster_" not in text
+
+
+@pytest.mark.parametrize("through", ["p1", "x1"])
+def test_a_multipart_upload_counts_as_one_placement_and_its_bookkeeping_as_none(cluster, through):
+    """The parts and the upload's record are the gateway's own writes (the .multipart bucket): they
+    counted as object PUTs and DELETEs, so one upload through a proxy showed as several."""
+    s3 = cluster[through].client()
+    key = f"multipart/through-{through}"
+    before = scrape(cluster, through)
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    parts = [s3.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=n, Body=b"m" * 2048)
+             for n in (1, 2)]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": p["ETag"]} for n, p in zip((1, 2), parts)]})
+    after = scrape(cluster, through)
+    placed = (total(after, "gateway_cluster_objects_placed_total")
+              - total(before, "gateway_cluster_objects_placed_total"))
+    assert placed == 1, placed
+    deleted = (total(after, "gateway_cluster_requests_served_total", operation="delete")
+               - total(before, "gateway_cluster_requests_served_total", operation="delete"))
+    assert deleted == 0, deleted
