@@ -262,6 +262,8 @@ class Cluster:
                 await asyncio.sleep(min(interval, 1.0))
             except RegistryError as exc:
                 log.warning("cluster registry: %s (retrying in %.0fs)", exc, interval)
+                if self.election is not None:
+                    self.election.registry_failed()  # the primary's silence seen so far no longer counts
                 await asyncio.sleep(min(interval, 1.0))
             except Exception:  # the loop must survive anything; the next round retries
                 log.exception("cluster membership round failed")
