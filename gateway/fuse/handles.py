@@ -178,6 +178,15 @@ class FileOps:
             self._replaced_elsewhere(open_file, exc)
             raise
 
+    def _ensure_spool(self, open_file: OpenFile, **options):
+        """open_file.ensure_spool (its lock held); a fetch that finds the object replaced elsewhere
+        also drops this mount's view of the path (_replaced_elsewhere)."""
+        try:
+            return open_file.ensure_spool(self.client, self.spool_dir, **options)
+        except StoreError as exc:
+            self._replaced_elsewhere(open_file, exc)
+            raise
+
     def _replaced_elsewhere(self, open_file: OpenFile, exc: StoreError) -> None:
         """A GET of the version this mount opened failed its If-Match (412): another client replaced
         the object. The handle keeps failing (EIO, never bytes of two versions), but what this mount
@@ -210,11 +219,7 @@ class FileOps:
         handle = self._handle(fh)
         open_file = handle.open_file
         with open_file.lock:
-            try:
-                spool = open_file.ensure_spool(self.client, self.spool_dir)
-            except StoreError as exc:
-                self._replaced_elsewhere(open_file, exc)
-                raise
+            spool = self._ensure_spool(open_file)
             if handle.flags & os.O_APPEND:
                 offset = spool.size
             try:
@@ -238,12 +243,7 @@ class FileOps:
         if open_file is not None:
             with open_file.lock:
                 # Shrinking fetches only what stays (a 10 GiB object cut to 10 bytes needs 10 bytes).
-                try:
-                    spool = open_file.ensure_spool(self.client, self.spool_dir, keep_content=length > 0,
-                                                   keep_bytes=length)
-                except StoreError as exc:
-                    self._replaced_elsewhere(open_file, exc)
-                    raise
+                spool = self._ensure_spool(open_file, keep_content=length > 0, keep_bytes=length)
                 try:
                     spool.truncate(length)
                 except OSError as exc:

@@ -149,9 +149,7 @@ class ClusterNode(Backend):
                 if isinstance(result, ObjectReader):
                     result.close()
 
-        reaper = asyncio.ensure_future(reap())
-        self._background.add(reaper)
-        reaper.add_done_callback(self._background.discard)
+        self._in_background(reap())
 
     async def _find(self, bucket: str, key: str, call, bucket_seen: bool | None, operation: str,
                     local_failure: errors.GatewayError | None = None) -> Any:
@@ -369,6 +367,7 @@ class ClusterNode(Backend):
             await self._drop_outdated(bucket, key, holder, kept)
 
     def _in_background(self, coroutine) -> None:
+        """Run ``coroutine`` on its own, kept referenced until it ends (the loop holds tasks weakly)."""
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
