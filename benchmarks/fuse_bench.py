@@ -4,7 +4,9 @@
     run(results) -> results                    # called by ``python -m benchmarks`` (make bench)
 
 Measures (issue 6):
-- sequential read of a 256 MiB object (cold: a fresh mount each round, so no page cache);
+- sequential read of a 256 MiB object (cold: a fresh mount each round, so no page cache), by a
+  mount with ``--local-socket`` as on the gateway's own host (docs/fuse.md, "Local reads"), and by
+  one without, as on any other host (every byte through HTTP);
 - open+read+close of 2,000 32 KiB objects (cold attribute cache: a fresh mount each round);
 - ``ls -l`` of a 10,000-entry directory: LIST, HEAD and GET requests counted by the mount's client
   (its stats file) and by the gateway's access log.
@@ -293,21 +295,28 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         data_dir = Path(tmp) / "cv-storage"
         config = f'[backends.local]\ntype = "local"\nroot = "{data_dir}"\nfsync = false\n'
         # No access log while timing (it costs the gateway more than the GET itself under load).
-        with GatewayProcess(data_dir, config=config) as gw:
+        socket_path = str(Path(tmp) / "gateway.sock")
+        local = ["--local-socket", socket_path]  # the mount on the gateway's host (docs/fuse.md, "Local reads")
+        with GatewayProcess(data_dir, config=config, args=local) as gw:
             _prepare(gw, big, small, small_size, listing, listing_size)
             if big:
                 _http_sequential(gw, big)  # warm the server's page cache for both sides
             if small:
                 _http_small(gw, small)  # and its cache of small objects: else round 0 favours the mount
-            http_seq, http_small, mount_seq, mount_direct, mount_small, null_seq, null_small, plain_small = (
-                [] for _ in range(8))
+            (http_seq, http_small, mount_seq, mount_http_seq, mount_direct, mount_small, null_seq, null_small,
+             plain_small) = ([] for _ in range(9))
             # Interleaved rounds: the machine's load changes the figures more than anything measured here.
             for n in range(rounds):
                 if big:
                     http_seq.append(_http_sequential(gw, big))
                     null_seq.append(_null_fs_ceiling(Path(tmp) / f"null{n}", big, env))
-                    with MountProcess(gw, Path(tmp) / f"m{n}", env=env) as mnt:  # fresh: cold caches
+                    with MountProcess(gw, Path(tmp) / f"m{n}", args=local, env=env) as mnt:  # fresh: cold caches
                         mount_seq.append(_mount_sequential(mnt, big))
+                        if not _stats(mnt).get("local_reads"):
+                            raise RuntimeError(f"the mount did not read locally: {_stats(mnt)}")
+                    # A mount on a host without a gateway: every byte through HTTP.
+                    with MountProcess(gw, Path(tmp) / f"h{n}", env=env) as mnt:
+                        mount_http_seq.append(_mount_sequential(mnt, big))
                         mount_direct.append(_mount_sequential_direct(mnt, big))
                 if small:
                     http_small.append(_http_small(gw, small))
@@ -333,10 +342,15 @@ def run(results: dict, *, rounds: int = 3, big: int = 256 * MiB, small: int = 2_
         seq["null_fuse_mib_s"] = round(statistics.median(null_seq), 1)
         seq["null_fuse_ratio"] = round(seq["null_fuse_mib_s"] / seq["http_mib_s"], 2)
         seq["target"] = 0.7
+        # The same mount without --local-socket (on a host without a gateway): the read through HTTP.
+        seq["mount_http_path_mib_s"] = round(statistics.median(mount_http_seq), 1)
+        seq["http_path_ratio"] = round(seq["mount_http_path_mib_s"] / seq["http_mib_s"], 2)
+        seq["http_path_round_ratios"] = [round(m / h, 2) for m, h in zip(mount_http_seq, http_seq)]
         seq["mount_o_direct_mib_s"] = round(statistics.median(mount_direct), 1)
         seq["o_direct_ratio"] = round(seq["mount_o_direct_mib_s"] / seq["http_mib_s"], 2)
         results["fuse"]["sequential_read"] = {"size_mib": big // MiB, **seq, "rounds": {
-            "http": http_seq, "mount": mount_seq, "mount_o_direct": mount_direct, "null_fuse": null_seq}}
+            "http": http_seq, "mount": mount_seq, "mount_http_path": mount_http_seq, "mount_o_direct": mount_direct,
+            "null_fuse": null_seq}}
     if small:
         files = {"http_files_s": round(statistics.median(http_small)),
                  "mount_files_s": round(statistics.median(mount_small))}

@@ -11,6 +11,7 @@ import logging
 from fastapi import FastAPI
 
 from .api import admin, metrics
+from .api.local_reads import LocalReadServer
 from .api.peer import PeerApp, admin_router as cluster_admin_router
 from .api.s3.app import S3App
 from .config import Settings
@@ -35,6 +36,17 @@ class GatewayApp:
         self.fast_reads = 0  # plain reads answered below ASGI (gateway/api/protocol.py), for /metrics
         self.startup_error: str | None = None  # why the lifespan start-up failed (gateway serve prints it)
         self.admin.state.settings = settings
+        self.local_reads: LocalReadServer | None = None  # --local-socket (gateway/api/local_reads.py)
+
+    async def _start_local_reads(self) -> None:
+        path = self.settings.local_socket
+        if path is None:
+            return
+        if self.service.role == "proxy":
+            log.warning("--local-socket is ignored on a proxy node: it stores no objects to read locally")
+            return
+        self.local_reads = LocalReadServer(str(path), self.service.local_backend_for)
+        await self.local_reads.start()
 
     def fast_answer(self, scope):
         """For a plain object read, the coroutine that answers it (status, headers, body), which
@@ -71,6 +83,7 @@ class GatewayApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.service.start()
+                    await self._start_local_reads()
                 except Exception as exc:  # reported by the server, which then exits
                     log.error("start-up failed: %s", exc)
                     self.startup_error = str(exc)
@@ -78,6 +91,8 @@ class GatewayApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.local_reads is not None:
+                    await self.local_reads.close()
                 await self.service.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -378,6 +378,18 @@ class Backend(abc.ABC):
         except (errors.NoSuchKey, errors.NoSuchBucket):
             return None
 
+    def open_file(self, bucket: str, key: str) -> tuple[ObjectInfo, int, int] | None:
+        """The object as a file on this host: (info, descriptor, offset of its first byte), or None
+        when this backend keeps no objects in local files or the object is not there.
+
+        For local reads (docs/fuse.md, "Local reads"): a FUSE mount on the gateway's host then
+        reads a large object from the descriptor, which the gateway passes it over a Unix socket,
+        instead of through HTTP. The caller owns (and closes) the descriptor, which must stay
+        readable at the same bytes whatever happens to the key later (a backend that replaces an
+        object file by renaming a new one over it, as the local backend, gives that for free).
+        Called on the event loop: it may do local file system calls, nothing that waits longer."""
+        return None
+
     async def head_if_present(self, bucket: str, key: str) -> ObjectInfo | None:
         """head(), or None when the object is not there (as get_if_present)."""
         try:

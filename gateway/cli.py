@@ -55,6 +55,8 @@ def settings_options(func):
         click.option("--allow-anonymous", is_flag=True, default=None,
                      help="Accept unsigned requests (GATEWAY_ALLOW_ANONYMOUS); for tests only."),
         click.option("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL)."),
+        click.option("--local-socket", help="Unix socket for local reads by a FUSE mount on this host "
+                     "(GATEWAY_LOCAL_SOCKET; docs/fuse.md, Local reads)."),
         click.option("--access-log/--no-access-log", default=None,
                      help="Log every request (GATEWAY_ACCESS_LOG; costs about 20% on small GETs)."),
         # Cluster options (docs/cluster.md).

@@ -72,12 +72,15 @@ def parse_umask(text: str) -> int:
               help="Small files fetched ahead when a program reads a directory's files in name order "
                    "(cp -r, tar, rsync); 0 turns it off. Off with --attr-ttl 0. Memory: at most this many "
                    "x 128 KiB for each of 8 directories.")
+@click.option("--local-socket", type=click.Path(dir_okay=False),
+              help="The --local-socket of a gateway on this host: large objects it stores are read from their "
+                   "files, not through HTTP (docs/fuse.md, Local reads). Others are read through HTTP as always.")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: return once mounted).")
 @click.option("-d", "--debug", is_flag=True, help="Log every FUSE call and request (implies nothing else).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here (in the background, the only log).")
 def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, umask, read_only, allow_other,
-          attr_ttl, dir_ttl, timeout, spool_dir, spool_size, direct_io_min, statahead, foreground, debug,
-          log_file) -> None:
+          attr_ttl, dir_ttl, timeout, spool_dir, spool_size, direct_io_min, statahead, local_socket, foreground,
+          debug, log_file) -> None:
     """Mount the gateway at ENDPOINT (http://host:port) on MOUNTPOINT: buckets are its top-level directories."""
     from .fuse.fs import MountOptions
     from .fuse.mount import MountConfig, main_exit
@@ -106,7 +109,7 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
         uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid,
         umask=parse_umask(umask), read_only=read_only, attr_ttl=attr_ttl, dir_ttl=dir_ttl,
         spool_dir=spool_dir, spool_size=parse_size(spool_size), direct_io_min=parse_size(direct_io_min),
-        statahead=statahead,
+        statahead=statahead, local_socket=os.path.abspath(local_socket) if local_socket else None,
     )
     main_exit(MountConfig(
         endpoint=endpoint, mountpoint=os.path.abspath(mountpoint), access_key=settings.access_key,

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
                                       "(closed 1-2 times this after its last request, or after the last "
                                       "byte of a request body that stopped arriving: 400 RequestTimeout)")
     log_level: str = Field("info", description="debug, info, warning or error")
+    local_socket: Path | None = Field(
+        None, description="Unix socket through which a FUSE mount on this host reads large objects from "
+        "their files, without HTTP (docs/fuse.md, Local reads); created mode 0600; none: off")
     # Cluster (docs/cluster.md). No role: a stand-alone node, none of these apply.
     role: Literal["primary", "redundant", "proxy"] | None = Field(
         None, description="cluster role: primary, redundant or proxy (none: stand-alone)")

@@ -332,6 +332,19 @@ class LocalBackend(Backend):
         return ObjectReader(info, start, stop, _chunks=pread_chunks(fd, offset + start, offset + stop, READ_CHUNK),
                             _close=lambda: _close_quietly(fd))
 
+    def open_file(self, bucket: str, key: str) -> tuple[ObjectInfo, int, int] | None:
+        # The object file itself: an overwrite renames a new file over the name and a delete
+        # unlinks it, so the descriptor keeps reading the version opened.
+        fd = _open_if_present(readcache.object_path(self, bucket, key))
+        if fd is None:
+            return None
+        try:
+            info, offset, _ = self._first_read(fd, readcache.object_path(self, bucket, key))
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        return info, fd, offset
+
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         info = self._head(bucket, key)
         if info is None:

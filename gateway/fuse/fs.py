@@ -56,6 +56,9 @@ class MountOptions:
     # Read-only opens of objects this big or bigger bypass the page cache (FUSE direct_io); 0: never.
     # Off: faster for big sequential reads, but slower for small ones and no shared mmap (docs/fuse.md).
     direct_io_min: int = 0
+    # A gateway's --local-socket on this host: objects larger than first_bytes that it stores are
+    # read from their files (gateway/api/local_reads.py); None: every read goes through HTTP.
+    local_socket: str | None = None
     files: FileOptions = field(default_factory=FileOptions)
 
 
@@ -81,6 +84,8 @@ class GatewayFS(NamespaceOps, FileOps):
         self._open: dict[str, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
+        self._page_versions: dict[str, str] = {}  # path -> ETag of the pages the kernel may hold (keeps_cache)
+        self._local_read_warned = -60.0  # monotonic time of the last warning about local reads
         self._table_lock = threading.Lock()
         self._namespace_lock = threading.RLock()  # renames and removals see a stable tree
         self.started = time.time()  # the mtime of directories that have no marker object

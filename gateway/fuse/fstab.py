@@ -22,7 +22,8 @@ IGNORED_PREFIXES = ("x-", "comment=", "_")
 FLAGS = {"ro": "--read-only", "read_only": "--read-only", "allow_other": "--allow-other",
          "foreground": "--foreground", "debug": "--debug"}
 VALUED = {"uid", "gid", "umask", "attr_ttl", "dir_ttl", "timeout", "config", "spool_dir", "spool_size",
-          "log_file", "access_key", "secret_key", "direct_io_min", "statahead"}
+          "log_file", "access_key", "secret_key", "direct_io_min", "statahead",
+          "local_socket"}
 
 
 class UsageError(Exception):

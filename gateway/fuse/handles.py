@@ -11,8 +11,10 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
+from ..api.local_reads import open_object_file
 from .cache import DIR, FILE, Attr
 from .client import StoreError
 from .files import OpenFile, RemoteReader, upload
@@ -24,13 +26,38 @@ log = logging.getLogger("gateway.fuse")
 # the mount's request counters as JSON, for operators, tests and benchmarks.
 STATS_PATH = "/.cv-gateway-stats"
 STATS_SIZE = 4096
+PAGE_VERSIONS = 100_000  # files whose cached pages' version (ETag) is remembered (keeps_cache)
 
 
 @dataclass
 class Handle:
     open_file: OpenFile
     flags: int
-    reader: RemoteReader | None = None
+    reader: RemoteReader | LocalFileReader | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LocalFileReader:
+    """Reads of an object from its file, a descriptor the gateway on this host handed over
+    (gateway/api/local_reads.py): the version looked up, whatever happens to the key meanwhile."""
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.offset, self.size = fd, offset, size
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        wanted = min(len(buffer), self.size - offset)
+        done = 0
+        while done < wanted:
+            got = os.preadv(self.fd, [buffer[done:wanted]], self.offset + offset + done)
+            if got == 0:
+                raise OSError(errno.EIO, f"the object file ended {self.size - offset - done} bytes early")
+            done += got
+        return max(done, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _StaticReader:
@@ -158,6 +185,10 @@ class FileOps:
         if open_file.spool is not None:
             with open_file.lock:
                 return open_file.spool.pread_into(buffer, offset)
+        if handle.reader is None and self.options.local_socket:
+            with handle.lock:  # FUSE's threads read ahead in parallel: one of them asks
+                if handle.reader is None:
+                    handle.reader = self._local_reader(open_file)
         if handle.reader is None:
             base = open_file.base
             first = open_file.first
@@ -177,6 +208,30 @@ class FileOps:
         except StoreError as exc:
             self._replaced_elsewhere(open_file, exc)
             raise
+
+    def _local_reader(self, open_file: OpenFile) -> LocalFileReader | None:
+        """The object's file from the gateway on this host (--local-socket), for an object larger
+        than the bytes a lookup fetches; None: read it through HTTP (not stored on that gateway,
+        replaced since the lookup, or the socket does not answer: warned about once a minute)."""
+        base = open_file.base
+        if base is None or base.size <= self.options.first_bytes:
+            return None
+        try:
+            opened = open_object_file(self.options.local_socket, open_file.bucket, open_file.key, base.etag,
+                                      timeout=self.client.timeout)
+        except (OSError, ValueError) as exc:
+            self.client.count("local_read_failures")
+            now = time.monotonic()
+            if now - self._local_read_warned >= 60:
+                self._local_read_warned = now
+                log.warning("local reads through %s failed (%s); reading through HTTP instead",
+                            self.options.local_socket, getattr(exc, "strerror", None) or exc)
+            return None
+        if opened is None:
+            self.client.count("local_read_misses")
+            return None
+        self.client.count("local_reads")
+        return LocalFileReader(*opened)
 
     def _ensure_spool(self, open_file: OpenFile, **options):
         """open_file.ensure_spool (its lock held); a fetch that finds the object replaced elsewhere
@@ -291,6 +346,27 @@ class FileOps:
         open_file.base = attr
         self._remember(open_file.path, attr)
         self._content_changed(open_file.path)
+
+    def keeps_cache(self, fh: int) -> bool:
+        """Whether the kernel may keep the pages it has cached of this file at this open: only when
+        this mount last opened the same version (ETag) of it, read-only.
+
+        Not libfuse's auto_cache, which compares size and mtime: the mtime is the gateway's
+        Last-Modified, in whole seconds, so an object replaced by another client with one of the
+        same size within the same second was read from the old pages at every open for as long as
+        the kernel kept them. Forgetting a version (the table is bounded) only costs a re-read."""
+        handle = self._handle(fh)
+        open_file = handle.open_file
+        base = open_file.base
+        reusable = (base is not None and base.etag and open_file.spool is None
+                    and handle.flags & os.O_ACCMODE == os.O_RDONLY and not handle.flags & os.O_TRUNC)
+        with self._table_lock:
+            previous = self._page_versions.pop(open_file.path, None)
+            if reusable:
+                self._page_versions[open_file.path] = base.etag
+                if len(self._page_versions) > PAGE_VERSIONS:
+                    del self._page_versions[next(iter(self._page_versions))]  # the least recently opened
+        return bool(reusable) and previous == base.etag
 
     def flushes(self, fh: int) -> bool:
         """Whether closing ``fh`` may have to upload: a handle opened for writing or truncating.

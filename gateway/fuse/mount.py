@@ -50,7 +50,8 @@ def fuse_options(config: MountConfig, fuse_major: int) -> dict:
         "fsname": f"gateway:{config.endpoint}", "subtype": "gateway",
         "attr_timeout": opts.attr_ttl, "entry_timeout": opts.attr_ttl, "negative_timeout": opts.attr_ttl,
         "default_permissions": True,  # the kernel checks modes and owners against the caller
-        "auto_cache": True,  # keep the page cache across opens while size and mtime stay the same
+        # No auto_cache (size and mtime, whole seconds here): open keeps the page cache by version
+        # (GatewayFS.keeps_cache).
     }
     if fuse_major == 2:
         options.update(big_writes=True, atomic_o_trunc=True, max_read=1024 * 1024, max_readahead=1024 * 1024)

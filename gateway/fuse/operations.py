@@ -157,6 +157,8 @@ class GatewayOperations(Operations):
         fi.fh = self.fs.open(path, fi.flags)
         if path == STATS_PATH or self.fs.direct_io(fi.fh):
             fi.direct_io = 1
+        elif self.fs.keeps_cache(fi.fh):  # the same version as the pages cached at the last open
+            fi.keep_cache = 1
         if HAS_NOFLUSH and not self.fs.flushes(fi.fh):
             # A read-only handle has nothing to upload: its close() costs no FUSE round trip
             # (one of five for a small file read; docs/fuse.md "Small files").

@@ -300,3 +300,33 @@ def test_a_written_file_keeps_its_mtime_when_the_cached_attributes_expire(mnt, b
     assert os.stat(uncached.path / bucket / "written.bin").st_mtime == written
     stored = fuse_gw.client().head_object(Bucket=bucket, Key="written.bin")["LastModified"].timestamp()
     assert written == stored
+
+
+def test_a_replaced_object_of_the_same_size_is_not_read_from_old_pages(fuse_gw, bucket, mount_factory):
+    """The kernel keeps a file's cached pages across opens only for the same version (ETag): with
+    libfuse's auto_cache (size and mtime, and the mtime in whole seconds) an object replaced by
+    another client within the same second with the same size was read from the old pages."""
+    s3 = fuse_gw.client()
+    mount = mount_factory(["--attr-ttl", "0", "--dir-ttl", "0"])
+    path = mount.path / bucket / "same-size.bin"
+    for round_ in range(3):  # each replacement well within one second of the last
+        body = os.urandom(256 * 1024)
+        s3.put_object(Bucket=bucket, Key="same-size.bin", Body=body)
+        assert path.read_bytes() == body, f"round {round_}: old bytes after a replacement"
+        assert path.read_bytes() == body
+
+
+def test_an_unchanged_file_is_read_from_the_page_cache_at_the_next_open(fuse_gw, bucket, mount_factory):
+    body = os.urandom(3 * 1024 * 1024)
+    fuse_gw.client().put_object(Bucket=bucket, Key="kept.bin", Body=body)
+    mount = mount_factory()
+    path = mount.path / bucket / "kept.bin"
+    assert path.read_bytes() == body
+
+    def reads() -> int:
+        return json.loads((mount.path / ".cv-gateway-stats").read_text())["requests"].get("fuse_reads", 0)
+
+    first = reads()
+    before = reads()  # reading the stats file costs reads too: as many as this
+    assert path.read_bytes() == body
+    assert reads() - before == before - first  # every byte from the pages of the first open
