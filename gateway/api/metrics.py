@@ -116,6 +116,10 @@ def render(service, gateway=None) -> str:
         out.family("gateway_http_fast_reads_total", "counter",
                    "Plain object reads (GET, HEAD) answered below ASGI by the gateway's HTTP protocol.",
                    [({}, gateway.fast_reads)])
+        if gateway.local_reads is not None:
+            out.family("gateway_local_reads_total", "counter",
+                       "Object files handed to readers on this host over --local-socket (docs/fuse.md, Local reads).",
+                       [({}, gateway.local_reads.answered)])
     read_cache_metrics(out, service.local_backends)
     if service.reaper is not None and service.reaper.expiry > 0:
         out.family("gateway_multipart_uploads_aborted_total", "counter",

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -69,6 +71,19 @@ def test_an_object_comes_as_its_file(gw):
     assert size == len(body) and offset > 0  # the object file starts with the layout's header
     assert _read((fd, offset, size)) == body
     assert _read(open_object_file(gw.socket_path, "lrb", "dir/big.bin", None)) == body  # no version asked
+
+
+def test_handed_out_files_are_counted_in_metrics(gw):
+    def handed_out() -> float:
+        with urllib.request.urlopen(gw.endpoint + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return float(re.search(r"^gateway_local_reads_total (\S+)$", text, re.M).group(1))
+
+    gw.client().put_object(Bucket="lrb", Key="counted", Body=b"c")
+    before = handed_out()
+    _read(open_object_file(gw.socket_path, "lrb", "counted", None))
+    assert open_object_file(gw.socket_path, "lrb", "not-counted", None) is None
+    assert handed_out() == before + 1
 
 
 def test_missing_or_other_version_is_not_here(gw):
