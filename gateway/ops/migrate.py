@@ -181,6 +181,12 @@ class Migration:
                 f"warning: {self.journal.damaged_lines} lines of the journal {self.journal.log_path} are damaged and "
                 "were skipped: objects deleted here that those lines recorded may stay on the target (check after "
                 "the final pass)")
+        if os.stat(self.target).st_dev == os.stat(self.source.root).st_dev:
+            Progress("migrate", stream=self.stream).note(
+                f"warning: the target {self.target} is on the same filesystem as the store {self.source.root}, "
+                "not on a share of its own: if the shared storage is not mounted there, this copies onto this "
+                "server's disk (check with `findmnt " + self.target + "`; Ctrl-C stops the pass, run it again "
+                "once the share is mounted)")
         if not self.dry_run:
             try:
                 self.installer = Installer(self.target)  # makes .gateway/tmp/<host>/ on the target

@@ -449,3 +449,26 @@ def test_writes_during_an_online_pass_are_counted_and_the_next_pass_copies_them(
         expected = contents(s3)
     with shared_gateway(share, tmp_path) as target:
         assert contents(target.client()) == expected
+
+
+def test_a_target_on_the_stores_own_filesystem_is_warned_about(tmp_path, share):
+    """An unmounted share is an empty directory on this server's disk: migrating into it "succeeds"
+    and fills the disk. A target on the store's filesystem is warned about; a mounted one is not."""
+    data_dir = tmp_path / "cv-storage"
+    with GatewayProcess(data_dir) as gw:
+        gw.client().create_bucket(Bucket="faces")
+        gw.client().put_object(Bucket="faces", Key="a.jpg", Body=b"face")
+    result = run_migrate("--to", str(share), data_dir=data_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    warned = result.stdout + result.stderr
+    assert "is on the same filesystem as the store" in warned and f"findmnt {share}" in warned, warned
+    mounted = tmp_path / "mounted-share"
+    mounted.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mounted)], check=True, timeout=30)
+    try:
+        result = run_migrate("--to", str(mounted), data_dir=data_dir)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "same filesystem" not in result.stdout + result.stderr
+        assert (mounted / "faces").is_dir()
+    finally:
+        subprocess.run(["umount", "-l", str(mounted)], check=True, timeout=30)
