@@ -294,7 +294,7 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
             config_file: str | None = None, quiet: bool = False, stream=None) -> RestoreResult:
     stream = stream or sys.stderr
     result = RestoreResult()
-    installers = {name: Installer(store.root) for name, store in mapping.items()}
+    installers = {name: Installer(store.root, host=store.host_id) for name, store in mapping.items()}
     for installer in installers.values():
         installer.remove_dead_temps()  # what a restore killed earlier left half-written
     progress = Progress("restore", info.files, info.bytes, stream=stream, quiet=quiet)

@@ -21,6 +21,7 @@ class Store:
     root: str
     shared: bool
     require_mount: bool = False  # sharedfs: the root must be a mount point (the share is mounted)
+    host_id: str | None = None  # sharedfs: this server's name on the share (its .gateway/tmp/<host_id>/)
 
 
 def file_stores(settings) -> tuple[list[Store], list[str]]:
@@ -30,8 +31,10 @@ def file_stores(settings) -> tuple[list[Store], list[str]]:
     for name, cfg in sorted(settings.backend_configs().items()):
         kind = cfg.get("type", "local")
         if kind in FILE_TYPES:
-            stores.append(Store(name, kind, os.path.abspath(str(cfg.get("root", "./cv-storage"))), FILE_TYPES[kind],
-                                bool(FILE_TYPES[kind] and cfg.get("require_mount", False))))
+            shared = FILE_TYPES[kind]
+            stores.append(Store(name, kind, os.path.abspath(str(cfg.get("root", "./cv-storage"))), shared,
+                                bool(shared and cfg.get("require_mount", False)),
+                                str(cfg["host_id"]) if shared and cfg.get("host_id") else None))
         else:
             others.append(f"{name} ({kind})")
     return stores, others

@@ -149,10 +149,12 @@ class Installer:
     ``.gateway/tmp/<host>/`` (named so that a running gateway's start-up clean-up sees its writer
     is alive), fsync, then one rename over the final name. A reader never sees half a file."""
 
-    def __init__(self, root: str, fsync: bool = True):
+    def __init__(self, root: str, fsync: bool = True, host: str | None = None):
         self.root = root
         self.fsync = fsync
-        self.tmp_dir = os.path.join(root, ".gateway", "tmp", socket.gethostname() or "localhost")
+        # ``host``: this server's directory, as the backend names it (a sharedfs store's host_id: servers
+        # that share a host name, such as containers, must not take each other's temp files for dead).
+        self.tmp_dir = os.path.join(root, ".gateway", "tmp", host or socket.gethostname() or "localhost")
         os.makedirs(self.tmp_dir, exist_ok=True)
         pid = os.getpid()
         self._owner = f"{pid}.{fsutil.process_start(pid) or 0}-{TEMP_TAG}"

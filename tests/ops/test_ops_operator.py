@@ -245,3 +245,28 @@ def test_migrate_onto_a_read_only_share_says_read_only(some_objects, read_only_m
     no_traceback(result)
     # Not "not writable by this user: run as the gateway's user, or fix the mount's owner".
     assert "read-only" in result.stderr and "owner" not in result.stderr, result.stderr
+
+
+def test_restore_onto_a_share_uses_the_servers_host_id_for_its_temp_files(archive_of_a_share, tmp_path):
+    """Servers sharing a store write their temp files under .gateway/tmp/<host_id>/, and take what a
+    dead process left there for theirs to remove. Restore used the host name even when the sharedfs
+    backend names this server otherwise (host_id: containers often share a host name), so it removed
+    another server's temp files and never its own."""
+    import socket
+
+    share = tmp_path / "share"
+    share.mkdir()
+    config = tmp_path / "shared.toml"
+    config.write_text(f'default_backend = "storage"\n[backends.storage]\ntype = "sharedfs"\nroot = "{share}"\n'
+                      'host_id = "recorder-7"\n')
+    dead = "999999999.1-ops-0-deadbeef"  # named as a restore's temp file, by a process that is gone
+    ours = share / ".gateway" / "tmp" / "recorder-7" / dead
+    other = share / ".gateway" / "tmp" / (socket.gethostname() or "localhost") / dead
+    for path in (ours, other):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half an object")
+    result = gateway_cmd("restore", "-q", "--config", config, archive_of_a_share)
+    assert result.returncode == 0, result.stderr
+    assert (share / "faces").is_dir()
+    assert not ours.exists(), "this server's dead temp file stayed"
+    assert other.exists(), "another server's temp file was taken for this server's"
