@@ -60,7 +60,8 @@ class SqliteRegistry(Registry):
         path = url.split("://", 1)[1]
         if not path:
             raise ValueError(f"registry {url!r}: give a file, e.g. sqlite:///var/lib/cv-gateway/registry.db")
-        self.path = path
+        # sqlite:////var/x (the SQLAlchemy spelling) and sqlite:///var/x name the same file: say it once.
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path
         self._ready = False
 
     def absent(self) -> str | None:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -477,3 +478,33 @@ def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str,
     write_atomically(target, tmp, read_chunks(tar.extractfile(member), member.size), expect_sha256=expected, mode=mode)
     result.node_files.append(f"{what}: {target}")
     progress.note(f"restored {what} to {target}")
+    if what == "registry":
+        _note_restored_nodes(target, progress)
+
+
+def _note_restored_nodes(path: str, progress: Progress) -> None:
+    """Name the nodes a restored registry lists: it is the node list of the backup's time, so a node
+    that left since is back in it, and while a listed node does not answer, an object missing from
+    the others is a 503 ("may be on an unreachable server"), never a 404."""
+    from gateway.cluster.registry import RegistryError, open_registry
+
+    url = f"sqlite://{path}"  # path is absolute: sqlite:///var/lib/...
+
+    async def read():
+        registry = open_registry(url)
+        try:
+            return await registry.nodes()
+        finally:
+            await registry.close()
+
+    try:
+        nodes = asyncio.run(asyncio.wait_for(read(), 10))
+    except (asyncio.TimeoutError, RegistryError, OSError, ValueError) as exc:
+        progress.note(f"could not read the restored registry {path} ({exc}): check its node list with "
+                      f"`gateway cluster status --registry {url}`")
+        return
+    listed = ", ".join(f"{n.node_id} ({n.role}, {n.address})" for n in sorted(nodes, key=lambda n: n.install_order))
+    progress.note(f"the restored registry lists the nodes of the backup's time: {listed or 'none'}. Remove a node "
+                  f"that has left the cluster since with `gateway cluster leave NODE --registry {url}` "
+                  "(--force if it held objects): while it is listed and does not answer, objects missing on the "
+                  "other nodes answer 503, not 404")

@@ -399,3 +399,36 @@ def test_restore_into_a_store_the_node_does_not_have_is_refused(archive, tmp_pat
     result = gateway_cmd("restore", "--config", config, archive, check=2)
     assert "'local'" in result.stderr and "[backends.NAME]" in result.stderr
     assert not (tmp_path / "a").exists() or tree_snapshot(tmp_path / "a") == {}
+
+
+def test_a_restored_registry_names_its_nodes_and_how_to_remove_one_that_left(source, tmp_path):
+    """The registry in a full backup is the node list of the backup's time: a node that left the
+    cluster since is listed again, and while it is, misses answer 503. The restore says so."""
+    import asyncio
+
+    from gateway.cluster.registry import open_registry
+
+    fill(source.client())
+    registry = tmp_path / "registry.db"
+
+    async def register():
+        reg = open_registry(f"sqlite:///{registry}")
+        try:
+            await reg.register("p1", "primary", "http://127.0.0.1:9001")
+            await reg.register("r-gone", "redundant", "http://127.0.0.1:9002")
+        finally:
+            await reg.close()
+
+    asyncio.run(register())
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{source.data_dir}"\nrole = "primary"\nregistry = "sqlite:///{registry}"\n'
+                      'advertise = "http://127.0.0.1:9001"\nnode_id = "p1"\n'
+                      'cluster_secret = "0123456789abcdef0123"\ninsecure_peers = true\n')
+    archive = tmp_path / "full.tar"
+    gateway_cmd("backup", "-q", "--config", config, archive, check=0)
+    registry.unlink()
+    result = gateway_cmd("restore", "--config", config, archive, check=0)
+    assert f"restored registry to {registry}" in result.stderr
+    assert "lists the nodes of the backup's time: p1 (primary, http://127.0.0.1:9001), r-gone (redundant, " \
+        "http://127.0.0.1:9002)" in result.stderr, result.stderr
+    assert f"gateway cluster leave NODE --registry sqlite://{registry}" in result.stderr
