@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -279,6 +280,16 @@ def paginate(
     return page
 
 
+def require_completion_checksums(backend: "Backend") -> None:
+    """NotImplemented unless ``backend.complete_multipart`` takes ``expected_checksums`` (one that
+    overrides it without the parameter, as the s3 backend, cannot check a whole-object checksum)."""
+    if "expected_checksums" not in inspect.signature(backend.complete_multipart).parameters:
+        raise errors.NotImplementedError_(
+            "This bucket's backend cannot check a whole-object checksum when it completes an upload; "
+            "complete it without x-amz-checksum-* and compare the object's checksum from a HEAD with "
+            "x-amz-checksum-mode: ENABLED.")
+
+
 class Backend(abc.ABC):
     """Where objects are kept. One instance serves one or more buckets.
 
@@ -525,10 +536,14 @@ class Backend(abc.ABC):
                 return
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]],
+        expected_checksums: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         """Assemble ``parts`` ([(part number, etag)], ascending) into the object.
 
+        ``expected_checksums``: algorithm -> base64 checksum of the whole object the client sent;
+        a mismatch is BadDigest and nothing is stored (the upload stays). A backend that overrides
+        this method without the parameter gets no such request (the API answers NotImplemented).
         Raise InvalidPartOrder, InvalidPart, EntityTooSmall or NoSuchUpload.
         """
         upload = await self.get_upload(bucket, upload_id, key)
@@ -566,7 +581,8 @@ class Backend(abc.ABC):
 
         algorithms = (upload.checksum_algorithm,) if upload.checksum_algorithm else ()
         payload = Payload(
-            assembled(), expected_size=sum(p.size for p in chosen), etag=etag, checksum_algorithms=algorithms
+            assembled(), expected_size=sum(p.size for p in chosen), etag=etag, checksum_algorithms=algorithms,
+            expected_checksums=dict(expected_checksums or {}),
         )
         info = await self.put(bucket, key, payload, upload.meta)
         await self._delete_upload(bucket, upload_id)

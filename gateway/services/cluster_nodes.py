@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import errors
-from ..backend import MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from ..backend import (MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader,
+                       require_completion_checksums)
 from ..cluster.balancer import READ_HANDOFF_MARGIN, release_on_close
 from ..cluster.listing import merge_pages
 from ..cluster.locations import NOWHERE
@@ -553,10 +554,14 @@ class StoringNode(ClusterNode):
     async def abort_multipart(self, bucket, key, upload_id):
         return await self.local.abort_multipart(bucket, key, upload_id)
 
-    async def complete_multipart(self, bucket, key, upload_id, parts):
+    async def complete_multipart(self, bucket, key, upload_id, parts, expected_checksums=None):
         self.locations.forget(bucket, key)
+        options = {}
+        if expected_checksums:
+            require_completion_checksums(self.local)
+            options["expected_checksums"] = expected_checksums
         with self.cluster.balancer.track(self.cluster.node_id):  # the object's placement (its parts were not)
-            info = await self.local.complete_multipart(bucket, key, upload_id, parts)
+            info = await self.local.complete_multipart(bucket, key, upload_id, parts, **options)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
 

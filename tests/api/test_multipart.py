@@ -338,3 +338,72 @@ def test_complete_with_a_wrong_part_checksum_is_invalid_part(mp, mbucket):
     mp.complete_multipart_upload(Bucket=mbucket, Key="ck", UploadId=upload_id, MultipartUpload={
         "Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]}]})
     assert mp.get_object(Bucket=mbucket, Key="ck")["Body"].read() == b"part bytes"
+
+
+def _sha256_parts(mp, bucket: str, key: str, parts: list[bytes], **create_args) -> tuple[str, list[dict]]:
+    upload_id = mp.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", **create_args)
+    done = []
+    for number, data in enumerate(parts, 1):
+        response = mp.upload_part(Bucket=bucket, Key=key, UploadId=upload_id["UploadId"], PartNumber=number,
+                                  Body=data, ChecksumAlgorithm="SHA256")
+        done.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": response["ChecksumSHA256"]})
+    return upload_id["UploadId"], done
+
+
+def _complete_raw(server, bucket: str, key: str, upload_id: str, parts: list[dict], headers: dict):
+    document = "<CompleteMultipartUpload>" + "".join(
+        f"<Part><PartNumber>{p['PartNumber']}</PartNumber><ETag>{p['ETag']}</ETag></Part>" for p in parts
+    ) + "</CompleteMultipartUpload>"
+    return raw_request(server, "POST", f"/{bucket}/{key}", document.encode(), headers, query=f"uploadId={upload_id}")
+
+
+def test_a_whole_object_checksum_on_completion_is_checked(small_parts, mp, mbucket):
+    """x-amz-checksum-<alg> on CompleteMultipartUpload is the object's checksum: a wrong one is
+    BadDigest before anything is stored (it used to be ignored), and the upload can still complete."""
+    import zlib
+
+    parts = [os.urandom(MIN_PART), b"the last part"]
+    whole = b"".join(parts)
+    crc32 = base64.b64encode(zlib.crc32(whole).to_bytes(4, "big")).decode()
+    upload_id, done = _sha256_parts(mp, mbucket, "whole", parts)
+    wrong = base64.b64encode((zlib.crc32(whole) ^ 1).to_bytes(4, "big")).decode()
+    with pytest.raises(ClientError) as info:
+        mp.complete_multipart_upload(Bucket=mbucket, Key="whole", UploadId=upload_id,
+                                     MultipartUpload={"Parts": done}, ChecksumCRC32=wrong, ChecksumType="FULL_OBJECT")
+    assert error_code(info.value) == "BadDigest"
+    with pytest.raises(ClientError) as missing:
+        mp.head_object(Bucket=mbucket, Key="whole")
+    assert status_of(missing.value) == 404  # nothing stored
+    mp.complete_multipart_upload(Bucket=mbucket, Key="whole", UploadId=upload_id,
+                                 MultipartUpload={"Parts": done}, ChecksumCRC32=crc32, ChecksumType="FULL_OBJECT")
+    assert mp.get_object(Bucket=mbucket, Key="whole")["Body"].read() == whole
+
+
+def test_a_composite_checksum_on_completion_is_checked_against_the_parts(small_parts, mp, mbucket):
+    parts = [os.urandom(MIN_PART), os.urandom(MIN_PART), b"end"]
+    upload_id, done = _sha256_parts(mp, mbucket, "composite", parts)
+    of_parts = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in done)).digest()
+    right = base64.b64encode(of_parts).decode() + "-3"
+    for wrong in (base64.b64encode(hashlib.sha256(b"x").digest()).decode() + "-3", right[:-2] + "-2"):
+        response = _complete_raw(small_parts, mbucket, "composite", upload_id, done,
+                                 {"x-amz-checksum-sha256": wrong, "x-amz-checksum-type": "COMPOSITE"})
+        assert (response.status, response.code) == (400, "BadDigest"), response.body
+    with pytest.raises(ClientError) as missing:
+        mp.head_object(Bucket=mbucket, Key="composite")
+    assert status_of(missing.value) == 404
+    response = _complete_raw(small_parts, mbucket, "composite", upload_id, done, {"x-amz-checksum-sha256": right})
+    assert response.status == 200, response.body
+    assert mp.get_object(Bucket=mbucket, Key="composite")["Body"].read() == b"".join(parts)
+
+
+def test_a_composite_checksum_needs_the_parts_checksums(small_parts, mp, mbucket):
+    upload_id, etags = _upload(mp, mbucket, "plain", [os.urandom(MIN_PART), b"end"])
+    done = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+    claimed = base64.b64encode(hashlib.sha256(b"anything").digest()).decode() + "-2"
+    response = _complete_raw(small_parts, mbucket, "plain", upload_id, done, {"x-amz-checksum-sha256": claimed})
+    assert (response.status, response.code) == (400, "InvalidRequest"), response.body
+    assert b"uploaded without a SHA256 checksum" in response.body
+    bad_type = _complete_raw(small_parts, mbucket, "plain", upload_id, done,
+                             {"x-amz-checksum-sha256": claimed, "x-amz-checksum-type": "PARTIAL"})
+    assert (bad_type.status, bad_type.code) == (400, "InvalidRequest"), bad_type.body
+    assert _complete_raw(small_parts, mbucket, "plain", upload_id, done, {}).status == 200

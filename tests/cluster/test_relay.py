@@ -359,6 +359,35 @@ def test_multipart_upload_through_any_node_is_readable_everywhere(cluster, node)
         assert got["ETag"].endswith('-3"'), name
 
 
+@pytest.mark.parametrize("node", ["r1", "x1", "p1"])
+def test_a_wrong_object_checksum_on_completion_stores_nothing_on_any_node(cluster, node):
+    """Checked before the object is stored, also where a proxy assembles the parts and sends the
+    object on to a storing node (which must not keep a copy of an object the client disowned)."""
+    import base64
+    import zlib
+
+    from botocore.exceptions import ClientError
+
+    s3 = clients(cluster)
+    key = f"multipart/checked-{node}"
+    upload = s3[node].create_multipart_upload(Bucket="relay", Key=key)["UploadId"]
+    parts = [b"x" * 2048, b"y" * 100]
+    done = {"Parts": [{"PartNumber": i + 1, "ETag": s3[node].upload_part(
+        Bucket="relay", Key=key, UploadId=upload, PartNumber=i + 1, Body=p)["ETag"]} for i, p in enumerate(parts)]}
+    crc = zlib.crc32(b"".join(parts))
+    with pytest.raises(ClientError) as caught:
+        s3[node].complete_multipart_upload(Bucket="relay", Key=key, UploadId=upload, MultipartUpload=done,
+                                           ChecksumCRC32=base64.b64encode((crc ^ 1).to_bytes(4, "big")).decode())
+    assert caught.value.response["Error"]["Code"] == "BadDigest"
+    for name in NODES:
+        with pytest.raises(ClientError) as missing:
+            s3[name].head_object(Bucket="relay", Key=key)
+        assert missing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404, name
+    s3[node].complete_multipart_upload(Bucket="relay", Key=key, UploadId=upload, MultipartUpload=done,
+                                       ChecksumCRC32=base64.b64encode(crc.to_bytes(4, "big")).decode())
+    assert s3["r2"].get_object(Bucket="relay", Key=key)["Body"].read() == b"".join(parts)
+
+
 def _fast_reads(node) -> float:
     import re
     import urllib.request

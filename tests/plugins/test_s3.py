@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import uuid
@@ -487,3 +488,25 @@ def test_reserved_metadata_names_are_refused_not_dropped(moto_gateway):
     s3.put_object(Bucket="meta", Key="k", Body=b"x", Metadata={"other": "1", "cvgw": "2"}, ChecksumAlgorithm="SHA256")
     head = s3.head_object(Bucket="meta", Key="k", ChecksumMode="ENABLED")
     assert head["Metadata"] == {"other": "1", "cvgw": "2"} and head["ChecksumSHA256"]
+
+
+def test_a_whole_object_checksum_on_completion_is_not_implemented_here(remote_gateway, tmp_path):
+    """The s3 backend completes uploads natively and cannot check the object's checksum first: a
+    client that sends one learns so (501), rather than have it ignored; the upload stays usable."""
+    import zlib
+
+    prefix = f"c{uuid.uuid4().hex[:8]}-"
+    with GatewayProcess(tmp_path / "unused", config=_front_config(remote_gateway, bucket_prefix=prefix)) as front:
+        s3 = front.client()
+        s3.create_bucket(Bucket="parts")
+        upload_id = s3.create_multipart_upload(Bucket="parts", Key="k")["UploadId"]
+        part = s3.upload_part(Bucket="parts", Key="k", UploadId=upload_id, PartNumber=1, Body=b"only part")
+        done = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+        crc32 = base64.b64encode(zlib.crc32(b"only part").to_bytes(4, "big")).decode()
+        with pytest.raises(ClientError) as caught:
+            s3.complete_multipart_upload(Bucket="parts", Key="k", UploadId=upload_id, MultipartUpload=done,
+                                         ChecksumCRC32=crc32, ChecksumType="FULL_OBJECT")
+        assert caught.value.response["Error"]["Code"] == "NotImplemented"
+        assert "x-amz-checksum-mode" in caught.value.response["Error"]["Message"]
+        s3.complete_multipart_upload(Bucket="parts", Key="k", UploadId=upload_id, MultipartUpload=done)
+        assert s3.get_object(Bucket="parts", Key="k")["Body"].read() == b"only part"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 from ... import errors
-from ...backend import MAX_PARTS, ByteRange
-from ...checksums import ALGORITHMS
+from ...backend import MAX_PARTS, ByteRange, require_completion_checksums
+from ...checksums import ALGORITHMS, b64, new_hasher
 from ...payload import Payload
-from .body import payload_from_request
+from .body import payload_from_request, requested_checksums
 from .objects import (
     check_preconditions,
     check_write_conditions,
@@ -118,15 +119,22 @@ async def complete_upload(app, req: S3Request, send) -> None:
         if checksums:
             claimed[number] = checksums
     backend = app.service.backend_for(req.bucket)
+    composite, whole = _object_checksums(req)
     if claimed:
         await _check_part_checksums(backend, req, claimed)
+    if composite:
+        await _check_composite(backend, req, parts, composite)
+    options = {}
+    if whole:
+        require_completion_checksums(backend)
+        options["expected_checksums"] = whole
     if is_conditional(req):  # If-None-Match: * / If-Match, as on a PUT (S3 takes both here too)
         async with app.service.conditional_write(req.bucket, req.key) as confirm:
             await check_write_conditions(backend, req)
             await confirm()  # assembling the parts cannot be stopped halfway: the lock is confirmed before
-            info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
+            info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
     else:
-        info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts)
+        info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
     app.service.object_written(req.bucket, req.key, info)
     body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
                     element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'))
@@ -144,6 +152,48 @@ async def _check_part_checksums(backend, req: S3Request, claimed: dict[int, dict
         for algorithm, value in checksums.items():
             if algorithm in known and known[algorithm] != value:
                 raise errors.InvalidPart(PartNumber=str(number), **{f"Checksum{algorithm}": value})
+
+
+_COMPOSITE = re.compile(r"^(.+)-([0-9]+)$")
+
+
+def _object_checksums(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
+    """The object's checksums the client sent with CompleteMultipartUpload (x-amz-checksum-<alg>):
+    (composite ones, "checksum of the parts' checksums-N", checked against the parts; whole-object
+    ones, checked against the assembled bytes before the object is stored)."""
+    declared, _ = requested_checksums(req)
+    kind = req.headers.get("x-amz-checksum-type", "").upper()
+    if kind not in ("", "FULL_OBJECT", "COMPOSITE"):
+        raise errors.InvalidRequest(f"x-amz-checksum-type {kind!r} is not FULL_OBJECT or COMPOSITE.",
+                                    ArgumentName="x-amz-checksum-type")
+    composite = {alg: value for alg, value in declared.items()
+                 if kind == "COMPOSITE" or (kind == "" and _COMPOSITE.match(value))}
+    return composite, {alg: value for alg, value in declared.items() if alg not in composite}
+
+
+async def _check_composite(backend, req: S3Request, parts: list[tuple[int, str]], composite: dict[str, str]) -> None:
+    """A composite checksum is the checksum of the parts' checksums (decoded, in part order) and
+    "-<number of parts>": checked against the checksums stored with the parts, before assembling."""
+    stored = {part.part_number: part.checksums
+              for part in await backend.list_parts(req.bucket, req.key, req.query["uploadId"])}
+    for algorithm, value in composite.items():
+        header = f"x-amz-checksum-{algorithm.lower()}"
+        match = _COMPOSITE.match(value)
+        if match is None or int(match[2]) != len(parts):
+            raise errors.BadDigest(f"The composite checksum in {header} must end in -{len(parts)}, the number "
+                                   "of parts completed.")
+        hasher = new_hasher(algorithm)
+        for number, _ in parts:
+            checksum = stored.get(number, {}).get(algorithm)
+            if checksum is None:
+                raise errors.InvalidRequest(
+                    f"Part {number} was uploaded without a {algorithm} checksum, so the composite checksum in "
+                    f"{header} cannot be checked: leave the header out, or upload the parts with "
+                    f"x-amz-checksum-{algorithm.lower()}.")
+            hasher.update(base64.b64decode(checksum))
+        if b64(hasher.digest()) != match[1]:
+            raise errors.BadDigest(f"The composite checksum in {header} does not match the checksums of the "
+                                   "parts completed; nothing was stored and the upload can be completed again.")
 
 
 async def abort_upload(app, req: S3Request, send) -> None:
