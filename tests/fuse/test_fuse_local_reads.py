@@ -91,3 +91,28 @@ def test_a_socket_that_does_not_answer_falls_back_to_http(local_gw, mount_factor
 def test_fstab_passes_local_socket():
     args, _, _ = mount_args(["http://127.0.0.1:8086", "/mnt/cv", "-o", "local_socket=/run/cv-gateway/local.sock"])
     assert args[args.index("--local-socket") + 1] == "/run/cv-gateway/local.sock"
+
+
+def test_a_mount_on_a_cluster_node_reads_its_objects_locally_and_the_others_through_the_relay(tmp_path,
+                                                                                              mount_factory):
+    """The mount on every node (issue 6): objects that node stores come from their files, objects on
+    other nodes through HTTP (the gateway relays them); both read right."""
+    from cluster.conftest import ClusterNodes
+
+    nodes = ClusterNodes(tmp_path / "cluster", f"sqlite:///{tmp_path}/registry.db")
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant", extra_env={"GATEWAY_LOCAL_SOCKET": str(tmp_path / "r1.sock")})
+        nodes.add("r2", "redundant")
+        nodes.wait_known(3)
+        nodes["r1"].client().create_bucket(Bucket="cams")
+        here, there = os.urandom(2 * MiB), os.urandom(2 * MiB)
+        nodes["r1"].client().put_object(Bucket="cams", Key="here.bin", Body=here)  # a redundant node keeps its PUTs
+        nodes["r2"].client().put_object(Bucket="cams", Key="there.bin", Body=there)
+        mount = mount_factory(["--local-socket", str(tmp_path / "r1.sock")], gateway=nodes["r1"])
+        assert (mount.path / "cams" / "here.bin").read_bytes() == here
+        assert (mount.path / "cams" / "there.bin").read_bytes() == there
+        stats = _stats(mount)
+        assert (stats.get("local_reads"), stats.get("local_read_misses")) == (1, 1), stats
+    finally:
+        nodes.stop()
