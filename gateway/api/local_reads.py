@@ -43,6 +43,7 @@ log = logging.getLogger("gateway.local_reads")
 
 MAX_REQUEST = 16 * 1024  # a bucket name and a key of at most 1,024 bytes, JSON-escaped, fit many times
 REQUEST_TIMEOUT = 5.0  # seconds a connection may take to send its request line
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path (sun_path is 108, with its terminating NUL)
 
 
 class LocalReadServer:
@@ -59,17 +60,20 @@ class LocalReadServer:
         self.answered = 0  # descriptors handed out (for /metrics and tests)
 
     async def start(self) -> None:
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise RuntimeError(f"--local-socket {self.path} is longer than {MAX_SOCKET_PATH} bytes, the most a Unix "
+                               "socket's path may have: choose a shorter one, e.g. /run/cv-gateway/local.sock")
         _clear_stale_socket(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # created 0600: no moment at which others could connect
         try:
             sock.bind(self.path)
+            # Made 0600 before it listens: until then a connect is refused, so there is no moment at
+            # which another user could get in (and no process-wide umask to change meanwhile).
+            os.chmod(self.path, 0o600)
         except OSError as exc:
             sock.close()
             raise RuntimeError(f"cannot create the local-read socket {self.path}: {exc.strerror or exc}: check "
                                "that its directory exists and is writable, or change --local-socket") from None
-        finally:
-            os.umask(old_umask)
         sock.listen(64)
         sock.setblocking(False)
         self.sock = sock

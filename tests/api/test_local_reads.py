@@ -162,6 +162,8 @@ def test_a_socket_in_use_or_a_file_in_the_way_is_refused(gw, tmp_path):
     assert regular.read_text() == "precious"
     no_dir = _serve_expecting_failure(["--local-socket", str(tmp_path / "missing" / "gw.sock")], tmp_path)
     assert no_dir.returncode == 2 and "cannot create the local-read socket" in no_dir.stderr, no_dir.stderr
+    too_long = _serve_expecting_failure(["--local-socket", str(tmp_path / ("s" * 120))], tmp_path)
+    assert too_long.returncode == 2 and "longer than 107 bytes" in too_long.stderr, too_long.stderr
 
 
 def test_a_backend_without_local_files_has_nothing_here(tmp_path):
