@@ -9,6 +9,9 @@ ACCESS_KEY ?= cvgateway
 SECRET_KEY ?= cvgateway-secret-key
 # What clients connect to: 0.0.0.0 is where the gateway listens (every interface), not an address to use.
 ENDPOINT = $(if $(filter 0.0.0.0,$(HOST)),http://<this machine's address>:$(PORT) (listening on every interface),http://$(HOST):$(PORT))
+# A FUSE mount on this machine reads large objects from their files through this socket (docs/fuse.md).
+SOCKET ?= $(DATA)-$(PORT).sock
+MOUNT_ENDPOINT = http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 # Debian packages the tests and benchmarks start for real.
 TEST_APT := fuse3 libfuse2 samba samba-vfs-modules smbclient smbnetfs etcd-server etcd-client nginx wrk rclone curl rsync git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -40,9 +43,11 @@ run: install
 	@echo "  secret key:  $(SECRET_KEY)"
 	@echo "  region:      us-east-1 (path-style addressing)"
 	@echo "  storage:     $(DATA)"
+	@echo "  FUSE mount:  GATEWAY_ACCESS_KEY=$(ACCESS_KEY) GATEWAY_SECRET_KEY=$(SECRET_KEY) \\"
+	@echo "                 $(BIN)/gateway mount $(MOUNT_ENDPOINT) /mnt/cv --local-socket $(SOCKET)"
 	@echo ""
 	$(BIN)/gateway serve --host $(HOST) --port $(PORT) --data-dir $(DATA) \
-	  --access-key $(ACCESS_KEY) --secret-key $(SECRET_KEY)
+	  --access-key $(ACCESS_KEY) --secret-key $(SECRET_KEY) --local-socket $(SOCKET)
 
 apt-test-deps:
 	@missing=""; for p in $(TEST_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

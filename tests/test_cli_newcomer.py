@@ -87,3 +87,61 @@ def test_listening_beyond_this_host_with_the_readme_secret_warns(tmp_path):
             assert "Set your own secret" in result.stderr and "make run SECRET_KEY=" in result.stderr
         else:
             assert "warning" not in result.stderr, (args, result.stderr)
+
+
+def test_make_run_prints_a_mount_line_that_works(tmp_path):
+    """`make run` starts the gateway with a local-read socket and prints the `gateway mount` line
+    for this machine: run as printed (another mount point), it mounts and reads locally."""
+    import json
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    port = free_port()
+    make = subprocess.Popen(["make", "-s", "run", f"PORT={port}", f"DATA={tmp_path}/cv"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env_without_gateway_settings(), start_new_session=True)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = False
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (seen and "Uvicorn running on" in seen[-1]):
+            line = make.stdout.readline()
+            assert line, "make run ended:\n" + "".join(seen)
+            seen.append(line)
+        output = "".join(seen)
+        printed = re.search(r"FUSE mount:\s+(.*?)\\\n\s+(.*?)\n", output)
+        assert printed, output
+        words = shlex.split(printed[1] + printed[2])
+        env = env_without_gateway_settings()
+        env.update(w.split("=", 1) for w in words if re.match(r"^GATEWAY_\w+=", w))
+        command = [w for w in words if not re.match(r"^GATEWAY_\w+=", w)]
+        assert command[1:3] == ["mount", f"http://127.0.0.1:{port}"] and "/mnt/cv" in command, command
+        command[command.index("/mnt/cv")] = str(mountpoint)
+        from gateway.testing.server import GatewayProcess
+
+        client = GatewayProcess(port=port, access_key=env["GATEWAY_ACCESS_KEY"],
+                                secret_key=env["GATEWAY_SECRET_KEY"]).client()
+        client.create_bucket(Bucket="newcomer")
+        body = os.urandom(3 * 1024 * 1024)
+        client.put_object(Bucket="newcomer", Key="video.bin", Body=body)
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        mounted = True
+        assert (mountpoint / "newcomer" / "video.bin").read_bytes() == body
+        stats = json.loads((mountpoint / ".cv-gateway-stats").read_text())["requests"]
+        assert stats.get("local_reads") == 1, stats
+    finally:
+        if mounted:
+            subprocess.run(["fusermount3", "-u", str(mountpoint)], timeout=30)
+        os.killpg(make.pid, signal.SIGINT)
+        try:
+            make.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    assert f"--local-socket {tmp_path}/cv-{port}.sock" in output, output
+    assert not (tmp_path / f"cv-{port}.sock").exists(), "the socket was left behind"
