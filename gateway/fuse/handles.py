@@ -52,7 +52,7 @@ class LocalFileReader:
             if got == 0:
                 raise OSError(errno.EIO, f"the object file ended {self.size - offset - done} bytes early")
             done += got
-        return max(done, 0)
+        return done
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -120,10 +120,11 @@ async def complete_upload(app, req: S3Request, send) -> None:
             claimed[number] = checksums
     backend = app.service.backend_for(req.bucket)
     composite, whole = _object_checksums(req)
-    if claimed:
-        await _check_part_checksums(backend, req, claimed)
-    if composite:
-        await _check_composite(backend, req, parts, composite)
+    if claimed or composite:
+        stored = {part.part_number: part.checksums
+                  for part in await backend.list_parts(req.bucket, req.key, req.query["uploadId"])}
+        _check_part_checksums(stored, claimed)
+        _check_composite(stored, parts, composite)
     options = {}
     if whole:
         require_completion_checksums(backend)
@@ -141,12 +142,11 @@ async def complete_upload(app, req: S3Request, send) -> None:
     await send_xml(send, 200, body, req.request_id, [stored_at(info)])
 
 
-async def _check_part_checksums(backend, req: S3Request, claimed: dict[int, dict[str, str]]) -> None:
+def _check_part_checksums(stored: dict[int, dict[str, str]], claimed: dict[int, dict[str, str]]) -> None:
     """A part's checksum in the completion document must be the one of the part uploaded (InvalidPart,
     as on S3): the client vouches for the object with them. Checked where the backend knows the part's
-    checksum of that algorithm (a native multipart store may not report them)."""
-    stored = {part.part_number: part.checksums
-              for part in await backend.list_parts(req.bucket, req.key, req.query["uploadId"])}
+    checksum of that algorithm (``stored``: part number -> checksums; a native multipart store may not
+    report them)."""
     for number, checksums in claimed.items():
         known = stored.get(number, {})
         for algorithm, value in checksums.items():
@@ -171,11 +171,10 @@ def _object_checksums(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
     return composite, {alg: value for alg, value in declared.items() if alg not in composite}
 
 
-async def _check_composite(backend, req: S3Request, parts: list[tuple[int, str]], composite: dict[str, str]) -> None:
+def _check_composite(stored: dict[int, dict[str, str]], parts: list[tuple[int, str]],
+                     composite: dict[str, str]) -> None:
     """A composite checksum is the checksum of the parts' checksums (decoded, in part order) and
     "-<number of parts>": checked against the checksums stored with the parts, before assembling."""
-    stored = {part.part_number: part.checksums
-              for part in await backend.list_parts(req.bucket, req.key, req.query["uploadId"])}
     for algorithm, value in composite.items():
         header = f"x-amz-checksum-{algorithm.lower()}"
         match = _COMPOSITE.match(value)
