@@ -335,11 +335,12 @@ class LocalBackend(Backend):
     def open_file(self, bucket: str, key: str) -> tuple[ObjectInfo, int, int] | None:
         # The object file itself: an overwrite renames a new file over the name and a delete
         # unlinks it, so the descriptor keeps reading the version opened.
-        fd = _open_if_present(readcache.object_path(self, bucket, key))
+        path = readcache.object_path(self, bucket, key)
+        fd = _open_if_present(path)
         if fd is None:
             return None
         try:
-            info, offset, _ = self._first_read(fd, readcache.object_path(self, bucket, key))
+            info, offset, _ = self._first_read(fd, path)
         except BaseException:
             _close_quietly(fd)
             raise

@@ -46,10 +46,20 @@ def read_cluster(settings, timeout: float = 10.0) -> ClusterView | None:
     creates a registry (a restore may be about to put one back)."""
     if not settings.role or not settings.registry:
         return None
+    nodes, lease = registry_snapshot(settings.registry, timeout)
+    here = node_name(settings)
+    mine = next((n for n in nodes if n.node_id == here), None)
+    return ClusterView(here, mine.role if mine else None,
+                       {n.node_id: n.address for n in nodes if n.node_id != here and n.role in STORING}, lease)
+
+
+def registry_snapshot(url: str, timeout: float = 10.0) -> tuple[list, str | None]:
+    """(the nodes, the primary lease's holder) of the registry at ``url``. RegistryUnreadable (saying
+    why) when it does not exist or does not answer within ``timeout``; never creates a registry."""
     from gateway.cluster.registry import RegistryError, open_registry
 
     try:
-        registry = open_registry(settings.registry)
+        registry = open_registry(url)
     except (ValueError, RegistryError) as exc:
         raise RegistryUnreadable(str(exc)) from None
     absent = registry.absent()
@@ -71,15 +81,11 @@ def read_cluster(settings, timeout: float = 10.0) -> ClusterView | None:
         return await asyncio.wait_for(read(), timeout)
 
     try:
-        nodes, lease = asyncio.run(bounded())
+        return asyncio.run(bounded())
     except asyncio.TimeoutError:
-        raise RegistryUnreadable(f"the registry {settings.registry} did not answer within {timeout:.0f}s") from None
+        raise RegistryUnreadable(f"the registry {url} did not answer within {timeout:.0f}s") from None
     except RegistryError as exc:
         raise RegistryUnreadable(str(exc)) from None
-    here = node_name(settings)
-    mine = next((n for n in nodes if n.node_id == here), None)
-    return ClusterView(here, mine.role if mine else None,
-                       {n.node_id: n.address for n in nodes if n.node_id != here and n.role in STORING}, lease)
 
 
 def current_role(settings, notes: list[str]) -> str | None:

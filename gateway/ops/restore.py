@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from gateway_plugins import fslayout
 
 from .backup import FILES, FORMAT, MANIFEST, PATH_HEADER, SHA_HEADER, STORAGE, SUMMARY
-from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster
+from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster, registry_snapshot
 from .progress import Progress, human_bytes, plural
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, object_header, read_chunks, write_atomically
@@ -486,20 +485,10 @@ def _note_restored_nodes(path: str, progress: Progress) -> None:
     """Name the nodes a restored registry lists: it is the node list of the backup's time, so a node
     that left since is back in it, and while a listed node does not answer, an object missing from
     the others is a 503 ("may be on an unreachable server"), never a 404."""
-    from gateway.cluster.registry import RegistryError, open_registry
-
     url = f"sqlite://{path}"  # path is absolute: sqlite:///var/lib/...
-
-    async def read():
-        registry = open_registry(url)
-        try:
-            return await registry.nodes()
-        finally:
-            await registry.close()
-
     try:
-        nodes = asyncio.run(asyncio.wait_for(read(), 10))
-    except (asyncio.TimeoutError, RegistryError, OSError, ValueError) as exc:
+        nodes, _ = registry_snapshot(url)
+    except RegistryUnreadable as exc:
         progress.note(f"could not read the restored registry {path} ({exc}): check its node list with "
                       f"`gateway cluster status --registry {url}`")
         return
