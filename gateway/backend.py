@@ -25,7 +25,8 @@ from .payload import Payload
 
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 # Standard headers stored with an object and returned on GET/HEAD.
-STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires",
+                  "x-amz-website-redirect-location")
 # Internal bucket where the generic multipart implementation keeps parts.
 # Bucket names cannot start with "." in S3, so it never meets a real bucket.
 MULTIPART_BUCKET = ".multipart"
@@ -442,7 +443,9 @@ class Backend(abc.ABC):
     ) -> UploadInfo:
         await self.head_bucket(bucket)
         await self._multipart_store()
-        upload_id = os.urandom(16).hex()
+        # The initiation time first (ns, 16 hex digits), so that upload IDs sort in initiation order:
+        # ListMultipartUploads pages by (key, upload ID) as S3 does (gateway/api/s3/multipart.py).
+        upload_id = f"{time.time_ns():016x}{os.urandom(8).hex()}"
         info = UploadInfo(bucket, key, upload_id, time.time(), meta, checksum_algorithm)
         record = json.dumps(
             {"key": key, "initiated": info.initiated, "meta": meta.to_json(), "checksum_algorithm": checksum_algorithm}

@@ -51,6 +51,8 @@ RequestHeaderSectionTooLarge = _error(
     "RequestHeaderSectionTooLarge", 400, "Your request header section exceeds the maximum allowed size."
 )
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request.")
+InvalidRedirectLocation = _error(
+    "InvalidRedirectLocation", 400, "The website redirect location must have a prefix of 'http://' or 'https://' or '/'.")
 MalformedXML = _error(
     "MalformedXML", 400, "The XML you provided was not well-formed or did not validate against our published schema."
 )

@@ -70,7 +70,8 @@ MAX_COPY = 5 * 1024 * MiB  # CopyObject's limit; larger objects are copied throu
 _RFC2047 = re.compile(r"=\?(utf-8|latin-1)\?b\?([A-Za-z0-9+/=]*)\?=", re.IGNORECASE)
 BUCKET_TTL = 5.0  # seconds a bucket marker seen in single-bucket mode is trusted
 _HEADER_PARAMS = {"cache-control": "CacheControl", "content-disposition": "ContentDisposition",
-                  "content-encoding": "ContentEncoding", "content-language": "ContentLanguage", "expires": "Expires"}
+                  "content-encoding": "ContentEncoding", "content-language": "ContentLanguage", "expires": "Expires",
+                  "x-amz-website-redirect-location": "WebsiteRedirectLocation"}
 
 
 def range_header(byte_range: ByteRange) -> str:

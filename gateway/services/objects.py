@@ -172,9 +172,12 @@ class ObjectService:
         self._hooks.on_object_deleted(bucket=bucket, key=key)
 
     async def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                   meta: ObjectMeta | None) -> ObjectInfo:
+                   meta: ObjectMeta | None, checksum_algorithm: str | None = None) -> ObjectInfo:
+        """Copy an object; ``meta`` None keeps the source's. ``checksum_algorithm`` (CopyObject's
+        x-amz-checksum-algorithm): the copy gets that checksum, computed over the bytes as they are
+        copied, instead of the source's (as on S3)."""
         source, target = self.backend_for(src_bucket), self.backend_for(dst_bucket)
-        if source is target:
+        if source is target and checksum_algorithm is None:
             info = await target.copy(src_bucket, src_key, dst_bucket, dst_key, meta)
         else:
             await target.head_bucket(dst_bucket)
@@ -182,8 +185,11 @@ class ObjectService:
 
             reader = await source.get(src_bucket, src_key)
             try:
-                payload = Payload(reader.chunks(), expected_size=reader.info.size,
-                                  checksum_algorithms=tuple(reader.info.checksums))
+                algorithms = tuple(reader.info.checksums)
+                if checksum_algorithm is not None and checksum_algorithm not in algorithms:
+                    algorithms = (checksum_algorithm,)
+                payload = Payload(reader.chunks(), expected_size=reader.info.size, checksum_algorithms=algorithms,
+                                  etag=reader.info.etag if "-" in reader.info.etag else None)
                 info = await target.put(dst_bucket, dst_key, payload, meta or reader.info.meta)
             finally:
                 reader.close()

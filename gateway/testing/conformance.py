@@ -54,6 +54,7 @@ META = ObjectMeta(
     headers={
         "cache-control": "max-age=3600", "content-disposition": 'attachment; filename="face 1.jpg"',
         "content-encoding": "identity", "content-language": "en-US", "expires": "Thu, 01 Dec 2044 16:00:00 GMT",
+        "x-amz-website-redirect-location": "/faces/moved.jpg",
     },
 )
 

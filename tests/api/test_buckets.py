@@ -84,6 +84,18 @@ def test_invalid_bucket_names_are_400(gateway, name):
     assert response.headers["content-type"] == "application/xml"
 
 
+@pytest.mark.parametrize("name", ["xn--punycode", "sthree-bucket", "amzn-s3-demo-bucket", "alias-s3alias",
+                                  "lambda--ol-s3", "region.mrap", "zone--x-s3", "tables--table-s3"])
+def test_reserved_bucket_names_are_refused_on_create(gateway, name):
+    """S3's reserved prefixes and suffixes: refused for a new bucket only. Other requests naming one
+    are answered as for any name (a bucket made before this check stays reachable)."""
+    response = raw_request(gateway, "PUT", f"/{name}")
+    assert response.status == 400 and response.code == "InvalidBucketName"
+    assert b"reserves" in response.body
+    assert raw_request(gateway, "HEAD", f"/{name}").status == 404
+    assert raw_request(gateway, "GET", f"/{name}/key").code == "NoSuchBucket"
+
+
 def test_internal_multipart_bucket_is_not_reachable(gateway):
     response = raw_request(gateway, "GET", "/.multipart")
     assert response.status == 400

@@ -239,3 +239,29 @@ def test_trailing_checksum_must_be_announced_and_right(gateway, s3, bucket, anno
     with pytest.raises(ClientError) as info:
         s3.head_object(Bucket=bucket, Key="trailed")
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_copy_with_checksum_algorithm_computes_it(s3, bucket):
+    """CopyObject's x-amz-checksum-algorithm: the copy gets that checksum (was ignored)."""
+    body = os.urandom(40_000)
+    s3.put_object(Bucket=bucket, Key="src", Body=body, ChecksumAlgorithm="SHA256")
+    copied = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"},
+                            ChecksumAlgorithm="CRC32")
+    expected = _independent_checksum("CRC32", body)
+    assert copied["CopyObjectResult"]["ChecksumCRC32"] == expected
+    head = s3.head_object(Bucket=bucket, Key="dst", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == expected and "ChecksumSHA256" not in head  # the requested one, as on S3
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == body
+    # Without the header the copy keeps the source's checksum, and says so.
+    kept = s3.copy_object(Bucket=bucket, Key="dst2", CopySource={"Bucket": bucket, "Key": "src"})
+    assert kept["CopyObjectResult"]["ChecksumSHA256"] == _independent_checksum("SHA256", body)
+
+
+def test_copy_with_unknown_checksum_algorithm_is_refused(gateway, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"data")
+    response = raw_request(gateway, "PUT", f"/{bucket}/dst",
+                           headers={"x-amz-copy-source": f"/{bucket}/src", "x-amz-checksum-algorithm": "MD5"})
+    assert response.status == 400 and response.code == "InvalidRequest"
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="dst")
+    assert error_code(info.value) == "404"

@@ -96,6 +96,23 @@ def test_standard_headers_and_metadata_round_trip(s3, bucket):
         assert response["Metadata"] == {"camera": "cam-7", "score": "0.93", "mixed-case": "Value With Spaces"}
 
 
+def test_website_redirect_location_is_kept(s3, bucket, gateway):
+    """x-amz-website-redirect-location is stored and returned, as S3 does (it was dropped silently);
+    a value that is not a path or an http(s) URL is refused."""
+    s3.put_object(Bucket=bucket, Key="old.html", Body=b"moved", WebsiteRedirectLocation="/new.html")
+    for response in (s3.get_object(Bucket=bucket, Key="old.html"), s3.head_object(Bucket=bucket, Key="old.html")):
+        assert response["WebsiteRedirectLocation"] == "/new.html"
+    copied = s3.copy_object(Bucket=bucket, Key="copy.html", CopySource={"Bucket": bucket, "Key": "old.html"})
+    assert copied["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert s3.head_object(Bucket=bucket, Key="copy.html")["WebsiteRedirectLocation"] == "/new.html"
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="bad.html", Body=b"x", WebsiteRedirectLocation="ftp://elsewhere/")
+    assert info.value.response["Error"]["Code"] == "InvalidRedirectLocation"
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="bad.html")
+    assert error_code(info.value) == "404"
+
+
 def test_metadata_too_large(s3, bucket):
     with pytest.raises(ClientError) as info:
         s3.put_object(Bucket=bucket, Key="k", Body=b"x", Metadata={"big": "v" * 2100})

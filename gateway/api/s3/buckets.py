@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from urllib.parse import quote
 
 from ... import errors
 from ...checksums import ALGORITHMS, checksum_b64
 from .objects import delete_key
-from .request import S3Request, check_key, iso8601, parse_decimal
+from .request import S3Request, check_key, check_new_bucket_name, iso8601, parse_decimal
 from .responses import send_response, send_xml
-from .xml import child_text, document, element, parse
+from .xml import child_text, document, element, keep_key, listing_encoder, parse
 
 OWNER = "<Owner><ID>cv-gateway</ID><DisplayName>cv-gateway</DisplayName></Owner>"
 MAX_KEYS = 1000
@@ -72,6 +71,7 @@ def decode_token(token: str) -> str:
 
 
 async def create_bucket(app, req: S3Request, send) -> None:
+    check_new_bucket_name(req.bucket)
     body = await req.read_body(64 * 1024)
     if body.strip():
         parse(body)  # CreateBucketConfiguration (LocationConstraint): accepted, any region
@@ -117,10 +117,7 @@ async def list_objects(app, req: S3Request, send) -> None:
     """ListObjects (v1) and ListObjectsV2, which differ only in how they page."""
     query = req.query
     v2 = query.get("list-type") == "2"
-    encoding = query.get("encoding-type")
-    if encoding not in (None, "url"):
-        raise errors.InvalidArgument("encoding-type must be url.", ArgumentName="encoding-type")
-    enc = (lambda s: quote(s, safe="/")) if encoding else (lambda s: s)
+    enc = listing_encoder(query)
     prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
     max_keys = _max_keys(req)
     if v2:
@@ -157,7 +154,7 @@ async def list_objects(app, req: S3Request, send) -> None:
     parts.append(element("MaxKeys", max_keys))
     if delimiter:
         parts.append(element("Delimiter", enc(delimiter)))
-    if encoding:
+    if enc is not keep_key:
         parts.append(element("EncodingType", "url"))
     parts.append(element("IsTruncated", "true" if page.is_truncated else "false"))
     await send_xml(send, 200, document("ListBucketResult", *parts, contents, prefixes), req.request_id)

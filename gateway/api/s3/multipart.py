@@ -21,7 +21,7 @@ from .objects import (
 )
 from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
-from .xml import child_text, document, element, parse
+from .xml import child_text, document, element, keep_key, listing_encoder, parse
 
 _COPY_RANGE = re.compile(r"^bytes=([0-9]+)-([0-9]+)$")
 
@@ -41,6 +41,7 @@ async def create_upload(app, req: S3Request, send) -> None:
     algorithm = req.headers.get("x-amz-checksum-algorithm")
     if algorithm is not None and algorithm.upper() not in ALGORITHMS:
         raise errors.InvalidRequest(f"Checksum algorithm {algorithm!r} is not supported.")
+    _checksum_type(req)  # checked as CompleteMultipartUpload checks it, which decides how it is used
     backend = app.service.backend_for(req.bucket)
     upload = await backend.create_multipart(req.bucket, req.key, meta_from_headers(req),
                                             algorithm.upper() if algorithm else None)
@@ -138,7 +139,8 @@ async def complete_upload(app, req: S3Request, send) -> None:
         info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
     app.service.object_written(req.bucket, req.key, info)
     body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
-                    element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'))
+                    element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'),
+                    *(element(f"Checksum{alg}", value) for alg, value in info.checksums.items()))
     await send_xml(send, 200, body, req.request_id, [stored_at(info)])
 
 
@@ -157,15 +159,21 @@ def _check_part_checksums(stored: dict[int, dict[str, str]], claimed: dict[int, 
 _COMPOSITE = re.compile(r"^(.+)-([0-9]+)$")
 
 
+def _checksum_type(req: S3Request) -> str:
+    """x-amz-checksum-type, upper case ("" when not sent): FULL_OBJECT or COMPOSITE, else InvalidRequest."""
+    kind = req.headers.get("x-amz-checksum-type", "").upper()
+    if kind not in ("", "FULL_OBJECT", "COMPOSITE"):
+        raise errors.InvalidRequest(f"x-amz-checksum-type {kind!r} is not FULL_OBJECT or COMPOSITE.",
+                                    ArgumentName="x-amz-checksum-type")
+    return kind
+
+
 def _object_checksums(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
     """The object's checksums the client sent with CompleteMultipartUpload (x-amz-checksum-<alg>):
     (composite ones, "checksum of the parts' checksums-N", checked against the parts; whole-object
     ones, checked against the assembled bytes before the object is stored)."""
     declared, _ = requested_checksums(req)
-    kind = req.headers.get("x-amz-checksum-type", "").upper()
-    if kind not in ("", "FULL_OBJECT", "COMPOSITE"):
-        raise errors.InvalidRequest(f"x-amz-checksum-type {kind!r} is not FULL_OBJECT or COMPOSITE.",
-                                    ArgumentName="x-amz-checksum-type")
+    kind = _checksum_type(req)
     composite = {alg: value for alg, value in declared.items()
                  if kind == "COMPOSITE" or (kind == "" and _COMPOSITE.match(value))}
     return composite, {alg: value for alg, value in declared.items() if alg not in composite}
@@ -233,31 +241,56 @@ async def list_parts(app, req: S3Request, send) -> None:
 
 
 async def list_uploads(app, req: S3Request, send) -> None:
+    """ListMultipartUploads: S3's order (key as UTF-8 bytes, then upload ID), prefix, delimiter
+    (CommonPrefixes), key-marker / upload-id-marker and encoding-type=url.
+
+    The markers are compared, not looked up: a page resumes after (key-marker, upload-id-marker)
+    whether or not that upload still exists (a clean-up that aborts what it lists and asks for
+    the next page must not skip the other uploads of the marker's key). Upload IDs begin with
+    their initiation time (Backend.create_multipart), so within a key this is also the
+    initiation order S3 documents."""
     max_uploads = _int_param(req, "max-uploads", 1000, 1000)
-    prefix = req.query.get("prefix", "")
-    key_marker = req.query.get("key-marker", "")
-    id_marker = req.query.get("upload-id-marker", "")
-    uploads = await app.service.backend_for(req.bucket).list_uploads(req.bucket, prefix)
-    # The uploads sort by key, then by initiation: with an upload-id-marker the next page starts right
-    # after that upload, so several uploads of one key may straddle pages without being skipped.
-    position = next((i for i, u in enumerate(uploads) if u.key == key_marker and u.upload_id == id_marker), None)
-    if id_marker and position is not None:
-        uploads = uploads[position + 1:]
-    elif key_marker:
-        uploads = [u for u in uploads if u.key.encode() > key_marker.encode()]
-    page, truncated = uploads[:max_uploads], len(uploads) > max_uploads
-    entries = "".join(
-        f"<Upload>{element('Key', u.key)}{element('UploadId', u.upload_id)}"
-        f"{element('Initiated', iso8601(u.initiated))}<StorageClass>STANDARD</StorageClass></Upload>"
-        for u in page
-    )
-    next_parts = []
+    query = req.query
+    enc = listing_encoder(query)
+    prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
+    key_marker, id_marker = query.get("key-marker", ""), query.get("upload-id-marker", "")
+    after = (key_marker.encode(), id_marker)
+    uploads = sorted(await app.service.backend_for(req.bucket).list_uploads(req.bucket, prefix),
+                     key=lambda u: (u.key.encode(), u.upload_id))
+    entries, prefixes = [], []  # the page: uploads, and the common prefixes that stand for others
+    truncated, last = False, None
+    for upload in uploads:
+        sort_key = (upload.key.encode(), upload.upload_id)
+        if (sort_key <= after) if id_marker else (key_marker and sort_key[0] <= after[0]):
+            continue
+        rolled = None
+        if delimiter:
+            cut = upload.key.find(delimiter, len(prefix))
+            if cut >= 0:
+                rolled = upload.key[:cut + len(delimiter)]
+                if rolled == (prefixes[-1] if prefixes else None) or (key_marker and rolled.encode() <= after[0]):
+                    continue  # on this page already, or on the one before (the marker is that prefix)
+        if len(entries) + len(prefixes) >= max_uploads:
+            truncated = max_uploads > 0  # with max-uploads=0, no page follows (S3's max-keys=0 too)
+            break
+        if rolled is None:
+            entries.append(upload)
+            last = (upload.key, upload.upload_id)
+        else:
+            prefixes.append(rolled)
+            last = (rolled, "")
+    parts = [element("Bucket", req.bucket), element("KeyMarker", enc(key_marker)),
+             element("UploadIdMarker", id_marker)]
     if truncated:
-        next_parts = [element("NextKeyMarker", page[-1].key), element("NextUploadIdMarker", page[-1].upload_id)]
-    body = document(
-        "ListMultipartUploadsResult", element("Bucket", req.bucket), element("KeyMarker", key_marker),
-        element("UploadIdMarker", req.query.get("upload-id-marker", "")), element("Prefix", prefix),
-        *next_parts, element("MaxUploads", max_uploads),
-        element("IsTruncated", "true" if truncated else "false"), entries,
-    )
-    await send_xml(send, 200, body, req.request_id)
+        parts += [element("NextKeyMarker", enc(last[0])), element("NextUploadIdMarker", last[1])]
+    if delimiter:
+        parts.append(element("Delimiter", enc(delimiter)))
+    parts += [element("Prefix", enc(prefix)), element("MaxUploads", max_uploads),
+              element("IsTruncated", "true" if truncated else "false")]
+    parts += [f"<Upload>{element('Key', enc(u.key))}{element('UploadId', u.upload_id)}"
+              f"{element('Initiated', iso8601(u.initiated))}<StorageClass>STANDARD</StorageClass></Upload>"
+              for u in entries]
+    parts += [f"<CommonPrefixes>{element('Prefix', enc(p))}</CommonPrefixes>" for p in prefixes]
+    if enc is not keep_key:
+        parts.append(element("EncodingType", "url"))
+    await send_xml(send, 200, document("ListMultipartUploadsResult", *parts), req.request_id)

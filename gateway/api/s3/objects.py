@@ -7,6 +7,7 @@ from urllib.parse import unquote
 
 from ... import errors
 from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta, ObjectReader
+from ...checksums import ALGORITHMS
 from .body import payload_from_request
 from .request import (
     S3Request,
@@ -154,6 +155,8 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
                 value = ",".join(v for v in value.split(",") if v.strip() and v.strip() != "aws-chunked")
                 if not value:
                     continue
+            elif name == "x-amz-website-redirect-location" and not value.startswith(("/", "http://", "https://")):
+                raise errors.InvalidRedirectLocation()
             stored[name] = value
     if sum(len(k) + len(v) for k, v in metadata.items()) > 2048:
         raise errors.MetadataTooLarge()
@@ -298,6 +301,12 @@ async def copy_object(app, req: S3Request, send) -> None:
             "This copy request is illegal because it is trying to copy an object to itself without changing "
             "the object's metadata, storage class, website redirect location or encryption attributes."
         )
+    algorithm = req.headers.get("x-amz-checksum-algorithm")
+    if algorithm is not None:
+        algorithm = algorithm.upper()
+        if algorithm not in ALGORITHMS:
+            raise errors.InvalidRequest(f"Checksum algorithm {algorithm!r} is not supported; use one of "
+                                        f"{', '.join(ALGORITHMS)}.")
     source = await app.service.backend_for(src_bucket).head(src_bucket, src_key)
     check_preconditions(req, source, prefix="x-amz-copy-source-if-")
     meta = meta_from_headers(req) if directive == "REPLACE" else None
@@ -305,9 +314,10 @@ async def copy_object(app, req: S3Request, send) -> None:
         async with app.service.conditional_write(req.bucket, req.key) as confirm:
             await check_write_conditions(app.service.backend_for(req.bucket), req)
             await confirm()  # a backend's copy cannot be stopped halfway: the lock is confirmed before
-            info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta)
+            info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta, algorithm)
     else:
-        info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta)
+        info = await app.service.copy(src_bucket, src_key, req.bucket, req.key, meta, algorithm)
     body = document("CopyObjectResult", element("LastModified", iso8601(info.last_modified)),
-                    element("ETag", f'"{info.etag}"'))
+                    element("ETag", f'"{info.etag}"'),
+                    *(element(f"Checksum{alg}", value) for alg, value in info.checksums.items()))
     await send_xml(send, 200, body, req.request_id)

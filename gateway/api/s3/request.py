@@ -155,6 +155,24 @@ def _check_bucket_name(name: str) -> None:
         )
 
 
+# Names S3 keeps for its own features (access point aliases, Object Lambda, directory and table
+# buckets, documentation examples) and never lets a new bucket take; buckets made before this
+# check keep working (check_bucket_name, which every request passes, does not look at these).
+RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def check_new_bucket_name(name: str) -> None:
+    """CreateBucket's check: check_bucket_name, and none of S3's reserved prefixes and suffixes."""
+    check_bucket_name(name)
+    reserved = next((p for p in RESERVED_BUCKET_PREFIXES if name.startswith(p)), None) or next(
+        (s for s in RESERVED_BUCKET_SUFFIXES if name.endswith(s)), None)
+    if reserved is not None:
+        raise errors.InvalidBucketName(
+            f"Bucket names may not {'start' if name.startswith(reserved) else 'end'} with {reserved!r}: "
+            "S3 reserves it; choose another name.", BucketName=name)
+
+
 def _utf8_or_invalid_uri(raw: str, what: str) -> None:
     try:
         unquote_to_bytes(raw).decode("utf-8")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from ... import errors
@@ -24,6 +25,26 @@ def element(tag: str, value) -> str:
 def document(root: str, *parts: str, namespace: bool = True) -> bytes:
     ns = f' xmlns="{NS}"' if namespace else ""
     return DECLARATION + f"<{root}{ns}>{''.join(parts)}</{root}>".encode()
+
+
+def keep_key(key: str) -> str:
+    return key
+
+
+def url_encode_key(key: str) -> str:
+    return quote(key, safe="/")
+
+
+def listing_encoder(query: dict[str, str]):
+    """How a listing writes keys, prefixes, markers and delimiters: as they are, or percent-encoded
+    for encoding-type=url (what a client asks for to get keys with characters XML cannot carry)."""
+    encoding = query.get("encoding-type")
+    if encoding is None:
+        return keep_key
+    if encoding != "url":
+        raise errors.InvalidArgument("encoding-type must be url.", ArgumentName="encoding-type",
+                                     ArgumentValue=encoding)
+    return url_encode_key
 
 
 # Characters XML 1.0 cannot carry at all, not even as character references.
