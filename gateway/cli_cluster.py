@@ -145,8 +145,11 @@ def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]
             "node_id": node.node_id, "role": node.role, "address": node.address,
             "install_order": node.install_order, "healthy": fresh and not limited_by,
             "heartbeat_fresh": fresh, "deprioritized_by": limited_by,
-            "last_seen": node.last_seen, "last_seen_ago": round(node.age(now), 1) if node.last_seen else None,
-            "objects": node.info.get("objects"), "free_bytes": node.info.get("free_bytes"),
+            # None: registered (`cluster join`) but its gateway never heartbeated.
+            "last_seen": node.last_seen if node.ever_seen else None,
+            "last_seen_ago": round(node.age(now), 1) if node.ever_seen else None,
+            "objects": node.info.get("objects"), "objects_counted_at": node.info.get("objects_counted_at"),
+            "free_bytes": node.info.get("free_bytes"),
             "placed": placed.get(node.node_id, 0), "reads": reads.get(node.node_id, 0),
             "balance": node.info.get("balance", {}),
         })
@@ -183,6 +186,8 @@ def promote(registry, wait, node_id) -> None:
             return
         if node.role != "redundant":
             raise ValueError(f"{node_id} is a {node.role} node: only a redundant node, which stores objects, can be primary")
+        if not node.ever_seen:
+            raise ValueError(f"{node_id} has never run (joined, not seen yet): start it first")
         if not node.heartbeat_fresh():
             raise ValueError(f"{node_id} is down (last heartbeat {node.age():.0f} s ago): start it first")
         if not await reg.acquire_lock(HANDOVER, node_id, wait):
@@ -242,7 +247,9 @@ def status(registry, as_json) -> None:
     click.echo(f"{'NODE':<24} {'ROLE':<10} {'ADDRESS':<30} {'HEALTH':<22} {'LAST SEEN':<10} {'OBJECTS':>8} "
                f"{'FREE':>10} {'PLACED':>8} {'READS':>8}")
     for row in rows:
-        if not row["heartbeat_fresh"]:
+        if row["last_seen"] is None:
+            health = "joined, not seen yet"  # `cluster join` registered it; its gateway never heartbeated
+        elif not row["heartbeat_fresh"]:
             health = "down (no heartbeat)"
         elif row["deprioritized_by"]:
             health = "slow: " + ",".join(row["deprioritized_by"])

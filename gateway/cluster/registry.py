@@ -43,6 +43,11 @@ class NodeRecord:
     def age(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.last_seen
 
+    @property
+    def ever_seen(self) -> bool:
+        """Whether the node's gateway ever heartbeated (False: only `cluster join` registered it)."""
+        return self.last_seen > 0
+
     def heartbeat_fresh(self, now: float | None = None) -> bool:
         """Seen within three heartbeat intervals (the interval the node itself published)."""
         interval = float(self.info.get("heartbeat_interval", 5.0))
@@ -103,7 +108,12 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
-        """Add or update a node (keeping its install order); return the stored record."""
+        """Add or update a node (keeping its install order); return the stored record.
+
+        A registration is not a heartbeat: a new record has ``last_seen`` 0 (never heard from,
+        shown as "joined, not seen yet" until the node's gateway heartbeats), and an updated one
+        keeps its last heartbeat and published info. ``gateway cluster join`` registers nodes that
+        may never have run; a running node heartbeats right after it registers."""
 
     @abc.abstractmethod
     async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:

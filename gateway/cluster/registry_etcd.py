@@ -118,8 +118,27 @@ class EtcdRegistry(Registry):
         raise RegistryError(f"etcd registry {self.url}: no endpoint answered {path}: " + "; ".join(failures))
 
     async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
-        record = NodeRecord(node_id, role, address, 0, time.time(), {})
-        await self._call("/v3/kv/put", {"key": _b64(PREFIX + node_id), "value": _b64(json.dumps(record.to_json()))})
+        key = _b64(PREFIX + node_id)
+        for _ in range(CAS_ATTEMPTS):
+            kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []
+            if kvs:
+                # Not a heartbeat (Registry.register): the last heartbeat and the published info stay.
+                try:
+                    record = NodeRecord.from_json(json.loads(base64.b64decode(kvs[0]["value"])))
+                except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                    raise RegistryError(f"etcd registry {self.url}: bad record under {PREFIX}: {exc}") from None
+                record.role, record.address = role, address
+                compare = {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": kvs[0]["mod_revision"]}
+            else:
+                record = NodeRecord(node_id, role, address, 0, 0.0, {})  # never seen yet
+                compare = _absent(key)
+            data = await self._call("/v3/kv/txn", {"compare": [compare], "success": [
+                {"request_put": {"key": key, "value": _b64(json.dumps(record.to_json()))}}]})
+            if data.get("succeeded"):
+                break
+        else:
+            raise RegistryError(f"etcd registry {self.url}: the record of {node_id} kept changing while it was "
+                                f"registered ({CAS_ATTEMPTS} attempts)")
         self._records[node_id] = record
         stored = await self.get(node_id)
         if stored is None:

@@ -116,13 +116,13 @@ class SqliteRegistry(Registry):
         def work(conn):
             conn.execute("BEGIN IMMEDIATE")  # install order must not be handed out twice
             row = conn.execute("SELECT install_order FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            # Not a heartbeat (Registry.register): a new node is never seen yet, a known one keeps its last.
             if row is None:
                 order = conn.execute("SELECT COALESCE(MAX(install_order), 0) + 1 FROM nodes").fetchone()[0]
                 conn.execute("INSERT INTO nodes (node_id, role, address, install_order, last_seen) "
-                             "VALUES (?, ?, ?, ?, ?)", (node_id, role, address, order, time.time()))
+                             "VALUES (?, ?, ?, ?, 0)", (node_id, role, address, order))
             else:
-                conn.execute("UPDATE nodes SET role = ?, address = ?, last_seen = ? WHERE node_id = ?",
-                             (role, address, time.time(), node_id))
+                conn.execute("UPDATE nodes SET role = ?, address = ? WHERE node_id = ?", (role, address, node_id))
             conn.execute("COMMIT")
 
         await asyncio.to_thread(self._run, work)
