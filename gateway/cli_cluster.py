@@ -66,17 +66,71 @@ def join(registry, advertise, role, node_id) -> None:
     if not node_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--node-id")
 
-    async def work(reg):
-        chosen = role
-        if chosen is None:
-            existing = await reg.get(node_id)
-            has_primary = any(n.role == "primary" for n in await reg.nodes())
-            chosen = existing.role if existing else ("redundant" if has_primary else "primary")
-        return await reg.register(node_id, chosen, advertise.rstrip("/"))
+    address = advertise.rstrip("/")
 
-    record = _run(lambda: _with_registry(registry, work, create=True))
-    click.echo(f"node {record.node_id} joined as {record.role} (install order {record.install_order}) "
-               f"at {record.address}")
+    async def work(reg):
+        created = False
+        if reg.absent():
+            # Only the first node of a new cluster (its primary) creates the registry; a missing
+            # directory, or a redundant node or proxy joining no cluster at all, is a typo in --registry.
+            why = reg.cannot_create()
+            if why:
+                raise click.BadParameter(why, param_hint="--registry")
+            if role not in (None, "primary"):
+                raise click.BadParameter(
+                    f"there is no registry at {registry} yet: a new cluster starts with its primary, so join that "
+                    f"first (or this node without --role). If the cluster exists, check --registry "
+                    "(GATEWAY_REGISTRY) for a typo", param_hint="--registry")
+            created = True
+        nodes = await reg.nodes()
+        existing = next((n for n in nodes if n.node_id == node_id), None)
+        taken = next((n for n in nodes if n.node_id != node_id and _same_address(n.address, address)), None)
+        if taken is not None:
+            raise click.BadParameter(
+                f"{address} is the address of node {taken.node_id} already: two records for one gateway would make "
+                f"peers ask it for {node_id}'s objects and {taken.node_id}'s alike. If this is that node, join it as "
+                f"--node-id {taken.node_id}; if {taken.node_id} is gone, remove it first with `gateway cluster leave "
+                f"--node-id {taken.node_id}`", param_hint="--advertise")
+        try:
+            holder = await reg.lock_holder(LEASE)
+        except NotImplementedError:  # a registry plugin without locks: no failover
+            holder = None
+        listed = next((n.node_id for n in nodes if n.role == "primary" and n.node_id != node_id), None)
+        primary = listed or (holder if holder not in (None, node_id) else None)
+        chosen = role or (existing.role if existing else ("redundant" if primary else "primary"))
+        if chosen == "primary" and primary and not (existing and existing.role == "primary"):
+            why = " and ".join(w for w, yes in (("listed primary", listed == primary),
+                                                 ("holds the primary lease", holder == primary)) if yes)
+            raise click.BadParameter(
+                f"node {primary} is the primary already ({why}), and a cluster has one. Join {node_id} as "
+                f"redundant (--role redundant), start it, then hand it the role with `gateway cluster promote "
+                f"{node_id}`; if {primary} is gone for good, remove it first with `gateway cluster leave --node-id "
+                f"{primary} --force`", param_hint="--role")
+        return await reg.register(node_id, chosen, address), created
+
+    record, created = _run(lambda: _with_registry(registry, work, create=True))
+    if created:
+        click.echo(f"created a new registry at {registry}")
+    line = f"node {record.node_id} joined as {record.role} (install order {record.install_order}) at {record.address}"
+    if not record.ever_seen:
+        line += "; `gateway cluster status` shows it as \"joined, not seen yet\" until its gateway runs"
+    click.echo(line)
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two advertised URLs name one gateway (scheme, host and port; case and a default port aside)."""
+    from urllib.parse import urlsplit
+
+    def key(url: str):
+        parts = urlsplit(url.rstrip("/"))
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+    return key(a) == key(b)
 
 
 @cluster.command()

@@ -190,6 +190,11 @@ class Registry(abc.ABC):
         typo in the URL would otherwise show an empty, new cluster."""
         return None
 
+    def cannot_create(self) -> str | None:
+        """Why ``cluster join`` must not create the registry at this URL (a file whose directory does
+        not exist: a typo, most likely), or None. Only asked while absent() says there is none."""
+        return None
+
     async def get(self, node_id: str) -> NodeRecord | None:
         for node in await self.nodes():
             if node.node_id == node_id:

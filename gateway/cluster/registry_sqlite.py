@@ -70,6 +70,14 @@ class SqliteRegistry(Registry):
         return (f"there is no registry at {self.path}: check --registry (GATEWAY_REGISTRY); nodes create it "
                 "when they first start")
 
+    def cannot_create(self) -> str | None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(directory):
+            return None
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        return (f"{directory} {what}, so there is no registry at {self.path}: check --registry (GATEWAY_REGISTRY) "
+                "for a typo; if the path is right, create the directory first")
+
     def _connect(self) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)

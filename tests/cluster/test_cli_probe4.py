@@ -10,6 +10,7 @@ import time
 from click.testing import CliRunner
 
 from gateway.cli import main
+from gateway.cluster.election import LEASE
 from gateway.cluster.registry import open_registry
 
 from .conftest import ClusterNodes, wait_for
@@ -49,6 +50,7 @@ def test_a_joined_node_that_never_ran_is_not_shown_healthy_until_its_gateway_hea
         code, out, err = cli("cluster", "join", "--registry", registry, "--advertise", "http://127.0.0.1:9",
                              "--role", "proxy", "--node-id", "ghost")
         assert code == 0, err
+        assert "joined, not seen yet" in out
         code, out, err = cli("cluster", "join", "--registry", registry, "--advertise", later.endpoint,
                              "--role", "redundant", "--node-id", "r9")
         assert code == 0, err
@@ -74,3 +76,65 @@ def test_a_joined_node_that_never_ran_is_not_shown_healthy_until_its_gateway_hea
         assert "joined, not seen yet" in next(line for line in table.splitlines() if line.startswith("ghost"))
     finally:
         nodes.stop()
+
+
+def test_join_refuses_a_second_primary_an_address_in_use_and_a_registry_in_a_missing_directory(tmp_path):
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    nodes = ClusterNodes(tmp_path, registry)
+    try:
+        p1 = nodes.add("p1", "primary")
+        # A second primary, while p1 is listed primary and holds the lease.
+        code, _, err = cli("cluster", "join", "--registry", registry, "--advertise", "http://127.0.0.1:18897",
+                           "--role", "primary", "--node-id", "second-primary")
+        assert code == 2, err
+        assert "node p1 is the primary already (listed primary and holds the primary lease)" in err, err
+        assert "--role redundant" in err and "gateway cluster promote second-primary" in err, err
+        # The running primary's address, under another id (also spelled with a capital and a slash).
+        for address in (p1.endpoint, p1.endpoint.replace("http://", "HTTP://") + "/"):
+            code, _, err = cli("cluster", "join", "--registry", registry, "--advertise", address,
+                               "--role", "redundant", "--node-id", "dup")
+            assert code == 2, (address, err)
+            assert "is the address of node p1 already" in err and "--node-id p1" in err, err
+        assert set(rows_of(registry)) == {"p1"}
+        # The node itself joined again at its own address: fine, and it stays primary.
+        code, out, err = cli("cluster", "join", "--registry", registry, "--advertise", p1.endpoint, "--node-id", "p1")
+        assert code == 0 and "joined as primary" in out, err
+        assert rows_of(registry)["p1"]["healthy"]  # its heartbeat is kept, not reset
+    finally:
+        nodes.stop()
+
+    # Only the primary lease (its holder is listed redundant for a moment in a takeover) counts too.
+    other = f"sqlite:///{tmp_path}/lease.db"
+
+    async def lease_held(reg):
+        await reg.register("r1", "redundant", "http://127.0.0.1:18801")
+        await reg.heartbeat("r1", {"heartbeat_interval": 5.0})
+        assert await reg.acquire_lock(LEASE, "r1", 60)
+
+    on_registry(other, lease_held)
+    code, _, err = cli("cluster", "join", "--registry", other, "--advertise", "http://127.0.0.1:18802",
+                       "--role", "primary", "--node-id", "r2")
+    assert code == 2 and "node r1 is the primary already (holds the primary lease)" in err, err
+    code, out, err = cli("cluster", "join", "--registry", other, "--advertise", "http://127.0.0.1:18802",
+                         "--node-id", "r2")
+    assert code == 0 and "joined as redundant" in out, err
+
+    # A registry in a directory that does not exist is a typo: refused, and nothing is created.
+    missing = tmp_path / "nonexist" / "x.db"
+    code, _, err = cli("cluster", "join", "--registry", f"sqlite:///{missing}", "--advertise",
+                       "http://127.0.0.1:18898")
+    assert code == 2, err
+    assert f"{tmp_path / 'nonexist'} does not exist, so there is no registry at {missing}" in err, err
+    assert not (tmp_path / "nonexist").exists()
+    # A redundant node or a proxy joining a registry file that is not there: no cluster to join.
+    new = tmp_path / "new.db"
+    for role in ("redundant", "proxy"):
+        code, _, err = cli("cluster", "join", "--registry", f"sqlite:///{new}", "--advertise",
+                           "http://127.0.0.1:18898", "--role", role)
+        assert code == 2 and "a new cluster starts with its primary" in err, (role, err)
+    assert not new.exists()
+    # The first node, the primary, creates it, and says so.
+    code, out, err = cli("cluster", "join", "--registry", f"sqlite:///{new}", "--advertise", "http://127.0.0.1:18898")
+    assert code == 0, err
+    assert f"created a new registry at sqlite:///{new}" in out and "joined as primary" in out, out
+    assert new.exists()
