@@ -141,9 +141,13 @@ def _same_address(a: str, b: str) -> bool:
 def leave(registry, node_id, force) -> None:
     """Remove a node from the registry (stop its gateway first, or it is re-added when it restarts).
 
-    Refused without --force for the primary and for a storing node that holds objects: no other node
-    has them, so once it left they read as 404 (not found) through every node.
+    Refused without --force for the primary and for a storing node that holds objects (by its last
+    published count, whose age the refusal gives): no other node has them, so once it left they read
+    as 404 (not found) through every node. A node on shared storage (sharedfs) whose share other
+    storing nodes serve is not refused: its objects stay readable through them.
     """
+    from .cluster.membership import STATS_EVERY  # here: the module pulls in the peer client
+
     if not node_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--node-id")
 
@@ -160,19 +164,66 @@ def leave(registry, node_id, force) -> None:
                              "only replaces a primary that is listed). Hand its role over first with `gateway cluster "
                              f"promote NODE`, then remove it; or pass --force")
         held = node.info.get("objects") if node is not None and node.stores_objects else None
+        notes, warnings = [], []
+        if held is not None and node.info.get("shared_storage") is True:
+            # Its files are the share's: the other storing nodes on the share serve them as their own.
+            sharing = [n.node_id for n in others if n.info.get("shared_storage") is True]
+            if sharing:
+                held = None
+                down = [n.node_id for n in others if n.node_id in sharing and not n.heartbeat_fresh()]
+                notes.append(f"its objects stay on the shared storage, served by {', '.join(sharing)}"
+                             + (f" (down now: {', '.join(down)}; they serve them again once running)" if down else ""))
+        counted = _count_age(node) if held is not None else None
         if not force and held:
             # Peers stop asking a node that left: its objects would be answered 404, as if deleted.
-            raise ValueError(f"{node_id} holds {held} objects (as of its last count, which runs every few "
-                             "minutes): no other node has them, and once it left they would read as not found "
-                             "(404) through every node. Keep it until they are copied elsewhere; or pass --force (the files stay "
+            raise ValueError(f"{node_id} holds {held} objects by its last count ({counted[0]}; a node counts at "
+                             f"most every {STATS_EVERY / 60:.0f} min, so objects written since are not in it): no "
+                             "other node has them, and once it left they would read as not found (404) through "
+                             "every node. Keep it until they are copied elsewhere; or pass --force (the files stay "
                              "on its disk)")
-        return await reg.remove(node_id)
+        if held == 0 and counted[1] is not None and counted[1] > STALE_COUNT:
+            warnings.append(f"warning: {node_id} held no objects by its last count, {counted[0]}: objects written "
+                            "to it since then read as not found (404) through every node now. Its files stay on its "
+                            f"disk; `gateway cluster join --registry {registry} --node-id {node_id} --advertise "
+                            f"{node.address} --role {node.role}` adds it back")
+        return await reg.remove(node_id), notes, warnings
 
-    removed = _run(lambda: _with_registry(registry, work))
+    removed, notes, warnings = _run(lambda: _with_registry(registry, work))
     if not removed:
         click.echo(f"error: node {node_id} is not in the registry", err=True)
         raise SystemExit(1)
-    click.echo(f"node {node_id} left the cluster")
+    click.echo(f"node {node_id} left the cluster" + "".join(f"; {n}" for n in notes))
+    for warning in warnings:
+        click.echo(warning, err=True)
+
+
+STALE_COUNT = 60.0  # seconds: a count of no objects older than this is worth a warning when the node leaves
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _count_age(node: NodeRecord, now: float | None = None) -> tuple[str, float | None]:
+    """How old a node's published object count is: ("counted 4 min ago", seconds), from the time it
+    published with the count; a node of a version that did not publish it: its last heartbeat's age."""
+    from .cluster.membership import STATS_EVERY
+
+    now = time.time() if now is None else now
+    counted_at = node.info.get("objects_counted_at")
+    if isinstance(counted_at, (int, float)) and counted_at > 0:
+        return f"counted {_ago(now - counted_at)}", now - counted_at
+    if node.ever_seen:
+        return (f"published {_ago(node.age(now))}, counted up to {STATS_EVERY / 60:.0f} min before",
+                node.age(now))
+    return "never counted", None
 
 
 def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]:

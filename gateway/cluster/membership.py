@@ -369,7 +369,11 @@ class Cluster:
         # The first heartbeat runs before the backends created their directories: count again then.
         if stale or (self.storage_roots and self._storage_stats.get("free_bytes") is None):
             self._stats_at = time.monotonic()
+            counted_at = time.time()
             self._storage_stats = await asyncio.to_thread(storage_stats, self.storage_roots)
+            if self._storage_stats.get("objects") is not None:
+                # When the count was taken: `cluster leave` says how old the count it relies on is.
+                self._storage_stats["objects_counted_at"] = counted_at
         return {
             "heartbeat_interval": self.settings.heartbeat_interval,
             "failover": self.election is not None,
