@@ -19,9 +19,13 @@ def interrupted(message: str) -> None:
 
 def ops_settings(config_file, **flags):
     """The node's settings for a tool that serves nothing: credentials are not needed here."""
+    return build_settings(config_file, **_without_credentials(flags))
+
+
+def _without_credentials(flags: dict) -> dict:
     if flags.get("access_key") is None and flags.get("secret_key") is None:
         flags["allow_anonymous"] = flags.get("allow_anonymous") or True
-    return build_settings(config_file, **flags)
+    return flags
 
 
 @click.command()
@@ -71,7 +75,8 @@ def _unfinished(output: str) -> str:
 @settings_options
 @click.option("--check", is_flag=True, help="Only verify the archive (every checksum, nothing cut short).")
 @click.option("--overwrite", is_flag=True,
-              help="Replace objects that differ from the backup's copy (default: keep them and list them).")
+              help="Replace objects that differ from the backup's copy (default: keep them and list them). "
+                   "Node files (config, TLS) that exist are kept either way.")
 @click.option("--force", is_flag=True,
               help="Restore even where the backup does not belong (a full backup on a non-primary, "
                    "an objects-only backup on another server).")
@@ -81,23 +86,29 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
     """Verify ARCHIVE completely, then restore it to this node's stores.
 
     Objects already there with the same bytes are skipped; objects that differ (written after the
-    backup) are kept and listed unless --overwrite. Nothing the backup lacks is deleted. A running
-    gateway may stay up: each file appears whole, by rename. Give it the settings the node's
-    `gateway serve` runs with (--config, --data-dir, --role, ...): they say where the objects go.
+    backup) are kept and listed unless --overwrite; damaged object files are replaced by the backup's
+    copy and listed. Nothing the backup lacks is deleted. A running gateway may stay up: each file
+    appears whole, by rename. Give it the settings the node's `gateway serve` runs with (--config,
+    --data-dir, --role, ...): they say where the objects go; with neither --config nor --data-dir,
+    ./cv-storage must exist.
 
     Exit status: 0 restored (kept objects are listed, not an error); 2 nothing restored, or the
     restore stopped (the message says why; the same command finishes the job); 130 stopped with
     Ctrl-C (run it again).
     """
-    from .ops.restore import (check_archive, check_destination, check_rereadable, restore as restore_archive,
-                              restore_missing_settings_files)
+    from .ops.restore import (check_archive, check_destination, check_rereadable, describe_os_error, peek_manifest,
+                              restore as restore_archive, restore_missing_settings_files)
 
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
+    named = bool(config_file or flags.get("data_dir") or os.environ.get("GATEWAY_DATA_DIR"))
     try:
         if archive == "-" and not os.path.exists(archive):
             archive = "/dev/stdin"  # as `gateway backup -` writes to standard output
         if not check:
             check_rereadable(archive)
+            manifest = peek_manifest(archive)
+            if manifest is not None:
+                _check_destination_early(manifest, config_file, named, force, flags)
         info = check_archive(archive, quiet=quiet)
         click.echo(info.describe(), err=True)
         if check:
@@ -113,6 +124,8 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
         try:
             settings = ops_settings(config_file, **flags)
             mapping, notes = check_destination(info, settings, force)
+            if not named:
+                _refuse_default_root(mapping)
         except (OpsError, SystemExit):
             for path in created:  # refused before anything else was written: leave no trace
                 os.unlink(path)
@@ -123,9 +136,39 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
     except OpsError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"the restore stopped: {exc}. Every file restored so far is whole; fix the cause and run the same "
-              "command again, it skips what is already there")
+        _fail(f"the restore stopped: {describe_os_error(exc)}. Every file restored so far is whole; run the same "
+              "command again once that is fixed, it skips what is already there")
     except KeyboardInterrupt:
         interrupted("the restore was stopped. Every file restored so far is whole; run the same command again "
                      "to finish, it skips what is already there")
 
+
+def _check_destination_early(manifest: dict, config_file, named: bool, force: bool, flags: dict) -> None:
+    """Refuse, before the whole archive is read (hours for a large one), a destination that is wrong
+    whatever the archive holds: another node or kind (the manifest, its first member, says which),
+    a share that is not mounted, a store root that is a file or cannot be written, no store named.
+    Only looks; the same checks run again after the archive is checked, and nothing is written
+    before that. Skipped when the settings cannot be read yet (a config file the archive restores)."""
+    from .config import ConfigError, load_settings
+    from .ops.restore import ArchiveInfo, check_destination
+
+    if config_file and not os.path.exists(config_file):
+        return
+    try:
+        settings = load_settings(config_file, **_without_credentials(dict(flags)))
+    except ConfigError:
+        return  # e.g. a TLS file the archive restores is missing: said after the check
+    mapping, _ = check_destination(ArchiveInfo(manifest, {}), settings, force)
+    if not named:
+        _refuse_default_root(mapping)
+
+
+def _refuse_default_root(mapping: dict) -> None:
+    """With neither --config nor --data-dir, the store is ./cv-storage: used when it exists, as backup
+    and migrate do, never created (a forgotten --config would restore into the current directory)."""
+    for store in mapping.values():
+        if store.root == os.path.abspath("cv-storage") and not os.path.exists(store.root):
+            raise OpsError(f"{store.root} does not exist: no --config or --data-dir was given, so the store would be "
+                           "./cv-storage in the current directory. Pass the --config (or --data-dir) the node's "
+                           "`gateway serve` runs with; a full backup restores a missing config file there first. "
+                           "Nothing was restored")

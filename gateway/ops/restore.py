@@ -13,11 +13,21 @@
    left alone (running the same restore twice is safe, and a restore that was
    stopped can be run again). One that differs, an object written after the
    backup, is **kept** and listed; ``--overwrite`` takes the backup's copy
-   instead. Nothing the backup does not hold is deleted.
+   instead. An object file that is damaged (its header does not parse, its
+   length is not the one its header gives, or it has the backup's header with
+   other bytes) is not a newer version: the backup's copy replaces it, and it
+   is listed as damaged (restore_damage.py). Node files (config, TLS) that exist are never
+   replaced, not even with ``--overwrite``. Nothing the backup does not hold
+   is deleted.
+
+Checks of the destination that need only the manifest (the archive's first
+member) run before the whole archive is read: ``peek_manifest`` and
+``check_destination``, which only look.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -32,10 +42,12 @@ from gateway_plugins import fslayout
 from .backup import FILES, FORMAT, MANIFEST, PATH_HEADER, SHA_HEADER, STORAGE, SUMMARY
 from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster, registry_snapshot
 from .progress import Progress, human_bytes, plural
+from .restore_damage import damage, find_present, replace_damaged
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, Installer, check_relpath, file_sha256, is_object, object_header, read_chunks, write_atomically
 
 SHOW = 20  # differing objects listed one by one; the rest are counted
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CONFIG_LIMIT = 1024 * 1024  # node files held in memory while the archive is checked are this small
 PRE_SETTINGS_FILES = ("config", "tls_cert", "tls_key", "tls_ca")  # the settings refuse to load without them
 NODE_FILES = {*PRE_SETTINGS_FILES, "registry"}
@@ -74,6 +86,7 @@ class RestoreResult:
     bytes: int = 0
     kept: list[str] = field(default_factory=list)  # differing files left as they were (no --overwrite)
     replaced: int = 0
+    damaged: list[str] = field(default_factory=list)  # damaged object files the backup's copy replaced
     newer_elsewhere: list[str] = field(default_factory=list)  # another node holds a newer version: left out
     node_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -85,7 +98,38 @@ def _open(archive: str) -> tarfile.TarFile:
     except FileNotFoundError:
         raise OpsError(f"{archive} does not exist") from None
     except (tarfile.TarError, OSError) as exc:
+        if _starts_with(archive, ZSTD_MAGIC):
+            raise OpsError(f"{archive} looks zstd-compressed (it starts with zstd's magic bytes), and restore reads "
+                           f"gzip, bz2 and xz archives but not zstd: decompress it first (`zstd -d {archive}` or "
+                           f"`unzstd {archive}`) and restore the .tar that makes") from None
         raise OpsError(f"{archive} is not a backup archive (not a tar file: {exc})") from None
+
+
+def _starts_with(archive: str, magic: bytes) -> bool:
+    """Whether a regular file starts with ``magic`` (a pipe is never read here: it would lose bytes)."""
+    try:
+        if not os.path.isfile(archive):
+            return False
+        with open(archive, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def peek_manifest(archive: str) -> dict | None:
+    """The manifest of a regular-file archive, read from its first member alone (checksum and fields
+    checked), so that a destination that is wrong whatever the archive holds is refused before the
+    whole archive is read. None when it cannot be read this way: check_archive then says why."""
+    if not os.path.isfile(archive):
+        return None
+    try:
+        with _open(archive) as tar:
+            member = tar.next()
+            if member is None or member.name != MANIFEST:
+                return None
+            return _parse_manifest(tar, member, archive)
+    except (OpsError, tarfile.TarError, OSError, EOFError):
+        return None
 
 
 def check_rereadable(archive: str) -> None:
@@ -121,15 +165,7 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
                 if manifest is None:
                     if member.name != MANIFEST:
                         raise OpsError(f"{archive} is not a cv-gateway backup: it does not start with {MANIFEST}")
-                    manifest = _read_json(tar, member, archive)
-                    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
-                        raise OpsError(f"{archive}: its manifest is not a cv-gateway backup manifest; the archive "
-                                       "is damaged or was not made by `gateway backup`")
-                    if manifest.get("format") != FORMAT:
-                        raise OpsError(f"{archive} has backup format {manifest.get('format')!r}; this gateway reads "
-                                       f"format {FORMAT}: restore it with the gateway version that wrote it "
-                                       f"({manifest.get('gateway_version')})")
-                    _check_manifest(manifest, archive)
+                    manifest = _parse_manifest(tar, member, archive)
                     stores = {store["name"] for store in manifest["stores"]}
                     continue
                 if member.name == SUMMARY:
@@ -194,6 +230,19 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
         progress.add(0, max(total - read, 0))
     progress.done("archive OK")
     return info
+
+
+def _parse_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> dict:
+    manifest = _read_json(tar, member, archive)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
+        raise OpsError(f"{archive}: its manifest is not a cv-gateway backup manifest; the archive "
+                       "is damaged or was not made by `gateway backup`")
+    if manifest.get("format") != FORMAT:
+        raise OpsError(f"{archive} has backup format {manifest.get('format')!r}; this gateway reads "
+                       f"format {FORMAT}: restore it with the gateway version that wrote it "
+                       f"({manifest.get('gateway_version')})")
+    _check_manifest(manifest, archive)
+    return manifest
 
 
 def _compressed(archive: str) -> bool:
@@ -287,16 +336,67 @@ def check_destination(info: ArchiveInfo, settings, force: bool) -> tuple[dict[st
         mapping = {name: by_name[name] for name in wanted}
     for store in mapping.values():
         check_share_mounted(store)
+        check_writable(store)
     return mapping, notes
+
+
+def check_writable(store: Store) -> None:
+    """OpsError when the restore could not write into ``store``: its root (or the closest part of the
+    path to its temp directory that exists) is a file, is on a read-only filesystem, or is not this
+    user's to write. Only looks: nothing is created before the archive is checked."""
+    where = f"the store {store.name!r} (--data-dir, or root in [backends.{store.name}] of the config)"
+    if os.path.lexists(store.root) and not os.path.isdir(store.root):
+        raise OpsError(f"{store.root} is a file, not a directory, and it is the root of {where}: give the cv-storage "
+                       "directory there; nothing was restored")
+    probe = os.path.join(store.root, ".gateway", "tmp")
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OpsError(f"{probe} is a file, not a directory, on the way to {where} at {store.root}: move it away or "
+                       "give another directory; nothing was restored")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OpsError(f"cannot write in {probe} ({where} at {store.root}): {_advice(probe)}; nothing was restored")
+
+
+def _advice(path: str, exc: OSError | None = None) -> str:
+    """Why a path cannot be written and what to do, in place of a bare errno."""
+    code = exc.errno if exc is not None else None
+    try:
+        read_only = code == errno.EROFS or (code is None and bool(os.statvfs(path).f_flag & os.ST_RDONLY))
+    except OSError:
+        read_only = False
+    if read_only:
+        return "its filesystem is mounted read-only: remount it read-write (or restore to another disk)"
+    if code in (None, errno.EACCES, errno.EPERM):
+        return ("this user may not write there: run the restore as the user the gateway runs as, or fix the owner "
+                "and permissions of that directory")
+    if code == errno.ENOTDIR:
+        return ("a part of that path is a file, not a directory: check the store's root (--data-dir, or root in "
+                "[backends.NAME] of the config)")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk (or this user's quota) is full: free space there"
+    return ""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``[Errno 13] Permission denied: '/x'`` as the path, the error and what to do."""
+    text = exc.strerror or str(exc)
+    if exc.filename:
+        text = f"{exc.filename}: {text}"
+    advice = _advice(str(exc.filename or ""), exc)
+    return f"{text} ({advice})" if advice else text
 
 
 def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store], overwrite: bool = False,
             config_file: str | None = None, quiet: bool = False, stream=None) -> RestoreResult:
     stream = stream or sys.stderr
     result = RestoreResult()
-    installers = {name: Installer(store.root, host=store.host_id) for name, store in mapping.items()}
-    for installer in installers.values():
-        installer.remove_dead_temps()  # what a restore killed earlier left half-written
+    try:
+        installers = {name: Installer(store.root, host=store.host_id) for name, store in mapping.items()}
+        for installer in installers.values():
+            installer.remove_dead_temps()  # what a restore killed earlier left half-written
+    except OSError as exc:  # not "every file restored so far is whole": none was
+        raise OpsError(f"cannot write to the store: {describe_os_error(exc)}; no object was restored") from None
     progress = Progress("restore", info.files, info.bytes, stream=stream, quiet=quiet)
     peers = _peer_versions(settings, mapping, progress)
     try:
@@ -314,19 +414,25 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
                     progress.add(1, member.size)
                 elif member.name.startswith(FILES + "/") and member.isfile():
                     what = member.name[len(FILES) + 1:].split("/", 1)[0]
-                    _restore_node_file(tar, member, what, settings, config_file, overwrite, result, progress)
+                    _restore_node_file(tar, member, what, settings, config_file, archive, result, progress)
     finally:
         if peers is not None:
             peers.close()
     summary = f"{plural(result.restored, 'file')} restored ({human_bytes(result.bytes)}), {result.already:,} already there"
     if result.replaced:
         summary += f", {result.replaced:,} replaced by the backup's copy (--overwrite)"
+    if result.damaged:
+        summary += f", {len(result.damaged):,} damaged, replaced from the backup"
     if result.kept:
         summary += f", {len(result.kept):,} kept at their current version (they differ from the backup: written after it)"
     if result.newer_elsewhere:
         summary += (f", {len(result.newer_elsewhere):,} left out (another node holds a newer version: "
                     "overwritten since the backup)")
     progress.done(summary)
+    for line in result.damaged[:SHOW]:
+        progress.note(f"damaged, replaced from the backup: {line}")
+    if len(result.damaged) > SHOW:
+        progress.note(f"damaged, replaced from the backup: ... and {len(result.damaged) - SHOW:,} more")
     for line in result.newer_elsewhere[:SHOW]:
         progress.note(f"newer on another node, left out: {line}")
     if len(result.newer_elsewhere) > SHOW:
@@ -368,39 +474,49 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
                     overwrite: bool, result: RestoreResult, peers: PeerVersions | None = None) -> None:
     expected = member.pax_headers[SHA_HEADER]
     final = installer.path(relpath)
-    present = file_sha256(final)
-    if present == expected:
+    present = find_present(final, is_object(relpath))
+    if present is not None and present.sha256 == expected:
         result.already += 1
         return
-    if present is not None and not overwrite:
-        _keep(final, relpath, result)
-        return
-    source = tar.extractfile(member)
-    chunks = read_chunks(source, member.size)
-    if peers is not None and is_object(relpath) and not relpath.startswith("."):
-        # In a cluster, an overwrite through another node retired this node's copy: a newer
-        # version there must not be shadowed by the backup's older one (peers.py).
+    chunks = read_chunks(tar.extractfile(member), member.size)
+    header = None
+    if is_object(relpath) and (present is not None or peers is not None):
         first = b"".join(itertools.islice(chunks, 1))
         chunks = itertools.chain([first], chunks)
         header = _header(first)
-        if header is not None:
-            newer = peers.newer(relpath.split("/", 1)[0], header["key"], header["time"], header["etag"])
-            if newer is not None:
-                result.newer_elsewhere.append(
-                    f"{relpath.split('/', 1)[0]}/{header['key']} (node {newer.node} has a version of "
-                    f"{_utc(newer.last_modified)}, the backup's is of {_utc(header['time'])})")
-                for _ in chunks:  # the stream goes on past this member's bytes
-                    pass
-                return
-    try:
-        # Without --overwrite, an object a client writes while this one is being copied wins.
-        installer.install(relpath, chunks, mtime=member.mtime, expect_sha256=expected, replace=overwrite)
-    except FileExistsError:
-        _keep(final, relpath, result)
+    problem = damage(present, header) if present is not None else None
+    if present is not None and problem is None and not overwrite:
+        _keep(final, relpath, result)  # a valid version other than the backup's: written after it
         return
+    if peers is not None and header is not None and not relpath.startswith("."):
+        # In a cluster, an overwrite through another node retired this node's copy: a newer
+        # version there must not be shadowed by the backup's older one (peers.py).
+        newer = peers.newer(relpath.split("/", 1)[0], header["key"], header["time"], header["etag"])
+        if newer is not None:
+            result.newer_elsewhere.append(
+                f"{relpath.split('/', 1)[0]}/{header['key']} (node {newer.node} has a version of "
+                f"{_utc(newer.last_modified)}, the backup's is of {_utc(header['time'])})")
+            for _ in chunks:  # the stream goes on past this member's bytes
+                pass
+            return
+    if problem is not None and not overwrite:
+        if not replace_damaged(installer, relpath, chunks, member, expected, present):
+            _keep(final, relpath, result)  # replaced meanwhile (a client's PUT): that version stays
+            return
+    else:
+        try:
+            # Without --overwrite, an object a client writes while this one is being copied wins.
+            installer.install(relpath, chunks, mtime=member.mtime, expect_sha256=expected, replace=overwrite)
+        except FileExistsError:
+            _keep(final, relpath, result)
+            return
     result.restored += 1
     result.bytes += member.size
-    result.replaced += present is not None
+    if problem is not None:
+        name = f"{relpath.split('/', 1)[0]}/{header['key']}" if header else relpath
+        result.damaged.append(f"{name} ({final}): {problem}")
+    elif present is not None:
+        result.replaced += 1
 
 
 def _header(first: bytes) -> dict | None:
@@ -448,9 +564,11 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
 
 
 def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str, settings, config_file: str | None,
-                       overwrite: bool, result: RestoreResult, progress: Progress) -> None:
+                       archive: str, result: RestoreResult, progress: Progress) -> None:
     """The config, TLS files and registry of a full backup: written where this node's settings look
-    for them (the original path when the setting is unset), and only where nothing is yet."""
+    for them (the original path when the setting is unset), and only where nothing is yet. One
+    that exists is kept, with or without --overwrite (which is about objects): a rotated TLS key or
+    an edited config is newer than the backup, and reverting it silently would keep no copy."""
     original = member.pax_headers.get(PATH_HEADER, "")
     if what == "registry":
         target = sqlite_registry_path(settings)
@@ -467,10 +585,12 @@ def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str,
     present = file_sha256(target)
     if present == expected:
         return
-    if present is not None and not (overwrite and what != "registry"):
+    if present is not None:
         extra = ("; gateways re-register at start, so the live registry is usually the one to keep"
-                 if what == "registry" else "; pass --overwrite to replace it")
-        progress.note(f"kept {target} ({what}), which differs from the backup's copy (member {member.name}){extra}")
+                 if what == "registry" else "")
+        progress.note(f"kept {target} ({what}), which differs from the backup's copy (member {member.name}){extra}; "
+                      f"node files are never replaced, not even with --overwrite: to use the backup's, take it out "
+                      f"with `tar -xf {archive} {member.name}` and put it in place yourself")
         return
     tmp = f"{target}.{os.getpid()}.restore-tmp"
     mode = 0o644 if what in ("tls_cert", "tls_ca") else 0o600
@@ -494,6 +614,6 @@ def _note_restored_nodes(path: str, progress: Progress) -> None:
         return
     listed = ", ".join(f"{n.node_id} ({n.role}, {n.address})" for n in sorted(nodes, key=lambda n: n.install_order))
     progress.note(f"the restored registry lists the nodes of the backup's time: {listed or 'none'}. Remove a node "
-                  f"that has left the cluster since with `gateway cluster leave NODE --registry {url}` "
+                  f"that has left the cluster since with `gateway cluster leave --registry {url} --node-id NODE` "
                   "(--force if it held objects): while it is listed and does not answer, objects missing on the "
                   "other nodes answer 503, not 404")

@@ -431,4 +431,4 @@ def test_a_restored_registry_names_its_nodes_and_how_to_remove_one_that_left(sou
     assert f"restored registry to {registry}" in result.stderr
     assert "lists the nodes of the backup's time: p1 (primary, http://127.0.0.1:9001), r-gone (redundant, " \
         "http://127.0.0.1:9002)" in result.stderr, result.stderr
-    assert f"gateway cluster leave NODE --registry sqlite://{registry}" in result.stderr
+    assert f"gateway cluster leave --registry sqlite://{registry} --node-id NODE" in result.stderr
