@@ -23,6 +23,7 @@ the gateway, the same command again, then switch the config to ``sharedfs``.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from gateway_plugins import fslayout
 
 from .migrate_checks import check_target, choose_source
 from .migrate_copy import DamagedSource, TempFiles, copy_file
-from .migrate_journal import Journal
+from .migrate_journal import Journal, JournalError
 from .progress import Progress
 from .stores import OpsError, Store
 from .tree import Installer, bucket_dirs, count_files, is_object, object_header, walk_files
@@ -42,6 +43,11 @@ LAYOUT_FILES = (fslayout.BUCKET_FILE, fslayout.NAME_FILE)
 # A source file whose status changed this long before the pass started still counts as changed
 # during it: file times come from the kernel's coarse clock, a little behind time.time().
 CLOCK_SLACK = 1.0
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class TargetFull(OpsError):
+    """The target has no room left: the pass stops (every copy after this one would fail too)."""
 
 
 @dataclass
@@ -115,18 +121,33 @@ def exists(path: str) -> bool:
 
 
 def target_object(path: str) -> tuple[bool, dict | None]:
-    """(a file is there, its header when it is an object file); an I/O error raises (see exists)."""
+    """(a file is there, its header when it is a whole object file); an I/O error raises (see exists).
+
+    A file whose length is not what its header says (cut short by a full disk or a crash of the
+    share) has no usable header: the same header with fewer bytes is not the same version."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False, None
     try:
-        header, _, _ = fslayout.read_header(fd)
+        header, offset, _ = fslayout.read_header(fd)
+        size = os.fstat(fd).st_size
     except (fslayout.CorruptObject, ValueError):
         return True, None
     finally:
         os.close(fd)
-    return True, header if isinstance(header, dict) else None
+    if not isinstance(header, dict) or not isinstance(header.get("size"), int) or offset + header["size"] != size:
+        return True, None
+    return True, header
+
+
+def whole_object_header(path: str) -> dict | None:
+    """The header of a whole object file at ``path``; None when it is missing, damaged, cut short
+    or cannot be read."""
+    try:
+        return target_object(path)[1]
+    except OSError:
+        return None
 
 
 def _dir_identity(path: str) -> tuple[int, int]:
@@ -203,24 +224,55 @@ class Migration:
         return os.path.join(self.target, *relpath.split("/"))
 
     def run(self) -> MigrateResult:
-        """The pass, after prepare(): copy, remove what was deleted here, verify."""
+        """The pass, after prepare(): copy, remove what was deleted here, verify.
+
+        A full disk stops it (TargetFull, JournalError): on the target every later copy would fail
+        too, and without the journal no copy may be made."""
         try:
-            started = time.time() - CLOCK_SLACK
-            files = nbytes = 0
+            self._run()
+        except BaseException:
+            if self.progress is not None:
+                self.progress.interrupt()  # the error comes on a line of its own
             try:
-                files, nbytes = count_files([self.source.root], "migrate", self.stream, self.quiet)
-                self.progress = Progress("migrate", files, nbytes, stream=self.stream, quiet=self.quiet)
-                self._copy_all()
-                self.progress.done()
-                self._remove_deleted()
-                self._make_empty_buckets()
-            except (OpsError, OSError) as exc:  # e.g. a directory that cannot be read: the pass is not complete
-                self._error("", exc)
-            if not self.dry_run:
-                self._verify(started, files, nbytes)
-        finally:
-            self.journal.close(source=self.source.root, store=self.source.name, last_pass=self._pass_record())
+                self._close_journal()
+            except JournalError:
+                pass  # the error that stopped the pass is the one to report
+            raise
+        self._close_journal()
         return self.result
+
+    def _close_journal(self) -> None:
+        self.journal.close(source=self.source.root, store=self.source.name, last_pass=self._pass_record())
+
+    def _run(self) -> None:
+        started = time.time() - CLOCK_SLACK
+        files = nbytes = 0
+        try:
+            files, nbytes = count_files([self.source.root], "migrate", self.stream, self.quiet)
+            self.progress = Progress("migrate", files, nbytes, stream=self.stream, quiet=self.quiet)
+            self._copy_all()
+            self.progress.done()
+            # What the copy walked, files written meanwhile included: the verification's total.
+            files, nbytes = self.progress.files, self.progress.bytes
+            self._remove_deleted()
+            self._make_empty_buckets()
+        except (JournalError, TargetFull):
+            raise
+        except OSError as exc:
+            if exc.errno in FULL:  # making a bucket's directory on the target
+                raise self._target_full(exc) from None
+            self._error("", exc)
+        except OpsError as exc:  # e.g. a directory that cannot be read: the pass is not complete
+            self._error("", exc)
+        if not self.dry_run:
+            self._verify(started, files, nbytes)
+
+    def _target_full(self, exc: OSError) -> TargetFull:
+        r = self.result
+        return TargetFull(
+            f"the target {self.target} is full ({exc.strerror or exc}): the pass stopped after copying "
+            f"{r.copied + r.replaced:,} objects. Free space there (or grow the share) and run the same command "
+            "again; every copy made so far is whole and in the journal, the next pass goes on from there")
 
     def _pass_record(self) -> dict:
         r = self.result
@@ -253,7 +305,13 @@ class Migration:
                 self.damaged.add(f.relpath)
                 self.result.damaged += 1
                 self._error(f.relpath, exc)
-            except (OpsError, OSError) as exc:
+            except JournalError:
+                raise
+            except OSError as exc:
+                if exc.errno in FULL:  # only the target is written here (the journal raises JournalError)
+                    raise self._target_full(exc) from None
+                self._error(f.relpath, exc)
+            except OpsError as exc:
                 self._error(f.relpath, exc)
             self.progress.add(1, f.size)
 
@@ -347,6 +405,8 @@ class Migration:
         for relpath in gone:
             try:
                 self._remove_one(relpath)
+            except JournalError:
+                raise
             except (OpsError, OSError) as exc:
                 self._error(relpath, exc)
 
@@ -378,8 +438,9 @@ class Migration:
         self.journal.forget(relpath)
 
     def _verify(self, started: float, total_files: int, total_bytes: int) -> None:
-        """Walk the source again: every object must be on the target in the same or a newer version.
-        One written here after the pass started is counted apart: the next pass copies it."""
+        """Walk the source again: every object must be on the target, whole (its length what its
+        header says), in the same or a newer version. One written here after the pass started is
+        counted apart: the next pass copies it."""
         progress = Progress("verify", total_files, total_bytes, stream=self.stream, quiet=self.quiet)
         r = self.result
         try:
@@ -390,7 +451,7 @@ class Migration:
                 source_path = self.src(f.relpath)
                 if is_object(f.relpath):
                     header = object_header(source_path)
-                    there = object_header(self.dst(f.relpath))
+                    there = whole_object_header(self.dst(f.relpath))
                     ok = header is not None and there is not None and decide(header, True, there) != "replace"
                 else:
                     ok = os.path.lexists(self.dst(f.relpath))
@@ -433,6 +494,9 @@ def migrate(settings, target: str, backend: str | None = None, dry_run: bool = F
     try:
         migration.prepare()
     except OSError as exc:
+        if exc.errno in FULL:
+            raise OpsError(f"cannot write {exc.filename or target}: {exc.strerror or exc}: that disk is full; free "
+                           "space there and run again") from None
         raise OpsError(f"cannot write {exc.filename or target}: {exc.strerror or exc} (the journal goes under "
                        f"{source.root}/.gateway/migrate, temp files under {target_real}/.gateway/tmp)") from None
     return migration.run()

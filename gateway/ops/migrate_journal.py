@@ -17,11 +17,18 @@ Two files, so that ``kill -9`` loses nothing:
   no journal knows, and that would survive its deletion here. A torn last line is ignored.
 
 The log is also the lock: a second pass to the same target waits for nothing, it stops.
+
+A journal that cannot be written (the store's disk is full) stops the pass with JournalError: a
+copy is made only after its line is in the log, so going on without the journal would leave
+copies no journal knows. A failed snapshot leaves no temp file; those of a pass that died before
+it could remove its own are removed by the next pass, which holds the lock.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -50,6 +57,17 @@ def _cut_torn_line(path: str) -> None:
         os.truncate(path, end)
 
 
+class JournalError(OpsError):
+    """The journal cannot be written: the pass stops (the message says why and what to do)."""
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class Journal:
     """relpath -> the identities of the versions this server put (or was putting) at that path."""
 
@@ -63,13 +81,17 @@ class Journal:
         self.meta: dict = {}
         self.damaged_lines = 0  # lines of the log that could not be read (their changes are lost)
         self._log = None
+        self._log_size = 0  # the log's length after its last whole line
         self._changes = 0
         self._snapshot_at = time.monotonic()
 
     def open(self) -> Journal:
         if self.writable:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._log = open(self.log_path, "a", encoding="utf-8")
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self._log = open(self.log_path, "ab", buffering=0)  # each line reaches the kernel whole, or not
+            except OSError as exc:
+                raise self._failed(exc, exc.filename or self.log_path) from None
             try:
                 fcntl.flock(self._log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -77,9 +99,29 @@ class Journal:
                 self._log = None
                 raise OpsError(f"another `gateway migrate` to {self.target} is running on this store "
                                f"(it holds {self.log_path}); wait for it to finish") from None
-            _cut_torn_line(self.log_path)  # or this pass's first change would be glued onto it
+            try:
+                _cut_torn_line(self.log_path)  # or this pass's first change would be glued onto it
+                self._log_size = os.fstat(self._log.fileno()).st_size
+            except OSError as exc:
+                self._log.close()
+                self._log = None
+                raise self._failed(exc, self.log_path) from None
+            # Snapshot temp files of passes that died before they could remove theirs (kill -9, or a
+            # full disk then): no other pass writes this journal while we hold the lock.
+            for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):
+                _unlink_quietly(stale)
         self._load()
         return self
+
+    def _failed(self, exc: OSError, path: str) -> JournalError:
+        """The error that stops the pass when the journal (in the source store) cannot be written."""
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = "the store's disk is full: free space on it and run the pass again"
+        else:
+            advice = "fix the cause and run the pass again"
+        return JournalError(f"cannot write the migration journal {path}: {reason}; {advice} (every copy made so "
+                            "far is whole; the next pass goes on from there)")
 
     def _load(self) -> None:
         try:
@@ -127,12 +169,26 @@ class Journal:
     def _record(self, change: list) -> None:
         self._apply(change)
         if self._log is not None:
-            self._log.write(json.dumps(change) + "\n")  # ASCII: names that are not UTF-8 round-trip
-            self._log.flush()  # in the kernel before the target changes: survives kill -9
+            self._append((json.dumps(change) + "\n").encode("ascii"))  # ASCII: names that are not UTF-8 round-trip
             self._changes += 1
             if (self._changes >= SNAPSHOT_EVERY_CHANGES
                     or time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY_SECONDS):
                 self.snapshot()
+
+    def _append(self, line: bytes) -> None:
+        """One line into the log, in the kernel before the target changes (survives kill -9). A
+        write that fails half-way is cut off again, so the next line does not land glued to it."""
+        done = 0
+        try:
+            while done < len(line):
+                done += self._log.write(line[done:])  # a short write, then ENOSPC on the rest
+        except OSError as exc:
+            try:
+                os.ftruncate(self._log.fileno(), self._log_size)
+            except OSError:
+                pass  # the next pass cuts a torn last line anyway
+            raise self._failed(exc, self.log_path) from None
+        self._log_size += len(line)
 
     def intend(self, relpath: str, identity: str) -> None:
         self._record(["+", relpath, identity])
@@ -151,17 +207,26 @@ class Journal:
             return
         self.meta.update(meta, target=self.target, updated=time.time())
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({**self.meta, "files": self.entries}, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({**self.meta, "files": self.entries}, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            _unlink_quietly(tmp)  # the log still holds every change: nothing is lost
+            raise self._failed(exc, self.path) from None
         self._log.truncate(0)  # a crash before this replays changes the snapshot already has: harmless
+        self._log_size = 0
         self._changes = 0
         self._snapshot_at = time.monotonic()
 
     def close(self, **meta) -> None:
+        """Write the snapshot and release the lock; the lock is released even when the snapshot
+        fails (JournalError), and the log then keeps the changes for the next pass."""
         if self._log is not None:
-            self.snapshot(**meta)
-            self._log.close()  # releases the lock
-            self._log = None
+            try:
+                self.snapshot(**meta)
+            finally:
+                self._log.close()  # releases the lock
+                self._log = None

@@ -3,6 +3,10 @@
 On a terminal the line is redrawn in place every half second; otherwise (a log
 file, ``| tee``, systemd) a full line is written every 10 seconds, so a log
 shows that the operation is alive without filling up.
+
+The totals are counted by a walk before the work starts; the gateway may write files meanwhile,
+so the work can find more than was counted. The total then grows to what was found: the line
+never says "378 / 359 files, 101%".
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class Progress:
     def add(self, files: int = 1, nbytes: int = 0) -> None:
         self.files += files
         self.bytes += nbytes
+        if self.total_files and self.files > self.total_files:
+            self.total_files = self.files  # written after the count (see the module's docstring)
+        if self.total_bytes and self.bytes > self.total_bytes:
+            self.total_bytes = self.bytes
         now = self.clock()
         if now - self._last >= self._every:
             self._last = now
@@ -67,6 +75,12 @@ class Progress:
         """End the progress line, with the totals and how long it took."""
         took = human_seconds(self.clock() - self.started)
         self._write(f"{self.line()}; took {took}" + (f". {summary}" if summary else ""), final=True)
+
+    def interrupt(self) -> None:
+        """End a line being redrawn on a terminal, so that an error printed next has its own line."""
+        if self._tty and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
 
     def note(self, message: str) -> None:
         """A line of its own (a warning, a skipped file) that the progress line does not overwrite."""
