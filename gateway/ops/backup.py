@@ -67,14 +67,17 @@ class BackupResult:
     files: int = 0
     bytes: int = 0
     vanished: int = 0  # deleted while the backup ran: not in the archive, and not an error
-    not_objects: list[str] = field(default_factory=list)  # object files that do not parse: kept, reported
+    # Object files that are damaged (no valid header, or not the length their header says): in the
+    # archive as they are, and reported ("path (what is wrong)").
+    not_objects: list[str] = field(default_factory=list)
     extra_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str]]:
-    """What a backup of this node holds: (kind, stores, notes); OpsError when this node is not
-    the place for this kind of backup."""
+def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str], str | None]:
+    """What a backup of this node holds: (kind, stores, notes, this node's role); OpsError when this
+    node is not the place for this kind of backup. The role is the registry's for a full backup
+    on a node whose settings say redundant (a failover or `cluster promote` made it the primary)."""
     stores, others = file_stores(settings)
     role = settings.role
     notes = []
@@ -110,31 +113,33 @@ def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str]]:
                        f"{', '.join(others) or 'none'})")
     for store in stores:
         check_share_mounted(store)
-    return ("objects" if objects_only else "full"), stores, notes
+    return ("objects" if objects_only else "full"), stores, notes, role
 
 
 def create_backup(settings, output: str, objects_only: bool = False, config_file: str | None = None,
                   quiet: bool = False, stream=None) -> BackupResult:
-    kind, stores, notes = plan(settings, objects_only)
+    kind, stores, notes, role = plan(settings, objects_only)
     stream = stream or sys.stderr
-    for note in notes:
-        stream.write(f"note: {note}\n")
-    total_files, total_bytes = count_files([s.root for s in stores], f"backup ({kind})", stream, quiet)
     to_stdout = output == "-"
-    if not to_stdout and os.path.isdir(output):
+    if to_stdout:
+        _check_stdout()
+    elif os.path.isdir(output):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = os.path.join(output, f"cv-backup-{kind}-{socket.gethostname()}-{stamp}.tar")
+    else:
+        _check_output_dir(output)
     if not to_stdout:
         for store in stores:
             inside, root = os.path.realpath(os.path.dirname(os.path.abspath(output))), os.path.realpath(store.root)
             if inside == root or inside.startswith(root + os.sep):
                 raise OpsError(f"{output} is inside the store it would back up ({store.root}): the archive would "
                                "copy itself. Write it somewhere else")
+    for note in notes:
+        stream.write(f"note: {note}\n")
+    total_files, total_bytes = count_files([s.root for s in stores], f"backup ({kind})", stream, quiet)
     result = BackupResult(kind, output, notes=notes)
     partial = output + ".partial"
     if to_stdout:
-        if sys.stdout is None:
-            raise OpsError("standard output is closed: give a file or directory to write the backup to")
         sink = _Sink(sys.stdout.buffer, None)
     else:
         if os.path.exists(output):
@@ -143,7 +148,7 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     progress = Progress(f"backup ({kind})", total_files, total_bytes, stream=stream, quiet=quiet)
     try:
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
-            _add_json(tar, MANIFEST, _manifest(settings, kind, stores, notes))
+            _add_json(tar, MANIFEST, _manifest(settings, kind, role, stores, notes))
             for store in stores:
                 _add_store(tar, store, result, progress)
             if kind == "full":
@@ -171,9 +176,35 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     if result.vanished:
         summary += f"; {result.vanished:,} files were deleted while the backup ran and are not in it"
     progress.done(summary)
-    for path in result.not_objects[:20]:
-        progress.note(f"warning: {path} is not a valid object file; it is in the backup as it is")
+    for damaged in result.not_objects[:20]:
+        progress.note(f"warning: {damaged}; it is in the backup as it is (the gateway cannot serve it correctly "
+                      "either: put it back from an older backup, or delete the object)")
+    if len(result.not_objects) > 20:
+        progress.note(f"warning: ... and {len(result.not_objects) - 20:,} more damaged object files")
     return result
+
+
+def _check_stdout() -> None:
+    """Standard output must be a file or a pipe: tar written to a terminal is lost, and garbles it."""
+    if sys.stdout is None:
+        raise OpsError("standard output is closed: give a file or directory to write the backup to")
+    if sys.stdout.isatty():
+        raise OpsError("standard output is a terminal, not a place for a tar archive: redirect it to a file "
+                       "or a pipe (`gateway backup - > backup.tar`, `gateway backup - | ssh host ...`), or give a "
+                       "file or directory instead of -")
+
+
+def _check_output_dir(output: str) -> None:
+    """The archive's directory must exist: the backup names a missing one instead of the .partial file
+    it could not create there."""
+    if output.endswith(("/", os.sep)) or output in (".", ".."):
+        raise OpsError(f"the directory {output} does not exist: create it (mkdir -p {output}) and run again, or "
+                       "give an existing directory or a file name")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise OpsError(f"cannot write {output}: the directory {parent} {what}; create it (mkdir -p {parent}) and "
+                       "run again, or give another place for the backup")
 
 
 class _Sink:
@@ -241,14 +272,14 @@ def _discard(sink, partial: str) -> None:
     sink.close()
 
 
-def _manifest(settings, kind: str, stores: list[Store], notes: list[str]) -> dict:
+def _manifest(settings, kind: str, role: str | None, stores: list[Store], notes: list[str]) -> dict:
     return {
         "format": FORMAT,
         "kind": kind,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "gateway_version": __version__,
         "node": node_name(settings),
-        "role": settings.role,
+        "role": role,  # the registry's when it moved the primary role here (plan)
         "hostname": socket.gethostname(),
         "stores": [{"name": s.name, "type": s.type, "root": s.root, "shared": s.shared} for s in stores],
         "registry": settings.registry,
@@ -284,8 +315,9 @@ def _add_store(tar: tarfile.TarFile, store: Store, result: BackupResult, progres
         result.bytes += size
         if is_object(entry.relpath):
             result.objects += 1
-            if not _parses(first):
-                result.not_objects.append(os.path.join(store.root, entry.relpath))
+            problem = _object_problem(first, size, top)
+            if problem:
+                result.not_objects.append(f"{os.path.join(store.root, entry.relpath)} {problem}")
         progress.add(1, size)
     # Buckets without a single file (made by hand, or emptied) are buckets too.
     for name in sorted(os.listdir(store.root)):
@@ -344,11 +376,25 @@ class _Exact(io.RawIOBase):
         return data
 
 
-def _parses(first: bytes) -> bool:
+def _object_problem(first: bytes, size: int, bucket: str) -> str | None:
+    """What is wrong with an object file of ``size`` bytes that starts with ``first``, None when
+    nothing: its header does not parse, or the file is not as long as its header says (cut short
+    by a crash or a full disk: served, it would break off)."""
     try:
-        return fslayout.decode_header(first) is not None
+        parsed = fslayout.decode_header(first)
     except (fslayout.CorruptObject, ValueError):
-        return False
+        parsed = None
+    if parsed is None or not isinstance(parsed[0], dict):
+        return "is not a valid object file (its header does not parse)"
+    header, offset = parsed
+    declared = header.get("size")
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        return "is not a valid object file (its header gives no size)"
+    if offset + declared != size:
+        what = "cut short" if offset + declared > size else "longer than its header says"
+        return (f"(object {bucket}/{header.get('key')}) is {what}: the header says {declared:,} bytes of data, "
+                f"the file holds {size - offset:,}")
+    return None
 
 
 def _add_node_files(tar: tarfile.TarFile, settings, config_file: str | None, result: BackupResult,

@@ -8,11 +8,13 @@ import errno
 import glob
 import json
 import os
+import pty
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from gateway.testing.server import GatewayProcess
 
 MiB = 1024 * 1024
 DEADLINE = 60.0
+CLUSTER_ENV = {"GATEWAY_CLUSTER_SECRET": "0123456789abcdef0123", "GATEWAY_INSECURE_PEERS": "1"}
 
 
 def gateway_cmd(*args, env=None, timeout=DEADLINE * 5, **kw) -> subprocess.CompletedProcess:
@@ -250,3 +253,96 @@ def test_progress_totals_count_files_written_during_the_pass(tmp_path):
     in_store = sum(len(names) for top, _, names in os.walk(gw.data_dir)
                    if not Path(top).relative_to(gw.data_dir).parts[:1] == (".gateway",))
     assert _progress(err, "verify")[:2] == (in_store, in_store), err  # every file, those written meanwhile too
+
+
+# Bug 5: an object file cut short is noticed by backup ------------------------------------------
+
+
+def test_backup_warns_about_an_object_file_cut_short_and_exits_1(tmp_path):
+    with GatewayProcess(tmp_path / "src") as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="docs")
+        for n in range(3):
+            s3.put_object(Bucket="docs", Key=f"viaR2/obj{n:05d}.bin", Body=os.urandom(39073))
+    cut = object_file(gw.data_dir, "docs", "viaR2/obj00000.bin")
+    os.truncate(cut, cut.stat().st_size - 50)
+    archive = tmp_path / "damaged.tar"
+    result = gateway_cmd("backup", "--data-dir", gw.data_dir, archive)
+    no_traceback(result)
+    assert result.returncode == 1, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert str(cut) in warnings[0] and "docs/viaR2/obj00000.bin" in warnings[0]
+    assert "cut short" in warnings[0] and "39,073" in warnings[0] and "39,023" in warnings[0]
+    # As for a header that does not parse: in the archive as it is, the archive itself complete.
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "cv-backup/summary.json" in names
+    assert any(name.endswith("obj00000.bin%obj") for name in names)
+    whole = gateway_cmd("backup", "-q", "--data-dir", gw.data_dir, tmp_path / "whole.tar")
+    assert whole.returncode == 1  # still damaged: every backup says so
+    cut.unlink()
+    fine = gateway_cmd("backup", "-q", "--data-dir", gw.data_dir, tmp_path / "fine.tar")
+    assert fine.returncode == 0 and "warning" not in fine.stderr, fine.stderr
+
+
+# Item 11: backup's output ----------------------------------------------------------------------
+
+
+def test_backup_into_a_directory_that_does_not_exist_says_so(tmp_path):
+    with GatewayProcess(tmp_path / "src") as gw:
+        gw.client().create_bucket(Bucket="bkt")
+        gw.client().put_object(Bucket="bkt", Key="k", Body=b"x")
+    result = gateway_cmd("backup", "--data-dir", gw.data_dir, "newdir/", cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 2, result.stderr
+    assert "the directory newdir/ does not exist" in result.stderr and "mkdir -p newdir/" in result.stderr
+    assert ".partial" not in result.stderr
+    missing = tmp_path / "nodir" / "b.tar"
+    result = gateway_cmd("backup", "--data-dir", gw.data_dir, missing)
+    assert result.returncode == 2, result.stderr
+    assert f"the directory {missing.parent} does not exist" in result.stderr and ".partial" not in result.stderr
+    assert not (tmp_path / "newdir").exists() and not missing.parent.exists()
+
+
+def test_backup_to_stdout_refuses_a_terminal(tmp_path):
+    with GatewayProcess(tmp_path / "src") as gw:
+        gw.client().create_bucket(Bucket="bkt")
+        gw.client().put_object(Bucket="bkt", Key="k", Body=os.urandom(64 * 1024))
+    master, slave = pty.openpty()
+    try:
+        result = gateway_cmd("backup", "--data-dir", gw.data_dir, "-", capture_output=False, stdout=slave,
+                             stderr=subprocess.PIPE)
+        os.set_blocking(master, False)
+        try:
+            written = os.read(master, 1 << 20)
+        except (BlockingIOError, OSError):
+            written = b""
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert result.returncode == 2, result.stderr
+    assert "standard output is a terminal" in result.stderr and "redirect" in result.stderr
+    assert b"cv-backup" not in written and len(written) < 100, written[:200]
+
+
+def test_the_manifest_gives_the_role_the_registry_gives(tmp_path):
+    """A node started with --role redundant that a failover made the primary: its full backup says
+    primary, as the registry does, not the settings' redundant."""
+    with GatewayProcess(tmp_path / "src") as gw:
+        gw.client().create_bucket(Bucket="bkt")
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    env = {**CLUSTER_ENV, "GATEWAY_NODE_ID": "n1"}
+    joined = gateway_cmd("cluster", "join", "--registry", registry, "--advertise", "http://127.0.0.1:9",
+                         "--role", "primary", "--node-id", "n1", env=env)
+    assert joined.returncode == 0, joined.stderr
+    archive = tmp_path / "full.tar"
+    result = gateway_cmd("backup", "-q", "--data-dir", gw.data_dir, "--role", "redundant", "--registry", registry,
+                         "--advertise", "http://127.0.0.1:9", archive, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "lists this node (n1) as primary" in result.stderr
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("cv-backup/manifest.json"))
+    assert manifest["role"] == "primary"
+    check = gateway_cmd("restore", "--check", archive)
+    assert "full backup of node n1 (primary," in check.stderr, check.stderr
