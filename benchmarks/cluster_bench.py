@@ -54,21 +54,23 @@ def _wrk(url: str) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
 
 
-class PipeProxy:
-    """benchmarks/pipe_proxy.py on core 0 in front of ``target`` (an endpoint URL): the ceiling of a relay."""
+class ReferenceRelay:
+    """A reference relay (``module``: benchmarks.pipe_proxy or benchmarks.http_relay) on core 0 in
+    front of ``target`` (an endpoint URL)."""
 
-    def __init__(self, target: str):
+    def __init__(self, module: str, target: str):
+        self.module = module
         self.target_port = urlsplit(target).port
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "PipeProxy":
+    def __enter__(self) -> "ReferenceRelay":
         pin = ["taskset", "-c", PinnedGateway.core] if shutil.which("taskset") else []
-        self.process = subprocess.Popen(pin + [sys.executable, "-m", "benchmarks.pipe_proxy", str(self.port),
+        self.process = subprocess.Popen(pin + [sys.executable, "-m", self.module, str(self.port),
                                                str(self.target_port)], stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":  # it prints "ready" once listening
             self.__exit__()
-            raise RuntimeError("benchmarks.pipe_proxy did not start")
+            raise RuntimeError(f"{self.module} did not start")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -119,16 +121,19 @@ def run(results: dict) -> dict:
         for url in urls.values():  # warm the page cache and the location caches
             subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
         rates = {name: _wrk(url) for name, url in urls.items()}
-        # The same local hit through a relay that only pipes bytes (no parsing, signing or lookup), on
-        # the same core: the ceiling of any relay here, for reading the relayed ratio against.
-        with PipeProxy(nodes["a"].endpoint) as pipe:
-            rates["pipe_relay"] = _wrk(f"{pipe.endpoint}/bench/local.bin")
+        # Node B's local hit of the relayed object through two reference relays on the same core, for
+        # reading the relayed ratio against: one that only pipes bytes (the ceiling of any relay
+        # here) and one that parses HTTP both ways and does nothing else (of any relay in Python).
+        for name, module in (("pipe_relay", "benchmarks.pipe_proxy"), ("http_relay", "benchmarks.http_relay")):
+            with ReferenceRelay(module, nodes["b"].endpoint) as relay:
+                rates[name] = _wrk(f"{relay.endpoint}/bench/remote.bin")
         results["cluster"] = {
             "object_size": SIZE, "connections": CONNECTIONS, "seconds": DURATION,
             "requests_per_second": rates,
             "relayed_vs_local": round(rates["relayed"] / rates["local_hit"], 3),
             "proxy_vs_local": round(rates["proxy"] / rates["local_hit"], 3),
             "pipe_relay_vs_local": round(rates["pipe_relay"] / rates["local_hit"], 3),
+            "http_relay_vs_local": round(rates["http_relay"] / rates["local_hit"], 3),
             "target_relayed_vs_local": 0.4,
         }
         return results
