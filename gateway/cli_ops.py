@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -11,10 +12,27 @@ from .cli import _fail, build_settings, settings_options
 from .ops.stores import OpsError
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd's stop, `kill`), raised where the tool is, so that it stops as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Make SIGTERM stop a long operation the way Ctrl-C does: its clean-up runs (an unfinished
+    archive or temp file is removed, the journal stays whole) and interrupted() says what to do.
+    Without this, SIGTERM ended the process on the spot, leaving what a kill -9 leaves."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def interrupted(message: str) -> None:
-    """Ctrl-C: exit 130, as shells report a SIGINT, never a code that means "done"."""
-    click.echo(f"\nerror: interrupted: {message}", err=True)
-    sys.exit(130)
+    """Ctrl-C or SIGTERM: exit 130 or 143, as shells report those signals, never a code that means "done"."""
+    exc = sys.exc_info()[1]
+    terminated = isinstance(exc, _Terminated)
+    click.echo(f"\nerror: {'stopped by SIGTERM' if terminated else 'interrupted'}: {message}", err=True)
+    sys.exit(143 if terminated else 130)
 
 
 def ops_settings(config_file, **flags):
@@ -45,11 +63,12 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
     say which stores and which node to back up; options only a server uses are accepted and ignored.
 
     Exit status: 0 done; 1 done, but some object files did not parse (in the archive as they are, and
-    listed); 2 nothing written (the message says why); 130 stopped with Ctrl-C.
+    listed); 2 nothing written (the message says why); 130 stopped with Ctrl-C, 143 with SIGTERM.
     """
     from .ops.backup import create_backup
 
     settings = ops_settings(config_file, **flags)
+    stop_cleanly_on_sigterm()
     try:
         result = create_backup(settings, output, objects_only=objects_only,
                                config_file=config_file or os.environ.get("GATEWAY_CONFIG"), quiet=quiet)
@@ -94,13 +113,14 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
 
     Exit status: 0 restored (kept objects are listed, not an error); 2 nothing restored, or the
     restore stopped (the message says why; the same command finishes the job); 130 stopped with
-    Ctrl-C (run it again).
+    Ctrl-C, 143 with SIGTERM (run it again).
     """
     from .ops.restore import (check_archive, check_destination, check_rereadable, describe_os_error, peek_manifest,
                               restore as restore_archive, restore_missing_settings_files)
 
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
     named = bool(config_file or flags.get("data_dir") or os.environ.get("GATEWAY_DATA_DIR"))
+    stop_cleanly_on_sigterm()
     try:
         if archive == "-" and not os.path.exists(archive):
             archive = "/dev/stdin"  # as `gateway backup -` writes to standard output
