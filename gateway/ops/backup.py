@@ -197,7 +197,9 @@ def _check_stdout() -> None:
 def _check_output_dir(output: str) -> None:
     """The archive's directory must exist: the backup names a missing one instead of the .partial file
     it could not create there."""
-    if output.endswith(("/", os.sep)) or output in (".", ".."):
+    if output.endswith(("/", os.sep)):
+        if os.path.exists(output.rstrip("/" + os.sep)):
+            raise OpsError(f"{output} is not a directory: give a directory, or a file name for the archive")
         raise OpsError(f"the directory {output} does not exist: create it (mkdir -p {output}) and run again, or "
                        "give an existing directory or a file name")
     parent = os.path.dirname(os.path.abspath(output))

@@ -230,9 +230,9 @@ class Migration:
         too, and without the journal no copy may be made."""
         try:
             self._run()
-        except BaseException:
-            if self.progress is not None:
-                self.progress.interrupt()  # the error comes on a line of its own
+        except BaseException as exc:
+            if self.progress is not None and isinstance(exc, OpsError):
+                self.progress.interrupt()  # the error comes on a line of its own (Ctrl-C makes its own)
             try:
                 self._close_journal()
             except JournalError:
