@@ -7,7 +7,7 @@ import sys
 import click
 
 from .cli import _fail, settings_options
-from .cli_ops import interrupted, ops_settings
+from .cli_ops import interrupted, ops_settings, stop_cleanly_on_sigterm
 from .ops.stores import OpsError
 
 
@@ -32,6 +32,7 @@ def migrate(config_file, target, backend, dry_run, quiet, **flags) -> None:
     from .ops.migrate_report import next_steps, summary
 
     settings = ops_settings(config_file, **flags)
+    stop_cleanly_on_sigterm()
     try:
         result = run_pass(settings, target, backend=backend, dry_run=dry_run, quiet=quiet)
     except OpsError as exc:

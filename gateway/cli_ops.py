@@ -62,8 +62,8 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
     Give it the settings the node's `gateway serve` runs with (--config, --data-dir, --role, ...): they
     say which stores and which node to back up; options only a server uses are accepted and ignored.
 
-    Exit status: 0 done; 1 done, but some object files did not parse (in the archive as they are, and
-    listed); 2 nothing written (the message says why); 130 stopped with Ctrl-C, 143 with SIGTERM.
+    Exit status: 0 done; 1 done, but some object files are damaged (their header does not parse, or the
+    file is not as long as its header says: in the archive as they are, and listed); 2 nothing written (the message says why); 130 stopped with Ctrl-C, 143 with SIGTERM.
     """
     from .ops.backup import create_backup
 

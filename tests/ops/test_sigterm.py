@@ -74,3 +74,26 @@ def test_sigterm_stops_a_restore_without_leaving_temp_files(big_store, tmp_path)
         s3 = restored.client()
         for key, body in BODIES.items():
             assert s3.get_object(Bucket="big", Key=key)["Body"].read() == body
+
+
+def test_sigterm_stops_a_migration_pass_and_the_next_pass_completes(tmp_path):
+    from .test_migrate import _temps, contents, migrate_ok, put_big_object, shared_gateway, start_and_stop_mid_copy
+
+    share = tmp_path / "share"
+    share.mkdir()
+    with GatewayProcess(tmp_path / "server1") as source:
+        s3 = source.client()
+        s3.create_bucket(Bucket="a-big")
+        put_big_object(s3, "a-big", "video.bin", tmp_path)
+        s3.put_object(Bucket="a-big", Key="small", Body=b"small")
+        expected = contents(s3)
+    migration = start_and_stop_mid_copy(source.data_dir, share)  # stopped with a temp file on the share
+    migration.send_signal(signal.SIGTERM)  # handled when it runs again
+    migration.send_signal(signal.SIGCONT)
+    _, stderr = migration.communicate(timeout=60)
+    assert migration.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "run the same command again" in stderr
+    assert _temps(share) == [], "the stopped pass left its temp file"
+    assert "verified: all" in migrate_ok(source.data_dir, share)
+    with shared_gateway(share, tmp_path) as target:
+        assert contents(target.client()) == expected
