@@ -23,6 +23,11 @@ from .readahead import raise_read_ahead_when_mounted
 
 log = logging.getLogger("gateway.fuse")
 
+# libfuse 3's worker threads (its own default): FUSE requests served at once. Fewer made sequential
+# reads a little faster but let one slow call (an upload at close) hold up other programs sooner
+# (docs/fuse.md, "More sequential-read experiments").
+MAX_THREADS = 10
+
 
 class MountError(Exception):
     """The mount cannot start; the message says why and what to do."""
@@ -55,6 +60,13 @@ def fuse_options(config: MountConfig, fuse_major: int) -> dict:
     }
     if fuse_major == 2:
         options.update(big_writes=True, atomic_o_trunc=True, max_read=1024 * 1024, max_readahead=1024 * 1024)
+    else:
+        # libfuse 3.14's fuse_main (Debian 12) hands its loop max_idle_threads as parsed, -1 ("never
+        # end an idle thread") unless given, and the setter refuses that value with a warning worded as
+        # if it were max_threads: "Ignoring invalid max threads value 4294967295 > max (100000)." at every
+        # mount (libfuse issue #1003). Both said explicitly: at most MAX_THREADS threads, libfuse's
+        # default, and as many may be idle, so no thread is ever ended (what -1 meant).
+        options.update(max_threads=MAX_THREADS, max_idle_threads=MAX_THREADS)
     if opts.read_only:
         options["ro"] = True
     if config.allow_other:

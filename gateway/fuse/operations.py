@@ -232,8 +232,9 @@ def _keep_thread_state() -> None:
     the kernel interrupt the other cores to flush their TLBs: 4-5 times per small file read
     (lookup, open, read, flush, release), about a sixth of the daemon's CPU per file
     (docs/fuse.md, "Small files"). One more Ensure, never released, keeps the counter above zero.
-    libfuse ends a worker thread only when more than max_idle_threads (10) are idle; the state of
-    such a thread (a few KiB) then stays allocated until the mount exits.
+    libfuse ends a worker thread only when more than max_idle_threads are idle, which the mount
+    sets to max_threads (mount.py): never. Were one ended, its state (a few KiB) would stay allocated
+    until the mount exits.
     """
     if not getattr(_thread_state_kept, "done", False):
         ctypes.pythonapi.PyGILState_Ensure()

@@ -1,0 +1,25 @@
+"""Bugs found by a fourth round of probing a real mount (an open file unlinked, renamed over or whose
+directory is renamed; O_RDONLY|O_TRUNC; keys the mount cannot show; nanosecond mtimes; libfuse's
+max_threads warning). Each test failed before its fix."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+from fuse_helpers import sh
+from gateway.fuse.mount import MountConfig, fuse_options
+
+
+def test_no_libfuse_warning_about_max_threads(mnt, bucket):
+    # libfuse 3.14's fuse_main path logged "Ignoring invalid max threads value 4294967295 > max
+    # (100000)." at every mount: mfusepy passes no max_threads.
+    (mnt.path / bucket / "f").write_bytes(b"x")
+    assert "max threads" not in mnt.log()
+    config = MountConfig("http://127.0.0.1:1", "/mnt", "k", "s")
+    assert fuse_options(config, 3)["max_threads"] == fuse_options(config, 3)["max_idle_threads"] == 10
+    assert "max_threads" not in fuse_options(config, 2)  # unknown to libfuse 2
