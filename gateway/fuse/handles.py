@@ -124,7 +124,7 @@ class FileOps:
                     open_file.meta = self._full_meta(path, attr)
         with self._table_lock:
             self._handles[fh] = Handle(open_file, flags)
-        if writing and flags & os.O_TRUNC:
+        if flags & os.O_TRUNC:  # also O_RDONLY|O_TRUNC: Linux truncates when the caller may write
             with open_file.lock:
                 open_file.ensure_spool(self.client, self.spool_dir, keep_content=False).truncate(0)
                 open_file.dirty = True

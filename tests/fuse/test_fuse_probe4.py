@@ -15,6 +15,22 @@ from fuse_helpers import sh
 from gateway.fuse.mount import MountConfig, fuse_options
 
 
+def test_open_read_only_with_o_trunc_truncates(mnt, bucket, fuse_gw):
+    # Linux truncates on O_RDONLY|O_TRUNC when the caller may write; the mount truncated only
+    # handles opened for writing, so the program saw the old size and the object kept its bytes.
+    s3 = fuse_gw.client()
+    path = mnt.path / bucket / "rot"
+    path.write_bytes(b"hello\n")
+    fd = os.open(path, os.O_RDONLY | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0
+        assert os.read(fd, 10) == b""
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=bucket, Key="rot")["Body"].read() == b""
+    assert path.stat().st_size == 0
+
+
 def test_no_libfuse_warning_about_max_threads(mnt, bucket):
     # libfuse 3.14's fuse_main path logged "Ignoring invalid max threads value 4294967295 > max
     # (100000)." at every mount: mfusepy passes no max_threads.
