@@ -32,6 +32,7 @@ from .statahead import Statahead
 log = logging.getLogger("gateway.fuse")
 
 BLOCK = 512
+HIDDEN_WARN_SECONDS = 60.0  # keys the mount cannot show are logged at most this often per directory
 # The preferred I/O size shown by stat: cp, cat, sha256sum (through stdio) and Python's open() read
 # this much at a time, which under direct_io is the size of each FUSE request (libfuse 3's maximum).
 IO_SIZE = 1024 * 1024
@@ -89,6 +90,7 @@ class GatewayFS(NamespaceOps, FileOps):
         self._table_lock = threading.Lock()
         self._namespace_lock = threading.RLock()  # renames and removals see a stable tree
         self.started = time.time()  # the mtime of directories that have no marker object
+        self._hidden_warned: dict[str, float] = {}  # directory -> when its hidden keys were last logged
 
     # Paths --------------------------------------------------------------------
 
@@ -277,11 +279,14 @@ class GatewayFS(NamespaceOps, FileOps):
         # just before it (the file wins, as in docs/fuse.md). Only names listed close together can
         # meet like that, so no set of every name is kept.
         files: set[str] = set()
+        hidden: list[str] = []  # keys (and prefixes) no name on the mount can reach
         for page in self.client.iter_list(bucket, prefix, "/"):
             recent, files = files, set()
             for info in page.objects:
                 name = info.key[len(prefix):]
                 if not name or name in (".", ".."):
+                    if name:
+                        hidden.append(info.key)
                     continue  # the directory's own marker
                 child = f"{base}/{name}"
                 attr = self._attr_from_stat(info)
@@ -295,7 +300,10 @@ class GatewayFS(NamespaceOps, FileOps):
                 yield name, attr
             for common in page.prefixes:
                 name = common[len(prefix):-1]
-                if not name or "/" in name or name in (".", "..") or name in files or name in recent:
+                if not name or "/" in name or name in (".", ".."):
+                    hidden.append(common)
+                    continue
+                if name in files or name in recent:
                     continue
                 child = f"{base}/{name}"
                 attr = self.attrs.get(child)
@@ -311,8 +319,33 @@ class GatewayFS(NamespaceOps, FileOps):
             if collected is not None and len(collected) > self.dirs.max_entries:
                 collected = None
         self.attrs.renew(stamp)  # fresh from the end of the listing, not its start
+        if hidden:
+            self._warn_hidden(path, bucket, hidden)
         if collected is not None:
             self.dirs.put(path, collected)
+
+    @staticmethod
+    def is_hidden_key(name: str) -> bool:
+        """A child name (the part of a key or common prefix after its directory's prefix) no path on
+        the mount can reach: ".", ".." or an empty path segment."""
+        return name.rstrip("/") in ("", ".", "..") and name != ""
+
+    def _warn_hidden(self, path: str, bucket: str, keys: list[str]) -> None:
+        """Keys with a ".", ".." or empty path segment cannot be shown: the directory looks empty and
+        rmdir says ENOTEMPTY. Say which, once a minute per directory (docs/fuse.md, Known limits)."""
+        now = time.monotonic()
+        with self._table_lock:
+            if now - self._hidden_warned.get(path, -HIDDEN_WARN_SECONDS) < HIDDEN_WARN_SECONDS:
+                return
+            if len(self._hidden_warned) >= 1000:
+                self._hidden_warned = {p: t for p, t in self._hidden_warned.items()
+                                       if now - t < HIDDEN_WARN_SECONDS}
+            self._hidden_warned[path] = now
+        named = ", ".join(repr(f"{bucket}/{key}") for key in keys[:10])
+        more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+        log.warning("%s: the mount cannot show %d key(s) or prefix(es) with a '.', '..' or empty path segment: "
+                    "%s%s; the directory cannot be removed (ENOTEMPTY) while they exist: rename or delete them "
+                    "with an S3 client", path, len(keys), named, more)
 
     def _forget(self, path: str, tree: bool = False) -> None:
         parent, name = parent_of(path)

@@ -54,10 +54,15 @@ class NamespaceOps:
                 raise err(errno.ENOTDIR, path)
             prefix = key + "/"
             page = self.client.list_page(bucket, prefix, "/", max_keys=2)
-            children = [o for o in page.objects if o.key != prefix] + page.prefixes
+            children = [o.key for o in page.objects if o.key != prefix] + page.prefixes
             with self._table_lock:
                 pending = any(p.startswith(path + "/") and not f.unlinked for p, f in self._open.items())
             if children or pending:
+                if any(self.is_hidden_key(child[len(prefix):]) for child in children):
+                    # Keys the mount cannot show: the directory looks empty, so say why it is not.
+                    hidden = [name for name in self._child_keys(bucket, prefix)
+                              if self.is_hidden_key(name[len(prefix):])]
+                    self._warn_hidden(path, bucket, hidden)
                 raise err(errno.ENOTEMPTY, path)
             if any(o.key == prefix and o.size > 0 for o in page.objects):
                 # Another client stored bytes under the directory's own name ("dir/"), which the mount
@@ -68,6 +73,11 @@ class NamespaceOps:
             if page.objects:
                 self.client.delete(bucket, prefix)
             self._forget(path, tree=True)
+
+    def _child_keys(self, bucket: str, prefix: str) -> list[str]:
+        """The keys and common prefixes of one page of a directory's listing (for a log line)."""
+        page = self.client.list_page(bucket, prefix, "/")
+        return [o.key for o in page.objects if o.key != prefix] + page.prefixes
 
     def _ensure_marker(self, directory: str) -> None:
         """Give a directory a marker object before its last child may go, so that it stays."""

@@ -39,3 +39,25 @@ def test_no_libfuse_warning_about_max_threads(mnt, bucket):
     config = MountConfig("http://127.0.0.1:1", "/mnt", "k", "s")
     assert fuse_options(config, 3)["max_threads"] == fuse_options(config, 3)["max_idle_threads"] == 10
     assert "max_threads" not in fuse_options(config, 2)  # unknown to libfuse 2
+
+
+def test_keys_the_mount_cannot_show_are_named_in_the_log(mnt, bucket, fuse_gw):
+    # Keys with a ".", ".." or empty path segment cannot be shown: the directory looked empty but
+    # rmdir said ENOTEMPTY, and nothing said why.
+    s3 = fuse_gw.client()
+    for key in ("odd/./x", "odd/../y", "odd//z"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"data")
+    root = mnt.path / bucket
+    assert os.listdir(root / "odd") == []
+    with pytest.raises(OSError) as info:
+        os.rmdir(root / "odd")
+    assert info.value.errno == errno.ENOTEMPTY
+    result = subprocess.run(["rm", "-rf", "odd"], cwd=root, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0
+    deadline = time.monotonic() + 5
+    while "cannot show" not in mnt.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in mnt.log().splitlines() if "cannot show" in line]
+    assert len(lines) == 1, lines  # once, not for every readdir and rmdir
+    assert "odd/./" in lines[0] and "odd/../" in lines[0] and "odd//" in lines[0], lines[0]
+    assert "Traceback" not in mnt.log()
