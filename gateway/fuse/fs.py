@@ -229,6 +229,8 @@ class GatewayFS(NamespaceOps, FileOps):
         if attr.kind == LINK and attr.target is not None:
             size = len(attr.target.encode(errors="surrogateescape"))
         mtime_ns = int(attr.mtime * 1e9)
+        if attr.mtime_ns is not None and abs(attr.mtime_ns - mtime_ns) < 10_000:  # else mtime changed since
+            mtime_ns = attr.mtime_ns
         return {
             "st_mode": mode, "st_nlink": nlink, "st_size": size,
             "st_uid": opts.uid if attr.uid is None else attr.uid,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import mimetypes
 import os
+import re
 import stat
 
 from .cache import FILE, LINK, Attr
@@ -74,10 +75,31 @@ def apply_meta(attr: Attr, meta: dict[str, str]) -> None:
             value = None
         if value is not None and math.isfinite(value) and abs(value) < MTIME_LIMIT:
             attr.mtime = value
+            attr.mtime_ns = parse_time_ns(mtime)
+
+
+_DECIMAL = re.compile(r"([+-]?)(\d+)(?:\.(\d*))?")
+
+
+def parse_time_ns(text: str) -> int | None:
+    """'1577836800.123456789' -> 1577836800123456789, exactly (digits past the ninth are dropped);
+    None for anything but plain decimal seconds (then the float is all there is)."""
+    match = _DECIMAL.fullmatch(text.strip())
+    if match is None:
+        return None
+    sign, whole, fraction = match.groups()
+    ns = int(whole) * 10 ** 9 + int((fraction or "")[:9].ljust(9, "0"))
+    return -ns if sign == "-" else ns
 
 
 def format_time(seconds: float) -> str:
     return f"{seconds:.9f}"
+
+
+def format_time_ns(ns: int) -> str:
+    """Nanoseconds since 1970 as the seconds stored in ``mtime``, exactly (no float in between)."""
+    whole, fraction = divmod(abs(ns), 10 ** 9)
+    return f"{'-' if ns < 0 else ''}{whole}.{fraction:09d}"
 
 
 def content_type(key: str, kind: str) -> str:

@@ -5,13 +5,14 @@ A mixin of GatewayFS (see fs.py), split out to keep modules small.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import re
 import stat
 import time
 
 from .cache import DIR, LINK, MISSING, Attr
-from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, parent_of
+from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, format_time_ns, parent_of
 
 # libfuse's high-level API renames an open file that is unlinked or renamed over to a name like
 # this in the same directory (fuse.c, hidden_name: ".fuse_hidden%08x%08x"), and unlinks it at its
@@ -239,8 +240,7 @@ class NamespaceOps:
                 self._open[new] = open_file
         self._forget(old)
         self._content_changed(new)
-        moved = Attr(attr.kind, attr.size, attr.mtime, attr.mode, attr.uid, attr.gid, etag or attr.etag,
-                     from_listing=attr.from_listing, target=attr.target, meta=attr.meta)
+        moved = dataclasses.replace(attr, etag=etag or attr.etag, marker=False)
         self._remember(new, moved)
 
     def _rename_dir(self, old: str, new: str, target: Attr | None) -> None:
@@ -363,5 +363,6 @@ class NamespaceOps:
             self.set_meta(path, changes)
 
     def utimens(self, path: str, mtime_ns: int | None) -> None:
-        mtime = time.time() if mtime_ns is None else mtime_ns / 1e9
-        self.set_meta(path, {"mtime": format_time(mtime)})
+        # The nanoseconds utimensat gave are stored as they are: through a float they came back as
+        # another value (cp -p, then the source was "newer" than its copy).
+        self.set_meta(path, {"mtime": format_time(time.time()) if mtime_ns is None else format_time_ns(mtime_ns)})

@@ -61,3 +61,22 @@ def test_keys_the_mount_cannot_show_are_named_in_the_log(mnt, bucket, fuse_gw):
     assert len(lines) == 1, lines  # once, not for every readdir and rmdir
     assert "odd/./" in lines[0] and "odd/../" in lines[0] and "odd//" in lines[0], lines[0]
     assert "Traceback" not in mnt.log()
+
+
+def test_explicit_mtimes_keep_their_nanoseconds(mnt, bucket, fuse_gw, mount_factory, tmp_path):
+    # utimensat's nanoseconds went through a double twice (stored .123456717, shown .123456768), so
+    # after cp -p the local source was "newer" than its copy on the mount.
+    s3 = fuse_gw.client()
+    root = mnt.path / bucket
+    local = tmp_path / "local_ns"
+    sh(f"touch -d '2020-01-01 00:00:00.123456789' ns {local}", cwd=root)
+    assert os.stat(root / "ns").st_mtime_ns == os.stat(local).st_mtime_ns
+    meta = s3.head_object(Bucket=bucket, Key="ns")["Metadata"]
+    assert meta["mtime"].endswith(".123456789"), meta
+    sh(f"cp -p {local} ns2 && mkdir d && touch -d '1960-05-06 07:08:09.000000001' d", cwd=root)
+    sh(f"[ ! {local} -nt ns2 ] && [ ! ns2 -nt {local} ]", cwd=root)
+    fresh = mount_factory(["--attr-ttl", "0", "--dir-ttl", "0"])
+    for name in ("ns", "ns2"):
+        assert os.stat(fresh.path / bucket / name).st_mtime_ns == os.stat(local).st_mtime_ns, name
+    expected = int(time.mktime(time.strptime("1960-05-06 07:08:09", "%Y-%m-%d %H:%M:%S"))) * 10 ** 9 + 1
+    assert os.stat(fresh.path / bucket / "d").st_mtime_ns == expected
