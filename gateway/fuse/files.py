@@ -239,6 +239,17 @@ class RemoteReader:
             stream.close()
             raise
 
+    def moved(self, bucket: str, key: str, etag: str) -> bool:
+        """The object was renamed by this mount (a copy, then a delete of the old key): read the copy
+        from now on. Still with this reader's If-Match: a copy of another version (the object was
+        replaced before the rename) fails the reads with EIO, as a replaced object does. False then."""
+        with self._lock:
+            self.bucket, self.key = bucket, key
+            stream = self._stream
+            if stream is not None:  # an open body goes on; one opened from now on asks for the copy
+                stream.bucket, stream.key = bucket, key
+        return not self.etag or etag == self.etag
+
     def _fetch_range(self, offset: int, buffer: memoryview) -> int:
         data = self.client.get_range(self.bucket, self.key, offset, offset + len(buffer), self.etag)
         if len(data) < len(buffer):  # reads never pass self.size: the object is shorter than when opened

@@ -242,6 +242,22 @@ class FileOps:
             self._replaced_elsewhere(open_file, exc)
             raise
 
+    def _moved(self, open_file: OpenFile, etags: dict[str, str]) -> None:
+        """After a rename moved ``open_file`` (its bucket and key are the new ones now): its handles'
+        readers ask for the copy, whose ETag (``etags``, by new key) must be the version they read.
+        Without this they asked for the old key, which the rename deleted: ENOENT. (Local reads keep
+        their descriptor of the old file.)"""
+        etag = etags.get(open_file.key)
+        if not etag:
+            return
+        with self._table_lock:
+            readers = [handle.reader for handle in self._handles.values()
+                       if handle.open_file is open_file and isinstance(handle.reader, RemoteReader)]
+        for reader in readers:
+            if not reader.moved(open_file.bucket, open_file.key, etag):
+                log.warning("%s was replaced by another client before this mount renamed it: reads of its "
+                            "open handles fail with EIO; open it again to read the new version", open_file.path)
+
     def _replaced_elsewhere(self, open_file: OpenFile, exc: StoreError) -> None:
         """A GET of the version this mount opened failed its If-Match (412): another client replaced
         the object. The handle keeps failing (EIO, never bytes of two versions), but what this mount

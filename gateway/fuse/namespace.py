@@ -238,6 +238,10 @@ class NamespaceOps:
                 del self._open[old]
                 open_file.path, open_file.bucket, open_file.key = new, new_bucket, new_key
                 self._open[new] = open_file
+            else:
+                open_file = None
+        if open_file is not None and etag:
+            self._moved(open_file, {new_key: etag})
         self._forget(old)
         self._content_changed(new)
         moved = dataclasses.replace(attr, etag=etag or attr.etag, marker=False)
@@ -265,9 +269,10 @@ class NamespaceOps:
         longest = max((len(key.encode()) for key in keys), default=len(old_prefix.encode()))
         if longest - len(old_prefix.encode()) + len(new_prefix.encode()) > MAX_KEY_BYTES:
             raise err(errno.ENAMETOOLONG, f"{new}: a key inside would be longer than {MAX_KEY_BYTES} bytes")
-        moved = []
+        moved, etags = [], {}
         for key in keys:
-            self.client.copy(new_bucket, key, new_prefix + key[len(old_prefix):], source_bucket=old_bucket)
+            new_key = new_prefix + key[len(old_prefix):]
+            etags[new_key] = self.client.copy(new_bucket, key, new_key, source_bucket=old_bucket)
             moved.append(key)
         if old_prefix not in moved:  # keep the directory itself, even if it was implicit
             meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
@@ -275,11 +280,15 @@ class NamespaceOps:
         for key in moved:
             self.client.delete(old_bucket, key)
         with self._table_lock:
+            retargeted = []
             for path in [p for p in self._open if p.startswith(old + "/")]:
                 open_file = self._open.pop(path)
                 open_file.path = new + path[len(old):]
                 open_file.bucket, open_file.key = self.split(open_file.path)
                 self._open[open_file.path] = open_file
+                retargeted.append(open_file)
+        for open_file in retargeted:
+            self._moved(open_file, etags)
         self._forget(old, tree=True)
         self.attrs.invalidate_tree(new)
         self.dirs.invalidate_tree(new)

@@ -15,6 +15,36 @@ from fuse_helpers import sh
 from gateway.fuse.mount import MountConfig, fuse_options
 
 
+def _keys(s3, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_reads_go_on_after_the_directory_of_an_open_file_is_renamed(fuse_gw, bucket, mount_factory):
+    # A rename updated the open file's key, but its handles' readers kept asking for the old key,
+    # which the rename had deleted: ENOENT for every read the page cache did not hold.
+    s3 = fuse_gw.client()
+    data = os.urandom(20_000_000)
+    s3.put_object(Bucket=bucket, Key="rdA/f", Body=data)
+    s3.put_object(Bucket=bucket, Key="g", Body=data)
+    mount = mount_factory()  # no --local-socket: reads through HTTP
+    root = mount.path / bucket
+    fd = os.open(root / "rdA" / "f", os.O_RDONLY)
+    single = os.open(root / "g", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 0) == data[:10]
+        assert os.pread(single, 10, 0) == data[:10]
+        os.rename(root / "rdA", root / "rdB")
+        os.rename(root / "g", root / "g2")
+        for offset in (15_000_000, 5_000_000, 19_999_990):
+            assert os.pread(fd, 10, offset) == data[offset: offset + 10], offset
+            assert os.pread(single, 10, offset) == data[offset: offset + 10], offset
+        assert _keys(s3, bucket) == ["g2", "rdB/", "rdB/f"]
+    finally:
+        os.close(fd)
+        os.close(single)
+    assert "Traceback" not in mount.log()
+
+
 def test_open_read_only_with_o_trunc_truncates(mnt, bucket, fuse_gw):
     # Linux truncates on O_RDONLY|O_TRUNC when the caller may write; the mount truncated only
     # handles opened for writing, so the program saw the old size and the object kept its bytes.
