@@ -142,12 +142,19 @@ class OpenFile:
         condition, a replaced object gave the first ``base.size`` bytes of the new version, which the
         upload then stored with the program's bytes: neither version, silently (an append to a 4-byte
         file another client had rewritten stored 4 bytes of its version and the appended line). Now
-        such a write fails with EIO (412) and the object keeps the other client's version."""
+        such a write fails with EIO (412) and the object keeps the other client's version.
+
+        The bytes kept of a file whose name went away (``first``, see namespace._keep_first_bytes)
+        are used when they hold all that is needed: the object itself is gone then (deleted, or
+        another object has its key)."""
         if self.spool is None:
             spool = spool_dir.open()
             try:
                 if keep_content and self.base is not None and self.base.size > 0:
                     position, size = 0, self.base.size if keep_bytes is None else min(self.base.size, keep_bytes)
+                    if self.first is not None and len(self.first) >= size:
+                        spool.pwrite(self.first[:size], 0)
+                        position = size
                     while position < size:  # 8 MiB at a time: bounded memory for any size
                         data = client.get_range(self.bucket, self.key, position, min(size, position + 8 * MiB),
                                                 self.base.etag or None)

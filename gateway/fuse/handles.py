@@ -239,6 +239,13 @@ class FileOps:
         try:
             return open_file.ensure_spool(self.client, self.spool_dir, **options)
         except StoreError as exc:
+            if open_file.unlinked:
+                # Its object was deleted or replaced while open, and this mount kept too few of its
+                # bytes (a file over the lookup's 128 KiB not fetched before; namespace._keep_first_bytes).
+                log.error("cannot write to %s: it was removed or replaced while open, and its previous "
+                          "content (%d bytes) can no longer be fetched to write into (%s)", open_file.path,
+                          open_file.base.size if open_file.base else 0, exc)
+                raise err(errno.EIO, f"{open_file.path}: its previous content is gone") from None
             self._replaced_elsewhere(open_file, exc)
             raise
 
@@ -257,6 +264,12 @@ class FileOps:
             if not reader.moved(open_file.bucket, open_file.key, etag):
                 log.warning("%s was replaced by another client before this mount renamed it: reads of its "
                             "open handles fail with EIO; open it again to read the new version", open_file.path)
+
+    def _has_writer(self, open_file: OpenFile) -> bool:
+        """Whether a handle of ``open_file`` was opened for writing."""
+        with self._table_lock:
+            return any(handle.open_file is open_file and handle.flags & os.O_ACCMODE != os.O_RDONLY
+                       for handle in self._handles.values())
 
     def _replaced_elsewhere(self, open_file: OpenFile, exc: StoreError) -> None:
         """A GET of the version this mount opened failed its If-Match (412): another client replaced

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import re
 import stat
 import time
 
 from .cache import DIR, LINK, MISSING, Attr
 from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, format_time_ns, parent_of
+
+log = logging.getLogger("gateway.fuse")
 
 # libfuse's high-level API renames an open file that is unlinked or renamed over to a name like
 # this in the same directory (fuse.c, hidden_name: ".fuse_hidden%08x%08x"), and unlinks it at its
@@ -144,18 +147,30 @@ class NamespaceOps:
         """Before the object of an open file is deleted (unlink, a rename over it, or libfuse's rename
         of it to .fuse_hiddenNNN, see _hide): keep what its handles can still read afterwards, the
         first bytes fetched with its lookup, or fetched now for a small object (one GET, only for a
-        file that is open while its name goes away; docs/fuse.md)."""
+        file that is open while its name goes away; docs/fuse.md).
+
+        A file open for writing that has not been written yet gets its spool now, while its bytes can
+        still be fetched: its first write would download them into the spool, and after the delete
+        there is nothing left to download (a small file's spool is filled from the bytes kept)."""
         with open_file.lock:
             base = open_file.base
-            if base is None or open_file.spool is not None or open_file.first is not None:
+            if base is None or open_file.spool is not None:
                 return
-            first = self.first_bytes.get(open_file.path, base.etag)
-            if first is None and base.size <= self.options.first_bytes:
+            if open_file.first is None:
+                first = self.first_bytes.get(open_file.path, base.etag)
+                if first is None and base.size <= self.options.first_bytes:
+                    try:
+                        first = self.client.get_range(open_file.bucket, open_file.key, 0, base.size,
+                                                      base.etag or None)
+                    except OSError:
+                        first = None  # replaced or gone already: its handles' reads fail, as before
+                open_file.first = first
+            if self._has_writer(open_file):
                 try:
-                    first = self.client.get_range(open_file.bucket, open_file.key, 0, base.size, base.etag or None)
-                except OSError:
-                    first = None  # replaced or gone already: its handles' reads fail, as before
-            open_file.first = first
+                    open_file.ensure_spool(self.client, self.spool_dir)
+                except OSError as exc:  # gone already, or the spool is full: its writes fail (logged)
+                    log.warning("%s is open for writing and its name goes away, but its content could not "
+                                "be kept for its writes (%s)", open_file.path, exc)
 
     def _detach(self, open_file) -> None:
         """The name of an open file went away: its handles stay usable, it is never uploaded again."""

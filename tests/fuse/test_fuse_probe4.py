@@ -19,6 +19,61 @@ def _keys(s3, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
+@pytest.mark.parametrize("size", [1000, 300_000])
+def test_writes_to_an_open_file_go_on_after_unlink_and_rename_over(mnt, bucket, fuse_gw, size):
+    # The first write of a handle that had not written before downloaded the object into the spool:
+    # after an unlink that GET found nothing (ENOENT), after a rename over the file it asked for the
+    # new object's key with the old version's ETag (412, EIO). docs/fuse.md promised that such writes
+    # go on (and are never uploaded).
+    s3 = fuse_gw.client()
+    root = mnt.path / bucket
+    old = os.urandom(size)
+    (root / "ux").write_bytes(old)
+    fd = os.open(root / "ux", os.O_RDWR)
+    try:
+        os.unlink(root / "ux")
+        assert os.pread(fd, size + 10, 0) == old
+        assert os.pwrite(fd, b"more", 10) == 4
+        assert os.pread(fd, size + 10, 0) == old[:10] + b"more" + old[14:]
+        assert os.fstat(fd).st_size == size
+    finally:
+        os.close(fd)
+    (root / "uy").write_bytes(old)
+    fd = os.open(root / "uy", os.O_WRONLY | os.O_APPEND)
+    try:
+        (root / "uz").write_bytes(b"new")
+        os.rename(root / "uz", root / "uy")
+        assert os.write(fd, b"appended") == 8
+        assert os.fstat(fd).st_size == size + 8
+    finally:
+        os.close(fd)
+    assert _keys(s3, bucket) == ["uy"]
+    assert s3.get_object(Bucket=bucket, Key="uy")["Body"].read() == b"new"
+    assert (root / "uy").read_bytes() == b"new"
+    assert "Traceback" not in mnt.log()
+
+
+def test_a_write_whose_old_content_is_gone_fails_with_a_clear_log_line(fuse_gw, bucket, mount_factory):
+    # A file over the 128 KiB kept whole that could not be kept for its writes either (here: the spool
+    # is too small for it): its writes fail with EIO, and the log says why, not a bare ENOENT.
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="big", Body=b"b" * 3_000_000)
+    mount = mount_factory(["--spool-size", "1M"])
+    root = mount.path / bucket
+    fd = os.open(root / "big", os.O_RDWR)
+    try:
+        os.unlink(root / "big")
+        with pytest.raises(OSError) as info:
+            os.pwrite(fd, b"more", 10)
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert "could not be kept for its writes" in mount.log()
+    assert "its previous content (3000000 bytes) can no longer be fetched" in mount.log()
+    assert _keys(s3, bucket) == []
+    assert "Traceback" not in mount.log()
+
+
 def test_reads_go_on_after_the_directory_of_an_open_file_is_renamed(fuse_gw, bucket, mount_factory):
     # A rename updated the open file's key, but its handles' readers kept asking for the old key,
     # which the rename had deleted: ENOENT for every read the page cache did not hold.
