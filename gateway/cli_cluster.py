@@ -255,6 +255,8 @@ def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]
             "last_seen_ago": round(node.age(now), 1) if node.ever_seen else None,
             "objects": node.info.get("objects"), "objects_counted_at": node.info.get("objects_counted_at"),
             "free_bytes": node.info.get("free_bytes"),
+            # Whether every store of the node is shared storage (None: not published yet).
+            "shared_storage": node.info.get("shared_storage"),
             "placed": placed.get(node.node_id, 0), "reads": reads.get(node.node_id, 0),
             "balance": node.info.get("balance", {}),
         })

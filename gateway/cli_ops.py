@@ -50,9 +50,12 @@ def _without_credentials(flags: dict) -> dict:
 @settings_options
 @click.option("-o", "--objects-only", is_flag=True,
               help="Only this server's objects: the backup of a redundant server in local mode.")
+@click.option("--include-shared", is_flag=True,
+              help="With -o: this node's shared stores too (automatic when the registry says the primary keeps "
+                   "its objects on its own disk, so its full backup does not hold the share).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line; the summary still prints.")
 @click.argument("output", type=click.Path(dir_okay=True, allow_dash=True))
-def backup(config_file, objects_only, quiet, output, **flags) -> None:
+def backup(config_file, objects_only, include_shared, quiet, output, **flags) -> None:
     """Write a backup archive to OUTPUT (a file, a directory to name it in, or - for stdout).
 
     Without -o, a full backup: every file store, the config file, the TLS files and the SQLite
@@ -70,8 +73,11 @@ def backup(config_file, objects_only, quiet, output, **flags) -> None:
     settings = ops_settings(config_file, **flags)
     stop_cleanly_on_sigterm()
     try:
+        if include_shared and not objects_only:
+            _fail("--include-shared goes with -o (a full backup holds every file store already)")
         result = create_backup(settings, output, objects_only=objects_only,
-                               config_file=config_file or os.environ.get("GATEWAY_CONFIG"), quiet=quiet)
+                               config_file=config_file or os.environ.get("GATEWAY_CONFIG"), quiet=quiet,
+                               include_shared=include_shared)
     except OpsError as exc:
         _fail(str(exc))
     except OSError as exc:

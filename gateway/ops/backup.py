@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from gateway import __version__
 from gateway_plugins import fslayout
 
-from .peers import current_role
+from .peers import RegistryUnreadable, current_role, read_cluster
 from .progress import Progress, human_bytes
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
 from .tree import CHUNK, count_files, is_object, publish_new, read_chunks, walk_files
@@ -74,10 +74,14 @@ class BackupResult:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str], str | None]:
+def plan(settings, objects_only: bool, include_shared: bool = False) -> tuple[str, list[Store], list[str], str | None]:
     """What a backup of this node holds: (kind, stores, notes, this node's role); OpsError when this
     node is not the place for this kind of backup. The role is the registry's for a full backup
-    on a node whose settings say redundant (a failover or `cluster promote` made it the primary)."""
+    on a node whose settings say redundant (a failover or `cluster promote` made it the primary).
+
+    An objects-only backup leaves shared stores to the primary's full backup, unless
+    ``include_shared`` or the registry says the primary keeps its objects on its own disk: then
+    no node's backup would hold the share (a mixed cluster), so this one does."""
     stores, others = file_stores(settings)
     role = settings.role
     notes = []
@@ -85,16 +89,27 @@ def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str], str
         raise OpsError("this node is a proxy and stores no objects: take the full backup on the primary "
                        "(`gateway backup`), and an objects-only backup (`gateway backup -o`) on each redundant server")
     if objects_only:
+        shared = [s for s in stores if s.shared]
         local = [s for s in stores if not s.shared]
-        for s in stores:
-            if s.shared:
-                notes.append(f"not in this backup: backend {s.name!r} is shared storage ({s.root}); "
-                             "the primary's full backup holds its objects")
-        if not local:
-            where = ", ".join(f"{s.name!r} at {s.root}" for s in stores) or "none"
-            raise OpsError(f"this node keeps no objects of its own (file stores: {where}; all shared): "
-                           "objects-only backups are for servers in local mode. Take the full backup on the primary")
-        stores = local
+        if shared and not include_shared:
+            include_shared = _share_outside_primary_backup(settings, notes)
+        if include_shared:
+            for s in shared:
+                notes.append(f"in this backup: backend {s.name!r}, shared storage ({s.root}), as the primary's "
+                             "full backup does not hold it")
+        else:
+            for s in shared:
+                notes.append(f"not in this backup: backend {s.name!r} is shared storage ({s.root}); the primary's "
+                             "full backup holds its objects (if the primary does not use this share, add "
+                             "--include-shared)")
+            if not local:
+                where = ", ".join(f"{s.name!r} at {s.root}" for s in stores) or "none"
+                raise OpsError(f"this node keeps no objects of its own (file stores: {where}; all shared): "
+                               "objects-only backups are for servers in local mode. Take the full backup on the "
+                               "primary; if the primary does not use this share (a cluster part-way through a "
+                               "migration, or after a failover to a server in local mode), back the share up "
+                               "here with `gateway backup -o --include-shared`")
+            stores = local
     else:
         if role == "redundant":
             # The registry decides: a failover or `cluster promote` makes a redundant node the primary.
@@ -116,9 +131,23 @@ def plan(settings, objects_only: bool) -> tuple[str, list[Store], list[str], str
     return ("objects" if objects_only else "full"), stores, notes, role
 
 
+def _share_outside_primary_backup(settings, notes: list[str]) -> bool:
+    """Whether the registry says the primary keeps its objects on its own disk (local mode): its full
+    backup then holds none of this node's shared stores (noted). False when not known."""
+    try:
+        view = read_cluster(settings)
+    except RegistryUnreadable:
+        return False
+    if view is None or view.primary is None or view.primary == view.here or view.primary_on_share is not False:
+        return False
+    notes.append(f"the primary {view.primary} keeps its objects on its own disk (local mode), so its full backup "
+                 "does not hold this node's shared storage: this backup holds it")
+    return True
+
+
 def create_backup(settings, output: str, objects_only: bool = False, config_file: str | None = None,
-                  quiet: bool = False, stream=None) -> BackupResult:
-    kind, stores, notes, role = plan(settings, objects_only)
+                  quiet: bool = False, stream=None, include_shared: bool = False) -> BackupResult:
+    kind, stores, notes, role = plan(settings, objects_only, include_shared)
     stream = stream or sys.stderr
     to_stdout = output == "-"
     if to_stdout:

@@ -34,6 +34,10 @@ class ClusterView:
     role: str | None  # its role in the registry; None when the registry does not list it
     peers: dict[str, str] = field(default_factory=dict)  # the other storing nodes: id -> address
     lease: str | None = None  # the holder of the primary lease, when the registry has locks
+    primary: str | None = None  # the primary today: the lease's holder, else the node listed primary
+    # Whether the primary keeps its objects on shared storage, as it publishes with its heartbeat
+    # (None: not known, e.g. it never ran). False: its full backup does not hold a share.
+    primary_on_share: bool | None = None
 
 
 class RegistryUnreadable(Exception):
@@ -49,8 +53,12 @@ def read_cluster(settings, timeout: float = 10.0) -> ClusterView | None:
     nodes, lease = registry_snapshot(settings.registry, timeout)
     here = node_name(settings)
     mine = next((n for n in nodes if n.node_id == here), None)
+    primary = lease or next((n.node_id for n in nodes if n.role == "primary"), None)
+    record = next((n for n in nodes if n.node_id == primary), None)
+    on_share = record.info.get("shared_storage") if record is not None else None
     return ClusterView(here, mine.role if mine else None,
-                       {n.node_id: n.address for n in nodes if n.node_id != here and n.role in STORING}, lease)
+                       {n.node_id: n.address for n in nodes if n.node_id != here and n.role in STORING}, lease,
+                       primary, on_share if isinstance(on_share, bool) else None)
 
 
 def registry_snapshot(url: str, timeout: float = 10.0) -> tuple[list, str | None]:
