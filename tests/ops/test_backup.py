@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -432,3 +434,9 @@ def test_a_restored_registry_names_its_nodes_and_how_to_remove_one_that_left(sou
     assert "lists the nodes of the backup's time: p1 (primary, http://127.0.0.1:9001), r-gone (redundant, " \
         "http://127.0.0.1:9002)" in result.stderr, result.stderr
     assert f"gateway cluster leave --registry sqlite://{registry} --node-id NODE" in result.stderr
+    # The printed command works as printed (it lacked --node-id once).
+    printed = re.search(r"`(gateway cluster leave [^`]*)`", result.stderr).group(1)
+    left = gateway_cmd(*shlex.split(printed.replace("NODE", "r-gone"))[1:])
+    assert left.returncode == 0, left.stderr
+    status = gateway_cmd("cluster", "status", "--registry", f"sqlite://{registry}")
+    assert "p1" in status.stdout and "r-gone" not in status.stdout, status.stdout

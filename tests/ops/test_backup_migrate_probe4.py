@@ -22,6 +22,8 @@ import pytest
 
 from gateway.testing.server import GatewayProcess
 
+from .test_migrate import put_big_object
+
 MiB = 1024 * 1024
 DEADLINE = 60.0
 CLUSTER_ENV = {"GATEWAY_CLUSTER_SECRET": "0123456789abcdef0123", "GATEWAY_INSECURE_PEERS": "1"}
@@ -222,14 +224,7 @@ def test_progress_totals_count_files_written_during_the_pass(tmp_path):
         s3 = gw.client()
         s3.create_bucket(Bucket="a-big")  # walked first
         s3.create_bucket(Bucket="small")
-        sparse = tmp_path / "sparse"
-        with open(sparse, "wb") as f:
-            f.truncate(200 * MiB)
-            for offset in range(0, 200 * MiB, 16 * MiB):
-                f.seek(offset)
-                f.write(os.urandom(64))
-        with open(sparse, "rb") as f:
-            s3.put_object(Bucket="a-big", Key="video.bin", Body=f)
+        put_big_object(s3, "a-big", "video.bin", tmp_path)
         s3.put_object(Bucket="small", Key="k0", Body=b"small")
         cmd = [sys.executable, "-m", "gateway", "migrate", "--quiet", "--to", str(share), "--data-dir",
                str(gw.data_dir)]

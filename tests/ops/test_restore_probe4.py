@@ -158,42 +158,6 @@ def test_overwrite_keeps_an_edited_config_and_a_rotated_tls_key_and_names_them(s
 # Bug 8: the printed `cluster leave` command ------------------------------------------------------------
 
 
-def test_the_printed_cluster_leave_command_runs_as_printed(source, tmp_path):
-    import asyncio
-
-    from gateway.cluster.registry import open_registry
-
-    objects_of(source.client(), count=2)
-    registry = tmp_path / "registry.db"
-
-    async def register():
-        reg = open_registry(f"sqlite:///{registry}")
-        try:
-            await reg.register("p1", "primary", "http://127.0.0.1:9001")
-            await reg.register("r-gone", "redundant", "http://127.0.0.1:9002")
-        finally:
-            await reg.close()
-
-    asyncio.run(register())
-    config = tmp_path / "gateway.toml"
-    config.write_text(f'data_dir = "{source.data_dir}"\nrole = "primary"\nregistry = "sqlite:///{registry}"\n'
-                      'advertise = "http://127.0.0.1:9001"\nnode_id = "p1"\n'
-                      'cluster_secret = "0123456789abcdef0123"\ninsecure_peers = true\n')
-    archive = tmp_path / "full.tar"
-    assert gateway_cmd("backup", "-q", "--config", config, archive).returncode == 0
-    registry.unlink()
-    result = gateway_cmd("restore", "--config", config, archive)
-    assert result.returncode == 0, result.stderr
-    printed = re.search(r"`(gateway cluster leave [^`]*)`", result.stderr).group(1)
-    assert "NODE" in printed
-    args = shlex.split(printed.replace("NODE", "r-gone"))
-    assert args[0] == "gateway"
-    left = gateway_cmd(*args[1:])
-    assert left.returncode == 0, left.stderr
-    status = gateway_cmd("cluster", "status", "--registry", f"sqlite://{registry}")
-    assert "p1" in status.stdout and "r-gone" not in status.stdout, status.stdout
-
-
 # Bug 10: the destination is checked before the whole archive is read ----------------------------------
 
 
