@@ -216,6 +216,22 @@ def test_complete_returns_the_object_checksum(mp, mbucket):
     assert done["ChecksumSHA256"] == head["ChecksumSHA256"]
 
 
+def test_part_with_another_checksum_algorithm_gets_the_uploads_too(mp, mbucket):
+    """A choice (docs/s3-compatibility.md): S3 refuses such a part; the gateway verifies what the part
+    announces and computes the upload's algorithm for it, so completion with part checksums works."""
+    body = b"p" * 1000
+    upload_id = mp.create_multipart_upload(Bucket=mbucket, Key="mixed", ChecksumAlgorithm="SHA256")["UploadId"]
+    part = mp.upload_part(Bucket=mbucket, Key="mixed", UploadId=upload_id, PartNumber=1, Body=body,
+                          ChecksumAlgorithm="CRC32")
+    sha256 = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert part["ChecksumSHA256"] == sha256
+    listed = mp.list_parts(Bucket=mbucket, Key="mixed", UploadId=upload_id)["Parts"][0]
+    assert listed["ChecksumSHA256"] == sha256
+    mp.complete_multipart_upload(Bucket=mbucket, Key="mixed", UploadId=upload_id, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumSHA256": sha256}]})
+    assert mp.get_object(Bucket=mbucket, Key="mixed")["Body"].read() == body
+
+
 def test_abort(mp, mbucket):
     upload_id, _ = _upload(mp, mbucket, "aborted", [b"x" * 10])
     response = mp.abort_multipart_upload(Bucket=mbucket, Key="aborted", UploadId=upload_id)
