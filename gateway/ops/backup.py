@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import glob
 import hashlib
 import io
 import json
@@ -153,6 +154,11 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     if to_stdout:
         _check_stdout()
     elif os.path.isdir(output):
+        leftovers = sorted(glob.glob(os.path.join(glob.escape(output), "cv-backup-*.tar.partial")))
+        if leftovers:  # a kill -9 or a crash leaves them; the new archive gets a new name and never sees them
+            notes.append(f"{output} holds {len(leftovers)} unfinished archive(s) of an earlier backup that was killed "
+                         f"(or is still running): {', '.join(map(os.path.basename, leftovers))}; restore refuses "
+                         "them as cut short: delete them once no backup runs")
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = os.path.join(output, f"cv-backup-{kind}-{socket.gethostname()}-{stamp}.tar")
     else:

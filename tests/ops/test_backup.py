@@ -270,6 +270,18 @@ def test_a_killed_backup_leaves_no_archive_that_looks_finished(source, tmp_path)
     assert "cut short" in result.stderr
 
 
+def test_a_backup_into_a_directory_names_unfinished_archives_left_there(source, tmp_path):
+    """A killed backup's .partial stays in the directory (the next one takes a new time-stamped name):
+    the next backup there names it, so the disk space it takes is not forgotten."""
+    fill(source.client())
+    out = tmp_path / "backups"
+    out.mkdir()
+    (out / "cv-backup-full-host-20261127-010203.tar.partial").write_bytes(b"cut short")
+    result = gateway_cmd("backup", "-q", "--data-dir", source.data_dir, out, check=0)
+    assert "holds 1 unfinished archive(s)" in result.stderr
+    assert "cv-backup-full-host-20261127-010203.tar.partial" in result.stderr
+
+
 def test_a_killed_restore_leaves_no_half_object_and_can_be_run_again(source, tmp_path):
     s3 = source.client()
     s3.create_bucket(Bucket="big")
