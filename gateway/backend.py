@@ -86,6 +86,9 @@ class Capabilities:
     atomic_put: bool = True  # a reader never sees a partial object
     shared: bool = False  # several gateways may use the same storage at once
     listing: str = "walk"  # how listing costs: walk (per directory), index, remote
+    # list() returns every ObjectInfo with its stored meta (as head() would), not a default ObjectMeta:
+    # ListObjectsV2 then answers metadata=true (docs/s3-compatibility.md, "Listing metadata").
+    listing_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,9 @@ class ListPage:
     common_prefixes: list[str]
     is_truncated: bool = False
     next_marker: str = ""  # the last key or common prefix returned, when truncated
+    # Whether every object carries its stored meta; None: as the backend's capabilities.listing_metadata
+    # says. Set by a cluster node, whose page merges other nodes' listings.
+    metadata: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ class LocalBackend(Backend):
     """Options: ``root`` (the cv-storage directory), ``fsync`` (default true),
     ``fsync_dirs`` (also fsync the directory after a rename; default false)."""
 
-    capabilities = Capabilities(range_reads=True, atomic_put=True, shared=False, listing="walk")
+    capabilities = Capabilities(range_reads=True, atomic_put=True, shared=False, listing="walk",
+                                listing_metadata=True)
     eager_reads = True  # reads are plain system calls: nothing waits
     # Names on disk are the layout's names. A subclass for a filesystem that must spell them
     # otherwise (sharedfs through smbnetfs) overrides _disk_name and _layout_name and sets this

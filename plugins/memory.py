@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 
 from gateway import errors
-from gateway.backend import Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader, paginate
+from gateway.backend import (Backend, BucketInfo, ByteRange, Capabilities, ListPage, ObjectInfo, ObjectMeta,
+                             ObjectReader, paginate)
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
 
 class MemoryBackend(Backend):
+    capabilities = Capabilities(listing_metadata=True)  # listed objects are the stored ObjectInfos
     eager_reads = True  # reads never wait
+
     def __init__(self, name: str = "memory", **options):
         super().__init__(name, **options)
         self._buckets: dict[str, tuple[float, dict[str, tuple[ObjectInfo, bytes]]]] = {}

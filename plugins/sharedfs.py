@@ -144,7 +144,8 @@ def _storage_errors(method):
 class SharedFSBackend(LocalBackend):
     """The local backend made safe for several gateways on one shared directory."""
 
-    capabilities = Capabilities(range_reads=True, atomic_put=True, shared=True, listing="walk")
+    capabilities = Capabilities(range_reads=True, atomic_put=True, shared=True, listing="walk",
+                                listing_metadata=True)
 
     def __init__(self, name: str = "sharedfs", root: str = "./cv-storage", fsync: bool = True,
                  fsync_dirs: bool = False, host_id: str | None = None, require_mount: bool = False,

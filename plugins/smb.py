@@ -86,7 +86,7 @@ def read_credentials_file(path: str) -> dict[str, str]:
 
 class SmbBackend(Backend):
     capabilities = Capabilities(range_reads=True, server_side_copy=False, native_multipart=False,
-                                atomic_put=True, shared=True, listing="walk")
+                                atomic_put=True, shared=True, listing="walk", listing_metadata=True)
 
     def __init__(self, name: str = "smb", *, server: str = "", share: str = "", port: int = 445, path: str = "",
                  user: str | None = None, password: str | None = None, credentials_file: str | None = None,

@@ -142,7 +142,7 @@ class PeerApp:
                 raise errors.InvalidArgument("max-keys must be a non-negative integer")
             page = await backend.list(path[len("/list/"):], query.get("prefix", ""), query.get("delimiter", ""),
                                       query.get("start-after", ""), max_keys)
-            await _send_json(send, wire.page_to_json(page))
+            await _send_json(send, wire.page_to_json(page, backend.capabilities.listing_metadata))
         elif path.startswith("/buckets/"):
             await self._bucket(method, path[len("/buckets/"):], send)
         elif path == "/buckets" and method == "GET":

@@ -417,6 +417,7 @@ class ClusterNode(Backend):
         """This node's listing merged with every storing peer's (a peer that cannot be reached is left out).
 
         On shared storage every node lists the same tree: the local listing is the whole answer.
+        The merged page carries metadata (``ListPage.metadata``) when every page it merged did.
         """
         if self.local is not None and self.local.capabilities.shared:
             return await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
@@ -424,7 +425,10 @@ class ClusterNode(Backend):
         bucket_seen = False
         if self.local is not None:
             try:
-                pages.append(await self.local.list(bucket, prefix, delimiter, start_after, max_keys))
+                page = await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
+                if page.metadata is None:
+                    page.metadata = self.local.capabilities.listing_metadata
+                pages.append(page)
                 bucket_seen = True
             except errors.NoSuchBucket:
                 pass
@@ -440,7 +444,9 @@ class ClusterNode(Backend):
             if unreachable:
                 raise unreachable_error(f"Bucket {bucket!r}", unreachable)
             raise errors.NoSuchBucket(BucketName=bucket)
-        return merge_pages(pages, max_keys)
+        merged = merge_pages(pages, max_keys)
+        merged.metadata = all(page.metadata for page in pages)
+        return merged
 
     # Buckets: created and deleted on every storing node -------------------------------
 

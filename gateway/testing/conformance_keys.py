@@ -165,3 +165,15 @@ class KeyAndListingTests:
         await put_bytes(backend, bucket, "k", b"x")
         page = await backend.list(bucket, max_keys=0)
         assert page.objects == [] and page.common_prefixes == []
+
+    async def test_listing_metadata(self, backend, bucket):
+        """A backend that claims listing_metadata lists each object with the meta head() gives."""
+        self.require(backend, "listing_metadata")
+        meta = ObjectMeta("video/mp4", {"mtime": "1577836800.123456789", "mode": "100640"},
+                          {"cache-control": "no-cache"})
+        await put_bytes(backend, bucket, "dir/clip.mp4", b"x" * 10, meta)
+        await put_bytes(backend, bucket, "plain", b"")
+        for prefix, delimiter in (("", ""), ("dir/", "/")):
+            for listed in (await backend.list(bucket, prefix, delimiter)).objects:
+                assert listed.meta == (await backend.head(bucket, listed.key)).meta, listed.key
+        assert (await backend.list(bucket, "dir/")).objects[0].meta.metadata == meta.metadata

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 
 from ... import errors
+from ...backend import ObjectInfo
 from ...checksums import ALGORITHMS, checksum_b64
 from .objects import delete_key
 from .request import S3Request, check_key, check_new_bucket_name, iso8601, parse_decimal
 from .responses import send_response, send_xml
-from .xml import child_text, document, element, keep_key, listing_encoder, parse
+from .xml import child_text, document, element, keep_key, listing_encoder, not_xml, parse
 
 OWNER = "<Owner><ID>cv-gateway</ID><DisplayName>cv-gateway</DisplayName></Owner>"
 MAX_KEYS = 1000
@@ -128,12 +130,16 @@ async def list_objects(app, req: S3Request, send) -> None:
             marker = decode_token(token)
     else:
         marker = query.get("marker", "")
-    page = await app.service.backend_for(req.bucket).list(req.bucket, prefix, delimiter, marker, max_keys)
+    backend = app.service.backend_for(req.bucket)
+    page = await backend.list(req.bucket, prefix, delimiter, marker, max_keys)
     owner = OWNER if (not v2 or query.get("fetch-owner") == "true") else ""
+    # MinIO's extension: v2 with metadata=true adds each object's metadata, when the backend listed it.
+    with_meta = v2 and query.get("metadata") == "true" and (
+        page.metadata if page.metadata is not None else backend.capabilities.listing_metadata)
     contents = "".join(
         f"<Contents>{element('Key', enc(o.key))}{element('LastModified', iso8601(o.last_modified))}"
         f"{element('ETag', chr(34) + o.etag + chr(34))}{element('Size', o.size)}"
-        f"{owner}<StorageClass>STANDARD</StorageClass></Contents>"
+        f"{owner}<StorageClass>STANDARD</StorageClass>{user_metadata(o) if with_meta else ''}</Contents>"
         for o in page.objects
     )
     prefixes = "".join(f"<CommonPrefixes>{element('Prefix', enc(p))}</CommonPrefixes>" for p in page.common_prefixes)
@@ -158,6 +164,30 @@ async def list_objects(app, req: S3Request, send) -> None:
         parts.append(element("EncodingType", "url"))
     parts.append(element("IsTruncated", "true" if page.is_truncated else "false"))
     await send_xml(send, 200, document("ListBucketResult", *parts, contents, prefixes), req.request_id)
+
+
+# What XML allows after the "X-Amz-Meta-" of an element name, of the characters of an HTTP token.
+_XML_NAME_TAIL = re.compile(r"[A-Za-z0-9._-]*")
+
+
+def user_metadata(info: ObjectInfo) -> str:
+    """An object's <UserMetadata> as MinIO writes it: <content-type> and one <X-Amz-Meta-Name> per
+    x-amz-meta-name (the name in canonical header case), values as HEAD sends them (escaped).
+
+    "" when an element would not be well-formed XML: a name with a token character XML names
+    cannot hold (``a+b``, ``a~b``) or a value with a character XML cannot carry. The client then
+    sees no UserMetadata, "not known", and asks HEAD, rather than take a partial set for the whole.
+    """
+    meta = info.meta
+    parts = [element("content-type", meta.content_type)]
+    for name, value in meta.metadata.items():
+        if not _XML_NAME_TAIL.fullmatch(name):
+            return ""
+        parts.append(element("X-Amz-Meta-" + "-".join(w[:1].upper() + w[1:].lower() for w in name.split("-")),
+                             value))
+    if not_xml(meta.content_type) or any(not_xml(value) for value in meta.metadata.values()):
+        return ""
+    return f"<UserMetadata>{''.join(parts)}</UserMetadata>"
 
 
 async def delete_objects(app, req: S3Request, send) -> None:

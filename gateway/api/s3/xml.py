@@ -51,6 +51,11 @@ def listing_encoder(query: dict[str, str]):
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
+def not_xml(text: str) -> bool:
+    """Whether ``text`` holds a character XML 1.0 cannot carry."""
+    return _NOT_XML.search(text) is not None
+
+
 def xml_safe(value) -> str:
     """``value`` with the characters XML 1.0 forbids percent-encoded (%01): for error details only.
 
