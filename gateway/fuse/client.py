@@ -93,8 +93,8 @@ class Unreachable(StoreError):
 
 @dataclass(frozen=True)
 class ObjectStat:
-    """What the gateway says about one object. ``metadata`` is None when it came from a listing,
-    which carries no user metadata."""
+    """What the gateway says about one object. ``metadata`` is None when it came from a listing
+    without it (a gateway or backend that does not answer metadata=true: not known, not "none")."""
 
     key: str
     size: int
@@ -296,7 +296,9 @@ class ObjectClient:
 
     def list_page(self, bucket: str, prefix: str = "", delimiter: str = "/", token: str | None = None,
                   max_keys: int = LIST_PAGE, start_after: str | None = None) -> ListPage:
-        query = {"list-type": "2", "prefix": prefix, "max-keys": max_keys, "encoding-type": "url"}
+        # metadata=true (MinIO's extension, which the gateway answers when its backend lists metadata):
+        # each entry then comes with its x-amz-meta-* in <UserMetadata>; S3 ignores the parameter.
+        query = {"list-type": "2", "prefix": prefix, "max-keys": max_keys, "encoding-type": "url", "metadata": "true"}
         if delimiter:
             query["delimiter"] = delimiter
         if token:
@@ -309,10 +311,12 @@ class ObjectClient:
         for node in root:
             tag = _local(node.tag)
             if tag == "Contents":
-                fields = {_local(child.tag): child.text or "" for child in node}
+                fields = {_local(child.tag): child for child in node}
+                text = {name: child.text or "" for name, child in fields.items()}
+                metadata, content_type = _user_metadata(fields.get("UserMetadata"))
                 page.objects.append(ObjectStat(
-                    unquote(fields.get("Key", "")), int(fields.get("Size") or 0), fields.get("ETag", "").strip('"'),
-                    _parse_iso(fields.get("LastModified", "")),
+                    unquote(text.get("Key", "")), int(text.get("Size") or 0), text.get("ETag", "").strip('"'),
+                    _parse_iso(text.get("LastModified", "")), metadata, content_type,
                 ))
             elif tag == "CommonPrefixes":
                 for child in node:
@@ -506,6 +510,22 @@ class BodyStream:
 
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
+
+
+def _user_metadata(node: ET.Element | None) -> tuple[dict[str, str] | None, str]:
+    """(x-amz-meta-* names without the prefix, lower case -> value; content type) of a listing
+    entry's <UserMetadata>, as _stat_from_headers gives them from a HEAD; (None, "") without one.
+    Other elements (MinIO adds X-Amz-Server-Side-Encryption and the like) are not user metadata."""
+    if node is None:
+        return None, ""
+    metadata, content_type = {}, ""
+    for child in node:
+        name = _local(child.tag).lower()
+        if name.startswith(META_PREFIX):
+            metadata[name[len(META_PREFIX):]] = child.text or ""
+        elif name == "content-type":
+            content_type = child.text or ""
+    return metadata, content_type
 
 
 def _parse_iso(text: str) -> float:

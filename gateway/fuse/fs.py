@@ -184,12 +184,15 @@ class GatewayFS(NamespaceOps, FileOps):
                     self.first_bytes.put(path, info.etag, data)
                 return attr
         # Missing names are the common case here (every create looks its name up first): one LIST
-        # answers "missing" and "implicit directory"; only a marker object costs a HEAD for its metadata.
+        # answers "missing" and "implicit directory"; a marker object costs a HEAD for its metadata
+        # only when the listing did not carry it (metadata=true not answered).
         prefix = key.rstrip("/") + "/"
         page = self.client.list_page(bucket, prefix, "/", max_keys=1)
         if not page.objects and not page.prefixes:
             return None
         if page.objects and page.objects[0].key == prefix:
+            if page.objects[0].metadata is not None:
+                return self._dir_attr(page.objects[0])
             try:  # the marker holds the directory's mode and owner
                 return self._dir_attr(self.client.head(bucket, prefix))
             except FileNotFoundError:

@@ -200,6 +200,25 @@ def test_listing_merges_all_nodes_in_order_without_duplicates_and_pages(cluster)
         assert "merge/" in [p["Prefix"] for p in top.get("CommonPrefixes", [])], name
 
 
+def test_listing_metadata_through_every_node(cluster):
+    """ListObjectsV2 metadata=true through a storing node or the proxy: the merged page of objects
+    stored on different nodes carries each one's metadata (the peers' pages say they do)."""
+    from gateway.fuse.client import ObjectClient  # the mount's client: it asks with metadata=true
+
+    s3 = clients(cluster)
+    for writer in ("p1", "r1", "r2", "x1"):
+        s3[writer].put_object(Bucket="relay", Key=f"listmeta/{writer}", Body=b"m", Metadata={"writer": writer})
+    for name in NODES:
+        node = cluster[name]
+        client = ObjectClient(node.endpoint, node.access_key, node.secret_key)
+        try:
+            page = client.list_page("relay", "listmeta/", "/")
+        finally:
+            client.close()
+        assert [(o.key, o.metadata) for o in page.objects] == \
+            [(f"listmeta/{w}", {"writer": w}) for w in ("p1", "r1", "r2", "x1")], name
+
+
 def test_peer_routes_refuse_client_credentials_and_unsigned_requests(cluster):
     import urllib.error
     import urllib.request

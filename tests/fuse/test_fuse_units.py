@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import stat
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from gateway.cli_mount import parse_size, parse_umask
 from gateway.fuse.cache import DIR, FILE, LINK, MISSING, Attr, AttrCache, DirCache, FirstBytes
-from gateway.fuse.client import ObjectClient, StoreError
+from gateway.fuse.client import ObjectClient, ObjectStat, StoreError, _user_metadata
 from gateway.fuse.fs import GatewayFS, MountOptions
 from gateway.fuse.meta import apply_meta, maybe_symlink
 from gateway.fuse.mount import MountConfig, fuse_options
@@ -100,6 +101,24 @@ def test_metadata_gives_mode_owner_time_and_symlinks():
     assert maybe_symlink(Attr(FILE, 100, from_listing=True))
     assert not maybe_symlink(Attr(FILE, 100_000, from_listing=True))
     assert not maybe_symlink(Attr(FILE, 100))
+
+
+def test_listing_user_metadata_gives_a_looked_up_attr():
+    """A listing entry's <UserMetadata> (as MinIO writes it too: canonical header case, other
+    elements) is the metadata a HEAD gives; without one, the entry stays "from a listing"."""
+    node = ET.fromstring(
+        '<UserMetadata xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><content-type>text/plain</content-type>'
+        '<X-Amz-Meta-Mode>120777</X-Amz-Meta-Mode><X-Amz-Meta-Mtime>1500000000.123456789</X-Amz-Meta-Mtime>'
+        '<X-Amz-Server-Side-Encryption>AES256</X-Amz-Server-Side-Encryption></UserMetadata>')
+    metadata, content_type = _user_metadata(node)
+    assert (metadata, content_type) == ({"mode": "120777", "mtime": "1500000000.123456789"}, "text/plain")
+    assert _user_metadata(ET.fromstring("<UserMetadata/>")) == ({}, "")
+    assert _user_metadata(None) == (None, "")
+    fs = GatewayFS.__new__(GatewayFS)  # _attr_from_stat needs nothing of the mount
+    link = fs._attr_from_stat(ObjectStat("d/l", 10, "e", 1.0, metadata))
+    assert (link.kind, link.from_listing, link.mtime_ns) == (LINK, False, 1_500_000_000_123_456_789)
+    assert not maybe_symlink(fs._attr_from_stat(ObjectStat("d/f", 10, "e", 1.0, {})))
+    assert maybe_symlink(fs._attr_from_stat(ObjectStat("d/f", 10, "e", 1.0, None)))
 
 
 def test_stat_dicts_apply_umask_and_default_owner():
