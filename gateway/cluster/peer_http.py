@@ -115,6 +115,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = True
         self.lost = False
         self.last_data = 0.0
+        self.head_timeout = client.timeout  # the current request's wait for its answer's head (send)
         self._reset(False)
 
     def _reset(self, head_only: bool) -> None:
@@ -206,13 +207,17 @@ class _Connection(asyncio.Protocol):
 
     # Requests ------------------------------------------------------------------------
 
-    def send(self, request: bytes, head_only: bool) -> asyncio.Future:
-        """Write ``request``; return the future of its Response (PeerHttpError on failure)."""
+    def send(self, request: bytes, head_only: bool, head_timeout: float | None = None) -> asyncio.Future:
+        """Write ``request``; return the future of its Response (PeerHttpError on failure).
+
+        ``head_timeout``: seconds to wait for the answer's head (then the client's timeout between
+        reads of the body), for a peer not expected to answer (PeerHttp.request)."""
         self._reset(head_only)
         self.parser = HttpResponseParser(self)
         self.waiter = waiter = self.loop.create_future()
         self.last_data = self.loop.time()
-        self.timer = self.loop.call_later(self.client.timeout, self._check_idle)
+        self.head_timeout = self.client.timeout if head_timeout is None else min(head_timeout, self.client.timeout)
+        self.timer = self.loop.call_later(self.head_timeout, self._check_idle)
         self.client._write(self.transport, request)
         return waiter
 
@@ -228,7 +233,7 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None:
             return
         idle = self.loop.time() - self.last_data
-        remaining = self.client.timeout - idle
+        remaining = (self.client.timeout if self.headers_done else self.head_timeout) - idle
         if remaining > 0.001:  # data came meanwhile: wait for the rest of the timeout from then
             self.timer = self.loop.call_later(remaining, self._check_idle)
             return
@@ -317,12 +322,15 @@ class PeerHttp:
     def open_count(self) -> int:
         return sum(map(len, self._open.values()))
 
-    async def request(self, address: str, method: str, target: str, headers: dict[str, str]) -> Response | None:
+    async def request(self, address: str, method: str, target: str, headers: dict[str, str],
+                      head_timeout: float | None = None) -> Response | None:
         """Send ``method target`` (GET or HEAD, no body) with ``headers`` to the peer at ``address``.
 
         Return the Response, or None when this client does not take the request (too many in flight to
         that peer): the caller uses its general client. A pooled connection that the peer closed
         meanwhile (not one byte of an answer) is retried once on a new connection. Raise PeerHttpError.
+        ``head_timeout``: a shorter wait for the connection and the answer's head (a peer that failed
+        lately, see PeerClient); the body's reads keep the client's timeout.
         """
         loop = asyncio.get_running_loop()
         if loop is not self.loop:  # first use, or used again under a new event loop: the old connections are unusable
@@ -346,13 +354,13 @@ class PeerHttp:
         if connection is not None:
             self.stats["reused"] += 1
             try:
-                return await self._exchange(connection, request, head_only)
+                return await self._exchange(connection, request, head_only, head_timeout)
             except PeerHttpError as exc:
                 if exc.stage != "request" or not exc.disconnected:
                     raise
                 self.stats["retried"] += 1  # the peer closed the idle connection as we sent: once more, afresh
-        connection = await self._connect(address, peer)
-        return await self._exchange(connection, request, head_only)
+        connection = await self._connect(address, peer, head_timeout)
+        return await self._exchange(connection, request, head_only, head_timeout)
 
     @staticmethod
     def _format(peer: _Target, method: str, target: str, headers: dict[str, str]) -> bytes:
@@ -364,8 +372,9 @@ class PeerHttp:
         lines.append("\r\n")
         return "".join(lines).encode("latin-1")
 
-    async def _exchange(self, connection: _Connection, request: bytes, head_only: bool) -> Response:
-        waiter = connection.send(request, head_only)
+    async def _exchange(self, connection: _Connection, request: bytes, head_only: bool,
+                        head_timeout: float | None = None) -> Response:
+        waiter = connection.send(request, head_only, head_timeout)
         try:
             response = await waiter
         except PeerHttpError:
@@ -386,7 +395,7 @@ class PeerHttp:
                 return connection
         return None
 
-    async def _connect(self, address: str, peer: _Target) -> _Connection:
+    async def _connect(self, address: str, peer: _Target, head_timeout: float | None = None) -> _Connection:
         loop = self.loop
         # A task, so that a timer can cancel it (no asyncio.timeout: it needs a current task).
         connecting = loop.create_task(loop.create_connection(
@@ -399,7 +408,7 @@ class PeerHttp:
             expired = True
             connecting.cancel()
 
-        timer = loop.call_later(self.timeout, expire)
+        timer = loop.call_later(self.timeout if head_timeout is None else min(head_timeout, self.timeout), expire)
         try:
             _, connection = await connecting
         except asyncio.CancelledError:

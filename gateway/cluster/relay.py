@@ -100,6 +100,12 @@ class PeerClient:
         self._streams: aiohttp.ClientSession | None = None  # object bodies: GETs over SMALL_BODY, PUTs
         # GET and HEAD of objects (the hot relay calls): no aiohttp, no task needed (peer_http.py).
         self.lean = PeerHttp(timeout, ssl_context, body_limit=SMALL_BODY)
+        # How long a GET or HEAD waits for a limited peer (one that failed lately, health.py) to
+        # begin its answer. A peer stopped (SIGSTOP) or frozen keeps its sockets open and answers
+        # nothing: with the whole timeout, every miss and every read of its objects waited for it
+        # again (3 s each in the probe), although it had failed already. An alive peer answers in
+        # milliseconds; the heartbeat's ping (full timeout) makes it healthy again.
+        self.limited_timeout = min(timeout, max(0.2, timeout / 10))
         # (peer, operation, outcome) -> calls, for GET /metrics. Outcomes: ok, missing (404),
         # error (any other HTTP error), unreachable (no answer), refused (our signature was rejected).
         self.calls: Counter[tuple[str, str, str]] = Counter()
@@ -224,8 +230,10 @@ class PeerClient:
         if headers:
             all_headers.update(headers)
         started = time.monotonic()
+        limited = self.health.limited(peer)
         try:
-            response = await self.lean.request(address, method, target, all_headers)
+            response = await self.lean.request(address, method, target, all_headers,
+                                               self.limited_timeout if limited else None)
         except PeerHttpError as exc:
             if exc.stage == "body":
                 # The peer answered, then failed while sending the body: as request() + the body read.
@@ -237,8 +245,11 @@ class PeerClient:
             if exc.disconnected and exc.stage == "request":
                 self._failed(peer, f"disconnected: {exc.reason}")
                 raise PeerUnreachable(peer, "closed the connection") from None
-            self._failed(peer, exc.reason)
-            raise PeerUnreachable(peer, exc.reason) from None
+            reason = exc.reason
+            if limited and exc.timed_out:
+                reason = f"{reason} (within {self.limited_timeout:g}s: it failed before, so it is not waited for)"
+            self._failed(peer, reason)
+            raise PeerUnreachable(peer, reason) from None
         if response is None or response.body is None:
             return None
         if response.status == 403 and response.headers.get(wire.ERROR_HEADER) == "AccessDenied":

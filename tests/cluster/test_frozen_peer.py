@@ -1,0 +1,54 @@
+"""A frozen peer (SIGSTOP: its sockets stay open, nothing answers) is waited for once, not on every read.
+
+The first miss waits the peer timeout and marks it limited (tried last); after that a GET or HEAD
+waits for it only limited_timeout (a tenth of the peer timeout, at least 0.2 s) before answering
+503, where it waited the whole timeout every time (3 s per miss with the tests' timeout).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from .conftest import NODE_ENV, start_cluster
+
+PEER_TIMEOUT = float(NODE_ENV["GATEWAY_PEER_TIMEOUT"])
+
+
+def _status_of(call) -> int:
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_a_frozen_peer_is_waited_for_once_then_only_briefly(tmp_path):
+    cluster = start_cluster(tmp_path / "c", f"sqlite:///{tmp_path}/registry.db")
+    try:
+        # One attempt per call (botocore's legacy mode retries a 503 once more).
+        p1 = cluster["p1"].client(retries={"total_max_attempts": 1, "mode": "standard"})
+        r1 = cluster["r1"].client()
+        p1.create_bucket(Bucket="frozen")
+        r1.put_object(Bucket="frozen", Key="on-r1", Body=b"r1 answers")
+        cluster["r2"].client().put_object(Bucket="frozen", Key="on-r2", Body=b"r2 is frozen")
+        cluster["r2"].pause()
+        try:
+            assert _status_of(lambda: p1.head_object(Bucket="frozen", Key="nowhere-0")) == 503  # waits once
+            view = cluster.admin("p1")["peers"]["r2"]
+            assert not view["healthy"] and "timed out" in view["last_error"], view
+            started = time.monotonic()
+            for n in range(1, 4):  # misses and r2's own object: 503 each, without the whole timeout
+                assert _status_of(lambda: p1.get_object(Bucket="frozen", Key=f"nowhere-{n}")) == 503
+            assert _status_of(lambda: p1.get_object(Bucket="frozen", Key="on-r2")) == 503
+            assert time.monotonic() - started < PEER_TIMEOUT, "a read waited the whole peer timeout again"
+            assert "it failed before, so it is not waited for" in cluster.admin("p1")["peers"]["r2"]["last_error"]
+            assert p1.get_object(Bucket="frozen", Key="on-r1")["Body"].read() == b"r1 answers"
+        finally:
+            cluster["r2"].resume()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not cluster.admin("p1")["peers"]["r2"]["healthy"]:
+            time.sleep(0.2)  # the heartbeat's ping, with the whole timeout, finds it alive
+        assert p1.get_object(Bucket="frozen", Key="on-r2")["Body"].read() == b"r2 is frozen"
+    finally:
+        cluster.stop()
