@@ -360,20 +360,11 @@ def test_parse_decimal():
 @pytest.fixture
 def gateway_on_small_disk(tmp_path):
     """A gateway whose cv-storage is a 2 MiB tmpfs: a disk that really fills up."""
-    import subprocess
-
+    from gateway.testing.disks import tmpfs
     from gateway.testing.server import GatewayProcess
 
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    assert mounted.returncode == 0, f"mounting a tmpfs needs root (CI runs as root): {mounted.stderr}"
-    try:
-        with GatewayProcess(disk / "cv-storage") as gw:
-            yield gw, disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    with tmpfs(tmp_path / "small-disk", "2m") as disk, GatewayProcess(disk / "cv-storage") as gw:
+        yield gw, disk
 
 
 def test_a_full_disk_is_507_insufficient_storage_and_nothing_half_written(gateway_on_small_disk):

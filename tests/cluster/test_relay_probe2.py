@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.exceptions import ClientError
 
+from gateway.testing.disks import tmpfs
+
 NODES = ("p1", "r1", "r2", "x1")
 STORING = ("p1", "r1", "r2")
 
@@ -314,31 +316,26 @@ def test_a_node_whose_disk_is_full_makes_the_write_507_through_the_proxy(tmp_pat
     wrote to passes it on: 507 with the reason, not a 500 or the 503 of an unreachable node."""
     from .conftest import ClusterNodes, wait_for
 
-    disk = tmp_path / "full"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    assert mounted.returncode == 0, f"mounting a tmpfs needs root (CI runs as root): {mounted.stderr}"
-    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-    try:
-        nodes.add_many([("full", "primary"), ("proxy", "proxy")])
-        wait_for(lambda: "full" in json.dumps(nodes.admin("proxy")), 10, "the proxy learning of the storing node")
-        s3 = nodes["proxy"].client()
-        s3.create_bucket(Bucket="fill")
-        with open(disk / "filler", "wb", buffering=0) as f:  # take every byte the bucket left
-            with pytest.raises(OSError):
-                for _ in range(1024):
-                    f.write(b"\0" * 4096)
-        with pytest.raises(ClientError) as info:
-            s3.put_object(Bucket="fill", Key="k", Body=b"x" * 64 * 1024)
-        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 507, info.value.response
-        assert info.value.response["Error"]["Code"] == "InsufficientStorage"
-        (disk / "filler").unlink()
-        s3.put_object(Bucket="fill", Key="k", Body=b"after space was freed")
-        assert s3.get_object(Bucket="fill", Key="k")["Body"].read() == b"after space was freed"
-    finally:
-        nodes.stop()
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    with tmpfs(tmp_path / "full", "1m") as disk:
+        nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+        try:
+            nodes.add_many([("full", "primary"), ("proxy", "proxy")])
+            wait_for(lambda: "full" in json.dumps(nodes.admin("proxy")), 10, "the proxy learning of the storing node")
+            s3 = nodes["proxy"].client()
+            s3.create_bucket(Bucket="fill")
+            with open(disk / "filler", "wb", buffering=0) as f:  # take every byte the bucket left
+                with pytest.raises(OSError):
+                    for _ in range(1024):
+                        f.write(b"\0" * 4096)
+            with pytest.raises(ClientError) as info:
+                s3.put_object(Bucket="fill", Key="k", Body=b"x" * 64 * 1024)
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 507, info.value.response
+            assert info.value.response["Error"]["Code"] == "InsufficientStorage"
+            (disk / "filler").unlink()
+            s3.put_object(Bucket="fill", Key="k", Body=b"after space was freed")
+            assert s3.get_object(Bucket="fill", Key="k")["Body"].read() == b"after space was freed"
+        finally:
+            nodes.stop()
 
 
 def test_a_proxy_that_knows_no_storing_node_refuses_to_create_a_bucket(tmp_path):

@@ -4,6 +4,7 @@ the tools run as subprocesses, a full disk is a small tmpfs that really fills up
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import json
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.disks import tmpfs
 from gateway.testing.server import GatewayProcess
 
 from .test_migrate import put_big_object
@@ -48,20 +50,8 @@ def error_lines(result) -> list[str]:
 @pytest.fixture
 def small_disk(tmp_path):
     """Mount a tmpfs of the given size at tmp_path/<name>; unmounted at the end."""
-    mounted = []
-
-    def mount(name: str, size: str) -> Path:
-        disk = tmp_path / name
-        disk.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
-                              capture_output=True, text=True)
-        assert done.returncode == 0, f"mounting a tmpfs needs root (CI runs as root): {done.stderr}"
-        mounted.append(disk)
-        return disk
-
-    yield mount
-    for disk in mounted:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    with contextlib.ExitStack() as mounted:
+        yield lambda name, size: mounted.enter_context(tmpfs(tmp_path / name, size))
 
 
 def fill_up(path: Path) -> None:

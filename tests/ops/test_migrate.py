@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.disks import tmpfs
 from gateway.testing.server import GatewayProcess
 
 MiB = 1024 * 1024
@@ -462,13 +463,8 @@ def test_a_target_on_the_stores_own_filesystem_is_warned_about(tmp_path, share):
     assert result.returncode == 0, result.stdout + result.stderr
     warned = result.stdout + result.stderr
     assert "is on the same filesystem as the store" in warned and f"findmnt {share}" in warned, warned
-    mounted = tmp_path / "mounted-share"
-    mounted.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mounted)], check=True, timeout=30)
-    try:
+    with tmpfs(tmp_path / "mounted-share", "64m") as mounted:
         result = run_migrate("--to", str(mounted), data_dir=data_dir)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "same filesystem" not in result.stdout + result.stderr
         assert (mounted / "faces").is_dir()
-    finally:
-        subprocess.run(["umount", "-l", str(mounted)], check=True, timeout=30)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.disks import tmpfs
 from gateway.testing.server import GatewayProcess
 from ops.test_ops_edges import DEADLINE, MiB, gateway_cmd, no_traceback, popen, wait_for
 
@@ -227,16 +228,8 @@ def test_a_restore_that_cannot_write_an_object_names_it(some_objects, tmp_path):
 
 @pytest.fixture
 def read_only_mount(tmp_path):
-    mount_point = tmp_path / "ro-share"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,ro", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro-share", "4m", read_only=True) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_migrate_onto_a_read_only_share_says_read_only(some_objects, read_only_mount):

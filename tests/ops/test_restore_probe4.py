@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.disks import tmpfs
 from gateway.testing.server import GatewayProcess
 
 CLUSTER_ENV = {"GATEWAY_CLUSTER_SECRET": "0123456789abcdef0123", "GATEWAY_INSECURE_PEERS": "1"}
@@ -209,16 +210,8 @@ def test_an_unmounted_share_is_refused_before_the_archive_is_read(damaged_archiv
 
 
 def test_a_read_only_store_is_refused_before_the_archive_is_read_with_advice(damaged_archive, tmp_path):
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as mount_point:
         result = gateway_cmd("restore", "--data-dir", mount_point / "cv-storage", damaged_archive)
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
     assert result.returncode == 2, result.stderr
     assert "read-only" in result.stderr and "checking the archive" not in result.stderr, result.stderr
     assert "Errno" not in result.stderr
