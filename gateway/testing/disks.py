@@ -16,12 +16,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def tmpfs(mount_point: Path, size: str, read_only: bool = False, source: str = "tmpfs") -> Iterator[Path]:
+def tmpfs(mount_point: Path, size: str, read_only: bool = False) -> Iterator[Path]:
     """Mount a tmpfs of ``size`` (mount's syntax: "2m", "64m") at ``mount_point`` (made if missing);
     unmount it (lazily: a process may still hold a file) at the end."""
     mount_point.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, source, str(mount_point)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                           capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         raise AssertionError(f"mounting a tmpfs at {mount_point} failed (it needs root, as CI runs): "
