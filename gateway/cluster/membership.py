@@ -88,6 +88,7 @@ class Cluster:
         self.role_listeners: list = []  # called with (old role, new role) after a failover changed it
         self.stalls = StallWatch(settings.peer_timeout)  # this process stood still: refuse stale peer writes
         self._left = False  # removed from the registry by `cluster leave` while running
+        self._untrusted_list = False  # the last reload found this node unlisted (said once)
 
     # Life cycle -------------------------------------------------------------
 
@@ -172,6 +173,21 @@ class Cluster:
 
     async def reload(self) -> None:
         nodes = await self.registry.nodes()
+        if self.nodes and not self._left and all(n.node_id != self.node_id for n in nodes):
+            # The registry does not list this node: it was replaced (its file deleted, a new etcd)
+            # and this node has not registered again yet (its next heartbeat does, and restores
+            # every node it knew, `_heartbeat`). Such a list is empty or partial: taken as it is,
+            # the peers missing from it would not be asked, and their objects would read as a
+            # final 404. The last snapshot stays until this node is listed again.
+            self._last_reload = time.monotonic()
+            if not self._untrusted_list:
+                self._untrusted_list = True
+                log.warning("the cluster registry %s does not list this node (%d nodes listed): keeping the last "
+                            "node list (%d nodes) until this node is registered again", self.registry.url,
+                            len(nodes), len(self.nodes))
+            return
+        self._untrusted_list = False
+        await self._check_identity()
         if not self.settings.insecure_peers:
             plain = [n for n in nodes if n.address.startswith("http://") and n.node_id != self.node_id]
             for node in plain:
@@ -183,6 +199,18 @@ class Cluster:
         for peer in list(self.health.snapshot()):
             if peer not in self.nodes:
                 self.health.forget(peer)
+
+    async def _check_identity(self) -> None:
+        """Another node restored this one's record into a replaced registry (``_heartbeat``): its
+        heartbeats go on, so take the registry's new identity now; otherwise a `cluster leave` of
+        this node later would look like a replaced registry, and it would register again."""
+        if self.registry_id is None:
+            return
+        identity = await self.registry.identity()
+        if identity is not None and identity != self.registry_id:
+            log.warning("the cluster registry %s was replaced (deleted, restored or a new etcd); a peer listed this "
+                        "node in it again", self.registry.url)
+            self.registry_id = identity
 
     def request_reload(self, peer: str | None = None) -> None:
         """Re-read the node list soon (a peer call failed: it may have moved or left)."""
@@ -284,10 +312,31 @@ class Cluster:
                 raise
             log.warning("the cluster registry %s was replaced (deleted, restored or a new etcd): registering this "
                         "node again as %s", self.registry.url, self.role)
+            await self._restore()
             await self.registry.register(self.node_id, self.role, self.address)
             self.registry_id = identity
             await self.registry.heartbeat(self.node_id, await self.info())
             await self.reload()
+
+    async def _restore(self) -> None:
+        """Put every node of this node's last snapshot back into a replaced registry, this one too,
+        each with its install order, role, address and last heartbeat (Registry.restore; a node
+        listed already, because it or another node was quicker, is left as it is).
+
+        The nodes that run would register again by themselves, one heartbeat after another, and
+        meanwhile each one's list lacks the others (a miss there answered a false 404 for their
+        objects); a node that is down would never be listed again, and its objects would read as
+        404 through every node. Install orders stay what they were, so the same nodes vote."""
+        records = sorted(self.nodes.values(), key=lambda n: n.install_order)
+        if not records:
+            return
+        try:
+            added = await self.registry.restore(records)
+        except NotImplementedError:
+            return  # a registry plugin without it: the nodes register again one by one
+        if added:
+            log.warning("restored %d nodes from this node's last node list into the new registry: %s", len(added),
+                        ", ".join(added))
 
     async def _removed(self) -> None:
         """`gateway cluster leave` removed this node while it runs: it is in nobody's node list, so

@@ -178,6 +178,15 @@ class Registry(abc.ABC):
         demotes the dead primary this way). Return False when the node is not registered."""
         raise NotImplementedError
 
+    async def restore(self, records: list[NodeRecord]) -> list[str]:
+        """Add each of ``records`` that the registry does not list, as it was (role, address,
+        install order where the registry can keep it, last heartbeat and published info); a node
+        listed already is left alone. Return the ids added. Called, with its last snapshot, by a
+        node that found the registry replaced (deleted, restored, a new etcd): without it the
+        nodes that run register again one by one, and a node that is down never, so its peers
+        lose it and answer 404 for its objects. Raise RegistryError; a plugin may leave it out."""
+        raise NotImplementedError
+
     async def identity(self) -> str | None:
         """An id this registry keeps for as long as it lives (None: not known). A node whose
         registry no longer lists it compares it with the id it registered in: a new id means the

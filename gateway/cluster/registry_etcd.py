@@ -145,6 +145,20 @@ class EtcdRegistry(Registry):
             raise RegistryError(f"etcd registry {self.url}: node {node_id} vanished right after registering")
         return stored
 
+    async def restore(self, records: list[NodeRecord]) -> list[str]:
+        # One put each, on condition that the key is absent, in the records' install order: the
+        # install order is the key's create_revision, which a new etcd hands out afresh, but one
+        # after the other the restored nodes keep their order among themselves (of two nodes
+        # restoring at once, each creates a key only after the ones before it exist).
+        added = []
+        for record in sorted(records, key=lambda r: r.install_order):
+            key = _b64(PREFIX + record.node_id)
+            data = await self._call("/v3/kv/txn", {"compare": [_absent(key)], "success": [
+                {"request_put": {"key": key, "value": _b64(json.dumps(record.to_json()))}}]})
+            if data.get("succeeded"):
+                added.append(record.node_id)
+        return added
+
     async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
         record = self._records.get(node_id) or await self.get(node_id)
         if record is None:
@@ -288,6 +302,9 @@ class EtcdRegistry(Registry):
 
     async def identity(self) -> str | None:
         key = _b64(ID_KEY)
+        kvs = (await self._call("/v3/kv/range", {"key": key})).get("kvs") or []
+        if kvs:  # the usual case: one read (nodes compare it on every reload of the node list)
+            return base64.b64decode(kvs[0]["value"]).decode()
         # Made by the first node that asks (a put on condition that the key is absent), then read.
         await self._call("/v3/kv/txn", {
             "compare": [_absent(key)],

@@ -138,6 +138,22 @@ class SqliteRegistry(Registry):
         assert record is not None
         return record
 
+    async def restore(self, records: list[NodeRecord]) -> list[str]:
+        def work(conn):
+            conn.execute("BEGIN IMMEDIATE")  # one transaction: nobody reads half of the restored list
+            added = []
+            for record in records:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO nodes (node_id, role, address, install_order, last_seen, info) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (record.node_id, record.role, record.address, record.install_order,
+                                                  record.last_seen, json.dumps(record.info)))
+                if cursor.rowcount:
+                    added.append(record.node_id)
+            conn.execute("COMMIT")
+            return added
+
+        return await asyncio.to_thread(self._run, work)
+
     async def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
         def work(conn):
             cursor = conn.execute("UPDATE nodes SET last_seen = ?, info = ? WHERE node_id = ?",
