@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import ssl
 import time
@@ -96,6 +97,7 @@ class Cluster:
         """Register (choosing the role when none was given) and load the node list; raise ValueError."""
         try:
             await self._refuse_a_taken_id()  # before anything of the record or the lease is touched
+            await self._check_secret()  # a node that would be refused by every peer does not join
             if self.role is None:
                 self.role = await self._default_role()
             if self.role == "proxy":
@@ -149,6 +151,53 @@ class Cluster:
             raise ValueError(f"node id {self.node_id} is in use by a running node at {existing.address}: give this "
                              "node its own id (GATEWAY_NODE_ID, default host:port of --advertise), or stop that "
                              "node first if this one replaces it")
+
+    async def _check_secret(self) -> None:
+        """Raise ValueError when the running peers refuse this node's peer signature (another
+        GATEWAY_CLUSTER_SECRET, or a clock too far off): admitted, it would be asked for every
+        miss and refuse, so every miss through any node would be a 503 naming it, and it could
+        ask nobody. Checked before registering, with a signed ping to every node whose heartbeat
+        is fresh, at once: one that answers is enough (the refusing ones are then the odd ones
+        out, and the health of peers says so). No node to ask (the first node, all down, only
+        nodes that do not answer): the node starts as before."""
+        now = time.time()
+        peers = {n.node_id: n.address for n in await self.registry.nodes()
+                 if n.node_id != self.node_id and n.heartbeat_fresh(now)
+                 and (self.settings.insecure_peers or not n.address.startswith("http://"))}
+        if not peers:
+            return
+        refusals: dict[str, str] = {}
+
+        async def ask(peer: str) -> bool:
+            try:
+                await self.client.ping(peer, peers[peer])
+                return True
+            except PeerUnreachable as exc:
+                if exc.reason.startswith("refused our peer signature"):
+                    # relay's _refused keeps the peer's own words in the health record: "refused our
+                    # peer signature (<the peer's reason>): check that ..."
+                    error = self.health.snapshot().get(peer, {}).get("last_error", "")
+                    said = re.search(r"\((.*)\): check", error)
+                    refusals[peer] = said.group(1) if said else exc.reason
+                return False
+            except Exception as exc:  # noqa: BLE001 - an odd answer: this peer cannot tell
+                log.debug("secret check with %s: %s", peer, exc)
+                return False
+
+        answered = await asyncio.gather(*(ask(p) for p in peers))
+        for peer in peers:
+            self.health.forget(peer)  # a fresh start: the node list and the first calls build it up
+        if any(answered) or not refusals:
+            return
+        peer = sorted(refusals)[0]
+        reason = refusals[peer]
+        if "another cluster secret" in reason:
+            raise ValueError(f"the cluster secret differs from the one node {peer} uses: {peer} (at {peers[peer]}) "
+                             f"refused this node's peer signature ({', '.join(sorted(refusals))} of "
+                             f"{len(peers)} running nodes did so, none accepted it): give this node the "
+                             "GATEWAY_CLUSTER_SECRET the cluster's nodes use. This node did not join the cluster")
+        raise ValueError(f"node {peer} (at {peers[peer]}) refused this node's peer signature: {reason}; this node "
+                         "did not join the cluster")
 
     async def _default_role(self) -> str:
         """The role a node has in the registry, else primary for the first node and redundant after."""

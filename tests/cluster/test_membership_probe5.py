@@ -108,3 +108,38 @@ def test_deleting_the_registry_under_a_running_cluster_gives_no_false_404_and_ke
             assert _status_code(missing.value) == 404, via
     finally:
         nodes.stop()
+
+
+def test_a_node_with_another_cluster_secret_refuses_to_start_and_does_not_join(tmp_path):
+    """Probe 5, bug 5: a node started with a wrong GATEWAY_CLUSTER_SECRET registered and heartbeated.
+    Every other node then counted it as a storing node that refuses them: a miss through any node
+    was a 503 naming it instead of a 404, and `cluster status` showed the healthy nodes as slow."""
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    wrong = nodes.new_node("r3", "redundant", {"GATEWAY_CLUSTER_SECRET": "another-secret-0123456789abcdef"}, None)
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant")
+        nodes.wait_known(2)
+        with pytest.raises(RuntimeError) as info:
+            wrong.start()
+        message = str(info.value)
+        assert "gateway exited with 2" in message, message[-3000:]
+        assert "the cluster secret differs from the one node" in message, message[-3000:]
+        assert "GATEWAY_CLUSTER_SECRET" in message
+        assert {row["node_id"] for row in nodes.status()} == {"p1", "r1"}
+        for via in ("p1", "r1"):
+            with pytest.raises(ClientError) as missing:
+                nodes[via].client().head_object(Bucket="nowhere", Key="never")
+            assert _status_code(missing.value) == 404, via
+        # The same node with the cluster's secret joins.
+        nodes.add("r3", "redundant")
+        nodes.wait_known(3)
+        # Alone (no running node to ask), a node starts with whatever secret it has, as before.
+        alone = ClusterNodes(tmp_path / "alone", f"sqlite:///{tmp_path}/alone.db")
+        try:
+            alone.add("solo", "primary", {"GATEWAY_CLUSTER_SECRET": "another-secret-0123456789abcdef"})
+        finally:
+            alone.stop()
+    finally:
+        wrong.stop()
+        nodes.stop()
