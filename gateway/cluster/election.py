@@ -10,7 +10,11 @@ How the vote is taken, through the registry (SQLite or etcd):
 - The primary holds the registry lock ``primary`` (a lease of
   ``failover_after`` seconds, 15 by default) and refreshes it every heartbeat.
 - A voting redundant node, on its heartbeat, sees a failed primary when the
-  lease has lapsed *and* the primary's last heartbeat is older than that. It stands only if
+  lease has lapsed *and* the primary's last heartbeat is older than that *and*
+  it has read that same heartbeat for ``failover_after`` of its own rounds,
+  counted from the first round that found the lease lapsed (so a failover
+  takes 2x to 2x + two heartbeats of ``failover_after``; why the watch does not
+  start at the primary's last heartbeat: docs/cluster.md, "Failover"). It stands only if
   the other voting redundant node's heartbeat is fresh: two of the three
   votes. One node alone never takes over, so a node cut off from the others
   cannot make a second primary. Taking the lease is a compare-and-swap, so

@@ -4,6 +4,7 @@ cluster secret, and how long a failover takes."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import glob
 import os
@@ -13,6 +14,8 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
+from gateway.cluster.election import LEASE, Election
+from gateway.cluster.registry import open_registry
 
 from .conftest import ClusterNodes, start_cluster, wait_for
 
@@ -143,3 +146,53 @@ def test_a_node_with_another_cluster_secret_refuses_to_start_and_does_not_join(t
     finally:
         wrong.stop()
         nodes.stop()
+
+
+LEASE_SECONDS = 15.0
+
+
+def test_a_failover_takes_between_failover_after_and_twice_that_after_the_last_heartbeat(tmp_path):
+    """Probe 5, bug 7: failover took about twice GATEWAY_FAILOVER_AFTER, where the docs said the primary
+    may be silent that long. The docs now give the bound and say why it stays (the voters' watch starts
+    once the lease lapsed, which keeps a registry that blocks from deposing a live primary); this pins it, on
+    a real SQLite registry with the voters' own clock injected (no sleeping)."""
+    url = f"sqlite:///{tmp_path}/registry.db"
+
+    async def scenario():
+        mono = [1000.0]
+        registries = {name: open_registry(url) for name in ("p1", "r1", "r2")}
+        elections = {name: Election(registries[name], name, LEASE_SECONDS, monotonic=lambda: mono[0])
+                     for name in registries}
+        try:
+            assert await elections["p1"].start_role("primary") == "primary"
+            for name in registries:
+                await registries[name].register(name, "primary" if name == "p1" else "redundant", f"http://h/{name}")
+                await registries[name].heartbeat(name, {"heartbeat_interval": 5.0})
+            # p1 dies right after its last heartbeat: its lease runs for LEASE_SECONDS from there.
+            # The voters beat every 5 s; while the lease is held they do not vote.
+            for _ in range(3):
+                mono[0] += 5.0
+                for name in ("r1", "r2"):
+                    await registries[name].heartbeat(name, {"heartbeat_interval": 5.0})
+                assert await elections["r1"].round("redundant") == "redundant"
+            # The lease lapses (moved into the past in the registry, as 15 s of wall time would).
+            await registries["p1"].release_lock(LEASE, "p1")
+            registries["p1"]._run(lambda conn: conn.execute("UPDATE nodes SET last_seen = ? WHERE node_id = 'p1'",
+                                                            (time.time() - LEASE_SECONDS - 1,)))
+            # The voter's watch starts now: no takeover at failover_after + one heartbeat ...
+            assert await elections["r1"].round("redundant") == "redundant"
+            mono[0] += LEASE_SECONDS - 5.0
+            for name in ("r1", "r2"):
+                await registries[name].heartbeat(name, {"heartbeat_interval": 5.0})
+            assert await elections["r1"].round("redundant") == "redundant"
+            # ... but once it watched failover_after after the lapse: at most twice failover_after
+            # plus two heartbeats after the primary's last heartbeat.
+            mono[0] += 5.0
+            for name in ("r1", "r2"):
+                await registries[name].heartbeat(name, {"heartbeat_interval": 5.0})
+            assert await elections["r1"].round("redundant") == "primary"
+        finally:
+            for registry in registries.values():
+                await registry.close()
+
+    asyncio.run(scenario())
