@@ -49,6 +49,17 @@ def node_backend(role: str, local: Backend | None, cluster: Cluster) -> Backend:
     return StoringNode(local, cluster)
 
 
+def bucket_unreachable_error(bucket: str, nodes: list[str], done: str) -> errors.GatewayError:
+    """DeleteBucket's 503: a server that may hold the bucket could not be asked or failed; ``done``
+    says what was changed. Names only the client's bucket (never the gateway's internal ones)."""
+    which = f" ({', '.join(sorted(nodes))})" if nodes else ""
+    error = errors.BackendUnavailable(
+        f"Bucket {bucket!r} cannot be deleted now: a server that may hold it cannot be reached{which}. "
+        f"{done}; retry later.")
+    error.headers["Retry-After"] = RETRY_AFTER
+    return error
+
+
 def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
     error = errors.BackendUnavailable(
         f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
@@ -350,6 +361,13 @@ class ClusterNode(Backend):
             return
         await self._drop_outdated(bucket, key, holder, max(newer.values(), key=lambda i: (i.last_modified, i.etag)))
 
+    def _share_covered(self, answered: list[str], unreachable: list[str]) -> list[str]:
+        """``unreachable`` without the nodes on shared storage when a node on the share answered
+        (one of ``answered``): it saw the files they would have answered with."""
+        if any(self._on_shared_storage(n) for n in answered):
+            return [n for n in unreachable if not self._on_shared_storage(n)]
+        return unreachable
+
     def _on_shared_storage(self, node: str) -> bool:
         """Whether ``node`` (this one or a peer) serves from shared storage."""
         if node == self.cluster.node_id:
@@ -438,11 +456,15 @@ class ClusterNode(Backend):
             if isinstance(result, ListPage):
                 pages.append(result)
                 bucket_seen = True
+        unreachable = self._share_covered(
+            [p for p, r in answers.items() if isinstance(r, (ListPage, errors.NoSuchBucket))], unreachable)
         if unreachable:
             log.warning("listing %s without unreachable nodes %s", bucket, ", ".join(unreachable))
         if not bucket_seen:
             if unreachable:
-                raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+                # Never the gateway's internal bucket in a client's message (uploads live in one).
+                what = "Unfinished multipart uploads" if bucket.startswith(".") else f"Bucket {bucket!r}"
+                raise unreachable_error(what, unreachable)
             raise errors.NoSuchBucket(BucketName=bucket)
         merged = merge_pages(pages, max_keys)
         merged.metadata = all(page.metadata for page in pages)
@@ -467,22 +489,111 @@ class ClusterNode(Backend):
                         bucket, ", ".join(unreachable))
 
     async def delete_bucket(self, bucket: str) -> None:
-        page = await self.list(bucket, max_keys=1)
-        if page.objects or page.common_prefixes:
+        """Delete the bucket on every storing node, or answer why not; never a success while a node
+        that may hold it (and its objects) could not be asked.
+
+        First every storing node is asked whether it holds the bucket and whether it is empty there
+        (a one-key listing of its own storage): an object on any node that answered is 409
+        BucketNotEmpty; a node that could not be asked is a 503 with nothing changed (it may hold
+        objects, and a bucket deleted elsewhere would come back with them). Only when every node
+        answered are the bucket's unfinished uploads discarded and the bucket deleted on the nodes
+        that hold it. A node that fails in between keeps its copy: 503, and the retry, which finds
+        the bucket gone on the others, deletes it there. On shared storage the nodes on the share
+        see one tree: one answer from the share stands for all of them.
+        """
+        holders, unreachable = await self._bucket_states(bucket)
+        if any(state == "objects" for state in holders.values()):
             raise errors.BucketNotEmpty(BucketName=bucket)
-        deleted = False
-        if self.local is not None:
+        if unreachable:
+            raise bucket_unreachable_error(bucket, unreachable, "Nothing was deleted")
+        if not holders:
+            raise errors.NoSuchBucket(BucketName=bucket)
+        try:
+            await Backend.discard_uploads(self, bucket)  # while nothing else is deleted yet
+        except errors.ServiceUnavailable as exc:
+            log.warning("bucket %s not deleted: discarding its unfinished uploads failed: %s", bucket, exc.message)
+            raise bucket_unreachable_error(bucket, [], "Nothing was deleted but some of its unfinished multipart "
+                                                       "uploads") from None
+        me = self.cluster.node_id
+        failed: list[str] = []
+        deleted: list[str] = []
+        not_empty = False
+        if me in holders:
             try:
                 await self.local.delete_bucket(bucket)
-                deleted = True
+                deleted.append(me)
             except errors.NoSuchBucket:
-                pass
-        answers, unreachable = await self._everywhere(lambda p, a: self.client.bucket(p, a, "DELETE", bucket))
-        deleted = deleted or any(r is None for r in answers.values())
-        if not deleted:
-            if unreachable:
-                raise unreachable_error(f"Bucket {bucket!r}", unreachable)
-            raise errors.NoSuchBucket(BucketName=bucket)
+                deleted.append(me)
+            except errors.BucketNotEmpty:  # an object written since the check
+                not_empty = True
+            except errors.ServiceUnavailable as exc:
+                log.warning("bucket %s: this node's storage failed: %s", bucket, exc.message)
+                failed.append(me)
+        peers = self.cluster.peers()
+        targets = {p: peers[p] for p in holders if p != me and p in peers}
+        answers, _ = await self._everywhere(lambda p, a: self.client.bucket(p, a, "DELETE", bucket), targets)
+        for peer, result in answers.items():
+            if isinstance(result, errors.BucketNotEmpty):
+                not_empty = True
+            elif result is None or isinstance(result, errors.NoSuchBucket):
+                deleted.append(peer)
+            else:
+                failed.append(peer)
+        failed = self._share_covered(deleted, failed)  # another node on the share removed the one directory
+        if not_empty:
+            raise errors.BucketNotEmpty(BucketName=bucket)
+        if failed:
+            log.warning("bucket %s deleted except on %s, which failed during the delete (a retry finishes it)",
+                        bucket, ", ".join(failed))
+            raise bucket_unreachable_error(bucket, failed, "It was deleted on the other servers; retry to finish")
+
+    async def _bucket_states(self, bucket: str) -> tuple[dict[str, str], list[str]]:
+        """Ask every storing node (this one too) about ``bucket`` on its own storage.
+
+        Return ({node: "empty" or "objects"} for the nodes that hold it, the nodes that could not be
+        asked). A node on shared storage that could not be asked is not counted as unreachable when
+        another node on the share answered: it would have listed the same files.
+        """
+        me = self.cluster.node_id
+        states: dict[str, str] = {}
+        unreachable: list[str] = []
+        answered: list[str] = []
+
+        def record(node: str, result: Any) -> None:
+            if isinstance(result, ListPage):
+                states[node] = "objects" if result.objects or result.common_prefixes else "empty"
+            elif not isinstance(result, errors.NoSuchBucket):  # no answer, a failed storage, a broken peer
+                if not isinstance(result, PeerUnreachable):
+                    log.info("bucket %s on %s: %s", bucket, node, getattr(result, "message", result))
+                unreachable.append(node)
+                return
+            answered.append(node)
+
+        peers = self.cluster.peers()
+        local_shared = self.local is not None and self.local.capabilities.shared
+        if local_shared:
+            # This node sees the share's files: ask only the nodes with storage of their own.
+            peers = {p: a for p, a in peers.items() if not self.cluster.on_shared_storage(p)}
+        if self.local is not None:
+            try:
+                record(me, await self.local.list(bucket, max_keys=1))
+            except errors.NoSuchBucket as exc:
+                record(me, exc)
+            # Its own storage failing (a share unmounted here) is this node's 503, which says what to do.
+        answers, _ = await self._everywhere(lambda p, a: self.client.list(p, a, bucket, "", "", "", 1), peers)
+        for peer, result in answers.items():
+            record(peer, result)
+        return states, self._share_covered(answered, unreachable)
+
+    async def discard_uploads(self, bucket: str) -> None:
+        """After delete_bucket, which discarded the uploads before deleting the bucket: only an upload
+        begun in between is left. A node that fails now is logged, not answered with a 503 about the
+        gateway's internal bucket for a bucket that is gone (and a retry would be NoSuchBucket)."""
+        try:
+            await super().discard_uploads(bucket)
+        except errors.ServiceUnavailable as exc:
+            log.warning("bucket %s deleted; unfinished uploads begun during the delete may be left: %s",
+                        bucket, exc.message)
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         if self.local is not None:
@@ -495,7 +606,11 @@ class ClusterNode(Backend):
                                                       enough=lambda r: r is None)
         if any(r is None for r in answers.values()):
             return BucketInfo(bucket, 0.0)
-        if unreachable and len(unreachable) == len(answers):
+        if self.local is not None:
+            answers[self.cluster.node_id] = errors.NoSuchBucket()
+        unreachable = self._share_covered(
+            [p for p, r in answers.items() if isinstance(r, errors.NoSuchBucket)], unreachable)
+        if unreachable:  # it may be there: never a 404 a client takes as final
             raise unreachable_error(f"Bucket {bucket!r}", unreachable)
         raise errors.NoSuchBucket(BucketName=bucket)
 
@@ -668,7 +783,10 @@ class ProxyNode(ClusterNode):
 
     async def delete_bucket(self, bucket: str) -> None:
         self._buckets_seen.pop(bucket, None)
-        await super().delete_bucket(bucket)
+        try:
+            await super().delete_bucket(bucket)
+        finally:
+            self._buckets_seen.pop(bucket, None)  # a PUT during the delete must not keep it remembered
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         self.locations.forget(bucket, key)
