@@ -615,14 +615,43 @@ class ClusterNode(Backend):
         raise errors.NoSuchBucket(BucketName=bucket)
 
     async def list_buckets(self) -> list[BucketInfo]:
+        """The union of every storing node's buckets, sorted by name, each with its earliest creation date.
+
+        A node that cannot be asked is left out (logged as a warning), as a LIST leaves it out: a
+        bucket only it holds is missing from the answer until it is back. A 503 only when no
+        storing node answered. On shared storage this node's own list covers the nodes on the share;
+        this node's own storage failing is its 503, as before.
+        """
+        lists: list[list[BucketInfo]] = []
+        unreachable: list[str] = []
+        peers = self.cluster.peers()
         if self.local is not None:
-            return await self.local.list_buckets()
-        for peer in self.cluster.health.order(self.cluster.peers()):
-            try:
-                return await self.client.list_buckets(peer, self.cluster.peers()[peer])
-            except (PeerUnreachable, errors.ServiceUnavailable):
-                continue
-        raise unreachable_error("The bucket list", list(self.cluster.peers()))
+            # This node's own storage failing (a share unmounted here) stays its 503, which says what to do.
+            lists.append(await self.local.list_buckets())
+            if self.local.capabilities.shared:
+                peers = {p: a for p, a in peers.items() if not self.cluster.on_shared_storage(p)}
+        answers, _ = await self._everywhere(lambda p, a: self.client.list_buckets(p, a), peers)
+        for peer, result in answers.items():
+            if isinstance(result, list):
+                lists.append(result)
+            else:
+                unreachable.append(peer)
+        if not lists:
+            if not unreachable:  # a proxy that knows no storing node
+                raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
+            raise unreachable_error("The bucket list", unreachable)
+        unreachable = self._share_covered([p for p, r in answers.items() if isinstance(r, list)], unreachable)
+        if unreachable:
+            log.warning("listing buckets without unreachable nodes %s", ", ".join(sorted(unreachable)))
+        earliest: dict[str, BucketInfo] = {}
+        for buckets in lists:
+            for info in buckets:
+                if info.name.startswith("."):
+                    continue
+                known = earliest.get(info.name)
+                if known is None or info.created < known.created:
+                    earliest[info.name] = info
+        return [earliest[name] for name in sorted(earliest)]
 
     async def check_writable(self) -> None:
         if self.local is not None:

@@ -1,6 +1,6 @@
-"""Bucket operations across the cluster: DeleteBucket and HeadBucket with a storing node down. Real
-gateway processes (1 primary + 2 redundant + 1 proxy on SQLite, and a shared-storage cluster), nodes
-stopped with kill -9."""
+"""Bucket operations across the cluster: DeleteBucket with a storing node down, ListBuckets as the union
+of every storing node. Real gateway processes (1 primary + 2 redundant + 1 proxy on SQLite, and a
+shared-storage cluster), nodes stopped with kill -9."""
 
 from __future__ import annotations
 
@@ -150,6 +150,70 @@ def test_headbucket_of_a_bucket_only_a_down_node_holds_is_503_not_404(cluster):
     for name in NODES:
         s3[name].head_bucket(Bucket="hb-only-on-r2")
     (cluster["r2"].data_dir / "hb-only-on-r2").rmdir()
+
+
+# ListBuckets ---------------------------------------------------------------------------------------
+
+
+def test_listbuckets_through_every_node_is_the_union_of_the_storing_nodes(cluster):
+    """A bucket only r2 holds (made while the others missed it) is listed through every node, a bucket
+    r2 made later itself (its first write) shows the earliest creation date, and paging with prefix,
+    max-buckets and continuation tokens runs over the union."""
+    s3 = clients(cluster)
+    (cluster["r2"].data_dir / "lb-only-on-r2").mkdir()  # a bucket directory made by hand, on one node
+    cluster["r2"].kill()  # kill -9
+    try:
+        s3["r1"].create_bucket(Bucket="lb-made-while-down")
+    finally:
+        cluster.restart("r2")
+    assert not on_disk(cluster, "r2", "lb-made-while-down")
+    s3["r2"].put_object(Bucket="lb-made-while-down", Key="first", Body=b"r2 makes the bucket now")
+    assert on_disk(cluster, "r2", "lb-made-while-down")
+    for name in ("p1", "r1"):
+        s3[name].create_bucket(Bucket=f"lb-by-{name}")
+    expected = ["lb-by-p1", "lb-by-r1", "lb-made-while-down", "lb-only-on-r2"]
+    answers = {}
+    for name in NODES:
+        for _ in range(3):  # the proxy once answered with whichever peer it asked first
+            buckets = s3[name].list_buckets()["Buckets"]
+            names = [b["Name"] for b in buckets]
+            assert names == sorted(names), name
+            assert set(expected) <= set(names), (name, names)
+            answers.setdefault(name, {b["Name"]: b["CreationDate"] for b in buckets})
+            assert answers[name] == {b["Name"]: b["CreationDate"] for b in buckets}, name
+    assert len({tuple(sorted(a.items())) for a in answers.values()}) == 1, answers
+    created = s3["p1"].list_buckets()["Buckets"]
+    made_while_down = next(b["CreationDate"] for b in created if b["Name"] == "lb-made-while-down")
+    assert next(b["CreationDate"] for b in s3["r2"].list_buckets()["Buckets"]
+                if b["Name"] == "lb-made-while-down") == made_while_down  # the earliest, not r2's own
+    for name in NODES:
+        assert listed(s3[name], Prefix="lb-") == expected, name
+        pages, token = [], None
+        while True:
+            page = s3[name].list_buckets(Prefix="lb-", MaxBuckets=1, **({"ContinuationToken": token} if token else {}))
+            pages += [b["Name"] for b in page["Buckets"]]
+            token = page.get("ContinuationToken")
+            if not token:
+                break
+        assert pages == expected, name
+
+
+def test_listbuckets_with_a_storing_node_down_lists_the_reachable_ones_and_warns(cluster):
+    s3 = clients(cluster)
+    (cluster["r2"].data_dir / "lbd-only-on-r2").mkdir()
+    s3["p1"].create_bucket(Bucket="lbd-everywhere")
+    for name in NODES:
+        assert {"lbd-only-on-r2", "lbd-everywhere"} <= set(listed(s3[name])), name
+    cluster["r2"].kill()  # kill -9
+    try:
+        for name in ("p1", "r1", "x1"):
+            names = listed(s3[name])
+            assert "lbd-everywhere" in names and "lbd-only-on-r2" not in names, (name, names)
+            assert "listing buckets without unreachable nodes r2" in cluster[name].log(), name
+    finally:
+        cluster.restart("r2")
+    for name in NODES:
+        assert {"lbd-only-on-r2", "lbd-everywhere"} <= set(listed(s3[name])), name
 
 
 # Shared storage ------------------------------------------------------------------------------------
