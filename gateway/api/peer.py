@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .. import errors
-from ..backend import ObjectMeta, ObjectReader
+from ..backend import MAX_PARTS, ObjectMeta, ObjectReader, require_completion_checksums
 from ..checksums import ALGORITHMS
 from ..cluster import wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
@@ -143,6 +143,9 @@ class PeerApp:
             page = await backend.list(path[len("/list/"):], query.get("prefix", ""), query.get("delimiter", ""),
                                       query.get("start-after", ""), max_keys)
             await _send_json(send, wire.page_to_json(page, backend.capabilities.listing_metadata))
+        elif path.startswith("/uploads/"):
+            query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+            await self._upload(method, path[len("/uploads/"):], headers, query, receive, send)
         elif path.startswith("/buckets/"):
             await self._bucket(method, path[len("/buckets/"):], send)
         elif path == "/buckets" and method == "GET":
@@ -198,6 +201,67 @@ class PeerApp:
             await _send(send, 204, [(wire.EXISTED_HEADER.encode(), b"1" if existed else b"0")], b"")
         else:
             raise errors.MethodNotAllowed()
+
+    async def _upload(self, method: str, path: str, headers: dict, query: dict, receive, send) -> None:
+        """The multipart uploads this node holds, for a node that does not hold one (it forwards
+        UploadPart, ListParts, Complete and Abort to the holder, and merges every node's uploads).
+
+        /uploads/<bucket>                        GET: the uploads of the bucket here (prefix=)
+        /uploads/<bucket>/<upload id>            GET: the upload; POST: complete it; DELETE: abort it
+        /uploads/<bucket>/<upload id>/parts      GET: its parts
+        /uploads/<bucket>/<upload id>/parts/<n>  PUT: store a part (the body streams)
+
+        Served from this node's own storage: never forwarded again. ``key=`` names the upload's key
+        (NoSuchUpload for another key, as on the S3 routes).
+        """
+        names = path.split("/")
+        bucket = names[0]
+        backend = self._local(bucket)
+        key = query.get("key")
+        if len(names) == 1 and method == "GET":
+            uploads = await backend.list_uploads(bucket, query.get("prefix", ""))
+            await _send_json(send, [wire.upload_to_json(u) for u in uploads])
+            return
+        if len(names) < 2 or not names[1] or (key is None and method != "GET") or (len(names) > 2 and key is None):
+            raise errors.InvalidRequest("peer upload paths are /uploads/<bucket>/<upload id>[/parts[/<n>]]?key=")
+        upload_id = names[1]
+        if len(names) == 2 and method == "GET":
+            await _send_json(send, wire.upload_to_json(await backend.get_upload(bucket, upload_id, key)))
+        elif len(names) == 2 and method == "DELETE":
+            await backend.abort_multipart(bucket, key, upload_id)
+            await _send(send, 204, [], b"")
+        elif len(names) == 2 and method == "POST":
+            self._refuse_stale_write()
+            try:
+                document = json.loads(b"".join([chunk async for chunk in receive_body(receive)]))
+                parts = [(int(number), str(etag)) for number, etag in document["parts"]]
+                expected = {str(a): str(v) for a, v in (document.get("expected_checksums") or {}).items()}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise errors.InvalidArgument(f"a peer's completion document is malformed: {exc}") from None
+            node = self.service.backend_for(bucket)
+            if hasattr(node, "complete_here"):  # the cluster node: it retires older copies of the key too
+                info = await node.complete_here(bucket, key, upload_id, parts, expected or None)
+            else:
+                if expected:
+                    require_completion_checksums(backend)
+                info = await backend.complete_multipart(bucket, key, upload_id, parts,
+                                                        **({"expected_checksums": expected} if expected else {}))
+            self.service.cluster.locations.forget(bucket, key)
+            await _send_json(send, wire.info_to_json(info))
+        elif len(names) == 3 and names[2] == "parts" and method == "GET":
+            parts = await backend.list_parts(bucket, key, upload_id)
+            await _send_json(send, [wire.part_to_json(p) for p in parts])
+        elif len(names) == 4 and names[2] == "parts" and method == "PUT":
+            self._refuse_stale_write()
+            number = parse_decimal(names[3])
+            if number is None or not 1 <= number <= MAX_PARTS:
+                raise errors.InvalidArgument(f"part number {names[3]!r} is not between 1 and {MAX_PARTS}")
+            size, algorithms, _ = _put_headers(headers)
+            payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms)
+            part = await backend.upload_part(bucket, key, upload_id, number, payload)
+            await _send_json(send, wire.part_to_json(part))
+        else:
+            raise errors.MethodNotAllowed(f"no peer upload route {method} /uploads/{path}")
 
     def _refuse_stale_write(self) -> None:
         """Refuse a peer PUT just after this process stood still past the peer timeout (cluster/stall.py).

@@ -28,7 +28,7 @@ import aiohttp
 from yarl import URL
 
 from .. import errors
-from ..backend import BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
+from ..backend import BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader, PartInfo, UploadInfo
 from ..eager import require_task
 from ..payload import Payload
 from . import wire
@@ -41,6 +41,8 @@ from .registry import Retirement
 # larger ones stream in CHUNK pieces.
 SMALL_BODY = 1024 * 1024
 CHUNK = 256 * 1024
+# Seconds a forwarded CompleteMultipartUpload waits for the holder, which assembles the object first.
+COMPLETE_TIMEOUT = 600.0
 
 
 class PeerUnreachable(Exception):
@@ -62,9 +64,22 @@ def object_path(bucket: str, key: str) -> str:
     return f"{wire.PREFIX}/objects/{quote(bucket, safe='')}/{quote(key, safe='/')}"
 
 
+def upload_path(bucket: str, upload_id: str = "", rest: str = "", **query: str) -> str:
+    """The peer route of an upload (or with no ``upload_id``, of a bucket's uploads) and ``rest`` under it."""
+    path = f"{wire.PREFIX}/uploads/{quote(bucket, safe='')}"
+    if upload_id:
+        path += f"/{quote(upload_id, safe='')}"
+    if rest:
+        path += f"/{rest}"
+    return f"{path}?{urlencode(query, quote_via=quote)}" if query else path
+
+
 def operation(method: str, target: str) -> str:
-    """The metrics label of a peer call: get, head, put, delete, supersede, list, bucket, buckets or ping."""
+    """The metrics label of a peer call: get, head, put, delete, supersede, list, bucket, buckets,
+    multipart or ping."""
     path = target[len(wire.PREFIX):]
+    if path.startswith("/uploads/"):
+        return "multipart"
     if path.startswith("/objects/"):
         if method == "DELETE" and "if-older-than=" in target:
             return "supersede"
@@ -147,12 +162,14 @@ class PeerClient:
         self._session = self._streams = None
 
     async def request(self, peer: str, address: str, method: str, target: str, *, headers=None, data=None,
-                      retry: bool = True, stream: bool = False) -> aiohttp.ClientResponse:
+                      retry: bool = True, stream: bool = False,
+                      read_timeout: float | None = None) -> aiohttp.ClientResponse:
         """Send a signed request and return the response once its headers arrived; raise PeerUnreachable.
 
         The caller must release the response. A pooled connection the peer
         closed meanwhile (it restarted) is retried once on a fresh one for
-        requests without a body.
+        requests without a body. ``read_timeout``: seconds to wait for the answer instead of the
+        peer timeout (a CompleteMultipartUpload assembles the whole object before it answers).
         """
         require_task()  # aiohttp needs a running task (a plain read started eagerly gets retried in one)
         all_headers = self.signer.headers(method, target)
@@ -160,14 +177,17 @@ class PeerClient:
             all_headers.update(headers)
         started = time.monotonic()
         try:
+            options = {} if read_timeout is None else {"timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timeout, sock_read=read_timeout)}
             response = await self.session(stream).request(method, URL(address + target, encoded=True),
-                                                    headers=all_headers, data=data, allow_redirects=False)
+                                                    headers=all_headers, data=data, allow_redirects=False,
+                                                    **options)
         except aiohttp.ServerDisconnectedError as exc:
             if isinstance(data, HeldBackBody) and data.error is not None:
                 raise data.error from None  # our client's body failed, not the peer (see HeldBackBody)
             if retry and data is None:
                 return await self.request(peer, address, method, target, headers=headers, retry=False,
-                                          stream=stream)
+                                          stream=stream, read_timeout=read_timeout)
             self._failed(peer, f"disconnected: {exc}")
             self.calls[peer, operation(method, target), "unreachable"] += 1
             raise PeerUnreachable(peer, "closed the connection") from None
@@ -396,6 +416,65 @@ class PeerClient:
 
     async def list_buckets(self, peer: str, address: str) -> list[BucketInfo]:
         return await self._json(peer, address, f"{wire.PREFIX}/buckets", "a bucket list", wire.buckets_from_json)
+
+    # Multipart uploads held by the peer (a node that does not hold an upload forwards to its holder) -----
+
+    async def get_upload(self, peer: str, address: str, bucket: str, upload_id: str, key: str | None) -> UploadInfo:
+        query = {"key": key} if key is not None else {}
+        return await self._json(peer, address, upload_path(bucket, upload_id, **query), "an upload",
+                                wire.upload_from_json)
+
+    async def list_uploads(self, peer: str, address: str, bucket: str, prefix: str) -> list[UploadInfo]:
+        return await self._json(peer, address, upload_path(bucket, prefix=prefix), "a list of uploads",
+                                wire.uploads_from_json)
+
+    async def list_parts(self, peer: str, address: str, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        return await self._json(peer, address, upload_path(bucket, upload_id, "parts", key=key), "a list of parts",
+                                wire.parts_from_json)
+
+    async def upload_part(self, peer: str, address: str, bucket: str, key: str, upload_id: str, part_number: int,
+                          payload: Payload) -> PartInfo:
+        """Stream the part's body to the holder of its upload (HeldBackBody: the last chunk only once
+        the client's body passed its checks, as a PUT)."""
+        headers = {wire.ALGORITHMS_HEADER: ",".join(getattr(payload, "_algorithms", ()))}
+        if payload.expected_size is not None:
+            headers[wire.SIZE_HEADER] = str(payload.expected_size)
+        body = HeldBackBody(payload)
+        target = upload_path(bucket, upload_id, f"parts/{part_number}", key=key)
+        response = await self.request(peer, address, "PUT", target, headers=headers, data=body, stream=True)
+        if body.error is not None:
+            response.close()
+            raise body.error
+        return await self._decode(peer, response, "an UploadPart", wire.part_from_json)
+
+    async def complete_multipart(self, peer: str, address: str, bucket: str, key: str, upload_id: str,
+                                 parts: list[tuple[int, str]], expected_checksums: dict | None) -> ObjectInfo:
+        data = json.dumps({"parts": [[n, etag] for n, etag in parts],
+                           "expected_checksums": dict(expected_checksums or {})}).encode()
+        # The holder answers once it has assembled the object: that takes longer than the peer timeout
+        # for a large one (a timeout here would be a 503 for an upload completed meanwhile).
+        response = await self.request(peer, address, "POST", upload_path(bucket, upload_id, key=key),
+                                      headers={"content-type": "application/json"}, data=data,
+                                      read_timeout=max(self.timeout, COMPLETE_TIMEOUT))
+        return await self._decode(peer, response, "a CompleteMultipartUpload", wire.info_from_json)
+
+    async def abort_multipart(self, peer: str, address: str, bucket: str, key: str, upload_id: str) -> None:
+        response = await self.request(peer, address, "DELETE", upload_path(bucket, upload_id, key=key))
+        await self._raise_for(response)
+        response.release()
+
+    async def _decode(self, peer: str, response: aiohttp.ClientResponse, what: str, decode):
+        """``decode(JSON answer)`` of a request with a body, as _json does for a GET."""
+        await self._raise_for(response)
+        try:
+            return decode(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._failed(peer, f"body: {exc or 'timed out'}")
+            raise errors.ServiceUnavailable(f"peer {peer} failed while answering {what}") from None
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise self._malformed(peer, what, exc) from None
+        finally:
+            response.release()
 
     async def ping(self, peer: str, address: str) -> dict:
         return await self._json(peer, address, f"{wire.PREFIX}/ping", "a ping", _json_object)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .. import errors
-from ..backend import BucketInfo, ListPage, ObjectInfo, ObjectMeta
+from ..backend import BucketInfo, ListPage, ObjectInfo, ObjectMeta, PartInfo, UploadInfo
 
 PREFIX = "/_cluster/v1"
 INFO_HEADER = "x-cluster-info"  # the ObjectInfo as JSON (ASCII, so any metadata survives as a header)
@@ -93,6 +93,34 @@ def buckets_to_json(buckets: list[BucketInfo]) -> list[dict]:
 
 def buckets_from_json(data: list[dict]) -> list[BucketInfo]:
     return [BucketInfo(b["name"], float(b["created"])) for b in data]
+
+
+def upload_to_json(upload: UploadInfo) -> dict:
+    return {"bucket": upload.bucket, "key": upload.key, "upload_id": upload.upload_id, "initiated": upload.initiated,
+            "meta": upload.meta.to_json(), "checksum_algorithm": upload.checksum_algorithm}
+
+
+def upload_from_json(data: dict) -> UploadInfo:
+    return UploadInfo(data["bucket"], data["key"], data["upload_id"], float(data["initiated"]),
+                      ObjectMeta.from_json(data.get("meta") or {}), data.get("checksum_algorithm") or None)
+
+
+def uploads_from_json(data: list[dict]) -> list[UploadInfo]:
+    return [upload_from_json(u) for u in data]
+
+
+def part_to_json(part: PartInfo) -> dict:
+    return {"part_number": part.part_number, "size": part.size, "etag": part.etag,
+            "last_modified": part.last_modified, "checksums": dict(part.checksums)}
+
+
+def part_from_json(data: dict) -> PartInfo:
+    return PartInfo(int(data["part_number"]), int(data["size"]), data["etag"], float(data["last_modified"]),
+                    dict(data.get("checksums") or {}))
+
+
+def parts_from_json(data: list[dict]) -> list[PartInfo]:
+    return [part_from_json(p) for p in data]
 
 
 def error_from_peer(code: str | None, message: str, status: int) -> errors.GatewayError:
