@@ -60,6 +60,29 @@ def bucket_unreachable_error(bucket: str, nodes: list[str], done: str) -> errors
     return error
 
 
+def write_unreachable_error(what: str, peer: str) -> errors.GatewayError:
+    """A write's 503: the node it was sent to could not be reached (or failed) before it answered."""
+    error = errors.BackendUnavailable(
+        f"{what} could not be completed because node {peer} cannot be reached now. "
+        "Retry later.")
+    error.headers["Retry-After"] = RETRY_AFTER
+    return error
+
+
+def upload_name(upload_id: str, key: str | None) -> str:
+    """A multipart upload as a client knows it: its ID and key (never the record's internal name)."""
+    return f"Multipart upload {upload_id!r}" + (f" of key {key!r}" if key is not None else "")
+
+
+def upload_unreachable_error(upload_id: str, key: str | None, peers: list[str]) -> errors.GatewayError:
+    """The node holding an upload (or one that may hold it) cannot be reached: never a final 404."""
+    error = errors.BackendUnavailable(
+        f"{upload_name(upload_id, key)} is held by a server that cannot be reached now "
+        f"({', '.join(sorted(peers))}); it is kept there: retry later.")
+    error.headers["Retry-After"] = RETRY_AFTER
+    return error
+
+
 def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
     error = errors.BackendUnavailable(
         f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
@@ -164,14 +187,16 @@ class ClusterNode(Backend):
         self._in_background(reap())
 
     async def _find(self, bucket: str, key: str, call, bucket_seen: bool | None, operation: str,
-                    local_failure: errors.GatewayError | None = None) -> Any:
+                    local_failure: errors.GatewayError | None = None,
+                    unreachable: Callable[[list[str]], errors.GatewayError] | None = None) -> Any:
         """Find the object on a peer: the cached node first, then healthy peers, then limited ones.
 
         Raise NoSuchKey only when every storing peer answered no, the 503
         ``unreachable_error`` when some could not be asked, and ``local_failure``
         (why this node's own storage could not be asked) when no peer has it.
         ``bucket_seen``: whether this node has the bucket, None when not known yet
-        (then it is looked up only if no peer has the bucket either).
+        (then it is looked up only if no peer has the bucket either). ``unreachable(peers)``: the 503
+        to raise instead of ``unreachable_error`` (one that names what the client asked for).
         """
         peers = self.cluster.peers()
         state: dict[str, Any] = {"unreachable": [], "bucket": bucket_seen}
@@ -200,6 +225,8 @@ class ClusterNode(Backend):
                 self.cluster.balancer.served_read(hit[0], operation)
                 return hit[1]
         if state["unreachable"]:
+            if unreachable is not None:
+                raise unreachable(state["unreachable"])
             raise unreachable_error(f"Object {key!r}", state["unreachable"])
         if local_failure is not None:
             raise local_failure
@@ -470,6 +497,165 @@ class ClusterNode(Backend):
         merged.metadata = all(page.metadata for page in pages)
         return merged
 
+    # Multipart uploads: each is kept on the node holding its record ------------------------
+    #
+    # A node that does not hold an upload forwards UploadPart, ListParts, Complete and Abort to
+    # the one that does (peer routes /uploads/..., served from the holder's own storage and never
+    # forwarded again), so an upload begun through one node can be continued through any other
+    # (SDKs behind a load balancer or DNS round robin over the storing nodes).
+
+    async def _upload_holder(self, bucket: str, upload_id: str, key: str | None) -> str | None:
+        """The node that holds upload ``upload_id``: None for this node, else the peer's id.
+
+        Looked up as a read of the upload's record: this node's storage, the node the location
+        cache names, then every storing peer. NoSuchUpload only when every storing node answered
+        that it does not have it; a 503 with Retry-After naming the upload (never the record's
+        internal name) while a node that may hold it cannot be asked.
+        """
+        if not upload_id or not all(c in "0123456789abcdef" for c in upload_id):
+            raise errors.NoSuchUpload(UploadId=upload_id)
+        record = f"{bucket}/{upload_id}/upload"
+        failure = None
+        if self.local is not None:
+            try:
+                if await self.local.head_if_present(MULTIPART_BUCKET, record) is not None:
+                    return None
+            except errors.ServiceUnavailable as exc:  # this node's storage failed: the peers may hold it
+                failure = self._local_failed(exc)
+
+        async def holder(peer: str, address: str) -> str:
+            await self.client.head(peer, address, MULTIPART_BUCKET, record)
+            return peer
+
+        try:
+            return await self._find(MULTIPART_BUCKET, record, holder, True, "head", failure,
+                                    lambda peers: upload_unreachable_error(upload_id, key, peers))
+        except (errors.NoSuchKey, errors.NoSuchBucket):
+            raise errors.NoSuchUpload(UploadId=upload_id) from None
+
+    async def _at_holder(self, holder: str, bucket: str, upload_id: str, key: str | None, call) -> Any:
+        """``call(peer, address)`` on the upload's holder; its 503 names the upload, not the peer route."""
+        record = f"{bucket}/{upload_id}/upload"
+        address = self.cluster.peers().get(holder)
+        if address is None:
+            self.locations.forget(MULTIPART_BUCKET, record)
+            raise upload_unreachable_error(upload_id, key, [holder])
+        try:
+            return await call(holder, address)
+        except PeerUnreachable as exc:
+            log.info("multipart upload %s: %s", upload_id, exc)
+            self.locations.forget(MULTIPART_BUCKET, record)
+            raise upload_unreachable_error(upload_id, key, [holder]) from None
+        except (errors.ServiceUnavailable, errors.InternalError) as exc:
+            log.info("multipart upload %s on %s: %s", upload_id, holder, exc.message)
+            raise upload_unreachable_error(upload_id, key, [holder]) from None
+        except errors.NoSuchUpload:
+            self.locations.forget(MULTIPART_BUCKET, record)  # completed or aborted meanwhile
+            raise
+
+    async def get_upload(self, bucket, upload_id, key=None):
+        holder = await self._upload_holder(bucket, upload_id, key)
+        if holder is None:
+            return await self.local.get_upload(bucket, upload_id, key)
+        return await self._at_holder(holder, bucket, upload_id, key,
+                                     lambda p, a: self.client.get_upload(p, a, bucket, upload_id, key))
+
+    async def upload_part(self, bucket, key, upload_id, part_number, payload):
+        """On the holder: a part sent again replaces the earlier one there, and the upload is assembled
+        there. A forwarded part's body streams through (never held whole in memory)."""
+        holder = await self._upload_holder(bucket, upload_id, key)
+        if holder is None:
+            return await self.local.upload_part(bucket, key, upload_id, part_number, payload)
+        with self.cluster.balancer.track(holder, counted=False):  # outstanding, but not a placement
+            return await self._at_holder(holder, bucket, upload_id, key, lambda p, a: self.client.upload_part(
+                p, a, bucket, key, upload_id, part_number, payload))
+
+    async def list_parts(self, bucket, key, upload_id):
+        holder = await self._upload_holder(bucket, upload_id, key)
+        if holder is None:
+            return await self.local.list_parts(bucket, key, upload_id)
+        return await self._at_holder(holder, bucket, upload_id, key,
+                                     lambda p, a: self.client.list_parts(p, a, bucket, key, upload_id))
+
+    async def abort_multipart(self, bucket, key, upload_id):
+        holder = await self._upload_holder(bucket, upload_id, key)
+        if holder is None:
+            return await self.local.abort_multipart(bucket, key, upload_id)
+        await self._at_holder(holder, bucket, upload_id, key,
+                              lambda p, a: self.client.abort_multipart(p, a, bucket, key, upload_id))
+        self.locations.forget(MULTIPART_BUCKET, f"{bucket}/{upload_id}/upload")
+
+    async def complete_multipart(self, bucket, key, upload_id, parts, expected_checksums=None):
+        """Assembled on the holder, which stores the object and retires older copies of the key."""
+        self.locations.forget(bucket, key)
+        holder = await self._upload_holder(bucket, upload_id, key)
+        if holder is None:
+            return await self.complete_here(bucket, key, upload_id, parts, expected_checksums, counted=True)
+        with self.cluster.balancer.track(holder):  # the object's placement (its parts were not)
+            info = await self._at_holder(holder, bucket, upload_id, key, lambda p, a: self.client.complete_multipart(
+                p, a, bucket, key, upload_id, parts, expected_checksums))
+        self.locations.forget(MULTIPART_BUCKET, f"{bucket}/{upload_id}/upload")
+        self.locations.forget(bucket, key)
+        return info
+
+    async def complete_here(self, bucket, key, upload_id, parts, expected_checksums=None, counted=False):
+        """Complete an upload this node holds (also for a peer that forwarded the request: ``counted``
+        False, the sender counted the placement) and retire older copies of the key on the others."""
+        if self.local is None:
+            raise errors.NoSuchUpload(UploadId=upload_id)
+        self.locations.forget(bucket, key)
+        options = {}
+        if expected_checksums:
+            require_completion_checksums(self.local)
+            options["expected_checksums"] = expected_checksums
+        with self.cluster.balancer.track(self.cluster.node_id, counted=counted):
+            info = await self.local.complete_multipart(bucket, key, upload_id, parts, **options)
+        await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
+        return info
+
+    async def list_uploads(self, bucket, prefix=""):
+        """The unfinished uploads of every storing node, in S3's order (key, then upload ID).
+
+        A node that cannot be asked is left out with a warning, as a LIST leaves it out; a 503 only
+        when no node that answered holds the bucket and one could not be asked. On shared storage
+        this node's own list covers the nodes on the share.
+        """
+        lists: list[list] = []
+        answered: list[str] = []
+        unreachable: list[str] = []
+        peers = self.cluster.peers()
+        if self.local is not None:
+            try:
+                lists.append(await self.local.list_uploads(bucket, prefix))
+            except errors.NoSuchBucket:
+                pass
+            answered.append(self.cluster.node_id)
+            if self.local.capabilities.shared:
+                peers = {p: a for p, a in peers.items() if not self.cluster.on_shared_storage(p)}
+        answers, _ = await self._everywhere(lambda p, a: self.client.list_uploads(p, a, bucket, prefix), peers)
+        for peer, result in answers.items():
+            if isinstance(result, list):
+                lists.append(result)
+                answered.append(peer)
+            elif isinstance(result, errors.NoSuchBucket):
+                answered.append(peer)
+            else:
+                if not isinstance(result, PeerUnreachable):
+                    log.info("uploads of %s on %s: %s", bucket, peer, getattr(result, "message", result))
+                unreachable.append(peer)
+        unreachable = self._share_covered(answered, unreachable)
+        if not lists:
+            if unreachable:
+                raise unreachable_error(f"The unfinished multipart uploads of bucket {bucket!r}", unreachable)
+            if self.local is None and not answers:
+                raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
+            raise errors.NoSuchBucket(BucketName=bucket)
+        if unreachable:
+            log.warning("listing the uploads of %s without unreachable nodes %s", bucket,
+                        ", ".join(sorted(unreachable)))
+        merged = {upload.upload_id: upload for uploads in lists for upload in uploads}
+        return sorted(merged.values(), key=lambda u: (u.key.encode(), u.upload_id))
+
     # Buckets: created and deleted on every storing node -------------------------------
 
     async def create_bucket(self, bucket: str) -> None:
@@ -668,7 +854,8 @@ class ClusterNode(Backend):
 
 
 class StoringNode(ClusterNode):
-    """A redundant node: its own storage first, peers on a miss. Multipart uploads stay on this node."""
+    """A redundant node: its own storage first, peers on a miss. Uploads begun here stay on this node;
+    one begun elsewhere is continued on the node holding it (ClusterNode's multipart methods)."""
 
     async def create_multipart(self, bucket, key, meta, checksum_algorithm=None):
         await self._ensure_local_bucket(bucket)
@@ -689,31 +876,6 @@ class StoringNode(ClusterNode):
         await self._ensure_local_bucket(bucket)
         return await super().put(bucket, key, payload, meta)
 
-    async def get_upload(self, bucket, upload_id, key=None):
-        return await self.local.get_upload(bucket, upload_id, key)
-
-    async def upload_part(self, bucket, key, upload_id, part_number, payload):
-        return await self.local.upload_part(bucket, key, upload_id, part_number, payload)
-
-    async def list_parts(self, bucket, key, upload_id):
-        return await self.local.list_parts(bucket, key, upload_id)
-
-    async def list_uploads(self, bucket, prefix=""):
-        return await self.local.list_uploads(bucket, prefix)
-
-    async def abort_multipart(self, bucket, key, upload_id):
-        return await self.local.abort_multipart(bucket, key, upload_id)
-
-    async def complete_multipart(self, bucket, key, upload_id, parts, expected_checksums=None):
-        self.locations.forget(bucket, key)
-        options = {}
-        if expected_checksums:
-            require_completion_checksums(self.local)
-            options["expected_checksums"] = expected_checksums
-        with self.cluster.balancer.track(self.cluster.node_id):  # the object's placement (its parts were not)
-            info = await self.local.complete_multipart(bucket, key, upload_id, parts, **options)
-        await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
-        return info
 
 
 class PrimaryNode(StoringNode):
@@ -726,7 +888,7 @@ class PrimaryNode(StoringNode):
                 return await self._put_on_peer(target, bucket, key, payload, meta)
             except PeerUnreachable as exc:
                 if payload.size:  # part of the body went to the peer: it cannot be sent again
-                    raise unreachable_error(f"Object {key!r}", [exc.peer]) from None
+                    raise write_unreachable_error(f"The write of object {key!r}", exc.peer) from None
                 log.info("placement on %s failed (%s); storing here", target, exc.reason)
         return await super().put(bucket, key, payload, meta)
 
@@ -823,39 +985,12 @@ class ProxyNode(ClusterNode):
         healthy, limited = self.cluster.health.split(self.cluster.peers())
         if not healthy and not limited:
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
-        order = healthy or limited
-        if bucket == MULTIPART_BUCKET and not key.endswith("/upload"):
-            # A part goes where its upload's record is: the upload is assembled there, and a part sent
-            # again must replace the earlier one, not leave it on another node for the relay to find.
-            target = await self._upload_holder(key)
-        else:
-            target = self.cluster.balancer.choose(order)
+        # Multipart parts never come here: upload_part sends them to the node holding their upload
+        # (it is assembled there, and a part sent again must replace the earlier one there).
+        target = self.cluster.balancer.choose(healthy or limited)
         try:
             return await self._put_on_peer(target, bucket, key, payload, meta)
         except PeerUnreachable as exc:
-            raise unreachable_error(f"Object {key!r}", [exc.peer]) from None
-
-    async def _upload_holder(self, part_key: str) -> str:
-        """The storing node that holds the record of the multipart upload ``part_key`` belongs to.
-
-        upload_part has just read the record (get_upload), so the location cache names the node;
-        only when that entry is gone is it looked up again. Upload records are placed like any PUT
-        (spreading uploads over the storing nodes); all of an upload's parts then follow its record.
-        (Choosing the node per part, as the first healthy one by latency, scattered the parts of one
-        upload, and a part uploaded twice kept its old copy on another node, which the relay could
-        pick when the upload was completed: an object with the old part's bytes.)
-        """
-        bucket, upload_id, _ = part_key.split("/", 2)
-        record = f"{bucket}/{upload_id}/upload"
-        peers = self.cluster.peers()
-        holder = self.locations.get(MULTIPART_BUCKET, record)
-        if not holder or holder not in peers:
-            try:
-                await self._find(MULTIPART_BUCKET, record,
-                                 lambda p, a: self.client.head(p, a, MULTIPART_BUCKET, record), True, "head")
-            except (errors.NoSuchKey, errors.NoSuchBucket):
-                raise errors.NoSuchUpload(UploadId=upload_id) from None
-            holder = self.locations.get(MULTIPART_BUCKET, record)
-            if not holder or holder not in peers:  # found on the node the cache named, which it forgot
-                raise unreachable_error(f"Upload {upload_id!r}", [])
-        return holder
+            # Never the internal name of an upload's record in a client's message.
+            what = "Starting the multipart upload" if bucket == MULTIPART_BUCKET else f"The write of object {key!r}"
+            raise write_unreachable_error(what, exc.peer) from None
