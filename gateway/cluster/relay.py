@@ -464,25 +464,8 @@ class PeerClient:
         response.release()
 
     async def _decode(self, peer: str, response: aiohttp.ClientResponse, what: str, decode):
-        """``decode(JSON answer)`` of a request with a body, as _json does for a GET."""
-        await self._raise_for(response)
-        try:
-            return decode(await response.json(content_type=None))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._failed(peer, f"body: {exc or 'timed out'}")
-            raise errors.ServiceUnavailable(f"peer {peer} failed while answering {what}") from None
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise self._malformed(peer, what, exc) from None
-        finally:
-            response.release()
-
-    async def ping(self, peer: str, address: str) -> dict:
-        return await self._json(peer, address, f"{wire.PREFIX}/ping", "a ping", _json_object)
-
-    async def _json(self, peer: str, address: str, target: str, what: str, decode):
-        """GET ``target`` and return ``decode(JSON answer)``; a body cut off or not what a peer sends
-        is a 503 ServiceUnavailable (the caller counts the peer as unreachable), never a 500."""
-        response = await self.request(peer, address, "GET", target)
+        """``decode(JSON answer)``; a body cut off or not what a peer sends is a 503
+        ServiceUnavailable (the caller counts the peer as unreachable), never a 500."""
         await self._raise_for(response)
         try:
             return decode(await response.json(content_type=None))
@@ -493,6 +476,13 @@ class PeerClient:
             raise self._malformed(peer, what, exc) from None
         finally:
             response.release()
+
+    async def ping(self, peer: str, address: str) -> dict:
+        return await self._json(peer, address, f"{wire.PREFIX}/ping", "a ping", _json_object)
+
+    async def _json(self, peer: str, address: str, target: str, what: str, decode):
+        """GET ``target`` and return ``decode(JSON answer)`` (see _decode)."""
+        return await self._decode(peer, await self.request(peer, address, "GET", target), what, decode)
 
 
 def _json_object(data) -> dict:

@@ -17,6 +17,23 @@ from gateway.cluster.registry import Registry
 from gateway.testing.server import GatewayProcess, free_port
 
 SECRET = "cluster-test-secret-0123456789abcdef"
+
+# The nodes of start_cluster: 1 primary, 2 redundant, 1 proxy.
+NODES = ("p1", "r1", "r2", "x1")
+
+
+def clients(cluster, names=NODES) -> dict:
+    """A boto3 client per node."""
+    return {name: cluster[name].client() for name in names}
+
+
+def error_of(call):
+    """The botocore ClientError that ``call()`` raises (fails the test when it raises none)."""
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value
 # Short intervals so membership changes show within a second; the peer timeout stays
 # well above a loaded 2-core machine's worst answer time.
 NODE_ENV = {"GATEWAY_CLUSTER_SECRET": SECRET, "GATEWAY_HEARTBEAT_INTERVAL": "0.5",

@@ -9,24 +9,12 @@ import shutil
 import pytest
 from botocore.exceptions import ClientError
 
-from .conftest import ClusterNodes
-
-NODES = ("p1", "r1", "r2", "x1")
+from .conftest import NODES, ClusterNodes, clients, error_of
 
 
 @pytest.fixture(scope="module")
 def cluster(sqlite_cluster):
     return sqlite_cluster
-
-
-def clients(cluster, names=NODES):
-    return {name: cluster[name].client() for name in names}
-
-
-def error_of(call) -> ClientError:
-    with pytest.raises(ClientError) as info:
-        call()
-    return info.value
 
 
 def status_of(error: ClientError) -> int:

@@ -9,7 +9,8 @@ from botocore.exceptions import ClientError
 
 from gateway.services.cluster_nodes import write_unreachable_error
 
-NODES = ("p1", "r1", "r2", "x1")
+from .conftest import NODES, clients, error_of
+
 STORING = ("p1", "r1", "r2")
 BUCKET = "mpx"
 PART = 2048  # above the cluster tests' GATEWAY_MIN_PART_SIZE (1024)
@@ -19,16 +20,6 @@ PART = 2048  # above the cluster tests' GATEWAY_MIN_PART_SIZE (1024)
 def cluster(sqlite_cluster):
     sqlite_cluster["p1"].client().create_bucket(Bucket=BUCKET)
     return sqlite_cluster
-
-
-def clients(cluster):
-    return {name: cluster[name].client() for name in NODES}
-
-
-def error_of(call) -> ClientError:
-    with pytest.raises(ClientError) as info:
-        call()
-    return info.value
 
 
 def holders(cluster, upload_id: str) -> list[str]:

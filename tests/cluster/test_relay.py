@@ -7,7 +7,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-NODES = ("p1", "r1", "r2", "x1")
+from .conftest import NODES, clients, error_of
 
 
 @pytest.fixture(scope="module")
@@ -15,16 +15,6 @@ def cluster(sqlite_cluster):
     nodes = sqlite_cluster
     nodes["p1"].client().create_bucket(Bucket="relay")
     return nodes
-
-
-def clients(cluster):
-    return {name: cluster[name].client() for name in NODES}
-
-
-def error_of(call) -> ClientError:
-    with pytest.raises(ClientError) as info:
-        call()
-    return info.value
 
 
 def test_bucket_created_on_one_node_exists_on_every_node(cluster):

@@ -21,7 +21,8 @@ from botocore.exceptions import ClientError
 
 from gateway.testing.disks import tmpfs
 
-NODES = ("p1", "r1", "r2", "x1")
+from .conftest import NODES, clients
+
 STORING = ("p1", "r1", "r2")
 
 
@@ -29,10 +30,6 @@ STORING = ("p1", "r1", "r2")
 def cluster(sqlite_cluster):
     sqlite_cluster["p1"].client().create_bucket(Bucket="probe2")
     return sqlite_cluster
-
-
-def clients(cluster):
-    return {name: cluster[name].client() for name in NODES}
 
 
 def peer_failures(cluster, node: str) -> dict[str, int]:

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from botocore.exceptions import ClientError
-from cluster.conftest import NODE_ENV, ClusterNodes, sqlite_cluster, start_cluster  # noqa: F401 (fixture)
+from cluster.conftest import NODE_ENV, ClusterNodes, clients, sqlite_cluster, start_cluster  # noqa: F401 (fixture)
 
-NODES = ("p1", "r1", "r2", "x1")
 ROLES = {"p1": "primary", "r1": "redundant", "r2": "redundant", "x1": "proxy"}
 MiB = 1024 * 1024
 
@@ -37,10 +36,6 @@ def tool(cluster: ClusterNodes, node: str, *args, role: str | None = None, data_
     if check is not None:
         assert result.returncode == check, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
-
-
-def clients(cluster) -> dict:
-    return {name: cluster[name].client() for name in NODES}
 
 
 def read_everywhere(cluster, bucket: str, objects: dict[str, tuple[bytes, dict]]) -> None:
