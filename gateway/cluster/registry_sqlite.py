@@ -52,6 +52,15 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
+_TABLES = frozenset({"nodes", "retirements", "registry_id", "locks"})
+
+
+def _schema_ready(conn: sqlite3.Connection) -> bool:
+    """Whether SCHEMA's tables and registry_id's row are there (reads only)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return _TABLES <= tables and conn.execute("SELECT 1 FROM registry_id LIMIT 1").fetchone() is not None
+
+
 class SqliteRegistry(Registry):
     """``sqlite:///absolute/path.db`` or ``sqlite://relative/path.db``."""
 
@@ -86,9 +95,14 @@ class SqliteRegistry(Registry):
             if not self._ready:
                 conn.execute("PRAGMA journal_mode=WAL")
                 self._ready = True
-            # Every time (three no-ops, a few µs): a registry file deleted and recreated while the
-            # nodes run gets its tables back, and the nodes register again (membership.py).
-            conn.executescript(SCHEMA)
+            # Every time: a registry file deleted and recreated while the nodes run gets its tables
+            # back, and the nodes register again (membership.py). Checked with a read first, because
+            # the script writes (registry_id's row): run every time, each connection, readers too,
+            # waited for any writer, and a node frozen (SIGSTOP) in the middle of its heartbeat's
+            # write held every other node and tool for the busy timeout (10 s). In WAL mode a read
+            # does not wait for a writer.
+            if not _schema_ready(conn):
+                conn.executescript(SCHEMA)
         except BaseException:
             conn.close()
             raise

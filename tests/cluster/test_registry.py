@@ -121,6 +121,38 @@ def test_nodes_starting_together_on_a_fresh_sqlite_registry_all_join(tmp_path):
     assert failures == []
 
 
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
+    """A node frozen (SIGSTOP) in the middle of its heartbeat's write holds SQLite's write lock. Reads
+    of the node list (every node's reload, the ops tools) must not wait for it: every connection ran
+    the schema script, which writes, and waited the busy timeout, then failed "database is locked"
+    (a restore said it could not read the registry). In WAL mode a read does not wait."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/registry.db"
+
+    async def register():
+        registry = open_registry(url)
+        await registry.register("p1", "primary", "http://127.0.0.1:9001")
+
+    asyncio.run(register())
+    writer = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE nodes SET last_seen = last_seen")  # holds the write lock, as a frozen heartbeat
+    try:
+        nodes = asyncio.run(open_registry(url).nodes())  # a fresh registry object: a fresh connection
+        assert [n.node_id for n in nodes] == ["p1"]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    # The schema still comes back on a file recreated under the nodes.
+    (tmp_path / "registry.db").unlink()
+    for leftover in tmp_path.glob("registry.db-*"):
+        leftover.unlink()
+    registry = open_registry(url)
+    assert asyncio.run(registry.nodes()) == []
+    assert asyncio.run(registry.identity())
+
+
 def test_sqlite_lock_of_a_holder_that_stopped_refreshing_expires(tmp_path):
     async def run():
         registry = open_registry(f"sqlite:///{tmp_path}/registry.db")
