@@ -31,6 +31,17 @@ STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "c
 # Bucket names cannot start with "." in S3, so it never meets a real bucket.
 MULTIPART_BUCKET = ".multipart"
 MIN_PART_SIZE = 5 * 1024 * 1024
+
+
+def upload_record(bucket: str, upload_id: str) -> str:
+    """The key in MULTIPART_BUCKET of an upload's record (its key, initiation, metadata)."""
+    return f"{bucket}/{upload_id}/upload"
+
+
+def is_upload_id(upload_id: str) -> bool:
+    """Whether ``upload_id`` can name an upload (hex digits): anything else is NoSuchUpload at once,
+    without asking any storage."""
+    return bool(upload_id) and all(c in "0123456789abcdef" for c in upload_id)
 MAX_PARTS = 10_000
 
 
@@ -457,16 +468,16 @@ class Backend(abc.ABC):
             {"key": key, "initiated": info.initiated, "meta": meta.to_json(), "checksum_algorithm": checksum_algorithm}
         ).encode()
         await self.put(
-            MULTIPART_BUCKET, self._upload_prefix(bucket, upload_id) + "upload", Payload.from_bytes(record), ObjectMeta()
+            MULTIPART_BUCKET, upload_record(bucket, upload_id), Payload.from_bytes(record), ObjectMeta()
         )
         return info
 
     async def get_upload(self, bucket: str, upload_id: str, key: str | None = None) -> UploadInfo:
         """Return an upload; raise NoSuchUpload (also when it belongs to another key)."""
-        if not upload_id or not all(c in "0123456789abcdef" for c in upload_id):
+        if not is_upload_id(upload_id):
             raise errors.NoSuchUpload(UploadId=upload_id)
         try:
-            reader = await self.get(MULTIPART_BUCKET, self._upload_prefix(bucket, upload_id) + "upload")
+            reader = await self.get(MULTIPART_BUCKET, upload_record(bucket, upload_id))
         except (errors.NoSuchKey, errors.NoSuchBucket):
             raise errors.NoSuchUpload(UploadId=upload_id) from None
         async with reader:

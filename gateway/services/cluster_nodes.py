@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import errors
 from ..backend import (MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader,
-                       require_completion_checksums)
+                       is_upload_id, require_completion_checksums, upload_record)
 from ..cluster.balancer import READ_HANDOFF_MARGIN, release_on_close
 from ..cluster.listing import merge_pages
 from ..cluster.locations import NOWHERE
@@ -512,9 +512,9 @@ class ClusterNode(Backend):
         that it does not have it; a 503 with Retry-After naming the upload (never the record's
         internal name) while a node that may hold it cannot be asked.
         """
-        if not upload_id or not all(c in "0123456789abcdef" for c in upload_id):
+        if not is_upload_id(upload_id):
             raise errors.NoSuchUpload(UploadId=upload_id)
-        record = f"{bucket}/{upload_id}/upload"
+        record = upload_record(bucket, upload_id)
         failure = None
         if self.local is not None:
             try:
@@ -535,7 +535,7 @@ class ClusterNode(Backend):
 
     async def _at_holder(self, holder: str, bucket: str, upload_id: str, key: str | None, call) -> Any:
         """``call(peer, address)`` on the upload's holder; its 503 names the upload, not the peer route."""
-        record = f"{bucket}/{upload_id}/upload"
+        record = upload_record(bucket, upload_id)
         address = self.cluster.peers().get(holder)
         if address is None:
             self.locations.forget(MULTIPART_BUCKET, record)
@@ -583,7 +583,7 @@ class ClusterNode(Backend):
             return await self.local.abort_multipart(bucket, key, upload_id)
         await self._at_holder(holder, bucket, upload_id, key,
                               lambda p, a: self.client.abort_multipart(p, a, bucket, key, upload_id))
-        self.locations.forget(MULTIPART_BUCKET, f"{bucket}/{upload_id}/upload")
+        self.locations.forget(MULTIPART_BUCKET, upload_record(bucket, upload_id))
 
     async def complete_multipart(self, bucket, key, upload_id, parts, expected_checksums=None):
         """Assembled on the holder, which stores the object and retires older copies of the key."""
@@ -594,7 +594,7 @@ class ClusterNode(Backend):
         with self.cluster.balancer.track(holder):  # the object's placement (its parts were not)
             info = await self._at_holder(holder, bucket, upload_id, key, lambda p, a: self.client.complete_multipart(
                 p, a, bucket, key, upload_id, parts, expected_checksums))
-        self.locations.forget(MULTIPART_BUCKET, f"{bucket}/{upload_id}/upload")
+        self.locations.forget(MULTIPART_BUCKET, upload_record(bucket, upload_id))
         self.locations.forget(bucket, key)
         return info
 
