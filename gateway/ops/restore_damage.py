@@ -110,9 +110,8 @@ def replace_damaged(installer: Installer, relpath: str, chunks, member: tarfile.
     The copy is written and checked aside first, then the file is looked at again and, if it is
     the damaged one still, renamed over at once: a window of one stat, not of the whole copy."""
     final = installer.path(relpath)
-    tag = f"{installer._owner}-{os.urandom(4).hex()}"  # a dead restore's leftovers are removed as its temps
-    staged = os.path.join(installer.tmp_dir, f"{tag}-staged")
-    write_atomically(staged, os.path.join(installer.tmp_dir, f"{tag}-tmp"), chunks, mtime=member.mtime,
+    staged = installer.temp_path("-staged")  # a dead restore's leftovers are removed as its temps
+    write_atomically(staged, installer.temp_path(), chunks, mtime=member.mtime,
                      expect_sha256=expected, fsync=installer.fsync)
     try:
         try:

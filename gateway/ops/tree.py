@@ -172,12 +172,16 @@ class Installer:
         files named by these tools (``-ops-``) whose process is gone: never a gateway's."""
         return remove_dead_temps(self.tmp_dir, TEMP_TAG)
 
+    def temp_path(self, suffix: str = "") -> str:
+        """A new temp file name under tmp_dir, named for this process: remove_dead_temps takes it
+        for a dead tool's once this process is gone."""
+        return os.path.join(self.tmp_dir, f"{self._owner}-{next(self._counter)}-{os.urandom(4).hex()}{suffix}")
+
     def install(self, relpath: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
                 replace: bool = True) -> int:
         """Write the byte chunks to ``relpath``; return the byte count. Without ``replace``, a file
         that is there by the time the bytes are written stays (FileExistsError)."""
-        tmp = os.path.join(self.tmp_dir, f"{self._owner}-{next(self._counter)}-{os.urandom(4).hex()}")
-        return write_atomically(self.path(relpath), tmp, chunks, mtime=mtime, expect_sha256=expect_sha256,
+        return write_atomically(self.path(relpath), self.temp_path(), chunks, mtime=mtime, expect_sha256=expect_sha256,
                                 fsync=self.fsync, replace=replace)
 
     def remove(self, relpath: str) -> bool:
