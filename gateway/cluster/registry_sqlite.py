@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement
+from .sqlite_holder import describe_holder
 
 BUSY_SECONDS = 10.0  # how long a call waits for another process's write to the file
 
@@ -130,7 +131,9 @@ class SqliteRegistry(Registry):
                     time.sleep(pause)
                     pause = min(pause * 2, 0.2)
                     continue
-                raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
+                holder = describe_holder(self.path) if _busy(exc) else ""
+                raise RegistryError(f"sqlite registry {self.path}: {exc}" + (f": {holder}" if holder else "")) \
+                    from None
             except (OSError, sqlite3.Error) as exc:
                 raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
 

@@ -18,6 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from gateway.cluster.registry_sqlite import SqliteRegistry
+from gateway.cluster.sqlite_holder import process_state, write_lock_holders
+
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-0123456789"
 # Signals after which kill() waits for the exit; others (SIGSTOP, SIGCONT, ...) return at once.
@@ -107,8 +110,41 @@ class GatewayProcess:
                 self.process.wait(timeout=10)
 
     def pause(self) -> None:
-        """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing until resume()."""
-        self.kill(signal.SIGSTOP)
+        """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing until resume().
+
+        A node of an SQLite registry is frozen outside a registry write: frozen inside one (1 pause
+        in 100 lands there), it holds every node's registry writes, heartbeats and failover votes,
+        until it runs again (gateway/cluster/sqlite_holder.py). That is a frozen registry, not the
+        frozen peer a test means; tests of it hold the lock themselves."""
+        registry = self._sqlite_registry()
+        for _ in range(100):
+            self.kill(signal.SIGSTOP)
+            if registry is None:
+                return
+            self._wait_stopped()
+            if self.process.pid not in write_lock_holders(registry):
+                return
+            self.kill(signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"gateway {self.process.pid} held the registry's write lock at 100 pauses in a row")
+
+    def _sqlite_registry(self) -> str | None:
+        """The file of this node's SQLite registry (``--registry`` or GATEWAY_REGISTRY), if it has one."""
+        url = self.env.get("GATEWAY_REGISTRY", "")
+        if "--registry" in self.args[:-1]:
+            url = self.args[self.args.index("--registry") + 1]
+        if not url.startswith("sqlite:"):
+            return None
+        return SqliteRegistry(url).path
+
+    def _wait_stopped(self, timeout: float = 5.0) -> None:
+        """SIGSTOP is delivered asynchronously: wait until /proc says the process is stopped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process_state(self.process.pid) in ("T", "t"):
+                return
+            time.sleep(0.001)
+        raise AssertionError(f"gateway {self.process.pid} did not stop within {timeout}s of SIGSTOP")
 
     def resume(self, settle: bool = True) -> None:
         """Let a paused process run again (SIGCONT).
