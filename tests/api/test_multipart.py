@@ -74,6 +74,51 @@ def test_complete_upload(mp, mbucket):
     assert error_code(info.value) == "NoSuchUpload"
 
 
+def test_complete_sent_again_after_success_gets_the_same_answer(mp, mbucket):
+    """An SDK retry of a Complete whose answer was lost: S3 answers it as done, not NoSuchUpload."""
+    parts = [os.urandom(MIN_PART), b"tail"]
+    upload_id, etags = _upload(mp, mbucket, "retried", parts, ChecksumAlgorithm="CRC32")
+    listed = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+    first = mp.complete_multipart_upload(Bucket=mbucket, Key="retried", UploadId=upload_id,
+                                         MultipartUpload={"Parts": listed})
+    again = mp.complete_multipart_upload(Bucket=mbucket, Key="retried", UploadId=upload_id,
+                                         MultipartUpload={"Parts": listed})
+    for field in ("ETag", "Key", "Bucket", "Location", "ChecksumCRC32"):
+        assert again.get(field) == first.get(field), field
+    assert again["ETag"] == _etag_of_parts(parts)
+    assert mp.get_object(Bucket=mbucket, Key="retried")["Body"].read() == b"".join(parts)
+
+    def complete(parts_listed, key="retried"):
+        with pytest.raises(ClientError) as info:
+            mp.complete_multipart_upload(Bucket=mbucket, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts_listed})
+        return error_code(info.value)
+
+    # Not the same completion: another part list, ETags that are no MD5, another key.
+    assert complete(listed[:1]) == "NoSuchUpload"
+    assert complete([{"PartNumber": 1, "ETag": '"not-an-md5"'}]) == "NoSuchUpload"
+    assert complete(listed, key="another") == "NoSuchUpload"
+    # The key overwritten since: the retry cannot be told from a stale one, and is not answered as done.
+    mp.put_object(Bucket=mbucket, Key="retried", Body=b"newer")
+    assert complete(listed) == "NoSuchUpload"
+    assert mp.get_object(Bucket=mbucket, Key="retried")["Body"].read() == b"newer"
+
+
+def test_complete_sent_again_with_part_checksums(mp, mbucket):
+    parts = [os.urandom(MIN_PART), b"tail"]
+    upload_id = mp.create_multipart_upload(Bucket=mbucket, Key="k", ChecksumAlgorithm="SHA256")["UploadId"]
+    listed = []
+    for number, data in enumerate(parts, 1):
+        answer = mp.upload_part(Bucket=mbucket, Key="k", UploadId=upload_id, PartNumber=number, Body=data,
+                                ChecksumAlgorithm="SHA256")
+        listed.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": answer["ChecksumSHA256"]})
+    first = mp.complete_multipart_upload(Bucket=mbucket, Key="k", UploadId=upload_id,
+                                         MultipartUpload={"Parts": listed})
+    again = mp.complete_multipart_upload(Bucket=mbucket, Key="k", UploadId=upload_id,
+                                         MultipartUpload={"Parts": listed})
+    assert again["ETag"] == first["ETag"] == _etag_of_parts(parts)
+
+
 def test_complete_with_a_subset_of_parts_and_gaps(mp, mbucket):
     parts = [os.urandom(MIN_PART), b"unused" * 20000, os.urandom(MIN_PART), b"end"]
     upload_id, etags = _upload(mp, mbucket, "gappy", parts)

@@ -70,6 +70,10 @@ def test_an_upload_begun_on_one_node_is_continued_and_completed_through_another(
     for name in NODES:
         error = error_of(lambda c=s3[name]: c.list_parts(Bucket=BUCKET, Key=key, UploadId=upload))
         assert error.response["Error"]["Code"] == "NoSuchUpload", name
+        # A Complete sent again (its answer lost, or a forwarding node gave up waiting): done, from any node.
+        again = s3[name].complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={
+            "Parts": [{"PartNumber": n, "ETag": e} for n, e in ((1, first), (2, second), (3, third))]})
+        assert again["ETag"] == done["ETag"], name
 
 
 @pytest.mark.parametrize("start", STORING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 
 from ... import errors
@@ -120,6 +121,22 @@ async def complete_upload(app, req: S3Request, send) -> None:
         if checksums:
             claimed[number] = checksums
     backend = app.service.backend_for(req.bucket)
+    try:
+        info = await _complete(app, req, backend, parts, claimed)
+    except errors.NoSuchUpload:
+        info = await _completed_before(backend, req, parts)
+        if info is None:
+            raise
+    else:
+        app.service.object_written(req.bucket, req.key, info)
+    body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
+                    element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'),
+                    *(element(f"Checksum{alg}", value) for alg, value in info.checksums.items()))
+    await send_xml(send, 200, body, req.request_id, [stored_at(info)])
+
+
+async def _complete(app, req: S3Request, backend, parts: list[tuple[int, str]],
+                    claimed: dict[int, dict[str, str]]):
     composite, whole = _object_checksums(req)
     if claimed or composite:
         stored = {part.part_number: part.checksums
@@ -130,18 +147,30 @@ async def complete_upload(app, req: S3Request, send) -> None:
     if whole:
         require_completion_checksums(backend)
         options["expected_checksums"] = whole
-    if is_conditional(req):  # If-None-Match: * / If-Match, as on a PUT (S3 takes both here too)
-        async with app.service.conditional_write(req.bucket, req.key) as confirm:
-            await check_write_conditions(backend, req)
-            await confirm()  # assembling the parts cannot be stopped halfway: the lock is confirmed before
-            info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
-    else:
-        info = await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
-    app.service.object_written(req.bucket, req.key, info)
-    body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
-                    element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'),
-                    *(element(f"Checksum{alg}", value) for alg, value in info.checksums.items()))
-    await send_xml(send, 200, body, req.request_id, [stored_at(info)])
+    if not is_conditional(req):
+        return await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
+    # If-None-Match: * / If-Match, as on a PUT (S3 takes both here too)
+    async with app.service.conditional_write(req.bucket, req.key) as confirm:
+        await check_write_conditions(backend, req)
+        await confirm()  # assembling the parts cannot be stopped halfway: the lock is confirmed before
+        return await backend.complete_multipart(req.bucket, req.key, req.query["uploadId"], parts, **options)
+
+
+async def _completed_before(backend, req: S3Request, parts: list[tuple[int, str]]):
+    """The object a CompleteMultipartUpload sent again made the first time, or None.
+
+    A Complete whose answer was lost (the client timed out and retried, or the node that forwarded
+    it to the upload's holder gave up waiting) finds no upload when it comes again. S3 answers such
+    a retry with the same success, where a NoSuchUpload would make the client report a failed
+    upload of an object that is stored. So does this, when the object under the key is the
+    assembly of exactly these parts: its ETag is the MD5 of the parts' MD5s and their count, which
+    the request's part list gives (docs/s3-compatibility.md, "Multipart uploads")."""
+    try:
+        digest = hashlib.md5(b"".join(bytes.fromhex(etag.strip('"')) for _, etag in parts)).hexdigest()
+        info = await backend.head(req.bucket, req.key)
+    except (ValueError, errors.GatewayError):  # part ETags that are no MD5, no object, no answer
+        return None
+    return info if parts and info.etag == f"{digest}-{len(parts)}" else None
 
 
 def _check_part_checksums(stored: dict[int, dict[str, str]], claimed: dict[int, dict[str, str]]) -> None:
