@@ -65,6 +65,36 @@ async def exercise_retirements(registry) -> None:
     await registry.drop_retirement("n9", (await registry.retirements("n9", 10))[0])
 
 
+async def exercise_restore(registry, same_orders: bool) -> None:
+    """A lost registry refilled from a node's last snapshot (Registry.restore, membership.py): the
+    nodes come back with their roles, addresses and published info, in their install order (on
+    SQLite the same numbers; etcd hands out new ones, the order among them kept), and a node that
+    registered again meanwhile keeps its own record."""
+    names = ["rs-a", "rs-b", "rs-c"]
+    for name in names:
+        await registry.register(name, "redundant", f"http://{name}")
+        await registry.heartbeat(name, {"objects": len(name)})
+    snapshot = [n for n in await registry.nodes() if n.node_id in names]
+    for name in names:
+        assert await registry.remove(name)
+    await registry.register("rs-b", "primary", "http://rs-b-again")  # back on its own first
+    assert await registry.restore(snapshot) == ["rs-a", "rs-c"]
+    assert await registry.restore(snapshot) == []  # all there now: nothing added twice
+    back = {n.node_id: n for n in await registry.nodes() if n.node_id in names}
+    assert back["rs-b"].role == "primary" and back["rs-b"].address == "http://rs-b-again"
+    for before in snapshot:
+        if before.node_id != "rs-b":
+            after = back[before.node_id]
+            assert (after.role, after.address, after.info, after.last_seen) == (
+                before.role, before.address, before.info, before.last_seen)
+    assert back["rs-a"].install_order < back["rs-c"].install_order
+    if same_orders:
+        assert [back[n].install_order for n in ("rs-a", "rs-c")] == [
+            next(b.install_order for b in snapshot if b.node_id == n) for n in ("rs-a", "rs-c")]
+    for name in names:
+        await registry.remove(name)
+
+
 async def exercise_locks(registry) -> None:
     """One holder at a time; refresh and release only by the holder."""
     assert await registry.acquire_lock("b/k ü", "n1/a", ttl=30)
@@ -87,6 +117,7 @@ def test_sqlite_registry(tmp_path):
             await exercise(registry)
             await exercise_retirements(registry)
             await exercise_locks(registry)
+            await exercise_restore(registry, same_orders=True)
         finally:
             await registry.close()
 
@@ -192,6 +223,7 @@ def test_etcd_registry(etcd):
             await exercise(registry)
             await exercise_retirements(registry)
             await exercise_locks(registry)
+            await exercise_restore(registry, same_orders=False)
             await registry.remove("n1")
         finally:
             await registry.close()
