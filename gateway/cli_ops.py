@@ -137,6 +137,8 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
                 _check_destination_early(manifest, config_file, named, force, flags)
         info = check_archive(archive, quiet=quiet)
         click.echo(info.describe(), err=True)
+        for number, line in enumerate(info.damage_warnings()):
+            click.echo(f"warning: {line}" if number == 0 else line, err=True)
         if check:
             return
         if config_file and not os.path.exists(config_file) and not info.config:

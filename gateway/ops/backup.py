@@ -53,6 +53,7 @@ from .tree import CHUNK, count_files, is_object, publish_new, read_chunks, walk_
 PREFIX = "cv-backup"
 MANIFEST = f"{PREFIX}/manifest.json"
 SUMMARY = f"{PREFIX}/summary.json"
+DAMAGED_LISTED = 1000  # damaged object files named in the summary (all are counted)
 STORAGE = f"{PREFIX}/storage"
 FILES = f"{PREFIX}/files"
 FORMAT = 1
@@ -190,6 +191,9 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
                 _add_node_files(tar, settings, config_file, result, progress)
             _add_json(tar, SUMMARY, {"objects": result.objects, "files": result.files, "bytes": result.bytes,
                                      "extra_files": result.extra_files,
+                                     # Named again by restore and restore --check: the archive outlives the run's output.
+                                     "damaged": result.not_objects[:DAMAGED_LISTED],
+                                     "damaged_count": len(result.not_objects),
                                      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         sink.flush()
         if not to_stdout:

@@ -72,6 +72,22 @@ class ArchiveInfo:
     def kind(self) -> str:
         return self.manifest["kind"]
 
+    def damage_warnings(self, shown: int = 20) -> list[str]:
+        """The object files the backup found damaged when it was taken (summary.json): they are in
+        the archive as they were, and a restore puts them back so."""
+        raw = self.summary.get("damaged")
+        listed = [d for d in raw if isinstance(d, str)] if isinstance(raw, list) else []
+        count = self.summary.get("damaged_count", len(listed))
+        if not isinstance(count, int) or count <= 0:
+            return []
+        what = "1 object file was" if count == 1 else f"{count:,} object files were"
+        lines = [f"{what} damaged when this backup was taken; in it as they were, they are restored so (the "
+                 "gateway cannot serve them correctly: put them back from an older backup, or delete the objects):"]
+        lines += [f"  {d}" for d in listed[:shown]]
+        if count > min(len(listed), shown):
+            lines.append(f"  ... and {count - min(len(listed), shown):,} more")
+        return lines
+
     def describe(self) -> str:
         m = self.manifest
         return (f"{m['kind']} backup of node {m['node']} ({m.get('role') or 'stand-alone'}, host {m['hostname']}), "

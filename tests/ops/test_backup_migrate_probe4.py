@@ -266,9 +266,21 @@ def test_backup_warns_about_an_object_file_cut_short_and_exits_1(tmp_path):
     assert any(name.endswith("obj00000.bin%obj") for name in names)
     whole = gateway_cmd("backup", "-q", "--data-dir", gw.data_dir, tmp_path / "whole.tar")
     assert whole.returncode == 1  # still damaged: every backup says so
+    # The archive says so again where it is used, long after the backup's output is gone.
+    for command in (["restore", "--check", archive], ["restore", "-q", "--data-dir", tmp_path / "back", archive]):
+        used = gateway_cmd(*command)
+        assert used.returncode == 0, used.stderr
+        lines = used.stderr.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("warning:"))
+        assert "1 object file was damaged when this backup was taken" in lines[start], used.stderr
+        assert str(cut) in lines[start + 1] and "cut short" in lines[start + 1], used.stderr
+    restored = object_file(tmp_path / "back", "docs", "viaR2/obj00000.bin")
+    assert restored.stat().st_size == cut.stat().st_size  # as it was, as the warning says
     cut.unlink()
     fine = gateway_cmd("backup", "-q", "--data-dir", gw.data_dir, tmp_path / "fine.tar")
     assert fine.returncode == 0 and "warning" not in fine.stderr, fine.stderr
+    checked = gateway_cmd("restore", "--check", tmp_path / "fine.tar")
+    assert checked.returncode == 0 and "warning" not in checked.stderr, checked.stderr
 
 
 # Item 11: backup's output ----------------------------------------------------------------------
