@@ -79,6 +79,25 @@ def _load(ep):
 _entry_points: dict[str, metadata.EntryPoint] = {}  # plugin name -> its entry point, for messages
 
 
+def _dist_name(ep) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else None
+
+
+def _same_name(first, second) -> PluginLoadError:
+    """Two distributions whose entry points have one name: the second used to be skipped without a
+    word (its backend types then "unknown"), and no switch can tell the two apart."""
+    def described(ep) -> str:
+        dist = getattr(ep, "dist", None)
+        return f"{ep.value} from {dist.name} {dist.version}" if dist else ep.value
+
+    renamed = second if first is None or _builtin(first) or not _builtin(second) else first
+    return PluginLoadError(
+        f"two plugins are called {second.name!r}: {described(first) if first else '?'} and {described(second)}; "
+        f"plugin names must be unique. Rename the entry point in [project.entry-points.\"{GROUP}\"] of "
+        f"{_dist_name(renamed)}'s pyproject.toml (and reinstall it), or uninstall one of them")
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """Return the process-wide plugin manager, loading plugins on first use."""
     global _manager
@@ -93,7 +112,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
                     log.info("plugin %s disabled by GATEWAY_DISABLE_PLUGINS/GATEWAY_LOAD_PLUGINS", ep.name)
                     continue
             if pm.get_plugin(ep.name) is not None:
-                continue
+                first = _entry_points.get(ep.name)
+                if first is not None and _dist_name(first) == _dist_name(ep):
+                    continue  # one distribution found twice on the path
+                raise _same_name(first, ep)
             _entry_points[ep.name] = ep
             try:
                 pm.register(_load(ep), name=ep.name)
