@@ -10,6 +10,7 @@ Switches (read when plugins are first loaded):
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ def _load(ep):
 
 
 _entry_points: dict[str, metadata.EntryPoint] = {}  # plugin name -> its entry point, for messages
+_ASYNC_OK: frozenset[str] = frozenset()  # hooks whose callers await what an implementation returns: none yet
 
 
 def _dist_name(ep) -> str | None:
@@ -121,6 +123,17 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 pm.register(_load(ep), name=ep.name)
             except pluggy.PluginValidationError as exc:  # a hookimpl whose arguments no hookspec has
                 raise _unusable(ep, ep.name, f"cannot be loaded: its hooks do not match the gateway's: {exc}") from exc
+        for name, plugin in pm.list_name_plugin():
+            for caller in pm.get_hookcallers(plugin) or []:
+                if caller.name in _ASYNC_OK:
+                    continue
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and (inspect.iscoroutinefunction(impl.function)
+                                                  or inspect.isasyncgenfunction(impl.function)):
+                        # It would run without a word and do nothing: nobody awaits what it returns.
+                        raise _unusable(_entry_points.get(name), name,
+                                        f"cannot be loaded: its {caller.name} hook is an async function; "
+                                        "the gateway calls hooks as plain functions (use def, not async def)")
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:  # a hookimpl for a hook that does not exist (misspelled)
@@ -160,6 +173,10 @@ def backend_registrations() -> dict[str, tuple[str, type]]:
                 raise _unusable(_entry_points.get(plugin), plugin,
                                 f"registers backend type {name!r} as {cls!r}, which is not a subclass of "
                                 "gateway.backend.Backend")
+            problem = _class_problem(cls)
+            if problem:
+                raise _unusable(_entry_points.get(plugin), plugin,
+                                f"registers backend type {name!r} as {cls.__module__}.{cls.__qualname__}, {problem}")
             if name in found and found[name][1] is not cls:
                 other, other_cls = found[name]
                 skip = [n for n in (other, plugin) if not _builtin_name(n)]
@@ -173,13 +190,42 @@ def backend_registrations() -> dict[str, tuple[str, type]]:
 
         others = [pm.get_plugin(n) for n in names if n != plugin]
         try:
-            pm.subset_hook_caller("register_backends", others)(register=register)
+            returned = [r for r in pm.subset_hook_caller("register_backends", others)(register=register)
+                        if r is not None]
         except PluginLoadError:
             raise
         except Exception as exc:  # a bug in the plugin's hook: name it, not a traceback through pluggy
             raise _unusable(_entry_points.get(plugin), plugin,
                             f"fails in its register_backends hook: {type(exc).__name__}: {exc}") from exc
+        if returned:  # what it returned is thrown away: its backend types would be "unknown" in every config
+            raise _unusable(_entry_points.get(plugin), plugin,
+                            f"returns {_short(returned[0])} from its register_backends hook, which registers "
+                            "nothing: call register(type_name, BackendClass) for each backend type instead")
     return found
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _class_problem(cls: type) -> str:
+    """Why the gateway cannot build ``cls`` from a config section (as ObjectService does:
+    ``cls(name=<instance name>, **options)``), or "" when it can."""
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        return f"which does not implement the abstract methods of gateway.backend.Backend: {missing}"
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    takes_name = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                     or (p.name == "name" and p.kind is not inspect.Parameter.POSITIONAL_ONLY) for p in parameters)
+    if not takes_name:
+        return ("whose __init__ does not take name= (every instance is built as "
+                "Class(name=<the [backends.NAME] name>, **its options)): define __init__(self, name, ...) and "
+                "pass name on to Backend.__init__")
+    return ""
 
 
 def _builtin_name(plugin: str) -> bool:

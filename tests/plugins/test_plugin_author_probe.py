@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from gateway import plugins
 
 
@@ -74,3 +76,37 @@ def test_a_plugin_named_like_a_built_in_is_refused(tmp_path):
     line = one_line(gateway(tmp_path, "plugins", "list"))
     assert "two plugins are called 'memory'" in line and "shadow_hooks from shadow-plugin 1.0" in line, line
     assert "of shadow-plugin's pyproject.toml" in line, line
+
+
+HOOK = "from gateway.hookspecs import hookimpl\nfrom gateway_plugins.memory import MemoryBackend\n\n"
+ABSTRACT = ("from gateway.backend import Backend\n\nclass Half(Backend):\n"
+            "    async def create_bucket(self, bucket):\n        pass\n\n")
+
+
+@pytest.mark.parametrize("source, says", [
+    (HOOK + "@hookimpl\ndef register_backends(register):\n    return {'mine': MemoryBackend}\n",
+     "returns {'mine': <class 'gateway_plugins.memory.MemoryBackend'>} from its register_backends hook, which "
+     "registers nothing: call register(type_name, BackendClass)"),
+    (HOOK + "@hookimpl\nasync def register_backends(register):\n    register('mine', MemoryBackend)\n",
+     "its register_backends hook is an async function; the gateway calls hooks as plain functions"),
+    (HOOK + "@hookimpl\ndef register_backends(register):\n    register('mine', MemoryBackend)\n\n"
+            "@hookimpl\nasync def on_object_written(bucket, key, info):\n    pass\n",
+     "its on_object_written hook is an async function"),
+    (HOOK + ABSTRACT + "@hookimpl\ndef register_backends(register):\n    register('mine', Half)\n",
+     "registers backend type 'mine' as faulty_hooks.Half, which does not implement the abstract methods of "
+     "gateway.backend.Backend: delete, delete_bucket, get, head, head_bucket, list, list_buckets, put"),
+    (HOOK + "class Mine(MemoryBackend):\n    def __init__(self, root='.'):\n        super().__init__('mine')\n\n"
+            "@hookimpl\ndef register_backends(register):\n    register('mine', Mine)\n",
+     "registers backend type 'mine' as faulty_hooks.Mine, whose __init__ does not take name="),
+], ids=["returns-the-types", "async-register", "async-event-hook", "abstract-class", "init-without-name"])
+def test_a_hook_that_would_quietly_register_nothing_usable_names_the_plugin(tmp_path, source, says):
+    """Mistakes that used to load without a word: a hook returning the types (or an async one, never
+    awaited) left the type 'unknown'; a class missing abstract methods, or whose __init__ takes no name=,
+    failed only once configured, with a Python TypeError blamed on the config section."""
+    install(tmp_path, "faulty-plugin", {"faulty": "faulty_hooks"}, {"faulty_hooks": source})
+    for out in (gateway(tmp_path, "plugins", "list"),
+                serve_check(tmp_path, 'default_backend = "m"\n[backends.m]\ntype = "mine"\n')):
+        line = one_line(out)
+        assert "plugin 'faulty' (faulty_hooks from faulty-plugin 1.0)" in line and says in line, line
+        assert "GATEWAY_DISABLE_PLUGINS=faulty" in line, line
+    assert gateway(tmp_path, "plugins", "list", GATEWAY_DISABLE_PLUGINS="faulty").returncode == 0
