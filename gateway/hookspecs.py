@@ -3,6 +3,13 @@
 A plugin is a module (or object) with functions decorated by ``hookimpl``,
 found through the ``gateway.backends`` entry-point group. Built-in backends
 register through exactly the same path.
+
+Hook implementations are plain functions (``def``; an ``async def`` one is
+refused at load time, nothing would await it). The ``on_object_*`` events run
+in the event loop after the request's work is done: keep them quick (hand the
+event to a queue or a thread of your own). One that raises is logged with the
+plugin's name; the client still gets the success that happened, and the other
+plugins' hooks still run.
 """
 
 from __future__ import annotations

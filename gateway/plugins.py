@@ -140,11 +140,43 @@ def get_plugin_manager() -> pluggy.PluginManager:
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
             raise _unusable(_entry_points.get(name), name,
                             f"cannot be loaded: its hooks do not match the gateway's: {exc}") from exc
+        _contain_event_hooks(pm)
         if os.environ.get("GATEWAY_TRACE_PLUGINS"):
             pm.trace.root.setwriter(log.info)
             pm.enable_tracing()
         _manager = pm
     return _manager
+
+
+# Notifications after the fact: the object is stored (or deleted) when they run.
+EVENT_HOOKS = ("on_object_written", "on_object_deleted")
+
+
+def _contain_event_hooks(pm: pluggy.PluginManager) -> None:
+    """A plugin's event hook that raises is logged with its name and traceback, and the others still
+    run. It used to turn the S3 answer of a PUT or DELETE that had succeeded into a 500 (the client
+    then retried, or reported a failure for a stored object) and to skip every hook after it."""
+    for hook in EVENT_HOOKS:
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            if impl.wrapper or impl.hookwrapper or getattr(impl.function, "_gateway_contained", False):
+                continue
+            impl.function = _contained(impl.function, hook, impl.plugin_name)  # type: ignore[misc]
+
+
+def _contained(function, hook: str, plugin: str):
+    import functools
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception:
+            log.exception("plugin %r: its %s hook failed (the request it reports on succeeded and was answered "
+                          "as such); fix the plugin, or skip it with GATEWAY_DISABLE_PLUGINS=%s", plugin, hook, plugin)
+            return None
+
+    call._gateway_contained = True
+    return call
 
 
 def reset_plugin_manager() -> None:

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from gateway import plugins
+from gateway.testing.server import GatewayProcess
 
 
 def install(tmp_path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
@@ -110,3 +111,33 @@ def test_a_hook_that_would_quietly_register_nothing_usable_names_the_plugin(tmp_
         assert "plugin 'faulty' (faulty_hooks from faulty-plugin 1.0)" in line and says in line, line
         assert "GATEWAY_DISABLE_PLUGINS=faulty" in line, line
     assert gateway(tmp_path, "plugins", "list", GATEWAY_DISABLE_PLUGINS="faulty").returncode == 0
+
+
+def test_an_event_hook_that_raises_does_not_fail_the_request_it_reports_on(tmp_path):
+    """on_object_written / on_object_deleted run after the object was stored or deleted: one that raised
+    made the PUT or DELETE answer 500 InternalError (and skipped the other plugins' hooks), so a client
+    retried or reported a failed write of a stored object. Now the client gets the success that happened,
+    every other plugin still hears of it, and the log names the plugin whose hook failed."""
+    events = tmp_path / "events.txt"
+    install(tmp_path, "noisy-plugin", {"noisy": "noisy_hooks"}, {"noisy_hooks": (
+        "from gateway.hookspecs import hookimpl\n\n"
+        "@hookimpl\ndef on_object_written(bucket, key, info):\n    raise RuntimeError('webhook endpoint down')\n\n"
+        "@hookimpl\ndef on_object_deleted(bucket, key):\n    raise RuntimeError('webhook endpoint down')\n")})
+    install(tmp_path, "audit-plugin", {"audit": "audit_hooks"}, {"audit_hooks": (
+        "from gateway.hookspecs import hookimpl\n\n"
+        f"def note(line):\n    with open({str(events)!r}, 'a') as f:\n        f.write(line + '\\n')\n\n"
+        "@hookimpl\ndef on_object_written(bucket, key, info):\n    note(f'written {bucket}/{key} {info.size}')\n\n"
+        "@hookimpl\ndef on_object_deleted(bucket, key):\n    note(f'deleted {bucket}/{key}')\n")})
+    with GatewayProcess(tmp_path / "cv", env=env(tmp_path)) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="events")
+        s3.put_object(Bucket="events", Key="k", Body=b"stored")
+        assert s3.get_object(Bucket="events", Key="k")["Body"].read() == b"stored"
+        s3.copy_object(Bucket="events", Key="copy", CopySource={"Bucket": "events", "Key": "k"})
+        s3.delete_object(Bucket="events", Key="k")
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="events")["Contents"]] == ["copy"]
+        log = gw.log()
+    assert events.read_text().splitlines() == ["written events/k 6", "written events/copy 6", "deleted events/k"]
+    assert "plugin 'noisy': its on_object_written hook failed" in log, log
+    assert "plugin 'noisy': its on_object_deleted hook failed" in log, log
+    assert "RuntimeError: webhook endpoint down" in log and "GATEWAY_DISABLE_PLUGINS=noisy" in log, log
