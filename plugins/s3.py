@@ -54,7 +54,7 @@ from gateway.backend import (
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
-from .s3_errors import translate
+from .s3_errors import retry_later, translate
 from .s3_multipart import MultipartMixin
 from .s3_stream import PayloadReader
 
@@ -213,8 +213,9 @@ class S3Backend(MultipartMixin, Backend):
                 return await asyncio.wait_for(future, self._call_limit)
             return await future
         except TimeoutError:
-            raise errors.BackendUnavailable(f"{self.label}: {what or fn.__name__} took longer than "
-                                            f"{self._call_limit:g}s (settings timeout, max_attempts)") from None
+            raise retry_later(errors.BackendUnavailable(
+                f"{self.label}: {what or fn.__name__} took longer than {self._call_limit:g}s "
+                f"(settings timeout, max_attempts)")) from None
         except Exception as exc:
             translated = translate(exc, f"{self.label}: {what or getattr(fn, '__name__', 'call')}", bucket, key)
             if translated is exc:

@@ -59,6 +59,15 @@ UNAVAILABLE = {
     "TooManyRequests": "the remote store is throttling requests",
 }
 NOT_FOUND = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
+# What a client should wait before retrying a 503 from this backend (remote store down, slow, throttling).
+RETRY_AFTER = "5"
+
+
+def retry_later(error: errors.GatewayError) -> errors.GatewayError:
+    """A 503 says when to retry (Retry-After), as the gateway's other 503s do."""
+    if error.status == 503:
+        error.headers.setdefault("Retry-After", "1" if error.code == "SlowDown" else RETRY_AFTER)
+    return error
 
 
 def error_code(exc: ClientError) -> str:
@@ -70,7 +79,13 @@ def http_status(exc: ClientError) -> int:
 
 
 def translate(exc: BaseException, where: str, bucket: str = "", key: str | None = None) -> BaseException:
-    """Return the gateway error for ``exc`` (raised by a boto3 call about ``bucket``/``key``)."""
+    """Return the gateway error for ``exc`` (raised by a boto3 call about ``bucket``/``key``); a 503 carries
+    Retry-After."""
+    translated = _translate(exc, where, bucket, key)
+    return retry_later(translated) if isinstance(translated, errors.GatewayError) else translated
+
+
+def _translate(exc: BaseException, where: str, bucket: str, key: str | None) -> BaseException:
     if isinstance(exc, errors.GatewayError):
         return exc
     if isinstance(exc, ClientError):

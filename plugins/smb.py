@@ -54,9 +54,9 @@ from . import fslayout, fsutil
 
 try:  # the smb extra (smbprotocol); without it the plugin still loads, and only an smb backend is refused
     from . import smb_files as files
-    from .smb_client import SmbPool
+    from .smb_client import SmbPool, retry_later
 except ImportError as exc:
-    files = SmbPool = None
+    files = SmbPool = retry_later = None
     _MISSING = f"{type(exc).__name__}: {exc}"
 else:
     _MISSING = None
@@ -319,9 +319,9 @@ class SmbBackend(Backend):
         except BaseException as exc:
             await self._discard(slot, handle, tmp)
             if files.is_delete_pending(exc):  # the rename waited for the reader until the deadline, as for "in use"
-                raise errors.ServiceUnavailable(
+                raise retry_later(errors.ServiceUnavailable(
                     f"{self.label}: publish object: {bucket}/{key} was deleted while a reader still has it open; "
-                    "it can be written again once that read ends") from None
+                    "it can be written again once that read ends")) from None
             raise
         if self._orphans:
             await self._sweep_orphans()

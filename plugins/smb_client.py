@@ -54,6 +54,8 @@ _BUSY_STATUSES = {
     NtStatus.STATUS_DISK_FULL: "the SMB share is full",
     0xC000009A: "the SMB server is out of resources",  # STATUS_INSUFFICIENT_RESOURCES
 }
+# What a client should wait before retrying a 503 from this backend (server down, hung, busy, file in use).
+RETRY_AFTER = "5"
 ACCESS_DENIED = NtStatus.STATUS_ACCESS_DENIED
 SHARING_VIOLATION = NtStatus.STATUS_SHARING_VIOLATION
 # A file deleted while another handle (a GET streaming it) still has it open stays, "delete pending",
@@ -84,12 +86,24 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
+def retry_later(error: errors.GatewayError) -> errors.GatewayError:
+    """A 503 says when to retry (Retry-After), as the gateway's other 503s do."""
+    if error.status == 503:
+        error.headers.setdefault("Retry-After", RETRY_AFTER)
+    return error
+
+
 def translate(exc: BaseException, where: str) -> BaseException:
     """The one table: an smbprotocol exception -> the gateway error to raise.
 
     Not-found, exists, not-empty and similar SMBOSErrors are returned as they
-    are: the backend knows which key or bucket they are about.
+    are: the backend knows which key or bucket they are about. Every 503 carries Retry-After.
     """
+    translated = _translate(exc, where)
+    return retry_later(translated) if isinstance(translated, errors.GatewayError) else translated
+
+
+def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, errors.GatewayError):
         return exc
     if isinstance(exc, (LogonFailure, SMBAuthenticationError)):
@@ -225,10 +239,10 @@ class SmbPool:
         except TimeoutError:
             # The worker may be blocked on the socket forever: shut it down so the thread is freed.
             slot.abort()
-            raise errors.BackendUnavailable(
+            raise retry_later(errors.BackendUnavailable(
                 f"{self.label}: {what} got no answer from the SMB server {self.server}:{self.port} "
                 f"within {self.timeout:g}s (setting timeout)"
-            ) from None
+            )) from None
         except ConnectionLost:
             raise
         except Exception as exc:

@@ -1,0 +1,257 @@
+"""The remote backends (smb, s3) under failures an operator meets, through a real ``gateway serve``.
+
+Each test starts its own smbd or moto server (they are stopped, frozen or starved here, so the
+session ones of conftest.py stay untouched), and a gateway with the remote backend for one bucket
+and a local backend for another:
+
+- the remote store stopped, or frozen (SIGSTOP), gives S3 XML 503s *with Retry-After*, the other
+  bucket keeps working, and the gateway recovers without a restart when the store is back;
+- the store going away in the middle of a streamed PUT: a 503, the previous version stays whole,
+  and no temp file is left behind;
+- a full SMB share is 507 InsufficientStorage (as a full local disk is), not a retryable 503;
+- the backend's directory missing from the share is a 503 naming it, not a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from gateway.testing.moto import MotoServer
+from gateway.testing.samba import Smbd
+from gateway.testing.server import GatewayProcess
+
+MiB = 1024 * 1024
+
+
+def _smbd(prefix: list[str] | None = None):
+    base = Path(tempfile.mkdtemp(prefix="cv-smbd-fail-"))
+    server = Smbd(base, command_prefix=prefix)
+    server.start()
+    return server, base
+
+
+@pytest.fixture
+def own_smbd():
+    """A private smbd this test may stop and freeze."""
+    server, base = _smbd()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGCONT)
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# smbd whose files may not grow past 2 MiB: a write beyond fails with EFBIG, which Samba answers as
+# STATUS_DISK_FULL, exactly as for a full disk (SIGXFSZ ignored so smbd lives on). Nothing system-wide.
+_LIMIT_FILES = [sys.executable, "-c",
+                "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20)); os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+@pytest.fixture
+def full_smbd():
+    server, base = _smbd(_LIMIT_FILES)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def own_moto(tmp_path):
+    """A private moto server this test may kill and freeze."""
+    server = MotoServer(tmp_path / "moto.log").start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def _config(tmp_path, remote_type: str, options: dict) -> str:
+    """Bucket "far" on the remote backend, bucket "near" on a local one."""
+    lines = ['default_backend = "local"', "", "[buckets]", 'far = "remote"', 'near = "local"', "",
+             "[backends.local]", 'type = "local"', f'root = "{tmp_path / "local"}"', "",
+             "[backends.remote]", f'type = "{remote_type}"']
+    lines += [f"{key} = {_value(value)}" for key, value in options.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _smb_options(smbd: Smbd) -> dict:
+    return smbd.backend_options(path=f"p-{uuid.uuid4().hex[:8]}", timeout=3, connect_timeout=2)
+
+
+def _s3_options(moto: MotoServer) -> dict:
+    return moto.backend_options(bucket_prefix=f"f{uuid.uuid4().hex[:8]}-", timeout=3, connect_timeout=2,
+                                max_attempts=2, buffer_size=MiB)
+
+
+def _client(gw: GatewayProcess):
+    """No retries: each call's answer is the gateway's, as it gave it."""
+    return boto3.client("s3", endpoint_url=gw.endpoint, region_name="us-east-1", aws_access_key_id=gw.access_key,
+                        aws_secret_access_key=gw.secret_key,
+                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
+                                      connect_timeout=5, read_timeout=60))
+
+
+def _answer(exc: ClientError) -> tuple[int, str, str | None]:
+    meta = exc.response["ResponseMetadata"]
+    return meta["HTTPStatusCode"], exc.response["Error"]["Code"], meta["HTTPHeaders"].get("retry-after")
+
+
+def _assert_503_retry_after(call) -> None:
+    with pytest.raises(ClientError) as caught:
+        call()
+    status, code, retry_after = _answer(caught.value)
+    assert (status, code) == (503, "ServiceUnavailable"), caught.value.response
+    assert retry_after is not None and retry_after.isdigit() and int(retry_after) > 0, \
+        f"a 503 for an unavailable backend must say when to retry: Retry-After={retry_after!r}"
+
+
+def _wait_recovered(call, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    for _ in range(200):
+        try:
+            return call()
+        except ClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return call()
+
+
+def _freeze(process, group: bool) -> None:
+    (os.killpg if group else os.kill)(process.pid, signal.SIGSTOP)
+
+
+def _thaw(process, group: bool) -> None:
+    (os.killpg if group else os.kill)(process.pid, signal.SIGCONT)
+
+
+@pytest.fixture(params=["smb", "s3"])
+def remote(request, tmp_path):
+    """(backend type, store, options, stop, start, freeze, thaw) for a private smbd or moto server."""
+    if request.param == "smb":
+        store = request.getfixturevalue("own_smbd")
+        return "smb", store, _smb_options(store), store.stop, store.start, True
+    store = request.getfixturevalue("own_moto")
+
+    def kill():
+        store.process.kill()
+        store.process.wait()
+
+    return "s3", store, _s3_options(store), kill, store.start, False
+
+
+def test_unavailable_remote_is_503_with_retry_after_and_recovers(remote, tmp_path):
+    """Store stopped, then frozen: every call on its bucket is an S3 XML 503 with Retry-After, the local
+    bucket is served meanwhile, and once the store is back its bucket works without a gateway restart."""
+    kind, store, options, stop, start, group = remote
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, kind, options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.create_bucket(Bucket="near")
+        s3.put_object(Bucket="far", Key="k", Body=b"far value")
+        s3.put_object(Bucket="near", Key="k", Body=b"near value")
+
+        stop()
+        for call in (lambda: s3.get_object(Bucket="far", Key="k"),
+                     lambda: s3.put_object(Bucket="far", Key="new", Body=b"x"),
+                     lambda: s3.list_objects_v2(Bucket="far"),
+                     lambda: s3.create_multipart_upload(Bucket="far", Key="mp")):
+            _assert_503_retry_after(call)
+        assert s3.get_object(Bucket="near", Key="k")["Body"].read() == b"near value"
+        start()
+        if kind == "s3":  # moto keeps everything in memory: a restarted moto is empty
+            _wait_recovered(lambda: s3.create_bucket(Bucket="far"))
+            s3.put_object(Bucket="far", Key="k", Body=b"far value")
+        assert _wait_recovered(lambda: s3.get_object(Bucket="far", Key="k"))["Body"].read() == b"far value"
+
+        _freeze(store.process, group)
+        try:
+            _assert_503_retry_after(lambda: s3.get_object(Bucket="far", Key="k"))
+            _assert_503_retry_after(lambda: s3.list_objects_v2(Bucket="far"))
+            assert s3.get_object(Bucket="near", Key="k")["Body"].read() == b"near value"
+        finally:
+            _thaw(store.process, group)
+        assert _wait_recovered(lambda: s3.get_object(Bucket="far", Key="k"))["Body"].read() == b"far value"
+        assert "Traceback" not in gw.log(), gw.log()[-3000:]
+
+
+def _put_stopping_halfway(gw: GatewayProcess, key: str, size: int, halfway) -> tuple[int, str, str | None]:
+    """PUT ``size`` bytes with a presigned URL, calling ``halfway()`` once half the body is sent."""
+    url = urlsplit(_client(gw).generate_presigned_url("put_object", Params={"Bucket": "far", "Key": key},
+                                                      ExpiresIn=300))
+    conn = http.client.HTTPConnection(gw.host, gw.port, timeout=60)
+    try:
+        conn.putrequest("PUT", f"{url.path}?{url.query}")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        block, sent = b"n" * (256 * 1024), 0
+        try:
+            while sent < size:
+                if sent == size // 2:
+                    halfway()
+                conn.send(block)
+                sent += len(block)
+                time.sleep(0.01)  # the gateway passes blocks on while they arrive
+        except OSError:
+            pass  # the gateway answered early and closed: read its answer
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace"), response.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def test_store_gone_mid_put_keeps_the_old_version(remote, tmp_path):
+    """The store gone while a large body streams to it (smbd stopped; moto frozen, as it keeps its objects
+    in memory): a 503 with Retry-After, the previous version is whole afterwards, and nothing half-written
+    stays: no temp file on the share once a later PUT has run, no upload left on the S3 store."""
+    kind, store, options, stop, start, group = remote
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, kind, options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="video", Body=b"old version")
+        halfway = stop if kind == "smb" else (lambda: _freeze(store.process, group))
+        try:
+            status, body, retry_after = _put_stopping_halfway(gw, "video", 8 * MiB, halfway)
+        finally:
+            start() if kind == "smb" else _thaw(store.process, group)
+        assert status == 503 and "<Code>ServiceUnavailable</Code>" in body, body
+        assert retry_after is not None, "the 503 must say when to retry"
+        assert _wait_recovered(lambda: s3.get_object(Bucket="far", Key="video"))["Body"].read() == b"old version"
+        s3.put_object(Bucket="far", Key="after", Body=b"a")  # (smb) sweeps what the failed PUT left
+        if kind == "smb":
+            tmp_dir = store.share_dir / options["path"] / ".gateway" / "tmp"
+            assert [p.name for p in tmp_dir.rglob("*") if p.is_file()] == []
+        else:
+            direct = boto3.client("s3", endpoint_url=store.endpoint, region_name="us-east-1",
+                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+            remote_bucket = options["bucket_prefix"] + "far"
+            assert direct.list_multipart_uploads(Bucket=remote_bucket).get("Uploads", []) == []
+            assert sorted(o["Key"] for o in direct.list_objects_v2(Bucket=remote_bucket)["Contents"]) == \
+                ["after", "video"]
