@@ -51,8 +51,13 @@ _STALE_STATUSES = {
 }
 # Statuses that mean the storage is there but cannot take the request now.
 _BUSY_STATUSES = {
-    NtStatus.STATUS_DISK_FULL: "the SMB share is full",
     0xC000009A: "the SMB server is out of resources",  # STATUS_INSUFFICIENT_RESOURCES
+}
+# Statuses that mean the share is full: 507 InsufficientStorage, as the local backend answers ENOSPC
+# (docs/s3-compatibility.md): a full disk does not clear by itself, so clients should not retry.
+_FULL_STATUSES = {
+    NtStatus.STATUS_DISK_FULL: "the SMB share is full",
+    0xC0000044: "the SMB user's quota on the share is used up",  # STATUS_QUOTA_EXCEEDED
 }
 # What a client should wait before retrying a 503 from this backend (server down, hung, busy, file in use).
 RETRY_AFTER = "5"
@@ -93,6 +98,14 @@ def retry_later(error: errors.GatewayError) -> errors.GatewayError:
     return error
 
 
+def _status(exc: BaseException) -> int | None:
+    if isinstance(exc, SMBOSError):
+        return exc.ntstatus
+    if isinstance(exc, SMBResponseException):
+        return exc.status
+    return None
+
+
 def translate(exc: BaseException, where: str) -> BaseException:
     """The one table: an smbprotocol exception -> the gateway error to raise.
 
@@ -106,6 +119,11 @@ def translate(exc: BaseException, where: str) -> BaseException:
 def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, errors.GatewayError):
         return exc
+    if _status(exc) in _FULL_STATUSES:
+        # Written to a temp file, which the backend removes: nothing was stored.
+        return errors.InsufficientStorage(
+            f"{where}: {_FULL_STATUSES[_status(exc)]}; nothing was stored. Free space on the SMB server "
+            "(or raise the quota), then retry.")
     if isinstance(exc, (LogonFailure, SMBAuthenticationError)):
         return errors.BackendUnavailable(f"{where}: the SMB server rejected the user or password")
     if is_connection_error(exc):

@@ -255,3 +255,24 @@ def test_store_gone_mid_put_keeps_the_old_version(remote, tmp_path):
             assert direct.list_multipart_uploads(Bucket=remote_bucket).get("Uploads", []) == []
             assert sorted(o["Key"] for o in direct.list_objects_v2(Bucket=remote_bucket)["Contents"]) == \
                 ["after", "video"]
+
+
+def test_full_smb_share_is_507_not_a_retryable_503(full_smbd, tmp_path):
+    """STATUS_DISK_FULL (a full share, or a quota) is 507 InsufficientStorage, as ENOSPC is for the local
+    backend (docs/s3-compatibility.md): not a 503 that clients retry forever. Nothing is stored."""
+    options = _smb_options(full_smbd)
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "smb", options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="clip", Body=b"old version")
+        for size in (3 * MiB, 2 * MiB):  # streamed in blocks, and written in one hop
+            with pytest.raises(ClientError) as caught:
+                s3.put_object(Bucket="far", Key="clip", Body=b"c" * size)
+            status, code, _ = _answer(caught.value)
+            assert (status, code) == (507, "InsufficientStorage"), caught.value.response
+            assert "full" in caught.value.response["Error"]["Message"]
+        assert s3.get_object(Bucket="far", Key="clip")["Body"].read() == b"old version"
+        tmp_dir = full_smbd.share_dir / options["path"] / ".gateway" / "tmp"
+        assert [p.name for p in tmp_dir.rglob("*") if p.is_file()] == []
+        s3.put_object(Bucket="far", Key="small", Body=b"fits")
+        assert s3.get_object(Bucket="far", Key="small")["Body"].read() == b"fits"
