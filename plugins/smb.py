@@ -207,8 +207,22 @@ class SmbBackend(Backend):
 
     # Buckets --------------------------------------------------------------------
 
+    def _path_gone(self, what: str) -> errors.GatewayError:
+        """The backend's directory is missing from the share (removed, or the volume behind the share is
+        not there): a 503 naming it, not a 500. It is not made again: that could write beside a missing volume."""
+        where = f"directory {self.path!r} in share {self.share!r}" if self.path else f"share {self.share!r}"
+        return retry_later(errors.BackendUnavailable(
+            f"{self.label}: {what}: the {where} on SMB server {self.server}:{self.port} does not exist "
+            "(was it removed, or is the storage behind the share missing? check the path setting)"))
+
     async def create_bucket(self, bucket: str) -> None:
-        await self.pool.call(files.create_bucket, self._bucket_dir(bucket), bucket, what="create bucket")
+        try:
+            await self.pool.call(files.create_bucket, self._bucket_dir(bucket), bucket, what="create bucket")
+        except OSError as exc:
+            if files.is_missing(exc) and not await self.pool.call(files.exists_dir, self.unc_root,
+                                                                  what="create bucket"):
+                raise self._path_gone("create bucket") from None
+            raise
 
     async def delete_bucket(self, bucket: str) -> None:
         await self.pool.call(files.delete_bucket, self._bucket_dir(bucket), bucket, what="delete bucket")
@@ -217,7 +231,12 @@ class SmbBackend(Backend):
         return await self.pool.call(files.head_bucket, self._bucket_dir(bucket), bucket, what="head bucket")
 
     async def list_buckets(self) -> list[BucketInfo]:
-        return await self.pool.call(files.list_buckets, self.unc_root, what="list buckets")
+        try:
+            return await self.pool.call(files.list_buckets, self.unc_root, what="list buckets")
+        except OSError as exc:
+            if files.is_missing(exc):
+                raise self._path_gone("list buckets") from None
+            raise
 
     # Objects ----------------------------------------------------------------------
 

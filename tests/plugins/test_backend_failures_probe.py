@@ -276,3 +276,21 @@ def test_full_smb_share_is_507_not_a_retryable_503(full_smbd, tmp_path):
         assert [p.name for p in tmp_dir.rglob("*") if p.is_file()] == []
         s3.put_object(Bucket="far", Key="small", Body=b"fits")
         assert s3.get_object(Bucket="far", Key="small")["Body"].read() == b"fits"
+
+
+def test_backend_directory_missing_from_the_share_is_503_not_500(own_smbd, tmp_path):
+    """The backend's path removed from the share (or the volume behind the share not there): listing
+    and creating buckets are 503s naming the directory, not 500s with a traceback in the log."""
+    options = _smb_options(own_smbd)
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "smb", options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.create_bucket(Bucket="near")
+        shutil.rmtree(own_smbd.share_dir / options["path"])
+        for call in (lambda: s3.list_buckets(), lambda: s3.create_bucket(Bucket="far")):
+            with pytest.raises(ClientError) as caught:
+                call()
+            assert _answer(caught.value)[:2] == (503, "ServiceUnavailable"), caught.value.response
+            assert options["path"] in caught.value.response["Error"]["Message"]
+        assert "Traceback" not in gw.log(), gw.log()[-3000:]
+        assert not (own_smbd.share_dir / options["path"]).exists(), "the missing directory is not made again"
