@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="the private key of tls_cert (PEM)")
     tls_ca: Path | None = Field(None, description="the cluster CA (PEM) that peer certificates are checked against")
 
+    @field_validator("port", "max_clock_skew", "min_part_size", "multipart_expiry", "keep_alive_timeout",
+                     "peer_timeout", "registry_reload_interval", "heartbeat_interval", "failover_after", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        # pydantic takes true for 1 and false for 0: `port = true` in the file listened on port 1.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:

@@ -1,0 +1,33 @@
+"""Configuration mistakes an operator makes, each met with one clear line (real `gateway serve` processes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.testing.server import free_port
+
+ROOT = Path(__file__).parent.parent
+CLUSTER = {"GATEWAY_CLUSTER_SECRET": "0123456789abcdef0123"}
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEWAY_")}
+    return subprocess.run([sys.executable, "-m", "gateway", "serve", *args], capture_output=True, text=True,
+                          timeout=60, env={**clean, **(env or {})})
+
+
+def test_true_or_false_for_a_number_is_refused(tmp_path):
+    """pydantic reads true as 1: `port = true` in the file listened on port 1, `max_clock_skew = true`
+    allowed one second."""
+    for setting in ("port", "max_clock_skew", "heartbeat_interval"):
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'access_key = "a"\nsecret_key = "bbbbbbbb"\ndata_dir = "{tmp_path}/cv"\n{setting} = true\n')
+        result = serve("--config", str(config), "--print-config")
+        assert result.returncode == 2, (setting, result.stdout)
+        assert f"invalid setting {setting} ({setting} = True in {config}): must be a number, not true or false" \
+            in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
