@@ -12,7 +12,7 @@ import sys
 import click
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, unknown_variables
 
 
 _SIGNATURE_PARAMETER = re.compile(r"(?<=[?&])((?:X-Amz-)?Signature=)[^&\s]*")
@@ -77,6 +77,8 @@ def settings_options(func):
 
 
 def build_settings(config_file, **flags) -> Settings:
+    for line in unknown_variables():  # first: a misspelt variable often explains the error that follows
+        click.echo(f"warning: {line}", err=True)
     try:
         return load_settings(config_file, **flags)
     except ConfigError as exc:

@@ -213,6 +213,28 @@ class Settings(BaseSettings):
         return data
 
 
+# GATEWAY_* variables that are read but are no settings (docs/configuration.md, docs/plugins.md).
+OTHER_VARIABLES = frozenset({"GATEWAY_CONFIG", "GATEWAY_DISABLE_PLUGINS", "GATEWAY_LOAD_PLUGINS",
+                             "GATEWAY_TRACE_PLUGINS"})
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """One line for each GATEWAY_* environment variable that is neither a setting nor another variable the
+    gateway reads: the settings ignore it, so a misspelt GATEWAY_SECRETKEY would go unnoticed."""
+    import difflib
+
+    known = {f"GATEWAY_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    lines = []
+    for variable in sorted(v for v in (os.environ if environ is None else environ) if v.upper().startswith("GATEWAY_")):
+        if variable.upper() in known:
+            continue
+        close = difflib.get_close_matches(variable.upper(), sorted(known), n=1, cutoff=0.8)
+        hint = f": did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} in the environment is not a gateway setting and is ignored{hint} (every "
+                     "GATEWAY_* variable is listed in docs/configuration.md)")
+    return lines
+
+
 def is_http_url(url: str) -> bool:
     """http:// or https:// with a host, and a port from 1 to 65535 if one is given."""
     try:

@@ -31,3 +31,24 @@ def test_true_or_false_for_a_number_is_refused(tmp_path):
         assert f"invalid setting {setting} ({setting} = True in {config}): must be a number, not true or false" \
             in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_misspelt_gateway_variable_is_named_with_the_likely_one(tmp_path):
+    """A typo in the file is refused; one in the environment was ignored without a word, and the error
+    that followed (or the default port) pointed elsewhere."""
+    result = serve("--print-config", "--data-dir", str(tmp_path / "cv"),
+                   env={"GATEWAY_ACCESS_KEY": "a", "GATEWAY_SECRETKEY": "bbbbbbbb"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("warning: GATEWAY_SECRETKEY in the environment is not a gateway setting and is ignored: did "
+                        "you mean GATEWAY_SECRET_KEY? (every GATEWAY_* variable is listed in docs/configuration.md)")
+    assert "access_key and secret_key must be set together" in lines[1]
+    assert "bbbbbbbb" not in result.stderr
+
+    result = serve("--print-config", "--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir",
+                   str(tmp_path / "cv"), env={"GATEWAY_PROT": "9100", "GATEWAY_DISABLE_PLUGINS": "nothing",
+                                               "GATEWAY_HEARTBEAT_INTERVAL": "5"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: GATEWAY_PROT in the environment is not a gateway setting and is ignored: did you mean "
+        "GATEWAY_PORT? (every GATEWAY_* variable is listed in docs/configuration.md)"], result.stderr
