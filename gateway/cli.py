@@ -96,6 +96,10 @@ def serve(config_file, print_config, **flags) -> None:
         click.echo(f"warning: a proxy stores nothing: backend{'s' if len(settings.backends) > 1 else ''} {unused} "
                    f"{'are' if len(settings.backends) > 1 else 'is'} not used; the storing nodes serve every object "
                    "(drop [backends] from a proxy's config, or run it as --role redundant to store)", err=True)
+    if settings.role == "proxy" and "data_dir" in settings.model_fields_set and not settings.backends:
+        click.echo(f"warning: a proxy stores nothing: data_dir {settings.data_dir} is not used, nothing is written "
+                   "there; the storing nodes serve every object (drop --data-dir, GATEWAY_DATA_DIR or data_dir from "
+                   "a proxy's settings, or run it as --role redundant to store)", err=True)
     exposed = settings.published_secret_keys() if settings.listens_beyond_this_host() else []
     if exposed:
         click.echo(f"warning: listening on {settings.host}, reachable from other machines, with the example secret "

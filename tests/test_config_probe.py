@@ -52,3 +52,18 @@ def test_a_misspelt_gateway_variable_is_named_with_the_likely_one(tmp_path):
     assert result.stderr.splitlines() == [
         "warning: GATEWAY_PROT in the environment is not a gateway setting and is ignored: did you mean "
         "GATEWAY_PORT? (every GATEWAY_* variable is listed in docs/configuration.md)"], result.stderr
+
+
+def test_a_proxy_given_a_data_dir_says_it_is_not_used(tmp_path):
+    """A proxy stores nothing: [backends] given to it were named at start, a data dir was silently ignored."""
+    registry = ["--role", "proxy", "--registry", f"sqlite:///{tmp_path}/registry.db", "--insecure-peers",
+                "--access-key", "a", "--secret-key", "bbbbbbbb", "--print-config"]
+    for how, env in ((["--data-dir", str(tmp_path / "cv")], CLUSTER),
+                     ([], {**CLUSTER, "GATEWAY_DATA_DIR": str(tmp_path / "cv")})):
+        result = serve(*how, *registry, env=env)
+        assert result.returncode == 0, result.stderr
+        assert (f"warning: a proxy stores nothing: data_dir {tmp_path}/cv is not used, nothing is written there"
+                in result.stderr), result.stderr
+    quiet = serve(*registry, env=CLUSTER)
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
+    assert not (tmp_path / "cv").exists()
