@@ -12,7 +12,7 @@ import sys
 import click
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings, unknown_variables
+from .config import MIN_SECRET_LENGTH, ConfigError, Settings, load_settings, unknown_variables
 
 
 _SIGNATURE_PARAMETER = re.compile(r"(?<=[?&])((?:X-Amz-)?Signature=)[^&\s]*")
@@ -112,6 +112,13 @@ def serve(config_file, print_config, **flags) -> None:
         # Before the app starts: it joins the cluster on start-up, and a node that then cannot
         # listen must not have registered (as the primary, if it came first).
         _check_listen(settings.host, settings.port)
+    short = settings.short_secret_keys() if settings.listens_beyond_this_host() else []
+    if short:  # after the listen check: a host that is not this machine's is the mistake to name first
+        _fail(f"the secret key of access key{'s' if len(short) > 1 else ''} {', '.join(short)} has fewer than "
+              f"{MIN_SECRET_LENGTH} characters, and {settings.host} is reachable from other machines: one signed "
+              "request seen on the network is enough to find it by trying every key. Give a longer one "
+              "(`openssl rand -hex 20`) with --secret-key (GATEWAY_SECRET_KEY, secret_key) or in [credentials], "
+              "or listen on 127.0.0.1")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_file_limit()  # before the backends size their caches of open files on it
     from .app import create_app

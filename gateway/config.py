@@ -22,6 +22,9 @@ SECRET_FIELDS = ("secret_key", "cluster_secret")
 # in deploy/gateway.toml): anyone can sign with them. Fine on 127.0.0.1; `gateway serve` warns when it
 # listens anywhere else with one of them (tests/test_cli_newcomer.py keeps this list in step).
 PUBLISHED_SECRETS = frozenset({"cvgateway-secret-key", "change-me", "another-secret"})
+# The shortest secret key `gateway serve` accepts when it listens beyond loopback (MinIO's minimum): a signed
+# request seen on the network lets anyone try every shorter one offline.
+MIN_SECRET_LENGTH = 8
 # Where `gateway mount` (and mount.gateway, the fstab helper) takes its keys from, for its messages.
 MOUNT_KEYS_FROM = ("--access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), or access_key and "
                    "secret_key in the --config file (config=FILE among the options of an /etc/fstab line)")
@@ -192,6 +195,10 @@ class Settings(BaseSettings):
     def published_secret_keys(self) -> list[str]:
         """Access keys whose secret is one printed in this repository (PUBLISHED_SECRETS)."""
         return sorted(key for key, secret in self.all_credentials().items() if secret in PUBLISHED_SECRETS)
+
+    def short_secret_keys(self) -> list[str]:
+        """Access keys whose secret has fewer than MIN_SECRET_LENGTH characters."""
+        return sorted(key for key, secret in self.all_credentials().items() if len(secret) < MIN_SECRET_LENGTH)
 
     def backend_configs(self) -> dict[str, dict[str, Any]]:
         """Backend instances; without any configured, one local backend on data_dir."""

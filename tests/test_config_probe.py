@@ -67,3 +67,26 @@ def test_a_proxy_given_a_data_dir_says_it_is_not_used(tmp_path):
     quiet = serve(*registry, env=CLUSTER)
     assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
     assert not (tmp_path / "cv").exists()
+
+
+def test_a_short_secret_key_is_refused_when_other_machines_can_connect(tmp_path):
+    """`--secret-key b` on 0.0.0.0 served the network behind a key found from one signed request."""
+    data = ["--data-dir", str(tmp_path / "cv")]
+    expected = ("error: the secret key of access key a has fewer than 8 characters, and 0.0.0.0 is reachable from "
+                "other machines")
+    for args in (["--print-config"], ["--port", str(free_port())]):
+        result = serve("--host", "0.0.0.0", "--access-key", "a", "--secret-key", "short", *data, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(expected) and "--secret-key (GATEWAY_SECRET_KEY" in result.stderr, \
+            result.stderr
+        assert "Traceback" not in result.stderr and "Uvicorn running" not in result.stderr
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'host = "0.0.0.0"\naccess_key = "main"\nsecret_key = "long-enough-secret"\n'
+                      f'data_dir = "{tmp_path}/cv"\n[credentials]\nreports = "1234567"\n')
+    result = serve("--config", str(config), "--print-config")
+    assert result.returncode == 2 and "the secret key of access key reports has fewer than 8" in result.stderr, \
+        result.stderr
+    assert "1234567" not in result.stderr
+    # On loopback (tests, one machine) a short key is still accepted.
+    local = serve("--access-key", "a", "--secret-key", "short", *data, "--print-config")
+    assert local.returncode == 0, local.stderr
