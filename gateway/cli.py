@@ -49,12 +49,13 @@ def settings_options(func):
                      help="TOML config file (GATEWAY_CONFIG)."),
         click.option("--host", help="Address to listen on (GATEWAY_HOST, default 127.0.0.1)."),
         click.option("--port", type=int, help="Port to listen on (GATEWAY_PORT, default 8086)."),
-        click.option("--data-dir", help="cv-storage directory for the local backend (GATEWAY_DATA_DIR)."),
+        click.option("--data-dir", help="cv-storage directory for the local backend "
+                     "(GATEWAY_DATA_DIR, default ./cv-storage)."),
         click.option("--access-key", help="Access key clients sign with (GATEWAY_ACCESS_KEY)."),
         click.option("--secret-key", help="Secret key clients sign with (GATEWAY_SECRET_KEY)."),
         click.option("--allow-anonymous", is_flag=True, default=None,
                      help="Accept unsigned requests (GATEWAY_ALLOW_ANONYMOUS); for tests only."),
-        click.option("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL)."),
+        click.option("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL, default info)."),
         click.option("--local-socket", help="Unix socket for local reads by a FUSE mount on this host "
                      "(GATEWAY_LOCAL_SOCKET; docs/fuse.md, Local reads)."),
         click.option("--access-log/--no-access-log", default=None,

@@ -90,3 +90,52 @@ def test_a_short_secret_key_is_refused_when_other_machines_can_connect(tmp_path)
     # On loopback (tests, one machine) a short key is still accepted.
     local = serve("--access-key", "a", "--secret-key", "short", *data, "--print-config")
     assert local.returncode == 0, local.stderr
+
+
+def _documented_rows() -> list[tuple[str, str, str]]:
+    """(setting, flag / variable, default) of the tables in docs/configuration.md."""
+    rows = []
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] not in ("setting", "---"):
+            rows.append((cells[0], cells[1], cells[2]))
+    return rows
+
+
+def test_help_and_docs_give_the_code_s_defaults_and_every_variable():
+    """serve --help left out the defaults of --data-dir and --log-level; docs/configuration.md, "every
+    GATEWAY_* variable", left out the plugin switches."""
+    from gateway.config import OTHER_VARIABLES, Settings
+
+    help_text = " ".join(serve("--help").stdout.split())
+    documented = {}
+    for names, where, default in _documented_rows():
+        for name in (n.strip() for n in names.split(",")):
+            documented[name] = (where, default)
+    assert set(documented) == set(Settings.model_fields), set(documented) ^ set(Settings.model_fields)
+    for name, (where, default) in documented.items():
+        assert f"GATEWAY_{name.upper()}" in where, name
+        field = Settings.model_fields[name]
+        code_default = field.default_factory() if field.default_factory else field.default
+        words = default.replace("`", "").split()
+        if code_default is None:
+            assert words[0] == "none" or name in ("advertise", "node_id"), (name, default)  # those two: derived
+            continue
+        if isinstance(code_default, dict):
+            assert default in ("{}", "one `local` on data_dir"), (name, default)
+            continue
+        if isinstance(code_default, bool):
+            assert words[0] == str(code_default).lower(), (name, default)
+            continue
+        if isinstance(code_default, Path):
+            assert Path(words[0]) == code_default, (name, default)
+        else:
+            assert words[0] in (str(code_default), f"{code_default:g}" if isinstance(code_default, float) else ""), \
+                (name, default, code_default)
+        flag = re.search(r"`(--[a-z-]+)`", where)
+        if flag:  # a flag with a value: its help says the default as the table does
+            assert re.search(rf"{re.escape(flag[1])} \S+ (?:(?! --).)*?default {re.escape(words[0])}\b", help_text), \
+                (flag[1], words[0])
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    for variable in OTHER_VARIABLES:
+        assert f"`{variable}" in text, variable
