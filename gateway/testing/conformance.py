@@ -228,6 +228,39 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
         page = await backend.list(bucket)
         assert [(o.key, o.size, o.etag) for o in page.objects] == [("meta", len(data), md5_hex(data))]
 
+    async def test_listing_describes_objects_as_head_does(self, backend, bucket):
+        """ListObjects gives each object's size, ETag and LastModified; clients use them (aws s3 sync
+        copies what is newer or of another size by the listing alone), so they must be what HEAD says."""
+        await put_bytes(backend, bucket, "one", b"1" * 10, META)
+        await put_bytes(backend, bucket, "dir/two", b"2" * 2000)
+        upload = await backend.create_multipart(bucket, "dir/three", ObjectMeta())
+        part = await backend.upload_part(bucket, "dir/three", upload.upload_id, 1, Payload.from_bytes(b"3" * 30))
+        await backend.complete_multipart(bucket, "dir/three", upload.upload_id, [(1, part.etag)])
+        for prefix, delimiter in (("", ""), ("dir/", "/")):
+            listed = (await backend.list(bucket, prefix, delimiter)).objects
+            assert listed, f"prefix={prefix!r} listed nothing"
+            for entry in listed:
+                head = await backend.head(bucket, entry.key)
+                assert (entry.key, entry.size, entry.etag) == (head.key, head.size, head.etag)
+                assert abs(entry.last_modified - head.last_modified) < 2, (
+                    f"{entry.key!r} is listed with last_modified {entry.last_modified}, head says "
+                    f"{head.last_modified} (seconds since the epoch)")
+
+    async def test_keys_that_differ_only_in_unicode_normalization(self, backend, bucket):
+        """S3 keys are byte strings: "é" as one code point (NFC, what most keyboards send) and as "e" plus
+        a combining accent (NFD, what macOS file names give) are two keys, like U+00C5 "Å" and U+212B
+        "Å" (the Angstrom sign). A store that normalizes names (APFS, HFS+, some NAS) must not merge them."""
+        keys = ["caf\u00e9", "cafe\u0301", "dir-\u00e9/x", "dir-e\u0301/x", "\u00c5", "\u212b", "A\u030a"]
+        for number, key in enumerate(keys):
+            info = await put_bytes(backend, bucket, key, str(number).encode())
+            assert info.key == key
+        for number, key in enumerate(keys):
+            assert await get_bytes(backend, bucket, key) == str(number).encode(), f"key {key!r} was overwritten"
+            assert (await backend.head(bucket, key)).key == key, f"key {key!r} came back as another key"
+        assert (await list_all(backend, bucket))[0] == sorted(keys, key=str.encode)
+        await backend.delete(bucket, keys[0])
+        assert await get_bytes(backend, bucket, keys[1]) == b"1", "deleting the NFC key deleted the NFD one"
+
     async def test_default_meta(self, backend, bucket):
         await put_bytes(backend, bucket, "plain", b"x")
         head = await backend.head(bucket, "plain")
@@ -284,6 +317,47 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
         assert (head.size, head.etag) == (old_info.size, old_info.etag)
         assert_same_meta(head.meta, META)
         assert await get_bytes(backend, bucket, "keep") == old
+
+    async def test_concurrent_writes_of_one_key(self, backend, bucket):
+        """Clients writing one key at once (an SDK retry racing its first try, two cameras): each PUT
+        succeeds or is refused with a 503, and the key then holds one of the bodies, whole, with its own
+        size and ETag. A temporary name derived from the key alone is the usual way to fail this (the
+        writers share one file: mixed bytes, or the last rename finds nothing to rename)."""
+        size = 2 * MiB + 3
+        bodies = [bytes([65 + n]) * size for n in range(3)]
+
+        async def interleaved(data: bytes):
+            for start in range(0, len(data), 256 * 1024):
+                yield data[start:start + 256 * 1024]
+                await anyio.sleep(0)  # let the other writers go on: their chunks land in between
+
+        refused: list[int] = []
+        failed: list[str] = []
+
+        async def write(n: int) -> None:
+            payload = Payload(interleaved(bodies[n]), expected_size=size)
+            try:
+                info = await backend.put(bucket, "contended", payload, ObjectMeta(metadata={"writer": str(n)}))
+            except (errors.ServiceUnavailable, errors.SlowDown):
+                refused.append(n)
+                return
+            except Exception as exc:  # reported below, with what the other writers did
+                failed.append(f"writer {n}: {exc!r}")
+                return
+            if (info.size, info.etag) != (size, md5_hex(bodies[n])):
+                failed.append(f"writer {n} was told it stored {info.size} bytes with ETag {info.etag}")
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(len(bodies)):
+                tasks.start_soon(write, n)
+        assert not failed, f"{len(bodies)} concurrent PUTs of one key: {'; '.join(failed)}"
+        assert len(refused) < len(bodies), "every concurrent writer was refused"
+        data = await get_bytes(backend, bucket, "contended")
+        assert data in bodies, "the key holds a mix of the concurrent writes"
+        winner = bodies.index(data)
+        head = await backend.head(bucket, "contended")
+        assert (head.size, head.etag, dict(head.metadata)) == (size, md5_hex(data), {"writer": str(winner)})
+        assert (await list_all(backend, bucket))[0] == ["contended"]
 
     async def test_readers_see_old_version_until_put_completes(self, backend, bucket):
         self.require(backend, "atomic_put")

@@ -141,3 +141,85 @@ def test_an_event_hook_that_raises_does_not_fail_the_request_it_reports_on(tmp_p
     assert "plugin 'noisy': its on_object_written hook failed" in log, log
     assert "plugin 'noisy': its on_object_deleted hook failed" in log, log
     assert "RuntimeError: webhook endpoint down" in log and "GATEWAY_DISABLE_PLUGINS=noisy" in log, log
+
+
+# Subtly broken backends a plugin author could write; each passed the whole conformance suite.
+BROKEN = {
+    "lists-a-wrong-last-modified": ("""
+class Broken(MemoryBackend):
+    capabilities = dataclasses.replace(MemoryBackend.capabilities, listing_metadata=False)
+
+    async def list(self, *args, **kwargs):
+        page = await super().list(*args, **kwargs)
+        page.objects = [dataclasses.replace(o, last_modified=0.0) for o in page.objects]  # forgot to store it
+        return page
+""", "test_listing_describes_objects_as_head_does"),
+    "normalizes-keys": ("""
+class Broken(MemoryBackend):  # as a store on APFS or HFS+ does with names
+    async def put(self, bucket, key, payload, meta):
+        info = await super().put(bucket, unicodedata.normalize("NFC", key), payload, meta)
+        return dataclasses.replace(info, key=key)
+
+    async def get(self, bucket, key, byte_range=None):
+        return await super().get(bucket, unicodedata.normalize("NFC", key), byte_range)
+
+    async def head(self, bucket, key):
+        return await super().head(bucket, unicodedata.normalize("NFC", key))
+
+    async def delete(self, bucket, key):
+        await super().delete(bucket, unicodedata.normalize("NFC", key))
+""", "test_keys_that_differ_only_in_unicode_normalization"),
+    "temp-name-from-the-key": ("""
+class Broken(FlatFileBackend):
+    async def put(self, bucket, key, payload, meta):
+        self._check_bucket(bucket)
+        data_path, meta_path = self._paths(bucket, key)
+        tmp = data_path + ".tmp"  # one temporary file for every writer of the key
+        with open(tmp, "wb") as f:
+            async for chunk in payload:
+                f.write(chunk)
+        info = ObjectInfo(key, payload.size, payload.etag, time.time(), meta, payload.checksums)
+        with open(tmp + ".json", "w") as f:
+            json.dump({"key": key, "size": info.size, "etag": info.etag, "time": info.last_modified,
+                       "meta": meta.to_json(), "checksums": dict(info.checksums)}, f)
+        os.replace(tmp, data_path)
+        os.replace(tmp + ".json", meta_path)
+        return info
+""", "test_concurrent_writes_of_one_key"),
+}
+
+SUITE = """
+import dataclasses, json, os, time, unicodedata
+import pytest
+from gateway.backend import ObjectInfo
+from gateway.testing.conformance import BackendConformance
+from gateway_example_backend.flatfile import FlatFileBackend
+from gateway_plugins.memory import MemoryBackend
+{source}
+
+class TestBroken(BackendConformance):
+    @pytest.fixture
+    async def backend(self, tmp_path):
+        kind = Broken if {broken} else Broken.__mro__[1]
+        backend = kind(root=str(tmp_path / "store")) if issubclass(kind, FlatFileBackend) else kind()
+        await backend.start()
+        yield backend
+        await backend.close()
+"""
+
+
+@pytest.mark.parametrize("mistake", sorted(BROKEN))
+def test_the_conformance_suite_catches_a_subtly_broken_backend(tmp_path, mistake):
+    """A plugin author's backend with one of these bugs passed every conformance test; the test named
+    for each now fails it, and passes the same backend without the bug."""
+    source, test = BROKEN[mistake]
+    for broken in (True, False):
+        module = tmp_path / f"test_{'broken' if broken else 'fixed'}.py"
+        module.write_text(SUITE.format(source=source, broken=broken))
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module),
+                              "-k", test, "--rootdir", str(tmp_path)], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300)
+        if broken:
+            assert out.returncode == 1 and "1 failed" in out.stdout, out.stdout[-3000:]
+        else:
+            assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:]
