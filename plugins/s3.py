@@ -39,6 +39,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 
+from botocore.exceptions import ClientError
+
 from gateway import errors
 from gateway.backend import (
     STORED_HEADERS,
@@ -54,7 +56,7 @@ from gateway.backend import (
 from gateway.hookspecs import hookimpl
 from gateway.payload import Payload
 
-from .s3_errors import retry_later, translate
+from .s3_errors import error_code, retry_later, translate
 from .s3_multipart import MultipartMixin
 from .s3_stream import PayloadReader
 
@@ -218,9 +220,20 @@ class S3Backend(MultipartMixin, Backend):
                 f"(settings timeout, max_attempts)")) from None
         except Exception as exc:
             translated = translate(exc, f"{self.label}: {what or getattr(fn, '__name__', 'call')}", bucket, key)
+            if self._single() and isinstance(translated, errors.NoSuchBucket) and isinstance(exc, ClientError) \
+                    and error_code(exc) == "NoSuchBucket":
+                # Single-bucket mode: the one remote bucket is gone, not the client's bucket.
+                translated = self._remote_bucket_gone(what or getattr(fn, "__name__", "call"))
             if translated is exc:
                 raise
             raise translated from exc
+
+    def _remote_bucket_gone(self, what: str) -> errors.GatewayError:
+        """A 503 naming the configured remote bucket: every gateway bucket lives in it, so its absence is
+        the backend's failure (as at start-up), not a NoSuchBucket about the client's bucket."""
+        return retry_later(errors.BackendUnavailable(
+            f"{self.label}: {what}: remote bucket {self.bucket!r} does not exist on S3 endpoint "
+            f"{self.endpoint_url or 'AWS'} (check the bucket setting)"))
 
     def _single(self) -> bool:
         return bool(self.bucket)
@@ -316,6 +329,11 @@ class S3Backend(MultipartMixin, Backend):
                 head = await self._run(self.client.head_object, Bucket=remote, Key=key.rstrip("/"),
                                        bucket=bucket, key="", what="head bucket marker")
             except errors.NoSuchKey:
+                # A HEAD's 404 does not say which is missing: the marker, or the remote bucket itself.
+                try:
+                    await self._run(self.client.head_bucket, Bucket=remote, bucket=bucket, what="check bucket")
+                except errors.NoSuchBucket:
+                    raise self._remote_bucket_gone("head bucket marker") from None
                 raise errors.NoSuchBucket(BucketName=bucket) from None
             self._markers[bucket] = time.monotonic()
             return BucketInfo(bucket, head["LastModified"].timestamp())

@@ -294,3 +294,38 @@ def test_backend_directory_missing_from_the_share_is_503_not_500(own_smbd, tmp_p
             assert options["path"] in caught.value.response["Error"]["Message"]
         assert "Traceback" not in gw.log(), gw.log()[-3000:]
         assert not (own_smbd.share_dir / options["path"]).exists(), "the missing directory is not made again"
+
+
+def test_single_bucket_mode_remote_bucket_gone_is_503_not_no_such_bucket(own_moto, tmp_path):
+    """Single-bucket mode keeps every gateway bucket in one remote bucket. That bucket deleted under a
+    running gateway is the backend's failure: 503 naming it and the bucket setting, not 404 NoSuchBucket
+    about the client's bucket (which a sync tool takes for "bucket deleted"), and never NoSuchBucket for
+    ListBuckets or CreateBucket, which S3 does not answer."""
+    direct = boto3.client("s3", endpoint_url=own_moto.endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    direct.create_bucket(Bucket="archive")
+    options = own_moto.backend_options(bucket="archive", prefix="site-1/", timeout=3, connect_timeout=2,
+                                       max_attempts=2)
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "s3", options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="k", Body=b"v")
+        for listed in direct.list_objects_v2(Bucket="archive")["Contents"]:
+            direct.delete_object(Bucket="archive", Key=listed["Key"])
+        direct.delete_bucket(Bucket="archive")
+        calls = {"ListBuckets": lambda: s3.list_buckets(),
+                 "CreateBucket": lambda: s3.create_bucket(Bucket="far"),
+                 "GetObject": lambda: s3.get_object(Bucket="far", Key="k"),
+                 "PutObject": lambda: s3.put_object(Bucket="far", Key="k2", Body=b"x"),
+                 "ListObjectsV2": lambda: s3.list_objects_v2(Bucket="far"),
+                 "CreateMultipartUpload": lambda: s3.create_multipart_upload(Bucket="far", Key="m")}
+        for name, call in calls.items():
+            with pytest.raises(ClientError) as caught:
+                call()
+            assert _answer(caught.value)[:2] == (503, "ServiceUnavailable"), (name, caught.value.response)
+            message = caught.value.response["Error"]["Message"]
+            assert "'archive'" in message and "bucket setting" in message, (name, message)
+        direct.create_bucket(Bucket="archive")  # back: the gateway works again without a restart
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="k", Body=b"again")
+        assert s3.get_object(Bucket="far", Key="k")["Body"].read() == b"again"
