@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         if self.role is not None or self.registry is not None:
             from .cluster.settings_check import check_cluster_settings
 
+            extra = _beyond_the_root(self.advertise) if self.advertise else None
+            if extra:  # the relay appends the request's path to it: every peer call would miss
+                shown = "" if "user name" in extra else f" {self.advertise!r}"
+                raise ValueError(f"advertise{shown} {extra}: peers call a node at the root of its URL; give "
+                                 "scheme://host:port only, e.g. https://10.0.0.1:8086 (--advertise, GATEWAY_ADVERTISE)")
+
             check_cluster_settings(self)
         return self
 
@@ -243,13 +249,30 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def is_http_url(url: str) -> bool:
-    """http:// or https:// with a host, and a port from 1 to 65535 if one is given."""
+    """http:// or https:// with a host, and a port from 1 to 65535 if one is given; nothing after it but
+    a trailing slash (a gateway answers at the root of its URL)."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises for a port that is no number or out of range
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+            and _beyond_the_root(url) is None)
+
+
+def _beyond_the_root(url: str) -> str | None:
+    """What a gateway's URL has that a gateway cannot use: a path (peers and clients call the root), a query,
+    a fragment, or a user name or password (sent to every peer, and shown as the node's id)."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return "has a user name or password in it"
+    if parts.path not in ("", "/"):
+        return f"has a path ({parts.path})"
+    if parts.query or url.rstrip("/").endswith("?"):
+        return f"has a query (?{parts.query})"
+    if parts.fragment or "#" in url:
+        return "has a fragment (#...)"
+    return None
 
 
 def _check_tls_pair(cert: Path, key: Path) -> None:
