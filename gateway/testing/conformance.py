@@ -47,6 +47,8 @@ MiB = 1024 * 1024
 LARGE_SIZE = 20 * MiB
 # A streamed read of LARGE_SIZE must never hold more than this at once.
 READ_MEMORY_BOUND = 8 * MiB
+# ... and a PUT of LARGE_SIZE no more than this (a backend may gather a store's write or part size).
+WRITE_MEMORY_BOUND = 14 * MiB
 
 META = ObjectMeta(
     content_type="image/jpeg",
@@ -513,6 +515,24 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
         assert peak < READ_MEMORY_BOUND, f"reading a {LARGE_SIZE} byte object held {peak} bytes at once"
         tail = b"".join(pseudo_random_chunks(LARGE_SIZE, 256 * 1024, seed=20))[-1000:]
         assert await get_bytes(backend, bucket, "large", ByteRange(None, 1000)) == tail
+
+    async def test_large_put_streams_in_bounded_memory(self, backend, bucket, reopen):
+        """A PUT body goes to the store as it arrives: a backend that gathers it first (b"".join of the
+        payload, a BytesIO, one request body) holds the whole object, gigabytes in production. Checked
+        for backends whose storage outlives an instance (a ``reopen`` fixture); one that keeps objects in
+        its own memory holds them by design."""
+        if reopen is None:
+            pytest.skip("the backend's storage does not outlive an instance (no `reopen` fixture): it may keep "
+                        "objects in memory")
+        tracemalloc.start()
+        try:
+            body = Payload(as_async(pseudo_random_chunks(LARGE_SIZE, 256 * 1024, seed=22)), expected_size=LARGE_SIZE)
+            info = await backend.put(bucket, "large-put", body, ObjectMeta())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert info.size == LARGE_SIZE
+        assert peak < WRITE_MEMORY_BOUND, f"writing a {LARGE_SIZE} byte object held {peak} bytes at once"
 
     async def test_range_read_skips_the_prefix(self, backend, bucket):
         self.require(backend, "range_reads")

@@ -186,25 +186,47 @@ class Broken(FlatFileBackend):
         os.replace(tmp + ".json", meta_path)
         return info
 """, "test_concurrent_writes_of_one_key"),
+    "gathers-the-body-before-writing": ("""
+class Broken(FlatFileBackend):
+    async def put(self, bucket, key, payload, meta):
+        data = b"".join([chunk async for chunk in payload])  # the whole body in memory
+
+        async def again():
+            yield data
+
+        return await super().put(bucket, key, Payload(again()), meta)
+""", "test_large_put_streams_in_bounded_memory"),
 }
 
 SUITE = """
 import dataclasses, json, os, time, unicodedata
 import pytest
 from gateway.backend import ObjectInfo
+from gateway.payload import Payload
 from gateway.testing.conformance import BackendConformance
 from gateway_example_backend.flatfile import FlatFileBackend
 from gateway_plugins.memory import MemoryBackend
 {source}
 
+KIND = Broken if {broken} else Broken.__mro__[1]
+
+
+async def started(root):
+    backend = KIND(root=str(root)) if issubclass(KIND, FlatFileBackend) else KIND()
+    await backend.start()
+    return backend
+
+
 class TestBroken(BackendConformance):
     @pytest.fixture
     async def backend(self, tmp_path):
-        kind = Broken if {broken} else Broken.__mro__[1]
-        backend = kind(root=str(tmp_path / "store")) if issubclass(kind, FlatFileBackend) else kind()
-        await backend.start()
+        backend = await started(tmp_path / "store")
         yield backend
         await backend.close()
+
+    @pytest.fixture
+    def reopen(self, tmp_path):
+        return (lambda: started(tmp_path / "store")) if issubclass(KIND, FlatFileBackend) else None
 """
 
 
