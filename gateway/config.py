@@ -116,6 +116,16 @@ class Settings(BaseSettings):
                              "in the current directory)")
         return value
 
+    @field_validator("local_socket")
+    @classmethod
+    def _local_socket(cls, value: Path | None) -> Path | None:
+        # An empty value is the path "." to pathlib: the start failed on "--local-socket . exists and is not a
+        # socket", and --print-config passed it.
+        if value is not None and str(value) in ("", "."):
+            raise ValueError("is empty: give the path of the Unix socket to create (e.g. "
+                             "/run/cv-gateway/local.sock), or leave it unset for no local reads")
+        return value
+
     @field_validator("tls_cert", "tls_key", "tls_ca")
     @classmethod
     def _tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:

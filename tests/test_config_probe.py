@@ -163,3 +163,17 @@ def test_an_advertised_url_with_more_than_scheme_host_and_port_is_refused(tmp_pa
     for url in ("http://127.0.0.1:8086", "http://127.0.0.1:8086/"):
         result = serve(*node, "--advertise", url, env=CLUSTER)
         assert result.returncode == 0, (url, result.stderr)
+
+
+def test_an_empty_local_socket_is_named(tmp_path):
+    """pathlib reads "" as ".": --print-config passed an empty --local-socket, and serve stopped on
+    "--local-socket . exists and is not a socket", a path the operator never gave."""
+    keys = ["--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "cv")]
+    for args, env, origin in ((["--local-socket", ""], {}, "GATEWAY_LOCAL_SOCKET"),
+                              ([], {"GATEWAY_LOCAL_SOCKET": ""}, "GATEWAY_LOCAL_SOCKET='' in the environment")):
+        for end in (["--print-config"], ["--port", str(free_port())]):
+            result = serve(*keys, *args, *end, env=env)
+            assert result.returncode == 2, result.stderr
+            assert f"error: invalid setting local_socket ({origin}): is empty: give the path of the Unix socket" \
+                in result.stderr, result.stderr
+            assert "Uvicorn running" not in result.stderr
