@@ -196,12 +196,36 @@ class Broken(FlatFileBackend):
 
         return await super().put(bucket, key, Payload(again()), meta)
 """, "test_large_put_streams_in_bounded_memory"),
+    "reads-through-the-prefix-of-a-range": ("""
+class Broken(FlatFileBackend):  # claims range_reads, but reads from byte 0 and drops what comes before
+    async def get(self, bucket, key, byte_range=None):
+        info = self._read_sidecar(bucket, key)
+        start, stop = byte_range.resolve(info.size) if byte_range else (0, info.size)
+        f = open(self._paths(bucket, key)[0], "rb")
+
+        async def chunks():
+            position = 0
+            while position < stop:
+                chunk = f.read(256 * 1024)
+                low, high = max(start - position, 0), min(stop - position, len(chunk))
+                if high > low:
+                    yield chunk[low:high]
+                position += len(chunk)
+
+        return ObjectReader(info, start, stop, _chunks=chunks(), _close=f.close)
+""", "test_range_read_skips_the_prefix"),
+    "drops-empty-metadata-values": ("""
+class Broken(MemoryBackend):
+    async def put(self, bucket, key, payload, meta):
+        kept = {name: value for name, value in meta.metadata.items() if value}
+        return await super().put(bucket, key, payload, ObjectMeta(meta.content_type, kept, meta.headers))
+""", "test_empty_metadata_value_is_kept"),
 }
 
 SUITE = """
 import dataclasses, json, os, time, unicodedata
 import pytest
-from gateway.backend import ObjectInfo
+from gateway.backend import ObjectInfo, ObjectMeta, ObjectReader
 from gateway.payload import Payload
 from gateway.testing.conformance import BackendConformance
 from gateway_example_backend.flatfile import FlatFileBackend
