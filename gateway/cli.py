@@ -101,6 +101,13 @@ def serve(config_file, print_config, **flags) -> None:
         click.echo(f"warning: a proxy stores nothing: data_dir {settings.data_dir} is not used, nothing is written "
                    "there; the storing nodes serve every object (drop --data-dir, GATEWAY_DATA_DIR or data_dir from "
                    "a proxy's settings, or run it as --role redundant to store)", err=True)
+    if settings.registry and not settings.advertise and settings.host.strip("[]") in ("0.0.0.0", "::"):
+        from .cluster.settings_check import advertised_url
+
+        click.echo(f"warning: listening on {settings.host} without --advertise: this node tells its peers to reach "
+                   f"it at {advertised_url(settings)}, where only nodes on this machine find it; on a cluster of "
+                   "several machines set --advertise (GATEWAY_ADVERTISE) to this machine's address, e.g. "
+                   f"https://10.0.0.1:{settings.port}", err=True)
     exposed = settings.published_secret_keys() if settings.listens_beyond_this_host() else []
     if exposed:
         click.echo(f"warning: listening on {settings.host}, reachable from other machines, with the example secret "

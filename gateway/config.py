@@ -182,6 +182,11 @@ class Settings(BaseSettings):
         if self.role is not None or self.registry is not None:
             from .cluster.settings_check import check_cluster_settings
 
+            host = urlsplit(self.advertise).hostname if self.advertise else None
+            if host in ("0.0.0.0", "::"):  # a peer on another machine would connect to itself
+                raise ValueError(f"advertise {self.advertise!r} names no machine ({host} is where a server listens: "
+                                 "every interface): give the address peers reach this node at, e.g. "
+                                 "https://10.0.0.1:8086 (--advertise, GATEWAY_ADVERTISE)")
             extra = _beyond_the_root(self.advertise) if self.advertise else None
             if extra:  # the relay appends the request's path to it: every peer call would miss
                 shown = "" if "user name" in extra else f" {self.advertise!r}"

@@ -177,3 +177,23 @@ def test_an_empty_local_socket_is_named(tmp_path):
             assert f"error: invalid setting local_socket ({origin}): is empty: give the path of the Unix socket" \
                 in result.stderr, result.stderr
             assert "Uvicorn running" not in result.stderr
+
+
+def test_a_cluster_node_that_names_no_machine_to_its_peers_is_told(tmp_path):
+    """`--advertise http://0.0.0.0:8086` was registered as is: a peer on another machine connecting to
+    0.0.0.0 reaches itself. Without --advertise a node on 0.0.0.0 registers 127.0.0.1, as silently."""
+    node = ["--registry", f"sqlite:///{tmp_path}/registry.db", "--insecure-peers", "--access-key", "a",
+            "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "cv"), "--print-config"]
+    for url, host in (("http://0.0.0.0:8086", "0.0.0.0"), ("http://[::]:8086", "::")):
+        result = serve(*node, "--advertise", url, env=CLUSTER)
+        assert result.returncode == 2, (url, result.stdout)
+        assert (f"error: invalid settings: advertise '{url}' names no machine ({host} is where a server listens: "
+                "every interface): give the address peers reach this node at") in result.stderr, result.stderr
+    port = free_port()
+    result = serve(*node, "--host", "0.0.0.0", "--port", str(port), env=CLUSTER)
+    assert result.returncode == 0, result.stderr
+    assert (f"warning: listening on 0.0.0.0 without --advertise: this node tells its peers to reach it at "
+            f"http://127.0.0.1:{port}, where only nodes on this machine find it") in result.stderr, result.stderr
+    for args in (["--host", "0.0.0.0", "--advertise", f"http://192.0.2.7:{port}"], ["--host", "127.0.0.1"]):
+        quiet = serve(*node, *args, env=CLUSTER)
+        assert quiet.returncode == 0 and "warning" not in quiet.stderr, (args, quiet.stderr)
