@@ -10,9 +10,12 @@ Switches (read when plugins are first loaded):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -71,10 +74,20 @@ def _unusable(ep, name: str, problem: str) -> PluginLoadError:
 
 
 def _load(ep):
+    said = io.StringIO()  # what the module writes to stderr while it is imported
     try:
-        return ep.load()
+        with contextlib.redirect_stderr(said):
+            module = ep.load()
+    except SystemExit as exc:  # a program run at import (argparse's usage error, sys.exit): not the gateway's exit
+        last = said.getvalue().strip().splitlines()[-1:]
+        raise _unusable(ep, ep.name, f"cannot be loaded: importing {ep.value} called sys.exit({exc.code!r})"
+                        f"{' after printing: ' + last[0] if last else ''} (does the module run a program or "
+                        "parse the command line when imported? Put that under if __name__ == '__main__')") from None
     except Exception as exc:  # any import-time failure of third-party code
+        sys.stderr.write(said.getvalue())
         raise _unusable(ep, ep.name, f"cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    sys.stderr.write(said.getvalue())  # its warnings, as if nothing had been in between
+    return module
 
 
 _entry_points: dict[str, metadata.EntryPoint] = {}  # plugin name -> its entry point, for messages

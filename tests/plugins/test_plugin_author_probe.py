@@ -269,3 +269,18 @@ def test_the_conformance_suite_catches_a_subtly_broken_backend(tmp_path, mistake
             assert out.returncode == 1 and "1 failed" in out.stdout, out.stdout[-3000:]
         else:
             assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:]
+
+
+def test_a_plugin_that_runs_a_program_when_imported_is_named(tmp_path):
+    """An entry point naming a module that parses the command line at import (a tool's main module):
+    `gateway plugins list` printed that tool's argparse usage, 'error: unrecognized arguments: list',
+    and exited 2 as if the gateway's own command line were wrong."""
+    install(tmp_path, "tool-plugin", {"tool": "tool_main"}, {"tool_main": (
+        "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('root')\nparser.parse_args()\n")})
+    for out in (gateway(tmp_path, "plugins", "list"),
+                serve_check(tmp_path, 'default_backend = "m"\n[backends.m]\ntype = "memory"\n')):
+        line = one_line(out)
+        assert "plugin 'tool' (tool_main from tool-plugin 1.0) cannot be loaded: importing tool_main called " \
+               "sys.exit(2) after printing: " in line, line
+        assert "if __name__ == '__main__'" in line and "GATEWAY_DISABLE_PLUGINS=tool" in line, line
+        assert "usage:" not in line, line
