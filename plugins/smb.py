@@ -28,6 +28,7 @@ smb_files.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -67,6 +68,21 @@ WRITE_BLOCK = 1024 * 1024  # larger bodies go out in blocks of this size: bounde
 HEADER_SLACK = 1024
 # Keys holding these would alias keys holding the characters SMB cannot carry (fsutil.SFM_MAP).
 SFM_RESERVED = set(fsutil.SFM_BACK)
+
+
+def _root_checked(what: str):
+    """A NoSuchBucket the method raises is checked first: if the backend's directory (or the share) is
+    gone, every bucket would look deleted, so that is a 503 naming it instead (SmbBackend._path_gone)."""
+    def decorate(method):
+        @functools.wraps(method)
+        async def checked(self, *args, **kwargs):
+            try:
+                return await method(self, *args, **kwargs)
+            except errors.NoSuchBucket:
+                await self._check_root(what)
+                raise
+        return checked
+    return decorate
 
 
 def read_credentials_file(path: str) -> dict[str, str]:
@@ -213,20 +229,28 @@ class SmbBackend(Backend):
         where = f"directory {self.path!r} in share {self.share!r}" if self.path else f"share {self.share!r}"
         return retry_later(errors.BackendUnavailable(
             f"{self.label}: {what}: the {where} on SMB server {self.server}:{self.port} does not exist "
-            "(was it removed, or is the storage behind the share missing? check the path setting)"))
+            "(was it removed, or is the share or the storage behind it missing? check the share and path "
+            "settings)"))
+
+    async def _check_root(self, what: str) -> None:
+        """Raise the 503 of _path_gone when the backend's directory is missing (a share that is gone looks
+        the same over SMB: every path in it is "not found")."""
+        if not await self.pool.call(files.exists_dir, self.unc_root, what=what):
+            raise self._path_gone(what)
 
     async def create_bucket(self, bucket: str) -> None:
         try:
             await self.pool.call(files.create_bucket, self._bucket_dir(bucket), bucket, what="create bucket")
         except OSError as exc:
-            if files.is_missing(exc) and not await self.pool.call(files.exists_dir, self.unc_root,
-                                                                  what="create bucket"):
-                raise self._path_gone("create bucket") from None
+            if files.is_missing(exc):
+                await self._check_root("create bucket")
             raise
 
+    @_root_checked("delete bucket")
     async def delete_bucket(self, bucket: str) -> None:
         await self.pool.call(files.delete_bucket, self._bucket_dir(bucket), bucket, what="delete bucket")
 
+    @_root_checked("head bucket")
     async def head_bucket(self, bucket: str) -> BucketInfo:
         return await self.pool.call(files.head_bucket, self._bucket_dir(bucket), bucket, what="head bucket")
 
@@ -240,6 +264,7 @@ class SmbBackend(Backend):
 
     # Objects ----------------------------------------------------------------------
 
+    @_root_checked("read object")
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
         path = self._object_path(bucket, key)
         slot = self.pool.pick()
@@ -279,6 +304,7 @@ class SmbBackend(Backend):
         except Exception as exc:  # the server closes it with the connection anyway
             log.debug("%s: closing a file failed: %s", self.label, exc)
 
+    @_root_checked("head object")
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         return await self._read_object(bucket, key, files.read_info, self._object_path(bucket, key),
                                        what="head object")
@@ -294,6 +320,7 @@ class SmbBackend(Backend):
         except fslayout.CorruptObject as exc:
             raise errors.InternalError(f"{self.label}: {bucket}/{key} is not a valid object file: {exc}") from None
 
+    @_root_checked("write object")
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         final = self._object_path(bucket, key)
         bucket_dir = self._bucket_dir(bucket)
@@ -364,10 +391,12 @@ class SmbBackend(Backend):
             except errors.GatewayError:
                 return
 
+    @_root_checked("delete object")
     async def delete(self, bucket: str, key: str) -> None:
         await self.pool.call(files.delete_object, self._object_path(bucket, key), self._bucket_dir(bucket), bucket,
                              what="delete object")
 
+    @_root_checked("list objects")
     async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
         bucket_dir = self._bucket_dir(bucket)
 

@@ -278,22 +278,64 @@ def test_full_smb_share_is_507_not_a_retryable_503(full_smbd, tmp_path):
         assert s3.get_object(Bucket="far", Key="small")["Body"].read() == b"fits"
 
 
+def _assert_all_503_naming(s3, name: str) -> None:
+    calls = {"ListBuckets": lambda: s3.list_buckets(),
+             "CreateBucket": lambda: s3.create_bucket(Bucket="far"),
+             "HeadBucket": lambda: s3.head_bucket(Bucket="far"),
+             "GetObject": lambda: s3.get_object(Bucket="far", Key="k"),
+             "PutObject": lambda: s3.put_object(Bucket="far", Key="k", Body=b"new"),
+             "DeleteObject": lambda: s3.delete_object(Bucket="far", Key="k"),
+             "ListObjectsV2": lambda: s3.list_objects_v2(Bucket="far"),
+             "CreateMultipartUpload": lambda: s3.create_multipart_upload(Bucket="far", Key="m")}
+    for call_name, call in calls.items():
+        with pytest.raises(ClientError) as caught:
+            call()
+        status, code, retry_after = _answer(caught.value)
+        assert status == 503 and retry_after, (call_name, caught.value.response)
+        if call_name != "HeadBucket":  # a HEAD answer has no body: the status says it all
+            assert code == "ServiceUnavailable", (call_name, caught.value.response)
+            assert name in caught.value.response["Error"]["Message"], (call_name, caught.value.response)
+
+
 def test_backend_directory_missing_from_the_share_is_503_not_500(own_smbd, tmp_path):
-    """The backend's path removed from the share (or the volume behind the share not there): listing
-    and creating buckets are 503s naming the directory, not 500s with a traceback in the log."""
+    """The backend's path removed from the share (or the volume behind the share not there): every call on
+    its buckets is a 503 naming the directory, not 500s with a traceback (ListBuckets, CreateBucket) nor
+    404 NoSuchBucket (which a sync tool takes for "bucket deleted"). It is not made again behind the
+    operator's back; once it is back, everything works without a gateway restart."""
     options = _smb_options(own_smbd)
     with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "smb", options)) as gw:
         s3 = _client(gw)
         s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="k", Body=b"v")
         s3.create_bucket(Bucket="near")
-        shutil.rmtree(own_smbd.share_dir / options["path"])
-        for call in (lambda: s3.list_buckets(), lambda: s3.create_bucket(Bucket="far")):
-            with pytest.raises(ClientError) as caught:
-                call()
-            assert _answer(caught.value)[:2] == (503, "ServiceUnavailable"), caught.value.response
-            assert options["path"] in caught.value.response["Error"]["Message"]
+        directory = own_smbd.share_dir / options["path"]
+        shutil.move(directory, directory.with_name("moved-away"))
+        _assert_all_503_naming(s3, options["path"])
         assert "Traceback" not in gw.log(), gw.log()[-3000:]
-        assert not (own_smbd.share_dir / options["path"]).exists(), "the missing directory is not made again"
+        assert not directory.exists(), "the missing directory is not made again"
+        shutil.move(directory.with_name("moved-away"), directory)
+        assert s3.get_object(Bucket="far", Key="k")["Body"].read() == b"v"
+
+
+def test_share_gone_from_the_server_is_503_not_no_such_bucket(own_smbd, tmp_path):
+    """The share removed from (or renamed on) the SMB server while the gateway runs: over SMB every path in
+    a share that is gone is "not found", which answered 404 NoSuchBucket for every bucket. It is a 503."""
+    options = _smb_options(own_smbd)
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "smb", options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="k", Body=b"v")
+        config = own_smbd.config.read_text()
+        own_smbd.config.write_text(config.replace(f"[{own_smbd.share}]", "[renamed-share]"))
+        own_smbd.stop()  # the sessions, and their tree connections, go with the restart
+        own_smbd.start()
+        try:
+            _assert_all_503_naming(s3, own_smbd.share)
+        finally:
+            own_smbd.config.write_text(config)
+            own_smbd.stop()
+            own_smbd.start()
+        assert _wait_recovered(lambda: s3.get_object(Bucket="far", Key="k"))["Body"].read() == b"v"
 
 
 def test_single_bucket_mode_remote_bucket_gone_is_503_not_no_such_bucket(own_moto, tmp_path):
