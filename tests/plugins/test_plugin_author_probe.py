@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import botocore.exceptions
 import pytest
 
 from gateway import plugins
@@ -284,3 +285,88 @@ def test_a_plugin_that_runs_a_program_when_imported_is_named(tmp_path):
                "sys.exit(2) after printing: " in line, line
         assert "if __name__ == '__main__'" in line and "GATEWAY_DISABLE_PLUGINS=tool" in line, line
         assert "usage:" not in line, line
+
+
+FAULTY_BACKEND = """
+from gateway import errors
+from gateway.hookspecs import hookimpl
+from gateway_example_backend.flatfile import FlatFileBackend
+
+
+class StoreLibraryError(Exception):
+    '''What a storage library raises: the plugin forgot to translate it.'''
+
+
+class Faulty(FlatFileBackend):
+    async def put(self, bucket, key, payload, meta):
+        if key.startswith("fail-midway") and (payload.expected_size or 0) > 1024 * 1024:
+            seen = 0
+            async for chunk in payload:  # sent on to the store, which goes away a MiB in
+                seen += len(chunk)
+                if seen > 1024 * 1024:
+                    raise StoreLibraryError("connection to the store lost")
+        if key == "store-down":
+            raise errors.BackendUnavailable("backend 'f' (faulty): the store did not answer within 5 s")
+        return await super().put(bucket, key, payload, meta)
+
+    async def get(self, bucket, key, byte_range=None):
+        reader = await super().get(bucket, key, byte_range)
+        if key == "breaks-while-read":
+            inner = reader._chunks
+
+            async def breaking():
+                async for chunk in inner:
+                    yield chunk[:64 * 1024]
+                    raise StoreLibraryError("read failed in the middle")
+            reader._chunks = breaking()
+        return reader
+
+    async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000):
+        if prefix == "unlistable":
+            raise StoreLibraryError("listing failed")
+        return await super().list(bucket, prefix, delimiter, start_after, max_keys)
+
+
+@hookimpl
+def register_backends(register):
+    register("faulty", Faulty)
+"""
+
+
+def test_what_an_s3_client_sees_when_a_backend_raises_a_library_exception(tmp_path):
+    """A backend that lets its library's exceptions through: the client gets an S3 XML error (500
+    InternalError, or 503 for BackendUnavailable), never a hang; a failed write stores nothing and
+    keeps the old version; a read that breaks after the headers ends the connection short of the
+    Content-Length, so the SDK reports it instead of returning a short object."""
+    install(tmp_path, "faulty-plugin", {"faulty": "faulty_backend"}, {"faulty_backend": FAULTY_BACKEND})
+    config = f'default_backend = "f"\n[backends.f]\ntype = "faulty"\nroot = "{tmp_path / "store"}"\n'
+    with GatewayProcess(tmp_path / "cv", config=config, env=env(tmp_path)) as gw:
+        s3 = gw.client(read_timeout=30)
+        s3.create_bucket(Bucket="faults")
+        s3.put_object(Bucket="faults", Key="fail-midway", Body=b"old version")  # under 1 MiB: stored
+        for key in ("fail-midway", "fail-midway-new"):
+            with pytest.raises(botocore.exceptions.ClientError) as failed:
+                s3.put_object(Bucket="faults", Key=key, Body=b"n" * (3 * 1024 * 1024))
+            error = failed.value.response["Error"]
+            assert (failed.value.response["ResponseMetadata"]["HTTPStatusCode"], error["Code"]) == (500, "InternalError")
+            assert "request id" in error["Message"]
+        assert s3.get_object(Bucket="faults", Key="fail-midway")["Body"].read() == b"old version"
+        with pytest.raises(botocore.exceptions.ClientError) as missing:
+            s3.head_object(Bucket="faults", Key="fail-midway-new")
+        assert missing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        with pytest.raises(botocore.exceptions.ClientError) as down:
+            s3.put_object(Bucket="faults", Key="store-down", Body=b"x")
+        assert down.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert "did not answer within 5 s" in down.value.response["Error"]["Message"]
+        with pytest.raises(botocore.exceptions.ClientError) as unlistable:
+            s3.list_objects_v2(Bucket="faults", Prefix="unlistable")
+        assert unlistable.value.response["Error"]["Code"] == "InternalError"
+        s3.put_object(Bucket="faults", Key="breaks-while-read", Body=b"r" * (3 * 1024 * 1024))
+        body = s3.get_object(Bucket="faults", Key="breaks-while-read")["Body"]
+        with pytest.raises(botocore.exceptions.ResponseStreamingError, match="IncompleteRead"):
+            body.read()
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="faults")["Contents"]] == [
+            "breaks-while-read", "fail-midway"]
+        log = gw.log()
+    assert "StoreLibraryError: connection to the store lost" in log and "StoreLibraryError: listing failed" in log
+    assert "StoreLibraryError: read failed in the middle" in log
