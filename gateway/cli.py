@@ -101,6 +101,12 @@ def serve(config_file, print_config, **flags) -> None:
         click.echo(f"warning: a proxy stores nothing: data_dir {settings.data_dir} is not used, nothing is written "
                    "there; the storing nodes serve every object (drop --data-dir, GATEWAY_DATA_DIR or data_dir from "
                    "a proxy's settings, or run it as --role redundant to store)", err=True)
+    if settings.role != "proxy" and settings.backends and "data_dir" in settings.model_fields_set:
+        names = ", ".join(f"{name} ({cfg.get('type')}{', root ' + str(cfg['root']) if cfg.get('root') else ''})"
+                          for name, cfg in settings.backends.items())
+        click.echo(f"warning: data_dir {settings.data_dir} is not used: a [backends] table replaces the built-in "
+                   f"local backend on data_dir (configured: {names}); set the root of the backend in "
+                   "[backends] instead, and drop --data-dir (GATEWAY_DATA_DIR, data_dir)", err=True)
     if settings.registry and not settings.advertise and settings.host.strip("[]") in ("0.0.0.0", "::"):
         from .cluster.settings_check import advertised_url
 

@@ -197,3 +197,19 @@ def test_a_cluster_node_that_names_no_machine_to_its_peers_is_told(tmp_path):
     for args in (["--host", "0.0.0.0", "--advertise", f"http://192.0.2.7:{port}"], ["--host", "127.0.0.1"]):
         quiet = serve(*node, *args, env=CLUSTER)
         assert quiet.returncode == 0 and "warning" not in quiet.stderr, (args, quiet.stderr)
+
+
+def test_a_data_dir_beside_a_backends_table_says_it_is_not_used(tmp_path):
+    """data_dir is the root of the built-in local backend, which a [backends] table replaces: `--data-dir
+    /mnt/big` given to a node whose config file has one (deploy/gateway.toml) stored nothing there, silently."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'access_key = "a"\nsecret_key = "bbbbbbbb"\ndefault_backend = "storage"\n'
+                      f'[backends.storage]\ntype = "local"\nroot = "{tmp_path}/st"\n')
+    for args, env in ((["--data-dir", str(tmp_path / "big")], {}), ([], {"GATEWAY_DATA_DIR": str(tmp_path / "big")})):
+        result = serve("--config", str(config), *args, "--print-config", env=env)
+        assert result.returncode == 0, result.stderr
+        assert (f"warning: data_dir {tmp_path}/big is not used: a [backends] table replaces the built-in local "
+                f"backend on data_dir (configured: storage (local, root {tmp_path}/st)); set the root of the "
+                "backend in [backends] instead") in result.stderr, result.stderr
+    quiet = serve("--config", str(config), "--print-config")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
