@@ -383,6 +383,46 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
         assert (head.size, head.etag, dict(head.metadata)) == (size, md5_hex(data), {"writer": str(winner)})
         assert (await list_all(backend, bucket))[0] == ["contended"]
 
+    async def test_bucket_deleted_during_a_put(self, backend, bucket):
+        """DeleteBucket while a PUT into the (still empty) bucket streams its body: either the delete is
+        refused (BucketNotEmpty, 409) and the PUT stores its object, or the delete wins and the PUT ends
+        with NoSuchBucket (404), leaving no bucket behind. Any other exception is a 500 for the client."""
+        halfway = anyio.Event()
+        go_on = anyio.Event()
+        outcome: list[object] = []
+
+        async def slow_body():
+            yield b"a" * MiB
+            halfway.set()
+            await go_on.wait()
+            yield b"b" * MiB
+
+        async def write() -> None:
+            try:
+                outcome.append(await backend.put(bucket, "racing", Payload(slow_body()), ObjectMeta()))
+            except Exception as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(write)
+            with anyio.fail_after(30):
+                await halfway.wait()
+            try:
+                await backend.delete_bucket(bucket)
+                deleted = True
+            except errors.BucketNotEmpty:
+                deleted = False
+            go_on.set()
+        [result] = outcome
+        if deleted:
+            assert isinstance(result, errors.NoSuchBucket), (
+                f"a PUT into a bucket deleted meanwhile ended with {result!r}, not NoSuchBucket")
+            with pytest.raises(errors.NoSuchBucket):
+                await backend.head_bucket(bucket)
+        else:
+            assert not isinstance(result, Exception), f"the PUT failed with {result!r}"
+            assert await get_bytes(backend, bucket, "racing") == b"a" * MiB + b"b" * MiB
+
     async def test_readers_see_old_version_until_put_completes(self, backend, bucket):
         self.require(backend, "atomic_put")
         await put_bytes(backend, bucket, "atomic", b"old")

@@ -140,6 +140,10 @@ class FlatFileBackend(Backend):
             os.replace(tmp, data_path)
             os.replace(tmp + ".json", meta_path)
             return info
+        except FileNotFoundError:
+            if not os.path.isdir(bucket_dir):  # DeleteBucket won while the body streamed in
+                raise errors.NoSuchBucket(BucketName=bucket) from None
+            raise
         finally:
             for leftover in (tmp, tmp + ".json"):
                 if os.path.exists(leftover):
