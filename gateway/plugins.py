@@ -91,7 +91,6 @@ def _load(ep):
 
 
 _entry_points: dict[str, metadata.EntryPoint] = {}  # plugin name -> its entry point, for messages
-_ASYNC_OK: frozenset[str] = frozenset()  # hooks whose callers await what an implementation returns: none yet
 
 
 def _dist_name(ep) -> str | None:
@@ -137,9 +136,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             except pluggy.PluginValidationError as exc:  # a hookimpl whose arguments no hookspec has
                 raise _unusable(ep, ep.name, f"cannot be loaded: its hooks do not match the gateway's: {exc}") from exc
         for name, plugin in pm.list_name_plugin():
-            for caller in pm.get_hookcallers(plugin) or []:
-                if caller.name in _ASYNC_OK:
-                    continue
+            for caller in pm.get_hookcallers(plugin) or []:  # no caller awaits what a hook returns
                 for impl in caller.get_hookimpls():
                     if impl.plugin is plugin and (inspect.iscoroutinefunction(impl.function)
                                                   or inspect.isasyncgenfunction(impl.function)):
