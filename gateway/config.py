@@ -136,6 +136,12 @@ class Settings(BaseSettings):
             raise ValueError("is empty: give the path of a PEM file, or leave it unset")
         if not value.is_file():
             raise ValueError(f"{value} is not a file (a PEM file is expected)")
+        try:  # here, where the setting is known: loading the pair said only "Permission denied", for either file
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{value} cannot be read by user {_this_user()}: {exc.strerror or exc}: make it "
+                             "readable by the user the gateway runs as (a key: owned by that user, mode 600)") from None
         if info.field_name == "tls_ca":
             _check_tls_ca(value)
         return value
@@ -261,6 +267,15 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
         lines.append(f"{variable} in the environment is not a gateway setting and is ignored{hint} (every "
                      "GATEWAY_* variable is listed in docs/configuration.md)")
     return lines
+
+
+def _this_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def is_http_url(url: str) -> bool:

@@ -213,3 +213,26 @@ def test_a_data_dir_beside_a_backends_table_says_it_is_not_used(tmp_path):
                 "backend in [backends] instead") in result.stderr, result.stderr
     quiet = serve("--config", str(config), "--print-config")
     assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
+
+
+def test_a_tls_key_this_user_may_not_read_is_named(tmp_path):
+    """A key file of another user (mode 600) stopped the start with 'tls_cert X and tls_key Y cannot be
+    used: Permission denied (both must be PEM ...)': which file, and that PEM was not the problem, unsaid."""
+    cert, key = tmp_path / "node.pem", tmp_path / "node-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    command = [sys.executable, "-m", "gateway", "serve", "--access-key", "a", "--secret-key", "bbbbbbbb",
+               "--data-dir", str(tmp_path / "cv"), "--tls-cert", str(cert), "--tls-key", str(key), "--print-config"]
+    if os.geteuid() == 0:  # root reads every file: run without the capabilities that let it
+        os.chown(key, 65534, 65534)
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    else:
+        key.chmod(0)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEWAY_")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stdout
+    expected = f"error: invalid setting tls_key (GATEWAY_TLS_KEY): {key} cannot be read by user "
+    assert result.stderr.startswith(expected), result.stderr
+    assert "Permission denied: make it readable by the user the gateway runs as" in result.stderr, result.stderr
+    assert "PEM" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
