@@ -37,7 +37,7 @@ def env(tmp_path, **extra: str) -> dict[str, str]:
 
 def gateway(tmp_path, *args: str, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
-                          env=env(tmp_path, **extra), timeout=60)
+                          env=env(tmp_path, **extra), cwd=tmp_path, timeout=60)
 
 
 def serve_check(tmp_path, config: str) -> subprocess.CompletedProcess:
@@ -45,7 +45,7 @@ def serve_check(tmp_path, config: str) -> subprocess.CompletedProcess:
     path = tmp_path / "gateway.toml"
     path.write_text(config)
     return gateway(tmp_path, "serve", "--print-config", "--config", str(path), "--access-key", "a",
-                   "--secret-key", "b" * 16, "--data-dir", str(tmp_path / "cv"))
+                   "--secret-key", "b" * 16)
 
 
 def one_line(out: subprocess.CompletedProcess) -> str:
