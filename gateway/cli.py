@@ -142,6 +142,7 @@ def serve(config_file, print_config, **flags) -> None:
     except ValueError as exc:
         _fail(str(exc))
     if print_config:
+        _check_local_roots(settings)
         click.echo(json.dumps(settings.masked(), indent=2, sort_keys=True))
         return
     import uvicorn
@@ -171,6 +172,29 @@ def serve(config_file, print_config, **flags) -> None:
         return
     if not server.started:
         _fail(app.startup_error or "the gateway did not start (see the messages above)")
+
+
+def _check_local_roots(settings: Settings) -> None:
+    """For --print-config, which builds the backends but does not start them: fail as the start would when
+    a local backend's root cannot be created or written by this user (a read-only file system, another
+    user's directory), without writing anything."""
+    from .config import _this_user
+
+    for name, config in settings.backend_configs().items():
+        if config.get("type") != "local" or not config.get("root"):
+            continue
+        where = "(--data-dir, GATEWAY_DATA_DIR)" if not settings.backends else f"(root of backends.{name})"
+        root = os.path.abspath(str(config["root"]))
+        existing = root
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            _fail(f"backend {name!r}: root {root} is not usable: {existing} is not a directory {where}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            problem = ("is on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY
+                       else f"is not writable by user {_this_user()}")
+            _fail(f"backend {name!r}: root {root} is not usable: {existing} {problem}: give a directory "
+                  f"this user may write {where}, or make it writable")
 
 
 def _check_listen(host: str, port: int) -> None:

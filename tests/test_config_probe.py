@@ -236,3 +236,34 @@ def test_a_tls_key_this_user_may_not_read_is_named(tmp_path):
     assert result.stderr.startswith(expected), result.stderr
     assert "Permission denied: make it readable by the user the gateway runs as" in result.stderr, result.stderr
     assert "PEM" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_print_config_names_a_data_dir_this_user_may_not_write(tmp_path):
+    """--print-config (the check before a restart) passed a data dir in another user's directory or under a
+    file; only the start then failed, after uvicorn's start-up lines."""
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    command = [sys.executable, "-m", "gateway", "serve", "--access-key", "a", "--secret-key", "bbbbbbbb",
+               "--data-dir", str(closed / "cv"), "--print-config"]
+    if os.geteuid() == 0:  # root writes everywhere: run without the capabilities that let it
+        os.chown(closed, 65534, 65534)
+        closed.chmod(0o700)
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    else:
+        closed.chmod(0o500)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEWAY_")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith(f"error: backend 'local': root {closed}/cv is not usable: {closed} is not "
+                                    "writable by user "), result.stderr
+    assert "give a directory this user may write (--data-dir, GATEWAY_DATA_DIR)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (closed / "cv").exists()
+
+    (tmp_path / "a-file").write_text("x")
+    result = serve("--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "a-file" / "cv"),
+                   "--print-config")
+    assert result.returncode == 2 and (f"root {tmp_path}/a-file/cv is not usable: {tmp_path}/a-file is not a "
+                                       "directory (--data-dir, GATEWAY_DATA_DIR)") in result.stderr, result.stderr
+    fine = serve("--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "new" / "cv"),
+                 "--print-config")
+    assert fine.returncode == 0 and not (tmp_path / "new").exists(), fine.stderr
