@@ -220,7 +220,14 @@ class Broken(MemoryBackend):
     async def put(self, bucket, key, payload, meta):
         kept = {name: value for name, value in meta.metadata.items() if value}
         return await super().put(bucket, key, payload, ObjectMeta(meta.content_type, kept, meta.headers))
-""", "test_empty_metadata_value_is_kept"),
+""", "test_empty_and_punctuated_metadata_values_are_kept"),
+    "packs-metadata-into-one-string": ("""
+class Broken(MemoryBackend):  # as a store with one free-text attribute per object
+    async def put(self, bucket, key, payload, meta):
+        packed = ";".join(f"{name}={value}" for name, value in meta.metadata.items())
+        unpacked = dict(item.split("=", 1) for item in packed.split(";") if "=" in item)
+        return await super().put(bucket, key, payload, ObjectMeta(meta.content_type, unpacked, meta.headers))
+""", "test_empty_and_punctuated_metadata_values_are_kept"),
 }
 
 SUITE = """
