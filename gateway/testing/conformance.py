@@ -532,6 +532,31 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
         assert head.checksums.get("CRC32") == checksum_b64("CRC32", data)
         assert await get_bytes(backend, bucket, "dir/dst") == data
         assert await get_bytes(backend, bucket, "src") == data
+        await backend.create_bucket("copy-target")  # a server-side copy into another bucket keeps them too
+        await backend.copy(bucket, "src", "copy-target", "dst")
+        head = await backend.head("copy-target", "dst")
+        assert_same_meta(head.meta, META)
+        assert head.checksums.get("CRC32") == checksum_b64("CRC32", data)
+        assert await get_bytes(backend, "copy-target", "dst") == data
+
+    async def test_buckets_are_separate_namespaces(self, backend, bucket):
+        """One key in two buckets is two objects: a store keyed by the key alone passed every other test
+        whenever its multipart uploads did not go through objects."""
+        await backend.create_bucket("neighbour")
+        await put_bytes(backend, bucket, "same/key", b"mine", META)
+        await put_bytes(backend, "neighbour", "same/key", b"theirs")
+        await put_bytes(backend, "neighbour", "only-there", b"x")
+        assert await get_bytes(backend, bucket, "same/key") == b"mine"
+        assert_same_meta((await backend.head(bucket, "same/key")).meta, META)
+        assert await get_bytes(backend, "neighbour", "same/key") == b"theirs"
+        assert await list_all(backend, bucket) == (["same/key"], [])
+        assert await list_all(backend, "neighbour") == (["only-there", "same/key"], [])
+        with pytest.raises(errors.NoSuchKey):
+            await backend.head(bucket, "only-there")
+        await backend.delete(bucket, "same/key")
+        assert await get_bytes(backend, "neighbour", "same/key") == b"theirs"
+        await backend.delete_bucket(bucket)
+        assert await list_all(backend, "neighbour") == (["only-there", "same/key"], [])
 
     async def test_copy_with_new_meta_and_across_buckets(self, backend, bucket):
         await backend.create_bucket("other")

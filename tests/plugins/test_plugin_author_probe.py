@@ -228,11 +228,34 @@ class Broken(MemoryBackend):  # as a store with one free-text attribute per obje
         unpacked = dict(item.split("=", 1) for item in packed.split(";") if "=" in item)
         return await super().put(bucket, key, payload, ObjectMeta(meta.content_type, unpacked, meta.headers))
 """, "test_empty_and_punctuated_metadata_values_are_kept"),
+    "server-side-copy-drops-meta-across-buckets": ("""
+class Broken(MemoryBackend):
+    async def copy(self, src_bucket, src_key, dst_bucket, dst_key, meta=None):
+        if meta is None and src_bucket != dst_bucket:
+            meta = ObjectMeta()  # the store's copy call takes no metadata across buckets
+        return await super().copy(src_bucket, src_key, dst_bucket, dst_key, meta)
+""", "test_copy_keeps_meta"),
+    "keys-objects-by-key-alone": ("""
+class Broken(MemoryBackend):  # buckets are checked, but every bucket's objects live in one table
+    def __init__(self, name="memory", **options):
+        super().__init__(name, **options)
+        self._objects = {}
+
+    def _bucket(self, bucket):
+        super()._bucket(bucket)
+        return self._objects if not bucket.startswith(".") else self._buckets[bucket][1]
+
+    async def delete_bucket(self, bucket):
+        if self._bucket(bucket):
+            raise errors.BucketNotEmpty(BucketName=bucket)
+        del self._buckets[bucket]
+""", "test_buckets_are_separate_namespaces"),
 }
 
 SUITE = """
 import dataclasses, json, os, time, unicodedata
 import pytest
+from gateway import errors
 from gateway.backend import ObjectInfo, ObjectMeta, ObjectReader
 from gateway.payload import Payload
 from gateway.testing.conformance import BackendConformance
