@@ -261,6 +261,19 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
                     f"{entry.key!r} is listed with last_modified {entry.last_modified}, head says "
                     f"{head.last_modified} (seconds since the epoch)")
 
+    async def test_last_modified_is_the_time_of_the_write(self, backend, bucket):
+        """last_modified is stored with the object, not taken at each look: two HEADs of an unchanged
+        object give the same value (clients compare it, If-Modified-Since and sync tools rely on it)."""
+        info = await put_bytes(backend, bucket, "dated", b"x", META)
+        first = await backend.head(bucket, "dated")
+        await put_bytes(backend, bucket, "other", b"y")
+        second = await backend.head(bucket, "dated")
+        reader = await backend.get(bucket, "dated")
+        reader.close()
+        assert first.last_modified == second.last_modified == reader.info.last_modified, (
+            "head() and get() gave different last_modified values for an object nobody changed")
+        assert abs(first.last_modified - info.last_modified) < 2
+
     async def test_keys_that_differ_only_in_unicode_normalization(self, backend, bucket):
         """S3 keys are byte strings: "é" as one code point (NFC, what most keyboards send) and as "e" plus
         a combining accent (NFD, what macOS file names give) are two keys, like U+00C5 "Å" and U+212B

@@ -250,6 +250,11 @@ class Broken(MemoryBackend):  # buckets are checked, but every bucket's objects 
             raise errors.BucketNotEmpty(BucketName=bucket)
         del self._buckets[bucket]
 """, "test_buckets_are_separate_namespaces"),
+    "dates-objects-when-asked": ("""
+class Broken(MemoryBackend):  # forgot to store the time of the write
+    async def head(self, bucket, key):
+        return dataclasses.replace(await super().head(bucket, key), last_modified=time.time())
+""", "test_last_modified_is_the_time_of_the_write"),
 }
 
 SUITE = """
