@@ -274,6 +274,18 @@ class BackendConformance(KeyAndListingTests, MultipartTests):
             "head() and get() gave different last_modified values for an object nobody changed")
         assert abs(first.last_modified - info.last_modified) < 2
 
+    async def test_prefix_is_literal_text(self, backend, bucket):
+        """A listing prefix is plain text: no SQL LIKE wildcards (% and _), globs (* ? [) or regular
+        expressions (.), which stores with a query language apply unless the backend escapes them."""
+        keys = ["50%", "50%off", "500", "5000", "a_b", "a-b", "a.b", "axb", "a*", "a*z", "a?", "a[1]", "a1", "a\\b",
+                "ab"]
+        for key in keys:
+            await put_bytes(backend, bucket, key, b"")
+        for prefix in ("50%", "5_", "a_", "a.", "a*", "a?", "a[", "a\\", "a%", "%", "_"):
+            expected = sorted((k for k in keys if k.startswith(prefix)), key=str.encode)
+            assert (await list_all(backend, bucket, prefix=prefix))[0] == expected, f"prefix={prefix!r}"
+            assert (await list_all(backend, bucket, prefix=prefix, delimiter="/"))[0] == expected, f"prefix={prefix!r}"
+
     async def test_keys_that_differ_only_in_unicode_normalization(self, backend, bucket):
         """S3 keys are byte strings: "é" as one code point (NFC, what most keyboards send) and as "e" plus
         a combining accent (NFD, what macOS file names give) are two keys, like U+00C5 "Å" and U+212B

@@ -255,13 +255,28 @@ class Broken(MemoryBackend):  # forgot to store the time of the write
     async def head(self, bucket, key):
         return dataclasses.replace(await super().head(bucket, key), last_modified=time.time())
 """, "test_last_modified_is_the_time_of_the_write"),
+    "lists-with-sql-like": ("""
+class Broken(MemoryBackend):  # as an index in SQLite would: WHERE key LIKE :prefix || '%' (ASCII only)
+    async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000):
+        import sqlite3
+        store = self._bucket(bucket)
+        db = sqlite3.connect(":memory:")
+        db.execute("PRAGMA case_sensitive_like = ON")
+        db.execute("CREATE TABLE k (key TEXT)")
+        db.executemany("INSERT INTO k VALUES (?)", [(k,) for k in store])
+        found = [k for (k,) in db.execute("SELECT key FROM k WHERE key LIKE ? || '%'", (prefix,))]
+        ordered = sorted(found, key=str.encode)
+        return paginate((store[k][0] for k in ordered), prefix="", delimiter=delimiter, start_after=start_after,
+                        max_keys=max_keys) if not delimiter else paginate(
+            (store[k][0] for k in ordered if k.startswith(prefix)), prefix, delimiter, start_after, max_keys)
+""", "test_prefix_is_literal_text"),
 }
 
 SUITE = """
 import dataclasses, json, os, time, unicodedata
 import pytest
 from gateway import errors
-from gateway.backend import ObjectInfo, ObjectMeta, ObjectReader
+from gateway.backend import ObjectInfo, ObjectMeta, ObjectReader, paginate
 from gateway.payload import Payload
 from gateway.testing.conformance import BackendConformance
 from gateway_example_backend.flatfile import FlatFileBackend
