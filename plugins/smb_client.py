@@ -26,6 +26,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import smbclient
@@ -66,6 +67,27 @@ SHARING_VIOLATION = NtStatus.STATUS_SHARING_VIOLATION
 # A file deleted while another handle (a GET streaming it) still has it open stays, "delete pending",
 # until that handle closes; opening or replacing the name fails with this meanwhile.
 DELETE_PENDING = NtStatus.STATUS_DELETE_PENDING
+
+
+# The call a worker thread is running (its _Call), for progress() to reach.
+_running = threading.local()
+
+
+class _Call:
+    """When one pooled call last made progress: the timeout counts from there."""
+
+    __slots__ = ("last",)
+
+    def __init__(self):
+        self.last = time.monotonic()
+
+
+def progress() -> None:
+    """Say, from a worker thread, that a long unit of work (a listing page: many SMB calls in one hop)
+    got an answer and goes on: ``timeout`` bounds each SMB call, not the whole unit."""
+    call = getattr(_running, "call", None)
+    if call is not None:
+        call.last = time.monotonic()
 
 
 class ConnectionLost(Exception):
@@ -216,8 +238,9 @@ class SmbPool:
                 require_signing=self.require_signing,
             )
 
-    def _run(self, slot: _Slot, fn, args, with_kwargs: bool):
+    def _run(self, slot: _Slot, fn, args, with_kwargs: bool, call: _Call):
         was_connected = slot.connected()
+        _running.call = call  # (its clock runs from the request, waiting for a worker thread included)
         try:
             if with_kwargs:
                 self._connect(slot)
@@ -229,6 +252,8 @@ class SmbPool:
                 if was_connected:
                     raise ConnectionLost() from exc
             raise
+        finally:
+            _running.call = None
 
     async def call(self, fn, *args, slot: _Slot | None = None, retry: bool = True, what: str = "SMB call"):
         """Run ``fn(smbclient_kwargs, *args)`` in a worker thread, with the timeout and one reconnect."""
@@ -251,10 +276,24 @@ class SmbPool:
 
     async def _bounded(self, slot: _Slot, fn, args, with_kwargs: bool, what: str):
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run, slot, fn, args, with_kwargs)
+        call = _Call()
+        future = loop.run_in_executor(self._executor, self._run, slot, fn, args, with_kwargs, call)
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            while True:
+                if future.done():
+                    return future.result()
+                # Each SMB call gets `timeout`: a unit of many (a listing) reports progress() between them.
+                left = call.last + self.timeout - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), left)
+                except TimeoutError:
+                    if future.done():  # the call itself raised TimeoutError
+                        return future.result()
+                    # Still running: progress meanwhile, or the deadline; the loop's test decides.
         except TimeoutError:
+            future.cancel()  # not started yet: never run it
             # The worker may be blocked on the socket forever: shut it down so the thread is freed.
             slot.abort()
             raise retry_later(errors.BackendUnavailable(

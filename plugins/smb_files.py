@@ -30,7 +30,7 @@ from gateway.backend import BucketInfo, ByteRange, ObjectInfo, ObjectMeta
 from . import fslayout
 from .fslayout import BUCKET_FILE, NAME_FILE
 from .fsutil import SFM_MAP, sfm_decode, sfm_encode
-from .smb_client import ACCESS_DENIED, DELETE_PENDING, SHARING_VIOLATION
+from .smb_client import ACCESS_DENIED, DELETE_PENDING, SHARING_VIOLATION, progress
 
 log = logging.getLogger(__name__)
 HEADER_READ = 4096  # enough for a typical header; HEAD and listings read only this much
@@ -293,6 +293,7 @@ def list_buckets(kw: dict, root: str) -> list[BucketInfo]:
             found.append(head_bucket(kw, join(root, name), name))
         except errors.NoSuchBucket:
             continue  # deleted while we listed
+        progress()
     return found
 
 
@@ -315,6 +316,7 @@ def entries(kw: dict, directory: str) -> list[fslayout.Entry]:
         if is_missing(exc):
             return []
         raise
+    progress()
     return fslayout.sorted_entries(
         ((sfm_decode(entry.name), join(directory, entry.name), entry.is_dir()) for entry in scanned),
         lambda path: _header_key_segment(kw, path),
@@ -350,7 +352,9 @@ def walk(kw: dict, directory: str, key_prefix: str, prefix: str, start_after: st
 
 def _listed_info(kw: dict, path: str) -> ObjectInfo | None:
     try:
-        return read_info(kw, path)
+        info = read_info(kw, path)
+        progress()  # a listing reads one header per object: each read is one call's worth of timeout
+        return info
     except OSError as exc:
         if not is_missing(exc):
             raise
@@ -373,6 +377,7 @@ def clean_temp_files(kw: dict, tmp_dir: str, is_stale) -> int:
     for entry in smbclient.scandir(tmp_dir, **kw):
         if is_stale(entry.name) and remove_quietly(kw, join(tmp_dir, entry.name)):
             removed += 1
+        progress()
     return removed
 
 

@@ -428,3 +428,43 @@ def test_complete_multipart_while_the_store_is_frozen_then_retried(remote, tmp_p
                                                              MultipartUpload={"Parts": parts}))
         assert s3.get_object(Bucket="far", Key="mp")["Body"].read() == b"\x01" * (5 * MiB) + b"\x02" * (5 * MiB)
         assert s3.list_multipart_uploads(Bucket="far").get("Uploads", []) == []
+
+
+def test_a_listing_of_many_objects_is_not_cut_by_the_call_timeout(own_smbd, tmp_path):
+    """`timeout` bounds each SMB call (so that a hung server is a 503, not a hang). A listing page is many
+    calls (a directory query per level, an open+read+close per object) in one worker hop: it must not be
+    bounded as a whole by one call's timeout, or an operator who sets a short timeout (or whose NAS is a
+    few ms away) gets a 503 "no answer" for every listing of a large bucket from a server that answers."""
+    import asyncio
+
+    from gateway_plugins.local import LocalBackend
+
+    from gateway.testing.backend_io import put_bytes
+
+    options = _smb_options(own_smbd)
+    options["timeout"] = 1
+
+    async def fill():  # the same files the smb backend writes (one layout), written quickly
+        local = LocalBackend(root=str(own_smbd.share_dir / options["path"]), fsync=False)
+        await local.start()
+        try:
+            await local.create_bucket("far")
+            for i in range(2000):
+                await put_bytes(local, "far", f"cam/{i:05d}.jpg", b"x")
+        finally:
+            await local.close()
+
+    asyncio.run(fill())
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "smb", options)) as gw:
+        s3 = _client(gw)
+        keys = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="far", PaginationConfig={"PageSize": 1000}):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        assert keys == [f"cam/{i:05d}.jpg" for i in range(2000)]
+        # A hung server is still a 503 after the timeout, in the middle of a listing too.
+        _freeze(own_smbd.process, True)
+        try:
+            _assert_503_retry_after(lambda: s3.list_objects_v2(Bucket="far"))
+        finally:
+            _thaw(own_smbd.process, True)
+        assert _wait_recovered(lambda: s3.list_objects_v2(Bucket="far", MaxKeys=3))["KeyCount"] == 3
