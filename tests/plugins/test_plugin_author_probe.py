@@ -420,3 +420,17 @@ def test_what_an_s3_client_sees_when_a_backend_raises_a_library_exception(tmp_pa
         log = gw.log()
     assert "StoreLibraryError: connection to the store lost" in log and "StoreLibraryError: listing failed" in log
     assert "StoreLibraryError: read failed in the middle" in log
+
+
+@pytest.mark.parametrize("variable", ["GATEWAY_DISABLE_PLUGINS", "GATEWAY_LOAD_PLUGINS"])
+def test_a_switch_naming_no_installed_plugin_is_reported(tmp_path, variable):
+    """A typo in a switch did nothing without a word: the plugin meant to be skipped still loaded, or the one
+    meant to be loaded did not, and the config then said only 'unknown backend type'."""
+    install(tmp_path, "flat-plugin", {"my-flat": "my_flat_hooks"},
+            {"my_flat_hooks": MEMORY_HOOK.format(cls="MyFlat", type="myflat")})
+    out = gateway(tmp_path, "plugins", "list", **{variable: "my-falt"})
+    assert out.returncode == 0, out.stderr
+    assert f"{variable} names 'my-falt', which is not an installed third-party plugin" in out.stderr, out.stderr
+    assert "my-flat" in out.stderr.split("those are:")[1], out.stderr
+    quiet = gateway(tmp_path, "plugins", "list", **{variable: "my-flat"})
+    assert quiet.returncode == 0 and "not an installed" not in quiet.stderr, quiet.stderr
