@@ -422,10 +422,10 @@ def test_what_an_s3_client_sees_when_a_backend_raises_a_library_exception(tmp_pa
     assert "StoreLibraryError: read failed in the middle" in log
 
 
-@pytest.mark.parametrize("variable", ["GATEWAY_DISABLE_PLUGINS", "GATEWAY_LOAD_PLUGINS"])
-def test_a_switch_naming_no_installed_plugin_is_reported(tmp_path, variable):
-    """A typo in a switch did nothing without a word: the plugin meant to be skipped still loaded, or the one
-    meant to be loaded did not, and the config then said only 'unknown backend type'."""
+def test_a_load_switch_naming_no_installed_plugin_is_reported(tmp_path):
+    """A typo in GATEWAY_LOAD_PLUGINS did nothing without a word: the plugin meant to be loaded was not,
+    and the config then said only 'unknown backend type'."""
+    variable = "GATEWAY_LOAD_PLUGINS"
     install(tmp_path, "flat-plugin", {"my-flat": "my_flat_hooks"},
             {"my_flat_hooks": MEMORY_HOOK.format(cls="MyFlat", type="myflat")})
     out = gateway(tmp_path, "plugins", "list", **{variable: "my-falt"})
