@@ -146,12 +146,14 @@ class SmbBackend(Backend):
         self.tmp_dir = files.join(self.unc_root, ".gateway", "tmp", self.host)
         self._counter = itertools.count()
         self._orphans: set[str] = set()  # temp files a failed PUT could not remove yet
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: set[asyncio.Task] = set()
 
     # Life cycle -----------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect, log in, check share and path, and clean this host's stale temp files."""
+        self._loop = asyncio.get_running_loop()  # for clean_temp_files, called from the reaper's thread
         where = f"SMB server {self.server}:{self.port}"
         try:
             await self.pool.call(lambda kw: None, what="connect")
@@ -183,6 +185,39 @@ class SmbBackend(Backend):
     def _stale_temp(self, name: str) -> bool:
         # Another live gateway on this host may be writing it; anything else is left over.
         return not fsutil.temp_owner_alive(name)
+
+    def _stale_temp_now(self, name: str) -> bool:
+        # While running, this process's own files are PUTs in flight (or orphans, swept on their own).
+        return name.split("-", 1)[0] != str(os.getpid()) and self._stale_temp(name)
+
+    def clean_temp_files(self) -> int:
+        """For the gateway's upload reaper, which calls it in a thread now and then: remove the temp files
+        this process's failed PUTs could not remove (the server was down or hung at the time) and those of
+        this host's dead gateways; return how many. Without it they stayed, each as large as its object,
+        until a later PUT through this process (its own) or a restart (dead writers')."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return 0
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # it would wait for itself
+            raise RuntimeError(f"{self.label}: clean_temp_files() is for a thread, not the event loop")
+        return asyncio.run_coroutine_threadsafe(self._clean_temp_files(), loop).result()
+
+    async def _clean_temp_files(self) -> int:
+        before = len(self._orphans)
+        await self._sweep_orphans()
+        removed = before - len(self._orphans)
+        try:
+            removed += await self.pool.call(files.clean_temp_files, self.tmp_dir, self._stale_temp_now,
+                                            what="clean up")
+        except (OSError, errors.GatewayError) as exc:  # the server is down: the next sweep tries again
+            log.info("%s: could not clean temp files now: %s", self.label, getattr(exc, "message", exc))
+        if removed:
+            log.info("%s: removed %d stale temp files", self.label, removed)
+        return removed
 
     async def close(self) -> None:
         if self._closing:

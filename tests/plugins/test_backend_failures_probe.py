@@ -92,9 +92,9 @@ def _value(value) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 
-def _config(tmp_path, remote_type: str, options: dict) -> str:
-    """Bucket "far" on the remote backend, bucket "near" on a local one."""
-    lines = ['default_backend = "local"', "", "[buckets]", 'far = "remote"', 'near = "local"', "",
+def _config(tmp_path, remote_type: str, options: dict, top: str = "") -> str:
+    """Bucket "far" on the remote backend, bucket "near" on a local one (``top``: more top-level settings)."""
+    lines = ['default_backend = "local"', top, "", "[buckets]", 'far = "remote"', 'near = "local"', "",
              "[backends.local]", 'type = "local"', f'root = "{tmp_path / "local"}"', "",
              "[backends.remote]", f'type = "{remote_type}"']
     lines += [f"{key} = {_value(value)}" for key, value in options.items()]
@@ -468,3 +468,30 @@ def test_a_listing_of_many_objects_is_not_cut_by_the_call_timeout(own_smbd, tmp_
         finally:
             _thaw(own_smbd.process, True)
         assert _wait_recovered(lambda: s3.list_objects_v2(Bucket="far", MaxKeys=3))["KeyCount"] == 3
+
+
+def test_smb_temp_files_left_by_failures_are_swept_while_running(own_smbd, tmp_path):
+    """A PUT that fails while smbd is frozen cannot remove its temp file (as large as the object); nor does
+    a gateway killed on this host. The upload reaper's sweeps (every multipart_expiry / 4) now remove both
+    while the gateway runs, without waiting for a later PUT through it or a restart."""
+    import socket
+    import subprocess
+
+    options = _smb_options(own_smbd)
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "smb", options, "multipart_expiry = 2")) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        tmp_dir = own_smbd.share_dir / options["path"] / ".gateway" / "tmp" / (socket.gethostname() or "localhost")
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        (tmp_dir / f"{gone.pid}-0-deadbeef").write_bytes(b"left by a gateway killed mid-PUT")
+        status, body, _ = _put_stopping_halfway(gw, "video", 8 * MiB, lambda: _freeze(own_smbd.process, True),
+                                                4 * MiB)
+        _thaw(own_smbd.process, True)
+        assert status == 503, body
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and list(tmp_dir.iterdir()):
+            time.sleep(0.2)
+        assert [p.name for p in tmp_dir.iterdir()] == [], "temp files stay until a later PUT or a restart"
+        s3.put_object(Bucket="far", Key="after", Body=b"a")
+        assert s3.get_object(Bucket="far", Key="after")["Body"].read() == b"a"
