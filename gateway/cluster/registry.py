@@ -225,7 +225,13 @@ def registry_classes() -> dict[str, type[Registry]]:
             raise ValueError(f"two plugins register a registry for {scheme}://: {found[scheme]} and {cls}")
         found[scheme] = cls
 
-    pm.hook.register_registries(register=register)
+    for impl in pm.hook.register_registries.get_hookimpls():
+        returned = impl.function(*({"register": register}[arg] for arg in impl.argnames))
+        if returned is not None:  # thrown away by pluggy: its scheme would be "no registry plugin" for every URL
+            text = repr(returned)
+            raise ValueError(f"plugin {impl.plugin_name!r} returns {text[:117] + '...' if len(text) > 120 else text} "
+                             "from its register_registries hook, which registers nothing: call "
+                             "register(scheme, RegistryClass) for each registry instead")
     return found
 
 

@@ -85,13 +85,19 @@ class ObjectService:
             await self.cluster.start()  # decides the role when none was configured
         if self.role == "proxy":
             self.local_backends = {}  # a proxy keeps nothing of its own
-        for backend in self.local_backends.values():
+        for name, backend in self.local_backends.items():
             try:
                 await backend.start()
-            except ValueError as exc:
+            except ValueError as exc:  # the backend's own words (built-ins name themselves and the setting)
                 if self.from_data_dir:  # the operator never named a backend: name the setting they did give
                     raise ValueError(f"{exc} (set by --data-dir, GATEWAY_DATA_DIR)") from None
                 raise
+            except Exception as exc:
+                # A plugin's start() that let its library's exception through: serve printed only
+                # "error: [Errno 111] Connection refused", naming no backend. The traceback is for its author.
+                log.error("backend %r (%s) failed to start", name, type(backend).__name__, exc_info=exc)
+                raise ValueError(f"backend {name!r} ({type(backend).__name__}) could not start: "
+                                 f"{type(exc).__name__}: {exc}; the traceback is in the log above") from None
         if self.cluster is not None:
             from .cluster_nodes import node_backend
 
@@ -243,6 +249,9 @@ class ObjectService:
                 status[name] = exc.message
             except OSError as exc:
                 status[name] = f"{exc.strerror or exc}"
+            except Exception as exc:  # a plugin's check that let its library's exception through: still an answer
+                log.warning("backend %r: check_writable failed", name, exc_info=exc)
+                status[name] = f"{type(exc).__name__}: {exc}"
         return status
 
 

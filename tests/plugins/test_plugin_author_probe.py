@@ -434,3 +434,72 @@ def test_a_load_switch_naming_no_installed_plugin_is_reported(tmp_path):
     assert "my-flat" in out.stderr.split("those are:")[1], out.stderr
     quiet = gateway(tmp_path, "plugins", "list", **{variable: "my-flat"})
     assert quiet.returncode == 0 and "not an installed" not in quiet.stderr, quiet.stderr
+
+
+FAILING_START = """
+from gateway.hookspecs import hookimpl
+from gateway_plugins.memory import MemoryBackend
+
+
+class StoreDown(MemoryBackend):
+    async def start(self):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+class Unsure(MemoryBackend):
+    async def check_writable(self):
+        raise RuntimeError("the store's client is not connected")
+
+
+@hookimpl
+def register_backends(register):
+    register("store-down", StoreDown)
+    register("unsure", Unsure)
+"""
+
+
+def test_a_backend_whose_start_lets_a_library_exception_through_is_named(tmp_path):
+    """serve said only "error: [Errno 111] Connection refused": which backend, of which plugin?"""
+    install(tmp_path, "failing-plugin", {"failing": "failing_backend"}, {"failing_backend": FAILING_START})
+    config = tmp_path / "gateway.toml"
+    config.write_text('default_backend = "remote"\n[backends.remote]\ntype = "store-down"\n')
+    from gateway.testing.server import free_port
+
+    out = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(free_port()),
+                          "--access-key", "a", "--secret-key", "b" * 16], capture_output=True, text=True,
+                         env=env(tmp_path), cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: backend 'remote' (StoreDown) could not start: ConnectionRefusedError:"), last
+    assert "Connection refused" in last
+    assert "Traceback" in out.stderr  # in the log, for the plugin's author
+
+
+def test_a_check_writable_that_raises_a_library_exception_is_a_503_with_the_reason(tmp_path):
+    """/readyz was a bare 500 "Internal Server Error": a load balancer learns nothing, nor does the operator."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    install(tmp_path, "failing-plugin", {"failing": "failing_backend"}, {"failing_backend": FAILING_START})
+    config = 'default_backend = "u"\n[backends.u]\ntype = "unsure"\n'
+    with GatewayProcess(tmp_path / "cv", config=config, env=env(tmp_path)) as gw:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(gw.endpoint + "/readyz", timeout=10)
+        assert answer.value.code == 503
+        body = json.loads(answer.value.read())
+        assert body["ready"] is False
+        assert body["backends"] == {"u": "RuntimeError: the store's client is not connected"}
+        gw.client().create_bucket(Bucket="still-served")  # the gateway is up all the same
+        log = gw.log()
+    assert "check_writable failed" in log and "RuntimeError" in log
+
+
+def test_a_registry_hook_that_returns_its_classes_is_named(tmp_path):
+    source = ("from gateway.hookspecs import hookimpl\nfrom gateway.cluster.registry_sqlite import SqliteRegistry\n\n"
+              "@hookimpl\ndef register_registries(register):\n    return {'mydb': SqliteRegistry}\n")
+    install(tmp_path, "registry-plugin", {"myregistry": "my_registry"}, {"my_registry": source})
+    out = gateway(tmp_path, "cluster", "status", "--registry", "mydb:///x")
+    assert out.returncode != 0
+    assert "plugin 'myregistry' returns {'mydb':" in out.stderr, out.stderr
+    assert "call register(scheme, RegistryClass)" in out.stderr and "Traceback" not in out.stderr, out.stderr
