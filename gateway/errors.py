@@ -13,13 +13,14 @@ class GatewayError(Exception):
     code = "InternalError"
     status = 500
     default_message = "We encountered an internal error. Please try again."
+    retry_after: str | None = None  # seconds, for the Retry-After header of every error of this class
 
     def __init__(self, message: str | None = None, **fields: str):
         self.message = message or self.default_message
         # Extra elements for the XML body (BucketName, Key, UploadId, ...).
         self.fields = fields
         # Extra response headers (Retry-After, ...).
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] = {"Retry-After": self.retry_after} if self.retry_after else {}
         super().__init__(self.message)
 
 
@@ -114,6 +115,10 @@ AuthorizationQueryParametersError = _error(
 InternalError = _error("InternalError", 500, GatewayError.default_message)
 ServiceUnavailable = _error("ServiceUnavailable", 503, "The storage behind this gateway is unavailable. Please retry.")
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
+# Every 503 says when to come back, whichever backend or layer raised it (a raiser may set another
+# value): without it a client retries at once, and an S3 SDK's backoff is its only guide.
+ServiceUnavailable.retry_after = "5"
+SlowDown.retry_after = "1"
 # 507 (RFC 4918): not retried by S3 clients, which is right, a full disk does not clear itself.
 InsufficientStorage = _error("InsufficientStorage", 507, "The storage behind this gateway is full.")
 FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT

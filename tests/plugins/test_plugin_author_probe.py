@@ -407,6 +407,7 @@ def test_what_an_s3_client_sees_when_a_backend_raises_a_library_exception(tmp_pa
         with pytest.raises(botocore.exceptions.ClientError) as down:
             s3.put_object(Bucket="faults", Key="store-down", Body=b"x")
         assert down.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert down.value.response["ResponseMetadata"]["HTTPHeaders"].get("retry-after") == "5"  # every 503 says when
         assert "did not answer within 5 s" in down.value.response["Error"]["Message"]
         with pytest.raises(botocore.exceptions.ClientError) as unlistable:
             s3.list_objects_v2(Bucket="faults", Prefix="unlistable")
