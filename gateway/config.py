@@ -95,9 +95,18 @@ class Settings(BaseSettings):
     @classmethod
     def _host(cls, value: str) -> str:
         # uvicorn would take "" for every interface: opening the gateway to the network must be asked for.
-        if not value.strip():
+        value = value.strip()  # "10.0.0.1 " from a quoted variable did not resolve
+        if not value:
             raise ValueError("must not be empty (use 0.0.0.0 to listen on every interface)")
-        return value
+        # An address copied from a URL did not resolve either, said as "cannot listen on 127.0.0.1:8086:8086".
+        if "://" in value:
+            raise ValueError(f"{value!r} is a URL: give the address alone, e.g. 127.0.0.1, or 0.0.0.0 for every "
+                             "interface (the port goes in --port, GATEWAY_PORT)")
+        with_port = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]+):(\d+)", value)
+        if with_port:
+            raise ValueError(f"{value!r} has a port in it: give the address alone ({with_port[1].strip('[]')}) and "
+                             f"the port with --port {with_port[2]} (GATEWAY_PORT)")
+        return value.removeprefix("[").removesuffix("]") if value.startswith("[") else value
 
     @field_validator("region")
     @classmethod

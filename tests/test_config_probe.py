@@ -267,3 +267,20 @@ def test_print_config_names_a_data_dir_this_user_may_not_write(tmp_path):
     fine = serve("--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "new" / "cv"),
                  "--print-config")
     assert fine.returncode == 0 and not (tmp_path / "new").exists(), fine.stderr
+
+
+def test_a_host_copied_from_a_url_is_named(tmp_path):
+    """--host 127.0.0.1:8086, http://0.0.0.0 or [::1] each ended in "cannot listen on 127.0.0.1:8086:8086: the
+    name does not resolve"; "10.0.0.1 " (a stray space in a quoted variable) too."""
+    keys = ["--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "cv")]
+    for host, expected in (("127.0.0.1:8086", "'127.0.0.1:8086' has a port in it: give the address alone "
+                                              "(127.0.0.1) and the port with --port 8086 (GATEWAY_PORT)"),
+                           ("[::1]:8086", "'[::1]:8086' has a port in it: give the address alone (::1)"),
+                           ("http://0.0.0.0", "'http://0.0.0.0' is a URL: give the address alone")):
+        result = serve(*keys, "--host", host, "--port", str(free_port()))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: invalid setting host (GATEWAY_HOST): {expected}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    for host, listens in (("[::1]", "::1"), ("127.0.0.1 ", "127.0.0.1")):
+        result = serve(*keys, "--host", host, "--print-config")
+        assert result.returncode == 0 and f'"host": "{listens}"' in result.stdout, result.stderr
