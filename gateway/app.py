@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from .api import admin, metrics
 from .api.local_reads import LocalReadServer
 from .api.peer import PeerApp, admin_router as cluster_admin_router
-from .api.s3.app import S3App
+from .api.s3.app import QUIET_ABORTS, S3App
 from .config import Settings
 from .services.objects import ObjectService
 
@@ -89,6 +89,8 @@ class GatewayApp:
                     self.startup_error = str(exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # After the server configured its logging (uvicorn.Config does, with dictConfig).
+                logging.getLogger("uvicorn.error").addFilter(QUIET_ABORTS)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.local_reads is not None:

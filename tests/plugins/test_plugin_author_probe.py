@@ -421,6 +421,7 @@ def test_what_an_s3_client_sees_when_a_backend_raises_a_library_exception(tmp_pa
         log = gw.log()
     assert "StoreLibraryError: connection to the store lost" in log and "StoreLibraryError: listing failed" in log
     assert "StoreLibraryError: read failed in the middle" in log
+    assert "Exception in ASGI application" not in log  # logged once, by the gateway, not again by uvicorn
 
 
 def test_a_load_switch_naming_no_installed_plugin_is_reported(tmp_path):

@@ -22,6 +22,22 @@ from .xml import error_document
 
 log = logging.getLogger("gateway.s3")
 
+
+class ResponseAborted(Exception):
+    """A response that broke off after it had started, already logged here: raised only so that the
+    server ends the connection (ASGI has no other way to say the body is incomplete)."""
+
+
+class QuietAborts(logging.Filter):
+    """Keeps ResponseAborted out of uvicorn's "Exception in ASGI application" traceback: a backend
+    that failed in the middle of a streamed GET (a store stopped) is one warning, not a page."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ResponseAborted))
+
+
+QUIET_ABORTS = QuietAborts()  # one instance: adding it again (several apps in one process) adds nothing
+
 # Sub-resources S3 has that this gateway does not implement: a clear 501, not a wrong answer.
 UNSUPPORTED = {
     "acl", "tagging", "policy", "cors", "lifecycle", "website", "encryption", "logging", "notification",
@@ -200,10 +216,10 @@ class S3App:
             await objects.send_object(send, status, headers, body)
         except errors.GatewayError as exc:
             log.warning("request %s failed after the response started: %s", req.request_id, exc.message)
-            raise
-        except Exception:
+            raise ResponseAborted(exc.message) from exc
+        except Exception as exc:
             log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
-            raise
+            raise ResponseAborted(str(exc)) from exc
 
     def error_response(self, req: S3Request, exc: errors.GatewayError) -> tuple[int, list, bytes]:
         """An error's (status, headers, body): an S3 XML document; empty for HEAD and 304."""
