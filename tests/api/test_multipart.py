@@ -51,6 +51,18 @@ def _upload(mp, bucket, key, parts, **create_args):
     return upload_id, etags
 
 
+def _upload_with_sha256(mp, bucket, key, parts):
+    """An upload whose parts carry SHA256 checksums: (upload id, the completion's part list)."""
+    upload_id = mp.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")["UploadId"]
+    listed = []
+    for number, data in enumerate(parts, 1):
+        answer = mp.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+                                ChecksumAlgorithm="SHA256")
+        assert "ChecksumSHA256" in answer
+        listed.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": answer["ChecksumSHA256"]})
+    return upload_id, listed
+
+
 def test_complete_upload(mp, mbucket):
     parts = [os.urandom(MIN_PART), os.urandom(MIN_PART + 5), b"tail"]
     upload_id, etags = _upload(mp, mbucket, "video/clip.mp4", parts, ContentType="video/mp4",
@@ -106,12 +118,7 @@ def test_complete_sent_again_after_success_gets_the_same_answer(mp, mbucket):
 
 def test_complete_sent_again_with_part_checksums(mp, mbucket):
     parts = [os.urandom(MIN_PART), b"tail"]
-    upload_id = mp.create_multipart_upload(Bucket=mbucket, Key="k", ChecksumAlgorithm="SHA256")["UploadId"]
-    listed = []
-    for number, data in enumerate(parts, 1):
-        answer = mp.upload_part(Bucket=mbucket, Key="k", UploadId=upload_id, PartNumber=number, Body=data,
-                                ChecksumAlgorithm="SHA256")
-        listed.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": answer["ChecksumSHA256"]})
+    upload_id, listed = _upload_with_sha256(mp, mbucket, "k", parts)
     first = mp.complete_multipart_upload(Bucket=mbucket, Key="k", UploadId=upload_id,
                                          MultipartUpload={"Parts": listed})
     again = mp.complete_multipart_upload(Bucket=mbucket, Key="k", UploadId=upload_id,
@@ -437,13 +444,7 @@ def test_boto3_transfer_manager(small_parts, mp, mbucket, tmp_path):
 
 def test_multipart_with_checksum_algorithm(mp, mbucket):
     parts = [os.urandom(MIN_PART), b"tail"]
-    upload_id = mp.create_multipart_upload(Bucket=mbucket, Key="ck", ChecksumAlgorithm="SHA256")["UploadId"]
-    etags = []
-    for number, data in enumerate(parts, 1):
-        response = mp.upload_part(Bucket=mbucket, Key="ck", UploadId=upload_id, PartNumber=number, Body=data,
-                                  ChecksumAlgorithm="SHA256")
-        assert "ChecksumSHA256" in response
-        etags.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": response["ChecksumSHA256"]})
+    upload_id, etags = _upload_with_sha256(mp, mbucket, "ck", parts)
     mp.complete_multipart_upload(Bucket=mbucket, Key="ck", UploadId=upload_id, MultipartUpload={"Parts": etags})
     got = mp.get_object(Bucket=mbucket, Key="ck", ChecksumMode="ENABLED")
     assert got["Body"].read() == b"".join(parts)  # botocore checks the returned checksum against the bytes
