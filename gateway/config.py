@@ -402,10 +402,21 @@ def _origins(given: dict[str, Any], config_file: str | os.PathLike | None):
             return f"{variable} in the environment" if secret else \
                 f"{variable}={environment[variable]!r} in the environment"
         if name not in given and name in table:
-            return f"{name} in {config_file}" if secret else f"{name} = {table[name]!r} in {config_file}"
+            return f"{name} in {config_file}" if secret else f"{name} = {_as_toml(table[name])} in {config_file}"
         return variable
 
     return origin
+
+
+def _as_toml(value: Any) -> str:
+    """A value as the file has it (true, "text"), not as Python shows it (True, 'text')."""
+    import json
+
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return str(value)  # nan, inf, -inf: TOML's words too
+    if isinstance(value, (bool, str, int, float)):
+        return json.dumps(value)
+    return repr(value)
 
 
 def _suggest(name: str) -> str:

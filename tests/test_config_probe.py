@@ -28,9 +28,14 @@ def test_true_or_false_for_a_number_is_refused(tmp_path):
         config.write_text(f'access_key = "a"\nsecret_key = "bbbbbbbb"\ndata_dir = "{tmp_path}/cv"\n{setting} = true\n')
         result = serve("--config", str(config), "--print-config")
         assert result.returncode == 2, (setting, result.stdout)
-        assert f"invalid setting {setting} ({setting} = True in {config}): must be a number, not true or false" \
+        assert f"invalid setting {setting} ({setting} = true in {config}): must be a number, not true or false" \
             in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    # The value as the file has it, not as Python shows it (True, 'abc').
+    config.write_text(f'access_key = "a"\nsecret_key = "bbbbbbbb"\ndata_dir = "{tmp_path}/cv"\nport = "abc"\n')
+    result = serve("--config", str(config), "--print-config")
+    assert result.returncode == 2 and f'invalid setting port (port = "abc" in {config}): ' in result.stderr, \
+        result.stderr
 
 
 def test_a_misspelt_gateway_variable_is_named_with_the_likely_one(tmp_path):
