@@ -62,6 +62,10 @@ def join(registry, advertise, role, node_id) -> None:
 
     if not is_http_url(advertise):
         raise click.BadParameter(f"{advertise!r} is not a URL like https://10.0.0.2:8086", param_hint="--advertise")
+    if urlsplit(advertise).hostname in ("0.0.0.0", "::"):  # as gateway serve refuses it (config.py)
+        raise click.BadParameter(f"{advertise!r} names no machine (it is where a server listens: every interface): "
+                                 "give the address peers reach the node at, e.g. https://10.0.0.2:8086",
+                                 param_hint="--advertise")
     node_id = node_id or urlsplit(advertise).netloc
     if not node_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--node-id")

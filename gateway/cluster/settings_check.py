@@ -14,6 +14,8 @@ def advertised_url(settings) -> str:
         return settings.advertise.rstrip("/")
     scheme = "https" if settings.tls_cert else "http"
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:  # an IPv6 address: in brackets in a URL (http://[::1]:8086), or the port is not found
+        host = f"[{host.strip('[]')}]"
     return f"{scheme}://{host}:{settings.port}"
 
 
