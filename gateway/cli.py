@@ -141,8 +141,11 @@ def serve(config_file, print_config, **flags) -> None:
         app = create_app(settings)  # builds every backend: a bad type or option fails here, also for --print-config
     except ValueError as exc:
         _fail(str(exc))
-    if print_config:
+    if settings.role != "proxy":  # a proxy's data dir is unused (it says so): nothing to check
+        # Before the start, as --print-config does: the local backend's own start error came after
+        # uvicorn's start-up lines, three times over (the app's log, uvicorn's, and error:).
         _check_local_roots(settings)
+    if print_config:
         click.echo(json.dumps(settings.masked(), indent=2, sort_keys=True))
         return
     import uvicorn

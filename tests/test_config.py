@@ -222,8 +222,9 @@ def test_an_unusable_data_dir_names_the_setting(tmp_path):
     (tmp_path / "a-file").write_text("not a directory")
     result = run_cli("serve", "--access-key", "a", "--secret-key", "b", "--data-dir", str(tmp_path / "a-file"),
                      "--port", "18997")
-    assert result.returncode != 0
-    assert "is not usable: Not a directory (set by --data-dir, GATEWAY_DATA_DIR)" in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert result.stderr == (f"error: backend 'local': root {tmp_path}/a-file is not usable: {tmp_path}/a-file is "
+                             "not a directory (--data-dir, GATEWAY_DATA_DIR)\n"), result.stderr  # one line, before the start
 
 
 def test_print_config_checks_the_backends_without_touching_storage(tmp_path):

@@ -263,6 +263,10 @@ def test_print_config_names_a_data_dir_this_user_may_not_write(tmp_path):
                                     "writable by user "), result.stderr
     assert "give a directory this user may write (--data-dir, GATEWAY_DATA_DIR)" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (closed / "cv").exists()
+    # Served, the same one line before anything starts (it came after uvicorn's lines, three times).
+    served = subprocess.run([arg for arg in command if arg != "--print-config"] + ["--port", str(free_port())],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert served.returncode == 2 and served.stderr == result.stderr, served.stderr
 
     (tmp_path / "a-file").write_text("x")
     result = serve("--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "a-file" / "cv"),
