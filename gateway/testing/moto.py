@@ -13,6 +13,7 @@ benchmark, its CPU would be the client's). Needs the ``moto[server]`` extra (the
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ class MotoServer:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.process.send_signal(signal.SIGCONT)  # a test may have frozen it: SIGTERM waits otherwise
         self.process.terminate()
         try:
             self.process.wait(timeout=10)

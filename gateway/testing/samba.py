@@ -18,8 +18,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .server import free_port
@@ -128,10 +131,23 @@ class Smbd:
             raise
         return self
 
+    @classmethod
+    @contextmanager
+    def private(cls, command_prefix: list[str] | None = None) -> Iterator[Smbd]:
+        """A started smbd in a fresh temp dir, stopped and removed on exit (even if a test froze it)."""
+        base = Path(tempfile.mkdtemp(prefix="cv-smbd-"))
+        server = cls(base, command_prefix=command_prefix)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+            shutil.rmtree(base, ignore_errors=True)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         try:
+            os.killpg(self.process.pid, signal.SIGCONT)  # a test may have frozen it: SIGTERM waits otherwise
             os.killpg(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass

@@ -9,10 +9,7 @@ The start/stop code lives in gateway/testing/samba.py and gateway/testing/moto.p
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -23,14 +20,8 @@ from gateway.testing.samba import Smbd
 @pytest.fixture(scope="session")
 def smbd():
     """One private smbd for the session (tests use their own path inside the share)."""
-    base = Path(tempfile.mkdtemp(prefix="cv-smbd-"))
-    server = Smbd(base)
-    server.start()
-    try:
+    with Smbd.private() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

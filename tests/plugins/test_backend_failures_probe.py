@@ -19,10 +19,8 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import boto3
@@ -37,24 +35,11 @@ from gateway.testing.server import GatewayProcess
 MiB = 1024 * 1024
 
 
-def _smbd(prefix: list[str] | None = None):
-    base = Path(tempfile.mkdtemp(prefix="cv-smbd-fail-"))
-    server = Smbd(base, command_prefix=prefix)
-    server.start()
-    return server, base
-
-
 @pytest.fixture
 def own_smbd():
     """A private smbd this test may stop and freeze."""
-    server, base = _smbd()
-    try:
+    with Smbd.private() as server:
         yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.killpg(server.process.pid, signal.SIGCONT)
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # smbd whose files may not grow past 2 MiB: a write beyond fails with EFBIG, which Samba answers as
@@ -66,12 +51,8 @@ _LIMIT_FILES = [sys.executable, "-c",
 
 @pytest.fixture
 def full_smbd():
-    server, base = _smbd(_LIMIT_FILES)
-    try:
+    with Smbd.private(command_prefix=_LIMIT_FILES) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -81,8 +62,6 @@ def own_moto(tmp_path):
     try:
         yield server
     finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
 
 
