@@ -68,6 +68,21 @@ class Cluster:
         await registry.heartbeat(node_id, {"heartbeat_interval": 5.0})
         await _age(registry, node_id, 60)
 
+    async def r1_takes_over(self) -> None:
+        """p1 dies; voter r1 sees it silent, waits a whole lease, and becomes primary (r2 is up)."""
+        await self.die("p1")
+        assert await self.elections["r1"].round("redundant") == "redundant"
+        self.wait_out()
+        assert await self.elections["r1"].round("redundant") == "primary"
+
+    async def start_again(self, node_id: str, role: str) -> str:
+        """The role a fresh process of ``node_id`` started with ``--role role`` takes."""
+        again = Election(open_registry(self.url), node_id, LEASE_SECONDS)
+        try:
+            return await again.start_role(role)
+        finally:
+            await again.registry.close()
+
     async def roles(self) -> dict[str, str]:
         registry = next(iter(self.registries.values()))
         return {n.node_id: n.role for n in await registry.nodes()}
@@ -205,18 +220,11 @@ def test_no_failover_with_fewer_than_two_redundant_nodes(registry_url):
 def test_the_old_primary_steps_down_when_it_returns(registry_url):
     async def scenario(cluster):
         await four_nodes(cluster)
-        await cluster.die("p1")
-        assert await cluster.elections["r1"].round("redundant") == "redundant"
-        cluster.wait_out()
-        assert await cluster.elections["r1"].round("redundant") == "primary"
+        await cluster.r1_takes_over()
         # p1 only paused (or was cut off) and runs its next round ...
         assert await cluster.elections["p1"].round("primary") == "redundant"
         # ... or it restarts with --role primary: it joins as redundant.
-        restarted = Election(open_registry(cluster.url), "p1", LEASE_SECONDS)
-        try:
-            assert await restarted.start_role("primary") == "redundant"
-        finally:
-            await restarted.registry.close()
+        assert await cluster.start_again("p1", "primary") == "redundant"
         # The new primary keeps its lease.
         assert await cluster.elections["r1"].round("primary") == "primary"
 
@@ -292,16 +300,9 @@ def test_a_handover_that_never_completes_leaves_the_primary_in_place(registry_ur
 def test_a_primary_restarted_with_role_redundant_stays_primary(registry_url):
     async def scenario(cluster):
         await four_nodes(cluster)
-        await cluster.die("p1")
-        assert await cluster.elections["r1"].round("redundant") == "redundant"
-        cluster.wait_out()
-        assert await cluster.elections["r1"].round("redundant") == "primary"
+        await cluster.r1_takes_over()
         # r1's unit still says --role redundant; restarted at once, its lease is still its own.
-        again = Election(open_registry(cluster.url), "r1", LEASE_SECONDS)
-        try:
-            assert await again.start_role("redundant") == "primary"
-        finally:
-            await again.registry.close()
+        assert await cluster.start_again("r1", "redundant") == "primary"
         assert await cluster.elections["r3"].start_role("redundant") == "redundant"
 
     run(registry_url, scenario)
@@ -310,17 +311,10 @@ def test_a_primary_restarted_with_role_redundant_stays_primary(registry_url):
 def test_taking_the_lease_leaves_one_node_listed_primary(registry_url):
     async def scenario(cluster):
         await four_nodes(cluster)
-        await cluster.die("p1")
-        assert await cluster.elections["r1"].round("redundant") == "redundant"
-        cluster.wait_out()
-        assert await cluster.elections["r1"].round("redundant") == "primary"
+        await cluster.r1_takes_over()
         await cluster.registries["r1"].register("r1", "primary", "http://127.0.0.1:9/r1")
         await cluster.die("r1")  # the new primary dies too; the old one comes back with --role primary
-        again = Election(open_registry(cluster.url), "p1", LEASE_SECONDS)
-        try:
-            assert await again.start_role("primary") == "primary"
-        finally:
-            await again.registry.close()
+        assert await cluster.start_again("p1", "primary") == "primary"
         await cluster.registries["p1"].register("p1", "primary", "http://127.0.0.1:9/p1")
         roles = await cluster.roles()
         assert [n for n, r in roles.items() if r == "primary"] == ["p1"], roles
