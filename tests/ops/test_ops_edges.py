@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -195,42 +196,40 @@ def test_backup_to_a_closed_stdout_says_so(source):
     no_traceback(result)
 
 
-def test_backup_never_overwrites_an_output_file_that_appears_while_it_runs(source, tmp_path):
+@contextmanager
+def _backup_frozen_mid_write(source, output):
+    """A backup of 96 MiB to ``output``, frozen (SIGSTOP) once 4 MiB are written; resumed and finished on
+    exit. Yields the backup's Popen."""
     s3 = source.client()
     s3.create_bucket(Bucket="big")
     for i in range(3):
         s3.put_object(Bucket="big", Key=f"k{i}", Body=os.urandom(32 * MiB))
-    output = tmp_path / "out.tar"
-    partial = tmp_path / "out.tar.partial"
+    partial = output.with_name(output.name + ".partial")
     backup = popen("backup", "-q", "--data-dir", source.data_dir, output)
     try:
         wait_for(lambda: partial.exists() and partial.stat().st_size > 4 * MiB, "the backup writes", backup)
         backup.send_signal(signal.SIGSTOP)
-        output.write_bytes(b"an operator's file")
+        yield backup
     finally:
         backup.send_signal(signal.SIGCONT)
         backup.communicate(timeout=DEADLINE)
+
+
+def test_backup_never_overwrites_an_output_file_that_appears_while_it_runs(source, tmp_path):
+    output = tmp_path / "out.tar"
+    with _backup_frozen_mid_write(source, output):
+        output.write_bytes(b"an operator's file")
     # Docs: "An existing file is never overwritten."
     assert output.read_bytes() == b"an operator's file"
 
 
 def test_a_second_backup_to_the_same_output_is_refused(source, tmp_path):
-    s3 = source.client()
-    s3.create_bucket(Bucket="big")
-    for i in range(3):
-        s3.put_object(Bucket="big", Key=f"k{i}", Body=os.urandom(32 * MiB))
     output = tmp_path / "out.tar"
-    partial = tmp_path / "out.tar.partial"
-    first = popen("backup", "-q", "--data-dir", source.data_dir, output)
-    try:
-        wait_for(lambda: partial.exists() and partial.stat().st_size > 4 * MiB, "the first backup writes", first)
-        first.send_signal(signal.SIGSTOP)
+    with _backup_frozen_mid_write(source, output) as first:
+        s3 = source.client()
         s3.create_bucket(Bucket="aaa")
         s3.put_object(Bucket="aaa", Key="new", Body=os.urandom(MiB))
         second = gateway_cmd("backup", "-q", "--data-dir", source.data_dir, output)
-    finally:
-        first.send_signal(signal.SIGCONT)
-        first.communicate(timeout=DEADLINE)
     check = gateway_cmd("restore", "--check", output)
     # Whichever backup said it finished (exit 0) must have left a good archive: the second one
     # truncated the first's OUTPUT.partial (O_TRUNC, no O_EXCL) and both wrote into the same file.
