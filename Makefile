@@ -64,8 +64,12 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml docs/example-plugin/pyproj
 
 test-deps: apt-test-deps $(VENV)/.test-installed
 
+# Most tests wait on real processes (failover, frozen peers, timeouts) more than they use a core, so two
+# workers halve the run on two cores. --dist loadfile keeps a file's tests (and its module fixtures, such as
+# a running cluster) in one worker. TEST_WORKERS=0 runs everything in this process, one test at a time.
+TEST_WORKERS ?= 2
 test: test-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 bench: test-deps
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
