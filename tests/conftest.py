@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from gateway.testing.server import GatewayProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_under_pytest(tmp_path_factory):
+    """The temp files of the tests and of the processes they start (gateway logs and configs, smbd
+    and moto directories, mount caches) go under pytest's own temp dir, which keeps the last three
+    runs, instead of piling up in /tmp: a full run left some 1,600 files there."""
+    base = tmp_path_factory.getbasetemp() / "tmp"
+    base.mkdir(exist_ok=True)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(base)
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,13 @@ def test_directory_of_100000_entries(ram_gw, mount_factory):
     assert set(listed) - {".", ".."} == set(names)
 
     pages = [t for m, t in requests if "list-type=2" in t and f"max-keys={PAGE}" in t and "prefix=big%2F" in t]
-    assert ENTRIES // PAGE <= len(pages) <= ENTRIES // PAGE + 10, f"{len(pages)} LIST pages"
+    # libfuse lists a directory again whenever the kernel asks for offset 0 (SUS: rewinddir refreshes);
+    # one run in a few dozen under load showed a second whole listing after the first, in order. Each
+    # listing must still take one LIST per 1,000 entries, and a third one is the mount's doing.
+    listings = sum("continuation-token" not in t for t in pages)
+    assert listings in (1, 2), f"the directory was listed {listings} times"
+    assert listings * (ENTRIES // PAGE) <= len(pages) <= listings * (ENTRIES // PAGE + 10), \
+        f"{len(pages)} LIST pages in {listings} listing(s)"
     # Everything else is a lookup of the listed path itself (repeated: no TTL), never of an entry.
     path_lookups = {f"/{bucket}", f"/{bucket}/big",
                     # (the directory's one-key lookup asks for the marker's metadata too: listing metadata)
@@ -108,7 +114,8 @@ def test_directory_of_100000_entries(ram_gw, mount_factory):
     assert [(m, t) for m, t in others if t not in path_lookups] == []
     assert len(others) <= 30, f"{len(others)} requests besides the LIST pages: {others}"
     # The mount's own counters agree on the pages.
-    assert ENTRIES // PAGE <= after_stats.get("LIST", 0) - before_stats.get("LIST", 0) <= ENTRIES // PAGE + 20
+    listed_pages = after_stats.get("LIST", 0) - before_stats.get("LIST", 0)
+    assert listings * (ENTRIES // PAGE) <= listed_pages <= listings * (ENTRIES // PAGE + 20)
 
     growth = peak - rss_before
     print(f"mount process: VmRSS {rss_before} KiB before the listing, VmHWM {peak} KiB after (+{growth} KiB)")
