@@ -261,6 +261,14 @@ class Cluster:
                         "node in it again", self.registry.url)
             self.registry_id = identity
 
+    def _unpublished(self) -> bool:
+        """A listed node has registered but not yet published its info (its first heartbeat comes
+        moments later, or, for a node `cluster join` registered, once its gateway starts). Until it
+        has, what this node knows of it (shared storage or its own) is the safe default; nodes
+        started together would keep that view until the next reload, 60 s by default, so the list
+        is re-read at every heartbeat while it lasts: one registry read per heartbeat interval."""
+        return any(not n.info for n in self.nodes.values())
+
     def request_reload(self, peer: str | None = None) -> None:
         """Re-read the node list soon (a peer call failed: it may have moved or left)."""
         self._reload_wanted.set()
@@ -328,7 +336,7 @@ class Cluster:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
                     await self._heartbeat()
-                    if time.monotonic() - self._last_reload >= reload_every:
+                    if time.monotonic() - self._last_reload >= reload_every or self._unpublished():
                         await self.reload()
                     await self._election_round()
                     await self._probe_limited()

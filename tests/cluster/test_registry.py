@@ -297,3 +297,40 @@ def test_a_service_that_is_not_etcd_is_a_clear_error(status, body):
 def test_etcds_is_the_https_form_of_etcd():
     registry = open_registry("etcds://10.0.0.1:2379,10.0.0.2:2379")
     assert registry.endpoints == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+
+
+def test_a_node_rereads_the_list_soon_while_a_listed_node_has_not_published_its_info(tmp_path):
+    """Nodes started together: one that reads the registry between another's registration and that
+    node's first heartbeat saw it without its info (shared storage or its own) and kept that view
+    until its next reload, 60 s by default; a proxy then answered a DeleteBucket with a node down
+    with 503 where the share covered that node (CI). A node with no published info is now re-read
+    for at every heartbeat. Here: r9's info is blanked while it is frozen, p1 starts and reads that,
+    then r9 runs again and publishes; p1, whose reload interval is 600 s, must see the info soon."""
+    import sqlite3
+    import time
+
+    from .conftest import ClusterNodes, wait_for
+
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    slow_reload = {"GATEWAY_REGISTRY_RELOAD_INTERVAL": "600"}
+    try:
+        nodes.add("p1", "primary", extra_env=slow_reload)
+        nodes.add("r9", "redundant", extra_env=slow_reload)
+        nodes["r9"].pause()
+        with sqlite3.connect(tmp_path / "registry.db") as db:
+            db.execute("UPDATE nodes SET info = '{}' WHERE node_id = 'r9'")
+        nodes["p1"].stop()
+        nodes["p1"].start()
+        # p1's announcement to the frozen r9 fails (and makes p1 re-read the list, r9 still blank):
+        # wait until p1 holds r9 as failed, so nothing but the heartbeat rounds reads the list after.
+        wait_for(lambda: nodes.admin("p1")["peers"].get("r9", {}).get("failed", 0) > 0, 15, "p1's ping of r9 failing")
+        time.sleep(1.5)  # the reload a failure asks for comes within a second
+        view = {n["node_id"]: n["info"] for n in nodes.admin("p1")["nodes"]}
+        assert view["r9"] == {}, view  # read before r9 published again
+        nodes["r9"].resume()
+        # Heartbeats every 0.5 s: a reload within a few (it took the 600 s reload interval).
+        info = wait_for(lambda: {n["node_id"]: n["info"] for n in nodes.admin("p1")["nodes"]}["r9"], 10,
+                        "p1 seeing the info r9 published")
+        assert info.get("shared_storage") is False, info
+    finally:
+        nodes.stop()
