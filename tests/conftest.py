@@ -13,8 +13,9 @@ from gateway.testing.server import GatewayProcess
 @pytest.fixture(scope="session", autouse=True)
 def _temp_files_under_pytest(tmp_path_factory):
     """The temp files of the tests and of the processes they start (gateway logs and configs, smbd
-    and moto directories, mount caches) go under pytest's own temp dir, which keeps the last three
-    runs, instead of piling up in /tmp: a full run left some 1,600 files there."""
+    and moto directories, mount caches) go under pytest's own temp dir instead of piling up in /tmp
+    (a full run left some 1,600 files there): removed after a green run, kept after a failed one
+    (tmp_path_retention_policy in pyproject.toml)."""
     base = tmp_path_factory.getbasetemp() / "tmp"
     base.mkdir(exist_ok=True)
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
