@@ -313,6 +313,10 @@ def test_a_node_rereads_the_list_soon_while_a_listed_node_has_not_published_its_
 
     nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
     slow_reload = {"GATEWAY_REGISTRY_RELOAD_INTERVAL": "600"}
+
+    def p1_sees() -> dict[str, dict]:
+        return {n["node_id"]: n["info"] for n in nodes.admin("p1")["nodes"]}
+
     try:
         nodes.add("p1", "primary", extra_env=slow_reload)
         nodes.add("r9", "redundant", extra_env=slow_reload)
@@ -325,12 +329,11 @@ def test_a_node_rereads_the_list_soon_while_a_listed_node_has_not_published_its_
         # wait until p1 holds r9 as failed, so nothing but the heartbeat rounds reads the list after.
         wait_for(lambda: nodes.admin("p1")["peers"].get("r9", {}).get("failed", 0) > 0, 15, "p1's ping of r9 failing")
         time.sleep(1.5)  # the reload a failure asks for comes within a second
-        view = {n["node_id"]: n["info"] for n in nodes.admin("p1")["nodes"]}
+        view = p1_sees()
         assert view["r9"] == {}, view  # read before r9 published again
         nodes["r9"].resume()
         # Heartbeats every 0.5 s: a reload within a few (it took the 600 s reload interval).
-        info = wait_for(lambda: {n["node_id"]: n["info"] for n in nodes.admin("p1")["nodes"]}["r9"], 10,
-                        "p1 seeing the info r9 published")
+        info = wait_for(lambda: p1_sees()["r9"], 10, "p1 seeing the info r9 published")
         assert info.get("shared_storage") is False, info
     finally:
         nodes.stop()
