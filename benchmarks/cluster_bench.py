@@ -66,6 +66,8 @@ class ReferenceRelay:
 
     def __enter__(self) -> "ReferenceRelay":
         pin = ["taskset", "-c", PinnedGateway.core] if shutil.which("taskset") else []
+        # Under the gateway's own CPU scheduling policy (cpu_scheduling, default batch): like for like.
+        pin += ["chrt", "--batch", "0"]
         self.process = subprocess.Popen(pin + [sys.executable, "-m", self.module, str(self.port),
                                                str(self.target_port)], stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":  # it prints "ready" once listening

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, process_tuning
 from .config import MIN_SECRET_LENGTH, ConfigError, Settings, load_settings, unknown_variables
 
 
@@ -134,7 +134,7 @@ def serve(config_file, print_config, **flags) -> None:
               "(`openssl rand -hex 20`) with --secret-key (GATEWAY_SECRET_KEY, secret_key) or in [credentials], "
               "or listen on 127.0.0.1")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_open_file_limit()  # before the backends size their caches of open files on it
+    process_tuning.raise_open_file_limit()  # before the backends size their caches of open files on it
     from .app import create_app
 
     try:
@@ -162,6 +162,8 @@ def serve(config_file, print_config, **flags) -> None:
     if settings.access_log:  # after uvicorn.Config, which configures the logging
         logging.getLogger("uvicorn.access").addFilter(_RedactSignatures())
     server = _server_class(uvicorn.Server)(config)
+    process_tuning.set_cpu_scheduling(settings.cpu_scheduling)  # before any thread starts: they inherit it
+    process_tuning.tune_gc()  # last: what exists now lives as long as the process
     try:
         server.run()
     except SystemExit:  # uvicorn exits with its own status (3) when the start-up failed: say why, exit 2
@@ -230,21 +232,6 @@ def _check_listen(host: str, port: int) -> None:
                           "CAP_NET_BIND_SERVICE): choose a --port (GATEWAY_PORT) of 1024 or more")
                 _fail(f"cannot listen on {where}: {exc.strerror or exc}: check --host (GATEWAY_HOST) and --port "
                       "(GATEWAY_PORT)")
-
-
-def _raise_open_file_limit(target: int = 65536) -> None:
-    """Raise the soft limit on open files to the hard one (at most ``target``), as nginx's
-    worker_rlimit_nofile does: connections and the local backend's open files share it
-    (docs/storage-layout.md, "Reading"). The soft limit is often 1,024; the hard one much higher."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError) as exc:
-            logging.getLogger(__name__).info("could not raise the open-file limit from %d to %d: %s", soft, want, exc)
 
 
 def _server_class(base):

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
                                       "(closed 1-2 times this after its last request, or after the last "
                                       "byte of a request body that stopped arriving: 400 RequestTimeout)")
     log_level: str = Field("info", description="debug, info, warning or error")
+    cpu_scheduling: Literal["batch", "normal"] = Field(
+        "batch", description="Linux scheduling policy of the gateway: batch (SCHED_BATCH: a woken gateway does not "
+        "preempt the running process, so processes that talk to each other on one CPU take their requests in "
+        "batches) or normal (SCHED_OTHER)")
     local_socket: Path | None = Field(
         None, description="Unix socket through which a FUSE mount on this host reads large objects from "
         "their files, without HTTP (docs/fuse.md, Local reads); created mode 0600; none: off")
