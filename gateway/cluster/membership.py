@@ -298,7 +298,8 @@ class Cluster:
     # Heartbeat loop ---------------------------------------------------------------
 
     async def _announce(self) -> None:
-        """Ping every node once at start: a node that does not know this one yet re-reads the registry.
+        """Ping every node once at start: a node that does not know this one yet, or knows it at another
+        address (it restarted elsewhere under the same id), re-reads the registry.
 
         Without it, nodes started earlier would learn about this one only at
         their next reload (every registry_reload_interval, 60 s by default).
@@ -307,7 +308,7 @@ class Cluster:
 
         async def ping(peer: str) -> None:
             try:
-                await self.client.ping(peer, peers[peer])
+                await self.client.ping(peer, peers[peer], announce=self.address)
             except Exception as exc:  # noqa: BLE001 - down or odd: it reads the registry on its own schedule
                 log.debug("announce to %s: %s", peer, exc)
 

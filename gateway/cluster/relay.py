@@ -477,8 +477,10 @@ class PeerClient:
         finally:
             response.release()
 
-    async def ping(self, peer: str, address: str) -> dict:
-        return await self._json(peer, address, f"{wire.PREFIX}/ping", "a ping", _json_object)
+    async def ping(self, peer: str, address: str, announce: str | None = None) -> dict:
+        """``announce``: this node's own address, told to the peer (a node announcing itself at start)."""
+        target = f"{wire.PREFIX}/ping" + (f"?address={quote(announce, safe='')}" if announce else "")
+        return await self._json(peer, address, target, "a ping", _json_object)
 
     async def _json(self, peer: str, address: str, target: str, what: str, decode):
         """GET ``target`` and return ``decode(JSON answer)`` (see _decode)."""
