@@ -126,3 +126,10 @@ FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT
 
 class BackendUnavailable(ServiceUnavailable):
     """A backend could not be reached (server down, timeout); always a 503, never a hang."""
+
+
+class BackendUnreachable(BackendUnavailable):
+    """The backend's store did not answer at all, or answered that it is not serving now (refused or
+    reset connection, a timeout, a 5xx): something that passes, unlike a refused password or a missing
+    share. Raised by a backend's start(), the gateway starts without that backend and tries again
+    (gateway/services/pending.py); raised later, it is a 503 like any BackendUnavailable."""

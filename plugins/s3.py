@@ -264,10 +264,12 @@ class S3Backend(MultipartMixin, Backend):
             setting = "bucket" if self._single() else f"bucket_map.{self._reverse_map.get(exc.fields['BucketName'])}"
             raise ValueError(f"{self.label}: remote bucket {exc.fields['BucketName']!r} does not exist on {where} "
                              f"(check the {setting} setting)") from None
+        except errors.BackendUnreachable as exc:  # down or not serving now: the gateway starts and tries again
+            raise errors.BackendUnreachable(f"{self.label}: {where} is not answering (check the endpoint_url "
+                                            f"setting if it stays so): {exc.message}") from None
         except errors.GatewayError as exc:
-            hint = "endpoint_url" if "reached" in exc.message or "in time" in exc.message else \
-                "access_key_id/secret_access_key"
-            raise ValueError(f"{self.label}: cannot use {where} (check the {hint} setting): {exc.message}") from None
+            raise ValueError(f"{self.label}: cannot use {where} (check the access_key_id/secret_access_key "
+                             f"setting): {exc.message}") from None
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -58,6 +58,9 @@ UNAVAILABLE = {
     "ThrottlingException": "the remote store is throttling requests",
     "TooManyRequests": "the remote store is throttling requests",
 }
+# The UNAVAILABLE codes of a store that is not serving now, whatever the status says.
+PASSING = frozenset({"ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
+                     "TooManyRequests"})
 NOT_FOUND = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
 # What a client should wait before retrying a 503 from this backend (remote store down, slow, throttling).
 RETRY_AFTER = "5"
@@ -99,7 +102,10 @@ def _translate(exc: BaseException, where: str, bucket: str, key: str | None) -> 
             error = SAME_MEANING[code](message)
             return error
         if code in UNAVAILABLE:
-            return errors.BackendUnavailable(f"{where}: {UNAVAILABLE[code]} ({code})")
+            # Not serving now (its 5xx, throttling) passes; refused credentials or a clock off do not.
+            passes = status >= 500 or status == 429 or code in PASSING
+            kind = errors.BackendUnreachable if passes else errors.BackendUnavailable
+            return kind(f"{where}: {UNAVAILABLE[code]} ({code})")
         if status == 416:
             return errors.InvalidRange()
         if status == 412:
@@ -107,14 +113,14 @@ def _translate(exc: BaseException, where: str, bucket: str, key: str | None) -> 
         if status in (403, 401):
             return errors.BackendUnavailable(f"{where}: the remote store refused the request ({status} {code})")
         if status == 429 or status >= 500:
-            return errors.BackendUnavailable(f"{where}: the remote store answered {status} {code}")
+            return errors.BackendUnreachable(f"{where}: the remote store answered {status} {code}")
         if 400 <= status < 500:
             return errors.InvalidRequest(f"{where}: the remote store refused the request: {code}: {message}")
         return errors.BackendUnavailable(f"{where}: unexpected answer from the remote store: {code or status}")
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError)):
-        return errors.BackendUnavailable(f"{where}: the remote store cannot be reached ({exc})")
+        return errors.BackendUnreachable(f"{where}: the remote store cannot be reached ({exc})")
     if isinstance(exc, ReadTimeoutError):
-        return errors.BackendUnavailable(f"{where}: the remote store did not answer in time ({exc})")
+        return errors.BackendUnreachable(f"{where}: the remote store did not answer in time ({exc})")
     if isinstance(exc, NoCredentialsError):
         return errors.BackendUnavailable(f"{where}: no credentials found (settings access_key_id/secret_access_key, "
                                          f"or the AWS credentials chain)")

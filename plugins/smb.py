@@ -157,6 +157,9 @@ class SmbBackend(Backend):
         where = f"SMB server {self.server}:{self.port}"
         try:
             await self.pool.call(lambda kw: None, what="connect")
+        except errors.BackendUnreachable as exc:  # down or not answering: the gateway starts and tries again
+            raise errors.BackendUnreachable(f"{self.label}: {where} is not answering (check the server/port "
+                                            f"setting if it stays so): {exc.message}") from None
         except errors.GatewayError as exc:
             setting = "user/password" if "rejected the user" in exc.message else "server/port"
             raise ValueError(f"{self.label}: cannot use {where} (check the {setting} setting): "

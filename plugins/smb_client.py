@@ -149,7 +149,7 @@ def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, (LogonFailure, SMBAuthenticationError)):
         return errors.BackendUnavailable(f"{where}: the SMB server rejected the user or password")
     if is_connection_error(exc):
-        return errors.BackendUnavailable(f"{where}: the SMB server cannot be reached ({_short(exc)})")
+        return errors.BackendUnreachable(f"{where}: the SMB server cannot be reached ({_short(exc)})")
     if isinstance(exc, SMBOSError):
         if exc.ntstatus in _BUSY_STATUSES:
             return errors.ServiceUnavailable(f"{where}: {_BUSY_STATUSES[exc.ntstatus]}")
@@ -296,7 +296,7 @@ class SmbPool:
             future.cancel()  # not started yet: never run it
             # The worker may be blocked on the socket forever: shut it down so the thread is freed.
             slot.abort()
-            raise retry_later(errors.BackendUnavailable(
+            raise retry_later(errors.BackendUnreachable(
                 f"{self.label}: {what} got no answer from the SMB server {self.server}:{self.port} "
                 f"within {self.timeout:g}s (setting timeout)"
             )) from None

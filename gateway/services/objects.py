@@ -15,6 +15,7 @@ import time
 from .. import errors
 from ..backend import Backend, BucketInfo, ObjectInfo, ObjectMeta
 from ..plugins import backend_classes, get_plugin_manager
+from . import pending
 from .upload_reaper import UploadReaper
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class ObjectService:
         self._conditional: dict[tuple[str, str], list] = {}
         self.multipart_expiry = 0.0  # from_settings sets the configured one; 0: unfinished uploads stay
         self.reaper: UploadReaper | None = None
+        self._starting: dict[str, asyncio.Task] = {}  # backends whose store did not answer at start (_start_later)
 
     @classmethod
     def from_settings(cls, settings) -> "ObjectService":
@@ -85,9 +87,11 @@ class ObjectService:
             await self.cluster.start()  # decides the role when none was configured
         if self.role == "proxy":
             self.local_backends = {}  # a proxy keeps nothing of its own
-        for name, backend in self.local_backends.items():
+        for name, backend in list(self.local_backends.items()):
             try:
                 await backend.start()
+            except errors.BackendUnreachable as exc:  # it may answer later: start without it (services/pending.py)
+                self._start_later(name, backend, exc.message)
             except ValueError as exc:  # the backend's own words (built-ins name themselves and the setting)
                 if self.from_data_dir:  # the operator never named a backend: name the setting they did give
                     raise ValueError(f"{exc} (set by --data-dir, GATEWAY_DATA_DIR)") from None
@@ -110,6 +114,57 @@ class ObjectService:
                 await self._apply_retirements()
         self.reaper = UploadReaper(self.local_backends, self.multipart_expiry)
         self.reaper.start()
+
+    def _start_later(self, name: str, backend: Backend, reason: str) -> None:
+        """Serve 503s for ``backend`` (PendingBackend) and try its start() again until it succeeds."""
+        log.warning("%s; starting without it: its buckets answer 503 until it answers (tried again in %g s, "
+                    "then every %g s at most)", reason, pending.RETRY_FIRST, pending.RETRY_MAX)
+        stand_in = pending.PendingBackend(backend, reason)
+        self.local_backends[name] = stand_in
+        if name in self.backends:
+            self.backends[name] = stand_in
+            if name == self.default_name:
+                self.default = stand_in
+        task = asyncio.get_running_loop().create_task(self._retry_start(name, backend, stand_in))
+        self._starting[name] = task
+
+    async def _retry_start(self, name: str, backend: Backend, stand_in: pending.PendingBackend) -> None:
+        for delay in pending.retry_delays():
+            await asyncio.sleep(delay)
+            try:
+                await backend.start()
+            except (ValueError, errors.GatewayError) as exc:
+                # A store coming back may answer before all of it is there (a share not yet exported):
+                # anything its start says now is worth another try, said at each change.
+                reason = getattr(exc, "message", None) or str(exc)
+                if reason != stand_in.reason:
+                    log.warning("backend %r still cannot start: %s", name, reason)
+                    stand_in.reason = reason
+                continue
+            except Exception as exc:  # noqa: BLE001 - a plugin's start() that let its library's exception through
+                log.warning("backend %r still cannot start: %s: %s", name, type(exc).__name__, exc)
+                continue
+            break
+        self._starting.pop(name, None)
+        if self.local_backends.get(name) is not stand_in:  # closed meanwhile
+            await backend.close()
+            return
+        self.local_backends[name] = backend
+        self._install(self.role, name)
+        if self.cluster is not None and self.role != "proxy":
+            await self._apply_retirements()  # what other nodes replaced while this storage was away
+        log.warning("backend %r answers now; its buckets are served again", name)
+
+    def _install(self, role: str | None, name: str) -> None:
+        """Put backend ``name`` in ``backends``: this node's own, or on a cluster node its role's wrapper."""
+        if self.cluster is not None:
+            from .cluster_nodes import node_backend
+
+            self.backends[name] = node_backend(role, self.local_backends.get(name), self.cluster)
+        else:
+            self.backends[name] = self.local_backends[name]
+        if name == self.default_name:
+            self.default = self.backends[name]
 
     def _role_changed(self, old: str, new: str) -> None:
         """After a failover: serve with the new role's behaviour (placement and read balancing
@@ -141,6 +196,9 @@ class ObjectService:
             self.cluster.locations.forget(item.bucket, item.key)
 
     async def close(self) -> None:
+        for task in self._starting.values():
+            task.cancel()
+        self._starting.clear()
         if self.reaper is not None:
             await self.reaper.close()
         for backend in {*self.backends.values(), *self.local_backends.values()}:

@@ -66,8 +66,13 @@ class UploadReaper:
         """Abort every upload older than the expiry; return how many were aborted."""
         aborted = 0
         deadline = self.clock() - self.expiry
-        for backend in self.backends.values():
-            for bucket in await backend.list_buckets():
+        for name, backend in list(self.backends.items()):
+            try:
+                buckets = await backend.list_buckets()
+            except errors.GatewayError as exc:  # its store is down: the others are still swept
+                log.warning("looking for unfinished multipart uploads in backend %r: %s", name, exc.message)
+                continue
+            for bucket in buckets:
                 if bucket.name.startswith("."):  # the backend's own bookkeeping (.multipart)
                     continue
                 try:

@@ -1,0 +1,110 @@
+"""A remote store that does not answer when the gateway starts (services/pending.py).
+
+It used to stop the start: after a power cut that brought the gateway back
+before the NAS, the buckets of every other backend were down too. Now the
+gateway starts, answers 503 for that backend's buckets, and serves them once
+the store answers. A wrong setting still stops the start.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from gateway.testing.moto import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from gateway.testing.samba import Smbd
+from gateway.testing.server import GatewayProcess
+
+
+def _two_backends(remote: str) -> str:
+    """Buckets on the local backend by default; bucket "remote" on the backend [backends.remote] (``remote``)."""
+    return f'default_backend = "local"\n\n[buckets]\nremote = "remote"\n\n[backends.local]\ntype = "local"\n' \
+           f'root = "{{root}}"\n\n{remote}'
+
+
+def _toml_table(options: dict) -> str:
+    lines = ["[backends.remote]"]
+    for key, value in options.items():
+        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _wait_served(client, timeout: float) -> None:
+    """Until the bucket on the remote backend can be created (the backend started in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_bucket(Bucket="remote")
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ServiceUnavailable" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.3)
+
+
+def _check_down_then_up(tmp_path, remote_options: dict, start_store, what: str, setting: str) -> None:
+    config = _two_backends(_toml_table(remote_options)).replace("{root}", str(tmp_path / "local"))
+    gateway = GatewayProcess(tmp_path / "unused", config=config)
+    gateway.start()  # the store is not there: it starts anyway
+    try:
+        log = gateway.log_path.read_text()
+        assert f"backend 'remote' ({what})" in log and "is not answering" in log and "starting without it" in log, log
+        assert f"check the {setting} setting if it stays so" in log, log  # a wrong address looks the same
+        client = gateway.client()
+        # The local backend's buckets are served.
+        client.create_bucket(Bucket="here")
+        client.put_object(Bucket="here", Key="a", Body=b"local bytes")
+        assert client.get_object(Bucket="here", Key="a")["Body"].read() == b"local bytes"
+        # The remote backend's: a 503 that says why and when to retry, for reads and writes alike.
+        for call in (lambda: client.create_bucket(Bucket="remote"),
+                     lambda: client.put_object(Bucket="remote", Key="k", Body=b"x"),
+                     lambda: client.get_object(Bucket="remote", Key="k")):
+            with pytest.raises(ClientError) as failure:
+                call()
+            error = failure.value.response
+            assert error["Error"]["Code"] == "ServiceUnavailable", error
+            assert "not been reachable since the gateway started" in error["Error"]["Message"], error
+            assert f"check the {setting} setting" in error["Error"]["Message"], error
+            assert error["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), error
+        start_store()
+        _wait_served(client, 30)  # retried at 2, 6, 14, 30 s after the start
+        client.put_object(Bucket="remote", Key="k", Body=b"remote bytes")
+        assert client.get_object(Bucket="remote", Key="k")["Body"].read() == b"remote bytes"
+        assert "answers now; its buckets are served again" in gateway.log_path.read_text()
+        assert client.get_object(Bucket="here", Key="a")["Body"].read() == b"local bytes"
+    finally:
+        gateway.stop()
+
+
+def test_an_smb_server_down_at_start_gives_503_for_its_buckets_until_it_answers(tmp_path):
+    smbd = Smbd(tmp_path / "smbd")  # its port is chosen, nothing listens yet
+    try:
+        _check_down_then_up(tmp_path, smbd.backend_options(type="smb", timeout=3, connect_timeout=2),
+                            smbd.start, "smb", "server/port")
+    finally:
+        smbd.stop()
+
+
+def test_an_s3_endpoint_down_at_start_gives_503_for_its_buckets_until_it_answers(tmp_path):
+    moto = MotoServer(tmp_path / "moto.log")
+    options = {"type": "s3", "endpoint_url": moto.endpoint, "region": "us-east-1", "access_key_id": ACCESS_KEY_ID,
+               "secret_access_key": SECRET_ACCESS_KEY, "bucket_prefix": "gw-", "timeout": 3, "max_attempts": 1}
+    try:
+        _check_down_then_up(tmp_path, options, moto.start, "s3", "endpoint_url")
+    finally:
+        moto.stop()
+
+
+def test_a_refused_password_still_stops_the_start(tmp_path):
+    """Only what passes by itself is waited for: a wrong setting is said at once, as before."""
+    with Smbd.private() as smbd:
+        options = smbd.backend_options(type="smb", password="not-the-password")
+        config = _two_backends(_toml_table(options)).replace("{root}", str(tmp_path / "local"))
+        gateway = GatewayProcess(tmp_path / "unused", config=config)
+        with pytest.raises(RuntimeError):
+            gateway.start()
+        log = gateway.log_path.read_text()
+        assert "backend 'remote' (smb): cannot use SMB server" in log and "check the user/password setting" in log, log
+        assert gateway.process.poll() == 2, log
