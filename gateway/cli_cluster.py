@@ -261,6 +261,8 @@ def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]
             "free_bytes": node.info.get("free_bytes"),
             # Whether every store of the node is shared storage (None: not published yet).
             "shared_storage": node.info.get("shared_storage"),
+            # Backends whose store has not answered since the node started (no writes placed there for them).
+            "storage_pending": node.info.get("storage_pending") or [],
             "placed": placed.get(node.node_id, 0), "reads": reads.get(node.node_id, 0),
             "balance": node.info.get("balance", {}),
         })

@@ -265,8 +265,9 @@ class S3Backend(MultipartMixin, Backend):
             raise ValueError(f"{self.label}: remote bucket {exc.fields['BucketName']!r} does not exist on {where} "
                              f"(check the {setting} setting)") from None
         except errors.BackendUnreachable as exc:  # down or not serving now: the gateway starts and tries again
-            raise errors.BackendUnreachable(f"{self.label}: {where} is not answering (check the endpoint_url "
-                                            f"setting if it stays so): {exc.message}") from None
+            reason = exc.message.removeprefix(f"{self.label}: ")
+            raise errors.BackendUnreachable(f"{self.label}: {where} is not answering (check the endpoint_url setting "
+                                            f"if it stays so): {reason}") from None
         except errors.GatewayError as exc:
             raise ValueError(f"{self.label}: cannot use {where} (check the access_key_id/secret_access_key "
                              f"setting): {exc.message}") from None

@@ -158,8 +158,9 @@ class SmbBackend(Backend):
         try:
             await self.pool.call(lambda kw: None, what="connect")
         except errors.BackendUnreachable as exc:  # down or not answering: the gateway starts and tries again
-            raise errors.BackendUnreachable(f"{self.label}: {where} is not answering (check the server/port "
-                                            f"setting if it stays so): {exc.message}") from None
+            reason = exc.message.removeprefix(f"{self.label}: ")
+            raise errors.BackendUnreachable(f"{self.label}: {where} is not answering (check the server/port setting "
+                                            f"if it stays so): {reason}") from None
         except errors.GatewayError as exc:
             setting = "user/password" if "rejected the user" in exc.message else "server/port"
             raise ValueError(f"{self.label}: cannot use {where} (check the {setting} setting): "

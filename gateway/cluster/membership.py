@@ -15,6 +15,7 @@ import re
 import shutil
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..backend import ObjectInfo
@@ -82,6 +83,9 @@ class Cluster:
         self.retirements = Retirements(self.registry, self.node_id)
         self.locks = ClusterLocks(self.registry, self.node_id)
         self.drop_older: DropOlder | None = None  # applies a retirement to this node's storage
+        # The names of this node's backends whose store has not answered since the start (set by the
+        # object service; services/pending.py): published, so that no node places writes for them here.
+        self.pending_backends: Callable[[], list[str]] | None = None
         self.registry_id: str | None = None  # the registry this node registered in (Registry.identity)
         # Failover (cluster/election.py): the primary's lease, and how long it may be silent.
         self.election = (Election(self.registry, self.node_id, settings.failover_after)
@@ -291,6 +295,12 @@ class Cluster:
         node = self.nodes.get(peer)
         return node is not None and node.info.get("shared_storage") is False
 
+    def storage_pending(self, peer: str, backend: str) -> bool:
+        """Whether ``peer`` published that its backend ``backend`` has not started (its store has not
+        answered since that node started): writes for it are not placed there. False when not known."""
+        node = self.nodes.get(peer)
+        return node is not None and backend in (node.info.get("storage_pending") or ())
+
     def redundant_peers(self) -> dict[str, str]:
         return {n.node_id: n.address for n in self.nodes.values()
                 if n.node_id != self.node_id and n.role == "redundant"}
@@ -488,6 +498,7 @@ class Cluster:
             "pid": os.getpid(),
             "started": self.started,
             "shared_storage": self.shared_storage and self.role != "proxy",
+            "storage_pending": sorted(self.pending_backends()) if self.pending_backends is not None else [],
             **self._storage_stats,
             "peers": self.health.snapshot(),
             "balance": self.balancer.snapshot(),

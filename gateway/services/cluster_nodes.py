@@ -32,16 +32,17 @@ from ..cluster.relay import PeerUnreachable
 from ..cluster.versions import supersede_local
 from ..eager import require_task
 from ..payload import Payload
+from .pending import PendingBackend
 
 log = logging.getLogger("gateway.cluster")
 BUCKET_MEMORY = 5.0  # seconds a proxy trusts that a bucket exists before writing into it
 RETRY_AFTER = "5"  # seconds a client should wait when an object may be on an unreachable node
 
 
-def node_backend(role: str, local: Backend | None, cluster: Cluster) -> Backend:
-    """The Backend the S3 API uses on a node with ``role``."""
+def node_backend(role: str, local: Backend | None, cluster: Cluster, name: str = "") -> Backend:
+    """The Backend the S3 API uses on a node with ``role`` for the backend instance ``name``."""
     if role == "proxy":
-        return ProxyNode(cluster)
+        return ProxyNode(cluster, name)
     if local is None:
         raise ValueError(f"a {role} node needs local storage")
     if role == "primary":
@@ -941,25 +942,33 @@ class PrimaryNode(StoringNode):
             return me
         cached = self.locations.get(bucket, key)
         redundants = self.cluster.redundant_peers()
-        if cached and cached in redundants and not self.cluster.health.limited(cached):
+        if (cached and cached in redundants and not self.cluster.health.limited(cached)
+                and not self.cluster.storage_pending(cached, self.name)):
             # An overwrite goes where the key is, so that it replaces the copy there. Not to a holder
             # that just failed: the write would wait for it and fail too; placed elsewhere, the old
             # copy there is retired like any other (docs/cluster.md "Overwrites").
             return cached
-        try:
-            if await self.local.exists(bucket, key):
-                return me
-        except errors.NoSuchBucket:
-            return me  # let the local put raise NoSuchBucket (or create it from a peer)
-        candidates = [me] + [p for p in redundants if not self.cluster.health.limited(p)]
-        return self.cluster.balancer.choose(candidates)
+        # A node whose store for this backend has not answered since it started takes no writes for it
+        # (services/pending.py): this one included, unless no node can take them (then its 503 says why).
+        own_store = not isinstance(self.local, PendingBackend)
+        if own_store:
+            try:
+                if await self.local.exists(bucket, key):
+                    return me
+            except errors.NoSuchBucket:
+                return me  # let the local put raise NoSuchBucket (or create it from a peer)
+        candidates = ([me] if own_store else []) + [
+            p for p in redundants
+            if not self.cluster.health.limited(p) and not self.cluster.storage_pending(p, self.name)]
+        return self.cluster.balancer.choose(candidates) if candidates else me
 
 
 class ProxyNode(ClusterNode):
     """Stores nothing: reads find the object on the storing nodes, writes go to the least busy one."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, backend: str = ""):
         super().__init__(None, cluster)
+        self.backend = backend  # the backend instance name the storing nodes serve these buckets from
         self._buckets_seen: dict[str, float] = {}
 
     async def _known_bucket(self, bucket: str) -> None:
@@ -982,9 +991,13 @@ class ProxyNode(ClusterNode):
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         self.locations.forget(bucket, key)
         await self._known_bucket(bucket)
-        healthy, limited = self.cluster.health.split(self.cluster.peers())
-        if not healthy and not limited:
+        peers = self.cluster.peers()
+        if not peers:
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
+        # Not to a node whose store for this backend has not answered since it started (services/pending.py),
+        # unless every node is in that state: then one of them answers why.
+        ready = [p for p in peers if not self.cluster.storage_pending(p, self.backend)] or list(peers)
+        healthy, limited = self.cluster.health.split(ready)
         # Multipart parts never come here: upload_part sends them to the node holding their upload
         # (it is assembled there, and a part sent again must replace the earlier one there).
         target = self.cluster.balancer.choose(healthy or limited)

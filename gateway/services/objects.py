@@ -105,10 +105,12 @@ class ObjectService:
         if self.cluster is not None:
             from .cluster_nodes import node_backend
 
-            self.backends = {name: node_backend(self.role, self.local_backends.get(name), self.cluster)
+            self.backends = {name: node_backend(self.role, self.local_backends.get(name), self.cluster, name)
                              for name in self.backends}
             self.default = self.backends[self.default_name]
             self.cluster.role_listeners.append(self._role_changed)
+            self.cluster.pending_backends = lambda: [
+                name for name, backend in self.local_backends.items() if isinstance(backend, pending.PendingBackend)]
             if self.local_backends:
                 self.cluster.drop_older = self._drop_older
                 await self._apply_retirements()
@@ -160,7 +162,7 @@ class ObjectService:
         if self.cluster is not None:
             from .cluster_nodes import node_backend
 
-            self.backends[name] = node_backend(role, self.local_backends.get(name), self.cluster)
+            self.backends[name] = node_backend(role, self.local_backends.get(name), self.cluster, name)
         else:
             self.backends[name] = self.local_backends[name]
         if name == self.default_name:
@@ -171,7 +173,8 @@ class ObjectService:
         on a primary). Requests under way finish with the old one; both share the storage."""
         from .cluster_nodes import node_backend
 
-        self.backends = {name: node_backend(new, self.local_backends.get(name), self.cluster) for name in self.backends}
+        self.backends = {name: node_backend(new, self.local_backends.get(name), self.cluster, name)
+                         for name in self.backends}
         self.default = self.backends[self.default_name]
         log.warning("this node is %s now (was %s)", new, old)
 
