@@ -147,10 +147,7 @@ class ObjectService:
                 log.warning("backend %r still cannot start: %s: %s", name, type(exc).__name__, exc)
                 continue
             break
-        self._starting.pop(name, None)
-        if self.local_backends.get(name) is not stand_in:  # closed meanwhile
-            await backend.close()
-            return
+        self._starting.pop(name, None)  # (close() cancels this task: a closed service never gets here)
         self.local_backends[name] = backend
         self._install(self.role, name)
         if self.cluster is not None and self.role != "proxy":

@@ -108,3 +108,34 @@ def test_a_refused_password_still_stops_the_start(tmp_path):
         log = gateway.log_path.read_text()
         assert "backend 'remote' (smb): cannot use SMB server" in log and "check the user/password setting" in log, log
         assert gateway.process.poll() == 2, log
+
+
+@pytest.mark.parametrize("status, code, passes", [
+    (503, "ServiceUnavailable", True), (500, "InternalError", True), (503, "SlowDown", False),
+    (429, "TooManyRequests", True), (400, "RequestTimeout", True), (502, "", True),
+    (403, "AccessDenied", False), (403, "SignatureDoesNotMatch", False), (403, "RequestTimeTooSkewed", False),
+])
+def test_s3_answers_that_pass_are_told_from_refusals(status, code, passes):
+    """What an S3 backend's start() waits for (BackendUnreachable) and what stops it: a store that is not
+    serving now passes; refused credentials or a clock that is off do not (errors.SlowDown is its own 503)."""
+    from botocore.exceptions import ClientError as BotoClientError
+
+    from gateway import errors
+    from gateway_plugins.s3_errors import translate
+
+    exc = BotoClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                          "HeadBucket")
+    error = translate(exc, "backend 'r' (s3): check bucket", "b")
+    assert isinstance(error, errors.BackendUnreachable) is passes, (type(error), error)
+    assert error.status == 503, error
+
+
+def test_a_store_that_cannot_be_connected_to_passes():
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    from gateway import errors
+    from gateway_plugins.s3_errors import translate
+
+    for exc in (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+                ReadTimeoutError(endpoint_url="http://127.0.0.1:1")):
+        assert isinstance(translate(exc, "backend 'r' (s3): check bucket", "b"), errors.BackendUnreachable), exc
