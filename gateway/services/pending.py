@@ -50,65 +50,11 @@ class PendingBackend(Backend):
     async def close(self) -> None:
         await self.backend.close()
 
-    async def check_writable(self) -> None:
+    async def _unavailable(self, *args, **kwargs):
         raise self.error()
 
-    async def create_bucket(self, bucket):
-        raise self.error()
-
-    async def delete_bucket(self, bucket):
-        raise self.error()
-
-    async def head_bucket(self, bucket):
-        raise self.error()
-
-    async def list_buckets(self):
-        raise self.error()
-
-    async def get(self, bucket, key, byte_range=None):
-        raise self.error()
-
-    async def get_if_present(self, bucket, key, byte_range=None):
-        raise self.error()  # not None: "not here" would be a claim this backend cannot make now
-
-    async def head_if_present(self, bucket, key):
-        raise self.error()
-
-    async def put(self, bucket, key, payload, meta):
-        raise self.error()
-
-    async def head(self, bucket, key):
-        raise self.error()
-
-    async def delete(self, bucket, key):
-        raise self.error()
-
-    async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000):
-        raise self.error()
-
-    async def copy(self, src_bucket, src_key, dst_bucket, dst_key, meta=None):
-        raise self.error()
-
-    async def create_multipart(self, *args, **kwargs):
-        raise self.error()
-
-    async def get_upload(self, *args, **kwargs):
-        raise self.error()
-
-    async def upload_part(self, *args, **kwargs):
-        raise self.error()
-
-    async def list_parts(self, *args, **kwargs):
-        raise self.error()
-
-    async def list_uploads(self, *args, **kwargs):
-        raise self.error()
-
-    async def abort_multipart(self, *args, **kwargs):
-        raise self.error()
-
-    async def discard_uploads(self, *args, **kwargs):
-        raise self.error()
-
-    async def complete_multipart(self, *args, **kwargs):
-        raise self.error()
+    # Every call on the store (get_if_present too: None, "not here", is a claim it cannot make now).
+    check_writable = create_bucket = delete_bucket = head_bucket = list_buckets = _unavailable
+    get = get_if_present = head = head_if_present = put = delete = list = copy = _unavailable
+    create_multipart = get_upload = upload_part = list_parts = list_uploads = _unavailable
+    abort_multipart = discard_uploads = complete_multipart = _unavailable

@@ -139,3 +139,24 @@ def test_a_store_that_cannot_be_connected_to_passes():
     for exc in (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
                 ReadTimeoutError(endpoint_url="http://127.0.0.1:1")):
         assert isinstance(translate(exc, "backend 'r' (s3): check bucket", "b"), errors.BackendUnreachable), exc
+
+
+def test_every_call_on_a_pending_backend_is_a_503_that_says_why():
+    """The stand-in answers every coroutine of the Backend contract (a new one must be added to it)."""
+    import asyncio
+    import inspect
+
+    from gateway import errors
+    from gateway.backend import Backend
+    from gateway.services.pending import PendingBackend
+    from gateway_plugins.memory import MemoryBackend
+
+    stand_in = PendingBackend(MemoryBackend("remote"), "backend 'remote' (x): not answering")
+    calls = [name for name, member in inspect.getmembers(Backend, inspect.iscoroutinefunction)
+             if not name.startswith("_") and name not in ("start", "close")]
+    assert len(calls) > 20, calls
+    for name in calls:
+        parameters = list(inspect.signature(getattr(Backend, name)).parameters)[1:]
+        with pytest.raises(errors.BackendUnavailable, match="not answering.*not been reachable since") as failure:
+            asyncio.run(getattr(stand_in, name)(*["x"] * len(parameters)))
+        assert failure.value.status == 503, name
