@@ -460,11 +460,12 @@ class Cluster:
         recorded in the registry, and applied by that node (gateway/cluster/retirements.py)."""
         await self.retirements.add(peer, bucket, key, newer)
 
-    async def apply_retirements(self, *, everything: bool = False) -> None:
-        """Drop this node's older copies of objects replaced while it was away (``drop_older``, set
-        by the object service once the storage is ready). Raise RegistryError."""
-        if self.drop_older is not None:
-            await self.retirements.apply_own(self.drop_older, everything=everything)
+    async def apply_retirements(self, *, everything: bool = False, drop_older: DropOlder | None = None) -> None:
+        """Drop this node's older copies of objects replaced while it was away (``drop_older``, by
+        default the one the object service set once the storage was ready). Raise RegistryError."""
+        drop_older = drop_older or self.drop_older
+        if drop_older is not None:
+            await self.retirements.apply_own(drop_older, everything=everything)
 
     async def _retirement_round(self) -> None:
         await self.apply_retirements()

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from .. import errors
 from ..backend import ObjectInfo
 from .registry import Registry, RegistryError, Retirement
 from .relay import PeerUnreachable
@@ -58,6 +59,7 @@ class Retirements:
         self.registry = registry
         self.node_id = node_id
         self._memory: dict[str, OrderedDict[tuple[str, str], Retirement]] = {}
+        self._storage_down_logged = float("-inf")  # apply_own says so once a minute
         self._stored: dict[str, int] = {}  # peer -> retirements in the registry (refreshed each round)
 
     async def add(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
@@ -108,6 +110,20 @@ class Retirements:
             for item in batch:
                 try:
                     await drop_older(item)
+                except errors.ServiceUnavailable as exc:
+                    # The storage itself does not answer: said once a minute, not once per item (1,000 lines
+                    # per heartbeat round). A store that has not started (services/pending.py) fails at once,
+                    # so the items of the node's other backends are still applied; one that was asked and
+                    # failed (a NAS down or hung, each call a timeout) ends the round.
+                    now = time.monotonic()
+                    if now - self._storage_down_logged >= 60:
+                        self._storage_down_logged = now
+                        log.warning("could not drop older copies of objects replaced while this node was away: "
+                                    "its storage does not answer (%s); they are dropped once it does", exc.message)
+                    if not getattr(exc, "not_started", False):
+                        return done
+                    failed += 1
+                    continue
                 except Exception as exc:  # noqa: BLE001 - a disk error on one object must not stop the others
                     failed += 1
                     log.warning("could not drop the older copy of %s/%s (retried on the next round): %s",

@@ -148,10 +148,13 @@ class ObjectService:
                 continue
             break
         self._starting.pop(name, None)  # (close() cancels this task: a closed service never gets here)
+        if self.cluster is not None and self.role != "proxy":
+            # What other nodes replaced while this storage was away, dropped before it serves anything
+            # (to clients or to peers), as at start-up: it must never serve an outdated copy.
+            started = {**self.local_backends, name: backend}
+            await self._apply_retirements(lambda item: self._drop_older(item, started))
         self.local_backends[name] = backend
         self._install(self.role, name)
-        if self.cluster is not None and self.role != "proxy":
-            await self._apply_retirements()  # what other nodes replaced while this storage was away
         log.warning("backend %r answers now; its buckets are served again", name)
 
     def _install(self, role: str | None, name: str) -> None:
@@ -175,22 +178,22 @@ class ObjectService:
         self.default = self.backends[self.default_name]
         log.warning("this node is %s now (was %s)", new, old)
 
-    async def _apply_retirements(self) -> None:
+    async def _apply_retirements(self, drop_older=None) -> None:
         """Before serving: drop the older copies of objects that other nodes replaced while this one
         was down (gateway/cluster/retirements.py), so it never serves an outdated version."""
         from ..cluster.registry import RegistryError
 
         try:
-            await self.cluster.apply_retirements(everything=True)
+            await self.cluster.apply_retirements(everything=True, drop_older=drop_older)
         except RegistryError as exc:  # the heartbeat rounds retry; the node must still come up
             log.warning("could not read the retirements for this node from the registry (%s); they are "
                         "applied once it answers, and until then this node may serve outdated copies", exc)
 
-    async def _drop_older(self, item) -> None:
-        """Apply one retirement (a Retirement) to this node's storage."""
+    async def _drop_older(self, item, backends: dict[str, Backend] | None = None) -> None:
+        """Apply one retirement (a Retirement) to this node's storage (``backends``: instead of local_backends)."""
         from ..cluster.versions import supersede_local
 
-        backend = self.local_backend_for(item.bucket)
+        backend = (backends or self.local_backends).get(self.bucket_routes.get(item.bucket, self.default_name))
         if backend is not None:
             await supersede_local(backend, item.bucket, item.key, item.last_modified, item.etag)
             self.cluster.locations.forget(item.bucket, item.key)

@@ -43,9 +43,11 @@ class PendingBackend(Backend):
         self.min_part_size = backend.min_part_size
 
     def error(self) -> errors.BackendUnavailable:
-        return errors.BackendUnavailable(
+        error = errors.BackendUnavailable(
             f"{self.reason}. This backend has not been reachable since the gateway started; the gateway "
             f"tries again every {RETRY_MAX:g} s at most and serves its buckets once it answers. Retry later.")
+        error.not_started = True  # said at once, nothing was asked (cluster/retirements.py goes on with others)
+        return error
 
     async def close(self) -> None:
         await self.backend.close()

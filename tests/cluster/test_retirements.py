@@ -71,6 +71,71 @@ def test_a_failing_drop_keeps_the_retirement_for_the_next_round(tmp_path):
     asyncio.run(run())
 
 
+def test_storage_that_does_not_answer_stops_the_round_with_one_line_and_keeps_everything(tmp_path, caplog):
+    """A node whose store has not started (services/pending.py) or whose NAS is down: every drop fails
+    alike. It used to log one warning per retirement, up to 1,000 per heartbeat round."""
+    from gateway import errors
+
+    async def run():
+        url = f"sqlite:///{tmp_path}/registry.db"
+        writer = Retirements(SqliteRegistry(url), "r1")
+        for i in range(5):
+            await writer.add("r2", "b", f"k{i}", version(f"k{i}", 1.0))
+        target = Retirements(SqliteRegistry(url), "r2")
+        tried = []
+
+        async def store_down(item):
+            tried.append(item.key)
+            raise errors.BackendUnavailable("backend 'nas' (smb): SMB server 10.0.0.5:445 is not answering")
+
+        with caplog.at_level("WARNING", logger="gateway.cluster"):
+            assert await target.apply_own(store_down, everything=True) == 0
+            assert await target.apply_own(store_down) == 0  # the next round: not said again within a minute
+        assert len(tried) == 2, tried  # one try per round, not one per retirement
+        lines = [r.getMessage() for r in caplog.records if "could not drop" in r.getMessage()]
+        assert len(lines) == 1 and "its storage does not answer" in lines[0] and "10.0.0.5" in lines[0], lines
+        seen = []
+
+        async def works(item):
+            seen.append(item.key)
+
+        assert await target.apply_own(works) == 5 and len(seen) == 5  # none was lost
+
+    asyncio.run(run())
+
+
+def test_a_store_that_has_not_started_holds_back_only_its_own_retirements(tmp_path):
+    """A node with two backends, one of them not started (services/pending.py): the other's older
+    copies are still dropped, at start-up and on every round, so it never serves an outdated one."""
+    from gateway.services.pending import PendingBackend
+    from gateway_plugins.memory import MemoryBackend
+
+    async def run():
+        url = f"sqlite:///{tmp_path}/registry.db"
+        writer = Retirements(SqliteRegistry(url), "r1")
+        for i in range(4):
+            await writer.add("r2", "on-nas" if i % 2 else "local", f"k{i}", version(f"k{i}", 1.0))
+        target = Retirements(SqliteRegistry(url), "r2")
+        pending = PendingBackend(MemoryBackend("nas"), "backend 'nas' (smb): not answering")
+        applied = []
+
+        async def drop_older(item):
+            if item.bucket == "on-nas":
+                await pending.head(item.bucket, item.key)
+            applied.append(item.key)
+
+        assert await target.apply_own(drop_older, everything=True) == 2
+        assert sorted(applied) == ["k0", "k2"]
+
+        async def nas_started(item):
+            applied.append(item.key)
+
+        assert await target.apply_own(nas_started) == 2  # kept until the store answered
+        assert sorted(applied) == ["k0", "k1", "k2", "k3"]
+
+    asyncio.run(run())
+
+
 def test_start_up_applies_everything_in_rounds(tmp_path, monkeypatch):
     monkeypatch.setattr(retirements_module, "PER_ROUND", 3)
 
