@@ -103,11 +103,8 @@ class ObjectService:
                 raise ValueError(f"backend {name!r} ({type(backend).__name__}) could not start: "
                                  f"{type(exc).__name__}: {exc}; the traceback is in the log above") from None
         if self.cluster is not None:
-            from .cluster_nodes import node_backend
-
-            self.backends = {name: node_backend(self.role, self.local_backends.get(name), self.cluster, name)
-                             for name in self.backends}
-            self.default = self.backends[self.default_name]
+            for name in self.backends:
+                self._install(self.role, name)
             self.cluster.role_listeners.append(self._role_changed)
             self.cluster.pending_backends = lambda: [
                 name for name, backend in self.local_backends.items() if isinstance(backend, pending.PendingBackend)]
@@ -135,16 +132,14 @@ class ObjectService:
             await asyncio.sleep(delay)
             try:
                 await backend.start()
-            except (ValueError, errors.GatewayError) as exc:
+            except Exception as exc:  # noqa: BLE001 - also a plugin's start() that let its library's exception through
                 # A store coming back may answer before all of it is there (a share not yet exported):
                 # anything its start says now is worth another try, said at each change.
-                reason = getattr(exc, "message", None) or str(exc)
+                reason = getattr(exc, "message", None) or (
+                    str(exc) if isinstance(exc, ValueError) else f"backend {name!r}: {type(exc).__name__}: {exc}")
                 if reason != stand_in.reason:
                     log.warning("backend %r still cannot start: %s", name, reason)
                     stand_in.reason = reason
-                continue
-            except Exception as exc:  # noqa: BLE001 - a plugin's start() that let its library's exception through
-                log.warning("backend %r still cannot start: %s: %s", name, type(exc).__name__, exc)
                 continue
             break
         self._starting.pop(name, None)  # (close() cancels this task: a closed service never gets here)
@@ -171,11 +166,8 @@ class ObjectService:
     def _role_changed(self, old: str, new: str) -> None:
         """After a failover: serve with the new role's behaviour (placement and read balancing
         on a primary). Requests under way finish with the old one; both share the storage."""
-        from .cluster_nodes import node_backend
-
-        self.backends = {name: node_backend(new, self.local_backends.get(name), self.cluster, name)
-                         for name in self.backends}
-        self.default = self.backends[self.default_name]
+        for name in self.backends:
+            self._install(new, name)
         log.warning("this node is %s now (was %s)", new, old)
 
     async def _apply_retirements(self, drop_older=None) -> None:
