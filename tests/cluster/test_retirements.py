@@ -19,6 +19,15 @@ def version(key: str, modified: float) -> ObjectInfo:
     return ObjectInfo(key=key, size=1, etag=f'"{modified}"', last_modified=modified)
 
 
+async def waiting_for_r2(tmp_path, count: int, bucket=lambda i: "b") -> Retirements:
+    """``count`` retirements recorded by r1 for r2 (keys k0, k1, ...) in a SQLite registry; r2's side."""
+    url = f"sqlite:///{tmp_path}/registry.db"
+    writer = Retirements(SqliteRegistry(url), "r1")
+    for i in range(count):
+        await writer.add("r2", bucket(i), f"k{i}", version(f"k{i}", 1.0))
+    return Retirements(SqliteRegistry(url), "r2")
+
+
 class FlakySqlite(SqliteRegistry):
     """The SQLite registry, with a switch that makes every call fail as an unreachable registry does."""
 
@@ -77,11 +86,7 @@ def test_storage_that_does_not_answer_stops_the_round_with_one_line_and_keeps_ev
     from gateway import errors
 
     async def run():
-        url = f"sqlite:///{tmp_path}/registry.db"
-        writer = Retirements(SqliteRegistry(url), "r1")
-        for i in range(5):
-            await writer.add("r2", "b", f"k{i}", version(f"k{i}", 1.0))
-        target = Retirements(SqliteRegistry(url), "r2")
+        target = await waiting_for_r2(tmp_path, 5)
         tried = []
 
         async def store_down(item):
@@ -111,11 +116,7 @@ def test_a_store_that_has_not_started_holds_back_only_its_own_retirements(tmp_pa
     from gateway_plugins.memory import MemoryBackend
 
     async def run():
-        url = f"sqlite:///{tmp_path}/registry.db"
-        writer = Retirements(SqliteRegistry(url), "r1")
-        for i in range(4):
-            await writer.add("r2", "on-nas" if i % 2 else "local", f"k{i}", version(f"k{i}", 1.0))
-        target = Retirements(SqliteRegistry(url), "r2")
+        target = await waiting_for_r2(tmp_path, 4, lambda i: "on-nas" if i % 2 else "local")
         pending = PendingBackend(MemoryBackend("nas"), "backend 'nas' (smb): not answering")
         applied = []
 
@@ -140,11 +141,7 @@ def test_start_up_applies_everything_in_rounds(tmp_path, monkeypatch):
     monkeypatch.setattr(retirements_module, "PER_ROUND", 3)
 
     async def run():
-        url = f"sqlite:///{tmp_path}/registry.db"
-        writer = Retirements(SqliteRegistry(url), "r1")
-        for i in range(8):
-            await writer.add("r2", "b", f"k{i}", version(f"k{i}", 1.0))
-        target = Retirements(SqliteRegistry(url), "r2")
+        target = await waiting_for_r2(tmp_path, 8)
         seen = []
 
         async def drop_older(item):
