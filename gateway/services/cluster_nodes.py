@@ -101,8 +101,9 @@ class _Miss(Exception):
 class ClusterNode(Backend):
     """Relaying logic shared by the roles. ``local`` is None on a proxy."""
 
-    def __init__(self, local: Backend | None, cluster: Cluster):
-        super().__init__(local.name if local else "cluster")
+    def __init__(self, local: Backend | None, cluster: Cluster, name: str = ""):
+        # The backend instance's name (a proxy has none of its own: the storing nodes' one it serves).
+        super().__init__(name or (local.name if local else "cluster"))
         self.local = local
         self.cluster = cluster
         self.client = cluster.client
@@ -966,9 +967,8 @@ class PrimaryNode(StoringNode):
 class ProxyNode(ClusterNode):
     """Stores nothing: reads find the object on the storing nodes, writes go to the least busy one."""
 
-    def __init__(self, cluster: Cluster, backend: str = ""):
-        super().__init__(None, cluster)
-        self.backend = backend  # the backend instance name the storing nodes serve these buckets from
+    def __init__(self, cluster: Cluster, name: str = ""):
+        super().__init__(None, cluster, name)
         self._buckets_seen: dict[str, float] = {}
 
     async def _known_bucket(self, bucket: str) -> None:
@@ -996,7 +996,7 @@ class ProxyNode(ClusterNode):
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
         # Not to a node whose store for this backend has not answered since it started (services/pending.py),
         # unless every node is in that state: then one of them answers why.
-        ready = [p for p in peers if not self.cluster.storage_pending(p, self.backend)] or list(peers)
+        ready = [p for p in peers if not self.cluster.storage_pending(p, self.name)] or list(peers)
         healthy, limited = self.cluster.health.split(ready)
         # Multipart parts never come here: upload_part sends them to the node holding their upload
         # (it is assembled there, and a part sent again must replace the earlier one there).

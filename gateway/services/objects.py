@@ -120,10 +120,7 @@ class ObjectService:
                     "then every %g s at most)", reason, pending.RETRY_FIRST, pending.RETRY_MAX)
         stand_in = pending.PendingBackend(backend, reason)
         self.local_backends[name] = stand_in
-        if name in self.backends:
-            self.backends[name] = stand_in
-            if name == self.default_name:
-                self.default = stand_in
+        self._install(self.role, name)
         task = asyncio.get_running_loop().create_task(self._retry_start(name, backend, stand_in))
         self._starting[name] = task
 
