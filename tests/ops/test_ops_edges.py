@@ -39,6 +39,20 @@ def popen(*args, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, cwd="/", **kw)
 
 
+def temp_file_over(tmp_dir: Path, size: int, marker: str = "") -> bool:
+    """Whether a temp file under ``tmp_dir`` (one directory per host) with ``marker`` in its name holds more
+    than ``size`` bytes. A writer renames its finished temp files away: one gone between the listing and
+    its stat is not it (a migrate's small copy, seen in CI: FileNotFoundError)."""
+    for directory in tmp_dir.glob("*"):
+        for path in directory.glob("*"):
+            try:
+                if marker in path.name and path.stat().st_size > size:
+                    return True
+            except FileNotFoundError:
+                continue
+    return False
+
+
 def wait_for(predicate, what: str, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
@@ -171,11 +185,8 @@ def test_restore_keeps_an_object_put_while_it_runs(source, tmp_path):
     restore = popen("restore", "-q", "--data-dir", source.data_dir, archive)
     tmp_dir = Path(source.data_dir) / ".gateway" / "tmp"
 
-    def restore_is_writing() -> bool:
-        return any("-ops-" in f.name and f.stat().st_size > 0 for d in tmp_dir.glob("*") for f in d.glob("*"))
-
     try:
-        wait_for(restore_is_writing, "the restore writes the object", restore)
+        wait_for(lambda: temp_file_over(tmp_dir, 0, "-ops-"), "the restore writes the object", restore)
         restore.send_signal(signal.SIGSTOP)
         s3.put_object(Bucket="big", Key="k", Body=b"written after the backup")  # a client's new version
     finally:
@@ -334,8 +345,7 @@ def test_migrate_after_a_torn_journal_line_and_a_second_kill_still_removes_a_del
     tmp_dir = share / ".gateway" / "tmp"
     migrate = popen("migrate", "-q", "--data-dir", source.data_dir, "--to", share)
     try:
-        wait_for(lambda: tmp_dir.exists() and any(f.stat().st_size > 8 * MiB for d in tmp_dir.glob("*")
-                                                  for f in d.glob("*")), "the big copy", migrate)
+        wait_for(lambda: temp_file_over(tmp_dir, 8 * MiB), "the big copy", migrate)
     finally:
         migrate.kill()
         migrate.wait(timeout=DEADLINE)
