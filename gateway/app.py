@@ -30,7 +30,7 @@ class GatewayApp:
         self.admin.include_router(admin.router)
         self.admin.include_router(cluster_admin_router)
         self.admin.include_router(metrics.router)
-        self.peer = PeerApp(self.service)  # /_cluster/v1: internal routes between cluster nodes
+        self.peer = PeerApp(self.service, self.s3)  # /_cluster/v1: internal routes between cluster nodes
         self.admin.state.service = self.service
         self.admin.state.gateway = self
         self.fast_reads = 0  # plain reads answered below ASGI (gateway/api/protocol.py), for /metrics
@@ -62,7 +62,7 @@ class GatewayApp:
         req = self.s3.new_request(scope)
         if not self.s3.is_plain_read(req) or not self.service.backend_for(req.bucket).eager_reads:
             return None
-        return self.s3.answer_read(req)
+        return self.s3.answer_read(req, forward=True)  # the front end passes a Forward through
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]

@@ -321,6 +321,9 @@ class Backend(abc.ABC):
     # (nothing like asyncio.timeout or an aiohttp request before the first real wait): the HTTP
     # front end then starts plain reads eagerly, without a task per request (gateway/eager.py).
     eager_reads = False
+    # Not for plugins: True on a cluster node's wrapper, whose get() and head() take ``forward=True``
+    # and may then raise Forward instead of relaying (gateway/cluster/forward.py).
+    forwards_reads = False
 
     def __init__(self, name: str = "", **options):
         # Options are the keyword arguments of a backend's __init__; what reaches this one matched

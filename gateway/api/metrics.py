@@ -93,6 +93,11 @@ def cluster_metrics(out: Exposition, cluster) -> None:
     out.family("gateway_cluster_requests_outstanding", "gauge", "Requests in flight to each node (placement "
                "and, on shared storage, the primary's reads).",
                [({"node": node}, n) for node, n in sorted(balancer.outstanding.items())])
+    out.family("gateway_cluster_pass_through_reads_total", "counter",
+               "Plain reads of objects the location cache places on a peer, sent to that peer's S3 read route "
+               "and its answer passed to the client, by outcome: passed; declined, failed, busy (answered the "
+               "usual way instead); cut (the peer failed after the answer began).",
+               [({"outcome": o}, n) for o, n in sorted(cluster.client.pass_through.items())])
     cache = cluster.locations
     out.family("gateway_cluster_location_cache_lookups_total", "counter",
                "Lookups in the cache of where objects live: hit (a node), negative (known missing), miss.",

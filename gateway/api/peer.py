@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from .. import errors
 from ..backend import MAX_PARTS, ObjectMeta, ObjectReader, require_completion_checksums
 from ..checksums import ALGORITHMS
-from ..cluster import wire
+from ..cluster import forward, wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..cluster.versions import supersede_local
 from ..payload import Payload
@@ -38,15 +38,28 @@ _WANTED = frozenset(h.encode() for h in (HEADER, NODE_HEADER, "range", wire.ENSU
 _INFO = wire.INFO_HEADER.encode()
 _SPAN = wire.SPAN_HEADER.encode()
 _OBJECTS = wire.PREFIX + "/objects/"
+_S3_READ = forward.S3_READ_ROUTE + "/"
+_S3_READ_RAW = _S3_READ.encode()
 
 
 class PeerApp:
-    """:param service: the node's ObjectService (uses ``local_backend_for`` and ``cluster``)."""
+    """:param service: the node's ObjectService (uses ``local_backend_for`` and ``cluster``);
+    :param s3: the node's S3App, which answers the S3 read route (cluster/forward.py)."""
 
-    def __init__(self, service):
+    def __init__(self, service, s3):
         self.service = service
+        self.s3 = s3
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["path"].startswith(_S3_READ) and scope["method"] in ("GET", "HEAD"):
+            # The S3 read route on a backend whose reads need a task (else answered below ASGI).
+            status, headers, body = await self.answer_s3_read(scope)
+            if isinstance(body, bytes):  # an error, content-length included
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            else:
+                await send_object(send, status, headers, body)  # closes the reader
+            return
         try:
             await self._handle(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer the peer understands
@@ -68,11 +81,38 @@ class PeerApp:
 
     def fast_answer(self, scope):
         """For a GET or HEAD of an object (the relay's hot path) on a local backend whose reads can
-        start outside a task (Backend.eager_reads), answer_read's coroutine; else None."""
-        if scope["method"] not in ("GET", "HEAD") or not scope["path"].startswith(_OBJECTS):
+        start outside a task (Backend.eager_reads), answer_read's or answer_s3_read's coroutine;
+        else None."""
+        if scope["method"] not in ("GET", "HEAD"):
             return None
-        backend = self.service.local_backend_for(scope["path"][len(_OBJECTS):].partition("/")[0])
-        return self.answer_read(scope) if backend is not None and backend.eager_reads else None
+        path = scope["path"]
+        if path.startswith(_S3_READ):
+            answer = self.answer_s3_read
+            bucket = path[len(_S3_READ):].partition("/")[0]
+        elif path.startswith(_OBJECTS):
+            answer = self.answer_read
+            bucket = path[len(_OBJECTS):].partition("/")[0]
+        else:
+            return None
+        backend = self.service.local_backend_for(bucket)
+        return answer(scope) if backend is not None and backend.eager_reads else None
+
+    async def answer_s3_read(self, scope) -> tuple[int, list, ObjectReader | bytes | None]:
+        """A client's S3 GET or HEAD passed through by the node it asked (cluster/forward.py): the
+        S3 answer from this node's own storage, as this node would give it to that client (the
+        other node authenticated the client; this one checks the cluster signature)."""
+        try:
+            if not scope.get("raw_path", b"").startswith(_S3_READ_RAW):
+                raise errors.InvalidRequest(f"peer S3 reads are {_S3_READ}<bucket>/<key>, not percent-encoded")
+            self._authenticate(scope)
+        except Exception as exc:  # noqa: BLE001 - refused: the other node reads the usual way, and says why
+            status, headers, body = self._error_answer(scope, exc)
+            headers.append((b"content-length", str(len(body)).encode()))
+            return status, headers, b"" if scope["method"] == "HEAD" else body
+        # The S3 request as the client sent it: the route's prefix off the path.
+        cut = len(forward.S3_READ_ROUTE)
+        s3_scope = {**scope, "path": scope["path"][cut:], "raw_path": scope["raw_path"][cut:]}
+        return await self.s3.answer_read(self.s3.new_request(s3_scope), peer=True)
 
     async def answer_read(self, scope) -> tuple[int, list, ObjectReader | bytes | None]:
         """An object GET or HEAD (fast_answer) as (status, headers, body): an open reader (headers

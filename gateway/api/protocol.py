@@ -25,8 +25,10 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from .. import errors
 from ..backend import ObjectReader
+from ..cluster.forward import Forward
 from ..eager import NeedsTask, Suspended, start_eagerly
 from ..write_batch import WriteBatch
+from .pass_through import PassThrough
 from .s3.xml import error_document
 
 log = logging.getLogger("gateway.http")
@@ -71,6 +73,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0  # bytes of data_received chunks that were wholly inside the open head
     _body_chunks = 0  # request body chunks received on this connection (the idle check compares it)
     _body_chunks_seen = 0
+    passing: PassThrough | None = None  # a read being passed through from a peer (pass_through.py)
 
     # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
     # response (cancelling it when data arrives). A plain read needs five fields of the scope, and
@@ -156,8 +159,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.gateway.fast_reads += 1
         if isinstance(answer, Suspended):  # it waits (a relay, a remote backend): a task finishes it
             self._run(self._finish(pending, scope, answer))
+        elif answer.__class__ is Forward:  # on a peer, as the location cache says: passed through
+            self._pass_through(pending, scope, answer)
         else:
             self._respond(pending, scope, *answer)
+
+    def _pass_through(self, pending: _FastCycle, scope: dict, forward: Forward) -> None:
+        sink = PassThrough(self, pending, scope, forward)
+        if sink.start():
+            self.passing = sink
+        else:  # no idle connection to that peer: the usual relay (which opens one)
+            self.answer_usual_way(pending, scope, forward.req)
+
+    def answer_usual_way(self, pending: _FastCycle, scope: dict, req) -> None:
+        """Answer a read that could not be passed through as an ordinary relayed read, in a task."""
+        if not self.transport.is_closing():
+            self._run(self._finish(pending, scope, self.gateway.s3.answer_read(req)))
 
     _send_socket: socket.socket | bool | None = None  # _plain_socket's answer, once asked
 
@@ -296,7 +313,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.passing is not None:
+            self.passing.drained()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.passing is not None:
+            self.passing.abandon()
+            self.passing = None
         if self._send_socket:
             self._send_socket.close()  # the duplicate: with the transport's own closed, the connection ends
             self._send_socket = False
@@ -310,17 +335,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
-    async def _finish(self, pending: _FastCycle, scope: dict, answer: Suspended) -> None:
-        self._respond(pending, scope, *await answer)
+    async def _finish(self, pending: _FastCycle, scope: dict, answer) -> None:
+        """Send the answer of ``answer`` (a Suspended read, or an answer_read coroutine) once it is ready."""
+        answer = await answer
+        if answer.__class__ is Forward:
+            self._pass_through(pending, scope, answer)
+        else:
+            self._respond(pending, scope, *answer)
+
+    def log_access(self, scope: dict, status: int) -> None:
+        if self.access_log:
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                                    get_path_with_query_string(scope), scope["http_version"], status)
 
     def _respond(self, pending: _FastCycle, scope: dict, status: int, headers: list, body) -> None:
         """Send (status, headers, body) as answered by S3App.answer_read or PeerApp.answer_read
         (``scope``: this request's; by the time a suspended answer is ready, the connection may
         have begun another)."""
         head_only = scope["method"] == "HEAD"
-        if self.access_log:
-            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
-                                    get_path_with_query_string(scope), scope["http_version"], status)
+        self.log_access(scope, status)
         # uvicorn checks every header of every response for characters that would split it. Here
         # the values that come from outside are checked where they enter: stored object headers once
         # per ObjectInfo (s3/responses.py), response-* overrides when parsed (s3/objects.py).

@@ -101,6 +101,25 @@ class _Target:
         self.prefix = parts.path.rstrip("/")
 
 
+class _Framing:
+    """The parser callbacks of an answer for a sink: where its head and its message end, no more.
+    Without on_header and on_body, httptools makes no object per header or per piece of body."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: _Connection):
+        self.connection = connection
+
+    def on_message_begin(self) -> None:
+        self.connection.on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.connection._framed_head()
+
+    def on_message_complete(self) -> None:
+        self.connection.complete = True
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to a peer; at most one request at a time."""
 
@@ -110,6 +129,9 @@ class _Connection(asyncio.Protocol):
         self.loop = client.loop
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future | None = None  # the current request's answer, None when idle
+        self.sink = None  # instead of a waiter: who takes the answer as it comes (pass_through)
+        self.passing = False  # the sink took the answer's head: its body goes to the sink
+        self.paused = False  # reading stopped by the sink (its client reads slower than the peer sends)
         self.timer: asyncio.TimerHandle | None = None
         self.parser: HttpResponseParser | None = None
         self.reusable = True
@@ -125,6 +147,8 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.status = 0
         self.headers: dict[str, str] = {}
+        self.passing = False
+        self.head_bytes: list[bytes] | None = []  # for a sink: the answer's bytes until its head is complete
         self.chunks: list[bytes] = []
         self.size = 0
         self.too_large = False
@@ -136,6 +160,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self._relay_data(data)
+            return
         if self.waiter is None:  # nothing was asked: a peer that talks out of turn is not reused
             self.reusable = False
             self.close()
@@ -159,7 +186,7 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self.reusable = False
         self.client._forget(self)
-        if self.waiter is not None:
+        if self.waiter is not None or self.sink is not None:
             if self.complete:
                 self._finish()
                 return
@@ -207,19 +234,84 @@ class _Connection(asyncio.Protocol):
 
     # Requests ------------------------------------------------------------------------
 
-    def send(self, request: bytes, head_only: bool, head_timeout: float | None = None) -> asyncio.Future:
+    def send(self, request: bytes, head_only: bool, head_timeout: float | None = None,
+             future: bool = True) -> asyncio.Future | None:
         """Write ``request``; return the future of its Response (PeerHttpError on failure).
 
         ``head_timeout``: seconds to wait for the answer's head (then the client's timeout between
         reads of the body), for a peer not expected to answer (PeerHttp.request)."""
         self._reset(head_only)
-        self.parser = HttpResponseParser(self)
-        self.waiter = waiter = self.loop.create_future()
+        if future:
+            self.sink = None
+            self.parser = HttpResponseParser(self)
+            self.waiter = waiter = self.loop.create_future()
+        else:
+            self.parser = HttpResponseParser(_Framing(self))
+            self.waiter = waiter = None
         self.last_data = self.loop.time()
         self.head_timeout = self.client.timeout if head_timeout is None else min(head_timeout, self.client.timeout)
         self.timer = self.loop.call_later(self.head_timeout, self._check_idle)
         self.client._write(self.transport, request)
         return waiter
+
+    def relay(self, sink, request: bytes, head_only: bool, head_timeout: float | None = None) -> None:
+        """Write ``request``; hand its answer to ``sink`` as it comes, with no future and no task
+        (gateway/api/pass_through.py): ``sink.head(status, received)`` once the head is read, with
+        the answer's bytes so far (the head, maybe some or all of the body); True: the sink takes
+        the answer, and each further piece goes to ``sink.body(chunk)``; False: the rest is read
+        and dropped. Then ``sink.end()`` or ``sink.declined()`` once it is
+        complete (the connection is back in the pool by then), or ``sink.failed(PeerHttpError)``.
+        The sink may call pause() and resume(); abandon() if its own client went away."""
+        self.sink = sink
+        self.send(request, head_only, head_timeout, future=False)
+
+    def _relay_data(self, data: bytes) -> None:
+        """A piece of the answer for the sink: parsed for its framing only (_Framing), passed on as
+        it came. The head and the whole body usually come in one piece, which the sink then writes
+        to its client as it is: no header or body is copied out of it on the way."""
+        self.last_data = self.loop.time()
+        self.received = True
+        head_bytes = self.head_bytes
+        if head_bytes is not None:
+            head_bytes.append(data)
+        try:
+            self.parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            # Malformed, or bytes after the complete answer (which must not reach the client): failed.
+            self._fail(f"malformed response: {exc}", "body" if self.headers_done else "head")
+            return
+        sink = self.sink
+        if head_bytes is not None:
+            if not self.headers_done:
+                return
+            self.head_bytes = None
+            self.passing = sink.head(self.status, data if len(head_bytes) == 1 else b"".join(head_bytes))
+        elif self.passing:
+            sink.body(data)
+        if self.complete:
+            self._finish()
+
+    def pause(self) -> None:
+        """Stop reading the answer until resume(): the sink's client has not taken what it was sent.
+        Not once the answer is complete: the connection goes back to the pool reading."""
+        if not self.paused and not self.complete:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.last_data = self.loop.time()  # the read timeout counts from here, not from the pause
+            self.transport.resume_reading()
+
+    def _framed_head(self) -> None:
+        """_Framing's on_headers_complete."""
+        parser = self.parser
+        self.headers_done = True
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_only:
+            self.complete = True  # as on_headers_complete: no body follows a HEAD answer
 
     def _too_large(self) -> None:
         self.too_large = True
@@ -230,7 +322,10 @@ class _Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         """The read timeout: fail the request when no data came for ``timeout`` seconds."""
         self.timer = None
-        if self.waiter is None:
+        if self.waiter is None and self.sink is None:
+            return
+        if self.paused:  # waiting for the sink's client, not for the peer
+            self.timer = self.loop.call_later(self.client.timeout, self._check_idle)
             return
         idle = self.loop.time() - self.last_data
         remaining = (self.client.timeout if self.headers_done else self.head_timeout) - idle
@@ -247,6 +342,13 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         self._stop_timer()
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            self.parser = None
+            self._put_back()
+            sink.end() if self.passing else sink.declined()
+            return
         waiter, self.waiter = self.waiter, None
         if self.too_large:
             body = None
@@ -257,22 +359,30 @@ class _Connection(asyncio.Protocol):
         response = Response(self.status, self.headers, body)
         self.parser = None
         self.chunks = []
+        self._put_back()
+        if not waiter.done():  # not abandoned by the caller meanwhile
+            waiter.set_result(response)
+
+    def _put_back(self) -> None:
+        """The answer is complete: back to the pool, or closed when it cannot serve another."""
         if self.reusable and self.keep_alive and not self.lost and not self.transport.is_closing():
             self.client._release(self)
         else:
             self.close()
-        if not waiter.done():  # not abandoned by the caller meanwhile
-            waiter.set_result(response)
 
     def _fail(self, reason: str, stage: str, *, timed_out: bool = False, disconnected: bool = False) -> None:
         self._stop_timer()
         waiter, self.waiter = self.waiter, None
+        sink, self.sink = self.sink, None
         self.reusable = False
         self.parser = None
         self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(PeerHttpError(reason, stage, timed_out=timed_out, disconnected=disconnected,
-                                               status=self.status if self.headers_done else None))
+        error = PeerHttpError(reason, stage, timed_out=timed_out, disconnected=disconnected,
+                              status=self.status if self.headers_done else None)
+        if sink is not None:
+            sink.failed(error)
+        elif waiter is not None and not waiter.done():
+            waiter.set_exception(error)
 
     def abandon(self, waiter: asyncio.Future) -> None:
         """The caller of the request answered by ``waiter`` stopped waiting (cancelled): its answer may
@@ -282,6 +392,16 @@ class _Connection(asyncio.Protocol):
             return
         self._stop_timer()
         self.waiter = None
+        self.reusable = False
+        self.close()
+
+    def abandon_sink(self, sink) -> None:
+        """The sink's client went away: the rest of the answer is not wanted, and the connection goes
+        (unless the answer was complete already and the connection serves another request now)."""
+        if self.sink is not sink:
+            return
+        self._stop_timer()
+        self.sink = None
         self.reusable = False
         self.close()
 
@@ -311,7 +431,8 @@ class PeerHttp:
         self._idle: dict[str, list[_Connection]] = {}
         self._open: dict[str, set[_Connection]] = {}
         self._batch = WriteBatch()  # requests to write at the end of the iteration
-        # connected, reused, retried, requests, too_large, busy (fell back: too many in flight), failed
+        # connected, reused, retried, requests, too_large, busy (fell back: too many in flight), failed,
+        # relayed (answers handed to a sink as they came: gateway/api/pass_through.py)
         self.stats: Counter[str] = Counter()
 
     def idle_count(self, address: str | None = None) -> int:
@@ -361,6 +482,27 @@ class PeerHttp:
                 self.stats["retried"] += 1  # the peer closed the idle connection as we sent: once more, afresh
         connection = await self._connect(address, peer, head_timeout)
         return await self._exchange(connection, request, head_only, head_timeout)
+
+    def relay(self, address: str, method: str, target: str, headers: dict[str, str], sink,
+              head_timeout: float | None = None) -> _Connection | None:
+        """Send ``method target`` on an idle pooled connection and hand the answer to ``sink``
+        (_Connection.relay); return that connection. None when no connection is idle (or this
+        client has not run under this loop yet): nothing was sent, the caller asks another way
+        (whose request then opens the connection that later calls find idle).
+
+        The caller runs on the event loop (the front end's callback): no await, no task."""
+        idle = self._idle.get(address)
+        if not idle or self.loop is None or self.loop is not asyncio.get_running_loop():
+            return None
+        connection = self._take(address)
+        if connection is None:
+            return None
+        request = self._format(self._targets[address], method, target, headers)
+        self.stats["requests"] += 1
+        self.stats["reused"] += 1
+        self.stats["relayed"] += 1
+        connection.relay(sink, request, method == "HEAD", head_timeout)
+        return connection
 
     @staticmethod
     def _format(peer: _Target, method: str, target: str, headers: dict[str, str]) -> bytes:
@@ -462,7 +604,7 @@ class PeerHttp:
         connections = [c for group in self._open.values() for c in group]
         self._idle.clear()
         for connection in connections:
-            if connection.waiter is not None:
+            if connection.waiter is not None or connection.sink is not None:
                 connection._fail("client closed", "request")
             else:
                 connection.close()

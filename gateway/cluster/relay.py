@@ -124,6 +124,11 @@ class PeerClient:
         # (peer, operation, outcome) -> calls, for GET /metrics. Outcomes: ok, missing (404),
         # error (any other HTTP error), unreachable (no answer), refused (our signature was rejected).
         self.calls: Counter[tuple[str, str, str]] = Counter()
+        # Plain reads passed through to the peer the location cache names (cluster/forward.py), by
+        # outcome: passed (its answer went to the client), declined (not the object's answer: asked
+        # the usual way), failed (no answer: the usual way), busy (no idle connection: the usual
+        # way), cut (the peer failed once the answer had begun: the client's connection closed).
+        self.pass_through: Counter[str] = Counter()
 
     def session(self, stream: bool = False) -> aiohttp.ClientSession:
         """The pooled session for short calls, or with ``stream`` the one for object bodies.

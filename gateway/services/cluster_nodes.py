@@ -22,9 +22,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import errors
-from ..backend import (MULTIPART_BUCKET, Backend, BucketInfo, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader,
-                       is_upload_id, require_completion_checksums, upload_record)
+from ..backend import (
+    MULTIPART_BUCKET,
+    Backend,
+    BucketInfo,
+    ByteRange,
+    ListPage,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectReader,
+    is_upload_id,
+    require_completion_checksums,
+    upload_record,
+)
 from ..cluster.balancer import READ_HANDOFF_MARGIN, release_on_close
+from ..cluster.forward import Forward
 from ..cluster.listing import merge_pages
 from ..cluster.locations import NOWHERE
 from ..cluster.membership import Cluster
@@ -100,6 +112,8 @@ class _Miss(Exception):
 
 class ClusterNode(Backend):
     """Relaying logic shared by the roles. ``local`` is None on a proxy."""
+
+    forwards_reads = True
 
     def __init__(self, local: Backend | None, cluster: Cluster, name: str = ""):
         # The backend instance's name (a proxy has none of its own: the storing nodes' one it serves).
@@ -277,7 +291,10 @@ class ClusterNode(Backend):
 
     # Objects -----------------------------------------------------------------------
 
-    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None,
+                  forward: bool = False) -> ObjectReader:
+        """``forward``: on a local miss of an object the location cache places on a peer, raise
+        Forward instead of relaying (the front end passes the read through: cluster/forward.py)."""
         failure = None
         if self.local is not None:
             try:
@@ -287,10 +304,12 @@ class ClusterNode(Backend):
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "get")
                 return found
+        if forward and failure is None:
+            self._forward(bucket, key)
         return await self._find(bucket, key, lambda p, a: self.client.get(p, a, bucket, key, byte_range),
                                 None, "get", failure)
 
-    async def head(self, bucket: str, key: str) -> ObjectInfo:
+    async def head(self, bucket: str, key: str, forward: bool = False) -> ObjectInfo:
         failure = None
         if self.local is not None:
             try:
@@ -300,8 +319,18 @@ class ClusterNode(Backend):
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "head")
                 return found
+        if forward and failure is None:
+            self._forward(bucket, key)
         return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), None, "head",
                                 failure)
+
+    def _forward(self, bucket: str, key: str) -> None:
+        """Raise Forward when the location cache names a peer that is known and answers well."""
+        peer = self.locations.get(bucket, key)
+        if peer:  # neither unknown (None) nor NOWHERE
+            address = self.cluster.peers().get(peer)
+            if address is not None and not self.cluster.health.limited(peer):
+                raise Forward(self, peer, address)
 
     def _local_failed(self, exc: errors.GatewayError) -> errors.GatewayError:
         """This node's own storage could not answer (a share unmounted here, a failing disk): a read
@@ -894,7 +923,8 @@ class PrimaryNode(StoringNode):
                 log.info("placement on %s failed (%s); storing here", target, exc.reason)
         return await super().put(bucket, key, payload, meta)
 
-    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader:
+    async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None,
+                  forward: bool = False) -> ObjectReader:
         """On shared storage, hand the GET to a redundant node when this node is the busier one.
 
         Busy = GETs in flight, from the call until the response body is sent
@@ -902,7 +932,7 @@ class PrimaryNode(StoringNode):
         so the read goes there anyway (local hit or relay): nothing to choose.
         """
         if not self.local.capabilities.shared or bucket.startswith("."):
-            return await super().get(bucket, key, byte_range)
+            return await super().get(bucket, key, byte_range, forward)
         balancer = self.cluster.balancer
         peer = self._read_handoff()
         if peer is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 
 from cryptography import x509
 
@@ -112,6 +114,12 @@ def test_relay_over_https(tmp_path):
                 assert p1.get_object(Bucket="tls", Key=key)["Body"].read() == body
         part = r1.get_object(Bucket="tls", Key="event.jpg", Range="bytes=1000-1999")["Body"].read()
         assert part == bodies["event.jpg"][1000:2000]
+        # The later reads through p1 were passed through over the TLS connections (one of them, over
+        # 256 KiB, streamed): docs/cluster.md "Pass-through reads".
+        context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.pem"))
+        with urllib.request.urlopen(nodes["p1"].endpoint + "/metrics", context=context, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'gateway_cluster_pass_through_reads_total{outcome="passed"} 4' in metrics, metrics
         # uvicorn waits for open TLS keep-alive connections at shutdown: close them first.
         p1.close()
         r1.close()

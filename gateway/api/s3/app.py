@@ -14,6 +14,7 @@ import os
 
 from ... import errors
 from ...backend import ObjectReader
+from ...cluster.forward import Forward
 from ...eager import NeedsTask
 from . import buckets, multipart, objects
 from .request import S3Request, check_bucket_name, check_path_utf8, check_query_utf8
@@ -172,20 +173,37 @@ class S3App:
                 raise
             await self._send_error(req, tracking_send, error)
 
-    async def answer_read(self, req: S3Request) -> tuple[int, list, ObjectReader | bytes | None]:
+    async def answer_read(self, req: S3Request, forward: bool = False,
+                          peer: bool = False) -> tuple[int, list, ObjectReader | bytes | None] | Forward:
         """The fast path: a plain read (is_plain_read) as (status, headers, body), ready to send: an
         open ObjectReader (headers carry its content-length; whoever sends it closes it) or None
         for a HEAD, or, for an error, the bytes of its S3 XML document (empty for HEAD and 304). The same steps and answers as __call__ + _dispatch +
         get_object would give, without what cannot apply (no body to track, no dispatch). Served
-        over ASGI by _read_object, and below ASGI by gateway/http/protocol.py (docs/performance.md)."""
+        over ASGI by _read_object, and below ASGI by gateway/http/protocol.py (docs/performance.md).
+
+        ``forward``: the caller can pass the read through to a peer: on a cluster node's local miss
+        of an object the location cache places on a peer, the answer is a Forward (cluster/forward.py).
+        ``peer``: a peer's read of this node's own storage (the S3 read route, api/peer.py): the
+        cluster signature was checked and the client authenticated by that node; nothing is relayed.
+        """
         try:
-            req.auth = auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
-                                                     req.query_pairs)
-            req.access_key = auth.access_key
+            if peer:
+                backend = self.service.local_backend_for(req.bucket)
+                if backend is None:
+                    raise errors.ServiceUnavailable("This node is a proxy and stores nothing; ask a storing node.")
+            else:
+                backend = self.service.backend_for(req.bucket)
+                forward = forward and backend.forwards_reads
+                req.auth = auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
+                                                         req.query_pairs)
+                req.access_key = auth.access_key
             if "\ufffd" in req.key:  # percent-encoded bytes that may not be UTF-8 (a bad bucket name fails below)
                 check_path_utf8(req)
             check_bucket_name(req.bucket)
-            return await objects.read_object(self, req, req.method == "HEAD")
+            return await objects.read_object(self, req, req.method == "HEAD", backend, forward)
+        except Forward as answer:
+            answer.req = req
+            return answer
         except errors.GatewayError as exc:
             return self.error_response(req, exc)
         except NeedsTask:

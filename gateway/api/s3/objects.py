@@ -6,7 +6,7 @@ import re
 from urllib.parse import unquote
 
 from ... import errors
-from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, ObjectInfo, ObjectMeta, ObjectReader
+from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, Backend, ObjectInfo, ObjectMeta, ObjectReader
 from ...checksums import ALGORITHMS
 from .body import payload_from_request
 from .request import (
@@ -65,20 +65,25 @@ async def get_object(app, req: S3Request, send, head: bool = False) -> None:
     await send_object(send, status, headers, reader)
 
 
-async def read_object(app, req: S3Request, head: bool = False) -> tuple[int, list, ObjectReader | None]:
+async def read_object(app, req: S3Request, head: bool = False, backend: Backend | None = None,
+                      forward: bool = False) -> tuple[int, list, ObjectReader | None]:
     """Everything a GET or HEAD does before its response starts: (status, headers with
     content-length, the open reader; None for HEAD). Errors (NoSuchKey, NotModified, ...) are raised
     here, before anything is sent; the caller sends the answer with send_object, which closes the
     reader. The S3 app's fast path (app.py) calls this directly; get_object is the same for the
-    general dispatch."""
-    backend = app.service.backend_for(req.bucket)
+    general dispatch. ``backend``: the one to read from instead of the bucket's (a peer's read of
+    this node's own storage); ``forward``: a cluster node may raise Forward (cluster/forward.py)."""
+    if backend is None:
+        backend = app.service.backend_for(req.bucket)
     headers_in = req.headers
     byte_range = parse_range(headers_in["range"]) if "range" in headers_in else None
     if head:
-        info = await backend.head(req.bucket, req.key)
+        info = await (backend.head(req.bucket, req.key, forward=True) if forward else
+                      backend.head(req.bucket, req.key))
         reader = None
     else:
-        reader = await backend.get(req.bucket, req.key, byte_range)
+        reader = await (backend.get(req.bucket, req.key, byte_range, forward=True) if forward else
+                        backend.get(req.bucket, req.key, byte_range))
         info = reader.info
     try:
         check_preconditions(req, info)

@@ -1,0 +1,57 @@
+"""Forward: a plain read that this node passes through to the peer known to hold the object.
+
+The relay's usual way (cluster_nodes.ClusterNode._find) asks a peer's object
+route for the object and its info, then builds the S3 answer here: a task, a
+future, a coroutine chain resumed, the answer rebuilt. For the read it sees
+most, a GET or HEAD of an object the location cache places on a peer, the
+front end does less: it sends the client's read to that peer's S3 read route
+(``/_cluster/v1/s3/<bucket>/<key>``, cluster-signed; the client was
+authenticated here), which answers it exactly as an S3 read of its own
+storage, and the answer goes back to the client as it arrives
+(gateway/api/pass_through.py). docs/cluster.md, "Pass-through reads".
+
+Only an answer that settles the read is passed through (FINAL_STATUSES): a
+404 (the cache was stale), a refused signature, a 5xx or no answer at all
+sends the read the usual way, which asks every node and answers 503 when one
+could not be asked.
+"""
+
+from __future__ import annotations
+
+from . import wire
+
+S3_READ_ROUTE = wire.PREFIX + "/s3"  # + the S3 path: /bucket/key, percent-encoded as the client sent it
+# The request headers an object read's answer depends on (s3/objects.py read_object).
+FORWARDED_HEADERS = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
+                     "x-amz-checksum-mode")
+# The object, part of it, or a precondition's or range's verdict on it: the answer to the client.
+FINAL_STATUSES = frozenset({200, 206, 304, 412, 416})
+
+
+class Forward(Exception):
+    """Raised by ClusterNode.get/head(..., forward=True) instead of relaying in the usual way.
+
+    S3App.answer_read returns it (with ``req`` set) as its answer, and the front end passes the
+    read through (gateway/api/pass_through.py), or, when it cannot, asks answer_read again
+    without ``forward``.
+    """
+
+    def __init__(self, node, peer: str, address: str):
+        super().__init__(peer)
+        self.node = node  # the ClusterNode: its client, health, balancer and location cache
+        self.peer = peer
+        self.address = address
+        self.req = None  # the S3Request, set by S3App.answer_read
+
+    def request(self) -> tuple[str, str, dict[str, str]]:
+        """(method, target, headers) of the peer request: the client's read, signed for the cluster."""
+        req = self.req
+        target = S3_READ_ROUTE + req.raw_path
+        if req.query_string:
+            target += "?" + req.query_string
+        headers = self.node.client.signer.headers(req.method, target)
+        given = req.headers
+        for name in FORWARDED_HEADERS:
+            if name in given:
+                headers[name] = given[name]
+        return req.method, target, headers
