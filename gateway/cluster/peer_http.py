@@ -250,7 +250,10 @@ class _Connection(asyncio.Protocol):
             self.waiter = waiter = None
         self.last_data = self.loop.time()
         self.head_timeout = self.client.timeout if head_timeout is None else min(head_timeout, self.client.timeout)
-        self.timer = self.loop.call_later(self.head_timeout, self._check_idle)
+        if future:
+            self.timer = self.loop.call_later(self.head_timeout, self._check_idle)
+        else:
+            self.client._watch(self)  # the sweep's timeout (PeerHttp._sweep), not a timer of its own
         self.client._write(self.transport, request)
         return waiter
 
@@ -322,10 +325,7 @@ class _Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         """The read timeout: fail the request when no data came for ``timeout`` seconds."""
         self.timer = None
-        if self.waiter is None and self.sink is None:
-            return
-        if self.paused:  # waiting for the sink's client, not for the peer
-            self.timer = self.loop.call_later(self.client.timeout, self._check_idle)
+        if self.waiter is None:
             return
         idle = self.loop.time() - self.last_data
         remaining = (self.client.timeout if self.headers_done else self.head_timeout) - idle
@@ -346,6 +346,7 @@ class _Connection(asyncio.Protocol):
         if sink is not None:
             self.sink = None
             self.parser = None
+            self.client._relaying.discard(self)
             self._put_back()
             sink.end() if self.passing else sink.declined()
             return
@@ -376,6 +377,7 @@ class _Connection(asyncio.Protocol):
         sink, self.sink = self.sink, None
         self.reusable = False
         self.parser = None
+        self.client._relaying.discard(self)
         self.close()
         error = PeerHttpError(reason, stage, timed_out=timed_out, disconnected=disconnected,
                               status=self.status if self.headers_done else None)
@@ -400,7 +402,7 @@ class _Connection(asyncio.Protocol):
         (unless the answer was complete already and the connection serves another request now)."""
         if self.sink is not sink:
             return
-        self._stop_timer()
+        self.client._relaying.discard(self)
         self.sink = None
         self.reusable = False
         self.close()
@@ -431,6 +433,8 @@ class PeerHttp:
         self._idle: dict[str, list[_Connection]] = {}
         self._open: dict[str, set[_Connection]] = {}
         self._batch = WriteBatch()  # requests to write at the end of the iteration
+        self._relaying: set[_Connection] = set()  # connections whose answer goes to a sink (relay)
+        self._sweeper: asyncio.TimerHandle | None = None
         # connected, reused, retried, requests, too_large, busy (fell back: too many in flight), failed,
         # relayed (answers handed to a sink as they came: gateway/api/pass_through.py)
         self.stats: Counter[str] = Counter()
@@ -458,6 +462,8 @@ class PeerHttp:
             self._idle.clear()
             self._open.clear()
             self._batch = WriteBatch()
+            self._relaying.clear()
+            self._sweeper = None
             self.loop = loop
         peer = self._targets.get(address)
         if peer is None:
@@ -584,6 +590,28 @@ class PeerHttp:
         """
         self._batch.add(self.loop, transport, (request,), False)
 
+    def _watch(self, connection: _Connection) -> None:
+        self._relaying.add(connection)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.timeout / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """The read timeout of the relayed answers (_Connection.relay): one timer for all of them,
+        every quarter of the timeout, instead of one per request (a timer set and cancelled costs
+        ~2 µs under uvloop, a tenth of what the relaying node does per request). An answer with no
+        data for the timeout fails after 1 to 1.25 times it; one paused for its sink's client is
+        not waiting for the peer."""
+        self._sweeper = None
+        now = self.loop.time()
+        for connection in list(self._relaying):
+            if connection.sink is None:
+                self._relaying.discard(connection)
+            elif not connection.paused and now - connection.last_data >= self.timeout:
+                stage = "body" if connection.headers_done else ("head" if connection.received else "request")
+                connection._fail("timed out", stage, timed_out=True)
+        if self._relaying:
+            self._sweeper = self.loop.call_later(self.timeout / 4, self._sweep)
+
     def _release(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= self.max_idle:
@@ -603,6 +631,9 @@ class PeerHttp:
         """Close every connection (idle or busy: a busy request fails with PeerHttpError)."""
         connections = [c for group in self._open.values() for c in group]
         self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in connections:
             if connection.waiter is not None or connection.sink is not None:
                 connection._fail("client closed", "request")

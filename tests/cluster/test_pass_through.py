@@ -292,3 +292,32 @@ def test_a_peer_dying_mid_answer_closes_the_clients_connection(cluster):
             cluster.restart("r1")
     assert passed(cluster["r2"], "cut") == before + 1
     assert cluster["r2"].client().get_object(Bucket="pass", Key="closing")["Body"].read() == b"x" * 3000
+
+
+def test_a_frozen_holder_is_given_up_after_the_timeout_and_answered_the_usual_way(cluster):
+    """A holder stopped with SIGSTOP answers nothing: the passed-through read gives up after the peer
+    timeout (3 s here; the sweep of PeerHttp checks every quarter of it), and the usual way, which
+    then waits for that peer only briefly, answers 503, not 404, and no hang."""
+    put_on_r1(cluster, "on-frozen", b"r1's frozen object")
+    warm(cluster, "on-frozen")
+    reader = cluster["r2"].client(retries={"total_max_attempts": 1, "mode": "standard"})
+    before = passed(cluster["r2"], "failed")
+    cluster["r1"].pause()
+    try:
+        started = time.monotonic()
+        error = error_of(lambda: reader.get_object(Bucket="pass", Key="on-frozen"))
+        waited = time.monotonic() - started
+        assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert 2.9 < waited < 3 * 1.25 + 2, waited
+        assert passed(cluster["r2"], "failed") == before + 1
+    finally:
+        cluster["r1"].resume()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert reader.get_object(Bucket="pass", Key="on-frozen")["Body"].read() == b"r1's frozen object"
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
