@@ -66,10 +66,10 @@ class PassThrough:
     def start(self) -> bool:
         """Send the read to the peer; False when no pooled connection was idle (nothing was sent)."""
         forward = self.forward
-        method, target, headers = forward.request()
+        method, target, lines = forward.request()
         self.started = time.monotonic()
         client = forward.node.client
-        self.connection = client.lean.relay(forward.address, method, target, headers, self)
+        self.connection = client.lean.relay(forward.address, method, target, lines, self)
         if self.connection is None:
             client.pass_through["busy"] += 1
             return False

@@ -135,9 +135,11 @@ class PeerApp:
             raise errors.NoSuchKey("This node is not part of a cluster.")
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
         method = scope["method"]
-        target = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
+        raw = scope.get("raw_path")
+        target = raw.decode("latin-1") if raw is not None else scope["path"]
+        query = scope.get("query_string")
+        if query:
+            target += "?" + query.decode("latin-1")
         caller = cluster.signer.verify(method, target, headers.get(HEADER), headers.get(NODE_HEADER))
         if caller not in cluster.nodes:
             cluster.request_reload()  # a node that joined after our last read of the registry (it announces itself)

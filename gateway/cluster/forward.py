@@ -43,15 +43,17 @@ class Forward(Exception):
         self.address = address
         self.req = None  # the S3Request, set by S3App.answer_read
 
-    def request(self) -> tuple[str, str, dict[str, str]]:
-        """(method, target, headers) of the peer request: the client's read, signed for the cluster."""
+    def request(self) -> tuple[str, str, str]:
+        """(method, target, header lines) of the peer request: the client's read, signed for the
+        cluster. The lines end in CRLF each; the values forwarded came through the front end's
+        parser, which refuses a CR or LF in a header, so they cannot split the request."""
         req = self.req
         target = S3_READ_ROUTE + req.raw_path
         if req.query_string:
             target += "?" + req.query_string
-        headers = self.node.client.signer.headers(req.method, target)
+        lines = self.node.client.signer.header_lines(req.method, target)
         given = req.headers
         for name in FORWARDED_HEADERS:
             if name in given:
-                headers[name] = given[name]
-        return req.method, target, headers
+                lines += f"{name}: {given[name]}\r\n"
+        return req.method, target, lines

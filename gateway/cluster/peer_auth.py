@@ -48,6 +48,13 @@ class PeerSigner:
         return {HEADER: f"{stamp}:{_digest(self._keyed, method, target, stamp, self.node_id)}",
                 NODE_HEADER: self.node_id}
 
+    def header_lines(self, method: str, target: str) -> str:
+        """headers() as HTTP header lines, each ending in CRLF (the relay's pass-through writes its
+        request as one string: docs/cluster.md "Pass-through reads")."""
+        stamp = f"{self.clock():.3f}"
+        return (f"{HEADER}: {stamp}:{_digest(self._keyed, method, target, stamp, self.node_id)}\r\n"
+                f"{NODE_HEADER}: {self.node_id}\r\n")
+
     def verify(self, method: str, target: str, value: str | None, node: str | None) -> str:
         """Return the calling node's id; raise PeerAuthError saying what is wrong."""
         if not value or ":" not in value:

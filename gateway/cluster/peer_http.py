@@ -489,9 +489,10 @@ class PeerHttp:
         connection = await self._connect(address, peer, head_timeout)
         return await self._exchange(connection, request, head_only, head_timeout)
 
-    def relay(self, address: str, method: str, target: str, headers: dict[str, str], sink,
+    def relay(self, address: str, method: str, target: str, header_lines: str, sink,
               head_timeout: float | None = None) -> _Connection | None:
-        """Send ``method target`` on an idle pooled connection and hand the answer to ``sink``
+        """Send ``method target`` with ``header_lines`` (each ending in CRLF, checked by the caller)
+        on an idle pooled connection and hand the answer to ``sink``
         (_Connection.relay); return that connection. None when no connection is idle (or this
         client has not run under this loop yet): nothing was sent, the caller asks another way
         (whose request then opens the connection that later calls find idle).
@@ -503,7 +504,9 @@ class PeerHttp:
         connection = self._take(address)
         if connection is None:
             return None
-        request = self._format(self._targets[address], method, target, headers)
+        peer = self._targets[address]
+        request = f"{method} {peer.prefix}{target} HTTP/1.1\r\nhost: {peer.host_header}\r\n{header_lines}\r\n"
+        request = request.encode("latin-1")
         self.stats["requests"] += 1
         self.stats["reused"] += 1
         self.stats["relayed"] += 1

@@ -328,9 +328,11 @@ class ClusterNode(Backend):
         """Raise Forward when the location cache names a peer that is known and answers well."""
         peer = self.locations.get(bucket, key)
         if peer:  # neither unknown (None) nor NOWHERE
-            address = self.cluster.peers().get(peer)
-            if address is not None and not self.cluster.health.limited(peer):
-                raise Forward(self, peer, address)
+            cluster = self.cluster
+            node = cluster.nodes.get(peer)  # (not peers(): a dict built per call)
+            if (node is not None and node.stores_objects and peer != cluster.node_id
+                    and not cluster.health.limited(peer)):
+                raise Forward(self, peer, node.address)
 
     def _local_failed(self, exc: errors.GatewayError) -> errors.GatewayError:
         """This node's own storage could not answer (a share unmounted here, a failing disk): a read
