@@ -6,7 +6,10 @@ construction. Every request must carry a valid cluster signature
 (gateway/cluster/peer_auth.py); S3 credentials are not accepted here, and a
 peer signature is not accepted on the S3 routes.
 
-Raw ASGI, like the S3 app: the relayed GET is on the hot path.
+Raw ASGI, like the S3 app: the relayed GET is on the hot path. The S3 read
+route (``/_cluster/v1/s3/<bucket>/<key>``) answers a client's plain read that
+another node passes through (gateway/cluster/forward.py) with this node's S3
+answer, from its own storage only.
 
 Also here: the ``/_admin/cluster`` router (this node's live view of its
 peers, de-prioritized ones and the placement counts).

@@ -114,7 +114,7 @@ class _Framing:
         self.connection.on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self.connection._framed_head()
+        self.connection._head_complete()
 
     def on_message_complete(self) -> None:
         self.connection.complete = True
@@ -205,14 +205,8 @@ class _Connection(asyncio.Protocol):
             self.headers[name] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        self.headers_done = True
-        self.status = parser.get_status_code()
-        self.keep_alive = parser.should_keep_alive()
-        if self.head_only:
-            # llhttp cannot be told that a HEAD answer has no body (httptools never returns "skip
-            # body"): the answer is complete here, and every request gets a fresh parser.
-            self.complete = True
+        self._head_complete()
+        if self.complete:
             return
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.client.body_limit:
@@ -307,14 +301,16 @@ class _Connection(asyncio.Protocol):
             self.last_data = self.loop.time()  # the read timeout counts from here, not from the pause
             self.transport.resume_reading()
 
-    def _framed_head(self) -> None:
-        """_Framing's on_headers_complete."""
+    def _head_complete(self) -> None:
+        """The head is read (on_headers_complete of either parser): its status and keep-alive."""
         parser = self.parser
         self.headers_done = True
         self.status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
         if self.head_only:
-            self.complete = True  # as on_headers_complete: no body follows a HEAD answer
+            # llhttp cannot be told that a HEAD answer has no body (httptools never returns "skip
+            # body"): the answer is complete here, and every request gets a fresh parser.
+            self.complete = True
 
     def _too_large(self) -> None:
         self.too_large = True

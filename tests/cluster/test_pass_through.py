@@ -245,6 +245,19 @@ def test_the_s3_read_route_takes_only_signed_requests_and_never_relays(cluster):
         assert response.read() == b"on r1 only"
 
 
+def read_again_soon(reader, key: str, body: bytes, timeout: float = 20.0) -> None:
+    """Until ``key`` reads as ``body`` again (its holder restarted or resumed and answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert reader.get_object(Bucket="pass", Key=key)["Body"].read() == body
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
 def test_a_peer_killed_after_its_location_was_cached_gives_503_then_comes_back(cluster):
     put_on_r1(cluster, "on-killed", b"r1's object")
     warm(cluster, "on-killed")
@@ -256,15 +269,7 @@ def test_a_peer_killed_after_its_location_was_cached_gives_503_then_comes_back(c
         assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     finally:
         cluster.restart("r1")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            assert reader.get_object(Bucket="pass", Key="on-killed")["Body"].read() == b"r1's object"
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+    read_again_soon(reader, "on-killed", b"r1's object")
 
 
 def test_a_peer_dying_mid_answer_closes_the_clients_connection(cluster):
@@ -312,12 +317,4 @@ def test_a_frozen_holder_is_given_up_after_the_timeout_and_answered_the_usual_wa
         assert passed(cluster["r2"], "failed") == before + 1
     finally:
         cluster["r1"].resume()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            assert reader.get_object(Bucket="pass", Key="on-frozen")["Body"].read() == b"r1's frozen object"
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+    read_again_soon(reader, "on-frozen", b"r1's frozen object")

@@ -179,7 +179,7 @@ class S3App:
         open ObjectReader (headers carry its content-length; whoever sends it closes it) or None
         for a HEAD, or, for an error, the bytes of its S3 XML document (empty for HEAD and 304). The same steps and answers as __call__ + _dispatch +
         get_object would give, without what cannot apply (no body to track, no dispatch). Served
-        over ASGI by _read_object, and below ASGI by gateway/http/protocol.py (docs/performance.md).
+        over ASGI by _read_object, and below ASGI by gateway/api/protocol.py (docs/performance.md).
 
         ``forward``: the caller can pass the read through to a peer: on a cluster node's local miss
         of an object the location cache places on a peer, the answer is a Forward (cluster/forward.py).
