@@ -47,7 +47,7 @@ class PassThrough:
     ``pending``: its _FastCycle for this request; ``scope``: the request's."""
 
     __slots__ = ("connection", "forward", "gone", "keep_alive", "parts", "pending", "protocol", "scope",
-                 "size", "started", "status", "streaming")
+                 "size", "started", "status", "streaming", "target")
 
     def __init__(self, protocol, pending, scope: dict, forward: Forward):
         self.protocol = protocol
@@ -60,16 +60,17 @@ class PassThrough:
         self.size = 0
         self.status = 0
         self.started = 0.0
+        self.target = ""  # the peer request's path and query
         self.streaming = False  # the answer began to go out: it can no longer be answered another way
         self.gone = False  # the client went away
 
     def start(self) -> bool:
         """Send the read to the peer; False when no pooled connection was idle (nothing was sent)."""
         forward = self.forward
-        method, target, lines = forward.request()
+        method, self.target, lines = forward.request()
         self.started = time.monotonic()
         client = forward.node.client
-        self.connection = client.lean.relay(forward.address, method, target, lines, self)
+        self.connection = client.lean.relay(forward.address, method, self.target, lines, self)
         if self.connection is None:
             client.pass_through["busy"] += 1
             return False
@@ -97,9 +98,7 @@ class PassThrough:
         end = received.find(b"\r\n\r\n") + 4
         head = received[:end]
         if status == 403 and b"\r\nx-cluster-error: AccessDenied\r\n" in head:
-            client.calls[forward.peer, operation, "refused"] += 1
-            client._failed(forward.peer, "refused our peer signature: check that every node has the same "
-                                         "GATEWAY_CLUSTER_SECRET")
+            client._refused(forward.peer, self.scope["method"], self.target, "HTTP 403")  # counted, marked failed
             return False
         client.health.succeeded(forward.peer, time.monotonic() - self.started)
         lowered = head.lower()

@@ -108,6 +108,7 @@ class PeerApp:
             if not scope.get("raw_path", b"").startswith(_S3_READ_RAW):
                 raise errors.InvalidRequest(f"peer S3 reads are {_S3_READ}<bucket>/<key>, not percent-encoded")
             self._authenticate(scope)
+            own = self._local(scope["path"][len(_S3_READ):].partition("/")[0])
         except Exception as exc:  # noqa: BLE001 - refused: the other node reads the usual way, and says why
             status, headers, body = self._error_answer(scope, exc)
             headers.append((b"content-length", str(len(body)).encode()))
@@ -115,7 +116,7 @@ class PeerApp:
         # The S3 request as the client sent it: the route's prefix off the path.
         cut = len(forward.S3_READ_ROUTE)
         s3_scope = {**scope, "path": scope["path"][cut:], "raw_path": scope["raw_path"][cut:]}
-        return await self.s3.answer_read(self.s3.new_request(s3_scope), peer=True)
+        return await self.s3.answer_read(self.s3.new_request(s3_scope), own=own)
 
     async def answer_read(self, scope) -> tuple[int, list, ObjectReader | bytes | None]:
         """An object GET or HEAD (fast_answer) as (status, headers, body): an open reader (headers

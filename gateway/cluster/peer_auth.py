@@ -44,16 +44,16 @@ class PeerSigner:
 
     def headers(self, method: str, target: str) -> dict[str, str]:
         """Headers for a request to ``target`` (path and query exactly as sent)."""
-        stamp = f"{self.clock():.3f}"
-        return {HEADER: f"{stamp}:{_digest(self._keyed, method, target, stamp, self.node_id)}",
-                NODE_HEADER: self.node_id}
+        return {HEADER: self._signature(method, target), NODE_HEADER: self.node_id}
 
     def header_lines(self, method: str, target: str) -> str:
         """headers() as HTTP header lines, each ending in CRLF (the relay's pass-through writes its
         request as one string: docs/cluster.md "Pass-through reads")."""
+        return f"{HEADER}: {self._signature(method, target)}\r\n{NODE_HEADER}: {self.node_id}\r\n"
+
+    def _signature(self, method: str, target: str) -> str:
         stamp = f"{self.clock():.3f}"
-        return (f"{HEADER}: {stamp}:{_digest(self._keyed, method, target, stamp, self.node_id)}\r\n"
-                f"{NODE_HEADER}: {self.node_id}\r\n")
+        return f"{stamp}:{_digest(self._keyed, method, target, stamp, self.node_id)}"
 
     def verify(self, method: str, target: str, value: str | None, node: str | None) -> str:
         """Return the calling node's id; raise PeerAuthError saying what is wrong."""

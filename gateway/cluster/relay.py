@@ -84,6 +84,8 @@ def operation(method: str, target: str) -> str:
         if method == "DELETE" and "if-older-than=" in target:
             return "supersede"
         return method.lower()
+    if path.startswith("/s3/"):  # the S3 read route (forward.py): a passed-through GET or HEAD
+        return method.lower()
     if path.startswith("/list/"):
         return "list"
     if path.startswith("/buckets/"):

@@ -13,7 +13,7 @@ import logging
 import os
 
 from ... import errors
-from ...backend import ObjectReader
+from ...backend import Backend, ObjectReader
 from ...cluster.forward import Forward
 from ...eager import NeedsTask
 from . import buckets, multipart, objects
@@ -174,7 +174,7 @@ class S3App:
             await self._send_error(req, tracking_send, error)
 
     async def answer_read(self, req: S3Request, forward: bool = False,
-                          peer: bool = False) -> tuple[int, list, ObjectReader | bytes | None] | Forward:
+                          own: Backend | None = None) -> tuple[int, list, ObjectReader | bytes | None] | Forward:
         """The fast path: a plain read (is_plain_read) as (status, headers, body), ready to send: an
         open ObjectReader (headers carry its content-length; whoever sends it closes it) or None
         for a HEAD, or, for an error, the bytes of its S3 XML document (empty for HEAD and 304). The same steps and answers as __call__ + _dispatch +
@@ -183,15 +183,12 @@ class S3App:
 
         ``forward``: the caller can pass the read through to a peer: on a cluster node's local miss
         of an object the location cache places on a peer, the answer is a Forward (cluster/forward.py).
-        ``peer``: a peer's read of this node's own storage (the S3 read route, api/peer.py): the
-        cluster signature was checked and the client authenticated by that node; nothing is relayed.
+        ``own``: this node's own storage, for a peer's read of it (the S3 read route, api/peer.py):
+        the cluster signature was checked and the client authenticated by that peer; nothing is relayed.
         """
         try:
-            if peer:
-                backend = self.service.local_backend_for(req.bucket)
-                if backend is None:
-                    raise errors.ServiceUnavailable("This node is a proxy and stores nothing; ask a storing node.")
-            else:
+            backend = own
+            if backend is None:
                 backend = self.service.backend_for(req.bucket)
                 forward = forward and backend.forwards_reads
                 req.auth = auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
