@@ -55,11 +55,11 @@ def _wrk(url: str) -> float:
 
 
 class ReferenceRelay:
-    """A reference relay (``module``: benchmarks.pipe_proxy or benchmarks.http_relay) on core 0 in
-    front of ``target`` (an endpoint URL)."""
+    """A reference relay (``module``: benchmarks.pipe_proxy or benchmarks.http_relay, with ``args``)
+    on core 0 in front of ``target`` (an endpoint URL)."""
 
-    def __init__(self, module: str, target: str):
-        self.module = module
+    def __init__(self, module: str, target: str, args: tuple[str, ...] = ()):
+        self.module, self.args = module, args
         self.target_port = urlsplit(target).port
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -69,7 +69,7 @@ class ReferenceRelay:
         # Under the gateway's own CPU scheduling policy (cpu_scheduling, default batch): like for like.
         pin += ["chrt", "--batch", "0"]
         self.process = subprocess.Popen(pin + [sys.executable, "-m", self.module, str(self.port),
-                                               str(self.target_port)], stdout=subprocess.PIPE, text=True)
+                                               str(self.target_port), *self.args], stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":  # it prints "ready" once listening
             self.__exit__()
             raise RuntimeError(f"{self.module} did not start")
@@ -125,9 +125,12 @@ def run(results: dict) -> dict:
         rates = {name: _wrk(url) for name, url in urls.items()}
         # Node B's local hit of the relayed object through two reference relays on the same core, for
         # reading the relayed ratio against: one that only pipes bytes (the ceiling of any relay
-        # here) and one that parses HTTP both ways and does nothing else (of any relay in Python).
-        for name, module in (("pipe_relay", "benchmarks.pipe_proxy"), ("http_relay", "benchmarks.http_relay")):
-            with ReferenceRelay(module, nodes["b"].endpoint) as relay:
+        # here) and one that parses HTTP both ways and does nothing else (of any relay in Python),
+        # also pipelined on one upstream connection (what pipelining the peer connection could give).
+        for name, module, args in (("pipe_relay", "benchmarks.pipe_proxy", ()),
+                                   ("http_relay", "benchmarks.http_relay", ()),
+                                   ("pipelined_http_relay", "benchmarks.http_relay", ("--pipelined",))):
+            with ReferenceRelay(module, nodes["b"].endpoint, args) as relay:
                 rates[name] = _wrk(f"{relay.endpoint}/bench/remote.bin")
         results["cluster"] = {
             "object_size": SIZE, "connections": CONNECTIONS, "seconds": DURATION,
@@ -136,6 +139,7 @@ def run(results: dict) -> dict:
             "proxy_vs_local": round(rates["proxy"] / rates["local_hit"], 3),
             "pipe_relay_vs_local": round(rates["pipe_relay"] / rates["local_hit"], 3),
             "http_relay_vs_local": round(rates["http_relay"] / rates["local_hit"], 3),
+            "pipelined_http_relay_vs_local": round(rates["pipelined_http_relay"] / rates["local_hit"], 3),
             "target_relayed_vs_local": 0.4,
         }
         return results

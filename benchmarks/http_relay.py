@@ -1,6 +1,6 @@
 """A relay that understands HTTP and nothing else: the floor of any HTTP relay written in Python here.
 
-    python -m benchmarks.http_relay LISTEN_PORT TARGET_PORT     # both on 127.0.0.1
+    python -m benchmarks.http_relay LISTEN_PORT TARGET_PORT [--pipelined]    # both on 127.0.0.1
 
 Per request it does what every HTTP relay must and no more: parse the client's request with
 httptools (as uvicorn does), send a GET for the same path on a pooled keep-alive connection to the
@@ -9,11 +9,16 @@ routing, no headers looked at), no lookup of where the object is, no error handl
 plain GETs of a target that answers them all. The cluster benchmark runs it on the relaying nodes'
 core in front of node B and reports ``http_relay_vs_local`` next to the gateway's relayed ratio
 and ``pipe_proxy.py``'s (docs/cluster.md, "Benchmark").
+
+``--pipelined``: every request goes out on one upstream connection, the requests of one event-loop
+iteration written together, the answers matched to them in order (HTTP/1.1 pipelining); what
+pipelining the peer connection would give at most (``pipelined_http_relay_vs_local``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 
 import httptools
@@ -50,6 +55,39 @@ class _Upstream(asyncio.Protocol):
         answer(self.parser.get_status_code(), self.headers, self.body)
 
 
+class _Pipelined(asyncio.Protocol):
+    """The one upstream connection of --pipelined: requests queued per loop iteration, answers in order."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiting: collections.deque = collections.deque()
+        self.unsent: list[bytes] = []
+        self.headers: list = []
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    on_message_begin, on_header, on_body = _Upstream.on_message_begin, _Upstream.on_header, _Upstream.on_body
+
+    def on_message_complete(self) -> None:
+        self.waiting.popleft()(self.parser.get_status_code(), self.headers, self.body)
+
+    def send(self, request: bytes, answer) -> None:
+        if not self.unsent:
+            self.loop.call_soon(self._flush)
+        self.unsent.append(request)
+        self.waiting.append(answer)
+
+    def _flush(self) -> None:
+        unsent, self.unsent = self.unsent, []
+        self.transport.writelines(unsent)
+
+
 class _Client(asyncio.Protocol):
     """One client connection: each complete request goes out on an idle pooled connection (or a new one)."""
 
@@ -72,7 +110,9 @@ class _Client(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         request = b"GET %s HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n" % self.url
-        if self.pool:
+        if isinstance(self.pool, _Pipelined):
+            self.pool.send(request, self._answer)
+        elif self.pool:
             self._send(self.pool.pop(), request)
         else:
             self.loop.create_task(self._connect(request))
@@ -91,9 +131,11 @@ class _Client(asyncio.Protocol):
             self.transport.writelines((b"HTTP/1.1 %d OK\r\n%s\r\n" % (status, b"".join(headers)), *body))
 
 
-async def serve(listen_port: int, target_port: int) -> None:
+async def serve(listen_port: int, target_port: int, pipelined: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    pool: list[_Upstream] = []
+    pool: list[_Upstream] | _Pipelined = []
+    if pipelined:
+        _, pool = await loop.create_connection(lambda: _Pipelined(loop), "127.0.0.1", target_port)
     server = await loop.create_server(lambda: _Client(loop, pool, target_port), "127.0.0.1", listen_port,
                                       backlog=1024)
     print("ready", flush=True)
@@ -104,7 +146,7 @@ async def serve(listen_port: int, target_port: int) -> None:
 def main() -> None:
     import uvloop  # as the gateway runs (uvicorn[standard])
 
-    uvloop.run(serve(int(sys.argv[1]), int(sys.argv[2])))
+    uvloop.run(serve(int(sys.argv[1]), int(sys.argv[2]), "--pipelined" in sys.argv[3:]))
 
 
 if __name__ == "__main__":
