@@ -23,6 +23,9 @@ Configuration (``[backends.NAME] type = "s3"``)::
     timeout = 30                         # read timeout of each HTTP call, and the longest wait for a
                                          # streamed body's next chunk from the client, seconds
     connect_timeout = 10
+    deadline = 50                        # the longest one call may take, its retries included, seconds:
+                                         # below the 60 s read timeout of boto3 and the aws cli, so that
+                                         # their users get a 503 with Retry-After, not a timeout of their own
     max_connections = 16                 # HTTP connections, and the worker threads that use them
 
 boto3 is synchronous: every call runs in this backend's own thread pool.
@@ -154,7 +157,7 @@ class S3Backend(MultipartMixin, Backend):
                  session_token: str | None = None, profile: str | None = None, addressing_style: str = "path",
                  verify_tls: bool = True, buffer_size: int = 8 * MiB, part_size: int = 8 * MiB,
                  multipart_threshold: int = 5 * 1024 * MiB, max_attempts: int = 5, timeout: float = 30.0,
-                 connect_timeout: float = 10.0, max_connections: int = 16):
+                 connect_timeout: float = 10.0, deadline: float = 50.0, max_connections: int = 16):
         super().__init__(name)
         self.label = f"backend {name!r} (s3)"
         if addressing_style not in ("path", "virtual", "auto"):
@@ -168,6 +171,9 @@ class S3Backend(MultipartMixin, Backend):
         if part_size < 5 * MiB or buffer_size < 1 or multipart_threshold < 1:
             raise ValueError(f"{self.label}: backends.{name}.part_size must be at least 5 MiB (S3's minimum), "
                              f"buffer_size and multipart_threshold positive")
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0:
+            raise ValueError(f"{self.label}: backends.{name}.deadline must be a positive number of seconds "
+                             f"(the longest one call may take, retries included), not {deadline!r}")
         if endpoint_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", endpoint_url):
             # botocore's own complaint ("Invalid endpoint: ...") names neither the backend nor the setting.
             raise ValueError(f"{self.label}: backends.{name}.endpoint_url {endpoint_url!r} is not a URL: give "
@@ -200,24 +206,35 @@ class S3Backend(MultipartMixin, Backend):
             "s3", config=Config(retries={"total_max_attempts": 1}, **stream_common), **client_args)
 
         self._executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix=f"s3-{name}")
-        # A bound on one call as a whole: botocore's timeouts bound each try, this bounds the retries too.
-        self._call_limit = (connect_timeout + timeout) * max_attempts + 2 * max_attempts
+        # Bounds on one call as a whole: botocore's timeouts bound each try, these bound the retries too.
+        # A call that sends a body or has the store copy data may take as long as its tries allow. Any
+        # other call answers within ``deadline``: the client gets a 503 with Retry-After while its own
+        # read timeout (60 s in boto3 and the aws cli) has not expired, where a frozen store's 30 s reads
+        # tried 5 times would let it time out, retry, and pile up calls here. A worker thread still
+        # waiting on such a call is freed by botocore's own timeouts.
+        self._work_limit = (connect_timeout + timeout) * max_attempts + 2 * max_attempts
+        self._call_limit = min(self._work_limit, float(deadline))
         self._markers: dict[str, float] = {}  # single-bucket mode: bucket -> when its marker was seen
         self._uploads_checked: set[tuple[str, str, str]] = set()
 
     # Plumbing -----------------------------------------------------------------
 
-    async def _run(self, fn, *args, bucket: str = "", key: str | None = None, what: str = "", bounded=True, **kw):
+    async def _run(self, fn, *args, bucket: str = "", key: str | None = None, what: str = "", bounded=True,
+                   moves_data: bool = False, **kw):
+        """Run the boto3 call ``fn`` in the pool; translate its errors. ``bounded``: within the call
+        limit (``deadline``; with ``moves_data``, a call that sends a body or copies on the store, what
+        its tries allow); a streamed body's call is bounded by its reader's timeout instead."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, lambda: fn(*args, **kw))
+        limit = self._work_limit if moves_data else self._call_limit
         try:
             if bounded:
-                return await asyncio.wait_for(future, self._call_limit)
+                return await asyncio.wait_for(future, limit)
             return await future
         except TimeoutError:
+            settings = "timeout, max_attempts" if moves_data else "deadline, timeout, max_attempts"
             raise retry_later(errors.BackendUnavailable(
-                f"{self.label}: {what or fn.__name__} took longer than {self._call_limit:g}s "
-                f"(settings timeout, max_attempts)")) from None
+                f"{self.label}: {what or fn.__name__} took longer than {limit:g}s (settings {settings})")) from None
         except Exception as exc:
             translated = translate(exc, f"{self.label}: {what or getattr(fn, '__name__', 'call')}", bucket, key)
             if self._single() and isinstance(translated, errors.NoSuchBucket) and isinstance(exc, ClientError) \
@@ -461,7 +478,8 @@ class S3Backend(MultipartMixin, Backend):
                 return await self._put_multipart(bucket, key, payload, meta, buffered, iterator)
         body = b"".join(buffered)
         response = await self._run(self.client.put_object, Bucket=remote, Key=remote_key, Body=body,
-                                   **put_params(meta, payload.checksums), bucket=bucket, key=key, what="put object")
+                                   **put_params(meta, payload.checksums), bucket=bucket, key=key, what="put object",
+                                   moves_data=True)
         return ObjectInfo(key, len(body), response["ETag"].strip('"'), time.time(), meta, payload.checksums)
 
     async def _put_streamed(self, bucket, key, remote, remote_key, payload: Payload, meta) -> ObjectInfo:
@@ -519,7 +537,7 @@ class S3Backend(MultipartMixin, Backend):
         if meta is not None:
             params.update(put_params(meta, dict(source.checksums)), MetadataDirective="REPLACE")
         response = await self._run(self.client.copy_object, **params, bucket=dst_bucket, key=dst_key,
-                                   what="copy object")
+                                   what="copy object", moves_data=True)
         result = response["CopyObjectResult"]
         return ObjectInfo(dst_key, source.size, result["ETag"].strip('"'), result["LastModified"].timestamp(),
                           meta or source.meta, source.checksums)

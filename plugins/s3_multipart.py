@@ -85,7 +85,7 @@ class MultipartMixin:
         else:
             body = b"".join([chunk async for chunk in payload])
             response = await self._run(self.client.upload_part, **common, Body=body, bucket=bucket, key=key,
-                                       what="upload part")
+                                       what="upload part", moves_data=True)
         return PartInfo(part_number, payload.size, response["ETag"].strip('"'), time.time(), payload.checksums)
 
     async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
@@ -153,7 +153,8 @@ class MultipartMixin:
         remote, remote_key = self.remote(bucket, key)
         listing = [{"PartNumber": n, "ETag": f'"{etag.strip(chr(34))}"'} for n, etag in parts]
         await self._run(self.client.complete_multipart_upload, Bucket=remote, Key=remote_key, UploadId=upload_id,
-                        MultipartUpload={"Parts": listing}, bucket=bucket, key=key, what="complete upload")
+                        MultipartUpload={"Parts": listing}, bucket=bucket, key=key, what="complete upload",
+                        moves_data=True)
         self._uploads_checked.discard((bucket, upload_id, key))
         return await self.head(bucket, key)
 
@@ -168,7 +169,7 @@ class MultipartMixin:
             number = len(completed) + 1
             response = await self._run(self.client.upload_part, Bucket=remote, Key=remote_key,
                                        UploadId=upload.upload_id, PartNumber=number, Body=data, bucket=bucket,
-                                       key=key, what="upload part")
+                                       key=key, what="upload part", moves_data=True)
             completed.append({"PartNumber": number, "ETag": response["ETag"]})
 
         try:
@@ -185,7 +186,7 @@ class MultipartMixin:
                 await send(b"".join(pending))
             await self._run(self.client.complete_multipart_upload, Bucket=remote, Key=remote_key,
                             UploadId=upload.upload_id, MultipartUpload={"Parts": completed}, bucket=bucket,
-                            key=key, what="complete upload")
+                            key=key, what="complete upload", moves_data=True)
         except BaseException:
             try:
                 await self._run(self.client.abort_multipart_upload, Bucket=remote, Key=remote_key,

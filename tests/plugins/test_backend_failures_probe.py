@@ -183,6 +183,31 @@ def test_unavailable_remote_is_503_with_retry_after_and_recovers(remote, tmp_pat
         assert "Traceback" not in gw.log(), gw.log()[-3000:]
 
 
+def test_a_frozen_s3_store_is_a_503_within_the_deadline_not_after_every_retry(own_moto, tmp_path):
+    """Each try waits its read timeout; tried max_attempts times, a frozen store would keep a client
+    waiting past its own read timeout (60 s in boto3 and the aws cli: 30 s x 5 with the defaults).
+    The backend's deadline bounds the call as a whole: the client gets its 503 with Retry-After
+    in time, naming the settings, and the gateway stays up and serves the store once it thaws."""
+    options = dict(_s3_options(own_moto), max_attempts=5, deadline=4)  # without the deadline: ~5 x 3 s
+    with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "s3", options)) as gw:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="k", Body=b"far value")
+        _freeze(own_moto.process, False)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ClientError) as caught:
+                s3.get_object(Bucket="far", Key="k")
+            waited = time.monotonic() - started
+        finally:
+            _thaw(own_moto.process, False)
+        status, code, retry_after = _answer(caught.value)
+        assert (status, code) == (503, "ServiceUnavailable") and retry_after, caught.value.response
+        assert "deadline" in caught.value.response["Error"]["Message"], caught.value.response
+        assert waited < 12, f"the answer took {waited:.1f}s: the 4 s deadline did not bound the retries"
+        assert _wait_recovered(lambda: s3.get_object(Bucket="far", Key="k"))["Body"].read() == b"far value"
+
+
 def _put_stopping_halfway(gw: GatewayProcess, key: str, size: int, halfway, at: int) -> tuple[int, str, str | None]:
     """PUT ``size`` bytes with a presigned URL, calling ``halfway()`` once ``at`` bytes of it are sent."""
     url = urlsplit(_client(gw).generate_presigned_url("put_object", Params={"Bucket": "far", "Key": key},

@@ -225,6 +225,9 @@ def test_option_errors_name_the_setting():
     for endpoint in ("127.0.0.1:9000", "minio.lan", "ftp://minio.lan"):
         with pytest.raises(ValueError, match=r"backend 'r' \(s3\): backends.r.endpoint_url .* is not a URL"):
             S3Backend("r", endpoint_url=endpoint)
+    for deadline in (0, -1, "50", True):
+        with pytest.raises(ValueError, match=r"backends.r.deadline must be a positive number of seconds"):
+            S3Backend("r", deadline=deadline)
     assert ACCESS_KEY  # the remote gateways above use gateway.testing.server's keys
 
 
