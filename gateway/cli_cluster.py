@@ -263,6 +263,8 @@ def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]
             "shared_storage": node.info.get("shared_storage"),
             # Backends whose store has not answered since the node started (no writes placed there for them).
             "storage_pending": node.info.get("storage_pending") or [],
+            # Backends whose store was found full lately (no writes placed there for them a while).
+            "storage_full": node.info.get("storage_full") or [],
             "placed": placed.get(node.node_id, 0), "reads": reads.get(node.node_id, 0),
             "balance": node.info.get("balance", {}),
         })
@@ -366,6 +368,10 @@ def status(registry, as_json) -> None:
             health = "down (no heartbeat)"
         elif row["deprioritized_by"]:
             health = "slow: " + ",".join(row["deprioritized_by"])
+        elif row["storage_full"]:
+            health = "full: " + ",".join(row["storage_full"])
+        elif row["storage_pending"]:
+            health = "store down: " + ",".join(row["storage_pending"])
         else:
             health = "ok"
         seen = f"{row['last_seen_ago']:.0f}s ago" if row["last_seen_ago"] is not None else "never"

@@ -210,6 +210,12 @@ class PeerApp:
         else:
             raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")
 
+    def _noting_full(self, backend):
+        """Around a peer's write to this node's store: out of space, no writes are placed here a while
+        (cluster/full.py; published with the heartbeat)."""
+        cluster = self.service.cluster
+        return cluster.full.noting(cluster.node_id, backend.name)
+
     def _local(self, bucket: str):
         backend = self.service.local_backend_for(bucket)
         if backend is None:
@@ -232,7 +238,8 @@ class PeerApp:
             size, algorithms, meta = _put_headers(headers)
             payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms,
                               etag=headers.get(wire.ETAG_HEADER) or None)
-            info = await backend.put(bucket, key, payload, meta)
+            with self._noting_full(backend):
+                info = await backend.put(bucket, key, payload, meta)
             self.service.cluster.locations.forget(bucket, key)
             await _send_json(send, wire.info_to_json(info))
         elif method == "DELETE" and "if-older-than" in query:
@@ -297,8 +304,9 @@ class PeerApp:
             else:
                 if expected:
                     require_completion_checksums(backend)
-                info = await backend.complete_multipart(bucket, key, upload_id, parts,
-                                                        **({"expected_checksums": expected} if expected else {}))
+                with self._noting_full(backend):
+                    info = await backend.complete_multipart(bucket, key, upload_id, parts,
+                                                            **({"expected_checksums": expected} if expected else {}))
             self.service.cluster.locations.forget(bucket, key)
             await _send_json(send, wire.info_to_json(info))
         elif len(names) == 3 and names[2] == "parts" and method == "GET":
@@ -311,7 +319,8 @@ class PeerApp:
                 raise errors.InvalidArgument(f"part number {names[3]!r} is not between 1 and {MAX_PARTS}")
             size, algorithms, _ = _put_headers(headers)
             payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms)
-            part = await backend.upload_part(bucket, key, upload_id, number, payload)
+            with self._noting_full(backend):
+                part = await backend.upload_part(bucket, key, upload_id, number, payload)
             await _send_json(send, wire.part_to_json(part))
         else:
             raise errors.MethodNotAllowed(f"no peer upload route {method} /uploads/{path}")

@@ -21,6 +21,7 @@ from typing import Any
 from ..backend import ObjectInfo
 from .balancer import Balancer
 from .election import Election
+from .full import FullStores
 from .health import PeerHealth
 from .locations import LocationCache
 from .locks import ClusterLocks
@@ -68,6 +69,7 @@ class Cluster:
         self.health = PeerHealth()
         self.balancer = Balancer()
         self.locations = LocationCache()
+        self.full = FullStores(settings.full_store_retry)  # stores out of space: no writes placed there a while
         self.signer = PeerSigner(settings.cluster_secret, self.node_id)
         self.client = PeerClient(self.signer, self.health, settings.peer_timeout, client_ssl_context(settings),
                                  on_failure=self.request_reload)
@@ -295,6 +297,14 @@ class Cluster:
         node = self.nodes.get(peer)
         return node is not None and node.info.get("shared_storage") is False
 
+    def refuses_writes(self, peer: str, backend: str) -> bool:
+        """Whether no write for ``backend`` should be placed on ``peer`` now: its store has not started
+        (storage_pending) or was found full (cluster/full.py), as that node published or as seen here."""
+        if self.full.is_full(peer, backend) or self.storage_pending(peer, backend):
+            return True
+        node = self.nodes.get(peer)
+        return node is not None and peer != self.node_id and backend in (node.info.get("storage_full") or ())
+
     def storage_pending(self, peer: str, backend: str) -> bool:
         """Whether ``peer`` published that its backend ``backend`` has not started (its store has not
         answered since that node started): writes for it are not placed there. False when not known."""
@@ -500,6 +510,7 @@ class Cluster:
             "started": self.started,
             "shared_storage": self.shared_storage and self.role != "proxy",
             "storage_pending": sorted(self.pending_backends()) if self.pending_backends is not None else [],
+            "storage_full": self.full.of(self.node_id),
             **self._storage_stats,
             "peers": self.health.snapshot(),
             "balance": self.balancer.snapshot(),

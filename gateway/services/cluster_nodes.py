@@ -334,6 +334,10 @@ class ClusterNode(Backend):
                     and not cluster.health.limited(peer)):
                 raise Forward(self, peer, node.address)
 
+    def _noting_full(self):
+        """Around a write to this node's own store: out of space, it takes no placed writes a while."""
+        return self.cluster.full.noting(self.cluster.node_id, self.name)
+
     def _local_failed(self, exc: errors.GatewayError) -> errors.GatewayError:
         """This node's own storage could not answer (a share unmounted here, a failing disk): a read
         asks the peers anyway, as on a miss (a node whose share is mounted serves it), and answers
@@ -357,14 +361,16 @@ class ClusterNode(Backend):
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         """Store here, then retire older copies of the key on the other nodes."""
         self.locations.forget(bucket, key)
-        with self.cluster.balancer.track(self.cluster.node_id, counted=not bucket.startswith(".")):
+        with (self.cluster.balancer.track(self.cluster.node_id, counted=not bucket.startswith(".")),
+              self._noting_full()):
             info = await self.local.put(bucket, key, payload, meta)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
 
     async def _put_on_peer(self, peer: str, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         address = self.cluster.peers()[peer]
-        with self.cluster.balancer.track(peer, counted=not bucket.startswith(".")):
+        with (self.cluster.balancer.track(peer, counted=not bucket.startswith(".")),
+              self.cluster.full.noting(peer, self.name)):  # its 507: no more writes placed there a while
             info = await self.client.put(peer, address, bucket, key, payload, meta, ensure_bucket=True)
         await self._retire_older_copies(bucket, key, info, peer)
         return info
@@ -598,7 +604,8 @@ class ClusterNode(Backend):
         there. A forwarded part's body streams through (never held whole in memory)."""
         holder = await self._upload_holder(bucket, upload_id, key)
         if holder is None:
-            return await self.local.upload_part(bucket, key, upload_id, part_number, payload)
+            with self._noting_full():
+                return await self.local.upload_part(bucket, key, upload_id, part_number, payload)
         with self.cluster.balancer.track(holder, counted=False):  # outstanding, but not a placement
             return await self._at_holder(holder, bucket, upload_id, key, lambda p, a: self.client.upload_part(
                 p, a, bucket, key, upload_id, part_number, payload))
@@ -641,7 +648,7 @@ class ClusterNode(Backend):
         if expected_checksums:
             require_completion_checksums(self.local)
             options["expected_checksums"] = expected_checksums
-        with self.cluster.balancer.track(self.cluster.node_id, counted=counted):
+        with self.cluster.balancer.track(self.cluster.node_id, counted=counted), self._noting_full():
             info = await self.local.complete_multipart(bucket, key, upload_id, parts, **options)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
@@ -976,14 +983,16 @@ class PrimaryNode(StoringNode):
         cached = self.locations.get(bucket, key)
         redundants = self.cluster.redundant_peers()
         if (cached and cached in redundants and not self.cluster.health.limited(cached)
-                and not self.cluster.storage_pending(cached, self.name)):
+                and not self.cluster.refuses_writes(cached, self.name)):
             # An overwrite goes where the key is, so that it replaces the copy there. Not to a holder
             # that just failed: the write would wait for it and fail too; placed elsewhere, the old
             # copy there is retired like any other (docs/cluster.md "Overwrites").
             return cached
-        # A node whose store for this backend has not answered since it started takes no writes for it
-        # (services/pending.py): this one included, unless no node can take them (then its 503 says why).
-        own_store = not isinstance(self.local, PendingBackend)
+        # A node whose store for this backend has not answered since it started (services/pending.py), or
+        # was found full (cluster/full.py), takes no writes for it: this one included, unless no node can
+        # take them (then its 503 or 507 says why).
+        own_store = (not isinstance(self.local, PendingBackend)
+                     and not self.cluster.full.is_full(self.cluster.node_id, self.name))
         if own_store:
             try:
                 if await self.local.exists(bucket, key):
@@ -992,7 +1001,7 @@ class PrimaryNode(StoringNode):
                 return me  # let the local put raise NoSuchBucket (or create it from a peer)
         candidates = ([me] if own_store else []) + [
             p for p in redundants
-            if not self.cluster.health.limited(p) and not self.cluster.storage_pending(p, self.name)]
+            if not self.cluster.health.limited(p) and not self.cluster.refuses_writes(p, self.name)]
         return self.cluster.balancer.choose(candidates) if candidates else me
 
 
@@ -1026,9 +1035,9 @@ class ProxyNode(ClusterNode):
         peers = self.cluster.peers()
         if not peers:
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
-        # Not to a node whose store for this backend has not answered since it started (services/pending.py),
-        # unless every node is in that state: then one of them answers why.
-        ready = [p for p in peers if not self.cluster.storage_pending(p, self.name)] or list(peers)
+        # Not to a node whose store for this backend has not answered since it started (services/pending.py)
+        # or was found full (cluster/full.py), unless every node is in that state: then one of them answers why.
+        ready = [p for p in peers if not self.cluster.refuses_writes(p, self.name)] or list(peers)
         healthy, limited = self.cluster.health.split(ready)
         # Multipart parts never come here: upload_part sends them to the node holding their upload
         # (it is assembled there, and a part sent again must replace the earlier one there).

@@ -1,0 +1,91 @@
+"""A storing node whose disk is full takes no placed writes for a while (gateway/cluster/full.py).
+
+Real cluster: a primary on an ordinary directory, a redundant node whose storage is a 1 MiB tmpfs
+filled to the last byte, and a proxy. Before, the primary and the proxy kept placing about half of
+the writes on the full node, and each of those was a 507 that S3 clients do not retry, while the
+primary had room.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from gateway.testing.disks import tmpfs
+
+from .conftest import ClusterNodes, wait_for
+
+RETRY = 3  # full_store_retry: seconds the full node is left out before a write is placed there again
+BODY = b"f" * 16 * 1024
+
+
+def fill(disk) -> None:
+    """Take every byte the tmpfs has left."""
+    with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        for _ in range(1024):
+            f.write(b"\0" * 4096)
+
+
+def stored_on(nodes, name: str) -> int:
+    return sum(1 for _ in (nodes[name].data_dir / "fill").rglob("*%obj"))
+
+
+def write_many(s3, prefix: str, count: int) -> list[str]:
+    """PUT ``count`` objects one after another; the keys that were refused 507."""
+    refused = []
+    for n in range(count):
+        key = f"{prefix}-{n}"
+        try:
+            s3.put_object(Bucket="fill", Key=key, Body=BODY)
+        except ClientError as exc:
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 507, exc.response
+            refused.append(key)
+    return refused
+
+
+def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it_has_room(tmp_path):
+    with tmpfs(tmp_path / "full", "1m") as disk:
+        nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+        try:
+            env = {"GATEWAY_FULL_STORE_RETRY": str(RETRY)}
+            nodes.add("p1", "primary", env)
+            nodes.add_many([("full", "redundant"), ("x1", "proxy")], env)
+            nodes.wait_known(3)
+            primary, proxy = nodes["p1"].client(), nodes["x1"].client()
+            primary.create_bucket(Bucket="fill")
+            primary.put_object(Bucket="fill", Key="warm-up", Body=b"x")
+            nodes["full"].client().put_object(Bucket="fill", Key="on-full", Body=b"stored before it filled")
+            fill(disk)
+
+            refused = write_many(primary, "via-primary", 30) + write_many(proxy, "via-proxy", 30)
+            # Each placing node finds it full once (its 507 is that write's answer), then leaves it out.
+            assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the full node: {refused}"
+            missing = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(30)
+                       if f"{p}-{n}" not in refused
+                       and proxy.get_object(Bucket="fill", Key=f"{p}-{n}")["Body"].read() != BODY]
+            assert not missing, f"answered 200 but not readable: {missing}"
+            assert proxy.get_object(Bucket="fill", Key="on-full")["Body"].read() == b"stored before it filled"
+
+            # The full node says so itself, with its heartbeat: `cluster status` shows it.
+            wait_for(lambda: {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
+                     "the full node publishing storage_full")
+            table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
+                                    nodes.registry], capture_output=True, text=True, timeout=30)
+            assert "full: " in table.stdout, table.stdout
+
+            # Room again: after full_store_retry, writes are placed there again and the flag goes.
+            (disk / "filler").unlink()
+            time.sleep(RETRY + 0.5)
+            before = stored_on(nodes, "full")
+            assert write_many(primary, "after", 30) == []
+            assert stored_on(nodes, "full") > before, "no write was placed on the node that has room again"
+            wait_for(lambda: not {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
+                     "the node no longer publishing storage_full")
+            assert json.dumps(nodes.admin("p1"))  # still answering
+        finally:
+            nodes.stop()
