@@ -102,6 +102,8 @@ class PassThrough:
             return False
         client.health.succeeded(forward.peer, time.monotonic() - self.started)
         lowered = head.lower()
+        if status == 405 and b"\r\nx-cluster-error: methodnotallowed\r\n" in lowered:
+            client.lacked_read_route(forward.peer)  # an older version: no S3 read route (docs/cluster.md)
         if status not in FINAL_STATUSES or end < 4 or b"\r\ntransfer-encoding:" in lowered:
             # Not the object's answer; or one this relay does not pass as it is (it never comes from a
             # gateway: its reads carry a length).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
 from collections import Counter
@@ -37,12 +38,15 @@ from .peer_auth import PeerSigner
 from .peer_http import PeerHttp, PeerHttpError, Response
 from .registry import Retirement
 
+log = logging.getLogger("gateway.cluster")
 # Bodies up to this size are read in one piece (one send to the client);
 # larger ones stream in CHUNK pieces.
 SMALL_BODY = 1024 * 1024
 CHUNK = 256 * 1024
 # Seconds a forwarded CompleteMultipartUpload waits for the holder, which assembles the object first.
 COMPLETE_TIMEOUT = 600.0
+# Seconds a peer that answered the S3 read route 405 (an older version) gets its reads the usual way.
+READ_ROUTE_MEMORY = 60.0
 
 
 class PeerUnreachable(Exception):
@@ -131,6 +135,27 @@ class PeerClient:
         # the usual way), failed (no answer: the usual way), busy (no idle connection: the usual
         # way), cut (the peer failed once the answer had begun: the client's connection closed).
         self.pass_through: Counter[str] = Counter()
+        # Peers of an older version, without the S3 read route (they answered it 405: a rolling
+        # upgrade), until when their reads are not passed through: peer -> monotonic time.
+        self._without_read_route: dict[str, float] = {}
+
+    def lacks_read_route(self, peer: str) -> bool:
+        """Whether ``peer`` answered the S3 read route 405 (an older version) within READ_ROUTE_MEMORY."""
+        until = self._without_read_route.get(peer)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._without_read_route[peer]
+            return False
+        return True
+
+    def lacked_read_route(self, peer: str) -> None:
+        """``peer`` has no S3 read route: its reads go the usual way for READ_ROUTE_MEMORY seconds,
+        then one is passed through again (it may have been upgraded meanwhile)."""
+        if peer not in self._without_read_route:
+            log.info("peer %s has no S3 read route (an older version?): its objects are relayed the usual way",
+                     peer)
+        self._without_read_route[peer] = time.monotonic() + READ_ROUTE_MEMORY
 
     def session(self, stream: bool = False) -> aiohttp.ClientSession:
         """The pooled session for short calls, or with ``stream`` the one for object bodies.

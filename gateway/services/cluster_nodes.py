@@ -331,7 +331,7 @@ class ClusterNode(Backend):
             cluster = self.cluster
             node = cluster.nodes.get(peer)  # (not peers(): a dict built per call)
             if (node is not None and node.stores_objects and peer != cluster.node_id
-                    and not cluster.health.limited(peer)):
+                    and not cluster.health.limited(peer) and not self.client.lacks_read_route(peer)):
                 raise Forward(self, peer, node.address)
 
     def _noting_full(self):
