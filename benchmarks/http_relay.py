@@ -24,13 +24,11 @@ import sys
 import httptools
 
 
-class _Upstream(asyncio.Protocol):
-    """One pooled connection to the target; hands each complete answer to ``answer``."""
+class _Answers(asyncio.Protocol):
+    """A connection to the target that parses its answers (head lines and body pieces kept)."""
 
-    def __init__(self, pool: list):
-        self.pool = pool
+    def __init__(self):
         self.parser = httptools.HttpResponseParser(self)
-        self.answer = None
         self.headers: list = []
         self.body: list[bytes] = []
 
@@ -49,30 +47,29 @@ class _Upstream(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
+
+class _Upstream(_Answers):
+    """One pooled connection to the target; hands each complete answer to ``answer``."""
+
+    def __init__(self, pool: list):
+        super().__init__()
+        self.pool = pool
+        self.answer = None
+
     def on_message_complete(self) -> None:
         answer, self.answer = self.answer, None
         self.pool.append(self)
         answer(self.parser.get_status_code(), self.headers, self.body)
 
 
-class _Pipelined(asyncio.Protocol):
+class _Pipelined(_Answers):
     """The one upstream connection of --pipelined: requests queued per loop iteration, answers in order."""
 
     def __init__(self, loop):
+        super().__init__()
         self.loop = loop
-        self.parser = httptools.HttpResponseParser(self)
         self.waiting: collections.deque = collections.deque()
         self.unsent: list[bytes] = []
-        self.headers: list = []
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    on_message_begin, on_header, on_body = _Upstream.on_message_begin, _Upstream.on_header, _Upstream.on_body
 
     def on_message_complete(self) -> None:
         self.waiting.popleft()(self.parser.get_status_code(), self.headers, self.body)

@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from gateway.backend import ObjectMeta, Payload
 from gateway.services.upload_reaper import UploadReaper
+from gateway.testing.clock import ManualClock
 from gateway.testing.server import GatewayProcess
 from gateway_plugins.local import LocalBackend
 
@@ -22,14 +23,6 @@ def anyio_backend():
     return "asyncio"
 
 
-class Clock:
-    def __init__(self):
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_sweep_aborts_only_uploads_older_than_the_expiry(tmp_path):
     backend = LocalBackend(root=str(tmp_path / "cv-storage"))
     await backend.start()
@@ -39,7 +32,7 @@ async def test_a_sweep_aborts_only_uploads_older_than_the_expiry(tmp_path):
     done = await backend.create_multipart("faces", "done.jpg", ObjectMeta())
     part = await backend.upload_part("faces", "done.jpg", done.upload_id, 1, Payload.from_bytes(b"d" * 10))
     await backend.complete_multipart("faces", "done.jpg", done.upload_id, [(1, part.etag)])
-    clock = Clock()
+    clock = ManualClock(time.time())
     reaper = UploadReaper({"local": backend}, expiry=1800, clock=clock)
     clock.now = old.initiated + 1799
     assert await reaper.sweep() == 0
@@ -116,7 +109,7 @@ async def test_a_sweep_removes_the_temp_files_of_dead_writers_and_keeps_the_live
     for path in (dead_file, live_file):
         with open(path, "wb") as f:
             f.write(b"half an object")
-    reaper = UploadReaper({"local": backend}, expiry=1800, clock=Clock())
+    reaper = UploadReaper({"local": backend}, expiry=1800, clock=ManualClock(time.time()))
     assert await reaper.sweep() == 0  # no upload aborted
     assert not os.path.exists(dead_file)
     assert os.path.exists(live_file)  # a writer of this process (or another gateway on the host) is alive

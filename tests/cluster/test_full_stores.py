@@ -8,18 +8,11 @@ import pytest
 
 from gateway import errors
 from gateway.cluster.full import FullStores
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from gateway.testing.clock import ManualClock
 
 
 def test_a_store_noted_full_is_left_out_until_the_retry_time_has_passed_since_it_was_last_seen():
-    clock = Clock()
+    clock = ManualClock()
     full = FullStores(60, clock)
     full.note("r1", "local")
     assert full.is_full("r1", "local")
@@ -35,7 +28,7 @@ def test_a_store_noted_full_is_left_out_until_the_retry_time_has_passed_since_it
 @pytest.mark.parametrize("failure", [errors.InsufficientStorage("full"), OSError(errno.ENOSPC, "No space left"),
                                      OSError(errno.EDQUOT, "Disk quota exceeded")])
 def test_a_full_storage_error_is_noted_and_raised_on(failure):
-    full = FullStores(60, Clock())
+    full = FullStores(60, ManualClock())
     with pytest.raises(type(failure)), full.noting("p1", "local"):
         raise failure
     assert full.of("p1") == ["local"]
@@ -44,7 +37,7 @@ def test_a_full_storage_error_is_noted_and_raised_on(failure):
 @pytest.mark.parametrize("failure", [errors.ServiceUnavailable("down"), OSError(errno.EIO, "I/O error"),
                                      errors.NoSuchBucket("gone")])
 def test_other_failures_are_not_a_full_store(failure):
-    full = FullStores(60, Clock())
+    full = FullStores(60, ManualClock())
     with pytest.raises(type(failure)), full.noting("p1", "local"):
         raise failure
     assert full.of("p1") == []

@@ -14,18 +14,11 @@ from gateway.cluster.listing import merge_pages
 from gateway.cluster.locations import NOWHERE, LocationCache
 from gateway.cluster.peer_auth import PeerAuthError, PeerSigner
 from gateway.cluster.stall import StallWatch
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from gateway.testing.clock import ManualClock
 
 
 def test_failed_peer_goes_last_until_it_answers_again():
-    clock = FakeClock()
+    clock = ManualClock()
     health = PeerHealth(clock)
     health.succeeded("a", 0.010)
     health.succeeded("b", 0.002)
@@ -43,7 +36,7 @@ def test_failed_peer_goes_last_until_it_answers_again():
 
 
 def test_longest_failing_peer_is_tried_last():
-    clock = FakeClock()
+    clock = ManualClock()
     health = PeerHealth(clock)
     health.failed("old", "refused")
     clock.now += 5
@@ -54,14 +47,14 @@ def test_longest_failing_peer_is_tried_last():
 
 
 def test_latency_is_smoothed():
-    health = PeerHealth(FakeClock())
+    health = PeerHealth(ManualClock())
     health.succeeded("a", 1.0)
     health.succeeded("a", 0.0)
     assert health.snapshot()["a"]["latency_ms"] == pytest.approx(700.0)
 
 
 def test_location_cache_expires_bounds_and_forgets():
-    clock = FakeClock()
+    clock = ManualClock()
     cache = LocationCache(hit_ttl=10, miss_ttl=1, max_entries=2, clock=clock)
     cache.found("b", "k1", "r1")
     cache.missing("b", "k2")
@@ -103,7 +96,7 @@ def test_merge_orders_by_utf8_bytes():
 
 
 def test_peer_signatures():
-    clock = FakeClock(1_000_000.0)
+    clock = ManualClock(1_000_000.0)
     signer = PeerSigner("secret-0123456789abcdef", "p1", clock)
     headers = signer.headers("GET", "/_cluster/v1/objects/b/k?x=1")
     other = PeerSigner("secret-0123456789abcdef", "r1", clock)
@@ -182,7 +175,7 @@ def test_supersede_local_drops_an_older_copy_and_reports_a_newer_one():
 
 
 def test_location_cache_counts_lookups():
-    clock = FakeClock()
+    clock = ManualClock()
     cache = LocationCache(clock=clock)
     cache.get("b", "k")
     cache.found("b", "k", "r1")
@@ -215,7 +208,7 @@ def test_peer_call_labels():
 
 
 def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_soon_after():
-    clock = FakeClock()
+    clock = ManualClock()
     watch = StallWatch(2.0, clock, interval=0.25)
     for _ in range(20):  # a loop that runs: ticks 0.25 s apart
         clock.now += 0.25
@@ -237,7 +230,7 @@ def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_soon_after():
 
 def test_stall_watch_counts_a_stall_whose_tick_is_still_overdue():
     """A request handled right after the process ran again, before the overdue tick: still a stall."""
-    clock = FakeClock()
+    clock = ManualClock()
     watch = StallWatch(2.0, clock, interval=0.25)
 
     async def main():

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.fuse.client import ObjectClient
 from gateway.fuse.statahead import Statahead
+from gateway.testing.clock import ManualClock
 
 
 def _stats(mount) -> dict:
@@ -36,14 +37,6 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_files_opened_by_name_in_order_come_from_statahead(fuse_gw, bucket, mount_factory):
@@ -152,7 +145,7 @@ def ahead_of(fuse_gw):
 
 def test_statahead_lists_then_confirms_then_keeps_a_window(fuse_gw, bucket, ahead_of):
     bodies = _fill(fuse_gw, bucket, 60)
-    clock = Clock()
+    clock = ManualClock()
     ahead = ahead_of(8, clock)
     path = f"/{bucket}/d/{{:03d}}.jpg".format
     assert [ahead.take(path(n)) for n in (0, 1, 2, 9)] == [None] * 4  # four ascending names: a LIST
@@ -182,7 +175,7 @@ def test_statahead_lists_then_confirms_then_keeps_a_window(fuse_gw, bucket, ahea
 
 def test_a_jump_ends_the_run_and_drops_its_answers(fuse_gw, bucket, ahead_of):
     _fill(fuse_gw, bucket, 60)
-    ahead = ahead_of(8, Clock())
+    ahead = ahead_of(8, ManualClock())
     path = f"/{bucket}/d/{{:03d}}.jpg".format
     for n in range(5):  # the LIST after 002 arrives after 003 and 004 were asked for: fetch ahead
         ahead.take(path(n))

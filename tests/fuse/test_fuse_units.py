@@ -14,18 +14,11 @@ from gateway.fuse.client import ObjectClient, ObjectStat, StoreError, _user_meta
 from gateway.fuse.fs import GatewayFS, MountOptions
 from gateway.fuse.meta import apply_meta, maybe_symlink
 from gateway.fuse.mount import MountConfig, fuse_options
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from gateway.testing.clock import ManualClock
 
 
 def test_attr_cache_expires_and_remembers_missing_names():
-    clock = Clock()
+    clock = ManualClock()
     cache = AttrCache(ttl=5, clock=clock)
     cache.put("/b/f", Attr(FILE, 3))
     cache.put_missing("/b/gone")
@@ -36,7 +29,7 @@ def test_attr_cache_expires_and_remembers_missing_names():
 
 
 def test_a_listing_stamp_is_renewed_when_the_listing_ends():
-    clock = Clock()
+    clock = ManualClock()
     cache = AttrCache(ttl=2, clock=clock)
     stamp = cache.stamp()
     cache.put("/b/first", Attr(FILE), stamp)
@@ -67,7 +60,7 @@ def test_invalidate_tree():
 
 
 def test_dir_cache_keeps_small_listings_and_follows_local_changes():
-    clock = Clock()
+    clock = ManualClock()
     dirs = DirCache(ttl=5, max_entries=2, clock=clock)
     dirs.put("/b/big", {"a": Attr(FILE), "b": Attr(FILE), "c": Attr(FILE)})
     assert dirs.get("/b/big") is None  # too many entries to keep
