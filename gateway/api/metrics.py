@@ -98,6 +98,10 @@ def cluster_metrics(out: Exposition, cluster) -> None:
                "and its answer passed to the client, by outcome: passed; declined, failed, busy (answered the "
                "usual way instead); cut (the peer failed after the answer began).",
                [({"outcome": o}, n) for o, n in sorted(cluster.client.pass_through.items())])
+    out.family("gateway_cluster_store_full", "gauge",
+               "1 for each node's store found full lately (ENOSPC, EDQUOT): no writes are placed there for "
+               "full_store_retry seconds.",
+               [({"node": node, "backend": backend}, 1) for node, backend in cluster.full_stores()])
     cache = cluster.locations
     out.family("gateway_cluster_location_cache_lookups_total", "counter",
                "Lookups in the cache of where objects live: hit (a node), negative (known missing), miss.",

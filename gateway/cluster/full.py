@@ -48,6 +48,10 @@ class FullStores:
             return False
         return True
 
+    def noted(self) -> list[tuple[str, str]]:
+        """Every (node, backend) noted full now."""
+        return sorted(pair for pair in list(self._until) if self.is_full(*pair))
+
     def of(self, node: str) -> list[str]:
         """The backends of ``node`` noted full now (what a node publishes of itself)."""
         return sorted(backend for (who, backend) in list(self._until) if who == node and self.is_full(who, backend))

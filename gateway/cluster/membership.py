@@ -305,6 +305,15 @@ class Cluster:
         node = self.nodes.get(peer)
         return node is not None and peer != self.node_id and backend in (node.info.get("storage_full") or ())
 
+    def full_stores(self) -> list[tuple[str, str]]:
+        """(node, backend) of every store taking no placed writes because it was found full: as seen
+        here, and as the other nodes published."""
+        seen = set(self.full.noted())
+        for node in self.nodes.values():
+            if node.node_id != self.node_id:
+                seen.update((node.node_id, backend) for backend in node.info.get("storage_full") or ())
+        return sorted(seen)
+
     def storage_pending(self, peer: str, backend: str) -> bool:
         """Whether ``peer`` published that its backend ``backend`` has not started (its store has not
         answered since that node started): writes for it are not placed there. False when not known."""

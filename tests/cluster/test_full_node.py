@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
@@ -77,6 +78,8 @@ def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it
             table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
                                     nodes.registry], capture_output=True, text=True, timeout=30)
             assert "full: " in table.stdout, table.stdout
+            with urllib.request.urlopen(nodes["p1"].endpoint + "/metrics", timeout=10) as response:
+                assert 'gateway_cluster_store_full{node="full",backend="' in response.read().decode()
 
             # Room again: after full_store_retry, writes are placed there again and the flag goes.
             (disk / "filler").unlink()
