@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -21,7 +20,7 @@ from gateway.testing.disks import tmpfs
 
 from .conftest import ClusterNodes, wait_for
 
-RETRY = 3  # full_store_retry: seconds the full node is left out before a write is placed there again
+RETRY = 6  # full_store_retry: seconds the full node is left out before a write is placed there again
 BODY = b"f" * 16 * 1024
 
 
@@ -34,6 +33,12 @@ def fill(disk) -> None:
 
 def stored_on(nodes, name: str) -> int:
     return sum(1 for _ in (nodes[name].data_dir / "fill").rglob("*%obj"))
+
+
+def full_in_metrics(nodes, name: str) -> bool:
+    """Whether node ``name``'s /metrics lists the node "full" as a full store."""
+    with urllib.request.urlopen(nodes[name].endpoint + "/metrics", timeout=10) as response:
+        return 'gateway_cluster_store_full{node="full",backend="' in response.read().decode()
 
 
 def write_many(s3, prefix: str, count: int) -> list[str]:
@@ -66,29 +71,27 @@ def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it
             refused = write_many(primary, "via-primary", 30) + write_many(proxy, "via-proxy", 30)
             # Each placing node finds it full once (its 507 is that write's answer), then leaves it out.
             assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the full node: {refused}"
+            # The full node says so itself, with its heartbeat: `cluster status` and /metrics show it.
+            # (Checked first: the flag lasts RETRY seconds from the last write that found it full.)
+            wait_for(lambda: {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
+                     "the full node publishing storage_full")
+            table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
+                                    nodes.registry], capture_output=True, text=True, timeout=30)
+            assert "full: " in table.stdout, table.stdout
+            assert full_in_metrics(nodes, "p1")
+
             missing = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(30)
                        if f"{p}-{n}" not in refused
                        and proxy.get_object(Bucket="fill", Key=f"{p}-{n}")["Body"].read() != BODY]
             assert not missing, f"answered 200 but not readable: {missing}"
             assert proxy.get_object(Bucket="fill", Key="on-full")["Body"].read() == b"stored before it filled"
 
-            # The full node says so itself, with its heartbeat: `cluster status` shows it.
-            wait_for(lambda: {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
-                     "the full node publishing storage_full")
-            table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
-                                    nodes.registry], capture_output=True, text=True, timeout=30)
-            assert "full: " in table.stdout, table.stdout
-            with urllib.request.urlopen(nodes["p1"].endpoint + "/metrics", timeout=10) as response:
-                assert 'gateway_cluster_store_full{node="full",backend="' in response.read().decode()
-
-            # Room again: after full_store_retry, writes are placed there again and the flag goes.
+            # Room again: once full_store_retry has passed, writes are placed there again.
             (disk / "filler").unlink()
-            time.sleep(RETRY + 0.5)
+            wait_for(lambda: not full_in_metrics(nodes, "p1"), RETRY + 15, "the primary forgetting the full store")
             before = stored_on(nodes, "full")
             assert write_many(primary, "after", 30) == []
             assert stored_on(nodes, "full") > before, "no write was placed on the node that has room again"
-            wait_for(lambda: not {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
-                     "the node no longer publishing storage_full")
             assert json.dumps(nodes.admin("p1"))  # still answering
         finally:
             nodes.stop()
