@@ -188,7 +188,7 @@ def test_a_frozen_s3_store_is_a_503_within_the_deadline_not_after_every_retry(ow
     waiting past its own read timeout (60 s in boto3 and the aws cli: 30 s x 5 with the defaults).
     The backend's deadline bounds the call as a whole: the client gets its 503 with Retry-After
     in time, naming the settings, and the gateway stays up and serves the store once it thaws."""
-    options = dict(_s3_options(own_moto), max_attempts=5, deadline=4)  # without the deadline: ~5 x 3 s
+    options = dict(_s3_options(own_moto), max_attempts=5, timeout=5, deadline=3)  # without it: 5 x 5 s
     with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "s3", options)) as gw:
         s3 = _client(gw)
         s3.create_bucket(Bucket="far")
@@ -204,7 +204,7 @@ def test_a_frozen_s3_store_is_a_503_within_the_deadline_not_after_every_retry(ow
         status, code, retry_after = _answer(caught.value)
         assert (status, code) == (503, "ServiceUnavailable") and retry_after, caught.value.response
         assert "deadline" in caught.value.response["Error"]["Message"], caught.value.response
-        assert waited < 12, f"the answer took {waited:.1f}s: the 4 s deadline did not bound the retries"
+        assert waited < 12, f"the answer took {waited:.1f}s: the 3 s deadline did not bound the retries"
         assert _wait_recovered(lambda: s3.get_object(Bucket="far", Key="k"))["Body"].read() == b"far value"
 
 
