@@ -23,7 +23,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_true_or_false_for_a_number_is_refused(tmp_path):
     """pydantic reads true as 1: `port = true` in the file listened on port 1, `max_clock_skew = true`
     allowed one second."""
-    for setting in ("port", "max_clock_skew", "heartbeat_interval"):
+    for setting in ("port", "max_clock_skew", "heartbeat_interval", "full_store_retry"):
         config = tmp_path / "gateway.toml"
         config.write_text(f'access_key = "a"\nsecret_key = "bbbbbbbb"\ndata_dir = "{tmp_path}/cv"\n{setting} = true\n')
         result = serve("--config", str(config), "--print-config")
@@ -293,3 +293,11 @@ def test_a_host_copied_from_a_url_is_named(tmp_path):
     for host, listens in (("[::1]", "::1"), ("127.0.0.1 ", "127.0.0.1")):
         result = serve(*keys, "--host", host, "--print-config")
         assert result.returncode == 0 and f'"host": "{listens}"' in result.stdout, result.stderr
+
+
+def test_a_full_store_retry_that_is_not_positive_is_refused(tmp_path):
+    result = serve("--print-config", "--data-dir", str(tmp_path / "cv"),
+                   env={"GATEWAY_ACCESS_KEY": "a", "GATEWAY_SECRET_KEY": "bbbbbbbb", "GATEWAY_FULL_STORE_RETRY": "0"})
+    assert result.returncode == 2, result.stdout
+    assert "full_store_retry" in result.stderr and "greater than 0" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
