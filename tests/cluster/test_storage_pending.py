@@ -6,6 +6,9 @@ placing new objects on it, and each of those writes was a 503 while another node
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from gateway.testing.samba import Smbd
 
 from .conftest import ClusterNodes, wait_for
@@ -29,6 +32,9 @@ def test_writes_go_around_a_node_whose_store_has_not_answered_and_reach_it_once_
         for node in ("p1", "x1"):
             wait_for(lambda node=node: pending_seen_by(node) == ["local"], 15, f"{node} seeing r1's store pending")
         assert {row["node_id"]: row["storage_pending"] for row in nodes.status()}["r1"] == ["local"]  # cluster status
+        table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry", nodes.registry],
+                               capture_output=True, text=True, timeout=30)
+        assert "store down: local" in table.stdout, table.stdout
         primary, proxy = nodes["p1"].client(), nodes["x1"].client()
         primary.create_bucket(Bucket="frames")
         # Every write succeeds: none is placed on r1 (half of them were, each a 503).
