@@ -38,6 +38,18 @@ def upload_record(bucket: str, upload_id: str) -> str:
     return f"{bucket}/{upload_id}/upload"
 
 
+def new_upload(bucket: str, key: str, meta: ObjectMeta, checksum_algorithm: str | None) -> tuple[UploadInfo, bytes]:
+    """A new multipart upload: its info, and its record's bytes (stored at upload_record)."""
+    # The initiation time first (ns, 16 hex digits), so that upload IDs sort in initiation order:
+    # ListMultipartUploads pages by (key, upload ID) as S3 does (gateway/api/s3/multipart.py).
+    upload_id = f"{time.time_ns():016x}{os.urandom(8).hex()}"
+    info = UploadInfo(bucket, key, upload_id, time.time(), meta, checksum_algorithm)
+    record = json.dumps(
+        {"key": key, "initiated": info.initiated, "meta": meta.to_json(), "checksum_algorithm": checksum_algorithm}
+    ).encode()
+    return info, record
+
+
 def is_upload_id(upload_id: str) -> bool:
     """Whether ``upload_id`` can name an upload (hex digits): anything else is NoSuchUpload at once,
     without asking any storage."""
@@ -463,15 +475,9 @@ class Backend(abc.ABC):
     ) -> UploadInfo:
         await self.head_bucket(bucket)
         await self._multipart_store()
-        # The initiation time first (ns, 16 hex digits), so that upload IDs sort in initiation order:
-        # ListMultipartUploads pages by (key, upload ID) as S3 does (gateway/api/s3/multipart.py).
-        upload_id = f"{time.time_ns():016x}{os.urandom(8).hex()}"
-        info = UploadInfo(bucket, key, upload_id, time.time(), meta, checksum_algorithm)
-        record = json.dumps(
-            {"key": key, "initiated": info.initiated, "meta": meta.to_json(), "checksum_algorithm": checksum_algorithm}
-        ).encode()
+        info, record = new_upload(bucket, key, meta, checksum_algorithm)
         await self.put(
-            MULTIPART_BUCKET, upload_record(bucket, upload_id), Payload.from_bytes(record), ObjectMeta()
+            MULTIPART_BUCKET, upload_record(bucket, info.upload_id), Payload.from_bytes(record), ObjectMeta()
         )
         return info
 

@@ -32,6 +32,7 @@ from ..backend import (
     ObjectMeta,
     ObjectReader,
     is_upload_id,
+    new_upload,
     require_completion_checksums,
     upload_record,
 )
@@ -898,8 +899,27 @@ class StoringNode(ClusterNode):
     one begun elsewhere is continued on the node holding it (ClusterNode's multipart methods)."""
 
     async def create_multipart(self, bucket, key, meta, checksum_algorithm=None):
+        peer = self._roomier_peer()
+        if peer is not None:
+            # This node's store was found full: the upload is begun on a storing node with room, as a
+            # proxy begins one (its parts and its completion are forwarded there).
+            await self.head_bucket(bucket)
+            info, record = new_upload(bucket, key, meta, checksum_algorithm)
+            await self._put_on_peer(peer, MULTIPART_BUCKET, upload_record(bucket, info.upload_id),
+                                    Payload.from_bytes(record), ObjectMeta())
+            return info
         await self._ensure_local_bucket(bucket)
         return await self.local.create_multipart(bucket, key, meta, checksum_algorithm)
+
+    def _roomier_peer(self) -> str | None:
+        """While this node's store is noted full (cluster/full.py): a storing peer that takes writes,
+        the less busy of two; else None."""
+        cluster = self.cluster
+        if not cluster.full.is_full(cluster.node_id, self.name):
+            return None
+        peers = [p for p in cluster.peers()
+                 if not cluster.health.limited(p) and not cluster.refuses_writes(p, self.name)]
+        return cluster.balancer.choose(peers) if peers else None
 
     async def _ensure_local_bucket(self, bucket: str) -> None:
         """Create a bucket here that exists on a peer (made while this node was down)."""

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from gateway.testing.disks import tmpfs
 
-from .conftest import ClusterNodes, wait_for
+from .conftest import ClusterNodes, error_of, wait_for
 
 RETRY = 6  # full_store_retry: seconds the full node is left out before a write is placed there again
 BODY = b"f" * 16 * 1024
@@ -85,6 +85,18 @@ def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it
                        and proxy.get_object(Bucket="fill", Key=f"{p}-{n}")["Body"].read() != BODY]
             assert not missing, f"answered 200 but not readable: {missing}"
             assert proxy.get_object(Bucket="fill", Key="on-full")["Body"].read() == b"stored before it filled"
+
+            # A multipart upload begun through the full node itself goes to a node with room (its
+            # parts and completion follow it there). A write it takes itself finds it full first.
+            on_full = nodes["full"].client()
+            assert error_of(lambda: on_full.put_object(Bucket="fill", Key="direct", Body=BODY)) \
+                .response["ResponseMetadata"]["HTTPStatusCode"] == 507
+            upload = on_full.create_multipart_upload(Bucket="fill", Key="video.bin")["UploadId"]
+            parts = [on_full.upload_part(Bucket="fill", Key="video.bin", UploadId=upload, PartNumber=n,
+                                         Body=bytes([n]) * 6000)["ETag"] for n in (1, 2)]
+            on_full.complete_multipart_upload(Bucket="fill", Key="video.bin", UploadId=upload, MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in zip((1, 2), parts)]})
+            assert proxy.get_object(Bucket="fill", Key="video.bin")["Body"].read() == b"\1" * 6000 + b"\2" * 6000
 
             # Room again: once full_store_retry has passed, writes are placed there again.
             (disk / "filler").unlink()
