@@ -265,6 +265,8 @@ def status_rows(nodes: list[NodeRecord], now: float | None = None) -> list[dict]
             "storage_pending": node.info.get("storage_pending") or [],
             # Backends whose store was found full lately (no writes placed there for them a while).
             "storage_full": node.info.get("storage_full") or [],
+            # Backends whose store failed lately (EIO, read-only, unreachable): no writes placed there a while.
+            "storage_failed": node.info.get("storage_failed") or [],
             "placed": placed.get(node.node_id, 0), "reads": reads.get(node.node_id, 0),
             "balance": node.info.get("balance", {}),
         })
@@ -370,8 +372,8 @@ def status(registry, as_json) -> None:
             health = "slow: " + ",".join(row["deprioritized_by"])
         elif row["storage_full"]:
             health = "full: " + ",".join(row["storage_full"])
-        elif row["storage_pending"]:
-            health = "store down: " + ",".join(row["storage_pending"])
+        elif row["storage_pending"] or row["storage_failed"]:
+            health = "store down: " + ",".join(sorted({*row["storage_pending"], *row["storage_failed"]}))
         else:
             health = "ok"
         seen = f"{row['last_seen_ago']:.0f}s ago" if row["last_seen_ago"] is not None else "never"

@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     registry_reload_interval: float = Field(60.0, gt=0, description="seconds between re-reads of the node list")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between this node's registry heartbeats")
     full_store_retry: float = Field(60.0, gt=0, description="seconds a node whose store was found full takes no "
-                                    "placed writes for it, before it is tried again (docs/cluster.md, A full node)")
+                                    "placed writes for it, before it is tried again (docs/cluster.md, A full or "
+                                    "failed store)")
+    failed_store_retry: float = Field(15.0, gt=0, description="seconds a node whose store failed (EIO, read-only, "
+                                      "its backend unreachable) takes no placed writes for it, before it is tried "
+                                      "again (docs/cluster.md, A full or failed store)")
     failover: bool = Field(True, description="with two or more redundant nodes, one of the first two takes over "
                            "when the primary is down (docs/cluster.md, Failover)")
     failover_after: float = Field(15.0, gt=0, description="seconds without the primary's heartbeat and lease "
@@ -90,7 +94,7 @@ class Settings(BaseSettings):
 
     @field_validator("port", "max_clock_skew", "min_part_size", "multipart_expiry", "keep_alive_timeout",
                      "peer_timeout", "registry_reload_interval", "heartbeat_interval", "failover_after",
-                     "full_store_retry", mode="before")
+                     "full_store_retry", "failed_store_retry", mode="before")
     @classmethod
     def _number(cls, value: Any) -> Any:
         # pydantic takes true for 1 and false for 0: `port = true` in the file listened on port 1.

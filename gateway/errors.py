@@ -122,10 +122,18 @@ SlowDown.retry_after = "1"
 # 507 (RFC 4918): not retried by S3 clients, which is right, a full disk does not clear itself.
 InsufficientStorage = _error("InsufficientStorage", 507, "The storage behind this gateway is full.")
 FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT
+# The filesystem under the store failed, not the request: an I/O error, a filesystem the kernel
+# remounted read-only after errors, an NFS handle gone stale.
+FAILED_ERRNOS = frozenset({5, 30, 116})  # EIO, EROFS, ESTALE
 
 
 class BackendUnavailable(ServiceUnavailable):
     """A backend could not be reached (server down, timeout); always a 503, never a hang."""
+
+
+class NodeUnreachable(ServiceUnavailable):
+    """A cluster node that holds (or would take) the object could not be reached: the node, not its
+    store; so not a BackendUnavailable, which leaves a store out of write placement (cluster/unwritable.py)."""
 
 
 class BackendUnreachable(BackendUnavailable):
@@ -133,3 +141,23 @@ class BackendUnreachable(BackendUnavailable):
     reset connection, a timeout, a 5xx): something that passes, unlike a refused password or a missing
     share. Raised by a backend's start(), the gateway starts without that backend and tries again
     (gateway/services/pending.py); raised later, it is a 503 like any BackendUnavailable."""
+
+
+def storage_error(exc: BaseException, where: str = "the storage behind this gateway") -> GatewayError | None:
+    """The answer to an OSError of the filesystem under a store that no backend turned into one, or None.
+
+    Out of space (ENOSPC, EDQUOT) is 507, which S3 clients do not retry; a failed filesystem (EIO,
+    EROFS, ESTALE) is a 503 with Retry-After, which they do: in a cluster the retry is placed on
+    another node (docs/cluster.md, "A full or failed store"). Both name the cause and what to do.
+    """
+    if not isinstance(exc, OSError):
+        return None
+    cause = exc.strerror or str(exc)
+    if exc.errno in FULL_ERRNOS:
+        return InsufficientStorage(f"{where[0].upper()}{where[1:]} is full ({cause}); nothing was stored. "
+                                   "Free space on the server or add storage, then retry.")
+    if exc.errno in FAILED_ERRNOS:
+        return BackendUnavailable(f"{where[0].upper()}{where[1:]} failed ({cause}, errno {exc.errno}). "
+                                  "Check the server's disk or mount (a filesystem remounted read-only "
+                                  "after errors shows in `dmesg`); the request can be retried.")
+    return None

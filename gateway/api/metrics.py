@@ -102,6 +102,10 @@ def cluster_metrics(out: Exposition, cluster) -> None:
                "1 for each node's store found full lately (ENOSPC, EDQUOT): no writes are placed there for "
                "full_store_retry seconds.",
                [({"node": node, "backend": backend}, 1) for node, backend in cluster.full_stores()])
+    out.family("gateway_cluster_store_failed", "gauge",
+               "1 for each node's store that failed lately (EIO, EROFS, ESTALE, its backend unreachable): no "
+               "writes are placed there for failed_store_retry seconds.",
+               [({"node": node, "backend": backend}, 1) for node, backend in cluster.failed_stores()])
     cache = cluster.locations
     out.family("gateway_cluster_location_cache_lookups_total", "counter",
                "Lookups in the cache of where objects live: hit (a node), negative (known missing), miss.",

@@ -70,10 +70,10 @@ class PeerApp:
             await _send(send, status, headers, body)
 
     def _error_answer(self, scope, exc: Exception) -> tuple[int, list, bytes]:
-        if isinstance(exc, OSError) and exc.errno in errors.FULL_ERRNOS:  # the sender answers its client 507
-            log.error("peer request %s %s: the storage is full: %s", scope["method"], scope["path"], exc)
-            exc = errors.InsufficientStorage(f"The storage of a cluster node is full ({exc.strerror}); nothing was "
-                                             "stored. Free space on that server or add storage, then retry.")
+        known = errors.storage_error(exc, f"the storage of cluster node {self.service.cluster.node_id}")
+        if known is not None:  # the sender answers its client 507 or 503 and places no writes here a while
+            log.error("peer request %s %s: %s", scope["method"], scope["path"], known.message)
+            exc = known
         if isinstance(exc, errors.GatewayError):
             return exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode())], exc.message.encode()
         if isinstance(exc, PeerAuthError):
@@ -210,11 +210,11 @@ class PeerApp:
         else:
             raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")
 
-    def _noting_full(self, backend):
-        """Around a peer's write to this node's store: out of space, no writes are placed here a while
-        (cluster/full.py; published with the heartbeat)."""
+    def _noting_store(self, backend):
+        """Around a peer's write to this node's store: found full or failed, no writes are placed here a
+        while (cluster/unwritable.py; published with the heartbeat)."""
         cluster = self.service.cluster
-        return cluster.full.noting(cluster.node_id, backend.name)
+        return cluster.noting_store(cluster.node_id, backend.name)
 
     def _local(self, bucket: str):
         backend = self.service.local_backend_for(bucket)
@@ -238,7 +238,7 @@ class PeerApp:
             size, algorithms, meta = _put_headers(headers)
             payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms,
                               etag=headers.get(wire.ETAG_HEADER) or None)
-            with self._noting_full(backend):
+            with self._noting_store(backend):
                 info = await backend.put(bucket, key, payload, meta)
             self.service.cluster.locations.forget(bucket, key)
             await _send_json(send, wire.info_to_json(info))
@@ -304,7 +304,7 @@ class PeerApp:
             else:
                 if expected:
                     require_completion_checksums(backend)
-                with self._noting_full(backend):
+                with self._noting_store(backend):
                     info = await backend.complete_multipart(bucket, key, upload_id, parts,
                                                             **({"expected_checksums": expected} if expected else {}))
             self.service.cluster.locations.forget(bucket, key)
@@ -319,7 +319,7 @@ class PeerApp:
                 raise errors.InvalidArgument(f"part number {names[3]!r} is not between 1 and {MAX_PARTS}")
             size, algorithms, _ = _put_headers(headers)
             payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms)
-            with self._noting_full(backend):
+            with self._noting_store(backend):
                 part = await backend.upload_part(bucket, key, upload_id, number, payload)
             await _send_json(send, wire.part_to_json(part))
         else:

@@ -15,13 +15,13 @@ import re
 import shutil
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..backend import ObjectInfo
 from .balancer import Balancer
 from .election import Election
-from .full import FullStores
 from .health import PeerHealth
 from .locations import LocationCache
 from .locks import ClusterLocks
@@ -31,6 +31,7 @@ from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
 from .stall import StallWatch
+from .unwritable import FailedStores, FullStores
 
 log = logging.getLogger("gateway.cluster")
 # Walking storage to count objects is bounded (a status figure, not an inventory).
@@ -69,7 +70,9 @@ class Cluster:
         self.health = PeerHealth()
         self.balancer = Balancer()
         self.locations = LocationCache()
-        self.full = FullStores(settings.full_store_retry)  # stores out of space: no writes placed there a while
+        # Stores out of space, or whose filesystem or backend failed: no writes placed there a while.
+        self.full = FullStores(settings.full_store_retry)
+        self.failed = FailedStores(settings.failed_store_retry)
         self.signer = PeerSigner(settings.cluster_secret, self.node_id)
         self.client = PeerClient(self.signer, self.health, settings.peer_timeout, client_ssl_context(settings),
                                  on_failure=self.request_reload)
@@ -299,19 +302,43 @@ class Cluster:
 
     def refuses_writes(self, peer: str, backend: str) -> bool:
         """Whether no write for ``backend`` should be placed on ``peer`` now: its store has not started
-        (storage_pending) or was found full (cluster/full.py), as that node published or as seen here."""
-        if self.full.is_full(peer, backend) or self.storage_pending(peer, backend):
+        (storage_pending), or was found full or failed (cluster/unwritable.py), as that node published
+        or as seen here."""
+        if self.storage_pending(peer, backend):
             return True
         node = self.nodes.get(peer)
-        return node is not None and peer != self.node_id and backend in (node.info.get("storage_full") or ())
+        for marks in (self.full, self.failed):
+            if marks.left_out(peer, backend):
+                return True
+            if node is not None and peer != self.node_id and backend in (node.info.get(marks.published_as) or ()):
+                return True
+        return False
+
+    def own_store_left_out(self, backend: str) -> bool:
+        """Whether this node's store for ``backend`` was found full or failed lately (it places writes elsewhere)."""
+        return self.full.left_out(self.node_id, backend) or self.failed.left_out(self.node_id, backend)
+
+    @contextmanager
+    def noting_store(self, node: str, backend: str) -> Iterator[None]:
+        """Around a write to ``node``'s store for ``backend``: found full or failed, no writes are placed
+        there a while (cluster/unwritable.py)."""
+        with self.full.noting(node, backend), self.failed.noting(node, backend):
+            yield
 
     def full_stores(self) -> list[tuple[str, str]]:
-        """(node, backend) of every store taking no placed writes because it was found full: as seen
-        here, and as the other nodes published."""
-        seen = set(self.full.noted())
+        """(node, backend) of every store taking no placed writes because it was found full."""
+        return self._left_out(self.full)
+
+    def failed_stores(self) -> list[tuple[str, str]]:
+        """(node, backend) of every store taking no placed writes because its filesystem or backend failed."""
+        return self._left_out(self.failed)
+
+    def _left_out(self, marks) -> list[tuple[str, str]]:
+        """As seen here, and as the other nodes published."""
+        seen = set(marks.noted())
         for node in self.nodes.values():
             if node.node_id != self.node_id:
-                seen.update((node.node_id, backend) for backend in node.info.get("storage_full") or ())
+                seen.update((node.node_id, backend) for backend in node.info.get(marks.published_as) or ())
         return sorted(seen)
 
     def storage_pending(self, peer: str, backend: str) -> bool:
@@ -520,6 +547,7 @@ class Cluster:
             "shared_storage": self.shared_storage and self.role != "proxy",
             "storage_pending": sorted(self.pending_backends()) if self.pending_backends is not None else [],
             "storage_full": self.full.of(self.node_id),
+            "storage_failed": self.failed.of(self.node_id),
             **self._storage_stats,
             "peers": self.health.snapshot(),
             "balance": self.balancer.snapshot(),

@@ -67,7 +67,7 @@ def bucket_unreachable_error(bucket: str, nodes: list[str], done: str) -> errors
     """DeleteBucket's 503: a server that may hold the bucket could not be asked or failed; ``done``
     says what was changed. Names only the client's bucket (never the gateway's internal ones)."""
     which = f" ({', '.join(sorted(nodes))})" if nodes else ""
-    error = errors.BackendUnavailable(
+    error = errors.NodeUnreachable(
         f"Bucket {bucket!r} cannot be deleted now: a server that may hold it cannot be reached{which}. "
         f"{done}; retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
@@ -76,7 +76,7 @@ def bucket_unreachable_error(bucket: str, nodes: list[str], done: str) -> errors
 
 def write_unreachable_error(what: str, peer: str) -> errors.GatewayError:
     """A write's 503: the node it was sent to could not be reached (or failed) before it answered."""
-    error = errors.BackendUnavailable(
+    error = errors.NodeUnreachable(
         f"{what} could not be completed because node {peer} cannot be reached now. "
         "Retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
@@ -90,7 +90,7 @@ def upload_name(upload_id: str, key: str | None) -> str:
 
 def upload_unreachable_error(upload_id: str, key: str | None, peers: list[str]) -> errors.GatewayError:
     """The node holding an upload (or one that may hold it) cannot be reached: never a final 404."""
-    error = errors.BackendUnavailable(
+    error = errors.NodeUnreachable(
         f"{upload_name(upload_id, key)} is held by a server that cannot be reached now "
         f"({', '.join(sorted(peers))}); it is kept there: retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
@@ -98,7 +98,7 @@ def upload_unreachable_error(upload_id: str, key: str | None, peers: list[str]) 
 
 
 def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
-    error = errors.BackendUnavailable(
+    error = errors.NodeUnreachable(
         f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
     return error
@@ -335,9 +335,9 @@ class ClusterNode(Backend):
                     and not cluster.health.limited(peer) and not self.client.lacks_read_route(peer)):
                 raise Forward(self, peer, node.address)
 
-    def _noting_full(self):
-        """Around a write to this node's own store: out of space, it takes no placed writes a while."""
-        return self.cluster.full.noting(self.cluster.node_id, self.name)
+    def _noting_store(self):
+        """Around a write to this node's own store: found full or failed, it takes no placed writes a while."""
+        return self.cluster.noting_store(self.cluster.node_id, self.name)
 
     def _local_failed(self, exc: errors.GatewayError) -> errors.GatewayError:
         """This node's own storage could not answer (a share unmounted here, a failing disk): a read
@@ -363,7 +363,7 @@ class ClusterNode(Backend):
         """Store here, then retire older copies of the key on the other nodes."""
         self.locations.forget(bucket, key)
         with (self.cluster.balancer.track(self.cluster.node_id, counted=not bucket.startswith(".")),
-              self._noting_full()):
+              self._noting_store()):
             info = await self.local.put(bucket, key, payload, meta)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
@@ -371,7 +371,7 @@ class ClusterNode(Backend):
     async def _put_on_peer(self, peer: str, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         address = self.cluster.peers()[peer]
         with (self.cluster.balancer.track(peer, counted=not bucket.startswith(".")),
-              self.cluster.full.noting(peer, self.name)):  # its 507: no more writes placed there a while
+              self.cluster.noting_store(peer, self.name)):  # its 507 or failed store: none placed there a while
             info = await self.client.put(peer, address, bucket, key, payload, meta, ensure_bucket=True)
         await self._retire_older_copies(bucket, key, info, peer)
         return info
@@ -605,7 +605,7 @@ class ClusterNode(Backend):
         there. A forwarded part's body streams through (never held whole in memory)."""
         holder = await self._upload_holder(bucket, upload_id, key)
         if holder is None:
-            with self._noting_full():
+            with self._noting_store():
                 return await self.local.upload_part(bucket, key, upload_id, part_number, payload)
         with self.cluster.balancer.track(holder, counted=False):  # outstanding, but not a placement
             return await self._at_holder(holder, bucket, upload_id, key, lambda p, a: self.client.upload_part(
@@ -649,7 +649,7 @@ class ClusterNode(Backend):
         if expected_checksums:
             require_completion_checksums(self.local)
             options["expected_checksums"] = expected_checksums
-        with self.cluster.balancer.track(self.cluster.node_id, counted=counted), self._noting_full():
+        with self.cluster.balancer.track(self.cluster.node_id, counted=counted), self._noting_store():
             info = await self.local.complete_multipart(bucket, key, upload_id, parts, **options)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
@@ -901,8 +901,8 @@ class StoringNode(ClusterNode):
     async def create_multipart(self, bucket, key, meta, checksum_algorithm=None):
         peer = self._roomier_peer()
         if peer is not None:
-            # This node's store was found full: the upload is begun on a storing node with room, as a
-            # proxy begins one (its parts and its completion are forwarded there).
+            # This node's store was found full or failed: the upload is begun on a storing node that
+            # takes writes, as a proxy begins one (its parts and its completion are forwarded there).
             await self.head_bucket(bucket)
             info, record = new_upload(bucket, key, meta, checksum_algorithm)
             await self._put_on_peer(peer, MULTIPART_BUCKET, upload_record(bucket, info.upload_id),
@@ -912,10 +912,10 @@ class StoringNode(ClusterNode):
         return await self.local.create_multipart(bucket, key, meta, checksum_algorithm)
 
     def _roomier_peer(self) -> str | None:
-        """While this node's store is noted full (cluster/full.py): a storing peer that takes writes,
-        the less busy of two; else None."""
+        """While this node's store is noted full or failed (cluster/unwritable.py): a storing peer that
+        takes writes, the less busy of two; else None."""
         cluster = self.cluster
-        if not cluster.full.is_full(cluster.node_id, self.name):
+        if not cluster.own_store_left_out(self.name):
             return None
         peers = [p for p in cluster.peers()
                  if not cluster.health.limited(p) and not cluster.refuses_writes(p, self.name)]
@@ -1009,10 +1009,9 @@ class PrimaryNode(StoringNode):
             # copy there is retired like any other (docs/cluster.md "Overwrites").
             return cached
         # A node whose store for this backend has not answered since it started (services/pending.py), or
-        # was found full (cluster/full.py), takes no writes for it: this one included, unless no node can
-        # take them (then its 503 or 507 says why).
-        own_store = (not isinstance(self.local, PendingBackend)
-                     and not self.cluster.full.is_full(self.cluster.node_id, self.name))
+        # was found full or failed (cluster/unwritable.py), takes no writes for it: this one included,
+        # unless no node can take them (then its 503 or 507 says why).
+        own_store = not isinstance(self.local, PendingBackend) and not self.cluster.own_store_left_out(self.name)
         if own_store:
             try:
                 if await self.local.exists(bucket, key):
@@ -1056,7 +1055,8 @@ class ProxyNode(ClusterNode):
         if not peers:
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
         # Not to a node whose store for this backend has not answered since it started (services/pending.py)
-        # or was found full (cluster/full.py), unless every node is in that state: then one of them answers why.
+        # or was found full or failed (cluster/unwritable.py), unless every node is in that state: then one of
+        # them answers why.
         ready = [p for p in peers if not self.cluster.refuses_writes(p, self.name)] or list(peers)
         healthy, limited = self.cluster.health.split(ready)
         # Multipart parts never come here: upload_part sends them to the node holding their upload

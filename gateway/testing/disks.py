@@ -30,3 +30,12 @@ def tmpfs(mount_point: Path, size: str, read_only: bool = False) -> Iterator[Pat
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=30)
+
+
+def remount(mount_point: Path, read_only: bool) -> None:
+    """Make a mounted tmpfs read-only (as the kernel remounts a filesystem after errors) or writable again."""
+    done = subprocess.run(["mount", "-o", "remount," + ("ro" if read_only else "rw"), str(mount_point)],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise AssertionError(f"remounting {mount_point} {'read-only' if read_only else 'writable'} failed: "
+                             f"{done.stderr.strip()}")

@@ -403,3 +403,34 @@ def test_a_full_disk_is_507_insufficient_storage_and_nothing_half_written(gatewa
     s3.create_bucket(Bucket="made-when-full")  # not BucketAlreadyOwnedByYou: the half-made one is gone
     s3.put_object(Bucket="made-when-full", Key="k", Body=b"the gateway still serves")
     assert s3.get_object(Bucket="made-when-full", Key="k")["Body"].read() == b"the gateway still serves"
+
+
+def test_a_disk_turned_read_only_is_a_retryable_503_that_says_so_and_reads_go_on(gateway_on_small_disk):
+    """What the kernel does to a filesystem after disk errors: writes are a 503 ServiceUnavailable with
+    Retry-After naming the cause (was a 500 InternalError with a traceback per write), reads and
+    listings still answer, and writes work again once the disk is writable."""
+    from gateway.testing.disks import remount
+
+    gw, disk = gateway_on_small_disk
+    s3 = gw.client()
+    s3.create_bucket(Bucket="photos")
+    s3.put_object(Bucket="photos", Key="before", Body=b"stored before")
+    remount(disk, read_only=True)
+    try:
+        for write in (lambda: s3.put_object(Bucket="photos", Key="after", Body=b"x" * 1000),
+                      lambda: s3.delete_object(Bucket="photos", Key="before"),
+                      lambda: s3.create_bucket(Bucket="made-when-read-only")):
+            with pytest.raises(ClientError) as info:
+                write()
+            response = info.value.response
+            assert response["ResponseMetadata"]["HTTPStatusCode"] == 503, response
+            assert error_code(info.value) == "ServiceUnavailable"
+            assert "Read-only file system" in response["Error"]["Message"], response["Error"]
+            assert response["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), response
+        assert s3.get_object(Bucket="photos", Key="before")["Body"].read() == b"stored before"
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="photos")["Contents"]] == ["before"]
+        assert "Traceback" not in gw.log()
+    finally:
+        remount(disk, read_only=False)
+    s3.put_object(Bucket="photos", Key="after", Body=b"writable again")
+    assert s3.get_object(Bucket="photos", Key="after")["Body"].read() == b"writable again"

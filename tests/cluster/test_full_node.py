@@ -1,4 +1,4 @@
-"""A storing node whose disk is full takes no placed writes for a while (gateway/cluster/full.py).
+"""A storing node whose disk is full takes no placed writes for a while (gateway/cluster/unwritable.py).
 
 Real cluster: a primary on an ordinary directory, a redundant node whose storage is a 1 MiB tmpfs
 filled to the last byte, and a proxy. Before, the primary and the proxy kept placing about half of
@@ -11,17 +11,25 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 
 import pytest
-from botocore.exceptions import ClientError
 
 from gateway.testing.disks import tmpfs
 
 from .conftest import ClusterNodes, error_of, wait_for
+from .unwritable_helpers import store_left_out_in_metrics, stored_on, write_many
 
 RETRY = 6  # full_store_retry: seconds the full node is left out before a write is placed there again
 BODY = b"f" * 16 * 1024
+
+
+def full_in_metrics(nodes, name: str) -> bool:
+    return store_left_out_in_metrics(nodes, name, "gateway_cluster_store_full", "full")
+
+
+def writes(s3, prefix: str, count: int) -> list[str]:
+    """The keys of ``count`` PUTs refused 507."""
+    return write_many(s3, "fill", prefix, count, BODY, 507)
 
 
 def fill(disk) -> None:
@@ -29,29 +37,6 @@ def fill(disk) -> None:
     with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
         for _ in range(1024):
             f.write(b"\0" * 4096)
-
-
-def stored_on(nodes, name: str) -> int:
-    return sum(1 for _ in (nodes[name].data_dir / "fill").rglob("*%obj"))
-
-
-def full_in_metrics(nodes, name: str) -> bool:
-    """Whether node ``name``'s /metrics lists the node "full" as a full store."""
-    with urllib.request.urlopen(nodes[name].endpoint + "/metrics", timeout=10) as response:
-        return 'gateway_cluster_store_full{node="full",backend="' in response.read().decode()
-
-
-def write_many(s3, prefix: str, count: int) -> list[str]:
-    """PUT ``count`` objects one after another; the keys that were refused 507."""
-    refused = []
-    for n in range(count):
-        key = f"{prefix}-{n}"
-        try:
-            s3.put_object(Bucket="fill", Key=key, Body=BODY)
-        except ClientError as exc:
-            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 507, exc.response
-            refused.append(key)
-    return refused
 
 
 def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it_has_room(tmp_path):
@@ -68,7 +53,7 @@ def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it
             nodes["full"].client().put_object(Bucket="fill", Key="on-full", Body=b"stored before it filled")
             fill(disk)
 
-            refused = write_many(primary, "via-primary", 30) + write_many(proxy, "via-proxy", 30)
+            refused = writes(primary, "via-primary", 30) + writes(proxy, "via-proxy", 30)
             # Each placing node finds it full once (its 507 is that write's answer), then leaves it out.
             assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the full node: {refused}"
             # The full node says so itself, with its heartbeat: `cluster status` and /metrics show it.
@@ -101,9 +86,9 @@ def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it
             # Room again: once full_store_retry has passed, writes are placed there again.
             (disk / "filler").unlink()
             wait_for(lambda: not full_in_metrics(nodes, "p1"), RETRY + 15, "the primary forgetting the full store")
-            before = stored_on(nodes, "full")
-            assert write_many(primary, "after", 30) == []
-            assert stored_on(nodes, "full") > before, "no write was placed on the node that has room again"
+            before = stored_on(nodes, "full", "fill")
+            assert writes(primary, "after", 30) == []
+            assert stored_on(nodes, "full", "fill") > before, "no write was placed on the node that has room again"
             assert json.dumps(nodes.admin("p1"))  # still answering
         finally:
             nodes.stop()

@@ -210,12 +210,12 @@ class S3App:
 
     def unexpected(self, req: S3Request, exc: Exception) -> errors.GatewayError:
         """The answer to an exception no handler expected, logged: a full disk (ENOSPC, EDQUOT) is
-        507 InsufficientStorage with one log line, anything else 500 InternalError with its traceback."""
-        if isinstance(exc, OSError) and exc.errno in errors.FULL_ERRNOS:
-            log.error("request %s (%s %s): the storage is full: %s", req.request_id, req.method, req.raw_path, exc)
-            return errors.InsufficientStorage(
-                f"The storage behind this gateway is full ({exc.strerror}); nothing was stored. Free space on the "
-                "server or add storage, then retry.")
+        507 InsufficientStorage and a failed one (EIO, EROFS, ESTALE) 503, each with one log line;
+        anything else 500 InternalError with its traceback."""
+        known = errors.storage_error(exc)
+        if known is not None:
+            log.error("request %s (%s %s): %s", req.request_id, req.method, req.raw_path, known.message)
+            return known
         log.error("request %s (%s %s) failed", req.request_id, req.method, req.raw_path, exc_info=exc)
         return errors.InternalError(
             f"We encountered an internal error (request id {req.request_id}); it is in the server log.")
