@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from urllib.parse import unquote
 
 import pytest
@@ -430,6 +433,14 @@ def test_a_disk_turned_read_only_is_a_retryable_503_that_says_so_and_reads_go_on
         assert s3.get_object(Bucket="photos", Key="before")["Body"].read() == b"stored before"
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="photos")["Contents"]] == ["before"]
         assert "Traceback" not in gw.log()
+        # A load balancer's readiness check takes the node out; its liveness check does not restart it.
+        ready = urllib.request.Request(gw.endpoint + "/readyz")
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(ready, timeout=10)
+        assert not_ready.value.code == 503
+        assert "Read-only file system" in json.loads(not_ready.value.read())["backends"]["local"]
+        with urllib.request.urlopen(gw.endpoint + "/healthz", timeout=10) as alive:
+            assert alive.status == 200
     finally:
         remount(disk, read_only=False)
     s3.put_object(Bucket="photos", Key="after", Body=b"writable again")
