@@ -227,18 +227,18 @@ class PeerApp:
         backend = self._local(bucket)
         if method == "PUT":
             self._refuse_stale_write()
-            if headers.get(wire.ENSURE_BUCKET_HEADER) == "1":
-                try:
-                    await backend.head_bucket(bucket)
-                except errors.NoSuchBucket:
-                    try:
-                        await backend.create_bucket(bucket)
-                    except errors.BucketAlreadyOwnedByYou:
-                        pass
             size, algorithms, meta = _put_headers(headers)
             payload = Payload(receive_body(receive), expected_size=size, checksum_algorithms=algorithms,
                               etag=headers.get(wire.ETAG_HEADER) or None)
-            with self._noting_store(backend):
+            with self._noting_store(backend):  # the bucket's check too: an unmounted share fails there first
+                if headers.get(wire.ENSURE_BUCKET_HEADER) == "1":
+                    try:
+                        await backend.head_bucket(bucket)
+                    except errors.NoSuchBucket:
+                        try:
+                            await backend.create_bucket(bucket)
+                        except errors.BucketAlreadyOwnedByYou:
+                            pass
                 info = await backend.put(bucket, key, payload, meta)
             self.service.cluster.locations.forget(bucket, key)
             await _send_json(send, wire.info_to_json(info))

@@ -908,8 +908,9 @@ class StoringNode(ClusterNode):
             await self._put_on_peer(peer, MULTIPART_BUCKET, upload_record(bucket, info.upload_id),
                                     Payload.from_bytes(record), ObjectMeta())
             return info
-        await self._ensure_local_bucket(bucket)
-        return await self.local.create_multipart(bucket, key, meta, checksum_algorithm)
+        with self._noting_store():  # the bucket's check too: an unmounted share fails there first
+            await self._ensure_local_bucket(bucket)
+            return await self.local.create_multipart(bucket, key, meta, checksum_algorithm)
 
     def _roomier_peer(self) -> str | None:
         """While this node's store is noted full or failed (cluster/unwritable.py): a storing peer that
@@ -933,7 +934,8 @@ class StoringNode(ClusterNode):
                 pass
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
-        await self._ensure_local_bucket(bucket)
+        with self._noting_store():  # an unmounted share fails the bucket's check first
+            await self._ensure_local_bucket(bucket)
         return await super().put(bucket, key, payload, meta)
 
 

@@ -39,3 +39,19 @@ def remount(mount_point: Path, read_only: bool) -> None:
     if done.returncode != 0:
         raise AssertionError(f"remounting {mount_point} {'read-only' if read_only else 'writable'} failed: "
                              f"{done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, mount_point: Path) -> Iterator[Path]:
+    """Show ``source`` at ``mount_point`` as well (made if missing), as a server mounts a share: one
+    node's mount of it can then be taken away (``umount -l``) while the others keep theirs."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "--bind", str(source), str(mount_point)], capture_output=True, text=True,
+                          timeout=30)
+    if done.returncode != 0:
+        raise AssertionError(f"bind-mounting {source} at {mount_point} failed (it needs root, as CI runs): "
+                             f"{done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=30)
