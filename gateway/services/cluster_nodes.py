@@ -302,6 +302,8 @@ class ClusterNode(Backend):
                 found = await self.local.get_if_present(bucket, key, byte_range)
             except errors.ServiceUnavailable as exc:  # this node's storage failed: see _local_failed
                 found, failure = None, self._local_failed(exc)
+            except OSError as exc:  # EIO and the like, not turned into a 503 by the backend
+                found, failure = None, self._local_failed(self._storage_failure(exc))
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "get")
                 return found
@@ -317,6 +319,8 @@ class ClusterNode(Backend):
                 found = await self.local.head_if_present(bucket, key)
             except errors.ServiceUnavailable as exc:
                 found, failure = None, self._local_failed(exc)
+            except OSError as exc:
+                found, failure = None, self._local_failed(self._storage_failure(exc))
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "head")
                 return found
@@ -349,6 +353,15 @@ class ClusterNode(Backend):
             self._storage_failure_logged = now
             log.warning("this node's storage failed (%s): reads are answered by the peers", exc.message)
         return exc
+
+    @staticmethod
+    def _storage_failure(exc: OSError) -> errors.GatewayError:
+        """The 503 of an OSError that says this node's filesystem failed (EIO, EROFS, ESTALE); any other
+        OSError is raised on (a bug or a full disk is not a reason to ask the peers)."""
+        failure = errors.storage_error(exc)
+        if not isinstance(failure, errors.ServiceUnavailable):
+            raise exc
+        return failure
 
     async def _has_local_bucket(self, bucket: str) -> bool:
         if self.local is None:
@@ -562,6 +575,8 @@ class ClusterNode(Backend):
                     return None
             except errors.ServiceUnavailable as exc:  # this node's storage failed: the peers may hold it
                 failure = self._local_failed(exc)
+            except OSError as exc:
+                failure = self._local_failed(self._storage_failure(exc))
 
         async def holder(peer: str, address: str) -> str:
             await self.client.head(peer, address, MULTIPART_BUCKET, record)

@@ -408,6 +408,17 @@ def test_a_full_disk_is_507_insufficient_storage_and_nothing_half_written(gatewa
     assert s3.get_object(Bucket="made-when-full", Key="k")["Body"].read() == b"the gateway still serves"
 
 
+def assert_retryable_503(call, says: str) -> None:
+    """``call()`` is answered 503 ServiceUnavailable with Retry-After and a message containing ``says``."""
+    with pytest.raises(ClientError) as info:
+        call()
+    response = info.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 503, response
+    assert error_code(info.value) == "ServiceUnavailable"
+    assert says in response["Error"]["Message"], response["Error"]
+    assert response["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), response
+
+
 def test_a_disk_turned_read_only_is_a_retryable_503_that_says_so_and_reads_go_on(gateway_on_small_disk):
     """What the kernel does to a filesystem after disk errors: writes are a 503 ServiceUnavailable with
     Retry-After naming the cause (was a 500 InternalError with a traceback per write), reads and
@@ -423,13 +434,7 @@ def test_a_disk_turned_read_only_is_a_retryable_503_that_says_so_and_reads_go_on
         for write in (lambda: s3.put_object(Bucket="photos", Key="after", Body=b"x" * 1000),
                       lambda: s3.delete_object(Bucket="photos", Key="before"),
                       lambda: s3.create_bucket(Bucket="made-when-read-only")):
-            with pytest.raises(ClientError) as info:
-                write()
-            response = info.value.response
-            assert response["ResponseMetadata"]["HTTPStatusCode"] == 503, response
-            assert error_code(info.value) == "ServiceUnavailable"
-            assert "Read-only file system" in response["Error"]["Message"], response["Error"]
-            assert response["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), response
+            assert_retryable_503(write, "Read-only file system")
         assert s3.get_object(Bucket="photos", Key="before")["Body"].read() == b"stored before"
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="photos")["Contents"]] == ["before"]
         assert "Traceback" not in gw.log()
@@ -445,3 +450,37 @@ def test_a_disk_turned_read_only_is_a_retryable_503_that_says_so_and_reads_go_on
         remount(disk, read_only=False)
     s3.put_object(Bucket="photos", Key="after", Body=b"writable again")
     assert s3.get_object(Bucket="photos", Key="after")["Body"].read() == b"writable again"
+
+
+def test_a_disk_failing_with_eio_is_a_503_for_every_request_and_nothing_is_lost_when_it_works_again(tmp_path):
+    """A dying disk or a hung NFS server (gateway/testing/faulty_disk.py): every request that needs the
+    disk, reads, listings and a key that does not exist included, is a 503 naming the I/O error (was
+    a 500 InternalError with a traceback); a 404 would tell a client the object is gone. Once the
+    disk works, everything is there and a write that failed left nothing behind."""
+    from gateway.testing.faulty_disk import FaultyDisk
+    from gateway.testing.server import GatewayProcess
+
+    with FaultyDisk(tmp_path / "backing", tmp_path / "disk") as disk, GatewayProcess(disk.path / "cv-storage") as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="faces")
+        for key, size in (("small", 1000), ("big", 300_000)):
+            s3.put_object(Bucket="faces", Key=key, Body=b"f" * size)
+        disk.fail()
+        for call in (lambda: s3.put_object(Bucket="faces", Key="new", Body=b"n" * 5000),
+                     lambda: s3.get_object(Bucket="faces", Key="small")["Body"].read(),
+                     lambda: s3.get_object(Bucket="faces", Key="big")["Body"].read(),
+                     lambda: s3.get_object(Bucket="faces", Key="missing"),
+                     lambda: s3.list_objects_v2(Bucket="faces"),
+                     lambda: s3.delete_object(Bucket="faces", Key="small"),
+                     lambda: s3.create_bucket(Bucket="made-while-failing")):
+            assert_retryable_503(call, "Input/output error")
+        with pytest.raises(ClientError) as info:
+            s3.head_object(Bucket="faces", Key="small")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        with urllib.request.urlopen(gw.endpoint + "/healthz", timeout=10) as alive:
+            assert alive.status == 200
+        assert "Traceback" not in gw.log()
+        disk.heal()
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="faces")["Contents"]] == ["big", "small"]
+        assert s3.get_object(Bucket="faces", Key="big")["Body"].read() == b"f" * 300_000
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["faces"]

@@ -209,12 +209,11 @@ class S3App:
             return self.error_response(req, self.unexpected(req, exc))
 
     def unexpected(self, req: S3Request, exc: Exception) -> errors.GatewayError:
-        """The answer to an exception no handler expected, logged: a full disk (ENOSPC, EDQUOT) is
-        507 InsufficientStorage and a failed one (EIO, EROFS, ESTALE) 503, each with one log line;
-        anything else 500 InternalError with its traceback."""
+        """The answer to an exception no handler expected: a full disk (ENOSPC, EDQUOT) is 507
+        InsufficientStorage and a failed one (EIO, EROFS, ESTALE) 503, each logged once as any 5xx
+        answer is (error_response); anything else 500 InternalError, logged here with its traceback."""
         known = errors.storage_error(exc)
         if known is not None:
-            log.error("request %s (%s %s): %s", req.request_id, req.method, req.raw_path, known.message)
             return known
         log.error("request %s (%s %s) failed", req.request_id, req.method, req.raw_path, exc_info=exc)
         return errors.InternalError(
