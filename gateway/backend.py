@@ -549,6 +549,39 @@ class Backend(abc.ABC):
             if obj.key != prefix + "upload":  # gone already: a second delete of it could only fail
                 await self.delete(MULTIPART_BUCKET, obj.key)
 
+    async def discard_orphaned_parts(self, bucket: str, older_than: float) -> int:
+        """Remove the files of ``bucket``'s uploads whose record is gone and that were last written
+        before ``older_than`` (seconds since the epoch); return how many uploads were cleaned.
+
+        _delete_upload removes the record first, so a Complete, Abort or DeleteBucket cut short (the
+        disk failed, the process was killed) leaves parts no upload points at: no client can list,
+        complete or abort them, and a Complete retried answers 200 from the object alone. The upload
+        reaper calls this on every sweep. ``older_than`` keeps the parts of an UploadPart that raced
+        an Abort until that write has surely finished.
+        """
+        try:
+            page = await self.list(MULTIPART_BUCKET, f"{bucket}/", "/", "", MAX_PARTS)
+        except errors.NoSuchBucket:
+            return 0
+        cleaned = 0
+        for common in page.common_prefixes:
+            upload_id = common[len(bucket) + 1 : -1]
+            try:
+                await self.get_upload(bucket, upload_id)
+                continue  # a live upload: its expiry is the reaper's to judge
+            except errors.NoSuchUpload:
+                pass
+            files = await self.list(MULTIPART_BUCKET, common, "", "", MAX_PARTS + 10)
+            if not files.objects or any(o.last_modified >= older_than for o in files.objects):
+                continue
+            for obj in files.objects:
+                try:
+                    await self.delete(MULTIPART_BUCKET, obj.key)
+                except errors.NoSuchKey:
+                    pass
+            cleaned += 1
+        return cleaned
+
     async def discard_uploads(self, bucket: str) -> None:
         """Abort every unfinished upload of ``bucket``, for DeleteBucket: on S3 they go with the bucket.
         Left behind, a bucket made again under the name would list them (and completing one would

@@ -110,6 +110,10 @@ class LocalBackend(Backend):
         self._counter = itertools.count()
         # Who writes the temp files: the pid plus its start time (see fsutil.process_start).
         self._temp_owner = f"{os.getpid()}.{fsutil.process_start(os.getpid()) or 0}"
+        # Temp files of failed writes that could not be removed then (the disk failing, the failure
+        # that failed the write): removed after the next write that works, or by the next sweep.
+        # Left to start-up cleanup, each would stay as large as its object until a restart.
+        self._leftover_temps: set[str] = set()
 
     # Life cycle ---------------------------------------------------------------
 
@@ -156,9 +160,28 @@ class LocalBackend(Backend):
         Files of live processes stay: another gateway on this host (or another
         instance in this process) may be writing them right now.
         """
-        removed, _ = fsutil.remove_stale_temp_files(self.tmp_dir)
+        removed = self.remove_leftover_temps()
+        stale, _ = fsutil.remove_stale_temp_files(self.tmp_dir)
+        if stale:
+            log.info("removed %d stale temp files from %s", stale, self.tmp_dir)
+        return removed + stale
+
+    def remove_leftover_temps(self) -> int:
+        """Remove the temp files of failed writes that could not be removed when they failed; return
+        how many went. Those that still cannot be removed stay listed for the next try."""
+        removed = 0
+        for path in list(self._leftover_temps):
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self._leftover_temps.discard(path)
         if removed:
-            log.info("removed %d stale temp files from %s", removed, self.tmp_dir)
+            log.info("backend %r: removed %d temp files of writes that failed while the storage failed",
+                     self.name, removed)
         return removed
 
     async def check_writable(self) -> None:
@@ -442,16 +465,24 @@ class LocalBackend(Backend):
                 os.close(fd)
                 fd = -1
             self._publish(tmp, final, bucket_dir, key)
-            return info
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             self._discard_temp(tmp)
             raise
+        if self._leftover_temps:  # the storage works again: what failed writes left goes now
+            self.remove_leftover_temps()
+        return info
 
     def _discard_temp(self, tmp: str) -> None:
-        """Remove the temp file of a write that failed (start-up cleanup takes any that stay)."""
-        fsutil.unlink_quietly(tmp)
+        """Remove the temp file of a write that failed; when that fails too (the failure that failed the
+        write, still going on), it is removed later (remove_leftover_temps)."""
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._leftover_temps.add(tmp)
 
     def _publish(self, tmp: str, final: str, bucket_dir: str, key: str) -> None:
         parent = os.path.dirname(final)

@@ -118,6 +118,10 @@ class MultipartMixin:
             params.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
         return sorted(uploads, key=lambda u: (u.key.encode(), u.initiated))
 
+    async def discard_orphaned_parts(self, bucket: str, older_than: float) -> int:
+        """The remote store keeps an upload's parts with the upload itself: none can be orphaned."""
+        return 0
+
     async def discard_uploads(self, bucket: str) -> None:
         """After DeleteBucket. A remote bucket of its own took its uploads with it (S3 discards them);
         in single-bucket mode the remote bucket stays, and the uploads under the prefix are aborted."""

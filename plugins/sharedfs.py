@@ -245,11 +245,12 @@ class SharedFSBackend(LocalBackend):
 
         A recent one may belong to another machine that wrongly shares our host_id.
         """
+        leftovers = self.remove_leftover_temps()
         removed, kept = fsutil.remove_stale_temp_files(self.tmp_dir, keep_newer_than=self.stale_temp_seconds)
         if removed or kept:
             log.info("%s: removed %d stale temp files from %s, kept %d written in the last %ss",
                      self.name, removed, self.tmp_dir, kept, self.stale_temp_seconds)
-        return removed
+        return leftovers + removed
 
     # Names: every name the layout makes goes through the codec ----------------------
 
@@ -342,36 +343,43 @@ class SharedFSBackend(LocalBackend):
 
     def _discard_temp(self, tmp: str) -> None:
         """Remove a failed write's temp file; when the mount refuses that too (the failure that failed
-        the write, still going on), keep trying in the background instead of leaving it for a restart."""
+        the write, still going on, or an SMB server still holding the file), keep trying in the
+        background for LEFTOVER_REMOVE_SECONDS, then after the next write that works or at the next
+        sweep (LocalBackend.remove_leftover_temps), instead of leaving it for a restart."""
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         except OSError:
-            task = asyncio.get_running_loop().create_task(
-                self._remove_file(tmp, LEFTOVER_REMOVE_SECONDS, "temp file of a failed write"))
+            task = asyncio.get_running_loop().create_task(self._remove_leftover(tmp))
             self._removals.add(task)  # a reference, so the task is not collected while it waits
             task.add_done_callback(self._removals.discard)
 
-    async def _remove_file(self, path: str, seconds: float, what: str) -> None:
-        """Remove ``path``, retrying any failure with growing pauses for ``seconds``.
+    async def _remove_leftover(self, tmp: str) -> None:
+        if not await self._remove_file(tmp, LEFTOVER_REMOVE_SECONDS, "temp file of a failed write",
+                                       "it is tried again after the next write that works"):
+            self._leftover_temps.add(tmp)
+
+    async def _remove_file(self, path: str, seconds: float, what: str,
+                           then: str = "start-up cleanup removes it once it is stale_temp_seconds old") -> bool:
+        """Remove ``path``, retrying any failure with growing pauses for ``seconds``; whether it went.
 
         An SMB server may still hold a file its client has just closed (EBUSY), and a mount may
-        fail for a moment. If the file stays, say so: start-up cleanup removes it later.
+        fail for a moment. If the file stays, say so, and what happens to it (``then``).
         """
         deadline = time.monotonic() + seconds
         delay = BUSY_RETRY_FIRST
         while True:
             try:
                 os.unlink(path)
-                return
+                return True
             except FileNotFoundError:
-                return
+                return True
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
-                    log.warning("%s: could not remove the %s %s: %s (errno %s); start-up cleanup removes it "
-                                "once it is stale_temp_seconds old", self.name, what, path, exc.strerror, exc.errno)
-                    return
+                    log.warning("%s: could not remove the %s %s: %s (errno %s); %s", self.name, what, path,
+                                exc.strerror, exc.errno, then)
+                    return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, BUSY_RETRY_CAP)
 

@@ -160,6 +160,13 @@ class FileOps:
         self.dirs.add(parent_of(path)[0], path.rpartition("/")[2], self._open_attr(open_file))
         return fh
 
+    def _forget_if_never_stored(self, open_file) -> None:
+        """A file created through this mount whose upload failed does not exist: drop the directory
+        entry and attributes create() cached, which would show it (empty) until their TTL."""
+        if open_file.base is None and not open_file.unlinked:
+            self.attrs.invalidate(open_file.path)
+            self.dirs.invalidate(parent_of(open_file.path)[0])
+
     def handle_attr(self, fh: int | None) -> Attr:
         """The attributes of the file open as ``fh`` (EBADF without a handle)."""
         if fh is None:
@@ -434,13 +441,12 @@ class FileOps:
                 if open_file.write_error is not None:
                     log.error("%s was not stored: a write to it failed (%s)", open_file.path,
                               open_file.write_error.strerror)
-                    if open_file.base is None and not open_file.unlinked:  # created here, never stored
-                        self.attrs.invalidate(open_file.path)
-                        self.dirs.invalidate(parent_of(open_file.path)[0])
+                    self._forget_if_never_stored(open_file)
                 elif open_file.dirty and not open_file.unlinked:
                     self._upload(open_file)  # written after the last flush (rare: mmap)
             except OSError as exc:
                 log.error("could not upload %s when it was closed: %s", open_file.path, exc)
+                self._forget_if_never_stored(open_file)
             with self._table_lock:
                 if open_file.refs > 0:  # reopened during the upload: the new handle owns it now
                     return

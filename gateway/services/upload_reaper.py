@@ -15,7 +15,11 @@ killed mid-PUT): the backends do that at start only, so a node restarted at
 once (the sharedfs backend keeps files written in the last
 ``stale_temp_seconds`` at start) or a process that crashed while another
 gateway on the host kept running would keep them, each as large as its
-unfinished object, until the next restart.
+unfinished object, until the next restart; and the temp files of writes that
+failed while the disk failed and could not be removed then. It also removes
+the parts of uploads whose record is gone, an Abort or Complete cut short
+(Backend.discard_orphaned_parts), once they are ORPHAN_GRACE old (at most
+multipart_expiry). A backend whose disk fails is said in one line per sweep.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..backend import Backend
 log = logging.getLogger("gateway.uploads")
 
 MAX_INTERVAL = 3600.0
+ORPHAN_GRACE = 3600.0  # seconds (at most multipart_expiry) before parts no upload points at are removed
 
 
 class UploadReaper:
@@ -63,39 +68,61 @@ class UploadReaper:
             await asyncio.sleep(self.interval)
 
     async def sweep(self) -> int:
-        """Abort every upload older than the expiry; return how many were aborted."""
+        """Abort every upload older than the expiry; return how many were aborted. A backend whose
+        store fails is said in one line and skipped: the others are still swept."""
         aborted = 0
-        deadline = self.clock() - self.expiry
         for name, backend in list(self.backends.items()):
             try:
-                buckets = await backend.list_buckets()
-            except errors.GatewayError as exc:  # its store is down: the others are still swept
+                aborted += await self._sweep(backend)
+            except errors.GatewayError as exc:  # its store is down
                 log.warning("looking for unfinished multipart uploads in backend %r: %s", name, exc.message)
-                continue
-            for bucket in buckets:
-                if bucket.name.startswith("."):  # the backend's own bookkeeping (.multipart)
-                    continue
-                try:
-                    uploads = await backend.list_uploads(bucket.name)
-                except errors.NoSuchBucket:
-                    continue  # deleted meanwhile
-                for upload in uploads:
-                    if upload.initiated >= deadline:
-                        continue
-                    try:
-                        await backend.abort_multipart(bucket.name, upload.key, upload.upload_id)
-                    except errors.NoSuchUpload:
-                        continue  # completed or aborted meanwhile (on shared storage: by another node)
-                    aborted += 1
-                    age = (self.clock() - upload.initiated) / 3600
-                    log.warning("aborted the multipart upload %s of %s/%s: unfinished after %.1f hours "
-                                "(multipart_expiry)", upload.upload_id, bucket.name, upload.key, age)
+            except OSError as exc:
+                failed = errors.storage_error(exc, f"backend {name!r}'s storage")
+                if failed is None:
+                    raise
+                log.warning("looking for unfinished multipart uploads in backend %r: %s", name, failed.message)
         self.aborted += aborted
         await self._clean_temp_files()
         return aborted
 
+    async def _sweep(self, backend: Backend) -> int:
+        aborted = 0
+        deadline = self.clock() - self.expiry
+        # The files of uploads whose record is gone (an Abort or Complete cut short) wait this long.
+        orphans_before = self.clock() - min(self.expiry, ORPHAN_GRACE)
+        for bucket in await backend.list_buckets():
+            if bucket.name.startswith("."):  # the backend's own bookkeeping (.multipart)
+                continue
+            try:
+                uploads = await backend.list_uploads(bucket.name)
+            except errors.NoSuchBucket:
+                continue  # deleted meanwhile
+            for upload in uploads:
+                if upload.initiated >= deadline:
+                    continue
+                try:
+                    await backend.abort_multipart(bucket.name, upload.key, upload.upload_id)
+                except errors.NoSuchUpload:
+                    continue  # completed or aborted meanwhile (on shared storage: by another node)
+                aborted += 1
+                age = (self.clock() - upload.initiated) / 3600
+                log.warning("aborted the multipart upload %s of %s/%s: unfinished after %.1f hours "
+                            "(multipart_expiry)", upload.upload_id, bucket.name, upload.key, age)
+            cleaned = await backend.discard_orphaned_parts(bucket.name, orphans_before)
+            if cleaned:
+                log.warning("removed the parts of %d multipart uploads of %s whose completion or abort was cut "
+                            "short", cleaned, bucket.name)
+        return aborted
+
     async def _clean_temp_files(self) -> None:
-        for backend in self.backends.values():
+        for name, backend in self.backends.items():
             clean = getattr(backend, "clean_temp_files", None)  # local and sharedfs: files of dead writers
-            if clean is not None:
+            if clean is None:
+                continue
+            try:
                 await asyncio.to_thread(clean)  # a directory walk: on NFS it may block
+            except OSError as exc:
+                failed = errors.storage_error(exc, f"backend {name!r}'s storage")
+                if failed is None:
+                    raise
+                log.warning("removing the temp files of failed writes in backend %r: %s", name, failed.message)

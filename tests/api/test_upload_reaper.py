@@ -115,3 +115,35 @@ async def test_a_sweep_removes_the_temp_files_of_dead_writers_and_keeps_the_live
     assert os.path.exists(live_file)  # a writer of this process (or another gateway on the host) is alive
     os.unlink(live_file)
     await backend.close()
+
+
+async def test_a_sweep_removes_the_parts_of_an_upload_whose_record_is_gone_once_they_are_old(tmp_path):
+    """A Complete or Abort cut short between removing the upload's record (first) and its parts: no
+    client can list, complete or abort those parts any more, and they stayed for ever."""
+    from gateway.backend import MULTIPART_BUCKET
+    from gateway.services.upload_reaper import ORPHAN_GRACE
+
+    backend = LocalBackend(root=str(tmp_path / "cv-storage"))
+    await backend.start()
+    await backend.create_bucket("faces")
+    cut = await backend.create_multipart("faces", "cut.jpg", ObjectMeta())
+    live = await backend.create_multipart("faces", "live.jpg", ObjectMeta())
+    for upload in (cut, live):
+        for n in (1, 2, 3):
+            await backend.upload_part("faces", upload.key, upload.upload_id, n, Payload.from_bytes(b"p" * 1000))
+    await backend.delete(MULTIPART_BUCKET, f"faces/{cut.upload_id}/upload")  # what _delete_upload does first
+
+    def files_of(upload) -> int:
+        return len(list((tmp_path / "cv-storage" / MULTIPART_BUCKET / "faces" / upload.upload_id).rglob("*%obj")))
+
+    clock = ManualClock(time.time())
+    reaper = UploadReaper({"local": backend}, expiry=7 * 86400, clock=clock)
+    clock.now += ORPHAN_GRACE - 60  # an UploadPart that raced an Abort may still be writing
+    await reaper.sweep()
+    assert files_of(cut) == 3
+    clock.now += 120
+    await reaper.sweep()
+    assert files_of(cut) == 0, "the orphaned parts are still there"
+    assert files_of(live) == 4  # its record and three parts: a live upload waits for its expiry
+    assert [u.key for u in await backend.list_uploads("faces")] == ["live.jpg"]
+    await backend.close()

@@ -354,18 +354,23 @@ async def test_failed_writes_temp_file_is_removed_once_the_mount_lets_it(root, m
     assert os.listdir(backend.tmp_dir) == [] and len(failed) == 3
 
 
-async def test_temp_file_the_mount_never_lets_go_is_reported(root, monkeypatch, caplog):
+async def test_temp_file_the_mount_does_not_let_go_is_reported_and_removed_after_the_next_write(
+        root, monkeypatch, caplog):
+    """Before, such a file stayed, as large as its object, until the gateway restarted."""
     monkeypatch.setattr(sharedfs, "LEFTOVER_REMOVE_SECONDS", 0.2)
     backend = await started(root)
     await backend.create_bucket("faces")
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
-    fail_with_eio(monkeypatch, os, "unlink", lambda path: path.startswith(backend.tmp_dir))
-    with pytest.raises(errors.BackendUnavailable):
-        await put_bytes(backend, "faces", "k", b"x")
-    await asyncio.gather(*backend._removals)
+    with monkeypatch.context() as failing:
+        failing.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+        fail_with_eio(failing, os, "unlink", lambda path: path.startswith(backend.tmp_dir))
+        with pytest.raises(errors.BackendUnavailable):
+            await put_bytes(backend, "faces", "k", b"x")
+        await asyncio.gather(*backend._removals)
     assert "could not remove the temp file of a failed write" in caplog.text
-    assert "start-up cleanup removes it" in caplog.text
-    assert len(os.listdir(backend.tmp_dir)) == 1  # kept for the start-up cleanup, and said so
+    assert "tried again after the next write that works" in caplog.text
+    assert len(os.listdir(backend.tmp_dir)) == 1  # kept, and said so
+    await put_bytes(backend, "faces", "k", b"the mount works again")
+    assert os.listdir(backend.tmp_dir) == []
 
 
 async def test_probe_files_held_for_a_moment_are_still_removed(root, monkeypatch):
