@@ -84,7 +84,7 @@ def _operations(root: str):
 
         @checked
         def utimens(self, path, times=None):
-            os.utime(path, ns=times) if times else os.utime(path)
+            os.utime(path, times)  # (atime, mtime) in seconds, as mfusepy passes them; None: now
 
         @checked
         def truncate(self, path, length, fh=None):
