@@ -43,6 +43,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from gateway import __version__
+from gateway.errors import FAILED_ERRNOS, FULL_ERRNOS
 from gateway_plugins import fslayout
 
 from .peers import RegistryUnreadable, current_role, read_cluster
@@ -160,8 +161,7 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
             notes.append(f"{output} holds {len(leftovers)} unfinished archive(s) of an earlier backup that was killed "
                          f"(or is still running): {', '.join(map(os.path.basename, leftovers))}; restore refuses "
                          "them as cut short: delete them once no backup runs")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        output = os.path.join(output, f"cv-backup-{kind}-{socket.gethostname()}-{stamp}.tar")
+        output = _new_name_in(output, kind)
     else:
         _check_output_dir(output)
     if not to_stdout:
@@ -207,9 +207,14 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
             sink.close()
     except _Finished:
         raise
-    except BaseException:
-        if not to_stdout:
-            _discard(sink, partial)
+    except BaseException as exc:
+        if to_stdout:
+            raise
+        left = _discard(sink, partial)
+        if isinstance(exc, _ArchiveWriteFailed):
+            raise OpsError(exc.describe(left)) from None
+        if isinstance(exc, _StoreReadFailed):
+            raise OpsError(f"{exc}; {_what_became_of(partial, left)}") from None
         raise
     summary = f"{result.objects:,} objects, {human_bytes(result.bytes)} in {output if not to_stdout else 'stdout'}"
     if result.vanished:
@@ -221,6 +226,19 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
     if len(result.not_objects) > 20:
         progress.note(f"warning: ... and {len(result.not_objects) - 20:,} more damaged object files")
     return result
+
+
+def _new_name_in(directory: str, kind: str) -> str:
+    """An archive name in ``directory`` after the time, that no file there has yet: two backups in the
+    same second (a retry, a script backing up twice) get -2, -3, ... instead of a refusal."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(directory, f"cv-backup-{kind}-{socket.gethostname()}-{stamp}")
+    name, number = f"{base}.tar", 1
+    # A .partial counts as taken: another backup may be writing it this very moment.
+    while os.path.lexists(name) or os.path.lexists(name + ".partial"):
+        number += 1
+        name = f"{base}-{number}.tar"
+    return name
 
 
 def _check_stdout() -> None:
@@ -272,16 +290,49 @@ class _Sink:
         try:
             return operation(*args)
         except OSError as exc:
-            raise OpsError(self._failed(exc)) from None
+            if self.partial is None:
+                raise OpsError(self._stdout_failed(exc)) from None
+            raise _ArchiveWriteFailed(self.partial, exc) from None
 
-    def _failed(self, exc: OSError) -> str:
-        reason = exc.strerror or str(exc)
-        if self.partial is None:
-            # Not a file of ours: whatever received the bytes keeps them, cut short.
-            return (f"writing the backup to standard output failed: {reason}. What reached it is an unfinished "
-                    "archive (restore refuses it as cut short): delete it, fix the cause, and take the backup again")
-        return (f"cannot write the archive {self.partial}: {reason}; the unfinished archive was removed. Free space "
-                "there (or raise the limit), or write the backup to another disk")
+    @staticmethod
+    def _stdout_failed(exc: OSError) -> str:
+        # Not a file of ours: whatever received the bytes keeps them, cut short.
+        return (f"writing the backup to standard output failed: {exc.strerror or exc}. What reached it is an "
+                "unfinished archive (restore refuses it as cut short): delete it, fix the cause, and take the "
+                "backup again")
+
+
+class _ArchiveWriteFailed(OpsError):
+    """Writing the archive's .partial file failed. The message is made once create_backup knows
+    whether the unfinished file could be removed (on a failing disk its unlink fails too)."""
+
+    def __init__(self, partial: str, exc: OSError):
+        super().__init__(f"cannot write the archive {partial}: {exc.strerror or exc}")
+        self.partial, self.exc = partial, exc
+
+    def describe(self, left: OSError | None) -> str:
+        return f"{self}; {_what_became_of(self.partial, left)}. {self._advice()}"
+
+    def _advice(self) -> str:
+        code = self.exc.errno
+        if code in FULL_ERRNOS:
+            return "Free space there (or raise the limit), or write the backup to another disk"
+        if code in FAILED_ERRNOS:
+            return (f"The disk holding the archive failed (errno {code}), not the store: check it (`dmesg`), or "
+                    "write the backup to another disk")
+        return "Fix the cause, or write the backup to another disk"
+
+
+class _StoreReadFailed(OpsError):
+    """Reading a file of a store failed: the store's disk, not the archive's (the message says which file)."""
+
+
+def _what_became_of(partial: str, left: OSError | None) -> str:
+    """What became of the unfinished archive; ``left`` is why it could not be removed."""
+    if left is None:
+        return "the unfinished archive was removed"
+    return (f"the unfinished archive {partial} could not be removed ({left.strerror or left}): delete it once its "
+            "disk works again (the next backup into that directory names it until then)")
 
 
 class _Finished(OpsError):
@@ -305,12 +356,20 @@ def _open_partial(partial: str):
     return open(fd, "wb")
 
 
-def _discard(sink, partial: str) -> None:
+def _discard(sink, partial: str) -> OSError | None:
+    """Remove the unfinished archive; the error when it could not be (None when it is gone)."""
+    left = None
     try:
         os.unlink(partial)  # while still holding its lock
-    except OSError:
+    except FileNotFoundError:
         pass
-    sink.close()
+    except OSError as exc:
+        left = exc
+    try:
+        sink.close()
+    except OSError:
+        pass  # a failing disk fails the close too; the error that stopped the backup is the one to report
+    return left
 
 
 def _manifest(settings, kind: str, role: str | None, stores: list[Store], notes: list[str]) -> dict:
@@ -374,13 +433,24 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
     tar.addfile(info)
 
 
-def _add_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None = None) -> tuple[int, bytes] | None:
-    """Add one file, hashed first from the same open file; (size, first bytes) or None when it is gone."""
+def _add_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None = None,
+              source: str = "the store") -> tuple[int, bytes] | None:
+    """Add one file of ``source``, hashed first from the same open file; (size, first bytes) or None
+    when it is gone."""
     try:
-        f = open(path, "rb")
+        return _add_open_file(tar, path, name, extra)
     except FileNotFoundError:
         return None
-    with f:
+    except OSError as exc:
+        # The archive's writes fail as _ArchiveWriteFailed, so an OSError here is the store's: a bare
+        # "[Errno 5] Input/output error" would leave the operator checking the backup disk.
+        raise _StoreReadFailed(f"cannot read {path}: {exc.strerror or exc} (errno {exc.errno}): reading {source} "
+                               f"failed, not writing the archive; check the disk holding {source} (`dmesg`) and "
+                               "take the backup again") from None
+
+
+def _add_open_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None) -> tuple[int, bytes]:
+    with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         digest = hashlib.sha256()
         first = b""
@@ -450,7 +520,8 @@ def _add_node_files(tar: tarfile.TarFile, settings, config_file: str | None, res
             wanted.append((what, str(value)))
     for what, path in wanted:
         path = os.path.abspath(path)
-        if _add_file(tar, path, f"{FILES}/{what}/{os.path.basename(path)}", {PATH_HEADER: path}) is None:
+        if _add_file(tar, path, f"{FILES}/{what}/{os.path.basename(path)}", {PATH_HEADER: path},
+                     source=f"the {what} file") is None:
             raise OpsError(f"{what} file {path} is gone: fix the setting or the file, then take the backup again")
         result.extra_files.append(what)
     registry = sqlite_registry_path(settings)
@@ -467,7 +538,7 @@ def _add_node_files(tar: tarfile.TarFile, settings, config_file: str | None, res
                 target.close()
                 source.close()
             _add_file(tar, copy, f"{FILES}/registry/{os.path.basename(registry)}",
-                      {PATH_HEADER: os.path.abspath(registry)})
+                      {PATH_HEADER: os.path.abspath(registry)}, source="the registry's copy")
         result.extra_files.append("registry")
     elif settings.registry and not registry:
         result.notes.append("the etcd registry is not in this backup: take `etcdctl snapshot save` on an etcd member")

@@ -1,0 +1,116 @@
+"""`gateway backup`, `restore` and `migrate` when a disk fails with EIO under them: the archive's, the
+store's, the share's. Each message names the file and the disk that failed, and what to do; nothing
+is said to be removed that is still there, and an I/O error never passes for a missing file.
+
+A FUSE passthrough fails every call on demand (gateway/testing/faulty_disk.py). To fail it at one
+step of a command, not at a moment guessed with a sleep, the real CLI runs through
+tests/ops/fail_disk_at.py, which fails the disk when the tool first calls a given function.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.testing.faulty_disk import FaultyDisk
+from gateway.testing.server import GatewayProcess
+from ops.test_ops_edges import MiB, gateway_cmd, no_traceback
+
+FAIL_DISK_AT = Path(__file__).with_name("fail_disk_at.py")
+
+
+def gateway_failing(disk: FaultyDisk, at: str, *args) -> subprocess.CompletedProcess:
+    """``gateway ARGS``, the disk failing when the tool first calls ``at`` (module:qualname)."""
+    result = subprocess.run([sys.executable, FAIL_DISK_AT, disk.switch, at, *map(str, args)], capture_output=True,
+                            text=True, timeout=180, cwd="/")
+    assert f"the disk fails before {at.partition(':')[2]}" in result.stderr, result.stderr
+    return result
+
+
+def fill(data_dir: Path, objects: int = 3, size: int = 2 * MiB) -> None:
+    """A store with ``objects`` objects of ``size`` bytes in bucket "faces" (more than the archive's
+    1 MiB buffer, so the archive's disk is written while the store is read)."""
+    with GatewayProcess(data_dir) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="faces")
+        for n in range(objects):
+            s3.put_object(Bucket="faces", Key=f"cam1/{n}.jpg", Body=bytes([n]) * size)
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    fill(tmp_path / "cv")
+    return tmp_path / "cv"
+
+
+@pytest.fixture
+def disk(tmp_path):
+    with FaultyDisk(tmp_path / "backing", tmp_path / "disk") as faulty:
+        yield faulty
+
+
+def last_error(result) -> str:
+    no_traceback(result)
+    return result.stderr.strip().splitlines()[-1]
+
+
+# Backup ---------------------------------------------------------------------------------------------
+
+
+def test_backup_onto_a_failing_disk_says_the_unfinished_archive_is_still_there_and_that_the_disk_failed(store, disk):
+    """Before: "the unfinished archive was removed. Free space there (or raise the limit)" while the
+    .partial was still there (its unlink failed too) and the disk was not full."""
+    result = gateway_failing(disk, "gateway.ops.backup:_add_store", "backup", "--data-dir", store, disk.path)
+    assert result.returncode == 2, result.stderr
+    message = last_error(result)
+    (partial,) = [name for name in os.listdir(disk.backing) if name.endswith(".tar.partial")]
+    assert f"cannot write the archive {disk.path / partial}: Input/output error" in message
+    assert f"the unfinished archive {disk.path / partial} could not be removed" in message
+    assert "delete it" in message and "dmesg" in message and "another disk" in message
+    assert "was removed" not in message and "Free space" not in message
+
+    disk.heal()  # the next backup into that directory names it
+    again = gateway_cmd("backup", "-q", "--data-dir", store, disk.path)
+    assert again.returncode == 0, again.stderr
+    assert "holds 1 unfinished archive(s)" in again.stderr and partial in again.stderr
+
+
+def test_backup_of_a_failing_store_names_the_file_it_could_not_read_and_says_it_is_the_store(tmp_path, disk):
+    """Before: "the backup failed: [Errno 5] Input/output error; the unfinished archive was removed"."""
+    fill(disk.path / "cv")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = gateway_failing(disk, "gateway.ops.backup:_add_open_file", "backup", "--data-dir", disk.path / "cv", out)
+    assert result.returncode == 2, result.stderr
+    message = last_error(result)
+    assert f"cannot read {disk.path / 'cv' / 'faces'}/" in message and ": Input/output error (errno 5)" in message
+    assert "reading the store failed, not writing the archive" in message and "dmesg" in message
+    assert "the unfinished archive was removed" in message
+    assert os.listdir(out) == []
+
+
+def test_a_backup_into_a_directory_takes_a_new_name_when_the_time_stamped_one_is_taken(store, tmp_path):
+    """Before: a second backup in the same second was refused, "... already exists: give a new file
+    name, or a directory to name it after the time", a directory given. Here every name of the next
+    minute is taken, as a backup a moment earlier takes the one of its second."""
+    out = tmp_path / "out"
+    out.mkdir()
+    now = datetime.datetime.now()
+    for second in range(60):
+        stamp = (now + datetime.timedelta(seconds=second)).strftime("%Y%m%d-%H%M%S")
+        (out / f"cv-backup-objects-{socket.gethostname()}-{stamp}.tar").write_bytes(b"an earlier backup")
+    result = gateway_cmd("backup", "-q", "-o", "--data-dir", store, out)
+    assert result.returncode == 0, result.stderr
+    (made,) = [name for name in os.listdir(out) if name.endswith("-2.tar")]
+    assert gateway_cmd("restore", "--check", out / made).returncode == 0
+    assert len(os.listdir(out)) == 61
+
+    named = out / made  # a file name given is still never overwritten
+    refused = gateway_cmd("backup", "-q", "-o", "--data-dir", store, named)
+    assert refused.returncode == 2 and "already exists" in refused.stderr
