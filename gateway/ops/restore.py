@@ -27,6 +27,7 @@ member) run before the whole archive is read: ``peek_manifest`` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -35,7 +36,10 @@ import os
 import stat
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from gateway.errors import FAILED_ERRNOS
 
 from gateway_plugins import fslayout
 
@@ -108,11 +112,47 @@ class RestoreResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _open(archive: str) -> tarfile.TarFile:
+class ArchiveUnreadable(OpsError):
+    """Reading the archive failed (its disk, its NFS server): said as such, never blamed on the file
+    of the store being written at that moment, nor taken for a damaged archive."""
+
+    def __init__(self, archive: str, exc: OSError):
+        super().__init__(f"cannot read the archive {archive}: {exc.strerror or exc} (errno {exc.errno}): the disk "
+                         "holding it failed; check it (`dmesg`), or copy the archive to another disk and restore "
+                         "from there")
+
+
+class _ArchiveReader:
+    """The archive's open file, for tarfile: a read that fails raises ArchiveUnreadable. Bare, its
+    OSError names no file, and a restore reported it against the store file it was writing."""
+
+    def __init__(self, f, archive: str):
+        self._f, self._archive = f, archive
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._f.read(size)
+        except OSError as exc:
+            raise ArchiveUnreadable(self._archive, exc) from None
+
+
+@contextlib.contextmanager
+def _open(archive: str) -> Iterator[tarfile.TarFile]:
     try:
-        return tarfile.open(archive, mode="r|*", bufsize=CHUNK)
+        f = open(archive, "rb")
     except FileNotFoundError:
         raise OpsError(f"{archive} does not exist") from None
+    except OSError as exc:
+        if exc.errno in FAILED_ERRNOS:
+            raise ArchiveUnreadable(archive, exc) from None
+        raise OpsError(f"{archive} is not a backup archive (not a tar file: {exc})") from None
+    with f, _open_tar(_ArchiveReader(f, archive), archive) as tar:
+        yield tar
+
+
+def _open_tar(reader: _ArchiveReader, archive: str) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=reader, mode="r|*", bufsize=CHUNK)
     except (tarfile.TarError, OSError) as exc:
         if _starts_with(archive, ZSTD_MAGIC):
             raise OpsError(f"{archive} looks zstd-compressed (it starts with zstd's magic bytes), and restore reads "
@@ -416,21 +456,11 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
     progress = Progress("restore", info.files, info.bytes, stream=stream, quiet=quiet)
     peers = _peer_versions(settings, mapping, progress)
     try:
-        with _open(archive) as tar:
-            for member in tar:
-                if member.name.startswith(STORAGE + "/"):
-                    store, _, relpath = member.name[len(STORAGE) + 1:].rstrip("/").partition("/")
-                    installer = installers[store]
-                    if member.isdir():
-                        if relpath:  # the store's own root is there already
-                            os.makedirs(installer.path(relpath), exist_ok=True)
-                        continue
-                    _restore_object(tar, member, installer, relpath, overwrite, result,
-                                    None if mapping[store].shared else peers)
-                    progress.add(1, member.size)
-                elif member.name.startswith(FILES + "/") and member.isfile():
-                    what = member.name[len(FILES) + 1:].split("/", 1)[0]
-                    _restore_node_file(tar, member, what, settings, config_file, archive, result, progress)
+        _restore_members(archive, settings, mapping, installers, overwrite, config_file, result, progress, peers)
+    except ArchiveUnreadable as exc:
+        progress.interrupt()
+        raise OpsError(f"{exc}. Every file restored so far is whole; run the same command again once the archive "
+                       "reads, it skips what is already there") from None
     finally:
         if peers is not None:
             peers.close()
@@ -468,6 +498,27 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
         progress.note("these objects were kept at their current version; run the restore again with --overwrite "
                       "to put the backup's versions back")
     return result
+
+
+def _restore_members(archive: str, settings, mapping: dict[str, Store],
+                     installers: dict[str, Installer], overwrite: bool, config_file: str | None,
+                     result: RestoreResult, progress: Progress, peers: PeerVersions | None) -> None:
+    """Put each member of the (checked) archive in place."""
+    with _open(archive) as tar:
+        for member in tar:
+            if member.name.startswith(STORAGE + "/"):
+                store, _, relpath = member.name[len(STORAGE) + 1:].rstrip("/").partition("/")
+                installer = installers[store]
+                if member.isdir():
+                    if relpath:  # the store's own root is there already
+                        os.makedirs(installer.path(relpath), exist_ok=True)
+                    continue
+                _restore_object(tar, member, installer, relpath, overwrite, result,
+                                None if mapping[store].shared else peers)
+                progress.add(1, member.size)
+            elif member.name.startswith(FILES + "/") and member.isfile():
+                what = member.name[len(FILES) + 1:].split("/", 1)[0]
+                _restore_node_file(tar, member, what, settings, config_file, archive, result, progress)
 
 
 def _peer_versions(settings, mapping: dict[str, Store], progress: Progress) -> PeerVersions | None:

@@ -114,3 +114,24 @@ def test_a_backup_into_a_directory_takes_a_new_name_when_the_time_stamped_one_is
     named = out / made  # a file name given is still never overwritten
     refused = gateway_cmd("backup", "-q", "-o", "--data-dir", store, named)
     assert refused.returncode == 2 and "already exists" in refused.stderr
+
+
+# Restore --------------------------------------------------------------------------------------------
+
+
+def test_restore_from_an_archive_whose_disk_fails_names_the_archive_not_a_file_of_the_store(store, tmp_path, disk):
+    """Before: "the restore stopped: <store>/faces/%bucket.json: Input/output error", the archive's
+    read error reported against the file being written."""
+    archive = disk.path / "full.tar"
+    assert gateway_cmd("backup", "-q", "--data-dir", store, archive).returncode == 0
+    target = tmp_path / "restored"
+    result = gateway_failing(disk, "gateway.ops.tree:Installer.install", "restore", "--data-dir", target, archive)
+    assert result.returncode == 2, result.stderr
+    message = last_error(result)
+    assert f"cannot read the archive {archive}: Input/output error (errno 5)" in message, message
+    assert "dmesg" in message and "run the same command again" in message
+    assert str(target) not in message
+
+    disk.heal()
+    again = gateway_cmd("restore", "-q", "--data-dir", target, archive)
+    assert again.returncode == 0, again.stderr
