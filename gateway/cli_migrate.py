@@ -25,8 +25,9 @@ def migrate(config_file, target, backend, dry_run, quiet, **flags) -> None:
     final pass copies what changed), then switch the backend to type "sharedfs". On the target an
     object is never replaced by an older version; objects deleted here since the last pass are
     removed from the target when no other server has written them there since. Exit code 0: every
-    object of this store is on the target; 1: some are not (see the summary); 2: bad input, or a
-    full disk stopped the pass (the target's, or the store's, which holds the journal).
+    object of this store is on the target; 1: some are not, or could not be checked (see the summary);
+    2: bad input, or a full disk stopped the pass (the target's, or the store's, which holds the
+    journal), or a target that fails (an I/O error).
     """
     from .ops.migrate import migrate as run_pass
     from .ops.migrate_report import next_steps, summary

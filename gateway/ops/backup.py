@@ -49,7 +49,7 @@ from gateway_plugins import fslayout
 from .peers import RegistryUnreadable, current_role, read_cluster
 from .progress import Progress, human_bytes
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
-from .tree import CHUNK, count_files, is_object, publish_new, read_chunks, walk_files
+from .tree import CHUNK, UnreadableTree, count_files, is_object, publish_new, read_chunks, walk_files
 
 PREFIX = "cv-backup"
 MANIFEST = f"{PREFIX}/manifest.json"
@@ -215,6 +215,9 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
             raise OpsError(exc.describe(left)) from None
         if isinstance(exc, _StoreReadFailed):
             raise OpsError(f"{exc}; {_what_became_of(partial, left)}") from None
+        if isinstance(exc, UnreadableTree):  # walking the store
+            raise OpsError(f"{exc}: reading the store failed, not writing the archive; check the disk holding the "
+                           f"store (`dmesg`) and take the backup again; {_what_became_of(partial, left)}") from None
         raise
     summary = f"{result.objects:,} objects, {human_bytes(result.bytes)} in {output if not to_stdout else 'stdout'}"
     if result.vanished:

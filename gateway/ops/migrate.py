@@ -27,9 +27,11 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
+from gateway.errors import FAILED_ERRNOS
 from gateway_plugins import fslayout
 
 from .migrate_checks import check_target, choose_source
@@ -37,7 +39,8 @@ from .migrate_copy import DamagedSource, TempFiles, copy_file
 from .migrate_journal import Journal, JournalError
 from .progress import Progress
 from .stores import OpsError, Store
-from .tree import Installer, bucket_dirs, count_files, is_object, object_header, walk_files
+from .tree import (Installer, UnreadableTree, bucket_dirs, count_files, is_file, is_object, make_dirs, object_header,
+                   walk_files)
 
 LAYOUT_FILES = (fslayout.BUCKET_FILE, fslayout.NAME_FILE)
 # A source file whose status changed this long before the pass started still counts as changed
@@ -48,6 +51,10 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 
 class TargetFull(OpsError):
     """The target has no room left: the pass stops (every copy after this one would fail too)."""
+
+
+class TargetFailed(OpsError):
+    """The target's filesystem fails (EIO, EROFS, ESTALE): the pass stops, as for TargetFull."""
 
 
 @dataclass
@@ -73,12 +80,15 @@ class MigrateResult:
     damaged: int = 0  # of the errors: source object files that are not valid, left out
     verified: int = 0
     missing: list[str] = field(default_factory=list)
+    # Files the verification could not check, the target failing to answer: not known to be missing.
+    unchecked: int = 0
+    unchecked_reason: str = ""
     changed_during: int = 0
 
     @property
     def complete(self) -> bool:
         """Every object of the source is on the target (same or newer), and nothing failed."""
-        return not self.errors and not self.missing
+        return not self.errors and not self.missing and not self.unchecked
 
 
 # Objects: what is a version, which one wins --------------------------------------------------
@@ -139,15 +149,6 @@ def target_object(path: str) -> tuple[bool, dict | None]:
     if not isinstance(header, dict) or not isinstance(header.get("size"), int) or offset + header["size"] != size:
         return True, None
     return True, header
-
-
-def whole_object_header(path: str) -> dict | None:
-    """The header of a whole object file at ``path``; None when it is missing, damaged, cut short
-    or cannot be read."""
-    try:
-        return target_object(path)[1]
-    except OSError:
-        return None
 
 
 def _dir_identity(path: str) -> tuple[int, int]:
@@ -244,6 +245,33 @@ class Migration:
     def _close_journal(self) -> None:
         self.journal.close(source=self.source.root, store=self.source.name, last_pass=self._pass_record())
 
+    def _target_failed(self, exc: OSError) -> bool:
+        """Whether ``exc`` is the target's filesystem failing, not the store's: by the file it names,
+        else (a write or read of an open file names none) by asking the target once more."""
+        if exc.errno not in FAILED_ERRNOS:
+            return False
+        if exc.filename:
+            return _inside(str(exc.filename), self.target)
+        try:
+            os.stat(self.target)
+            os.listdir(self.installer.tmp_dir if self.installer else self.target)
+        except OSError:
+            return True
+        return False
+
+    def _target_down(self, exc: OSError) -> TargetFailed:
+        r = self.result
+        where = f" ({exc.filename})" if exc.filename else ""
+        return TargetFailed(
+            f"the target {self.target} failed ({exc.strerror or exc}, errno {exc.errno}){where}: the pass stopped "
+            f"after copying {r.copied + r.replaced:,} objects. Check the share (`dmesg`, the mount, the server "
+            "exporting it) and run the same command again once it works; every copy made so far is whole and in "
+            "the journal, the next pass goes on from there")
+
+    def _source_unreadable(self, exc: Exception) -> OpsError:
+        return OpsError(f"the store {self.source.root} could not be read: {exc}. Check the disk holding it "
+                        "(`dmesg`) and run the pass again")
+
     def _run(self) -> None:
         started = time.time() - CLOCK_SLACK
         files = nbytes = 0
@@ -256,13 +284,17 @@ class Migration:
             files, nbytes = self.progress.files, self.progress.bytes
             self._remove_deleted()
             self._make_empty_buckets()
-        except (JournalError, TargetFull):
+        except (JournalError, TargetFull, TargetFailed):
             raise
         except OSError as exc:
             if exc.errno in FULL:  # making a bucket's directory on the target
                 raise self._target_full(exc) from None
-            self._error("", exc)
-        except OpsError as exc:  # e.g. a directory that cannot be read: the pass is not complete
+            if self._target_failed(exc):
+                raise self._target_down(exc) from None
+            self._error(str(exc.filename or ""), exc)
+        except UnreadableTree as exc:  # walking the store (the target is never walked)
+            self._error("", self._source_unreadable(exc))
+        except OpsError as exc:  # the pass is not complete
             self._error("", exc)
         if not self.dry_run:
             self._verify(started, files, nbytes)
@@ -288,9 +320,9 @@ class Migration:
     def _make_empty_buckets(self) -> None:
         """A bucket directory is a bucket even without a file (made by hand, or its %bucket.json lost)."""
         for bucket in bucket_dirs(self.source.root):
-            if bucket not in self.buckets_with_files and not os.path.isdir(self.dst(bucket)):
+            if bucket not in self.buckets_with_files and not _is_dir(self.dst(bucket)):
                 if not self.dry_run:
-                    os.makedirs(self.dst(bucket), exist_ok=True)
+                    make_dirs(self.dst(bucket))
                 self.result.buckets_made += 1
 
     def _copy_all(self) -> None:
@@ -310,6 +342,11 @@ class Migration:
             except OSError as exc:
                 if exc.errno in FULL:  # only the target is written here (the journal raises JournalError)
                     raise self._target_full(exc) from None
+                if self._target_failed(exc):  # every later file would fail too: one message, not thousands
+                    raise self._target_down(exc) from None
+                if exc.errno in FAILED_ERRNOS:  # the target answers: the store's disk failed
+                    exc = OpsError(f"cannot read it from the store: {exc.strerror or exc} (errno {exc.errno}); "
+                                   "check the disk holding the store (`dmesg`)")
                 self._error(f.relpath, exc)
             except OpsError as exc:
                 self._error(f.relpath, exc)
@@ -373,7 +410,7 @@ class Migration:
             size = os.fstat(source.fileno()).st_size
             identity = "sha256:" + _sha256_of(source)
             if exists(target):
-                if os.path.isfile(target) and "sha256:" + _sha256_of_path(target) == identity:
+                if is_file(target) and "sha256:" + _sha256_of_path(target) == identity:
                     self.result.layout_already += 1
                     self.journal.confirm(relpath, identity)
                 else:
@@ -407,16 +444,22 @@ class Migration:
                 self._remove_one(relpath)
             except JournalError:
                 raise
-            except (OpsError, OSError) as exc:
+            except OSError as exc:
+                if self._target_failed(exc):
+                    raise self._target_down(exc) from None
+                self._error(relpath, exc)  # the journal keeps it: the next pass tries again
+            except OpsError as exc:
                 self._error(relpath, exc)
 
     def _remove_one(self, relpath: str) -> None:
         target = self.dst(relpath)
+        # A target that cannot be read raises here: only a file that is not there (or not ours to
+        # judge) lets the journal forget it, never an I/O error.
         if is_object(relpath):
             header = object_header(target)
             current = object_identity(header) if header is not None else None
         else:
-            current = "sha256:" + _sha256_of_path(target) if os.path.isfile(target) else None
+            current = "sha256:" + _sha256_of_path(target) if is_file(target) else None
         if current is None:
             self.journal.forget(relpath)
             return
@@ -440,7 +483,8 @@ class Migration:
     def _verify(self, started: float, total_files: int, total_bytes: int) -> None:
         """Walk the source again: every object must be on the target, whole (its length what its
         header says), in the same or a newer version. One written here after the pass started is
-        counted apart: the next pass copies it."""
+        counted apart: the next pass copies it. A target that fails to answer stops the walk: what
+        is left is counted as not checked, never as missing."""
         progress = Progress("verify", total_files, total_bytes, stream=self.stream, quiet=self.quiet)
         r = self.result
         try:
@@ -448,15 +492,15 @@ class Migration:
                 progress.add(1, f.size)
                 if f.relpath in self.damaged:
                     continue  # reported already
-                source_path = self.src(f.relpath)
-                if is_object(f.relpath):
-                    header = object_header(source_path)
-                    there = whole_object_header(self.dst(f.relpath))
-                    ok = header is not None and there is not None and decide(header, True, there) != "replace"
-                else:
-                    ok = os.path.lexists(self.dst(f.relpath))
                 try:
-                    changed = os.lstat(source_path).st_ctime >= started
+                    ok = self._on_target(f.relpath)
+                except OSError as exc:
+                    if not self._target_failed(exc):
+                        raise
+                    self._not_checked(exc, max(total_files - progress.files + 1, 1))
+                    break
+                try:
+                    changed = os.lstat(self.src(f.relpath)).st_ctime >= started
                 except FileNotFoundError:
                     continue  # deleted meanwhile
                 if ok:
@@ -465,11 +509,43 @@ class Migration:
                     r.changed_during += 1
                 else:
                     r.missing.append(f.relpath)
-            r.missing += [f"{b}/ (the bucket's directory)" for b in bucket_dirs(self.source.root)
-                          if not os.path.isdir(self.dst(b))]
-        except (OpsError, OSError) as exc:
+            if not r.unchecked:
+                r.missing += [f"{b}/ (the bucket's directory)" for b in bucket_dirs(self.source.root)
+                              if not _is_dir(self.dst(b))]
+        except OSError as exc:
+            if self._target_failed(exc):
+                self._not_checked(exc, 1)
+            else:
+                r.missing.append(f"(the verification stopped: {exc})")
+        except OpsError as exc:
             r.missing.append(f"(the verification stopped: {exc})")
         progress.done()
+
+    def _on_target(self, relpath: str) -> bool:
+        """Whether the source file at ``relpath`` is on the target (the same or a newer version); an
+        I/O error of either side raises."""
+        if not is_object(relpath):
+            return exists(self.dst(relpath))
+        header = object_header(self.src(relpath))
+        there = target_object(self.dst(relpath))[1]
+        return header is not None and there is not None and decide(header, True, there) != "replace"
+
+    def _not_checked(self, exc: OSError, files: int) -> None:
+        self.result.unchecked = files
+        self.result.unchecked_reason = f"{exc.strerror or exc}, errno {exc.errno}" + (
+            f", at {exc.filename}" if exc.filename else "")
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _is_dir(path: str) -> bool:
+    """Whether a directory is at ``path``; an I/O error raises (os.path.isdir says "no")."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _sha256_of(source) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from gateway_plugins import fsutil
 
 from .stores import OpsError
-from .tree import file_sha256, read_chunks, remove_dead_temps
+from .tree import file_sha256, make_dirs, read_chunks, remove_dead_temps
 
 TEMP_TAG = "migrate"
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
@@ -87,7 +87,7 @@ def copy_file(source, size: int, final: str, temp: str, *, mtime: float | None =
         if not still_wanted():
             fsutil.unlink_quietly(temp)
             return None
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        make_dirs(os.path.dirname(final))
         os.replace(temp, final)
     except BaseException:
         fsutil.unlink_quietly(temp)

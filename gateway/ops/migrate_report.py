@@ -37,11 +37,15 @@ def summary(r: MigrateResult) -> str:
         lines.append(f"  not of the object layout, copied as they are: {len(r.other_files):,}")
         lines += _listed(r.other_files)
     if not r.dry_run:
+        if r.unchecked:
+            lines.append(f"verification FAILED: {r.unchecked:,} files of this server could not be checked on the "
+                         f"target: reading it failed ({r.unchecked_reason}). Not known to be missing: run the "
+                         "pass again once the target works")
         if r.missing:
             lines.append(f"verification FAILED: {len(r.missing):,} files of this server are not on the target "
                          "(nor a newer version):")
             lines += _listed(r.missing)
-        else:
+        elif not r.unchecked:
             lines.append(f"verified: all {r.verified:,} files of this server are on the target "
                          "(the same or a newer version)"
                          + (f"; {r.damaged:,} damaged, listed under errors, left out" if r.damaged else ""))

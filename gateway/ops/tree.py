@@ -32,6 +32,10 @@ class StoreFile:
     size: int
 
 
+class UnreadableTree(OpsError):
+    """A directory or file of the tree being walked could not be read (not a file that went away)."""
+
+
 def walk_files(root: str) -> Iterator[StoreFile]:
     """Every file of the store under ``root``, in a stable order (sorted per directory).
 
@@ -52,7 +56,7 @@ def walk_files(root: str) -> Iterator[StoreFile]:
         except FileNotFoundError:
             continue  # removed since its parent was read (a DELETE pruned an empty directory)
         except OSError as exc:
-            raise OpsError(f"cannot read the directory {os.path.join(root, rel)}: {exc.strerror or exc}") from None
+            raise UnreadableTree(f"cannot read the directory {os.path.join(root, rel)}: {exc.strerror or exc}") from None
         subdirs = []
         for entry in entries:
             if not rel and entry.name in SKIP_TOP:
@@ -62,6 +66,8 @@ def walk_files(root: str) -> Iterator[StoreFile]:
                 st = entry.stat()  # follows links
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # an I/O error of the disk: a file skipped would be a file lost
+                raise UnreadableTree(f"cannot read {entry.path}: {exc.strerror or exc} (errno {exc.errno})") from None
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))
@@ -107,7 +113,8 @@ def is_object(relpath: str) -> bool:
 
 def object_header(path: str) -> dict | None:
     """The JSON header of an object file (key, size, etag, time, ...), None when the file is
-    gone or is not an object file."""
+    gone or is not an object file. An I/O error (EIO, a stale NFS handle) raises, naming ``path``:
+    taken for "not an object", it passed for a version that differs, or for a file gone."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -115,10 +122,32 @@ def object_header(path: str) -> dict | None:
     try:
         header, _, _ = fslayout.read_header(fd)
         return header
-    except (fslayout.CorruptObject, ValueError, OSError):
+    except (fslayout.CorruptObject, ValueError, IsADirectoryError):
         return None
+    except OSError as exc:
+        exc.filename = exc.filename or path  # os.read names no file
+        raise
     finally:
         os.close(fd)
+
+
+def make_dirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True), but a disk that fails raises its own error: makedirs takes
+    every directory it cannot stat for missing, and reports the EEXIST of making the first one again."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        os.stat(path)  # the EIO, when that is what it was
+        raise
+
+
+def is_file(path: str) -> bool:
+    """Whether a regular file is at ``path``; unlike os.path.isfile, an I/O error raises instead of
+    passing for "no file"."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def file_sha256(path: str) -> str | None:
@@ -212,7 +241,7 @@ def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, e
     restore ran) is never replaced: FileExistsError, and nothing is changed."""
     written = 0
     digest = hashlib.sha256() if expect_sha256 else None
-    os.makedirs(os.path.dirname(final), exist_ok=True)
+    make_dirs(os.path.dirname(final))
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             for chunk in chunks:

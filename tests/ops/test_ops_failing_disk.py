@@ -135,3 +135,83 @@ def test_restore_from_an_archive_whose_disk_fails_names_the_archive_not_a_file_o
     disk.heal()
     again = gateway_cmd("restore", "-q", "--data-dir", target, archive)
     assert again.returncode == 0, again.stderr
+
+
+# Migrate --------------------------------------------------------------------------------------------
+
+
+def migrate_cmd(store: Path, target: Path) -> subprocess.CompletedProcess:
+    return gateway_cmd("migrate", "-q", "--data-dir", store, "--to", target)
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_migrate_onto_a_target_that_fails_stops_at_once_and_never_calls_it_another_version(tmp_path, disk):
+    """Before: the copy read back with EIO said "after the copy the target holds another version",
+    and the pass went on with every remaining file, one error line each."""
+    fill(tmp_path / "cv", objects=20, size=1024)
+    result = gateway_failing(disk, "gateway.ops.migrate:object_header", "migrate", "-q", "--data-dir",
+                             tmp_path / "cv", "--to", disk.path)
+    assert result.returncode == 2, result.stderr
+    assert "another version" not in result.stderr
+    (message,) = error_lines(result)
+    assert f"the target {disk.path} failed (Input/output error, errno 5)" in message
+    assert "the pass stopped after copying 0 objects" in message and "every copy made so far is whole" in message
+
+    disk.heal()
+    again = migrate_cmd(tmp_path / "cv", disk.path)
+    assert again.returncode == 0 and "verified: all" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_deletion_is_not_forgotten_when_the_target_cannot_be_read(tmp_path, disk):
+    """Before: the target's copy read with EIO passed for "not there", and the journal forgot the
+    object deleted here: it stayed on the share for good."""
+    store = tmp_path / "cv"
+    fill(store, objects=2, size=1024)
+    assert migrate_cmd(store, disk.path).returncode == 0
+    (deleted, _) = sorted((store / "faces").rglob("*%obj"))
+    on_target = disk.backing / deleted.relative_to(store)
+    assert on_target.exists()
+    deleted.unlink()
+
+    failed = gateway_failing(disk, "gateway.ops.migrate:Migration._remove_deleted", "migrate", "-q", "--data-dir",
+                             store, "--to", disk.path)
+    assert failed.returncode == 2 and "the target" in error_lines(failed)[-1], failed.stderr
+    assert on_target.exists()
+
+    disk.heal()
+    again = migrate_cmd(store, disk.path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removed as deleted:        1" in again.stdout
+    assert not on_target.exists()
+
+
+def test_a_verification_that_cannot_read_the_target_says_not_checked_not_missing(tmp_path, disk):
+    """Before: "verification FAILED: N files of this server are not on the target" while they were
+    there and only could not be read."""
+    fill(tmp_path / "cv", objects=3, size=1024)
+    result = gateway_failing(disk, "gateway.ops.migrate:Migration._verify", "migrate", "-q", "--data-dir",
+                             tmp_path / "cv", "--to", disk.path)
+    assert result.returncode == 1, result.stderr
+    assert "are not on the target" not in result.stdout
+    assert "files of this server could not be checked on the target: reading it failed (Input/output error, " \
+           "errno 5" in result.stdout, result.stdout
+    assert "run the pass again once the target works" in result.stdout
+    assert "Next steps" not in result.stdout
+
+
+def test_migrate_from_a_failing_store_names_the_files_and_says_the_store_could_not_be_read(tmp_path, disk):
+    """Before: "error: Input/output error", no path (a file's stat in the walk failed)."""
+    fill(disk.path / "cv", objects=3, size=1024)
+    target = tmp_path / "share"
+    target.mkdir()
+    result = gateway_failing(disk, "gateway.ops.migrate:Migration._object", "migrate", "-q", "--data-dir",
+                             disk.path / "cv", "--to", target)
+    assert result.returncode in (1, 2), result.stderr
+    errors = error_lines(result)
+    assert errors and all(str(disk.path / "cv") in line or "%obj: " in line for line in errors), errors
+    assert any(f"the store {disk.path / 'cv'} could not be read: cannot read {disk.path / 'cv'}/" in line
+               for line in errors), errors
+    assert "error: Input/output error" not in result.stderr
