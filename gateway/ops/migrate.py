@@ -137,12 +137,12 @@ def target_object(path: str) -> tuple[bool, dict | None]:
     share) has no usable header: the same header with fewer bytes is not the same version."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file where a directory of the path should be)
         return False, None
     try:
         header, offset, _ = fslayout.read_header(fd)
         size = os.fstat(fd).st_size
-    except (fslayout.CorruptObject, ValueError):
+    except (fslayout.CorruptObject, ValueError, IsADirectoryError):
         return True, None
     finally:
         os.close(fd)
