@@ -15,43 +15,38 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-@contextlib.contextmanager
-def tmpfs(mount_point: Path, size: str, read_only: bool = False) -> Iterator[Path]:
-    """Mount a tmpfs of ``size`` (mount's syntax: "2m", "64m") at ``mount_point`` (made if missing);
-    unmount it (lazily: a process may still hold a file) at the end."""
-    mount_point.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, timeout=30)
+def _mount(args: list[str], what: str) -> None:
+    """Run mount with ``args``; a failure fails the test, saying ``what`` failed and why."""
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
-        raise AssertionError(f"mounting a tmpfs at {mount_point} failed (it needs root, as CI runs): "
-                             f"{done.stderr.strip()}")
+        raise AssertionError(f"{what} failed (it needs root, as CI runs): {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _mounted(mount_point: Path, args: list[str], what: str) -> Iterator[Path]:
+    """Mount at ``mount_point`` (made if missing) with ``args``; unmount it (lazily: a process may
+    still hold a file) at the end."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    _mount([*args, str(mount_point)], what)
     try:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=30)
+
+
+def tmpfs(mount_point: Path, size: str, read_only: bool = False):
+    """Mount a tmpfs of ``size`` (mount's syntax: "2m", "64m") at ``mount_point``, as a context manager."""
+    options = f"size={size}" + (",ro" if read_only else "")
+    return _mounted(mount_point, ["-t", "tmpfs", "-o", options, "tmpfs"], f"mounting a tmpfs at {mount_point}")
 
 
 def remount(mount_point: Path, read_only: bool) -> None:
     """Make a mounted tmpfs read-only (as the kernel remounts a filesystem after errors) or writable again."""
-    done = subprocess.run(["mount", "-o", "remount," + ("ro" if read_only else "rw"), str(mount_point)],
-                          capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise AssertionError(f"remounting {mount_point} {'read-only' if read_only else 'writable'} failed: "
-                             f"{done.stderr.strip()}")
+    mode = "ro" if read_only else "rw"
+    _mount(["-o", f"remount,{mode}", str(mount_point)], f"remounting {mount_point} {mode}")
 
 
-@contextlib.contextmanager
-def bind_mount(source: Path, mount_point: Path) -> Iterator[Path]:
-    """Show ``source`` at ``mount_point`` as well (made if missing), as a server mounts a share: one
+def bind_mount(source: Path, mount_point: Path):
+    """Show ``source`` at ``mount_point`` as well, as a server mounts a share, as a context manager: one
     node's mount of it can then be taken away (``umount -l``) while the others keep theirs."""
-    mount_point.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "--bind", str(source), str(mount_point)], capture_output=True, text=True,
-                          timeout=30)
-    if done.returncode != 0:
-        raise AssertionError(f"bind-mounting {source} at {mount_point} failed (it needs root, as CI runs): "
-                             f"{done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=30)
+    return _mounted(mount_point, ["--bind", str(source)], f"bind-mounting {source} at {mount_point}")
