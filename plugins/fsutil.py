@@ -28,6 +28,15 @@ def is_dir(path: str) -> bool:
         return False
 
 
+def is_file(path: str) -> bool:
+    """Whether a regular file is at ``path``; as is_dir, an error of the filesystem itself raises
+    instead of passing for "no file"."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 # Temp files ------------------------------------------------------------------
 
 

@@ -27,19 +27,18 @@ import errno
 import hashlib
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 
 from gateway.errors import FAILED_ERRNOS
-from gateway_plugins import fslayout
+from gateway_plugins import fslayout, fsutil
 
 from .migrate_checks import check_target, choose_source
 from .migrate_copy import DamagedSource, TempFiles, copy_file
 from .migrate_journal import Journal, JournalError
 from .progress import Progress
 from .stores import OpsError, Store
-from .tree import (Installer, UnreadableTree, bucket_dirs, count_files, is_file, is_object, make_dirs, object_header,
+from .tree import (Installer, UnreadableTree, bucket_dirs, count_files, is_object, make_dirs, object_header,
                    walk_files)
 
 LAYOUT_FILES = (fslayout.BUCKET_FILE, fslayout.NAME_FILE)
@@ -320,7 +319,7 @@ class Migration:
     def _make_empty_buckets(self) -> None:
         """A bucket directory is a bucket even without a file (made by hand, or its %bucket.json lost)."""
         for bucket in bucket_dirs(self.source.root):
-            if bucket not in self.buckets_with_files and not _is_dir(self.dst(bucket)):
+            if bucket not in self.buckets_with_files and not fsutil.is_dir(self.dst(bucket)):
                 if not self.dry_run:
                     make_dirs(self.dst(bucket))
                 self.result.buckets_made += 1
@@ -410,7 +409,7 @@ class Migration:
             size = os.fstat(source.fileno()).st_size
             identity = "sha256:" + _sha256_of(source)
             if exists(target):
-                if is_file(target) and "sha256:" + _sha256_of_path(target) == identity:
+                if fsutil.is_file(target) and "sha256:" + _sha256_of_path(target) == identity:
                     self.result.layout_already += 1
                     self.journal.confirm(relpath, identity)
                 else:
@@ -459,7 +458,7 @@ class Migration:
             header = object_header(target)
             current = object_identity(header) if header is not None else None
         else:
-            current = "sha256:" + _sha256_of_path(target) if is_file(target) else None
+            current = "sha256:" + _sha256_of_path(target) if fsutil.is_file(target) else None
         if current is None:
             self.journal.forget(relpath)
             return
@@ -511,7 +510,7 @@ class Migration:
                     r.missing.append(f.relpath)
             if not r.unchecked:
                 r.missing += [f"{b}/ (the bucket's directory)" for b in bucket_dirs(self.source.root)
-                              if not _is_dir(self.dst(b))]
+                              if not fsutil.is_dir(self.dst(b))]
         except OSError as exc:
             if self._target_failed(exc):
                 self._not_checked(exc, 1)
@@ -538,14 +537,6 @@ class Migration:
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
-def _is_dir(path: str) -> bool:
-    """Whether a directory is at ``path``; an I/O error raises (os.path.isdir says "no")."""
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
 
 
 def _sha256_of(source) -> str:

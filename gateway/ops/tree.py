@@ -141,15 +141,6 @@ def make_dirs(path: str) -> None:
         raise
 
 
-def is_file(path: str) -> bool:
-    """Whether a regular file is at ``path``; unlike os.path.isfile, an I/O error raises instead of
-    passing for "no file"."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-
-
 def file_sha256(path: str) -> str | None:
     """The SHA-256 of a file's bytes, None when there is no such file."""
     digest = hashlib.sha256()
