@@ -300,10 +300,8 @@ class ClusterNode(Backend):
         if self.local is not None:
             try:
                 found = await self.local.get_if_present(bucket, key, byte_range)
-            except errors.ServiceUnavailable as exc:  # this node's storage failed: see _local_failed
+            except (errors.ServiceUnavailable, OSError) as exc:  # this node's storage failed: see _local_failed
                 found, failure = None, self._local_failed(exc)
-            except OSError as exc:  # EIO and the like, not turned into a 503 by the backend
-                found, failure = None, self._local_failed(self._storage_failure(exc))
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "get")
                 return found
@@ -317,10 +315,8 @@ class ClusterNode(Backend):
         if self.local is not None:
             try:
                 found = await self.local.head_if_present(bucket, key)
-            except errors.ServiceUnavailable as exc:
+            except (errors.ServiceUnavailable, OSError) as exc:
                 found, failure = None, self._local_failed(exc)
-            except OSError as exc:
-                found, failure = None, self._local_failed(self._storage_failure(exc))
             if found is not None:
                 self.cluster.balancer.served_read(self.cluster.node_id, "head")
                 return found
@@ -343,25 +339,23 @@ class ClusterNode(Backend):
         """Around a write to this node's own store: found full or failed, it takes no placed writes a while."""
         return self.cluster.noting_store(self.cluster.node_id, self.name)
 
-    def _local_failed(self, exc: errors.GatewayError) -> errors.GatewayError:
+    def _local_failed(self, exc: errors.GatewayError | OSError) -> errors.GatewayError:
         """This node's own storage could not answer (a share unmounted here, a failing disk): a read
         asks the peers anyway, as on a miss (a node whose share is mounted serves it), and answers
         this 503 only if none has the object: never a 404 for what this node could not look at.
-        Said in the log once a minute, not once per read."""
+        Said in the log once a minute, not once per read. An OSError counts when its errno says the
+        filesystem failed (EIO, EROFS, ESTALE); any other is raised on (a bug or a full disk is not a
+        reason to ask the peers)."""
+        if isinstance(exc, OSError):
+            failure = errors.storage_error(exc)
+            if not isinstance(failure, errors.ServiceUnavailable):
+                raise exc
+            exc = failure
         now = time.monotonic()
         if now - self._storage_failure_logged >= 60:
             self._storage_failure_logged = now
             log.warning("this node's storage failed (%s): reads are answered by the peers", exc.message)
         return exc
-
-    @staticmethod
-    def _storage_failure(exc: OSError) -> errors.GatewayError:
-        """The 503 of an OSError that says this node's filesystem failed (EIO, EROFS, ESTALE); any other
-        OSError is raised on (a bug or a full disk is not a reason to ask the peers)."""
-        failure = errors.storage_error(exc)
-        if not isinstance(failure, errors.ServiceUnavailable):
-            raise exc
-        return failure
 
     async def _has_local_bucket(self, bucket: str) -> bool:
         if self.local is None:
@@ -573,10 +567,8 @@ class ClusterNode(Backend):
             try:
                 if await self.local.head_if_present(MULTIPART_BUCKET, record) is not None:
                     return None
-            except errors.ServiceUnavailable as exc:  # this node's storage failed: the peers may hold it
+            except (errors.ServiceUnavailable, OSError) as exc:  # this node's storage failed: the peers may hold it
                 failure = self._local_failed(exc)
-            except OSError as exc:
-                failure = self._local_failed(self._storage_failure(exc))
 
         async def holder(peer: str, address: str) -> str:
             await self.client.head(peer, address, MULTIPART_BUCKET, record)
