@@ -476,13 +476,17 @@ class LocalBackend(Backend):
 
     def _discard_temp(self, tmp: str) -> None:
         """Remove the temp file of a write that failed; when that fails too (the failure that failed the
-        write, still going on), it is removed later (remove_leftover_temps)."""
+        write, still going on), it is removed later (_remove_later)."""
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         except OSError:
-            self._leftover_temps.add(tmp)
+            self._remove_later(tmp)
+
+    def _remove_later(self, tmp: str) -> None:
+        """After the next write that works, or at the next sweep (remove_leftover_temps)."""
+        self._leftover_temps.add(tmp)
 
     def _publish(self, tmp: str, final: str, bucket_dir: str, key: str) -> None:
         parent = os.path.dirname(final)

@@ -341,24 +341,19 @@ class SharedFSBackend(LocalBackend):
             # in between instead of blocking the event loop here.
             pending.append((tmp, final, bucket_dir))
 
-    def _discard_temp(self, tmp: str) -> None:
-        """Remove a failed write's temp file; when the mount refuses that too (the failure that failed
-        the write, still going on, or an SMB server still holding the file), keep trying in the
-        background for LEFTOVER_REMOVE_SECONDS, then after the next write that works or at the next
-        sweep (LocalBackend.remove_leftover_temps), instead of leaving it for a restart."""
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            task = asyncio.get_running_loop().create_task(self._remove_leftover(tmp))
-            self._removals.add(task)  # a reference, so the task is not collected while it waits
-            task.add_done_callback(self._removals.discard)
+    def _remove_later(self, tmp: str) -> None:
+        """A failed write's temp file the mount did not let go (the failure that failed the write,
+        still going on, or an SMB server still holding the file): keep trying in the background for
+        LEFTOVER_REMOVE_SECONDS, then as LocalBackend does (after the next write that works, or at the
+        next sweep), instead of leaving it for a restart."""
+        task = asyncio.get_running_loop().create_task(self._remove_leftover(tmp))
+        self._removals.add(task)  # a reference, so the task is not collected while it waits
+        task.add_done_callback(self._removals.discard)
 
     async def _remove_leftover(self, tmp: str) -> None:
         if not await self._remove_file(tmp, LEFTOVER_REMOVE_SECONDS, "temp file of a failed write",
                                        "it is tried again after the next write that works"):
-            self._leftover_temps.add(tmp)
+            super()._remove_later(tmp)
 
     async def _remove_file(self, path: str, seconds: float, what: str,
                            then: str = "start-up cleanup removes it once it is stale_temp_seconds old") -> bool:
