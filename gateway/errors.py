@@ -153,11 +153,12 @@ def storage_error(exc: BaseException, where: str = "the storage behind this gate
     if not isinstance(exc, OSError):
         return None
     cause = exc.strerror or str(exc)
+    subject = where[:1].upper() + where[1:]
     if exc.errno in FULL_ERRNOS:
-        return InsufficientStorage(f"{where[0].upper()}{where[1:]} is full ({cause}); nothing was stored. "
+        return InsufficientStorage(f"{subject} is full ({cause}); nothing was stored. "
                                    "Free space on the server or add storage, then retry.")
     if exc.errno in FAILED_ERRNOS:
-        return BackendUnavailable(f"{where[0].upper()}{where[1:]} failed ({cause}, errno {exc.errno}). "
+        return BackendUnavailable(f"{subject} failed ({cause}, errno {exc.errno}). "
                                   "Check the server's disk or mount (a filesystem remounted read-only "
                                   "after errors shows in `dmesg`); the request can be retried.")
     return None

@@ -25,8 +25,10 @@ multipart_expiry). A backend whose disk fails is said in one line per sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 from .. import errors
 from ..backend import Backend
@@ -72,15 +74,8 @@ class UploadReaper:
         store fails is said in one line and skipped: the others are still swept."""
         aborted = 0
         for name, backend in list(self.backends.items()):
-            try:
+            with _said_when_its_store_fails(name, "looking for unfinished multipart uploads"):
                 aborted += await self._sweep(backend)
-            except errors.GatewayError as exc:  # its store is down
-                log.warning("looking for unfinished multipart uploads in backend %r: %s", name, exc.message)
-            except OSError as exc:
-                failed = errors.storage_error(exc, f"backend {name!r}'s storage")
-                if failed is None:
-                    raise
-                log.warning("looking for unfinished multipart uploads in backend %r: %s", name, failed.message)
         self.aborted += aborted
         await self._clean_temp_files()
         return aborted
@@ -119,10 +114,20 @@ class UploadReaper:
             clean = getattr(backend, "clean_temp_files", None)  # local and sharedfs: files of dead writers
             if clean is None:
                 continue
-            try:
+            with _said_when_its_store_fails(name, "removing the temp files of failed writes"):
                 await asyncio.to_thread(clean)  # a directory walk: on NFS it may block
-            except OSError as exc:
-                failed = errors.storage_error(exc, f"backend {name!r}'s storage")
-                if failed is None:
-                    raise
-                log.warning("removing the temp files of failed writes in backend %r: %s", name, failed.message)
+
+
+@contextlib.contextmanager
+def _said_when_its_store_fails(name: str, doing: str) -> Iterator[None]:
+    """Around work on backend ``name``'s store: its store down, or its filesystem failing (EIO and the
+    like), is one warning line and the sweep goes on with the others; anything else is raised on."""
+    try:
+        yield
+    except errors.GatewayError as exc:
+        log.warning("%s in backend %r: %s", doing, name, exc.message)
+    except OSError as exc:
+        failed = errors.storage_error(exc, f"backend {name!r}'s storage")
+        if failed is None:
+            raise
+        log.warning("%s in backend %r: %s", doing, name, failed.message)
