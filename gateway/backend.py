@@ -519,15 +519,19 @@ class Backend(abc.ABC):
                 return parts
             marker = page.next_marker
 
-    async def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
-        await self.head_bucket(bucket)
+    async def _upload_ids(self, bucket: str) -> list[str]:
+        """The IDs of ``bucket``'s upload directories (a record, parts or both); [] when no upload
+        was ever made here."""
         try:
             page = await self.list(MULTIPART_BUCKET, f"{bucket}/", "/", "", MAX_PARTS)
         except errors.NoSuchBucket:
             return []
+        return [common[len(bucket) + 1 : -1] for common in page.common_prefixes]
+
+    async def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
+        await self.head_bucket(bucket)
         uploads = []
-        for common in page.common_prefixes:
-            upload_id = common[len(bucket) + 1 : -1]
+        for upload_id in await self._upload_ids(bucket):
             try:
                 upload = await self.get_upload(bucket, upload_id)
             except errors.NoSuchUpload:
@@ -559,19 +563,14 @@ class Backend(abc.ABC):
         reaper calls this on every sweep. ``older_than`` keeps the parts of an UploadPart that raced
         an Abort until that write has surely finished.
         """
-        try:
-            page = await self.list(MULTIPART_BUCKET, f"{bucket}/", "/", "", MAX_PARTS)
-        except errors.NoSuchBucket:
-            return 0
         cleaned = 0
-        for common in page.common_prefixes:
-            upload_id = common[len(bucket) + 1 : -1]
+        for upload_id in await self._upload_ids(bucket):
             try:
                 await self.get_upload(bucket, upload_id)
                 continue  # a live upload: its expiry is the reaper's to judge
             except errors.NoSuchUpload:
                 pass
-            files = await self.list(MULTIPART_BUCKET, common, "", "", MAX_PARTS + 10)
+            files = await self.list(MULTIPART_BUCKET, self._upload_prefix(bucket, upload_id), "", "", MAX_PARTS + 10)
             if not files.objects or any(o.last_modified >= older_than for o in files.objects):
                 continue
             for obj in files.objects:
