@@ -14,8 +14,8 @@ import sys
 
 from gateway.testing.disks import remount, tmpfs
 
-from .conftest import ClusterNodes, error_of, wait_for
-from .unwritable_helpers import store_left_out_in_metrics, stored_on, write_many
+from .conftest import error_of, wait_for
+from .unwritable_helpers import primary_redundant_proxy, store_left_out_in_metrics, stored_on, write_many
 
 RETRY = 6  # failed_store_retry: seconds the failed node is left out before a write is placed there again
 BODY = b"r" * 16 * 1024
@@ -31,54 +31,47 @@ def writes(s3, prefix: str, count: int) -> list[str]:
 
 
 def test_writes_go_around_a_node_whose_disk_turned_read_only_and_its_objects_stay_readable(tmp_path):
-    with tmpfs(tmp_path / "ro", "64m") as disk:
-        nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-        try:
-            env = {"GATEWAY_FAILED_STORE_RETRY": str(RETRY)}
-            nodes.add("p1", "primary", env)
-            nodes.add_many([("ro", "redundant"), ("x1", "proxy")], env)
-            nodes.wait_known(3)
-            primary, proxy, on_ro = nodes["p1"].client(), nodes["x1"].client(), nodes["ro"].client()
-            primary.create_bucket(Bucket="photos")
-            on_ro.put_object(Bucket="photos", Key="on-ro", Body=b"stored before the disk failed")
-            remount(disk, read_only=True)
+    with tmpfs(tmp_path / "ro", "64m") as disk, \
+            primary_redundant_proxy(tmp_path, "ro", {"GATEWAY_FAILED_STORE_RETRY": str(RETRY)}) as nodes:
+        primary, proxy, on_ro = nodes["p1"].client(), nodes["x1"].client(), nodes["ro"].client()
+        primary.create_bucket(Bucket="photos")
+        on_ro.put_object(Bucket="photos", Key="on-ro", Body=b"stored before the disk failed")
+        remount(disk, read_only=True)
 
-            refused = writes(primary, "via-primary", 30) + writes(proxy, "via-proxy", 30)
-            # Each placing node finds it failed once (its 503 is that write's answer; a client retries
-            # a 503), then leaves it out.
-            assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the read-only node: {refused}"
-            # The node says so itself, with its heartbeat: `cluster status` and /metrics show it.
-            assert error_of(lambda: on_ro.put_object(Bucket="photos", Key="direct", Body=BODY)) \
-                .response["ResponseMetadata"]["HTTPStatusCode"] == 503
-            wait_for(lambda: {r["node_id"]: r["storage_failed"] for r in nodes.status()}["ro"] == ["local"], 10,
-                     "the read-only node publishing storage_failed")
-            table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
-                                    nodes.registry], capture_output=True, text=True, timeout=30, check=False)
-            assert "store down: local" in table.stdout, table.stdout
-            assert failed_in_metrics(nodes, "p1")
-            assert "Traceback" not in nodes["ro"].log(), "a read-only disk is not an internal error"
+        refused = writes(primary, "via-primary", 30) + writes(proxy, "via-proxy", 30)
+        # Each placing node finds it failed once (its 503 is that write's answer; a client retries
+        # a 503), then leaves it out.
+        assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the read-only node: {refused}"
+        # The node says so itself, with its heartbeat: `cluster status` and /metrics show it.
+        assert error_of(lambda: on_ro.put_object(Bucket="photos", Key="direct", Body=BODY)) \
+            .response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        wait_for(lambda: {r["node_id"]: r["storage_failed"] for r in nodes.status()}["ro"] == ["local"], 10,
+                 "the read-only node publishing storage_failed")
+        table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
+                                nodes.registry], capture_output=True, text=True, timeout=30, check=False)
+        assert "store down: local" in table.stdout, table.stdout
+        assert failed_in_metrics(nodes, "p1")
+        assert "Traceback" not in nodes["ro"].log(), "a read-only disk is not an internal error"
 
-            missing = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(30)
-                       if f"{p}-{n}" not in refused
-                       and proxy.get_object(Bucket="photos", Key=f"{p}-{n}")["Body"].read() != BODY]
-            assert not missing, f"answered 200 but not readable: {missing}"
-            for client in (primary, proxy, on_ro):  # what it holds is read through every node
-                assert client.get_object(Bucket="photos", Key="on-ro")["Body"].read() == \
-                    b"stored before the disk failed"
+        missing = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(30)
+                   if f"{p}-{n}" not in refused
+                   and proxy.get_object(Bucket="photos", Key=f"{p}-{n}")["Body"].read() != BODY]
+        assert not missing, f"answered 200 but not readable: {missing}"
+        for client in (primary, proxy, on_ro):  # what it holds is read through every node
+            assert client.get_object(Bucket="photos", Key="on-ro")["Body"].read() == \
+                b"stored before the disk failed"
 
-            # A multipart upload begun through the failed node is begun on a node that takes writes.
-            upload = on_ro.create_multipart_upload(Bucket="photos", Key="clip.bin")["UploadId"]
-            etag = on_ro.upload_part(Bucket="photos", Key="clip.bin", UploadId=upload, PartNumber=1,
-                                     Body=b"c" * 7000)["ETag"]
-            on_ro.complete_multipart_upload(Bucket="photos", Key="clip.bin", UploadId=upload, MultipartUpload={
-                "Parts": [{"PartNumber": 1, "ETag": etag}]})
-            assert proxy.get_object(Bucket="photos", Key="clip.bin")["Body"].read() == b"c" * 7000
+        # A multipart upload begun through the failed node is begun on a node that takes writes.
+        upload = on_ro.create_multipart_upload(Bucket="photos", Key="clip.bin")["UploadId"]
+        etag = on_ro.upload_part(Bucket="photos", Key="clip.bin", UploadId=upload, PartNumber=1,
+                                 Body=b"c" * 7000)["ETag"]
+        on_ro.complete_multipart_upload(Bucket="photos", Key="clip.bin", UploadId=upload, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": etag}]})
+        assert proxy.get_object(Bucket="photos", Key="clip.bin")["Body"].read() == b"c" * 7000
 
-            # Writable again: once failed_store_retry has passed, writes are placed there again.
-            remount(disk, read_only=False)
-            wait_for(lambda: not failed_in_metrics(nodes, "p1"), RETRY + 15, "the primary forgetting the failed store")
-            before = stored_on(nodes, "ro", "photos")
-            assert writes(primary, "after", 30) == []
-            assert stored_on(nodes, "ro", "photos") > before, "no write was placed on the node that is writable again"
-        finally:
-            nodes.stop()
+        # Writable again: once failed_store_retry has passed, writes are placed there again.
+        remount(disk, read_only=False)
+        wait_for(lambda: not failed_in_metrics(nodes, "p1"), RETRY + 15, "the primary forgetting the failed store")
+        before = stored_on(nodes, "ro", "photos")
+        assert writes(primary, "after", 30) == []
+        assert stored_on(nodes, "ro", "photos") > before, "no write was placed on the node that is writable again"

@@ -12,8 +12,8 @@ from botocore.exceptions import ClientError
 
 from gateway.testing.faulty_disk import FaultyDisk
 
-from .conftest import ClusterNodes, wait_for
-from .unwritable_helpers import store_left_out_in_metrics, write_many
+from .conftest import wait_for
+from .unwritable_helpers import primary_redundant_proxy, store_left_out_in_metrics, write_many
 
 RETRY = 6  # failed_store_retry
 BODY = b"e" * 4 * 1024
@@ -32,46 +32,39 @@ def get_status(s3, key: str) -> int:
 
 
 def test_a_node_whose_disk_fails_with_eio_is_gone_around_and_its_objects_are_503_until_it_works(tmp_path):
-    with FaultyDisk(tmp_path / "r1-backing", tmp_path / "r1" / "cv-storage") as disk:
-        nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-        try:
-            env = {"GATEWAY_FAILED_STORE_RETRY": str(RETRY)}
-            nodes.add("p1", "primary", env)
-            nodes.add_many([("r1", "redundant"), ("x1", "proxy")], env)
-            nodes.wait_known(3)
-            s3 = {name: nodes[name].client() for name in ("p1", "r1", "x1")}
-            s3["p1"].create_bucket(Bucket="faces")
-            for n in range(3):  # a redundant node stores what its own clients send it
-                s3["r1"].put_object(Bucket="faces", Key=f"on-r1-{n}", Body=BODY)
+    with FaultyDisk(tmp_path / "r1-backing", tmp_path / "r1" / "cv-storage") as disk, \
+            primary_redundant_proxy(tmp_path, "r1", {"GATEWAY_FAILED_STORE_RETRY": str(RETRY)}) as nodes:
+        s3 = {name: nodes[name].client() for name in ("p1", "r1", "x1")}
+        s3["p1"].create_bucket(Bucket="faces")
+        for n in range(3):  # a redundant node stores what its own clients send it
+            s3["r1"].put_object(Bucket="faces", Key=f"on-r1-{n}", Body=BODY)
 
-            disk.fail()
-            says = ("Input/output error",)
-            refused = (write_many(s3["p1"], "faces", "via-primary", 20, BODY, 503, says=says)
-                       + write_many(s3["x1"], "faces", "via-proxy", 20, BODY, 503, says=says))
-            assert len(refused) <= 2, f"{len(refused)} of 40 writes were placed on the failing node: {refused}"
-            assert store_left_out_in_metrics(nodes, "x1", "gateway_cluster_store_failed", "r1")
+        disk.fail()
+        says = ("Input/output error",)
+        refused = (write_many(s3["p1"], "faces", "via-primary", 20, BODY, 503, says=says)
+                   + write_many(s3["x1"], "faces", "via-proxy", 20, BODY, 503, says=says))
+        assert len(refused) <= 2, f"{len(refused)} of 40 writes were placed on the failing node: {refused}"
+        assert store_left_out_in_metrics(nodes, "x1", "gateway_cluster_store_failed", "r1")
 
-            # What the others hold reads through the failing node (its peers answer), HEAD included.
-            written = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(20)
-                       if f"{p}-{n}" not in refused]
-            unread = [k for k in written if s3["r1"].get_object(Bucket="faces", Key=k)["Body"].read() != BODY]
-            assert not unread, f"not readable through the node whose disk fails: {unread}"
-            assert s3["r1"].head_object(Bucket="faces", Key=written[0])["ContentLength"] == len(BODY)
-            # Its own objects cannot be read now, anywhere: 503 (retry later), never 404 (gone).
-            statuses = {(via, key): get_status(s3[via], key) for via in s3 for key in ("on-r1-0", "on-r1-2")}
-            assert set(statuses.values()) == {503}, statuses
-            # A key no node has: 503 too, since the failing node could not say.
-            assert status_of(lambda: s3["x1"].head_object(Bucket="faces", Key="nowhere")) == 503
-            assert "Traceback" not in nodes["r1"].log(), "a failing disk is not an internal error"
+        # What the others hold reads through the failing node (its peers answer), HEAD included.
+        written = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(20)
+                   if f"{p}-{n}" not in refused]
+        unread = [k for k in written if s3["r1"].get_object(Bucket="faces", Key=k)["Body"].read() != BODY]
+        assert not unread, f"not readable through the node whose disk fails: {unread}"
+        assert s3["r1"].head_object(Bucket="faces", Key=written[0])["ContentLength"] == len(BODY)
+        # Its own objects cannot be read now, anywhere: 503 (retry later), never 404 (gone).
+        statuses = {(via, key): get_status(s3[via], key) for via in s3 for key in ("on-r1-0", "on-r1-2")}
+        assert set(statuses.values()) == {503}, statuses
+        # A key no node has: 503 too, since the failing node could not say.
+        assert status_of(lambda: s3["x1"].head_object(Bucket="faces", Key="nowhere")) == 503
+        assert "Traceback" not in nodes["r1"].log(), "a failing disk is not an internal error"
 
-            disk.heal()
-            for via in s3:
-                for n in range(3):
-                    assert s3[via].get_object(Bucket="faces", Key=f"on-r1-{n}")["Body"].read() == BODY, via
-            wait_for(lambda: not store_left_out_in_metrics(nodes, "p1", "gateway_cluster_store_failed", "r1"),
-                     RETRY + 15, "the primary forgetting the failed store")
-            assert write_many(s3["p1"], "faces", "after", 20, BODY, 503) == []
-            listed = {o["Key"] for o in s3["x1"].list_objects_v2(Bucket="faces")["Contents"]}
-            assert listed >= {f"on-r1-{n}" for n in range(3)} | set(written), "objects missing from the listing"
-        finally:
-            nodes.stop()
+        disk.heal()
+        for via in s3:
+            for n in range(3):
+                assert s3[via].get_object(Bucket="faces", Key=f"on-r1-{n}")["Body"].read() == BODY, via
+        wait_for(lambda: not store_left_out_in_metrics(nodes, "p1", "gateway_cluster_store_failed", "r1"),
+                 RETRY + 15, "the primary forgetting the failed store")
+        assert write_many(s3["p1"], "faces", "after", 20, BODY, 503) == []
+        listed = {o["Key"] for o in s3["x1"].list_objects_v2(Bucket="faces")["Contents"]}
+        assert listed >= {f"on-r1-{n}" for n in range(3)} | set(written), "objects missing from the listing"

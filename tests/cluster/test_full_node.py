@@ -16,8 +16,8 @@ import pytest
 
 from gateway.testing.disks import tmpfs
 
-from .conftest import ClusterNodes, error_of, wait_for
-from .unwritable_helpers import store_left_out_in_metrics, stored_on, write_many
+from .conftest import error_of, wait_for
+from .unwritable_helpers import primary_redundant_proxy, store_left_out_in_metrics, stored_on, write_many
 
 RETRY = 6  # full_store_retry: seconds the full node is left out before a write is placed there again
 BODY = b"f" * 16 * 1024
@@ -40,55 +40,48 @@ def fill(disk) -> None:
 
 
 def test_writes_through_the_primary_and_the_proxy_go_around_a_full_node_until_it_has_room(tmp_path):
-    with tmpfs(tmp_path / "full", "1m") as disk:
-        nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-        try:
-            env = {"GATEWAY_FULL_STORE_RETRY": str(RETRY)}
-            nodes.add("p1", "primary", env)
-            nodes.add_many([("full", "redundant"), ("x1", "proxy")], env)
-            nodes.wait_known(3)
-            primary, proxy = nodes["p1"].client(), nodes["x1"].client()
-            primary.create_bucket(Bucket="fill")
-            primary.put_object(Bucket="fill", Key="warm-up", Body=b"x")
-            nodes["full"].client().put_object(Bucket="fill", Key="on-full", Body=b"stored before it filled")
-            fill(disk)
+    with tmpfs(tmp_path / "full", "1m") as disk, \
+            primary_redundant_proxy(tmp_path, "full", {"GATEWAY_FULL_STORE_RETRY": str(RETRY)}) as nodes:
+        primary, proxy = nodes["p1"].client(), nodes["x1"].client()
+        primary.create_bucket(Bucket="fill")
+        primary.put_object(Bucket="fill", Key="warm-up", Body=b"x")
+        nodes["full"].client().put_object(Bucket="fill", Key="on-full", Body=b"stored before it filled")
+        fill(disk)
 
-            refused = writes(primary, "via-primary", 30) + writes(proxy, "via-proxy", 30)
-            # Each placing node finds it full once (its 507 is that write's answer), then leaves it out.
-            assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the full node: {refused}"
-            # The full node says so itself, with its heartbeat: `cluster status` and /metrics show it.
-            # (Checked first: the flag lasts RETRY seconds from the last write that found it full.)
-            wait_for(lambda: {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
-                     "the full node publishing storage_full")
-            table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
-                                    nodes.registry], capture_output=True, text=True, timeout=30)
-            assert "full: " in table.stdout, table.stdout
-            assert full_in_metrics(nodes, "p1")
+        refused = writes(primary, "via-primary", 30) + writes(proxy, "via-proxy", 30)
+        # Each placing node finds it full once (its 507 is that write's answer), then leaves it out.
+        assert len(refused) <= 2, f"{len(refused)} of 60 writes were placed on the full node: {refused}"
+        # The full node says so itself, with its heartbeat: `cluster status` and /metrics show it.
+        # (Checked first: the flag lasts RETRY seconds from the last write that found it full.)
+        wait_for(lambda: {r["node_id"]: r["storage_full"] for r in nodes.status()}["full"], 10,
+                 "the full node publishing storage_full")
+        table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
+                                nodes.registry], capture_output=True, text=True, timeout=30)
+        assert "full: " in table.stdout, table.stdout
+        assert full_in_metrics(nodes, "p1")
 
-            missing = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(30)
-                       if f"{p}-{n}" not in refused
-                       and proxy.get_object(Bucket="fill", Key=f"{p}-{n}")["Body"].read() != BODY]
-            assert not missing, f"answered 200 but not readable: {missing}"
-            assert proxy.get_object(Bucket="fill", Key="on-full")["Body"].read() == b"stored before it filled"
+        missing = [f"{p}-{n}" for p in ("via-primary", "via-proxy") for n in range(30)
+                   if f"{p}-{n}" not in refused
+                   and proxy.get_object(Bucket="fill", Key=f"{p}-{n}")["Body"].read() != BODY]
+        assert not missing, f"answered 200 but not readable: {missing}"
+        assert proxy.get_object(Bucket="fill", Key="on-full")["Body"].read() == b"stored before it filled"
 
-            # A multipart upload begun through the full node itself goes to a node with room (its
-            # parts and completion follow it there). A write it takes itself finds it full first.
-            on_full = nodes["full"].client()
-            assert error_of(lambda: on_full.put_object(Bucket="fill", Key="direct", Body=BODY)) \
-                .response["ResponseMetadata"]["HTTPStatusCode"] == 507
-            upload = on_full.create_multipart_upload(Bucket="fill", Key="video.bin")["UploadId"]
-            parts = [on_full.upload_part(Bucket="fill", Key="video.bin", UploadId=upload, PartNumber=n,
-                                         Body=bytes([n]) * 6000)["ETag"] for n in (1, 2)]
-            on_full.complete_multipart_upload(Bucket="fill", Key="video.bin", UploadId=upload, MultipartUpload={
-                "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in zip((1, 2), parts)]})
-            assert proxy.get_object(Bucket="fill", Key="video.bin")["Body"].read() == b"\1" * 6000 + b"\2" * 6000
+        # A multipart upload begun through the full node itself goes to a node with room (its
+        # parts and completion follow it there). A write it takes itself finds it full first.
+        on_full = nodes["full"].client()
+        assert error_of(lambda: on_full.put_object(Bucket="fill", Key="direct", Body=BODY)) \
+            .response["ResponseMetadata"]["HTTPStatusCode"] == 507
+        upload = on_full.create_multipart_upload(Bucket="fill", Key="video.bin")["UploadId"]
+        parts = [on_full.upload_part(Bucket="fill", Key="video.bin", UploadId=upload, PartNumber=n,
+                                     Body=bytes([n]) * 6000)["ETag"] for n in (1, 2)]
+        on_full.complete_multipart_upload(Bucket="fill", Key="video.bin", UploadId=upload, MultipartUpload={
+            "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in zip((1, 2), parts)]})
+        assert proxy.get_object(Bucket="fill", Key="video.bin")["Body"].read() == b"\1" * 6000 + b"\2" * 6000
 
-            # Room again: once full_store_retry has passed, writes are placed there again.
-            (disk / "filler").unlink()
-            wait_for(lambda: not full_in_metrics(nodes, "p1"), RETRY + 15, "the primary forgetting the full store")
-            before = stored_on(nodes, "full", "fill")
-            assert writes(primary, "after", 30) == []
-            assert stored_on(nodes, "full", "fill") > before, "no write was placed on the node that has room again"
-            assert json.dumps(nodes.admin("p1"))  # still answering
-        finally:
-            nodes.stop()
+        # Room again: once full_store_retry has passed, writes are placed there again.
+        (disk / "filler").unlink()
+        wait_for(lambda: not full_in_metrics(nodes, "p1"), RETRY + 15, "the primary forgetting the full store")
+        before = stored_on(nodes, "full", "fill")
+        assert writes(primary, "after", 30) == []
+        assert stored_on(nodes, "full", "fill") > before, "no write was placed on the node that has room again"
+        assert json.dumps(nodes.admin("p1"))  # still answering

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 from botocore.exceptions import ClientError
+
+from .conftest import ClusterNodes
 
 
 def stored_on(nodes, name: str, bucket: str) -> int:
@@ -34,3 +39,17 @@ def write_many(s3, bucket: str, prefix: str, count: int, body: bytes, refused_st
             assert all(s in message for s in says), exc.response["Error"]
             refused.append(key)
     return refused
+
+
+@contextlib.contextmanager
+def primary_redundant_proxy(base: Path, redundant: str, env: dict[str, str]) -> Iterator[ClusterNodes]:
+    """p1 (primary), node ``redundant`` and x1 (proxy) on an SQLite registry in ``base``, started with
+    ``env`` and known to each other; stopped at the end."""
+    nodes = ClusterNodes(base, f"sqlite:///{base}/registry.db")
+    try:
+        nodes.add("p1", "primary", env)
+        nodes.add_many([(redundant, "redundant"), ("x1", "proxy")], env)
+        nodes.wait_known(3)
+        yield nodes
+    finally:
+        nodes.stop()
