@@ -41,6 +41,13 @@ class Payload:
         sha256_hex: str | None = None,
     ):
         self._chunks = chunks
+        self._source: AsyncIterator[bytes] | None = None  # the one iterator of ``chunks`` (see again())
+        self._arguments = dict(expected_size=expected_size, content_md5=content_md5,
+                               checksum_algorithms=checksum_algorithms, expected_checksums=expected_checksums,
+                               etag=etag, sha256_hex=sha256_hex)
+        self._kept: list[bytes] | None = None
+        self._kept_size = self._keep_limit = 0
+        self._source_broken = False
         self.expected_size = expected_size
         self._content_md5 = content_md5
         self._expected = expected_checksums if expected_checksums is not None else {}
@@ -82,11 +89,59 @@ class Payload:
         it raises to refuse the write (a conditional PUT whose cluster lock was lost)."""
         self._final_checks.append(check)
 
+    def keep_for_retry(self, limit: int) -> None:
+        """Keep the chunks as they are read, up to ``limit`` bytes in all, so that a write that its store
+        refused (full, failed, its node gone) can be sent again elsewhere: see again()."""
+        self._kept, self._kept_size, self._keep_limit = [], 0, limit
+
+    def again(self) -> "Payload | None":
+        """A new Payload with the same bytes, declared values and end checks, for another write of this
+        body: the chunks read so far (kept) and then the rest of the client's body. None when that
+        cannot be had: more than the kept limit was read, or reading the client's body itself failed
+        or was cut short (a cancelled read loses what the client sent in it)."""
+        if self._kept is None or self._source_broken:
+            return None
+        kept, source = self._kept, self._source if self._source is not None else aiter(self._chunks)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in kept:
+                yield chunk
+            async for chunk in source:
+                yield chunk
+
+        replay = Payload(chunks(), **self._arguments)
+        replay._final_checks = list(self._final_checks)
+        replay.keep_for_retry(self._keep_limit)
+        self._kept = None  # the body now belongs to the new Payload
+        return replay
+
+    async def _next_chunks(self) -> AsyncIterator[bytes]:
+        """The client's chunks, from the one iterator a retry continues (again()), kept when asked."""
+        if self._source is None:
+            self._source = aiter(self._chunks)
+        source = self._source
+        while True:
+            self._source_broken = True  # until the read returns: a read that raises or is cancelled loses bytes
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                self._source_broken = False
+                return
+            self._source_broken = False
+            if self._kept is not None and chunk:
+                self._kept_size += len(chunk)
+                if self._kept_size > self._keep_limit:
+                    self._kept = None
+                else:
+                    self._kept.append(chunk)
+            yield chunk
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._done:
             raise RuntimeError("a Payload can be read only once")
         limit = self.expected_size
-        async for chunk in self._chunks:
+        chunks = self._chunks if self._kept is None else self._next_chunks()
+        async for chunk in chunks:
             if not chunk:
                 continue
             self.size += len(chunk)

@@ -16,10 +16,12 @@ it is seen, for ``retry_after`` seconds (settings ``full_store_retry`` and
   once, before that node's next heartbeat.
 
 Then the placed write is tried there again, as space may have been freed or
-the disk mounted again. The write that found the store that way is answered
-so (its body was streamed on and cannot be sent again); the writes after it
-go to other nodes. Nothing is refused because of a note: when every node is
-noted, writes are placed as before and each answers for itself.
+the disk mounted again. The write that found the store that way is placed
+again on another node with the body kept while it was written (up to 1 MiB,
+services/cluster_nodes.py ``_put_placed``; a longer body is answered with the
+store's 507 or 503); the writes after it go to other nodes. Nothing is
+refused because of a note: when every node is noted, writes are placed as
+before and each answers for itself.
 docs/cluster.md, "A full or failed store".
 """
 

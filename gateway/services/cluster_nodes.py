@@ -50,6 +50,9 @@ from .pending import PendingBackend
 log = logging.getLogger("gateway.cluster")
 BUCKET_MEMORY = 5.0  # seconds a proxy trusts that a bucket exists before writing into it
 RETRY_AFTER = "5"  # seconds a client should wait when an object may be on an unreachable node
+# A write whose store turns out full or failed, or whose node cannot be reached, is placed once more
+# elsewhere if its body is at most this long: the body is kept while it is written (docs/cluster.md).
+PLACE_AGAIN_BODY = 1 << 20
 
 
 def node_backend(role: str, local: Backend | None, cluster: Cluster, name: str = "") -> Backend:
@@ -366,7 +369,7 @@ class ClusterNode(Backend):
             return False
         return True
 
-    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+    async def _put_here(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         """Store here, then retire older copies of the key on the other nodes."""
         self.locations.forget(bucket, key)
         with (self.cluster.balancer.track(self.cluster.node_id, counted=not bucket.startswith(".")),
@@ -374,6 +377,41 @@ class ClusterNode(Backend):
             info = await self.local.put(bucket, key, payload, meta)
         await self._retire_older_copies(bucket, key, info, self.cluster.node_id)
         return info
+
+    async def _placement(self, bucket: str, key: str, tried: set[str]) -> str | None:
+        """The node a PUT through this node goes to (this one or a peer), not one in ``tried``; None
+        when no other is left."""
+        raise NotImplementedError
+
+    async def _put_placed(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta, what: str) -> ObjectInfo:
+        """Store on the node _placement names. When that node's store turns out full or failed, or
+        the node cannot be reached, the write goes to the node _placement names next, not one
+        tried already, with the same body (kept while it is written, up to
+        PLACE_AGAIN_BODY): so the client gets no 507 or 503 for a store that is noted only now
+        (cluster/unwritable.py), as long as another node takes it. ``what`` names the write
+        in a 503 when its last node could not be reached."""
+        tried: set[str] = set()
+        payload.keep_for_retry(PLACE_AGAIN_BODY)
+        target = await self._placement(bucket, key, tried)
+        while True:
+            try:
+                if target == self.cluster.node_id:
+                    return await self._put_here(bucket, key, payload, meta)
+                return await self._put_on_peer(target, bucket, key, payload, meta)
+            except (PeerUnreachable, errors.GatewayError, OSError) as exc:
+                if not (isinstance(exc, PeerUnreachable) or self.cluster.full.caused_by(exc)
+                        or self.cluster.failed.caused_by(exc)):
+                    raise
+                tried.add(target)
+                following = await self._placement(bucket, key, tried)
+                again = payload.again() if following is not None and following not in tried else None
+                if again is None:
+                    if isinstance(exc, PeerUnreachable):
+                        raise write_unreachable_error(what, exc.peer) from None
+                    raise
+                log.info("write of %s/%s placed on %s instead of %s: %s", bucket, key, following, target,
+                         exc.reason if isinstance(exc, PeerUnreachable) else exc)
+                target, payload = following, again
 
     async def _put_on_peer(self, peer: str, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         address = self.cluster.peers()[peer]
@@ -919,14 +957,14 @@ class StoringNode(ClusterNode):
             await self._ensure_local_bucket(bucket)
             return await self.local.create_multipart(bucket, key, meta, checksum_algorithm)
 
-    def _roomier_peer(self) -> str | None:
+    def _roomier_peer(self, tried: set[str] = frozenset()) -> str | None:
         """While this node's store is noted full or failed (cluster/unwritable.py): a storing peer that
-        takes writes, the less busy of two; else None."""
+        takes writes (not one in ``tried``), the less busy of two; else None."""
         cluster = self.cluster
         if not cluster.own_store_left_out(self.name):
             return None
-        peers = [p for p in cluster.peers()
-                 if not cluster.health.limited(p) and not cluster.refuses_writes(p, self.name)]
+        peers = [p for p in cluster.peers() if p not in tried
+                 and not cluster.health.limited(p) and not cluster.refuses_writes(p, self.name)]
         return cluster.balancer.choose(peers) if peers else None
 
     async def _ensure_local_bucket(self, bucket: str) -> None:
@@ -941,25 +979,25 @@ class StoringNode(ClusterNode):
                 pass
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
+        return await self._put_placed(bucket, key, payload, meta, f"The write of object {key!r}")
+
+    async def _placement(self, bucket: str, key: str, tried: set[str]) -> str | None:
+        """Where a PUT sent to this node goes: here, unless this node's store was found full or failed;
+        then to a peer that takes writes, as create_multipart does."""
+        me = self.cluster.node_id
+        if me not in tried and (bucket.startswith(".") or not self.cluster.own_store_left_out(self.name)):
+            return me
+        return self._roomier_peer(tried) or (None if me in tried else me)
+
+    async def _put_here(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         with self._noting_store():  # an unmounted share fails the bucket's check first
             await self._ensure_local_bucket(bucket)
-        return await super().put(bucket, key, payload, meta)
+        return await super()._put_here(bucket, key, payload, meta)
 
 
 
 class PrimaryNode(StoringNode):
     """The primary: places new objects on itself or a redundant node, whichever is less busy."""
-
-    async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
-        target = await self._placement(bucket, key)
-        if target != self.cluster.node_id:
-            try:
-                return await self._put_on_peer(target, bucket, key, payload, meta)
-            except PeerUnreachable as exc:
-                if payload.size:  # part of the body went to the peer: it cannot be sent again
-                    raise write_unreachable_error(f"The write of object {key!r}", exc.peer) from None
-                log.info("placement on %s failed (%s); storing here", target, exc.reason)
-        return await super().put(bucket, key, payload, meta)
 
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None,
                   forward: bool = False) -> ObjectReader:
@@ -1004,13 +1042,14 @@ class PrimaryNode(StoringNode):
             return peer
         return None
 
-    async def _placement(self, bucket: str, key: str) -> str:
-        """Where a PUT goes: where the key already is (so an overwrite replaces it), else the less busy node."""
+    async def _placement(self, bucket: str, key: str, tried: set[str]) -> str | None:
+        """Where a PUT goes: where the key already is (so an overwrite replaces it), else the less busy
+        node; not a node in ``tried`` (None when no other is left)."""
         me = self.cluster.node_id
         if bucket.startswith("."):
-            return me
+            return None if me in tried else me
         cached = self.locations.get(bucket, key)
-        redundants = self.cluster.redundant_peers()
+        redundants = {p: a for p, a in self.cluster.redundant_peers().items() if p not in tried}
         if (cached and cached in redundants and not self.cluster.health.limited(cached)
                 and not self.cluster.refuses_writes(cached, self.name)):
             # An overwrite goes where the key is, so that it replaces the copy there. Not to a holder
@@ -1020,7 +1059,8 @@ class PrimaryNode(StoringNode):
         # A node whose store for this backend has not answered since it started (services/pending.py), or
         # was found full or failed (cluster/unwritable.py), takes no writes for it: this one included,
         # unless no node can take them (then its 503 or 507 says why).
-        own_store = not isinstance(self.local, PendingBackend) and not self.cluster.own_store_left_out(self.name)
+        own_store = (me not in tried and not isinstance(self.local, PendingBackend)
+                     and not self.cluster.own_store_left_out(self.name))
         if own_store:
             try:
                 if await self.local.exists(bucket, key):
@@ -1030,7 +1070,9 @@ class PrimaryNode(StoringNode):
         candidates = ([me] if own_store else []) + [
             p for p in redundants
             if not self.cluster.health.limited(p) and not self.cluster.refuses_writes(p, self.name)]
-        return self.cluster.balancer.choose(candidates) if candidates else me
+        if candidates:
+            return self.cluster.balancer.choose(candidates)
+        return None if me in tried else me
 
 
 class ProxyNode(ClusterNode):
@@ -1060,20 +1102,21 @@ class ProxyNode(ClusterNode):
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         self.locations.forget(bucket, key)
         await self._known_bucket(bucket)
-        peers = self.cluster.peers()
-        if not peers:
+        if not self.cluster.peers():
             raise errors.ServiceUnavailable("this proxy knows no storing node (check the registry)")
-        # Not to a node whose store for this backend has not answered since it started (services/pending.py)
-        # or was found full or failed (cluster/unwritable.py), unless every node is in that state: then one of
-        # them answers why.
-        ready = [p for p in peers if not self.cluster.refuses_writes(p, self.name)] or list(peers)
-        healthy, limited = self.cluster.health.split(ready)
         # Multipart parts never come here: upload_part sends them to the node holding their upload
         # (it is assembled there, and a part sent again must replace the earlier one there).
-        target = self.cluster.balancer.choose(healthy or limited)
-        try:
-            return await self._put_on_peer(target, bucket, key, payload, meta)
-        except PeerUnreachable as exc:
-            # Never the internal name of an upload's record in a client's message.
-            what = "Starting the multipart upload" if bucket == MULTIPART_BUCKET else f"The write of object {key!r}"
-            raise write_unreachable_error(what, exc.peer) from None
+        # Never the internal name of an upload's record in a client's message.
+        what = "Starting the multipart upload" if bucket == MULTIPART_BUCKET else f"The write of object {key!r}"
+        return await self._put_placed(bucket, key, payload, meta, what)
+
+    async def _placement(self, bucket: str, key: str, tried: set[str]) -> str | None:
+        """The less busy storing node, not one in ``tried``. Not one whose store for this backend has not
+        answered since it started (services/pending.py) or was found full or failed (cluster/unwritable.py),
+        unless every node is in that state: then one of them answers why."""
+        peers = [p for p in self.cluster.peers() if p not in tried]
+        if not peers:
+            return None
+        ready = [p for p in peers if not self.cluster.refuses_writes(p, self.name)] or peers
+        healthy, limited = self.cluster.health.split(ready)
+        return self.cluster.balancer.choose(healthy or limited)

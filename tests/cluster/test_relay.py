@@ -156,7 +156,7 @@ def test_primary_stores_an_overwrite_itself_when_the_node_holding_the_key_is_dow
     try:
         s3["p1"].put_object(Bucket="relay", Key="fallback", Body=b"new, on p1")
         assert on_p1.exists(), "the primary did not store the overwrite itself"
-        assert "placement on r1 failed" in cluster["p1"].log(), "the overwrite was not placed on r1 first"
+        assert "placed on p1 instead of r1" in cluster["p1"].log(), "the overwrite was not placed on r1 first"
         for name in ("p1", "r2", "x1"):
             assert s3[name].get_object(Bucket="relay", Key="fallback")["Body"].read() == b"new, on p1", name
     finally:
@@ -167,6 +167,30 @@ def test_primary_stores_an_overwrite_itself_when_the_node_holding_the_key_is_dow
     assert not on_r1.exists(), "r1 kept the old version"
     for name in NODES:
         assert s3[name].get_object(Bucket="relay", Key="fallback")["Body"].read() == b"new, on p1", name
+
+
+def test_an_overwrite_sent_to_a_frozen_holder_is_stored_elsewhere_not_refused(cluster):
+    """The primary places an overwrite on the node holding the key; that node is frozen (SIGSTOP: the
+    connection is accepted and the body sent, no answer comes). After the peer timeout the write is
+    placed again with the body the primary kept, not answered 503 (it was, since part of the body
+    had gone out), and every node reads the new version, the frozen one too once it runs again."""
+    s3 = clients(cluster)
+    s3["r2"].put_object(Bucket="relay", Key="frozen-holder", Body=b"old, on r2")
+    assert s3["p1"].get_object(Bucket="relay", Key="frozen-holder")["Body"].read() == b"old, on r2"
+    new = b"new version " * 2000  # 24 KB: all of it is sent to r2 before the primary waits for an answer
+    reader = cluster["p1"].client(retries={"total_max_attempts": 1, "mode": "standard"})
+    cluster["r2"].pause()
+    try:
+        started = time.monotonic()
+        reader.put_object(Bucket="relay", Key="frozen-holder", Body=new)  # no client retry: one try
+        assert time.monotonic() - started < 15
+        assert "placed on" in cluster["p1"].log() and "instead of r2" in cluster["p1"].log()
+        for name in ("p1", "r1", "x1"):
+            assert s3[name].get_object(Bucket="relay", Key="frozen-holder")["Body"].read() == new, name
+    finally:
+        cluster["r2"].resume()
+    for name in NODES:
+        assert s3[name].get_object(Bucket="relay", Key="frozen-holder")["Body"].read() == new, name
 
 
 def test_listing_merges_all_nodes_in_order_without_duplicates_and_pages(cluster):
