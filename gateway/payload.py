@@ -51,12 +51,12 @@ class Payload:
         self.expected_size = expected_size
         self._content_md5 = content_md5
         self._expected = expected_checksums if expected_checksums is not None else {}
-        self._algorithms = tuple(dict.fromkeys((*checksum_algorithms, *self._expected)))
-        self._etag_override = etag
+        self.algorithms = tuple(dict.fromkeys((*checksum_algorithms, *self._expected)))  # computed while read
+        self.given_etag = etag  # the ETag to store instead of the bytes' MD5 (multipart objects), or None
         self._sha256_hex = sha256_hex
         self._md5 = hashlib.md5() if etag is None else None
         self._sha256 = hashlib.sha256() if sha256_hex else None
-        self._hashers = {alg: new_hasher(alg) for alg in self._algorithms}
+        self._hashers = {alg: new_hasher(alg) for alg in self.algorithms}
         self.size = 0
         self._done = False
         self._final_checks: list[Callable[[], Awaitable[None]]] = []
@@ -183,7 +183,7 @@ class Payload:
         """The object's ETag (hex MD5 of the bytes, unless given); valid once the stream ended."""
         if not self._done:
             raise RuntimeError("etag is known only after the payload was read to the end")
-        return self._etag_override or self._md5.hexdigest()
+        return self.given_etag or self._md5.hexdigest()
 
     @property
     def checksums(self) -> dict[str, str]:

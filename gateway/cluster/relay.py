@@ -376,15 +376,13 @@ class PeerClient:
                   meta: ObjectMeta, ensure_bucket: bool = False) -> ObjectInfo:
         """Store on the peer; ``ensure_bucket``: the caller knows the bucket exists, create it there if missing."""
         headers = {wire.META_HEADER: json.dumps(meta.to_json()),
-                   # Which checksums the client asked for (Payload keeps them; no public accessor yet).
-                   wire.ALGORITHMS_HEADER: ",".join(getattr(payload, "_algorithms", ()))}
+                   wire.ALGORITHMS_HEADER: ",".join(payload.algorithms)}  # the checksums the client asked for
         if ensure_bucket:
             headers[wire.ENSURE_BUCKET_HEADER] = "1"
         if payload.expected_size is not None:
             headers[wire.SIZE_HEADER] = str(payload.expected_size)
-        etag = getattr(payload, "_etag_override", None)
-        if etag:
-            headers[wire.ETAG_HEADER] = etag
+        if payload.given_etag:
+            headers[wire.ETAG_HEADER] = payload.given_etag
         body = HeldBackBody(payload)
         response = await self.request(peer, address, "PUT", object_path(bucket, key), headers=headers, data=body,
                                       stream=True)
@@ -468,7 +466,7 @@ class PeerClient:
                           payload: Payload) -> PartInfo:
         """Stream the part's body to the holder of its upload (HeldBackBody: the last chunk only once
         the client's body passed its checks, as a PUT)."""
-        headers = {wire.ALGORITHMS_HEADER: ",".join(getattr(payload, "_algorithms", ()))}
+        headers = {wire.ALGORITHMS_HEADER: ",".join(payload.algorithms)}
         if payload.expected_size is not None:
             headers[wire.SIZE_HEADER] = str(payload.expected_size)
         body = HeldBackBody(payload)
