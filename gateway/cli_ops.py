@@ -81,19 +81,20 @@ def backup(config_file, objects_only, include_shared, quiet, output, **flags) ->
     except OpsError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"the backup failed: {exc}; {_unfinished(output)}")
-    except KeyboardInterrupt:
-        interrupted(f"the backup was stopped; {_unfinished(output)}")
+        _fail(f"the backup failed: {exc}; {_unfinished(output, exc)}")
+    except KeyboardInterrupt as exc:
+        interrupted(f"the backup was stopped; {_unfinished(output, exc)}")
     if result.not_objects:
         raise SystemExit(1)
 
 
-def _unfinished(output: str) -> str:
-    """What became of the archive of a backup that failed: a file is removed; standard output is
-    not ours to clean up, and what reached it must not pass for a backup."""
+def _unfinished(output: str, exc: BaseException) -> str:
+    """What became of the archive of a backup that failed: its file removed, or why not (create_backup
+    tells, on the exception); standard output is not ours to clean up, and what reached it must not
+    pass for a backup."""
     if output == "-":
         return "what reached standard output is an unfinished archive (restore refuses it as cut short): delete it"
-    return "the unfinished archive was removed"
+    return getattr(exc, "unfinished_archive", "no archive was begun")
 
 
 @click.command()

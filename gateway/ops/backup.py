@@ -218,6 +218,8 @@ def create_backup(settings, output: str, objects_only: bool = False, config_file
         if isinstance(exc, UnreadableTree):  # walking the store
             raise OpsError(f"{exc}: reading the store failed, not writing the archive; check the disk holding the "
                            f"store (`dmesg`) and take the backup again; {_what_became_of(partial, left)}") from None
+        # Ctrl-C, SIGTERM or another OSError: the command line says it, with what became of the archive.
+        exc.unfinished_archive = _what_became_of(partial, left)
         raise
     summary = f"{result.objects:,} objects, {human_bytes(result.bytes)} in {output if not to_stdout else 'stdout'}"
     if result.vanished:

@@ -81,6 +81,32 @@ def test_backup_onto_a_failing_disk_says_the_unfinished_archive_is_still_there_a
     assert "holds 1 unfinished archive(s)" in again.stderr and partial in again.stderr
 
 
+def test_an_interrupted_backup_says_its_unfinished_archive_is_still_there_when_it_could_not_be_removed(store, disk):
+    """Ctrl-C while the archive is written, and the archive's disk fails as the clean-up removes it.
+    Before: "the unfinished archive was removed" (the command line said it without knowing), exit 130."""
+    result = gateway_failing(disk, "gateway.ops.backup:_discard", "--interrupt-before", "gateway.ops.backup:_add_store",
+                             "backup", "--data-dir", store, disk.path)
+    assert "Ctrl-C before _add_store" in result.stderr, result.stderr
+    assert result.returncode == 130, result.stderr
+    message = last_error(result)
+    (partial,) = [name for name in os.listdir(disk.backing) if name.endswith(".tar.partial")]
+    assert message.startswith("error: interrupted: the backup was stopped"), message
+    assert f"the unfinished archive {disk.path / partial} could not be removed (Input/output error)" in message
+    assert "was removed" not in message
+
+
+def test_an_interrupted_backup_says_its_unfinished_archive_was_removed(store, tmp_path):
+    """The same on a disk that works: the .partial is gone, and the message says so."""
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    result = subprocess.run([sys.executable, FAIL_DISK_AT, tmp_path / "unused-switch", "gateway.ops.backup:_discard",
+                             "--interrupt-before", "gateway.ops.backup:_add_store",
+                             "backup", "--data-dir", store, archives], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 130, result.stderr
+    assert os.listdir(archives) == []
+    assert last_error(result) == "error: interrupted: the backup was stopped; the unfinished archive was removed"
+
+
 def test_backup_of_a_failing_store_names_the_file_it_could_not_read_and_says_it_is_the_store(tmp_path, disk):
     """Before: "the backup failed: [Errno 5] Input/output error; the unfinished archive was removed"."""
     fill(disk.path / "cv")
