@@ -147,8 +147,9 @@ def storage_error(exc: BaseException, where: str = "the storage behind this gate
     """The answer to an OSError of the filesystem under a store that no backend turned into one, or None.
 
     Out of space (ENOSPC, EDQUOT) is 507, which S3 clients do not retry; a failed filesystem (EIO,
-    EROFS, ESTALE) is a 503 with Retry-After, which they do: in a cluster the retry is placed on
-    another node (docs/cluster.md, "A full or failed store"). Both name the cause and what to do.
+    EROFS, ESTALE) is a 503 with Retry-After, which they do. In a cluster either makes the node that
+    placed the write place it again on another node (docs/cluster.md, "A write placed again"). Both
+    name the cause and what to do.
     """
     if not isinstance(exc, OSError):
         return None

@@ -66,13 +66,22 @@ def node_backend(role: str, local: Backend | None, cluster: Cluster, name: str =
     return StoringNode(local, cluster)
 
 
+STORAGE_FAILED = ": its storage failed"  # how a 503 names a node whose own store answered that it failed
+
+
+def servers_down(nodes: list[str]) -> str:
+    """How a 503 says which servers could not say: "cannot be reached now (r1, r2)", or "cannot answer
+    now (r1: its storage failed, r2)" when one answered that its store failed (ClusterNode._named)."""
+    verb = "cannot answer" if any(n.endswith(STORAGE_FAILED) for n in nodes) else "cannot be reached"
+    return f"{verb} now ({', '.join(sorted(nodes))})"
+
+
 def bucket_unreachable_error(bucket: str, nodes: list[str], done: str) -> errors.GatewayError:
     """DeleteBucket's 503: a server that may hold the bucket could not be asked or failed; ``done``
     says what was changed. Names only the client's bucket (never the gateway's internal ones)."""
-    which = f" ({', '.join(sorted(nodes))})" if nodes else ""
+    which = servers_down(nodes) if nodes else "cannot be reached now"
     error = errors.NodeUnreachable(
-        f"Bucket {bucket!r} cannot be deleted now: a server that may hold it cannot be reached{which}. "
-        f"{done}; retry later.")
+        f"Bucket {bucket!r} cannot be deleted now: a server that may hold it {which}. {done}; retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
     return error
 
@@ -94,15 +103,15 @@ def upload_name(upload_id: str, key: str | None) -> str:
 def upload_unreachable_error(upload_id: str, key: str | None, peers: list[str]) -> errors.GatewayError:
     """The node holding an upload (or one that may hold it) cannot be reached: never a final 404."""
     error = errors.NodeUnreachable(
-        f"{upload_name(upload_id, key)} is held by a server that cannot be reached now "
-        f"({', '.join(sorted(peers))}); it is kept there: retry later.")
+        f"{upload_name(upload_id, key)} is held by a server that {servers_down(peers)}; it is kept there: "
+        "retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
     return error
 
 
 def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
     error = errors.NodeUnreachable(
-        f"{what} may be on a server that cannot be reached now ({', '.join(sorted(peers))}); retry later.")
+        f"{what} may be on a server that {servers_down(peers)}; retry later.")
     error.headers["Retry-After"] = RETRY_AFTER
     return error
 
@@ -154,7 +163,8 @@ class ClusterNode(Backend):
             raise _Miss(bucket=False) from None
         except (errors.ServiceUnavailable, errors.InternalError) as exc:
             # The peer answered but its storage failed: it could not say whether it has the object.
-            raise PeerUnreachable(peer, exc.message) from None
+            raise PeerUnreachable(peer, exc.message,
+                                  storage_failed=isinstance(exc, errors.BackendUnavailable)) from None
 
     async def _first_hit(self, peers: list[str], call, state: dict) -> tuple[str, Any] | None:
         """Ask ``peers`` in parallel; return (peer, result) of the first that has it, without waiting for the rest.
@@ -178,6 +188,7 @@ class ClusterNode(Backend):
                         continue
                     except PeerUnreachable as exc:
                         state["unreachable"].append(peer)
+                        state["why"][peer] = exc
                         log.info("relay: %s", exc)
                         continue
                     state["bucket"] = True
@@ -219,7 +230,7 @@ class ClusterNode(Backend):
         to raise instead of ``unreachable_error`` (one that names what the client asked for).
         """
         peers = self.cluster.peers()
-        state: dict[str, Any] = {"unreachable": [], "bucket": bucket_seen}
+        state: dict[str, Any] = {"unreachable": [], "why": {}, "bucket": bucket_seen}
         cached = self.locations.get(bucket, key)
         if cached == NOWHERE:
             raise errors.NoSuchKey(Key=key)
@@ -235,6 +246,7 @@ class ClusterNode(Backend):
                 state["bucket"] = state["bucket"] or miss.bucket
             except PeerUnreachable as exc:
                 state["unreachable"].append(cached)
+                state["why"][cached] = exc
                 log.info("relay: %s", exc)
             self.locations.forget(bucket, key)
         healthy, limited = self.cluster.health.split(p for p in peers if p not in asked)
@@ -245,9 +257,8 @@ class ClusterNode(Backend):
                 self.cluster.balancer.served_read(hit[0], operation)
                 return hit[1]
         if state["unreachable"]:
-            if unreachable is not None:
-                raise unreachable(state["unreachable"])
-            raise unreachable_error(f"Object {key!r}", state["unreachable"])
+            named = self._named(state["unreachable"], state["why"])
+            raise unreachable(named) if unreachable is not None else unreachable_error(f"Object {key!r}", named)
         if local_failure is not None:
             raise local_failure
         if not state["bucket"] and not (bucket_seen is None and await self._has_local_bucket(bucket)):
@@ -276,6 +287,16 @@ class ClusterNode(Backend):
             answers = await self._until(enough, {asyncio.ensure_future(one(p, a)): p for p, a in peers.items()})
         unreachable = [p for p, r in answers.items() if isinstance(r, (PeerUnreachable, errors.ServiceUnavailable))]
         return answers, unreachable
+
+    @staticmethod
+    def _named(peers: list[str], answers: dict[str, Any]) -> list[str]:
+        """``peers`` as a 503 names them: "r1: its storage failed" for one whose own store answered that
+        it failed (a BackendUnavailable: its disk failing, its share unmounted), which is the server's
+        disk to check, not the network."""
+        def storage_failed(answer) -> bool:
+            return isinstance(answer, errors.BackendUnavailable) or getattr(answer, "storage_failed", False)
+
+        return [p + STORAGE_FAILED if storage_failed(answers.get(p)) else p for p in peers]
 
     @staticmethod
     async def _until(enough: Callable[[Any], bool], tasks: dict[asyncio.Task, str]) -> dict[str, Any]:
@@ -538,7 +559,7 @@ class ClusterNode(Backend):
         bucket_seen = bucket_seen or any(not isinstance(r, (errors.NoSuchBucket, Exception)) for r in answers.values())
         self.locations.forget(bucket, key)
         if unreachable and not existed:
-            raise unreachable_error(f"Object {key!r}", unreachable)
+            raise unreachable_error(f"Object {key!r}", self._named(unreachable, answers))
         if not bucket_seen and not unreachable:
             raise errors.NoSuchBucket(BucketName=bucket)
 
@@ -576,7 +597,7 @@ class ClusterNode(Backend):
             if unreachable:
                 # Never the gateway's internal bucket in a client's message (uploads live in one).
                 what = "Unfinished multipart uploads" if bucket.startswith(".") else f"Bucket {bucket!r}"
-                raise unreachable_error(what, unreachable)
+                raise unreachable_error(what, self._named(unreachable, answers))
             raise errors.NoSuchBucket(BucketName=bucket)
         merged = merge_pages(pages, max_keys)
         merged.metadata = all(page.metadata for page in pages)
@@ -732,7 +753,8 @@ class ClusterNode(Backend):
         unreachable = self._share_covered(answered, unreachable)
         if not lists:
             if unreachable:
-                raise unreachable_error(f"The unfinished multipart uploads of bucket {bucket!r}", unreachable)
+                raise unreachable_error(f"The unfinished multipart uploads of bucket {bucket!r}",
+                                        self._named(unreachable, answers))
             if self.local is None and not answers:
                 raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
             raise errors.NoSuchBucket(BucketName=bucket)
@@ -752,7 +774,7 @@ class ClusterNode(Backend):
             if not answers:  # a proxy that knows no storing node: it would have made the bucket nowhere
                 raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
             if unreachable and len(unreachable) == len(answers):
-                raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+                raise unreachable_error(f"Bucket {bucket!r}", self._named(unreachable, answers))
             if answers and all(isinstance(r, (errors.BucketAlreadyOwnedByYou, PeerUnreachable))
                                for r in answers.values()):
                 raise errors.BucketAlreadyOwnedByYou(BucketName=bucket)
@@ -883,7 +905,7 @@ class ClusterNode(Backend):
         unreachable = self._share_covered(
             [p for p, r in answers.items() if isinstance(r, errors.NoSuchBucket)], unreachable)
         if unreachable:  # it may be there: never a 404 a client takes as final
-            raise unreachable_error(f"Bucket {bucket!r}", unreachable)
+            raise unreachable_error(f"Bucket {bucket!r}", self._named(unreachable, answers))
         raise errors.NoSuchBucket(BucketName=bucket)
 
     async def list_buckets(self) -> list[BucketInfo]:
@@ -911,7 +933,7 @@ class ClusterNode(Backend):
         if not lists:
             if not unreachable:  # a proxy that knows no storing node
                 raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
-            raise unreachable_error("The bucket list", unreachable)
+            raise unreachable_error("The bucket list", self._named(unreachable, answers))
         unreachable = self._share_covered([p for p, r in answers.items() if isinstance(r, list)], unreachable)
         if unreachable:
             log.warning("listing buckets without unreachable nodes %s", ", ".join(sorted(unreachable)))

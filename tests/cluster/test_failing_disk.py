@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from gateway.testing.faulty_disk import FaultyDisk
 
-from .conftest import wait_for
+from .conftest import error_of, wait_for
 from .unwritable_helpers import primary_redundant_proxy, store_left_out_in_metrics, write_many
 
 RETRY = 6  # failed_store_retry
@@ -55,6 +55,9 @@ def test_a_node_whose_disk_fails_with_eio_is_gone_around_and_its_objects_are_503
         # Its own objects cannot be read now, anywhere: 503 (retry later), never 404 (gone).
         statuses = {(via, key): get_status(s3[via], key) for via in s3 for key in ("on-r1-0", "on-r1-2")}
         assert set(statuses.values()) == {503}, statuses
+        # Through the others the 503 says it is r1's storage, not that r1 cannot be reached.
+        message = error_of(lambda: s3["x1"].get_object(Bucket="faces", Key="on-r1-0")).response["Error"]["Message"]
+        assert "may be on a server that cannot answer now (r1: its storage failed)" in message, message
         # A key no node has: 503 too, since the failing node could not say.
         assert status_of(lambda: s3["x1"].head_object(Bucket="faces", Key="nowhere")) == 503
         assert "Traceback" not in nodes["r1"].log(), "a failing disk is not an internal error"
