@@ -1007,7 +1007,9 @@ class StoringNode(ClusterNode):
         """Where a PUT sent to this node goes: here, unless this node's store was found full or failed;
         then to a peer that takes writes, as create_multipart does."""
         me = self.cluster.node_id
-        if me not in tried and (bucket.startswith(".") or not self.cluster.own_store_left_out(self.name)):
+        if bucket.startswith("."):  # the gateway's own records stay with what they belong to
+            return None if me in tried else me
+        if me not in tried and not self.cluster.own_store_left_out(self.name):
             return me
         return self._roomier_peer(tried) or (None if me in tried else me)
 
