@@ -122,8 +122,9 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
     restore stopped (the message says why; the same command finishes the job); 130 stopped with
     Ctrl-C, 143 with SIGTERM (run it again).
     """
-    from .ops.restore import (check_archive, check_destination, check_rereadable, describe_os_error, peek_manifest,
-                              restore as restore_archive, restore_missing_settings_files)
+    from .ops.archive import check_archive, check_rereadable, peek_manifest
+    from .ops.restore import (check_destination, describe_os_error, restore as restore_archive,
+                              restore_missing_settings_files)
 
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
     named = bool(config_file or flags.get("data_dir") or os.environ.get("GATEWAY_DATA_DIR"))
@@ -179,7 +180,8 @@ def _check_destination_early(manifest: dict, config_file, named: bool, force: bo
     Only looks; the same checks run again after the archive is checked, and nothing is written
     before that. Skipped when the settings cannot be read yet (a config file the archive restores)."""
     from .config import ConfigError, load_settings
-    from .ops.restore import ArchiveInfo, check_destination
+    from .ops.archive import ArchiveInfo
+    from .ops.restore import check_destination
 
     if config_file and not os.path.exists(config_file):
         return

@@ -9,6 +9,7 @@ place is written to a temp file, fsynced and renamed, as the backends do.
 - tree.py      walking a store's files, installing one atomically
 - progress.py  the progress line of long operations
 - backup.py    ``gateway backup``: a tar archive with a manifest and checksums
+- archive.py   reading and verifying a backup archive, writing nothing (``gateway restore --check``)
 - restore.py   ``gateway restore``: verify the whole archive, then put it back
 - migrate.py   ``gateway migrate``: copy a local store onto shared storage (docs/migration.md),
   with migrate_checks.py (what it refuses), migrate_copy.py (one verified copy),
