@@ -92,7 +92,7 @@ def test_deleting_the_registry_under_a_running_cluster_gives_no_false_404_and_ke
         # 503 (it may hold them), not a 404, and it is found again when it restarts.
         nodes["r2"].kill()
         _delete_registry(nodes)
-        wait_for(lambda: {row["node_id"] for row in nodes.status()} == set(orders), 10,
+        wait_for(lambda: {row["node_id"] for row in nodes.status(registry_may_be_gone=True)} == set(orders), 10,
                  "the running nodes registering again")
         time.sleep(3)  # every node reloaded its node list (every 2 s)
         for via in ("p1", "r1", "x1"):
