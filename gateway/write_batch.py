@@ -53,6 +53,8 @@ class WriteBatch:
 
     def flush(self) -> None:
         items, self.items, self.size = self.items, [], 0
+        if len(items) > 1:
+            items = _joined(items)
         for transport, parts, close, file_reader, plain_socket in items:
             if file_reader is not None:
                 send_file(transport, parts[0], file_reader, plain_socket)
@@ -60,6 +62,31 @@ class WriteBatch:
                 transport.writelines(parts)
             if close and not transport.is_closing():
                 transport.close()
+
+
+def _joined(items: list[tuple]) -> list[tuple]:
+    """``items`` with the parts of one connection's consecutive writes (no file to send between them)
+    in one item: they go out in one ``writelines``, one send, in their order. Pipelined requests
+    from a peer (cluster/peer_pipeline.py) are so answered with one send, not one per answer."""
+    joined: list[tuple] = []
+    open_at: dict = {}  # transport -> index in ``joined`` of its item that later writes join
+    for item in items:
+        transport, parts, close, file_reader, _ = item
+        if file_reader is not None:
+            open_at.pop(transport, None)  # what comes after the file is written after it
+            joined.append(item)
+            continue
+        at = open_at.get(transport)
+        if at is None:
+            joined.append((transport, list(parts), close, None, None))
+            if not close:
+                open_at[transport] = len(joined) - 1
+            continue
+        joined[at][1].extend(parts)
+        if close:
+            joined[at] = (transport, joined[at][1], True, None, None)
+            del open_at[transport]
+    return joined
 
 
 def send_file(transport, head: bytes, reader, sock: socket.socket | None) -> None:

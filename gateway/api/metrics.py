@@ -98,6 +98,9 @@ def cluster_metrics(out: Exposition, cluster) -> None:
                "and its answer passed to the client, by outcome: passed; declined, failed, busy (answered the "
                "usual way instead); cut (the peer failed after the answer began).",
                [({"outcome": o}, n) for o, n in sorted(cluster.client.pass_through.items())])
+    out.family("gateway_cluster_pass_through_pipelined_total", "counter",
+               "Pass-through reads sent on a peer's pipelined connection (the others went on a pooled one).",
+               [({}, cluster.client.lean.stats["pipelined"])])
     out.family("gateway_cluster_store_full", "gauge",
                "1 for each node's store found full lately (ENOSPC, EDQUOT): no writes are placed there for "
                "full_store_retry seconds.",

@@ -89,14 +89,13 @@ class PassThrough:
 
     # The peer connection's sink (cluster/peer_http.py _Connection.relay) ----------------------
 
-    def head(self, status: int, received: bytes) -> bool:
-        """The answer's head is complete; ``received``: its bytes so far (head and maybe body).
-        True: this answer is the client's."""
+    def head(self, status: int, head: bytes, body) -> bool:
+        """The answer's head is complete: ``head``, its bytes through the blank line; ``body``, the
+        part of its body that came with it (bytes or a memoryview, maybe empty). True: this answer
+        is the client's."""
         forward = self.forward
         client = forward.node.client
         operation = self.scope["method"].lower()
-        end = received.find(b"\r\n\r\n") + 4
-        head = received[:end]
         if status == 403 and b"\r\nx-cluster-error: AccessDenied\r\n" in head:
             client._refused(forward.peer, self.scope["method"], self.target, "HTTP 403")  # counted, marked failed
             return False
@@ -104,21 +103,21 @@ class PassThrough:
         lowered = head.lower()
         if status == 405 and b"\r\nx-cluster-error: methodnotallowed\r\n" in lowered:
             client.lacked_read_route(forward.peer)  # an older version: no S3 read route (docs/cluster.md)
-        if status not in FINAL_STATUSES or end < 4 or b"\r\ntransfer-encoding:" in lowered:
+        if status not in FINAL_STATUSES or b"\r\ntransfer-encoding:" in lowered:
             # Not the object's answer; or one this relay does not pass as it is (it never comes from a
             # gateway: its reads carry a length).
             client.calls[forward.peer, operation, outcome(status)] += 1
             return False
         if not self.keep_alive or b"\r\nconnection:" in lowered or b"\r\nkeep-alive:" in lowered:
             head = _own_connection_header(head, self.keep_alive)
-            received = head + received[end:]
-        if operation == "head":
-            received = head  # (a body after a HEAD answer is not passed on)
         client.calls[forward.peer, operation, "ok"] += 1
         forward.node.cluster.balancer.served_read(forward.peer, operation)
         self.status = status
-        self.parts.append(received)
-        self.size = len(received)
+        self.parts.append(head)
+        self.size = len(head)
+        if body and operation != "head":  # (a body after a HEAD answer is not passed on)
+            self.parts.append(body)
+            self.size += len(body)
         return True
 
     def body(self, chunk: bytes) -> None:

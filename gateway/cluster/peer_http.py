@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from ..write_batch import WriteBatch
+from .peer_pipeline import Pipeline
 
 MAX_IDLE = 32  # idle keep-alive connections kept per peer address
 MAX_ACTIVE = 64  # requests in flight per peer address on this client (beyond: the caller falls back to aiohttp)
@@ -253,8 +254,8 @@ class _Connection(asyncio.Protocol):
 
     def relay(self, sink, request: bytes, head_only: bool, head_timeout: float | None = None) -> None:
         """Write ``request``; hand its answer to ``sink`` as it comes, with no future and no task
-        (gateway/api/pass_through.py): ``sink.head(status, received)`` once the head is read, with
-        the answer's bytes so far (the head, maybe some or all of the body); True: the sink takes
+        (gateway/api/pass_through.py): ``sink.head(status, head, body)`` once the head is read, with
+        the head's bytes and the part of the body that came with it; True: the sink takes
         the answer, and each further piece goes to ``sink.body(chunk)``; False: the rest is read
         and dropped. Then ``sink.end()`` or ``sink.declined()`` once it is
         complete (the connection is back in the pool by then), or ``sink.failed(PeerHttpError)``.
@@ -282,7 +283,10 @@ class _Connection(asyncio.Protocol):
             if not self.headers_done:
                 return
             self.head_bytes = None
-            self.passing = sink.head(self.status, data if len(head_bytes) == 1 else b"".join(head_bytes))
+            received = data if len(head_bytes) == 1 else b"".join(head_bytes)
+            end = received.find(b"\r\n\r\n") + 4  # (the parser found the head complete: it is there)
+            body = memoryview(received)[end:] if len(received) > end else b""
+            self.passing = sink.head(self.status, received[:end], body)
         elif self.passing:
             sink.body(data)
         if self.complete:
@@ -429,7 +433,11 @@ class PeerHttp:
         self._idle: dict[str, list[_Connection]] = {}
         self._open: dict[str, set[_Connection]] = {}
         self._batch = WriteBatch()  # requests to write at the end of the iteration
-        self._relaying: set[_Connection] = set()  # connections whose answer goes to a sink (relay)
+        self._relaying: set[_Connection | Pipeline] = set()  # connections whose answer goes to a sink (relay)
+        # Per peer address, the connection that pass-through reads are pipelined on (peer_pipeline.py).
+        self._pipelines: dict[str, Pipeline] = {}
+        self._opening: dict[str, asyncio.Task] = {}  # pipelines being connected
+        self._pipeline_retry: dict[str, float] = {}  # address -> loop time before which none is opened again
         self._sweeper: asyncio.TimerHandle | None = None
         # connected, reused, retried, requests, too_large, busy (fell back: too many in flight), failed,
         # relayed (answers handed to a sink as they came: gateway/api/pass_through.py)
@@ -459,6 +467,8 @@ class PeerHttp:
             self._open.clear()
             self._batch = WriteBatch()
             self._relaying.clear()
+            self._pipelines.clear()
+            self._opening.clear()
             self._sweeper = None
             self.loop = loop
         peer = self._targets.get(address)
@@ -493,21 +503,65 @@ class PeerHttp:
         client has not run under this loop yet): nothing was sent, the caller asks another way
         (whose request then opens the connection that later calls find idle).
 
+        The read goes on the peer's pipelined connection when it takes one (peer_pipeline.py; opened
+        at the first read that finds none), else on an idle pooled connection.
+
         The caller runs on the event loop (the front end's callback): no await, no task."""
-        idle = self._idle.get(address)
-        if not idle or self.loop is None or self.loop is not asyncio.get_running_loop():
+        if self.loop is None or self.loop is not asyncio.get_running_loop():
             return None
-        connection = self._take(address)
-        if connection is None:
-            return None
+        pipeline = self._pipelines.get(address)
+        if pipeline is None or not pipeline.taking():
+            connection = self._take(address)
+            if pipeline is None:
+                self._open_pipeline(address)
+            if connection is None:
+                return None
+        else:
+            connection = pipeline
         peer = self._targets[address]
         request = f"{method} {peer.prefix}{target} HTTP/1.1\r\nhost: {peer.host_header}\r\n{header_lines}\r\n"
         request = request.encode("latin-1")
-        self.stats["requests"] += 1
-        self.stats["reused"] += 1
-        self.stats["relayed"] += 1
-        connection.relay(sink, request, method == "HEAD", head_timeout)
+        stats = self.stats
+        stats["requests"] += 1
+        stats["relayed"] += 1
+        if connection is pipeline:
+            stats["pipelined"] += 1
+            pipeline.relay(sink, request, method == "HEAD")
+        else:
+            stats["reused"] += 1
+            connection.relay(sink, request, method == "HEAD", head_timeout)
         return connection
+
+    def _open_pipeline(self, address: str) -> None:
+        """Connect the pipelined connection to ``address`` in the background (a failed connect is not
+        tried again for a second: reads take pooled connections meanwhile)."""
+        peer = self._targets.get(address)
+        if peer is None or address in self._opening or self.loop.time() < self._pipeline_retry.get(address, 0.0):
+            return
+        self._opening[address] = self.loop.create_task(self._connect_pipeline(address, peer))
+
+    async def _connect_pipeline(self, address: str, peer: _Target) -> None:
+        loop = self.loop
+        try:
+            _, pipeline = await asyncio.wait_for(loop.create_connection(
+                lambda: Pipeline(self, address, PeerHttpError), peer.host, peer.port, ssl=peer.ssl,
+                server_hostname=peer.server_hostname), self.timeout)
+        except (OSError, ValueError, asyncio.TimeoutError):
+            self._pipeline_retry[address] = loop.time() + 1.0
+            return
+        finally:
+            if self._opening.get(address) is asyncio.current_task():
+                del self._opening[address]
+        if self.loop is not loop or pipeline.spent:
+            pipeline.transport.abort()
+            return
+        self.stats["connected"] += 1
+        self._pipelines[address] = pipeline
+
+    def _forget_pipeline(self, pipeline: Pipeline) -> None:
+        if self._pipelines.get(pipeline.key) is pipeline:
+            del self._pipelines[pipeline.key]
+        self._relaying.discard(pipeline)
 
     @staticmethod
     def _format(peer: _Target, method: str, target: str, headers: dict[str, str]) -> bytes:
@@ -589,7 +643,7 @@ class PeerHttp:
         """
         self._batch.add(self.loop, transport, (request,), False)
 
-    def _watch(self, connection: _Connection) -> None:
+    def _watch(self, connection: _Connection | Pipeline) -> None:
         self._relaying.add(connection)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.timeout / 4, self._sweep)
@@ -603,7 +657,12 @@ class PeerHttp:
         self._sweeper = None
         now = self.loop.time()
         for connection in list(self._relaying):
-            if connection.sink is None:
+            if connection.__class__ is Pipeline:
+                if not connection.queue:
+                    self._relaying.discard(connection)
+                elif connection.timed_out(now):
+                    connection.fail("timed out", None, timed_out=True)
+            elif connection.sink is None:
                 self._relaying.discard(connection)
             elif not connection.paused and now - connection.last_data >= self.timeout:
                 stage = "body" if connection.headers_done else ("head" if connection.received else "request")
@@ -630,6 +689,10 @@ class PeerHttp:
         """Close every connection (idle or busy: a busy request fails with PeerHttpError)."""
         connections = [c for group in self._open.values() for c in group]
         self._idle.clear()
+        for task in self._opening.values():
+            task.cancel()
+        for pipeline in list(self._pipelines.values()):
+            pipeline.fail("client closed", "request")
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -289,7 +289,7 @@ class _Transport:
         return self.closing or self.closed
 
 
-def test_write_batch_keeps_order_closes_after_writing_and_stays_bounded():
+def test_write_batch_keeps_order_joins_a_connections_writes_closes_after_writing_and_stays_bounded():
     import asyncio
 
     from gateway.write_batch import WriteBatch
@@ -304,15 +304,17 @@ def test_write_batch_keeps_order_closes_after_writing_and_stays_bounded():
         batch.add(loop, a, (b"a2",), True)
         assert a.written == [] and batch.size == 10  # nothing written before the iteration ends
         await asyncio.sleep(0)
-        assert a.written == [b"a1", b"a2"] and a.closed and b.written == [b"b1"] and not b.closed
+        assert a.written == [b"a1a2"] and a.closed and b.written == [b"b1"] and not b.closed
         assert gone.written == []
         c = _Transport()
         for i in range(5):
             batch.add(loop, c, (bytes([i]) * 30,), False)
             assert batch.size <= 100  # past the limit everything goes out at once
-        assert [len(x) for x in c.written] == [30, 30, 30, 30]
+        # One connection's writes of the batch go out together (one send), in their order.
+        assert [len(x) for x in c.written] == [120]
         await asyncio.sleep(0)
-        assert len(c.written) == 5 and batch.size == 0
+        assert [len(x) for x in c.written] == [120, 30] and batch.size == 0
+        assert b"".join(c.written) == b"".join(bytes([i]) * 30 for i in range(5))
 
     asyncio.run(main())
 
@@ -477,3 +479,40 @@ def test_requests_before_one_the_parser_refuses_are_still_answered(gateway, s3, 
     finally:
         conn.close()
     assert s3.get_object(Bucket=bucket, Key="declared")["Body"].read() == b"01234"
+
+
+def test_write_batch_joins_a_connections_writes_but_not_across_a_file_or_a_close():
+    import asyncio
+
+    from gateway.write_batch import WriteBatch
+
+    class _File:  # what send_file reads of an ObjectReader, here always going through writelines
+        def __init__(self, data):
+            self.data = data
+
+        def read_file_span(self):
+            return self.data
+
+        def close(self):
+            pass
+
+    class _Buffered(_Transport):
+        def get_write_buffer_size(self):
+            return 0
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batch = WriteBatch()
+        a, b = _Buffered(), _Buffered()
+        batch.add(loop, a, (b"1",), False)
+        batch.add(loop, b, (b"x",), False)
+        batch.add(loop, a, (b"2", b"3"), False)
+        batch.add(loop, a, (b"head",), False, _File(b"file"), None)
+        batch.add(loop, a, (b"4",), False)
+        batch.add(loop, b, (b"y",), True)
+        batch.add(loop, b, (b"after close",), False)
+        await asyncio.sleep(0)
+        assert a.written == [b"123", b"headfile", b"4"] and not a.closed
+        assert b.written == [b"xy"] and b.closed  # nothing is written after a close
+
+    asyncio.run(main())
