@@ -53,7 +53,7 @@ class WriteBatch:
 
     def flush(self) -> None:
         items, self.items, self.size = self.items, [], 0
-        if len(items) > 1:
+        if len(items) > 1 and len({item[0] for item in items}) < len(items):  # a connection written twice
             items = _joined(items)
         for transport, parts, close, file_reader, plain_socket in items:
             if file_reader is not None:

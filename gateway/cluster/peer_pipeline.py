@@ -74,7 +74,7 @@ def frame(head: bytes, head_only: bool) -> tuple[int, int, bool]:
 
 class Pipeline(asyncio.Protocol):
     """The pipelined connection to one peer address. ``client``: the PeerHttp whose batch writes
-    the requests and whose sweep times the answers out; ``failed``: its PeerHttpError class."""
+    the requests and whose sweep times the answers out; ``error_class``: its PeerHttpError."""
 
     def __init__(self, client, key: str, error_class):
         self.client = client
