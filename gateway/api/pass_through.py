@@ -26,6 +26,7 @@ import logging
 import time
 
 from ..cluster.forward import FINAL_STATUSES, Forward
+from ..cluster.peer_pipeline import HOP_BY_HOP
 from ..cluster.relay import outcome
 
 log = logging.getLogger("gateway.cluster")
@@ -100,15 +101,15 @@ class PassThrough:
             client._refused(forward.peer, self.scope["method"], self.target, "HTTP 403")  # counted, marked failed
             return False
         client.health.succeeded(forward.peer, time.monotonic() - self.started)
-        lowered = head.lower()
-        if status == 405 and b"\r\nx-cluster-error: methodnotallowed\r\n" in lowered:
+        if status == 405 and b"\r\nx-cluster-error: methodnotallowed\r\n" in head.lower():
             client.lacked_read_route(forward.peer)  # an older version: no S3 read route (docs/cluster.md)
-        if status not in FINAL_STATUSES or b"\r\ntransfer-encoding:" in lowered:
+        hop_by_hop = HOP_BY_HOP.search(head) is not None
+        if status not in FINAL_STATUSES or (hop_by_hop and b"\r\ntransfer-encoding:" in head.lower()):
             # Not the object's answer; or one this relay does not pass as it is (it never comes from a
             # gateway: its reads carry a length).
             client.calls[forward.peer, operation, outcome(status)] += 1
             return False
-        if not self.keep_alive or b"\r\nconnection:" in lowered or b"\r\nkeep-alive:" in lowered:
+        if hop_by_hop or not self.keep_alive:
             head = _own_connection_header(head, self.keep_alive)
         client.calls[forward.peer, operation, "ok"] += 1
         forward.node.cluster.balancer.served_read(forward.peer, operation)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 
 MAX_QUEUED = 32  # reads in flight on the connection; beyond, a read takes a pooled connection
 # An answer's body larger than this holds the reads behind it for as long as it takes to arrive:
@@ -41,6 +42,9 @@ MAX_HEAD = 64 * 1024  # bytes of an answer's head (a gateway's are well under 2 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _VERSIONS = (b"HTTP/1.1 ", b"HTTP/1.0 ")
 _AFTER_STATUS = (b" ", b"\r")
+# The headers that are the connection's, not the answer's: one search for all (~0.35 µs for a
+# gateway's head, against ~0.25 µs for each one searched alone).
+HOP_BY_HOP = re.compile(rb"\r\n(?:connection|keep-alive|transfer-encoding):", re.IGNORECASE)
 
 
 class _Queued:
@@ -57,10 +61,30 @@ def frame(head: bytes, head_only: bool) -> tuple[int, int, bool]:
     if head[:9] not in _VERSIONS or head[12:13] not in _AFTER_STATUS or not head[9:12].isdigit():
         raise ValueError(f"malformed status line {head[:40]!r}")
     status = int(head[9:12])
-    lowered = head.lower()  # (one copy of ~300 bytes costs less than a search of each case would)
-    keep_alive = head[5:8] == b"1.1" and b"\r\nconnection: close" not in lowered
+    if HOP_BY_HOP.search(head) is not None:
+        return _frame_hop_by_hop(head, status, head_only)
+    keep_alive = head[5:8] == b"1.1"
+    if head_only or status in _NO_BODY_STATUSES or status < 200:
+        return status, 0, keep_alive
+    # A gateway writes its header names in lower case, Content-Length last (found from the end).
+    at = head.rfind(b"\r\ncontent-length: ")
+    if at < 0:
+        at = head.lower().find(b"\r\ncontent-length:")
+        if at < 0:
+            raise ValueError("an answer without Content-Length")
+    value = head[at + 17:head.index(b"\r\n", at + 2)].strip()
+    if not value.isdigit():
+        raise ValueError(f"Content-Length {value[:20]!r}")
+    return status, int(value), keep_alive
+
+
+def _frame_hop_by_hop(head: bytes, status: int, head_only: bool) -> tuple[int, int, bool]:
+    """frame() of a head with Connection, Keep-Alive or Transfer-Encoding (a gateway sends only
+    ``connection: close``, when it closes after that answer)."""
+    lowered = head.lower()
     if b"\r\ntransfer-encoding:" in lowered:
         raise ValueError("a chunked answer")
+    keep_alive = head[5:8] == b"1.1" and b"\r\nconnection: close" not in lowered
     if head_only or status in _NO_BODY_STATUSES or status < 200:
         return status, 0, keep_alive
     at = lowered.find(b"\r\ncontent-length:")

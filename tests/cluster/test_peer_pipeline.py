@@ -105,7 +105,12 @@ def test_frame_reads_status_length_and_keep_alive():
     assert frame(answer(304, length=0), False) == (304, 0, True)
     assert frame(b"HTTP/1.1 206 Partial\r\nContent-Length: 7\r\nConnection: close\r\n\r\n", False) == (206, 7, False)
     assert frame(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", False) == (200, 1, False)
+    # Header names in any case (a gateway writes them in lower case).
+    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\n", False) == (200, 5, True)
+    assert frame(b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\nCONNECTION: close\r\n\r\n", False) == (200, 5, False)
+    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\n", False) == (200, 5, True)
     for bad in (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"SSH-2.0\r\n\r\n",
                 b"HTTP/1.1 abc OK\r\ncontent-length: 1\r\n\r\n"):
         with pytest.raises(ValueError):
