@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -120,6 +121,15 @@ def test_relay_over_https(tmp_path):
         with urllib.request.urlopen(nodes["p1"].endpoint + "/metrics", context=context, timeout=10) as response:
             metrics = response.read().decode()
         assert 'gateway_cluster_pass_through_reads_total{outcome="passed"} 4' in metrics, metrics
+        # Once its pipelined connection to r1 is up (opened by the first pass-through), reads go on it,
+        # over TLS too: docs/cluster.md "Pipelined pass-through".
+        time.sleep(0.5)
+        for _ in range(3):
+            assert p1.get_object(Bucket="tls", Key="face.jpg")["Body"].read() == bodies["face.jpg"]
+        with urllib.request.urlopen(nodes["p1"].endpoint + "/metrics", context=context, timeout=10) as response:
+            metrics = response.read().decode()
+        pipelined = re.search(r"^gateway_cluster_pass_through_pipelined_total (\S+)$", metrics, re.MULTILINE)
+        assert pipelined and float(pipelined.group(1)) >= 3, metrics
         # uvicorn waits for open TLS keep-alive connections at shutdown: close them first.
         p1.close()
         r1.close()
