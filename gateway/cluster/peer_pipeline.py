@@ -206,6 +206,8 @@ class Pipeline(asyncio.Protocol):
                 if self.passing and queued.sink is not None:
                     queued.sink.body(data if at == 0 and stop == size else view[at:stop])
                 at = stop
+            if self.queue is not queue:
+                return  # failed from within a sink's callback: every read was told, nothing more is read
             if self.remaining == 0:
                 self._complete()
                 if self.spent:

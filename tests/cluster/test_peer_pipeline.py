@@ -225,3 +225,34 @@ def test_a_large_answer_releases_the_reads_behind_it_until_it_is_through():
     pipeline.relay(later, b"GET / HTTP/1.1\r\n\r\n", False)
     pipeline.data_received(answer(200, b"after"))
     assert later.outcome == "end" and later.bytes.endswith(b"after")
+
+
+@pytest.mark.parametrize("during", ["head", "body", "end"])
+def test_a_failure_from_a_sinks_callback_ends_the_reading_of_what_came(during):
+    pipeline, _ = pipeline_with()
+
+    class _Closing(_Sink):  # fails the connection from its callback, as PeerHttp.close() would
+        def head(self, status, head, body):
+            taken = super().head(status, head, body)
+            if during == "head":
+                pipeline.fail("client closed", "request")
+            return taken
+
+        def body(self, chunk):
+            super().body(chunk)
+            if during == "body":
+                pipeline.fail("client closed", "request")
+
+        def end(self):
+            super().end()
+            if during == "end":
+                pipeline.fail("client closed", "request")
+
+    first, second = _Closing(), _Sink()
+    for sink in (first, second):
+        pipeline.relay(sink, b"GET / HTTP/1.1\r\n\r\n", False)
+    pipeline.data_received(answer(200, b"one", length=5))
+    pipeline.data_received(b"..")
+    pipeline.data_received(answer(200, b"two"))
+    assert first.outcome == ("end" if during == "end" else "failed")
+    assert second.outcome == "failed" and second.bytes == b""  # told once, and not handed the answer after
