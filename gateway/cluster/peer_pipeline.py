@@ -61,36 +61,22 @@ def frame(head: bytes, head_only: bool) -> tuple[int, int, bool]:
     if head[:9] not in _VERSIONS or head[12:13] not in _AFTER_STATUS or not head[9:12].isdigit():
         raise ValueError(f"malformed status line {head[:40]!r}")
     status = int(head[9:12])
-    if HOP_BY_HOP.search(head) is not None:
-        return _frame_hop_by_hop(head, status, head_only)
     keep_alive = head[5:8] == b"1.1"
+    lowered = None
+    if HOP_BY_HOP.search(head) is not None:  # a gateway sends only "connection: close", when it closes
+        lowered = head.lower()
+        if b"\r\ntransfer-encoding:" in lowered:
+            raise ValueError("a chunked answer")
+        keep_alive = keep_alive and b"\r\nconnection: close" not in lowered
     if head_only or status in _NO_BODY_STATUSES or status < 200:
         return status, 0, keep_alive
     # A gateway writes its header names in lower case, Content-Length last (found from the end).
-    at = head.rfind(b"\r\ncontent-length: ")
+    at = head.rfind(b"\r\ncontent-length: ") if lowered is None else -1
     if at < 0:
-        at = head.lower().find(b"\r\ncontent-length:")
+        at = (lowered or head.lower()).find(b"\r\ncontent-length:")  # (the same offsets as in head)
         if at < 0:
             raise ValueError("an answer without Content-Length")
     value = head[at + 17:head.index(b"\r\n", at + 2)].strip()
-    if not value.isdigit():
-        raise ValueError(f"Content-Length {value[:20]!r}")
-    return status, int(value), keep_alive
-
-
-def _frame_hop_by_hop(head: bytes, status: int, head_only: bool) -> tuple[int, int, bool]:
-    """frame() of a head with Connection, Keep-Alive or Transfer-Encoding (a gateway sends only
-    ``connection: close``, when it closes after that answer)."""
-    lowered = head.lower()
-    if b"\r\ntransfer-encoding:" in lowered:
-        raise ValueError("a chunked answer")
-    keep_alive = head[5:8] == b"1.1" and b"\r\nconnection: close" not in lowered
-    if head_only or status in _NO_BODY_STATUSES or status < 200:
-        return status, 0, keep_alive
-    at = lowered.find(b"\r\ncontent-length:")
-    if at < 0:
-        raise ValueError("an answer without Content-Length")
-    value = lowered[at + 17:lowered.index(b"\r\n", at + 2)].strip()
     if not value.isdigit():
         raise ValueError(f"Content-Length {value[:20]!r}")
     return status, int(value), keep_alive
