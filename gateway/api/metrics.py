@@ -95,8 +95,8 @@ def cluster_metrics(out: Exposition, cluster) -> None:
                [({"node": node}, n) for node, n in sorted(balancer.outstanding.items())])
     out.family("gateway_cluster_pass_through_reads_total", "counter",
                "Plain reads of objects the location cache places on a peer, sent to that peer's S3 read route "
-               "and its answer passed to the client, by outcome: passed; declined, failed, busy (answered the "
-               "usual way instead); cut (the peer failed after the answer began).",
+               "and its answer passed to the client, by outcome: passed; declined, failed, busy, released (answered "
+               "the usual way instead); cut (the peer failed after the answer began).",
                [({"outcome": o}, n) for o, n in sorted(cluster.client.pass_through.items())])
     out.family("gateway_cluster_pass_through_pipelined_total", "counter",
                "Pass-through reads sent on a peer's pipelined connection (the others went on a pooled one).",

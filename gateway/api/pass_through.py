@@ -164,6 +164,12 @@ class PassThrough:
         forward.node.locations.forget(forward.req.bucket, forward.req.key)
         self._usual_way()
 
+    def released(self) -> None:
+        """Queued on a pipelined connection behind an answer that is large or read slowly by its
+        client (cluster/peer_pipeline.py): not waited for; the usual way, the peer not at fault."""
+        self.forward.node.client.pass_through["released"] += 1
+        self._usual_way()
+
     def failed(self, error) -> None:
         """No complete answer (peer_http.PeerHttpError): the usual way, unless the body has begun
         to go out; then the client's connection is closed (its answer cannot be whole)."""

@@ -122,14 +122,15 @@ class Pipeline(asyncio.Protocol):
             return
         self.paused = True
         self.transport.pause_reading()
-        self._release_behind("queued behind a slow reader's answer")
+        self._release_behind()
 
-    def _release_behind(self, reason: str) -> None:
-        """The reads queued behind the current answer are answered the usual way (theirs are dropped)."""
+    def _release_behind(self) -> None:
+        """The reads queued behind the current answer are answered the usual way (``released()``;
+        their answers, when they come, are dropped)."""
         released = [queued for queued in list(self.queue)[1:] if queued.sink is not None]
         for queued in released:
             sink, queued.sink = queued.sink, None
-            sink.failed(self.error_class(reason, "request", disconnected=True))
+            sink.released()
 
     def resume(self) -> None:
         if self.paused:
@@ -182,7 +183,7 @@ class Pipeline(asyncio.Protocol):
                 self.head_done = True
                 if length > LARGE_ANSWER:
                     self.large = True
-                    self._release_behind("queued behind a large answer")
+                    self._release_behind()
                 sink = queued.sink
                 self.passing = sink is not None and sink.head(status, data[at:end], view[end:stop])
                 at = stop
