@@ -334,7 +334,7 @@ class Backend(abc.ABC):
     # front end then starts plain reads eagerly, without a task per request (gateway/eager.py).
     eager_reads = False
     # Not for plugins: True on a cluster node's wrapper, whose get() and head() take ``forward=True``
-    # and may then raise Forward instead of relaying (gateway/cluster/forward.py).
+    # and may then return a Forward instead of relaying (gateway/cluster/forward.py).
     forwards_reads = False
 
     def __init__(self, name: str = "", **options):

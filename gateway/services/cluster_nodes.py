@@ -317,8 +317,8 @@ class ClusterNode(Backend):
     # Objects -----------------------------------------------------------------------
 
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None,
-                  forward: bool = False) -> ObjectReader:
-        """``forward``: on a local miss of an object the location cache places on a peer, raise
+                  forward: bool = False) -> ObjectReader | Forward:
+        """``forward``: on a local miss of an object the location cache places on a peer, return a
         Forward instead of relaying (the front end passes the read through: cluster/forward.py)."""
         failure = None
         if self.local is not None:
@@ -330,11 +330,13 @@ class ClusterNode(Backend):
                 self.cluster.balancer.served_read(self.cluster.node_id, "get")
                 return found
         if forward and failure is None:
-            self._forward(bucket, key)
+            passed = self._forward(bucket, key)
+            if passed is not None:
+                return passed
         return await self._find(bucket, key, lambda p, a: self.client.get(p, a, bucket, key, byte_range),
                                 None, "get", failure)
 
-    async def head(self, bucket: str, key: str, forward: bool = False) -> ObjectInfo:
+    async def head(self, bucket: str, key: str, forward: bool = False) -> ObjectInfo | Forward:
         failure = None
         if self.local is not None:
             try:
@@ -345,19 +347,22 @@ class ClusterNode(Backend):
                 self.cluster.balancer.served_read(self.cluster.node_id, "head")
                 return found
         if forward and failure is None:
-            self._forward(bucket, key)
+            passed = self._forward(bucket, key)
+            if passed is not None:
+                return passed
         return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), None, "head",
                                 failure)
 
-    def _forward(self, bucket: str, key: str) -> None:
-        """Raise Forward when the location cache names a peer that is known and answers well."""
+    def _forward(self, bucket: str, key: str) -> Forward | None:
+        """A Forward when the location cache names a peer that is known and answers well."""
         peer = self.locations.get(bucket, key)
         if peer:  # neither unknown (None) nor NOWHERE
             cluster = self.cluster
             node = cluster.nodes.get(peer)  # (not peers(): a dict built per call)
             if (node is not None and node.stores_objects and peer != cluster.node_id
                     and not cluster.health.limited(peer) and not self.client.lacks_read_route(peer)):
-                raise Forward(self, peer, node.address)
+                return Forward(self, peer, node.address)
+        return None
 
     def _noting_store(self):
         """Around a write to this node's own store: found full or failed, it takes no placed writes a while."""
@@ -1024,7 +1029,7 @@ class PrimaryNode(StoringNode):
     """The primary: places new objects on itself or a redundant node, whichever is less busy."""
 
     async def get(self, bucket: str, key: str, byte_range: ByteRange | None = None,
-                  forward: bool = False) -> ObjectReader:
+                  forward: bool = False) -> ObjectReader | Forward:
         """On shared storage, hand the GET to a redundant node when this node is the busier one.
 
         Busy = GETs in flight, from the call until the response body is sent

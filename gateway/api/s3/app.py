@@ -197,9 +197,9 @@ class S3App:
             if "\ufffd" in req.key:  # percent-encoded bytes that may not be UTF-8 (a bad bucket name fails below)
                 check_path_utf8(req)
             check_bucket_name(req.bucket)
-            return await objects.read_object(self, req, req.method == "HEAD", backend, forward)
-        except Forward as answer:
-            answer.req = req
+            answer = await objects.read_object(self, req, req.method == "HEAD", backend, forward)
+            if answer.__class__ is Forward:
+                answer.req = req
             return answer
         except errors.GatewayError as exc:
             return self.error_response(req, exc)

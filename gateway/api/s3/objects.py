@@ -8,6 +8,7 @@ from urllib.parse import unquote
 from ... import errors
 from ...backend import DEFAULT_CONTENT_TYPE, STORED_HEADERS, Backend, ObjectInfo, ObjectMeta, ObjectReader
 from ...checksums import ALGORITHMS
+from ...cluster.forward import Forward
 from .body import payload_from_request
 from .request import (
     S3Request,
@@ -72,7 +73,8 @@ async def read_object(app, req: S3Request, head: bool = False, backend: Backend 
     here, before anything is sent; the caller sends the answer with send_object, which closes the
     reader. The S3 app's fast path (app.py) calls this directly; get_object is the same for the
     general dispatch. ``backend``: the one to read from instead of the bucket's (a peer's read of
-    this node's own storage); ``forward``: a cluster node may raise Forward (cluster/forward.py)."""
+    this node's own storage); ``forward``: a cluster node may answer a Forward (cluster/forward.py),
+    which is returned as it is."""
     if backend is None:
         backend = app.service.backend_for(req.bucket)
     headers_in = req.headers
@@ -80,10 +82,14 @@ async def read_object(app, req: S3Request, head: bool = False, backend: Backend 
     if head:
         info = await (backend.head(req.bucket, req.key, forward=True) if forward else
                       backend.head(req.bucket, req.key))
+        if info.__class__ is Forward:
+            return info
         reader = None
     else:
         reader = await (backend.get(req.bucket, req.key, byte_range, forward=True) if forward else
                         backend.get(req.bucket, req.key, byte_range))
+        if reader.__class__ is Forward:
+            return reader
         info = reader.info
     try:
         check_preconditions(req, info)
