@@ -41,9 +41,19 @@ class PinnedGateway(GatewayProcess):
         return pin + super().command()
 
 
-def _wrk(url: str) -> float:
-    """Requests per second wrk measured for ``url`` (on core 1)."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # (the name in parentheses may hold spaces)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(url: str, nodes: dict | None = None, cpu: dict | None = None) -> float:
+    """Requests per second wrk measured for ``url`` (on core 1). With ``nodes`` (name -> process
+    id) and ``cpu``, each node's CPU per request in µs goes into ``cpu[name]``: where a ratio's
+    time went (docs/cluster.md, "Benchmark"), steadier from run to run than the rates."""
     pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
+    before = {name: _cpu_seconds(pid) for name, pid in (nodes or {}).items()}
     out = subprocess.run(pin + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", url],
                          capture_output=True, text=True, timeout=DURATION + 60)
     if out.returncode != 0:
@@ -51,6 +61,10 @@ def _wrk(url: str) -> float:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out.stdout}")
+    if nodes and cpu is not None:
+        requests = int(re.search(r"(\d+) requests in", out.stdout).group(1))
+        for name, pid in nodes.items():
+            cpu[name] = round((_cpu_seconds(pid) - before[name]) / max(requests, 1) * 1e6, 1)
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
 
 
@@ -122,7 +136,10 @@ def run(results: dict) -> dict:
         }
         for url in urls.values():  # warm the page cache and the location caches
             subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
-        rates = {name: _wrk(url) for name, url in urls.items()}
+        pids = {name: node.process.pid for name, node in nodes.items()}
+        busy = {"local_hit": ("a",), "relayed": ("a", "b"), "proxy": ("proxy", "a")}  # the nodes each round uses
+        cpu: dict[str, dict[str, float]] = {name: {} for name in urls}
+        rates = {name: _wrk(url, {n: pids[n] for n in busy[name]}, cpu[name]) for name, url in urls.items()}
         # Node B's local hit of the relayed object through two reference relays on the same core, for
         # reading the relayed ratio against: one that only pipes bytes (the ceiling of any relay
         # here) and one that parses HTTP both ways and does nothing else (of any relay in Python),
@@ -140,6 +157,8 @@ def run(results: dict) -> dict:
             "pipe_relay_vs_local": round(rates["pipe_relay"] / rates["local_hit"], 3),
             "http_relay_vs_local": round(rates["http_relay"] / rates["local_hit"], 3),
             "pipelined_http_relay_vs_local": round(rates["pipelined_http_relay"] / rates["local_hit"], 3),
+            # CPU µs per request of each node a round uses (a: the node asked; b: the relayed object's holder).
+            "cpu_us_per_request": cpu,
             "target_relayed_vs_local": 0.4,
         }
         return results
