@@ -101,6 +101,11 @@ class _Target:
         self.host_header = parts.netloc
         self.prefix = parts.path.rstrip("/")
 
+    def connect(self, loop: asyncio.AbstractEventLoop, protocol_factory):
+        """The coroutine that opens a connection to this peer (plain TCP or TLS)."""
+        return loop.create_connection(protocol_factory, self.host, self.port, ssl=self.ssl,
+                                      server_hostname=self.server_hostname)
+
 
 class _Framing:
     """The parser callbacks of an answer for a sink: where its head and its message end, no more.
@@ -364,6 +369,16 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():  # not abandoned by the caller meanwhile
             waiter.set_result(response)
 
+    def swept(self, now: float) -> bool:
+        """For PeerHttp._sweep: False once no answer goes to a sink; an answer that had no data for
+        the timeout fails (not one paused for its sink's client, which is not waiting for the peer)."""
+        if self.sink is None:
+            return False
+        if not self.paused and now - self.last_data >= self.client.timeout:
+            stage = "body" if self.headers_done else ("head" if self.received else "request")
+            self._fail("timed out", stage, timed_out=True)
+        return True
+
     def _put_back(self) -> None:
         """The answer is complete: back to the pool, or closed when it cannot serve another."""
         if self.reusable and self.keep_alive and not self.lost and not self.transport.is_closing():
@@ -543,9 +558,8 @@ class PeerHttp:
     async def _connect_pipeline(self, address: str, peer: _Target) -> None:
         loop = self.loop
         try:
-            _, pipeline = await asyncio.wait_for(loop.create_connection(
-                lambda: Pipeline(self, address, PeerHttpError), peer.host, peer.port, ssl=peer.ssl,
-                server_hostname=peer.server_hostname), self.timeout)
+            _, pipeline = await asyncio.wait_for(peer.connect(loop, lambda: Pipeline(self, address, PeerHttpError)),
+                                                 self.timeout)
         except (OSError, ValueError, asyncio.TimeoutError):
             self._pipeline_retry[address] = loop.time() + 1.0
             return
@@ -599,9 +613,7 @@ class PeerHttp:
     async def _connect(self, address: str, peer: _Target, head_timeout: float | None = None) -> _Connection:
         loop = self.loop
         # A task, so that a timer can cancel it (no asyncio.timeout: it needs a current task).
-        connecting = loop.create_task(loop.create_connection(
-            lambda: _Connection(self, address), peer.host, peer.port, ssl=peer.ssl,
-            server_hostname=peer.server_hostname))
+        connecting = loop.create_task(peer.connect(loop, lambda: _Connection(self, address)))
         expired = False
 
         def expire() -> None:
@@ -657,16 +669,8 @@ class PeerHttp:
         self._sweeper = None
         now = self.loop.time()
         for connection in list(self._relaying):
-            if connection.__class__ is Pipeline:
-                if not connection.queue:
-                    self._relaying.discard(connection)
-                elif connection.timed_out(now):
-                    connection.fail("timed out", None, timed_out=True)
-            elif connection.sink is None:
+            if not connection.swept(now):
                 self._relaying.discard(connection)
-            elif not connection.paused and now - connection.last_data >= self.timeout:
-                stage = "body" if connection.headers_done else ("head" if connection.received else "request")
-                connection._fail("timed out", stage, timed_out=True)
         if self._relaying:
             self._sweeper = self.loop.call_later(self.timeout / 4, self._sweep)
 

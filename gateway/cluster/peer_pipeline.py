@@ -243,5 +243,14 @@ class Pipeline(asyncio.Protocol):
             first = False
 
     def timed_out(self, now: float) -> bool:
-        """For the client's sweep: reads wait and no data came for the timeout (not while paused)."""
+        """Reads wait and no data came for the timeout (not while paused: then the connection waits
+        for its current answer's client, not for the peer)."""
         return bool(self.queue) and not self.paused and now - self.last_data >= self.client.timeout
+
+    def swept(self, now: float) -> bool:
+        """For PeerHttp._sweep (as _Connection.swept): False once no read waits; timed out, it fails."""
+        if not self.queue:
+            return False
+        if self.timed_out(now):
+            self.fail("timed out", None, timed_out=True)
+        return True

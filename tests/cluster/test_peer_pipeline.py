@@ -258,3 +258,13 @@ def test_a_failure_from_a_sinks_callback_ends_the_reading_of_what_came(during):
     pipeline.data_received(answer(200, b"two"))
     assert first.outcome == ("end" if during == "end" else "failed")
     assert second.outcome == "failed" and second.bytes == b""  # told once, and not handed the answer after
+
+
+def test_the_sweep_fails_a_silent_pipeline_and_lets_go_of_an_idle_one():
+    waiting = _Sink()
+    pipeline, client = pipeline_with((waiting, False))
+    now = client.loop.now
+    assert pipeline.swept(now + 1.9) and waiting.outcome is None
+    assert pipeline.swept(now + 2.0)
+    assert waiting.outcome == "failed" and waiting.error.timed_out and waiting.error.stage == "request"
+    assert not pipeline.swept(now + 2.1)  # nothing waits: no longer watched
