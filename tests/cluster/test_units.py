@@ -116,6 +116,20 @@ def test_peer_signatures():
     with pytest.raises(PeerAuthError):
         other.verify("GET", "/x", None, None)
 
+@pytest.mark.parametrize("secret", ["s", "secret-0123456789abcdef", "x" * 64, "y" * 65, "é" * 100])
+def test_peer_signatures_are_hmac_sha256(secret):
+    """The signer's HMAC with precomputed states is RFC 2104's: the same hex digest as hmac.new, for
+    keys shorter than, as long as and longer than SHA-256's 64-byte block (then hashed first)."""
+    import hashlib
+    import hmac
+
+    clock = ManualClock(1_000_000.0)
+    value = PeerSigner(secret, "p1", clock).headers("GET", "/_cluster/v1/s3/b/k")["x-cluster-auth"]
+    stamp, digest = value.split(":")
+    message = f"GET\n/_cluster/v1/s3/b/k\n{stamp}\np1".encode()
+    assert digest == hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
 
 def test_balancer_prefers_the_less_busy_of_two():
     balancer = Balancer(random.Random(7))
