@@ -38,6 +38,8 @@ log = logging.getLogger("gateway.cluster.peer")
 # The request headers the peer routes read; the others are not decoded at all.
 _WANTED = frozenset(h.encode() for h in (HEADER, NODE_HEADER, "range", wire.ENSURE_BUCKET_HEADER, wire.SIZE_HEADER,
                                          wire.ALGORITHMS_HEADER, wire.ETAG_HEADER, wire.META_HEADER))
+_AUTH = HEADER.encode()
+_NODE = NODE_HEADER.encode()
 _INFO = wire.INFO_HEADER.encode()
 _SPAN = wire.SPAN_HEADER.encode()
 _OBJECTS = wire.PREFIX + "/objects/"
@@ -90,25 +92,24 @@ class PeerApp:
             return None
         path = scope["path"]
         if path.startswith(_S3_READ):
-            answer = self.answer_s3_read
-            bucket = path[len(_S3_READ):].partition("/")[0]
-        elif path.startswith(_OBJECTS):
-            answer = self.answer_read
-            bucket = path[len(_OBJECTS):].partition("/")[0]
-        else:
-            return None
-        backend = self.service.local_backend_for(bucket)
-        return answer(scope) if backend is not None and backend.eager_reads else None
+            backend = self.service.local_backend_for(path[len(_S3_READ):].partition("/")[0])
+            return self.answer_s3_read(scope, backend) if backend is not None and backend.eager_reads else None
+        if path.startswith(_OBJECTS):
+            backend = self.service.local_backend_for(path[len(_OBJECTS):].partition("/")[0])
+            return self.answer_read(scope) if backend is not None and backend.eager_reads else None
+        return None
 
-    async def answer_s3_read(self, scope) -> tuple[int, list, ObjectReader | bytes | None]:
+    async def answer_s3_read(self, scope, own=None) -> tuple[int, list, ObjectReader | bytes | None]:
         """A client's S3 GET or HEAD passed through by the node it asked (cluster/forward.py): the
-        S3 answer from this node's own storage, as this node would give it to that client (the
-        other node authenticated the client; this one checks the cluster signature)."""
+        S3 answer from this node's own storage (``own``, when the caller looked it up), as this node
+        would give it to that client (the other node authenticated the client; this one checks the
+        cluster signature)."""
         try:
             if not scope.get("raw_path", b"").startswith(_S3_READ_RAW):
                 raise errors.InvalidRequest(f"peer S3 reads are {_S3_READ}<bucket>/<key>, not percent-encoded")
-            self._authenticate(scope)
-            own = self._local(scope["path"][len(_S3_READ):].partition("/")[0])
+            self._check_signature(scope)
+            if own is None:
+                own = self._local(scope["path"][len(_S3_READ):].partition("/")[0])
         except Exception as exc:  # noqa: BLE001 - refused: the other node reads the usual way, and says why
             status, headers, body = self._error_answer(scope, exc)
             headers.append((b"content-length", str(len(body)).encode()))
@@ -134,20 +135,33 @@ class PeerApp:
 
     def _authenticate(self, scope) -> dict[str, str]:
         """Check the cluster signature; return the request headers the routes read."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+        self._verify(scope, headers.get(HEADER), headers.get(NODE_HEADER))
+        return headers
+
+    def _check_signature(self, scope) -> None:
+        """_authenticate for the S3 read route, which reads no other header of its own: only the two
+        of the signature are looked for and decoded (a passed-through read's route, the hot path)."""
+        signature = node = None
+        for name, value in scope["headers"]:
+            if name == _AUTH:
+                signature = value.decode("latin-1")
+            elif name == _NODE:
+                node = value.decode("latin-1")
+        self._verify(scope, signature, node)
+
+    def _verify(self, scope, signature: str | None, node: str | None) -> None:
         cluster = self.service.cluster
         if cluster is None:
             raise errors.NoSuchKey("This node is not part of a cluster.")
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
-        method = scope["method"]
         raw = scope.get("raw_path")
         target = raw.decode("latin-1") if raw is not None else scope["path"]
         query = scope.get("query_string")
         if query:
             target += "?" + query.decode("latin-1")
-        caller = cluster.signer.verify(method, target, headers.get(HEADER), headers.get(NODE_HEADER))
+        caller = cluster.signer.verify(scope["method"], target, signature, node)
         if caller not in cluster.nodes:
             cluster.request_reload()  # a node that joined after our last read of the registry (it announces itself)
-        return headers
 
     @staticmethod
     def _object_name(scope) -> tuple[str, str]:

@@ -22,28 +22,16 @@ class PeerAuthError(Exception):
     """The peer request is not signed with this cluster's secret (or is too old)."""
 
 
-class _Hmac:
-    """HMAC-SHA256 (RFC 2104) under one key, its inner and outer hash states computed once: a
-    message then costs two state copies and two hash updates (~0.6 µs, against ~1.4 µs for
-    hmac.HMAC.copy() and its Python wrappers; every relayed read is signed on one node and checked
-    on another). The same digests as hmac.new(key, message, sha256) (tests/cluster/test_units.py)."""
-
-    __slots__ = ("inner", "outer")
-
-    def __init__(self, key: bytes):
-        block = hashlib.sha256().block_size
-        if len(key) > block:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(block, b"\0")
-        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-
-    def hexdigest(self, message: bytes) -> str:
-        inner = self.inner.copy()
-        inner.update(message)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
+def _hmac_states(key: bytes) -> tuple:
+    """HMAC-SHA256's (RFC 2104) inner and outer hash states for ``key``, computed once: a message
+    then costs two state copies and two updates (~0.6 µs, against ~1.4 µs for hmac.HMAC.copy() and
+    its Python wrappers; every relayed read is signed on one node and checked on another). The
+    digests equal hmac.new(key, message, sha256)'s (tests/cluster/test_units.py)."""
+    block = hashlib.sha256().block_size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
 
 class PeerSigner:
@@ -55,7 +43,7 @@ class PeerSigner:
     """
 
     def __init__(self, secret: str, node_id: str, clock=time.time):
-        self._hmac = _Hmac(secret.encode())
+        self._inner, self._outer = _hmac_states(secret.encode())
         self.node_id = node_id
         self.clock = clock
 
@@ -73,7 +61,11 @@ class PeerSigner:
         return f"{stamp}:{self._digest(method, target, stamp, self.node_id)}"
 
     def _digest(self, method: str, target: str, stamp: str, node: str) -> str:
-        return self._hmac.hexdigest(f"{method.upper()}\n{target}\n{stamp}\n{node}".encode())
+        inner = self._inner.copy()
+        inner.update(f"{method.upper()}\n{target}\n{stamp}\n{node}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def verify(self, method: str, target: str, value: str | None, node: str | None) -> str:
         """Return the calling node's id; raise PeerAuthError saying what is wrong."""
