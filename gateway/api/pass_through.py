@@ -90,10 +90,12 @@ class PassThrough:
 
     # The peer connection's sink (cluster/peer_http.py _Connection.relay) ----------------------
 
-    def head(self, status: int, head: bytes, body) -> bool:
+    def head(self, status: int, head: bytes, body, own_headers: bool | None = None) -> bool:
         """The answer's head is complete: ``head``, its bytes through the blank line; ``body``, the
-        part of its body that came with it (bytes or a memoryview, maybe empty). True: this answer
-        is the client's."""
+        part of its body that came with it (bytes or a memoryview, maybe empty); ``own_headers``:
+        whether the head has the connection's own headers (HOP_BY_HOP), when the caller looked
+        (the pipelined connection's framing does; None: not known). True: this answer is the
+        client's."""
         forward = self.forward
         client = forward.node.client
         operation = self.scope["method"].lower()
@@ -103,7 +105,7 @@ class PassThrough:
         client.health.succeeded(forward.peer, time.monotonic() - self.started)
         if status == 405 and b"\r\nx-cluster-error: methodnotallowed\r\n" in head.lower():
             client.lacked_read_route(forward.peer)  # an older version: no S3 read route (docs/cluster.md)
-        hop_by_hop = HOP_BY_HOP.search(head) is not None
+        hop_by_hop = HOP_BY_HOP.search(head) is not None if own_headers is None else own_headers
         if status not in FINAL_STATUSES or (hop_by_hop and b"\r\ntransfer-encoding:" in head.lower()):
             # Not the object's answer; or one this relay does not pass as it is (it never comes from a
             # gateway: its reads carry a length).

@@ -64,21 +64,23 @@ class _Queued:
         self.head_only = head_only
 
 
-def frame(head: bytes, head_only: bool) -> tuple[int, int, bool]:
-    """(status, body length, keep-alive) of an answer's ``head`` (through its blank line).
-    Raise ValueError for what this connection does not pass on."""
+def frame(head: bytes, head_only: bool) -> tuple[int, int, bool, bool]:
+    """(status, body length, keep-alive, whether it has connection headers: HOP_BY_HOP) of an
+    answer's ``head`` (through its blank line). Raise ValueError for what this connection does not
+    pass on."""
     if head[:9] not in _VERSIONS or head[12:13] not in _AFTER_STATUS or not head[9:12].isdigit():
         raise ValueError(f"malformed status line {head[:40]!r}")
     status = int(head[9:12])
     keep_alive = head[5:8] == b"1.1"
     lowered = None
-    if HOP_BY_HOP.search(head) is not None:  # a gateway sends only "connection: close", when it closes
+    own_headers = HOP_BY_HOP.search(head) is not None
+    if own_headers:  # a gateway sends only "connection: close", when it closes
         lowered = head.lower()
         if b"\r\ntransfer-encoding:" in lowered:
             raise ValueError("a chunked answer")
         keep_alive = keep_alive and b"\r\nconnection: close" not in lowered
     if head_only or status in _NO_BODY_STATUSES or status < 200:
-        return status, 0, keep_alive
+        return status, 0, keep_alive, own_headers
     # A gateway writes its header names in lower case, Content-Length last (found from the end).
     at = head.rfind(b"\r\ncontent-length: ") if lowered is None else -1
     if at < 0:
@@ -88,7 +90,7 @@ def frame(head: bytes, head_only: bool) -> tuple[int, int, bool]:
     value = head[at + 17:head.index(b"\r\n", at + 2)].strip()
     if not value.isdigit():
         raise ValueError(f"Content-Length {value[:20]!r}")
-    return status, int(value), keep_alive
+    return status, int(value), keep_alive, own_headers
 
 
 class Pipeline(asyncio.Protocol):
@@ -182,7 +184,7 @@ class Pipeline(asyncio.Protocol):
                     return
                 end += 4
                 try:
-                    status, length, keep_alive = frame(data[at:end], queued.head_only)
+                    status, length, keep_alive, own_headers = frame(data[at:end], queued.head_only)
                 except ValueError as exc:
                     return self.fail(f"malformed response: {exc}", "head")
                 if not keep_alive:
@@ -194,7 +196,7 @@ class Pipeline(asyncio.Protocol):
                     self.large = True
                     self._release_behind()
                 sink = queued.sink
-                self.passing = sink is not None and sink.head(status, data[at:end], view[end:stop])
+                self.passing = sink is not None and sink.head(status, data[at:end], view[end:stop], own_headers)
                 at = stop
             else:  # more of its body
                 stop = min(at + self.remaining, size)

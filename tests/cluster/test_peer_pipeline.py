@@ -63,7 +63,7 @@ class _Sink:
         self.outcome = None
         self.error: PeerHttpError | None = None
 
-    def head(self, status: int, head: bytes, body) -> bool:
+    def head(self, status: int, head: bytes, body, own_headers=None) -> bool:
         self.status = status
         assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
         if self.take:
@@ -103,15 +103,20 @@ def pipeline_with(*sinks_and_methods) -> tuple[Pipeline, _Client]:
 
 
 def test_frame_reads_status_length_and_keep_alive():
-    assert frame(answer(200, b"abc"), False) == (200, 3, True)
-    assert frame(answer(200, length=10), True) == (200, 0, True)  # a HEAD's answer has no body
-    assert frame(answer(304, length=0), False) == (304, 0, True)
-    assert frame(b"HTTP/1.1 206 Partial\r\nContent-Length: 7\r\nConnection: close\r\n\r\n", False) == (206, 7, False)
-    assert frame(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", False) == (200, 1, False)
+    assert frame(answer(200, b"abc"), False) == (200, 3, True, False)
+    assert frame(answer(200, length=10), True) == (200, 0, True, False)  # a HEAD's answer has no body
+    assert frame(answer(304, length=0), False) == (304, 0, True, False)
+    assert frame(b"HTTP/1.1 206 Partial\r\nContent-Length: 7\r\nConnection: close\r\n\r\n", False) == (
+        206, 7, False, True)
+    assert frame(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", False) == (200, 1, False, False)
     # Header names in any case (a gateway writes them in lower case).
-    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\n", False) == (200, 5, True)
-    assert frame(b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\nCONNECTION: close\r\n\r\n", False) == (200, 5, False)
-    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\n", False) == (200, 5, True)
+    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\n", False) == (200, 5, True, False)
+    assert frame(b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\nCONNECTION: close\r\n\r\n", False) == (
+        200, 5, False, True)
+    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\n", False) == (
+        200, 5, True, True)
+    assert frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-connection: close\r\n\r\n", False) == (
+        200, 5, True, False)  # another header that ends in a hop-by-hop name
     for bad in (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"SSH-2.0\r\n\r\n",
@@ -234,8 +239,8 @@ def test_a_failure_from_a_sinks_callback_ends_the_reading_of_what_came(during):
     pipeline, _ = pipeline_with()
 
     class _Closing(_Sink):  # fails the connection from its callback, as PeerHttp.close() would
-        def head(self, status, head, body):
-            taken = super().head(status, head, body)
+        def head(self, status, head, body, own_headers=None):
+            taken = super().head(status, head, body, own_headers)
             if during == "head":
                 pipeline.fail("client closed", "request")
             return taken
