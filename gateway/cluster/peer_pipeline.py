@@ -183,8 +183,9 @@ class Pipeline(asyncio.Protocol):
                     self.partial = data[at:]
                     return
                 end += 4
+                head = data[at:end]  # (one copy of the head, for the framing and the sink)
                 try:
-                    status, length, keep_alive, own_headers = frame(data[at:end], queued.head_only)
+                    status, length, keep_alive, own_headers = frame(head, queued.head_only)
                 except ValueError as exc:
                     return self.fail(f"malformed response: {exc}", "head")
                 if not keep_alive:
@@ -196,7 +197,7 @@ class Pipeline(asyncio.Protocol):
                     self.large = True
                     self._release_behind()
                 sink = queued.sink
-                self.passing = sink is not None and sink.head(status, data[at:end], view[end:stop], own_headers)
+                self.passing = sink is not None and sink.head(status, head, view[end:stop], own_headers)
                 at = stop
             else:  # more of its body
                 stop = min(at + self.remaining, size)
