@@ -31,6 +31,12 @@ CONNECTIONS = 32
 SECRET = "cluster-bench-secret-0123456789abcdef"
 
 
+def node_args(role: str, registry: str) -> list[str]:
+    """``gateway serve`` arguments of a benchmark node (cluster_instructions.py starts the same)."""
+    return ["--role", role, "--registry", registry, "--insecure-peers", "--allow-anonymous",
+            "--no-access-log", "--log-level", "warning"]
+
+
 class PinnedGateway(GatewayProcess):
     """A gateway pinned to one core (when taskset exists)."""
 
@@ -119,9 +125,8 @@ def run(results: dict) -> dict:
     try:
         # Two redundant nodes (no primary, so nothing re-places the objects) and a proxy.
         for name, role in (("a", "redundant"), ("b", "redundant"), ("proxy", "proxy")):
-            nodes[name] = PinnedGateway(base / name, args=[
-                "--role", role, "--registry", registry, "--insecure-peers", "--allow-anonymous",
-                "--no-access-log", "--log-level", "warning"], env={**env, "GATEWAY_NODE_ID": name})
+            nodes[name] = PinnedGateway(base / name, args=node_args(role, registry),
+                                        env={**env, "GATEWAY_NODE_ID": name})
             nodes[name].start()
         _wait_all_known(nodes.values(), len(nodes))
         a, b = nodes["a"].client(), nodes["b"].client()

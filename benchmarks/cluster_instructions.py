@@ -37,7 +37,7 @@ from pathlib import Path
 
 from gateway.testing.server import GatewayProcess, free_port
 
-from .cluster_bench import SECRET, SIZE, _wait_all_known
+from .cluster_bench import SECRET, SIZE, _wait_all_known, node_args
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
 
@@ -104,9 +104,8 @@ def run(connections: int = 32, seconds: int = 10) -> dict:
     relay = None
     try:
         for name in ("a", "b"):
-            node = nodes[name] = GrindedGateway(base / name, args=[
-                "--role", "redundant", "--registry", registry, "--insecure-peers", "--allow-anonymous",
-                "--no-access-log", "--log-level", "warning"], env={**env, "GATEWAY_NODE_ID": name})
+            node = nodes[name] = GrindedGateway(base / name, args=node_args("redundant", registry),
+                                                env={**env, "GATEWAY_NODE_ID": name})
             node.prefix = str(base / name)
             node.start(timeout=600)
         _wait_all_known(nodes.values(), 2, timeout=300)
