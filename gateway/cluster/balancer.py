@@ -17,11 +17,11 @@ status` and ``GET /metrics`` show.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 
 from ..backend import ObjectReader
+from .tally import Tally
 
 # Reads on shared storage: the primary hands a GET to a redundant node only when it has more than this
 # many GETs in flight beyond that node's. Serving a small object costs the primary 26-85 us, relaying it
@@ -34,12 +34,12 @@ class Balancer:
 
     def __init__(self, rng: random.Random | None = None):
         self.rng = rng or random.Random()
-        self.outstanding: Counter[str] = Counter()
-        self.placed: Counter[str] = Counter()  # PUTs this node sent to each node (itself included)
-        self.reads: Counter[str] = Counter()  # GET/HEAD requests through this node answered by each node
+        self.outstanding: Tally[str] = Tally()
+        self.placed: Tally[str] = Tally()  # PUTs this node sent to each node (itself included)
+        self.reads: Tally[str] = Tally()  # GET/HEAD requests through this node answered by each node
         # (node, operation) -> object requests through this node that ``node`` answered: get, head, put,
         # delete (a node that held the object). On a proxy these are its forwards per target.
-        self.served: Counter[tuple[str, str]] = Counter()
+        self.served: Tally[tuple[str, str]] = Tally()
 
     def choose(self, candidates: list[str]) -> str:
         """One of ``candidates`` (not empty), the less busy of two random picks."""

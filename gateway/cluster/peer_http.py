@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import Counter
 from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from ..write_batch import WriteBatch
 from .peer_pipeline import Pipeline
+from .tally import Tally
 
 MAX_IDLE = 32  # idle keep-alive connections kept per peer address
 MAX_ACTIVE = 64  # requests in flight per peer address on this client (beyond: the caller falls back to aiohttp)
@@ -456,7 +456,7 @@ class PeerHttp:
         self._sweeper: asyncio.TimerHandle | None = None
         # connected, reused, retried, requests, too_large, busy (fell back: too many in flight), failed,
         # relayed (answers handed to a sink as they came: gateway/api/pass_through.py)
-        self.stats: Counter[str] = Counter()
+        self.stats: Tally[str] = Tally()
 
     def idle_count(self, address: str | None = None) -> int:
         if address is not None:

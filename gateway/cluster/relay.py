@@ -21,7 +21,6 @@ import json
 import logging
 import ssl
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlencode
 
@@ -37,6 +36,7 @@ from .health import PeerHealth
 from .peer_auth import PeerSigner
 from .peer_http import PeerHttp, PeerHttpError, Response
 from .registry import Retirement
+from .tally import Tally
 
 log = logging.getLogger("gateway.cluster")
 # Bodies up to this size are read in one piece (one send to the client);
@@ -131,12 +131,12 @@ class PeerClient:
         self.limited_timeout = min(timeout, max(0.2, timeout / 10))
         # (peer, operation, outcome) -> calls, for GET /metrics. Outcomes: ok, missing (404),
         # error (any other HTTP error), unreachable (no answer), refused (our signature was rejected).
-        self.calls: Counter[tuple[str, str, str]] = Counter()
+        self.calls: Tally[tuple[str, str, str]] = Tally()
         # Plain reads passed through to the peer the location cache names (cluster/forward.py), by
         # outcome: passed (its answer went to the client), declined (not the object's answer: asked
         # the usual way), failed (no answer: the usual way), busy (no idle connection: the usual
         # way), cut (the peer failed once the answer had begun: the client's connection closed).
-        self.pass_through: Counter[str] = Counter()
+        self.pass_through: Tally[str] = Tally()
         # Peers of an older version, without the S3 read route (they answered it 405: a rolling
         # upgrade), until when their reads are not passed through: peer -> monotonic time.
         self._without_read_route: dict[str, float] = {}
