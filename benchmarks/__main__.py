@@ -150,7 +150,7 @@ def run_other_benchmarks(params: Params, log) -> dict:
             if name == "cluster":
                 from . import cluster_bench
 
-                cluster_bench.run(others)
+                cluster_bench.run(others, rounds=params.rounds, seconds=2 if params.quick else cluster_bench.DURATION)
             elif name == "backends":  # issue 4: GET/PUT of 32 KiB through one gateway per backend
                 from . import backends
 

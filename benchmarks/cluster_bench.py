@@ -10,10 +10,12 @@ calls :func:`run`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,8 +27,11 @@ from urllib.parse import urlsplit
 
 from gateway.testing.server import GatewayProcess, free_port
 
+from .procs import CLIENT_CORE, SERVER_CORE, cpu_seconds, pinned
+
 SIZE = 32 * 1024
-DURATION = int(os.environ.get("CLUSTER_BENCH_SECONDS", "5"))
+DURATION = int(os.environ.get("CLUSTER_BENCH_SECONDS", "5"))  # seconds per wrk round
+ROUNDS = int(os.environ.get("CLUSTER_BENCH_ROUNDS", "3"))  # interleaved rounds of every read
 CONNECTIONS = 32
 SECRET = "cluster-bench-secret-0123456789abcdef"
 
@@ -38,30 +43,19 @@ def node_args(role: str, registry: str) -> list[str]:
 
 
 class PinnedGateway(GatewayProcess):
-    """A gateway pinned to one core (when taskset exists)."""
-
-    core = "0"
+    """A gateway on the servers' core (and at the benchmarks' priority as root: procs.pinned)."""
 
     def command(self) -> list[str]:
-        pin = ["taskset", "-c", self.core] if shutil.which("taskset") else []
-        return pin + super().command()
+        return pinned(SERVER_CORE, super().command())
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (/proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()  # (the name in parentheses may hold spaces)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wrk(url: str, nodes: dict | None = None, cpu: dict | None = None) -> float:
-    """Requests per second wrk measured for ``url`` (on core 1). With ``nodes`` (name -> process
-    id) and ``cpu``, each node's CPU per request in µs goes into ``cpu[name]``: where a ratio's
-    time went (docs/cluster.md, "Benchmark"), steadier from run to run than the rates."""
-    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
-    before = {name: _cpu_seconds(pid) for name, pid in (nodes or {}).items()}
-    out = subprocess.run(pin + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", url],
-                         capture_output=True, text=True, timeout=DURATION + 60)
+def _wrk(url: str, seconds: int, nodes: dict | None = None, cpu: dict | None = None) -> float:
+    """Requests per second wrk measured for ``url`` (on the client core). With ``nodes`` (name ->
+    process id) and ``cpu``, each node's CPU per request in µs goes into ``cpu[name]``: where a
+    ratio's time went (docs/cluster.md, "Benchmark"), steadier from run to run than the rates."""
+    before = {name: cpu_seconds(pid) for name, pid in (nodes or {}).items()}
+    out = subprocess.run(pinned(CLIENT_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", url]),
+                         capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
@@ -70,7 +64,7 @@ def _wrk(url: str, nodes: dict | None = None, cpu: dict | None = None) -> float:
     if nodes and cpu is not None:
         requests = int(re.search(r"(\d+) requests in", out.stdout).group(1))
         for name, pid in nodes.items():
-            cpu[name] = round((_cpu_seconds(pid) - before[name]) / max(requests, 1) * 1e6, 1)
+            cpu[name] = round((cpu_seconds(pid) - before[name]) / max(requests, 1) * 1e6, 1)
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))
 
 
@@ -85,11 +79,10 @@ class ReferenceRelay:
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> "ReferenceRelay":
-        pin = ["taskset", "-c", PinnedGateway.core] if shutil.which("taskset") else []
         # Under the gateway's own CPU scheduling policy (cpu_scheduling, default batch): like for like.
-        pin += ["chrt", "--batch", "0"]
-        self.process = subprocess.Popen(pin + [sys.executable, "-m", self.module, str(self.port),
-                                               str(self.target_port), *self.args], stdout=subprocess.PIPE, text=True)
+        command = ["chrt", "--batch", "0", sys.executable, "-m", self.module, str(self.port), str(self.target_port),
+                   *self.args]
+        self.process = subprocess.Popen(pinned(SERVER_CORE, command), stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":  # it prints "ready" once listening
             self.__exit__()
             raise RuntimeError(f"{self.module} did not start")
@@ -114,8 +107,13 @@ def _wait_all_known(nodes, count: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"the benchmark nodes did not all see each other within {timeout}s: {views}")
 
 
-def run(results: dict) -> dict:
-    """Measure and add ``results["cluster"]``; return ``results``."""
+def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
+    """Measure and add ``results["cluster"]``; return ``results``.
+
+    Every read is measured ``rounds`` times, the reads interleaved (local hit, relayed, proxy, the
+    reference relays, then again), and each ratio is the median of its rounds' ratios: the rates
+    drift with the host's load over a minute, and a ratio of two rounds taken seconds apart
+    follows the drift less than one of two medians would."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make test-deps` (Debian package wrk)")
     base = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
@@ -123,47 +121,56 @@ def run(results: dict) -> dict:
     env = {"GATEWAY_CLUSTER_SECRET": SECRET, "GATEWAY_HEARTBEAT_INTERVAL": "1"}
     nodes = {}
     try:
-        # Two redundant nodes (no primary, so nothing re-places the objects) and a proxy.
-        for name, role in (("a", "redundant"), ("b", "redundant"), ("proxy", "proxy")):
-            nodes[name] = PinnedGateway(base / name, args=node_args(role, registry),
-                                        env={**env, "GATEWAY_NODE_ID": name})
-            nodes[name].start()
-        _wait_all_known(nodes.values(), len(nodes))
-        a, b = nodes["a"].client(), nodes["b"].client()
-        a.create_bucket(Bucket="bench")
-        body = os.urandom(SIZE)
-        a.put_object(Bucket="bench", Key="local.bin", Body=body)
-        b.put_object(Bucket="bench", Key="remote.bin", Body=body)
-        urls = {
-            "local_hit": f"{nodes['a'].endpoint}/bench/local.bin",
-            "relayed": f"{nodes['a'].endpoint}/bench/remote.bin",
-            "proxy": f"{nodes['proxy'].endpoint}/bench/local.bin",
-        }
-        for url in urls.values():  # warm the page cache and the location caches
-            subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
-        pids = {name: node.process.pid for name, node in nodes.items()}
-        busy = {"local_hit": ("a",), "relayed": ("a", "b"), "proxy": ("proxy", "a")}  # the nodes each round uses
-        cpu: dict[str, dict[str, float]] = {name: {} for name in urls}
-        rates = {name: _wrk(url, {n: pids[n] for n in busy[name]}, cpu[name]) for name, url in urls.items()}
-        # Node B's local hit of the relayed object through two reference relays on the same core, for
-        # reading the relayed ratio against: one that only pipes bytes (the ceiling of any relay
-        # here) and one that parses HTTP both ways and does nothing else (of any relay in Python),
-        # also pipelined on one upstream connection (what pipelining the peer connection could give).
-        for name, module, args in (("pipe_relay", "benchmarks.pipe_proxy", ()),
-                                   ("http_relay", "benchmarks.http_relay", ()),
-                                   ("pipelined_http_relay", "benchmarks.http_relay", ("--pipelined",))):
-            with ReferenceRelay(module, nodes["b"].endpoint, args) as relay:
-                rates[name] = _wrk(f"{relay.endpoint}/bench/remote.bin")
+        with contextlib.ExitStack() as stack:
+            # Two redundant nodes (no primary, so nothing re-places the objects) and a proxy.
+            for name, role in (("a", "redundant"), ("b", "redundant"), ("proxy", "proxy")):
+                nodes[name] = PinnedGateway(base / name, args=node_args(role, registry),
+                                            env={**env, "GATEWAY_NODE_ID": name})
+                nodes[name].start()
+            _wait_all_known(nodes.values(), len(nodes))
+            a, b = nodes["a"].client(), nodes["b"].client()
+            a.create_bucket(Bucket="bench")
+            body = os.urandom(SIZE)
+            a.put_object(Bucket="bench", Key="local.bin", Body=body)
+            b.put_object(Bucket="bench", Key="remote.bin", Body=body)
+            urls = {
+                "local_hit": f"{nodes['a'].endpoint}/bench/local.bin",
+                "relayed": f"{nodes['a'].endpoint}/bench/remote.bin",
+                "proxy": f"{nodes['proxy'].endpoint}/bench/local.bin",
+            }
+            # Node B's local hit of the relayed object through reference relays on the same core, for
+            # reading the relayed ratio against: one that only pipes bytes (the ceiling of any relay
+            # here) and one that parses HTTP both ways and does nothing else (of any relay in Python),
+            # also pipelined on one upstream connection (what pipelining the peer connection gives).
+            for name, module, args in (("pipe_relay", "benchmarks.pipe_proxy", ()),
+                                       ("http_relay", "benchmarks.http_relay", ()),
+                                       ("pipelined_http_relay", "benchmarks.http_relay", ("--pipelined",))):
+                relay = stack.enter_context(ReferenceRelay(module, nodes["b"].endpoint, args))
+                urls[name] = f"{relay.endpoint}/bench/remote.bin"
+            for url in urls.values():  # warm the page cache and the location caches
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
+            pids = {name: node.process.pid for name, node in nodes.items()}
+            busy = {"local_hit": ("a",), "relayed": ("a", "b"), "proxy": ("proxy", "a")}  # the nodes a round uses
+            measured = []  # one {read: (rate, cpu)} per round
+            for _ in range(rounds):
+                this_round = {}
+                for name, url in urls.items():
+                    cpu: dict[str, float] = {}
+                    rate = _wrk(url, seconds, {n: pids[n] for n in busy.get(name, ())}, cpu)
+                    this_round[name] = (rate, cpu)
+                measured.append(this_round)
+        rates = {name: statistics.median(r[name][0] for r in measured) for name in urls}
+        cpu_us = {name: {node: statistics.median(r[name][1][node] for r in measured) for node in busy[name]}
+                  for name in busy}
+        ratios = {f"{name}_vs_local": round(statistics.median(r[name][0] / r["local_hit"][0] for r in measured), 3)
+                  for name in urls if name != "local_hit"}
         results["cluster"] = {
-            "object_size": SIZE, "connections": CONNECTIONS, "seconds": DURATION,
-            "requests_per_second": rates,
-            "relayed_vs_local": round(rates["relayed"] / rates["local_hit"], 3),
-            "proxy_vs_local": round(rates["proxy"] / rates["local_hit"], 3),
-            "pipe_relay_vs_local": round(rates["pipe_relay"] / rates["local_hit"], 3),
-            "http_relay_vs_local": round(rates["http_relay"] / rates["local_hit"], 3),
-            "pipelined_http_relay_vs_local": round(rates["pipelined_http_relay"] / rates["local_hit"], 3),
+            "object_size": SIZE, "connections": CONNECTIONS, "seconds": seconds, "rounds": rounds,
+            "requests_per_second": rates,  # medians over the rounds
+            **ratios,
+            "relayed_vs_local_per_round": [round(r["relayed"][0] / r["local_hit"][0], 3) for r in measured],
             # CPU µs per request of each node a round uses (a: the node asked; b: the relayed object's holder).
-            "cpu_us_per_request": cpu,
+            "cpu_us_per_request": cpu_us,
             "target_relayed_vs_local": 0.4,
         }
         return results
