@@ -1,0 +1,41 @@
+"""The cluster benchmark (benchmarks/cluster_bench.py, part of `make bench`) runs and reports every read.
+
+`make bench` is not part of CI, so a benchmark that broke (a node that no longer starts with its
+arguments, a read that answers errors, a key renamed) would only show when someone measures.
+This runs it for one-second rounds and checks what it reports, not how fast anything was.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from benchmarks import cluster_bench
+
+READS = ("local_hit", "relayed", "proxy", "pipe_relay", "http_relay", "pipelined_http_relay")
+
+
+@pytest.fixture(scope="module")
+def report():
+    missing = [tool for tool in ("wrk", "taskset", "chrt") if shutil.which(tool) is None]
+    assert not missing, f"{missing} not installed: run `make test-deps` (Debian packages wrk, util-linux)"
+    return cluster_bench.run({}, rounds=2, seconds=1)["cluster"]
+
+
+def test_every_read_is_measured_in_every_round(report):
+    assert report["rounds"] == 2 and report["seconds"] == 1
+    assert set(report["requests_per_second"]) == set(READS)
+    assert all(rate > 0 for rate in report["requests_per_second"].values()), report["requests_per_second"]
+    assert len(report["relayed_vs_local_per_round"]) == 2
+    for read in READS[1:]:
+        assert report[f"{read}_vs_local"] > 0, read
+
+
+def test_each_nodes_cpu_per_request_is_reported(report):
+    cpu = report["cpu_us_per_request"]
+    assert set(cpu) == {"local_hit", "relayed", "proxy"}
+    assert set(cpu["relayed"]) == {"a", "b"} and set(cpu["proxy"]) == {"proxy", "a"}
+    # Both nodes work on a relayed read; /proc's CPU time has 10 ms ticks, so only a lower bound.
+    assert cpu["relayed"]["a"] > 0 and cpu["relayed"]["b"] > 0, cpu
+    assert report["target_relayed_vs_local"] == 0.4
