@@ -112,8 +112,8 @@ def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
 
     Every read is measured ``rounds`` times, the reads interleaved (local hit, relayed, proxy, the
     reference relays, then again), and each ratio is the median of its rounds' ratios: the rates
-    drift with the host's load over a minute, and a ratio of two rounds taken seconds apart
-    follows the drift less than one of two medians would."""
+    drift with the host's load over the minute a run takes, and each round's ratio compares two
+    rounds taken seconds apart, which the drift moves together."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make test-deps` (Debian package wrk)")
     base = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
