@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -22,9 +23,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-
 from urllib.parse import urlsplit
 
+from gateway.cluster import tls
 from gateway.testing.server import GatewayProcess, free_port
 
 from .procs import CLIENT_CORE, SERVER_CORE, cpu_seconds, pinned
@@ -36,10 +37,18 @@ CONNECTIONS = 32
 SECRET = "cluster-bench-secret-0123456789abcdef"
 
 
-def node_args(role: str, registry: str) -> list[str]:
-    """``gateway serve`` arguments of a benchmark node (cluster_instructions.py starts the same)."""
-    return ["--role", role, "--registry", registry, "--insecure-peers", "--allow-anonymous",
-            "--no-access-log", "--log-level", "warning"]
+def node_args(role: str, registry: str, tls: tuple[Path, str] | None = None) -> list[str]:
+    """``gateway serve`` arguments of a benchmark node (cluster_instructions.py starts the same).
+    Plain HTTP between the nodes, or with ``tls`` (the directory of ``gateway cluster tls init``
+    and the node's name in it) HTTPS to clients and between the nodes, as in production."""
+    if tls is None:
+        security = ["--insecure-peers"]
+    else:
+        directory, name = tls
+        security = ["--tls-cert", str(directory / f"{name}.pem"), "--tls-key", str(directory / f"{name}-key.pem"),
+                    "--tls-ca", str(directory / "ca.pem")]
+    return ["--role", role, "--registry", registry, *security, "--allow-anonymous", "--no-access-log",
+            "--log-level", "warning"]
 
 
 class PinnedGateway(GatewayProcess):
@@ -99,12 +108,18 @@ def _wait_all_known(nodes, count: int, timeout: float = 10.0) -> None:
     while time.monotonic() < deadline:
         views = []
         for node in nodes:
-            with urllib.request.urlopen(node.endpoint + "/_admin/cluster", timeout=5) as response:
+            context = ssl.create_default_context(cafile=str(node.ca)) if node.scheme == "https" else None
+            with urllib.request.urlopen(node.endpoint + "/_admin/cluster", timeout=5, context=context) as response:
                 views.append(len(json.loads(response.read())["nodes"]))
         if min(views) >= count:
             return
         time.sleep(0.1)
     raise RuntimeError(f"the benchmark nodes did not all see each other within {timeout}s: {views}")
+
+
+def _local_of(read: str) -> str:
+    """The local hit ``read`` is compared with: its own pair's (the HTTPS pair's is HTTPS too)."""
+    return "tls_local_hit" if read.startswith("tls_") else "local_hit"
 
 
 def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
@@ -117,26 +132,35 @@ def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make test-deps` (Debian package wrk)")
     base = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
-    registry = f"sqlite:///{base}/registry.db"
     env = {"GATEWAY_CLUSTER_SECRET": SECRET, "GATEWAY_HEARTBEAT_INTERVAL": "1"}
+    tls_dir = base / "tls"
+    tls.tls_init(tls_dir, {"ta": ["127.0.0.1"], "tb": ["127.0.0.1"]})
     nodes = {}
     try:
         with contextlib.ExitStack() as stack:
-            # Two redundant nodes (no primary, so nothing re-places the objects) and a proxy.
-            for name, role in (("a", "redundant"), ("b", "redundant"), ("proxy", "proxy")):
-                nodes[name] = PinnedGateway(base / name, args=node_args(role, registry),
-                                            env={**env, "GATEWAY_NODE_ID": name})
+            # Two redundant nodes (no primary, so nothing re-places the objects) and a proxy; and a
+            # second pair, in a cluster of its own, with HTTPS to clients and between them.
+            for name, role, cluster, security in (("a", "redundant", "plain", None), ("b", "redundant", "plain", None),
+                                                  ("proxy", "proxy", "plain", None),
+                                                  ("ta", "redundant", "tls", (tls_dir, "ta")),
+                                                  ("tb", "redundant", "tls", (tls_dir, "tb"))):
+                https = dict(scheme="https", ca=tls_dir / "ca.pem") if security else {}
+                args = node_args(role, f"sqlite:///{base}/{cluster}.db", security)
+                nodes[name] = PinnedGateway(base / name, args=args, env={**env, "GATEWAY_NODE_ID": name}, **https)
                 nodes[name].start()
-            _wait_all_known(nodes.values(), len(nodes))
-            a, b = nodes["a"].client(), nodes["b"].client()
-            a.create_bucket(Bucket="bench")
+            _wait_all_known([nodes[n] for n in ("a", "b", "proxy")], 3)
+            _wait_all_known([nodes["ta"], nodes["tb"]], 2)
             body = os.urandom(SIZE)
-            a.put_object(Bucket="bench", Key="local.bin", Body=body)
-            b.put_object(Bucket="bench", Key="remote.bin", Body=body)
+            for holder, other in (("a", "b"), ("ta", "tb")):
+                nodes[holder].client().create_bucket(Bucket="bench")
+                nodes[holder].client().put_object(Bucket="bench", Key="local.bin", Body=body)
+                nodes[other].client().put_object(Bucket="bench", Key="remote.bin", Body=body)
             urls = {
                 "local_hit": f"{nodes['a'].endpoint}/bench/local.bin",
                 "relayed": f"{nodes['a'].endpoint}/bench/remote.bin",
                 "proxy": f"{nodes['proxy'].endpoint}/bench/local.bin",
+                "tls_local_hit": f"{nodes['ta'].endpoint}/bench/local.bin",
+                "tls_relayed": f"{nodes['ta'].endpoint}/bench/remote.bin",
             }
             # Node B's local hit of the relayed object through reference relays on the same core, for
             # reading the relayed ratio against: one that only pipes bytes (the ceiling of any relay
@@ -148,9 +172,11 @@ def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
                 relay = stack.enter_context(ReferenceRelay(module, nodes["b"].endpoint, args))
                 urls[name] = f"{relay.endpoint}/bench/remote.bin"
             for url in urls.values():  # warm the page cache and the location caches
-                subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True, timeout=30)
+                subprocess.run(["curl", "-sf", "--cacert", str(tls_dir / "ca.pem"), "-o", "/dev/null", url],
+                               check=True, timeout=30)
             pids = {name: node.process.pid for name, node in nodes.items()}
-            busy = {"local_hit": ("a",), "relayed": ("a", "b"), "proxy": ("proxy", "a")}  # the nodes a round uses
+            busy = {"local_hit": ("a",), "relayed": ("a", "b"), "proxy": ("proxy", "a"),  # the nodes a round uses
+                    "tls_local_hit": ("ta",), "tls_relayed": ("ta", "tb")}
             measured = []  # one {read: (rate, cpu)} per round
             for _ in range(rounds):
                 this_round = {}
@@ -162,14 +188,17 @@ def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
         rates = {name: statistics.median(r[name][0] for r in measured) for name in urls}
         cpu_us = {name: {node: statistics.median(r[name][1][node] for r in measured) for node in busy[name]}
                   for name in busy}
-        ratios = {f"{name}_vs_local": round(statistics.median(r[name][0] / r["local_hit"][0] for r in measured), 3)
-                  for name in urls if name != "local_hit"}
+        ratios = {f"{name}_vs_local": round(statistics.median(r[name][0] / r[_local_of(name)][0] for r in measured), 3)
+                  for name in urls if not name.endswith("local_hit")}
         results["cluster"] = {
             "object_size": SIZE, "connections": CONNECTIONS, "seconds": seconds, "rounds": rounds,
             "requests_per_second": rates,  # medians over the rounds
             **ratios,
             "relayed_vs_local_per_round": [round(r["relayed"][0] / r["local_hit"][0], 3) for r in measured],
-            # CPU µs per request of each node a round uses (a: the node asked; b: the relayed object's holder).
+            "tls_relayed_vs_local_per_round": [round(r["tls_relayed"][0] / r["tls_local_hit"][0], 3)
+                                               for r in measured],
+            # CPU µs per request of each node a round uses (a, ta: the node asked; b, tb: the relayed
+            # object's holder).
             "cpu_us_per_request": cpu_us,
             "target_relayed_vs_local": 0.4,
         }

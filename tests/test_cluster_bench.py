@@ -13,7 +13,8 @@ import pytest
 
 from benchmarks import cluster_bench
 
-READS = ("local_hit", "relayed", "proxy", "pipe_relay", "http_relay", "pipelined_http_relay")
+READS = ("local_hit", "relayed", "proxy", "tls_local_hit", "tls_relayed", "pipe_relay", "http_relay",
+         "pipelined_http_relay")
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,17 @@ def test_every_read_is_measured_in_every_round(report):
     assert report["rounds"] == 2 and report["seconds"] == 1
     assert set(report["requests_per_second"]) == set(READS)
     assert all(rate > 0 for rate in report["requests_per_second"].values()), report["requests_per_second"]
-    assert len(report["relayed_vs_local_per_round"]) == 2
-    for read in READS[1:]:
-        assert report[f"{read}_vs_local"] > 0, read
+    assert len(report["relayed_vs_local_per_round"]) == len(report["tls_relayed_vs_local_per_round"]) == 2
+    for read in READS:
+        if not read.endswith("local_hit"):  # each compared with its own pair's local hit
+            assert report[f"{read}_vs_local"] > 0, read
 
 
 def test_each_nodes_cpu_per_request_is_reported(report):
     cpu = report["cpu_us_per_request"]
-    assert set(cpu) == {"local_hit", "relayed", "proxy"}
+    assert set(cpu) == {"local_hit", "relayed", "proxy", "tls_local_hit", "tls_relayed"}
     assert set(cpu["relayed"]) == {"a", "b"} and set(cpu["proxy"]) == {"proxy", "a"}
+    assert set(cpu["tls_relayed"]) == {"ta", "tb"}
     # Both nodes work on a relayed read; /proc's CPU time has 10 ms ticks, so only a lower bound.
-    assert cpu["relayed"]["a"] > 0 and cpu["relayed"]["b"] > 0, cpu
+    assert all(cpu[read][node] > 0 for read in ("relayed", "tls_relayed") for node in cpu[read]), cpu
     assert report["target_relayed_vs_local"] == 0.4
