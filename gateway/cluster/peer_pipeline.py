@@ -44,6 +44,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 # the digits and the checks around it cost three times as much, on every pipelined answer).
 _STATUS_CODES = {b"%d%c" % (code, after): code for code in range(100, 600) for after in b" \r"}
 
+
 def _any_case(name: bytes) -> bytes:
     """A regular expression for ``name`` in any case, spelled out (``[Cc][Oo]...``): re.IGNORECASE
     makes the search try every position of the head, this one jumps from line break to line break

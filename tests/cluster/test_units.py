@@ -116,6 +116,7 @@ def test_peer_signatures():
     with pytest.raises(PeerAuthError):
         other.verify("GET", "/x", None, None)
 
+
 @pytest.mark.parametrize("secret", ["s", "secret-0123456789abcdef", "x" * 64, "y" * 65, "é" * 100])
 def test_peer_signatures_are_hmac_sha256(secret):
     """The signer's HMAC with precomputed states is RFC 2104's: the same hex digest as hmac.new, for
@@ -128,7 +129,6 @@ def test_peer_signatures_are_hmac_sha256(secret):
     stamp, digest = value.split(":")
     message = f"GET\n/_cluster/v1/s3/b/k\n{stamp}\np1".encode()
     assert digest == hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
 
 
 def test_balancer_prefers_the_less_busy_of_two():
