@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import ssl
 import statistics
 import subprocess
 import sys
@@ -105,10 +104,10 @@ class ReferenceRelay:
 def _wait_all_known(nodes, count: int, timeout: float = 10.0) -> None:
     """Until every node lists ``count`` members (a starting node announces itself; the others reload)."""
     deadline = time.monotonic() + timeout
+    contexts = [node.ssl_context() for node in nodes]
     while time.monotonic() < deadline:
         views = []
-        for node in nodes:
-            context = ssl.create_default_context(cafile=str(node.ca)) if node.scheme == "https" else None
+        for node, context in zip(nodes, contexts):
             with urllib.request.urlopen(node.endpoint + "/_admin/cluster", timeout=5, context=context) as response:
                 views.append(len(json.loads(response.read())["nodes"]))
         if min(views) >= count:
@@ -188,15 +187,15 @@ def run(results: dict, rounds: int = ROUNDS, seconds: int = DURATION) -> dict:
         rates = {name: statistics.median(r[name][0] for r in measured) for name in urls}
         cpu_us = {name: {node: statistics.median(r[name][1][node] for r in measured) for node in busy[name]}
                   for name in busy}
-        ratios = {f"{name}_vs_local": round(statistics.median(r[name][0] / r[_local_of(name)][0] for r in measured), 3)
-                  for name in urls if not name.endswith("local_hit")}
+        # Each read's rate against its own pair's local hit in the same round.
+        per_round = {name: [r[name][0] / r[_local_of(name)][0] for r in measured]
+                     for name in urls if not name.endswith("local_hit")}
         results["cluster"] = {
             "object_size": SIZE, "connections": CONNECTIONS, "seconds": seconds, "rounds": rounds,
             "requests_per_second": rates,  # medians over the rounds
-            **ratios,
-            "relayed_vs_local_per_round": [round(r["relayed"][0] / r["local_hit"][0], 3) for r in measured],
-            "tls_relayed_vs_local_per_round": [round(r["tls_relayed"][0] / r["tls_local_hit"][0], 3)
-                                               for r in measured],
+            **{f"{name}_vs_local": round(statistics.median(ratios), 3) for name, ratios in per_round.items()},
+            **{f"{name}_vs_local_per_round": [round(ratio, 3) for ratio in per_round[name]]
+               for name in ("relayed", "tls_relayed")},
             # CPU µs per request of each node a round uses (a, ta: the node asked; b, tb: the relayed
             # object's holder).
             "cpu_us_per_request": cpu_us,

@@ -52,6 +52,7 @@ class Counted:
 
     def __init__(self, pid: int, prefix: str):
         self.pid, self.prefix = pid, prefix
+        self.name = Path(prefix).name  # the process's name in the results: a, b or relay
 
     def _control(self, *args: str) -> None:
         subprocess.run(["callgrind_control", *args, str(self.pid)], capture_output=True, timeout=60, check=True)
@@ -63,11 +64,11 @@ class Counted:
     def stop(self) -> int:
         """Counting off; the instructions counted since start()."""
         self._control("--instr=off")
-        before = set(Path(self.prefix).parent.glob(f"{Path(self.prefix).name}.{self.pid}.*"))
+        before = set(Path(self.prefix).parent.glob(f"{self.name}.{self.pid}.*"))
         self._control("--dump")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            new = set(Path(self.prefix).parent.glob(f"{Path(self.prefix).name}.{self.pid}.*")) - before
+            new = set(Path(self.prefix).parent.glob(f"{self.name}.{self.pid}.*")) - before
             for path in new:
                 totals = re.search(r"^totals: (\d+)", path.read_text(errors="replace"), re.MULTILINE)
                 if totals:
@@ -91,7 +92,7 @@ def _idle(seconds: int, counted: list[Counted]) -> dict[str, int]:
     for process in counted:
         process.start()
     time.sleep(seconds)
-    return {Path(p.prefix).name: p.stop() for p in counted}
+    return {p.name: p.stop() for p in counted}
 
 
 def _requests(url: str, connections: int, seconds: int, counted: list[Counted],
@@ -108,9 +109,8 @@ def _requests(url: str, connections: int, seconds: int, counted: list[Counted],
     if out.returncode != 0 or "Non-2xx" in out.stdout:
         raise RuntimeError(f"wrk failed on {url}:\n{out.stdout}{out.stderr}")
     requests = int(re.search(r"(\d+) requests in", out.stdout).group(1))
-    names = [Path(p.prefix).name for p in counted]
     return {"requests": requests,
-            **{name: round(max(c - idle[name], 0) / max(requests, 1)) for name, c in zip(names, counts)}}
+            **{p.name: round(max(c - idle[p.name], 0) / max(requests, 1)) for p, c in zip(counted, counts)}}
 
 
 def run(connections: int = 32, seconds: int = 10) -> dict:

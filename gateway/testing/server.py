@@ -85,8 +85,12 @@ class GatewayProcess:
         self.wait_ready(timeout)
         return self
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For urllib requests to this gateway: one that trusts its CA when it serves https, else None."""
+        return ssl.create_default_context(cafile=str(self.ca)) if self.scheme == "https" else None
+
     def wait_ready(self, timeout: float = 20.0) -> None:
-        context = ssl.create_default_context(cafile=self.ca) if self.scheme == "https" else None
+        context = self.ssl_context()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
