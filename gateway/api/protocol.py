@@ -300,7 +300,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         stored, and its answer used to be lost, the client seeing only this error. Reading stops
         meanwhile (there is nothing more to read), and on_response_complete sends the error."""
         self._head_open = False
-        body = error_document(error, resource, "")
+        body = error_document(error, resource, "", self.gateway.s3.host_id)
         head = [STATUS_LINE[error.status], *[b"%s: %s\r\n" % header for header in self.server_state.default_headers],
                 b"content-type: application/xml\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
         cycle = self.cycle

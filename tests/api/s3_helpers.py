@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -126,6 +126,8 @@ def assert_s3_error(response, status: int, code: str) -> None:
     assert root.findtext("Message")
     assert root.findtext("Resource") is not None
     assert root.findtext("RequestId") == response.headers["x-amz-request-id"]
+    assert root.findtext("HostId"), "the error names the node that answered"
+    assert root.findtext("HostId") == unquote(response.headers["x-amz-id-2"])
     assert int(response.headers["content-length"]) == len(response.body)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,17 @@ def test_error_document_shape(gateway, bucket):
     root = response.xml()
     assert root.findtext("Key") == "missing/key"
     assert root.findtext("Resource") == f"/{bucket}/missing/key"
+
+
+def test_errors_name_the_node_that_answered(gateway, s3):
+    """S3's HostId (x-amz-id-2, boto3's ResponseMetadata["HostId"]): a single gateway's host:port
+    (a cluster node's id: tests/cluster/test_relay.py), so an operator knows whose log to read."""
+    with pytest.raises(ClientError) as info:
+        s3.head_bucket(Bucket="no-such-bucket-for-host-id")
+    assert info.value.response["ResponseMetadata"]["HostId"] == f"{socket.gethostname()}:{gateway.port}"
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket="no-such-bucket-for-host-id", Key="k")
+    assert info.value.response["ResponseMetadata"]["HostId"] == f"{socket.gethostname()}:{gateway.port}"
 
 
 @pytest.mark.parametrize("method, path, query, status, code", [

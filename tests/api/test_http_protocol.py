@@ -171,6 +171,7 @@ def test_requests_the_parser_refuses_get_an_s3_error_and_the_server_stays_up(gat
     response = wire.response()
     assert response.status == 400 and response.getheader("content-type") == "application/xml"
     assert b"<Code>InvalidRequest</Code>" in response.body and b"Content-Length" in response.body
+    assert b"<HostId>%s:%d</HostId>" % (socket.gethostname().encode(), gateway.port) in response.body
     assert wire.closed_by_server()
     bucket, small, _ = objects
     with urllib.request.urlopen(gateway.endpoint + "/healthz", timeout=10) as health:

@@ -318,6 +318,8 @@ def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
             assert error.response["ResponseMetadata"]["HTTPHeaders"].get("retry-after"), name
             assert "unreachable" in error.response["Error"]["Message"] or "cannot be reached" in \
                 error.response["Error"]["Message"], name
+            # Which node answered (S3's HostId, from x-amz-id-2): the log to read for its RequestId.
+            assert error.response["ResponseMetadata"]["HostId"] == name
             head = error_of(lambda client=client: client.head_object(Bucket="relay", Key="on-r2"))
             assert head.response["ResponseMetadata"]["HTTPStatusCode"] == 503, name
             # Everything else still works.

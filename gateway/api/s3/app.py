@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
+from urllib.parse import quote
 
 from ... import errors
 from ...backend import Backend, ObjectReader
@@ -50,6 +52,8 @@ UNSUPPORTED = {
 # parameters are fine) is a plain read: _read_object serves it without the general dispatch.
 # With any of them the request takes the general path, which answers it (or refuses it) as before.
 _NOT_A_PLAIN_READ = frozenset(UNSUPPORTED | {"versionId", "partNumber", "uploadId"})
+# What a node id may keep as it is in the x-amz-id-2 header (anything else is percent-encoded there).
+_HOST_ID_SAFE = ":/@[]!$&'()*+,;=-._~"
 
 
 class S3App:
@@ -177,8 +181,9 @@ class S3App:
                           own: Backend | None = None) -> tuple[int, list, ObjectReader | bytes | None] | Forward:
         """The fast path: a plain read (is_plain_read) as (status, headers, body), ready to send: an
         open ObjectReader (headers carry its content-length; whoever sends it closes it) or None
-        for a HEAD, or, for an error, the bytes of its S3 XML document (empty for HEAD and 304). The same steps and answers as __call__ + _dispatch +
-        get_object would give, without what cannot apply (no body to track, no dispatch). Served
+        for a HEAD, or, for an error, the bytes of its S3 XML document (empty for HEAD and 304).
+        The same steps and answers as __call__ + _dispatch + get_object would give, without what
+        cannot apply (no body to track, no dispatch). Served
         over ASGI by _read_object, and below ASGI by gateway/api/protocol.py (docs/performance.md).
 
         ``forward``: the caller can pass the read through to a peer: on a cluster node's local miss
@@ -235,9 +240,21 @@ class S3App:
             log.exception("request %s (%s %s) failed", req.request_id, req.method, req.raw_path)
             raise ResponseAborted(str(exc)) from exc
 
+    @property
+    def host_id(self) -> str:
+        """This node's name in error answers (S3's HostId and ``x-amz-id-2``; boto3 shows it as
+        ResponseMetadata["HostId"]): its cluster node id, or host:port of a single gateway. With it
+        an operator knows which node's log holds an error's request id."""
+        cluster = getattr(self.service, "cluster", None)
+        if cluster is not None:
+            return cluster.node_id
+        return f"{socket.gethostname()}:{self.settings.port}"
+
     def error_response(self, req: S3Request, exc: errors.GatewayError) -> tuple[int, list, bytes]:
         """An error's (status, headers, body): an S3 XML document; empty for HEAD and 304."""
-        headers = [(b"x-amz-request-id", req.request_id.encode())]
+        host_id = self.host_id
+        headers = [(b"x-amz-request-id", req.request_id.encode()),
+                   (b"x-amz-id-2", quote(host_id, safe=_HOST_ID_SAFE).encode())]
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
         if exc.status == 501:  # the client asked for a feature the gateway does not have: not a fault here
             log.info("request %s: %s %s", req.request_id, exc.code, exc.message)
@@ -245,7 +262,7 @@ class S3App:
             log.error("request %s: %s %s", req.request_id, exc.code, exc.message)
         if exc.status == 304 or req.method == "HEAD":
             return exc.status, headers, b""  # no body: the status says it all
-        body = error_document(exc, req.raw_path, req.request_id)
+        body = error_document(exc, req.raw_path, req.request_id, host_id)
         headers.append((b"content-type", b"application/xml"))
         headers.append((b"content-length", str(len(body)).encode()))
         return exc.status, headers, body

@@ -66,11 +66,14 @@ def xml_safe(value) -> str:
     return _NOT_XML.sub(lambda m: f"%{ord(m.group()):02X}" if m.group() < "\x80" else "\ufffd", text)
 
 
-def error_document(exc: errors.GatewayError, resource: str, request_id: str) -> bytes:
+def error_document(exc: errors.GatewayError, resource: str, request_id: str, host_id: str = "") -> bytes:
+    """S3's error document. ``host_id``: the node that answered (S3's HostId), so that an operator
+    of a cluster knows whose log holds ``request_id``."""
     fields = "".join(element(name, xml_safe(value)) for name, value in exc.fields.items())
     return DECLARATION + (
         f"<Error>{element('Code', exc.code)}{element('Message', xml_safe(exc.message))}{fields}"
-        f"{element('Resource', resource)}{element('RequestId', request_id)}</Error>"
+        f"{element('Resource', resource)}{element('RequestId', request_id)}"
+        f"{element('HostId', xml_safe(host_id))}</Error>"
     ).encode()
 
 
