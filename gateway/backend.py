@@ -415,7 +415,7 @@ class Backend(abc.ABC):
     async def get_if_present(self, bucket: str, key: str, byte_range: ByteRange | None = None) -> ObjectReader | None:
         """get(), or None when the object is not there, whether or not its bucket is (ask
         head_bucket to tell). A cluster node tries its own storage this way before asking its peers
-        (gateway/services/cluster_nodes.py), where telling the two apart would be wasted work on
+        (gateway/services/cluster_nodes/), where telling the two apart would be wasted work on
         every relayed read; a backend may override it to skip that work (the local backend does)."""
         try:
             return await self.get(bucket, key, byte_range)

@@ -1,6 +1,6 @@
 """Payload.again(): a body kept while written, so that a write its store refused goes elsewhere.
 
-The cluster places such a write on another node (services/cluster_nodes.py, ``_put_placed``); these
+The cluster places such a write on another node (services/cluster_nodes/node.py, ``_put_placed``); these
 tests pin what the second Payload must be: the same bytes and checks, never a shortened body.
 """
 

@@ -25,7 +25,7 @@ How the vote is taken, through the registry (SQLite or etcd):
   listed primary (killed before that, it leaves the old primary in place).
 
 Being primary decides where new objects are placed and who balances reads
-(gateway/services/cluster_nodes.py); every object stays where it is, so a
+(gateway/services/cluster_nodes/); every object stays where it is, so a
 moment with two primaries (a cut-off primary that has not yet seen the
 registry) costs balance, never data.
 """

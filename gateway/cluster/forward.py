@@ -1,6 +1,6 @@
 """Forward: a plain read that this node passes through to the peer known to hold the object.
 
-The relay's usual way (cluster_nodes.ClusterNode._find) asks a peer's object
+The relay's usual way (services/cluster_nodes/asking.py, ``_find``) asks a peer's object
 route for the object and its info, then builds the S3 answer here: a task, a
 future, a coroutine chain resumed, the answer rebuilt. For the read it sees
 most, a GET or HEAD of an object the location cache places on a peer, the

@@ -51,7 +51,7 @@ READ_ROUTE_MEMORY = 60.0
 
 class PeerUnreachable(Exception):
     """A peer did not answer (refused, reset, timed out); ``peer`` is its node id. ``storage_failed``:
-    it answered, but that its own store failed, so it could not say (services/cluster_nodes.py)."""
+    it answered, but that its own store failed, so it could not say (services/cluster_nodes/)."""
 
     def __init__(self, peer: str, reason: str, storage_failed: bool = False):
         super().__init__(f"peer {peer}: {reason}")

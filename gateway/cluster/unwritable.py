@@ -18,7 +18,7 @@ it is seen, for ``retry_after`` seconds (settings ``full_store_retry`` and
 Then the placed write is tried there again, as space may have been freed or
 the disk mounted again. The write that found the store that way is placed
 again on another node with the body kept while it was written (up to 1 MiB,
-services/cluster_nodes.py ``_put_placed``; a longer body is answered with the
+services/cluster_nodes/node.py ``_put_placed``; a longer body is answered with the
 store's 507 or 503); the writes after it go to other nodes. Nothing is
 refused because of a note: when every node is noted, writes are placed as
 before and each answers for itself.

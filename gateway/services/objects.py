@@ -25,7 +25,7 @@ class ObjectService:
     """:param cluster: this node's gateway.cluster.membership.Cluster, or None on a stand-alone node.
 
     ``backends`` are what the S3 API uses; on a cluster node they become
-    role-specific wrappers at start (services/cluster_nodes.py), while
+    role-specific wrappers at start (services/cluster_nodes/), while
     ``local_backends`` stay this node's own storage, which the peer routes serve.
     """
 

@@ -33,7 +33,7 @@ class PendingBackend(Backend):
     """Stands in for ``backend`` until its start() succeeds: every call is a 503 that says why.
 
     In a cluster a storing node's own storage failing this way is what a storage failure is
-    anyway: its reads are relayed to the other nodes (services/cluster_nodes.py)."""
+    anyway: its reads are relayed to the other nodes (services/cluster_nodes/)."""
 
     def __init__(self, backend: Backend, reason: str):
         super().__init__(backend.name)
