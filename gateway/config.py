@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     failed_store_retry: float = Field(15.0, gt=0, description="seconds a node whose store failed (EIO, read-only, "
                                       "its backend unreachable) takes no placed writes for it, before it is tried "
                                       "again (docs/cluster.md, A full or failed store)")
+    strict_listings: bool = Field(False, description="LIST, ListBuckets and ListMultipartUploads answer 503 "
+                                  "while a storing node cannot be asked, instead of leaving its entries out "
+                                  "(docs/cluster.md, Limits)")
     failover: bool = Field(True, description="with two or more redundant nodes, one of the first two takes over "
                            "when the primary is down (docs/cluster.md, Failover)")
     failover_after: float = Field(15.0, gt=0, description="seconds without the primary's heartbeat and lease "

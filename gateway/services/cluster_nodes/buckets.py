@@ -9,7 +9,7 @@ from ... import errors
 from ...backend import Backend, BucketInfo, ListPage
 from ...cluster.relay import PeerUnreachable
 from .asking import PeerAsking
-from .unreachable import bucket_unreachable_error, unreachable_error
+from .unreachable import bucket_unreachable_error, listing_unreachable_error, unreachable_error
 
 log = logging.getLogger("gateway.cluster")
 
@@ -188,6 +188,8 @@ class Buckets(PeerAsking):
                 raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
             raise unreachable_error("The bucket list", self._named(unreachable, answers))
         unreachable = self._share_covered([p for p, r in answers.items() if isinstance(r, list)], unreachable)
+        if unreachable and self.cluster.settings.strict_listings:
+            raise listing_unreachable_error("The buckets", self._named(unreachable, answers))
         if unreachable:
             log.warning("listing buckets without unreachable nodes %s", ", ".join(sorted(unreachable)))
         earliest: dict[str, BucketInfo] = {}

@@ -15,7 +15,7 @@ from ...cluster.versions import supersede_local
 from ...payload import Payload
 from .asking import PeerAsking
 from .buckets import Buckets
-from .unreachable import unreachable_error, write_unreachable_error
+from .unreachable import listing_unreachable_error, unreachable_error, write_unreachable_error
 from .uploads import Uploads
 
 log = logging.getLogger("gateway.cluster")
@@ -277,12 +277,16 @@ class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
                 bucket_seen = True
         unreachable = self._share_covered(
             [p for p, r in answers.items() if isinstance(r, (ListPage, errors.NoSuchBucket))], unreachable)
+        # Never the gateway's internal bucket in a client's message (uploads live in one).
+        internal = bucket.startswith(".")
+        if unreachable and bucket_seen and self.cluster.settings.strict_listings:
+            raise listing_unreachable_error("Unfinished multipart uploads" if internal else
+                                            f"The objects of bucket {bucket!r}", self._named(unreachable, answers))
         if unreachable:
             log.warning("listing %s without unreachable nodes %s", bucket, ", ".join(unreachable))
         if not bucket_seen:
             if unreachable:
-                # Never the gateway's internal bucket in a client's message (uploads live in one).
-                what = "Unfinished multipart uploads" if bucket.startswith(".") else f"Bucket {bucket!r}"
+                what = "Unfinished multipart uploads" if internal else f"Bucket {bucket!r}"
                 raise unreachable_error(what, self._named(unreachable, answers))
             raise errors.NoSuchBucket(BucketName=bucket)
         merged = merge_pages(pages, max_keys)

@@ -49,6 +49,15 @@ def upload_unreachable_error(upload_id: str, key: str | None, peers: list[str]) 
     return error
 
 
+def listing_unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
+    """With strict_listings, a listing that would leave out what a server that cannot be asked holds."""
+    error = errors.NodeUnreachable(
+        f"{what} cannot be listed whole now: a server that may hold some of them {servers_down(peers)}. "
+        "This cluster gives no partial listings (strict_listings); retry later.")
+    error.headers["Retry-After"] = RETRY_AFTER
+    return error
+
+
 def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
     error = errors.NodeUnreachable(
         f"{what} may be on a server that {servers_down(peers)}; retry later.")

@@ -9,7 +9,7 @@ from ... import errors
 from ...backend import MULTIPART_BUCKET, is_upload_id, require_completion_checksums, upload_record
 from ...cluster.relay import PeerUnreachable
 from .asking import PeerAsking
-from .unreachable import unreachable_error, upload_unreachable_error
+from .unreachable import listing_unreachable_error, unreachable_error, upload_unreachable_error
 
 log = logging.getLogger("gateway.cluster")
 
@@ -173,6 +173,9 @@ class Uploads(PeerAsking):
             if self.local is None and not answers:
                 raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
             raise errors.NoSuchBucket(BucketName=bucket)
+        if unreachable and self.cluster.settings.strict_listings:
+            raise listing_unreachable_error(f"The unfinished multipart uploads of bucket {bucket!r}",
+                                            self._named(unreachable, answers))
         if unreachable:
             log.warning("listing the uploads of %s without unreachable nodes %s", bucket,
                         ", ".join(sorted(unreachable)))
