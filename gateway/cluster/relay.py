@@ -512,11 +512,19 @@ class PeerClient:
     async def ping(self, peer: str, address: str, announce: str | None = None) -> dict:
         """``announce``: this node's own address, told to the peer (a node announcing itself at start)."""
         target = f"{wire.PREFIX}/ping" + (f"?address={quote(announce, safe='')}" if announce else "")
-        return await self._json(peer, address, target, "a ping", _json_object)
+        # The whole timeout, also for a limited peer: the heartbeat's ping is what finds it alive again.
+        return await self._json(peer, address, target, "a ping", _json_object, whole_timeout=True)
 
-    async def _json(self, peer: str, address: str, target: str, what: str, decode):
-        """GET ``target`` and return ``decode(JSON answer)`` (see _decode)."""
-        return await self._decode(peer, await self.request(peer, address, "GET", target), what, decode)
+    async def _json(self, peer: str, address: str, target: str, what: str, decode, whole_timeout: bool = False):
+        """GET ``target`` and return ``decode(JSON answer)`` (see _decode).
+
+        A limited peer (one that failed lately) is waited for only limited_timeout, as a GET of an
+        object: every LIST, ListBuckets and ListMultipartUploads asks every storing node, and
+        while one was frozen each of them waited the whole peer timeout for it again."""
+        limited = not whole_timeout and self.health.limited(peer)
+        read_timeout = self.limited_timeout if limited else None
+        response = await self.request(peer, address, "GET", target, read_timeout=read_timeout)
+        return await self._decode(peer, response, what, decode)
 
 
 def _json_object(data) -> dict:

@@ -2,7 +2,8 @@
 
 The first miss waits the peer timeout and marks it limited (tried last); after that a GET or HEAD
 waits for it only limited_timeout (a tenth of the peer timeout, at least 0.2 s) before answering
-503, where it waited the whole timeout every time (3 s per miss with the tests' timeout).
+503, where it waited the whole timeout every time (3 s per miss with the tests' timeout), and so do
+the listings, which ask every storing node.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def test_a_frozen_peer_is_waited_for_once_then_only_briefly(tmp_path):
             assert time.monotonic() - started < PEER_TIMEOUT, "a read waited the whole peer timeout again"
             assert "it failed before, so it is not waited for" in cluster.admin("p1")["peers"]["r2"]["last_error"]
             assert p1.get_object(Bucket="frozen", Key="on-r1")["Body"].read() == b"r1 answers"
+            # The listings ask every storing node: r2 too, briefly, and leave it out (no strict_listings).
+            started = time.monotonic()
+            assert [o["Key"] for o in p1.list_objects_v2(Bucket="frozen")["Contents"]] == ["on-r1"]
+            assert "frozen" in [b["Name"] for b in p1.list_buckets()["Buckets"]]
+            assert p1.list_multipart_uploads(Bucket="frozen").get("Uploads", []) == []
+            assert time.monotonic() - started < PEER_TIMEOUT, "a listing waited the whole peer timeout again"
         finally:
             cluster["r2"].resume()
         deadline = time.monotonic() + 15
