@@ -163,7 +163,7 @@ class PassThrough:
         """The peer's answer does not settle the read (read and dropped): ask the usual way."""
         forward = self.forward
         forward.node.client.pass_through["declined"] += 1
-        forward.node.locations.forget(forward.req.bucket, forward.req.key)
+        forward.node.locations.drop(forward.req.bucket, forward.req.key)
         self._usual_way()
 
     def released(self) -> None:

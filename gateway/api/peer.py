@@ -43,6 +43,7 @@ _NODE = NODE_HEADER.encode()
 _INFO = wire.INFO_HEADER.encode()
 _SPAN = wire.SPAN_HEADER.encode()
 _OBJECTS = wire.PREFIX + "/objects/"
+_LOCATIONS = wire.PREFIX + "/locations/"
 _S3_READ = forward.S3_READ_ROUTE + "/"
 _S3_READ_RAW = _S3_READ.encode()
 
@@ -172,10 +173,15 @@ class PeerApp:
 
     async def _read(self, method: str, bucket: str, key: str, headers: dict) -> tuple[int, list, ObjectReader | None]:
         backend = self._local(bucket)
-        if method == "HEAD":
-            info = await backend.head(bucket, key)
-            return 200, [(_INFO, wire.info_header(info)), (b"content-length", b"0")], None
-        reader = await backend.get(bucket, key, parse_range(headers.get("range")))
+        try:
+            if method == "HEAD":
+                info = await backend.head(bucket, key)
+                return 200, [(_INFO, wire.info_header(info)), (b"content-length", b"0")], None
+            reader = await backend.get(bucket, key, parse_range(headers.get("range")))
+        except errors.NoSuchKey:
+            # The asking node may cache this miss: a write of the key here tells it first (watchers.py).
+            self.service.cluster.watchers.note(bucket, key, headers.get(NODE_HEADER, ""))
+            raise
         try:
             out = [(_INFO, wire.info_header(reader.info)), (_SPAN, f"{reader.start}-{reader.stop}".encode()),
                    (b"content-length", str(reader.length).encode())]
@@ -206,6 +212,13 @@ class PeerApp:
         elif path.startswith("/uploads/"):
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
             await self._upload(method, path[len("/uploads/"):], headers, query, receive, send)
+        elif path.startswith("/locations/") and method == "DELETE":
+            # A node stored this key, which this one asked it for in vain: a cached miss goes (watchers.py).
+            bucket, _, key = scope["path"][len(_LOCATIONS):].partition("/")
+            if not bucket or not key:
+                raise errors.InvalidRequest("peer location paths are /locations/<bucket>/<key>")
+            self.service.cluster.locations.forget(bucket, key)
+            await _send(send, 204, [], b"")
         elif path.startswith("/buckets/"):
             await self._bucket(method, path[len("/buckets/"):], send)
         elif path == "/buckets" and method == "GET":
@@ -255,6 +268,7 @@ class PeerApp:
                             pass
                 info = await backend.put(bucket, key, payload, meta)
             self.service.cluster.locations.forget(bucket, key)
+            await self.service.cluster.tell_watchers(bucket, key)  # before the write is answered
             await _send_json(send, wire.info_to_json(info))
         elif method == "DELETE" and "if-older-than" in query:
             # Another node stored a newer version: drop ours unless it is the newer one (docs/cluster.md).

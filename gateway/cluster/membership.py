@@ -32,6 +32,7 @@ from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
 from .stall import StallWatch
 from .unwritable import FailedStores, FullStores
+from .watchers import MissWatchers
 
 log = logging.getLogger("gateway.cluster")
 # Walking storage to count objects is bounded (a status figure, not an inventory).
@@ -70,6 +71,10 @@ class Cluster:
         self.health = PeerHealth()
         self.balancer = Balancer()
         self.locations = LocationCache()
+        # Nodes that asked this one for a key it lacked (they may cache the miss): a write of the key
+        # here tells them first (watchers.py). Kept while such a miss may be cached, and while the
+        # asking node may still be asking the others (two rounds of peer timeouts).
+        self.watchers = MissWatchers(self.locations.miss_ttl + 2 * settings.peer_timeout + 1)
         # Stores out of space, or whose filesystem or backend failed: no writes placed there a while.
         self.full = FullStores(settings.full_store_retry)
         self.failed = FailedStores(settings.failed_store_retry)
@@ -500,6 +505,22 @@ class Cluster:
 
         if limited:
             await asyncio.gather(*(probe(p) for p in limited))
+
+    async def tell_watchers(self, bucket: str, key: str) -> None:
+        """This node stored the key: the nodes that lately asked it for the key in vain (and may have
+        cached that miss) forget it before the write is answered (watchers.py). One that does not
+        answer within the limited timeout keeps its miss for at most its miss_ttl (1 s)."""
+        watchers = [n for n in self.watchers.take(bucket, key) if n != self.node_id and n in self.nodes]
+        if not watchers:
+            return
+
+        async def tell(node: str) -> None:
+            try:
+                await self.client.forget_location(node, self.nodes[node].address, bucket, key)
+            except Exception as exc:  # noqa: BLE001 - told best-effort: its cached miss expires on its own
+                log.info("could not tell %s that %s/%s was written: %s", node, bucket, key, exc)
+
+        await asyncio.gather(*(tell(n) for n in watchers))
 
     async def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
         """``peer`` (unreachable now) must drop its copy of the key if older than ``newer``:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
@@ -43,6 +45,42 @@ def test_object_put_on_one_node_is_readable_headable_deletable_through_every_oth
         assert error_of(lambda client=client: client.head_object(Bucket="relay", Key=key)).response[
             "ResponseMetadata"]["HTTPStatusCode"] == 404
         assert error_of(lambda client=client: client.get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
+
+
+def negative_hits(node) -> float:
+    """The node's cached-miss lookups (GET /metrics)."""
+    with urllib.request.urlopen(node.endpoint + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return float(re.search(r'^gateway_cluster_location_cache_lookups_total\{result="negative"\} (\S+)$', text,
+                           re.MULTILINE).group(1))
+
+
+def test_a_key_written_through_one_node_is_read_at_once_through_another_that_had_just_missed_it(cluster):
+    """Every node caches a miss for a second (repeated misses do not ask every node); a write of the
+    key tells the nodes that had just missed it (gateway/cluster/watchers.py), so a client that writes
+    through one node and reads through another reads what it wrote at once. Through the proxy that
+    was a 404 for up to a second after the PUT was answered."""
+    s3 = clients(cluster)
+    for reader in NODES:
+        for writer in NODES:
+            key = f"read-after-write/{reader}-after-{writer}"
+            assert error_of(lambda: s3[reader].get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == \
+                "NoSuchKey"
+            cached = negative_hits(cluster[reader])
+            assert error_of(lambda: s3[reader].head_object(Bucket="relay", Key=key)).response[
+                "ResponseMetadata"]["HTTPStatusCode"] == 404
+            assert negative_hits(cluster[reader]) > cached, "the second miss came from the cache"
+            s3[writer].put_object(Bucket="relay", Key=key, Body=key.encode())
+            assert s3[reader].get_object(Bucket="relay", Key=key)["Body"].read() == key.encode(), (reader, writer)
+            assert s3[reader].head_object(Bucket="relay", Key=key)["ContentLength"] == len(key)
+    # The same for an object that a multipart upload completes.
+    key = "read-after-write/multipart"
+    assert error_of(lambda: s3["x1"].get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
+    upload = s3["r1"].create_multipart_upload(Bucket="relay", Key=key)["UploadId"]
+    part = s3["r1"].upload_part(Bucket="relay", Key=key, UploadId=upload, PartNumber=1, Body=b"one part")
+    s3["r1"].complete_multipart_upload(Bucket="relay", Key=key, UploadId=upload,
+                                       MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3["x1"].get_object(Bucket="relay", Key=key)["Body"].read() == b"one part"
 
 
 def test_tricky_keys_relay_through_every_node(cluster):
@@ -241,6 +279,10 @@ def test_peer_routes_refuse_client_credentials_and_unsigned_requests(cluster):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(url, timeout=5)
     assert info.value.code == 403
+    unsigned = urllib.request.Request(cluster["r1"].endpoint + "/_cluster/v1/locations/relay/anything", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(unsigned, timeout=5)
+    assert info.value.code == 403
     s3 = cluster["r1"].client()
     # A correctly SigV4-signed S3 request to a peer path is refused too (bucket names cannot start with "_").
     error = error_of(lambda: s3.get_object(Bucket="_cluster", Key="v1/objects/relay/anything"))
@@ -293,6 +335,9 @@ def test_peer_routes_answer_malformed_requests_with_400_and_store_nothing(cluste
         status, body = call("PUT", "/_cluster/v1/objects/relay/peer-bad", {header: value}, b"xyz")
         assert status == 400 and header.encode() in body, (header, value, status, body)
     assert not (cluster["r1"].data_dir / "relay" / "peer-bad%obj").exists()
+    for target in ("/_cluster/v1/locations/relay", "/_cluster/v1/locations/relay/", "/_cluster/v1/locations/"):
+        assert call("DELETE", target)[0] == 400, target
+    assert call("DELETE", "/_cluster/v1/locations/relay/some/key")[0] == 204
     # A signature time that is no number at all is refused before the signature is checked.
     target = "/_cluster/v1/ping"
     signature = PeerSigner(SECRET, "r2").headers("GET", target)[HEADER].split(":", 1)[1]

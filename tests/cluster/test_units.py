@@ -14,6 +14,7 @@ from gateway.cluster.listing import merge_pages
 from gateway.cluster.locations import NOWHERE, LocationCache
 from gateway.cluster.peer_auth import PeerAuthError, PeerSigner
 from gateway.cluster.stall import StallWatch
+from gateway.cluster.watchers import MissWatchers
 from gateway.testing.clock import ManualClock
 
 
@@ -68,6 +69,57 @@ def test_location_cache_expires_bounds_and_forgets():
     assert cache.get("b", "k4") is None
     clock.now += 11
     assert cache.get("b", "k3") is None
+
+
+def test_a_miss_found_by_a_lookup_that_a_write_overtook_is_not_cached():
+    """A write of the key while the lookup was asking (forget) keeps that lookup's miss out of the
+    cache; a lookup that began after it caches its miss as usual, and so does one after a drop (the
+    lookup's own removal of an entry found wrong)."""
+    clock = ManualClock()
+    cache = LocationCache(miss_ttl=1, clock=clock)
+    asked_at = clock()
+    clock.now += 0.1
+    cache.forget("b", "k")  # the key was written meanwhile
+    clock.now += 0.1
+    cache.missing("b", "k", asked_at)
+    assert cache.get("b", "k") is None
+    cache.missing("b", "k", clock())
+    assert cache.get("b", "k") == NOWHERE
+    cache.found("b", "k2", "r1")
+    asked_at = clock()
+    cache.drop("b", "k2")
+    cache.missing("b", "k2", asked_at)
+    assert cache.get("b", "k2") == NOWHERE
+
+
+def test_forgotten_keys_are_kept_bounded_in_number_and_time():
+    clock = ManualClock()
+    cache = LocationCache(max_entries=3, clock=clock)
+    for n in range(5):
+        cache.forget("b", f"k{n}")
+    assert list(cache._forgotten) == [("b", "k2"), ("b", "k3"), ("b", "k4")]
+    clock.now += cache.forgotten_for + 1
+    cache.forget("b", "new")
+    assert list(cache._forgotten) == [("b", "new")]
+
+
+def test_miss_watchers_are_taken_once_and_expire():
+    clock = ManualClock()
+    watchers = MissWatchers(keep=5, max_entries=2, clock=clock)
+    watchers.note("b", "k", "x1")
+    watchers.note("b", "k", "r1")
+    watchers.note("b", "k", "x1")
+    assert watchers.take("b", "k") == ["r1", "x1"]
+    assert watchers.take("b", "k") == []  # told once
+    watchers.note("b", "old", "x1")
+    clock.now += 6
+    watchers.note("b", "old", "x2")
+    assert watchers.take("b", "old") == ["x2"]  # x1's miss has expired there by now
+    watchers.note(".multipart", "record", "x1")  # the gateway's own records are never polled for
+    assert len(watchers) == 0
+    for key in ("k1", "k2", "k3"):
+        watchers.note("b", key, "x1")
+    assert len(watchers) == 2 and watchers.take("b", "k1") == []  # bounded: the oldest went
 
 
 def info(key: str, modified: float = 1.0) -> ObjectInfo:

@@ -122,6 +122,7 @@ class PeerAsking:
         """
         peers = self.cluster.peers()
         state: dict[str, Any] = {"unreachable": [], "why": {}, "bucket": bucket_seen}
+        asked_at = self.locations.clock()
         cached = self.locations.get(bucket, key)
         if cached == NOWHERE:
             raise errors.NoSuchKey(Key=key)
@@ -139,7 +140,7 @@ class PeerAsking:
                 state["unreachable"].append(cached)
                 state["why"][cached] = exc
                 log.info("relay: %s", exc)
-            self.locations.forget(bucket, key)
+            self.locations.drop(bucket, key)
         healthy, limited = self.cluster.health.split(p for p in peers if p not in asked)
         for group in (healthy, limited):
             hit = await self._first_hit(group, call, state)
@@ -154,7 +155,7 @@ class PeerAsking:
             raise local_failure
         if not state["bucket"] and not (bucket_seen is None and await self._has_local_bucket(bucket)):
             raise errors.NoSuchBucket(BucketName=bucket)
-        self.locations.missing(bucket, key)
+        self.locations.missing(bucket, key, asked_at)
         raise errors.NoSuchKey(Key=key)
 
     async def _everywhere(self, call, peers: dict[str, str] | None = None,

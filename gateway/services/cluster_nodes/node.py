@@ -161,6 +161,8 @@ class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
         self.locations.forget(bucket, key)
         if bucket.startswith("."):
             return  # internal buckets are written once on one node
+        if holder == me:
+            await self.cluster.tell_watchers(bucket, key)  # nodes that missed it lately (watchers.py)
         peers = {p: a for p, a in self.cluster.peers().items() if p != holder}
         # Known to be on a node's own disk: a node on a share may drop its older copy there (another file).
         own = (self.local is not None and not self.local.capabilities.shared if holder == me
