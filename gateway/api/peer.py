@@ -31,6 +31,7 @@ from ..cluster import forward, wire
 from ..cluster.peer_auth import HEADER, NODE_HEADER, PeerAuthError
 from ..cluster.versions import supersede_local
 from ..payload import Payload
+from ..services.cluster_nodes.unreachable import catching_up_error
 from .s3.objects import send_object
 from .s3.request import parse_decimal, parse_range, receive_body
 
@@ -111,6 +112,7 @@ class PeerApp:
             self._check_signature(scope)
             if own is None:
                 own = self._local(scope["path"][len(_S3_READ):].partition("/")[0])
+            self._refuse_stale_read()
         except Exception as exc:  # noqa: BLE001 - refused: the other node reads the usual way, and says why
             status, headers, body = self._error_answer(scope, exc)
             headers.append((b"content-length", str(len(body)).encode()))
@@ -173,6 +175,7 @@ class PeerApp:
 
     async def _read(self, method: str, bucket: str, key: str, headers: dict) -> tuple[int, list, ObjectReader | None]:
         backend = self._local(bucket)
+        self._refuse_stale_read()
         try:
             if method == "HEAD":
                 info = await backend.head(bucket, key)
@@ -366,6 +369,12 @@ class PeerApp:
             raise errors.ServiceUnavailable(
                 "This node has just run again after standing still for longer than the peer timeout: it takes "
                 "no peer writes for a moment, since their senders have given up on the ones sent meanwhile.")
+
+    def _refuse_stale_read(self) -> None:
+        """A peer's read of this node's copy just after it stood still: a 503, as for its clients
+        (Cluster.reads_held); the peer asks the other nodes, which may hold the newer version."""
+        if self.service.cluster.reads_held():
+            raise catching_up_error()
 
     async def _bucket(self, method: str, bucket: str, send) -> None:
         backend = self._local(bucket)

@@ -102,6 +102,9 @@ class Cluster:
                          if settings.failover else None)
         self.role_listeners: list = []  # called with (old role, new role) after a failover changed it
         self.stalls = StallWatch(settings.peer_timeout)  # this process stood still: refuse stale peer writes
+        self.stalls.on_stall = self._after_stall  # ... and hold reads of its own copies until it caught up
+        self._catching_up: asyncio.Task | None = None
+        self._applying = asyncio.Lock()  # one application of the registry's retirements at a time
         self._left = False  # removed from the registry by `cluster leave` while running
         self._untrusted_list = False  # the last reload found this node unlisted (said once)
 
@@ -532,7 +535,29 @@ class Cluster:
         default the one the object service set once the storage was ready). Raise RegistryError."""
         drop_older = drop_older or self.drop_older
         if drop_older is not None:
-            await self.retirements.apply_own(drop_older, everything=everything)
+            async with self._applying:
+                await self.retirements.apply_own(drop_older, everything=everything)
+
+    def reads_held(self) -> bool:
+        """Whether this node must not serve its own copies now: it has just run again after standing
+        still past the peer timeout (a paused VM, SIGSTOP), and an overwrite made meanwhile on another
+        node may not have retired its older copy yet (the retirement waits in the registry, or in its
+        sockets). Held for the stall's grace (0.5 s) and until the registry's retirements for this
+        node are applied (at most twice the peer timeout); reads are a 503 meanwhile."""
+        return self._catching_up is not None or self.stalls.stalled_recently()
+
+    def _after_stall(self) -> None:
+        if self._catching_up is None:
+            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        try:
+            await asyncio.wait_for(self.apply_retirements(everything=True), 2 * self.settings.peer_timeout)
+        except Exception as exc:  # noqa: BLE001 - the registry or the store failed: the heartbeat's rounds retry
+            log.warning("after standing still, the overwrites made meanwhile could not all be applied here (%s); "
+                        "this node serves its copies again, the next rounds apply the rest", exc)
+        finally:
+            self._catching_up = None
 
     async def _retirement_round(self) -> None:
         await self.apply_retirements()

@@ -35,6 +35,7 @@ class StallWatch:
         self._last = clock()
         self._resumed_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.on_stall = None  # called (no arguments) when a stall is noticed: the cluster catches up
 
     def start(self) -> None:
         self._last = self.clock()
@@ -56,6 +57,8 @@ class StallWatch:
             self._resumed_at = now
             log.warning("this node did not run for %.1f s (stopped, paused or starved of CPU): peer writes are "
                         "refused for %.1f s, their senders have given up on those sent meanwhile", gap, self.grace)
+            if self.on_stall is not None:
+                self.on_stall()
         self._last = now
 
     def stalled_recently(self) -> bool:

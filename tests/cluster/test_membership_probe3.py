@@ -109,9 +109,18 @@ def test_writes_do_not_wait_for_a_frozen_node_once_it_failed_and_it_drops_its_ol
                 assert time.monotonic() - started < 1.5, name
         finally:
             nodes["r2"].resume(settle=False)
-        # r2 finds the retirement request in its socket when it runs again; its heartbeat reads the registry.
-        wait_for(lambda: s3["r2"].get_object(Bucket="frozen", Key="k")["Body"].read() == b"new through x1", 5,
-                 "r2 dropping its old copy")
+        # r2 finds the retirement request in its socket when it runs again, and reads the registry's at once;
+        # until it has, its reads are 503s (Cluster.reads_held), never the old copy.
+        def r2_reads_the_new_version() -> bool:
+            try:
+                body = s3["r2"].get_object(Bucket="frozen", Key="k")["Body"].read()
+            except ClientError as exc:
+                assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 503, exc.response
+                return False
+            assert body != b"old, on r2", "r2 served the copy the overwrites replaced"
+            return body == b"new through x1"
+
+        wait_for(r2_reads_the_new_version, 5, "r2 dropping its old copy")
         for name in s3:
             assert s3[name].get_object(Bucket="frozen", Key="k")["Body"].read() == b"new through x1", name
     finally:

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from gateway.testing.disks import tmpfs
 
-from .conftest import NODES, clients
+from .conftest import NODES, clients, error_of
 
 STORING = ("p1", "r1", "r2")
 
@@ -281,6 +279,55 @@ def test_a_write_that_a_frozen_node_receives_after_its_sender_gave_up_is_not_app
     time.sleep(2)  # r2 handles what waited in its sockets, and its heartbeat applies the retirement
     for name in NODES:
         assert s3[name].get_object(Bucket="probe2", Key="frozen/k")["Body"].read() == b"v3, acknowledged", name
+
+
+def test_a_node_running_again_after_a_freeze_serves_no_copy_that_an_overwrite_replaced_meanwhile(cluster):
+    """r2 holds v1 and is frozen (SIGSTOP, as a paused VM) past the peer timeout; the key is overwritten
+    through r1, which gives up on r2 and leaves v1's retirement in the registry (and in r2's socket); the
+    write is acknowledged. A read sent through r2 meanwhile waits in r2's socket. When r2 runs again it
+    answered that read with v1 from its own disk, before it had dropped it: a read older than the write
+    it followed. Now it holds reads of its own copies (503, Retry-After) until it has caught up."""
+    s3 = clients(cluster)
+    s3["r2"].put_object(Bucket="probe2", Key="stale/k", Body=b"v1 on r2")
+    reader = cluster["r2"].client(read_timeout=60)
+    assert reader.get_object(Bucket="probe2", Key="stale/k")["Body"].read() == b"v1 on r2"  # a kept-alive connection
+    outcome: list = []
+
+    def read() -> None:
+        try:
+            outcome.append(reader.get_object(Bucket="probe2", Key="stale/k")["Body"].read())
+        except ClientError as exc:
+            outcome.append(exc.response)
+
+    cluster["r2"].pause()
+    try:
+        # r1 finds r2 failed (a miss it cannot settle), so the overwrite does not wait for r2: v1's
+        # retirement goes to the registry and to r2 on a new connection, which r2 reads only after the
+        # reads waiting on the connections it had already accepted.
+        assert error_of(lambda: s3["r1"].head_object(Bucket="probe2", Key="stale/nowhere")).response[
+            "ResponseMetadata"]["HTTPStatusCode"] == 503
+        s3["r1"].put_object(Bucket="probe2", Key="stale/k", Body=b"v2, acknowledged")
+        waiting = threading.Thread(target=read)
+        waiting.start()
+        time.sleep(0.5)  # the read is in r2's socket
+    finally:
+        cluster["r2"].resume(settle=False)
+    waiting.join(60)
+    assert outcome and outcome[0] != b"v1 on r2", "r2 served the copy the acknowledged overwrite replaced"
+    if outcome[0] != b"v2, acknowledged":
+        assert outcome[0]["ResponseMetadata"]["HTTPStatusCode"] == 503, outcome[0]
+        assert outcome[0]["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "1"
+        assert "standing still" in outcome[0]["Error"]["Message"]
+    deadline = time.monotonic() + 10
+    while True:  # caught up: every node serves v2
+        try:
+            bodies = {name: s3[name].get_object(Bucket="probe2", Key="stale/k")["Body"].read() for name in NODES}
+        except ClientError:
+            bodies = {}
+        if set(bodies.values()) == {b"v2, acknowledged"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert set(bodies.values()) == {b"v2, acknowledged"}, bodies
 
 
 def test_an_overwrite_through_the_primary_goes_elsewhere_when_the_holder_has_just_failed(cluster):

@@ -276,22 +276,25 @@ def test_peer_call_labels():
 def test_stall_watch_sees_a_gap_between_ticks_and_forgets_it_soon_after():
     clock = ManualClock()
     watch = StallWatch(2.0, clock, interval=0.25)
+    stalls = []
+    watch.on_stall = lambda: stalls.append(clock.now)  # the cluster catches up on overwrites (reads_held)
     for _ in range(20):  # a loop that runs: ticks 0.25 s apart
         clock.now += 0.25
         watch.tick()
         assert not watch.stalled_recently()
     clock.now += 1.9  # slow, not stopped: under the limit
     watch.tick()
-    assert not watch.stalled_recently()
+    assert not watch.stalled_recently() and stalls == []
     clock.now += 30  # SIGSTOP for 30 s, then SIGCONT
     watch.tick()
-    assert watch.stalled_recently()
+    assert watch.stalled_recently() and stalls == [clock.now]
     clock.now += 0.4
     watch.tick()
     assert watch.stalled_recently()  # writes sent during the stall may still be being read
     clock.now += 0.2
     watch.tick()
     assert not watch.stalled_recently()  # 0.6 s later: a write now is a fresh one
+    assert len(stalls) == 1  # told once per stall
 
 
 def test_stall_watch_counts_a_stall_whose_tick_is_still_overdue():

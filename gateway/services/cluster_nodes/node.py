@@ -15,7 +15,7 @@ from ...cluster.versions import supersede_local
 from ...payload import Payload
 from .asking import PeerAsking
 from .buckets import Buckets
-from .unreachable import listing_unreachable_error, unreachable_error, write_unreachable_error
+from .unreachable import catching_up_error, listing_unreachable_error, unreachable_error, write_unreachable_error
 from .uploads import Uploads
 
 log = logging.getLogger("gateway.cluster")
@@ -53,6 +53,8 @@ class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
         Forward instead of relaying (the front end passes the read through: cluster/forward.py)."""
         failure = None
         if self.local is not None:
+            if self.cluster.reads_held():  # just ran again after a stall: its copy may be outdated
+                raise catching_up_error()
             try:
                 found = await self.local.get_if_present(bucket, key, byte_range)
             except (errors.ServiceUnavailable, OSError) as exc:  # this node's storage failed: see _local_failed
@@ -70,6 +72,8 @@ class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
     async def head(self, bucket: str, key: str, forward: bool = False) -> ObjectInfo | Forward:
         failure = None
         if self.local is not None:
+            if self.cluster.reads_held():
+                raise catching_up_error()
             try:
                 found = await self.local.head_if_present(bucket, key)
             except (errors.ServiceUnavailable, OSError) as exc:

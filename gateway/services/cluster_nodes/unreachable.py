@@ -58,6 +58,16 @@ def listing_unreachable_error(what: str, peers: list[str]) -> errors.GatewayErro
     return error
 
 
+def catching_up_error() -> errors.GatewayError:
+    """A read of this node's own copy just after it stood still (Cluster.reads_held)."""
+    error = errors.ServiceUnavailable(
+        "This server has just run again after standing still for longer than the peer timeout (a paused VM, "
+        "a stopped process); it is applying the overwrites made meanwhile before it serves its own copies. "
+        "Retry in a moment.")
+    error.headers["Retry-After"] = "1"
+    return error
+
+
 def unreachable_error(what: str, peers: list[str]) -> errors.GatewayError:
     error = errors.NodeUnreachable(
         f"{what} may be on a server that {servers_down(peers)}; retry later.")
