@@ -45,7 +45,9 @@ class GatewayApp:
         if self.service.role == "proxy":
             log.warning("--local-socket is ignored on a proxy node: it stores no objects to read locally")
             return
-        self.local_reads = LocalReadServer(str(path), self.service.local_backend_for)
+        cluster = self.service.cluster
+        self.local_reads = LocalReadServer(str(path), self.service.local_backend_for,
+                                           cluster.reads_held if cluster is not None else lambda: False)
         await self.local_reads.start()
 
     def fast_answer(self, scope):

@@ -49,11 +49,15 @@ MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path (sun_path is 108, with it
 class LocalReadServer:
     """The gateway's end: answers requests for object files on ``path`` (see the module's doc).
 
-    ``backend_for(bucket)``: this node's own backend for a bucket, or None (a proxy node)."""
+    ``backend_for(bucket)``: this node's own backend for a bucket, or None (a proxy node);
+    ``held()``: whether this node's own copies must not be read now (a cluster node that has just
+    run again after a stall, Cluster.reads_held): everything is "not here" meanwhile, and the
+    mount reads through HTTP, which says so."""
 
-    def __init__(self, path: str, backend_for):
+    def __init__(self, path: str, backend_for, held=lambda: False):
         self.path = path
         self.backend_for = backend_for
+        self.held = held
         self.sock: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
         self._connections: set[asyncio.Task] = set()
@@ -146,6 +150,8 @@ class LocalReadServer:
         except errors.GatewayError as exc:
             return {"error": exc.message}, None
         backend = self.backend_for(bucket)
+        if self.held():
+            return {"found": False}, None
         try:
             found = backend.open_file(bucket, key) if backend is not None else None
         except Exception as exc:  # a storage error is this request's, never the server's

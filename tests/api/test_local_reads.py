@@ -16,7 +16,10 @@ import urllib.request
 import pytest
 
 from gateway.api.local_reads import LocalReadServer, open_object_file
+from gateway.backend import ObjectMeta
+from gateway.payload import Payload
 from gateway.testing.server import GatewayProcess, free_port
+from gateway_plugins.local import LocalBackend
 from gateway_plugins.memory import MemoryBackend
 
 
@@ -181,3 +184,28 @@ def test_a_backend_without_local_files_has_nothing_here(tmp_path):
 
     assert asyncio.run(scenario()) is None
     assert not (tmp_path / "m.sock").exists()
+
+
+def test_nothing_is_here_while_the_node_holds_reads_of_its_own_copies(tmp_path):
+    """A cluster node that has just run again after a stall serves no copy of its own until it caught
+    up on the overwrites made meanwhile (Cluster.reads_held): its files are not handed out either."""
+    backend = LocalBackend(root=str(tmp_path / "cv-storage"))
+    held = [True]
+
+    async def scenario():
+        await backend.start()
+        await backend.create_bucket("heldb")
+        await backend.put("heldb", "k", Payload.from_bytes(b"maybe outdated"), ObjectMeta())
+        server = LocalReadServer(str(tmp_path / "h.sock"), lambda bucket: backend, lambda: held[0])
+        await server.start()
+        try:
+            while_held = await asyncio.to_thread(open_object_file, server.path, "heldb", "k", None)
+            held[0] = False
+            after = await asyncio.to_thread(open_object_file, server.path, "heldb", "k", None)
+            return while_held, after
+        finally:
+            await server.close()
+
+    while_held, after = asyncio.run(scenario())
+    assert while_held is None
+    assert _read(after) == b"maybe outdated"
