@@ -216,11 +216,15 @@ class PeerApp:
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
             await self._upload(method, path[len("/uploads/"):], headers, query, receive, send)
         elif path.startswith("/locations/") and method == "DELETE":
-            # A node stored this key, which this one asked it for in vain: a cached miss goes (watchers.py).
-            bucket, _, key = scope["path"][len(_LOCATIONS):].partition("/")
-            if not bucket or not key:
-                raise errors.InvalidRequest("peer location paths are /locations/<bucket>/<key>")
-            self.service.cluster.locations.forget(bucket, key)
+            bucket, slash, key = scope["path"][len(_LOCATIONS):].partition("/")
+            if not bucket or (slash and not key):
+                raise errors.InvalidRequest("peer location paths are /locations/<bucket>[/<key>]")
+            if key:  # a node stored this key, which this one asked it for in vain: a cached miss goes (watchers.py)
+                self.service.cluster.locations.forget(bucket, key)
+            else:  # the bucket was deleted: a proxy stops trusting that it exists (ProxyNode._known_bucket)
+                forget = getattr(self.service.backend_for(bucket), "bucket_deleted", None)
+                if forget is not None:
+                    forget(bucket)
             await _send(send, 204, [], b"")
         elif path.startswith("/buckets/"):
             await self._bucket(method, path[len("/buckets/"):], send)

@@ -509,6 +509,20 @@ class Cluster:
         if limited:
             await asyncio.gather(*(probe(p) for p in limited))
 
+    async def tell_bucket_deleted(self, bucket: str) -> None:
+        """Every other node (proxies too) hears that the bucket was deleted before DeleteBucket is
+        answered: a proxy trusts for a few seconds that a bucket it checked exists, and its PUT
+        into it made the bucket again on the node it placed the write on."""
+        peers = self.peers(storing=False)
+
+        async def tell(node: str) -> None:
+            try:
+                await self.client.forget_location(node, peers[node], bucket, None)
+            except Exception as exc:  # noqa: BLE001 - best effort: its memory of the bucket expires on its own
+                log.info("could not tell %s that bucket %s was deleted: %s", node, bucket, exc)
+
+        await asyncio.gather(*(tell(n) for n in peers))
+
     async def tell_watchers(self, bucket: str, key: str) -> None:
         """This node stored the key: the nodes that lately asked it for the key in vain (and may have
         cached that miss) forget it before the write is answered (watchers.py). One that does not

@@ -431,10 +431,13 @@ class PeerClient:
         except (KeyError, ValueError, TypeError) as exc:
             raise self._malformed(peer, "a conditional DELETE", exc) from None
 
-    async def forget_location(self, peer: str, address: str, bucket: str, key: str) -> None:
+    async def forget_location(self, peer: str, address: str, bucket: str, key: str | None) -> None:
         """Tell ``peer`` that this node stored the key, so that it drops a cached miss of it
-        (watchers.py). Waited for only limited_timeout: an alive node answers at once."""
-        target = f"{wire.PREFIX}/locations/{quote(bucket, safe='')}/{quote(key, safe='/')}"
+        (watchers.py); with no key, that the bucket was deleted. Waited for only limited_timeout: an
+        alive node answers at once."""
+        target = f"{wire.PREFIX}/locations/{quote(bucket, safe='')}"
+        if key is not None:
+            target += f"/{quote(key, safe='/')}"
         response = await self.request(peer, address, "DELETE", target, read_timeout=self.limited_timeout)
         await self._raise_for(response)
         response.release()

@@ -121,6 +121,26 @@ def test_a_bucket_left_on_one_node_by_an_interrupted_delete_is_deleted_by_the_re
             "Error"]["Code"] == "NoSuchBucket", name
 
 
+def test_a_write_through_the_proxy_right_after_deletebucket_elsewhere_does_not_make_the_bucket_again(cluster):
+    """A proxy trusts for a few seconds that a bucket it checked exists (no check per PUT), and the
+    node it placed a write on created a missing bucket for it: a PUT through the proxy within 5 s of a
+    DeleteBucket through another node made the deleted bucket again, with that one object in it.
+    DeleteBucket now tells every node, the proxies too, before it is answered."""
+    s3 = clients(cluster)
+    for deleter in ("p1", "r1", "r2"):
+        bucket = f"gone-after-delete-{deleter}"
+        s3["p1"].create_bucket(Bucket=bucket)
+        s3["x1"].put_object(Bucket=bucket, Key="k", Body=b"seen through the proxy")
+        s3["x1"].delete_object(Bucket=bucket, Key="k")
+        s3[deleter].delete_bucket(Bucket=bucket)
+        error = error_of(lambda: s3["x1"].put_object(Bucket=bucket, Key="after", Body=b"too late"))
+        assert error.response["Error"]["Code"] == "NoSuchBucket", deleter
+        for name in NODES:
+            assert bucket not in listed(s3[name]), (deleter, name)
+        for name in ("p1", "r1", "r2"):  # the storing nodes
+            assert not on_disk(cluster, name, bucket), (deleter, name)
+
+
 def test_headbucket_of_a_bucket_only_a_down_node_holds_is_503_not_404(cluster):
     """r2 may hold it (and does): a 404 would be taken as final (a PUT through the proxy checks it too)."""
     s3 = clients(cluster)

@@ -93,6 +93,10 @@ class Buckets(PeerAsking):
             log.warning("bucket %s deleted except on %s, which failed during the delete (a retry finishes it)",
                         bucket, ", ".join(failed))
             raise bucket_unreachable_error(bucket, failed, "It was deleted on the other servers; retry to finish")
+        await self.cluster.tell_bucket_deleted(bucket)
+
+    def bucket_deleted(self, bucket: str) -> None:
+        """Another node deleted the bucket (Cluster.tell_bucket_deleted); a proxy forgets that it saw it."""
 
     async def _bucket_states(self, bucket: str) -> tuple[dict[str, str], list[str]]:
         """Ask every storing node (this one too) about ``bucket`` on its own storage.

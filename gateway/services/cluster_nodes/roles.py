@@ -174,6 +174,9 @@ class ProxyNode(ClusterNode):
         if len(self._buckets_seen) > 10_000:
             self._buckets_seen.clear()
 
+    def bucket_deleted(self, bucket: str) -> None:
+        self._buckets_seen.pop(bucket, None)
+
     async def delete_bucket(self, bucket: str) -> None:
         self._buckets_seen.pop(bucket, None)
         try:
