@@ -513,31 +513,28 @@ class Cluster:
         """Every other node (proxies too) hears that the bucket was deleted before DeleteBucket is
         answered: a proxy trusts for a few seconds that a bucket it checked exists, and its PUT
         into it made the bucket again on the node it placed the write on."""
-        peers = self.peers(storing=False)
-
-        async def tell(node: str) -> None:
-            try:
-                await self.client.forget_location(node, peers[node], bucket, None)
-            except Exception as exc:  # noqa: BLE001 - best effort: its memory of the bucket expires on its own
-                log.info("could not tell %s that bucket %s was deleted: %s", node, bucket, exc)
-
-        await asyncio.gather(*(tell(n) for n in peers))
+        await self._tell(self.peers(storing=False), bucket, None)
 
     async def tell_watchers(self, bucket: str, key: str) -> None:
         """This node stored the key: the nodes that lately asked it for the key in vain (and may have
-        cached that miss) forget it before the write is answered (watchers.py). One that does not
-        answer within the limited timeout keeps its miss for at most its miss_ttl (1 s)."""
+        cached that miss) forget it before the write is answered (watchers.py)."""
         watchers = [n for n in self.watchers.take(bucket, key) if n != self.node_id and n in self.nodes]
-        if not watchers:
-            return
+        if watchers:
+            await self._tell({n: self.nodes[n].address for n in watchers}, bucket, key)
 
-        async def tell(node: str) -> None:
+    async def _tell(self, addresses: dict[str, str], bucket: str, key: str | None) -> None:
+        """The location notice (PeerClient.forget_location) to each of ``addresses``, in parallel and
+        best effort: a node that does not answer within the limited timeout keeps what it knew until
+        that expires (a cached miss: 1 s; a proxy's memory of a bucket: 5 s)."""
+        what = f"{bucket}/{key} was written" if key is not None else f"bucket {bucket} was deleted"
+
+        async def tell(node: str, address: str) -> None:
             try:
-                await self.client.forget_location(node, self.nodes[node].address, bucket, key)
-            except Exception as exc:  # noqa: BLE001 - told best-effort: its cached miss expires on its own
-                log.info("could not tell %s that %s/%s was written: %s", node, bucket, key, exc)
+                await self.client.forget_location(node, address, bucket, key)
+            except Exception as exc:  # noqa: BLE001 - best effort, see above
+                log.info("could not tell %s that %s: %s", node, what, exc)
 
-        await asyncio.gather(*(tell(n) for n in watchers))
+        await asyncio.gather(*(tell(n, a) for n, a in addresses.items()))
 
     async def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
         """``peer`` (unreachable now) must drop its copy of the key if older than ``newer``:
