@@ -26,6 +26,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from gateway.testing.rclone import REMOTE, rclone_executable, run_rclone  # noqa: F401 - the tests import them here
+
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAKE_TEST_DEPS = "run `make test-deps` (it installs the aws cli and rclone the tests start)"
 
@@ -171,35 +173,8 @@ def run_aws(gateway, *args: str, config_dir: Path | None = None, check: bool = T
     return result
 
 
-# -- rclone -----------------------------------------------------------------------------------------
+# -- rclone: gateway/testing/rclone.py (the cluster tests run it too) ---------------------------------
 
-REMOTE = "GW"
-
-
-def rclone_executable() -> str:
-    found = shutil.which("rclone")
-    assert found, f"rclone is not installed: {MAKE_TEST_DEPS}"
-    return found
-
-
-def run_rclone(gateway, *args: str, check: bool = True, timeout: float = 120,
-               options: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run rclone with a remote named GW: configured only through RCLONE_CONFIG_GW_* variables."""
-    # No AWS_* either: the SDK inside rclone would pick up e.g. AWS_CA_BUNDLE, which it cannot use over http.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RCLONE_", "AWS_"))}
-    prefix = f"RCLONE_CONFIG_{REMOTE}_"
-    settings = {
-        "TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": gateway.endpoint, "ACCESS_KEY_ID": gateway.access_key,
-        "SECRET_ACCESS_KEY": gateway.secret_key, "FORCE_PATH_STYLE": "true", "REGION": "us-east-1",
-    }
-    settings.update({k.upper(): v for k, v in (options or {}).items()})
-    env.update({prefix + name: value for name, value in settings.items()})
-    env["RCLONE_CONFIG"] = os.devnull  # nothing from a user's rclone.conf
-    cmd = [rclone_executable(), "--low-level-retries", "1", "--retries", "1", *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"rclone {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 # -- fixtures -----------------------------------------------------------------------------------------

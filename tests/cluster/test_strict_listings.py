@@ -5,12 +5,12 @@ deletion deletes nothing (docs/cluster.md, "Limits"). Real gateway processes (1 
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
 import pytest
 from botocore.exceptions import ClientError
+
+from gateway.testing.rclone import run_rclone
 
 from .conftest import NODES, ClusterNodes, clients, error_of, wait_for
 
@@ -38,15 +38,7 @@ def keys(s3, bucket: str) -> list[str]:
 def rclone_sync(node, source: str, target: str) -> subprocess.CompletedProcess:
     """``rclone sync`` from this node's ``source`` (bucket/prefix) to a local ``target``: a mirror
     with deletion, as a backup job runs it. One try, no low-level retries: the 503 is the answer."""
-    rclone = shutil.which("rclone")
-    assert rclone, "rclone is not installed: run `make test-deps` (it installs the Debian package rclone)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RCLONE_", "AWS_"))}
-    env.update({"RCLONE_CONFIG": os.devnull, "RCLONE_CONFIG_GW_TYPE": "s3", "RCLONE_CONFIG_GW_PROVIDER": "Other",
-                "RCLONE_CONFIG_GW_ENDPOINT": node.endpoint, "RCLONE_CONFIG_GW_ACCESS_KEY_ID": node.access_key,
-                "RCLONE_CONFIG_GW_SECRET_ACCESS_KEY": node.secret_key, "RCLONE_CONFIG_GW_REGION": "us-east-1",
-                "RCLONE_CONFIG_GW_FORCE_PATH_STYLE": "true"})
-    return subprocess.run([rclone, "--retries", "1", "--low-level-retries", "1", "sync", f"GW:{source}", target],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    return run_rclone(node, "sync", f"GW:{source}", target, check=False)
 
 
 def test_listings_with_a_storing_node_down_are_503s_naming_it_and_whole_again_once_it_is_back(cluster, tmp_path):
