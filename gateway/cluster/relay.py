@@ -66,8 +66,9 @@ def _range_header(byte_range: ByteRange) -> str:
     return f"bytes={byte_range.first}-" + ("" if byte_range.last is None else str(byte_range.last))
 
 
-def object_path(bucket: str, key: str) -> str:
-    return f"{wire.PREFIX}/objects/{quote(bucket, safe='')}/{quote(key, safe='/')}"
+def object_path(bucket: str, key: str, route: str = "objects") -> str:
+    """A peer route's path for an object (``route``: objects, or locations for the notice of forget_location)."""
+    return f"{wire.PREFIX}/{route}/{quote(bucket, safe='')}/{quote(key, safe='/')}"
 
 
 def upload_path(bucket: str, upload_id: str = "", rest: str = "", **query: str) -> str:
@@ -435,9 +436,8 @@ class PeerClient:
         """Tell ``peer`` that this node stored the key, so that it drops a cached miss of it
         (watchers.py); with no key, that the bucket was deleted. Waited for only limited_timeout: an
         alive node answers at once."""
-        target = f"{wire.PREFIX}/locations/{quote(bucket, safe='')}"
-        if key is not None:
-            target += f"/{quote(key, safe='/')}"
+        target = (object_path(bucket, key, "locations") if key is not None
+                  else f"{wire.PREFIX}/locations/{quote(bucket, safe='')}")
         response = await self.request(peer, address, "DELETE", target, read_timeout=self.limited_timeout)
         await self._raise_for(response)
         response.release()
