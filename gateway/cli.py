@@ -306,10 +306,11 @@ from .cli_mount import mount  # noqa: E402  (the `gateway mount` command)
 
 main.add_command(mount)
 
-from .cli_ops import backup, restore  # noqa: E402  (`gateway backup` and `gateway restore`)
+from .cli_ops import backup, repair, restore  # noqa: E402  (`gateway backup`, `restore`, `cluster repair`)
 
 main.add_command(backup)
 main.add_command(restore)
+cluster.add_command(repair)
 
 from .cli_migrate import migrate  # noqa: E402  (the `gateway migrate` command)
 

@@ -203,3 +203,41 @@ def _refuse_default_root(mapping: dict) -> None:
                            "./cv-storage in the current directory. Pass the --config (or --data-dir) the node's "
                            "`gateway serve` runs with; a full backup restores a missing config file there first. "
                            "Nothing was restored")
+
+
+@click.command("repair")
+@settings_options
+@click.option("--bucket", "buckets", multiple=True, help="Walk only this bucket (repeat for several; default: all).")
+@click.option("--dry-run", is_flag=True, help="Say which keys have an older copy; retire nothing.")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=1000, show_default=True,
+              help="Keys the node lists from every storing node per request.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line; the findings and the summary still print.")
+def repair(config_file, buckets, dry_run, page_size, quiet, **flags) -> None:
+    """Find and retire copies that an overwrite could not retire (local mode).
+
+    In local mode a key lives on one node; an overwrite through another node retires the older copy,
+    or leaves that to the registry for a node that is down. A copy survives only when the registry
+    was down too and the writing node restarted first, or when a node's files were put back by hand
+    (an old disk, a copied directory); reads through that node then return the old version. This
+    walks every bucket through this node, page by page: keys that two nodes hold in different
+    versions keep the newest (last writer wins, as for overwrites) and lose the older copies.
+    Listings retire what they happen to see anyway; run this after a registry outage, or after
+    putting files back by hand, to be sure.
+
+    Give it the settings the node's `gateway serve` runs with (its cluster secret, --advertise, the
+    TLS files); the node must be running. Exit status: 0 every node checked; 1 done, but a node
+    could not be reached or a copy could not be read (run it again when all are up); 2 not done
+    (the message says why).
+    """
+    from .ops.repair import RepairError
+    from .ops.repair import repair as run_repair
+
+    settings = ops_settings(config_file, **flags)
+    try:
+        result = run_repair(settings, buckets, dry_run=dry_run, quiet=quiet, page_size=page_size)
+    except RepairError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        interrupted("the repair was stopped; what it retired stays retired, run it again to finish")
+    if not result.complete:
+        raise SystemExit(1)

@@ -228,6 +228,9 @@ class PeerApp:
             await _send(send, 204, [], b"")
         elif path.startswith("/buckets/"):
             await self._bucket(method, path[len("/buckets/"):], send)
+        elif path == "/repair" or path.startswith("/repair/"):
+            query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+            await self._repair(method, path[len("/repair/"):], query, send)
         elif path == "/buckets" and method == "GET":
             buckets = [b for b in await self._local("").list_buckets() if not b.name.startswith(".")]
             await _send_json(send, wire.buckets_to_json(buckets))
@@ -391,6 +394,25 @@ class PeerApp:
         else:
             raise errors.MethodNotAllowed()
         await _send(send, 204, [], b"")
+
+
+    async def _repair(self, method: str, bucket: str, query: dict, send) -> None:
+        """`gateway cluster repair` (docs/cluster.md, "Repair"): GET /repair, every bucket's name;
+        POST /repair/<bucket>?start-after=&max-keys=&dry-run=1, one page of the walk (repair.py)."""
+        if method == "GET" and not bucket:
+            await _send_json(send, {"buckets": [b.name for b in await self.service.list_buckets()]})
+            return
+        if method != "POST" or not bucket:
+            raise errors.MethodNotAllowed(f"the repair route is GET /repair or POST /repair/<bucket>, not {method}")
+        backend = self.service.backend_for(bucket)
+        repair_page = getattr(backend, "repair_page", None)
+        if repair_page is None:
+            raise errors.InvalidRequest(f"bucket {bucket!r} is on a backend this node does not relay for")
+        max_keys = parse_decimal(query.get("max-keys", "1000"))
+        if max_keys is None or not 1 <= max_keys <= 1000:
+            raise errors.InvalidArgument("max-keys must be a whole number from 1 to 1000")
+        await _send_json(send, await repair_page(bucket, query.get("start-after", ""), max_keys,
+                                                 dry_run=query.get("dry-run") == "1"))
 
 
 def _put_headers(headers: dict) -> tuple[int | None, tuple[str, ...], ObjectMeta]:

@@ -10,14 +10,14 @@ def merge_pages(pages: list[ListPage], max_keys: int) -> ListPage:
 
     Every entry of the merged first ``max_keys`` is among each source's
     first ``max_keys``, so this is exact. A key on two nodes appears once
-    (the newer copy wins); common prefixes are merged.
+    (the newer copy wins, in wire.is_older's order); common prefixes are merged.
     """
     objects: dict[str, ObjectInfo] = {}
     prefixes: set[str] = set()
     for page in pages:
         for info in page.objects:
             seen = objects.get(info.key)
-            if seen is None or info.last_modified > seen.last_modified:
+            if seen is None or (info.last_modified, info.etag) > (seen.last_modified, seen.etag):
                 objects[info.key] = info
         prefixes.update(page.common_prefixes)
     entries: list[tuple[bytes, str | ObjectInfo]] = [(k.encode(), o) for k, o in objects.items()]
@@ -31,3 +31,19 @@ def merge_pages(pages: list[ListPage], max_keys: int) -> ListPage:
         last = taken[-1][1]
         merged.next_marker = last if isinstance(last, str) else last.key
     return merged
+
+
+def differing_copies(pages: dict[str, ListPage], up_to: str | None = None) -> dict[str, dict[str, ObjectInfo]]:
+    """The keys that more than one node lists in different versions, each with its copy by node
+    (``pages``: node -> its page); only keys up to ``up_to`` (a merged page's last key) when given.
+
+    In local mode a key lives on one node: a second, different copy is one that an overwrite could
+    not retire (docs/cluster.md, "Repair"). The same version on two nodes is no such copy.
+    """
+    holders: dict[str, dict[str, ObjectInfo]] = {}
+    for node, page in pages.items():
+        for info in page.objects:
+            if up_to is None or info.key <= up_to:
+                holders.setdefault(info.key, {})[node] = info
+    return {key: copies for key, copies in holders.items()
+            if len(copies) > 1 and len({(info.last_modified, info.etag) for info in copies.values()}) > 1}

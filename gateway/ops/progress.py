@@ -34,8 +34,10 @@ def human_seconds(s: float) -> str:
 
 class Progress:
     def __init__(self, label: str, total_files: int = 0, total_bytes: int = 0, stream=None,
-                 quiet: bool = False, clock=time.monotonic):
+                 quiet: bool = False, clock=time.monotonic, unit: str = "files", count_bytes: bool = True):
         self.label = label
+        self.unit = unit  # what the count counts ("files"; "keys" for a walk that moves no bytes)
+        self.count_bytes = count_bytes
         self.total_files = total_files
         self.total_bytes = total_bytes
         self.stream = stream or sys.stderr
@@ -61,8 +63,11 @@ class Progress:
 
     def line(self, now: float | None = None) -> str:
         elapsed = max((now or self.clock()) - self.started, 1e-6)
-        parts = [f"{self.label}: {self.files:,}" + (f" / {self.total_files:,}" if self.total_files else "") + " files",
-                 human_bytes(self.bytes) + (f" / {human_bytes(self.total_bytes)}" if self.total_bytes else "")]
+        parts = [f"{self.label}: {self.files:,}" + (f" / {self.total_files:,}" if self.total_files else "")
+                 + f" {self.unit}"]
+        if not self.count_bytes:
+            return f"{parts[0]}, {self.files / elapsed:,.0f} {self.unit}/s"
+        parts.append(human_bytes(self.bytes) + (f" / {human_bytes(self.total_bytes)}" if self.total_bytes else ""))
         if self.total_bytes:
             parts.append(f"{100 * self.bytes / self.total_bytes:.0f}%")
         rate = self.bytes / elapsed

@@ -10,7 +10,7 @@ import pytest
 from gateway.backend import ListPage, ObjectInfo
 from gateway.cluster.balancer import Balancer
 from gateway.cluster.health import PeerHealth
-from gateway.cluster.listing import merge_pages
+from gateway.cluster.listing import differing_copies, merge_pages
 from gateway.cluster.locations import NOWHERE, LocationCache
 from gateway.cluster.peer_auth import PeerAuthError, PeerSigner
 from gateway.cluster.stall import StallWatch
@@ -145,6 +145,25 @@ def test_merge_is_truncated_when_a_source_is():
 def test_merge_orders_by_utf8_bytes():
     merged = merge_pages([ListPage([info("é")], []), ListPage([info("z")], [])], max_keys=10)
     assert [o.key for o in merged.objects] == ["z", "é"]
+
+
+def test_merge_keeps_the_newer_copy_by_time_then_etag():
+    # The order every node applies to versions (wire.is_older): equal times go by ETag, whatever page comes first.
+    one, other = ObjectInfo("k", 1, "e1", 5.0), ObjectInfo("k", 1, "e2", 5.0)
+    for pages in ([ListPage([one], []), ListPage([other], [])], [ListPage([other], []), ListPage([one], [])]):
+        assert merge_pages(pages, max_keys=10).objects == [other]
+
+
+def test_differing_copies_are_keys_listed_in_different_versions():
+    same = ObjectInfo("same", 1, "e", 1.0)
+    pages = {"r1": ListPage([info("a", 2.0), same, info("z", 2.0)], []),
+             "r2": ListPage([info("a", 1.0), same], []),
+             "p1": ListPage([info("a", 1.0), info("only-here")], [])}
+    differing = differing_copies(pages)
+    assert list(differing) == ["a"]  # the same version on two nodes is no stale copy
+    assert {node: i.last_modified for node, i in differing["a"].items()} == {"r1": 2.0, "r2": 1.0, "p1": 1.0}
+    assert differing_copies(pages, up_to="Z") == {}  # only keys up to a merged page's last one
+    assert list(differing_copies({"r1": pages["r1"], "r2": ListPage([info("z", 1.0)], [])}, up_to="y")) == []
 
 
 def test_peer_signatures():

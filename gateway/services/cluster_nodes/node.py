@@ -15,6 +15,7 @@ from ...cluster.versions import supersede_local
 from ...payload import Payload
 from .asking import PeerAsking
 from .buckets import Buckets
+from .repair import Repair
 from .unreachable import catching_up_error, listing_unreachable_error, unreachable_error, write_unreachable_error
 from .uploads import Uploads
 
@@ -24,7 +25,7 @@ log = logging.getLogger("gateway.cluster")
 PLACE_AGAIN_BODY = 1 << 20
 
 
-class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
+class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
     """Relaying logic shared by the roles. ``local`` is None on a proxy."""
 
     forwards_reads = True
@@ -261,25 +262,38 @@ class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
 
         On shared storage every node lists the same tree: the local listing is the whole answer.
         The merged page carries metadata (``ListPage.metadata``) when every page it merged did.
+        A key that two nodes list in different versions has a copy an overwrite could not retire:
+        it is retired now, in the background (repair.py).
         """
         if self.local is not None and self.local.capabilities.shared:
             return await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
-        pages = []
+        pages, _ = await self._pages(bucket, prefix, delimiter, start_after, max_keys)
+        merged = merge_pages(list(pages.values()), max_keys)
+        merged.metadata = all(page.metadata for page in pages.values())
+        self._repair_in_background(bucket, pages, merged)
+        return merged
+
+    async def _pages(self, bucket: str, prefix: str, delimiter: str, start_after: str,
+                     max_keys: int) -> tuple[dict[str, ListPage], list[str]]:
+        """Every storing node's page of the listing, by node (a node without the bucket has none), and the
+        nodes that could not be asked; the 503s of list() when the bucket, or with ``strict_listings``
+        any part of it, cannot be listed."""
+        pages: dict[str, ListPage] = {}
         bucket_seen = False
         if self.local is not None:
             try:
                 page = await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
                 if page.metadata is None:
                     page.metadata = self.local.capabilities.listing_metadata
-                pages.append(page)
+                pages[self.cluster.node_id] = page
                 bucket_seen = True
             except errors.NoSuchBucket:
                 pass
         answers, unreachable = await self._everywhere(
             lambda p, a: self.client.list(p, a, bucket, prefix, delimiter, start_after, max_keys))
-        for result in answers.values():
+        for peer, result in answers.items():
             if isinstance(result, ListPage):
-                pages.append(result)
+                pages[peer] = result
                 bucket_seen = True
         unreachable = self._share_covered(
             [p for p, r in answers.items() if isinstance(r, (ListPage, errors.NoSuchBucket))], unreachable)
@@ -295,9 +309,7 @@ class ClusterNode(Uploads, Buckets, PeerAsking, Backend):
                 what = "Unfinished multipart uploads" if internal else f"Bucket {bucket!r}"
                 raise unreachable_error(what, self._named(unreachable, answers))
             raise errors.NoSuchBucket(BucketName=bucket)
-        merged = merge_pages(pages, max_keys)
-        merged.metadata = all(page.metadata for page in pages)
-        return merged
+        return pages, unreachable
 
     async def check_writable(self) -> None:
         if self.local is not None:
