@@ -119,6 +119,10 @@ def cluster_metrics(out: Exposition, cluster) -> None:
     out.family("gateway_cluster_pending_retirements", "gauge",
                "Older copies an unreachable peer must still drop (sent when it answers again).",
                [({"peer": p}, n) for p, n in sorted(cluster.pending_retirements().items())])
+    out.family("gateway_cluster_repaired_copies_total", "counter",
+               "Older copies that an overwrite had not retired, found by a listing or `gateway cluster repair` "
+               "through this node and retired, by the node that held them.",
+               [({"node": node}, n) for node, n in sorted(cluster.repaired.items())])
 
 
 def render(service, gateway=None) -> str:

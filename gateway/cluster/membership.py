@@ -31,6 +31,7 @@ from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
 from .stall import StallWatch
+from .tally import Tally
 from .unwritable import FailedStores, FullStores
 from .watchers import MissWatchers
 
@@ -75,6 +76,9 @@ class Cluster:
         # here tells them first (watchers.py). Kept while such a miss may be cached, and while the
         # asking node may still be asking the others (two rounds of peer timeouts).
         self.watchers = MissWatchers(self.locations.miss_ttl + 2 * settings.peer_timeout + 1)
+        # Older copies that listings or `gateway cluster repair` found and retired, by the node that held
+        # them (services/cluster_nodes/repair.py).
+        self.repaired: Tally[str] = Tally()
         # Stores out of space, or whose filesystem or backend failed: no writes placed there a while.
         self.full = FullStores(settings.full_store_retry)
         self.failed = FailedStores(settings.failed_store_retry)

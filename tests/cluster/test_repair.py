@@ -77,6 +77,8 @@ def test_a_listing_retires_an_older_copy_it_sees(cluster):
     assert not (cluster["r2"].data_dir / bucket / f"{key}%obj").exists()
     assert (cluster["r1"].data_dir / bucket / f"{key}%obj").exists(), "the newest copy must stay"
     assert "an older copy on r2 that an overwrite did not retire" in cluster["x1"].log()
+    with urllib.request.urlopen(cluster["x1"].endpoint + "/metrics", timeout=10) as response:
+        assert 'gateway_cluster_repaired_copies_total{node="r2"} 1' in response.read().decode()
     assert {read(cluster, n, bucket, key) for n in NODES} == {b"new k1"}
 
 

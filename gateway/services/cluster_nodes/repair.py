@@ -92,6 +92,8 @@ class Repair:
         log.warning("%s/%s: an older copy on %s that an overwrite did not retire; dropping it (the newest, "
                     "%s, is on %s)", bucket, key, ", ".join(older), newest.etag, holder)
         await self._retire_older_copies(bucket, key, newest, holder)
+        for node in older:
+            self.cluster.repaired[node] += 1
         return {"key": key, "newest_on": holder, "older_on": older}
 
     async def repair_page(self, bucket: str, start_after: str = "", max_keys: int = 1000,
