@@ -157,6 +157,14 @@ class GatewayFS(NamespaceOps, FileOps):
         self.attrs.put(path, attr)
         return attr
 
+    def _listed(self, bucket: str, key: str) -> bool:
+        """Whether a listing shows object ``key``. After a 503 for it (a cluster node that may hold it
+        cannot be asked), the mount goes by the cluster's listings, as ``ls`` does: a name they do not
+        show is missing (ENOENT, so files can still be created while a node is down); with the nodes'
+        strict_listings on, the listing itself is a 503 and the lookup EIO (docs/fuse.md)."""
+        page = self.client.list_page(bucket, key, "/", max_keys=1)  # "key" sorts first of its prefix
+        return bool(page.objects) and page.objects[0].key == key
+
     def _fetch_attr(self, path: str) -> Attr | None:
         if not is_utf8(path):
             return None  # keys are UTF-8: no object has this name
@@ -170,6 +178,7 @@ class GatewayFS(NamespaceOps, FileOps):
                     return None
                 raise
             return Attr(DIR, mtime=self.started, marker=True)
+        unknown = None  # the object's GET answered 503: a cluster node that may hold it cannot be asked now
         if not key.endswith("/"):
             fetched = self.ahead.take(path)
             try:
@@ -177,7 +186,9 @@ class GatewayFS(NamespaceOps, FileOps):
                     self.client.get_first(bucket, key, self.options.first_bytes)
             except StoreError as exc:
                 if exc.errno != errno.ENOENT:
-                    raise
+                    if exc.code != "ServiceUnavailable":
+                        raise
+                    unknown = exc  # still a directory if the nodes that answer list one (below)
             else:
                 attr = self._attr_from_stat(info, data)
                 if attr.kind == FILE and data:
@@ -189,6 +200,8 @@ class GatewayFS(NamespaceOps, FileOps):
         prefix = key.rstrip("/") + "/"
         page = self.client.list_page(bucket, prefix, "/", max_keys=1)
         if not page.objects and not page.prefixes:
+            if unknown is not None and self._listed(bucket, key):
+                raise unknown  # the nodes that answer list it, yet it cannot be read now: EIO, not ENOENT
             return None
         if page.objects and page.objects[0].key == prefix:
             if page.objects[0].metadata is not None:
