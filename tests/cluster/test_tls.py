@@ -130,6 +130,12 @@ def test_relay_over_https(tmp_path):
             metrics = response.read().decode()
         pipelined = re.search(r"^gateway_cluster_pass_through_pipelined_total (\S+)$", metrics, re.MULTILINE)
         assert pipelined and float(pipelined.group(1)) >= 3, metrics
+        # `gateway cluster repair` speaks HTTPS to its node too, with the node's certificate and CA.
+        repair = subprocess.run([sys.executable, "-m", "gateway", "cluster", "repair", "--port", str(nodes["p1"].port),
+                                 "--data-dir", str(nodes["p1"].data_dir), *nodes["p1"].args],
+                                env={**os.environ, **nodes["p1"].env}, capture_output=True, text=True, timeout=60)
+        assert repair.returncode == 0, repair.stderr
+        assert "3 keys in 1 bucket checked; 0 keys with an older copy repaired" in repair.stderr
         # uvicorn waits for open TLS keep-alive connections at shutdown: close them first.
         p1.close()
         r1.close()
