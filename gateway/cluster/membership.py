@@ -540,10 +540,11 @@ class Cluster:
 
         await asyncio.gather(*(tell(n, a) for n, a in addresses.items()))
 
-    async def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
+    async def retire_later(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> bool:
         """``peer`` (unreachable now) must drop its copy of the key if older than ``newer``:
-        recorded in the registry, and applied by that node (gateway/cluster/retirements.py)."""
-        await self.retirements.add(peer, bucket, key, newer)
+        recorded in the registry, and applied by that node (gateway/cluster/retirements.py). True
+        when the registry took it; False when only this process remembers it."""
+        return await self.retirements.add(peer, bucket, key, newer)
 
     async def apply_retirements(self, *, everything: bool = False, drop_older: DropOlder | None = None) -> None:
         """Drop this node's older copies of objects replaced while it was away (``drop_older``, by

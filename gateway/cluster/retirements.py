@@ -62,19 +62,20 @@ class Retirements:
         self._storage_down_logged = float("-inf")  # apply_own says so once a minute
         self._stored: dict[str, int] = {}  # peer -> retirements in the registry (refreshed each round)
 
-    async def add(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> None:
+    async def add(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> bool:
         """``peer`` could not be told that ``newer`` replaced its copy of the key: record that it must
-        drop it. In the registry; in memory only when the registry cannot take it."""
+        drop it. In the registry; in memory only when the registry cannot take it. True when the
+        registry took it (it survives this node: the peer applies it before it serves again)."""
         item = Retirement(bucket, key, newer.last_modified, newer.etag)
         try:
             async with asyncio.timeout(REGISTRY_WAIT):
                 stored = await self.registry.add_retirement(peer, item, STORED_LIMIT)
             if stored:
                 self._stored[peer] = self._stored.get(peer, 0) + 1
-                return
+                return True
             log.warning("node %s may keep an outdated copy of %s/%s: %d retirements already wait for it",
                         peer, bucket, key, STORED_LIMIT)
-            return
+            return False
         except NotImplementedError:
             reason = "the registry plugin does not keep retirements"
         except RegistryError as exc:
@@ -85,6 +86,7 @@ class Retirements:
                     "registry cannot take it (%s): a restart of this node before then loses it",
                     peer, bucket, key, reason)
         self._remember(peer, item)
+        return False
 
     def _remember(self, peer: str, item: Retirement) -> None:
         pending = self._memory.setdefault(peer, OrderedDict())

@@ -3,7 +3,8 @@
 The first miss waits the peer timeout and marks it limited (tried last); after that a GET or HEAD
 waits for it only limited_timeout (a tenth of the peer timeout, at least 0.2 s) before answering
 503, where it waited the whole timeout every time (3 s per miss with the tests' timeout), and so do
-the listings, which ask every storing node.
+the listings, which ask every storing node. A DELETE does not wait for it at all: the deletion waits
+for it in the registry.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def test_a_frozen_peer_is_waited_for_once_then_only_briefly(tmp_path):
         p1.create_bucket(Bucket="frozen")
         r1.put_object(Bucket="frozen", Key="on-r1", Body=b"r1 answers")
         cluster["r2"].client().put_object(Bucket="frozen", Key="on-r2", Body=b"r2 is frozen")
+        cluster["r2"].client().put_object(Bucket="frozen", Key="deleted-on-r2", Body=b"deleted while frozen")
         cluster["r2"].pause()
         try:
             assert _status_of(lambda: p1.head_object(Bucket="frozen", Key="nowhere-0")) == 503  # waits once
@@ -51,11 +53,17 @@ def test_a_frozen_peer_is_waited_for_once_then_only_briefly(tmp_path):
             assert "frozen" in [b["Name"] for b in p1.list_buckets()["Buckets"]]
             assert p1.list_multipart_uploads(Bucket="frozen").get("Uploads", []) == []
             assert time.monotonic() - started < PEER_TIMEOUT, "a listing waited the whole peer timeout again"
+            # A DELETE does not wait for it either: the deletion waits for r2 in the registry.
+            started = time.monotonic()
+            p1.delete_object(Bucket="frozen", Key="deleted-on-r2")
+            assert time.monotonic() - started < PEER_TIMEOUT, "a DELETE waited the whole peer timeout again"
         finally:
             cluster["r2"].resume()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not cluster.admin("p1")["peers"]["r2"]["healthy"]:
             time.sleep(0.2)  # the heartbeat's ping, with the whole timeout, finds it alive
         assert p1.get_object(Bucket="frozen", Key="on-r2")["Body"].read() == b"r2 is frozen"
+        for node in ("p1", "r1", "r2"):  # r2 dropped the deleted object before it served again
+            assert _status_of(lambda: cluster[node].client().get_object(Bucket="frozen", Key="deleted-on-r2")) == 404
     finally:
         cluster.stop()

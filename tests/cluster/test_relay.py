@@ -379,6 +379,30 @@ def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
         assert s3[name].get_object(Bucket="relay", Key="on-r2")["Body"].read() == b"kept by r2", name
 
 
+def test_a_delete_while_the_holder_is_down_is_done_and_applied_when_it_returns(cluster):
+    """The deletion goes to the registry for the node that cannot be told (as an overwrite's retirement
+    does), so the DELETE succeeds (it was a 503) and the node drops its copy before it serves again."""
+    s3 = clients(cluster)
+    deleters = ("p1", "r1", "x1")
+    for name in deleters:
+        s3["r2"].put_object(Bucket="relay", Key=f"del/{name}", Body=b"kept by r2")
+    assert (cluster["r2"].data_dir / "relay" / "del" / "p1%obj").exists()
+    cluster["r2"].kill()  # kill -9
+    try:
+        for name in deleters:
+            s3[name].delete_object(Bucket="relay", Key=f"del/{name}")  # the first one finds r2 down itself
+            # Until r2 is back its copy cannot be asked about: a read is a 503, never the deleted object.
+            error = error_of(lambda name=name: s3[name].get_object(Bucket="relay", Key=f"del/{name}"))
+            assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    finally:
+        cluster.restart("r2")
+    for name in deleters:
+        for reader in NODES:
+            error = error_of(lambda: s3[reader].get_object(Bucket="relay", Key=f"del/{name}"))
+            assert error.response["Error"]["Code"] == "NoSuchKey", (name, reader)
+    assert not list((cluster["r2"].data_dir / "relay" / "del").glob("*%obj"))
+
+
 def test_stopped_peer_is_deprioritized_and_reads_of_other_objects_do_not_wait_for_it(cluster):
     s3 = clients(cluster)
     s3["r1"].put_object(Bucket="relay", Key="fast/on-r1", Body=b"r1 answers")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ... import errors
 from ...backend import Backend, ByteRange, ListPage, ObjectInfo, ObjectMeta, ObjectReader
@@ -231,7 +232,14 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
             log.warning("could not drop the outdated %s/%s on %s: %s", bucket, key, holder, exc)
 
     async def delete(self, bucket: str, key: str) -> None:
-        """Delete here and on every storing peer; 503 when the object may survive on an unreachable one."""
+        """Delete here and on every storing peer.
+
+        A peer that cannot be told now (down, frozen, its store failing) gets the deletion as a
+        retirement in the registry, as an overwrite's older copy does: it drops any copy older than
+        this moment before it serves again (docs/cluster.md, "Deletes"). A peer that has failed
+        already is not waited for. 503 only when the object may survive on a peer that the registry
+        could not take that for either.
+        """
         self.locations.forget(bucket, key)
         existed = False
         bucket_seen = False
@@ -242,8 +250,28 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
                 await self.local.delete(bucket, key)
             except errors.NoSuchBucket:
                 pass
-        answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key))
-        if not bucket.startswith("."):  # not the gateway's own bookkeeping (a finished upload's record)
+        peers = self.cluster.peers()
+        # Internal buckets (a finished upload's record) live on one node and are not retired this way.
+        retire = not bucket.startswith(".")
+        deleted = ObjectInfo(key, 0, "", time.time())  # a node told later drops every copy older than this
+        told_later = []
+
+        async def tell_later(peer: str) -> bool:
+            # Only a node known to keep its objects on a disk of its own applies a retirement: on shared
+            # storage one not yet visible here (the visibility window) is another node's to delete.
+            return self.cluster.on_own_storage(peer) and await self.cluster.retire_later(peer, bucket, key, deleted)
+
+        if retire:
+            for peer in [p for p in peers if self.cluster.health.limited(p)]:
+                if await tell_later(peer):
+                    told_later.append(peer)
+                    self._in_background(self._delete_later(peer, peers.pop(peer), bucket, key))
+        answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key), peers)
+        if retire:
+            for peer in list(unreachable):
+                if await tell_later(peer):
+                    unreachable.remove(peer)
+                    told_later.append(peer)
             if existed:
                 self.cluster.balancer.deleted_on(self.cluster.node_id)
             for peer in (p for p, r in answers.items() if r is True):
@@ -253,8 +281,18 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         self.locations.forget(bucket, key)
         if unreachable and not existed:
             raise unreachable_error(f"Object {key!r}", self._named(unreachable, answers))
-        if not bucket_seen and not unreachable:
-            raise errors.NoSuchBucket(BucketName=bucket)
+        if not bucket_seen:
+            if told_later:  # no node that answered has the bucket; the ones that may have were not asked
+                raise unreachable_error(f"Bucket {bucket!r}", told_later)
+            if not unreachable:
+                raise errors.NoSuchBucket(BucketName=bucket)
+
+    async def _delete_later(self, peer: str, address: str, bucket: str, key: str) -> None:
+        """The DELETE to a peer that had failed, not waited for (its retirement is in the registry)."""
+        try:
+            await self.client.delete(peer, address, bucket, key)
+        except (PeerUnreachable, errors.GatewayError) as exc:
+            log.debug("delete of %s/%s on %s: %s (it is in the registry)", bucket, key, peer, exc)
 
     async def list(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
                    max_keys: int = 1000) -> ListPage:
