@@ -234,11 +234,11 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
     async def delete(self, bucket: str, key: str) -> None:
         """Delete here and on every storing peer.
 
-        A peer that cannot be told now (down, frozen, its store failing) gets the deletion as a
-        retirement in the registry, as an overwrite's older copy does: it drops any copy older than
-        this moment before it serves again (docs/cluster.md, "Deletes"). A peer that has failed
-        already is not waited for. 503 only when the object may survive on a peer that the registry
-        could not take that for either.
+        A peer that has failed already (de-prioritized) is not waited for: its DELETE is sent without
+        waiting for the answer. When no node that answered held the object, a peer that could not be
+        asked may hold it: it gets the deletion as a retirement in the registry, as an overwrite's
+        older copy does, and drops every copy older than this moment before it serves again
+        (docs/cluster.md, "Overwrites"). 503 only when the registry could not take that either.
         """
         self.locations.forget(bucket, key)
         existed = False
@@ -253,25 +253,11 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         peers = self.cluster.peers()
         # Internal buckets (a finished upload's record) live on one node and are not retired this way.
         retire = not bucket.startswith(".")
-        deleted = ObjectInfo(key, 0, "", time.time())  # a node told later drops every copy older than this
-        told_later = []
-
-        async def tell_later(peer: str) -> bool:
-            # Only a node known to keep its objects on a disk of its own applies a retirement: on shared
-            # storage one not yet visible here (the visibility window) is another node's to delete.
-            return self.cluster.on_own_storage(peer) and await self.cluster.retire_later(peer, bucket, key, deleted)
-
-        if retire:
-            for peer in [p for p in peers if self.cluster.health.limited(p)]:
-                if await tell_later(peer):
-                    told_later.append(peer)
-                    self._in_background(self._delete_later(peer, peers.pop(peer), bucket, key))
+        skipped = {p: peers.pop(p) for p in list(peers) if retire and self.cluster.health.limited(p)}
         answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key), peers)
+        for peer, address in skipped.items():
+            self._in_background(self._delete_later(peer, address, bucket, key))
         if retire:
-            for peer in list(unreachable):
-                if await tell_later(peer):
-                    unreachable.remove(peer)
-                    told_later.append(peer)
             if existed:
                 self.cluster.balancer.deleted_on(self.cluster.node_id)
             for peer in (p for p, r in answers.items() if r is True):
@@ -279,20 +265,33 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         existed = existed or any(r is True for r in answers.values())
         bucket_seen = bucket_seen or any(not isinstance(r, (errors.NoSuchBucket, Exception)) for r in answers.values())
         self.locations.forget(bucket, key)
-        if unreachable and not existed:
-            raise unreachable_error(f"Object {key!r}", self._named(unreachable, answers))
-        if not bucket_seen:
-            if told_later:  # no node that answered has the bucket; the ones that may have were not asked
-                raise unreachable_error(f"Bucket {bucket!r}", told_later)
-            if not unreachable:
-                raise errors.NoSuchBucket(BucketName=bucket)
+        if existed:
+            return
+        missing = [*skipped, *unreachable]  # not asked, or no answer: they may hold it
+        if not bucket_seen:  # no node that answered has the bucket
+            if missing:
+                raise unreachable_error(f"Object {key!r}", self._named(missing, answers))
+            raise errors.NoSuchBucket(BucketName=bucket)
+        not_told = [p for p in missing if not await self._delete_through_registry(p, bucket, key)]
+        if not_told:
+            raise unreachable_error(f"Object {key!r}", self._named(not_told, answers))
+
+    async def _delete_through_registry(self, peer: str, bucket: str, key: str) -> bool:
+        """Leave the deletion of the key for ``peer`` in the registry: it drops every copy older than now
+        before it serves again. False when that cannot be relied on: an internal bucket; a node not
+        known to keep its objects on a disk of its own (on shared storage a file not yet visible here
+        is that node's to delete, and retirements are not applied there); the registry not taking it."""
+        if bucket.startswith(".") or not self.cluster.on_own_storage(peer):
+            return False
+        return await self.cluster.retire_later(peer, bucket, key, ObjectInfo(key, 0, "", time.time()))
 
     async def _delete_later(self, peer: str, address: str, bucket: str, key: str) -> None:
-        """The DELETE to a peer that had failed, not waited for (its retirement is in the registry)."""
+        """The DELETE to a peer that had failed, not waited for: a frozen node finds it when it runs again
+        (and, when no node that answered held the object, the registry's retirement too)."""
         try:
             await self.client.delete(peer, address, bucket, key)
         except (PeerUnreachable, errors.GatewayError) as exc:
-            log.debug("delete of %s/%s on %s: %s (it is in the registry)", bucket, key, peer, exc)
+            log.debug("delete of %s/%s on %s, not waited for: %s", bucket, key, peer, exc)
 
     async def list(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
                    max_keys: int = 1000) -> ListPage:
