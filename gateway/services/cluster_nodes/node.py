@@ -45,6 +45,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         self.eager_reads = local.eager_reads if local else True
         self.min_part_size = local.min_part_size if local else cluster.settings.min_part_size
         self._background: set[asyncio.Task] = set()
+        self._repairing: set[tuple[str, str]] = set()  # repair.py
         self._storage_failure_logged = float("-inf")  # _local_failed says so once a minute
 
     # Objects -----------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Repair:
     cluster: Cluster
     client: Any
     _background: set[asyncio.Task]
+    _repairing: set[tuple[str, str]]  # (bucket, key) being repaired in the background now
 
     def _repair_in_background(self, bucket: str, pages: dict[str, ListPage], merged: ListPage) -> None:
         """Retire, in the background, the older copies of keys that ``pages`` list in different versions."""
@@ -49,7 +50,7 @@ class Repair:
                                      else None)
         if not differing:
             return
-        repairing = self.__dict__.setdefault("_repairing", set())
+        repairing = self._repairing
         for key, copies in differing.items():
             if (bucket, key) in repairing or len(repairing) >= BACKGROUND_REPAIRS:
                 continue
