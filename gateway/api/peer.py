@@ -400,7 +400,9 @@ class PeerApp:
         """`gateway cluster repair` (docs/cluster.md, "Repair"): GET /repair, every bucket's name;
         POST /repair/<bucket>?start-after=&max-keys=&dry-run=1, one page of the walk (repair.py)."""
         if method == "GET" and not bucket:
-            await _send_json(send, {"buckets": [b.name for b in await self.service.list_buckets()]})
+            # Not whole, even with strict_listings: the walk names the nodes it could not check.
+            buckets = await self.service.list_buckets(whole=False)
+            await _send_json(send, {"buckets": [b.name for b in buckets]})
             return
         if method != "POST" or not bucket:
             raise errors.MethodNotAllowed(f"the repair route is GET /repair or POST /repair/<bucket>, not {method}")

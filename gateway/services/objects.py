@@ -210,13 +210,16 @@ class ObjectService:
         name = self.bucket_routes.get(bucket)
         return self.backends[name] if name else self.default
 
-    async def list_buckets(self) -> list[BucketInfo]:
+    async def list_buckets(self, whole: bool | None = None) -> list[BucketInfo]:
         """Every bucket a request can reach: one a backend holds is listed only when the routing
         sends that name to that backend (a bucket another tool made on a backend that is routed only
-        some names would otherwise be listed, then answer NoSuchBucket)."""
+        some names would otherwise be listed, then answer NoSuchBucket). ``whole``: for a cluster
+        node's backends, whether a storing node that cannot be asked makes it a 503 (None: the
+        ``strict_listings`` setting)."""
         seen: dict[str, BucketInfo] = {}
         for name, backend in self.backends.items():
-            for info in await backend.list_buckets():
+            relaying = whole is not None and backend.forwards_reads  # a cluster node's (services/cluster_nodes)
+            for info in await (backend.list_buckets(whole=whole) if relaying else backend.list_buckets()):
                 if not info.name.startswith(".") and self.bucket_routes.get(info.name, self.default_name) == name:
                     seen.setdefault(info.name, info)
         return [seen[name] for name in sorted(seen)]

@@ -208,6 +208,15 @@ def etcd(tmp_path_factory):
     cluster.stop()
 
 
+def repair_command(cluster, node: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`gateway cluster repair` with the settings ``node`` runs with (docs/cluster.md, "Repair")."""
+    gateway = cluster[node]
+    command = [sys.executable, "-m", "gateway", "cluster", "repair", "--port", str(gateway.port),
+               "--data-dir", str(gateway.data_dir), *gateway.args, *args]
+    environment = {**os.environ, **gateway.env, **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+
+
 def wait_for(condition, timeout: float, what: str):
     """Poll ``condition`` every 0.2 s until it returns something true (returned); fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -5,9 +5,6 @@ retired them."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +13,7 @@ import pytest
 
 from gateway.cluster.peer_auth import PeerSigner
 
-from .conftest import SECRET, error_of, wait_for
+from .conftest import SECRET, error_of, repair_command, wait_for
 
 NODES = ("p1", "r1", "r2", "x1")
 STORING = ("p1", "r1", "r2")
@@ -55,15 +52,6 @@ def stale_copies(cluster, bucket: str, keys: list[str]) -> None:
     for key in keys:
         assert read(cluster, "r2", bucket, key) == b"old " + key.encode(), "the stale copy was not served"
         assert read(cluster, "x1", bucket, key) in (b"old " + key.encode(), b"new " + key.encode())
-
-
-def repair_command(cluster, node: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`gateway cluster repair` with the settings ``node`` runs with."""
-    gateway = cluster[node]
-    command = [sys.executable, "-m", "gateway", "cluster", "repair", "--port", str(gateway.port),
-               "--data-dir", str(gateway.data_dir), *gateway.args, *args]
-    environment = {**os.environ, **gateway.env, **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
 
 
 def test_a_listing_retires_an_older_copy_it_sees(cluster):

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from gateway.testing.rclone import run_rclone
 
-from .conftest import NODES, ClusterNodes, clients, error_of, wait_for
+from .conftest import NODES, ClusterNodes, clients, error_of, repair_command, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,10 @@ def test_listings_with_a_storing_node_down_are_503s_naming_it_and_whole_again_on
         assert synced.returncode != 0 and "cannot be listed whole now" in synced.stderr, synced.stderr
         assert sorted(p.name for p in mirror.iterdir()) == ["on-r1.jpg", "on-r2.jpg"]
         assert (mirror / "on-r2.jpg").read_bytes() == b"kept by r2"
+        # `cluster repair` walks what it can and names the node it could not check (exit 1, not a 503).
+        repaired = repair_command(cluster, "p1", "--bucket", "strict")
+        assert repaired.returncode == 1 and "not checked on r2 (could not be reached)" in repaired.stderr, \
+            repaired.stderr
     finally:
         cluster.restart("r2")
 

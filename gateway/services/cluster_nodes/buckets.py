@@ -165,14 +165,16 @@ class Buckets(PeerAsking):
             raise unreachable_error(f"Bucket {bucket!r}", self._named(unreachable, answers))
         raise errors.NoSuchBucket(BucketName=bucket)
 
-    async def list_buckets(self) -> list[BucketInfo]:
+    async def list_buckets(self, whole: bool | None = None) -> list[BucketInfo]:
         """The union of every storing node's buckets, sorted by name, each with its earliest creation date.
 
         A node that cannot be asked is left out (logged as a warning), as a LIST leaves it out: a
-        bucket only it holds is missing from the answer until it is back. A 503 only when no
-        storing node answered. On shared storage this node's own list covers the nodes on the share;
-        this node's own storage failing is its 503, as before.
+        bucket only it holds is missing from the answer until it is back; with ``whole`` (by default
+        ``strict_listings``) that is a 503 instead. A 503 always when no storing node answered. On
+        shared storage this node's own list covers the nodes on the share; this node's own storage
+        failing is its 503, as before.
         """
+        whole = self.cluster.settings.strict_listings if whole is None else whole
         lists: list[list[BucketInfo]] = []
         unreachable: list[str] = []
         peers = self.cluster.peers()
@@ -192,7 +194,7 @@ class Buckets(PeerAsking):
                 raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
             raise unreachable_error("The bucket list", self._named(unreachable, answers))
         unreachable = self._share_covered([p for p, r in answers.items() if isinstance(r, list)], unreachable)
-        if unreachable and self.cluster.settings.strict_listings:
+        if unreachable and whole:
             raise listing_unreachable_error("The buckets", self._named(unreachable, answers))
         if unreachable:
             log.warning("listing buckets without unreachable nodes %s", ", ".join(sorted(unreachable)))

@@ -311,11 +311,12 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         self._repair_in_background(bucket, pages, merged)
         return merged
 
-    async def _pages(self, bucket: str, prefix: str, delimiter: str, start_after: str,
-                     max_keys: int) -> tuple[dict[str, ListPage], list[str]]:
+    async def _pages(self, bucket: str, prefix: str, delimiter: str, start_after: str, max_keys: int,
+                     whole: bool | None = None) -> tuple[dict[str, ListPage], list[str]]:
         """Every storing node's page of the listing, by node (a node without the bucket has none), and the
-        nodes that could not be asked; the 503s of list() when the bucket, or with ``strict_listings``
-        any part of it, cannot be listed."""
+        nodes that could not be asked; the 503s of list() when the bucket, or with ``whole`` (by default
+        ``strict_listings``) any part of it, cannot be listed."""
+        whole = self.cluster.settings.strict_listings if whole is None else whole
         pages: dict[str, ListPage] = {}
         bucket_seen = False
         if self.local is not None:
@@ -337,7 +338,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
             [p for p, r in answers.items() if isinstance(r, (ListPage, errors.NoSuchBucket))], unreachable)
         # Never the gateway's internal bucket in a client's message (uploads live in one).
         internal = bucket.startswith(".")
-        if unreachable and bucket_seen and self.cluster.settings.strict_listings:
+        if unreachable and bucket_seen and whole:
             raise listing_unreachable_error("Unfinished multipart uploads" if internal else
                                             f"The objects of bucket {bucket!r}", self._named(unreachable, answers))
         if unreachable:

@@ -103,7 +103,8 @@ class Repair:
         different versions, their older copies retired unless ``dry_run``. Listed from every storing
         node even on shared storage, where a node that is still on its own disk (docs/migration.md) may
         hold a copy. The JSON of the peer route /_cluster/v1/repair/<bucket>."""
-        pages, unreachable = await self._pages(bucket, "", "", start_after, max_keys)
+        # Not whole, even with strict_listings: the nodes that cannot be asked are named in the answer.
+        pages, unreachable = await self._pages(bucket, "", "", start_after, max_keys, whole=False)
         merged = merge_pages(list(pages.values()), max_keys)
         up_to = merged.objects[-1].key if merged.is_truncated and merged.objects else None
         found = []
