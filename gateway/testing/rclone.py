@@ -18,17 +18,19 @@ def rclone_executable() -> str:
 
 
 def run_rclone(gateway, *args: str, check: bool = True, timeout: float = 120,
-               options: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run rclone with a remote named GW: configured only through RCLONE_CONFIG_GW_* variables."""
+               options: dict[str, str] | None = None, others: dict | None = None) -> subprocess.CompletedProcess:
+    """Run rclone with a remote named GW: configured only through RCLONE_CONFIG_GW_* variables.
+    ``others``: more remotes, name -> gateway (e.g. {"SRC": another_gateway} for ``SRC:bucket``)."""
     # No AWS_* either: the SDK inside rclone would pick up e.g. AWS_CA_BUNDLE, which it cannot use over http.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RCLONE_", "AWS_"))}
-    prefix = f"RCLONE_CONFIG_{REMOTE}_"
-    settings = {
-        "TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": gateway.endpoint, "ACCESS_KEY_ID": gateway.access_key,
-        "SECRET_ACCESS_KEY": gateway.secret_key, "FORCE_PATH_STYLE": "true", "REGION": "us-east-1",
-    }
-    settings.update({k.upper(): v for k, v in (options or {}).items()})
-    env.update({prefix + name: value for name, value in settings.items()})
+    for name, remote in {REMOTE: gateway, **(others or {})}.items():
+        settings = {
+            "TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": remote.endpoint, "ACCESS_KEY_ID": remote.access_key,
+            "SECRET_ACCESS_KEY": remote.secret_key, "FORCE_PATH_STYLE": "true", "REGION": "us-east-1",
+        }
+        if name == REMOTE:
+            settings.update({k.upper(): v for k, v in (options or {}).items()})
+        env.update({f"RCLONE_CONFIG_{name}_{key}": value for key, value in settings.items()})
     env["RCLONE_CONFIG"] = os.devnull  # nothing from a user's rclone.conf
     cmd = [rclone_executable(), "--low-level-retries", "1", "--retries", "1", *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
