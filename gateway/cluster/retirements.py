@@ -41,6 +41,9 @@ PER_ROUND = 1_000  # applied or sent per heartbeat round, which must stay short
 # Seconds a PUT waits for the registry to take a retirement before keeping it in memory: the PUT has
 # already waited for the unreachable peer, and a registry that hangs must not add its own timeouts.
 REGISTRY_WAIT = 2.0
+# Seconds after the registry failed to take one during which the next go to memory at once: with the
+# registry down, every write or delete that has a node to tell would otherwise wait REGISTRY_WAIT.
+REGISTRY_RETRY = 10.0
 
 
 # What a node runs to apply one retirement to its own storage: drop the local copy if older.
@@ -55,9 +58,11 @@ class Retirements:
     :param registry: where retirements are kept; :param node_id: this node.
     """
 
-    def __init__(self, registry: Registry, node_id: str):
+    def __init__(self, registry: Registry, node_id: str, clock: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.node_id = node_id
+        self.clock = clock
+        self._registry_failed_at = float("-inf")  # when the registry last failed to take one
         self._memory: dict[str, OrderedDict[tuple[str, str], Retirement]] = {}
         self._storage_down_logged = float("-inf")  # apply_own says so once a minute
         self._stored: dict[str, int] = {}  # peer -> retirements in the registry (refreshed each round)
@@ -67,6 +72,13 @@ class Retirements:
         drop it. In the registry; in memory only when the registry cannot take it. True when the
         registry took it (it survives this node: the peer applies it before it serves again)."""
         item = Retirement(bucket, key, newer.last_modified, newer.etag)
+        failed_ago = self.clock() - self._registry_failed_at
+        if failed_ago < REGISTRY_RETRY:
+            log.warning("node %s must drop its older copy of %s/%s; kept in memory until it answers, since the "
+                        "registry failed %.0fs ago (tried again after %gs): a restart of this node before then "
+                        "loses it", peer, bucket, key, failed_ago, REGISTRY_RETRY)
+            self._remember(peer, item)
+            return False
         try:
             async with asyncio.timeout(REGISTRY_WAIT):
                 stored = await self.registry.add_retirement(peer, item, STORED_LIMIT)
@@ -80,8 +92,10 @@ class Retirements:
             reason = "the registry plugin does not keep retirements"
         except RegistryError as exc:
             reason = str(exc)
+            self._registry_failed_at = self.clock()
         except TimeoutError:
             reason = f"no answer within {REGISTRY_WAIT:g}s"
+            self._registry_failed_at = self.clock()
         log.warning("node %s must drop its older copy of %s/%s; kept in memory until it answers, since the "
                     "registry cannot take it (%s): a restart of this node before then loses it",
                     peer, bucket, key, reason)

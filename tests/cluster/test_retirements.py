@@ -203,3 +203,39 @@ def test_without_registry_support_the_writer_sends_it_when_the_peer_answers():
         assert await writer.apply_own(send) == 0  # nothing to read for this node either
 
     asyncio.run(run())
+
+
+def test_after_the_registry_failed_the_next_ones_do_not_wait_for_it_a_while(tmp_path, monkeypatch):
+    """With the registry down, every write or delete that has a node to tell waited REGISTRY_WAIT for
+    it; after one failure the next ones go to memory at once for REGISTRY_RETRY seconds."""
+    from gateway.testing.clock import ManualClock
+
+    monkeypatch.setattr(retirements_module, "REGISTRY_WAIT", 0.2)
+
+    class Hanging(SqliteRegistry):
+        calls = 0
+        hang = True
+
+        async def add_retirement(self, node_id, item, limit):
+            self.calls += 1
+            if self.hang:
+                await asyncio.sleep(60)
+            return await super().add_retirement(node_id, item, limit)
+
+    async def run():
+        clock = ManualClock()
+        registry = Hanging(f"sqlite:///{tmp_path}/registry.db")
+        writer = Retirements(registry, "r1", clock=clock)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await writer.add("r2", "b", "k1", version("k1", 5.0)) is False  # waited, then memory
+        assert loop.time() - started >= 0.2 and registry.calls == 1
+        started = loop.time()
+        assert await writer.add("r2", "b", "k2", version("k2", 5.0)) is False
+        assert loop.time() - started < 0.1 and registry.calls == 1  # not asked again so soon
+        assert writer.pending() == {"r2": 2}
+        registry.hang = False
+        clock.now += retirements_module.REGISTRY_RETRY
+        assert await writer.add("r2", "b", "k3", version("k3", 5.0)) is True and registry.calls == 2
+
+    asyncio.run(run())
