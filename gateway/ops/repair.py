@@ -65,14 +65,17 @@ class NodeRoute:
         from gateway.cluster import wire
 
         target = wire.PREFIX + path + ("?" + urlencode(query, quote_via=quote) if query else "")
-        try:
-            self.connection.request(method, target, headers=self.signer.headers(method, target))
-            response = self.connection.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.connection.close()
-            raise RepairError(f"the node at {self.address} did not answer ({exc}): is its `gateway serve` "
-                              "running, and are these its settings?") from None
+        for attempt in (1, 2):  # a kept-alive connection the node closed meanwhile: once more (a page is idempotent)
+            try:
+                self.connection.request(method, target, headers=self.signer.headers(method, target))
+                response = self.connection.getresponse()
+                body = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.connection.close()  # the next request connects afresh
+                if attempt == 2 or isinstance(exc, (ConnectionRefusedError, TimeoutError)):
+                    raise RepairError(f"the node at {self.address} did not answer ({exc}): is its `gateway serve` "
+                                      "running, and are these its settings?") from None
         if response.status != 200:
             reason = body.decode(errors="replace").strip() or response.reason
             raise RepairError(f"the node at {self.address} answered {response.status}: {reason}")
