@@ -44,7 +44,8 @@ def test_object_put_on_one_node_is_readable_headable_deletable_through_every_oth
     for client in s3.values():
         assert error_of(lambda client=client: client.head_object(Bucket="relay", Key=key)).response[
             "ResponseMetadata"]["HTTPStatusCode"] == 404
-        assert error_of(lambda client=client: client.get_object(Bucket="relay", Key=key)).response["Error"]["Code"] == "NoSuchKey"
+        error = error_of(lambda client=client: client.get_object(Bucket="relay", Key=key))
+        assert error.response["Error"]["Code"] == "NoSuchKey"
 
 
 def negative_hits(node) -> float:
@@ -386,9 +387,14 @@ def test_a_delete_while_the_holder_is_down_is_done_and_applied_when_it_returns(c
     deleters = ("p1", "r1", "x1")
     for name in deleters:
         s3["r2"].put_object(Bucket="relay", Key=f"del/{name}", Body=b"kept by r2")
+    batch = [f"del/batch-{i}" for i in range(3)]
+    for key in batch:
+        s3["r2"].put_object(Bucket="relay", Key=key, Body=b"kept by r2")
     assert (cluster["r2"].data_dir / "relay" / "del" / "p1%obj").exists()
     cluster["r2"].kill()  # kill -9
     try:
+        done = s3["x1"].delete_objects(Bucket="relay", Delete={"Objects": [{"Key": k} for k in batch]})
+        assert sorted(d["Key"] for d in done["Deleted"]) == batch and not done.get("Errors"), done
         for name in deleters:
             s3[name].delete_object(Bucket="relay", Key=f"del/{name}")  # the first one finds r2 down itself
             # Until r2 is back its copy cannot be asked about: a read is a 503, never the deleted object.
@@ -396,10 +402,10 @@ def test_a_delete_while_the_holder_is_down_is_done_and_applied_when_it_returns(c
             assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     finally:
         cluster.restart("r2")
-    for name in deleters:
+    for key in [f"del/{name}" for name in deleters] + batch:
         for reader in NODES:
-            error = error_of(lambda: s3[reader].get_object(Bucket="relay", Key=f"del/{name}"))
-            assert error.response["Error"]["Code"] == "NoSuchKey", (name, reader)
+            error = error_of(lambda: s3[reader].get_object(Bucket="relay", Key=key))
+            assert error.response["Error"]["Code"] == "NoSuchKey", (key, reader)
     assert not list((cluster["r2"].data_dir / "relay" / "del").glob("*%obj"))
 
 
@@ -470,8 +476,6 @@ def test_a_wrong_object_checksum_on_completion_stores_nothing_on_any_node(cluste
     object on to a storing node (which must not keep a copy of an object the client disowned)."""
     import base64
     import zlib
-
-    from botocore.exceptions import ClientError
 
     s3 = clients(cluster)
     key = f"multipart/checked-{node}"
