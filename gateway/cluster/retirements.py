@@ -74,11 +74,8 @@ class Retirements:
         item = Retirement(bucket, key, newer.last_modified, newer.etag)
         failed_ago = self.clock() - self._registry_failed_at
         if failed_ago < REGISTRY_RETRY:
-            log.warning("node %s must drop its older copy of %s/%s; kept in memory until it answers, since the "
-                        "registry failed %.0fs ago (tried again after %gs): a restart of this node before then "
-                        "loses it", peer, bucket, key, failed_ago, REGISTRY_RETRY)
-            self._remember(peer, item)
-            return False
+            return self._keep_in_memory(peer, item, f"it failed {failed_ago:.0f}s ago; tried again after "
+                                                    f"{REGISTRY_RETRY:g}s")
         try:
             async with asyncio.timeout(REGISTRY_WAIT):
                 stored = await self.registry.add_retirement(peer, item, STORED_LIMIT)
@@ -96,9 +93,13 @@ class Retirements:
         except TimeoutError:
             reason = f"no answer within {REGISTRY_WAIT:g}s"
             self._registry_failed_at = self.clock()
+        return self._keep_in_memory(peer, item, reason)
+
+    def _keep_in_memory(self, peer: str, item: Retirement, reason: str) -> bool:
+        """The registry cannot take ``item``: kept in memory, sent to ``peer`` when it answers. False."""
         log.warning("node %s must drop its older copy of %s/%s; kept in memory until it answers, since the "
                     "registry cannot take it (%s): a restart of this node before then loses it",
-                    peer, bucket, key, reason)
+                    peer, item.bucket, item.key, reason)
         self._remember(peer, item)
         return False
 
