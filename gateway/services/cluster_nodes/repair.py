@@ -33,6 +33,17 @@ def _version(info: ObjectInfo) -> tuple[float, str]:
     return info.last_modified, info.etag
 
 
+def _newest(copies: dict[str, ObjectInfo]) -> tuple[str, ObjectInfo, list[str]]:
+    """(the node holding the newest of ``copies``, that copy, the nodes whose copy is older): wire.is_older's order."""
+    holder, newest = max(copies.items(), key=lambda item: _version(item[1]))
+    return holder, newest, sorted(n for n, info in copies.items() if is_older(info, newest.last_modified, newest.etag))
+
+
+def _up_to(merged: ListPage) -> str | None:
+    """The last key a merged page settles: differing_copies looks no further (None: the page is whole)."""
+    return merged.objects[-1].key if merged.is_truncated and merged.objects else None
+
+
 class Repair:
     """Mixed into ClusterNode (node.py), which provides _pages, _retire_older_copies and _in_background."""
 
@@ -46,8 +57,7 @@ class Repair:
         """Retire, in the background, the older copies of keys that ``pages`` list in different versions."""
         if len(pages) < 2 or bucket.startswith("."):
             return
-        differing = differing_copies(pages, merged.objects[-1].key if merged.is_truncated and merged.objects
-                                     else None)
+        differing = differing_copies(pages, _up_to(merged))
         if not differing:
             return
         repairing = self._repairing
@@ -88,8 +98,7 @@ class Repair:
                 return None
         if len({_version(info) for info in copies.values()}) < 2:
             return None
-        holder, newest = max(copies.items(), key=lambda item: _version(item[1]))
-        older = sorted(node for node, info in copies.items() if is_older(info, newest.last_modified, newest.etag))
+        holder, newest, older = _newest(copies)
         log.warning("%s/%s: an older copy on %s that an overwrite did not retire; dropping it (the newest, "
                     "%s, is on %s)", bucket, key, ", ".join(older), newest.etag, holder)
         await self._retire_older_copies(bucket, key, newest, holder)
@@ -106,13 +115,11 @@ class Repair:
         # Not whole, even with strict_listings: the nodes that cannot be asked are named in the answer.
         pages, unreachable = await self._pages(bucket, "", "", start_after, max_keys, whole=False)
         merged = merge_pages(list(pages.values()), max_keys)
-        up_to = merged.objects[-1].key if merged.is_truncated and merged.objects else None
         found = []
-        for key, copies in differing_copies(pages, up_to).items():
+        for key, copies in differing_copies(pages, _up_to(merged)).items():
             if dry_run:
-                newest = max(copies.values(), key=_version)
-                found.append({"key": key, "newest_on": next(n for n, i in copies.items() if i is newest),
-                              "older_on": sorted(n for n, i in copies.items() if _version(i) < _version(newest))})
+                holder, _, older = _newest(copies)
+                found.append({"key": key, "newest_on": holder, "older_on": older})
                 continue
             done = await self.repair_copies(bucket, key, list(copies))
             found.append(done or {"key": key, "newest_on": None, "older_on": [], "skipped": True})
