@@ -113,6 +113,15 @@ def current_role(settings, notes: list[str]) -> str | None:
     return view.role
 
 
+def node_connection(address: str, context, timeout: float) -> http.client.HTTPConnection:
+    """A connection to the cluster node at ``address`` (its advertised URL): HTTPS verified with
+    ``context`` (membership.client_ssl_context), or plain HTTP."""
+    parts = urlsplit(address)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=context)
+    return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+
+
 @dataclass
 class PeerVersion:
     node: str
@@ -159,13 +168,7 @@ class PeerVersions:
         pool = self._local.__dict__.setdefault("connections", {})
         conn = pool.get(peer)
         if conn is None:
-            parts = urlsplit(address)
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=self.timeout,
-                                                   context=self.ssl)
-            else:
-                conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout)
-            pool[peer] = conn
+            conn = pool[peer] = node_connection(address, self.ssl, self.timeout)
         return conn
 
     def _head(self, peer: str, address: str, target: str) -> PeerVersion | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
+from .peers import node_connection
 from .progress import Progress, plural
 from .stores import node_name
 
@@ -50,16 +51,10 @@ class NodeRoute:
         if not settings.role or not settings.registry:
             raise RepairError("this is no cluster node: give the settings the node's `gateway serve` runs with "
                               "(--role, --registry, --advertise, GATEWAY_CLUSTER_SECRET, the TLS files)")
-        if not settings.cluster_secret:
-            raise RepairError("no cluster secret (GATEWAY_CLUSTER_SECRET): the node refuses unsigned requests")
+        # (A cluster node's settings without a cluster secret are refused when they are read.)
         self.address = advertised_url(settings)
-        parts = urlsplit(self.address)
         self.signer = PeerSigner(settings.cluster_secret, node_name(settings))
-        if parts.scheme == "https":
-            self.connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=PAGE_TIMEOUT,
-                                                          context=client_ssl_context(settings))
-        else:
-            self.connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=PAGE_TIMEOUT)
+        self.connection = node_connection(self.address, client_ssl_context(settings), PAGE_TIMEOUT)
 
     def call(self, method: str, path: str, query: dict | None = None) -> dict:
         from gateway.cluster import wire
