@@ -65,6 +65,71 @@ def test_unsupported_sub_resources_are_not_implemented(gateway, s3, bucket, sub_
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x", "a refused request changes nothing"
 
 
+def test_operations_s3_added_later_change_nothing(s3, bucket):
+    """S3 routes each sub-resource to an operation of its own: boto3's newer calls (object
+    annotations, RenameObject, bucket metadata tables, ABAC) served as the plain DELETE, PUT or
+    CreateBucket would delete the bucket or object they name, or overwrite it with their payload."""
+    s3.put_object(Bucket=bucket, Key="cam1/0001.jpg", Body=b"jpeg")
+    s3.put_object(Bucket=bucket, Key="other.jpg", Body=b"other")
+    calls = {
+        "DeleteObjectAnnotation": lambda: s3.delete_object_annotation(
+            Bucket=bucket, Key="cam1/0001.jpg", AnnotationName="label"),
+        "PutObjectAnnotation": lambda: s3.put_object_annotation(
+            Bucket=bucket, Key="cam1/0001.jpg", AnnotationName="label", AnnotationPayload=b'{"face": 1}'),
+        "GetObjectAnnotation": lambda: s3.get_object_annotation(
+            Bucket=bucket, Key="cam1/0001.jpg", AnnotationName="label"),
+        "RenameObject": lambda: s3.rename_object(Bucket=bucket, Key="other.jpg",
+                                                 RenameSource=f"{bucket}/cam1/0001.jpg"),
+        "DeleteBucketMetadataTableConfiguration": lambda: s3.delete_bucket_metadata_table_configuration(
+            Bucket=bucket),
+        "DeleteBucketMetadataConfiguration": lambda: s3.delete_bucket_metadata_configuration(Bucket=bucket),
+        "PutBucketAbac": lambda: s3.put_bucket_abac(Bucket=f"{bucket}-abac", AbacStatus={"Status": "Enabled"}),
+        "GetBucketAbac": lambda: s3.get_bucket_abac(Bucket=bucket),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ClientError) as info:
+            call()
+        assert error_code(info.value) == "NotImplemented", name
+        assert "nothing was changed" in info.value.response["Error"]["Message"], name
+    assert s3.get_object(Bucket=bucket, Key="cam1/0001.jpg")["Body"].read() == b"jpeg"
+    assert s3.get_object(Bucket=bucket, Key="other.jpg")["Body"].read() == b"other"
+    assert f"{bucket}-abac" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def test_unknown_parameters(gateway, s3, bucket):
+    """A write with a parameter the gateway does not read is refused; a read ignores one with a
+    value (S3 serves ``?v=2``, a cache-buster), not a valueless one (a sub-resource's shape)."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    for method, path, query in [("PUT", key_path(bucket, "k"), "renameObject"),
+                                ("PUT", key_path(bucket, "k"), "v=2"),
+                                ("DELETE", key_path(bucket, "k"), "annotation&annotationName=a"),
+                                ("DELETE", f"/{bucket}", "metadataTable"),
+                                ("POST", key_path(bucket, "k"), "whatever"),
+                                ("GET", key_path(bucket, "k"), "annotation"),
+                                ("HEAD", key_path(bucket, "k"), "annotation"),
+                                ("GET", f"/{bucket}", "session")]:
+        response = raw_request(gateway, method, path, query=query, body=b"y" if method == "PUT" else b"")
+        assert response.status == 501, (method, query)
+        if method != "HEAD":
+            assert_s3_error(response, 501, "NotImplemented")
+            assert query.split("=")[0].split("&")[0] in response.xml().findtext("Message")
+    assert raw_request(gateway, "GET", key_path(bucket, "k"), query="v=2").body == b"x"
+    assert raw_request(gateway, "HEAD", key_path(bucket, "k"), query="cache=1").status == 200
+    listing = raw_request(gateway, "GET", f"/{bucket}", query="list-type=2&nocache=17")
+    assert listing.status == 200 and b"<Key>k</Key>" in listing.body
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+
+def test_object_lock_bucket_is_refused(s3, bucket):
+    with pytest.raises(ClientError) as info:
+        s3.create_bucket(Bucket=f"{bucket}-lock", ObjectLockEnabledForBucket=True)
+    assert error_code(info.value) == "NotImplemented"
+    assert f"{bucket}-lock" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    s3.create_bucket(Bucket=f"{bucket}-nolock", ObjectLockEnabledForBucket=False)
+    s3.delete_bucket(Bucket=f"{bucket}-nolock")
+
+
 def test_boto3_sees_not_implemented(s3, bucket):
     with pytest.raises(ClientError) as info:
         s3.get_object_tagging(Bucket=bucket, Key="k")

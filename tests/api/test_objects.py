@@ -113,6 +113,14 @@ def test_website_redirect_location_is_kept(s3, bucket, gateway):
     assert error_code(info.value) == "404"
 
 
+def test_metadata_values_lose_surrounding_whitespace(gateway, s3, bucket):
+    """Whitespace around a header's value is not part of it (RFC 9110), on either side."""
+    response = raw_request(gateway, "PUT", key_path(bucket, "k"), body=b"x",
+                           headers={"x-amz-meta-camera": "  gate 7  ", "x-amz-meta-tabs": "\tx\t"})
+    assert response.status == 200, response.body
+    assert s3.head_object(Bucket=bucket, Key="k")["Metadata"] == {"camera": "gate 7", "tabs": "x"}
+
+
 def test_metadata_too_large(s3, bucket):
     with pytest.raises(ClientError) as info:
         s3.put_object(Bucket=bucket, Key="k", Body=b"x", Metadata={"big": "v" * 2100})

@@ -48,10 +48,34 @@ UNSUPPORTED = {
     "analytics", "inventory", "metrics", "ownershipControls", "publicAccessBlock", "requestPayment",
     "intelligent-tiering", "attributes", "versions", "policyStatus",
 }
+# Every other query parameter this gateway reads (presigned X-Amz-* ones aside). S3 routes a name
+# it does not list to an operation of its own (?annotation, ?renameObject, ?metadataTable, ... a few
+# more each year): served as the plain PUT, DELETE or CreateBucket such a request would delete or
+# overwrite what it names. So a write with any other parameter is refused with 501, changing
+# nothing; a GET or HEAD only with a valueless one (a sub-resource's shape), since S3 ignores
+# other names there (`?v=2`, a cache-buster) and so does this gateway (docs/s3-compatibility.md).
+KNOWN_PARAMETERS = frozenset({
+    "uploads", "uploadId", "partNumber", "versionId", "delete", "location", "versioning", "x-id",
+    "list-type", "prefix", "delimiter", "marker", "max-keys", "start-after", "continuation-token",
+    "fetch-owner", "encoding-type", "metadata", "key-marker", "upload-id-marker", "max-uploads",
+    "max-parts", "part-number-marker", "max-buckets", "bucket-region",
+    "response-content-type", "response-content-language", "response-expires", "response-cache-control",
+    "response-content-disposition", "response-content-encoding",
+    "AWSAccessKeyId", "Signature", "Expires",  # a SigV2 presigned URL
+})
 # A GET or HEAD of an object whose query names none of these (presigned X-Amz-* and response-*
 # parameters are fine) is a plain read: _read_object serves it without the general dispatch.
 # With any of them the request takes the general path, which answers it (or refuses it) as before.
 _NOT_A_PLAIN_READ = frozenset(UNSUPPORTED | {"versionId", "partNumber", "uploadId"})
+
+
+def unknown_parameter(query: dict[str, str], method: str) -> str | None:
+    """The first query parameter of ``query`` that the request must be refused for (KNOWN_PARAMETERS)."""
+    reading = method in ("GET", "HEAD")
+    for name, value in query.items():
+        if name not in KNOWN_PARAMETERS and not name[:6].lower() == "x-amz-" and not (reading and value):
+            return name
+    return None
 # What a node id may keep as it is in the x-amz-id-2 header (anything else is percent-encoded there).
 _HOST_ID_SAFE = ":/@[]!$&'()*+,;=-._~"
 
@@ -74,6 +98,11 @@ class S3App:
         unsupported = UNSUPPORTED.intersection(query)
         if unsupported:
             raise errors.NotImplementedError_(f"The ?{min(unsupported)} sub-resource is not implemented.")
+        unknown = unknown_parameter(query, method) if query else None
+        if unknown is not None:
+            raise errors.NotImplementedError_(
+                f"The ?{unknown} parameter names an S3 operation this gateway does not implement; "
+                "nothing was changed.")
         if not req.key:
             if method == "GET":
                 if "uploads" in query:
@@ -124,7 +153,8 @@ class S3App:
         headers = req.headers
         return (req.method in ("GET", "HEAD") and bool(req.key) and bool(req.bucket)
                 and headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
-                and _NOT_A_PLAIN_READ.isdisjoint(req.query))
+                and (not req.query or (_NOT_A_PLAIN_READ.isdisjoint(req.query)
+                                       and unknown_parameter(req.query, req.method) is None)))
 
     async def __call__(self, scope, receive, send) -> None:
         req = self.new_request(scope, receive)

@@ -74,6 +74,9 @@ def decode_token(token: str) -> str:
 
 async def create_bucket(app, req: S3Request, send) -> None:
     check_new_bucket_name(req.bucket)
+    if req.headers.get("x-amz-bucket-object-lock-enabled", "").strip().lower() == "true":
+        # A bucket made without it would take deletes and overwrites the client believes it refuses (WORM).
+        raise errors.NotImplementedError_("Object lock is not implemented; the bucket was not created.")
     body = await req.read_body(64 * 1024)
     if body.strip():
         parse(body)  # CreateBucketConfiguration (LocationConstraint): accepted, any region

@@ -159,7 +159,8 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
     stored = {}
     for name, value in req.headers.items():
         if name.startswith("x-amz-meta-"):
-            metadata[name[11:]] = value
+            # Whitespace around a field value is not part of it (RFC 9110 5.5); the parser drops only the leading.
+            metadata[name[11:]] = value.strip(" \t")
         elif name in STORED_HEADERS:
             if name == "content-encoding":
                 # aws-chunked is transport framing, not a property of the object.
