@@ -15,16 +15,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import re
 from collections.abc import Callable
 
 from gateway_plugins import fsutil
 
 from .stores import OpsError
-from .tree import file_sha256, make_dirs, read_chunks, remove_dead_temps
+from .tree import MD5_ETAG, file_sha256, make_dirs, read_chunks, remove_dead_temps
 
 TEMP_TAG = "migrate"
-_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 
 
 class DamagedSource(OpsError):
@@ -70,7 +68,7 @@ def copy_file(source, size: int, final: str, temp: str, *, mtime: float | None =
     to it, else DamagedSource: the source object is damaged, and a copy would only spread it.
     """
     sha = hashlib.sha256()
-    md5 = hashlib.md5() if etag and _MD5_ETAG.fullmatch(etag) else None
+    md5 = hashlib.md5() if etag and MD5_ETAG.fullmatch(etag) else None
     source.seek(0)
     try:
         with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as out:

@@ -16,8 +16,10 @@
    backup, is **kept** and listed; ``--overwrite`` takes the backup's copy
    instead. An object file that is damaged (its header does not parse, its
    length is not the one its header gives, or it has the backup's header with
-   other bytes) is not a newer version: the backup's copy replaces it, and it
-   is listed as damaged (restore_damage.py). Node files (config, TLS) that exist are never
+   other bytes and it is the copy whose data does not match the ETag) is not a
+   newer version: the backup's copy replaces it, and it is listed as damaged;
+   when the backup's copy is the damaged one, the file here is kept and listed
+   (restore_damage.py). Node files (config, TLS) that exist are never
    replaced, not even with ``--overwrite``. Nothing the backup does not hold
    is deleted.
 
@@ -42,7 +44,7 @@ from .archive import ArchiveInfo, ArchiveUnreadable, _open
 from .backup import FILES, PATH_HEADER, SHA_HEADER, STORAGE
 from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster, registry_snapshot
 from .progress import Progress, human_bytes, plural
-from .restore_damage import damage, find_present, replace_damaged
+from .restore_damage import SAME_VERSION, BackupCopyDamaged, damage, find_present, judge_same_version, replace_damaged
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
 from .tree import Installer, file_sha256, is_object, object_header, read_chunks, write_atomically
 
@@ -57,6 +59,7 @@ class RestoreResult:
     kept: list[str] = field(default_factory=list)  # differing files left as they were (no --overwrite)
     replaced: int = 0
     damaged: list[str] = field(default_factory=list)  # damaged object files the backup's copy replaced
+    backup_damaged: list[str] = field(default_factory=list)  # kept: the backup's copy is (or may be) the damaged one
     newer_elsewhere: list[str] = field(default_factory=list)  # another node holds a newer version: left out
     node_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -179,6 +182,8 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
         summary += f", {len(result.damaged):,} damaged, replaced from the backup"
     if result.kept:
         summary += f", {len(result.kept):,} kept at their current version (they differ from the backup: written after it)"
+    if result.backup_damaged:
+        summary += f", {len(result.backup_damaged):,} kept as they are (the backup's copy is damaged)"
     if result.newer_elsewhere:
         summary += (f", {len(result.newer_elsewhere):,} left out (another node holds a newer version: "
                     "overwritten since the backup)")
@@ -187,6 +192,10 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
         progress.note(f"damaged, replaced from the backup: {line}")
     if len(result.damaged) > SHOW:
         progress.note(f"damaged, replaced from the backup: ... and {len(result.damaged) - SHOW:,} more")
+    for line in result.backup_damaged[:SHOW]:
+        progress.note(f"kept, the backup's copy is damaged: {line}")
+    if len(result.backup_damaged) > SHOW:
+        progress.note(f"kept, the backup's copy is damaged: ... and {len(result.backup_damaged) - SHOW:,} more")
     for line in result.newer_elsewhere[:SHOW]:
         progress.note(f"newer on another node, left out: {line}")
     if len(result.newer_elsewhere) > SHOW:
@@ -260,6 +269,12 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
         chunks = itertools.chain([first], chunks)
         header = _header(first)
     problem = damage(present, header) if present is not None else None
+    if problem == SAME_VERSION:  # one of the two copies is damaged: which?
+        try:
+            problem = judge_same_version(final, first, member.size, overwrite)
+        except BackupCopyDamaged as exc:
+            _backup_damaged(final, relpath, header, str(exc), chunks, result)
+            return
     if present is not None and problem is None and not overwrite:
         _keep(final, relpath, result)  # a valid version other than the backup's: written after it
         return
@@ -275,7 +290,12 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
                 pass
             return
     if problem is not None and not overwrite:
-        if not replace_damaged(installer, relpath, chunks, member, expected, present):
+        try:
+            replaced = replace_damaged(installer, relpath, chunks, member, expected, present)
+        except BackupCopyDamaged as exc:
+            _backup_damaged(final, relpath, header, f"{problem}, and {exc}", chunks, result)
+            return
+        if not replaced:
             _keep(final, relpath, result)  # replaced meanwhile (a client's PUT): that version stays
             return
     else:
@@ -292,6 +312,14 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
         result.damaged.append(f"{name} ({final}): {problem}")
     elif present is not None:
         result.replaced += 1
+
+
+def _backup_damaged(final: str, relpath: str, header: dict | None, why: str, chunks, result: RestoreResult) -> None:
+    """The file here is kept, since the backup's copy of it is damaged (or may be)."""
+    for _ in chunks:  # the stream goes on past this member's bytes
+        pass
+    name = f"{relpath.split('/', 1)[0]}/{header['key']}" if header else relpath
+    result.backup_damaged.append(f"{name} ({final}): {why}")
 
 
 def _header(first: bytes) -> dict | None:

@@ -1,10 +1,14 @@
 """The file a restore finds where the archive has one: the same bytes, a version written after the
 backup (kept), or a damaged object file (replaced by the backup's copy).
 
-An object file is damaged, not newer, when its header does not parse, when its length is not the
-one its header gives (cut short, or written into), or when it has the backup's very version (same
-key, time and ETag) with other bytes. Anything else that differs is a valid version of its own and
-is never replaced without ``--overwrite`` (docs/operations.md, "Restore").
+An object file is damaged, not newer, when its header does not parse, or when its length is not the
+one its header gives (cut short, or written into). Anything else that differs is a valid version of
+its own and is never replaced without ``--overwrite`` (docs/operations.md, "Restore").
+
+Two copies of one version (same key, time and ETag) with other bytes: one of them is damaged, and
+either may be the backup's (a backup copies what it finds, bit rot included). ``judge_same_version``
+tells which by the copies' lengths and by the data's MD5 against a single PUT's ETag; when it cannot
+tell (a multipart ETag is not the data's MD5), the file here is kept.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from dataclasses import dataclass
 
 from gateway_plugins import fslayout, fsutil
 
-from .tree import CHUNK, Installer, publish_new, write_atomically
+from .tree import CHUNK, MD5_ETAG, Installer, publish_new, write_atomically
+
+SAME_VERSION = "the backup's version (same time and ETag) with other bytes"
+
+
+class BackupCopyDamaged(Exception):
+    """The backup's copy of an object is the damaged one: the file here is kept."""
 
 
 @dataclass(frozen=True)
@@ -91,21 +101,60 @@ def _valid_header(header) -> bool:
 
 def damage(present: Present, backup_header: dict | None) -> str | None:
     """Why the file present is damaged rather than a version written after the backup; None when it
-    is a valid version of its own (kept). Never a guess against a valid file: the backup's copy
-    replaces a whole one only when it is the backup's very version (same key, time and ETag)
-    with other bytes."""
+    is a valid version of its own (kept). SAME_VERSION when it is the backup's very version (same
+    key, time and ETag) with other bytes: which copy is damaged is judge_same_version's to tell."""
     if present.problem is not None:
         return present.problem
     if present.header is not None and backup_header is not None and all(
             present.header.get(k) == backup_header.get(k) for k in ("key", "time", "etag")):
-        return "the backup's version (same time and ETag) with other bytes"
+        return SAME_VERSION
     return None
+
+
+def judge_same_version(path: str, backup_first: bytes, backup_size: int, overwrite: bool) -> str | None:
+    """Of two copies of one version with other bytes (damage() said SAME_VERSION), why the file at
+    ``path`` is the damaged one (the backup's copy then replaces it; replace_damaged checks that
+    copy's data too), or BackupCopyDamaged saying why it is kept. ``backup_first``: the first bytes of
+    the backup's copy, ``backup_size`` its length. Never a guess against a file that may be whole:
+    without a way to tell, it is kept unless ``overwrite`` asked for the backup's copies."""
+    parsed = fslayout.decode_header(backup_first)
+    if parsed is not None and parsed[1] + parsed[0].get("size", -1) != backup_size:
+        raise BackupCopyDamaged("the backup's copy is not the length its header gives (damaged when the backup "
+                                "was taken)")
+    fits = data_fits_etag(path)
+    if fits is False:
+        return "its data does not match its ETag (damaged on this disk)"
+    if fits is True:
+        raise BackupCopyDamaged("the backup's copy differs from this file, whose data matches its ETag")
+    if overwrite:
+        return "the backup's version (same time and multipart ETag) with other bytes (--overwrite)"
+    raise BackupCopyDamaged("the backup's copy of this version differs from it and a multipart ETag cannot tell "
+                            "which is damaged; --overwrite takes the backup's")
+
+
+def data_fits_etag(path: str) -> bool | None:
+    """Whether an object file's data hashes to its ETag; None when that cannot be told (a multipart
+    upload's ETag is not the MD5 of the data). A file without a readable header does not fit."""
+    try:
+        with open(path, "rb") as f:
+            header, offset, _ = fslayout.read_header(f.fileno())
+            etag = header.get("etag") if isinstance(header, dict) else None
+            if not isinstance(etag, str) or not MD5_ETAG.fullmatch(etag):
+                return None
+            f.seek(offset)
+            md5 = hashlib.md5()
+            while chunk := f.read(CHUNK):
+                md5.update(chunk)
+    except (fslayout.CorruptObject, ValueError):
+        return False
+    return md5.hexdigest() == etag
 
 
 def replace_damaged(installer: Installer, relpath: str, chunks, member: tarfile.TarInfo, expected: str,
                      present: Present) -> bool:
     """Put the backup's copy over a damaged file; False (and nothing changed) when the file was
-    replaced since it was judged: a client's PUT made a new version, which stays.
+    replaced since it was judged: a client's PUT made a new version, which stays. BackupCopyDamaged
+    (nothing changed) when the backup's copy does not match its ETag either.
 
     The copy is written and checked aside first, then the file is looked at again and, if it is
     the damaged one still, renamed over at once: a window of one stat, not of the whole copy."""
@@ -114,6 +163,8 @@ def replace_damaged(installer: Installer, relpath: str, chunks, member: tarfile.
     write_atomically(staged, installer.temp_path(), chunks, mtime=member.mtime,
                      expect_sha256=expected, fsync=installer.fsync)
     try:
+        if data_fits_etag(staged) is False:
+            raise BackupCopyDamaged("the backup's copy does not match its ETag either: both are damaged")
         try:
             now = _identity(os.stat(final))
         except FileNotFoundError:

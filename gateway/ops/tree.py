@@ -12,6 +12,7 @@ import errno
 import hashlib
 import itertools
 import os
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from .stores import OpsError
 
 SKIP_TOP = {".gateway"}  # the backends' temp files
 CHUNK = 1024 * 1024
+MD5_ETAG = re.compile(r"[0-9a-f]{32}")  # a single PUT's ETag: the MD5 of the data (a multipart one ends "-N")
 TEMP_TAG = "ops"  # in the names of the Installer's temp files: <pid>.<process start>-ops-<n>-<random>
 
 

@@ -91,7 +91,7 @@ def test_damaged_object_files_are_replaced_from_the_backup_and_a_newer_version_i
     damaged = {line.split(": ", 1)[1] for line in err.splitlines() if line.startswith("damaged, replaced")}
     assert any(d.startswith("photos/obj3.bin (") and "cut short" in d for d in damaged), err
     assert any(d.startswith("photos/obj5.bin (") and "header does not parse" in d for d in damaged), err
-    assert any(d.startswith("photos/obj7.bin (") and "same time and ETag" in d for d in damaged), err
+    assert any(d.startswith("photos/obj7.bin (") and "does not match its ETag" in d for d in damaged), err
     assert any(d.startswith("photos/obj9.bin (") and "longer than its header says" in d for d in damaged), err
     for line in err.splitlines():  # none of the damaged ones passes for a newer version
         assert not re.match(r"kept: .*obj[3579]\.bin", line), err
@@ -104,6 +104,65 @@ def test_damaged_object_files_are_replaced_from_the_backup_and_a_newer_version_i
 
     again = gateway_cmd("restore", "-q", "--data-dir", gw.data_dir, archive)
     assert again.returncode == 0 and "0 files restored" in again.stderr and "damaged, replaced" not in again.stderr
+
+
+def test_a_whole_file_is_kept_when_the_backups_copy_is_the_damaged_one(source, tmp_path):
+    """A backup copies what it finds, damage included: restoring it over a healthy copy of the same
+    version (another node's disk, a copy made before the damage) must keep the healthy one."""
+    s3 = source.client()
+    objects = objects_of(s3, count=4)
+    s3.put_object(Bucket="photos", Key="multi.bin", Body=b"")  # replaced below by a multipart object
+    upload = s3.create_multipart_upload(Bucket="photos", Key="multi.bin")["UploadId"]
+    parts = [s3.upload_part(Bucket="photos", Key="multi.bin", UploadId=upload, PartNumber=n,
+                            Body=bytes([n]) * (5 * 1024 * 1024))["ETag"] for n in (1, 2)]
+    s3.complete_multipart_upload(Bucket="photos", Key="multi.bin", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in zip((1, 2), parts)]})
+    healthy = tmp_path / "healthy"
+    shutil.copytree(source.data_dir, healthy)
+    os.truncate(object_file(source, "obj1.bin"), object_file(source, "obj1.bin").stat().st_size - 3)  # cut short
+    overwrite_at(object_file(source, "obj2.bin"), 20000, b"ROT")  # rotten data, header whole
+    overwrite_at(object_file(source, "multi.bin"), 20000, b"ROT")  # the same under a multipart ETag
+    archive = tmp_path / "damaged.tar"
+    result = gateway_cmd("backup", "--data-dir", source.data_dir, archive)
+    assert result.returncode == 1 and "obj1.bin" in result.stderr, result.stderr  # it saw the cut-short one
+
+    before = {key: (healthy / "photos" / f"{key}%obj").read_bytes() for key in ("obj1.bin", "obj2.bin", "multi.bin")}
+    result = gateway_cmd("restore", "--data-dir", healthy, archive)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    assert "3 kept as they are (the backup's copy is damaged)" in err and "damaged, replaced" not in err, err
+    kept = {line.split(": ", 1)[1] for line in err.splitlines() if line.startswith("kept, the backup's copy")}
+    assert any(k.startswith("photos/obj1.bin (") and "not the length its header gives" in k for k in kept), err
+    assert any(k.startswith("photos/obj2.bin (") and "whose data matches its ETag" in k for k in kept), err
+    assert any(k.startswith("photos/multi.bin (") and "cannot tell" in k for k in kept), err
+    for key, data in before.items():
+        assert (healthy / "photos" / f"{key}%obj").read_bytes() == data, key
+    with GatewayProcess(healthy) as gw:
+        for key in ("obj1.bin", "obj2.bin"):
+            assert gw.client().get_object(Bucket="photos", Key=key)["Body"].read() == objects[key]
+
+    # --overwrite asks for the backup's copies: still not a cut-short or rotten one over a whole one,
+    # but where nothing tells which copy is whole, the backup's.
+    result = gateway_cmd("restore", "--overwrite", "--data-dir", healthy, archive)
+    assert result.returncode == 0, result.stderr
+    assert "2 kept as they are (the backup's copy is damaged)" in result.stderr, result.stderr
+    for key in ("obj1.bin", "obj2.bin"):
+        assert (healthy / "photos" / f"{key}%obj").read_bytes() == before[key], key
+    assert (healthy / "photos" / "multi.bin%obj").read_bytes() != before["multi.bin"]
+
+
+def test_both_copies_damaged_keeps_the_file_here(filled, tmp_path):
+    gw, objects, archive = filled
+    rotten = tmp_path / "rotten.tar"
+    overwrite_at(object_file(gw, "obj6.bin"), 20000, b"ROT1")
+    assert gateway_cmd("backup", "-q", "--data-dir", gw.data_dir, rotten).returncode == 0  # rot is not seen
+    overwrite_at(object_file(gw, "obj6.bin"), 20000, b"ROT2")
+    here = object_file(gw, "obj6.bin").read_bytes()
+    result = gateway_cmd("restore", "--data-dir", gw.data_dir, rotten)
+    assert result.returncode == 0, result.stderr
+    assert "both are damaged" in result.stderr and "photos/obj6.bin" in result.stderr, result.stderr
+    assert object_file(gw, "obj6.bin").read_bytes() == here
+    assert not [p for p in (Path(gw.data_dir) / ".gateway" / "tmp").rglob("*") if p.is_file()]
 
 
 def test_overwrite_counts_a_damaged_file_as_damaged_and_still_replaces_newer_ones(filled):
