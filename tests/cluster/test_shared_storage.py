@@ -146,6 +146,26 @@ def test_an_overwrite_through_a_node_not_migrated_yet_retires_the_old_copy_on_th
         assert s3[name].get_object(Bucket="mixed-back", Key="cam/3.jpg")["Body"].read() == b"v3 share", name
 
 
+def test_every_node_of_a_cluster_part_way_through_a_migration_lists_every_object(mixed_cluster):
+    """r1, already on the share, lists the share and the disks of the nodes not moved yet."""
+    s3 = {name: mixed_cluster[name].client() for name in ("p1", "r1", "r2")}
+    s3["p1"].create_bucket(Bucket="mixed-list")
+    expected = []
+    for i in range(9):
+        writer = ("p1", "r1", "r2")[i % 3]
+        key = f"cam/{writer}/{i}.jpg"
+        s3[writer].put_object(Bucket="mixed-list", Key=key, Body=b"x")
+        expected.append(key)
+    for name in ("r1", "p1", "r2"):
+        listed = [o["Key"] for page in s3[name].get_paginator("list_objects_v2").paginate(
+            Bucket="mixed-list", PaginationConfig={"PageSize": 2}) for o in page.get("Contents", [])]
+        assert listed == sorted(expected), name
+        only_p1 = s3[name].list_objects_v2(Bucket="mixed-list", Prefix="cam/p1/")
+        assert [o["Key"] for o in only_p1["Contents"]] == [k for k in sorted(expected) if "/p1/" in k], name
+        folders = s3[name].list_objects_v2(Bucket="mixed-list", Prefix="cam/", Delimiter="/")["CommonPrefixes"]
+        assert [f["Prefix"] for f in folders] == ["cam/p1/", "cam/r1/", "cam/r2/"], name
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts the share with mount --bind (needs root)")
 def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
     """require_mount is checked at start-up, and again whenever the share would answer "not there":

@@ -298,24 +298,31 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
                    max_keys: int = 1000) -> ListPage:
         """This node's listing merged with every storing peer's (a peer that cannot be reached is left out).
 
-        On shared storage every node lists the same tree: the local listing is the whole answer.
+        On shared storage this node's listing covers every node on the share: only the nodes still on a
+        disk of their own (a cluster part-way through docs/migration.md) are asked, and with none the
+        local listing is the whole answer.
         The merged page carries metadata (``ListPage.metadata``) when every page it merged did.
         A key that two nodes list in different versions has a copy an overwrite could not retire:
         it is retired now, in the background (repair.py).
         """
+        peers = None
         if self.local is not None and self.local.capabilities.shared:
-            return await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
-        pages, _ = await self._pages(bucket, prefix, delimiter, start_after, max_keys)
+            peers = {p: a for p, a in self.cluster.peers().items() if not self.cluster.on_shared_storage(p)}
+            if not peers:
+                return await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
+        pages, _ = await self._pages(bucket, prefix, delimiter, start_after, max_keys, peers=peers)
         merged = merge_pages(list(pages.values()), max_keys)
         merged.metadata = all(page.metadata for page in pages.values())
         self._repair_in_background(bucket, pages, merged)
         return merged
 
     async def _pages(self, bucket: str, prefix: str, delimiter: str, start_after: str, max_keys: int,
-                     whole: bool | None = None) -> tuple[dict[str, ListPage], list[str]]:
+                     whole: bool | None = None, peers: dict[str, str] | None = None,
+                     ) -> tuple[dict[str, ListPage], list[str]]:
         """Every storing node's page of the listing, by node (a node without the bucket has none), and the
         nodes that could not be asked; the 503s of list() when the bucket, or with ``whole`` (by default
-        ``strict_listings``) any part of it, cannot be listed."""
+        ``strict_listings``) any part of it, cannot be listed. ``peers``: the peers to ask (all storing ones
+        by default)."""
         whole = self.cluster.settings.strict_listings if whole is None else whole
         pages: dict[str, ListPage] = {}
         bucket_seen = False
@@ -329,7 +336,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
             except errors.NoSuchBucket:
                 pass
         answers, unreachable = await self._everywhere(
-            lambda p, a: self.client.list(p, a, bucket, prefix, delimiter, start_after, max_keys))
+            lambda p, a: self.client.list(p, a, bucket, prefix, delimiter, start_after, max_keys), peers)
         for peer, result in answers.items():
             if isinstance(result, ListPage):
                 pages[peer] = result
