@@ -114,6 +114,9 @@ class LocalBackend(Backend):
         # that failed the write): removed after the next write that works, or by the next sweep.
         # Left to start-up cleanup, each would stay as large as its object until a restart.
         self._leftover_temps: set[str] = set()
+        # Object path -> [PUTs of it in progress here, the newest (time, ETag) one of them published]
+        # (put(): the newer of two concurrent writes stays, whichever finishes last).
+        self._writing: dict[str, list] = {}
 
     # Life cycle ---------------------------------------------------------------
 
@@ -432,6 +435,12 @@ class LocalBackend(Backend):
         meta_json = meta.to_json()
         tmp = self._temp_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Two PUTs of one key here at once: the one with the later time stays, as S3 ("the request with
+        # the latest timestamp wins") and a cluster's overwrites (cluster/versions.py) order versions,
+        # whichever fsync ends first. Renamed over a newer version, an older one would undo a decision
+        # other nodes already acted on (they dropped their copies for the newer one): the key was lost.
+        writing = self._writing.setdefault(final, [0, None])
+        writing[0] += 1
         try:
             buffered: list[bytes] | None = []
             buffered_size = 0
@@ -464,12 +473,21 @@ class LocalBackend(Backend):
             else:
                 os.close(fd)
                 fd = -1
-            self._publish(tmp, final, bucket_dir, key)
+            version = (info.last_modified, info.etag)
+            if writing[1] is not None and version < writing[1]:
+                self._discard_temp(tmp)  # a newer version of the key, written at the same time, is in place
+            else:
+                self._publish(tmp, final, bucket_dir, key)
+                writing[1] = version
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             self._discard_temp(tmp)
             raise
+        finally:
+            writing[0] -= 1
+            if not writing[0]:
+                self._writing.pop(final, None)
         if self._leftover_temps:  # the storage works again: what failed writes left goes now
             self.remove_leftover_temps()
         return info

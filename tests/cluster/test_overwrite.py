@@ -88,6 +88,43 @@ def test_concurrent_overwrites_through_two_nodes_settle_on_one_version(cluster):
         assert len(copies_on_disk(cluster, key)) == 1, (round_, copies_on_disk(cluster, key))
 
 
+def test_concurrent_puts_of_a_new_key_through_every_node_never_lose_it(cluster):
+    """Two PUTs of one key at once on the same node (as well as on others): the later one by time must
+    be what that node keeps, whichever is fsynced first. Renamed over the newer one, the older one
+    undid what the other nodes had decided (they had dropped their copies for the newer one), and
+    after eight 200s the key was gone from every node."""
+    s3 = {name: cluster[name].client(max_pool_connections=16) for name in NODES}
+    writers = [name for name in NODES for _ in range(2)]
+    lost, mixed = [], []
+    for round_ in range(30):
+        key = f"new-race-{round_}"
+        barrier = threading.Barrier(len(writers), timeout=30)
+        failures = []
+
+        def write(name: str, number: int, key=key, barrier=barrier, failures=failures) -> None:
+            try:
+                barrier.wait()
+                s3[name].put_object(Bucket=BUCKET, Key=key, Body=f"v{number}".encode())
+            except Exception as exc:  # noqa: BLE001 - reported below; a thread must not swallow it
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(n, i)) for i, n in enumerate(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures, failures
+        try:
+            bodies = set(read_everywhere(s3, key).values())
+        except ClientError as exc:
+            lost.append((key, exc.response["Error"]["Code"], copies_on_disk(cluster, key)))
+            continue
+        if len(bodies) != 1:
+            mixed.append((key, bodies))
+    assert not lost, f"keys every PUT of which was answered 200, then missing: {lost}"
+    assert not mixed, mixed
+
+
 def test_node_that_was_down_during_an_overwrite_drops_its_old_copy_when_back(cluster):
     s3 = {name: cluster[name].client() for name in NODES}
     s3["r2"].put_object(Bucket=BUCKET, Key="missed", Body=b"old, on r2")
