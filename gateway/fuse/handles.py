@@ -73,6 +73,16 @@ class _StaticReader:
         pass
 
 
+def _replaced(open_file: OpenFile, base: Attr | None) -> bool:
+    """Whether a file open here, unchanged by this mount, has been replaced since by another client
+    (``base``: what a fresh lookup found). A new open then gets the new version: joined to the old
+    one, its reads asked for a version that was gone (EIO) for as long as any handle kept it open.
+    The handles open already keep reading the version they opened, as after a rename over it."""
+    old = open_file.base
+    return (base is not None and old is not None and bool(base.etag) and bool(old.etag) and base.etag != old.etag
+            and open_file.spool is None and not open_file.dirty)
+
+
 class FileOps:
     """File contents, on file handles; a mixin of GatewayFS, whose state (caches, tables, client) it uses."""
 
@@ -84,7 +94,7 @@ class FileOps:
         bucket, key = self.split(path)
         with self._table_lock:
             open_file = self._open.get(path)
-            if open_file is None or open_file.unlinked:
+            if open_file is None or open_file.unlinked or _replaced(open_file, base):
                 open_file = OpenFile(path, bucket, key, base, meta)
                 self._open[path] = open_file
             open_file.refs += 1

@@ -171,6 +171,29 @@ def test_after_a_read_found_the_object_replaced_the_next_open_reads_the_new_vers
     assert os.stat(path).st_size == 400_000 and os.listdir(path.parent) == ["report"]
 
 
+@pytest.mark.parametrize("size", [20, 300_000])
+def test_a_file_held_open_does_not_keep_new_opens_from_another_clients_version(fuse_gw, bucket, mount_factory,
+                                                                               size):
+    """One long-lived reader (tail -f, less, a service) holding a file open: once the TTL let the
+    mount see that another client replaced the object, every new open reads the new version. Before,
+    they joined the old open file and asked for the old version: EIO for as long as it stayed open."""
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="held.txt", Body=b"old-version")
+    mount = mount_factory(["--attr-ttl", "0", "--dir-ttl", "0"])
+    path = mount.path / bucket / "held.txt"
+    new = b"N" * size
+    with open(path, "rb", buffering=0) as held:
+        assert held.read() == b"old-version"
+        s3.put_object(Bucket=bucket, Key="held.txt", Body=new)
+        assert os.stat(path).st_size == size
+        for _ in range(3):
+            assert path.read_bytes() == new
+        with open(path, "ab") as f:  # an append goes on from the new version too
+            f.write(b"+")
+    assert s3.get_object(Bucket=bucket, Key="held.txt")["Body"].read() == new + b"+"
+    assert "Traceback" not in mount.log()
+
+
 @pytest.mark.parametrize("how", ["append", "overwrite in place"])
 def test_writing_into_an_object_another_client_replaced_never_mixes_the_versions(fuse_gw, bucket, mount_factory,
                                                                                  how):
