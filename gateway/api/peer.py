@@ -236,13 +236,9 @@ class PeerApp:
             await _send_json(send, wire.buckets_to_json(buckets))
         elif path == "/ping":
             cluster = self.service.cluster  # set: _authenticate refuses a node outside a cluster
-            # A node announcing itself at start says where it is now (the query is signed): one we know
-            # at another address restarted elsewhere (a new IP or port, the same node id). Re-read the
-            # registry at once, or relays went to the old address, answered 503, until the next reload.
             announced = dict(parse_qsl(scope.get("query_string", b"").decode())).get("address")
-            known = cluster.nodes.get(headers.get(NODE_HEADER, ""))
-            if announced and known is not None and known.address != announced:
-                cluster.request_reload()
+            if announced:
+                cluster.announced(headers.get(NODE_HEADER, ""), announced)
             await _send_json(send, {"node_id": cluster.node_id, "role": cluster.role})
         else:
             raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")

@@ -290,14 +290,32 @@ class Cluster:
         is re-read at every heartbeat while it lasts: one registry read per heartbeat interval."""
         return any(not n.info for n in self.nodes.values())
 
+    def announced(self, node_id: str, address: str) -> None:
+        """A node announcing itself at start said where it is now (its ping, signed). One known at another
+        address restarted elsewhere (a new IP or port, the same node id): the registry is re-read at once,
+        or relays went to the old address, answered 503, until the next reload. One known only as joined,
+        never seen, runs now: it is asked from now on (peers()), before the reload confirms it."""
+        known = self.nodes.get(node_id)
+        if known is None or (known.address == address and known.ever_seen):
+            return
+        if known.address == address:
+            known.last_seen = time.time()
+        self.request_reload()
+
     def request_reload(self, peer: str | None = None) -> None:
         """Re-read the node list soon (a peer call failed: it may have moved or left)."""
         self._reload_wanted.set()
 
     def peers(self, storing: bool = True) -> dict[str, str]:
-        """Other nodes (only storing ones by default): node id -> address."""
+        """Other nodes that have run (only storing ones by default): node id -> address.
+
+        A node only `cluster join` registered, whose gateway never heartbeated, holds nothing and
+        serves nothing: asked, it would be a node that cannot be reached, and every miss in the
+        cluster a 503 (and every DeleteBucket) until it first starts. A running node heartbeats right
+        after it registers, and while a listed node has not, the list is re-read at every heartbeat
+        (_unpublished)."""
         return {n.node_id: n.address for n in self.nodes.values()
-                if n.node_id != self.node_id and (n.stores_objects or not storing)}
+                if n.node_id != self.node_id and (n.stores_objects or not storing) and n.ever_seen}
 
     def on_shared_storage(self, peer: str) -> bool:
         """Whether ``peer`` published that it serves from shared storage (sharedfs), as a node of this

@@ -7,6 +7,8 @@ import asyncio
 import json
 import time
 
+import pytest
+from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from gateway.cli import main
@@ -64,6 +66,18 @@ def test_a_joined_node_that_never_ran_is_not_shown_healthy_until_its_gateway_hea
         assert "joined, not seen yet" in line and "never" in line and " ok " not in line, line
         code, _, err = cli("cluster", "promote", "r9", "--registry", registry)
         assert code == 1 and "r9 has never run (joined, not seen yet): start it first" in err, err
+        # A node that never ran holds nothing: misses are 404 and DeleteBucket works (they were 503s
+        # naming r9 for as long as it stayed joined and not started).
+        s3 = nodes["p1"].client()
+        wait_for(lambda: "r9" in {n["node_id"] for n in nodes.admin("p1")["nodes"]}, 20,
+                 "p1 listing r9")
+        s3.create_bucket(Bucket="joined")
+        for call in (lambda: s3.head_object(Bucket="joined", Key="missing"),
+                     lambda: s3.get_object(Bucket="joined", Key="missing")):
+            with pytest.raises(ClientError) as info:
+                call()
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        s3.delete_bucket(Bucket="joined")
 
         # Its gateway starts: the first heartbeat makes it a node like any other.
         nodes.nodes["r9"] = later
@@ -74,6 +88,9 @@ def test_a_joined_node_that_never_ran_is_not_shown_healthy_until_its_gateway_hea
         line = next(line for line in table.splitlines() if line.startswith("r9"))
         assert " ok " in line and "s ago" in line, line
         assert "joined, not seen yet" in next(line for line in table.splitlines() if line.startswith("ghost"))
+        s3.create_bucket(Bucket="later")
+        later.client().put_object(Bucket="later", Key="on-r9", Body=b"stored on r9")
+        assert s3.get_object(Bucket="later", Key="on-r9")["Body"].read() == b"stored on r9"
     finally:
         nodes.stop()
 
