@@ -53,6 +53,12 @@ def client_ssl_context(settings) -> ssl.SSLContext | None:
     return context
 
 
+# What a TLS handshake failure on a certificate says (ssl / OpenSSL): the peer's certificate was not
+# issued by our CA, or ours not by its.
+_TLS_TRUST_FAILURES = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "UNKNOWN_CA", "BAD_CERTIFICATE",
+                       "CERTIFICATE_UNKNOWN")
+
+
 class Cluster:
     """This node's part in the cluster: identity, role, peers and their health.
 
@@ -188,6 +194,7 @@ class Cluster:
         if not peers:
             return
         refusals: dict[str, str] = {}
+        untrusted: dict[str, str] = {}  # the TLS handshake failed on a certificate: another CA on one side
 
         async def ask(peer: str) -> bool:
             try:
@@ -200,6 +207,8 @@ class Cluster:
                     error = self.health.snapshot().get(peer, {}).get("last_error", "")
                     said = re.search(r"\((.*)\): check", error)
                     refusals[peer] = said.group(1) if said else exc.reason
+                elif any(sign in exc.reason for sign in _TLS_TRUST_FAILURES):
+                    untrusted[peer] = exc.reason
                 return False
             except Exception as exc:  # noqa: BLE001 - an odd answer: this peer cannot tell
                 log.debug("secret check with %s: %s", peer, exc)
@@ -208,7 +217,17 @@ class Cluster:
         answered = await asyncio.gather(*(ask(p) for p in peers))
         for peer in peers:
             self.health.forget(peer)  # a fresh start: the node list and the first calls build it up
-        if any(answered) or not refusals:
+        if any(answered):
+            return
+        if untrusted and not refusals:
+            peer = sorted(untrusted)[0]
+            raise ValueError(
+                f"could not verify node {peer} (at {peers[peer]}) over TLS, nor it this node ({untrusted[peer]}; "
+                f"{', '.join(sorted(untrusted))} of {len(peers)} running nodes failed so, none answered): this node's "
+                "--tls-ca (GATEWAY_TLS_CA) must be the cluster's ca.pem and its --tls-cert a certificate that CA "
+                "issued (`gateway cluster tls init --dir DIR --node NAME=HOST` with the cluster's CA in DIR). "
+                "This node did not join the cluster")
+        if not refusals:
             return
         peer = sorted(refusals)[0]
         reason = refusals[peer]

@@ -142,3 +142,52 @@ def test_relay_over_https(tmp_path):
     finally:
         for node in reversed(nodes.values()):  # p1 first: its relay connections to r1 close with it
             node.stop()
+
+
+def test_a_node_with_another_clusters_ca_refuses_to_start_and_does_not_join(tmp_path):
+    """A node given another CA (and a certificate of it) registered and heartbeated: the others could
+    not verify it nor it them, so every miss through any node was a 503 naming it, and `cluster status`
+    showed it ok and the healthy nodes slow. Like a wrong cluster secret, it refuses to start."""
+    from botocore.exceptions import ClientError
+
+    tls_init(tmp_path / "tls", "p1", "r1")
+    tls_init(tmp_path / "other", "r5")
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    secret = (tmp_path / "tls" / "cluster-secret").read_text().strip()
+
+    def node(name: str, role: str, tls_dir) -> GatewayProcess:
+        args = ["--role", role, "--registry", registry, "--tls-cert", str(tls_dir / f"{name}.pem"),
+                "--tls-key", str(tls_dir / f"{name}-key.pem"), "--tls-ca", str(tls_dir / "ca.pem")]
+        env = {**NODE_ENV, "GATEWAY_CLUSTER_SECRET": secret, "GATEWAY_NODE_ID": name}
+        return GatewayProcess(tmp_path / name, args=args, env=env, scheme="https", ca=tls_dir / "ca.pem")
+
+    nodes = [node("r1", "redundant", tmp_path / "tls"), node("p1", "primary", tmp_path / "tls")]
+    try:
+        for gateway in nodes:
+            gateway.start()
+        wrong = node("r5", "redundant", tmp_path / "other")
+        try:
+            wrong.start()
+        except RuntimeError as exc:
+            message = str(exc)
+        else:
+            nodes.append(wrong)
+            raise AssertionError("a node with another cluster's CA started")
+        assert "gateway exited with 2" in message, message[-3000:]
+        assert "could not verify" in message and "--tls-ca" in message, message[-3000:]
+        assert "did not join the cluster" in message, message[-3000:]
+        listed = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--json", "--registry", registry],
+                                capture_output=True, text=True, timeout=60)
+        assert "r5" not in listed.stdout and "p1" in listed.stdout, listed.stdout + listed.stderr
+        p1 = nodes[1].client()
+        p1.create_bucket(Bucket="cas")
+        try:
+            p1.head_object(Bucket="cas", Key="never-written")
+        except ClientError as exc:
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        else:
+            raise AssertionError("a missing key was found")
+        p1.close()
+    finally:
+        for gateway in nodes:
+            gateway.stop()
