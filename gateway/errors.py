@@ -136,6 +136,11 @@ class NodeUnreachable(ServiceUnavailable):
     store; so not a BackendUnavailable, which leaves a store out of write placement (cluster/unwritable.py)."""
 
 
+class NodeCatchingUp(ServiceUnavailable):
+    """A node that has just run again after standing still refuses a peer's write for a moment (its
+    senders gave up on the ones sent meanwhile): the sender places the write on another node."""
+
+
 class BackendUnreachable(BackendUnavailable):
     """The backend's store did not answer at all, or answered that it is not serving now (refused or
     reset connection, a timeout, a 5xx): something that passes, unlike a refused password or a missing

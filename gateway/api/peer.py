@@ -369,7 +369,7 @@ class PeerApp:
         The sender treats this 503 as any unreachable peer: it tries another node or says 503.
         """
         if self.service.cluster.stalls.stalled_recently():
-            raise errors.ServiceUnavailable(
+            raise errors.NodeCatchingUp(
                 "This node has just run again after standing still for longer than the peer timeout: it takes "
                 "no peer writes for a moment, since their senders have given up on the ones sent meanwhile.")
 

@@ -67,3 +67,34 @@ def test_a_frozen_peer_is_waited_for_once_then_only_briefly(tmp_path):
             assert _status_of(lambda: cluster[node].client().get_object(Bucket="frozen", Key="deleted-on-r2")) == 404
     finally:
         cluster.stop()
+
+
+def test_writes_right_after_a_frozen_node_resumes_go_to_another_node(tmp_path):
+    """A node that has just run again after standing still refuses peer writes for a moment (their
+    senders gave up on the ones sent meanwhile): a fresh write placed on it then goes to another
+    node, as for a node that cannot be reached. It reached the client as a 503 ("This node has just
+    run again ...")."""
+    cluster = start_cluster(tmp_path / "c", f"sqlite:///{tmp_path}/registry.db")
+    try:
+        p1 = cluster["p1"].client(retries={"total_max_attempts": 1, "mode": "standard"})
+        p1.create_bucket(Bucket="resumed")
+        refused = []
+        for cycle in range(3):
+            key = f"on-r2-{cycle}"
+            cluster["r2"].client().put_object(Bucket="resumed", Key=key, Body=b"first")
+            assert p1.get_object(Bucket="resumed", Key=key)["Body"].read() == b"first"  # p1 learns it is on r2
+            cluster["r2"].pause()
+            time.sleep(PEER_TIMEOUT + 1)  # longer than the stall limit: r2 notices it stood still
+            cluster["r2"].resume(settle=False)
+            try:  # an overwrite goes where the key is: to r2, which has just run again
+                p1.put_object(Bucket="resumed", Key=key, Body=b"second")
+            except ClientError as exc:
+                refused.append((cycle, exc.response["Error"].get("Message", "")[:160]))
+                continue
+            for via in ("p1", "r1", "x1"):
+                assert cluster[via].client().get_object(Bucket="resumed", Key=key)["Body"].read() == b"second", via
+            time.sleep(1)  # r2 serves its own copies again once it applied the overwrites made meanwhile
+            assert cluster["r2"].client().get_object(Bucket="resumed", Key=key)["Body"].read() == b"second"
+        assert not refused, refused
+    finally:
+        cluster.stop()

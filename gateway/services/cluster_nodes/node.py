@@ -132,15 +132,16 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
                     return await self._put_here(bucket, key, payload, meta)
                 return await self._put_on_peer(target, bucket, key, payload, meta)
             except (PeerUnreachable, errors.GatewayError, OSError) as exc:
-                if not (isinstance(exc, PeerUnreachable) or self.cluster.full.caused_by(exc)
+                # A node that has just run again after standing still refuses peer writes for a moment.
+                if not (isinstance(exc, (PeerUnreachable, errors.NodeCatchingUp)) or self.cluster.full.caused_by(exc)
                         or self.cluster.failed.caused_by(exc)):
                     raise
                 tried.add(target)
                 following = await self._placement(bucket, key, tried)
                 again = payload.again() if following is not None and following not in tried else None
                 if again is None:
-                    if isinstance(exc, PeerUnreachable):
-                        raise write_unreachable_error(what, exc.peer) from None
+                    if isinstance(exc, (PeerUnreachable, errors.NodeCatchingUp)):
+                        raise write_unreachable_error(what, target) from None
                     raise
                 log.info("write of %s/%s placed on %s instead of %s: %s", bucket, key, following, target,
                          exc.reason if isinstance(exc, PeerUnreachable) else exc)
