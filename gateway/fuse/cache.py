@@ -35,6 +35,10 @@ class Attr:
     # ``mtime`` to the nanosecond, when the stored metadata gives it (a float of seconds since 1970
     # holds only about a quarter of a microsecond): shown while it agrees with ``mtime``.
     mtime_ns: int | None = None
+    # What a HEAD or GET said of the object's Content-Type and stored headers (cache-control, ...); None
+    # when not known (a listing): a copy that replaces its metadata must send them again.
+    content_type: str | None = None
+    stored: dict[str, str] | None = None
 
 
 class Stamp:

@@ -91,6 +91,12 @@ class Unreachable(StoreError):
         super().__init__(errno.EIO, message, "Unreachable")
 
 
+# Headers an object keeps with it (gateway/backend.py's STORED_HEADERS): a copy that replaces its
+# metadata (chmod, a rename) sends them again, or they were lost.
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires",
+                  "x-amz-website-redirect-location")
+
+
 @dataclass(frozen=True)
 class ObjectStat:
     """What the gateway says about one object. ``metadata`` is None when it came from a listing
@@ -101,7 +107,8 @@ class ObjectStat:
     etag: str
     last_modified: float
     metadata: dict[str, str] | None = None
-    content_type: str = ""
+    content_type: str = ""  # "" from a listing (which has none)
+    headers: dict[str, str] = field(default_factory=dict)  # STORED_HEADERS the object has (HEAD or GET)
 
 
 @dataclass(frozen=True)
@@ -405,12 +412,14 @@ class ObjectClient:
         return response.data
 
     def put(self, bucket: str, key: str, body, length: int, metadata: dict[str, str] | None = None,
-            content_type: str = "binary/octet-stream", *, exclusive: bool = False) -> Stored:
+            content_type: str = "binary/octet-stream", *, exclusive: bool = False,
+            stored: dict[str, str] | None = None) -> Stored:
         """Upload ``body`` (bytes or a file object positioned at its start).
 
         ``exclusive``: only if no object has the key (``If-None-Match: *``); EEXIST when one has.
+        ``stored``: STORED_HEADERS for the new version (those of the version it replaces).
         """
-        headers = {"content-length": str(length), "content-type": content_type}
+        headers = {"content-length": str(length), "content-type": content_type, **(stored or {})}
         headers.update(_meta_headers(metadata))
         if exclusive:
             headers["if-none-match"] = "*"
@@ -421,12 +430,15 @@ class ObjectClient:
         return _stored(response.headers.get("etag", ""), response.headers)
 
     def copy(self, bucket: str, source_key: str, key: str, metadata: dict[str, str] | None = None,
-             content_type: str = "binary/octet-stream", source_bucket: str | None = None) -> str:
-        """Server-side copy; with ``metadata`` the copy's metadata is replaced, else kept."""
+             content_type: str = "binary/octet-stream", source_bucket: str | None = None,
+             stored: dict[str, str] | None = None) -> str:
+        """Server-side copy; with ``metadata`` the copy's metadata is replaced (content type and
+        ``stored`` headers with it: S3's REPLACE keeps none of them), else kept."""
         headers = {"x-amz-copy-source": "/" + quote(source_bucket or bucket, safe="") + "/" + quote(source_key)}
         if metadata is not None:
             headers["x-amz-metadata-directive"] = "REPLACE"
             headers["content-type"] = content_type
+            headers.update(stored or {})
             headers.update(_meta_headers(metadata))
         root = ET.fromstring(self.request("COPY", "PUT", bucket, key, headers=headers).data)
         return _etag_of(root)
@@ -437,8 +449,8 @@ class ObjectClient:
     # Multipart ----------------------------------------------------------------
 
     def create_multipart(self, bucket: str, key: str, metadata: dict[str, str] | None = None,
-                         content_type: str = "binary/octet-stream") -> str:
-        headers = {"content-type": content_type, **_meta_headers(metadata)}
+                         content_type: str = "binary/octet-stream", stored: dict[str, str] | None = None) -> str:
+        headers = {"content-type": content_type, **(stored or {}), **_meta_headers(metadata)}
         root = ET.fromstring(self.request("MPU", "POST", bucket, key, query={"uploads": ""}, headers=headers).data)
         for node in root:
             if _local(node.tag) == "UploadId":
@@ -568,8 +580,9 @@ def _stat_from_headers(key: str, headers, size: int) -> ObjectStat:
     metadata = {name.lower(): value for name, value in metadata.items()}
     modified = headers.get("last-modified")
     stamp = _http_date(modified) if modified else 0.0
+    stored = {name: headers[name] for name in STORED_HEADERS if headers.get(name) is not None}
     return ObjectStat(key, size, headers.get("etag", "").strip('"'), stamp, metadata,
-                      headers.get("content-type", ""))
+                      headers.get("content-type", ""), stored)
 
 
 _MONTHS = {name: n for n, name in enumerate(

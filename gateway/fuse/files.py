@@ -434,16 +434,17 @@ class _Stream:
 
 
 def upload(client: ObjectClient, executor: ThreadPoolExecutor, open_file: OpenFile, content_type: str,
-           options: FileOptions) -> Stored:
-    """Upload a spooled file as its object; return the new version's ETag and time."""
+           options: FileOptions, stored: dict[str, str] | None = None) -> Stored:
+    """Upload a spooled file as its object; return the new version's ETag and time. ``stored``: the
+    stored headers (cache-control, ...) the new version keeps."""
     spool = open_file.spool
     size = spool.size
     bucket, key, meta = open_file.bucket, open_file.key, dict(open_file.meta)
     if size < options.multipart_threshold:
         body = os.pread(spool.fd, size, 0) if size <= options.small_put else _SpoolBody(spool.fd, size)
-        return client.put(bucket, key, body, size, meta, content_type)
+        return client.put(bucket, key, body, size, meta, content_type, stored=stored)
     part_size = max(options.part_size, -(-size // 9_000))
-    upload_id = client.create_multipart(bucket, key, meta, content_type)
+    upload_id = client.create_multipart(bucket, key, meta, content_type, stored)
     try:
         etags: list[str] = []
         offsets = list(range(0, size, part_size))

@@ -119,6 +119,8 @@ class GatewayFS(NamespaceOps, FileOps):
     def _attr_from_stat(self, info: ObjectStat, data: bytes | None = None) -> Attr:
         meta = info.metadata
         attr = Attr(FILE, info.size, info.last_modified, etag=info.etag, from_listing=meta is None, meta=meta)
+        if info.content_type:  # a HEAD or GET (a listing has none)
+            attr.content_type, attr.stored = info.content_type, dict(info.headers)
         if meta:
             apply_meta(attr, meta)
             if attr.kind == LINK and info.size > SYMLINK_MAX:  # no link target is this long: it is data

@@ -10,8 +10,8 @@ import json
 import logging
 import os
 import stat
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 
 from ..api.local_reads import open_object_file
@@ -377,11 +377,16 @@ class FileOps:
         if open_file.write_error is not None:
             raise err(open_file.write_error.errno or errno.EIO,
                       f"{open_file.path} was not stored: a write to it failed ({open_file.write_error.strerror})")
-        stored = upload(self.client, self.executor, open_file, content_type(open_file.key, FILE),
-                        self.options.files)
+        # A file written again keeps its object's Content-Type and stored headers, when a lookup saw them
+        # (a PUT replaces them all); a new one gets the type its name suggests.
+        base = open_file.base
+        kept = base is not None and base.content_type is not None and base.etag
+        kind = base.content_type if kept else content_type(open_file.key, FILE)
+        headers = dict(base.stored or {}) if kept else {}
+        stored = upload(self.client, self.executor, open_file, kind, self.options.files, headers)
         open_file.dirty = False
         attr = Attr(FILE, open_file.spool.size, open_file.mtime or time.time(), etag=stored.etag,
-                    meta=dict(open_file.meta))
+                    meta=dict(open_file.meta), content_type=kind, stored=headers)
         apply_meta(attr, open_file.meta)
         attr.kind = FILE
         if "mtime" not in open_file.meta:

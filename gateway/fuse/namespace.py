@@ -12,7 +12,8 @@ import re
 import stat
 import time
 
-from .cache import DIR, LINK, MISSING, Attr
+from .cache import DIR, FILE, LINK, MISSING, Attr
+from .client import ObjectStat
 from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, format_time_ns, parent_of
 
 log = logging.getLogger("gateway.fuse")
@@ -240,7 +241,7 @@ class NamespaceOps:
                     self._upload(open_file)
         if replaced is not None:
             self._keep_first_bytes(replaced)
-        etag = self.client.copy(new_bucket, old_key, new_key, source_bucket=old_bucket)
+        etag = self._move_copy(old_bucket, old_key, new_bucket, new_key, attr)
         self.client.delete(old_bucket, old_key)
         if replaced is not None:
             # The file renamed over is gone, as after unlink; opens of the name from now on get the
@@ -259,7 +260,7 @@ class NamespaceOps:
             self._moved(open_file, {new_key: etag})
         self._forget(old)
         self._content_changed(new)
-        moved = dataclasses.replace(attr, etag=etag or attr.etag, marker=False)
+        moved = dataclasses.replace(attr, etag=etag or attr.etag, marker=False, content_type=None, stored=None)
         self._remember(new, moved)
 
     def _rename_dir(self, old: str, new: str, target: Attr | None) -> None:
@@ -280,14 +281,15 @@ class NamespaceOps:
                     self._upload(open_file)
         # Every key first: one that would be too long under the new name must stop the move before
         # anything is copied (a half-done move leaves copies behind).
-        keys = [info.key for page in self.client.iter_list(old_bucket, old_prefix, "") for info in page.objects]
+        listed = {info.key: info for page in self.client.iter_list(old_bucket, old_prefix, "") for info in page.objects}
+        keys = list(listed)
         longest = max((len(key.encode()) for key in keys), default=len(old_prefix.encode()))
         if longest - len(old_prefix.encode()) + len(new_prefix.encode()) > MAX_KEY_BYTES:
             raise err(errno.ENAMETOOLONG, f"{new}: a key inside would be longer than {MAX_KEY_BYTES} bytes")
         moved, etags = [], {}
         for key in keys:
             new_key = new_prefix + key[len(old_prefix):]
-            etags[new_key] = self.client.copy(new_bucket, key, new_key, source_bucket=old_bucket)
+            etags[new_key] = self._move_copy(old_bucket, key, new_bucket, new_key, listed=listed[key])
             moved.append(key)
         if old_prefix not in moved:  # keep the directory itself, even if it was implicit
             meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
@@ -311,6 +313,37 @@ class NamespaceOps:
         self.dirs.invalidate(parent_of(new)[0])
 
     # Metadata -------------------------------------------------------------------
+
+    def _as_stored(self, bucket: str, key: str, attr: Attr | None = None) -> ObjectStat:
+        """The object's metadata, Content-Type and stored headers, from ``attr`` when a HEAD or GET
+        described it (or this mount wrote it), else from a HEAD: a copy that replaces the metadata
+        (chmod, chown, touch, a rename) sends them all again, or S3's REPLACE drops them."""
+        if (attr is not None and attr.content_type is not None and attr.meta is not None
+                and not attr.from_listing):
+            return ObjectStat(key, attr.size, attr.etag, attr.mtime, dict(attr.meta), attr.content_type,
+                              dict(attr.stored or {}))
+        got = self.client.head(bucket, key)
+        return dataclasses.replace(got, metadata=dict(got.metadata or {}))
+
+    def _move_copy(self, old_bucket: str, old_key: str, new_bucket: str, new_key: str, attr: Attr | None = None,
+                   listed: ObjectStat | None = None) -> str:
+        """The copy of a rename: the object as it is, with its mtime (stored, when only its
+        Last-Modified gave it: the copy's would be the time of the move) and the Content-Type its new
+        name suggests when the old one had the type its name suggested (rsync, `sed -i` and editors
+        write a temporary name first, then rename it into place)."""
+        if listed is not None and listed.metadata is not None and "mtime" in listed.metadata:
+            return self.client.copy(new_bucket, old_key, new_key, source_bucket=old_bucket)  # kept as it is
+        kept = self._as_stored(old_bucket, old_key, attr)
+        kind = LINK if kept.content_type == "application/x-symlink" else FILE
+        new_type = kept.content_type
+        if kind == FILE and kept.content_type in ("", content_type(old_key, FILE)):
+            new_type = content_type(new_key, FILE)
+        if "mtime" in kept.metadata and new_type == kept.content_type:
+            return self.client.copy(new_bucket, old_key, new_key, source_bucket=old_bucket)
+        meta = {**kept.metadata}
+        meta.setdefault("mtime", format_time(kept.last_modified))
+        return self.client.copy(new_bucket, old_key, new_key, meta, new_type, source_bucket=old_bucket,
+                                stored=kept.headers)
 
     def _new_meta(self, mode: int, owner: tuple[int, int] | None) -> dict[str, str]:
         meta = {"mode": f"{mode:o}", "mtime": format_time(time.time())}
@@ -363,9 +396,15 @@ class NamespaceOps:
                 else:
                     etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
             else:
-                etag = self.client.copy(bucket, key, key, meta, content_type(key, attr.kind))
+                kept = self._as_stored(bucket, key, attr)
+                meta = {**kept.metadata, **changes}
+                if "mtime" not in meta:  # the time stat shows (Last-Modified), or the copy's would show
+                    meta["mtime"] = format_time(kept.last_modified)
+                etag = self.client.copy(bucket, key, key, meta, kept.content_type, stored=kept.headers)
             updated = Attr(attr.kind, attr.size, attr.mtime, etag=etag or attr.etag,
                            marker=attr.marker or attr.kind == DIR, target=attr.target, meta=meta)
+            if attr.kind != DIR:
+                updated.content_type, updated.stored = kept.content_type, dict(kept.headers)
             apply_meta(updated, meta)
             updated.kind = attr.kind
             if open_file is not None:
