@@ -236,9 +236,9 @@ class PeerApp:
             await _send_json(send, wire.buckets_to_json(buckets))
         elif path == "/ping":
             cluster = self.service.cluster  # set: _authenticate refuses a node outside a cluster
-            announced = dict(parse_qsl(scope.get("query_string", b"").decode())).get("address")
-            if announced:
-                cluster.announced(headers.get(NODE_HEADER, ""), announced)
+            said = dict(parse_qsl(scope.get("query_string", b"").decode()))
+            if said.get("address"):
+                cluster.announced(headers.get(NODE_HEADER, ""), said["address"], said.get("role"))
             await _send_json(send, {"node_id": cluster.node_id, "role": cluster.role})
         else:
             raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")

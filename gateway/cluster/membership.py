@@ -26,7 +26,7 @@ from .health import PeerHealth
 from .locations import LocationCache
 from .locks import ClusterLocks
 from .peer_auth import PeerSigner
-from .registry import NodeRecord, NotRegistered, Registry, RegistryError, Retirement, open_registry
+from .registry import STORING_ROLES, NodeRecord, NotRegistered, Registry, RegistryError, Retirement, open_registry
 from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
@@ -127,6 +127,8 @@ class Cluster:
             await self._check_secret()  # a node that would be refused by every peer does not join
             if self.role is None:
                 self.role = await self._default_role()
+            elif self.role == "proxy":
+                await self._refuse_hiding_objects()
             if self.role == "proxy":
                 self.storage_roots = []  # a proxy stores nothing, whatever data_dir says
             if self.election is not None:
@@ -239,6 +241,24 @@ class Cluster:
         raise ValueError(f"node {peer} (at {peers[peer]}) refused this node's peer signature: {reason}; this node "
                          "did not join the cluster")
 
+    async def _refuse_hiding_objects(self) -> None:
+        """Raise ValueError when this node is listed as a storing node that holds objects and starts as a
+        proxy: a proxy stores nothing and is asked for nothing, so no node would find them (404 through
+        every node, as after `cluster leave`, which refuses it the same way without --force)."""
+        existing = await self.registry.get(self.node_id)
+        if existing is None or not existing.stores_objects:
+            return
+        held = existing.info.get("objects")
+        if not held or existing.info.get("shared_storage") is True:  # a share's files stay served by its nodes
+            return
+        raise ValueError(
+            f"node {self.node_id} is registered as a {existing.role} node holding {held} objects (its last count), "
+            "and would start as a proxy, which stores nothing and is asked for nothing: those objects would read "
+            "as not found (404) through every node. Start it with its role (--role "
+            f"{existing.role}); or, to make it a proxy, copy its objects elsewhere first (docs/cluster.md, "
+            f"\"Removing a node for good\"), then `gateway cluster leave --node-id {self.node_id}` and start it as a "
+            "proxy. This node did not join the cluster")
+
     async def _default_role(self) -> str:
         """The role a node has in the registry, else primary for the first node and redundant after."""
         existing = await self.registry.get(self.node_id)
@@ -309,16 +329,19 @@ class Cluster:
         is re-read at every heartbeat while it lasts: one registry read per heartbeat interval."""
         return any(not n.info for n in self.nodes.values())
 
-    def announced(self, node_id: str, address: str) -> None:
-        """A node announcing itself at start said where it is now (its ping, signed). One known at another
-        address restarted elsewhere (a new IP or port, the same node id): the registry is re-read at once,
-        or relays went to the old address, answered 503, until the next reload. One known only as joined,
-        never seen, runs now: it is asked from now on (peers()), before the reload confirms it."""
+    def announced(self, node_id: str, address: str, role: str | None = None) -> None:
+        """A node announcing itself at start said where it is now and its role (its ping, signed). One known
+        at another address restarted elsewhere (a new IP or port, the same node id), or in another role,
+        or known only as joined, never seen: it is asked there, in that role, from now on, and the
+        registry is re-read at once to confirm it. Until the next reload, relays went to the old address
+        (503), a node that now stores was not asked (404), a node that runs now was left out."""
         known = self.nodes.get(node_id)
-        if known is None or (known.address == address and known.ever_seen):
+        if known is None or (known.address == address and known.ever_seen and role in (None, known.role)):
             return
-        if known.address == address:
-            known.last_seen = time.time()
+        # What it registered just before (its ping is signed): believed at once, the reload confirms it.
+        known.address, known.last_seen = address, time.time()
+        if role in STORING_ROLES or role == "proxy":
+            known.role = role
         self.request_reload()
 
     def request_reload(self, peer: str | None = None) -> None:
@@ -413,7 +436,7 @@ class Cluster:
 
         async def ping(peer: str) -> None:
             try:
-                await self.client.ping(peer, peers[peer], announce=self.address)
+                await self.client.ping(peer, peers[peer], announce=self.address, role=self.role)
             except Exception as exc:  # noqa: BLE001 - down or odd: it reads the registry on its own schedule
                 log.debug("announce to %s: %s", peer, exc)
 

@@ -520,9 +520,12 @@ class PeerClient:
         finally:
             response.release()
 
-    async def ping(self, peer: str, address: str, announce: str | None = None) -> dict:
-        """``announce``: this node's own address, told to the peer (a node announcing itself at start)."""
-        target = f"{wire.PREFIX}/ping" + (f"?address={quote(announce, safe='')}" if announce else "")
+    async def ping(self, peer: str, address: str, announce: str | None = None, role: str | None = None) -> dict:
+        """``announce``: this node's own address (and ``role``), told to the peer (a node announcing itself
+        at start)."""
+        target = f"{wire.PREFIX}/ping"
+        if announce:
+            target += f"?address={quote(announce, safe='')}" + (f"&role={quote(role, safe='')}" if role else "")
         # The whole timeout, also for a limited peer: the heartbeat's ping is what finds it alive again.
         return await self._json(peer, address, target, "a ping", _json_object, whole_timeout=True)
 

@@ -225,3 +225,43 @@ def test_leave_names_the_age_of_an_old_count_and_warns_of_an_old_count_of_none(t
     assert rejoin in err, err
     code, out, err = cli(*rejoin.split()[1:])
     assert code == 0 and "joined as redundant" in out, err
+
+
+def test_a_storing_node_holding_objects_does_not_start_as_a_proxy(tmp_path):
+    """Restarted with --role proxy, a redundant node that held objects stored nothing and was asked for
+    nothing: its objects read 404 through every node (what `cluster leave` refuses without --force).
+    Started again in its role, the other nodes ask it at once (its announce says the role)."""
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    nodes = ClusterNodes(tmp_path, registry)
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant")
+        s3 = nodes["p1"].client()
+        s3.create_bucket(Bucket="kept")
+        nodes["r1"].client().put_object(Bucket="kept", Key="on-r1", Body=b"only on r1")
+        nodes["r1"].stop()
+        nodes.restart("r1")  # counted at start
+        wait_for(lambda: rows_of(registry)["r1"]["objects"] == 1, 15, "r1 publishing its count")
+        nodes["r1"].stop()
+        as_proxy = nodes.new_node("r1", "proxy", None, None)  # the same id and data directory
+        with pytest.raises(RuntimeError) as info:
+            as_proxy.start()
+        message = str(info.value)
+        assert "gateway exited with 2" in message, message[-3000:]
+        assert "registered as a redundant node holding 1 objects" in message and "404" in message, message[-3000:]
+        assert "--role redundant" in message and "cluster leave --node-id r1" in message, message[-3000:]
+        assert rows_of(registry)["r1"]["role"] == "redundant"
+        nodes.restart("r1")
+        assert s3.get_object(Bucket="kept", Key="on-r1")["Body"].read() == b"only on r1"
+        # A proxy started again as a redundant node: the others ask it at once, not after their next
+        # registry read (its announce names its new role).
+        nodes.add("x1", "proxy")
+        nodes["x1"].stop()
+        nodes.nodes["x1"] = nodes.new_node("x1", "redundant", None, None)
+        nodes.restart("x1")
+        wait_for(lambda: {n["node_id"]: n["role"] for n in nodes.admin("p1")["nodes"]}["x1"] == "redundant", 1,
+                 "p1 taking x1's new role from its announce (its registry reads are 2 s apart here)")
+        nodes["x1"].client().put_object(Bucket="kept", Key="on-x1", Body=b"x1 stores now")
+        assert s3.get_object(Bucket="kept", Key="on-x1")["Body"].read() == b"x1 stores now"
+    finally:
+        nodes.stop()
