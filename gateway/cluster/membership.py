@@ -420,8 +420,9 @@ class Cluster:
         return node is not None and backend in (node.info.get("storage_pending") or ())
 
     def redundant_peers(self) -> dict[str, str]:
+        """The redundant nodes among peers(): those that have run."""
         return {n.node_id: n.address for n in self.nodes.values()
-                if n.node_id != self.node_id and n.role == "redundant"}
+                if n.node_id != self.node_id and n.role == "redundant" and n.ever_seen}
 
     # Heartbeat loop ---------------------------------------------------------------
 

@@ -77,6 +77,10 @@ def test_a_joined_node_that_never_ran_is_not_shown_healthy_until_its_gateway_hea
             with pytest.raises(ClientError) as info:
                 call()
             assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        for i in range(10):  # and writes are placed on the nodes that run (the primary spreads them)
+            s3.put_object(Bucket="joined", Key=f"k{i}", Body=b"placed")
+            assert s3.get_object(Bucket="joined", Key=f"k{i}")["Body"].read() == b"placed"
+            s3.delete_object(Bucket="joined", Key=f"k{i}")
         s3.delete_bucket(Bucket="joined")
 
         # Its gateway starts: the first heartbeat makes it a node like any other.
