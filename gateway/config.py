@@ -264,10 +264,21 @@ class Settings(BaseSettings):
                 data[name] = "****"
         data["credentials"] = {k: "****" for k in data["credentials"]}
         data["backends"] = {
-            name: {k: ("****" if "password" in k or "secret" in k else v) for k, v in cfg.items()}
+            name: {k: ("****" if is_secret_option(k) else v) for k, v in cfg.items()}
             for name, cfg in self.backend_configs().items()
         }
         return data
+
+
+# Backend options whose values --print-config masks: any name with one of these in it
+# (docs/plugins.md tells plugin authors to name their secret options so).
+SECRET_OPTION_WORDS = ("password", "secret", "token", "credential", "passphrase", "api_key", "apikey",
+                       "private_key")
+
+
+def is_secret_option(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_OPTION_WORDS)
 
 
 # GATEWAY_* variables that are read but are no settings (docs/configuration.md, docs/plugins.md).

@@ -98,16 +98,19 @@ def _dist_name(ep) -> str | None:
     return dist.name if dist is not None else None
 
 
+def _described(ep) -> str:
+    if ep is None:
+        return "?"
+    dist = getattr(ep, "dist", None)
+    return f"{ep.value} from {dist.name} {dist.version}" if dist else ep.value
+
+
 def _same_name(first, second) -> PluginLoadError:
     """Two distributions whose entry points have one name: the second used to be skipped without a
     word (its backend types then "unknown"), and no switch can tell the two apart."""
-    def described(ep) -> str:
-        dist = getattr(ep, "dist", None)
-        return f"{ep.value} from {dist.name} {dist.version}" if dist else ep.value
-
     renamed = second if first is None or _builtin(first) or not _builtin(second) else first
     return PluginLoadError(
-        f"two plugins are called {second.name!r}: {described(first) if first else '?'} and {described(second)}; "
+        f"two plugins are called {second.name!r}: {_described(first)} and {_described(second)}; "
         f"plugin names must be unique. Rename the entry point in [project.entry-points.\"{GROUP}\"] of "
         f"{_dist_name(renamed)}'s pyproject.toml (and reinstall it), or uninstall one of them")
 
@@ -142,8 +145,15 @@ def get_plugin_manager() -> pluggy.PluginManager:
                     continue  # one distribution found twice on the path
                 raise _same_name(first, ep)
             _entry_points[ep.name] = ep
+            module = _load(ep)
+            other = pm.get_name(module)
+            if other is not None:  # pluggy's own error is a ValueError with the repr of every plugin
+                raise _unusable(ep, ep.name, f"names the module {ep.value}, which plugin {other!r} loaded already "
+                                f"({_described(_entry_points.get(other))}); each plugin needs a module of its own: "
+                                "in a copy of a plugin, rename its package too, not only the distribution and the "
+                                "entry point")
             try:
-                pm.register(_load(ep), name=ep.name)
+                pm.register(module, name=ep.name)
             except pluggy.PluginValidationError as exc:  # a hookimpl whose arguments no hookspec has
                 raise _unusable(ep, ep.name, f"cannot be loaded: its hooks do not match the gateway's: {exc}") from exc
         for name, plugin in pm.list_name_plugin():

@@ -102,6 +102,22 @@ def test_print_config_masks_secrets(tmp_path):
     assert shown["backends"]["local"]["root"] == str(tmp_path)
 
 
+def test_print_config_masks_every_secret_backend_option(tmp_path):
+    """An s3 backend's session_token (an STS credential) was printed as it was: only names with
+    "password" or "secret" in them were masked."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('default_backend = "remote"\n[backends.remote]\ntype = "s3"\n'
+                      'endpoint_url = "http://127.0.0.1:9"\naccess_key_id = "AKID"\n'
+                      'secret_access_key = "SECRET-ACCESS"\nsession_token = "SESSION-TOKEN-SECRET"\n')
+    result = run_cli("serve", "--config", str(config), "--access-key", "AK", "--secret-key", "very-secret",
+                     "--print-config")
+    assert result.returncode == 0, result.stderr
+    remote = json.loads(result.stdout)["backends"]["remote"]
+    assert remote["session_token"] == "****" and remote["secret_access_key"] == "****", remote
+    assert remote["access_key_id"] == "AKID" and remote["endpoint_url"] == "http://127.0.0.1:9"
+    assert "SESSION-TOKEN-SECRET" not in result.stdout and "SECRET-ACCESS" not in result.stdout
+
+
 def test_serve_fails_early_with_a_named_setting():
     result = run_cli("serve", "--access-key", "AK", "--secret-key", "s", "--port", "70000")
     assert result.returncode == 2

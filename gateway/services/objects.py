@@ -58,12 +58,20 @@ class ObjectService:
                 raise ValueError(f"backends.{name}.type: unknown backend type {kind!r} (installed: {known})")
             unknown = _unknown_options(classes[kind], options)
             if unknown:  # as Backend.__init__ says for the backends that pass their options on to it
+                where = ("docs/backends.md" if classes[kind].__module__.startswith("gateway_plugins.")
+                         else f"the documentation of the plugin that provides {kind!r} (`gateway plugins list`)")
                 raise ValueError(f"backends.{name}: unknown option{'s' if len(unknown) > 1 else ''} "
-                                 f"{', '.join(unknown)} (check the spelling against docs/backends.md)")
+                                 f"{', '.join(unknown)} (check the spelling against {where})")
             try:
                 backend = classes[kind](name=name, **options)
             except TypeError as exc:
                 raise ValueError(f"backends.{name}: {exc}") from None
+            except ValueError:
+                raise  # a setting the backend refuses: its message names it
+            except Exception as exc:  # a fault in the backend's code, not in the settings: name it all the same
+                raise ValueError(f"backend {name!r} (type {kind!r}) could not be created: {type(exc).__name__}: "
+                                 f"{exc}; this is a fault of the plugin that provides {kind!r} (`gateway plugins "
+                                 "list` names it): report it there, or configure another backend") from None
             backend.min_part_size = settings.min_part_size
             backends[name] = backend
         cluster = None

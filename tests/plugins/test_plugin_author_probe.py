@@ -72,6 +72,29 @@ def test_two_distributions_with_one_plugin_name_are_both_named(tmp_path):
         assert "Rename the entry point" in line, line
 
 
+def test_two_entry_points_naming_one_module_are_both_named(tmp_path):
+    """A copy of the example plugin with the distribution and entry point renamed but not its package:
+    pluggy's own ValueError came out, with the repr of every plugin loaded."""
+    install(tmp_path, "first-plugin", {"flat": "flat_backend"},
+            {"flat_backend": MEMORY_HOOK.format(cls="Flat", type="flat")})
+    install(tmp_path, "copied-plugin", {"my-flat": "flat_backend"}, {})
+    line = one_line(gateway(tmp_path, "plugins", "list"))
+    assert "names the module flat_backend, which plugin" in line, line
+    assert "rename its package too" in line and "GATEWAY_DISABLE_PLUGINS=" in line, line
+
+
+@pytest.mark.parametrize("error", ["RuntimeError('constructor exploded')", "KeyError('root')"])
+def test_a_backend_whose_constructor_fails_is_named_in_one_line(tmp_path, error):
+    install(tmp_path, "bad-plugin", {"bad": "bad_backend"}, {"bad_backend": (
+        "from gateway.hookspecs import hookimpl\nfrom gateway_plugins.memory import MemoryBackend\n\n"
+        f"class Bad(MemoryBackend):\n    def __init__(self, name, **options):\n        raise {error}\n\n"
+        "@hookimpl\ndef register_backends(register):\n    register('bad', Bad)\n")})
+    for out in (serve_check(tmp_path, 'default_backend = "broken"\n[backends.broken]\ntype = "bad"\n'),):
+        line = one_line(out)
+        assert "backend 'broken' (type 'bad') could not be created" in line, line
+        assert error.split("(")[0] in line, line
+
+
 def test_a_plugin_named_like_a_built_in_is_refused(tmp_path):
     install(tmp_path, "shadow-plugin", {"memory": "shadow_hooks"},
             {"shadow_hooks": MEMORY_HOOK.format(cls="Shadow", type="shadow")})
