@@ -18,7 +18,13 @@ from .config import Settings
 from .services.objects import ObjectService
 
 log = logging.getLogger(__name__)
-ADMIN_PATHS = ("/healthz", "/readyz", "/_admin/")
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})  # these two exact paths: buckets may start with the words
+
+
+def _is_admin(path: str, method: str = "GET") -> bool:
+    """The admin app's requests: GET or HEAD of a health path (another method is S3's, which refuses
+    the two names as buckets), and /_admin/ (no bucket name has an underscore)."""
+    return (path in HEALTH_PATHS and method in ("GET", "HEAD")) or path.startswith("/_admin/")
 
 
 class GatewayApp:
@@ -59,7 +65,7 @@ class GatewayApp:
         path = scope["path"]
         if path.startswith("/_cluster/"):
             return self.peer.fast_answer(scope)
-        if path.startswith(ADMIN_PATHS) or _is_scrape(scope):
+        if _is_admin(path, scope["method"]) or _is_scrape(scope):
             return None
         req = self.s3.new_request(scope)
         if not self.s3.is_plain_read(req) or not self.service.backend_for(req.bucket).eager_reads:
@@ -70,7 +76,7 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            if path.startswith(ADMIN_PATHS) or path in ("/healthz", "/readyz") or _is_scrape(scope):
+            if _is_admin(path, scope["method"]) or _is_scrape(scope):
                 await self.admin(scope, receive, send)
             elif path.startswith("/_cluster/"):
                 await self.peer(scope, receive, send)

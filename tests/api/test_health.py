@@ -8,6 +8,9 @@ import socket
 import urllib.error
 import urllib.request
 
+import pytest
+from botocore.exceptions import ClientError
+
 from gateway.testing.server import GatewayProcess
 
 
@@ -69,3 +72,18 @@ def test_health_paths_are_not_buckets(gateway, s3):
     """A bucket cannot be named healthz/readyz by accident: those paths never reach the S3 API."""
     status, _ = _get(gateway.endpoint + "/healthz?list-type=2")
     assert status == 200
+
+
+def test_buckets_may_start_with_the_health_paths_names(s3):
+    """The health paths were matched as prefixes: a bucket named readyzone or healthzone-cams got a
+    JSON 404 from the admin app. Only the exact names are the gateway's."""
+    for name in ("readyzone", "healthzone-cams"):
+        s3.create_bucket(Bucket=name)
+        s3.put_object(Bucket=name, Key="k", Body=b"x")
+        assert s3.get_object(Bucket=name, Key="k")["Body"].read() == b"x"
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket=name)["Contents"]] == ["k"]
+    for name in ("healthz", "readyz"):
+        with pytest.raises(ClientError) as info:
+            s3.create_bucket(Bucket=name)
+        assert info.value.response["Error"]["Code"] == "InvalidBucketName"
+        assert "reserved by this gateway" in info.value.response["Error"]["Message"]

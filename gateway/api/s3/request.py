@@ -171,6 +171,13 @@ def check_new_bucket_name(name: str) -> None:
         raise errors.InvalidBucketName(
             f"Bucket names may not {'start' if name.startswith(reserved) else 'end'} with {reserved!r}: "
             "S3 reserves it; choose another name.", BucketName=name)
+    if name in GATEWAY_RESERVED_BUCKETS:
+        raise errors.InvalidBucketName(
+            f"The bucket name {name!r} is reserved by this gateway: GET /{name} is its health check. Choose "
+            "another name (one that only starts with it is fine).", BucketName=name)
+
+
+GATEWAY_RESERVED_BUCKETS = frozenset({"healthz", "readyz"})  # gateway/app.py serves GET/HEAD of these paths
 
 
 def _utf8_or_invalid_uri(raw: str, what: str) -> None:
