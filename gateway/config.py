@@ -364,6 +364,25 @@ def _check_tls_ca(ca: Path) -> None:
         raise ValueError(f"{ca} cannot be read: {exc.strerror or exc}") from None
 
 
+class _Shadowed(PydanticBaseSettingsSource):
+    """The config file's settings without those a flag or the environment gives. pydantic-settings
+    merges tables across sources key by key: GATEWAY_CREDENTIALS='{"new": "..."}' added to the file's
+    [credentials] instead of replacing them, so a key could not be revoked through the environment
+    (and GATEWAY_BACKENDS kept the file's options of a backend it changed). A table, like any value,
+    comes whole from the first source that has it (docs/configuration.md)."""
+
+    def __init__(self, settings_cls, inner: PydanticBaseSettingsSource, above: tuple):
+        super().__init__(settings_cls)
+        self.inner, self.above = inner, above
+
+    def get_field_value(self, field, field_name):  # not used: __call__ reads the inner source whole
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        taken = set().union(*(source() for source in self.above))
+        return {name: value for name, value in self.inner().items() if name not in taken}
+
+
 def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) -> Settings:
     """Build the settings; ``flags`` are the command-line values actually given (None means not given)."""
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
@@ -390,7 +409,8 @@ def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) ->
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
             if config_file:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+                sources.append(_Shadowed(settings_cls, TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+                                         above=(init_settings, env_settings)))
             return tuple(sources)
 
     try:

@@ -86,6 +86,26 @@ def test_extra_credentials_from_file(tmp_path):
     assert load_settings(config).all_credentials() == {"a": "b", "second": "second-secret"}
 
 
+def test_a_table_in_the_environment_replaces_the_config_files(tmp_path, monkeypatch):
+    """GATEWAY_CREDENTIALS was merged into the file's [credentials] key by key: a leaked key could not
+    be revoked through the environment, and GATEWAY_BACKENDS kept the file's options of a backend."""
+    config = write(tmp_path, 'access_key = "a"\nsecret_key = "b"\ndefault_backend = "a"\n'
+                             '[credentials]\nold-app = "compromised-secret"\n'
+                             f'[backends.a]\ntype = "local"\nroot = "{tmp_path}/a"\n')
+    monkeypatch.setenv("GATEWAY_CREDENTIALS", '{"new-app": "fresh-secret"}')
+    monkeypatch.setenv("GATEWAY_BACKENDS", '{"a": {"type": "memory"}}')
+    settings = load_settings(config)
+    assert settings.all_credentials() == {"a": "b", "new-app": "fresh-secret"}
+    assert settings.backend_configs() == {"a": {"type": "memory"}}
+    monkeypatch.setenv("GATEWAY_CREDENTIALS", "{}")  # every extra key revoked
+    assert load_settings(config).all_credentials() == {"a": "b"}
+    monkeypatch.delenv("GATEWAY_CREDENTIALS")
+    monkeypatch.delenv("GATEWAY_BACKENDS")
+    settings = load_settings(config, port=9000)
+    assert settings.all_credentials() == {"a": "b", "old-app": "compromised-secret"} and settings.port == 9000
+    assert settings.backend_configs() == {"a": {"type": "local", "root": f"{tmp_path}/a"}}
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60,
                           env=env)
