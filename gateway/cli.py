@@ -160,7 +160,10 @@ def serve(config_file, print_config, **flags) -> None:
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
     if settings.access_log:  # after uvicorn.Config, which configures the logging
-        logging.getLogger("uvicorn.access").addFilter(_RedactSignatures())
+        access = logging.getLogger("uvicorn.access")
+        access.addFilter(_RedactSignatures())
+        # uvicorn gives it the --log-level: with warning or error, --access-log logged nothing, silently.
+        access.setLevel(logging.INFO)
     server = _server_class(uvicorn.Server)(config)
     process_tuning.set_cpu_scheduling(settings.cpu_scheduling)  # before any thread starts: they inherit it
     process_tuning.tune_gc()  # last: what exists now lives as long as the process

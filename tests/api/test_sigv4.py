@@ -683,3 +683,17 @@ def test_a_signature_mismatch_says_what_the_gateway_signed(gateway):
     assert error["StringToSign"].startswith("AWS4-HMAC-SHA256\n") and error["StringToSign"].count("\n") == 3
     assert len(error["SignatureProvided"]) == 64
     assert gateway.secret_key not in str(caught.value.response)
+
+
+def test_access_log_logs_at_every_log_level(tmp_path):
+    """--access-log with --log-level warning logged nothing, without a word."""
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage", args=["--access-log", "--log-level", "warning"]) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="quiet-logs")
+        s3.put_object(Bucket="quiet-logs", Key="face.jpg", Body=b"jpeg")
+        assert s3.get_object(Bucket="quiet-logs", Key="face.jpg")["Body"].read() == b"jpeg"
+        log = gw.log()
+    assert '"PUT /quiet-logs/face.jpg HTTP/1.1" 200' in log, log[-2000:]
+    assert '"GET /quiet-logs/face.jpg HTTP/1.1" 200' in log, log[-2000:]
