@@ -359,10 +359,20 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         return pages, unreachable
 
     async def check_writable(self) -> None:
+        """Readiness (/readyz): this node's own store; on a proxy, that a storing node answers a ping now
+        (asked at once, the first answer is enough): with every storing node down, a proxy said it was
+        ready while it answered every object request 503, and a load balancer kept it in rotation."""
         if self.local is not None:
             await self.local.check_writable()
-        elif not self.cluster.peers():
+            return
+        if not self.cluster.peers():
             raise errors.ServiceUnavailable("this proxy knows no storing node yet (check the registry)")
+        answers, _ = await self._everywhere(lambda p, a: self.client.ping(p, a),
+                                            enough=lambda answer: isinstance(answer, dict))
+        if not any(isinstance(answer, dict) for answer in answers.values()):
+            reasons = ", ".join(f"{peer} ({getattr(answer, 'reason', None) or answer})"
+                                for peer, answer in sorted(answers.items()))
+            raise errors.ServiceUnavailable(f"no storing node answers this proxy now: {reasons}")
 
     async def start(self) -> None:
         """The wrapped backend is started by the service (a proxy starts none)."""
