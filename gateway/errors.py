@@ -125,6 +125,7 @@ FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT
 # The filesystem under the store failed, not the request: an I/O error, a filesystem the kernel
 # remounted read-only after errors, an NFS handle gone stale.
 FAILED_ERRNOS = frozenset({5, 30, 116})  # EIO, EROFS, ESTALE
+DENIED_ERRNOS = frozenset({1, 13})  # EPERM, EACCES: the files belong to another user, or their modes shut it out
 
 
 class BackendUnavailable(ServiceUnavailable):
@@ -167,4 +168,11 @@ def storage_error(exc: BaseException, where: str = "the storage behind this gate
         return BackendUnavailable(f"{subject} failed ({cause}, errno {exc.errno}). "
                                   "Check the server's disk or mount (a filesystem remounted read-only "
                                   "after errors shows in `dmesg`); the request can be retried.")
+    if exc.errno in DENIED_ERRNOS:
+        # Files that belong to another user (a restore or a copy run as root): the operator's to fix,
+        # not a fault of the request, and not a 500 with a traceback.
+        return BackendUnavailable(f"{subject} refused this gateway's user access ({cause}"
+                                  f"{f': {exc.filename}' if exc.filename else ''}). The files under the data "
+                                  "directory must belong to the user the gateway runs as (`chown -R USER: "
+                                  "DATA_DIR`); the request can be retried.")
     return None

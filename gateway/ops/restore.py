@@ -46,7 +46,7 @@ from .peers import PeerVersions, RegistryUnreadable, current_role, read_cluster,
 from .progress import Progress, human_bytes, plural
 from .restore_damage import SAME_VERSION, BackupCopyDamaged, damage, find_present, judge_same_version, replace_damaged
 from .stores import OpsError, Store, check_share_mounted, file_stores, node_name, sqlite_registry_path
-from .tree import Installer, file_sha256, is_object, object_header, read_chunks, write_atomically
+from .tree import Installer, file_sha256, is_object, object_header, owner_for, read_chunks, write_atomically
 
 SHOW = 20  # differing objects listed one by one; the rest are counted
 
@@ -228,7 +228,7 @@ def _restore_members(archive: str, settings, mapping: dict[str, Store],
                 installer = installers[store]
                 if member.isdir():
                     if relpath:  # the store's own root is there already
-                        os.makedirs(installer.path(relpath), exist_ok=True)
+                        installer.make_dirs(relpath)
                     continue
                 _restore_object(tar, member, installer, relpath, overwrite, result,
                                 None if mapping[store].shared else peers)
@@ -360,7 +360,8 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
             continue
         mode = 0o644 if what in ("tls_cert", "tls_ca") else 0o600
         write_atomically(target, f"{target}.{os.getpid()}.restore-tmp", [data],
-                         expect_sha256=hashlib.sha256(data).hexdigest(), mode=mode)
+                         expect_sha256=hashlib.sha256(data).hexdigest(), mode=mode,
+                         owner=owner_for(os.path.dirname(target)))
         stream.write(f"restored the {what.replace('_', ' ')} file to {target} (it was missing)\n")
         done.append(target)
     return done
@@ -397,7 +398,8 @@ def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str,
         return
     tmp = f"{target}.{os.getpid()}.restore-tmp"
     mode = 0o644 if what in ("tls_cert", "tls_ca") else 0o600
-    write_atomically(target, tmp, read_chunks(tar.extractfile(member), member.size), expect_sha256=expected, mode=mode)
+    write_atomically(target, tmp, read_chunks(tar.extractfile(member), member.size), expect_sha256=expected, mode=mode,
+                     owner=owner_for(os.path.dirname(target)))  # the registry the gateway's user writes, too
     result.node_files.append(f"{what}: {target}")
     progress.note(f"restored {what} to {target}")
     if what == "registry":

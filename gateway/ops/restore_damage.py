@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from gateway_plugins import fslayout, fsutil
 
-from .tree import CHUNK, MD5_ETAG, Installer, publish_new, write_atomically
+from .tree import CHUNK, MD5_ETAG, Installer, make_dirs, publish_new, write_atomically
 
 SAME_VERSION = "the backup's version (same time and ETag) with other bytes"
 
@@ -161,7 +161,7 @@ def replace_damaged(installer: Installer, relpath: str, chunks, member: tarfile.
     final = installer.path(relpath)
     staged = installer.temp_path("-staged")  # a dead restore's leftovers are removed as its temps
     write_atomically(staged, installer.temp_path(), chunks, mtime=member.mtime,
-                     expect_sha256=expected, fsync=installer.fsync)
+                     expect_sha256=expected, fsync=installer.fsync, owner=installer.owner)
     try:
         if data_fits_etag(staged) is False:
             raise BackupCopyDamaged("the backup's copy does not match its ETag either: both are damaged")
@@ -172,7 +172,7 @@ def replace_damaged(installer: Installer, relpath: str, chunks, member: tarfile.
         if now is not None and now != present.identity:
             return False
         if now is None:  # a DELETE may have pruned the directory too
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            make_dirs(os.path.dirname(final), installer.owner)
         try:
             (os.replace if now is not None else publish_new)(staged, final)
         except FileExistsError:

@@ -133,14 +133,42 @@ def object_header(path: str) -> dict | None:
         os.close(fd)
 
 
-def make_dirs(path: str) -> None:
+def make_dirs(path: str, owner: tuple[int, int] | None = None) -> None:
     """os.makedirs(path, exist_ok=True), but a disk that fails raises its own error: makedirs takes
-    every directory it cannot stat for missing, and reports the EEXIST of making the first one again."""
+    every directory it cannot stat for missing, and reports the EEXIST of making the first one again.
+    ``owner``: (uid, gid) given to each directory made (owner_for)."""
+    if owner is not None:
+        missing = []
+        parent = path
+        while parent and not os.path.isdir(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                continue  # made meanwhile (a gateway's PUT): as it is
+            os.chown(directory, *owner)
+        return
     try:
         os.makedirs(path, exist_ok=True)
     except FileExistsError:
         os.stat(path)  # the EIO, when that is what it was
         raise
+
+
+def owner_for(directory: str) -> tuple[int, int] | None:
+    """The (uid, gid) the files a tool run as root puts under ``directory`` must have: its owner's,
+    when that is another user (the gateway's service user). Restored as root:root 640/750, a store's
+    files were unreadable to a gateway running as cv-gateway: every request on them a 500. None when
+    this process is not root or the directory is root's (files keep this process's owner)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
 
 
 def file_sha256(path: str) -> str | None:
@@ -174,10 +202,11 @@ class Installer:
     def __init__(self, root: str, fsync: bool = True, host: str | None = None):
         self.root = root
         self.fsync = fsync
+        self.owner = owner_for(root)  # run as root into a store the gateway's own user owns: files are its
         # ``host``: this server's directory, as the backend names it (a sharedfs store's host_id: servers
         # that share a host name, such as containers, must not take each other's temp files for dead).
         self.tmp_dir = os.path.join(root, ".gateway", "tmp", host or socket.gethostname() or "localhost")
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        make_dirs(self.tmp_dir, self.owner)
         pid = os.getpid()
         self._owner = f"{pid}.{fsutil.process_start(pid) or 0}-{TEMP_TAG}"
         self._counter = itertools.count()
@@ -204,7 +233,10 @@ class Installer:
         """Write the byte chunks to ``relpath``; return the byte count. Without ``replace``, a file
         that is there by the time the bytes are written stays (FileExistsError)."""
         return write_atomically(self.path(relpath), self.temp_path(), chunks, mtime=mtime, expect_sha256=expect_sha256,
-                                fsync=self.fsync, replace=replace)
+                                fsync=self.fsync, replace=replace, owner=self.owner)
+
+    def make_dirs(self, relpath: str) -> None:
+        make_dirs(self.path(relpath), self.owner)
 
     def remove(self, relpath: str) -> bool:
         """Delete one file (and the directories it leaves empty, up to its bucket)."""
@@ -225,7 +257,8 @@ class Installer:
 
 
 def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, expect_sha256: str | None = None,
-                     mode: int = 0o644, fsync: bool = True, replace: bool = True) -> int:
+                     mode: int = 0o644, fsync: bool = True, replace: bool = True,
+                     owner: tuple[int, int] | None = None) -> int:
     """Write the byte chunks to ``tmp``, fsync, and rename it over ``final`` (making its directory);
     return the byte count. With ``expect_sha256``, bytes that hash to anything else are never
     renamed into place. On any error the temp file is removed and ``final`` is untouched.
@@ -234,9 +267,11 @@ def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, e
     restore ran) is never replaced: FileExistsError, and nothing is changed."""
     written = 0
     digest = hashlib.sha256() if expect_sha256 else None
-    make_dirs(os.path.dirname(final))
+    make_dirs(os.path.dirname(final), owner)
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             for chunk in chunks:
                 f.write(chunk)
                 written += len(chunk)
@@ -253,7 +288,7 @@ def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, e
         try:
             publish(tmp, final)
         except FileNotFoundError:  # a DELETE pruned the directory meanwhile: make it again, once
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            make_dirs(os.path.dirname(final), owner)
             publish(tmp, final)
     except BaseException as exc:
         fsutil.unlink_quietly(tmp)
