@@ -4,6 +4,7 @@ abandoned body on its way to a peer, and a peer that answers like no gateway doe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -17,9 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.exceptions import ClientError
 
+from gateway.cluster.registry import open_registry
 from gateway.testing.disks import tmpfs
 
-from .conftest import NODES, clients, error_of
+from .conftest import NODES, clients, error_of, wait_for
 
 STORING = ("p1", "r1", "r2")
 
@@ -181,6 +183,18 @@ def _cluster_cli(cluster, *args: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def _heartbeat(cluster, node_id: str) -> None:
+    """Record a heartbeat of ``node_id`` in the registry, as its gateway would."""
+    async def run():
+        registry = open_registry(cluster.registry)
+        try:
+            await registry.heartbeat(node_id, {"heartbeat_interval": 3600.0})
+        finally:
+            await registry.close()
+
+    asyncio.run(run())
+
+
 def test_a_peer_that_answers_like_no_gateway_is_an_unreachable_node_not_a_500(cluster):
     """A storing node registered at an address where something else answers 200 with an empty body:
     HEAD of a missing key gave 500 (the info header missing) and every LIST in the cluster 500 (no JSON
@@ -190,8 +204,12 @@ def test_a_peer_that_answers_like_no_gateway_is_an_unreachable_node_not_a_500(cl
     s3["r1"].put_object(Bucket="probe2", Key="garbage/here", Body=b"on r1")
     fake = _NotAGateway("127.0.0.2")
     _cluster_cli(cluster, "join", "--advertise", fake.address, "--role", "redundant", "--node-id", "odd1")
+    _heartbeat(cluster, "odd1")  # a node that runs (a node only joined, never seen, is not asked at all)
     try:
         cluster.wait_known(5)
+        for name in NODES:
+            wait_for(lambda: any(n["node_id"] == "odd1" and n["last_seen"] > 0 for n in cluster.admin(name)["nodes"]),
+                     10, f"{name} seeing odd1 run")
         for name in ("p1", "r2", "x1"):
             assert s3[name].get_object(Bucket="probe2", Key="garbage/here")["Body"].read() == b"on r1", name
             assert s3[name].head_object(Bucket="probe2", Key="garbage/here")["ContentLength"] == 5, name
