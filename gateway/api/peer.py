@@ -74,7 +74,9 @@ class PeerApp:
             await _send(send, status, headers, body)
 
     def _error_answer(self, scope, exc: Exception) -> tuple[int, list, bytes]:
-        known = errors.storage_error(exc, f"the storage of cluster node {self.service.cluster.node_id}")
+        cluster = self.service.cluster  # None on a stand-alone gateway: every peer route is refused there
+        known = errors.storage_error(exc, f"the storage of cluster node {cluster.node_id}" if cluster is not None
+                                     else "this gateway's storage")
         if known is not None:  # the sender answers its client 507 or 503 and places no writes here a while
             log.error("peer request %s %s: %s", scope["method"], scope["path"], known.message)
             exc = known

@@ -14,6 +14,7 @@ goes to uvicorn's ASGI path untouched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -156,6 +157,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         except NeedsTask:  # it must ask a peer with a client that needs a task: ASGI serves it from the start
             self.cycle = previous
             return self._through_asgi()
+        except (Exception, asyncio.CancelledError) as exc:  # a fault no answer_read caught: a 500 still
+            return self._internal_error(pending, scope, exc)
         self.gateway.fast_reads += 1
         if isinstance(answer, Suspended):  # it waits (a relay, a remote backend): a task finishes it
             self._run(self._finish(pending, scope, answer))
@@ -335,9 +338,31 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
+    def _internal_error(self, pending: _FastCycle, scope: dict, exc: BaseException) -> None:
+        """A fast read that failed with an exception of its own (a bug, a plugin's stray error): the S3
+        500 InternalError, logged with its traceback. Unanswered, the request kept its connection and
+        descriptor open for good (the client's close was never read): anyone could exhaust the
+        server's descriptors with requests that failed so."""
+        request_id = self.gateway.s3.new_request(scope).request_id
+        log.error("request %s (%s %s) failed", request_id, scope["method"], scope["path"], exc_info=exc)
+        error = errors.InternalError(
+            f"We encountered an internal error (request id {request_id}); it is in the server log.")
+        body = error_document(error, scope["path"], request_id, self.gateway.s3.host_id)
+        headers = [(b"content-type", b"application/xml"), (b"content-length", b"%d" % len(body)),
+                   (b"x-amz-request-id", request_id.encode())]
+        self._respond(pending, scope, error.status, headers, body)
+
     async def _finish(self, pending: _FastCycle, scope: dict, answer) -> None:
         """Send the answer of ``answer`` (a Suspended read, or an answer_read coroutine) once it is ready."""
-        answer = await answer
+        try:
+            answer = await answer
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the connection went away: nothing to answer
+            return self._internal_error(pending, scope, exc)
+        except Exception as exc:
+            return self._internal_error(pending, scope, exc)
         if answer.__class__ is Forward:
             self._pass_through(pending, scope, answer)
         else:

@@ -517,3 +517,33 @@ def test_write_batch_joins_a_connections_writes_but_not_across_a_file_or_a_close
         assert b.written == [b"xy"] and b.closed  # nothing is written after a close
 
     asyncio.run(main())
+
+
+def test_peer_routes_of_a_stand_alone_gateway_answer_at_once_and_leak_nothing(tmp_path):
+    """Without credentials, GET /_cluster/v1/objects/... on a stand-alone gateway got no answer and
+    its connection was never closed, not even after the client's: 19,500 such requests exhausted
+    the server's descriptors and it stopped serving. Each is a prompt 404 now."""
+    import os
+    import time
+
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage") as gw:
+        gw.client().create_bucket(Bucket="bkt")
+        fds = lambda: len(os.listdir(f"/proc/{gw.process.pid}/fd"))  # noqa: E731
+        before = fds()
+        for path in ("/_cluster/v1/objects/bkt/k", "/_cluster/v1/s3/bkt/k", "/_cluster/v1/ping",
+                     "/_cluster/v1/buckets"):
+            for method in ("GET", "HEAD"):
+                for _ in range(10):
+                    with socket.create_connection((gw.host, gw.port), timeout=5) as conn:
+                        conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                        head = conn.recv(65536).split(b"\r\n", 1)[0]  # a timeout here fails the test
+                    assert head.startswith(b"HTTP/1.1 4"), (method, path, head)
+        deadline = time.monotonic() + 10
+        while fds() > before + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert fds() <= before + 2, (before, fds())
+        assert gw.client().list_buckets()["Buckets"][0]["Name"] == "bkt"
+        log = gw.log()
+    assert "Traceback" not in log, log[-3000:]

@@ -528,3 +528,25 @@ def test_a_registry_hook_that_returns_its_classes_is_named(tmp_path):
     assert out.returncode != 0
     assert "plugin 'myregistry' returns {'mydb':" in out.stderr, out.stderr
     assert "call register(scheme, RegistryClass)" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_backend_raising_cancelled_error_of_its_own_is_an_s3_500(tmp_path):
+    """A plugin that misuses an asyncio timeout raises CancelledError while the request's task is not
+    being cancelled: the server answered a plain-text 500, without the S3 error document or request id."""
+    install(tmp_path, "cancelling-plugin", {"cancelling": "cancelling_backend"}, {"cancelling_backend": (
+        "import asyncio\nfrom gateway.hookspecs import hookimpl\nfrom gateway_plugins.memory import MemoryBackend\n\n"
+        "class Cancelling(MemoryBackend):\n"
+        "    async def get(self, bucket, key, byte_range=None):\n        raise asyncio.CancelledError()\n\n"
+        "    async def list(self, *args, **kwargs):\n        raise asyncio.CancelledError()\n\n"
+        "@hookimpl\ndef register_backends(register):\n    register('cancelling', Cancelling)\n")})
+    config = 'default_backend = "c"\n[backends.c]\ntype = "cancelling"\n'
+    with GatewayProcess(tmp_path / "unused", config=config, env=env(tmp_path)) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="cancels")
+        s3.put_object(Bucket="cancels", Key="k", Body=b"x")
+        for call in (lambda: s3.get_object(Bucket="cancels", Key="k"), lambda: s3.list_objects_v2(Bucket="cancels")):
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                call()
+            assert info.value.response["Error"]["Code"] == "InternalError", info.value.response
+            assert info.value.response["ResponseMetadata"]["HTTPHeaders"].get("x-amz-request-id")
+        assert s3.head_object(Bucket="cancels", Key="k")["ContentLength"] == 1  # still up

@@ -8,6 +8,7 @@ GET path (see docs/architecture.md and docs/performance.md).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -78,6 +79,14 @@ def unknown_parameter(query: dict[str, str], method: str) -> str | None:
     return None
 # What a node id may keep as it is in the x-amz-id-2 header (anything else is percent-encoded there).
 _HOST_ID_SAFE = ":/@[]!$&'()*+,;=-._~"
+
+
+def _stray(exc: asyncio.CancelledError) -> bool:
+    """Whether a CancelledError is a backend's own (a timeout misused in a plugin), not this request's
+    task being cancelled: that one must go on up, this one is an internal error like any other (it was a
+    plain-text 500 from the server, without the S3 error document or request id)."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
 
 
 class S3App:
@@ -206,6 +215,13 @@ class S3App:
             if started:
                 raise
             await self._send_error(req, tracking_send, error)
+        except asyncio.CancelledError as exc:
+            if not _stray(exc):
+                raise  # this request was cancelled (its client went away): nothing to answer
+            error = self.unexpected(req, exc)
+            if started:
+                raise
+            await self._send_error(req, tracking_send, error)
 
     async def answer_read(self, req: S3Request, forward: bool = False,
                           own: Backend | None = None) -> tuple[int, list, ObjectReader | bytes | None] | Forward:
@@ -241,6 +257,10 @@ class S3App:
         except NeedsTask:
             raise  # started eagerly, and it must wait for something that needs a task: see gateway/eager.py
         except Exception as exc:
+            return self.error_response(req, self.unexpected(req, exc))
+        except asyncio.CancelledError as exc:
+            if not _stray(exc):
+                raise
             return self.error_response(req, self.unexpected(req, exc))
 
     def unexpected(self, req: S3Request, exc: Exception) -> errors.GatewayError:
