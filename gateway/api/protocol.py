@@ -289,6 +289,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         S3 clients show a code and a reason. The usual cause is a header the parser refuses to
         guess about (request smuggling): two Content-Length headers, even equal ones (rclone
         --s3-use-presigned-request sends them), or Content-Length with Transfer-Encoding."""
+        cycle = self.cycle
+        if (cycle is not None and not cycle.response_complete and not isinstance(cycle, _FastCycle)
+                and cycle.more_body and not cycle.response_started):
+            # In the body of the request being read (a malformed chunk of Transfer-Encoding: chunked):
+            # the refusal is this request's answer, now. Deferred until it was answered, it waited for
+            # a body that could never come and was a RequestTimeout a minute later. The application,
+            # waiting for the body, sees the disconnect and discards what it wrote.
+            error = errors.InvalidRequest(
+                "The request body is not valid HTTP/1.1: a malformed chunk of Transfer-Encoding: chunked "
+                "(a chunk size that is not hexadecimal, a missing CRLF). Nothing was stored.")
+            self._send_error_and_close(error, cycle.scope["path"], after_answers=False)
+            return
         error = errors.InvalidRequest(
             "The request is not valid HTTP/1.1 and was not read: check for a repeated Content-Length header, "
             "Content-Length together with Transfer-Encoding, or a malformed header line.")

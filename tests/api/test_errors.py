@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import unquote
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -119,6 +120,25 @@ def test_unknown_parameters(gateway, s3, bucket):
     assert listing.status == 200 and b"<Key>k</Key>" in listing.body
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+
+def test_a_sigv2_presigned_put_with_headers_in_its_query_is_served(gateway, s3, bucket):
+    """boto3's default presigned PUT (SigV2) copies Content-Type and x-amz-meta-* into the query: they
+    are parameters the gateway knows, not a sub-resource to refuse."""
+    from botocore.config import Config
+
+    v2 = boto3.client("s3", endpoint_url=gateway.endpoint, region_name="us-east-1",
+                      aws_access_key_id=gateway.access_key, aws_secret_access_key=gateway.secret_key,
+                      config=Config(s3={"addressing_style": "path"}))
+    url = v2.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "presigned.jpg",
+                                                          "ContentType": "image/jpeg", "Metadata": {"camera": "7"}})
+    assert "content-type=" in url and "x-amz-meta-camera=" in url, url
+    request = urllib.request.Request(url, data=b"jpeg", method="PUT",
+                                     headers={"Content-Type": "image/jpeg", "x-amz-meta-camera": "7"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    head = s3.head_object(Bucket=bucket, Key="presigned.jpg")
+    assert head["ContentType"] == "image/jpeg" and head["Metadata"] == {"camera": "7"}
 
 
 def test_object_lock_bucket_is_refused(s3, bucket):

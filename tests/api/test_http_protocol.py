@@ -547,3 +547,26 @@ def test_peer_routes_of_a_stand_alone_gateway_answer_at_once_and_leak_nothing(tm
         assert gw.client().list_buckets()["Buckets"][0]["Name"] == "bkt"
         log = gw.log()
     assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("bad", [b"5\r\nhello\r\nZZ\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n", b"FFFFFFFFFFFFFFFFFFFF\r\n"])
+def test_a_malformed_chunked_body_is_refused_at_once(gateway, s3, bucket, bad):
+    """A chunk the parser refuses, in the body of the request being read: answered 400 InvalidRequest
+    at once and the connection closed; it got no answer for 30-60 s, then a RequestTimeout."""
+    import time
+
+    target, signed = sign(gateway, "PUT", key_path(bucket, "badchunk"), unsigned_payload=True)
+    signed.setdefault("Host", f"{gateway.host}:{gateway.port}")
+    signed["Transfer-Encoding"] = "chunked"
+    head = "\r\n".join([f"PUT {target} HTTP/1.1", *(f"{k}: {v}" for k, v in signed.items())]) + "\r\n\r\n"
+    started = time.monotonic()
+    with socket.create_connection((gateway.host, gateway.port), timeout=20) as conn:
+        conn.sendall(head.encode() + bad)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert time.monotonic() - started < 10, "the refusal waited for a timeout"
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"<Code>InvalidRequest</Code>" in answer and b"chunk" in answer, answer
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="badchunk")  # nothing stored

@@ -62,7 +62,8 @@ KNOWN_PARAMETERS = frozenset({
     "max-parts", "part-number-marker", "max-buckets", "bucket-region",
     "response-content-type", "response-content-language", "response-expires", "response-cache-control",
     "response-content-disposition", "response-content-encoding",
-    "AWSAccessKeyId", "Signature", "Expires",  # a SigV2 presigned URL
+    "AWSAccessKeyId", "Signature", "Expires",  # a SigV2 presigned URL, with the signed headers botocore
+    "content-type", "content-md5",            # copies into it (x-amz-* too); the request's headers count
 })
 # A GET or HEAD of an object whose query names none of these (presigned X-Amz-* and response-*
 # parameters are fine) is a plain read: _read_object serves it without the general dispatch.
