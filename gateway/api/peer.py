@@ -81,7 +81,8 @@ class PeerApp:
             log.error("peer request %s %s: %s", scope["method"], scope["path"], known.message)
             exc = known
         if isinstance(exc, errors.GatewayError):
-            return exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode())], exc.message.encode()
+            return (exc.status, [(wire.ERROR_HEADER.encode(), type(exc).__name__.encode()),
+                                 *wire.error_fields_header(exc)], exc.message.encode())
         if isinstance(exc, PeerAuthError):
             log.warning("refused a peer request from %s: %s", scope.get("client"), exc)
             return 403, [(wire.ERROR_HEADER.encode(), b"AccessDenied")], str(exc).encode()

@@ -269,7 +269,7 @@ class PeerClient:
             message = ""
         finally:
             response.release()
-        raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER), message, response.status)
+        raise wire.error_from_peer(response.headers, message, response.status)
 
     # Objects ------------------------------------------------------------------
 
@@ -321,8 +321,7 @@ class PeerClient:
         if response is None:  # larger than SMALL_BODY (or the lean client is busy): aiohttp streams it
             return await self._get_aiohttp(peer, address, target, headers)
         if response.status >= 300:
-            raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER),
-                                       response.body.decode(errors="replace"), response.status)
+            raise wire.error_from_peer(response.headers, response.body.decode(errors="replace"), response.status)
         try:
             info = wire.info_from_header(response.headers[wire.INFO_HEADER])
             start, stop = (int(x) for x in response.headers[wire.SPAN_HEADER].split("-"))
@@ -369,7 +368,7 @@ class PeerClient:
             await self._raise_for(response)
             response.release()
         elif response.status >= 300:
-            raise wire.error_from_peer(response.headers.get(wire.ERROR_HEADER), "", response.status)
+            raise wire.error_from_peer(response.headers, "", response.status)
         try:
             return wire.info_from_header(response.headers[wire.INFO_HEADER])
         except (KeyError, ValueError, TypeError) as exc:  # no exception handling cost unless raised

@@ -10,6 +10,7 @@ from ..backend import BucketInfo, ListPage, ObjectInfo, ObjectMeta, PartInfo, Up
 PREFIX = "/_cluster/v1"
 INFO_HEADER = "x-cluster-info"  # the ObjectInfo as JSON (ASCII, so any metadata survives as a header)
 ERROR_HEADER = "x-cluster-error"  # the gateway.errors class name of a failure
+ERROR_FIELDS_HEADER = "x-cluster-error-fields"  # its detail fields, a JSON object (ASCII)
 EXISTED_HEADER = "x-cluster-existed"  # DELETE: "1" when the object was there
 SIZE_HEADER = "x-cluster-size"  # PUT: the body length when known
 META_HEADER = "x-cluster-meta"  # PUT: the ObjectMeta as JSON
@@ -123,9 +124,28 @@ def parts_from_json(data: list[dict]) -> list[PartInfo]:
     return [part_from_json(p) for p in data]
 
 
-def error_from_peer(code: str | None, message: str, status: int) -> errors.GatewayError:
-    """Rebuild the error a peer raised (NoSuchKey stays NoSuchKey)."""
-    cls = getattr(errors, code or "", None)
+def error_from_peer(headers, message: str, status: int) -> errors.GatewayError:
+    """Rebuild the error a peer raised from its answer's ``headers`` (NoSuchKey stays NoSuchKey), with
+    the detail fields of its S3 error document (EntityTooSmall's MinSizeAllowed, InvalidPart's
+    PartNumber: a completion forwarded to the node holding the upload lost them)."""
+    cls = getattr(errors, headers.get(ERROR_HEADER) or "", None)
     if isinstance(cls, type) and issubclass(cls, errors.GatewayError):
-        return cls(message or None)
+        return cls(message or None, **error_fields(headers.get(ERROR_FIELDS_HEADER)))
     return errors.ServiceUnavailable(f"a peer node failed with HTTP {status}: {message[:200]}")
+
+
+def error_fields_header(exc: errors.GatewayError) -> list[tuple[bytes, bytes]]:
+    """The header that carries ``exc``'s detail fields to the peer that asked (none without fields)."""
+    if not exc.fields:
+        return []
+    return [(ERROR_FIELDS_HEADER.encode(), json.dumps({k: str(v) for k, v in exc.fields.items()}).encode())]
+
+
+def error_fields(value: str | None) -> dict[str, str]:
+    try:
+        fields = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    if not isinstance(fields, dict):
+        return {}
+    return {str(k): str(v) for k, v in fields.items() if str(k).isidentifier()}

@@ -113,6 +113,30 @@ def test_upload_part_copy_through_another_node(cluster):
         assert s3[name].get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"0123456789" * 301, name
 
 
+def test_completion_errors_keep_their_detail_fields_through_every_node(cluster):
+    """A completion forwarded to the node holding the upload lost the fields of the holder's error
+    document: EntityTooSmall without ProposedSize and MinSizeAllowed, InvalidPart without PartNumber
+    and ETag, where a single gateway (and the holder itself) give them."""
+    s3 = clients(cluster)
+    upload = s3["r1"].create_multipart_upload(Bucket=BUCKET, Key="fields")["UploadId"]
+    etags = [s3["r1"].upload_part(Bucket=BUCKET, Key="fields", UploadId=upload, PartNumber=n,
+                                  Body=b"tiny!")["ETag"] for n in (1, 2)]
+    for via in NODES:
+        small = error_of(lambda: s3[via].complete_multipart_upload(
+            Bucket=BUCKET, Key="fields", UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in zip((1, 2), etags)]}))
+        error = small.response["Error"]
+        assert error["Code"] == "EntityTooSmall", (via, error)
+        assert error.get("ProposedSize") == "5" and error.get("MinSizeAllowed") == "1024", (via, error)
+        wrong = error_of(lambda: s3[via].complete_multipart_upload(
+            Bucket=BUCKET, Key="fields", UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"bad"'}]}))
+        error = wrong.response["Error"]
+        assert error["Code"] == "InvalidPart" and error.get("PartNumber") == "1", (via, error)
+        assert error.get("ETag") == '"bad"', (via, error)
+    s3["x1"].abort_multipart_upload(Bucket=BUCKET, Key="fields", UploadId=upload)
+
+
 def test_an_unknown_upload_is_no_such_upload_through_every_node(cluster):
     s3 = clients(cluster)
     for name in NODES:
