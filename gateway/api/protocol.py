@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from urllib.parse import unquote
 
 from httptools import parse_url
@@ -74,6 +75,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0  # bytes of data_received chunks that were wholly inside the open head
     _body_chunks = 0  # request body chunks received on this connection (the idle check compares it)
     _body_chunks_seen = 0
+    _acked_seen = -1  # bytes of answers the client had acknowledged at the last idle check (writes paused)
     passing: PassThrough | None = None  # a read being passed through from a peer (pass_through.py)
 
     # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
@@ -258,12 +260,33 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if (busy and self._messages == self._messages_seen and self._body_chunks == self._body_chunks_seen
                 and self._waits_for_body(cycle)):
             return self._refuse_stalled_body(cycle)
+        if busy and self._answer_stalled():
+            log.info("a client took none of its answer for %s s; closing its connection", self.timeout_keep_alive)
+            self.transport.abort()  # its unsent bytes, the open object file and the request's task go
+            return
         if busy or self._messages != self._messages_seen:
             self._messages_seen = self._messages
             self._body_chunks_seen = self._body_chunks
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
             return
         self.transport.close()
+
+    def _answer_stalled(self) -> bool:
+        """Whether the client has taken no byte of the answer being sent since the last idle check: the
+        writes are paused (the socket's buffer is full) and the count of bytes the client acknowledged
+        (TCP_INFO) has not moved. A client that stopped reading a GET (hung, or holding connections on
+        purpose) kept its connection, the object's open file and the request's task for good; one that
+        reads, however slowly, is never cut (as nginx's send_timeout). The transport's own buffer is no
+        measure: the kernel lets it drain only in large steps, so a slow reader looks stalled by it."""
+        if not self.flow.write_paused:
+            self._acked_seen = -1
+            return False
+        acked = _bytes_acked(self.transport)
+        if acked is None:  # not TCP on Linux: never cut
+            return False
+        stalled = acked == self._acked_seen
+        self._acked_seen = acked
+        return stalled
 
     def _waits_for_body(self, cycle) -> bool:
         """The request's body is not complete and it is up to the client to send more: not while
@@ -461,6 +484,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not pending.keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+
+_TCP_INFO_BYTES_ACKED = slice(120, 128)  # struct tcp_info's tcpi_bytes_acked (Linux 4.1+), a u64
+
+
+def _bytes_acked(transport) -> int | None:
+    """How many bytes sent on the connection the client has acknowledged; None where TCP_INFO does not
+    tell (another OS, a socket that is not TCP)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
+    except (AttributeError, OSError):
+        return None
+    return int.from_bytes(info[_TCP_INFO_BYTES_ACKED], sys.byteorder) if len(info) >= 128 else None
 
 
 def protocol_for(gateway) -> type[GatewayHttpProtocol]:

@@ -570,3 +570,60 @@ def test_a_malformed_chunked_body_is_refused_at_once(gateway, s3, bucket, bad):
     assert b"<Code>InvalidRequest</Code>" in answer and b"chunk" in answer, answer
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="badchunk")  # nothing stored
+
+
+def test_a_client_that_reads_none_of_its_answer_is_cut_and_a_slow_one_is_not(tmp_path):
+    """A client that stops reading a large GET held its connection, the object's open file and the
+    request's task for good (only a stalled upload was timed out). One that takes none of the answer
+    for a keep-alive period is cut; one that reads slowly keeps going."""
+    import os
+    import time
+
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage", env={"GATEWAY_KEEP_ALIVE_TIMEOUT": "1"}) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="big")
+        s3.put_object(Bucket="big", Key="video", Body=os.urandom(64 * 1024 * 1024))
+
+        def open_object_files() -> int:
+            found = 0
+            for fd in os.listdir(f"/proc/{gw.process.pid}/fd"):
+                try:
+                    found += os.readlink(f"/proc/{gw.process.pid}/fd/{fd}").endswith("video%obj")
+                except OSError:
+                    pass
+            return found
+
+        def stalled_get(query: str = ""):
+            conn = socket.socket()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.settimeout(20)
+            conn.connect((gw.host, gw.port))
+            conn.sendall(_request_bytes(gw, "GET", "/big/video", query=query))
+            return conn
+
+        stalled = [stalled_get(), stalled_get("response-content-type=a%2Fb")]  # the fast path and ASGI
+        slow = stalled_get()
+        got, deadline = 0, time.monotonic() + 5
+        while time.monotonic() < deadline:  # takes 64 KiB every 0.2 s: slow, never stalled
+            got += len(slow.recv(65536))
+            time.sleep(0.2)
+        assert got > 0
+        assert open_object_files() == 1, "the stalled readers' files are still open"  # the slow one's
+        for conn in stalled:  # cut: what was in flight, then the end (or a reset), far from the whole object
+            received = 0
+            try:
+                while chunk := conn.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert received < 32 * 1024 * 1024, received
+            conn.close()
+        assert slow.recv(65536), "the slow reader was cut"
+        slow.close()
+        deadline = time.monotonic() + 10
+        while open_object_files() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert open_object_files() == 0
+        assert s3.head_object(Bucket="big", Key="video")["ContentLength"] == 64 * 1024 * 1024
