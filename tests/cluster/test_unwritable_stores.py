@@ -62,5 +62,9 @@ def test_a_storage_os_error_is_answered_507_or_503_naming_the_cause_and_anything
     assert failed.status == 503 and failed.code == "ServiceUnavailable" and failed.retry_after
     assert failed.message.startswith("The storage of cluster node r1 failed (Read-only file system, errno 30)")
     assert "dmesg" in failed.message
-    assert errors.storage_error(OSError(errno.EACCES, "Permission denied")) is None
+    # Files of another user (restored or copied as root): the operator's to fix, a 503 that says how.
+    denied = errors.storage_error(OSError(errno.EACCES, "Permission denied", "/var/lib/cv-storage/b/k%obj"))
+    assert denied.status == 503 and "Permission denied: /var/lib/cv-storage/b/k%obj" in denied.message
+    assert "chown -R" in denied.message
+    assert errors.storage_error(OSError(errno.ENOENT, "No such file or directory")) is None
     assert errors.storage_error(ValueError("no")) is None
