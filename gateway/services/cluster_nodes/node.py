@@ -45,6 +45,9 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         self.eager_reads = local.eager_reads if local else True
         self.min_part_size = local.min_part_size if local else cluster.settings.min_part_size
         self._background: set[asyncio.Task] = set()
+        # Registry writes of deletions a DELETE did not wait for (delete): two at a time, so that a mass
+        # delete while a node is down leaves the registry to the heartbeats too.
+        self._recording = asyncio.Semaphore(2)
         self._repairing: set[tuple[str, str]] = set()  # repair.py
         self._storage_failure_logged = float("-inf")  # _local_failed says so once a minute
 
@@ -237,10 +240,10 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         """Delete here and on every storing peer.
 
         A peer that has failed already (de-prioritized) is not waited for: its DELETE is sent without
-        waiting for the answer. When no node that answered held the object, a peer that could not be
-        asked may hold it: it gets the deletion as a retirement in the registry, as an overwrite's
-        older copy does, and drops every copy older than this moment before it serves again
-        (docs/cluster.md, "Overwrites"). 503 only when the registry could not take that either.
+        waiting for the answer. A peer that could not be asked may hold a copy: it gets the deletion as
+        a retirement in the registry, as an overwrite's older copy does, and drops every copy older than
+        this moment before it serves again (docs/cluster.md, "Overwrites"). When no node that answered
+        held the object, 503 if the registry could not take that either.
         """
         self.locations.forget(bucket, key)
         existed = False
@@ -267,9 +270,17 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         existed = existed or any(r is True for r in answers.values())
         bucket_seen = bucket_seen or any(not isinstance(r, (errors.NoSuchBucket, Exception)) for r in answers.values())
         self.locations.forget(bucket, key)
-        if existed:
-            return
         missing = [*skipped, *unreachable]  # not asked, or no answer: they may hold it
+        if existed:
+            # A node that answered held it, and one that did not may hold a copy too: a writer that
+            # published its copy and died before the older one elsewhere was dropped (kill -9). Without
+            # the retirement that node served it again once back, a DELETE answered 204 undone for good.
+            # Recorded without waiting (a registry write per DELETE made deletes 3x slower while a node
+            # was down); kept in this node's memory when the registry cannot take it (Retirements.add).
+            retired_at = time.time()
+            for peer in missing:
+                self._in_background(self._record_deletion(peer, bucket, key, retired_at))
+            return
         if not bucket_seen:  # no node that answered has the bucket
             if missing:
                 raise unreachable_error(f"Object {key!r}", self._named(missing, answers))
@@ -278,14 +289,18 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         if not_told:
             raise unreachable_error(f"Object {key!r}", self._named(not_told, answers))
 
-    async def _delete_through_registry(self, peer: str, bucket: str, key: str) -> bool:
+    async def _delete_through_registry(self, peer: str, bucket: str, key: str, at: float | None = None) -> bool:
         """Leave the deletion of the key for ``peer`` in the registry: it drops every copy older than now
         before it serves again. False when that cannot be relied on: an internal bucket; a node not
         known to keep its objects on a disk of its own (on shared storage a file not yet visible here
         is that node's to delete, and retirements are not applied there); the registry not taking it."""
         if bucket.startswith(".") or not self.cluster.on_own_storage(peer):
             return False
-        return await self.cluster.retire_later(peer, bucket, key, ObjectInfo(key, 0, "", time.time()))
+        return await self.cluster.retire_later(peer, bucket, key, ObjectInfo(key, 0, "", at or time.time()))
+
+    async def _record_deletion(self, peer: str, bucket: str, key: str, retired_at: float) -> None:
+        async with self._recording:
+            await self._delete_through_registry(peer, bucket, key, retired_at)
 
     async def _delete_later(self, peer: str, address: str, bucket: str, key: str) -> None:
         """The DELETE to a peer that had failed, not waited for: a frozen node finds it when it runs again
