@@ -43,6 +43,11 @@ def parse_umask(text: str) -> int:
     return value
 
 
+# GATEWAY_* variables of a cluster node that a mount has no use for (see mount()).
+SERVER_ONLY_VARIABLES = ("GATEWAY_ROLE", "GATEWAY_REGISTRY", "GATEWAY_ADVERTISE", "GATEWAY_CLUSTER_SECRET",
+                         "GATEWAY_INSECURE_PEERS")
+
+
 @click.command()
 @click.argument("endpoint")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
@@ -85,6 +90,11 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
     from .fuse.fs import MountOptions
     from .fuse.mount import MountConfig, main_exit
 
+    # The mount is an S3 client: it reads its keys from the settings, nothing of a server's. A shell set
+    # up to run cluster nodes (README "Run a cluster" exports GATEWAY_REGISTRY, without --insecure-peers,
+    # a flag of serve) made it refuse to start over a node's checks ("advertise ... is plain HTTP").
+    for name in SERVER_ONLY_VARIABLES:
+        os.environ.pop(name, None)
     try:
         # allow_anonymous: missing keys are said below for a mount (serve's message offers allow_anonymous)
         settings = load_settings(config_file, access_key=access_key, secret_key=secret_key, allow_anonymous=True)
@@ -108,7 +118,10 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
     options = MountOptions(
         uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid,
         umask=parse_umask(umask), read_only=read_only, attr_ttl=attr_ttl, dir_ttl=dir_ttl,
-        spool_dir=spool_dir, spool_size=parse_size(spool_size), direct_io_min=parse_size(direct_io_min),
+        # Absolute: the mount changes directory when it goes to the background (a relative spool
+        # directory then named another place, and every write failed with ENOENT).
+        spool_dir=os.path.abspath(spool_dir) if spool_dir else spool_dir,
+        spool_size=parse_size(spool_size), direct_io_min=parse_size(direct_io_min),
         statahead=statahead, local_socket=os.path.abspath(local_socket) if local_socket else None,
     )
     main_exit(MountConfig(

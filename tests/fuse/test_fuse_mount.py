@@ -229,6 +229,32 @@ def test_fstab_helper_mounts_in_the_background(fuse_gw, bucket, tmp_path):
     assert not os.path.ismount(target)
 
 
+def test_a_background_mount_from_a_cluster_nodes_shell_with_a_relative_spool_writes(fuse_gw, bucket, tmp_path):
+    """From the shell of README "Run a cluster" (GATEWAY_REGISTRY and the cluster secret exported, no
+    GATEWAY_INSECURE_PEERS), `gateway mount` refused to start over a cluster node's checks; and a
+    relative --spool-dir named another place once the mount went to the background: every write
+    failed with ENOENT, leaving empty objects behind."""
+    target = tmp_path / "m"
+    target.mkdir()
+    (tmp_path / "relspool").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_ACCESS_KEY": fuse_gw.access_key, "GATEWAY_SECRET_KEY": fuse_gw.secret_key,
+                "GATEWAY_REGISTRY": f"sqlite:///{tmp_path}/registry.db",
+                "GATEWAY_CLUSTER_SECRET": "0123456789abcdef0123456789abcdef"})
+    try:
+        result = subprocess.run([sys.executable, "-m", "gateway", "mount", fuse_gw.endpoint, "m", "--spool-dir",
+                                 "relspool", "--log-file", str(tmp_path / "mount.log")],
+                                capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(target)
+        (target / bucket / "written.txt").write_bytes(b"through a relative spool")
+        assert (target / bucket / "written.txt").read_bytes() == b"through a relative spool"
+    finally:
+        unmount(target)
+    got = fuse_gw.client().get_object(Bucket=bucket, Key="written.txt")["Body"].read()
+    assert got == b"through a relative spool"
+
+
 @pytest.mark.parametrize("keys", ["wrong", "none"])
 def test_fstab_helper_says_where_the_keys_come_from(fuse_gw, tmp_path, keys):
     """A mount at boot has no GATEWAY_* variables: its keys are in the config= file. Refused keys said
