@@ -155,7 +155,18 @@ class FileOps:
             # on condition that no object has the key (If-None-Match: *), so of two exclusive creates
             # (lock files, mkstemp) on two mounts exactly one succeeds.
             bucket, key = self.split(path)
-            stored = self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
+            try:
+                stored = self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE), exclusive=True)  # EEXIST
+            except StoreError as exc:
+                if exc.code != "ServiceUnavailable":
+                    raise
+                # A cluster node that may hold the name cannot be asked now: go by the cluster's listings,
+                # as a lookup does (fs.py _listed; with strict_listings the listing is a 503: EIO). Else
+                # every cp to a new name, mkstemp (rsync) and lock file was EIO while a node was down.
+                # Exclusive only against what the listing shows meanwhile (docs/fuse.md).
+                if self._listed(bucket, key):
+                    raise err(errno.EEXIST, f"{path} exists") from None
+                stored = self.client.put(bucket, key, b"", 0, meta, content_type(key, FILE))
             # The object exists from now on: an unlink while open must delete it (mkstemp + unlink).
             base = Attr(FILE, 0, stored.last_modified or time.time(), etag=stored.etag, meta=dict(meta))
         fh, open_file = self._acquire(path, base, meta)

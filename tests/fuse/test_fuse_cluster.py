@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import tempfile
 
 import pytest
 
@@ -51,10 +53,26 @@ def test_a_node_down_leaves_the_rest_of_the_mount_usable(tmp_path, mount_factory
         (cams / "dir" / "new.jpg").write_bytes(b"written while r1 is down")
         assert nodes["r2"].client().get_object(Bucket="cams", Key="dir/new.jpg")["Body"].read() == \
             b"written while r1 is down"
+        # Exclusive creates too (cp to a new name, mkstemp, lock files): their create-only PUT is a 503
+        # while r1 may hold the name; the listings say whether it exists. They were all EIO.
+        fd = os.open(cams / "dir" / "excl.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, b"locked")
+        os.close(fd)
+        with pytest.raises(FileExistsError):
+            os.open(cams / "dir" / "on-r2.jpg", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        source = tmp_path / "copied.jpg"
+        source.write_bytes(b"copied while r1 is down")
+        subprocess.run(["cp", str(source), str(cams / "dir" / "copied.jpg")], check=True, timeout=60)
+        with tempfile.NamedTemporaryFile(dir=cams / "dir", delete=False) as temporary:  # mkstemp
+            temporary.write(b"temp")
+        for key, body in (("dir/excl.lock", b"locked"), ("dir/copied.jpg", b"copied while r1 is down"),
+                          (f"dir/{os.path.basename(temporary.name)}", b"temp")):
+            assert nodes["r2"].client().get_object(Bucket="cams", Key=key)["Body"].read() == body, key
         nodes.restart("r1")
         nodes.wait_known(3)
         assert (cams / "dir" / "on-r1.jpg").read_bytes() == b"r1" * 1000
-        assert sorted(os.listdir(cams / "dir")) == ["new.jpg", "on-r1.jpg", "on-r2.jpg"]
+        assert sorted(os.listdir(cams / "dir")) == sorted(["copied.jpg", "excl.lock", "new.jpg", "on-r1.jpg",
+                                                          "on-r2.jpg", os.path.basename(temporary.name)])
     finally:
         nodes.stop()
 
