@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})  # these two exact paths: buckets may start with the words
 
 
-def _is_admin(path: str, method: str = "GET") -> bool:
+def _is_admin(path: str, method: str) -> bool:
     """The admin app's requests: GET or HEAD of a health path (another method is S3's, which refuses
     the two names as buckets), and /_admin/ (no bucket name has an underscore)."""
     return (path in HEALTH_PATHS and method in ("GET", "HEAD")) or path.startswith("/_admin/")

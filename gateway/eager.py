@@ -35,6 +35,14 @@ def require_task() -> None:
         raise NeedsTask()
 
 
+def stray_cancellation() -> bool:
+    """Whether a CancelledError caught now is some code's own (a plugin's misused timeout), not this
+    task being cancelled (its client went away), which must go on up. Outside a task it cannot be
+    told, and is taken for a real cancellation."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
 class Suspended:
     """A coroutine that ran until its first real wait: ``await`` this (in a task) to finish it."""
 

@@ -28,7 +28,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from .. import errors
 from ..backend import ObjectReader
 from ..cluster.forward import Forward
-from ..eager import NeedsTask, Suspended, start_eagerly
+from ..eager import NeedsTask, Suspended, start_eagerly, stray_cancellation
 from ..write_batch import WriteBatch
 from .pass_through import PassThrough
 from .s3.xml import error_document
@@ -160,6 +160,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.cycle = previous
             return self._through_asgi()
         except (Exception, asyncio.CancelledError) as exc:  # a fault no answer_read caught: a 500 still
+            # (no task runs an eager start, so no CancelledError here is a cancellation of this request)
             return self._internal_error(pending, scope, exc)
         self.gateway.fast_reads += 1
         if isinstance(answer, Suspended):  # it waits (a relay, a remote backend): a task finishes it
@@ -391,12 +392,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         """Send the answer of ``answer`` (a Suspended read, or an answer_read coroutine) once it is ready."""
         try:
             answer = await answer
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not stray_cancellation():
                 raise  # the connection went away: nothing to answer
-            return self._internal_error(pending, scope, exc)
-        except Exception as exc:
             return self._internal_error(pending, scope, exc)
         if answer.__class__ is Forward:
             self._pass_through(pending, scope, answer)

@@ -340,9 +340,7 @@ class NamespaceOps:
             new_type = content_type(new_key, FILE)
         if "mtime" in kept.metadata and new_type == kept.content_type:
             return self.client.copy(new_bucket, old_key, new_key, source_bucket=old_bucket)
-        meta = {**kept.metadata}
-        meta.setdefault("mtime", format_time(kept.last_modified))
-        return self.client.copy(new_bucket, old_key, new_key, meta, new_type, source_bucket=old_bucket,
+        return self.client.copy(new_bucket, old_key, new_key, _copied_meta(kept), new_type, source_bucket=old_bucket,
                                 stored=kept.headers)
 
     def _new_meta(self, mode: int, owner: tuple[int, int] | None) -> dict[str, str]:
@@ -397,9 +395,7 @@ class NamespaceOps:
                     etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
             else:
                 kept = self._as_stored(bucket, key, attr)
-                meta = {**kept.metadata, **changes}
-                if "mtime" not in meta:  # the time stat shows (Last-Modified), or the copy's would show
-                    meta["mtime"] = format_time(kept.last_modified)
+                meta = _copied_meta(kept, changes)
                 etag = self.client.copy(bucket, key, key, meta, kept.content_type, stored=kept.headers)
             updated = Attr(attr.kind, attr.size, attr.mtime, etag=etag or attr.etag,
                            marker=attr.marker or attr.kind == DIR, target=attr.target, meta=meta)
@@ -429,3 +425,11 @@ class NamespaceOps:
         # The nanoseconds utimensat gave are stored as they are: through a float they came back as
         # another value (cp -p, then the source was "newer" than its copy).
         self.set_meta(path, {"mtime": format_time(time.time()) if mtime_ns is None else format_time_ns(mtime_ns)})
+
+
+def _copied_meta(kept: ObjectStat, changes: dict[str, str] | None = None) -> dict[str, str]:
+    """The metadata of a copy that replaces ``kept``'s (with ``changes``), holding the mtime stat shows:
+    one only its Last-Modified gave is stored, or the copy's own would show (the time of a chmod or mv)."""
+    meta = {**kept.metadata, **(changes or {})}
+    meta.setdefault("mtime", format_time(kept.last_modified))
+    return meta

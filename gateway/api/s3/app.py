@@ -18,7 +18,7 @@ from urllib.parse import quote
 from ... import errors
 from ...backend import Backend, ObjectReader
 from ...cluster.forward import Forward
-from ...eager import NeedsTask
+from ...eager import NeedsTask, stray_cancellation
 from . import buckets, multipart, objects
 from .request import S3Request, check_bucket_name, check_path_utf8, check_query_utf8
 from .sigv4 import Authenticator
@@ -80,14 +80,6 @@ def unknown_parameter(query: dict[str, str], method: str) -> str | None:
     return None
 # What a node id may keep as it is in the x-amz-id-2 header (anything else is percent-encoded there).
 _HOST_ID_SAFE = ":/@[]!$&'()*+,;=-._~"
-
-
-def _stray(exc: asyncio.CancelledError) -> bool:
-    """Whether a CancelledError is a backend's own (a timeout misused in a plugin), not this request's
-    task being cancelled: that one must go on up, this one is an internal error like any other (it was a
-    plain-text 500 from the server, without the S3 error document or request id)."""
-    task = asyncio.current_task()
-    return task is not None and not task.cancelling()
 
 
 class S3App:
@@ -211,13 +203,10 @@ class S3App:
                 log.warning("request %s failed after the response started: %s", request_id, exc.message)
                 raise
             await self._send_error(req, tracking_send, exc)
-        except Exception as exc:
-            error = self.unexpected(req, exc)
-            if started:
-                raise
-            await self._send_error(req, tracking_send, error)
-        except asyncio.CancelledError as exc:
-            if not _stray(exc):
+        except (Exception, asyncio.CancelledError) as exc:
+            # A backend's own CancelledError is an internal error like any other (it was a plain-text
+            # 500 from the server, without the S3 error document or request id).
+            if isinstance(exc, asyncio.CancelledError) and not stray_cancellation():
                 raise  # this request was cancelled (its client went away): nothing to answer
             error = self.unexpected(req, exc)
             if started:
@@ -257,10 +246,8 @@ class S3App:
             return self.error_response(req, exc)
         except NeedsTask:
             raise  # started eagerly, and it must wait for something that needs a task: see gateway/eager.py
-        except Exception as exc:
-            return self.error_response(req, self.unexpected(req, exc))
-        except asyncio.CancelledError as exc:
-            if not _stray(exc):
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not stray_cancellation():
                 raise
             return self.error_response(req, self.unexpected(req, exc))
 
