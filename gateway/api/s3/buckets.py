@@ -212,6 +212,8 @@ async def delete_objects(app, req: S3Request, send) -> None:
     for key, etag, unsupported in entries:
         try:
             check_key(key)
+            if not key:  # no object has the empty key: "Deleted" would tell the client a lie
+                raise errors.InvalidArgument("An object key must not be empty.")
             if unsupported:  # deleting without it could delete what the client keeps
                 raise errors.NotImplementedError_(unsupported)
             await delete_key(app, req.bucket, key, etag.strip() if etag is not None else None)
