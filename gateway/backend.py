@@ -126,21 +126,13 @@ class ByteRange:
         if self.first is None:  # suffix
             length = self.last or 0
             if length <= 0 or size == 0:
-                raise _unsatisfiable(size, f"bytes=-{self.last}")
+                raise errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=f"bytes=-{self.last}")
             return max(0, size - length), size
         if self.first >= size or (self.last is not None and self.last < self.first):
             # (An inverted range never gets here from HTTP: the parser ignores it, as S3 does.)
-            raise _unsatisfiable(size, f"bytes={self.first}-")
+            raise errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=f"bytes={self.first}-")
         stop = size if self.last is None else min(self.last + 1, size)
         return self.first, stop
-
-
-def _unsatisfiable(size: int, asked: str) -> errors.GatewayError:
-    """416 InvalidRange with the object's size in the body (S3) and in ``Content-Range: bytes */size``
-    (RFC 9110 15.5.17), where curl and download managers look for it."""
-    exc = errors.InvalidRange(ActualObjectSize=str(size), RangeRequested=asked)
-    exc.headers["Content-Range"] = f"bytes */{size}"
-    return exc
 
 
 class OpenFile:

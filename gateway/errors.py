@@ -75,7 +75,18 @@ XAmzContentSHA256Mismatch = _error(
     "XAmzContentSHA256Mismatch", 400, "The provided 'x-amz-content-sha256' header does not match what was computed."
 )
 MetadataTooLarge = _error("MetadataTooLarge", 400, "Your metadata headers exceed the maximum allowed metadata size (2 KB).")
-InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
+
+
+class InvalidRange(_error("InvalidRange", 416, "The requested range is not satisfiable")):
+    """416 with the object's size in ``Content-Range: bytes */SIZE`` (RFC 9110 15.5.17; curl and download
+    managers look for it there) as well as in ActualObjectSize; also when rebuilt from a peer's answer."""
+
+    def __init__(self, message: str | None = None, **fields: str):
+        super().__init__(message, **fields)
+        if "ActualObjectSize" in fields:
+            self.headers["Content-Range"] = f"bytes */{fields['ActualObjectSize']}"
+
+
 RequestTimeout = _error("RequestTimeout", 400, "Your socket connection to the server was not read from or written to within the timeout period.")
 MethodNotAllowed = _error("MethodNotAllowed", 405, "The specified method is not allowed against this resource.")
 NotImplementedError_ = _error("NotImplemented", 501, "A header or query you provided implies functionality that is not implemented.")

@@ -85,6 +85,11 @@ def test_answers_are_the_holders_own(cluster, reader):
         got = error_of(lambda call=call: through.get_object(Bucket="pass", Key=key, **call))
         assert got.response["ResponseMetadata"]["HTTPStatusCode"] == status, call
         assert got.response["Error"]["Code"] == want.response["Error"]["Code"], call
+    # A 416 names the object's size (RFC 9110), through the relaying node too, for GET and HEAD.
+    for read in ("get_object", "head_object"):
+        got = error_of(lambda read=read: getattr(through, read)(Bucket="pass", Key=key, Range="bytes=50000-"))
+        assert got.response["ResponseMetadata"]["HTTPStatusCode"] == 416, read
+        assert got.response["ResponseMetadata"]["HTTPHeaders"]["content-range"] == f"bytes */{len(body)}", read
     # Passed through, all but maybe one or two on a loaded machine (a peer ping that timed out marks
     # r1 de-prioritized for a moment, and such a read goes the usual way; its answer is compared too).
     assert passed(cluster[reader]) - before >= len(calls)
