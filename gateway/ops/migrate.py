@@ -321,7 +321,7 @@ class Migration:
         for bucket in bucket_dirs(self.source.root):
             if bucket not in self.buckets_with_files and not fsutil.is_dir(self.dst(bucket)):
                 if not self.dry_run:
-                    make_dirs(self.dst(bucket))
+                    make_dirs(self.dst(bucket), self.installer.owner)
                 self.result.buckets_made += 1
 
     def _copy_all(self) -> None:
@@ -371,7 +371,7 @@ class Migration:
 
                 copied = copy_file(source, size, target, self.temps.new_path(),
                                    mtime=os.fstat(source.fileno()).st_mtime, data_offset=offset,
-                                   etag=header["etag"], still_wanted=still_wanted)
+                                   etag=header["etag"], still_wanted=still_wanted, owner=self.installer.owner)
                 action = decided[0]
                 if copied is not None:
                     installed = object_header(target)
@@ -419,7 +419,7 @@ class Migration:
                 self.journal.intend(relpath, identity)
                 copied = copy_file(source, size, target, self.temps.new_path(),
                                    mtime=os.fstat(source.fileno()).st_mtime,
-                                   still_wanted=lambda: not exists(target))
+                                   still_wanted=lambda: not exists(target), owner=self.installer.owner)
                 if copied is None:
                     self.result.layout_kept += 1
                     self.journal.forget(relpath)

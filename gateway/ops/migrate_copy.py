@@ -20,7 +20,7 @@ from collections.abc import Callable
 from gateway_plugins import fsutil
 
 from .stores import OpsError
-from .tree import MD5_ETAG, file_sha256, make_dirs, read_chunks, remove_dead_temps
+from .tree import MD5_ETAG, file_sha256, give, make_dirs, read_chunks, remove_dead_temps
 
 TEMP_TAG = "migrate"
 
@@ -60,9 +60,11 @@ class TempFiles:
 
 
 def copy_file(source, size: int, final: str, temp: str, *, mtime: float | None = None, data_offset: int = 0,
-              etag: str | None = None, still_wanted: Callable[[], bool] = lambda: True) -> str | None:
+              etag: str | None = None, still_wanted: Callable[[], bool] = lambda: True,
+              owner: tuple[int, int] | None = None) -> str | None:
     """Copy ``size`` bytes of the open ``source`` file (from its start) to ``final``; return their
     SHA-256, or None when ``still_wanted()`` said no just before the rename (nothing changed).
+    ``owner``: (uid, gid) for the file and the directories made for it (tree.owner_for).
 
     With ``etag`` (a plain MD5 ETag), the bytes after ``data_offset`` (an object's data) must hash
     to it, else DamagedSource: the source object is damaged, and a copy would only spread it.
@@ -72,6 +74,8 @@ def copy_file(source, size: int, final: str, temp: str, *, mtime: float | None =
     source.seek(0)
     try:
         with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as out:
+            if owner is not None:
+                give(out.fileno(), owner)
             out.writelines(read_chunks(source, data_offset, sha))  # an object's header ...
             out.writelines(read_chunks(source, size - data_offset, _Digests(sha, md5)))  # ... and its data
             out.flush()
@@ -85,7 +89,7 @@ def copy_file(source, size: int, final: str, temp: str, *, mtime: float | None =
         if not still_wanted():
             fsutil.unlink_quietly(temp)
             return None
-        make_dirs(os.path.dirname(final))
+        make_dirs(os.path.dirname(final), owner)
         os.replace(temp, final)
     except BaseException:
         fsutil.unlink_quietly(temp)

@@ -148,13 +148,33 @@ def make_dirs(path: str, owner: tuple[int, int] | None = None) -> None:
                 os.mkdir(directory)
             except FileExistsError:
                 continue  # made meanwhile (a gateway's PUT): as it is
-            os.chown(directory, *owner)
+            give(directory, owner)
         return
     try:
         os.makedirs(path, exist_ok=True)
     except FileExistsError:
         os.stat(path)  # the EIO, when that is what it was
         raise
+
+
+# What a filesystem that decides owners itself answers a chown: NFS with root_squash (root is nobody
+# there), CIFS mounted with uid=/gid=, a process without CAP_CHOWN.
+_OWNER_DECIDED_ELSEWHERE = (errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+def give(target: str | int, owner: tuple[int, int]) -> None:
+    """chown a path (or fchown an open descriptor) to ``owner``, where the filesystem lets us. On a
+    share that refuses, the share's own rule makes the owner (the export's anonuid, the mount's
+    uid=), which is what the gateway's user gets for its own files there too; failing the whole
+    migration or restore for it would help no one."""
+    try:
+        if isinstance(target, int):
+            os.fchown(target, *owner)
+        else:
+            os.chown(target, *owner)
+    except OSError as exc:
+        if exc.errno not in _OWNER_DECIDED_ELSEWHERE:
+            raise
 
 
 def owner_for(directory: str) -> tuple[int, int] | None:
@@ -271,7 +291,7 @@ def write_atomically(final: str, tmp: str, chunks, mtime: float | None = None, e
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             if owner is not None:
-                os.fchown(f.fileno(), *owner)
+                give(f.fileno(), owner)
             for chunk in chunks:
                 f.write(chunk)
                 written += len(chunk)

@@ -1,5 +1,6 @@
-"""Files a tool run as root puts into a store that the gateway's own user owns are that user's, and a
-store the gateway's user cannot read is a 503 that says so, not a 500 with a traceback.
+"""Files a tool run as root (restore, migrate) puts into a store that the gateway's own user owns are
+that user's, and a store the gateway's user cannot read is a 503 that says so, not a 500 with a
+traceback.
 
 The runbook restores as root into /var/lib/cv-storage, which the unit's `User=cv-gateway` owns:
 the files came back root:root 640/750, and every request on them was a 500. Real gateways, the
@@ -90,3 +91,47 @@ def test_a_store_the_gateway_cannot_read_is_a_503_naming_the_fix(tmp_path):
         assert s3.get_object(Bucket="open", Key="k")["Body"].read() == b"x"  # still up, the rest works
         log = gw.log()
     assert "Traceback" not in log, log[-3000:]
+
+
+def _written_store(tmp_path):
+    data = tmp_path / "cv-storage"
+    with GatewayProcess(data) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="faces")
+        s3.create_bucket(Bucket="empty")
+        for i in range(5):
+            s3.put_object(Bucket="faces", Key=f"cam{i}/day/0001.jpg", Body=os.urandom(2000 + i))
+    return data
+
+
+def test_a_migration_as_root_gives_the_share_to_its_owner(tmp_path):
+    """Migrated as root:root 644/755 onto a share the gateway's user owns, the gateways on the share
+    could read the objects but not write a new key into a migrated directory, nor make a bucket's
+    first key: the share's owner gets everything migrate makes, as a restore does."""
+    data = _written_store(tmp_path)
+    share = tmp_path / "share"
+    share.mkdir()
+    os.chown(share, SERVICE_UID, SERVICE_GID)
+    result = gateway_cmd("migrate", "--quiet", "--to", share, "--data-dir", data)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = owners(share)
+    assert any(path.endswith("0001.jpg%obj") for path in found) and "empty" in found, found
+    wrong = {path: owner for path, owner in found.items() if owner != (SERVICE_UID, SERVICE_GID)}
+    assert not wrong, wrong
+
+
+def test_a_share_that_refuses_chown_still_gets_every_object(tmp_path):
+    """NFS with root_squash or CIFS with uid= refuse a chown (EPERM): the share decides the owner, and
+    the migration goes on (made real by running it without CAP_CHOWN)."""
+    data = _written_store(tmp_path)
+    share = tmp_path / "share"
+    share.mkdir()
+    os.chown(share, SERVICE_UID, SERVICE_GID)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    result = subprocess.run(["setpriv", "--bounding-set", "-chown", "--inh-caps", "-chown", "--",
+                             sys.executable, "-m", "gateway", "migrate", "--quiet", "--to", str(share),
+                             "--data-dir", str(data)], capture_output=True, text=True, env=clean, timeout=180, cwd="/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    objects = [path for path in owners(share) if path.endswith("%obj")]
+    assert len(objects) == 5, objects
+    assert {owners(share)[path] for path in objects} == {(0, 0)}  # what the share made them
