@@ -504,6 +504,16 @@ class Backend(abc.ABC):
         await self.get_upload(bucket, upload_id, key)
         part_key = self._upload_prefix(bucket, upload_id) + f"part/{part_number:05d}"
         info = await self.put(MULTIPART_BUCKET, part_key, payload, ObjectMeta())
+        try:
+            await self.get_upload(bucket, upload_id, key)
+        except errors.NoSuchUpload:
+            # Aborted (or completed) while this part was written, after the abort listed the parts it
+            # removes: this part would stay behind, taking space no client can list or free.
+            try:
+                await self.delete(MULTIPART_BUCKET, part_key)
+            except errors.NoSuchKey:
+                pass
+            raise
         return PartInfo(part_number, info.size, info.etag, info.last_modified, info.checksums)
 
     async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:

@@ -54,6 +54,7 @@ ERRNO_BY_CODE = {
     "EntityTooLarge": errno.EFBIG,
     "MetadataTooLarge": errno.E2BIG,
     "InvalidRange": errno.EINVAL,
+    "InsufficientStorage": errno.ENOSPC,  # the gateway's disk is full: what df on the server will show
 }
 
 

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from .cache import Attr
@@ -456,6 +456,9 @@ def upload(client: ObjectClient, executor: ThreadPoolExecutor, open_file: OpenFi
                                 min(part_size, size - offset))
                 for n, offset in enumerate(batch)
             ]
+            # Every part of the batch is waited for, the failed ones too: an abort sent while others were
+            # still being written would leave those parts behind it, taking space nobody can free.
+            wait(futures)
             etags.extend(future.result() for future in futures)
         return client.complete_multipart(bucket, key, upload_id, etags)
     except BaseException:

@@ -74,7 +74,7 @@ class NamespaceOps:
                 # cannot show: removing the directory would delete them unseen.
                 raise err(errno.ENOTEMPTY,
                           f"{path}: the object {prefix!r} holds data (delete it with an S3 client)")
-            self._ensure_marker(parent_of(path)[0])
+            self._ensure_marker(parent_of(path)[0], leaving=path)
             if page.objects:
                 self.client.delete(bucket, prefix)
             self._forget(path, tree=True)
@@ -84,8 +84,11 @@ class NamespaceOps:
         page = self.client.list_page(bucket, prefix, "/")
         return [o.key for o in page.objects if o.key != prefix] + page.prefixes
 
-    def _ensure_marker(self, directory: str) -> None:
-        """Give a directory a marker object before its last child may go, so that it stays."""
+    def _ensure_marker(self, directory: str, leaving: str) -> None:
+        """Give a directory a marker object before its last child (the path ``leaving``, a file's or a
+        subdirectory's) goes, so that the directory stays. Only then: a PUT before every removal cost a
+        request each, and on a full disk (507) made every rm in such a directory fail, when removing
+        files is how one makes room."""
         bucket, key = self.split(directory)
         if not key:
             return
@@ -93,11 +96,20 @@ class NamespaceOps:
         if attr is not None and attr is not MISSING and attr.marker:
             return
         prefix = key + "/"
-        page = self.client.list_page(bucket, prefix, "/", max_keys=1)
-        if not (page.objects and page.objects[0].key == prefix):
+        leaving_key = self.split(leaving)[1]
+        # Sorted, the marker comes first: three names tell it, the one leaving and one more child apart.
+        page = self.client.list_page(bucket, prefix, "/", max_keys=3)
+        has_marker = bool(page.objects) and page.objects[0].key == prefix
+        names = [o.key for o in page.objects] + page.prefixes
+        others = [name for name in names if name not in (prefix, leaving_key, leaving_key + "/")]
+        with self._table_lock:  # files being written there, not stored yet
+            pending = any(p.startswith(directory + "/") and p != leaving and not f.unlinked
+                          for p, f in self._open.items())
+        if not has_marker and not others and not pending:
             meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
             self.client.put(bucket, prefix, b"", 0, meta, "application/x-directory")
-        if attr is not None and attr is not MISSING:
+            has_marker = True
+        if has_marker and attr is not None and attr is not MISSING:
             attr.marker = True
 
     # Files: names ---------------------------------------------------------------
@@ -119,7 +131,7 @@ class NamespaceOps:
             if open_file is not None:
                 self._keep_first_bytes(open_file)
                 self._detach(open_file)
-            self._ensure_marker(parent_of(path)[0])
+            self._ensure_marker(parent_of(path)[0], leaving=path)
             if open_file is None or open_file.base is not None:
                 self.client.delete(bucket, key)
             self._forget(path)
@@ -132,7 +144,7 @@ class NamespaceOps:
         and the hidden name lives only in this mount, for the open file's handles, until it closes."""
         bucket, key = self.split(old)
         self._keep_first_bytes(open_file)
-        self._ensure_marker(parent_of(old)[0])
+        self._ensure_marker(parent_of(old)[0], leaving=old)
         if open_file.base is not None:
             self.client.delete(bucket, key)
         self._detach(open_file)
@@ -223,7 +235,7 @@ class NamespaceOps:
                     raise err(errno.EISDIR, new)
                 if target.kind != DIR and attr.kind == DIR:
                     raise err(errno.ENOTDIR, new)
-            self._ensure_marker(parent_of(old)[0])
+            self._ensure_marker(parent_of(old)[0], leaving=old)
             if attr.kind == DIR:
                 self._rename_dir(old, new, target)
             else:

@@ -8,12 +8,13 @@ import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
+from gateway_plugins.local import LocalBackend
 
+from gateway import errors
 from gateway.backend import ObjectMeta, Payload
 from gateway.services.upload_reaper import UploadReaper
 from gateway.testing.clock import ManualClock
 from gateway.testing.server import GatewayProcess
-from gateway_plugins.local import LocalBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -146,4 +147,25 @@ async def test_a_sweep_removes_the_parts_of_an_upload_whose_record_is_gone_once_
     assert files_of(cut) == 0, "the orphaned parts are still there"
     assert files_of(live) == 4  # its record and three parts: a live upload waits for its expiry
     assert [u.key for u in await backend.list_uploads("faces")] == ["live.jpg"]
+    await backend.close()
+
+
+async def test_a_part_written_while_its_upload_is_aborted_is_not_left_behind(tmp_path):
+    """A FUSE mount aborted its upload while other parts were still being written: those parts made the
+    upload's directory again and stayed (no record, so no client could list or abort them), filling a
+    full disk for the reaper's hour of grace. The part's writer now sees the abort and takes its part back."""
+    backend = LocalBackend(root=str(tmp_path / "cv-storage"))
+    await backend.start()
+    await backend.create_bucket("faces")
+    upload = await backend.create_multipart("faces", "big.bin", ObjectMeta())
+
+    async def aborted_midway():
+        yield b"a" * 100_000
+        await backend.abort_multipart("faces", "big.bin", upload.upload_id)  # another client's abort
+        yield b"b" * 100_000
+
+    with pytest.raises(errors.NoSuchUpload):
+        await backend.upload_part("faces", "big.bin", upload.upload_id, 2, Payload(aborted_midway()))
+    left = [p for p in (tmp_path / "cv-storage").rglob("*") if upload.upload_id in str(p) and p.is_file()]
+    assert left == []
     await backend.close()
