@@ -137,6 +137,9 @@ FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT
 # remounted read-only after errors, an NFS handle gone stale.
 FAILED_ERRNOS = frozenset({5, 30, 116})  # EIO, EROFS, ESTALE
 DENIED_ERRNOS = frozenset({1, 13})  # EPERM, EACCES: the files belong to another user, or their modes shut it out
+# This process (EMFILE) or the whole system (ENFILE) has no file descriptor left: too much at once, not a fault
+# of the request or of the store.
+DESCRIPTORS_ERRNOS = frozenset({23, 24})
 
 
 class BackendUnavailable(ServiceUnavailable):
@@ -181,9 +184,15 @@ def storage_error(exc: BaseException, where: str = "the storage behind this gate
                                   "after errors shows in `dmesg`); the request can be retried.")
     if exc.errno in DENIED_ERRNOS:
         # Files that belong to another user (a restore or a copy run as root): the operator's to fix,
-        # not a fault of the request, and not a 500 with a traceback.
+        # not a fault of the request, and not a 500 with a traceback. A rename names both its paths:
+        # the one denied is as often the destination's directory as the source.
+        paths = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name)
         return BackendUnavailable(f"{subject} refused this gateway's user access ({cause}"
-                                  f"{f': {exc.filename}' if exc.filename else ''}). The files under the data "
+                                  f"{f': {paths}' if paths else ''}). The files under the data "
                                   "directory must belong to the user the gateway runs as (`chown -R USER: "
                                   "DATA_DIR`); the request can be retried.")
+    if exc.errno in DESCRIPTORS_ERRNOS:
+        return SlowDown(f"This gateway has no file descriptor left ({cause}): too many requests at once. "
+                        "Retry later; if it persists, raise the gateway's open-file limit (LimitNOFILE= in "
+                        "its systemd unit, `ulimit -n` in a shell).")
     return None

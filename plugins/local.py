@@ -188,10 +188,12 @@ class LocalBackend(Backend):
         return removed
 
     async def check_writable(self) -> None:
-        probe = os.path.join(self.tmp_dir, f"{self._temp_owner}-ready-{next(self._counter)}")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.unlink(probe)
+        probe, fd = self._create_temp()
+        try:
+            with open(fd, "wb") as f:
+                f.write(b"ok")
+        finally:
+            os.unlink(probe)
 
     # Paths ------------------------------------------------------------------
 
@@ -237,6 +239,8 @@ class LocalBackend(Backend):
             os.mkdir(path)
         except FileExistsError:
             raise errors.BucketAlreadyOwnedByYou(BucketName=bucket) from None
+        except FileNotFoundError:
+            raise self._root_gone() from None
         try:
             self._write_layout_file(path, BUCKET_FILE, json.dumps({"name": bucket, "created": time.time()}))
         except BaseException:
@@ -251,7 +255,17 @@ class LocalBackend(Backend):
             raise errors.NoSuchBucket(BucketName=bucket)
         if fslayout.has_objects(self._entries, path):
             raise errors.BucketNotEmpty(BucketName=bucket)
-        shutil.rmtree(path, ignore_errors=True)
+        # Errors are raised, not ignored: on a read-only filesystem, or with a file the gateway's user
+        # may not remove, the bucket stayed while the client was told 204. (What could go before the
+        # error is the layout's own files and empty directories: no object.)
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass  # deleted by another request meanwhile
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:  # an object PUT into it meanwhile
+                raise errors.BucketNotEmpty(BucketName=bucket) from None
+            raise
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         path = self._bucket_dir(bucket)
@@ -267,7 +281,11 @@ class LocalBackend(Backend):
 
     async def list_buckets(self) -> list[BucketInfo]:
         buckets = []
-        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            raise self._root_gone() from None
+        for entry in entries:
             if entry.is_dir() and not entry.name.startswith("."):
                 buckets.append(await self.head_bucket(entry.name))
         return buckets
@@ -427,14 +445,36 @@ class LocalBackend(Backend):
     def _temp_path(self) -> str:
         return os.path.join(self.tmp_dir, f"{self._temp_owner}-{next(self._counter)}-{os.urandom(4).hex()}")
 
+    def _create_temp(self) -> tuple[str, int]:
+        """A new temp file (path, descriptor open for writing). Its directory is made again when it is
+        gone (the data directory emptied, or a copy mounted over it without .gateway/, as
+        docs/storage-layout.md allows): every write was a 500 until a restart. Never the data
+        directory itself: gone, it is a disk not mounted, and writing there would fill another one."""
+        tmp = self._temp_path()
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            if not self._root_present():
+                raise self._root_gone() from None
+            os.makedirs(self.tmp_dir, exist_ok=True)
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def _root_present(self) -> bool:
+        """Whether the data directory is there to write in (sharedfs: and the share mounted on it)."""
+        return fsutil.is_dir(self.root)
+
+    def _root_gone(self) -> errors.GatewayError:
+        return errors.BackendUnavailable(
+            f"Backend {self.name!r}: its data directory {self.root} is gone (a disk or share not mounted, or "
+            "the directory deleted). Mount or restore it; the request can be retried.")
+
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         final = self._object_path(bucket, key)
         bucket_dir = self._bucket_dir(bucket)
         if not fsutil.is_dir(bucket_dir):
             raise errors.NoSuchBucket(BucketName=bucket)
         meta_json = meta.to_json()
-        tmp = self._temp_path()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        tmp, fd = self._create_temp()
         # Two PUTs of one key here at once: the one with the later time stays, as S3 ("the request with
         # the latest timestamp wins") and a cluster's overwrites (cluster/versions.py) order versions,
         # whichever fsync ends first. Renamed over a newer version, an older one would undo a decision
@@ -570,9 +610,9 @@ class LocalBackend(Backend):
     def _write_layout_file(self, directory: str, name: str, text: str) -> None:
         """Write one of the layout's own files whole, through a temp file and a rename, so that
         a reader (maybe on another server) sees all of it or nothing."""
-        tmp = self._temp_path()
+        tmp, fd = self._create_temp()
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(fd, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, self._layout_file(directory, name))
         except BaseException:

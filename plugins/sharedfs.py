@@ -308,6 +308,11 @@ class SharedFSBackend(LocalBackend):
     async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
         return await super().list(bucket, prefix, delimiter, start_after, max_keys)
 
+    def _root_present(self) -> bool:
+        # A share unmounted under a running gateway leaves its mount point: a temp directory made there
+        # would put objects on this server's own disk.
+        return share_not_mounted(self.root, self.require_mount) is None
+
     @_storage_errors
     async def check_writable(self) -> None:
         await super().check_writable()

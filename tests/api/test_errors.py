@@ -525,13 +525,16 @@ def test_a_disk_turned_read_only_is_a_retryable_503_that_says_so_and_reads_go_on
     gw, disk = gateway_on_small_disk
     s3 = gw.client()
     s3.create_bucket(Bucket="photos")
+    s3.create_bucket(Bucket="empty")
     s3.put_object(Bucket="photos", Key="before", Body=b"stored before")
     remount(disk, read_only=True)
     try:
         for write in (lambda: s3.put_object(Bucket="photos", Key="after", Body=b"x" * 1000),
                       lambda: s3.delete_object(Bucket="photos", Key="before"),
-                      lambda: s3.create_bucket(Bucket="made-when-read-only")):
+                      lambda: s3.create_bucket(Bucket="made-when-read-only"),
+                      lambda: s3.delete_bucket(Bucket="empty")):  # was 204, and the bucket stayed
             assert_retryable_503(write, "Read-only file system")
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["empty", "photos"]
         assert s3.get_object(Bucket="photos", Key="before")["Body"].read() == b"stored before"
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="photos")["Contents"]] == ["before"]
         assert "Traceback" not in gw.log()
@@ -581,3 +584,82 @@ def test_a_disk_failing_with_eio_is_a_503_for_every_request_and_nothing_is_lost_
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="faces")["Contents"]] == ["big", "small"]
         assert s3.get_object(Bucket="faces", Key="big")["Body"].read() == b"f" * 300_000
         assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["faces"]
+
+
+def test_a_data_directory_replaced_under_a_running_gateway(tmp_path):
+    """The data directory emptied and its buckets copied back without .gateway/ (docs/storage-layout.md
+    allows it), or a copy mounted over it: every write was a 500 with a traceback until a restart (the
+    temp directory was made at start only). Deleted outright, it is a 503 naming it, and the gateway
+    does not make it again (it may be a disk not mounted)."""
+    import shutil
+
+    from gateway.testing.server import GatewayProcess
+
+    data = tmp_path / "cv-storage"
+    with GatewayProcess(data) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="faces")
+        s3.put_object(Bucket="faces", Key="kept.jpg", Body=b"kept")
+        shutil.copytree(data / "faces", tmp_path / "copy")
+        shutil.rmtree(data)
+        for call in (lambda: s3.list_buckets(), lambda: s3.create_bucket(Bucket="new"),
+                     lambda: s3.put_object(Bucket="faces", Key="x", Body=b"x")):
+            with pytest.raises(ClientError) as info:
+                call()
+            status = info.value.response["ResponseMetadata"]["HTTPStatusCode"]
+            assert status in (404, 503), info.value.response  # PUT: NoSuchBucket, the bucket is not there
+            if status == 503:
+                assert str(data) in info.value.response["Error"]["Message"], info.value.response
+        assert not data.exists()
+        data.mkdir()
+        shutil.copytree(tmp_path / "copy", data / "faces")
+        s3.put_object(Bucket="faces", Key="after.jpg", Body=b"after")
+        s3.create_bucket(Bucket="made-after")
+        assert s3.get_object(Bucket="faces", Key="after.jpg")["Body"].read() == b"after"
+        assert s3.get_object(Bucket="faces", Key="kept.jpg")["Body"].read() == b"kept"
+        assert "Traceback" not in gw.log()
+
+
+def test_no_file_descriptor_left_is_a_503_slow_down(tmp_path):
+    """EMFILE was a 500 InternalError with a traceback per request: too many requests at once, not
+    a fault of the gateway. The gateway's limit is lowered (prlimit) to its lowest free descriptor
+    on an already open connection, so the PUT's temp file is the first open that fails."""
+    import http.client
+    import resource
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage") as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="faces")
+        pid = gw.process.pid
+        request = AWSRequest("PUT", f"{gw.endpoint}/faces/k", data=b"body",
+                             headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+        SigV4Auth(s3._request_signer._credentials, "s3", "us-east-1").add_auth(request)
+        connection = http.client.HTTPConnection(gw.host, gw.port, timeout=30)
+        connection.connect()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the gateway has accepted the connection
+            in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+            lowest_free = min(set(range(len(in_use) + 1)) - in_use)
+            time.sleep(0.2)
+            if {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")} == in_use:
+                break
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, old[1]))
+        try:
+            connection.request("PUT", "/faces/k", body=b"body", headers=dict(request.headers))
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+            connection.close()
+        assert response.status == 503, body
+        assert "<Code>SlowDown</Code>" in body and "file descriptor" in body, body
+        assert response.getheader("Retry-After"), response.getheaders()
+        s3.put_object(Bucket="faces", Key="k", Body=b"after")  # the limit back: all well
+        assert s3.get_object(Bucket="faces", Key="k")["Body"].read() == b"after"
+        assert "Traceback" not in gw.log()

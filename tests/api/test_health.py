@@ -41,14 +41,18 @@ def test_readyz_fails_when_storage_is_not_writable(tmp_path):
     with GatewayProcess(tmp_path / "cv-storage") as gw:
         tmp_dir = gw.data_dir / ".gateway" / "tmp" / socket.gethostname()
         assert tmp_dir.is_dir()
-        shutil.rmtree(tmp_dir)  # as root, chmod would not stop writes; a missing directory does
+        # As root, chmod would not stop writes; a data directory gone (a disk not mounted) does. (Its
+        # temp directory alone gone is made again: a copy put back without .gateway/.)
+        shutil.rmtree(gw.data_dir)
         status, body = _get(gw.endpoint + "/readyz")
         assert status == 503
         assert body["ready"] is False
-        assert body["backends"]["local"] != "ok"
+        assert str(gw.data_dir) in body["backends"]["local"] and "gone" in body["backends"]["local"], body
         assert _get(gw.endpoint + "/healthz")[0] == 200, "liveness does not depend on storage"
-        tmp_dir.mkdir(parents=True)
+        assert not gw.data_dir.exists(), "never made again by the gateway: it may be a disk not mounted"
+        gw.data_dir.mkdir()
         assert _get(gw.endpoint + "/readyz")[0] == 200
+        assert tmp_dir.is_dir()
 
 
 def _head(url: str) -> tuple[int, bytes]:
@@ -63,7 +67,7 @@ def test_health_answers_head_as_health_checkers_send_it(tmp_path):
     with GatewayProcess(tmp_path / "cv-storage") as gw:
         assert _head(gw.endpoint + "/healthz") == (200, b"")
         assert _head(gw.endpoint + "/readyz") == (200, b"")
-        shutil.rmtree(gw.data_dir / ".gateway" / "tmp" / socket.gethostname())
+        shutil.rmtree(gw.data_dir)
         assert _head(gw.endpoint + "/readyz") == (503, b"")
         assert _head(gw.endpoint + "/healthz") == (200, b"")
 

@@ -62,6 +62,13 @@ def test_a_restore_as_root_gives_the_files_to_the_stores_owner(tmp_path):
     assert not wrong, wrong
 
 
+class WithoutDacOverride(GatewayProcess):
+    """Root, but bound by file modes as any other user."""
+
+    def command(self):
+        return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *super().command()]
+
+
 def test_a_store_the_gateway_cannot_read_is_a_503_naming_the_fix(tmp_path):
     data = tmp_path / "cv-storage"
     with GatewayProcess(data) as gw:
@@ -74,10 +81,6 @@ def test_a_store_the_gateway_cannot_read_is_a_503_naming_the_fix(tmp_path):
             os.chown(os.path.join(directory, name), SERVICE_UID, SERVICE_GID)
     os.chown(data / "locked", SERVICE_UID, SERVICE_GID)
     os.chmod(data / "locked", 0o700)
-
-    class WithoutDacOverride(GatewayProcess):  # root, but bound by file modes as any other user
-        def command(self):
-            return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *super().command()]
 
     with WithoutDacOverride(data) as gw:
         s3 = gw.client()
@@ -135,3 +138,19 @@ def test_a_share_that_refuses_chown_still_gets_every_object(tmp_path):
     objects = [path for path in owners(share) if path.endswith("%obj")]
     assert len(objects) == 5, objects
     assert {owners(share)[path] for path in objects} == {(0, 0)}  # what the share made them
+
+
+def test_a_directory_the_gateway_may_not_write_is_named_in_the_503(tmp_path):
+    """The rename of a PUT's temp file into a directory the gateway's user may not write was reported
+    with the temp file's path alone (fine), not the directory that refused it."""
+    data = tmp_path / "cv-storage"
+    with GatewayProcess(data) as gw:
+        gw.client().create_bucket(Bucket="locked")
+    os.chown(data / "locked", SERVICE_UID, SERVICE_GID)
+    os.chmod(data / "locked", 0o555)
+    with WithoutDacOverride(data) as gw:
+        with pytest.raises(ClientError) as info:
+            gw.client().put_object(Bucket="locked", Key="new.jpg", Body=b"y")
+        error = info.value.response["Error"]
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503, error
+        assert str(data / "locked" / "new.jpg") in error["Message"], error
