@@ -180,29 +180,40 @@ def walk(entries: Callable[[str], list[Entry]], read_info: Callable[[str], Objec
     """
     start_bytes = start_after.encode()
     prefix_bytes = prefix.encode()
-    for _, segment, path, is_dir in entries(directory):
-        full = (key_prefix + segment + ("/" if is_dir else "")).encode()
-        # Skip what cannot match the prefix: neither side is a prefix of the other.
-        if not (full.startswith(prefix_bytes) or (is_dir and prefix_bytes.startswith(full))):
-            continue
-        if is_dir:
-            if full < start_bytes and not start_bytes.startswith(full):
-                continue  # the whole subtree sorts before start_after
-            if dirs_as_prefixes and full.startswith(prefix_bytes) and len(full) > len(prefix_bytes) \
-                    and full.rfind(b"/", len(prefix_bytes), len(full) - 1) < 0:
-                if has_objects(entries, path):
-                    yield full.decode()
+    # A stack of open directory listings, not recursion: a key of 1,000 "/" is 1,000 nested
+    # directories (each empty segment one), deeper than Python's recursion limit.
+    stack = [(iter(entries(directory)), key_prefix)]
+    while stack:
+        listing, key_prefix = stack[-1]
+        for _, segment, path, is_dir in listing:
+            full = (key_prefix + segment + ("/" if is_dir else "")).encode()
+            # Skip what cannot match the prefix: neither side is a prefix of the other.
+            if not (full.startswith(prefix_bytes) or (is_dir and prefix_bytes.startswith(full))):
                 continue
-            yield from walk(entries, read_info, path, full.decode(), prefix, start_after, dirs_as_prefixes)
-        elif full > start_bytes:
-            info = read_info(path)
-            if info is not None:
-                yield info
+            if is_dir:
+                if full < start_bytes and not start_bytes.startswith(full):
+                    continue  # the whole subtree sorts before start_after
+                if dirs_as_prefixes and full.startswith(prefix_bytes) and len(full) > len(prefix_bytes) \
+                        and full.rfind(b"/", len(prefix_bytes), len(full) - 1) < 0:
+                    if has_objects(entries, path):
+                        yield full.decode()
+                    continue
+                stack.append((iter(entries(path)), full.decode()))
+                break  # into the subdirectory; this listing goes on where it stopped afterwards
+            elif full > start_bytes:
+                info = read_info(path)
+                if info is not None:
+                    yield info
+        else:
+            stack.pop()
 
 
 def has_objects(entries: Callable[[str], list[Entry]], directory: str) -> bool:
     """Whether any object lies below ``directory`` (empty directories left by a race do not count)."""
-    for _, _, path, is_dir in entries(directory):
-        if not is_dir or has_objects(entries, path):
-            return True
+    pending = [directory]  # not recursion, as walk()
+    while pending:
+        for _, _, path, is_dir in entries(pending.pop()):
+            if not is_dir:
+                return True
+            pending.append(path)
     return False

@@ -134,27 +134,26 @@ def object_header(path: str) -> dict | None:
 
 
 def make_dirs(path: str, owner: tuple[int, int] | None = None) -> None:
-    """os.makedirs(path, exist_ok=True), but a disk that fails raises its own error: makedirs takes
-    every directory it cannot stat for missing, and reports the EEXIST of making the first one again.
-    ``owner``: (uid, gid) given to each directory made (owner_for)."""
-    if owner is not None:
-        missing = []
-        parent = path
-        while parent and not os.path.isdir(parent):
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(missing):
-            try:
-                os.mkdir(directory)
-            except FileExistsError:
-                continue  # made meanwhile (a gateway's PUT): as it is
+    """os.makedirs(path, exist_ok=True), but a disk that fails raises its own error (makedirs takes
+    every directory it cannot stat for missing, and reports the EEXIST of making the first one
+    again), and without recursion (makedirs recurses once per level: a key of 1,000 "/" is 1,000
+    nested directories, past Python's recursion limit). ``owner``: (uid, gid) given to each
+    directory made (owner_for)."""
+    missing = []
+    parent = path
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue  # made meanwhile (a gateway's PUT), or there and unreadable: told below
+        if owner is not None:
             give(directory, owner)
-        return
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
+    if missing and not os.path.isdir(path):
         os.stat(path)  # the EIO, when that is what it was
-        raise
+        raise FileExistsError(errno.EEXIST, "File exists (not a directory)", path)
 
 
 # What a filesystem that decides owners itself answers a chown: NFS with root_squash (root is nobody

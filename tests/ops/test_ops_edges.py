@@ -357,3 +357,48 @@ def test_migrate_after_a_torn_journal_line_and_a_second_kill_still_removes_a_del
     # Docs: a later pass removes from the share what was deleted here since an earlier pass copied it;
     # "a pass killed at any moment leaves a journal that knows every copy it may have made".
     assert not (share / "bkt" / "a1%obj").exists(), "the deleted object stays on the share"
+
+
+def test_a_key_of_a_thousand_slashes_lists_backs_up_restores_and_migrates(tmp_path):
+    """Each empty segment of a key is one directory: "/" * 1024 (a valid S3 key) is 1,024 nested
+    directories. The walks recursed once per level: every listing of the bucket was a 500, DeleteBucket
+    a 500, and a restore stopped there with a RecursionError, losing every bucket after it."""
+    try:
+        data = tmp_path / "cv-storage"
+        deep = "/" * 1024
+        with GatewayProcess(data) as gw:
+            s3 = gw.client()
+            for bucket in ("aaa", "zzz"):
+                s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket="aaa", Key="photo.jpg", Body=b"1")
+            s3.put_object(Bucket="aaa", Key=deep, Body=b"deep")
+            s3.put_object(Bucket="aaa", Key="x/" * 511 + "y", Body=b"deep too")
+            s3.put_object(Bucket="zzz", Key="important.jpg", Body=b"3")
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="aaa")["Contents"]]
+            assert keys == [deep, "photo.jpg", "x/" * 511 + "y"]
+            page = s3.list_objects_v2(Bucket="aaa", Delimiter="/")
+            assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["/", "x/"]
+            assert [o["Key"] for o in s3.list_objects(Bucket="aaa", Prefix="//", MaxKeys=1)["Contents"]] == [deep]
+            with pytest.raises(Exception) as info:
+                s3.delete_bucket(Bucket="aaa")
+            assert "BucketNotEmpty" in str(info.value)
+        archive = tmp_path / "full.tar"
+        result = gateway_cmd("backup", "-q", "--data-dir", data, archive)
+        assert result.returncode == 0, result.stderr
+        restored = tmp_path / "restored"
+        result = gateway_cmd("restore", "--data-dir", restored, archive)
+        assert result.returncode == 0, result.stdout + result.stderr
+        share = tmp_path / "share"
+        share.mkdir()
+        result = gateway_cmd("migrate", "--quiet", "--to", share, "--data-dir", data)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for tree in (restored, share):
+            with GatewayProcess(tree) as gw:
+                s3 = gw.client()
+                assert s3.get_object(Bucket="aaa", Key=deep)["Body"].read() == b"deep"
+                assert s3.get_object(Bucket="zzz", Key="important.jpg")["Body"].read() == b"3"
+                assert len(s3.list_objects_v2(Bucket="aaa")["Contents"]) == 3
+                s3.delete_object(Bucket="aaa", Key=deep)
+                assert [o["Key"] for o in s3.list_objects_v2(Bucket="aaa")["Contents"]] == ["photo.jpg", "x/" * 511 + "y"]
+    finally:  # shutil.rmtree (pytest's clean-up of old temp dirs) recurses once per level too
+        subprocess.run(["rm", "-rf", str(tmp_path)], check=False, timeout=60)
