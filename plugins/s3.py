@@ -228,12 +228,12 @@ class S3Backend(MultipartMixin, Backend):
         future = loop.run_in_executor(self._executor, lambda: fn(*args, **kw))
         limit = self._work_limit if moves_data else self._call_limit
         try:
-            if bounded:
-                return await asyncio.wait_for(future, limit)
-            return await future
+            result = await (asyncio.wait_for(future, limit) if bounded else future)
         except TimeoutError:
             settings = "timeout, max_attempts" if moves_data else "deadline, timeout, max_attempts"
-            raise retry_later(errors.BackendUnavailable(
+            # Unreachable, not only unavailable: a store that stands still at start-up is one to start
+            # without and try again (as one that refuses connections), not a refused password.
+            raise retry_later(errors.BackendUnreachable(
                 f"{self.label}: {what or fn.__name__} took longer than {limit:g}s (settings {settings})")) from None
         except Exception as exc:
             translated = translate(exc, f"{self.label}: {what or getattr(fn, '__name__', 'call')}", bucket, key)
@@ -244,6 +244,15 @@ class S3Backend(MultipartMixin, Backend):
             if translated is exc:
                 raise
             raise translated from exc
+        if getattr(fn, "__name__", "").startswith("list_") and isinstance(result, dict) \
+                and result.keys() <= {"ResponseMetadata"}:
+            # Every listing's document has elements (its Name, Prefix, IsTruncated ...); none at all is a
+            # store cut off after its 200 headers, which botocore parses as an empty listing. Passed on,
+            # a bucket would list empty, and a sync tool would delete what it has.
+            raise retry_later(errors.BackendUnreachable(
+                f"{self.label}: {what or fn.__name__}: the store answered 200 without a listing (connection "
+                "cut after the headers?)"))
+        return result
 
     def _remote_bucket_gone(self, what: str) -> errors.GatewayError:
         """A 503 naming the configured remote bucket: every gateway bucket lives in it, so its absence is

@@ -63,6 +63,9 @@ else:
     _MISSING = None
 
 log = logging.getLogger(__name__)
+# smbprotocol logs every open, read and close at INFO: ~4 lines per GET, ~13 per PUT, which at the
+# gateway's default level buried its own lines (and cost CPU). Its warnings and errors still show.
+logging.getLogger("smbprotocol").setLevel(logging.WARNING)
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are written with one thread hop
 WRITE_BLOCK = 1024 * 1024  # larger bodies go out in blocks of this size: bounded memory per PUT
 HEADER_SLACK = 1024
@@ -230,7 +233,13 @@ class SmbBackend(Backend):
 
     async def check_writable(self) -> None:
         probe = files.join(self.tmp_dir, f"{os.getpid()}-ready")
-        await self.pool.call(_write_and_remove, probe, what="write a probe file")
+        try:
+            await self.pool.call(_write_and_remove, probe, what="write a probe file")
+        except OSError as exc:  # /readyz says what a request would: which backend, which directory
+            if files.is_missing(exc):
+                await self._check_root("write a probe file")
+            raise retry_later(errors.BackendUnavailable(
+                f"{self.label}: write a probe file in {self.tmp_dir!r}: {exc.strerror or exc}")) from None
 
     # Paths --------------------------------------------------------------------
 

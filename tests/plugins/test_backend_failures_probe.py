@@ -15,11 +15,14 @@ and a local backend for another:
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
@@ -320,7 +323,13 @@ def test_backend_directory_missing_from_the_share_is_503_not_500(own_smbd, tmp_p
         directory = own_smbd.share_dir / options["path"]
         shutil.move(directory, directory.with_name("moved-away"))
         _assert_all_503_naming(s3, options["path"])
+        # /readyz says the same: which backend, which directory (was a bare "No such file or directory").
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(gw.endpoint + "/readyz", timeout=30)
+        reason = json.loads(not_ready.value.read())["backends"]["remote"]
+        assert "backend 'remote' (smb)" in reason and options["path"] in reason, reason
         assert "Traceback" not in gw.log(), gw.log()[-3000:]
+        assert "smbprotocol" not in gw.log(), "smbprotocol's INFO lines (~13 per PUT) flood the log"
         assert not directory.exists(), "the missing directory is not made again"
         shutil.move(directory.with_name("moved-away"), directory)
         assert s3.get_object(Bucket="far", Key="k")["Body"].read() == b"v"
@@ -501,3 +510,95 @@ def test_smb_temp_files_left_by_failures_are_swept_while_running(own_smbd, tmp_p
         assert [p.name for p in tmp_dir.iterdir()] == [], "temp files stay until a later PUT or a restart"
         s3.put_object(Bucket="far", Key="after", Body=b"a")
         assert s3.get_object(Bucket="far", Key="after")["Body"].read() == b"a"
+
+
+def test_a_store_frozen_at_start_is_started_without_not_blamed_on_the_credentials(own_moto, tmp_path):
+    """A deadline that ran out at start-up stopped the gateway with "check the access_key_id/
+    secret_access_key setting": a store that stands still is one to start without and try again, as
+    one that refuses connections."""
+    options = dict(_s3_options(own_moto), max_attempts=5, timeout=5, deadline=3)
+    _freeze(own_moto.process, False)
+    try:
+        gw = GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "s3", options))
+        gw.start()
+    finally:
+        _thaw(own_moto.process, False)
+    try:
+        log = gw.log_path.read_text()
+        assert "is not answering" in log and "starting without it" in log, log
+        assert "access_key_id" not in log, log
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="near")  # the other backend is served meanwhile
+        _wait_recovered(lambda: s3.create_bucket(Bucket="far"), seconds=60)
+        s3.put_object(Bucket="far", Key="k", Body=b"far value")
+        assert s3.get_object(Bucket="far", Key="k")["Body"].read() == b"far value"
+    finally:
+        gw.stop()
+
+
+class _CutListings:
+    """An S3 store on loopback that answers a listing with its 200 headers and then closes the
+    connection (what a store killed mid-answer does), and everything else as an empty store would."""
+
+    def __init__(self):
+        import http.server
+        import socketserver
+        import threading
+
+        buckets = (b'<?xml version="1.0" encoding="UTF-8"?><ListAllMyBucketsResult '
+                   b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Owner><ID>x</ID></Owner><Buckets><Bucket>'
+                   b'<Name>cut-far</Name><CreationDate>2026-01-01T00:00:00.000Z</CreationDate></Bucket>'
+                   b'</Buckets></ListAllMyBucketsResult>')
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                self.send_response(200)
+                if "list-type=2" in self.path or "uploads" in self.path:
+                    self.send_header("Content-Length", "500")  # and no body: cut off
+                    self.end_headers()
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(buckets)))
+                self.end_headers()
+                self.wfile.write(buckets)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_listing_cut_off_after_its_headers_is_a_503_not_an_empty_bucket(tmp_path):
+    """botocore parses a 200 whose body never came as an empty listing: the bucket listed empty
+    (KeyCount 0, not truncated), and `aws s3 sync --delete` or rclone sync would delete everything."""
+    store = _CutListings()
+    options = {"endpoint_url": store.endpoint, "region": "us-east-1", "access_key_id": "x", "secret_access_key": "y",
+               "bucket_prefix": "cut-", "addressing_style": "path", "timeout": 3, "max_attempts": 1}
+    try:
+        with GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "s3", options)) as gw:
+            s3 = _client(gw)
+            for call in (lambda: s3.list_objects_v2(Bucket="far", Prefix="cam1/"),
+                         lambda: s3.list_objects(Bucket="far"),
+                         lambda: s3.list_multipart_uploads(Bucket="far")):
+                with pytest.raises(ClientError) as caught:
+                    call()
+                status, code, retry_after = _answer(caught.value)
+                assert (status, code) == (503, "ServiceUnavailable") and retry_after, caught.value.response
+                assert "without a listing" in caught.value.response["Error"]["Message"], caught.value.response
+            assert "Traceback" not in gw.log()
+    finally:
+        store.close()
