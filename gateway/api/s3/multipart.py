@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from urllib.parse import quote
 
 from ... import errors
 from ...backend import MAX_PARTS, ByteRange, require_completion_checksums
@@ -22,7 +23,7 @@ from .objects import (
 )
 from .request import S3Request, check_key, iso8601, parse_decimal
 from .responses import send_response, send_xml
-from .xml import child_text, document, element, keep_key, listing_encoder, parse
+from .xml import child_text, document, element, keep_key, listing_encoder, parse, xml_safe
 
 _COPY_RANGE = re.compile(r"^bytes=([0-9]+)-([0-9]+)$")
 
@@ -47,8 +48,8 @@ async def create_upload(app, req: S3Request, send) -> None:
     upload = await backend.create_multipart(req.bucket, req.key, meta_from_headers(req),
                                             algorithm.upper() if algorithm else None)
     extra = [(b"x-amz-checksum-algorithm", upload.checksum_algorithm.encode())] if upload.checksum_algorithm else []
-    body = document("InitiateMultipartUploadResult", element("Bucket", req.bucket), element("Key", req.key),
-                    element("UploadId", upload.upload_id))
+    body = document("InitiateMultipartUploadResult", element("Bucket", req.bucket),
+                    element("Key", xml_safe(req.key)), element("UploadId", upload.upload_id))
     await send_xml(send, 200, body, req.request_id, extra)
 
 
@@ -129,8 +130,10 @@ async def complete_upload(app, req: S3Request, send) -> None:
             raise
     else:
         app.service.object_written(req.bucket, req.key, info)
-    body = document("CompleteMultipartUploadResult", element("Location", f"/{req.bucket}/{req.key}"),
-                    element("Bucket", req.bucket), element("Key", req.key), element("ETag", f'"{info.etag}"'),
+    # The Location is a path, percent-encoded as S3 does (a key's "?" or "#" would end it otherwise).
+    body = document("CompleteMultipartUploadResult", element("Location", quote(f"/{req.bucket}/{req.key}")),
+                    element("Bucket", req.bucket), element("Key", xml_safe(req.key)),
+                    element("ETag", f'"{info.etag}"'),
                     *(element(f"Checksum{alg}", value) for alg, value in info.checksums.items()))
     await send_xml(send, 200, body, req.request_id, [stored_at(info)])
 
@@ -260,7 +263,8 @@ async def list_parts(app, req: S3Request, send) -> None:
         for p in page
     )
     body = document(
-        "ListPartsResult", element("Bucket", req.bucket), element("Key", req.key), element("UploadId", upload_id),
+        "ListPartsResult", element("Bucket", req.bucket), element("Key", xml_safe(req.key)),
+        element("UploadId", upload_id),
         element("PartNumberMarker", marker),
         element("NextPartNumberMarker", page[-1].part_number if page else marker),
         element("MaxParts", max_parts), element("IsTruncated", "true" if truncated else "false"),

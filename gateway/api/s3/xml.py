@@ -57,7 +57,9 @@ def not_xml(text: str) -> bool:
 
 
 def xml_safe(value) -> str:
-    """``value`` with the characters XML 1.0 forbids percent-encoded (%01): for error details only.
+    """``value`` with the characters XML 1.0 forbids percent-encoded (%01): for error details and the
+    key a multipart answer repeats (the client knows it; an SDK that cannot parse the answer retries
+    and leaves an upload behind per try).
 
     Listings keep keys exactly (clients ask for encoding-type=url to get such keys safely, as on
     S3); an error body must stay parseable, or the client loses the error code.
