@@ -204,9 +204,9 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
         for peer, reason in sorted(peers.unreachable.items()):
             progress.note(f"warning: could not ask node {peer} for newer versions ({reason}); objects restored after "
                           "that were not checked against it: if it holds a newer version of one, reads may return "
-                          "either. Run the restore again once it answers: it asks again before anything is put "
-                          "back, and an object already restored stays as it is (check it with a GET through "
-                          f"{peer})")
+                          "either. Once it answers, run `gateway cluster repair` with this node's settings: it "
+                          "retires the older of two copies of a key (a restore run again would leave objects "
+                          "already restored as they are)")
     for path in result.kept[:SHOW]:
         progress.note(f"kept: {path}")
     if len(result.kept) > SHOW:
@@ -278,17 +278,13 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
     if present is not None and problem is None and not overwrite:
         _keep(final, relpath, result)  # a valid version other than the backup's: written after it
         return
-    if peers is not None and header is not None and not relpath.startswith("."):
+    asks_peers = peers is not None and header is not None and not relpath.startswith(".")
+    if asks_peers and _newer_elsewhere(peers, relpath, header, result):
         # In a cluster, an overwrite through another node retired this node's copy: a newer
         # version there must not be shadowed by the backup's older one (peers.py).
-        newer = peers.newer(relpath.split("/", 1)[0], header["key"], header["time"], header["etag"])
-        if newer is not None:
-            result.newer_elsewhere.append(
-                f"{relpath.split('/', 1)[0]}/{header['key']} (node {newer.node} has a version of "
-                f"{_utc(newer.last_modified)}, the backup's is of {_utc(header['time'])})")
-            for _ in chunks:  # the stream goes on past this member's bytes
-                pass
-            return
+        for _ in chunks:  # the stream goes on past this member's bytes
+            pass
+        return
     if problem is not None and not overwrite:
         try:
             replaced = replace_damaged(installer, relpath, chunks, member, expected, present)
@@ -305,6 +301,11 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
         except FileExistsError:
             _keep(final, relpath, result)
             return
+    if asks_peers and _newer_elsewhere(peers, relpath, header, result):
+        # Asked again, the copy in place: a PUT through another node while it was written found no copy
+        # here to retire, and the backup's older one would shadow it for reads through this node.
+        _remove_if_ours(installer, relpath, expected)
+        return
     result.restored += 1
     result.bytes += member.size
     if problem is not None:
@@ -312,6 +313,36 @@ def _restore_object(tar: tarfile.TarFile, member: tarfile.TarInfo, installer: In
         result.damaged.append(f"{name} ({final}): {problem}")
     elif present is not None:
         result.replaced += 1
+
+
+def _newer_elsewhere(peers: PeerVersions, relpath: str, header: dict, result: RestoreResult) -> bool:
+    """Whether another node has a newer version of the object (then noted in ``result``)."""
+    bucket = relpath.split("/", 1)[0]
+    newer = peers.newer(bucket, header["key"], header["time"], header["etag"])
+    if newer is None:
+        return False
+    result.newer_elsewhere.append(f"{bucket}/{header['key']} (node {newer.node} has a version of "
+                                  f"{_utc(newer.last_modified)}, the backup's is of {_utc(header['time'])})")
+    return True
+
+
+def _remove_if_ours(installer: Installer, relpath: str, sha256: str) -> None:
+    """Remove the file the restore put at ``relpath``, unless a client's PUT through this node replaced
+    it since (then it is that client's version, and stays)."""
+    final = installer.path(relpath)
+    try:
+        fd = os.open(final, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        ours = os.fstat(fd)
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() == sha256 and os.stat(final).st_ino == ours.st_ino:
+        installer.remove(relpath)
 
 
 def _backup_damaged(final: str, relpath: str, header: dict | None, why: str, chunks, result: RestoreResult) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -153,6 +154,40 @@ def test_restore_leaves_out_a_key_overwritten_through_another_node_since_the_bac
                                           "cam1/other.jpg": (b"only here", {})})
 
 
+def test_a_put_through_another_node_while_the_restore_writes_its_copy_wins(sqlite_cluster, tmp_path):
+    """The restore asked the other nodes for a newer version, then wrote the backup's copy: a PUT of
+    the key through r2 in between found no copy on r1 to retire, and the old copy then shadowed it for
+    reads through r1. The restore is stopped (SIGSTOP) while its copy is being written, r2 takes the
+    PUT, and the restore, continued, asks again and takes its copy back."""
+    cluster = sqlite_cluster
+    s3 = clients(cluster)
+    s3["p1"].create_bucket(Bucket="racing")
+    old = os.urandom(40 * MiB)
+    s3["r1"].put_object(Bucket="racing", Key="big.bin", Body=old)
+    archive = tmp_path / "r1.tar"
+    tool(cluster, "r1", "backup", "-o", "-q", archive, check=0)
+    s3["r1"].delete_object(Bucket="racing", Key="big.bin")  # lost on r1, and everywhere
+    settings = ["--data-dir", cluster["r1"].data_dir, "--role", "redundant", "--registry", cluster.registry,
+                "--insecure-peers"]
+    restore = subprocess.Popen([sys.executable, "-m", "gateway", "restore", "-q", str(archive), *map(str, settings)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                               env={**os.environ, **NODE_ENV, "GATEWAY_NODE_ID": "r1"})
+    temp_dirs = Path(cluster["r1"].data_dir) / ".gateway" / "tmp"
+    try:
+        deadline = time.monotonic() + 60
+        while not any("-ops-" in p.name for p in temp_dirs.glob("*/*")):
+            assert restore.poll() is None and time.monotonic() < deadline, "the restore never wrote its copy"
+            time.sleep(0.001)
+        os.kill(restore.pid, signal.SIGSTOP)
+        s3["r2"].put_object(Bucket="racing", Key="big.bin", Body=b"NEW version")
+    finally:
+        os.kill(restore.pid, signal.SIGCONT)
+    _, stderr = restore.communicate(timeout=120)
+    assert restore.returncode == 0, stderr
+    assert "newer on another node, left out: racing/big.bin (node r2" in stderr, stderr
+    read_everywhere(cluster, "racing", {"big.bin": (b"NEW version", {})})
+
+
 def test_restore_says_which_peer_it_could_not_ask(sqlite_cluster, tmp_path):
     cluster = sqlite_cluster
     s3 = clients(cluster)
@@ -170,7 +205,7 @@ def test_restore_says_which_peer_it_could_not_ask(sqlite_cluster, tmp_path):
     finally:
         cluster.restart("r2")
         cluster.wait_known(4)
-    assert "could not ask node r2" in result.stderr and "Run the restore again" in result.stderr
+    assert "could not ask node r2" in result.stderr and "gateway cluster repair" in result.stderr
     assert s3["r1"].get_object(Bucket="paused", Key="k")["Body"].read() == b"data"  # restored: never lost
 
 
