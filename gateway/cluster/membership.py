@@ -124,6 +124,7 @@ class Cluster:
         """Register (choosing the role when none was given) and load the node list; raise ValueError."""
         try:
             await self._refuse_a_taken_id()  # before anything of the record or the lease is touched
+            await self._refuse_a_second_record_here()
             await self._check_secret()  # a node that would be refused by every peer does not join
             if self.role is None:
                 self.role = await self._default_role()
@@ -180,6 +181,26 @@ class Cluster:
             raise ValueError(f"node id {self.node_id} is in use by a running node at {existing.address}: give this "
                              "node its own id (GATEWAY_NODE_ID, default host:port of --advertise), or stop that "
                              "node first if this one replaces it")
+
+    async def _refuse_a_second_record_here(self) -> None:
+        """Raise ValueError when this node has no record yet and another node id's record has this
+        node's address: that is almost always this node under a new id, its storage (which remembered
+        the id) replaced: switched to shared storage after `gateway migrate`, or a disk restored
+        without .gateway/. A second record would stay behind, down for good: every miss anywhere a 503
+        ("may be on a server that cannot be reached"), and a ghost may hold a failover vote.
+        `cluster join` refuses the same."""
+        if await self.registry.get(self.node_id) is not None:
+            return
+        other = next((n for n in await self.registry.nodes()
+                      if n.node_id != self.node_id and n.address == self.address), None)
+        if other is None:
+            return
+        raise ValueError(
+            f"node {other.node_id} is registered at {self.address}, the address this node advertises, and this "
+            f"node would register beside it as {self.node_id}: it is most likely node {other.node_id} under a new "
+            "id (its storage, which remembers the id, changed: switched to shared storage, or restored without "
+            f".gateway/). Start it with GATEWAY_NODE_ID={other.node_id}; if {other.node_id} is another server "
+            f"that is gone for good, remove it first (`gateway cluster leave --node-id {other.node_id}`)")
 
     async def _check_secret(self) -> None:
         """Raise ValueError when the running peers refuse this node's peer signature (another

@@ -196,3 +196,29 @@ def test_a_node_restarted_at_another_address_is_found_there_at_once_not_at_the_n
         wait_for(lambda: p1_sees_r1_at() == moved.endpoint, 5, "p1 knowing r1 at its new address")
     finally:
         nodes.stop()
+
+
+def test_a_node_back_under_a_new_id_at_a_registered_address_is_refused_with_the_id_to_use(tmp_path):
+    """A node whose id its local storage remembered, switched to shared storage (which keeps no node
+    id), came back under its default id host:port: a second record at the same address, the old one
+    down for good (every miss a 503, and a failover vote held by a ghost)."""
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    again = nodes.new_node("again", "redundant", {"GATEWAY_NODE_ID": ""}, None)  # the default id, fresh storage
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant")
+        nodes.wait_known(2)
+        nodes["r1"].stop()
+        again.port = nodes["r1"].port
+        with pytest.raises(RuntimeError) as info:
+            again.start()
+        message = str(info.value)
+        assert f"node r1 is registered at {nodes['r1'].endpoint}" in message, message
+        assert "GATEWAY_NODE_ID=r1" in message, message
+        assert {row["node_id"] for row in nodes.status()} == {"p1", "r1"}
+        again.env["GATEWAY_NODE_ID"] = "r1"  # as the message says
+        again.start()
+        assert {row["node_id"] for row in nodes.status()} == {"p1", "r1"}
+    finally:
+        again.stop()
+        nodes.stop()
