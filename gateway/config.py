@@ -355,13 +355,30 @@ def _check_tls_ca(ca: Path) -> None:
     """Load the CA file the way peer connections will (membership.client_ssl_context)."""
     import ssl
 
+    from cryptography import x509
+
+    refused = ValueError(f"{ca} holds no CA certificate: give the cluster CA in PEM, the ca.pem that "
+                         "`gateway cluster tls init` writes (not a key or a node's certificate)")
     try:
         ssl.create_default_context(cafile=str(ca))
-    except ssl.SSLError:
-        raise ValueError(f"{ca} holds no CA certificate: give the cluster CA in PEM, the ca.pem that "
-                         "`gateway cluster tls init` writes (not a key or a node's certificate)") from None
+        certificates = x509.load_pem_x509_certificates(ca.read_bytes())
+    except (ssl.SSLError, ValueError):
+        raise refused from None
     except OSError as exc:
         raise ValueError(f"{ca} cannot be read: {exc.strerror or exc}") from None
+    # OpenSSL takes any certificate as a trust anchor; a node's own (CA:FALSE) verifies no peer, which
+    # serve found out only at its first peer call, as a TLS error.
+    if not any(_is_ca(certificate) for certificate in certificates):
+        raise refused
+
+
+def _is_ca(certificate) -> bool:
+    from cryptography import x509
+
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 class _Shadowed(PydanticBaseSettingsSource):

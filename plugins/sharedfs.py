@@ -203,8 +203,12 @@ class SharedFSBackend(LocalBackend):
     async def start(self) -> None:
         problem = share_not_mounted(self.root, self.require_mount)
         if problem:
+            # require_mount = false helps only a directory that is there but is not a mount point: the
+            # root itself is never created, whatever the setting.
+            advice = (", or set require_mount = false for a local directory" if os.path.isdir(self.root)
+                      else " (the root is never created: a missing one is almost always a share not mounted)")
             raise ValueError(f"backend {self.name!r}: {problem}; mount the share there first (see "
-                             "docs/shared-storage.md), or set require_mount = false for a local directory")
+                             f"docs/shared-storage.md){advice}")
         await super().start()
         await self._probe()
 

@@ -68,12 +68,14 @@ def test_a_backend_without_a_type_says_the_type_is_missing(tmp_path):
     assert "None" not in result.stderr
 
 
-@pytest.mark.parametrize("ca_text", ["not a certificate\n", None])
+@pytest.mark.parametrize("ca_text", ["not a certificate\n", "key", "node certificate"])
 def test_a_tls_ca_that_is_not_a_certificate_is_named(tmp_path, ca_text):
     run_cli("cluster", "tls", "init", "--dir", str(tmp_path), "--node", "n1=127.0.0.1")
     ca = tmp_path / "bogus-ca.pem"
-    if ca_text is None:  # a private key given as the CA: an easy slip with five PEM files side by side
+    if ca_text == "key":  # a private key given as the CA: an easy slip with five PEM files side by side
         ca = tmp_path / "n1-key.pem"
+    elif ca_text == "node certificate":  # CA:FALSE: OpenSSL loads it, and it verifies no peer
+        ca = tmp_path / "n1.pem"
     else:
         ca.write_text(ca_text)
     result = run_cli("serve", "--access-key", "a", "--secret-key", "b", "--data-dir", str(tmp_path / "cv"),

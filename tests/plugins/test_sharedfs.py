@@ -140,13 +140,14 @@ async def test_declares_shared_capability(root):
 async def test_root_is_never_created(tmp_path):
     """A missing root usually means the share is not mounted: writing to the local disk would hide it."""
     missing = tmp_path / "not-mounted"
-    with pytest.raises(ValueError, match="does not exist.*mount the share"):
+    with pytest.raises(ValueError, match="does not exist.*mount the share") as info:
         await started(missing)
     assert not missing.exists()
+    assert "require_mount = false" not in str(info.value)  # it would not help: the root is never made
 
 
 async def test_require_mount(root):
-    with pytest.raises(ValueError, match="not a mount point"):
+    with pytest.raises(ValueError, match="not a mount point.*require_mount = false for a local directory"):
         await started(root, require_mount=True)
 
 
