@@ -325,6 +325,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 "(a chunk size that is not hexadecimal, a missing CRLF). Nothing was stored.")
             self._send_error_and_close(error, cycle.scope["path"], after_answers=False)
             return
+        if len(self.url) > MAX_HEAD_BYTES:  # httptools.parse_url refuses a URL past 64 KiB
+            self._refuse_head()
+            return
         error = errors.InvalidRequest(
             "The request is not valid HTTP/1.1 and was not read: check for a repeated Content-Length header, "
             "Content-Length together with Transfer-Encoding, or a malformed header line.")
