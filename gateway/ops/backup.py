@@ -29,6 +29,7 @@ backup that failed half-way never looks like a finished one.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import glob
 import hashlib
@@ -319,13 +320,22 @@ class _ArchiveWriteFailed(OpsError):
         return f"{self}; {_what_became_of(self.partial, left)}. {self._advice()}"
 
     def _advice(self) -> str:
-        code = self.exc.errno
-        if code in FULL_ERRNOS:
-            return "Free space there (or raise the limit), or write the backup to another disk"
-        if code in FAILED_ERRNOS:
-            return (f"The disk holding the archive failed (errno {code}), not the store: check it (`dmesg`), or "
-                    "write the backup to another disk")
-        return "Fix the cause, or write the backup to another disk"
+        return _write_advice(self.exc.errno)
+
+
+def _write_advice(code: int | None) -> str:
+    """What to do when the archive cannot be written (errno ``code``)."""
+    if code in FULL_ERRNOS:
+        return "Free space there (or raise the limit), or write the backup to another disk"
+    if code == errno.EROFS:
+        return ("The directory is on a read-only filesystem (remounted so after disk errors? see `dmesg`): "
+                "remount it read-write, or write the backup to another disk")
+    if code in FAILED_ERRNOS:
+        return (f"The disk holding the archive failed (errno {code}), not the store: check it (`dmesg`), or "
+                "write the backup to another disk")
+    if code in (errno.EACCES, errno.EPERM):
+        return "This user may not write there: run the backup as a user who may, or write it to another directory"
+    return "Fix the cause, or write the backup to another disk"
 
 
 class _StoreReadFailed(OpsError):
@@ -351,7 +361,7 @@ def _open_partial(partial: str):
         # The archive can hold the secret key and the TLS key: readable by its owner only.
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise OpsError(f"cannot write {partial}: {exc.strerror or exc}") from None
+        raise OpsError(f"cannot write {partial}: {exc.strerror or exc}. {_write_advice(exc.errno)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -232,6 +232,13 @@ def read_only_mount(tmp_path):
         yield mount_point
 
 
+def test_a_backup_into_a_read_only_directory_says_what_to_do(some_objects, read_only_mount):
+    result = gateway_cmd("backup", "--data-dir", some_objects.data_dir, read_only_mount)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert "Read-only file system" in result.stderr and "remount it read-write" in result.stderr, result.stderr
+
+
 def test_migrate_onto_a_read_only_share_says_read_only(some_objects, read_only_mount):
     result = gateway_cmd("migrate", "--data-dir", some_objects.data_dir, "--to", read_only_mount)
     assert result.returncode == 2, result.stderr
