@@ -171,6 +171,15 @@ def check_rereadable(archive: str) -> None:
                        "`--check` reads it once and takes a pipe")
 
 
+def _data_follows(tar: tarfile.TarFile) -> bool:
+    """Whether anything but zeros follows where tarfile stopped reading (up to 1 MiB is looked at)."""
+    try:
+        rest = tar.fileobj.read(1 << 20)
+    except (OSError, EOFError, tarfile.TarError):
+        return False
+    return bool(rest.strip(b"\0"))
+
+
 def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo:
     """Read the whole archive and verify it; OpsError naming the first problems if it is damaged."""
     stream = stream or sys.stderr
@@ -229,6 +238,9 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
                 position = member.offset_data + member.size
                 progress.add(1, position - read)
                 read = position
+            # tarfile takes a damaged header after the first for the end of the archive: more data
+            # after it means a damaged middle, not an archive cut short (another cause, another fix).
+            damaged_middle = summary is None and manifest is not None and _data_follows(tar)
     except tarfile.TarError as exc:
         raise OpsError(f"{archive} is damaged ({exc}) after {info.files:,} files: it was cut short or corrupted; "
                        "nothing was restored. Use another backup") from None
@@ -239,6 +251,10 @@ def check_archive(archive: str, quiet: bool = False, stream=None) -> ArchiveInfo
         raise
     if manifest is None:
         raise OpsError(f"{archive} is empty")
+    if summary is None and damaged_middle:
+        raise OpsError(f"{archive} is damaged: a header after {info.files:,} good files cannot be read, and the "
+                       "archive goes on after it (a corrupted copy, whole in length); nothing was restored. "
+                       "Use another backup")
     if summary is None:
         raise OpsError(f"{archive} has no summary at its end: it was cut short (the backup did not finish, or the "
                        "copy is incomplete); nothing was restored. Use another backup")

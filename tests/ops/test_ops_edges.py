@@ -402,3 +402,29 @@ def test_a_key_of_a_thousand_slashes_lists_backs_up_restores_and_migrates(tmp_pa
                 assert [o["Key"] for o in s3.list_objects_v2(Bucket="aaa")["Contents"]] == ["photo.jpg", "x/" * 511 + "y"]
     finally:  # shutil.rmtree (pytest's clean-up of old temp dirs) recurses once per level too
         subprocess.run(["rm", "-rf", str(tmp_path)], check=False, timeout=60)
+
+
+def test_a_damaged_header_in_the_middle_is_not_called_cut_short(tmp_path):
+    """tarfile takes an unreadable header after the first member for the end of the archive: the
+    restore said "cut short (the backup did not finish, or the copy is incomplete)" of a whole-length
+    archive with one flipped byte, sending the operator after the wrong cause."""
+    data = tmp_path / "cv-storage"
+    with GatewayProcess(data) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="faces")
+        for i in range(10):
+            s3.put_object(Bucket="faces", Key=f"cam/{i}.jpg", Body=os.urandom(3000))
+    archive = tmp_path / "full.tar"
+    assert gateway_cmd("backup", "-q", "--data-dir", data, archive).returncode == 0
+    with tarfile.open(archive) as tar:
+        middle = [m for m in tar.getmembers() if m.name.endswith("5.jpg%obj")][0]
+    raw = bytearray(archive.read_bytes())
+    raw[middle.offset] ^= 0x55  # one byte of its header block: the header's checksum fails
+    archive.write_bytes(bytes(raw))
+    result = gateway_cmd("restore", "--check", archive)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is damaged" in result.stderr and "cut short" not in result.stderr, result.stderr
+    # An archive really cut short is still called so.
+    archive.write_bytes(bytes(raw[:middle.offset]))
+    result = gateway_cmd("restore", "--check", archive)
+    assert result.returncode == 2 and "cut short" in result.stderr, result.stderr
