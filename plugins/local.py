@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1024 * 1024
 # Payloads up to this size are gathered in memory and written with one write().
 BUFFER_LIMIT = 1024 * 1024
+# What all PUTs together may gather in memory (each up to BUFFER_LIMIT, written with its header in one
+# write): past it, a PUT streams to its temp file as a large one does. 400 clients stalled near the end
+# of a 1 MiB body held 400 MB, and nothing bounded how many could.
+GATHERED_LIMIT = 64 * 1024 * 1024
 HEADER_SLACK = 1024  # room reserved for etag, size and checksums in streamed writes
 # A rename into place that finds its directory gone makes it again and retries this often: another
 # request (or server, on shared storage) may prune it each time, deleting the last object there.
@@ -117,6 +121,7 @@ class LocalBackend(Backend):
         # Object path -> [PUTs of it in progress here, the newest (time, ETag) one of them published]
         # (put(): the newer of two concurrent writes stays, whichever finishes last).
         self._writing: dict[str, list] = {}
+        self._gathered = 0  # bytes of PUT bodies gathered in memory now (GATHERED_LIMIT)
 
     # Life cycle ---------------------------------------------------------------
 
@@ -481,22 +486,26 @@ class LocalBackend(Backend):
         # other nodes already acted on (they dropped their copies for the newer one): the key was lost.
         writing = self._writing.setdefault(final, [0, None])
         writing[0] += 1
+        buffered_size = 0  # counted in self._gathered while gathered
         try:
             buffered: list[bytes] | None = []
-            buffered_size = 0
             reserved = 0
             position = 0
             async for chunk in payload:
                 if buffered is not None:
                     buffered.append(chunk)
                     buffered_size += len(chunk)
-                    if buffered_size <= BUFFER_LIMIT:
+                    self._gathered += len(chunk)
+                    if buffered_size <= BUFFER_LIMIT and self._gathered <= GATHERED_LIMIT:
                         continue
-                    # Too big to gather: reserve room for the header and stream the rest.
+                    # Too big to gather (or too much gathered at once): reserve room for the header and
+                    # stream the rest.
                     probe = fslayout.encode_header(key, 0, "", 0.0, meta_json, {})
                     reserved = len(probe) - fslayout.PREFIX.size + HEADER_SLACK
                     position = fslayout.PREFIX.size + reserved
                     chunk, buffered = b"".join(buffered), None
+                    self._gathered -= buffered_size
+                    buffered_size = 0
                 position += _write_all(fd, chunk, position)
             info = ObjectInfo(key, payload.size, payload.etag, time.time(), meta, payload.checksums)
             header = fslayout.encode_header(key, info.size, info.etag, info.last_modified, meta_json,
@@ -525,6 +534,7 @@ class LocalBackend(Backend):
             self._discard_temp(tmp)
             raise
         finally:
+            self._gathered -= buffered_size
             writing[0] -= 1
             if not writing[0]:
                 self._writing.pop(final, None)

@@ -621,3 +621,34 @@ async def test_default_read_cache_is_off_on_a_network_filesystem(smbd, tmp_path)
                 await backend.close()
     finally:
         share.stop()
+
+
+async def test_many_slow_uploads_gather_no_more_than_the_limit_in_memory(local, monkeypatch):
+    """Each PUT up to 1 MiB is gathered in memory and written with its header at once: 400 clients
+    stalled near the end of such a body held 400 MB, with nothing to bound how many could. Past
+    GATHERED_LIMIT in all, a PUT streams to its temp file as a large one does."""
+    monkeypatch.setattr(local_backend, "GATHERED_LIMIT", 2 * 1024 * 1024)
+    stalled = anyio.Event()
+    piece = 900 * 1024
+    waiting = 0
+
+    async def body(n: int):
+        nonlocal waiting
+        yield bytes([n]) * piece
+        waiting += 1  # the first piece is taken: the client stops sending for a while
+        await stalled.wait()
+        yield bytes([n]) * 100
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(10):
+            tasks.start_soon(local.put, "faces", f"slow/{n}", Payload(body(n)), ObjectMeta())
+        for _ in range(500):  # bounded: 5 s
+            if waiting == 10:
+                break
+            await anyio.sleep(0.01)
+        assert waiting == 10
+        assert 0 < local._gathered <= 2 * 1024 * 1024 + piece, local._gathered
+        stalled.set()
+    assert local._gathered == 0
+    for n in range(10):
+        assert await get_bytes(local, "faces", f"slow/{n}") == bytes([n]) * piece + bytes([n]) * 100
