@@ -312,6 +312,11 @@ class SharedFSBackend(LocalBackend):
     async def list(self, bucket, prefix="", delimiter="", start_after="", max_keys=1000) -> ListPage:
         return await super().list(bucket, prefix, delimiter, start_after, max_keys)
 
+    def _root_gone(self) -> errors.GatewayError:
+        if self.require_mount and os.path.isdir(self.root):
+            return self._not_mounted()  # the mount point is there, the share is not: say that
+        return super()._root_gone()
+
     def _root_present(self) -> bool:
         # A share unmounted under a running gateway leaves its mount point: a temp directory made there
         # would put objects on this server's own disk.
