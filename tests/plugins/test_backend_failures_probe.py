@@ -602,3 +602,28 @@ def test_a_listing_cut_off_after_its_headers_is_a_503_not_an_empty_bucket(tmp_pa
             assert "Traceback" not in gw.log()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_gateway_stops_at_once_while_its_store_holds_a_call(own_moto, tmp_path, stop):
+    """A frozen S3 endpoint holds the backend's worker thread in its call for timeout x attempts (here
+    up to 100 s); the exit after Ctrl-C (`make run`) waited for that thread."""
+    options = dict(_s3_options(own_moto), max_attempts=5, timeout=20, deadline=2)
+    gw = GatewayProcess(tmp_path / "unused", config=_config(tmp_path, "s3", options))
+    gw.start()
+    try:
+        s3 = _client(gw)
+        s3.create_bucket(Bucket="far")
+        s3.put_object(Bucket="far", Key="k", Body=b"far value")
+        _freeze(own_moto.process, False)
+        _assert_503_retry_after(lambda: s3.get_object(Bucket="far", Key="k"))  # answered at the deadline
+        started = time.monotonic()
+        gw.process.send_signal(stop)
+        gw.process.wait(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        _thaw(own_moto.process, False)
+        gw.stop()
+    assert gw.process.returncode in (0, -stop), gw.log()[-2000:]  # uvicorn raises SIGTERM again once stopped
+    assert "Application shutdown complete" in gw.log()
+    assert took < 15, f"the gateway took {took:.0f} s to stop"
