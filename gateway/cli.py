@@ -179,7 +179,8 @@ def serve(config_file, print_config, **flags) -> None:
             raise
         _exit_now(0)
     if not server.started:
-        _fail(app.startup_error or "the gateway did not start (see the messages above)")
+        click.echo(f"error: {app.startup_error or 'the gateway did not start (see the messages above)'}", err=True)
+        _exit_now(2)  # as _fail, without waiting for a call a store holds (a start that timed out)
     _exit_now(0)
 
 
