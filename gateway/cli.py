@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import sys
 
@@ -13,22 +12,6 @@ import click
 
 from . import __version__, process_tuning
 from .config import MIN_SECRET_LENGTH, ConfigError, Settings, load_settings, unknown_variables
-
-
-_SIGNATURE_PARAMETER = re.compile(r"(?<=[?&])((?:X-Amz-)?Signature=)[^&\s]*")
-
-
-class _RedactSignatures(logging.Filter):
-    """Access log lines with the signature of a presigned URL (SigV4 X-Amz-Signature, SigV2 Signature)
-    replaced by REDACTED: logged, the URL would open its object to whoever reads the log, for as long
-    as it lives (up to a week). The rest of the query stays, for debugging."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(isinstance(arg, str) and "Signature=" in arg for arg in args):
-            record.args = tuple(_SIGNATURE_PARAMETER.sub(r"\1REDACTED", arg) if isinstance(arg, str) else arg
-                                for arg in args)
-        return True
 
 
 def _fail(message: str) -> None:
@@ -149,9 +132,13 @@ def serve(config_file, print_config, **flags) -> None:
         click.echo(json.dumps(settings.masked(), indent=2, sort_keys=True))
         return
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from .api import access_log
 
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", access_log=settings.access_log,
+        log_config=access_log.log_config(LOGGING_CONFIG),
         log_level=settings.log_level, loop=_best_loop(), http=_best_http(app), server_header=False,
         date_header=True, timeout_keep_alive=settings.keep_alive_timeout,
         # The gateway never reads the client address from the scope: skip uvicorn's
@@ -160,10 +147,7 @@ def serve(config_file, print_config, **flags) -> None:
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca,
     )
     if settings.access_log:  # after uvicorn.Config, which configures the logging
-        access = logging.getLogger("uvicorn.access")
-        access.addFilter(_RedactSignatures())
-        # uvicorn gives it the --log-level: with warning or error, --access-log logged nothing, silently.
-        access.setLevel(logging.INFO)
+        access_log.install()
     server = _server_class(uvicorn.Server)(config)
     process_tuning.set_cpu_scheduling(settings.cpu_scheduling)  # before any thread starts: they inherit it
     process_tuning.tune_gc()  # last: what exists now lives as long as the process

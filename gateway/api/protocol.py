@@ -404,17 +404,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         else:
             self._respond(pending, scope, *answer)
 
-    def log_access(self, scope: dict, status: int) -> None:
+    def log_access(self, scope: dict, status: int, headers=()) -> None:
+        """The access line of a request answered here (``headers``: the answer's, for its request id)."""
         if self.access_log:
+            request_id = next((value.decode() for name, value in headers if name == b"x-amz-request-id"), "-")
             self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
-                                    get_path_with_query_string(scope), scope["http_version"], status)
+                                    get_path_with_query_string(scope), scope["http_version"], status,
+                                    extra={"request_id": request_id})
 
     def _respond(self, pending: _FastCycle, scope: dict, status: int, headers: list, body) -> None:
         """Send (status, headers, body) as answered by S3App.answer_read or PeerApp.answer_read
         (``scope``: this request's; by the time a suspended answer is ready, the connection may
         have begun another)."""
         head_only = scope["method"] == "HEAD"
-        self.log_access(scope, status)
+        self.log_access(scope, status, headers)
         # uvicorn checks every header of every response for characters that would split it. Here
         # the values that come from outside are checked where they enter: stored object headers once
         # per ObjectInfo (s3/responses.py), response-* overrides when parsed (s3/objects.py).

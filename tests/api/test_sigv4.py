@@ -697,3 +697,24 @@ def test_access_log_logs_at_every_log_level(tmp_path):
         log = gw.log()
     assert '"PUT /quiet-logs/face.jpg HTTP/1.1" 200' in log, log[-2000:]
     assert '"GET /quiet-logs/face.jpg HTTP/1.1" 200' in log, log[-2000:]
+
+
+def test_access_lines_end_with_the_request_id_the_client_saw(tmp_path):
+    """An operator given a client's error (its RequestId) finds the request's access line by it, for
+    requests answered below ASGI (plain reads) and through it (writes, listings, errors)."""
+    from gateway.testing.server import GatewayProcess
+
+    with GatewayProcess(tmp_path / "cv-storage", args=["--access-log"]) as gw:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="ids")
+        put = s3.put_object(Bucket="ids", Key="face.jpg", Body=b"jpeg")
+        got = s3.get_object(Bucket="ids", Key="face.jpg")
+        with pytest.raises(ClientError) as missing:
+            s3.get_object(Bucket="ids", Key="missing.jpg")
+        listed = s3.list_objects_v2(Bucket="ids")
+        log = gw.log()
+    for line, answer in (('"PUT /ids/face.jpg HTTP/1.1" 200', put), ('"GET /ids/face.jpg HTTP/1.1" 200', got),
+                         ('"GET /ids/missing.jpg HTTP/1.1" 404', missing.value.response),
+                         ('"GET /ids?list-type=2', listed)):
+        request_id = answer["ResponseMetadata"]["RequestId"]
+        assert any(line in entry and entry.endswith(f" {request_id}") for entry in log.splitlines()), (line, log[-3000:])

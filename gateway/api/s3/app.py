@@ -19,6 +19,7 @@ from ... import errors
 from ...backend import Backend, ObjectReader
 from ...cluster.forward import Forward
 from ...eager import NeedsTask, stray_cancellation
+from ..access_log import REQUEST_ID
 from . import buckets, multipart, objects
 from .request import S3Request, check_bucket_name, check_path_utf8, check_query_utf8
 from .sigv4 import Authenticator
@@ -161,6 +162,7 @@ class S3App:
     async def __call__(self, scope, receive, send) -> None:
         req = self.new_request(scope, receive)
         request_id = req.request_id
+        REQUEST_ID.set(request_id)  # for the access line uvicorn logs from this task (api/access_log.py)
         started = False
         headers = req.headers
         if self.is_plain_read(req):
