@@ -296,7 +296,7 @@ class S3Backend(MultipartMixin, Backend):
                                             f"if it stays so): {reason}") from None
         except errors.GatewayError as exc:
             raise ValueError(f"{self.label}: cannot use {where} (check the access_key_id/secret_access_key "
-                             f"setting): {exc.message}") from None
+                             f"setting): {exc.message.removeprefix(f'{self.label}: ')}") from None
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -167,7 +167,7 @@ class SmbBackend(Backend):
         except errors.GatewayError as exc:
             setting = "user/password" if "rejected the user" in exc.message else "server/port"
             raise ValueError(f"{self.label}: cannot use {where} (check the {setting} setting): "
-                             f"{exc.message}") from None
+                             f"{exc.message.removeprefix(f'{self.label}: ')}") from None
         try:
             problem = None
             if not await self.pool.call(files.exists_dir, self.share_root, what="open the share"):

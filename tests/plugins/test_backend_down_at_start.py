@@ -107,6 +107,8 @@ def test_a_refused_password_still_stops_the_start(tmp_path):
             gateway.start()
         log = gateway.log_path.read_text()
         assert "backend 'remote' (smb): cannot use SMB server" in log and "check the user/password setting" in log, log
+        line = next(line for line in log.splitlines() if "cannot use SMB server" in line)
+        assert line.count("backend 'remote' (smb)") == 1, line  # said once, not again for the cause
         assert gateway.process.poll() == 2, log
 
 
