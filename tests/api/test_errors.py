@@ -141,6 +141,48 @@ def test_a_sigv2_presigned_put_with_headers_in_its_query_is_served(gateway, s3, 
     assert head["ContentType"] == "image/jpeg" and head["Metadata"] == {"camera": "7"}
 
 
+def test_a_sigv2_presigned_put_stores_what_it_was_signed_with(gateway, s3, bucket):
+    """The signed Content-Type, Content-MD5 and x-amz-meta-* in the query only took part in the
+    signature: whoever held the URL stored text/html, forged metadata, or bytes other than the MD5."""
+    import base64
+    import hashlib
+
+    from botocore.config import Config
+
+    v2 = boto3.client("s3", endpoint_url=gateway.endpoint, region_name="us-east-1",
+                      aws_access_key_id=gateway.access_key, aws_secret_access_key=gateway.secret_key,
+                      config=Config(s3={"addressing_style": "path"}))
+
+    def put(url, body, headers):  # http.client: urllib would add a Content-Type of its own
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            connection.request("PUT", f"{parts.path}?{parts.query}", body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    url = v2.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "v2p", "ContentType": "image/jpeg",
+                                                          "Metadata": {"owner": "alice"}})
+    for forged in ({"Content-Type": "text/html"}, {"Content-Type": "image/jpeg", "x-amz-meta-owner": "mallory"}):
+        status, body = put(url, b"x", forged)
+        assert status == 403 and b"SignatureDoesNotMatch" in body, (forged, status, body)
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="v2p")  # nothing was stored
+    assert put(url, b"x", {})[0] == 200  # the headers left out: what the URL was signed with is stored
+    head = s3.head_object(Bucket=bucket, Key="v2p")
+    assert head["ContentType"] == "image/jpeg" and head["Metadata"] == {"owner": "alice"}
+    md5 = base64.b64encode(hashlib.md5(b"expected").digest()).decode()
+    url = v2.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "md5k", "ContentMD5": md5})
+    status, body = put(url, b"something else entirely", {})
+    assert status == 400 and b"BadDigest" in body, (status, body)
+    assert put(url, b"expected", {})[0] == 200
+
+
 def test_object_lock_bucket_is_refused(s3, bucket):
     with pytest.raises(ClientError) as info:
         s3.create_bucket(Bucket=f"{bucket}-lock", ObjectLockEnabledForBucket=True)

@@ -79,7 +79,14 @@ def verify_header(authorization: str, method: str, raw_path: str, pairs, headers
 
 def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
                  secret_for: Callable[[str], str], now: float) -> str:
-    """Check a presigned SigV2 URL (AWSAccessKeyId, Signature, Expires); return the access key."""
+    """Check a presigned SigV2 URL (AWSAccessKeyId, Signature, Expires); return the access key.
+
+    botocore puts the Content-Type, Content-MD5 and x-amz-* headers a URL is signed with into its
+    query (a URL carries no headers). Those signed values are the request's: a header that says
+    otherwise is refused, and one the request does not send is added to ``headers`` (a dict), so
+    that what is stored is what was signed. They only took part in the signature before: whoever
+    held the URL could store any Content-Type (text/html), other metadata, or bytes other than the
+    Content-MD5 pinned."""
     params = {name: unquote(value) for name, value in pairs}
     access_key, signature, expires = params.get("AWSAccessKeyId", ""), params.get("Signature", ""), params.get(
         "Expires", "")
@@ -100,4 +107,13 @@ def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
     expected = sign(secret, string_to_sign(method, raw_path, pairs, signed_headers, expires))
     if not hmac.compare_digest(expected, signature):
         raise errors.SignatureDoesNotMatch()
+    for name, value in params.items():
+        if not (name.startswith("x-amz-") or name in ("content-type", "content-md5")):
+            continue
+        sent = headers.get(name)
+        if sent is None:
+            headers[name] = value
+        elif sent.strip() != value.strip():
+            raise errors.SignatureDoesNotMatch(
+                f"The {name} header ({sent!r}) is not the {name} the URL was signed with ({value!r}).")
     return access_key
