@@ -385,9 +385,18 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
     done = []
     if not config_file:
         return done  # restoring objects only (--data-dir): the node's files stay in the archive
-    for what, (original, data) in sorted(info.node_files.items()):
-        target = os.path.abspath(config_file if what == "config" and config_file else original)
-        if not original or os.path.exists(target):
+    files = sorted(info.node_files.items(), key=lambda item: item[0] != "config")  # the config first: it names the rest
+    for what, (original, data) in files:
+        if what == "config":
+            target = config_file
+        else:
+            # Where the settings will look (the config, or GATEWAY_TLS_*), never the path the archive
+            # names: that is the archive's word, and a tampered one run as root could write anywhere.
+            target = _configured_path(config_file, what)
+            if target is None:
+                continue  # the restore proper says so, naming the member
+        target = os.path.abspath(target)
+        if os.path.exists(target):
             continue
         mode = 0o644 if what in ("tls_cert", "tls_ca") else 0o600
         write_atomically(target, f"{target}.{os.getpid()}.restore-tmp", [data],
@@ -396,6 +405,21 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
         stream.write(f"restored the {what.replace('_', ' ')} file to {target} (it was missing)\n")
         done.append(target)
     return done
+
+
+def _configured_path(config_file: str, what: str) -> str | None:
+    """The path the settings will read ``what`` (tls_cert, tls_key, tls_ca) from: GATEWAY_TLS_*, else
+    the config file's setting; None when neither names one."""
+    import tomllib
+
+    value = os.environ.get(f"GATEWAY_{what.upper()}")
+    if not value:
+        try:
+            with open(config_file, "rb") as file:
+                value = tomllib.load(file).get(what)
+        except (OSError, tomllib.TOMLDecodeError):
+            return None
+    return value if isinstance(value, str) and value else None
 
 
 def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str, settings, config_file: str | None,
@@ -408,12 +432,14 @@ def _restore_node_file(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str,
     if what == "registry":
         target = sqlite_registry_path(settings)
     elif config_file:
-        target = config_file if what == "config" else str(getattr(settings, what, None) or original)
+        # Where the settings look for it; never the path the archive names (the archive's word).
+        target = config_file if what == "config" else str(getattr(settings, what, None) or "")
     else:
         target = None
     if not target:
+        named = {"registry": "no SQLite registry", "config": "no config file"}.get(what, f"no {what} file")
         progress.note(f"not restored: the {what.replace('_', ' ')} file {original} (member {member.name}), since "
-                      f"this node's settings name {'no SQLite registry' if what == 'registry' else 'no config file'}")
+                      f"this node's settings name {named if config_file or what == 'registry' else 'no config file'}")
         return
     target = os.path.abspath(target)
     expected = member.pax_headers[SHA_HEADER]

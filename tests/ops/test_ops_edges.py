@@ -428,3 +428,23 @@ def test_a_damaged_header_in_the_middle_is_not_called_cut_short(tmp_path):
     archive.write_bytes(bytes(raw[:middle.offset]))
     result = gateway_cmd("restore", "--check", archive)
     assert result.returncode == 2 and "cut short" in result.stderr, result.stderr
+
+
+def test_node_files_go_where_the_settings_say_never_where_the_archive_says(tmp_path):
+    """A TLS file went back to the path the archive named when the config named none: an archive made
+    or changed by someone else, restored as root, wrote what it liked where it liked (cron.d, ssh)."""
+    target = tmp_path / "restored"
+    config = tmp_path / "etc" / "gateway.toml"
+    outside = tmp_path / "outside" / "cron-evil"
+    outside.parent.mkdir()
+    config_text = f'data_dir = "{target}"\n'.encode()
+    archive = craft(tmp_path / "evil.tar", [
+        ("cv-backup/files/config/gateway.toml", config_text, {"pax": {PATH: str(config)}}),
+        ("cv-backup/files/tls_cert/evil", b"* * * * * root touch /tmp/owned\n", {"pax": {PATH: str(outside)}}),
+    ], man=manifest(stores=[{"name": "local", "type": "local", "root": str(target), "shared": False}]))
+    result = gateway_cmd("restore", "--config", config, archive)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert not outside.exists(), result.stderr
+    assert config.read_bytes() == config_text  # the config itself goes to --config, as asked
+    assert f"not restored: the tls cert file {outside}" in result.stderr, result.stderr
+    assert "since this node's settings name no tls_cert file" in result.stderr, result.stderr
