@@ -190,6 +190,8 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key must be set together (--tls-cert and --tls-key)")
         if self.tls_cert is not None:
             _check_tls_pair(self.tls_cert, self.tls_key)
+            if self.tls_ca is not None:
+                _check_issued_by_ca(self.tls_cert, self.tls_key, self.tls_ca)
         for name, config in self.backend_configs().items():
             if config.get("type") is None:
                 raise ValueError(f'backends.{name} has no type: add type = "local" (or another backend type: '
@@ -349,6 +351,39 @@ def _check_tls_pair(cert: Path, key: Path) -> None:
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"tls_cert {cert} and tls_key {key} cannot be used: {exc.strerror or exc} (both must "
                          "be PEM, the key the certificate's; `gateway cluster tls init` makes them)") from None
+
+
+def _check_issued_by_ca(cert: Path, key: Path, ca: Path) -> None:
+    """Refuse a node certificate the cluster CA did not issue (tls files of two `cluster tls init` runs
+    mixed): the node trusted its peers and joined, but they could not verify it, and every miss
+    through any node was a 503 naming it. Checked with a TLS handshake in memory, this node's
+    certificate against its own CA file, as its peers will (intermediate certificates included)."""
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # the names are peers' to check against the address they dial
+    client.load_verify_locations(cafile=str(ca))
+    pipes = [ssl.MemoryBIO(), ssl.MemoryBIO()]  # what the server reads, what the client reads
+    near = client.wrap_bio(pipes[0], pipes[1])
+    far = server.wrap_bio(pipes[1], pipes[0], server_side=True)
+    for _ in range(10):  # a TLS 1.3 handshake takes two rounds; bounded all the same
+        done = True
+        for side in (near, far):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLCertVerificationError as exc:
+                raise ValueError(
+                    f"tls_cert {cert} was not issued by the CA in tls_ca {ca} ({exc.verify_message}): peers that "
+                    "trust that CA would refuse this node. Give it the certificate and key `gateway cluster tls "
+                    "init` made with that CA (the files of two runs mixed?)") from None
+            except ssl.SSLError:
+                return  # something else of TLS: the server's own start says what
+        if done:
+            return
 
 
 def _check_tls_ca(ca: Path) -> None:

@@ -164,3 +164,25 @@ def test_a_proxy_says_it_ignores_its_backends(tmp_path):
                      "--insecure-peers", "--print-config", env=env_with(**CLUSTER_ENV))
     assert result.returncode == 0, result.stderr
     assert "warning: a proxy stores nothing: backend s (local) is not used" in result.stderr, result.stderr
+
+
+def test_a_node_certificate_another_ca_issued_is_refused(tmp_path):
+    """The files of two `cluster tls init` runs mixed: the node trusted its peers (its CA file is the
+    cluster's) and joined, but they could not verify its certificate, and every miss through any node
+    was a 503 naming it. docs/cluster.md says such a node does not start."""
+    run_cli("cluster", "tls", "init", "--dir", str(tmp_path / "one"), "--node", "n1=127.0.0.1")
+    run_cli("cluster", "tls", "init", "--dir", str(tmp_path / "two"), "--node", "n1=127.0.0.1")
+    result = run_cli("serve", "--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "cv"),
+                     "--role", "redundant", "--registry", f"sqlite:///{tmp_path}/r.db",
+                     "--advertise", "https://127.0.0.1:8086", "--tls-cert", str(tmp_path / "two" / "n1.pem"),
+                     "--tls-key", str(tmp_path / "two" / "n1-key.pem"), "--tls-ca", str(tmp_path / "one" / "ca.pem"),
+                     "--print-config", env=env_with(**CLUSTER_ENV))
+    no_traceback(result)
+    assert result.returncode == 2, result.stderr
+    assert "was not issued by the CA in tls_ca" in result.stderr, result.stderr
+    same = run_cli("serve", "--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "cv"),
+                   "--role", "redundant", "--registry", f"sqlite:///{tmp_path}/r.db",
+                   "--advertise", "https://127.0.0.1:8086", "--tls-cert", str(tmp_path / "one" / "n1.pem"),
+                   "--tls-key", str(tmp_path / "one" / "n1-key.pem"), "--tls-ca", str(tmp_path / "one" / "ca.pem"),
+                   "--print-config", env=env_with(**CLUSTER_ENV))
+    assert same.returncode == 0, same.stderr
