@@ -358,9 +358,13 @@ def _open_partial(partial: str):
     """The archive being written, locked so that a second backup to the same name is refused
     (a .partial left by a killed backup is not locked: it is reused)."""
     try:
-        # The archive can hold the secret key and the TLS key: readable by its owner only.
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o600)
+        # The archive can hold the secret key and the TLS key: readable by its owner only. Not through a
+        # symbolic link (the archive would go wherever it points, and its name stay a link).
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OpsError(f"cannot write {partial}: it is a symbolic link; remove it, or give another "
+                           "name") from None
         raise OpsError(f"cannot write {partial}: {exc.strerror or exc}. {_write_advice(exc.errno)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -368,6 +372,7 @@ def _open_partial(partial: str):
         os.close(fd)
         raise OpsError(f"another backup is writing {partial}: wait for it to end, or give another name") from None
     os.ftruncate(fd, 0)
+    os.fchmod(fd, 0o600)  # a .partial left earlier (or made by someone else) keeps its mode otherwise
     return open(fd, "wb")
 
 

@@ -406,6 +406,22 @@ def test_full_backup_carries_config_tls_files_and_registry(source, tmp_path):
         assert_has(back.client(), objects)
 
 
+def test_the_archive_is_its_owners_alone_whatever_was_at_its_name(source, tmp_path):
+    """A .partial left world-readable (by an earlier run, or someone else) kept its mode: the archive,
+    which holds the keys, came out 644; a .partial that was a symbolic link sent it elsewhere."""
+    source.client().create_bucket(Bucket="keys")
+    left = tmp_path / "n2.tar.partial"
+    left.write_bytes(b"\0" * 4096)
+    left.chmod(0o644)
+    gateway_cmd("backup", "-q", "--data-dir", source.data_dir, tmp_path / "n2.tar", check=0)
+    assert oct((tmp_path / "n2.tar").stat().st_mode & 0o777) == "0o600"
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "n3.tar.partial").symlink_to(elsewhere)
+    result = gateway_cmd("backup", "-q", "--data-dir", source.data_dir, tmp_path / "n3.tar", check=2)
+    assert "symbolic link" in result.stderr, result.stderr
+    assert not elsewhere.exists() and not (tmp_path / "n3.tar").exists()
+
+
 def test_restore_into_a_store_the_node_does_not_have_is_refused(archive, tmp_path):
     config = tmp_path / "two.toml"
     config.write_text(f'default_backend = "a"\n[backends.a]\ntype = "local"\nroot = "{tmp_path}/a"\n'
