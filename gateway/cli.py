@@ -105,6 +105,11 @@ def serve(config_file, print_config, **flags) -> None:
                    "every object. Set your own secret (--secret-key, GATEWAY_SECRET_KEY, secret_key and "
                    "[credentials] in the config file; `make run SECRET_KEY=...`), or listen on 127.0.0.1",
                    err=True)
+    if settings.allow_anonymous and settings.listens_beyond_this_host():
+        click.echo(f"warning: allow_anonymous is on and the gateway listens on {settings.host}, reachable from "
+                   f"other machines: anyone who can reach port {settings.port} can read, overwrite and delete every "
+                   "object without a key. It is meant for tests on 127.0.0.1; turn it off (drop --allow-anonymous, "
+                   "GATEWAY_ALLOW_ANONYMOUS) or listen on 127.0.0.1", err=True)
     if not print_config:  # --print-config checks a config while the running gateway holds the port
         # Before the app starts: it joins the cluster on start-up, and a node that then cannot
         # listen must not have registered (as the primary, if it came first).

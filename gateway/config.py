@@ -181,8 +181,8 @@ class Settings(BaseSettings):
         if (self.access_key is None) != (self.secret_key is None):
             raise ValueError("access_key and secret_key must be set together")
         credentials = self.all_credentials()
-        if self.secret_key == "" or "" in credentials or "" in credentials.values():
-            raise ValueError("access keys and secret keys must not be empty")
+        if self.secret_key == "" or any(not k.strip() or not v.strip() for k, v in credentials.items()):
+            raise ValueError("access keys and secret keys must not be empty (nor only spaces)")
         if self.access_key in self.credentials and self.credentials[self.access_key] != self.secret_key:
             raise ValueError(f"access key {self.access_key!r} is given twice with different secrets (access_key "
                              "and credentials): keep one")
@@ -250,7 +250,9 @@ class Settings(BaseSettings):
 
     def short_secret_keys(self) -> list[str]:
         """Access keys whose secret has fewer than MIN_SECRET_LENGTH characters."""
-        return sorted(key for key, secret in self.all_credentials().items() if len(secret) < MIN_SECRET_LENGTH)
+        # Counted without the spaces around it: eight blanks are no secret.
+        return sorted(key for key, secret in self.all_credentials().items()
+                      if len(secret.strip()) < MIN_SECRET_LENGTH)
 
     def backend_configs(self) -> dict[str, dict[str, Any]]:
         """Backend instances; without any configured, one local backend on data_dir."""

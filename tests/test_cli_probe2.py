@@ -186,3 +186,32 @@ def test_a_node_certificate_another_ca_issued_is_refused(tmp_path):
                    "--tls-key", str(tmp_path / "one" / "n1-key.pem"), "--tls-ca", str(tmp_path / "one" / "ca.pem"),
                    "--print-config", env=env_with(**CLUSTER_ENV))
     assert same.returncode == 0, same.stderr
+
+
+def test_a_registry_url_with_a_password_is_refused_without_echoing_it(tmp_path):
+    """etcd://root:pass@host was accepted, though the registry never logs in to etcd, and the password
+    was printed by --print-config and in every start-up error."""
+    registry = "etcd://root:hunter2pass@127.0.0.1:2379"
+    result = run_cli("serve", "--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", str(tmp_path / "cv"),
+                     "--role", "primary", "--registry", registry, "--insecure-peers", "--print-config",
+                     env=env_with(**CLUSTER_ENV))
+    assert result.returncode == 2, result.stdout
+    assert "authentication is not supported" in result.stderr, result.stderr
+    assert "hunter2pass" not in result.stderr + result.stdout
+
+
+def test_weak_keys_and_anonymous_access_beyond_loopback_are_said(tmp_path):
+    """Eight spaces passed the 8-character rule beyond loopback, a secret of one space was taken, and
+    --allow-anonymous on 0.0.0.0 (anyone may delete everything) started without a word."""
+    blank = run_cli("serve", "--host", "0.0.0.0", "--access-key", "a", "--secret-key", " " * 8,
+                    "--data-dir", str(tmp_path / "cv"), "--print-config", env=env_with())
+    assert blank.returncode == 2, blank.stderr
+    config = tmp_path / "gateway.toml"
+    config.write_text('[credentials]\nsomeone = " "\n')
+    spaces = run_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "cv"), "--print-config",
+                     env=env_with())
+    assert spaces.returncode == 2 and "nor only spaces" in spaces.stderr, spaces.stderr
+    anonymous = run_cli("serve", "--host", "0.0.0.0", "--allow-anonymous", "--data-dir", str(tmp_path / "cv"),
+                        "--print-config", env=env_with())
+    assert anonymous.returncode == 0, anonymous.stderr
+    assert "warning: allow_anonymous is on" in anonymous.stderr and "reachable from other machines" in anonymous.stderr

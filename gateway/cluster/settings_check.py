@@ -82,6 +82,11 @@ def check_registry_url(url: str) -> None:
         except ValueError:
             port = None
             parts = None
+        if parts is not None and (parts.username or parts.password):
+            # Never echoed back: the URL is printed by --print-config and in errors.
+            raise ValueError(f"registry {scheme}://...: endpoint {endpoint.rpartition('@')[2]!r} carries a user and "
+                             "password, and the etcd registry does not log in to etcd (its authentication is not "
+                             "supported): remove them, and keep etcd on a network only the nodes reach")
         if parts is None or not parts.hostname or port in (None, 0) or parts.path or parts.query:
             raise ValueError(f"registry {url!r}: endpoint {endpoint!r} is not host:port with a port from 1 to "
                              "65535, e.g. etcd://10.0.0.1:2379,10.0.0.2:2379")
