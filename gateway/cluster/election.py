@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 
 from .registry import NodeRecord, Registry
+from .sometimes import Sometimes, since
 
 log = logging.getLogger("gateway.cluster")
 LEASE = "primary"  # the registry lock the primary holds
@@ -69,6 +70,7 @@ class Election:
         # (primary, its last heartbeat as read, when this node first read it): the primary's silence
         # as this node saw it, so that a registry outage, which silences everyone, does not count.
         self._watch: tuple[str, float, float] | None = None
+        self._stalled_said = Sometimes(clock=monotonic)  # "no failover without both voters", once a minute
 
     async def give_up(self) -> None:
         """Release the lease (this node left the cluster)."""
@@ -134,8 +136,10 @@ class Election:
             return "redundant"  # the lease lapsed but the primary still beats: give it time
         other = by_id[next(v for v in voting if v != self.node_id)]
         if not other.heartbeat_fresh(now):
-            log.info("primary %s is down, and so is voter %s: no failover without both voting redundant nodes",
-                     primary.node_id, other.node_id)
+            repeats = self._stalled_said.due((primary.node_id, other.node_id))
+            if repeats is not None:  # once a minute, not on every heartbeat for as long as it lasts
+                log.info("primary %s is down, and so is voter %s: no failover without both voting redundant "
+                         "nodes%s", primary.node_id, other.node_id, since(repeats))
             return "redundant"
         if not await self.registry.acquire_lock(LEASE, self.node_id, self.lease_seconds):
             return "redundant"  # the other voter won

@@ -14,6 +14,7 @@ from ...backend import Backend, ObjectReader
 from ...cluster.locations import NOWHERE
 from ...cluster.membership import Cluster
 from ...cluster.relay import PeerUnreachable
+from ...cluster.sometimes import Sometimes, since
 from .unreachable import STORAGE_FAILED, unreachable_error
 
 log = logging.getLogger("gateway.cluster")
@@ -36,6 +37,7 @@ class PeerAsking:
     name: str
     _background: set[asyncio.Task]
     _storage_failure_logged: float
+    _unreachable_said: Sometimes
 
     async def _ask(self, peer: str, call: Callable[[str, str], Awaitable[Any]], address: str | None = None) -> Any:
         """Run ``call(peer, address)``; NoSuchKey/NoSuchBucket become _Miss, an unreachable peer PeerUnreachable.
@@ -80,7 +82,7 @@ class PeerAsking:
                     except PeerUnreachable as exc:
                         state["unreachable"].append(peer)
                         state["why"][peer] = exc
-                        log.info("relay: %s", exc)
+                        self._say_unreachable(peer, exc)
                         continue
                     state["bucket"] = True
                     winner = task
@@ -139,7 +141,7 @@ class PeerAsking:
             except PeerUnreachable as exc:
                 state["unreachable"].append(cached)
                 state["why"][cached] = exc
-                log.info("relay: %s", exc)
+                self._say_unreachable(cached, exc)
             self.locations.drop(bucket, key)
         healthy, limited = self.cluster.health.split(p for p in peers if p not in asked)
         for group in (healthy, limited):
@@ -207,6 +209,12 @@ class PeerAsking:
         return answers
 
     # This node's own store ---------------------------------------------------------
+
+    def _say_unreachable(self, peer: str, exc: PeerUnreachable) -> None:
+        """A peer that could not be asked: said once a minute per peer, not once per read."""
+        repeats = self._unreachable_said.due(peer)
+        if repeats is not None:
+            log.info("relay: %s%s", exc, since(repeats))
 
     def _noting_store(self):
         """Around a write to this node's own store: found full or failed, it takes no placed writes a while."""

@@ -12,6 +12,7 @@ from ...cluster.forward import Forward
 from ...cluster.listing import merge_pages
 from ...cluster.membership import Cluster
 from ...cluster.relay import PeerUnreachable
+from ...cluster.sometimes import Sometimes
 from ...cluster.versions import supersede_local
 from ...payload import Payload
 from .asking import PeerAsking
@@ -50,6 +51,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         self._recording = asyncio.Semaphore(2)
         self._repairing: set[tuple[str, str]] = set()  # repair.py
         self._storage_failure_logged = float("-inf")  # _local_failed says so once a minute
+        self._unreachable_said = Sometimes()  # a peer that could not be asked: once a minute (asking.py)
 
     # Objects -----------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""Recurring conditions are said once a minute per subject (gateway/cluster/sometimes.py): a node down
+made every read that asked it log a line, hundreds a second under load."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+from gateway.cluster.sometimes import Sometimes, since
+from gateway.testing.clock import ManualClock
+
+from .conftest import ClusterNodes
+
+
+def test_a_subject_is_said_once_a_period_with_the_count_of_what_was_not_said():
+    clock = ManualClock(1000.0)
+    said = Sometimes(period=60, clock=clock)
+    assert said.due("r1") == 0
+    assert [said.due("r1") for _ in range(5)] == [None] * 5
+    assert said.due("r2") == 0  # each subject on its own
+    clock.now += 59.9
+    assert said.due("r1") is None
+    clock.now += 0.2
+    assert said.due("r1") == 6
+    assert since(6) == " (and 6 more times since it was last said)" and since(0) == ""
+
+
+def test_reads_of_a_node_that_is_down_do_not_log_a_line_each(tmp_path):
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant")
+        nodes.wait_known(2)
+        nodes["r1"].client().create_bucket(Bucket="down")
+        nodes["r1"].client().put_object(Bucket="down", Key="on-r1", Body=b"x")
+        nodes["r1"].kill()
+        p1 = nodes["p1"].client()
+        before = nodes["p1"].log().count("relay: peer r1")
+        for _ in range(100):
+            try:
+                p1.head_object(Bucket="down", Key="on-r1")
+            except ClientError as exc:
+                assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        lines = nodes["p1"].log().count("relay: peer r1") - before
+        assert 1 <= lines <= 2, nodes["p1"].log()[-3000:]
+    finally:
+        nodes.stop()
