@@ -153,7 +153,10 @@ class Retirements:
             log.info("dropping older copies that other nodes replaced while this one was away: %d so far (%.0fs)",
                      done, time.monotonic() - started)
         if done:
-            log.info("dropped older copies of %d objects that were replaced while this node was away", done)
+            # The count is of retirements applied, not of copies found: a key written or deleted elsewhere
+            # that this node never held needs nothing, and "dropped N copies" overstated it.
+            log.info("applied %d retirements of objects replaced or deleted on other nodes while this node was "
+                     "away: its older copies of them, where it had any, are gone", done)
         return done
 
     async def send_remembered(self, peers: dict[str, str], reachable: Callable[[str], bool], send: SendTo) -> None:
