@@ -38,6 +38,14 @@ class LocationCache:
         self.negative_hits = 0
         self.misses = 0
 
+    def peek(self, bucket: str, key: str) -> str | None:
+        """What get() answers, not counted in the metrics: for a first look by a caller that counts a
+        hit itself when it uses one, and otherwise leaves the lookup to get() (once per read)."""
+        entry = self._entries.get((bucket, key))
+        if entry is None or self.clock() >= entry[1]:
+            return None
+        return entry[0]
+
     def get(self, bucket: str, key: str) -> str | None:
         """The node id holding the object, NOWHERE for a recent miss, None when unknown."""
         entry = self._entries.get((bucket, key))

@@ -98,12 +98,13 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
 
     def _forward(self, bucket: str, key: str) -> Forward | None:
         """A Forward when the location cache names a peer that is known and answers well."""
-        peer = self.locations.get(bucket, key)
+        peer = self.locations.peek(bucket, key)  # counted below if used, else by _find's lookup
         if peer:  # neither unknown (None) nor NOWHERE
             cluster = self.cluster
             node = cluster.nodes.get(peer)  # (not peers(): a dict built per call)
             if (node is not None and node.stores_objects and peer != cluster.node_id
                     and not cluster.health.limited(peer) and not self.client.lacks_read_route(peer)):
+                self.locations.hits += 1
                 return Forward(self, peer, node.address)
         return None
 
