@@ -53,11 +53,14 @@ class PeerUnreachable(Exception):
     """A peer did not answer (refused, reset, timed out); ``peer`` is its node id. ``storage_failed``:
     it answered, but that its own store failed, so it could not say (services/cluster_nodes/)."""
 
-    def __init__(self, peer: str, reason: str, storage_failed: bool = False):
+    def __init__(self, peer: str, reason: str, storage_failed: bool = False, failed_answer: bool = False):
         super().__init__(f"peer {peer}: {reason}")
         self.peer = peer
         self.reason = reason
         self.storage_failed = storage_failed
+        # It answered 500: reachable, and its answer (``reason``) is the one to pass on when no other
+        # node has the object (a damaged stored copy, say), not "cannot be reached, retry".
+        self.failed_answer = failed_answer
 
 
 def _range_header(byte_range: ByteRange) -> str:

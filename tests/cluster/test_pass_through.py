@@ -379,3 +379,26 @@ def test_a_frozen_holder_is_given_up_after_the_timeout_and_answered_the_usual_wa
     finally:
         cluster["r1"].resume()
     read_again_soon(reader, "on-frozen", b"r1's frozen object")
+
+
+@pytest.mark.parametrize("reader", ["x1", "p1"])
+def test_a_damaged_copy_on_a_peer_is_its_500_not_a_503_to_retry(cluster, reader):
+    """r1 answers a read of its damaged copy with a 500 saying so; through the other nodes that was a
+    503 "may be on a server that cannot be reached now (r1)" with Retry-After: clients retried for
+    ever, and the operator looked at the network instead of r1's disk."""
+    key = f"damaged-{reader}.jpg"
+    put_on_r1(cluster, key, os.urandom(20_000))
+    warm(cluster, key)
+    path = next((cluster["r1"].data_dir / "pass").glob(f"{key}%obj"))
+    with open(path, "r+b") as f:
+        f.truncate(40)
+    direct = error_of(lambda: cluster["r1"].client().get_object(Bucket="pass", Key=key))
+    assert direct.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    for attempt in range(2):  # the cached location first, then a lookup that asks every node
+        got = error_of(lambda: cluster[reader].client().get_object(Bucket="pass", Key=key))
+        status = got.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert status == 500, (attempt, got.response)
+        assert "retry-after" not in got.response["ResponseMetadata"]["HTTPHeaders"], got.response
+        # The node to look at: named in the message, or the answer is r1's own (HostId r1).
+        assert "node r1" in got.response["Error"]["Message"] or got.response["ResponseMetadata"]["HostId"] == "r1"
+    path.unlink()

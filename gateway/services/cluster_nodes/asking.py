@@ -56,8 +56,8 @@ class PeerAsking:
             raise _Miss(bucket=False) from None
         except (errors.ServiceUnavailable, errors.InternalError) as exc:
             # The peer answered but its storage failed: it could not say whether it has the object.
-            raise PeerUnreachable(peer, exc.message,
-                                  storage_failed=isinstance(exc, errors.BackendUnavailable)) from None
+            raise PeerUnreachable(peer, exc.message, storage_failed=isinstance(exc, errors.BackendUnavailable),
+                                  failed_answer=isinstance(exc, errors.InternalError)) from None
 
     async def _first_hit(self, peers: list[str], call, state: dict) -> tuple[str, Any] | None:
         """Ask ``peers`` in parallel; return (peer, result) of the first that has it, without waiting for the rest.
@@ -151,6 +151,12 @@ class PeerAsking:
                 self.cluster.balancer.served_read(hit[0], operation)
                 return hit[1]
         if state["unreachable"]:
+            why = [state["why"].get(p) for p in state["unreachable"]]
+            if all(getattr(exc, "failed_answer", False) for exc in why):
+                # Every node that could not say answered 500 (a damaged stored copy): that answer, naming
+                # the node, not a 503 "cannot be reached" a client would retry for ever.
+                raise errors.InternalError(f"Object {key!r}: node {why[0].peer} holds it and failed to read it: "
+                                           f"{why[0].reason}")
             named = self._named(state["unreachable"], state["why"])
             raise unreachable(named) if unreachable is not None else unreachable_error(f"Object {key!r}", named)
         if local_failure is not None:
