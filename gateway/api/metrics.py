@@ -73,7 +73,8 @@ def cluster_metrics(out: Exposition, cluster) -> None:
     health = cluster.health.snapshot()
     peers = sorted(set(cluster.peers(storing=False)) | set(health))
     out.family("gateway_cluster_peer_healthy", "gauge",
-               "1 when the peer answers, 0 while it is de-prioritized (asked after every healthy peer).",
+               "1 when the peer answers, 0 while it is de-prioritized (asked after every healthy peer); a peer "
+               "asked nothing for three heartbeats is pinged, so a dead one shows without traffic.",
                [({"peer": p}, 1 if health.get(p, {}).get("healthy", True) else 0) for p in peers])
     out.family("gateway_cluster_peer_latency_seconds", "gauge", "Smoothed answer time of the peer.",
                [({"peer": p}, health[p]["latency_ms"] / 1000) for p in peers if p in health])

@@ -25,6 +25,7 @@ class PeerState:
     last_error: str = ""
     answered: int = 0
     failed: int = 0
+    last_answer: float = float("-inf")  # clock time of the last answer
 
 
 class PeerHealth:
@@ -46,6 +47,7 @@ class PeerHealth:
         state.latency = seconds if state.answered == 0 else (
             LATENCY_WEIGHT * seconds + (1 - LATENCY_WEIGHT) * state.latency)
         state.answered += 1
+        state.last_answer = self.clock()
         state.failures = 0
         state.limited_since = None
         state.last_error = ""
@@ -58,6 +60,12 @@ class PeerHealth:
         state.last_error = reason
         if state.limited_since is None:
             state.limited_since = self.clock()
+
+    def quiet(self, peer: str, seconds: float) -> bool:
+        """Whether the peer has not answered anything for ``seconds`` (or ever): without traffic to it,
+        nothing would find out that it is gone, and the health (and its metric) would say healthy."""
+        state = self._peers.get(peer)
+        return state is None or self.clock() - state.last_answer >= seconds
 
     def limited(self, peer: str) -> bool:
         state = self._peers.get(peer)

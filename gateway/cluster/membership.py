@@ -580,9 +580,12 @@ class Cluster:
             listener(old, role)
 
     async def _probe_limited(self) -> None:
-        """Ping peers that failed, so one that is back is trusted again without waiting for traffic."""
+        """Ping peers that failed, so one that is back is trusted again without waiting for traffic; and
+        peers nothing was asked of for three heartbeats, so one that is gone is found so without
+        traffic too (a peer dead for minutes showed as healthy in every node's metrics)."""
         peers = self.peers(storing=False)
-        limited = [p for p in peers if self.health.limited(p)]
+        quiet_for = 3 * self.settings.heartbeat_interval
+        limited = [p for p in peers if self.health.limited(p) or self.health.quiet(p, quiet_for)]
 
         async def probe(peer: str) -> None:
             try:

@@ -44,3 +44,30 @@ def test_reads_of_a_node_that_is_down_do_not_log_a_line_each(tmp_path):
         assert 1 <= lines <= 2, nodes["p1"].log()[-3000:]
     finally:
         nodes.stop()
+
+
+def test_a_peer_that_dies_while_nothing_asks_it_shows_unhealthy(tmp_path):
+    """A peer killed while idle stayed gateway_cluster_peer_healthy 1 on every node for minutes: only
+    traffic to it found out. Peers asked nothing for three heartbeats are pinged."""
+    import re
+    import time
+    import urllib.request
+
+    def healthy(node, peer) -> float:
+        with urllib.request.urlopen(node.endpoint + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return float(re.search(rf'^gateway_cluster_peer_healthy\{{peer="{peer}"\}} (\S+)$', text, re.M).group(1))
+
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant")
+        nodes.wait_known(2)
+        assert healthy(nodes["p1"], "r1") == 1
+        nodes["r1"].kill()
+        deadline = time.monotonic() + 30  # three heartbeats (0.5 s) and a ping's timeout (3 s), with room
+        while healthy(nodes["p1"], "r1") == 1 and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert healthy(nodes["p1"], "r1") == 0
+    finally:
+        nodes.stop()
