@@ -54,17 +54,19 @@ class Balancer:
 
     @contextmanager
     def track(self, node: str, counted: bool = True):
-        """Count a PUT placed on ``node``, outstanding while the block runs. ``counted`` False: the
+        """A PUT placed on ``node``: outstanding while the block runs, counted as placed there when it
+        ends without an error (a refused one, BadDigest, or one that failed and was placed again on
+        another node, stored nothing there: the metric is of objects stored). ``counted`` False: the
         write is the gateway's own bookkeeping (a multipart upload's parts and record), outstanding
         like any request but not a placement: one upload through a proxy counted as several PUTs."""
         self.outstanding[node] += 1
-        if counted:
-            self.placed[node] += 1
-            self.served[node, "put"] += 1
         try:
             yield
         finally:
             self.outstanding[node] -= 1
+        if counted:  # (not reached when the block raised)
+            self.placed[node] += 1
+            self.served[node, "put"] += 1
 
     def begin(self, node: str) -> Callable[[], None]:
         """Count a request to ``node`` as outstanding until the returned function is called (once)."""

@@ -183,3 +183,24 @@ def test_a_multipart_upload_counts_as_one_placement_and_its_bookkeeping_as_none(
     deleted = (total(after, "gateway_cluster_requests_served_total", operation="delete")
                - total(before, "gateway_cluster_requests_served_total", operation="delete"))
     assert deleted == 0, deleted
+
+
+@pytest.mark.parametrize("through", ["p1", "x1"])
+def test_a_refused_put_is_no_placement(cluster, through):
+    """A PUT refused (BadDigest: nothing stored) was counted in objects_placed_total and in the
+    PLACED column of `cluster status`, which the docs define as PUTs stored on that node."""
+    import base64
+    import hashlib
+
+    s3 = cluster[through].client()
+    before = scrape(cluster, through)
+    wrong = base64.b64encode(hashlib.md5(b"other bytes").digest()).decode()
+    for i in range(5):
+        with pytest.raises(ClientError) as info:
+            s3.put_object(Bucket=BUCKET, Key=f"refused/{i}", Body=b"these bytes", ContentMD5=wrong)
+        assert info.value.response["Error"]["Code"] == "BadDigest"
+    s3.put_object(Bucket=BUCKET, Key="refused/stored", Body=b"fine")
+    after = scrape(cluster, through)
+    placed = (total(after, "gateway_cluster_objects_placed_total")
+              - total(before, "gateway_cluster_objects_placed_total"))
+    assert placed == 1, placed
