@@ -15,7 +15,7 @@ import re
 import shutil
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -103,6 +103,8 @@ class Cluster:
         self.retirements = Retirements(self.registry, self.node_id)
         self.locks = ClusterLocks(self.registry, self.node_id)
         self.drop_older: DropOlder | None = None  # applies a retirement to this node's storage
+        # check_writable of this node's store by backend name (_recheck_own_stores)
+        self.check_own_store: Callable[[str], Awaitable[None]] | None = None
         # The names of this node's backends whose store has not answered since the start (set by the
         # object service; services/pending.py): published, so that no node places writes for them here.
         self.pending_backends: Callable[[], list[str]] | None = None
@@ -486,6 +488,7 @@ class Cluster:
                     await self.reload()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
+                    await self._recheck_own_stores()
                     await self._heartbeat()
                     if time.monotonic() - self._last_reload >= reload_every or self._unpublished():
                         await self.reload()
@@ -504,6 +507,20 @@ class Cluster:
             except Exception:  # the loop must survive anything; the next round retries
                 log.exception("cluster membership round failed")
                 await asyncio.sleep(min(interval, 1.0))
+
+    async def _recheck_own_stores(self) -> None:
+        """A store of this node noted full or failed is checked again on every heartbeat while noted:
+        still so, the note is renewed (and published with the heartbeat). It lapsed after
+        failed_store_retry (15 s) however long the disk stayed read-only: `cluster status` said ok
+        while /readyz said 503. Once the check passes, the note lapses as before."""
+        if self.check_own_store is None:
+            return
+        for backend in sorted({*self.full.of(self.node_id), *self.failed.of(self.node_id)}):
+            try:
+                with self.noting_store(self.node_id, backend):
+                    await asyncio.wait_for(self.check_own_store(backend), self.settings.peer_timeout)
+            except Exception as exc:  # noqa: BLE001 - noted (or another failure, which /readyz says)
+                log.debug("store %s still cannot take writes: %s", backend, exc)
 
     async def _heartbeat(self) -> None:
         """Publish this node's info. A registry that does not list this node any more was either

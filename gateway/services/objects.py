@@ -118,6 +118,7 @@ class ObjectService:
                 name for name, backend in self.local_backends.items() if isinstance(backend, pending.PendingBackend)]
             if self.local_backends:
                 self.cluster.drop_older = self._drop_older
+                self.cluster.check_own_store = lambda name: self.local_backends[name].check_writable()
                 await self._apply_retirements()
         self.reaper = UploadReaper(self.local_backends, self.multipart_expiry)
         self.reaper.start()

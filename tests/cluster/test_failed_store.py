@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from gateway.testing.disks import remount, tmpfs
 
@@ -52,6 +53,10 @@ def test_writes_go_around_a_node_whose_disk_turned_read_only_and_its_objects_sta
         table = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--registry",
                                 nodes.registry], capture_output=True, text=True, timeout=30, check=False)
         assert "store down: local" in table.stdout, table.stdout
+        # And goes on saying so while the disk stays read-only, with no write to find it again: the
+        # note lapsed after failed_store_retry, and `cluster status` said ok while /readyz said 503.
+        time.sleep(RETRY + 2)
+        assert {r["node_id"]: r["storage_failed"] for r in nodes.status()}["ro"] == ["local"]
         assert failed_in_metrics(nodes, "p1"), "the primary never placed a write on the read-only node"
         assert "Traceback" not in nodes["ro"].log(), "a read-only disk is not an internal error"
 
