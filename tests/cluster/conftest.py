@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,19 @@ class ClusterNodes:
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
+
+
+@contextmanager
+def primary_and_redundant(base: Path) -> Iterator[ClusterNodes]:
+    """p1 and r1 on a SQLite registry, known to each other; stopped at the end."""
+    nodes = ClusterNodes(base, f"sqlite:///{base}/registry.db")
+    try:
+        nodes.add("p1", "primary")
+        nodes.add("r1", "redundant")
+        nodes.wait_known(2)
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 def start_cluster(base: Path, registry: str) -> ClusterNodes:

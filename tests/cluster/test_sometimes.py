@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError
 from gateway.cluster.sometimes import Sometimes, since
 from gateway.testing.clock import ManualClock
 
-from .conftest import ClusterNodes
+from .conftest import primary_and_redundant
 
 
 def test_a_subject_is_said_once_a_period_with_the_count_of_what_was_not_said():
@@ -25,11 +25,7 @@ def test_a_subject_is_said_once_a_period_with_the_count_of_what_was_not_said():
 
 
 def test_reads_of_a_node_that_is_down_do_not_log_a_line_each(tmp_path):
-    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-    try:
-        nodes.add("p1", "primary")
-        nodes.add("r1", "redundant")
-        nodes.wait_known(2)
+    with primary_and_redundant(tmp_path) as nodes:
         nodes["r1"].client().create_bucket(Bucket="down")
         nodes["r1"].client().put_object(Bucket="down", Key="on-r1", Body=b"x")
         nodes["r1"].kill()
@@ -42,8 +38,6 @@ def test_reads_of_a_node_that_is_down_do_not_log_a_line_each(tmp_path):
                 assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 503
         lines = nodes["p1"].log().count("relay: peer r1") - before
         assert 1 <= lines <= 2, nodes["p1"].log()[-3000:]
-    finally:
-        nodes.stop()
 
 
 def test_a_peer_that_dies_while_nothing_asks_it_shows_unhealthy(tmp_path):
@@ -58,16 +52,10 @@ def test_a_peer_that_dies_while_nothing_asks_it_shows_unhealthy(tmp_path):
             text = response.read().decode()
         return float(re.search(rf'^gateway_cluster_peer_healthy\{{peer="{peer}"\}} (\S+)$', text, re.M).group(1))
 
-    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-    try:
-        nodes.add("p1", "primary")
-        nodes.add("r1", "redundant")
-        nodes.wait_known(2)
+    with primary_and_redundant(tmp_path) as nodes:
         assert healthy(nodes["p1"], "r1") == 1
         nodes["r1"].kill()
         deadline = time.monotonic() + 30  # three heartbeats (0.5 s) and a ping's timeout (3 s), with room
         while healthy(nodes["p1"], "r1") == 1 and time.monotonic() < deadline:
             time.sleep(0.25)
         assert healthy(nodes["p1"], "r1") == 0
-    finally:
-        nodes.stop()
