@@ -444,8 +444,10 @@ class ObjectClient:
         root = ET.fromstring(self.request("COPY", "PUT", bucket, key, headers=headers).data)
         return _etag_of(root)
 
-    def delete(self, bucket: str, key: str) -> None:
-        self.request("DELETE", "DELETE", bucket, key)
+    def delete(self, bucket: str, key: str, if_match: str | None = None) -> None:
+        """``if_match``: only while the object is that version (ETag); else PreconditionFailed."""
+        headers = {"if-match": f'"{if_match}"'} if if_match else None
+        self.request("DELETE", "DELETE", bucket, key, headers=headers)
 
     # Multipart ----------------------------------------------------------------
 

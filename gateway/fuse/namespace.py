@@ -13,7 +13,7 @@ import stat
 import time
 
 from .cache import DIR, FILE, LINK, MISSING, Attr
-from .client import ObjectStat
+from .client import ObjectStat, StoreError
 from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, format_time_ns, parent_of
 
 log = logging.getLogger("gateway.fuse")
@@ -254,7 +254,7 @@ class NamespaceOps:
         if replaced is not None:
             self._keep_first_bytes(replaced)
         etag = self._move_copy(old_bucket, old_key, new_bucket, new_key, attr)
-        self.client.delete(old_bucket, old_key)
+        self._delete_moved(old_bucket, old_key, attr.etag)
         if replaced is not None:
             # The file renamed over is gone, as after unlink; opens of the name from now on get the
             # new object (not this one's handles and version).
@@ -307,7 +307,7 @@ class NamespaceOps:
             meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
             self.client.put(new_bucket, new_prefix, b"", 0, meta, "application/x-directory")
         for key in moved:
-            self.client.delete(old_bucket, key)
+            self._delete_moved(old_bucket, key, listed[key].etag)
         with self._table_lock:
             retargeted = []
             for path in [p for p in self._open if p.startswith(old + "/")]:
@@ -336,6 +336,20 @@ class NamespaceOps:
                               dict(attr.stored or {}))
         got = self.client.head(bucket, key)
         return dataclasses.replace(got, metadata=dict(got.metadata or {}))
+
+    def _delete_moved(self, bucket: str, key: str, etag: str | None) -> None:
+        """Delete the old name of a moved object, only while it holds the version that was there when
+        the move looked (``etag``): one another client wrote during the move stays under the old name
+        too, rather than being deleted unseen (an acknowledged PUT lost)."""
+        try:
+            self.client.delete(bucket, key, if_match=etag)
+        except StoreError as exc:
+            if exc.code == "NoSuchKey":
+                return  # deleted by someone else meanwhile: gone either way
+            if exc.code != "PreconditionFailed":
+                raise
+            log.warning("/%s/%s was written by another client while it was moved: its new version stays "
+                        "under the old name too", bucket, key)
 
     def _move_copy(self, old_bucket: str, old_key: str, new_bucket: str, new_key: str, attr: Attr | None = None,
                    listed: ObjectStat | None = None) -> str:

@@ -92,3 +92,4 @@ def test_rm_on_a_full_disk_frees_space(small_disk_gw, tmp_path):
         assert "Traceback" not in mount.log()
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="full", Prefix="cam1/").get("Contents", [])}
     assert keys <= {"cam1/"}, keys
+
