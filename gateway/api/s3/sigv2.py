@@ -97,19 +97,12 @@ def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
     secret = secret_for(access_key)
     if now > expires_at:
         raise errors.AccessDenied("Request has expired", Expires=_iso(expires_at), ServerTime=_iso(now))
-    signed_headers = dict(headers)
-    for name in ("content-type", "content-md5"):
-        if name in params:
-            signed_headers[name] = params[name]
-    for name, value in params.items():
-        if name.startswith("x-amz-"):
-            signed_headers[name] = value
-    expected = sign(secret, string_to_sign(method, raw_path, pairs, signed_headers, expires))
+    in_query = {name: value for name, value in params.items()
+                if name.startswith("x-amz-") or name in ("content-type", "content-md5")}
+    expected = sign(secret, string_to_sign(method, raw_path, pairs, {**headers, **in_query}, expires))
     if not hmac.compare_digest(expected, signature):
         raise errors.SignatureDoesNotMatch()
-    for name, value in params.items():
-        if not (name.startswith("x-amz-") or name in ("content-type", "content-md5")):
-            continue
+    for name, value in in_query.items():
         sent = headers.get(name)
         if sent is None:
             headers[name] = value
