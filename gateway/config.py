@@ -481,18 +481,22 @@ def load_settings(config_file: str | os.PathLike | None = None, **flags: Any) ->
         raise ConfigError(f"config file {config_file}: {exc}") from None
 
 
+def config_table(config_file: str | os.PathLike) -> dict[str, Any]:
+    """The config file's settings as written in it; {} when it cannot be read or is not TOML (for
+    messages and for tools that must not fail on it: loading the settings says what is wrong)."""
+    try:
+        with open(config_file, "rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
 def _origins(given: dict[str, Any], config_file: str | os.PathLike | None):
     """Where a top-level setting's value came from, for error messages: the environment or the
     config file say so (the value is there to be found); a command-line flag or a default names the
     setting and its environment variable, as --help does."""
     environment = {name.upper(): value for name, value in os.environ.items()}
-    table: dict[str, Any] = {}
-    if config_file:
-        try:
-            with open(config_file, "rb") as file:
-                table = tomllib.load(file)
-        except (OSError, tomllib.TOMLDecodeError):
-            table = {}
+    table = config_table(config_file) if config_file else {}
 
     def origin(name: str, value: bool = True) -> str:
         variable = f"GATEWAY_{name.upper()}"

@@ -410,15 +410,9 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
 def _configured_path(config_file: str, what: str) -> str | None:
     """The path the settings will read ``what`` (tls_cert, tls_key, tls_ca) from: GATEWAY_TLS_*, else
     the config file's setting; None when neither names one."""
-    import tomllib
+    from ..config import config_table
 
-    value = os.environ.get(f"GATEWAY_{what.upper()}")
-    if not value:
-        try:
-            with open(config_file, "rb") as file:
-                value = tomllib.load(file).get(what)
-        except (OSError, tomllib.TOMLDecodeError):
-            return None
+    value = os.environ.get(f"GATEWAY_{what.upper()}") or config_table(config_file).get(what)
     return value if isinstance(value, str) and value else None
 
 
