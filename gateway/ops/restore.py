@@ -331,17 +331,11 @@ def _remove_if_ours(installer: Installer, relpath: str, sha256: str) -> None:
     it since (then it is that client's version, and stays)."""
     final = installer.path(relpath)
     try:
-        fd = os.open(final, os.O_RDONLY)
+        ours = os.stat(final).st_ino
     except FileNotFoundError:
         return
-    try:
-        ours = os.fstat(fd)
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-    finally:
-        os.close(fd)
-    if digest.hexdigest() == sha256 and os.stat(final).st_ino == ours.st_ino:
+    # The same file before and after it was hashed: a PUT renamed over it meanwhile is another inode.
+    if file_sha256(final) == sha256 and os.stat(final).st_ino == ours:
         installer.remove(relpath)
 
 
