@@ -125,13 +125,15 @@ class Cluster:
     async def start(self) -> None:
         """Register (choosing the role when none was given) and load the node list; raise ValueError."""
         try:
-            await self._refuse_a_taken_id()  # before anything of the record or the lease is touched
-            await self._refuse_a_second_record_here()
+            # This node's record as it is before the start touches anything of it (None: not registered).
+            existing = await self.registry.get(self.node_id)
+            await self._refuse_a_taken_id(existing)
+            await self._refuse_a_second_record_here(existing)
             await self._check_secret()  # a node that would be refused by every peer does not join
             if self.role is None:
-                self.role = await self._default_role()
+                self.role = await self._default_role(existing)
             elif self.role == "proxy":
-                await self._refuse_hiding_objects()
+                self._refuse_hiding_objects(existing)
             if self.role == "proxy":
                 self.storage_roots = []  # a proxy stores nothing, whatever data_dir says
             if self.election is not None:
@@ -162,7 +164,7 @@ class Cluster:
             log.warning("could not keep this node's id in %s: %s; a restart at another address would register "
                         "it under a new id (set GATEWAY_NODE_ID to keep it)", node_id_file(self.settings), exc)
 
-    async def _refuse_a_taken_id(self) -> None:
+    async def _refuse_a_taken_id(self, existing: NodeRecord | None) -> None:
         """Raise ValueError when another running node goes by this node's id (a copied unit file, a
         GATEWAY_NODE_ID set twice). Registering would move that node's record to this address: its
         peers would ask this node for its objects, answered 404 by a node that never had them.
@@ -170,7 +172,6 @@ class Cluster:
         The record's address is asked who it is: a node restarted at another address (its old one
         refuses, or now answers under another id) takes its record over as before.
         """
-        existing = await self.registry.get(self.node_id)
         if existing is None or existing.address == self.address:
             return
         try:
@@ -184,14 +185,14 @@ class Cluster:
                              "node its own id (GATEWAY_NODE_ID, default host:port of --advertise), or stop that "
                              "node first if this one replaces it")
 
-    async def _refuse_a_second_record_here(self) -> None:
+    async def _refuse_a_second_record_here(self, existing: NodeRecord | None) -> None:
         """Raise ValueError when this node has no record yet and another node id's record has this
         node's address: that is almost always this node under a new id, its storage (which remembered
         the id) replaced: switched to shared storage after `gateway migrate`, or a disk restored
         without .gateway/. A second record would stay behind, down for good: every miss anywhere a 503
         ("may be on a server that cannot be reached"), and a ghost may hold a failover vote.
         `cluster join` refuses the same."""
-        if await self.registry.get(self.node_id) is not None:
+        if existing is not None:
             return
         other = next((n for n in await self.registry.nodes()
                       if n.node_id != self.node_id and n.address == self.address), None)
@@ -264,11 +265,10 @@ class Cluster:
         raise ValueError(f"node {peer} (at {peers[peer]}) refused this node's peer signature: {reason}; this node "
                          "did not join the cluster")
 
-    async def _refuse_hiding_objects(self) -> None:
+    def _refuse_hiding_objects(self, existing: NodeRecord | None) -> None:
         """Raise ValueError when this node is listed as a storing node that holds objects and starts as a
         proxy: a proxy stores nothing and is asked for nothing, so no node would find them (404 through
         every node, as after `cluster leave`, which refuses it the same way without --force)."""
-        existing = await self.registry.get(self.node_id)
         if existing is None or not existing.stores_objects:
             return
         held = existing.info.get("objects")
@@ -282,9 +282,8 @@ class Cluster:
             f"\"Removing a node for good\"), then `gateway cluster leave --node-id {self.node_id}` and start it as a "
             "proxy. This node did not join the cluster")
 
-    async def _default_role(self) -> str:
+    async def _default_role(self, existing: NodeRecord | None) -> str:
         """The role a node has in the registry, else primary for the first node and redundant after."""
-        existing = await self.registry.get(self.node_id)
         if existing is not None:
             return existing.role
         others = [n for n in await self.registry.nodes() if n.role == "primary"]
