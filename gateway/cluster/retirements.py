@@ -30,6 +30,7 @@ from .. import errors
 from ..backend import ObjectInfo
 from .registry import Registry, RegistryError, Retirement
 from .relay import PeerUnreachable
+from .sometimes import Sometimes
 
 log = logging.getLogger("gateway.cluster")
 
@@ -64,7 +65,7 @@ class Retirements:
         self.clock = clock
         self._registry_failed_at = float("-inf")  # when the registry last failed to take one
         self._memory: dict[str, OrderedDict[tuple[str, str], Retirement]] = {}
-        self._storage_down_logged = float("-inf")  # apply_own says so once a minute
+        self._storage_down_said = Sometimes()  # apply_own says so once a minute
         self._stored: dict[str, int] = {}  # peer -> retirements in the registry (refreshed each round)
 
     async def add(self, peer: str, bucket: str, key: str, newer: ObjectInfo) -> bool:
@@ -132,9 +133,7 @@ class Retirements:
                     # per heartbeat round). A store that has not started (services/pending.py) fails at once,
                     # so the items of the node's other backends are still applied; one that was asked and
                     # failed (a NAS down or hung, each call a timeout) ends the round.
-                    now = time.monotonic()
-                    if now - self._storage_down_logged >= 60:
-                        self._storage_down_logged = now
+                    if self._storage_down_said.due("own storage") is not None:
                         log.warning("could not drop older copies of objects replaced while this node was away: "
                                     "its storage does not answer (%s); they are dropped once it does", exc.message)
                     if not getattr(exc, "not_started", False):

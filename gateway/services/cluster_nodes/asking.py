@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +35,7 @@ class PeerAsking:
     locations: Any  # cluster.locations: where objects were last found (cluster/locations.py)
     name: str
     _background: set[asyncio.Task]
-    _storage_failure_logged: float
+    _storage_failure_said: Sometimes
     _unreachable_said: Sometimes
 
     async def _ask(self, peer: str, call: Callable[[str, str], Awaitable[Any]], address: str | None = None) -> Any:
@@ -238,9 +237,7 @@ class PeerAsking:
             if not isinstance(failure, errors.ServiceUnavailable):
                 raise exc
             exc = failure
-        now = time.monotonic()
-        if now - self._storage_failure_logged >= 60:
-            self._storage_failure_logged = now
+        if self._storage_failure_said.due("own storage") is not None:
             log.warning("this node's storage failed (%s): reads are answered by the peers", exc.message)
         return exc
 

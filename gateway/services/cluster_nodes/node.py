@@ -50,7 +50,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         # delete while a node is down leaves the registry to the heartbeats too.
         self._recording = asyncio.Semaphore(2)
         self._repairing: set[tuple[str, str]] = set()  # repair.py
-        self._storage_failure_logged = float("-inf")  # _local_failed says so once a minute
+        self._storage_failure_said = Sometimes()  # _local_failed says so once a minute
         self._unreachable_said = Sometimes()  # a peer that could not be asked: once a minute (asking.py)
 
     # Objects -----------------------------------------------------------------------
