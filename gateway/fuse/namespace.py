@@ -60,9 +60,7 @@ class NamespaceOps:
             prefix = key + "/"
             page = self.client.list_page(bucket, prefix, "/", max_keys=2)
             children = [o.key for o in page.objects if o.key != prefix] + page.prefixes
-            with self._table_lock:
-                pending = any(p.startswith(path + "/") and not f.unlinked for p, f in self._open.items())
-            if children or pending:
+            if children or self._written_under(path):
                 if any(self.is_hidden_key(child[len(prefix):]) for child in children):
                     # Keys the mount cannot show: the directory looks empty, so say why it is not.
                     hidden = [name for name in self._child_keys(bucket, prefix)
@@ -78,6 +76,12 @@ class NamespaceOps:
             if page.objects:
                 self.client.delete(bucket, prefix)
             self._forget(path, tree=True)
+
+    def _written_under(self, directory: str, leaving: str | None = None) -> bool:
+        """Whether a file under ``directory`` (other than ``leaving``) is open here and not stored yet."""
+        with self._table_lock:
+            return any(p.startswith(directory + "/") and p != leaving and not f.unlinked
+                       for p, f in self._open.items())
 
     def _child_keys(self, bucket: str, prefix: str) -> list[str]:
         """The keys and common prefixes of one page of a directory's listing (for a log line)."""
@@ -102,10 +106,7 @@ class NamespaceOps:
         has_marker = bool(page.objects) and page.objects[0].key == prefix
         names = [o.key for o in page.objects] + page.prefixes
         others = [name for name in names if name not in (prefix, leaving_key, leaving_key + "/")]
-        with self._table_lock:  # files being written there, not stored yet
-            pending = any(p.startswith(directory + "/") and p != leaving and not f.unlinked
-                          for p, f in self._open.items())
-        if not has_marker and not others and not pending:
+        if not has_marker and not others and not self._written_under(directory, leaving):
             meta = self._new_meta(stat.S_IFDIR | (0o777 & ~self.options.umask), None)
             self.client.put(bucket, prefix, b"", 0, meta, "application/x-directory")
             has_marker = True
