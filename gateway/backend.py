@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import errors
+from .keyed_locks import KeyedLocks
 from .payload import Payload
 
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
@@ -48,6 +49,23 @@ def new_upload(bucket: str, key: str, meta: ObjectMeta, checksum_algorithm: str 
         {"key": key, "initiated": info.initiated, "meta": meta.to_json(), "checksum_algorithm": checksum_algorithm}
     ).encode()
     return info, record
+
+
+# A Complete and an Abort of one upload (or two Completes) take turns: run together, both could
+# succeed (the object stored though the Abort answered 204), or two part lists both answer 200.
+# The one that comes second finds the upload gone and answers as S3 does (NoSuchUpload; a Complete
+# of the same parts, 200). Per process: every request of an upload runs on the node holding it.
+_UPLOAD_TURNS = KeyedLocks()
+UPLOAD_TURN_WAIT = 10.0  # seconds; beyond, 503 SlowDown (SDKs retry it)
+
+
+def _one_at_a_time(upload_id: str):
+    return _UPLOAD_TURNS.hold(upload_id, UPLOAD_TURN_WAIT, lambda: _upload_busy(upload_id))
+
+
+def _upload_busy(upload_id: str) -> errors.GatewayError:
+    return errors.SlowDown(f"The upload {upload_id} is being completed or aborted by another request; retry in a "
+                           "moment.")
 
 
 def is_upload_id(upload_id: str) -> bool:
@@ -551,8 +569,9 @@ class Backend(abc.ABC):
         return sorted(uploads, key=lambda u: (u.key.encode(), u.initiated))
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        await self.get_upload(bucket, upload_id, key)
-        await self._delete_upload(bucket, upload_id)
+        async with _one_at_a_time(upload_id):
+            await self.get_upload(bucket, upload_id, key)
+            await self._delete_upload(bucket, upload_id)
 
     async def _delete_upload(self, bucket: str, upload_id: str) -> None:
         prefix = self._upload_prefix(bucket, upload_id)
@@ -617,6 +636,11 @@ class Backend(abc.ABC):
         this method without the parameter gets no such request (the API answers NotImplemented).
         Raise InvalidPartOrder, InvalidPart, EntityTooSmall or NoSuchUpload.
         """
+        async with _one_at_a_time(upload_id):
+            return await self._complete(bucket, key, upload_id, parts, expected_checksums)
+
+    async def _complete(self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]],
+                        expected_checksums: Mapping[str, str] | None) -> ObjectInfo:
         upload = await self.get_upload(bucket, upload_id, key)
         if not parts:
             raise errors.MalformedXML("You must specify at least one part.")

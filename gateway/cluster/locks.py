@@ -140,9 +140,7 @@ class ClusterLocks:
 
 def busy() -> errors.GatewayError:
     """The answer to a conditional write that waited too long for another one of its key."""
-    error = errors.SlowDown("Another conditional write of this key is in progress; retry in a moment.")
-    error.headers["Retry-After"] = "1"
-    return error
+    return errors.SlowDown("Another conditional write of this key is in progress; retry in a moment.")
 
 
 async def nothing_to_confirm() -> None:

@@ -14,6 +14,7 @@ import time
 
 from .. import errors
 from ..backend import Backend, BucketInfo, ObjectInfo, ObjectMeta
+from ..keyed_locks import KeyedLocks
 from ..plugins import backend_classes, get_plugin_manager
 from . import pending
 from .upload_reaper import UploadReaper
@@ -40,7 +41,7 @@ class ObjectService:
         self._hooks = get_plugin_manager().hook
         self.from_data_dir = False  # the one backend is the default local one on --data-dir (from_settings)
         # (bucket, key) -> [lock, users]: conditional PUTs of one key through this node run one at a time.
-        self._conditional: dict[tuple[str, str], list] = {}
+        self._conditional = KeyedLocks()  # (bucket, key) -> the conditional write holding it
         self.multipart_expiry = 0.0  # from_settings sets the configured one; 0: unfinished uploads stay
         self.reaper: UploadReaper | None = None
         self._starting: dict[str, asyncio.Task] = {}  # backends whose store did not answer at start (_start_later)
@@ -277,28 +278,15 @@ class ObjectService:
         from ..cluster import locks
 
         deadline = time.monotonic() + locks.WAIT
-        entry = self._conditional.setdefault((bucket, key), [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            try:
-                await asyncio.wait_for(entry[0].acquire(), locks.WAIT)
-            except TimeoutError:
-                raise locks.busy() from None
-            try:
-                if self.cluster is None:
-                    yield locks.nothing_to_confirm
-                else:
-                    async with self.cluster.locks.hold(f"{bucket}/{key}", wait=deadline - time.monotonic()) as confirm:
-                        # The check that follows must see the cluster as it is now, not a cached miss:
-                        # a proxy is not told of other nodes' writes and keeps "missing" for a second.
-                        self.cluster.locations.forget(bucket, key)
-                        yield confirm
-            finally:
-                entry[0].release()
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._conditional[(bucket, key)]
+        async with self._conditional.hold((bucket, key), locks.WAIT, locks.busy):
+            if self.cluster is None:
+                yield locks.nothing_to_confirm
+            else:
+                async with self.cluster.locks.hold(f"{bucket}/{key}", wait=deadline - time.monotonic()) as confirm:
+                    # The check that follows must see the cluster as it is now, not a cached miss:
+                    # a proxy is not told of other nodes' writes and keeps "missing" for a second.
+                    self.cluster.locations.forget(bucket, key)
+                    yield confirm
 
     async def readiness(self) -> dict[str, str]:
         """backend name -> "ok" or the reason it cannot take writes."""

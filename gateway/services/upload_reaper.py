@@ -99,6 +99,8 @@ class UploadReaper:
                     await backend.abort_multipart(bucket.name, upload.key, upload.upload_id)
                 except errors.NoSuchUpload:
                     continue  # completed or aborted meanwhile (on shared storage: by another node)
+                except errors.SlowDown:
+                    continue  # being completed right now: gone by the next sweep, or aborted then
                 aborted += 1
                 age = (self.clock() - upload.initiated) / 3600
                 log.warning("aborted the multipart upload %s of %s/%s: unfinished after %.1f hours "
