@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import unquote
 
 from ... import errors
@@ -11,6 +10,7 @@ from ...checksums import ALGORITHMS
 from ...cluster.forward import Forward
 from .body import payload_from_request
 from .request import (
+    CONTROL_CHARACTER,
     S3Request,
     check_bucket_name,
     check_key,
@@ -140,14 +140,13 @@ _OVERRIDES = {
 
 
 _OVERRIDE_PARAMS = frozenset(_OVERRIDES)
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _override_response_headers(req: S3Request, headers: list) -> None:
     for param, name in _OVERRIDES.items():
         if param in req.query:
             value = req.query[param]
-            if _CONTROL.search(value):  # a CR or LF would end the header: never sent
+            if CONTROL_CHARACTER.search(value):  # a CR or LF would end the header: never sent
                 raise errors.InvalidArgument(f"The {param} parameter holds a control character.",
                                              ArgumentName=param)
             headers[:] = [h for h in headers if h[0] != name]

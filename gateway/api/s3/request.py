@@ -16,6 +16,9 @@ from ... import errors
 from ...backend import ByteRange
 
 MAX_KEY_BYTES = 1024
+# What no HTTP header value can carry (the parser refuses it in a request's; a response with it is
+# never sent): checked in values that become headers some other way (query parameters).
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 

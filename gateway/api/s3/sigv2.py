@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
 from ... import errors
-from .request import parse_decimal
+from .request import CONTROL_CHARACTER, parse_decimal
 
 # Query parameters that are part of the signed resource.
 SUB_RESOURCES = frozenset({
@@ -52,6 +52,23 @@ def sign(secret: str, text: str) -> str:
     return base64.b64encode(hmac.new(secret.encode(), text.encode("utf-8"), hashlib.sha1).digest()).decode()
 
 
+def _check(signature: str, secret: str, method: str, raw_path: str, pairs, headers: Mapping[str, str],
+           date: str) -> None:
+    """Raise SignatureDoesNotMatch unless ``signature`` signs the request.
+
+    botocore signs a request that names only a bucket with the resource ``/bucket/`` and sends
+    ``/bucket`` (path-style addressing): every bucket-level call of a SigV2 client (ListObjects,
+    HeadBucket, DeleteObjects, ...) failed. Such a path is checked both ways."""
+    expected = sign(secret, string_to_sign(method, raw_path, pairs, headers, date))
+    if hmac.compare_digest(expected, signature):
+        return
+    if raw_path.count("/") == 1 and len(raw_path) > 1:
+        expected = sign(secret, string_to_sign(method, raw_path + "/", pairs, headers, date))
+        if hmac.compare_digest(expected, signature):
+            return
+    raise errors.SignatureDoesNotMatch()
+
+
 def verify_header(authorization: str, method: str, raw_path: str, pairs, headers: Mapping[str, str],
                   secret_for: Callable[[str], str], now: float, max_skew: int) -> str:
     """Check ``Authorization: AWS AKID:signature``; return the access key."""
@@ -71,9 +88,7 @@ def verify_header(authorization: str, method: str, raw_path: str, pairs, headers
     if abs(stamp - now) > max_skew:
         raise errors.RequestTimeTooSkewed(RequestTime=when, ServerTime=_iso(now),
                                           MaxAllowedSkewMilliseconds=str(max_skew * 1000))
-    expected = sign(secret, string_to_sign(method, raw_path, pairs, headers, date))
-    if not hmac.compare_digest(expected, signature):
-        raise errors.SignatureDoesNotMatch()
+    _check(signature, secret, method, raw_path, pairs, headers, date)
     return access_key
 
 
@@ -99,12 +114,13 @@ def verify_query(method: str, raw_path: str, pairs, headers: Mapping[str, str],
         raise errors.AccessDenied("Request has expired", Expires=_iso(expires_at), ServerTime=_iso(now))
     in_query = {name: value for name, value in params.items()
                 if name.startswith("x-amz-") or name in ("content-type", "content-md5")}
-    expected = sign(secret, string_to_sign(method, raw_path, pairs, {**headers, **in_query}, expires))
-    if not hmac.compare_digest(expected, signature):
-        raise errors.SignatureDoesNotMatch()
+    _check(signature, secret, method, raw_path, pairs, {**headers, **in_query}, expires)
     for name, value in in_query.items():
         sent = headers.get(name)
         if sent is None:
+            if CONTROL_CHARACTER.search(value):  # a header could not carry it: stored, every read would be a 500
+                raise errors.InvalidArgument(f"The {name} the URL was signed with holds a control character, "
+                                             "which no HTTP header can carry.", ArgumentName=name)
             headers[name] = value
         elif sent.strip() != value.strip():
             raise errors.SignatureDoesNotMatch(
