@@ -102,15 +102,38 @@ def test_website_redirect_location_is_kept(s3, bucket, gateway):
     s3.put_object(Bucket=bucket, Key="old.html", Body=b"moved", WebsiteRedirectLocation="/new.html")
     for response in (s3.get_object(Bucket=bucket, Key="old.html"), s3.head_object(Bucket=bucket, Key="old.html")):
         assert response["WebsiteRedirectLocation"] == "/new.html"
-    copied = s3.copy_object(Bucket=bucket, Key="copy.html", CopySource={"Bucket": bucket, "Key": "old.html"})
-    assert copied["ResponseMetadata"]["HTTPStatusCode"] == 200
-    assert s3.head_object(Bucket=bucket, Key="copy.html")["WebsiteRedirectLocation"] == "/new.html"
     with pytest.raises(ClientError) as info:
         s3.put_object(Bucket=bucket, Key="bad.html", Body=b"x", WebsiteRedirectLocation="ftp://elsewhere/")
     assert info.value.response["Error"]["Code"] == "InvalidRedirectLocation"
     with pytest.raises(ClientError) as info:
         s3.head_object(Bucket=bucket, Key="bad.html")
     assert error_code(info.value) == "404"
+
+
+def test_a_copy_takes_the_website_redirect_of_the_request_never_the_source(s3, bucket):
+    """S3: the redirect "is unique to each object and is not copied"; a copy names its own, under COPY
+    too. A COPY naming a new one answered 200 and kept the old one (also onto itself, the one copy
+    onto itself that COPY allows for it), and took a value a PUT refuses."""
+    source = {"Bucket": bucket, "Key": "old.html"}
+    s3.put_object(Bucket=bucket, Key="old.html", Body=b"moved", WebsiteRedirectLocation="/new.html",
+                  Metadata={"page": "1"}, ContentType="text/html")
+    s3.copy_object(Bucket=bucket, Key="copy.html", CopySource=source)
+    head = s3.head_object(Bucket=bucket, Key="copy.html")
+    assert "WebsiteRedirectLocation" not in head
+    assert head["Metadata"] == {"page": "1"} and head["ContentType"] == "text/html"  # the rest is copied
+    s3.copy_object(Bucket=bucket, Key="other.html", CopySource=source, WebsiteRedirectLocation="/other.html")
+    assert s3.head_object(Bucket=bucket, Key="other.html")["WebsiteRedirectLocation"] == "/other.html"
+    s3.copy_object(Bucket=bucket, Key="old.html", CopySource=source, WebsiteRedirectLocation="https://example.com/")
+    head = s3.head_object(Bucket=bucket, Key="old.html")
+    assert head["WebsiteRedirectLocation"] == "https://example.com/" and head["Metadata"] == {"page": "1"}
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="old.html", CopySource=source, WebsiteRedirectLocation="notaurl")
+    assert info.value.response["Error"]["Code"] == "InvalidRedirectLocation"
+    assert s3.head_object(Bucket=bucket, Key="old.html")["WebsiteRedirectLocation"] == "https://example.com/"
+    s3.copy_object(Bucket=bucket, Key="replaced.html", CopySource=source, MetadataDirective="REPLACE",
+                   WebsiteRedirectLocation="/r.html")
+    head = s3.head_object(Bucket=bucket, Key="replaced.html")
+    assert head["WebsiteRedirectLocation"] == "/r.html" and head["Metadata"] == {}
 
 
 def test_metadata_values_lose_surrounding_whitespace(gateway, s3, bucket):

@@ -153,6 +153,15 @@ def _override_response_headers(req: S3Request, headers: list) -> None:
             headers.append((name, value.encode("latin-1", "replace")))
 
 
+REDIRECT = "x-amz-website-redirect-location"
+
+
+def _check_redirect(value: str) -> str:
+    if not value.startswith(("/", "http://", "https://")):
+        raise errors.InvalidRedirectLocation()
+    return value
+
+
 def meta_from_headers(req: S3Request) -> ObjectMeta:
     metadata = {}
     stored = {}
@@ -166,8 +175,8 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
                 value = ",".join(v for v in value.split(",") if v.strip() and v.strip() != "aws-chunked")
                 if not value:
                     continue
-            elif name == "x-amz-website-redirect-location" and not value.startswith(("/", "http://", "https://")):
-                raise errors.InvalidRedirectLocation()
+            elif name == REDIRECT:
+                _check_redirect(value)
             stored[name] = value
     if sum(len(k) + len(v) for k, v in metadata.items()) > 2048:
         raise errors.MetadataTooLarge()
@@ -297,6 +306,18 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _copied_meta(req: S3Request, source: ObjectMeta) -> ObjectMeta | None:
+    """The target's metadata under COPY: the source's, but the website redirect is the request's (as on
+    S3, it is never copied: "unique to each object"); None when that is the source's as it is."""
+    if REDIRECT not in req.headers and REDIRECT not in source.headers:
+        return None
+    headers = {name: value for name, value in source.headers.items() if name != REDIRECT}
+    redirect = req.headers.get(REDIRECT)
+    if redirect is not None:
+        headers[REDIRECT] = _check_redirect(redirect)
+    return ObjectMeta(source.content_type, source.metadata, headers)
+
+
 async def copy_object(app, req: S3Request, send) -> None:
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
     directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
@@ -306,7 +327,7 @@ async def copy_object(app, req: S3Request, send) -> None:
     # S3 allows a copy onto itself that changes something: the metadata (REPLACE), the storage class
     # (`aws s3 cp --storage-class`, `rclone settier`; accepted and ignored here) or the redirect.
     changes = directive == "REPLACE" or any(
-        name in req.headers for name in ("x-amz-storage-class", "x-amz-website-redirect-location"))
+        name in req.headers for name in ("x-amz-storage-class", REDIRECT))
     if (src_bucket, src_key) == (req.bucket, req.key) and not changes:
         raise errors.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself without changing "
@@ -320,7 +341,7 @@ async def copy_object(app, req: S3Request, send) -> None:
                                         f"{', '.join(ALGORITHMS)}.")
     source = await app.service.backend_for(src_bucket).head(src_bucket, src_key)
     check_preconditions(req, source, prefix="x-amz-copy-source-if-")
-    meta = meta_from_headers(req) if directive == "REPLACE" else None
+    meta = meta_from_headers(req) if directive == "REPLACE" else _copied_meta(req, source.meta)
     if is_conditional(req):  # If-None-Match: * / If-Match on the target, as on a PUT (S3 takes both here too)
         async with app.service.conditional_write(req.bucket, req.key) as confirm:
             await check_write_conditions(app.service.backend_for(req.bucket), req)
