@@ -705,3 +705,23 @@ def test_no_file_descriptor_left_is_a_503_slow_down(tmp_path):
         s3.put_object(Bucket="faces", Key="k", Body=b"after")  # the limit back: all well
         assert s3.get_object(Bucket="faces", Key="k")["Body"].read() == b"after"
         assert "Traceback" not in gw.log()
+
+
+def test_a_browser_form_upload_is_not_implemented_rather_than_access_denied(gateway, s3, bucket):
+    """POST Object (boto3's generate_presigned_post) carries its signature in form fields: it was a
+    403 "Access Denied", which sends its user after correct credentials. Now a 501 saying what to use."""
+    post = s3.generate_presigned_post(bucket, "form/upload.txt")
+    boundary = "----cvgatewayform"
+    fields = [*post["fields"].items(), ("file", "form bytes")]
+    body = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+                   for name, value in fields) + f"--{boundary}--\r\n"
+    request = urllib.request.Request(post["url"], data=body.encode(), method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    document = caught.value.read()
+    assert caught.value.code == 501 and b"NotImplemented" in document, document
+    assert b"POST Object" in document and b"presigned PUT URL" in document
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="form/upload.txt")  # nothing stored
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0

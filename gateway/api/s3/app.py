@@ -28,6 +28,17 @@ from .xml import error_document
 log = logging.getLogger("gateway.s3")
 
 
+
+def _refuse_form_upload(req: S3Request) -> None:
+    """POST Object (a browser form upload, boto3's generate_presigned_post) signs with fields of its
+    form, not a header or the query: refused before authentication, which would call a correctly
+    signed form "Access Denied" and send its user after the credentials."""
+    if (req.method == "POST" and req.bucket and not req.key
+            and req.headers.get("content-type", "").lower().startswith("multipart/form-data")):
+        raise errors.NotImplementedError_(
+            "POST Object (a browser form upload, generate_presigned_post) is not implemented; nothing was "
+            "stored. Upload with PutObject, or a presigned PUT URL (generate_presigned_url('put_object')).")
+
 class ResponseAborted(Exception):
     """A response that broke off after it had started, already logged here: raised only so that the
     server ends the connection (ASGI has no other way to say the body is incomplete)."""
@@ -191,6 +202,7 @@ class S3App:
             await send(message)
 
         try:
+            _refuse_form_upload(req)
             req.auth = self.auth.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                               req.query_pairs)
             req.access_key = req.auth.access_key
