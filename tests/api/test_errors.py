@@ -378,6 +378,20 @@ def test_unsupported_write_features_are_refused(s3, bucket):
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
 
 
+def test_a_copy_with_a_tagging_directive_alone_is_served_and_new_tags_are_not(s3, bucket):
+    """x-amz-tagging-directive asks for nothing by itself (objects have no tags to copy); it was refused
+    as if it were x-amz-tagging."""
+    s3.put_object(Bucket=bucket, Key="src", Body=b"x")
+    for directive in ("COPY", "REPLACE"):
+        s3.copy_object(Bucket=bucket, Key=f"copy-{directive}", CopySource={"Bucket": bucket, "Key": "src"},
+                       TaggingDirective=directive)
+        assert s3.get_object(Bucket=bucket, Key=f"copy-{directive}")["Body"].read() == b"x"
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="tagged", CopySource={"Bucket": bucket, "Key": "src"},
+                       TaggingDirective="REPLACE", Tagging="camera=7")
+    assert error_code(info.value) == "NotImplemented"
+
+
 def test_version_ids(s3, bucket):
     s3.put_object(Bucket=bucket, Key="k", Body=b"only version")
     assert s3.get_object(Bucket=bucket, Key="k", VersionId="null")["Body"].read() == b"only version"

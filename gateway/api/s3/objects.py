@@ -195,7 +195,9 @@ def check_write_headers(req: S3Request) -> None:
     (x-amz-write-offset-bytes, S3 Express) would replace the object with the appended bytes alone.
     """
     for name in req.headers:
-        if name.startswith(_UNSUPPORTED_WRITE_HEADERS):
+        # A CopyObject's x-amz-tagging-directive (COPY: the source's tags; REPLACE: x-amz-tagging's) asks
+        # for nothing by itself: objects have no tags, and x-amz-tagging is refused.
+        if name.startswith(_UNSUPPORTED_WRITE_HEADERS) and name != "x-amz-tagging-directive":
             raise errors.NotImplementedError_(f"The {name} header asks for something not implemented here "
                                               "(server-side encryption, tagging, object lock or appends).")
     _check_if_none_match(req)
