@@ -221,8 +221,8 @@ class PeerClient:
                                                     headers=all_headers, data=data, allow_redirects=False,
                                                     **options)
         except aiohttp.ServerDisconnectedError as exc:
-            if isinstance(data, HeldBackBody) and data.error is not None:
-                raise data.error from None  # our client's body failed, not the peer (see HeldBackBody)
+            if isinstance(data, HeldBackBody) and (failure := data.client_failure()) is not None:
+                raise failure from None  # our client's body failed, not the peer (see HeldBackBody)
             if retry and data is None:
                 return await self.request(peer, address, method, target, headers=headers, retry=False,
                                           stream=stream, read_timeout=read_timeout)
@@ -230,8 +230,8 @@ class PeerClient:
             self.calls[peer, operation(method, target), "unreachable"] += 1
             raise PeerUnreachable(peer, "closed the connection") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if isinstance(data, HeldBackBody) and data.error is not None:
-                raise data.error from None
+            if isinstance(data, HeldBackBody) and (failure := data.client_failure()) is not None:
+                raise failure from None
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             self._failed(peer, reason)
             self.calls[peer, operation(method, target), "unreachable"] += 1
@@ -549,6 +549,12 @@ def _json_object(data) -> dict:
     return data
 
 
+# Seconds without a byte of a client's body after which a peer closing the connection of the write
+# is the client's stall, not the peer's failure: the peer closes it 1-2 keep_alive_timeout after the
+# last byte (30 s by default; a setting under a second would count some stalls against the peer).
+STALLED_BODY = 1.0
+
+
 class HeldBackBody:
     """The payload's chunks for a PUT to a peer, holding the last one back until the payload verified itself.
 
@@ -561,25 +567,45 @@ class HeldBackBody:
     Content-MD5 or checksum) is kept in ``error``: aiohttp reports it as a
     failed connection, but it is the client's fault, not the peer's, so
     PeerClient.request raises it as it is (400 BadDigest, IncompleteBody)
-    instead of a 503 that marks a healthy peer as failed.
+    instead of a 503 that marks a healthy peer as failed. So is a body that
+    stopped arriving (``client_failure``): the peer closes a connection whose
+    body stalls (400 RequestTimeout, api/protocol.py), as it should.
     """
 
     def __init__(self, payload: Payload):
         self.payload = payload
         self.error: BaseException | None = None
+        # Since when the next chunk is the client's to send (None: not begun, or all of it came).
+        self._waiting_since: float | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         previous = None
+        self._waiting_since = time.monotonic()
         try:
             async for chunk in self.payload:
                 if previous is not None:
-                    yield previous
+                    yield previous  # may wait for the peer to take it: not the client's time
+                self._waiting_since = time.monotonic()
                 previous = chunk
         except errors.GatewayError as exc:
             self.error = exc
             raise
+        self._waiting_since = None
         if previous is not None:
             yield previous
+
+    def client_failure(self) -> BaseException | None:
+        """Why the peer's connection failed if the client is to blame: the payload's error, or a
+        RequestTimeout when the body was not complete and no byte of it had come for STALLED_BODY
+        seconds; None otherwise."""
+        if self.error is not None:
+            return self.error
+        since = self._waiting_since
+        if since is not None and time.monotonic() - since >= STALLED_BODY:
+            return errors.RequestTimeout(
+                f"No part of the request body arrived for {time.monotonic() - since:.0f} seconds; the request "
+                "was not completed and nothing was stored.")
+        return None
