@@ -91,11 +91,16 @@ class EtcdRegistry(Registry):
         self._leases: dict[tuple[str, str], str] = {}  # (lock name, owner) -> the lease holding it
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the first endpoint that answers; the others are tried on connection errors."""
+        """POST to the first endpoint that answers; the others are tried on connection errors.
+
+        Each endpoint once per call, in the order of the moment the call began: the list is reordered
+        by calls running meanwhile (one that answered goes first, one that did not last), and a call
+        walking the list itself could meet a frozen member twice, waiting TIMEOUT each time (three
+        members, one stopped: a heartbeat late by 15 s, a failover of a live primary)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=TIMEOUT)
         failures = []
-        for endpoint in self.endpoints:
+        for endpoint in list(self.endpoints):
             try:
                 async with self._session.post(endpoint + path, json=body) as response:
                     data = await response.json(content_type=None)
@@ -113,9 +118,17 @@ class EtcdRegistry(Registry):
                     return data
             except TimeoutError:
                 failures.append(f"{endpoint}: no answer within {TIMEOUT.total:.0f}s")
+                self._ask_last(endpoint)
             except (aiohttp.ClientError, ValueError) as exc:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")
+                self._ask_last(endpoint)
         raise RegistryError(f"etcd registry {self.url}: no endpoint answered {path}: " + "; ".join(failures))
+
+    def _ask_last(self, endpoint: str) -> None:
+        """An endpoint that did not answer is tried after the others by the calls that begin from now."""
+        if endpoint in self.endpoints and endpoint != self.endpoints[-1]:
+            self.endpoints.remove(endpoint)
+            self.endpoints.append(endpoint)
 
     async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
         key = _b64(PREFIX + node_id)

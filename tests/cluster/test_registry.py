@@ -245,6 +245,44 @@ def test_etcd_registry_uses_the_next_member_when_one_is_down(etcd):
     asyncio.run(run())
 
 
+def test_a_frozen_etcd_member_is_waited_for_once_per_call_and_then_asked_last(etcd):
+    """A member that takes connections and never answers (stopped: SIGSTOP, a hung host), listed first.
+    Calls that began before the first one gave up on it each wait for it once; one of them, walking the
+    list the first call had reordered meanwhile, met it again and waited twice (three members, one
+    frozen: a heartbeat 15 s late, the failover of a live primary). Calls begun after go to it last."""
+    import socket
+    import time
+
+    from gateway.cluster import registry_etcd
+
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)  # connections are taken (the backlog), never answered
+
+    async def timed(registry, delay):
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        await registry.nodes()
+        return time.monotonic() - started
+
+    async def run():
+        registry = open_registry(f"etcd://127.0.0.1:{frozen.getsockname()[1]}," + etcd.url.split("://", 1)[1])
+        try:
+            # The second call is still waiting for the frozen member when the first one has been answered.
+            waits = await asyncio.gather(timed(registry, 0), timed(registry, 2))
+            once = registry_etcd.TIMEOUT.total
+            assert all(once <= wait < 1.5 * once for wait in waits), waits  # the frozen member once each
+            assert registry.endpoints[-1].endswith(f":{frozen.getsockname()[1]}")
+            assert await timed(registry, 0) < once  # asked last now: answered before it would time out
+        finally:
+            await registry.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        frozen.close()
+
+
 def test_unreachable_etcd_is_a_clear_error():
     async def run():
         registry = open_registry("etcd://127.0.0.1:1")
