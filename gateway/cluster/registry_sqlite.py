@@ -103,6 +103,9 @@ class SqliteRegistry(Registry):
             # write held every other node and tool for the busy timeout (10 s). In WAL mode a read
             # does not wait for a writer.
             if not _schema_ready(conn):
+                # A file made again under the running nodes (deleted, replaced) is in rollback-journal
+                # mode until set: a read would wait for every writer again.
+                conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(SCHEMA)
         except BaseException:
             conn.close()

@@ -160,28 +160,31 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
     import sqlite3
 
     url = f"sqlite:///{tmp_path}/registry.db"
+    running = open_registry(url)  # a running node's: it keeps its registry object
+    asyncio.run(running.register("p1", "primary", "http://127.0.0.1:9001"))
 
-    async def register():
-        registry = open_registry(url)
-        await registry.register("p1", "primary", "http://127.0.0.1:9001")
+    def reads_while_a_writer_holds_the_lock(registry):
+        writer = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE nodes SET last_seen = last_seen")  # holds the write lock, as a frozen heartbeat
+        try:
+            return [n.node_id for n in asyncio.run(registry.nodes())]
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
 
-    asyncio.run(register())
-    writer = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")
-    writer.execute("UPDATE nodes SET last_seen = last_seen")  # holds the write lock, as a frozen heartbeat
-    try:
-        nodes = asyncio.run(open_registry(url).nodes())  # a fresh registry object: a fresh connection
-        assert [n.node_id for n in nodes] == ["p1"]
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
-    # The schema still comes back on a file recreated under the nodes.
+    assert reads_while_a_writer_holds_the_lock(open_registry(url)) == ["p1"]  # a fresh object: a fresh connection
+    # The schema comes back on a file recreated under the nodes, in WAL mode too: the running node
+    # made it again in rollback-journal mode, where every read waited for a writer (10 s, then failed).
     (tmp_path / "registry.db").unlink()
     for leftover in tmp_path.glob("registry.db-*"):
         leftover.unlink()
-    registry = open_registry(url)
-    assert asyncio.run(registry.nodes()) == []
-    assert asyncio.run(registry.identity())
+    assert asyncio.run(running.nodes()) == []
+    assert asyncio.run(running.identity())
+    header = (tmp_path / "registry.db").read_bytes()[18:20]
+    assert header == b"\x02\x02", header  # WAL (rollback journal: 01 01)
+    asyncio.run(running.register("p1", "primary", "http://127.0.0.1:9001"))
+    assert reads_while_a_writer_holds_the_lock(running) == ["p1"]
 
 
 def test_sqlite_lock_of_a_holder_that_stopped_refreshing_expires(tmp_path):
