@@ -545,6 +545,9 @@ class S3Backend(MultipartMixin, Backend):
                   "CopySource": {"Bucket": src_remote, "Key": src_remote_key}, "MetadataDirective": "COPY"}
         if meta is not None:
             params.update(put_params(meta, dict(source.checksums)), MetadataDirective="REPLACE")
+        elif "x-amz-website-redirect-location" in source.meta.headers:
+            # S3 never copies the redirect ("unique to each object"); a copy here keeps everything.
+            params["WebsiteRedirectLocation"] = source.meta.headers["x-amz-website-redirect-location"]
         response = await self._run(self.client.copy_object, **params, bucket=dst_bucket, key=dst_key,
                                    what="copy object", moves_data=True)
         result = response["CopyObjectResult"]

@@ -309,15 +309,12 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 
 
 def _copied_meta(req: S3Request, source: ObjectMeta) -> ObjectMeta | None:
-    """The target's metadata under COPY: the source's, but the website redirect is the request's (as on
-    S3, it is never copied: "unique to each object"); None when that is the source's as it is."""
-    if REDIRECT not in req.headers and REDIRECT not in source.headers:
-        return None
-    headers = {name: value for name, value in source.headers.items() if name != REDIRECT}
+    """The target's metadata under COPY: the source's, with the website redirect the request names
+    (checked as on a PUT); None when it names none (the source's as it is, its redirect too)."""
     redirect = req.headers.get(REDIRECT)
-    if redirect is not None:
-        headers[REDIRECT] = _check_redirect(redirect)
-    return ObjectMeta(source.content_type, source.metadata, headers)
+    if redirect is None:
+        return None
+    return ObjectMeta(source.content_type, source.metadata, {**source.headers, REDIRECT: _check_redirect(redirect)})
 
 
 async def copy_object(app, req: S3Request, send) -> None:
