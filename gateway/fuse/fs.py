@@ -219,6 +219,8 @@ class GatewayFS(NamespaceOps, FileOps):
             return Attr(DIR, mtime=self.started, marker=False, from_listing=True)
         attr = Attr(DIR, 0, marker.last_modified, etag=marker.etag, marker=True,
                     from_listing=marker.metadata is None, meta=marker.metadata)
+        if marker.content_type:  # a HEAD (a listing has none): a chmod copies the marker with them
+            attr.content_type, attr.stored = marker.content_type, dict(marker.headers)
         if marker.metadata:
             apply_meta(attr, marker.metadata)
             attr.kind = DIR

@@ -38,7 +38,8 @@ class NamespaceOps:
                 return
             meta = self._new_meta(stat.S_IFDIR | (mode & 0o7777), owner)
             etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
-            attr = Attr(DIR, mtime=time.time(), etag=etag, marker=True, meta=meta)
+            attr = Attr(DIR, mtime=time.time(), etag=etag, marker=True, meta=meta,
+                        content_type="application/x-directory", stored={})
             apply_meta(attr, meta)
             attr.kind = DIR
             self._remember(path, attr)
@@ -386,12 +387,12 @@ class NamespaceOps:
             return dict(attr.meta)
         bucket, key = self.split(path)
         if attr.kind == DIR:
-            if not attr.marker:
-                return {}
-            key += "/"
+            key += "/"  # its marker, if it has one (a listed directory's ``marker`` is None: not known)
         try:
             return dict(self.client.head(bucket, key).metadata or {})
-        except FileNotFoundError:
+        except StoreError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
             return {}
 
     def set_meta(self, path: str, changes: dict[str, str]) -> None:
@@ -411,28 +412,50 @@ class NamespaceOps:
                 if open_file.dirty or open_file.base is None or open_file.unlinked:
                     return  # stored with the coming upload (or, unlinked, nowhere)
         with self._namespace_lock:
-            meta = self._full_meta(path, attr)
-            if attr.kind == DIR and not meta.get("mode"):
-                meta["mode"] = f"{stat.S_IFDIR | (0o777 & ~self.options.umask):o}"
-            meta.update(changes)
             if attr.kind == DIR:
-                if attr.marker:
-                    etag = self.client.copy(bucket, key + "/", key + "/", meta, "application/x-directory")
-                else:
-                    etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
+                kept, meta, etag = self._set_dir_meta(bucket, key, attr, changes)
             else:
                 kept = self._as_stored(bucket, key, attr)
                 meta = _copied_meta(kept, changes)
                 etag = self.client.copy(bucket, key, key, meta, kept.content_type, stored=kept.headers)
             updated = Attr(attr.kind, attr.size, attr.mtime, etag=etag or attr.etag,
                            marker=attr.marker or attr.kind == DIR, target=attr.target, meta=meta)
-            if attr.kind != DIR:
-                updated.content_type, updated.stored = kept.content_type, dict(kept.headers)
+            updated.content_type, updated.stored = kept.content_type, dict(kept.headers)
             apply_meta(updated, meta)
             updated.kind = attr.kind
             if open_file is not None:
                 open_file.base = updated
             self._remember(path, updated)
+
+    def _set_dir_meta(self, bucket: str, key: str, attr: Attr,
+                      changes: dict[str, str]) -> tuple[ObjectStat, dict[str, str], str]:
+        """chmod, chown or touch of a directory: its marker ``key/`` copied onto itself with ``changes``,
+        keeping its bytes, metadata, Content-Type and stored headers (another S3 client may have
+        written them), or, when it has none, a new empty marker. A directory known only from its
+        parent's listing (``marker`` None: a common prefix says nothing of a marker) or from a lookup
+        that found none (``marker`` False, perhaps written since) is asked first (a HEAD): taken for
+        one without a marker, it got a new empty one, its stored mode, owner and mtime and any bytes
+        gone. Returns what was kept, the new metadata and the new ETag."""
+        prefix = key + "/"
+        if attr.marker and attr.meta is not None and not attr.from_listing and attr.content_type is not None:
+            kept = ObjectStat(prefix, 0, attr.etag, attr.mtime, dict(attr.meta), attr.content_type,
+                              dict(attr.stored or {}))
+        else:
+            try:
+                kept = self.client.head(bucket, prefix)
+            except StoreError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                kept = None
+        meta = dict(kept.metadata or {}) if kept is not None else {}
+        meta.setdefault("mode", f"{stat.S_IFDIR | (0o777 & ~self.options.umask):o}")
+        meta.update(changes)
+        if kept is None:
+            etag = self.client.put(bucket, prefix, b"", 0, meta, "application/x-directory").etag
+            return ObjectStat(prefix, 0, etag, time.time(), {}, "application/x-directory"), meta, etag
+        kept = dataclasses.replace(kept, content_type=kept.content_type or "application/x-directory")
+        etag = self.client.copy(bucket, prefix, prefix, meta, kept.content_type, stored=kept.headers)
+        return kept, meta, etag
 
     def chmod(self, path: str, mode: int) -> None:
         attr = self.lookup(path)
