@@ -287,6 +287,11 @@ class NamespaceOps:
             page = self.client.list_page(new_bucket, new_prefix, "/", max_keys=2)
             if [o for o in page.objects if o.key != new_prefix] or page.prefixes:
                 raise err(errno.ENOTEMPTY, new)
+            if any(o.key == new_prefix and o.size > 0 for o in page.objects):
+                # As in rmdir: bytes another client stored under the directory's own name ("dir/"),
+                # which the mount cannot show, would be replaced by the moved marker unseen.
+                raise err(errno.ENOTEMPTY,
+                          f"{new}: the object {new_prefix!r} holds data (delete it with an S3 client)")
         with self._table_lock:
             inside = [f for p, f in self._open.items() if p.startswith(old + "/")]
         for open_file in inside:

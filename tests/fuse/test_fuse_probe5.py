@@ -4,8 +4,10 @@ special files; setgid directories). Each test failed before its fix."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import subprocess
 
 import pytest
 from fuse_helpers import sh
@@ -60,3 +62,25 @@ def test_chmod_chown_touch_of_a_listed_directory_keep_its_marker(fuse_gw, bucket
     os.chmod(other.path / bucket / "implicit", 0o750)
     assert _head(s3, bucket, "implicit/")["Metadata"]["mode"] == "40750"
     assert "Traceback" not in other.log()
+
+
+def test_a_directory_renamed_over_one_whose_marker_holds_data_is_refused(fuse_gw, bucket, mnt):
+    # rmdir of such a directory says ENOTEMPTY ("holds data"), but a rename over it replaced the
+    # marker: the bytes another S3 client stored under "target/" were gone unseen.
+    s3 = fuse_gw.client()
+    s3.put_object(Bucket=bucket, Key="target/", Body=b"fourteen bytes", Metadata={"camera": "gate 7"})
+    s3.put_object(Bucket=bucket, Key="plain/", Body=b"")
+    root = mnt.path / bucket
+    (root / "src").mkdir()
+    (root / "src" / "inside").write_bytes(b"inside")
+    assert os.path.isdir(root / "target")
+    assert _errno_of(lambda: os.rename(root / "src", root / "target")) == errno.ENOTEMPTY
+    result = subprocess.run(["mv", "-T", "src", "target"], cwd=root, capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "Directory not empty" in result.stderr, result.stderr
+    got = s3.get_object(Bucket=bucket, Key="target/")
+    assert got["Body"].read() == b"fourteen bytes" and got["Metadata"] == {"camera": "gate 7"}
+    assert (root / "src" / "inside").read_bytes() == b"inside"
+    os.rename(root / "src", root / "plain")  # over an empty marker: moved, as before
+    assert (root / "plain" / "inside").read_bytes() == b"inside"
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == [
+        "plain/", "plain/inside", "target/"]
