@@ -14,7 +14,7 @@ import time
 
 from .cache import DIR, FILE, LINK, MISSING, Attr
 from .client import ObjectStat, StoreError
-from .meta import MAX_KEY_BYTES, apply_meta, content_type, err, format_time, format_time_ns, parent_of
+from .meta import MAX_KEY_BYTES, MTIME_LIMIT, apply_meta, content_type, err, format_time, format_time_ns, parent_of
 
 log = logging.getLogger("gateway.fuse")
 
@@ -479,7 +479,13 @@ class NamespaceOps:
     def utimens(self, path: str, mtime_ns: int | None) -> None:
         # The nanoseconds utimensat gave are stored as they are: through a float they came back as
         # another value (cp -p, then the source was "newer" than its copy).
-        self.set_meta(path, {"mtime": format_time(time.time()) if mtime_ns is None else format_time_ns(mtime_ns)})
+        mtime = format_time(time.time()) if mtime_ns is None else format_time_ns(mtime_ns)
+        if not abs(float(mtime)) < MTIME_LIMIT:
+            # Stored, it would never be shown (apply_meta ignores it): stat kept the old time and
+            # rsync sent the file again at every run. EOVERFLOW, as utimensat for a time its
+            # filesystem cannot hold: touch says "Value too large for defined data type".
+            raise err(errno.EOVERFLOW, f"{path}: mtimes are kept within ±{MTIME_LIMIT:.2g} s of 1970")
+        self.set_meta(path, {"mtime": mtime})
 
 
 def _copied_meta(kept: ObjectStat, changes: dict[str, str] | None = None) -> dict[str, str]:

@@ -84,3 +84,24 @@ def test_a_directory_renamed_over_one_whose_marker_holds_data_is_refused(fuse_gw
     assert (root / "plain" / "inside").read_bytes() == b"inside"
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == [
         "plain/", "plain/inside", "target/"]
+
+
+def test_touch_beyond_the_mtimes_stat_can_show_is_refused(fuse_gw, bucket, mnt):
+    # touch -d 2300-01-01 was stored (mtime 10413792000) but never shown (beyond MTIME_LIMIT, ignored
+    # when read): stat kept the old time, so rsync sent the file again at every run.
+    s3 = fuse_gw.client()
+    root = mnt.path / bucket
+    (root / "f").write_bytes(b"f")
+    (root / "d").mkdir()
+    for name in ("f", "d"):
+        os.utime(root / name, (1_500_000_000, 1_500_000_000))
+        for when in ("2300-01-01", "1600-01-01"):
+            result = subprocess.run(["touch", "-d", when, name], cwd=root, capture_output=True, text=True,
+                                    check=False)
+            assert result.returncode != 0 and "Value too large" in result.stderr, (name, when, result.stderr)
+        assert _errno_of(lambda: os.utime(root / name, ns=(0, 9_200_000_000 * 10 ** 9))) == errno.EOVERFLOW
+        key = name + ("/" if name == "d" else "")
+        assert float(s3.head_object(Bucket=bucket, Key=key)["Metadata"]["mtime"]) == 1_500_000_000
+        assert os.stat(root / name).st_mtime == 1_500_000_000
+        sh(f"touch -d 2200-01-01 {name}", cwd=root)  # within the range: stored and shown
+        assert os.stat(root / name).st_mtime == 7_258_118_400
