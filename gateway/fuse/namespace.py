@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import re
 import stat
 import time
@@ -204,6 +205,15 @@ class NamespaceOps:
         attr = Attr(LINK, len(body), time.time(), etag=etag, meta=meta, target=target)
         apply_meta(attr, meta)
         self._remember(path, attr)
+
+    def mknod(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+        """A regular file is created empty (the kernel sends a create for those; libfuse calls mknod
+        only without one). FIFOs, sockets and devices cannot be objects: EPERM, "Operation not
+        permitted", as for hard links (not ENOSYS, "Function not implemented", which reads as a
+        broken mount)."""
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise err(errno.EPERM, f"{path}: FIFOs, sockets and device files cannot be stored as objects")
+        self.release(self.create(path, stat.S_IFREG | (mode & 0o7777), os.O_CREAT | os.O_EXCL | os.O_WRONLY, owner))
 
     def readlink(self, path: str) -> str:
         attr = self.lookup(path)

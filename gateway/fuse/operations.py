@@ -98,6 +98,12 @@ class GatewayOperations(Operations):
 
     @overrides(Operations)
     @_translate
+    def mknod(self, path, mode, dev):
+        self.fs.mknod(path, mode, _caller())
+        return 0
+
+    @overrides(Operations)
+    @_translate
     def rmdir(self, path):
         self.fs.rmdir(path)
         return 0

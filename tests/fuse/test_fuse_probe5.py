@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import subprocess
 
 import pytest
 from fuse_helpers import sh
+
+from gateway.fuse.client import ObjectClient
+from gateway.fuse.fs import GatewayFS
 
 
 def _errno_of(action) -> int:
@@ -105,3 +109,32 @@ def test_touch_beyond_the_mtimes_stat_can_show_is_refused(fuse_gw, bucket, mnt):
         assert os.stat(root / name).st_mtime == 1_500_000_000
         sh(f"touch -d 2200-01-01 {name}", cwd=root)  # within the range: stored and shown
         assert os.stat(root / name).st_mtime == 7_258_118_400
+
+
+def test_special_files_are_refused_with_eperm_and_regular_mknod_works(fuse_gw, bucket, mnt):
+    # mkfifo, mknod of devices and binding a Unix socket failed with ENOSYS ("Function not
+    # implemented"), which reads as a broken mount; objects cannot be special files: EPERM, as for
+    # hard links.
+    s3 = fuse_gw.client()
+    root = mnt.path / bucket
+    assert _errno_of(lambda: os.mkfifo(root / "fifo")) == errno.EPERM
+    assert _errno_of(lambda: os.mknod(root / "chr", stat.S_IFCHR | 0o600, os.makedev(1, 3))) == errno.EPERM
+    assert _errno_of(lambda: os.mknod(root / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 0))) == errno.EPERM
+    with socket.socket(socket.AF_UNIX) as sock:
+        assert _errno_of(lambda: sock.bind(str(root / "sock"))) == errno.EPERM
+    result = subprocess.run(["mkfifo", "fifo2"], cwd=root, capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "Operation not permitted" in result.stderr, result.stderr
+    os.mknod(root / "regular", stat.S_IFREG | 0o640)
+    assert stat.S_IMODE(os.stat(root / "regular").st_mode) == 0o640
+    assert s3.head_object(Bucket=bucket, Key="regular")["Metadata"]["mode"] == "100640"
+    assert _errno_of(lambda: os.link(root / "regular", root / "hard")) == errno.EPERM  # the same answer
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["regular"]
+    assert sorted(os.listdir(root)) == ["regular"]
+    # The kernel sends a create for a regular mknod; libfuse calls mknod only without one: it works too.
+    fs = GatewayFS(ObjectClient(fuse_gw.endpoint, fuse_gw.access_key, fuse_gw.secret_key))
+    try:
+        fs.mknod(f"/{bucket}/direct", stat.S_IFREG | 0o600)
+        assert _errno_of(lambda: fs.mknod(f"/{bucket}/fifo", stat.S_IFIFO | 0o600)) == errno.EPERM
+    finally:
+        fs.close()
+    assert s3.head_object(Bucket=bucket, Key="direct")["Metadata"]["mode"] == "100600"
