@@ -416,6 +416,9 @@ def tls_init_command(directory, nodes) -> None:
         if not sep or not name or not hosts:
             raise click.BadParameter(f"{spec!r}: expected NAME=HOST[,HOST...], e.g. node1=10.0.0.1,node1.lan",
                                      param_hint="--node")
+        if name in parsed:  # the second would silently replace the first
+            raise click.BadParameter(f"node {name!r} is given twice: name all its hosts in one --node "
+                                     f"{name}=HOST,HOST", param_hint="--node")
         parsed[name] = [h.strip() for h in hosts.split(",") if h.strip()]
     try:
         written = tls_init(Path(directory), parsed)

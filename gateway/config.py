@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         if self.tls_cert is not None:
             _check_tls_pair(self.tls_cert, self.tls_key)
             if self.tls_ca is not None:
-                _check_issued_by_ca(self.tls_cert, self.tls_key, self.tls_ca)
+                check_node_certificate(self.tls_cert, self.tls_key, self.tls_ca)
         for name, config in self.backend_configs().items():
             if config.get("type") is None:
                 raise ValueError(f'backends.{name} has no type: add type = "local" (or another backend type: '
@@ -355,20 +355,21 @@ def _check_tls_pair(cert: Path, key: Path) -> None:
                          "be PEM, the key the certificate's; `gateway cluster tls init` makes them)") from None
 
 
-def _check_issued_by_ca(cert: Path, key: Path, ca: Path) -> None:
-    """Refuse a node certificate the cluster CA did not issue (tls files of two `cluster tls init` runs
-    mixed): the node trusted its peers and joined, but they could not verify it, and every miss
-    through any node was a 503 naming it. Checked with a TLS handshake in memory, this node's
-    certificate against its own CA file, as its peers will (intermediate certificates included)."""
+def check_node_certificate(cert: Path, key: Path, ca: Path, hostname: str | None = None) -> None:
+    """Refuse a node certificate its peers would refuse: one the cluster CA did not issue (tls files of two
+    `cluster tls init` runs mixed), one out of its validity, or (``hostname``: the host this node
+    advertises) one for other names. The node trusted its peers and joined, but they could not verify
+    it, and every miss through any node was a 503 naming it. Checked with a TLS handshake in memory,
+    this node's certificate against its own CA file, as its peers will (intermediates included)."""
     import ssl
 
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.check_hostname = False  # the names are peers' to check against the address they dial
+    client.check_hostname = hostname is not None
     client.load_verify_locations(cafile=str(ca))
     pipes = [ssl.MemoryBIO(), ssl.MemoryBIO()]  # what the server reads, what the client reads
-    near = client.wrap_bio(pipes[0], pipes[1])
+    near = client.wrap_bio(pipes[0], pipes[1], server_hostname=hostname)
     far = server.wrap_bio(pipes[1], pipes[0], server_side=True)
     for _ in range(10):  # a TLS 1.3 handshake takes two rounds; bounded all the same
         done = True
@@ -378,14 +379,38 @@ def _check_issued_by_ca(cert: Path, key: Path, ca: Path) -> None:
             except ssl.SSLWantReadError:
                 done = False
             except ssl.SSLCertVerificationError as exc:
-                raise ValueError(
-                    f"tls_cert {cert} was not issued by the CA in tls_ca {ca} ({exc.verify_message}): peers that "
-                    "trust that CA would refuse this node. Give it the certificate and key `gateway cluster tls "
-                    "init` made with that CA (the files of two runs mixed?)") from None
+                raise ValueError(_refused_certificate(cert, ca, hostname, exc)) from None
             except ssl.SSLError:
                 return  # something else of TLS: the server's own start says what
         if done:
             return
+
+
+_EXPIRED, _NOT_YET_VALID, _HOSTNAME_MISMATCH, _IP_MISMATCH = 10, 9, 62, 64  # OpenSSL's X509_V_ERR_*
+
+
+def _refused_certificate(cert: Path, ca: Path, hostname: str | None, exc) -> str:
+    reissue = ("issue a new one with `gateway cluster tls init --dir <the directory of the CA> --node "
+               f"NAME={hostname or 'HOST'}` and give it to this node")
+    if exc.verify_code in (_EXPIRED, _NOT_YET_VALID):
+        from cryptography import x509
+
+        try:
+            issued = x509.load_pem_x509_certificate(cert.read_bytes())
+            if exc.verify_code == _EXPIRED:
+                when = f"expired on {issued.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+            else:
+                when = f"is valid only from {issued.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check this host's clock)"
+        except ValueError:
+            when = exc.verify_message
+        return f"tls_cert {cert} {when}: peers would refuse this node; {reissue}"
+    if exc.verify_code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
+        return (f"tls_cert {cert} is not valid for {hostname}, the host this node advertises to its peers "
+                f"({exc.verify_message}): they would refuse it. Set --advertise to a name the certificate holds, "
+                f"or {reissue}")
+    return (f"tls_cert {cert} was not issued by the CA in tls_ca {ca} ({exc.verify_message}): peers that trust "
+            "that CA would refuse this node. Give it the certificate and key `gateway cluster tls init` made "
+            "with that CA (the files of two runs mixed?)")
 
 
 def _check_tls_ca(ca: Path) -> None:

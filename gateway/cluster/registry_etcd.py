@@ -31,9 +31,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import aiohttp
 
@@ -45,6 +46,28 @@ LOCK_PREFIX = "/cv-gateway/locks/"
 ID_KEY = "/cv-gateway/registry-id"
 CAS_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a key that keeps changing
 TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=2)
+
+
+def registry_ca(url: str) -> str | None:
+    """The CA file an etcds:// URL names (``?ca=/path/ca.pem``); ValueError for other parameters, a CA
+    on plain etcd://, or a file that holds no certificate."""
+    scheme, _, rest = url.partition("://")
+    query = rest.partition("?")[2]
+    if not query:
+        return None
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(params) - {"ca"})
+    if unknown:
+        raise ValueError(f"registry {scheme}://...: unknown parameter {unknown[0]!r} (only ?ca=/path/ca.pem, for "
+                         "etcds://)")
+    if scheme != "etcds":
+        raise ValueError(f"registry {scheme}://...: ?ca= is for etcds:// (HTTPS to etcd)")
+    try:
+        ssl.create_default_context(cafile=params["ca"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"registry {scheme}://...: ca={params['ca']} is not a readable PEM CA file "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    return params["ca"]
 
 
 def _b64(text: str) -> str:
@@ -76,16 +99,20 @@ def _under(prefix: str) -> dict[str, str]:
 
 
 class EtcdRegistry(Registry):
-    """``etcd://host:port,host:port`` (``etcds://`` for HTTPS endpoints)."""
+    """``etcd://host:port,host:port``; ``etcds://`` for HTTPS endpoints, verified against the system's CAs
+    or, with ``?ca=/path/ca.pem``, against that file's (a private CA, the cluster's own)."""
 
     def __init__(self, url: str):
         super().__init__(url)
         scheme, rest = url.split("://", 1)
+        rest, _, query = rest.partition("?")
         hosts = [h.strip() for h in rest.strip("/").split(",") if h.strip()]
         if not hosts:
             raise ValueError(f"registry {url!r}: name at least one endpoint, e.g. etcd://127.0.0.1:2379")
         http = "https" if scheme == "etcds" else "http"
         self.endpoints = [f"{http}://{h}" for h in hosts]
+        self.ca_file = registry_ca(url)
+        self._ssl = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
         self._session: aiohttp.ClientSession | None = None
         self._records: dict[str, NodeRecord] = {}
         self._leases: dict[tuple[str, str], str] = {}  # (lock name, owner) -> the lease holding it
@@ -98,7 +125,7 @@ class EtcdRegistry(Registry):
         walking the list itself could meet a frozen member twice, waiting TIMEOUT each time (three
         members, one stopped: a heartbeat late by 15 s, a failover of a live primary)."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT, connector=aiohttp.TCPConnector(ssl=self._ssl))
         failures = []
         for endpoint in list(self.endpoints):
             try:
@@ -118,6 +145,11 @@ class EtcdRegistry(Registry):
                     return data
             except TimeoutError:
                 failures.append(f"{endpoint}: no answer within {TIMEOUT.total:.0f}s")
+                self._ask_last(endpoint)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                hint = ("" if self.ca_file else ": if etcd's certificate comes from a private CA (the cluster's), "
+                        "name it in the URL, etcds://host:2379?ca=/path/ca.pem")
+                failures.append(f"{endpoint}: its certificate is not trusted ({exc.certificate_error}){hint}")
                 self._ask_last(endpoint)
             except (aiohttp.ClientError, ValueError) as exc:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")

@@ -73,6 +73,10 @@ def check_registry_url(url: str) -> None:
     scheme, _, rest = url.partition("://")
     if scheme not in ("etcd", "etcds"):
         return  # sqlite:// takes any path; other schemes are plugins', which check their own URLs
+    from .registry_etcd import registry_ca
+
+    registry_ca(url)  # ?ca=/path/ca.pem
+    rest = rest.partition("?")[0]
     for endpoint in (e.strip() for e in rest.strip("/").split(",")):
         if not endpoint:
             continue
@@ -115,14 +119,20 @@ def check_cluster_settings(settings) -> None:
                          "to 65535, if given)")
     if parts.scheme == "http" and not settings.insecure_peers:
         raise ValueError(
-            f"advertise {url!r} is plain HTTP: nodes talk HTTPS (set --tls-cert/--tls-key/--tls-ca, see "
-            "`gateway cluster tls init`), or pass --insecure-peers (GATEWAY_INSECURE_PEERS) for a test setup"
+            f"advertise {url!r} is plain HTTP: nodes talk HTTPS ("
+            + ("this node serves HTTPS: advertise https://" if settings.tls_cert is not None else
+               "set --tls-cert/--tls-key/--tls-ca, see `gateway cluster tls init`")
+            + "), or pass --insecure-peers (GATEWAY_INSECURE_PEERS) for a test setup"
         )
     if parts.scheme == "https" and settings.tls_cert is None:
         raise ValueError(f"advertise {url!r} is HTTPS but this node serves plain HTTP: set --tls-cert and "
                          "--tls-key (GATEWAY_TLS_CERT, GATEWAY_TLS_KEY)")
     if parts.scheme == "https" and settings.tls_ca is None:
         raise ValueError("HTTPS between nodes needs the cluster CA to verify peers: set --tls-ca (GATEWAY_TLS_CA)")
+    if parts.scheme == "https":
+        from ..config import check_node_certificate
+
+        check_node_certificate(settings.tls_cert, settings.tls_key, settings.tls_ca, parts.hostname)
     if settings.failover and settings.failover_after < 2 * settings.heartbeat_interval:
         raise ValueError(f"failover_after ({settings.failover_after:g} s) must be at least two heartbeat intervals "
                          f"({2 * settings.heartbeat_interval:g} s): a primary would lose its role between two "

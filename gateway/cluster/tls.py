@@ -36,7 +36,18 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         f.write(data)
 
 
-_HOST = re.compile(r"[A-Za-z0-9_.:*-]+|\[[0-9A-Fa-f:.]+\]")  # DNS names (wildcards too) and IP addresses
+_DNS_NAME = re.compile(r"[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*\.?")  # wildcards too; no port, no scheme
+
+
+def subject_name(host: str) -> x509.GeneralName | None:
+    """A node's host as a certificate names it: an IP address (an IPv6 one in brackets or not) or a
+    DNS name; None for anything else (``10.0.0.1:8086``, a URL), which no peer could ever match."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return x509.IPAddress(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    return x509.DNSName(host) if _DNS_NAME.fullmatch(host) else None
 
 
 def _name(common: str) -> x509.Name:
@@ -54,16 +65,19 @@ def create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivat
                          f"{present} away to create a new CA (then every node needs a new certificate)")
     if cert_path.exists():
         try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
         except ValueError as exc:
             raise ValueError(f"{cert_path} is not a PEM certificate: {exc}") from None
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{key_path} is not an unencrypted PEM private key: {exc}") from None
-        if key.public_key() != cert.public_key():
-            raise ValueError(f"{key_path} is not the key of {cert_path}: restore the pair from a backup")
-        return cert, key
+        # ca.pem may be a bundle while the CA is replaced (the new CA and the old, trusted both): the
+        # certificates are signed by the one whose key ca-key.pem is.
+        for cert in certs:
+            if key.public_key() == cert.public_key():
+                return cert, key
+        raise ValueError(f"{key_path} is the key of no certificate in {cert_path}: restore the pair from a backup")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     name = _name("cv-gateway cluster CA")
@@ -87,12 +101,7 @@ def issue_node_cert(directory: Path, ca_cert, ca_key, node: str, hosts: list[str
     """Write <node>.pem and <node>-key.pem valid for ``hosts`` (DNS names or IP addresses; tls_init has
     checked the name and the hosts before anything was written)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
+    names = [name for name in map(subject_name, hosts) if name is not None]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(_name(node)).issuer_name(ca_cert.subject)
@@ -120,6 +129,9 @@ def ensure_secret(directory: Path) -> Path:
 
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # also a file name: no "/", no ".." first
+# Names whose files are the CA's (ca.pem, ca-key.pem) or another node's key (<node>-key.pem): such a node
+# overwrote the CA and its key, and no node could start again.
+RESERVED_NODE_NAMES = ("ca", "cluster-secret")
 
 
 def tls_init(directory: Path, nodes: dict[str, list[str]]) -> dict[str, tuple[Path, Path]]:
@@ -128,11 +140,17 @@ def tls_init(directory: Path, nodes: dict[str, list[str]]) -> dict[str, tuple[Pa
         if not NODE_NAME.fullmatch(node):
             raise ValueError(f"node name {node!r}: use letters, digits, '.', '_' and '-' (it names the files "
                              f"{node}.pem and {node}-key.pem)")
+        if node.lower() in RESERVED_NODE_NAMES or node.lower().endswith("-key"):
+            raise ValueError(f"node name {node!r}: its files would be "
+                             f"{'the CA' if node.lower() == 'ca' else 'another file'}'s ({node}.pem, "
+                             f"{node}-key.pem): name the node otherwise (ca, cluster-secret and names ending "
+                             "in -key are taken)")
         if not hosts:
             raise ValueError(f"node {node}: name at least one host or IP address it is reached at")
         for host in hosts:
-            if not _HOST.fullmatch(host):
-                raise ValueError(f"node {node}: {host!r} is neither an IP address nor a DNS name")
+            if subject_name(host) is None:
+                raise ValueError(f"node {node}: {host!r} is neither an IP address nor a DNS name (give the host "
+                                 "alone, without a scheme or a port: 10.0.0.1, ::1, node1.example.com)")
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = create_ca(directory)
     ensure_secret(directory)

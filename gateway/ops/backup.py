@@ -454,11 +454,11 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
 
 
 def _add_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None = None,
-              source: str = "the store") -> tuple[int, bytes] | None:
+              source: str = "the store", mode: int = 0o644) -> tuple[int, bytes] | None:
     """Add one file of ``source``, hashed first from the same open file; (size, first bytes) or None
-    when it is gone."""
+    when it is gone. ``mode``: the member's, which `tar -xf` gives the file it extracts."""
     try:
-        return _add_open_file(tar, path, name, extra)
+        return _add_open_file(tar, path, name, extra, mode)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -469,7 +469,7 @@ def _add_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None = N
                                "take the backup again") from None
 
 
-def _add_open_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None) -> tuple[int, bytes]:
+def _add_open_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | None, mode: int) -> tuple[int, bytes]:
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         digest = hashlib.sha256()
@@ -480,7 +480,7 @@ def _add_open_file(tar: tarfile.TarFile, path: str, name: str, extra: dict | Non
         info = tarfile.TarInfo(name)
         info.size = st.st_size
         info.mtime = int(st.st_mtime)
-        info.mode = 0o644
+        info.mode = mode
         info.pax_headers = {SHA_HEADER: digest.hexdigest(), **(extra or {})}
         tar.addfile(info, _Exact(f, st.st_size, digest.hexdigest(), path))
     return st.st_size, first
@@ -540,8 +540,10 @@ def _add_node_files(tar: tarfile.TarFile, settings, config_file: str | None, res
             wanted.append((what, str(value)))
     for what, path in wanted:
         path = os.path.abspath(path)
+        # 0600: the config holds the secret key, tls_key the node's private key; `tar -xf` of the archive
+        # (what restore's messages suggest for a file it keeps) gave them 0644.
         if _add_file(tar, path, f"{FILES}/{what}/{os.path.basename(path)}", {PATH_HEADER: path},
-                     source=f"the {what} file") is None:
+                     source=f"the {what} file", mode=0o600) is None:
             raise OpsError(f"{what} file {path} is gone: fix the setting or the file, then take the backup again")
         result.extra_files.append(what)
     registry = sqlite_registry_path(settings)
@@ -558,7 +560,7 @@ def _add_node_files(tar: tarfile.TarFile, settings, config_file: str | None, res
                 target.close()
                 source.close()
             _add_file(tar, copy, f"{FILES}/registry/{os.path.basename(registry)}",
-                      {PATH_HEADER: os.path.abspath(registry)}, source="the registry's copy")
+                      {PATH_HEADER: os.path.abspath(registry)}, source="the registry's copy", mode=0o600)
         result.extra_files.append("registry")
     elif settings.registry and not registry:
         result.notes.append("the etcd registry is not in this backup: take `etcdctl snapshot save` on an etcd member")

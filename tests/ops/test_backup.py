@@ -384,8 +384,12 @@ def test_full_backup_carries_config_tls_files_and_registry(source, tmp_path):
     gateway_cmd("backup", "-q", "--config", config, archive, check=0)
     with tarfile.open(archive) as tar:
         names = tar.getnames()
+        modes = {member.name: member.mode for member in tar.getmembers()}
     assert "cv-backup/files/config/gateway.toml" in names and "cv-backup/files/registry/registry.db" in names
     assert "cv-backup/files/tls_key/node-key.pem" in names
+    # The secret key (config) and the node's private key: `tar -xf` gave them 0644.
+    assert {name: modes[name] for name in names if name.startswith("cv-backup/files/") and name.count("/") > 2} == {
+        name: 0o600 for name in names if name.startswith("cv-backup/files/") and name.count("/") > 2}
 
     # The server is lost: config, keys, registry and objects are all gone.
     import shutil
