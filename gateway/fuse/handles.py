@@ -146,7 +146,7 @@ class FileOps:
         if not self.split(path)[1]:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
         self._check_new_name(path)
-        meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner)
+        meta = self._new_meta(stat.S_IFREG | (mode & 0o7777), owner, path)
         exclusive = bool(flags & os.O_EXCL)
         base = None
         if exclusive:

@@ -37,7 +37,7 @@ class NamespaceOps:
                 self.client.create_bucket(bucket)
                 self._remember(path, Attr(DIR, mtime=time.time(), marker=True))
                 return
-            meta = self._new_meta(stat.S_IFDIR | (mode & 0o7777), owner)
+            meta = self._new_meta(stat.S_IFDIR | (mode & 0o7777), owner, path)
             etag = self.client.put(bucket, key + "/", b"", 0, meta, "application/x-directory").etag
             attr = Attr(DIR, mtime=time.time(), etag=etag, marker=True, meta=meta,
                         content_type="application/x-directory", stored={})
@@ -200,7 +200,7 @@ class NamespaceOps:
             raise err(errno.EPERM, f"{path}: files cannot be created outside a bucket")
         self._check_new_name(path)
         body = target.encode(errors="surrogateescape")
-        meta = self._new_meta(stat.S_IFLNK | 0o777, owner)
+        meta = self._new_meta(stat.S_IFLNK | 0o777, owner, path)
         etag = self.client.put(bucket, key, body, len(body), meta, "application/x-symlink").etag
         attr = Attr(LINK, len(body), time.time(), etag=etag, meta=meta, target=target)
         apply_meta(attr, meta)
@@ -386,7 +386,11 @@ class NamespaceOps:
         return self.client.copy(new_bucket, old_key, new_key, _copied_meta(kept), new_type, source_bucket=old_bucket,
                                 stored=kept.headers)
 
-    def _new_meta(self, mode: int, owner: tuple[int, int] | None) -> dict[str, str]:
+    def _new_meta(self, mode: int, owner: tuple[int, int] | None, path: str | None = None) -> dict[str, str]:
+        """The metadata of a new entry at ``path``: its mode and owner (the caller's), as a local
+        filesystem gives them in a setgid directory (see _inherited)."""
+        if path is not None:
+            mode, owner = self._inherited(path, mode, owner)
         meta = {"mode": f"{mode:o}", "mtime": format_time(time.time())}
         if owner is not None:
             uid, gid = owner
@@ -395,6 +399,32 @@ class NamespaceOps:
             if gid != self.options.gid:
                 meta["gid"] = str(gid)
         return meta
+
+    def _inherited(self, path: str, mode: int, owner: tuple[int, int] | None) -> tuple[int, tuple[int, int] | None]:
+        """Linux's rule for a new entry in a setgid directory (inode_init_owner; the kernel leaves it
+        to a FUSE filesystem): it gets the directory's group, not its creator's, and a subdirectory
+        the setgid bit too. A directory known only from its parent's listing (``marker`` None: its
+        stored mode is not known) is looked up first: one HEAD of its marker, whose attributes are
+        kept."""
+        parent = parent_of(path)[0]
+        bucket, key = self.split(parent)
+        if not key:
+            return mode, owner  # the root and buckets keep no mode
+        attr = self.lookup(parent)
+        if attr.kind == DIR and attr.marker is None:
+            try:
+                attr = self._dir_attr(self.client.head(bucket, key + "/"))
+            except StoreError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                attr = self._dir_attr(None)
+            self.attrs.put(parent, attr)
+        if attr.kind != DIR or attr.mode is None or not attr.mode & stat.S_ISGID:
+            return mode, owner
+        uid = owner[0] if owner is not None else self.options.uid
+        if stat.S_ISDIR(mode):
+            mode |= stat.S_ISGID
+        return mode, (uid, self.options.gid if attr.gid is None else attr.gid)
 
     def _full_meta(self, path: str, attr: Attr) -> dict[str, str]:
         """The object's stored metadata (a HEAD when only a listing described it)."""

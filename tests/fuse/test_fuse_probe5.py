@@ -138,3 +138,32 @@ def test_special_files_are_refused_with_eperm_and_regular_mknod_works(fuse_gw, b
     finally:
         fs.close()
     assert s3.head_object(Bucket=bucket, Key="direct")["Metadata"]["mode"] == "100600"
+
+
+def test_a_setgid_directory_passes_its_group_on(fuse_gw, bucket, mnt, mount_factory):
+    # As on a local filesystem: in a directory with the setgid bit, new files, symlinks and
+    # subdirectories get the directory's group (not the creator's), and subdirectories the bit too.
+    # The mount gave them the creator's group, and subdirectories no setgid bit.
+    s3 = fuse_gw.client()
+    root = mnt.path / bucket
+    (root / "shared").mkdir()
+    os.chown(root / "shared", -1, 1234)
+    os.chmod(root / "shared", 0o2775)
+    (root / "shared" / "f").write_bytes(b"f")
+    (root / "shared" / "sub").mkdir(mode=0o755)
+    os.symlink("f", root / "shared" / "link")
+    (root / "plain").mkdir()
+    (root / "plain" / "f").write_bytes(b"f")
+    assert os.stat(root / "shared" / "f").st_gid == 1234
+    assert os.lstat(root / "shared" / "link").st_gid == 1234
+    sub = os.stat(root / "shared" / "sub")
+    assert (sub.st_gid, stat.S_IMODE(sub.st_mode)) == (1234, 0o2755)
+    assert os.stat(root / "plain" / "f").st_gid == os.getgid()
+    assert s3.head_object(Bucket=bucket, Key="shared/f")["Metadata"]["gid"] == "1234"
+    assert s3.head_object(Bucket=bucket, Key="shared/sub/")["Metadata"]["mode"] == "42755"
+    # On through the levels, and in a directory a fresh mount knows only from its parent's listing.
+    other = mount_factory()
+    sh("ls -l", cwd=other.path / bucket / "shared")
+    (other.path / bucket / "shared" / "sub" / "deeper").write_bytes(b"d")
+    assert os.stat(other.path / bucket / "shared" / "sub" / "deeper").st_gid == 1234
+    assert s3.head_object(Bucket=bucket, Key="shared/sub/deeper")["Metadata"]["gid"] == "1234"
