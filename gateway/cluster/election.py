@@ -81,21 +81,30 @@ class Election:
         does not count (the primary may have been shut out just the same)."""
         self._watch = None
 
-    async def start_role(self, configured: str) -> str:
+    async def start_role(self, configured: str, listed: str | None = None) -> str:
         """The role to join with: a node configured as primary joins as redundant while another
-        node holds the primary lease (it took over while this one was down)."""
+        node holds the primary lease (it took over while this one was down). ``listed``: this node's
+        role in the registry before this start (None: not listed)."""
         if configured == "proxy":
             return configured
         holder = await self.registry.lock_holder(LEASE)
         if configured == "redundant":
-            if holder != self.node_id:
-                return "redundant"
-            # It took over in a failover and was restarted with its unit's --role redundant: the
-            # lease is still its own, and giving it up would leave the cluster without a primary.
-            log.warning("this node holds the primary lease (it took over in a failover): it stays primary, "
-                        "whatever --role says. `gateway cluster promote` hands the role to another node")
-            await self._hold()
-            return "primary"
+            if holder == self.node_id:
+                # It took over in a failover and was restarted with its unit's --role redundant: the
+                # lease is still its own, and giving it up would leave the cluster without a primary.
+                log.warning("this node holds the primary lease (it took over in a failover): it stays primary, "
+                            "whatever --role says. `gateway cluster promote` hands the role to another node")
+                await self._hold()
+                return "primary"
+            if holder is None and listed == "primary" and await self._hold():
+                # The same, down longer than its lease: it is still the listed primary, and joining as
+                # redundant would list none, which no vote replaces (the voters vote on a listed
+                # primary): the cluster had no primary for good.
+                log.warning("this node is the listed primary (it took over in a failover) and the primary lease "
+                            "is free: it stays primary, whatever --role says. `gateway cluster promote` hands the "
+                            "role to another node")
+                return "primary"
+            return "redundant"
         if holder not in (None, self.node_id):
             log.warning("node %s holds the primary role (it took over while this node was down): this node joins "
                         "as redundant. See docs/cluster.md, \"Failover\", to make it primary again", holder)

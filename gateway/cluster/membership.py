@@ -138,7 +138,7 @@ class Cluster:
                 self.storage_roots = []  # a proxy stores nothing, whatever data_dir says
             if self.election is not None:
                 try:
-                    self.role = await self.election.start_role(self.role)
+                    self.role = await self.election.start_role(self.role, existing.role if existing else None)
                 except NotImplementedError:
                     log.info("registry %s has no locks: failover is off", self.registry.url)
                     self.election = None

@@ -87,6 +87,25 @@ def test_the_new_primary_restarted_with_its_original_settings_keeps_the_cluster_
     assert len(listed) == 1 and listed[0] != "p1" and alive == listed, (listed, alive, roles(cluster))
 
 
+def test_the_new_primary_down_longer_than_its_lease_comes_back_primary_with_its_original_settings(sqlite_nodes):
+    """The same restart after the lease lapsed (a reboot takes longer than failover_after), the old primary
+    back as redundant meanwhile: the node joined as redundant, no node was listed primary, and no vote
+    could replace one that was not listed: the cluster had no primary for good."""
+    cluster = sqlite_nodes
+    cluster["p1"].kill()
+    new = wait_for(lambda: [n for n in primaries(cluster) if n != "p1"], 20, "a failover")[0]
+    cluster.restart("p1")  # --role primary: r1 or r2 holds the lease, so it joins as redundant
+    wait_for(lambda: roles(cluster).get("p1") == "redundant", 10, "p1 back as redundant")
+    cluster[new].kill()
+    time.sleep(2.5)  # its lease (failover_after, 2 s) lapses; the voters replace it only after 4 s
+    cluster.restart(new)  # with its unit's --role redundant
+    time.sleep(6)
+    listed = primaries(cluster)
+    alive = [n for n, r in live_roles(cluster).items() if r == "primary"]
+    assert listed == [new] and alive == [new], (listed, alive, roles(cluster))
+    assert "it stays primary, whatever --role says" in cluster[new].log()
+
+
 def leave(cluster, node: str) -> None:
     """`cluster leave --force`: a primary is removed only when forced."""
     out = subprocess.run([sys.executable, "-m", "gateway", "cluster", "leave", "--registry", cluster.registry,
