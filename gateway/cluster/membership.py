@@ -95,6 +95,7 @@ class Cluster:
         self.shared_storage = shared_storage
         self.nodes: dict[str, NodeRecord] = {}
         self._task: asyncio.Task | None = None
+        self._probing: asyncio.Future | None = None  # the pings of _probe_limited still waiting for answers
         self._reload_wanted = asyncio.Event()
         self._last_reload = 0.0
         self._storage_stats: dict[str, Any] = {}
@@ -291,6 +292,8 @@ class Cluster:
 
     async def close(self) -> None:
         self.stalls.stop()
+        if self._probing is not None:
+            self._probing.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -598,7 +601,14 @@ class Cluster:
     async def _probe_limited(self) -> None:
         """Ping peers that failed, so one that is back is trusted again without waiting for traffic; and
         peers nothing was asked of for three heartbeats, so one that is gone is found so without
-        traffic too (a peer dead for minutes showed as healthy in every node's metrics)."""
+        traffic too (a peer dead for minutes showed as healthy in every node's metrics).
+
+        The pings run beside the heartbeats, not in their round: a frozen peer's ping waits the peer
+        timeout (2 s), and with heartbeats every 0.5 s that made this live node's own heartbeat late
+        enough to show it down, and its voters log a failover refused for a voter that was up. One
+        round of pings at a time: a new one begins once the last has its answers."""
+        if self._probing is not None and not self._probing.done():
+            return
         peers = self.peers(storing=False)
         quiet_for = 3 * self.settings.heartbeat_interval
         limited = [p for p in peers if self.health.limited(p) or self.health.quiet(p, quiet_for)]
@@ -612,7 +622,7 @@ class Cluster:
                 log.info("probe of %s: %s", peer, exc)
 
         if limited:
-            await asyncio.gather(*(probe(p) for p in limited))
+            self._probing = asyncio.gather(*(probe(p) for p in limited))
 
     async def tell_bucket_deleted(self, bucket: str) -> None:
         """Every other node (proxies too) hears that the bucket was deleted before DeleteBucket is

@@ -98,3 +98,31 @@ def test_writes_right_after_a_frozen_node_resumes_go_to_another_node(tmp_path):
         assert not refused, refused
     finally:
         cluster.stop()
+
+
+def test_a_frozen_peer_does_not_make_the_live_nodes_look_down(tmp_path):
+    """Every node pings a peer nothing was asked of lately; a frozen one's ping waits the peer timeout
+    (3 s here). It ran in the heartbeat's round: with heartbeats every 0.5 s, the live nodes' own
+    heartbeats came late enough (3 missed) for `cluster status` to show them down, and a voter to
+    refuse a failover because the other voter was "down"."""
+    from .conftest import ClusterNodes
+
+    cluster = ClusterNodes(tmp_path / "c", f"sqlite:///{tmp_path}/registry.db")
+    try:
+        cluster.add("p1", "primary")
+        cluster.add_many([("r1", "redundant"), ("r2", "redundant")])
+        cluster.wait_known(3)
+        cluster["r2"].pause()
+        try:
+            seen = []
+            deadline = time.monotonic() + 3 * PEER_TIMEOUT
+            while time.monotonic() < deadline and len(seen) < 40:
+                rows = {row["node_id"]: row["healthy"] for row in cluster.status()}
+                seen.append((rows["p1"], rows["r1"]))
+                time.sleep(0.2)
+        finally:
+            cluster["r2"].resume()
+        assert len(seen) >= 5 and all(p1 and r1 for p1, r1 in seen), seen
+        assert "no failover without both voting redundant nodes" not in cluster["r1"].log()
+    finally:
+        cluster.stop()
