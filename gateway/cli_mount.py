@@ -80,12 +80,15 @@ SERVER_ONLY_VARIABLES = ("GATEWAY_ROLE", "GATEWAY_REGISTRY", "GATEWAY_ADVERTISE"
 @click.option("--local-socket", type=click.Path(dir_okay=False),
               help="The --local-socket of a gateway on this host: large objects it stores are read from their "
                    "files, not through HTTP (docs/fuse.md, Local reads). Others are read through HTTP as always.")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate(s) to verify an https:// gateway with (default: the system's), e.g. the "
+              "cluster's ca.pem of `gateway cluster tls init`.")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: return once mounted).")
 @click.option("-d", "--debug", is_flag=True, help="Log every FUSE call and request (implies nothing else).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here (in the background, the only log).")
 def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, umask, read_only, allow_other,
-          attr_ttl, dir_ttl, timeout, spool_dir, spool_size, direct_io_min, statahead, local_socket, foreground,
-          debug, log_file) -> None:
+          attr_ttl, dir_ttl, timeout, spool_dir, spool_size, direct_io_min, statahead, local_socket, ca_bundle,
+          foreground, debug, log_file) -> None:
     """Mount the gateway at ENDPOINT (http://host:port) on MOUNTPOINT: buckets are its top-level directories."""
     from .fuse.fs import MountOptions
     from .fuse.mount import MountConfig, main_exit
@@ -105,6 +108,9 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
         click.echo(f"error: the mount needs {MOUNT_KEYS_FROM}", err=True)
         sys.exit(2)
     check_endpoint(endpoint)
+    if ca_bundle and not endpoint.lower().startswith("https://"):
+        raise click.BadParameter(f"{endpoint} is plain HTTP: a CA bundle verifies https:// gateways only",
+                                 param_hint="--ca-bundle")
     for name, value in (("--attr-ttl", attr_ttl), ("--dir-ttl", dir_ttl)):
         if not 0 <= value < 1e9:  # also NaN and infinity
             raise click.BadParameter(f"{value} is not a number of seconds >= 0", param_hint=name)
@@ -128,5 +134,5 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
         endpoint=endpoint, mountpoint=os.path.abspath(mountpoint), access_key=settings.access_key,
         secret_key=settings.secret_key, region=settings.region, timeout=timeout, foreground=foreground,
         debug=debug, allow_other=allow_other, log_file=os.path.abspath(log_file) if log_file else None,
-        fs=options,
+        ca_bundle=os.path.abspath(ca_bundle) if ca_bundle else None, fs=options,
     ))

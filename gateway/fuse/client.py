@@ -148,7 +148,7 @@ class ObjectClient:
     """
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, *, region: str = "us-east-1",
-                 timeout: float = 30.0, pool_size: int = 16, clock=time.time):
+                 timeout: float = 30.0, pool_size: int = 16, clock=time.time, ca_bundle: str | None = None):
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint {endpoint!r} must look like http://host:port")
@@ -166,6 +166,7 @@ class ObjectClient:
             # One retry covers a keep-alive connection the server closed while idle.
             retries=urllib3.Retry(**_RETRY),
             blocksize=1024 * 1024,
+            **({"ca_certs": ca_bundle} if ca_bundle and parts.scheme == "https" else {}),
         )
         # Plain-HTTP GETs that are read whole (lookups, ranged reads, listings) go over a lean client:
         # a quarter of urllib3's CPU per request (lean_http.py). TLS endpoints use urllib3 only.

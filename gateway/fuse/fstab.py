@@ -23,7 +23,7 @@ FLAGS = {"ro": "--read-only", "read_only": "--read-only", "allow_other": "--allo
          "foreground": "--foreground", "debug": "--debug"}
 VALUED = {"uid", "gid", "umask", "attr_ttl", "dir_ttl", "timeout", "config", "spool_dir", "spool_size",
           "log_file", "access_key", "secret_key", "direct_io_min", "statahead",
-          "local_socket"}
+          "local_socket", "ca_bundle"}
 
 
 class UsageError(Exception):

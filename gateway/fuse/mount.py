@@ -45,6 +45,7 @@ class MountConfig:
     debug: bool = False
     allow_other: bool = False
     log_file: str | None = None
+    ca_bundle: str | None = None  # the CA file an https:// gateway is verified with (None: the system's)
     fs: MountOptions = field(default_factory=MountOptions)
 
 
@@ -77,10 +78,15 @@ def fuse_options(config: MountConfig, fuse_major: int) -> dict:
 def check_gateway(config: MountConfig) -> None:
     """Fail early on refused credentials; only warn when the gateway is not up (yet)."""
     client = ObjectClient(config.endpoint, config.access_key, config.secret_key, region=config.region,
-                          timeout=min(config.timeout, 10.0), pool_size=1)
+                          timeout=min(config.timeout, 10.0), pool_size=1, ca_bundle=config.ca_bundle)
     try:
         client.list_buckets()
     except Unreachable as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # no retry makes it trusted: every operation would be EIO
+            given = f"the CA in {config.ca_bundle}" if config.ca_bundle else "the system's CAs"
+            raise MountError(f"the certificate of the gateway at {config.endpoint} is not trusted by {given} "
+                             f"({exc}): give the CA that issued it with --ca-bundle (a cluster's: the ca.pem "
+                             "of `gateway cluster tls init`)") from None
         log.warning("%s; mounting anyway: operations fail with EIO until it answers", exc)
     except StoreError as exc:
         raise MountError(f"the gateway at {config.endpoint} refused the request: {exc}. "
@@ -174,7 +180,7 @@ def run(config: MountConfig) -> int:
     sys.setswitchinterval(0.0005)
     workers = config.fs.workers
     client = ObjectClient(config.endpoint, config.access_key, config.secret_key, region=config.region,
-                          timeout=config.timeout, pool_size=16 + workers)
+                          timeout=config.timeout, pool_size=16 + workers, ca_bundle=config.ca_bundle)
     fs = GatewayFS(client, config.fs)
     log.info("mounting %s on %s (libfuse %d.%d)", config.endpoint, config.mountpoint,
              mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
