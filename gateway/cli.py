@@ -110,6 +110,9 @@ def serve(config_file, print_config, **flags) -> None:
                    f"other machines: anyone who can reach port {settings.port} can read, overwrite and delete every "
                    "object without a key. It is meant for tests on 127.0.0.1; turn it off (drop --allow-anonymous, "
                    "GATEWAY_ALLOW_ANONYMOUS) or listen on 127.0.0.1", err=True)
+    expiry = settings.tls_cert_expiry_warning()
+    if expiry:
+        click.echo(f"warning: {expiry}", err=True)
     if not print_config:  # --print-config checks a config while the running gateway holds the port
         # Before the app starts: it joins the cluster on start-up, and a node that then cannot
         # listen must not have registered (as the primary, if it came first).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ PUBLISHED_SECRETS = frozenset({"cvgateway-secret-key", "change-me", "another-sec
 # The shortest secret key `gateway serve` accepts when it listens beyond loopback (MinIO's minimum): a signed
 # request seen on the network lets anyone try every shorter one offline.
 MIN_SECRET_LENGTH = 8
+TLS_EXPIRY_WARNING_DAYS = 30  # serve warns when its certificate expires sooner
 # Where `gateway mount` (and mount.gateway, the fstab helper) takes its keys from, for its messages.
 MOUNT_KEYS_FROM = ("--access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_SECRET_KEY), or access_key and "
                    "secret_key in the --config file (config=FILE among the options of an /etc/fstab line)")
@@ -226,6 +228,28 @@ class Settings(BaseSettings):
 
             check_cluster_settings(self)
         return self
+
+    def tls_cert_expiry_warning(self, within_days: int = TLS_EXPIRY_WARNING_DAYS, now: float | None = None) -> str:
+        """What to say when tls_cert expires within ``within_days`` ("" otherwise): once it has, clients
+        and the peers refuse this node (a cluster's reads of its objects become 503s)."""
+        if self.tls_cert is None:
+            return ""
+        import datetime
+
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(self.tls_cert.read_bytes())
+        except (OSError, ValueError):
+            return ""  # _check_tls_pair has said what is wrong
+        moment = datetime.datetime.fromtimestamp(time.time() if now is None else now, datetime.UTC)
+        left = cert.not_valid_after_utc - moment
+        if left > datetime.timedelta(days=within_days):
+            return ""
+        return (f"tls_cert {self.tls_cert} expires on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, in "
+                f"{max(left.days, 0)} days: clients and peers refuse it from then on. Issue a new one "
+                "(`gateway cluster tls init --dir <the CA's directory> --node NAME=HOST`) and restart this node "
+                "before then")
 
     def all_credentials(self) -> dict[str, str]:
         found = dict(self.credentials)

@@ -82,21 +82,21 @@ def _serve_check(tmp_path: Path, cert: Path, key: Path, ca: Path, advertise: str
                    env={"GATEWAY_CLUSTER_SECRET": SECRET})
 
 
-def _expired_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 the cluster CA issued, valid until an hour ago."""
+def _certificate(directory: Path, name: str, valid_for: datetime.timedelta) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 the cluster CA issued, valid until ``valid_for`` from now."""
     ca_key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
     ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old")]))
             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(hours=1))
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now + valid_for)
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
             .sign(ca_key, hashes.SHA256()))
-    (directory / "old.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "old-key.pem").write_bytes(key.private_bytes(
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}-key.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return directory / "old.pem", directory / "old-key.pem"
+    return directory / f"{name}.pem", directory / f"{name}-key.pem"
 
 
 def test_a_node_certificate_its_peers_would_refuse_stops_the_start_and_says_why(tmp_path):
@@ -112,13 +112,17 @@ def test_a_node_certificate_its_peers_would_refuse_stops_the_start_and_says_why(
     assert "--node NAME=127.0.0.1" in result.stderr and "Traceback" not in result.stderr
     assert _serve_check(tmp_path, tls / "local.pem", tls / "local-key.pem", ca,
                         "https://localhost:8086").returncode == 0  # the name it holds
-    cert, key = _expired_certificate(tls)
+    cert, key = _certificate(tls, "old", -datetime.timedelta(hours=1))
     result = _serve_check(tmp_path, cert, key, ca, "https://127.0.0.1:8086")
     assert result.returncode == 2 and "expired on" in result.stderr and "not issued" not in result.stderr, \
         result.stderr
+    cert, key = _certificate(tls, "soon", datetime.timedelta(days=10, hours=1))  # no warning before it expired
+    result = _serve_check(tmp_path, cert, key, ca, "https://127.0.0.1:8086")
+    assert result.returncode == 0 and "expires on" in result.stderr and "in 10 days" in result.stderr, result.stderr
     result = _serve_check(tmp_path, tls / "n1.pem", tls / "n1-key.pem", ca, "http://127.0.0.1:8086")
     assert result.returncode == 2 and "advertise https://" in result.stderr, result.stderr
-    assert _serve_check(tmp_path, tls / "n1.pem", tls / "n1-key.pem", ca, "https://127.0.0.1:8086").returncode == 0
+    result = _serve_check(tmp_path, tls / "n1.pem", tls / "n1-key.pem", ca, "https://127.0.0.1:8086")
+    assert result.returncode == 0 and "expires on" not in result.stderr, result.stderr  # ten years
 
 
 def test_etcd_over_https_with_the_clusters_own_ca(tmp_path):
