@@ -135,10 +135,24 @@ class SqliteRegistry(Registry):
                     pause = min(pause * 2, 0.2)
                     continue
                 holder = describe_holder(self.path) if _busy(exc) else ""
-                raise RegistryError(f"sqlite registry {self.path}: {exc}" + (f": {holder}" if holder else "")) \
-                    from None
+                raise RegistryError(f"sqlite registry {self.path}: {exc}" + (f": {holder}" if holder else
+                                                                            self._hint(exc))) from None
             except (OSError, sqlite3.Error) as exc:
-                raise RegistryError(f"sqlite registry {self.path}: {exc}") from None
+                raise RegistryError(f"sqlite registry {self.path}: {exc}{self._hint(exc)}") from None
+
+    def _hint(self, exc: Exception) -> str:
+        """What to check for SQLite's terse answers about the file itself."""
+        message = str(exc)
+        if "unable to open database file" in message:
+            if os.path.isdir(self.path):
+                return (f": {self.path} is a directory, and the registry URL names a file in it, e.g. "
+                        f"sqlite://{self.path.rstrip('/')}/registry.db")
+            return (": check that its directory exists and that this process may write in it (the registry "
+                    "writes the file and, beside it, its -wal and -shm files)")
+        if "readonly database" in message:
+            return (": the file or its directory is read-only for this process (a read-only mount, chattr +i, "
+                    "permissions); the registry writes the file and, beside it, its -wal and -shm files")
+        return ""
 
     async def register(self, node_id: str, role: str, address: str) -> NodeRecord:
         def work(conn):

@@ -378,3 +378,11 @@ def test_a_node_rereads_the_list_soon_while_a_listed_node_has_not_published_its_
         assert info.get("shared_storage") is False, info
     finally:
         nodes.stop()
+
+
+def test_a_sqlite_registry_url_naming_a_directory_says_so(tmp_path):
+    """SQLite's own words were "unable to open database file", about a path that exists."""
+    registry = open_registry(f"sqlite:///{tmp_path}")
+    with pytest.raises(RegistryError, match=f"{tmp_path} is a directory, and the registry URL names a file in it, "
+                                            f"e.g. sqlite://{tmp_path}/registry.db"):
+        asyncio.run(registry.nodes())
