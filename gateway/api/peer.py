@@ -292,6 +292,10 @@ class PeerApp:
             out = [(wire.INFO_HEADER.encode(), wire.info_header(kept))] if kept is not None else []
             await _send(send, 204, out, b"")
         elif method == "DELETE":
+            if backend.capabilities.shared:
+                # Sent before this node stood still, it would delete the share's file, which may be a
+                # newer version written through another node since its sender gave up (a 503 to it).
+                self._refuse_stale_write()
             existed = await backend.exists(bucket, key)
             await backend.delete(bucket, key)
             self.service.cluster.locations.forget(bucket, key)

@@ -224,3 +224,31 @@ def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
         for path in mounted:
             subprocess.run(["umount", str(path)], check=False)
         subprocess.run(["umount", str(export)], check=False)
+
+
+def test_a_delete_never_reaches_a_frozen_node_on_the_share_late(tmp_path):
+    """A node on the share frozen (a GC pause, a hung NFS client) and known as failed: the DELETE was sent
+    to it without waiting, and it ran when the node woke, deleting the share's file, by then a newer PUT
+    acknowledged after the DELETE: gone for every node."""
+    (tmp_path / "shared").mkdir()
+    config = f'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{tmp_path / "shared"}"\n'
+    cluster = _started(tmp_path, [([("p1", "primary")], config), ([("r1", "redundant"), ("r2", "redundant")], config)])
+    try:
+        p1 = cluster["p1"].client(retries={"total_max_attempts": 1, "mode": "standard"})
+        r1 = cluster["r1"].client()
+        p1.create_bucket(Bucket="late")
+        cluster["r2"].pause()
+        try:
+            with pytest.raises(ClientError):
+                p1.head_object(Bucket="late", Key="nowhere")  # waits for r2 once: p1 counts it failed
+            p1.put_object(Bucket="late", Key="k", Body=b"v1")
+            p1.delete_object(Bucket="late", Key="k")
+            r1.put_object(Bucket="late", Key="k", Body=b"v2, acknowledged after the delete")
+        finally:
+            cluster["r2"].resume()
+        time.sleep(2)  # r2 runs what waited in its sockets
+        for name in ("p1", "r1", "r2"):
+            body = cluster[name].client().get_object(Bucket="late", Key="k")["Body"].read()
+            assert body == b"v2, acknowledged after the delete", name
+    finally:
+        cluster.stop()

@@ -263,8 +263,18 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         retire = not bucket.startswith(".")
         skipped = {p: peers.pop(p) for p in list(peers) if retire and self.cluster.health.limited(p)}
         answers, unreachable = await self._everywhere(lambda p, a: self.client.delete(p, a, bucket, key), peers)
+        # A node on shared storage deletes the share's file, which a newer PUT may be by the time a late
+        # DELETE runs (a frozen node runs it when it wakes: the acknowledged PUT was gone for every node).
+        # So none is sent late to such a node; when this node or one that answered deleted it on the share
+        # already, it is not missing either.
+        on_share = {p for p in skipped if self.cluster.on_shared_storage(p)}
+        share_done = ((self.local is not None and self.local.capabilities.shared)
+                      or any(self.cluster.on_shared_storage(p) for p in answers if p not in unreachable))
         for peer, address in skipped.items():
-            self._in_background(self._delete_later(peer, address, bucket, key))
+            if peer not in on_share:
+                self._in_background(self._delete_later(peer, address, bucket, key))
+        if share_done:
+            skipped = {p: a for p, a in skipped.items() if p not in on_share}
         if retire:
             if existed:
                 self.cluster.balancer.deleted_on(self.cluster.node_id)
