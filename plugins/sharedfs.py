@@ -175,12 +175,24 @@ class SharedFSBackend(LocalBackend):
         self._removals: set[asyncio.Task] = set()  # background removals of failed writes' temp files
 
     def _unavailable(self, exc: OSError) -> errors.GatewayError:
-        if self.require_mount and not os.path.ismount(os.path.realpath(self.root)):
-            return self._not_mounted()
+        return (self._share_problem() if self.require_mount else None) or self._failed(exc)
+
+    def _failed(self, exc: OSError) -> errors.GatewayError:
         return errors.BackendUnavailable(
             f"backend {self.name!r}: the shared storage at {self.root} failed: {exc.strerror or exc} "
             f"(errno {exc.errno}). Check the mount; the request can be retried."
         )
+
+    def _share_problem(self) -> errors.GatewayError | None:
+        """The 503 for a root that is not a mount point any more, or whose stat() fails: a share still
+        mounted but failing (EIO, ESTALE, a hung server) was told to be mounted again, since
+        os.path.ismount says False whenever stat() fails."""
+        root = os.path.realpath(self.root)
+        try:
+            os.stat(root)
+        except OSError as exc:
+            return self._failed(exc)
+        return None if os.path.ismount(root) else self._not_mounted()
 
     def _check_mounted(self) -> None:
         """With require_mount, raise a 503 when root is not a mount point any more.
@@ -190,8 +202,9 @@ class SharedFSBackend(LocalBackend):
         client (a sync tool) would take the 404s and the empty bucket list as final. Checked on those
         answers only (two stat() calls), not on every request.
         """
-        if self.require_mount and not os.path.ismount(os.path.realpath(self.root)):
-            raise self._not_mounted()
+        problem = self._share_problem() if self.require_mount else None
+        if problem is not None:
+            raise problem
 
     def _not_mounted(self) -> errors.GatewayError:
         return errors.BackendUnavailable(

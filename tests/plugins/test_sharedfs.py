@@ -548,3 +548,27 @@ def test_gateway_without_its_mount_fails_at_start_naming_backend_and_root(tmp_pa
     assert "backend 'shared'" in str(caught.value) and str(missing) in str(caught.value)
     assert "mount the share" in str(caught.value)
     assert not missing.exists()
+
+
+async def test_a_share_still_mounted_but_failing_is_said_to_fail_not_to_be_unmounted(tmp_path):
+    """With require_mount, an EIO of a mounted share (a failing or hung NFS server, ESTALE) was answered
+    "the shared storage is not mounted ... any more; mount the share again": os.path.ismount says False
+    whenever stat() fails. The operator was sent to mount what is mounted."""
+    from gateway.testing.faulty_disk import FaultyDisk
+
+    with FaultyDisk(tmp_path / "backing", tmp_path / "disk") as disk:
+        backend = await started(disk.path, require_mount=True)
+        try:
+            await backend.create_bucket("b")
+            disk.fail()
+            for call in (lambda: backend.head("b", "missing"), lambda: backend.list("b"),
+                         lambda: backend.list_buckets()):
+                with pytest.raises(errors.BackendUnavailable) as info:
+                    await call()
+                assert "failed: Input/output error (errno 5)" in info.value.message, info.value.message
+                assert "not mounted" not in info.value.message
+            disk.heal()
+            assert (await backend.list("b")).objects == []
+        finally:
+            disk.heal()
+            await backend.close()
