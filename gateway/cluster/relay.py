@@ -391,9 +391,10 @@ class PeerClient:
         body = HeldBackBody(payload)
         response = await self.request(peer, address, "PUT", object_path(bucket, key), headers=headers, data=body,
                                       stream=True)
-        if body.error is not None:  # the peer answered before our client's body failed
+        failure = body.failure_behind(response)
+        if failure is not None:
             response.close()
-            raise body.error
+            raise failure
         await self._raise_for(response)
         try:
             data = await response.read()
@@ -487,9 +488,10 @@ class PeerClient:
         body = HeldBackBody(payload)
         target = upload_path(bucket, upload_id, f"parts/{part_number}", key=key)
         response = await self.request(peer, address, "PUT", target, headers=headers, data=body, stream=True)
-        if body.error is not None:
+        failure = body.failure_behind(response)
+        if failure is not None:
             response.close()
-            raise body.error
+            raise failure
         return await self._decode(peer, response, "an UploadPart", wire.part_from_json)
 
     async def complete_multipart(self, peer: str, address: str, bucket: str, key: str, upload_id: str,
@@ -596,6 +598,17 @@ class HeldBackBody:
         self._waiting_since = None
         if previous is not None:
             yield previous
+
+    def failure_behind(self, response: aiohttp.ClientResponse) -> BaseException | None:
+        """The client's failure behind the peer's answer: the payload's error (the peer answered before
+        our client's body failed), or the stall of a body the peer refused at its HTTP layer (a 400
+        RequestTimeout without a peer route's error header: an UploadPart, a chunked PUT); None when
+        the answer is the peer's own."""
+        if self.error is not None:
+            return self.error
+        if response.status >= 400 and wire.ERROR_HEADER not in response.headers:
+            return self.client_failure()
+        return None
 
     def client_failure(self) -> BaseException | None:
         """Why the peer's connection failed if the client is to blame: the payload's error, or a
