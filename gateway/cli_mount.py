@@ -111,6 +111,15 @@ def mount(endpoint, mountpoint, config_file, access_key, secret_key, uid, gid, u
     if ca_bundle and not endpoint.lower().startswith("https://"):
         raise click.BadParameter(f"{endpoint} is plain HTTP: a CA bundle verifies https:// gateways only",
                                  param_hint="--ca-bundle")
+    if ca_bundle:
+        import ssl
+
+        try:  # loaded as the mount's connections will (a DER file, a key: every operation was EIO)
+            ssl.create_default_context(cafile=ca_bundle)
+        except (ssl.SSLError, ValueError) as exc:
+            raise click.BadParameter(f"{ca_bundle} holds no PEM CA certificate ({exc}): give the CA's certificate "
+                                     "in PEM, e.g. the ca.pem of `gateway cluster tls init`",
+                                     param_hint="--ca-bundle") from None
     for name, value in (("--attr-ttl", attr_ttl), ("--dir-ttl", dir_ttl)):
         if not 0 <= value < 1e9:  # also NaN and infinity
             raise click.BadParameter(f"{value} is not a number of seconds >= 0", param_hint=name)

@@ -246,6 +246,10 @@ class Settings(BaseSettings):
         left = cert.not_valid_after_utc - moment
         if left > datetime.timedelta(days=within_days):
             return ""
+        if left <= datetime.timedelta(0):
+            return (f"tls_cert {self.tls_cert} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: clients "
+                    "refuse it. Issue a new one (`gateway cluster tls init --dir <the CA's directory> --node "
+                    "NAME=HOST`) and restart with it")
         return (f"tls_cert {self.tls_cert} expires on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, in "
                 f"{max(left.days, 0)} days: clients and peers refuse it from then on. Issue a new one "
                 "(`gateway cluster tls init --dir <the CA's directory> --node NAME=HOST`) and restart this node "

@@ -47,7 +47,10 @@ def subject_name(host: str) -> x509.GeneralName | None:
         return x509.IPAddress(ipaddress.ip_address(bare))
     except ValueError:
         pass
-    return x509.DNSName(host) if _DNS_NAME.fullmatch(host) else None
+    # A name whose last label is all digits is no DNS name (RFC 1123): 10.0.0.256 is a mistyped address.
+    if not _DNS_NAME.fullmatch(host) or host.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        return None
+    return x509.DNSName(host)
 
 
 def _name(common: str) -> x509.Name:

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..config import MOUNT_KEYS_FROM
 from .client import ObjectClient, StoreError, Unreachable
@@ -82,17 +83,32 @@ def check_gateway(config: MountConfig) -> None:
     try:
         client.list_buckets()
     except Unreachable as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # no retry makes it trusted: every operation would be EIO
-            given = f"the CA in {config.ca_bundle}" if config.ca_bundle else "the system's CAs"
-            raise MountError(f"the certificate of the gateway at {config.endpoint} is not trusted by {given} "
-                             f"({exc}): give the CA that issued it with --ca-bundle (a cluster's: the ca.pem "
-                             "of `gateway cluster tls init`)") from None
+        refused = _refused_certificate(config, str(exc))
+        if refused:  # no retry makes it trusted: every operation would be EIO
+            raise MountError(refused) from None
         log.warning("%s; mounting anyway: operations fail with EIO until it answers", exc)
     except StoreError as exc:
         raise MountError(f"the gateway at {config.endpoint} refused the request: {exc}. "
                          f"Check the keys the mount signs with: {MOUNT_KEYS_FROM}.") from None
     finally:
         client.close()
+
+
+def _refused_certificate(config: MountConfig, failure: str) -> str:
+    """What to do about the gateway's certificate the mount refused, by OpenSSL's reason ("" when the
+    failure was not about the certificate)."""
+    if "CERTIFICATE_VERIFY_FAILED" not in failure:
+        return ""
+    host = urlsplit(config.endpoint).hostname
+    if "mismatch" in failure:  # Hostname mismatch, IP address mismatch
+        return (f"the certificate of the gateway at {config.endpoint} is not for {host} ({failure}): mount it by a "
+                "name or address the certificate holds (`openssl x509 -noout -ext subjectAltName -in CERT`)")
+    if "expired" in failure or "not yet valid" in failure:
+        return (f"the certificate of the gateway at {config.endpoint} is out of its validity ({failure}): the "
+                "gateway needs a new one (or this host's clock is wrong)")
+    given = f"the CA in {config.ca_bundle}" if config.ca_bundle else "the system's CAs"
+    return (f"the certificate of the gateway at {config.endpoint} is not trusted by {given} ({failure}): give the "
+            "CA that issued it with --ca-bundle (a cluster's: the ca.pem of `gateway cluster tls init`)")
 
 
 def _check_mountpoint(path: str) -> None:

@@ -390,6 +390,10 @@ def test_a_copy_with_a_tagging_directive_alone_is_served_and_new_tags_are_not(s3
         s3.copy_object(Bucket=bucket, Key="tagged", CopySource={"Bucket": bucket, "Key": "src"},
                        TaggingDirective="REPLACE", Tagging="camera=7")
     assert error_code(info.value) == "NotImplemented"
+    with pytest.raises(ClientError) as info:  # as x-amz-metadata-directive: COPY or REPLACE
+        s3.copy_object(Bucket=bucket, Key="bogus", CopySource={"Bucket": bucket, "Key": "src"},
+                       TaggingDirective="BOGUS")
+    assert error_code(info.value) == "InvalidArgument" and "COPY or REPLACE" in str(info.value)
 
 
 def test_version_ids(s3, bucket):

@@ -53,8 +53,9 @@ def test_tls_init_refuses_names_whose_files_are_the_cas_or_a_key(tmp_path):
 def test_tls_init_takes_ipv6_in_brackets_and_refuses_a_host_with_a_port(tmp_path):
     """`[::1]` became the DNS name "[::1]" and `10.0.0.1:8086` a DNS name too: certificates no peer could
     ever match."""
-    result = tls_init(tmp_path, "bad=10.0.0.1:8086")
-    assert result.returncode == 1 and "without a scheme or a port" in result.stderr, result.stderr
+    for host in ("10.0.0.1:8086", "10.0.0.256", "999.1.1.1"):  # a port; mistyped addresses, no DNS names
+        result = tls_init(tmp_path, f"bad={host}")
+        assert result.returncode == 1 and "without a scheme or a port" in result.stderr, (host, result.stderr)
     assert tls_init(tmp_path, "v6=[::1],::2,node.lan").returncode == 0
     names = x509.load_pem_x509_certificate((tmp_path / "v6.pem").read_bytes()).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
@@ -116,6 +117,9 @@ def test_a_node_certificate_its_peers_would_refuse_stops_the_start_and_says_why(
     result = _serve_check(tmp_path, cert, key, ca, "https://127.0.0.1:8086")
     assert result.returncode == 2 and "expired on" in result.stderr and "not issued" not in result.stderr, \
         result.stderr
+    standalone = gateway("serve", "--access-key", "a", "--secret-key", "bbbbbbbb", "--data-dir", tmp_path / "cv",
+                         "--tls-cert", cert, "--tls-key", key, "--print-config")
+    assert "expired on" in standalone.stderr and "in 0 days" not in standalone.stderr, standalone.stderr
     cert, key = _certificate(tls, "soon", datetime.timedelta(days=10, hours=1))  # no warning before it expired
     result = _serve_check(tmp_path, cert, key, ca, "https://127.0.0.1:8086")
     assert result.returncode == 0 and "expires on" in result.stderr and "in 10 days" in result.stderr, result.stderr

@@ -4,6 +4,7 @@ gateway: it logged the verify failure, mounted "anyway", and every operation was
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 
@@ -44,6 +45,20 @@ def test_a_mount_of_an_https_gateway_trusts_the_ca_it_is_given(https_gateway, tm
     finally:
         mount.stop()
     assert gw.client().get_object(Bucket="secure", Key="written.txt")["Body"].read() == b"through the mount"
+    der = tmp_path / "ca.der"  # a CA in DER, not PEM: loaded by nothing, every operation was EIO
+    der.write_bytes(ssl.PEM_cert_to_DER_cert(open(gw.ca).read()))
+    mount_env = {"GATEWAY_ACCESS_KEY": gw.access_key, "GATEWAY_SECRET_KEY": gw.secret_key, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "mount", gw.endpoint, str(tmp_path / "d"),
+                             "--ca-bundle", str(der)], capture_output=True, text=True, timeout=60, env=mount_env)
+    assert result.returncode == 2 and "holds no PEM CA certificate" in result.stderr, result.stderr
+    by_name = MountProcess(gw, tmp_path / "by-name", ["--ca-bundle", gw.ca],
+                           endpoint=gw.endpoint.replace("127.0.0.1", "localhost"))  # not in the certificate
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            by_name.start()
+    finally:
+        by_name.stop()
+    assert "is not for localhost" in str(refused.value) and "not trusted" not in str(refused.value), refused.value
     plain = subprocess.run([sys.executable, "-m", "gateway", "mount", "http://127.0.0.1:9", str(tmp_path / "p"),
                             "--ca-bundle", gw.ca], capture_output=True, text=True, timeout=60,
                            env={"GATEWAY_ACCESS_KEY": gw.access_key, "GATEWAY_SECRET_KEY": gw.secret_key,

@@ -194,6 +194,10 @@ def check_write_headers(req: S3Request) -> None:
     missing: a client that sent its own key would believe the object is encrypted with it. An append
     (x-amz-write-offset-bytes, S3 Express) would replace the object with the appended bytes alone.
     """
+    directive = req.headers.get("x-amz-tagging-directive")
+    if directive is not None and directive.upper() not in ("COPY", "REPLACE"):
+        raise errors.InvalidArgument("x-amz-tagging-directive must be COPY or REPLACE.",
+                                     ArgumentName="x-amz-tagging-directive", ArgumentValue=directive)
     for name in req.headers:
         # A CopyObject's x-amz-tagging-directive (COPY: the source's tags; REPLACE: x-amz-tagging's) asks
         # for nothing by itself: objects have no tags, and x-amz-tagging is refused.
