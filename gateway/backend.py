@@ -12,6 +12,7 @@ exceptions: translate at the plugin edge.
 from __future__ import annotations
 
 import abc
+import asyncio
 import hashlib
 import inspect
 import json
@@ -193,13 +194,19 @@ def pread_exact(fd: int, length: int, position: int) -> bytes:
 
 
 async def pread_chunks(fd: int, position: int, end: int, chunk: int = SEND_CHUNK) -> AsyncIterator[bytes]:
-    """The bytes of an object file from ``position`` to ``end``, ``chunk`` bytes at a time."""
+    """The bytes of an object file from ``position`` to ``end``, ``chunk`` bytes at a time.
+
+    The event loop gets a turn between chunks: read into a local write (a multipart upload
+    assembled, a copy within a node), nothing else would wait, and a 1 GiB object held the loop
+    for 2.5 s: every request to the node waited, and its own stall watch took it for a stopped
+    process (peer writes refused, 503s through the whole cluster)."""
     while position < end:
         data = os.pread(fd, min(chunk, end - position), position)
         if not data:
             raise errors.InternalError(SHORT_FILE)
         position += len(data)
         yield data
+        await asyncio.sleep(0)
 
 
 @dataclass

@@ -139,3 +139,41 @@ async def test_an_abort_that_waits_too_long_is_a_slow_down_and_the_reaper_passes
     assert (await complete).size == 1000
     assert await store.list_uploads("faces") == []
     assert len(backend_module._UPLOAD_TURNS) == 0  # nothing kept once nobody waits
+
+
+async def test_assembling_or_copying_a_large_object_gives_the_event_loop_turns(tmp_path):
+    """A local read feeding a local write never waited: a 1 GiB Complete or CopyObject held the event loop
+    for 2.5 s (every request to the node waited; its stall watch took it for a stopped process and
+    refused peer writes). Counted in turns, not time: a task that only yields counts how often it ran."""
+    store = LocalBackend(root=str(tmp_path / "cv-storage"), fsync=False)
+    await store.start()
+    await store.create_bucket("faces")
+    try:
+        size = backend_module.MIN_PART_SIZE
+        upload = await store.create_multipart("faces", "big.bin", ObjectMeta())
+        parts = []
+        for number in (1, 2, 3):
+            part = await store.upload_part("faces", "big.bin", upload.upload_id, number,
+                                           Payload.from_bytes(bytes([number]) * size))
+            parts.append((number, part.etag))
+        chunks = 3 * size // backend_module.SEND_CHUNK
+        for work in (lambda: store.complete_multipart("faces", "big.bin", upload.upload_id, parts),
+                     lambda: store.copy("faces", "big.bin", "faces", "copy.bin")):
+            turns, done = 0, False
+
+            async def ticking():
+                nonlocal turns
+                while not done:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            ticker = asyncio.ensure_future(ticking())
+            await asyncio.sleep(0)
+            turns = 0
+            info = await work()
+            done = True
+            await ticker
+            assert info.size == 3 * size
+            assert turns >= chunks, (turns, chunks)  # a turn between chunks, at the least
+    finally:
+        await store.close()
