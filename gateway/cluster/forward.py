@@ -22,7 +22,7 @@ from . import wire
 
 S3_READ_ROUTE = wire.PREFIX + "/s3"  # + the S3 path: /bucket/key, percent-encoded as the client sent it
 # The request headers an object read's answer depends on (s3/objects.py read_object).
-FORWARDED_HEADERS = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
+FORWARDED_HEADERS = ("range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
                      "x-amz-checksum-mode")
 # The object, part of it, or a precondition's or range's verdict on it: the answer to the client.
 FINAL_STATUSES = frozenset({200, 206, 304, 412, 416})

@@ -224,6 +224,27 @@ def test_range_head(s3, bucket, digits):
     assert head["ContentRange"] == f"bytes 5-9/{len(digits)}"
 
 
+def test_if_range_serves_the_range_only_of_the_version_it_names(s3, gateway, bucket, digits):
+    """A resumed download sends If-Range with the version it has part of: another version is the whole
+    object (200), never the rest of the new one (206), which spliced two versions (RFC 9110 13.1.5)."""
+    old = s3.head_object(Bucket=bucket, Key="digits")
+    new_body = bytes(reversed(digits))
+    s3.put_object(Bucket=bucket, Key="digits", Body=new_body)
+    new = s3.head_object(Bucket=bucket, Key="digits")
+    dated = new["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
+    path = key_path(bucket, "digits")
+    for method in ("GET", "HEAD"):
+        for validator, partial in ((old["ETag"], False), (new["ETag"], True), (f"W/{new['ETag']}", False),
+                                   (dated, True), ("Mon, 01 Jan 2024 00:00:00 GMT", False)):
+            response = raw_request(gateway, method, path, headers={"Range": "bytes=100000-", "If-Range": validator})
+            assert response.status == (206 if partial else 200), (method, validator, response.status)
+            if method == "GET":
+                assert response.body == (new_body[100000:] if partial else new_body), (method, validator)
+            if not partial:
+                assert "content-range" not in response.headers
+                assert response.headers["content-length"] == str(len(new_body))
+
+
 @pytest.mark.parametrize("header", ["bytes=102400-", "bytes=200000-200010", "bytes=-0"])
 def test_unsatisfiable_range_is_416(s3, bucket, digits, header):
     with pytest.raises(ClientError) as info:
