@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import subprocess
 
+from botocore.exceptions import ClientError
+
 from gateway.testing.disks import bind_mount, tmpfs
 
 from .conftest import ClusterNodes, wait_for
@@ -56,6 +58,19 @@ def test_writes_go_around_a_node_that_lost_its_mount_of_the_share_and_reads_thro
                 return {r["node_id"]: r["storage_failed"] for r in nodes.status()}["r1"] == ["shared"]
 
             wait_for(r1_publishes_its_failed_store, 10, "r1 publishing storage_failed")
+
+            # A key that is nowhere is a 404 through the nodes that see the share (and a DELETE of it a
+            # 204): r1, whose mount failed, holds nothing the share lacks. Every miss was a 503 naming it.
+            for client in (primary, proxy):
+                for call in (lambda: client.head_object(Bucket="events", Key="never-written"),
+                             lambda: client.get_object(Bucket="events", Key="never-written")):
+                    try:
+                        call()
+                        raise AssertionError("a key that is nowhere was found")
+                    except ClientError as exc:
+                        assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404, exc.response
+                assert client.delete_object(Bucket="events", Key="never-written")["ResponseMetadata"][
+                    "HTTPStatusCode"] == 204
 
             # Reads through the node without the share are answered by a node that sees it.
             keys = [f"before-{n}" for n in range(10)] + ["direct-0"] + [

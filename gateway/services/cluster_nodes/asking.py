@@ -149,6 +149,14 @@ class PeerAsking:
                 self.locations.found(bucket, key, hit[0])
                 self.cluster.balancer.served_read(hit[0], operation)
                 return hit[1]
+        if state["unreachable"] and ((local_failure is None and self._on_shared_storage(self.cluster.node_id))
+                                     or any(self.cluster.on_shared_storage(p) for p in peers
+                                            if p not in state["unreachable"])):
+            # The share answered (this node or a peer on it): a node on the share whose own mount of it
+            # failed holds nothing it did not see. Every miss in the cluster was a 503 naming that node
+            # for as long as its share was gone.
+            state["unreachable"] = [p for p in state["unreachable"] if not (
+                self.cluster.on_shared_storage(p) and getattr(state["why"].get(p), "storage_failed", False))]
         if state["unreachable"]:
             why = [state["why"].get(p) for p in state["unreachable"]]
             if all(getattr(exc, "failed_answer", False) for exc in why):

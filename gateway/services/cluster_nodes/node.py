@@ -275,6 +275,9 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
                 self._in_background(self._delete_later(peer, address, bucket, key))
         if share_done:
             skipped = {p: a for p, a in skipped.items() if p not in on_share}
+            # Nor is a node on the share whose own mount of it failed: it holds no file the share lacks.
+            unreachable = [p for p in unreachable if not (
+                self.cluster.on_shared_storage(p) and isinstance(answers.get(p), errors.BackendUnavailable))]
         if retire:
             if existed:
                 self.cluster.balancer.deleted_on(self.cluster.node_id)
