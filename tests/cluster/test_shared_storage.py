@@ -226,6 +226,42 @@ def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
         subprocess.run(["umount", str(export)], check=False)
 
 
+def test_without_require_mount_a_write_through_a_node_whose_share_is_gone_is_not_stored_on_the_bare_directory(
+        tmp_path):
+    """The default (require_mount = false): a PUT through a node whose share was unmounted made the bucket
+    again on the bare mount-point directory (the other nodes have it) and stored the object there,
+    answered 200; once the share was mounted over it again, the object was gone for every node."""
+    export, mounts = tmp_path / "export", {name: tmp_path / f"mnt-{name}" for name in ("p1", "r1")}
+    for path in (export, *mounts.values()):
+        path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cv-export", str(export)], check=True)
+    mounted = []
+    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+    try:
+        for path in mounts.values():
+            subprocess.run(["mount", "--bind", str(export), str(path)], check=True)
+            mounted.append(path)
+        config = 'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{}"\n'
+        nodes.add_many([("p1", "primary")], config=config.format(mounts["p1"]))
+        nodes.add_many([("r1", "redundant")], config=config.format(mounts["r1"]))
+        nodes.wait_known(2)
+        s3 = {name: nodes[name].client() for name in mounts}
+        s3["p1"].create_bucket(Bucket="mounted")
+        subprocess.run(["umount", str(mounts["r1"])], check=True)
+        mounted.remove(mounts["r1"])
+        s3["r1"].put_object(Bucket="mounted", Key="cam/1.jpg", Body=b"acknowledged")  # placed on p1
+        assert not (mounts["r1"] / "mounted").exists()  # nothing on the bare directory
+        subprocess.run(["mount", "--bind", str(export), str(mounts["r1"])], check=True)
+        mounted.append(mounts["r1"])
+        for name in mounts:
+            assert s3[name].get_object(Bucket="mounted", Key="cam/1.jpg")["Body"].read() == b"acknowledged", name
+    finally:
+        nodes.stop()
+        for path in mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", str(export)], check=False)
+
+
 def test_a_delete_never_reaches_a_frozen_node_on_the_share_late(tmp_path):
     """A node on the share frozen (a GC pause, a hung NFS client) and known as failed: the DELETE was sent
     to it without waiting, and it ran when the node woke, deleting the share's file, by then a newer PUT

@@ -54,10 +54,31 @@ class StoringNode(ClusterNode):
             await self.local.head_bucket(bucket)
         except errors.NoSuchBucket:
             await self.head_bucket(bucket)  # raises NoSuchBucket when no node has it
+            if self.local.capabilities.shared:
+                await self._refuse_a_bucket_the_share_has(bucket)
             try:
                 await self.local.create_bucket(bucket)
             except errors.BucketAlreadyOwnedByYou:
                 pass
+
+    async def _refuse_a_bucket_the_share_has(self, bucket: str) -> None:
+        """A node on this node's share has the bucket this node does not see: its share is not mounted
+        (without require_mount the bare mount-point directory is its root), or the bucket is not visible
+        here yet. Made there, the bucket and the object went onto the bare directory, answered 200, and
+        were hidden once the share was mounted over them again. A 503 instead (the store is noted failed
+        and the write placed on another node)."""
+        share = {p: a for p, a in self.cluster.peers().items() if self.cluster.on_shared_storage(p)}
+        if not share:
+            return
+        answers, _ = await self._everywhere(lambda p, a: self.client.bucket(p, a, "HEAD", bucket), share,
+                                            enough=lambda r: r is None)
+        holder = next((p for p, r in answers.items() if r is None), None)
+        if holder is not None:
+            raise errors.BackendUnavailable(
+                f"backend {self.name!r}: the shared storage at {getattr(self.local, 'root', '?')} does not show "
+                f"bucket {bucket!r}, which node {holder} on the same share has: the share is not mounted here "
+                "(set require_mount = true), or the bucket is not visible here yet. Nothing was written; the "
+                "request can be retried.")
 
     async def put(self, bucket: str, key: str, payload: Payload, meta: ObjectMeta) -> ObjectInfo:
         return await self._put_placed(bucket, key, payload, meta, f"The write of object {key!r}")
