@@ -167,31 +167,60 @@ def test_every_node_of_a_cluster_part_way_through_a_migration_lists_every_object
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts the share with mount --bind (needs root)")
+class _TwoMounts:
+    """p1 and r1 on one "share": a tmpfs (another filesystem than the mount points' own, as NFS would
+    be) bind-mounted on each node's mount point, like the same export on two servers. ``unmount`` and
+    ``mount`` take r1's away and give it back; everything is unmounted at the end."""
+
+    def __init__(self, tmp_path, require_mount: bool):
+        self.export = tmp_path / "export"
+        self.mounts = {name: tmp_path / f"mnt-{name}" for name in ("p1", "r1")}
+        self.mounted: list = []
+        self.nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
+        self.require_mount = require_mount
+
+    def __enter__(self):
+        for path in (self.export, *self.mounts.values()):
+            path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cv-export", str(self.export)], check=True)
+        try:
+            for name in self.mounts:
+                self.mount(name)
+            config = ('default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{}"\n'
+                      + ("require_mount = true\n" if self.require_mount else ""))
+            self.nodes.add_many([("p1", "primary")], config=config.format(self.mounts["p1"]))
+            self.nodes.add_many([("r1", "redundant")], config=config.format(self.mounts["r1"]))
+            self.nodes.wait_known(2)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def mount(self, name: str) -> None:
+        subprocess.run(["mount", "--bind", str(self.export), str(self.mounts[name])], check=True)
+        self.mounted.append(self.mounts[name])
+
+    def unmount(self, name: str) -> None:
+        subprocess.run(["umount", str(self.mounts[name])], check=True)
+        self.mounted.remove(self.mounts[name])
+
+    def __exit__(self, *exc) -> None:
+        self.nodes.stop()
+        for path in self.mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", str(self.export)], check=False)
+
+
 def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
     """require_mount is checked at start-up, and again whenever the share would answer "not there":
     unmounted, root is the bare mount-point directory, where every bucket seems gone."""
-    export, mounts = tmp_path / "export", {name: tmp_path / f"mnt-{name}" for name in ("p1", "r1")}
-    for path in (export, *mounts.values()):
-        path.mkdir()
-    # The "server": a tmpfs (another filesystem than the mount points' own, as NFS would be),
-    # mounted on each node's mount point like the same share on two servers.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cv-export", str(export)], check=True)
-    mounted = []
-    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-    try:
-        for name, path in mounts.items():
-            subprocess.run(["mount", "--bind", str(export), str(path)], check=True)
-            mounted.append(path)
-        config = 'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{}"\nrequire_mount = true\n'
-        nodes.add_many([("p1", "primary")], config=config.format(mounts["p1"]))
-        nodes.add_many([("r1", "redundant")], config=config.format(mounts["r1"]))
-        nodes.wait_known(2)
-        s3 = {name: nodes[name].client() for name in mounts}
+    with _TwoMounts(tmp_path, require_mount=True) as share:
+        mounts = share.mounts
+        s3 = {name: share.nodes[name].client() for name in mounts}
         s3["p1"].create_bucket(Bucket="mounted")
         s3["p1"].put_object(Bucket="mounted", Key="cam/1.jpg", Body=b"on the share")
 
-        subprocess.run(["umount", str(mounts["r1"])], check=True)
-        mounted.remove(mounts["r1"])
+        share.unmount("r1")
         assert s3["p1"].get_object(Bucket="mounted", Key="cam/1.jpg")["Body"].read() == b"on the share"
         # A read through the unmounted node is relayed to one whose share is mounted; only what no
         # node has is the 503 (this node could not look), never a 404.
@@ -215,15 +244,9 @@ def test_a_share_unmounted_under_a_running_node_is_a_503_never_a_404(tmp_path):
         assert s3["p1"].get_object(Bucket="mounted", Key="cam/3.jpg")["Body"].read() == b"placed on p1"
         assert os.listdir(mounts["r1"]) == []  # nothing was written on the bare directory
 
-        subprocess.run(["mount", "--bind", str(export), str(mounts["r1"])], check=True)
-        mounted.append(mounts["r1"])
+        share.mount("r1")
         s3["r1"].put_object(Bucket="mounted", Key="cam/2.jpg", Body=b"back")
         assert s3["p1"].get_object(Bucket="mounted", Key="cam/2.jpg")["Body"].read() == b"back"
-    finally:
-        nodes.stop()
-        for path in mounted:
-            subprocess.run(["umount", str(path)], check=False)
-        subprocess.run(["umount", str(export)], check=False)
 
 
 def test_without_require_mount_a_write_through_a_node_whose_share_is_gone_is_not_stored_on_the_bare_directory(
@@ -231,35 +254,15 @@ def test_without_require_mount_a_write_through_a_node_whose_share_is_gone_is_not
     """The default (require_mount = false): a PUT through a node whose share was unmounted made the bucket
     again on the bare mount-point directory (the other nodes have it) and stored the object there,
     answered 200; once the share was mounted over it again, the object was gone for every node."""
-    export, mounts = tmp_path / "export", {name: tmp_path / f"mnt-{name}" for name in ("p1", "r1")}
-    for path in (export, *mounts.values()):
-        path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cv-export", str(export)], check=True)
-    mounted = []
-    nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
-    try:
-        for path in mounts.values():
-            subprocess.run(["mount", "--bind", str(export), str(path)], check=True)
-            mounted.append(path)
-        config = 'default_backend = "shared"\n[backends.shared]\ntype = "sharedfs"\nroot = "{}"\n'
-        nodes.add_many([("p1", "primary")], config=config.format(mounts["p1"]))
-        nodes.add_many([("r1", "redundant")], config=config.format(mounts["r1"]))
-        nodes.wait_known(2)
-        s3 = {name: nodes[name].client() for name in mounts}
+    with _TwoMounts(tmp_path, require_mount=False) as share:
+        s3 = {name: share.nodes[name].client() for name in share.mounts}
         s3["p1"].create_bucket(Bucket="mounted")
-        subprocess.run(["umount", str(mounts["r1"])], check=True)
-        mounted.remove(mounts["r1"])
+        share.unmount("r1")
         s3["r1"].put_object(Bucket="mounted", Key="cam/1.jpg", Body=b"acknowledged")  # placed on p1
-        assert not (mounts["r1"] / "mounted").exists()  # nothing on the bare directory
-        subprocess.run(["mount", "--bind", str(export), str(mounts["r1"])], check=True)
-        mounted.append(mounts["r1"])
-        for name in mounts:
+        assert not (share.mounts["r1"] / "mounted").exists()  # nothing on the bare directory
+        share.mount("r1")
+        for name in share.mounts:
             assert s3[name].get_object(Bucket="mounted", Key="cam/1.jpg")["Body"].read() == b"acknowledged", name
-    finally:
-        nodes.stop()
-        for path in mounted:
-            subprocess.run(["umount", str(path)], check=False)
-        subprocess.run(["umount", str(export)], check=False)
 
 
 def test_a_delete_never_reaches_a_frozen_node_on_the_share_late(tmp_path):
