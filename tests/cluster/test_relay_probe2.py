@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import socket
 import subprocess
 import sys
@@ -382,7 +381,9 @@ def test_a_node_whose_disk_is_full_makes_the_write_507_through_the_proxy(tmp_pat
         nodes = ClusterNodes(tmp_path, f"sqlite:///{tmp_path}/registry.db")
         try:
             nodes.add_many([("full", "primary"), ("proxy", "proxy")])
-            wait_for(lambda: "full" in json.dumps(nodes.admin("proxy")), 10, "the proxy learning of the storing node")
+            # Listed is not enough: the proxy asks a node once it has seen it heartbeat (Membership.peers).
+            wait_for(lambda: any(n["node_id"] == "full" and n["last_seen"] > 0 for n in nodes.admin("proxy")["nodes"]),
+                     10, "the proxy seeing the storing node")
             s3 = nodes["proxy"].client()
             s3.create_bucket(Bucket="fill")
             with open(disk / "filler", "wb", buffering=0) as f:  # take every byte the bucket left
