@@ -412,12 +412,7 @@ class NamespaceOps:
             return mode, owner  # the root and buckets keep no mode
         attr = self.lookup(parent)
         if attr.kind == DIR and attr.marker is None:
-            try:
-                attr = self._dir_attr(self.client.head(bucket, key + "/"))
-            except StoreError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                attr = self._dir_attr(None)
+            attr = self._dir_attr(self._head_if_there(bucket, key + "/"))
             self.attrs.put(parent, attr)
         if attr.kind != DIR or attr.mode is None or not attr.mode & stat.S_ISGID:
             return mode, owner
@@ -433,12 +428,17 @@ class NamespaceOps:
         bucket, key = self.split(path)
         if attr.kind == DIR:
             key += "/"  # its marker, if it has one (a listed directory's ``marker`` is None: not known)
+        found = self._head_if_there(bucket, key)
+        return dict(found.metadata or {}) if found is not None else {}
+
+    def _head_if_there(self, bucket: str, key: str) -> ObjectStat | None:
+        """The object's HEAD; None when there is none (a directory without a marker)."""
         try:
-            return dict(self.client.head(bucket, key).metadata or {})
+            return self.client.head(bucket, key)
         except StoreError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            return {}
+            return None
 
     def set_meta(self, path: str, changes: dict[str, str]) -> None:
         """chmod, chown and utimens: change the stored metadata (a copy of the object onto itself)."""
@@ -486,12 +486,7 @@ class NamespaceOps:
             kept = ObjectStat(prefix, 0, attr.etag, attr.mtime, dict(attr.meta), attr.content_type,
                               dict(attr.stored or {}))
         else:
-            try:
-                kept = self.client.head(bucket, prefix)
-            except StoreError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                kept = None
+            kept = self._head_if_there(bucket, prefix)
         meta = dict(kept.metadata or {}) if kept is not None else {}
         meta.setdefault("mode", f"{stat.S_IFDIR | (0o777 & ~self.options.umask):o}")
         meta.update(changes)
