@@ -256,6 +256,31 @@ def test_unsatisfiable_range_is_416(s3, bucket, digits, header):
     assert info.value.response["ResponseMetadata"]["HTTPHeaders"]["content-range"] == f"bytes */{len(digits)}"
 
 
+def test_conditions_come_before_an_unsatisfiable_range(s3, gateway, bucket, digits):
+    """A download resumed past the end of a shorter new version: its conditions are answered first
+    (RFC 9110 13.2.2), by GET as by HEAD; 416 ("complete") made the client keep the old bytes."""
+    old = s3.head_object(Bucket=bucket, Key="digits")["ETag"]
+    short = b"new version" * 10
+    s3.put_object(Bucket=bucket, Key="digits", Body=short)
+    new = s3.head_object(Bucket=bucket, Key="digits")["ETag"]
+    path = key_path(bucket, "digits")
+    for method in ("GET", "HEAD"):
+        for conditions, status in (({"If-Range": old}, 200), ({"If-Match": old}, 412), ({"If-None-Match": new}, 304),
+                                   ({"If-Unmodified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}, 412),
+                                   ({"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, 304),
+                                   ({"If-Range": new}, 416), ({"If-Match": new}, 416), ({}, 416)):
+            response = raw_request(gateway, method, path, headers={"Range": "bytes=100000-", **conditions})
+            assert response.status == status, (method, conditions, response.status)
+            if status == 200:
+                assert response.headers["content-length"] == str(len(short))
+                assert "content-range" not in response.headers
+                if method == "GET":
+                    assert response.body == short
+            if status == 416 and method == "GET":
+                assert response.headers["content-range"] == f"bytes */{len(short)}"
+    assert raw_request(gateway, "GET", path).body == short  # and the server still serves it
+
+
 @pytest.mark.parametrize("header", ["bytes=20-10", "items=0-5", "bytes=0-1,5-6", "bytes=abc"])
 def test_ignored_range_returns_whole_object(s3, bucket, digits, header):
     got = s3.get_object(Bucket=bucket, Key="digits", Range=header)

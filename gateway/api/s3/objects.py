@@ -95,8 +95,12 @@ async def read_object(app, req: S3Request, head: bool = False, backend: Backend 
             return info
         reader = None
     else:
-        reader = await (backend.get(req.bucket, req.key, byte_range, forward=True) if forward else
-                        backend.get(req.bucket, req.key, byte_range))
+        try:
+            reader = await (backend.get(req.bucket, req.key, byte_range, forward=True) if forward else
+                            backend.get(req.bucket, req.key, byte_range))
+        except errors.InvalidRange as unsatisfiable:
+            reader = await _whole_or_unsatisfiable(backend, req, unsatisfiable)
+            byte_range = None
         if reader.__class__ is Forward:
             return reader
         info = reader.info
@@ -130,6 +134,19 @@ async def read_object(app, req: S3Request, head: bool = False, backend: Backend 
             reader.close()
         raise
     return status, headers, reader
+
+
+async def _whole_or_unsatisfiable(backend: Backend, req: S3Request,
+                                  unsatisfiable: errors.InvalidRange) -> ObjectReader:
+    """A Range past the object's end: its conditions come first (RFC 9110 13.2.2), as they do for
+    HEAD. An If-Range of another version asks for the whole object (its reader is returned); a
+    failed If-Match or If-None-Match is the 412 or 304; only then is it 416. Without this a resumed
+    download of an object replaced by a shorter one was told 416, "complete", and kept stale bytes."""
+    info = await backend.head(req.bucket, req.key)
+    if "if-range" in req.headers and not _if_range_holds(req.headers["if-range"], info):
+        return await backend.get(req.bucket, req.key)
+    check_preconditions(req, info)
+    raise unsatisfiable
 
 
 async def send_object(send, status: int, headers: list, reader: ObjectReader | None) -> None:
