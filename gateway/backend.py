@@ -274,6 +274,9 @@ class ListPage:
     # Whether every object carries its stored meta; None: as the backend's capabilities.listing_metadata
     # says. Set by a cluster node, whose page merges other nodes' listings.
     metadata: bool | None = None
+    # A cluster node's keys listed from a copy it dropped a moment ago for a newer one elsewhere
+    # (cluster/superseded.py): not a copy it holds.
+    superseded: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -212,8 +212,10 @@ class PeerApp:
             max_keys = parse_decimal(query.get("max-keys", "1000"))
             if max_keys is None:
                 raise errors.InvalidArgument("max-keys must be a non-negative integer")
-            page = await backend.list(path[len("/list/"):], query.get("prefix", ""), query.get("delimiter", ""),
-                                      query.get("start-after", ""), max_keys)
+            bucket, prefix, delimiter, start_after = (path[len("/list/"):], query.get("prefix", ""),
+                                                      query.get("delimiter", ""), query.get("start-after", ""))
+            page = await backend.list(bucket, prefix, delimiter, start_after, max_keys)
+            page = self.service.cluster.superseded.add_to(bucket, page, prefix, delimiter, start_after, max_keys)
             await _send_json(send, wire.page_to_json(page, backend.capabilities.listing_metadata))
         elif path.startswith("/uploads/"):
             query = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
@@ -286,7 +288,8 @@ class PeerApp:
             except ValueError:
                 raise errors.InvalidArgument("if-older-than must be a modification time in seconds") from None
             kept = await supersede_local(backend, bucket, key, newer, query.get("etag", ""),
-                                         own_storage=query.get("newer-on") == "own-storage")
+                                         own_storage=query.get("newer-on") == "own-storage",
+                                         superseded=self.service.cluster.superseded)
             self.service.cluster.locations.forget(bucket, key)
             # Our copy is the newer one (two overwrites raced): say so, and the writer drops its own.
             out = [(wire.INFO_HEADER.encode(), wire.info_header(kept))] if kept is not None else []
@@ -298,6 +301,7 @@ class PeerApp:
                 self._refuse_stale_write()
             existed = await backend.exists(bucket, key)
             await backend.delete(bucket, key)
+            self.service.cluster.superseded.forget(bucket, key)
             self.service.cluster.locations.forget(bucket, key)
             await _send(send, 204, [(wire.EXISTED_HEADER.encode(), b"1" if existed else b"0")], b"")
         else:

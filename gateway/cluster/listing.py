@@ -38,7 +38,8 @@ def differing_copies(pages: dict[str, ListPage], up_to: str | None = None) -> di
     (``pages``: node -> its page); only keys up to ``up_to`` (a merged page's last key) when given.
 
     In local mode a key lives on one node: a second, different copy is one that an overwrite could
-    not retire (docs/cluster.md, "Repair"). The same version on two nodes is no such copy.
+    not retire (docs/cluster.md, "Repair"). The same version on two nodes is no such copy, nor is a
+    copy a node lists for a moment after dropping it for the newer one (``ListPage.superseded``).
     """
     listed = [[info.key for info in page.objects] for page in pages.values()]
     if len(set().union(*listed)) == sum(map(len, listed)):
@@ -46,7 +47,7 @@ def differing_copies(pages: dict[str, ListPage], up_to: str | None = None) -> di
     holders: dict[str, dict[str, ObjectInfo]] = {}
     for node, page in pages.items():
         for info in page.objects:
-            if up_to is None or info.key <= up_to:
+            if (up_to is None or info.key <= up_to) and info.key not in page.superseded:
                 holders.setdefault(info.key, {})[node] = info
     return {key: copies for key, copies in holders.items()
             if len(copies) > 1 and len({(info.last_modified, info.etag) for info in copies.values()}) > 1}

@@ -31,6 +31,7 @@ from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
 from .stall import StallWatch
+from .superseded import LISTED_FOR, RecentlySuperseded
 from .tally import Tally
 from .unwritable import FailedStores, FullStores
 from .watchers import MissWatchers
@@ -82,6 +83,9 @@ class Cluster:
         # here tells them first (watchers.py). Kept while such a miss may be cached, and while the
         # asking node may still be asking the others (two rounds of peer timeouts).
         self.watchers = MissWatchers(self.locations.miss_ttl + 2 * settings.peer_timeout + 1)
+        # Copies this node dropped for a newer version elsewhere, still in its listings a moment
+        # (superseded.py: a listing taken while a key moved between nodes had it on neither).
+        self.superseded = RecentlySuperseded(max(LISTED_FOR, 3 * settings.peer_timeout))
         # Older copies that listings or `gateway cluster repair` found and retired, by the node that held
         # them (services/cluster_nodes/repair.py).
         self.repaired: Tally[str] = Tally()

@@ -77,15 +77,19 @@ def page_to_json(page: ListPage, metadata: bool) -> dict:
     """``metadata``: whether the objects carry their stored meta (the listing backend's
     capabilities.listing_metadata), so that a node merging pages can answer ListObjectsV2's
     metadata=true only when every page did."""
-    return {"objects": [info_to_json(o) for o in page.objects], "common_prefixes": page.common_prefixes,
+    data = {"objects": [info_to_json(o) for o in page.objects], "common_prefixes": page.common_prefixes,
             "is_truncated": page.is_truncated, "next_marker": page.next_marker,
             "metadata": page.metadata if page.metadata is not None else metadata}
+    if page.superseded:
+        data["superseded"] = sorted(page.superseded)
+    return data
 
 
 def page_from_json(data: dict) -> ListPage:
     """A peer's page; one without "metadata" (a node of an earlier version) says nothing of its meta."""
     return ListPage([info_from_json(o) for o in data["objects"]], list(data["common_prefixes"]),
-                    bool(data["is_truncated"]), data.get("next_marker", ""), data.get("metadata") is True)
+                    bool(data["is_truncated"]), data.get("next_marker", ""), data.get("metadata") is True,
+                    frozenset(data.get("superseded") or ()))
 
 
 def buckets_to_json(buckets: list[BucketInfo]) -> list[dict]:

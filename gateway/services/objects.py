@@ -195,6 +195,8 @@ class ObjectService:
         backend = (backends or self.local_backends).get(self.bucket_routes.get(item.bucket, self.default_name))
         if backend is not None:
             await supersede_local(backend, item.bucket, item.key, item.last_modified, item.etag)
+            # (A deletion that could not reach this node: a copy dropped a moment before is not listed.)
+            self.cluster.superseded.forget(item.bucket, item.key)
             self.cluster.locations.forget(item.bucket, item.key)
 
     async def close(self) -> None:

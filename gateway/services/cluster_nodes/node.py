@@ -191,7 +191,8 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         newer: dict[str, ObjectInfo] = {}  # nodes that kept a newer copy: a concurrent overwrite won
         if holder != me and self.local is not None:
             try:
-                kept = await supersede_local(self.local, bucket, key, info.last_modified, info.etag, own)
+                kept = await supersede_local(self.local, bucket, key, info.last_modified, info.etag, own,
+                                             self.cluster.superseded)
                 if kept is not None:
                     newer[me] = kept
             except errors.GatewayError as exc:
@@ -233,7 +234,8 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         log.info("%s/%s: a newer version was written concurrently; dropping the one on %s", bucket, key, holder)
         try:
             if holder == me:
-                await supersede_local(self.local, bucket, key, winner.last_modified, winner.etag)
+                await supersede_local(self.local, bucket, key, winner.last_modified, winner.etag,
+                                     superseded=self.cluster.superseded)
             else:
                 await self.client.supersede(holder, self.cluster.peers()[holder], bucket, key, winner)
         except (PeerUnreachable, errors.GatewayError, KeyError) as exc:
@@ -256,6 +258,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
                 existed = await self.local.exists(bucket, key)
                 bucket_seen = True
                 await self.local.delete(bucket, key)
+                self.cluster.superseded.forget(bucket, key)
             except errors.NoSuchBucket:
                 pass
         peers = self.cluster.peers()
@@ -363,6 +366,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
                 page = await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
                 if page.metadata is None:
                     page.metadata = self.local.capabilities.listing_metadata
+                page = self.cluster.superseded.add_to(bucket, page, prefix, delimiter, start_after, max_keys)
                 pages[self.cluster.node_id] = page
                 bucket_seen = True
             except errors.NoSuchBucket:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ... import errors
@@ -75,11 +76,13 @@ class Repair:
         finally:
             repairing.discard((bucket, key))
 
-    async def repair_copies(self, bucket: str, key: str, holders: list[str]) -> dict | None:
+    async def repair_copies(self, bucket: str, key: str, holders: list[str], settle: bool = True) -> dict | None:
         """Read the copies of the key on ``holders`` again (a listing may be out of date) and retire the
         older ones as an overwrite does (ClusterNode._retire_older_copies: every storing node is told,
         one that cannot be reached through the registry). None when there is nothing to retire, or a
-        holder could not be asked (the next listing or repair tries again); else what was done."""
+        holder could not be asked (the next listing or repair tries again); else what was done. With
+        ``settle``, copies found while the newest is younger than an overwrite takes to retire the
+        others are read again once it is not."""
         me = self.cluster.node_id
         copies: dict[str, ObjectInfo] = {}
         for node in holders:
@@ -99,12 +102,25 @@ class Repair:
         if len({_version(info) for info in copies.values()}) < 2:
             return None
         holder, newest, older = _newest(copies)
+        settling = self._settling(newest) if settle else 0.0
+        if settling > 0:
+            # Most likely an overwrite that is retiring the older copy right now (it does before it
+            # is answered): looked at again once it must have, so that only a copy it could not
+            # retire is repaired and logged as such (it was a warning on every busy key).
+            await asyncio.sleep(settling)
+            return await self.repair_copies(bucket, key, holders, settle=False)
         log.warning("%s/%s: an older copy on %s that an overwrite did not retire; dropping it (the newest, "
                     "%s, is on %s)", bucket, key, ", ".join(older), newest.etag, holder)
         await self._retire_older_copies(bucket, key, newest, holder)
         for node in older:
             self.cluster.repaired[node] += 1
         return {"key": key, "newest_on": holder, "older_on": older}
+
+    def _settling(self, newest: ObjectInfo) -> float:
+        """Seconds until an overwrite that wrote ``newest`` must have retired the older copies (it waits
+        for every peer at most the peer timeout; twice that, and a second for the write's own end)."""
+        window = 2 * self.cluster.settings.peer_timeout + 1
+        return min(window, newest.last_modified + window - time.time())
 
     async def repair_page(self, bucket: str, start_after: str = "", max_keys: int = 1000,
                           dry_run: bool = False) -> dict:
