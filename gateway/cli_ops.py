@@ -123,8 +123,13 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
     Ctrl-C, 143 with SIGTERM (run it again).
     """
     from .ops.archive import check_archive, check_rereadable, peek_manifest
-    from .ops.restore import (check_destination, describe_os_error, restore as restore_archive,
-                              restore_missing_settings_files)
+    from .ops.restore import (
+        check_destination,
+        describe_os_error,
+        remember_restored_node_id,
+        restore_missing_settings_files,
+    )
+    from .ops.restore import restore as restore_archive
 
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
     named = bool(config_file or flags.get("data_dir") or os.environ.get("GATEWAY_DATA_DIR"))
@@ -163,6 +168,7 @@ def restore(config_file, check, overwrite, force, quiet, archive, **flags) -> No
         for note in notes:
             click.echo(f"note: {note}", err=True)
         restore_archive(archive, info, settings, mapping, overwrite=overwrite, config_file=config_file, quiet=quiet)
+        remember_restored_node_id(info, settings)
     except OpsError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -187,11 +193,25 @@ def _check_destination_early(manifest: dict, config_file, named: bool, force: bo
         return
     try:
         settings = load_settings(config_file, **_without_credentials(dict(flags)))
-    except ConfigError:
-        return  # e.g. a TLS file the archive restores is missing: said after the check
+    except ConfigError as exc:
+        if _settings_file_missing(manifest, config_file):
+            return  # e.g. a TLS file the archive restores is missing: said after the check
+        _fail(str(exc))  # a wrong setting is wrong whatever the archive holds: said now, not in hours
     mapping, _ = check_destination(ArchiveInfo(manifest, {}), settings, force)
     if not named:
         _refuse_default_root(mapping)
+
+
+def _settings_file_missing(manifest: dict, config_file) -> bool:
+    """Whether the settings may fail to load for a file that the restore puts back first: a full
+    backup holds the node's TLS files, restored (with a --config) where the config names them when
+    missing there (restore_missing_settings_files)."""
+    from .ops.restore import configured_path
+
+    if manifest.get("kind") != "full" or not config_file:
+        return False
+    paths = [configured_path(config_file, what) for what in ("tls_cert", "tls_key", "tls_ca")]
+    return any(path and not os.path.exists(path) for path in paths)
 
 
 def _refuse_default_root(mapping: dict) -> None:

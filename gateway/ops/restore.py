@@ -83,7 +83,8 @@ def check_destination(info: ArchiveInfo, settings, force: bool) -> tuple[dict[st
         message = (f"this objects-only backup came from node {manifest['node']} and this node is {here}: a redundant "
                    "server's objects are restored to that server")
         if not force:
-            raise OpsError(message + f". Run the restore on {manifest['node']}, or pass --force to take them here")
+            raise OpsError(message + f". Run the restore on {manifest['node']}, or pass --force to take them here"
+                           + _same_server_advice(settings, manifest["node"]))
         notes.append(message + "; restoring here anyway (--force)")
     if settings.role == "proxy":
         raise OpsError("this node is a proxy and stores no objects: restore on the primary or a redundant server")
@@ -371,6 +372,34 @@ def _keep(final: str, relpath: str, result: RestoreResult) -> None:
     result.kept.append(f"{relpath.split('/', 1)[0]}/{header['key']} ({final})" if header else final)
 
 
+def _same_server_advice(settings, node: str) -> str:
+    """What to do when this may be ``node`` itself at a new address: a node keeps its id in its storage
+    (.gateway/node-id, which backups leave out), so a new disk at a new address has none."""
+    from ..cluster.settings_check import node_id_file
+
+    path = node_id_file(settings)
+    if not settings.role or settings.node_id or path is None or os.path.exists(path):
+        return ""
+    return (f". If this is {node} itself at a new address (a new disk has no {path}, where a node keeps its id), "
+            f"give it its id: GATEWAY_NODE_ID={node} (or node_id in its config) for this restore; the restore "
+            "keeps it there for `gateway serve`")
+
+
+def remember_restored_node_id(info: ArchiveInfo, settings, stream=None) -> None:
+    """After an objects-only backup was restored to the node it came from: keep that node's id in
+    its storage when none is kept there yet (a new disk), so that `gateway serve` comes back under it
+    at whatever address, without GATEWAY_NODE_ID."""
+    from ..cluster.settings_check import node_id_file, remember_node_id, remembered_node_id
+
+    node = info.manifest.get("node")
+    if (info.kind != "objects" or not settings.role or node != node_name(settings)
+            or node_id_file(settings) is None or remembered_node_id(settings)):
+        return
+    remember_node_id(settings, node)
+    (stream or sys.stderr).write(f"kept node id {node} in {node_id_file(settings)}: the node keeps it at any "
+                                 "address\n")
+
+
 def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, stream=None) -> list[str]:
     """Before the settings are read: put back the config file (at ``config_file``) and the TLS
     files (at their original paths) that are missing; the settings refuse to load without them.
@@ -386,7 +415,7 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
         else:
             # Where the settings will look (the config, or GATEWAY_TLS_*), never the path the archive
             # names: that is the archive's word, and a tampered one run as root could write anywhere.
-            target = _configured_path(config_file, what)
+            target = configured_path(config_file, what)
             if target is None:
                 continue  # the restore proper says so, naming the member
         target = os.path.abspath(target)
@@ -401,7 +430,7 @@ def restore_missing_settings_files(info: ArchiveInfo, config_file: str | None, s
     return done
 
 
-def _configured_path(config_file: str, what: str) -> str | None:
+def configured_path(config_file: str, what: str) -> str | None:
     """The path the settings will read ``what`` (tls_cert, tls_key, tls_ca) from: GATEWAY_TLS_*, else
     the config file's setting; None when neither names one."""
     from ..config import config_table

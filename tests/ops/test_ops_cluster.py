@@ -26,13 +26,16 @@ MiB = 1024 * 1024
 
 
 def tool(cluster: ClusterNodes, node: str, *args, role: str | None = None, data_dir=None, check=None,
-         timeout=120) -> subprocess.CompletedProcess:
-    """`gateway ARGS` with the settings ``node`` serves with."""
+         timeout=120, node_id: str | None = "") -> subprocess.CompletedProcess:
+    """`gateway ARGS` with the settings ``node`` serves with (``node_id``: GATEWAY_NODE_ID, ``node``
+    by default; None: not set, the id comes from the data dir or the address)."""
     settings = ["--data-dir", data_dir or cluster[node].data_dir, "--role", role or ROLES[node],
                 "--registry", cluster.registry, "--insecure-peers"]
+    env = {**os.environ, **NODE_ENV, "GATEWAY_NODE_ID": node_id or node}
+    if node_id is None:
+        del env["GATEWAY_NODE_ID"]
     result = subprocess.run([sys.executable, "-m", "gateway", *map(str, args), *map(str, settings)],
-                            capture_output=True, text=True, cwd="/", timeout=timeout,
-                            env={**os.environ, **NODE_ENV, "GATEWAY_NODE_ID": node})
+                            capture_output=True, text=True, cwd="/", timeout=timeout, env=env)
     assert "Traceback" not in result.stderr, result.stderr
     if check is not None:
         assert result.returncode == check, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -58,6 +61,30 @@ def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
 
 
 TRICKY = ["unicode/ünïcödé 日本.bin", "spaces/a key with spaces.txt", "percent/100%25 %2F%zz.bin", "empty"]
+
+
+def test_an_objects_only_backup_restored_on_a_new_disk_at_a_new_address_keeps_its_node_id(sqlite_cluster, tmp_path):
+    """A node keeps its id in its storage (.gateway/node-id), which a backup leaves out: on a new disk at
+    a new address the restore was refused ("another node") with --force as the only way on, and the
+    node would then have come up under a new id. Said how to give it its id; the restore keeps it."""
+    cluster = sqlite_cluster
+    s3 = clients(cluster)
+    if "newdisk" not in [b["Name"] for b in s3["p1"].list_buckets()["Buckets"]]:
+        s3["p1"].create_bucket(Bucket="newdisk")
+    s3["r2"].put_object(Bucket="newdisk", Key="kept.bin", Body=b"on r2")
+    archive = tmp_path / "r2.tar"
+    tool(cluster, "r2", "backup", "-o", "-q", archive, check=0)
+    new_disk = tmp_path / "new-disk"
+    refused = tool(cluster, "r2", "restore", archive, data_dir=new_disk, node_id=None, check=2)
+    assert "came from node r2" in refused.stderr and "GATEWAY_NODE_ID=r2" in refused.stderr, refused.stderr
+    assert not (new_disk / "newdisk").exists()
+    done = tool(cluster, "r2", "restore", archive, data_dir=new_disk, node_id="r2", check=0)
+    assert (new_disk / "newdisk" / "kept.bin%obj").is_file()
+    assert (new_disk / ".gateway" / "node-id").read_text().strip() == "r2"
+    assert "kept node id r2" in done.stderr
+    # Without GATEWAY_NODE_ID from now on, the tools (and `gateway serve`) take it as r2.
+    again = tool(cluster, "r2", "restore", "-q", archive, data_dir=new_disk, node_id=None, check=0)
+    assert "0 files restored" in again.stderr
 
 
 def test_objects_only_backup_under_traffic_restores_every_kind_of_object_to_its_node(sqlite_cluster, tmp_path):

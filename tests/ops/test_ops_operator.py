@@ -270,3 +270,24 @@ def test_restore_onto_a_share_uses_the_servers_host_id_for_its_temp_files(archiv
     assert (share / "faces").is_dir()
     assert not ours.exists(), "this server's dead temp file stayed"
     assert other.exists(), "another server's temp file was taken for this server's"
+
+
+@pytest.mark.parametrize("settings, said", [
+    (lambda tmp: ["--config", _bad_port_config(tmp)], "port"),
+    (lambda tmp: ["--data-dir", tmp / "new", "--role", "redundant"], "registry"),
+])
+def test_a_wrong_setting_is_refused_before_the_archive_is_read(archive_of_a_share, tmp_path, settings, said):
+    """A setting that is wrong whatever the archive holds is said at once (the archive's check takes
+    hours for a large one), as backup says it; only a file the archive restores is waited for."""
+    result = gateway_cmd("restore", *settings(tmp_path), archive_of_a_share)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert said in result.stderr and "archive OK" not in result.stderr and "checking" not in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def _bad_port_config(tmp_path: Path) -> Path:
+    config = tmp_path / "bad.toml"
+    config.write_text(f'data_dir = "{tmp_path / "new"}"\nport = "notaport"\n')
+    return config
