@@ -190,6 +190,10 @@ def leave(registry, node_id, force) -> None:
                             "to it since then read as not found (404) through every node now. Its files stay on its "
                             f"disk; `gateway cluster join --registry {registry} --node-id {node_id} --advertise "
                             f"{node.address} --role {node.role}` adds it back")
+        if node is not None and node.heartbeat_fresh():
+            warnings.append(f"warning: {node_id} is running (its last heartbeat {node.age():.0f} s ago): it now "
+                            "refuses writes and reports not ready (/readyz), and is back in the cluster when it "
+                            "restarts. Stop its gateway (e.g. systemctl stop cv-gateway on it)")
         return await reg.remove(node_id), notes, warnings
 
     removed, notes, warnings = _run(lambda: _with_registry(registry, work))

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .. import errors
 from ..backend import ObjectInfo
 from .balancer import Balancer
 from .election import Election
@@ -122,7 +123,9 @@ class Cluster:
         self.stalls.on_stall = self._after_stall  # ... and hold reads of its own copies until it caught up
         self._catching_up: asyncio.Task | None = None
         self._applying = asyncio.Lock()  # one application of the registry's retirements at a time
-        self._left = False  # removed from the registry by `cluster leave` while running
+        # Removed from the registry by `cluster leave` while running: outside the cluster, no node asks
+        # it for anything, so it takes no writes (removed_error) and is not ready until joined again.
+        self.removed = False
         self._untrusted_list = False  # the last reload found this node unlisted (said once)
 
     # Life cycle -------------------------------------------------------------
@@ -311,7 +314,7 @@ class Cluster:
 
     async def reload(self) -> None:
         nodes = await self.registry.nodes()
-        if self.nodes and not self._left and all(n.node_id != self.node_id for n in nodes):
+        if self.nodes and not self.removed and all(n.node_id != self.node_id for n in nodes):
             # The registry does not list this node: it was replaced (its file deleted, a new etcd)
             # and this node has not registered again yet (its next heartbeat does, and restores
             # every node it knew, `_heartbeat`). Such a list is empty or partial: taken as it is,
@@ -534,7 +537,7 @@ class Cluster:
         the cluster comes back without restarts; or `cluster leave` removed it, which is respected."""
         try:
             await self.registry.heartbeat(self.node_id, await self.info())
-            self._left = False
+            self.removed = False
         except NotRegistered:
             identity = await self.registry.identity()
             reset = identity != self.registry_id if identity is not None else not await self.registry.nodes()
@@ -569,14 +572,24 @@ class Cluster:
             log.warning("restored %d nodes from this node's last node list into the new registry: %s", len(added),
                         ", ".join(added))
 
+    def removed_error(self):
+        """The 503 of a write to this node while it is removed from the cluster (None when it is not)."""
+        if not self.removed:
+            return None
+        return errors.ServiceUnavailable(
+            f"This node ({self.node_id}) was removed from the cluster (gateway cluster leave) and takes no writes: "
+            "no other node would find what it stored. Send the request to another node; the operator stops this "
+            "one, or adds it back with `gateway cluster join`.")
+
     async def _removed(self) -> None:
         """`gateway cluster leave` removed this node while it runs: it is in nobody's node list, so
         it must not go on as the primary (placing objects, holding the lease). Said once."""
-        if self._left:
+        if self.removed:
             return
-        self._left = True
+        self.removed = True
         log.warning("this node was removed from the registry (gateway cluster leave): it is outside the cluster "
-                    "now; stop it, or add it again with `gateway cluster join`")
+                    "now and refuses writes (no other node would find them); stop it, or add it again with "
+                    "`gateway cluster join`")
         if self.role == "primary":
             if self.election is not None:
                 await self.election.give_up()

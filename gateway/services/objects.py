@@ -91,6 +91,14 @@ class ObjectService:
     def role(self) -> str | None:
         return self.cluster.role if self.cluster else None
 
+    def check_writes_taken(self) -> None:
+        """Raise the 503 of a write to a node that `cluster leave` removed while it runs (what it stored
+        would be found through no other node: it was 200 while every other node answered 404)."""
+        if self.cluster is not None:
+            removed = self.cluster.removed_error()
+            if removed is not None:
+                raise removed
+
     async def start(self) -> None:
         if self.cluster is not None:
             await self.cluster.start()  # decides the role when none was configured

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from botocore.exceptions import ClientError
@@ -76,10 +78,20 @@ def test_leave_of_a_node_that_holds_objects_is_refused_with_the_reason_and_a_run
         # r1 holds nothing: it may leave, running; it says so once, not on every heartbeat (0.5 s).
         left = cluster_cli(nodes, "leave", "--node-id", "r1")
         assert left.returncode == 0, left.stderr
+        assert "r1 is running" in left.stderr and "stop" in left.stderr, left.stderr
         time.sleep(3)
         log = nodes["r1"].log()
         assert log.count("this node was removed from the registry") == 1
         assert "is not registered" not in log, log[-2000:]
+        # Outside the cluster it takes no writes: a PUT was 200, and 404 through every other node.
+        with pytest.raises(ClientError) as info:
+            nodes["r1"].client().put_object(Bucket="leaving", Key="after-leave", Body=b"lost")
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert "removed from the cluster" in info.value.response["Error"]["Message"]
+        assert nodes["r1"].client().get_object(Bucket="leaving", Key="on-r2/1")["Body"].read() == b"only on r2"
+        with pytest.raises(urllib.error.HTTPError) as ready:
+            urllib.request.urlopen(nodes["r1"].endpoint + "/readyz", timeout=5)
+        assert ready.value.code == 503 and b"removed from the cluster" in ready.value.read()
         forced = cluster_cli(nodes, "leave", "--node-id", "r2", "--force")
         assert forced.returncode == 0, forced.stderr
     finally:

@@ -80,6 +80,7 @@ KNOWN_PARAMETERS = frozenset({
 # A GET or HEAD of an object whose query names none of these (presigned X-Amz-* and response-*
 # parameters are fine) is a plain read: _read_object serves it without the general dispatch.
 # With any of them the request takes the general path, which answers it (or refuses it) as before.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})  # methods that change nothing (a removed node still serves them)
 _NOT_A_PLAIN_READ = frozenset(UNSUPPORTED | {"versionId", "partNumber", "uploadId"})
 
 
@@ -210,6 +211,8 @@ class S3App:
             check_query_utf8(req)
             if req.bucket:
                 check_bucket_name(req.bucket)
+            if req.method not in _READS:
+                self.service.check_writes_taken()
             handler = self._dispatch(req)
             await handler(self, req, tracking_send)
         except errors.GatewayError as exc:

@@ -396,7 +396,11 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
     async def check_writable(self) -> None:
         """Readiness (/readyz): this node's own store; on a proxy, that a storing node answers a ping now
         (asked at once, the first answer is enough): with every storing node down, a proxy said it was
-        ready while it answered every object request 503, and a load balancer kept it in rotation."""
+        ready while it answered every object request 503, and a load balancer kept it in rotation.
+        Not ready either once `cluster leave` removed it (Cluster.removed_error)."""
+        removed = self.cluster.removed_error()
+        if removed is not None:
+            raise removed
         if self.local is not None:
             await self.local.check_writable()
             return
