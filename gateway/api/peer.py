@@ -244,7 +244,9 @@ class PeerApp:
             said = dict(parse_qsl(scope.get("query_string", b"").decode()))
             if said.get("address"):
                 cluster.announced(headers.get(NODE_HEADER, ""), said["address"], said.get("role"))
-            await _send_json(send, {"node_id": cluster.node_id, "role": cluster.role})
+            # Whether this node takes plain-HTTP peers: a node starting on http:// is refused when not.
+            await _send_json(send, {"node_id": cluster.node_id, "role": cluster.role,
+                                    "plain_http_peers": cluster.settings.insecure_peers})
         else:
             raise errors.MethodNotAllowed(f"no peer route {method} {scope['path']}")
 

@@ -213,6 +213,23 @@ class Cluster:
             f".gateway/). Start it with GATEWAY_NODE_ID={other.node_id}; if {other.node_id} is another server "
             f"that is gone for good, remove it first (`gateway cluster leave --node-id {other.node_id}`)")
 
+    def _check_plain_http_taken(self, answered: dict[str, dict | None]) -> None:
+        """Raise ValueError when this node advertises plain HTTP and running peers do not take plain-HTTP
+        peers (no --insecure-peers, their ping says): they would leave it out of their node list, and
+        what it stored would be found through no other node, while `cluster status` listed it as ok."""
+        if not self.address.startswith("http://"):
+            return
+        refusing = sorted(peer for peer, answer in answered.items()
+                          if answer is not None and answer.get("plain_http_peers") is False)
+        if refusing:
+            raise ValueError(
+                f"this node advertises plain HTTP ({self.address}) and the running nodes {', '.join(refusing)} "
+                "take only HTTPS peers (they run without --insecure-peers): they would leave it out, and what it "
+                "stores would be found through no other node. Give it the cluster's TLS files (--tls-cert, "
+                "--tls-key, --tls-ca; `gateway cluster tls init --dir DIR --node NAME=HOST` with the cluster's CA "
+                "in DIR) so that it advertises https://; plain HTTP between nodes is for clusters whose every "
+                "node runs with --insecure-peers")
+
     async def _check_secret(self) -> None:
         """Raise ValueError when the running peers refuse this node's peer signature (another
         GATEWAY_CLUSTER_SECRET, or a clock too far off): admitted, it would be asked for every
@@ -230,10 +247,9 @@ class Cluster:
         refusals: dict[str, str] = {}
         untrusted: dict[str, str] = {}  # the TLS handshake failed on a certificate: another CA on one side
 
-        async def ask(peer: str) -> bool:
+        async def ask(peer: str) -> dict | None:
             try:
-                await self.client.ping(peer, peers[peer])
-                return True
+                return await self.client.ping(peer, peers[peer])
             except PeerUnreachable as exc:
                 if exc.reason.startswith("refused our peer signature"):
                     # relay's _refused keeps the peer's own words in the health record: "refused our
@@ -243,15 +259,16 @@ class Cluster:
                     refusals[peer] = said.group(1) if said else exc.reason
                 elif any(sign in exc.reason for sign in _TLS_TRUST_FAILURES):
                     untrusted[peer] = exc.reason
-                return False
+                return None
             except Exception as exc:  # noqa: BLE001 - an odd answer: this peer cannot tell
                 log.debug("secret check with %s: %s", peer, exc)
-                return False
+                return None
 
-        answered = await asyncio.gather(*(ask(p) for p in peers))
+        answered = dict(zip(peers, await asyncio.gather(*(ask(p) for p in peers))))
         for peer in peers:
             self.health.forget(peer)  # a fresh start: the node list and the first calls build it up
-        if any(answered):
+        if any(answered.values()):
+            self._check_plain_http_taken(answered)
             return
         if untrusted and not refusals:
             peer = sorted(untrusted)[0]

@@ -305,7 +305,7 @@ def test_ping_answers_who_and_what_a_node_is(cluster):
         request = urllib.request.Request(cluster[name].endpoint + target,
                                          headers=PeerSigner(SECRET, "r2").headers("GET", target))
         with urllib.request.urlopen(request, timeout=5) as response:
-            assert json.loads(response.read()) == {"node_id": name, "role": role}
+            assert json.loads(response.read()) == {"node_id": name, "role": role, "plain_http_peers": True}
         assert "peer request GET /_cluster/v1/ping failed" not in cluster[name].log(), name
 
 

@@ -191,3 +191,36 @@ def test_a_node_with_another_clusters_ca_refuses_to_start_and_does_not_join(tmp_
     finally:
         for gateway in nodes:
             gateway.stop()
+
+
+def test_a_plain_http_node_is_refused_by_a_cluster_of_https_nodes(tmp_path):
+    """A node started on plain HTTP (--insecure-peers) next to nodes that take only HTTPS peers joined,
+    and `cluster status` showed it ok, while every other node left it out of its node list: what it
+    stored was 200 to its client and 404 through every other node. It refuses to start, saying why."""
+    tls_init(tmp_path / "tls", "p1")
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    tls = tmp_path / "tls"
+    env = {**NODE_ENV, "GATEWAY_CLUSTER_SECRET": (tls / "cluster-secret").read_text().strip()}
+    p1 = GatewayProcess(tmp_path / "p1", scheme="https", ca=tls / "ca.pem", env={**env, "GATEWAY_NODE_ID": "p1"},
+                        args=["--role", "primary", "--registry", registry, "--tls-cert", str(tls / "p1.pem"),
+                              "--tls-key", str(tls / "p1-key.pem"), "--tls-ca", str(tls / "ca.pem")])
+    plain = GatewayProcess(tmp_path / "t1", env={**env, "GATEWAY_NODE_ID": "t1"},
+                           args=["--role", "redundant", "--registry", registry, "--insecure-peers",
+                                 "--tls-ca", str(tls / "ca.pem")])
+    try:
+        p1.start()
+        try:
+            plain.start()
+        except RuntimeError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError("a plain-HTTP node joined a cluster of HTTPS nodes")
+        assert "gateway exited with 2" in message, message[-3000:]
+        assert "advertises plain HTTP" in message and "p1" in message and "--insecure-peers" in message, \
+            message[-3000:]
+        listed = subprocess.run([sys.executable, "-m", "gateway", "cluster", "status", "--json", "--registry",
+                                 registry], capture_output=True, text=True, timeout=60)
+        assert "t1" not in listed.stdout and "p1" in listed.stdout, listed.stdout + listed.stderr
+    finally:
+        plain.stop()
+        p1.stop()
