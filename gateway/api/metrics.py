@@ -65,6 +65,12 @@ def cluster_metrics(out: Exposition, cluster) -> None:
     out.family("gateway_cluster_nodes", "gauge", "Nodes in this node's snapshot of the registry, by role.",
                [({"role": role}, sum(1 for n in cluster.nodes.values() if n.role == role))
                 for role in ("primary", "redundant", "proxy")])
+    out.family("gateway_cluster_registry_up", "gauge",
+               "1 while the cluster registry answers this node's heartbeat rounds, 0 since one could not reach it.",
+               [({}, 1 if cluster.registry_outage.up else 0)])
+    out.family("gateway_cluster_registry_failed_rounds_total", "counter",
+               "Heartbeat rounds of this node that could not reach the cluster registry.",
+               [({}, cluster.registry_outage.failed_rounds)])
     calls = cluster.client.calls
     out.family("gateway_cluster_peer_requests_total", "counter",
                "Requests this node sent to a peer (relays, forwards, placements, fan-outs), by operation and "

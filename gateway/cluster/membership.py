@@ -28,6 +28,7 @@ from .locations import LocationCache
 from .locks import ClusterLocks
 from .peer_auth import PeerSigner
 from .registry import STORING_ROLES, NodeRecord, NotRegistered, Registry, RegistryError, Retirement, open_registry
+from .registry_outage import RegistryOutage
 from .relay import PeerClient, PeerUnreachable
 from .retirements import DropOlder, Retirements
 from .settings_check import advertised_url, node_id_file, node_id_of, remember_node_id
@@ -119,6 +120,7 @@ class Cluster:
         self.election = (Election(self.registry, self.node_id, settings.failover_after)
                          if settings.failover else None)
         self.role_listeners: list = []  # called with (old role, new role) after a failover changed it
+        self.registry_outage = RegistryOutage(self.registry.url)  # said once, and when it ends; in /metrics
         self.stalls = StallWatch(settings.peer_timeout)  # this process stood still: refuse stale peer writes
         self.stalls.on_stall = self._after_stall  # ... and hold reads of its own copies until it caught up
         self._catching_up: asyncio.Task | None = None
@@ -505,6 +507,7 @@ class Cluster:
                 await asyncio.wait_for(self._reload_wanted.wait(), timeout=max(0.0, next_beat - time.monotonic()))
             except TimeoutError:
                 pass
+            asked = False  # whether the registry was asked in this round (and answered, without an error)
             try:
                 if self._reload_wanted.is_set():
                     # A peer call failed. Reloading at most once a second keeps a dead
@@ -512,21 +515,25 @@ class Cluster:
                     await asyncio.sleep(max(0.0, self._last_reload + RELOAD_AT_MOST_EVERY - time.monotonic()))
                     self._reload_wanted.clear()
                     await self.reload()
+                    asked = True
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
                     await self._recheck_own_stores()
                     await self._heartbeat()
+                    asked = True
                     if time.monotonic() - self._last_reload >= reload_every or self._unpublished():
                         await self.reload()
                     await self._election_round()
                     await self._probe_limited()
                     await self._retirement_round()
+                if asked:
+                    self.registry_outage.answered()
             except NotRegistered:
                 # `cluster leave` removed this node: _removed said so once; a warning every round
                 # would only bury the rest of the log. The round stops here (nothing of it is ours).
                 await asyncio.sleep(min(interval, 1.0))
             except RegistryError as exc:
-                log.warning("cluster registry: %s (retrying in %.0fs)", exc, interval)
+                self.registry_outage.failed(exc)
                 if self.election is not None:
                     self.election.registry_failed()  # the primary's silence seen so far no longer counts
                 await asyncio.sleep(min(interval, 1.0))

@@ -52,6 +52,14 @@ def test_killed_node_gives_503_on_etcd_too(etcd_cluster):
     assert cluster["x1"].client().get_object(Bucket="etcd-kill", Key="on-r1")["Body"].read() == b"r1"
 
 
+def registry_up(node) -> float:
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(node.endpoint + "/metrics", timeout=10) as response:
+        return float(re.search(r"^gateway_cluster_registry_up (\S+)$", response.read().decode(), re.M).group(1))
+
+
 def test_nodes_keep_serving_while_the_registry_is_down(etcd_cluster, etcd):
     """The registry is read every reload interval, never on a request: with every etcd member frozen
     (SIGSTOP: connections hang, the worst case) objects are still read, written and relayed through
@@ -74,10 +82,23 @@ def test_nodes_keep_serving_while_the_registry_is_down(etcd_cluster, etcd):
                 s3[name].put_object(Bucket="etcd-down", Key=f"while-down/{name}", Body=name.encode())
             rounds += 1
             time.sleep(0.2)
+        # Seen where an operator looks: /metrics, and one warning (not one every heartbeat). A call to a
+        # frozen etcd fails at its own timeout.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and registry_up(cluster["p1"]) != 0:
+            time.sleep(0.2)
+        assert registry_up(cluster["p1"]) == 0
+        time.sleep(2)  # heartbeats go on failing meanwhile
+        assert cluster["p1"].log().count("cannot be reached") == 1, cluster["p1"].log()[-3000:]
     finally:
         for member in etcd.processes:
             member.send_signal(signal.SIGCONT)
     etcd.wait_healthy()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and registry_up(cluster["p1"]) != 1:
+        time.sleep(0.2)
+    assert registry_up(cluster["p1"]) == 1
+    assert "answers again, after" in cluster["p1"].log()
     for name in NODES:
         keys = [o["Key"] for o in s3[name].list_objects_v2(Bucket="etcd-down")["Contents"]]
         assert keys == ["on-r2"] + sorted(f"while-down/{n}" for n in NODES), name
