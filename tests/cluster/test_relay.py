@@ -374,6 +374,11 @@ def test_killed_node_objects_give_503_with_retry_after_then_come_back(cluster):
             s3[name].put_object(Bucket="relay", Key=f"while-down/{name}", Body=b"w")
             assert s3[name].get_object(Bucket="relay", Key=f"while-down/{name}")["Body"].read() == b"w"
         assert "r2" in cluster.admin("p1")["peers"] and not cluster.admin("p1")["peers"]["r2"]["healthy"]
+        before = len(cluster["p1"].log())
+        for _ in range(20):  # an outage's 503s are warnings, said now and then, not an ERROR line each
+            error_of(lambda: s3["p1"].get_object(Bucket="relay", Key="on-r2"))
+        said = [line for line in cluster["p1"].log()[before:].splitlines() if "ServiceUnavailable" in line]
+        assert not any("ERROR" in line for line in said) and len(said) <= 3, said
     finally:
         cluster.restart("r2")
     for name in NODES:

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from ... import errors
 from ...backend import Backend, ObjectReader
 from ...cluster.forward import Forward
+from ...cluster.sometimes import Sometimes, since
 from ...eager import NeedsTask, stray_cancellation
 from ..access_log import REQUEST_ID
 from . import buckets, multipart, objects
@@ -103,6 +104,7 @@ class S3App:
                                   max_skew_seconds=settings.max_clock_skew)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex().upper()
+        self._unavailable_said = Sometimes(period=10.0)  # 503s, by error code: error_response
 
     def _dispatch(self, req: S3Request):
         method, query = req.method, req.query
@@ -313,6 +315,12 @@ class S3App:
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
         if exc.status == 501:  # the client asked for a feature the gateway does not have: not a fault here
             log.info("request %s: %s %s", req.request_id, exc.code, exc.message)
+        elif exc.status == 503:
+            # Not a fault of this node (a peer down, a full store, a registry outage: each logged where it
+            # is found), and one per request for as long as it lasts: now and then, with the count.
+            count = self._unavailable_said.due(exc.code)
+            if count is not None:
+                log.warning("request %s: %s %s%s", req.request_id, exc.code, exc.message, since(count))
         elif exc.status >= 500:
             log.error("request %s: %s %s", req.request_id, exc.code, exc.message)
         if exc.status == 304 or req.method == "HEAD":
