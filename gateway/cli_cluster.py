@@ -365,8 +365,7 @@ def status(registry, as_json) -> None:
         sys.exit(1)
     if as_json:
         return
-    click.echo(f"{'NODE':<24} {'ROLE':<10} {'ADDRESS':<30} {'HEALTH':<22} {'LAST SEEN':<10} {'OBJECTS':>8} "
-               f"{'FREE':>10} {'PLACED':>8} {'READS':>8}")
+    table = []
     for row in rows:
         if row["last_seen"] is None:
             health = "joined, not seen yet"  # `cluster join` registered it; its gateway never heartbeated
@@ -382,8 +381,10 @@ def status(registry, as_json) -> None:
             health = "ok"
         seen = f"{row['last_seen_ago']:.0f}s ago" if row["last_seen_ago"] is not None else "never"
         objects = "-" if row["objects"] is None else str(row["objects"])
-        click.echo(f"{row['node_id']:<24} {row['role']:<10} {row['address']:<30} {health[:22]:<22} {seen:<10} "
-                   f"{objects:>8} {_size(row['free_bytes']):>10} {row['placed']:>8} {row['reads']:>8}")
+        table.append((row["node_id"], row["role"], row["address"], health, seen, objects, _size(row["free_bytes"]),
+                      str(row["placed"]), str(row["reads"])))
+    _print_table(("NODE", "ROLE", "ADDRESS", "HEALTH", "LAST SEEN", "OBJECTS", "FREE", "PLACED", "READS"), table,
+                 right_from=5)
     for row in rows:
         if row["role"] == "primary" and row["balance"]:
             spread = ", ".join(f"{node} {v['placed']} placed/{v['reads']} reads"
@@ -398,6 +399,20 @@ def status(registry, as_json) -> None:
         click.echo("\nfailover: off (failover = false on the primary)")
     else:
         click.echo("\nfailover: off (it needs two redundant nodes)")
+
+
+def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], right_from: int) -> None:
+    """Columns as wide as their widest cell (node ids are host:port, IPv6 addresses, long host names:
+    fixed widths pushed every later column out of line); the columns from ``right_from`` on are numbers,
+    right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells) -> str:
+        return " ".join(cell.rjust(width) if i >= right_from else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+    for cells in (headers, *rows):
+        click.echo(line(cells))
 
 
 @cluster.group()

@@ -158,3 +158,22 @@ def test_status_of_a_registry_without_nodes_says_so(tmp_path):
         out = gateway("cluster", *args, "--registry", registry)
         assert out.returncode == 1 and "no nodes are registered in" in out.stderr, (args, out.stderr)
     assert json.loads(gateway("cluster", "status", "--json", "--registry", registry).stdout) == []
+
+
+def test_status_table_columns_fit_long_node_ids_and_addresses(tmp_path):
+    """Columns were fixed widths: a host:port node id of a real host name, or an IPv6 address, pushed
+    every later column out of line."""
+    registry = f"sqlite:///{tmp_path}/registry.db"
+    for advertise in ("https://storage-node-01.cluster.example.lan:8086", "https://[fd00:1234:5678::10]:8086",
+                      "https://10.0.0.3:8086"):
+        assert gateway("cluster", "join", "--registry", registry, "--advertise", advertise).returncode == 0
+    lines = gateway("cluster", "status", "--registry", registry).stdout.splitlines()
+    header, rows = lines[0], lines[1:4]
+    assert [row.split()[0] for row in rows] == ["storage-node-01.cluster.example.lan:8086",
+                                                "[fd00:1234:5678::10]:8086", "10.0.0.3:8086"]
+    for title, values in (("ROLE", ("primary", "redundant")), ("ADDRESS", ("https://",)), ("HEALTH", ("joined",))):
+        column = header.index(title)
+        for row in rows:
+            assert row[column:].startswith(values), (title, row)
+    for row in rows:  # the numbers end where their titles end
+        assert len(row) == len(header), (row, header)
