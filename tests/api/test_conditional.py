@@ -41,6 +41,9 @@ CASES = [
     ({"If-None-Match": "ETAG"}, 304),
     ({"If-None-Match": "OTHER"}, 200),
     ({"If-None-Match": "*"}, 304),
+    ({"If-None-Match": "W/ETAG"}, 304),  # weak comparison (RFC 9110 13.1.2): a cache's weak tag of this version
+    ({"If-None-Match": '"x", W/ETAG'}, 304),
+    ({"If-Match": "W/ETAG"}, 412),  # strong comparison: a weak tag never matches
     ({"If-Modified-Since": "PAST"}, 200),
     ({"If-Modified-Since": "LM"}, 304),
     ({"If-Modified-Since": "LATER"}, 304),

@@ -41,7 +41,7 @@ def check_preconditions(req: S3Request, info: ObjectInfo, prefix: str = "if-") -
     copy = prefix != "if-"
     failure = errors.PreconditionFailed if copy else errors.NotModified
     if if_none is not None:
-        if _etag_matches(if_none, etag):
+        if _etag_matches(if_none, etag, weak=True):
             raise failure(Condition="If-None-Match") if copy else _not_modified(info)
     else:
         since = headers.get(prefix + "modified-since")
@@ -66,8 +66,13 @@ def _not_modified(info: ObjectInfo) -> errors.NotModified:
     return exc
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    return any(tag.strip().strip('"') in ("*", etag) for tag in header.split(","))
+def _etag_matches(header: str, etag: str, weak: bool = False) -> bool:
+    """Whether ``header`` (If-Match, If-None-Match: a list of ETags, or *) names ``etag``. If-None-Match
+    compares weakly (RFC 9110 13.1.2): a cache's W/"etag" is this version too; If-Match never matches one."""
+    tags = (tag.strip() for tag in header.split(","))
+    if weak:
+        tags = (tag[2:] if tag.startswith("W/") else tag for tag in tags)
+    return any(tag.strip('"') in ("*", etag) for tag in tags)
 
 
 async def get_object(app, req: S3Request, send, head: bool = False) -> None:
