@@ -45,10 +45,13 @@ def settings_options(func):
                      help="Log every request (GATEWAY_ACCESS_LOG; costs about 20% on small GETs)."),
         # Cluster options (docs/cluster.md).
         click.option("--role", type=click.Choice(["primary", "redundant", "proxy"]),
-                     help="Cluster role (GATEWAY_ROLE); none: a stand-alone node."),
-        click.option("--registry", help="Cluster registry URL: sqlite:///path.db or etcd://host:port,... "
-                     "(GATEWAY_REGISTRY)."),
-        click.option("--advertise", help="URL peers reach this node at (GATEWAY_ADVERTISE)."),
+                     help="Cluster role (GATEWAY_ROLE). Without it, a node given --registry keeps the role the "
+                     "registry has for it, else joins as primary when the cluster has none yet (the first node) "
+                     "and as redundant after; a node with neither --role nor --registry is stand-alone."),
+        click.option("--registry", help="Cluster registry URL: sqlite:///path/registry.db (one host), "
+                     "etcd://host:port[,host:port...], or etcds://host:port[,...][?ca=/path/ca.pem] for etcd "
+                     "over TLS (GATEWAY_REGISTRY)."),
+        click.option("--advertise", help="URL peers reach this node at, http(s)://host:port (GATEWAY_ADVERTISE)."),
         click.option("--insecure-peers", is_flag=True, default=None,
                      help="Allow plain HTTP between nodes (GATEWAY_INSECURE_PEERS); tests only."),
         click.option("--tls-cert", help="TLS certificate, PEM (GATEWAY_TLS_CERT); serves HTTPS."),

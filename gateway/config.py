@@ -32,6 +32,11 @@ MOUNT_KEYS_FROM = ("--access-key and --secret-key (GATEWAY_ACCESS_KEY, GATEWAY_S
                    "secret_key in the --config file (config=FILE among the options of an /etc/fstab line)")
 
 
+# host:port or [IPv6]:port with nothing around it: an address given where a URL was meant, for the messages
+# that suggest the URL (an --advertise or --registry without its scheme).
+HOST_AND_PORT = re.compile(r"[\w.\-]+:\d+|\[[0-9a-fA-F:.]+\]:\d+")
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message names it and says what is expected."""
 
@@ -68,11 +73,13 @@ class Settings(BaseSettings):
     local_socket: Path | None = Field(
         None, description="Unix socket through which a FUSE mount on this host reads large objects from "
         "their files, without HTTP (docs/fuse.md, Local reads); created mode 0600; none: off")
-    # Cluster (docs/cluster.md). No role: a stand-alone node, none of these apply.
+    # Cluster (docs/cluster.md). Neither role nor registry: a stand-alone node, none of these apply.
     role: Literal["primary", "redundant", "proxy"] | None = Field(
-        None, description="cluster role: primary, redundant or proxy (none: stand-alone)")
+        None, description="cluster role: primary, redundant or proxy (none, with a registry: the role the registry "
+        "has for this node, else primary for the first node and redundant after; with neither: stand-alone)")
     registry: str | None = Field(
-        None, description="cluster registry URL: sqlite:///path/registry.db or etcd://host:port,host:port")
+        None, description="cluster registry URL: sqlite:///path/registry.db, etcd://host:port[,host:port...] or "
+        "etcds://host:port[,...]?ca=/path/ca.pem (etcd over TLS)")
     advertise: str | None = Field(None, description="URL other nodes reach this one at (default: from host/port)")
     node_id: str | None = Field(None, description="this node's name in the cluster (default: from advertise)")
     cluster_secret: str | None = Field(None, description="shared secret that signs peer requests (HMAC)")
@@ -215,17 +222,8 @@ class Settings(BaseSettings):
         if self.role is not None or self.registry is not None:
             from .cluster.settings_check import check_cluster_settings
 
-            host = urlsplit(self.advertise).hostname if self.advertise else None
-            if host in ("0.0.0.0", "::"):  # a peer on another machine would connect to itself
-                raise ValueError(f"advertise {self.advertise!r} names no machine ({host} is where a server listens: "
-                                 "every interface): give the address peers reach this node at, e.g. "
-                                 "https://10.0.0.1:8086 (--advertise, GATEWAY_ADVERTISE)")
-            extra = _beyond_the_root(self.advertise) if self.advertise else None
-            if extra:  # the relay appends the request's path to it: every peer call would miss
-                shown = "" if "user name" in extra else f" {self.advertise!r}"
-                raise ValueError(f"advertise{shown} {extra}: peers call a node at the root of its URL; give "
-                                 "scheme://host:port only, e.g. https://10.0.0.1:8086 (--advertise, GATEWAY_ADVERTISE)")
-
+            if self.advertise:
+                _check_advertise(self.advertise)
             check_cluster_settings(self)
         return self
 
@@ -354,6 +352,30 @@ def is_http_url(url: str) -> bool:
         return False
     return (parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
             and _beyond_the_root(url) is None)
+
+
+def _check_advertise(advertise: str) -> None:
+    """Refuse an advertised URL peers could not call, saying what is wrong with it."""
+    try:
+        parts = urlsplit(advertise)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        parts = None
+    # The scheme first: urlsplit reads "localhost:8086" as scheme "localhost" and path "8086", and
+    # "10.0.0.1:8086" as a path, so without one the message was "has a path (8086)".
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        shown = "" if "@" in advertise else f" {advertise!r}"  # a password in it is never echoed
+        example = f", e.g. https://{advertise.strip()}" if HOST_AND_PORT.fullmatch(advertise.strip()) else ""
+        raise ValueError(f"advertise{shown} is not a URL like https://10.0.0.2:8086: give http:// or https://, the "
+                         f"host and the port{example} (--advertise, GATEWAY_ADVERTISE)")
+    if parts.hostname in ("0.0.0.0", "::"):  # a peer on another machine would connect to itself
+        raise ValueError(f"advertise {advertise!r} names no machine ({parts.hostname} is where a server listens: "
+                         "every interface): give the address peers reach this node at, e.g. "
+                         "https://10.0.0.1:8086 (--advertise, GATEWAY_ADVERTISE)")
+    extra = _beyond_the_root(advertise)
+    if extra:  # the relay appends the request's path to it: every peer call would miss
+        shown = "" if "user name" in extra else f" {advertise!r}"
+        raise ValueError(f"advertise{shown} {extra}: peers call a node at the root of its URL; give "
+                         "scheme://host:port only, e.g. https://10.0.0.1:8086 (--advertise, GATEWAY_ADVERTISE)")
 
 
 def _beyond_the_root(url: str) -> str | None:

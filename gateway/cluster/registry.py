@@ -235,13 +235,37 @@ def registry_classes() -> dict[str, type[Registry]]:
     return found
 
 
+# The URLs the built-in registries take, for every message about a registry URL that is not one of them.
+REGISTRY_URL_FORMS = ("sqlite:///path/registry.db, etcd://host:port[,host:port...] or "
+                      "etcds://host:port[,...]?ca=/path/ca.pem")
+
+
+def not_a_registry_url(url: str) -> str:
+    """The message for a registry value without a scheme ("", "10.0.0.1:2379", a bare path): it names the
+    value and the forms a registry URL takes (looking a plugin up by its scheme said "no registry plugin for
+    this://", which told neither), and the URL the value most likely meant."""
+    from ..config import HOST_AND_PORT
+
+    value = url.strip()
+    if value and all(HOST_AND_PORT.fullmatch(part.strip()) for part in value.split(",")):
+        hint = f"; for etcd at {value}: etcd://{value}"
+    elif value.endswith(".db"):
+        hint = f"; for a SQLite file: sqlite://{value}"
+    else:
+        hint = ""
+    return f"registry {url!r} is not a registry URL: give {REGISTRY_URL_FORMS} (--registry, GATEWAY_REGISTRY){hint}"
+
+
 def open_registry(url: str) -> Registry:
     """Create the registry for ``url``; raise ValueError naming the URL when no plugin handles it."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme:
+        raise ValueError(not_a_registry_url(url))
     classes = registry_classes()
     if scheme not in classes:
         known = ", ".join(f"{s}://" for s in sorted(classes))
         hint = "" if classes else "; the built-in ones are missing: reinstall cv-gateway (pip install -e .)"
-        raise ValueError(f"registry {url!r}: no registry plugin for {scheme or 'this'}:// "
-                         f"(installed: {known or 'none'}{hint})")
+        raise ValueError(f"registry {url!r}: no registry plugin for {scheme}:// "
+                         f"(installed: {known or 'none'}{hint}); give {REGISTRY_URL_FORMS}, or install the plugin "
+                         f"that provides {scheme}://")
     return classes[scheme](url)

@@ -70,6 +70,23 @@ def registry_ca(url: str) -> str | None:
     return params["ca"]
 
 
+def _tls_handshake_failure(endpoint: str, exc: aiohttp.ClientConnectorError) -> str | None:
+    """What to say when an https:// endpoint took the connection but its TLS handshake failed, or None.
+
+    An etcd serving plain HTTP resets the connection at the ClientHello (another HTTP server answers
+    something that is no TLS record): aiohttp said only "Cannot connect to host ... ssl:default [None]"."""
+    if not endpoint.startswith("https://"):
+        return None
+    cause = exc.os_error
+    if isinstance(exc, aiohttp.ClientSSLError) or isinstance(cause, ssl.SSLError):
+        detail = str(cause) or type(cause).__name__
+    elif isinstance(cause, (ConnectionResetError, ConnectionAbortedError)):
+        detail = "the connection was reset"
+    else:
+        return None  # refused, no route, a name that does not resolve: not a TLS matter
+    return f"the TLS handshake failed ({detail}): is this etcd serving TLS? use etcd:// for plain HTTP"
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -127,6 +144,7 @@ class EtcdRegistry(Registry):
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=TIMEOUT, connector=aiohttp.TCPConnector(ssl=self._ssl))
         failures = []
+        unreachable = False  # an endpoint that refused or never answered: etcd not there, or a wrong URL
         for endpoint in list(self.endpoints):
             try:
                 async with self._session.post(endpoint + path, json=body) as response:
@@ -145,16 +163,24 @@ class EtcdRegistry(Registry):
                     return data
             except TimeoutError:
                 failures.append(f"{endpoint}: no answer within {TIMEOUT.total:.0f}s")
+                unreachable = True
                 self._ask_last(endpoint)
             except aiohttp.ClientConnectorCertificateError as exc:
                 hint = ("" if self.ca_file else ": if etcd's certificate comes from a private CA (the cluster's), "
                         "name it in the URL, etcds://host:2379?ca=/path/ca.pem")
                 failures.append(f"{endpoint}: its certificate is not trusted ({exc.certificate_error}){hint}")
                 self._ask_last(endpoint)
+            except aiohttp.ClientConnectorError as exc:
+                tls_refused = _tls_handshake_failure(endpoint, exc)
+                unreachable = unreachable or tls_refused is None
+                failures.append(f"{endpoint}: {tls_refused or exc or type(exc).__name__}")
+                self._ask_last(endpoint)
             except (aiohttp.ClientError, ValueError) as exc:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")
                 self._ask_last(endpoint)
-        raise RegistryError(f"etcd registry {self.url}: no endpoint answered {path}: " + "; ".join(failures))
+        hint = ("; check that etcd is running there and that --registry / GATEWAY_REGISTRY names its client URLs"
+                if unreachable else "")
+        raise RegistryError(f"etcd registry {self.url}: no endpoint answered {path}: " + "; ".join(failures) + hint)
 
     def _ask_last(self, endpoint: str) -> None:
         """An endpoint that did not answer is tried after the others by the calls that begin from now."""

@@ -96,16 +96,38 @@ def check_registry_url(url: str) -> None:
                              "65535, e.g. etcd://10.0.0.1:2379,10.0.0.2:2379")
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def check_advertised_port(url: str, listen_port: int) -> None:
+    """Raise ValueError when ``url`` has no port and its scheme's default port is not ``listen_port``.
+
+    Peers call a URL without a port at 80 or 443: `--advertise http://10.0.0.1` on a node listening on 8086
+    started cleanly and registered port 80, where nothing answers, and every miss anywhere in the cluster was
+    then a 503 naming that node. A port that is written stays allowed even when it is not the listen port: a
+    proxy or NAT in front of the node may forward it."""
+    parts = urlsplit(url)
+    default = DEFAULT_PORTS[parts.scheme]
+    if parts.port is not None or default == listen_port:
+        return
+    raise ValueError(f"advertise {url!r} has no port, which means port {default} (the {parts.scheme}:// default), "
+                     f"but this node listens on port {listen_port}: write the port, e.g. --advertise "
+                     f"{parts.scheme}://{parts.netloc.rstrip(':')}:{listen_port} (GATEWAY_ADVERTISE); a port other "
+                     "than the listen port is fine when written (a proxy or NAT in front forwards it)")
+
+
 def check_cluster_settings(settings) -> None:
     """Raise ValueError naming the setting when a cluster node could not work."""
-    if not settings.registry:
+    if settings.registry is None:
         raise ValueError(
             "a cluster node needs a registry: set --registry (GATEWAY_REGISTRY), e.g. "
             "sqlite:///var/lib/cv-gateway/registry.db or etcd://10.0.0.1:2379,10.0.0.2:2379"
         )
-    scheme = settings.registry.split(":", 1)[0]
-    if "://" not in settings.registry or not scheme:
-        raise ValueError(f"registry {settings.registry!r} is not a URL like sqlite:///path.db or etcd://host:port")
+    scheme, separator, _ = settings.registry.partition("://")
+    if not scheme or not separator:  # "", "10.0.0.1:2379", a bare path
+        from .registry import not_a_registry_url
+
+        raise ValueError(not_a_registry_url(settings.registry))
     check_registry_url(settings.registry)
     if not settings.cluster_secret or len(settings.cluster_secret) < 16:
         raise ValueError(
@@ -117,6 +139,7 @@ def check_cluster_settings(settings) -> None:
     if not is_http_url(url):
         raise ValueError(f"advertise {url!r} must be an http:// or https:// URL with a host (and a port from 1 "
                          "to 65535, if given)")
+    check_advertised_port(url, settings.port)
     if parts.scheme == "http" and not settings.insecure_peers:
         raise ValueError(
             f"advertise {url!r} is plain HTTP: nodes talk HTTPS ("
