@@ -17,7 +17,8 @@ from .cluster.settings_check import check_registry_url
 
 def _registry_option(func):
     return click.option("--registry", envvar="GATEWAY_REGISTRY", required=True,
-                        help="Registry URL: sqlite:///path.db or etcd://host:port,... (GATEWAY_REGISTRY).")(func)
+                        help="Registry URL: sqlite:///path.db, etcd://host:port,... or etcds://host:port,...?ca=CA.pem "
+                             "(GATEWAY_REGISTRY).")(func)
 
 
 def _run(coroutine_factory):
