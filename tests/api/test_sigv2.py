@@ -195,3 +195,40 @@ def test_a_presigned_put_signed_with_a_control_character_in_a_header_is_refused(
     assert info.value.response["Error"]["Code"] == "404"
     s3.put_object(Bucket=bucket, Key="k", Body=b"fine")  # the server is still up
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"fine"
+
+
+def test_a_parameter_spelt_percent_encoded_is_signed_as_the_one_it_acts_as(gateway, s3, bucket):
+    """The signed resource took parameters by their names as sent, the request by their decoded names:
+    `response-content-typ%65` added to a presigned GET was not signed and still served the object as
+    text/html, and `upload%49d` added to a presigned DELETE aborted an upload nobody signed for."""
+    s3.put_object(Bucket=bucket, Key="page", Body=b"<script>alert(1)</script>", ContentType="text/plain")
+    v2 = gateway.client(signature_version="s3")
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "page"})
+    for added in ("response-content-type=text/html", "response-content-typ%65=text/html",
+                  "response-content-dispositio%6e=inline"):
+        status, body = _send(f"{url}&{added}")
+        assert status == 403 and b"SignatureDoesNotMatch" in body, (added, status, body)
+    assert _send(url) == (200, b"<script>alert(1)</script>")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    url = v2.generate_presigned_url("delete_object", Params={"Bucket": bucket, "Key": "mp"})
+    status, body = _send(f"{url}&upload%49d={upload}", "DELETE")
+    assert status == 403 and b"SignatureDoesNotMatch" in body, (status, body)
+    assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"]] == [upload]
+    # Signed as the client spells them, overrides and sub-resources still verify.
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "page",
+                                                          "ResponseContentType": "text/csv"})
+    assert _send(url)[0] == 200
+
+
+def test_header_signed_v2_parameters_are_signed_by_their_decoded_names(gateway, bucket, s3):
+    s3.put_object(Bucket=bucket, Key="page", Body=b"x", ContentType="text/plain")
+    request = AWSRequest(method="GET", url=f"{gateway.endpoint}/{bucket}/page")
+    botocore.auth.HmacV1Auth(Credentials(gateway.access_key, gateway.secret_key)).add_auth(request)
+    path, headers = urlsplit(request.url).path, dict(request.headers.items())
+    connection = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    try:
+        connection.request("GET", f"{path}?response-content-typ%65=text/html", headers=headers)
+        response = connection.getresponse()
+        assert response.status == 403 and b"SignatureDoesNotMatch" in response.read()
+    finally:
+        connection.close()
