@@ -97,13 +97,18 @@ def test_the_new_primary_down_longer_than_its_lease_comes_back_primary_with_its_
     cluster.restart("p1")  # --role primary: r1 or r2 holds the lease, so it joins as redundant
     wait_for(lambda: roles(cluster).get("p1") == "redundant", 10, "p1 back as redundant")
     cluster[new].kill()
+    killed = time.monotonic()
     time.sleep(2.5)  # its lease (failover_after, 2 s) lapses; the voters replace it only after 4 s
     cluster.restart(new)  # with its unit's --role redundant
+    back_in_time = time.monotonic() - killed < 3.5  # up before the voters could replace it (not so on a busy host)
     time.sleep(6)
     listed = primaries(cluster)
     alive = [n for n, r in live_roles(cluster).items() if r == "primary"]
-    assert listed == [new] and alive == [new], (listed, alive, roles(cluster))
-    assert "it stays primary, whatever --role says" in cluster[new].log()
+    # Never no primary: one, listed and acting as such; the restarted node itself when it was back in time.
+    assert len(listed) == 1 and alive == listed, (listed, alive, roles(cluster))
+    if back_in_time:
+        assert listed == [new], (listed, alive, roles(cluster))
+        assert "it stays primary, whatever --role says" in cluster[new].log()
 
 
 def leave(cluster, node: str) -> None:
