@@ -679,6 +679,11 @@ class Backend(abc.ABC):
             for part in chosen:
                 reader = await self.get(MULTIPART_BUCKET, f"{prefix}{part.part_number:05d}")
                 try:
+                    if reader.info.etag != part.etag:
+                        # An UploadPart of this number since the listing above (it does not wait for a
+                        # Complete): its bytes are not the part this Complete names, whose ETag the
+                        # object's is made of. Nothing is stored (the put fails), the upload stays.
+                        raise errors.InvalidPart(PartNumber=str(part.part_number), ETag=part.etag)
                     async for chunk in reader.chunks():
                         yield chunk
                 finally:

@@ -177,3 +177,22 @@ async def test_assembling_or_copying_a_large_object_gives_the_event_loop_turns(t
             assert turns >= chunks, (turns, chunks)  # a turn between chunks, at the least
     finally:
         await store.close()
+
+
+async def test_a_part_uploaded_again_during_a_complete_is_not_assembled_under_the_old_etag(store):
+    """UploadPart does not wait for a Complete: a part sent again while the Complete assembled was read
+    in its place, and the object held its bytes under the ETag of the part the Complete named (and of
+    another size, an IncompleteBody 400 that blamed the client's body). The Complete is InvalidPart,
+    nothing is stored, and the upload completes with the part's new ETag."""
+    upload_id, parts = await _upload(store, b"a" * backend_module.MIN_PART_SIZE, b"b" * 1000)
+    complete = asyncio.ensure_future(store.complete_multipart("faces", "big.bin", upload_id, parts))
+    await asyncio.wait_for(store.assembling.wait(), 10)
+    again = await store.upload_part("faces", "big.bin", upload_id, 2, Payload.from_bytes(b"c" * 1000))
+    store.go_on.set()
+    with pytest.raises(errors.InvalidPart):
+        await complete
+    with pytest.raises(errors.NoSuchKey):
+        await store.head("faces", "big.bin")
+    info = await store.complete_multipart("faces", "big.bin", upload_id, [parts[0], (2, again.etag)])
+    assert await _read(store, "big.bin") == b"a" * backend_module.MIN_PART_SIZE + b"c" * 1000
+    assert info.etag.endswith("-2") and info.size == backend_module.MIN_PART_SIZE + 1000
