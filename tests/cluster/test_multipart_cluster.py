@@ -219,6 +219,37 @@ def test_the_holder_killed_is_a_503_with_retry_after_and_the_upload_completes_af
     s3["x1"].abort_multipart_upload(Bucket=BUCKET, Key="killed/other", UploadId=other)
 
 
+@pytest.mark.parametrize("retried_via", ["r1", "x1", "r2"])
+def test_a_complete_cut_short_before_it_retired_the_old_copy_is_answered_and_finished_when_sent_again(
+        cluster, retried_via):
+    """The holder killed after it stored the object and before the older copy on another node was
+    retired: the client's retry found that older copy first (local first) and was NoSuchUpload, or,
+    through the holder, 200 while other nodes went on reading the old version. The retry finds the
+    completed object on the node that has it, answers 200 and retires the older copy."""
+    s3 = clients(cluster)
+    key = f"cut-short/{retried_via}"
+    s3["r1"].put_object(Bucket=BUCKET, Key=key, Body=b"old version")
+    old_file = cluster["r1"].data_dir / BUCKET / "cut-short" / f"{retried_via}%obj"
+    saved = old_file.read_bytes()
+    upload = s3["r2"].create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    part = s3["r2"].upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=1, Body=b"new" * PART)["ETag"]
+    listed = {"Parts": [{"PartNumber": 1, "ETag": part}]}
+    done = s3["r2"].complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload=listed)
+    # As if the Complete had been cut short before its retirement: r1's older copy is there again.
+    cluster["r1"].stop()
+    old_file.parent.mkdir(exist_ok=True)  # (emptied, it went with the copy)
+    old_file.write_bytes(saved)
+    cluster.restart("r1")
+    cluster.wait_known(4)
+    assert s3["r1"].get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"old version"
+    again = s3[retried_via].complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload,
+                                                      MultipartUpload=listed)
+    assert again["ETag"] == done["ETag"], again
+    for name in NODES:
+        assert s3[name].get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"new" * PART, name
+    assert not old_file.exists()
+
+
 def test_a_failed_write_says_it_could_not_be_completed():
     """A PUT's 503 is about the write (it read as if it were about a GET: "may be on a server")."""
     error = write_unreachable_error("The write of object 'k'", "r2")

@@ -168,12 +168,17 @@ async def _completed_before(backend, req: S3Request, parts: list[tuple[int, str]
     upload of an object that is stored. So does this, when the object under the key is the
     assembly of exactly these parts: its ETag is the MD5 of the parts' MD5s and their count, which
     the request's part list gives (docs/s3-compatibility.md, "Multipart uploads")."""
+    if not parts:
+        return None
     try:
         digest = hashlib.md5(b"".join(bytes.fromhex(etag.strip('"')) for _, etag in parts)).hexdigest()
-        info = await backend.head(req.bucket, req.key)
+        etag = f"{digest}-{len(parts)}"
+        completed_copy = getattr(backend, "completed_copy", None)  # a cluster node: asks every node
+        info = (await completed_copy(req.bucket, req.key, etag) if completed_copy is not None
+                else await backend.head(req.bucket, req.key))
     except (ValueError, errors.GatewayError):  # part ETags that are no MD5, no object, no answer
         return None
-    return info if parts and info.etag == f"{digest}-{len(parts)}" else None
+    return info if info is not None and info.etag == etag else None
 
 
 def _check_part_checksums(stored: dict[int, dict[str, str]], claimed: dict[int, dict[str, str]]) -> None:

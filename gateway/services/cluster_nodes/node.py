@@ -96,6 +96,28 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         return await self._find(bucket, key, lambda p, a: self.client.head(p, a, bucket, key), None, "head",
                                 failure)
 
+    async def completed_copy(self, bucket: str, key: str, etag: str) -> ObjectInfo | None:
+        """The copy of the key whose ETag is ``etag``, on whichever storing node holds it, or None: a
+        multipart Complete sent again after its answer was lost (api/s3/multipart.py _completed_before).
+        The first one may have been cut short (kill -9 of the holder) after it stored the object and
+        before it retired the older copies elsewhere: a HEAD found such a copy first (local first),
+        and the retry was NoSuchUpload, or 200 while other nodes went on reading the old version. So
+        every node is asked, and the older copies are retired as the first Complete would have done."""
+        copies: dict[str, ObjectInfo] = {}
+        if self.local is not None:
+            found = await self.local.head_if_present(bucket, key)
+            if found is not None:
+                copies[self.cluster.node_id] = found
+        answers, _ = await self._everywhere(lambda p, a: self.client.head(p, a, bucket, key))
+        copies.update((peer, info) for peer, info in answers.items() if isinstance(info, ObjectInfo))
+        holder = next((node for node, info in sorted(copies.items()) if info.etag == etag), None)
+        if holder is None:
+            return None
+        info = copies[holder]
+        if any((other.last_modified, other.etag) != (info.last_modified, info.etag) for other in copies.values()):
+            await self._retire_older_copies(bucket, key, info, holder)
+        return info
+
     def _forward(self, bucket: str, key: str) -> Forward | None:
         """A Forward when the location cache names a peer that is known and answers well."""
         peer = self.locations.peek(bucket, key)  # counted below if used, else by _find's lookup
