@@ -56,7 +56,8 @@ class RestoreResult:
     restored: int = 0
     already: int = 0
     bytes: int = 0
-    kept: list[str] = field(default_factory=list)  # differing files left as they were (no --overwrite)
+    kept: list[str] = field(default_factory=list)  # differing objects left as they were (no --overwrite)
+    layout_kept: int = 0  # differing layout files (a %bucket.json of a bucket made again since) left as they are
     replaced: int = 0
     damaged: list[str] = field(default_factory=list)  # damaged object files the backup's copy replaced
     backup_damaged: list[str] = field(default_factory=list)  # kept: the backup's copy is (or may be) the damaged one
@@ -183,6 +184,9 @@ def restore(archive: str, info: ArchiveInfo, settings, mapping: dict[str, Store]
         summary += f", {len(result.damaged):,} damaged, replaced from the backup"
     if result.kept:
         summary += f", {len(result.kept):,} kept at their current version (they differ from the backup: written after it)"
+    if result.layout_kept:
+        summary += (f", {plural(result.layout_kept, 'layout file')} left as found (e.g. the record of a bucket "
+                    "made again since)")
     if result.backup_damaged:
         summary += f", {len(result.backup_damaged):,} kept as they are (the backup's copy is damaged)"
     if result.newer_elsewhere:
@@ -368,7 +372,12 @@ def _utc(when: float) -> str:
 
 
 def _keep(final: str, relpath: str, result: RestoreResult) -> None:
-    header = object_header(final) if is_object(relpath) else None
+    if not is_object(relpath):
+        # A layout file (a bucket made again since the backup has its own %bucket.json): no object, and
+        # no version a client wrote to put back with --overwrite (it was listed as a kept object).
+        result.layout_kept += 1
+        return
+    header = object_header(final)
     result.kept.append(f"{relpath.split('/', 1)[0]}/{header['key']} ({final})" if header else final)
 
 

@@ -291,3 +291,21 @@ def _bad_port_config(tmp_path: Path) -> Path:
     config = tmp_path / "bad.toml"
     config.write_text(f'data_dir = "{tmp_path / "new"}"\nport = "notaport"\n')
     return config
+
+
+def test_a_bucket_made_again_since_the_backup_is_not_reported_as_a_kept_object(source, tmp_path):
+    """Its %bucket.json differs from the backup's (another creation time): it was listed among the kept
+    objects, with the advice to restore again with --overwrite, though it is no object."""
+    s3 = source.client()
+    s3.create_bucket(Bucket="again")
+    s3.put_object(Bucket="again", Key="a.jpg", Body=b"a face")
+    archive = tmp_path / "full.tar"
+    assert gateway_cmd("backup", "-q", "--data-dir", source.data_dir, archive).returncode == 0
+    s3.delete_object(Bucket="again", Key="a.jpg")
+    s3.delete_bucket(Bucket="again")
+    s3.create_bucket(Bucket="again")
+    result = gateway_cmd("restore", "--data-dir", source.data_dir, archive)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "kept:" not in result.stderr and "--overwrite" not in result.stderr, result.stderr
+    assert "1 layout file left as found" in result.stderr, result.stderr
+    assert s3.get_object(Bucket="again", Key="a.jpg")["Body"].read() == b"a face"
