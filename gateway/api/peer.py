@@ -215,6 +215,8 @@ class PeerApp:
             bucket, prefix, delimiter, start_after = (path[len("/list/"):], query.get("prefix", ""),
                                                       query.get("delimiter", ""), query.get("start-after", ""))
             page = await backend.list(bucket, prefix, delimiter, start_after, max_keys)
+            if page.metadata is None:
+                page.metadata = backend.capabilities.listing_metadata
             page = self.service.cluster.superseded.add_to(bucket, page, prefix, delimiter, start_after, max_keys)
             await _send_json(send, wire.page_to_json(page, backend.capabilities.listing_metadata))
         elif path.startswith("/uploads/"):
@@ -289,9 +291,10 @@ class PeerApp:
                 newer = float(query["if-older-than"])
             except ValueError:
                 raise errors.InvalidArgument("if-older-than must be a modification time in seconds") from None
+            size = parse_decimal(query.get("size", ""))  # the newer version's (None from an older node)
             kept = await supersede_local(backend, bucket, key, newer, query.get("etag", ""),
                                          own_storage=query.get("newer-on") == "own-storage",
-                                         superseded=self.service.cluster.superseded)
+                                         superseded=self.service.cluster.superseded, size=size)
             self.service.cluster.locations.forget(bucket, key)
             # Our copy is the newer one (two overwrites raced): say so, and the writer drops its own.
             out = [(wire.INFO_HEADER.encode(), wire.info_header(kept))] if kept is not None else []

@@ -10,15 +10,23 @@ def merge_pages(pages: list[ListPage], max_keys: int) -> ListPage:
 
     Every entry of the merged first ``max_keys`` is among each source's
     first ``max_keys``, so this is exact. A key on two nodes appears once
-    (the newer copy wins, in wire.is_older's order); common prefixes are merged.
+    (the newer copy wins, in wire.is_older's order; of one version, a copy
+    a node holds over one it only knows of, ``ListPage.superseded``); common
+    prefixes are merged. The merged page names the keys it took from what a
+    node only knows of, and says whether every object carries its meta
+    (None when a source page did not say).
     """
     objects: dict[str, ObjectInfo] = {}
+    source: dict[str, ListPage] = {}
     prefixes: set[str] = set()
     for page in pages:
         for info in page.objects:
             seen = objects.get(info.key)
-            if seen is None or (info.last_modified, info.etag) > (seen.last_modified, seen.etag):
+            if seen is None or (info.last_modified, info.etag) > (seen.last_modified, seen.etag) or (
+                    (info.last_modified, info.etag) == (seen.last_modified, seen.etag)
+                    and info.key in source[info.key].superseded and info.key not in page.superseded):
                 objects[info.key] = info
+                source[info.key] = page
         prefixes.update(page.common_prefixes)
     entries: list[tuple[bytes, str | ObjectInfo]] = [(k.encode(), o) for k, o in objects.items()]
     entries += [(p.encode(), p) for p in prefixes]
@@ -26,6 +34,10 @@ def merge_pages(pages: list[ListPage], max_keys: int) -> ListPage:
     taken = entries[:max_keys]
     truncated = len(entries) > max_keys or any(p.is_truncated for p in pages)
     merged = ListPage([e for _, e in taken if not isinstance(e, str)], [e for _, e in taken if isinstance(e, str)])
+    merged.superseded = frozenset(info.key for info in merged.objects if info.key in source[info.key].superseded)
+    if all(page.metadata is not None for page in pages):
+        merged.metadata = all(source[info.key].metadata and info.key not in merged.superseded
+                              for info in merged.objects)
     if truncated and taken:
         merged.is_truncated = True
         last = taken[-1][1]

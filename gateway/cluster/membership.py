@@ -715,6 +715,7 @@ class Cluster:
         return self._catching_up is not None or self.stalls.stalled_recently()
 
     def _after_stall(self) -> None:
+        self.superseded.clear()  # what it knew of overwrites elsewhere may be out of date (a DELETE since)
         if self._catching_up is None:
             self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
 

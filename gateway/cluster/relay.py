@@ -423,6 +423,8 @@ class PeerClient:
         (versions.supersede_local).
         """
         fields = {"if-older-than": repr(newer.last_modified), "etag": newer.etag}
+        if isinstance(newer, ObjectInfo):  # (a registry's retirement has no size): the peer lists it a moment
+            fields["size"] = str(newer.size)
         if own_storage:
             fields["newer-on"] = "own-storage"
         query = urlencode(fields, quote_via=quote)

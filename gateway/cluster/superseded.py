@@ -1,4 +1,4 @@
-"""Copies this node dropped for a newer version on another node, still listed for a few seconds.
+"""Newer versions this node dropped its copy for, still in its listings for a few seconds.
 
 A merged listing (ClusterNode.list) takes each node's page at a slightly
 different moment. An overwrite through another node stores the new copy
@@ -8,15 +8,17 @@ this node's just after the old one went, had the key on neither page,
 though the key existed throughout. `rclone sync` from the cluster then
 deleted its copy of an object that was only being overwritten.
 
-So for ``listed_for`` seconds after dropping it, this node's own page (for
-itself and for a peer's merge) lists the dropped copy too. The merge keeps
-the newest copy of a key, so the dropped one shows only when no page has
-the new one, that is, when the listing began before the overwrite ended:
-the key in its old version, as a listing that ran a moment earlier gives.
-A DELETE of the key here forgets it (a listing never brings a deleted key
-back). The entries are named in the page (``ListPage.superseded``) so
-that repair (services/cluster_nodes/repair.py) does not take them for an
-older copy an overwrite failed to retire.
+So for ``listed_for`` seconds after dropping its copy, this node's own page
+(for itself and for a peer's merge) lists the key in the version that
+replaced it, as the overwrite told it (ETag, time, size; not its meta). A
+listing then shows the key as it is since that overwrite whichever moment
+the other node's page was taken; never the dropped version itself (listing
+that, the key reappeared in its old version while a DELETE of the new one
+ran, or while the new one's node could not be reached). A DELETE of the key
+here forgets it, and so does this node standing still (its listings may be
+out of date: it forgets them all). The entries are named in the page
+(``ListPage.superseded``): the merge prefers a copy a node holds, and repair
+(services/cluster_nodes/repair.py) does not take them for copies.
 """
 
 from __future__ import annotations
@@ -43,16 +45,16 @@ class RecentlySuperseded:
         self.clock = clock
         self._dropped: OrderedDict[tuple[str, str], tuple[ObjectInfo, float]] = OrderedDict()
 
-    def add(self, bucket: str, dropped: ObjectInfo) -> None:
-        """This node dropped its copy ``dropped`` of a key: another node holds a newer version."""
-        entry = (bucket, dropped.key)
+    def add(self, bucket: str, newer: ObjectInfo) -> None:
+        """This node dropped its copy of ``newer.key``: another node holds the version ``newer``."""
+        entry = (bucket, newer.key)
         self._dropped.pop(entry, None)
-        self._dropped[entry] = (dropped, self.clock() + self.listed_for)
+        self._dropped[entry] = (newer, self.clock() + self.listed_for)
         while len(self._dropped) > self.max_entries:
             self._dropped.popitem(last=False)
 
     def forget(self, bucket: str, key: str) -> None:
-        """The key was deleted here: it is not listed from a dropped copy any more."""
+        """The key was deleted here: it is not listed from what this node knew any more."""
         self._dropped.pop((bucket, key), None)
 
     def add_to(self, bucket: str, page: ListPage, prefix: str, delimiter: str, start_after: str,
@@ -68,11 +70,14 @@ class RecentlySuperseded:
                          key=lambda info: info.key.encode())
         if not dropped:
             return page
-        merged = merge_pages([page, paginate(dropped, prefix, delimiter, start_after, max_keys)], max_keys)
-        merged.metadata = page.metadata
-        listed = {info.key: info for info in page.objects}
-        merged.superseded = frozenset(info.key for info in merged.objects if listed.get(info.key) is not info)
-        return merged
+        known = paginate(dropped, prefix, delimiter, start_after, max_keys)
+        known.superseded = frozenset(info.key for info in known.objects)
+        known.metadata = False  # the overwrite told the version, not its meta
+        return merge_pages([page, known], max_keys)
+
+    def clear(self) -> None:
+        """This node stood still (a paused VM, SIGSTOP): what it knew may be out of date."""
+        self._dropped.clear()
 
     def __len__(self) -> int:
         return len(self._dropped)

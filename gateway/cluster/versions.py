@@ -16,7 +16,7 @@ from .wire import is_older
 
 async def supersede_local(local: Backend, bucket: str, key: str, last_modified: float,
                           etag: str, own_storage: bool = False,
-                          superseded: RecentlySuperseded | None = None) -> ObjectInfo | None:
+                          superseded: RecentlySuperseded | None = None, size: int | None = None) -> ObjectInfo | None:
     """Another node stored the version (last_modified, etag) of the key: delete this node's copy if older.
 
     Return this node's copy when it is the *newer* one (kept; two overwrites
@@ -26,8 +26,9 @@ async def supersede_local(local: Backend, bucket: str, key: str, last_modified: 
     With ``own_storage`` the new version is on the disk of a node that has not
     moved to the share yet (a cluster in the middle of docs/migration.md): the
     share's copy is another file, and is dropped when older, by a backend that
-    can drop just the file it compared (``drop_if_older``, sharedfs). A copy dropped from a disk of
-    this node's own stays in its listings a moment (``superseded``, superseded.py).
+    can drop just the file it compared (``drop_if_older``, sharedfs). When a copy on a disk of this
+    node's own is dropped, the newer version (``size`` bytes) is in this node's listings a moment
+    (``superseded``, superseded.py): the other node's page may have been taken before it landed.
     """
     if local.capabilities.shared:
         drop_if_older = getattr(local, "drop_if_older", None)
@@ -40,7 +41,7 @@ async def supersede_local(local: Backend, bucket: str, key: str, last_modified: 
         return None
     if is_older(copy, last_modified, etag):
         await local.delete(bucket, key)
-        if superseded is not None:
-            superseded.add(bucket, copy)
+        if superseded is not None and size is not None:
+            superseded.add(bucket, ObjectInfo(key, size, etag, last_modified))
         return None
     return None if (copy.last_modified, copy.etag) == (last_modified, etag) else copy

@@ -106,15 +106,17 @@ def test_a_node_lists_the_copy_an_overwrite_elsewhere_just_dropped_until_the_key
     """A merged listing takes each node's page at a slightly different moment: the page of the node
     the overwrite went to just before the new copy landed, and the old holder's just after it dropped
     its copy, had the key on neither (a key only ever overwritten missing from LIST: rclone sync
-    deleted its copy). The old holder lists the dropped copy a moment more, marked as such."""
+    deleted its copy). The old holder lists the key a moment more, in the version that replaced its
+    copy (never the dropped version: that one came back while a DELETE of the new one ran), marked."""
     s3 = {name: cluster[name].client() for name in NODES}
     key = "moved-away"
     s3["r1"].put_object(Bucket=BUCKET, Key=key, Body=b"old")
-    s3["r2"].put_object(Bucket=BUCKET, Key=key, Body=b"new")
+    s3["r2"].put_object(Bucket=BUCKET, Key=key, Body=b"the new one")
     assert copies_on_disk(cluster, key) == ["r2"]
+    new_etag = s3["r2"].head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
     page = peer_listing(cluster, "r1", BUCKET)
     listed = {o["key"]: o for o in page["objects"]}
-    assert key in listed and listed[key]["size"] == 3, page
+    assert key in listed and (listed[key]["size"], listed[key]["etag"]) == (11, new_etag), page
     assert key in page.get("superseded", []), page
     # The merge lists the newest copy, never the dropped one, and repairs nothing.
     merged = s3["x1"].list_objects_v2(Bucket=BUCKET, Prefix=key)["Contents"]
@@ -123,6 +125,41 @@ def test_a_node_lists_the_copy_an_overwrite_elsewhere_just_dropped_until_the_key
     s3["p1"].delete_object(Bucket=BUCKET, Key=key)
     assert key not in [o["key"] for o in peer_listing(cluster, "r1", BUCKET)["objects"]]
     assert "Contents" not in s3["x1"].list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+def test_a_listing_during_a_delete_never_shows_the_version_an_earlier_overwrite_replaced(cluster):
+    """v1 through r1, v2 through r2 (r1 drops v1), then a DELETE while listings run through every node:
+    each listing has v2 or nothing. Listing the dropped copy itself showed v1 (7 rounds in 25) in the
+    moment the DELETE had removed v2 on r2 and not yet reached r1."""
+    s3 = {name: cluster[name].client() for name in NODES}
+    stale = []
+    for round_ in range(12):
+        key = f"deleted-while-listed/{round_}"
+        s3["r1"].put_object(Bucket=BUCKET, Key=key, Body=b"v1")
+        v1 = s3["r1"].head_object(Bucket=BUCKET, Key=key)["ETag"]
+        s3["r2"].put_object(Bucket=BUCKET, Key=key, Body=b"v2-longer")
+        stop = threading.Event()
+
+        def list_through(name: str, key=key, v1=v1, stop=stop) -> None:
+            for _ in range(200):
+                if stop.is_set():
+                    return
+                for o in s3[name].list_objects_v2(Bucket=BUCKET, Prefix=key).get("Contents", []):
+                    if o["ETag"] == v1:
+                        stale.append((round_, name))
+
+        listers = [threading.Thread(target=list_through, args=(n,)) for n in NODES]
+        for thread in listers:
+            thread.start()
+        time.sleep(0.05)
+        s3[("p1", "x1")[round_ % 2]].delete_object(Bucket=BUCKET, Key=key)
+        time.sleep(0.05)
+        stop.set()
+        for thread in listers:
+            thread.join(timeout=30)
+        for name in NODES:
+            assert "Contents" not in s3[name].list_objects_v2(Bucket=BUCKET, Prefix=key), (round_, name)
+    assert not stale, stale
 
 
 def test_listings_never_miss_a_key_that_is_only_being_overwritten(cluster):

@@ -1,4 +1,4 @@
-"""RecentlySuperseded: copies a node dropped for a newer version elsewhere, in its listings a moment more
+"""RecentlySuperseded: the newer versions a node dropped its copy for, in its listings a moment more
 (gateway/cluster/superseded.py), with an injected clock."""
 
 from __future__ import annotations
@@ -49,12 +49,30 @@ def test_a_dropped_copy_is_listed_in_order_and_named_until_it_expires_or_is_dele
     assert dropped.add_to("b", page, "", "", "", 1000) is page
 
 
-def test_the_copy_the_node_holds_wins_over_a_dropped_one_and_is_not_named():
+def test_the_copy_the_node_holds_wins_over_a_version_it_knew_of_and_is_not_named():
     dropped = RecentlySuperseded()
-    dropped.add("b", info("k", modified=1.0, etag="old"))
+    dropped.add("b", info("k", modified=1.0, etag="elsewhere"))
     held = info("k", modified=2.0, etag="new")  # written here again since
-    listed = dropped.add_to("b", ListPage([held], []), "", "", "", 1000)
-    assert listed.objects == [held] and not listed.superseded
+    listed = dropped.add_to("b", ListPage([held], [], metadata=True), "", "", "", 1000)
+    assert listed.objects == [held] and not listed.superseded and listed.metadata is True
+
+
+def test_of_one_version_the_merge_prefers_the_copy_a_node_holds():
+    """The node the version is on lists it with its meta; another node knows only its ETag and size."""
+    from gateway.backend import ObjectMeta
+    from gateway.cluster.listing import merge_pages
+
+    knows = RecentlySuperseded()
+    knows.add("b", info("k", modified=2.0, etag="v2"))
+    known = knows.add_to("b", ListPage([], [], metadata=True), "", "", "", 1000)
+    holder = ListPage([ObjectInfo("k", 3, "v2", 2.0, ObjectMeta(metadata={"camera": "7"}))], [], metadata=True)
+    for pages in ([known, holder], [holder, known]):
+        merged = merge_pages(pages, 1000)
+        assert merged.objects[0].meta.metadata == {"camera": "7"} and not merged.superseded
+        assert merged.metadata is True
+    merged = merge_pages([known], 1000)  # the holder's page not there (or taken before the version landed)
+    assert [(o.key, o.etag) for o in merged.objects] == [("k", "v2")] and merged.superseded == {"k"}
+    assert merged.metadata is False
 
 
 def test_prefix_delimiter_start_after_and_max_keys_apply_to_dropped_copies():
@@ -64,7 +82,8 @@ def test_prefix_delimiter_start_after_and_max_keys_apply_to_dropped_copies():
     page = ListPage([info("photos/b.jpg")], [], metadata=True)  # the node's page after start-after
     listed = dropped.add_to("b", page, "photos/", "/", "photos/a.jpg", 2)
     assert listed.common_prefixes == [] and keys(listed) == ["photos/b.jpg", "photos/c.jpg"]
-    assert listed.is_truncated and listed.next_marker == "photos/c.jpg" and listed.metadata is True
+    assert listed.is_truncated and listed.next_marker == "photos/c.jpg"
+    assert listed.metadata is False  # an overwrite tells the version, not its meta
     listed = dropped.add_to("b", ListPage([], []), "photos/", "/", "", 2)
     assert listed.common_prefixes == ["photos/2024/", "photos/2025/"] and listed.objects == []
     assert listed.is_truncated and listed.next_marker == "photos/2025/"

@@ -214,7 +214,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         if holder != me and self.local is not None:
             try:
                 kept = await supersede_local(self.local, bucket, key, info.last_modified, info.etag, own,
-                                             self.cluster.superseded)
+                                             self.cluster.superseded, info.size)
                 if kept is not None:
                     newer[me] = kept
             except errors.GatewayError as exc:
@@ -257,7 +257,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
         try:
             if holder == me:
                 await supersede_local(self.local, bucket, key, winner.last_modified, winner.etag,
-                                     superseded=self.cluster.superseded)
+                                     superseded=self.cluster.superseded, size=winner.size)
             else:
                 await self.client.supersede(holder, self.cluster.peers()[holder], bucket, key, winner)
         except (PeerUnreachable, errors.GatewayError, KeyError) as exc:
@@ -368,8 +368,7 @@ class ClusterNode(Repair, Uploads, Buckets, PeerAsking, Backend):
             if not peers:
                 return await self.local.list(bucket, prefix, delimiter, start_after, max_keys)
         pages, _ = await self._pages(bucket, prefix, delimiter, start_after, max_keys, peers=peers)
-        merged = merge_pages(list(pages.values()), max_keys)
-        merged.metadata = all(page.metadata for page in pages.values())
+        merged = merge_pages(list(pages.values()), max_keys)  # (with its metadata flag)
         self._repair_in_background(bucket, pages, merged)
         return merged
 

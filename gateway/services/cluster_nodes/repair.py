@@ -80,9 +80,9 @@ class Repair:
         """Read the copies of the key on ``holders`` again (a listing may be out of date) and retire the
         older ones as an overwrite does (ClusterNode._retire_older_copies: every storing node is told,
         one that cannot be reached through the registry). None when there is nothing to retire, or a
-        holder could not be asked (the next listing or repair tries again); else what was done. With
-        ``settle``, copies found while the newest is younger than an overwrite takes to retire the
-        others are read again once it is not."""
+        holder could not be asked (the next listing or repair tries again); else what was done.
+        Copies whose newest is younger than an overwrite takes to retire the others are read again
+        once it is not (with ``settle``), or left alone (None)."""
         me = self.cluster.node_id
         copies: dict[str, ObjectInfo] = {}
         for node in holders:
@@ -102,11 +102,14 @@ class Repair:
         if len({_version(info) for info in copies.values()}) < 2:
             return None
         holder, newest, older = _newest(copies)
-        settling = self._settling(newest) if settle else 0.0
+        settling = self._settling(newest)
         if settling > 0:
             # Most likely an overwrite that is retiring the older copy right now (it does before it
             # is answered): looked at again once it must have, so that only a copy it could not
-            # retire is repaired and logged as such (it was a warning on every busy key).
+            # retire is repaired and logged as such (it was a warning on every busy key). Still so
+            # then (a key overwritten all the time), it is left to the next listing or repair.
+            if not settle:
+                return None
             await asyncio.sleep(settling)
             return await self.repair_copies(bucket, key, holders, settle=False)
         log.warning("%s/%s: an older copy on %s that an overwrite did not retire; dropping it (the newest, "
