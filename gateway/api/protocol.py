@@ -86,10 +86,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """uvicorn's, and a bound on the request head: llhttp keeps a header (and uvicorn the URL)
         in memory until it ends, whatever its size, so one endless header could take all the
-        memory there is. A head larger than MAX_HEAD_BYTES is refused (400
+        memory there is. A head that goes on past MAX_HEAD_BYTES across reads is refused (400
         RequestHeaderSectionTooLarge, as S3) and the connection closed. Only chunks that begin and
         end inside one head are counted (what is surely head): a plain request, whose head arrives
-        in one chunk, costs one attribute read here."""
+        in one chunk, costs one attribute read here, and a larger head that arrives whole in one
+        read (at most the event loop's read size, 256 KiB) is parsed as it is: the bound is on
+        memory, which that read takes anyway."""
         if not self._head_open:
             super().data_received(data)
             return
@@ -287,7 +289,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return False
         stalled = acked == self._acked_seen
         self._acked_seen = acked
-        return stalled
+        return stalled and not self._relayed_by_a_live_peer()
+
+    def _relayed_by_a_live_peer(self) -> bool:
+        """Whether the answer goes to another node of the cluster (a peer route: only a node with the
+        cluster's secret is answered one) that is alive: that node relays it to a client of its own, and
+        stops reading it while that client is full (back-pressure), which can look stalled here for
+        longer than the timeout; it cuts its client itself if that one takes nothing. Cutting here cut
+        a slow reader's download through any other node short (the same reader got it whole from the
+        holder). A node that is down (no fresh heartbeat) is cut as any client."""
+        if not self.url.startswith(b"/_cluster/"):
+            return False
+        cluster = self.gateway.service.cluster
+        node_id = next((value for name, value in self.headers if name == b"x-cluster-node"), None)
+        node = cluster.nodes.get(node_id.decode("latin-1")) if cluster is not None and node_id else None
+        return node is not None and node.heartbeat_fresh()
 
     def _waits_for_body(self, cycle) -> bool:
         """The request's body is not complete and it is up to the client to send more: not while
