@@ -166,6 +166,7 @@ class PeerApp:
         if query:
             target += "?" + query.decode("latin-1")
         caller = cluster.signer.verify(scope["method"], target, signature, node)
+        scope["cluster_peer"] = caller  # a node of the cluster asks (protocol.py: its answers are not cut as stalled)
         if caller not in cluster.nodes:
             cluster.request_reload()  # a node that joined after our last read of the registry (it announces itself)
 

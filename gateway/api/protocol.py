@@ -77,6 +77,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _body_chunks_seen = 0
     _acked_seen = -1  # bytes of answers the client had acknowledged at the last idle check (writes paused)
     passing: PassThrough | None = None  # a read being passed through from a peer (pass_through.py)
+    fast_scope: dict | None = None  # the scope of the last request the fast path took
 
     # uvicorn builds the ASGI scope when a request begins, and arms a keep-alive timer after each
     # response (cancelling it when data arrives). A plain read needs five fields of the scope, and
@@ -148,7 +149,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if "%" in path:
             path = unquote(path)
         # What S3Request.from_scope and the access log read; the rest of an ASGI scope is not needed.
-        self.scope = scope = {"method": method.decode(), "path": path, "raw_path": raw_path,
+        self.fast_scope = self.scope = scope = {"method": method.decode(), "path": path, "raw_path": raw_path,
                               "query_string": query, "headers": self.headers,
                               "http_version": http_version, "client": self.client, "root_path": ""}
         answering = self.gateway.fast_answer(scope)
@@ -297,13 +298,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         stops reading it while that client is full (back-pressure), which can look stalled here for
         longer than the timeout; it cuts its client itself if that one takes nothing. Cutting here cut
         a slow reader's download through any other node short (the same reader got it whole from the
-        holder). A node that is down (no fresh heartbeat) is cut as any client."""
-        if not self.url.startswith(b"/_cluster/"):
-            return False
+        holder). A node that is down (no fresh heartbeat at the last read of the registry) is cut as
+        any client."""
+        # The last request this connection's fast path took: a later one parsed while it is answered
+        # goes through ASGI (uvicorn's cycle, which has its own scope). "cluster_peer": its signature
+        # was checked (api/peer.py), so a client cannot pass for a node by a header.
+        caller = None
+        for scope in (self.fast_scope, getattr(self.cycle, "scope", None)):
+            if scope is not None and "cluster_peer" in scope:
+                caller = scope["cluster_peer"]
         cluster = self.gateway.service.cluster
-        node_id = next((value for name, value in self.headers if name == b"x-cluster-node"), None)
-        node = cluster.nodes.get(node_id.decode("latin-1")) if cluster is not None and node_id else None
-        return node is not None and node.heartbeat_fresh()
+        return caller is not None and cluster is not None and cluster.heard_from(caller)
 
     def _waits_for_body(self, cycle) -> bool:
         """The request's body is not complete and it is up to the client to send more: not while

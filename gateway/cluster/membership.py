@@ -129,6 +129,7 @@ class Cluster:
         # it for anything, so it takes no writes (removed_error) and is not ready until joined again.
         self.removed = False
         self._untrusted_list = False  # the last reload found this node unlisted (said once)
+        self._nodes_read_at = 0.0  # time.time() of the last read of the node list (heard_from)
 
     # Life cycle -------------------------------------------------------------
 
@@ -356,6 +357,7 @@ class Cluster:
             nodes = [n for n in nodes if n not in plain]
         self.nodes = {n.node_id: n for n in nodes}
         self._last_reload = time.monotonic()
+        self._nodes_read_at = time.time()
         for peer in list(self.health.snapshot()):
             if peer not in self.nodes:
                 self.health.forget(peer)
@@ -595,6 +597,13 @@ class Cluster:
         if added:
             log.warning("restored %d nodes from this node's last node list into the new registry: %s", len(added),
                         ", ".join(added))
+
+    def heard_from(self, node_id: str) -> bool:
+        """Whether ``node_id`` is listed and heartbeated lately as of the last read of the registry (its
+        snapshot's times are the registry's: judged at the moment it was read, not now, or every node
+        would look down between two reads)."""
+        node = self.nodes.get(node_id)
+        return node is not None and node.heartbeat_fresh(self._nodes_read_at)
 
     def removed_error(self):
         """The 503 of a write to this node while it is removed from the cluster (None when it is not)."""

@@ -78,6 +78,7 @@ def test_a_slow_reader_through_another_node_gets_the_whole_object(two_nodes):
     url = two_nodes["x1"].client().generate_presigned_url("get_object", Params={"Bucket": "slow", "Key": "huge"},
                                                           ExpiresIn=300)
     length, received, digest = read_slowly_then_fast(url, slow_seconds=4 * float(TIMEOUT) + 1)
-    assert (length, received) == (SIZE, SIZE), "the download through the proxy was cut short"
+    assert (length, received) == (SIZE, SIZE), ("the download through the proxy was cut short:\n"
+                                                + two_nodes["p1"].log()[-1500:] + two_nodes["x1"].log()[-1500:])
     assert digest == hashlib.sha256(body).hexdigest()
     assert "took none of its answer" not in two_nodes["p1"].log()
