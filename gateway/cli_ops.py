@@ -36,8 +36,15 @@ def interrupted(message: str) -> None:
 
 
 def ops_settings(config_file, **flags):
-    """The node's settings for a tool that serves nothing: credentials are not needed here."""
-    return build_settings(config_file, **_without_credentials(flags))
+    """The node's settings for a tool that serves nothing: credentials are not needed here. A cluster
+    node given no --role takes the role the registry has for it, as `gateway serve` does."""
+    from .ops.peers import with_registry_role
+
+    settings = build_settings(config_file, **_without_credentials(flags))
+    try:
+        return with_registry_role(settings)
+    except OpsError as exc:
+        _fail(str(exc))
 
 
 def _without_credentials(flags: dict) -> dict:
@@ -187,6 +194,7 @@ def _check_destination_early(manifest: dict, config_file, named: bool, force: bo
     before that. Skipped when the settings cannot be read yet (a config file the archive restores)."""
     from .config import ConfigError, load_settings
     from .ops.archive import ArchiveInfo
+    from .ops.peers import with_registry_role
     from .ops.restore import check_destination
 
     if config_file and not os.path.exists(config_file):
@@ -197,7 +205,7 @@ def _check_destination_early(manifest: dict, config_file, named: bool, force: bo
         if _settings_file_missing(manifest, config_file):
             return  # e.g. a TLS file the archive restores is missing: said after the check
         _fail(str(exc))  # a wrong setting is wrong whatever the archive holds: said now, not in hours
-    mapping, _ = check_destination(ArchiveInfo(manifest, {}), settings, force)
+    mapping, _ = check_destination(ArchiveInfo(manifest, {}), with_registry_role(settings), force)
     if not named:
         _refuse_default_root(mapping)
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from .stores import node_name
+from .stores import OpsError, node_name
 
 STORING = ("primary", "redundant")
 
@@ -45,10 +45,10 @@ class RegistryUnreadable(Exception):
 
 
 def read_cluster(settings, timeout: float = 10.0) -> ClusterView | None:
-    """The registry's view of this node; None when this is no cluster node (no role or registry).
+    """The registry's view of this node; None when this is no cluster node (no registry).
     RegistryUnreadable (saying why) when the registry does not exist or does not answer; never
     creates a registry (a restore may be about to put one back)."""
-    if not settings.role or not settings.registry:
+    if not settings.registry:
         return None
     nodes, lease = registry_snapshot(settings.registry, timeout)
     here = node_name(settings)
@@ -94,6 +94,25 @@ def registry_snapshot(url: str, timeout: float = 10.0) -> tuple[list, str | None
         raise RegistryUnreadable(f"the registry {url} did not answer within {timeout:.0f}s") from None
     except RegistryError as exc:
         raise RegistryUnreadable(str(exc)) from None
+
+
+def with_registry_role(settings):
+    """The settings of a cluster node started without --role (`gateway serve` then takes the role the
+    registry has for it) with that role: the tools took such a node for a stand-alone gateway (a full
+    backup on a redundant node, labelled with the host name; repair refused). Unchanged with a role
+    or without a registry; OpsError when the registry cannot say (unreadable, or the node is not in it)."""
+    if settings.role or not settings.registry:
+        return settings
+    try:
+        view = read_cluster(settings)
+    except RegistryUnreadable as exc:
+        raise OpsError(f"this node has a registry but no --role, and the registry could not be read to learn its "
+                       f"role ({exc}): give --role as the node's `gateway serve` runs with") from None
+    if view is None or view.role is None:
+        raise OpsError(f"the registry {settings.registry} does not list this node ({node_name(settings)}), and no "
+                       "--role was given: give the settings the node's `gateway serve` runs with (--role, "
+                       "GATEWAY_NODE_ID when its id is not host:port)")
+    return settings.model_copy(update={"role": view.role})
 
 
 def current_role(settings, notes: list[str]) -> str | None:

@@ -48,7 +48,7 @@ class NodeRoute:
         from gateway.cluster.peer_auth import PeerSigner
         from gateway.cluster.settings_check import advertised_url
 
-        if not settings.role or not settings.registry:
+        if not settings.registry:
             raise RepairError("this is no cluster node: give the settings the node's `gateway serve` runs with "
                               "(--role, --registry, --advertise, GATEWAY_CLUSTER_SECRET, the TLS files)")
         # (A cluster node's settings without a cluster secret are refused when they are read.)

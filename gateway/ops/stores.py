@@ -58,7 +58,7 @@ def check_share_mounted(store: Store) -> None:
 
 def node_name(settings) -> str:
     """This node's name in the cluster, or the host name of a stand-alone gateway."""
-    if settings.role or settings.node_id:
+    if settings.role or settings.registry or settings.node_id:
         from gateway.cluster.settings_check import node_id_of
 
         try:

@@ -28,9 +28,11 @@ MiB = 1024 * 1024
 def tool(cluster: ClusterNodes, node: str, *args, role: str | None = None, data_dir=None, check=None,
          timeout=120, node_id: str | None = "") -> subprocess.CompletedProcess:
     """`gateway ARGS` with the settings ``node`` serves with (``node_id``: GATEWAY_NODE_ID, ``node``
-    by default; None: not set, the id comes from the data dir or the address)."""
-    settings = ["--data-dir", data_dir or cluster[node].data_dir, "--role", role or ROLES[node],
-                "--registry", cluster.registry, "--insecure-peers"]
+    by default; None: not set, the id comes from the data dir or the address; ``role=""``: no --role,
+    as a node started without one, which takes the registry's)."""
+    role_flag = ["--role", role or ROLES[node]] if role != "" else []
+    settings = ["--data-dir", data_dir or cluster[node].data_dir, *role_flag, "--registry", cluster.registry,
+                "--insecure-peers"]
     env = {**os.environ, **NODE_ENV, "GATEWAY_NODE_ID": node_id or node}
     if node_id is None:
         del env["GATEWAY_NODE_ID"]
@@ -85,6 +87,23 @@ def test_an_objects_only_backup_restored_on_a_new_disk_at_a_new_address_keeps_it
     # Without GATEWAY_NODE_ID from now on, the tools (and `gateway serve`) take it as r2.
     again = tool(cluster, "r2", "restore", "-q", archive, data_dir=new_disk, node_id=None, check=0)
     assert "0 files restored" in again.stderr
+
+
+def test_the_tools_take_the_registrys_role_for_a_node_started_without_one(sqlite_cluster, tmp_path):
+    """`gateway serve --registry URL` without --role takes the role the registry has for the node; the
+    tools given the same settings took it for a stand-alone gateway: a full backup of a redundant node
+    was taken, labelled with the host name, and `cluster repair` refused to run."""
+    cluster = sqlite_cluster
+    refused = tool(cluster, "r1", "backup", tmp_path / "full-r1.tar", role="", check=2)
+    assert "redundant secondary" in refused.stderr and "backup -o" in refused.stderr, refused.stderr
+    tool(cluster, "r1", "backup", "-o", "-q", tmp_path / "r1.tar", role="", check=0)
+    described = tool(cluster, "r1", "restore", "--check", tmp_path / "r1.tar", role="", check=0)
+    assert "of node r1" in described.stderr, described.stderr
+    tool(cluster, "p1", "backup", "-q", tmp_path / "p1.tar", role="", check=0)
+    described = tool(cluster, "p1", "restore", "--check", tmp_path / "p1.tar", role="", check=0)
+    assert "of node p1" in described.stderr and "primary" in described.stderr, described.stderr
+    unknown = tool(cluster, "r1", "backup", "-o", tmp_path / "x.tar", role="", node_id="nobody", check=2)
+    assert "does not list this node (nobody)" in unknown.stderr and "--role" in unknown.stderr, unknown.stderr
 
 
 def test_objects_only_backup_under_traffic_restores_every_kind_of_object_to_its_node(sqlite_cluster, tmp_path):
