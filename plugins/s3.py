@@ -189,10 +189,17 @@ class S3Backend(MultipartMixin, Backend):
         self.timeout_setting = f"the gateway's setting backends.{name}.timeout"
         import boto3
         from botocore.config import Config
+        from botocore.exceptions import ProfileNotFound
 
-        session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-                                        aws_session_token=session_token or None, profile_name=profile or None,
-                                        region_name=region)
+        try:
+            session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                            aws_session_token=session_token or None, profile_name=profile or None,
+                                            region_name=region)
+        except ProfileNotFound:  # a setting: said as such (it was reported as a fault of this plugin)
+            raise ValueError(f"backends.{name}.profile: there is no AWS profile {profile!r} in the shared config "
+                             "and credentials files (~/.aws/config, ~/.aws/credentials, or AWS_CONFIG_FILE and "
+                             "AWS_SHARED_CREDENTIALS_FILE) of the user the gateway runs as: add it there, fix the "
+                             "name, or give access_key_id and secret_access_key") from None
         common = dict(connect_timeout=connect_timeout, read_timeout=timeout, max_pool_connections=max_connections,
                       s3={"addressing_style": addressing_style}, signature_version="s3v4",
                       request_checksum_calculation="when_required", response_checksum_validation="when_required")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 import uuid
@@ -229,6 +230,22 @@ def test_option_errors_name_the_setting():
         with pytest.raises(ValueError, match=r"backends.r.deadline must be a positive number of seconds"):
             S3Backend("r", deadline=deadline)
     assert ACCESS_KEY  # the remote gateways above use gateway.testing.server's keys
+
+
+def test_a_missing_aws_profile_is_a_setting_error(tmp_path, monkeypatch):
+    """It was reported as "a fault of the plugin that provides 's3': report it there"."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    with pytest.raises(ValueError, match=r"backends.r.profile: there is no AWS profile 'nightly'"):
+        S3Backend("r", endpoint_url="http://127.0.0.1:9", profile="nightly")
+    config = tmp_path / "gateway.toml"
+    config.write_text('default_backend = "archive"\n[backends.archive]\ntype = "s3"\n'
+                      'endpoint_url = "http://127.0.0.1:9"\nbucket = "b"\nprofile = "nightly"\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--print-config",
+                          "--access-key", "k", "--secret-key", "s" * 16], capture_output=True, text=True, timeout=60,
+                         env={**os.environ})
+    assert out.returncode == 2 and "backends.archive.profile" in out.stderr, out.stderr
+    assert "fault of the plugin" not in out.stderr
 
 
 @pytest.fixture
