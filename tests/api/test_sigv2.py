@@ -232,3 +232,16 @@ def test_header_signed_v2_parameters_are_signed_by_their_decoded_names(gateway, 
         assert response.status == 403 and b"SignatureDoesNotMatch" in response.read()
     finally:
         connection.close()
+
+
+def test_a_plus_put_for_an_encoded_plus_in_a_signed_value_is_refused(gateway, s3, bucket):
+    """The signature took a value's "+" as a plus, the request as a space: whoever held the URL could
+    turn `application/xhtml%2Bxml` into `application/xhtml xml` and keep the signature."""
+    s3.put_object(Bucket=bucket, Key="obj", Body=b"x")
+    v2 = gateway.client(signature_version="s3")
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "obj",
+                                                          "ResponseContentType": "application/xhtml+xml"})
+    assert "%2B" in url
+    assert _send(url)[0] == 200
+    status, body = _send(url.replace("%2B", "+"))
+    assert status == 403 and b"SignatureDoesNotMatch" in body, (status, body)

@@ -31,14 +31,15 @@ SUB_RESOURCES = frozenset({
 
 
 def _resource(raw_path: str, pairs: list[tuple[str, str]]) -> str:
-    # By the names the request is served by (split_query decodes them): matched as sent, a parameter
-    # spelt `upload%49d` or `response-content-typ%65` was left out of the signature and still acted on
-    # (a presigned DELETE aborted an upload; unsigned response overrides served an object as text/html).
+    # By the names and values the request is served by (split_query decodes them, a "+" as a space):
+    # matched as sent, a parameter spelt `upload%49d` or `response-content-typ%65` was left out of the
+    # signature and still acted on (a presigned DELETE aborted an upload; unsigned response overrides
+    # served an object as text/html), and a value's %2B swapped for "+" was signed alike, served apart.
     interesting = sorted((name, value) for name, value in ((unquote_plus(n), v) for n, v in pairs)
                          if name in SUB_RESOURCES)
     if not interesting:
         return raw_path
-    return raw_path + "?" + "&".join(f"{n}={unquote(v)}" if v != "" or "=" in v else n for n, v in interesting)
+    return raw_path + "?" + "&".join(f"{n}={unquote_plus(v)}" if v != "" or "=" in v else n for n, v in interesting)
 
 
 def string_to_sign(method: str, raw_path: str, pairs, headers: Mapping[str, str], date: str) -> str:
